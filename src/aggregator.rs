@@ -1,0 +1,177 @@
+//! The aggregator actor: aligns barriers from every consumer and closes epochs.
+//!
+//! Records from partition p belong to the oldest barrier p has not yet passed. When barrier `b`
+//! has arrived from every partition, the cut is complete: if anything moved, the epoch gets the
+//! next epoch number and goes to the committer; an empty cut is dropped without using a number,
+//! so committed epochs are contiguous (1, 2, 3, ...).
+//!
+//! (Decoding, dedup and keyed aggregation will live here; for now records pass through.)
+
+use std::collections::{BTreeMap, HashMap};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::committer::CommitterMsg;
+use crate::fault::Fault;
+use crate::record::{EpochBatch, Offsets, PartitionRange, Record, TopicPartition};
+use crate::supervisor::SupervisorMsg;
+
+/// The aggregator actor.
+pub struct AggregatorActor;
+
+/// Messages the aggregator handles.
+pub enum AggregatorMsg {
+    /// Records of one partition, in offset order.
+    Records {
+        /// Their partition.
+        tp: TopicPartition,
+        /// The records.
+        records: Vec<Record>,
+    },
+    /// A consumer passed barrier `barrier`; its next offset is `next_offset`.
+    Barrier {
+        /// Barrier number (cut by the supervisor).
+        barrier: u64,
+        /// The consumer's partition.
+        tp: TopicPartition,
+        /// Next offset after the records sent before this barrier.
+        next_offset: i64,
+    },
+    /// Fail on purpose (chaos suite, tests).
+    InjectFault(Fault),
+}
+
+/// What the aggregator starts with.
+pub struct AggregatorArgs {
+    /// The cut the first epoch starts at (the last committed epoch's end).
+    pub start: Offsets,
+    /// The last committed epoch; the next non-empty cut becomes `committed_epoch + 1`.
+    pub committed_epoch: u64,
+    /// Where closed epochs go.
+    pub committer: ActorRef<CommitterMsg>,
+    /// Told about empty cuts and full epochs.
+    pub supervisor: ActorRef<SupervisorMsg>,
+    /// Records after which the open epoch asks to be closed early.
+    pub max_records: usize,
+}
+
+/// Records and barriers collected for one barrier number.
+#[derive(Default)]
+struct Pending {
+    records: BTreeMap<TopicPartition, Vec<Record>>,
+    ends: BTreeMap<TopicPartition, i64>,
+    count: usize,
+}
+
+/// The aggregator's state.
+pub struct AggregatorState {
+    args: AggregatorArgs,
+    /// The cut the next epoch starts at.
+    last_cut: Offsets,
+    /// Next epoch number to assign.
+    next_epoch: u64,
+    /// Per partition: the barrier its next records belong before.
+    current: HashMap<TopicPartition, u64>,
+    pending: BTreeMap<u64, Pending>,
+    /// Barrier number that records arriving before any barrier belong to.
+    first_barrier: Option<u64>,
+    full_signalled: bool,
+}
+
+impl AggregatorState {
+    fn slot(&mut self, tp: &TopicPartition) -> &mut Pending {
+        let b = match self.current.get(tp) {
+            Some(b) => *b,
+            // Before the first barrier reaches this partition, records belong to the oldest
+            // open barrier; `u64::MAX` is a placeholder renumbered when that barrier arrives.
+            None => self.first_barrier.unwrap_or(u64::MAX),
+        };
+        self.pending.entry(b).or_default()
+    }
+
+    fn on_records(&mut self, tp: TopicPartition, records: Vec<Record>) -> Result<(), ActorProcessingErr> {
+        if !self.last_cut.contains_key(&tp) {
+            return Err(format!("records from unassigned partition {tp}").into());
+        }
+        let n = records.len();
+        let slot = self.slot(&tp);
+        slot.count += n;
+        slot.records.entry(tp).or_default().extend(records);
+        let open: usize = self.pending.values().map(|p| p.count).sum();
+        if open >= self.args.max_records && !self.full_signalled {
+            self.full_signalled = true;
+            self.args.supervisor.cast(SupervisorMsg::EpochFull)?;
+        }
+        Ok(())
+    }
+
+    fn on_barrier(&mut self, barrier: u64, tp: TopicPartition, next_offset: i64) -> Result<(), ActorProcessingErr> {
+        if self.first_barrier.is_none() {
+            // Records that arrived before the first barrier was known belong to it.
+            if let Some(p) = self.pending.remove(&u64::MAX) {
+                self.pending.insert(barrier, p);
+            }
+            self.first_barrier = Some(barrier);
+        }
+        if let Some(cur) = self.current.get(&tp) {
+            if *cur != barrier {
+                return Err(format!("barrier {barrier} from {tp} out of order (expected {cur})").into());
+            }
+        }
+        self.current.insert(tp.clone(), barrier + 1);
+        let pending = self.pending.entry(barrier).or_default();
+        pending.ends.insert(tp, next_offset);
+        if pending.ends.len() == self.last_cut.len() {
+            let done = self.pending.remove(&barrier).expect("pending barrier");
+            self.close(barrier, done)?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, barrier: u64, mut done: Pending) -> Result<(), ActorProcessingErr> {
+        let mut ranges = Vec::with_capacity(self.last_cut.len());
+        let mut records = Vec::with_capacity(done.count);
+        for (tp, start) in &self.last_cut {
+            let end = done.ends[tp];
+            let recs = done.records.remove(tp).unwrap_or_default();
+            ranges.push(PartitionRange { tp: tp.clone(), start: *start, end, records: recs.len() as u64 });
+            records.extend(recs);
+        }
+        let batch = EpochBatch { epoch: self.next_epoch, records, ranges };
+        self.full_signalled = false;
+        if batch.is_empty() {
+            self.args.supervisor.cast(SupervisorMsg::BarrierResolved { barrier, report: None })?;
+            return Ok(());
+        }
+        self.last_cut = batch.end_offsets();
+        self.next_epoch += 1;
+        self.args.committer.cast(CommitterMsg::Commit { barrier, batch })?;
+        Ok(())
+    }
+}
+
+impl Actor for AggregatorActor {
+    type Msg = AggregatorMsg;
+    type State = AggregatorState;
+    type Arguments = AggregatorArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: AggregatorArgs) -> Result<AggregatorState, ActorProcessingErr> {
+        Ok(AggregatorState {
+            last_cut: args.start.clone(),
+            next_epoch: args.committed_epoch + 1,
+            args,
+            current: HashMap::new(),
+            pending: BTreeMap::new(),
+            first_barrier: None,
+            full_signalled: false,
+        })
+    }
+
+    async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: AggregatorMsg, state: &mut AggregatorState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AggregatorMsg::Records { tp, records } => state.on_records(tp, records),
+            AggregatorMsg::Barrier { barrier, tp, next_offset } => state.on_barrier(barrier, tp, next_offset),
+            AggregatorMsg::InjectFault(f) => f.trigger("aggregator"),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The committer actor: the only writer.
+//!
+//! For each closed epoch, in order: (1) commit it to the sink, atomically; (2) write the
+//! checkpoint (epoch + cut); (3) report to the supervisor. A crash between (1) and (2) leaves the
+//! sink one epoch ahead of the checkpoint, which recovery detects and repairs.
+//!
+//! **Architecture Invariant:** epochs reach the sink in order, each exactly once per run, and the
+//! checkpoint is written only after the sink holds the epoch.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::fault::Fault;
+use crate::record::{EpochBatch, PartitionRange};
+use crate::sink::Sink;
+use crate::supervisor::SupervisorMsg;
+
+/// The committer actor.
+pub struct CommitterActor;
+
+/// Messages the committer handles.
+pub enum CommitterMsg {
+    /// Commit a closed epoch (cut by barrier `barrier`).
+    Commit {
+        /// The barrier that closed it.
+        barrier: u64,
+        /// The epoch.
+        batch: EpochBatch,
+    },
+    /// Fail on purpose (chaos suite, tests).
+    InjectFault(Fault),
+}
+
+/// What the committer starts with.
+pub struct CommitterArgs {
+    /// Pipeline id, recorded in the checkpoint.
+    pub pipeline_id: String,
+    /// The sink, shared across restarts.
+    pub sink: Arc<dyn Sink>,
+    /// The checkpoint.
+    pub store: CheckpointStore,
+    /// The last committed epoch.
+    pub committed_epoch: u64,
+    /// Told about each commit.
+    pub supervisor: ActorRef<SupervisorMsg>,
+}
+
+/// What one commit did, for progress and metrics.
+#[derive(Debug, Clone)]
+pub struct CommitReport {
+    /// Epoch committed.
+    pub epoch: u64,
+    /// Records committed.
+    pub records: u64,
+    /// Per-partition ranges.
+    pub ranges: Vec<PartitionRange>,
+    /// Time spent in the sink commit.
+    pub sink_time: Duration,
+    /// Time spent writing the checkpoint.
+    pub checkpoint_time: Duration,
+    /// Oldest Kafka timestamp in the epoch (for end-to-end latency).
+    pub min_timestamp_ms: Option<i64>,
+}
+
+/// The committer's state.
+pub struct CommitterState {
+    args: CommitterArgs,
+    last_epoch: u64,
+}
+
+impl Actor for CommitterActor {
+    type Msg = CommitterMsg;
+    type State = CommitterState;
+    type Arguments = CommitterArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: CommitterArgs) -> Result<CommitterState, ActorProcessingErr> {
+        Ok(CommitterState { last_epoch: args.committed_epoch, args })
+    }
+
+    async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: CommitterMsg, state: &mut CommitterState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CommitterMsg::InjectFault(f) => f.trigger("committer"),
+            CommitterMsg::Commit { barrier, batch } => {
+                if batch.epoch != state.last_epoch + 1 {
+                    return Err(format!("epoch {} arrived after epoch {}; epochs must be contiguous", batch.epoch, state.last_epoch).into());
+                }
+                let t0 = Instant::now();
+                state.args.sink.commit(&batch).await?;
+                let sink_time = t0.elapsed();
+                // The checkpoint write is small and done inline, on purpose: it must never be left
+                // running detached if this actor is killed mid-commit.
+                let t1 = Instant::now();
+                state.args.store.store(&Checkpoint::new(&state.args.pipeline_id, batch.epoch, &batch.end_offsets()))?;
+                let checkpoint_time = t1.elapsed();
+                state.last_epoch = batch.epoch;
+                let report = CommitReport {
+                    epoch: batch.epoch,
+                    records: batch.records.len() as u64,
+                    min_timestamp_ms: batch.records.iter().filter_map(|r| r.timestamp_ms).min(),
+                    ranges: batch.ranges,
+                    sink_time,
+                    checkpoint_time,
+                };
+                state.args.supervisor.cast(SupervisorMsg::BarrierResolved { barrier, report: Some(report) })?;
+                Ok(())
+            }
+        }
+    }
+}

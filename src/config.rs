@@ -1,0 +1,343 @@
+//! The pipeline configuration: one TOML file, every field documented here, safe defaults.
+//!
+//! Layering: built-in defaults -> the file -> the environment (`KAFKA_BROKERS` replaces
+//! `source.brokers`). Unknown keys are errors, so a typo never silently becomes a default.
+//! The reference with every field is `docs/config.md`; `examples/` holds runnable files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable that replaces `source.brokers` when set.
+pub const BROKERS_ENV: &str = "KAFKA_BROKERS";
+
+/// A whole pipeline: where to read, how to cut epochs, where to write, where to keep progress.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Pipeline identity. It names the checkpoint and, in the Delta sink, the `txn` appId that
+    /// makes commits idempotent: two pipelines must never share an id, and an id must not change
+    /// for the life of its output. Letters, digits, `.`, `_` and `-`.
+    pub id: String,
+    /// The Kafka source.
+    #[serde(default)]
+    pub source: SourceConfig,
+    /// How the stream is cut into epochs (Spark's trigger interval).
+    #[serde(default)]
+    pub epoch: EpochConfig,
+    /// Where committed epochs go.
+    #[serde(default)]
+    pub sink: SinkConfig,
+    /// Where progress is recorded.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// Prometheus metrics endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Restart policy of the actor tree.
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
+}
+
+/// Where records come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// Kafka bootstrap servers, comma separated. Replaced by `KAFKA_BROKERS` when that is set.
+    pub brokers: String,
+    /// Topics to read; every partition of each is read by its own consumer actor.
+    pub topics: Vec<String>,
+    /// Where a pipeline with no checkpoint starts: `earliest` (the whole retained topic) or
+    /// `latest` (only records produced after the first start). Ignored once a checkpoint exists.
+    pub starting_offsets: StartingOffsets,
+    /// Most records a consumer forwards in one message to the aggregator.
+    pub max_batch_records: usize,
+    /// Extra librdkafka consumer properties (security, fetch sizes, ...). `enable.auto.commit`
+    /// and `group.id` are managed by the pipeline: Kafka's committed offsets are never the source
+    /// of truth, the checkpoint and the sink are.
+    pub properties: BTreeMap<String, String>,
+    /// How long to wait for the brokers at start-up before giving up, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topics: Vec::new(),
+            starting_offsets: StartingOffsets::Earliest,
+            max_batch_records: 5_000,
+            properties: BTreeMap::new(),
+            connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Where a fresh pipeline starts reading.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StartingOffsets {
+    /// From the oldest retained record.
+    Earliest,
+    /// From the end of each partition at first start.
+    Latest,
+}
+
+/// Epoch boundaries: an epoch closes after `interval_ms`, or earlier once `max_records` records
+/// are buffered, whichever comes first. Epochs with no new records are not committed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EpochConfig {
+    /// Epoch interval in milliseconds (the seed's trigger interval).
+    pub interval_ms: u64,
+    /// Close the epoch early once this many records are buffered.
+    pub max_records: usize,
+}
+
+impl Default for EpochConfig {
+    fn default() -> Self {
+        EpochConfig { interval_ms: 1_000, max_records: 200_000 }
+    }
+}
+
+impl EpochConfig {
+    /// The interval as a [`Duration`].
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+}
+
+/// Where committed epochs are written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Print each epoch to standard output, like Spark's `format("console")`. For debugging:
+    /// it keeps no record of what it printed, so a crash can print an epoch twice.
+    Console {
+        /// Rows printed per epoch (Spark's `numRows`); the rest are counted, not printed.
+        #[serde(default = "default_num_rows")]
+        num_rows: usize,
+    },
+}
+
+fn default_num_rows() -> usize {
+    20
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig::Console { num_rows: default_num_rows() }
+    }
+}
+
+/// Where progress is recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Checkpoint directory (Spark's `checkpointLocation`). Default: `data/checkpoints/<id>`.
+    /// One directory per pipeline; never share it.
+    pub dir: Option<PathBuf>,
+}
+
+/// Prometheus metrics endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to serve `/metrics` on, e.g. `127.0.0.1:9464`. Unset: no endpoint.
+    pub listen: Option<String>,
+}
+
+/// The restart budget: at most `max_restarts` restarts within `window_secs`; one more failure
+/// stops the pipeline with an error (and a non-zero exit).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// Restarts allowed within the window.
+    pub max_restarts: usize,
+    /// The window, in seconds.
+    pub window_secs: u64,
+    /// Delay before a restart, in milliseconds (doubles on each restart inside the window).
+    pub backoff_ms: u64,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig { max_restarts: 10, window_secs: 60, backoff_ms: 100 }
+    }
+}
+
+/// A configuration problem, rendered as one line naming the file, the field and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key or wrong type.
+    #[error("config {path}: {location}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// `line N (`the line`)`.
+        location: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value that parses but is not allowed.
+    #[error("config {path}: `{field}` {problem}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Dotted field name.
+        field: String,
+        /// What is wrong and what is allowed.
+        problem: String,
+    },
+}
+
+impl PipelineConfig {
+    /// A minimal config for `id` reading `topics`, everything else default.
+    pub fn new(id: impl Into<String>, topics: &[&str]) -> Self {
+        PipelineConfig {
+            id: id.into(),
+            source: SourceConfig { topics: topics.iter().map(|t| t.to_string()).collect(), ..Default::default() },
+            epoch: EpochConfig::default(),
+            sink: SinkConfig::default(),
+            checkpoint: CheckpointConfig::default(),
+            metrics: MetricsConfig::default(),
+            supervisor: SupervisorConfig::default(),
+        }
+    }
+
+    /// Reads, parses, applies the environment, and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let mut config = Self::parse(&text, &shown)?;
+        config.apply_env();
+        config.validate(&shown)?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let location = match e.span() {
+                Some(span) => {
+                    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                    if line.is_empty() { format!("line {line_no}") } else { format!("line {line_no} (`{line}`)") }
+                }
+                None => "top level".to_string(),
+            };
+            ConfigError::Parse { path: origin.to_string(), location, message: e.message().trim().to_string() }
+        })
+    }
+
+    /// Applies environment overrides (`KAFKA_BROKERS`).
+    pub fn apply_env(&mut self) {
+        if let Ok(brokers) = std::env::var(BROKERS_ENV) {
+            if !brokers.trim().is_empty() {
+                self.source.brokers = brokers;
+            }
+        }
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |field: &str, problem: String| ConfigError::Invalid { path: origin.to_string(), field: field.to_string(), problem };
+        if self.id.is_empty() || !self.id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(bad("id", format!("is {:?}; use letters, digits, '.', '_' or '-' (it names the checkpoint and the Delta txn appId)", self.id)));
+        }
+        if self.source.brokers.trim().is_empty() {
+            return Err(bad("source.brokers", "is empty; give host:port[,host:port] or set KAFKA_BROKERS".into()));
+        }
+        if self.source.topics.is_empty() {
+            return Err(bad("source.topics", "is empty; name at least one topic, e.g. topics = [\"events\"]".into()));
+        }
+        if let Some(t) = self.source.topics.iter().find(|t| t.is_empty() || t.len() > 249 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))) {
+            return Err(bad("source.topics", format!("has {t:?}, which is not a valid Kafka topic name")));
+        }
+        if self.source.max_batch_records == 0 {
+            return Err(bad("source.max_batch_records", "must be at least 1".into()));
+        }
+        for key in ["enable.auto.commit", "group.id", "enable.auto.offset.store"] {
+            if self.source.properties.contains_key(key) {
+                return Err(bad(&format!("source.properties.\"{key}\""), "is managed by the pipeline and cannot be set: progress lives in the checkpoint and the sink, not in Kafka".into()));
+            }
+        }
+        if self.source.connect_timeout_ms == 0 {
+            return Err(bad("source.connect_timeout_ms", "must be at least 1".into()));
+        }
+        if self.epoch.interval_ms < 10 {
+            return Err(bad("epoch.interval_ms", format!("is {}; must be at least 10 (milliseconds)", self.epoch.interval_ms)));
+        }
+        if self.epoch.max_records == 0 {
+            return Err(bad("epoch.max_records", "must be at least 1".into()));
+        }
+        if self.supervisor.window_secs == 0 {
+            return Err(bad("supervisor.window_secs", "must be at least 1".into()));
+        }
+        if let Some(listen) = &self.metrics.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(bad("metrics.listen", format!("is {listen:?}; give ip:port, e.g. \"127.0.0.1:9464\"")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The checkpoint directory, defaulted from the id.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.checkpoint.dir.clone().unwrap_or_else(|| PathBuf::from("data/checkpoints").join(&self.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = PipelineConfig::parse("id = \"p\"\n[source]\ntopics = [\"t\"]\n", "x.toml").unwrap();
+        assert_eq!(c.source.brokers, "127.0.0.1:9092");
+        assert_eq!(c.epoch.interval_ms, 1000);
+        assert_eq!(c.sink, SinkConfig::Console { num_rows: 20 });
+        assert_eq!(c.checkpoint_dir(), PathBuf::from("data/checkpoints/p"));
+        c.validate("x.toml").unwrap();
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let e = PipelineConfig::parse("id = \"p\"\n[epoch]\nintervl_ms = 5\n", "x.toml").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("intervl_ms"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_line() {
+        let e = PipelineConfig::parse("id = \"p\"\n[epoch]\ninterval_ms = \"fast\"\n", "x.toml").unwrap_err().to_string();
+        assert!(e.contains("interval_ms = \"fast\""), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let mut c = PipelineConfig::new("p", &["t"]);
+        c.epoch.interval_ms = 0;
+        let e = c.validate("x.toml").unwrap_err().to_string();
+        assert!(e.contains("`epoch.interval_ms`"), "{e}");
+        let c = PipelineConfig::new("p", &[]);
+        assert!(c.validate("x").unwrap_err().to_string().contains("source.topics"));
+    }
+
+    #[test]
+    fn sink_kind_is_checked() {
+        let e = PipelineConfig::parse("id = \"p\"\n[sink]\nkind = \"s3\"\n", "x.toml").unwrap_err().to_string();
+        assert!(e.contains("s3"), "{e}");
+    }
+}

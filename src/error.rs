@@ -1,0 +1,89 @@
+//! The crate-level error. Every variant a user can cause renders as one line that says what was
+//! wrong, where, and what to do.
+
+use std::path::PathBuf;
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can stop a pipeline or a command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration file is missing, unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+
+    /// No Kafka broker answered within the timeout.
+    #[error("cannot reach Kafka at {brokers}: {detail} (is the broker running? `just kafka-up` starts one; set KAFKA_BROKERS to use another)")]
+    BrokerUnreachable {
+        /// The bootstrap servers that were tried.
+        brokers: String,
+        /// What librdkafka reported.
+        detail: String,
+    },
+
+    /// A configured source topic does not exist.
+    #[error("topic '{topic}' does not exist on {brokers} (create it: `exactly topics create --topic {topic} --partitions 4`)")]
+    TopicMissing {
+        /// The missing topic.
+        topic: String,
+        /// The bootstrap servers asked.
+        brokers: String,
+    },
+
+    /// Any other Kafka client error.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+
+    /// A topic admin operation failed.
+    #[error("kafka admin: {0}")]
+    Admin(String),
+
+    /// Reading or writing the checkpoint failed.
+    #[error("checkpoint {path}: {detail}")]
+    Checkpoint {
+        /// The checkpoint file or directory.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+
+    /// The checkpoint and the sink disagree in a way that cannot be repaired automatically.
+    #[error("recovery: {0}")]
+    Recovery(String),
+
+    /// The sink failed to commit an epoch.
+    #[error("sink: {0}")]
+    Sink(String),
+
+    /// Actors kept failing: the restart budget was spent.
+    #[error("restart budget spent: {restarts} restarts within {window_secs} s, last failure: {last_failure}")]
+    RestartBudgetSpent {
+        /// Restarts counted inside the window.
+        restarts: usize,
+        /// The window's length in seconds.
+        window_secs: u64,
+        /// The failure that spent the budget.
+        last_failure: String,
+    },
+
+    /// An actor could not be spawned or messaged.
+    #[error("actor system: {0}")]
+    Actor(String),
+
+    /// File-system error outside the checkpoint.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+}

@@ -1,0 +1,23 @@
+//! Fault injection, for the chaos suite and the supervision tests. Every actor accepts an
+//! `InjectFault` message; production code never sends one.
+
+use ractor::ActorProcessingErr;
+
+/// How an actor should fail when told to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Panic inside the message handler (reported to the supervisor as a failure).
+    Panic,
+    /// Return an error from the message handler.
+    Error,
+}
+
+impl Fault {
+    /// Fails the calling handler as asked.
+    pub fn trigger(self, actor: &str) -> Result<(), ActorProcessingErr> {
+        match self {
+            Fault::Panic => panic!("injected panic in {actor}"),
+            Fault::Error => Err(format!("injected error in {actor}").into()),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Kafka plumbing: client configuration, the start-up pre-flight check, topic admin, starting
+//! offsets, and per-partition statistics (high watermarks, for lag).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+
+use crate::config::{PipelineConfig, StartingOffsets};
+use crate::error::{Error, Result};
+use crate::record::{Offsets, TopicPartition};
+
+/// The consumer type the pipeline uses: one client, one split queue per partition.
+pub type PipelineConsumer = StreamConsumer<StatsContext>;
+
+/// The latest high watermark and last stable offset seen per partition, from librdkafka's
+/// statistics callback (no extra requests to the broker).
+#[derive(Debug, Default, Clone)]
+pub struct PartitionStats {
+    inner: Arc<Mutex<HashMap<TopicPartition, Watermarks>>>,
+}
+
+/// Broker-side offsets of one partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Watermarks {
+    /// High watermark: offset of the next record to be written.
+    pub high: i64,
+    /// Last stable offset (what a read_committed consumer can reach).
+    pub last_stable: i64,
+}
+
+impl PartitionStats {
+    /// The last known watermarks of a partition.
+    pub fn get(&self, tp: &TopicPartition) -> Option<Watermarks> {
+        self.inner.lock().expect("stats lock").get(tp).copied()
+    }
+}
+
+/// Client context that records partition statistics and routes librdkafka logs to `tracing`.
+#[derive(Clone, Default)]
+pub struct StatsContext {
+    stats: PartitionStats,
+}
+
+impl StatsContext {
+    /// A context sharing `stats`.
+    pub fn new(stats: PartitionStats) -> Self {
+        StatsContext { stats }
+    }
+}
+
+impl ClientContext for StatsContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut map = self.stats.inner.lock().expect("stats lock");
+        for (topic, t) in &statistics.topics {
+            for (p, s) in &t.partitions {
+                if *p < 0 || s.hi_offset < 0 {
+                    continue; // the internal UA partition, or not fetched yet
+                }
+                let ls = if s.ls_offset >= 0 { s.ls_offset } else { s.hi_offset };
+                map.insert(TopicPartition::new(topic, *p), Watermarks { high: s.hi_offset, last_stable: ls });
+            }
+        }
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility = fac, "{log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", facility = fac, "{log_message}"),
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Transport errors are normal while a broker restarts; librdkafka reconnects by itself.
+        tracing::warn!(target: "librdkafka", %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for StatsContext {}
+
+/// A plain client config for `brokers`.
+pub fn base_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers).set("client.id", "exactly").set_log_level(RDKafkaLogLevel::Warning);
+    c
+}
+
+/// The pipeline's consumer config: manual assignment, no auto-commit, read_committed.
+pub fn consumer_config(config: &PipelineConfig) -> ClientConfig {
+    let mut c = base_config(&config.source.brokers);
+    c.set("group.id", format!("exactly-{}", config.id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed")
+        .set("statistics.interval.ms", "1000");
+    for (k, v) in &config.source.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+fn is_unreachable(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::BrokerTransportFailure)
+            | Some(RDKafkaErrorCode::AllBrokersDown)
+            | Some(RDKafkaErrorCode::OperationTimedOut)
+            | Some(RDKafkaErrorCode::Resolve)
+            | Some(RDKafkaErrorCode::RequestTimedOut)
+    )
+}
+
+/// Checks that the brokers answer and every topic exists; returns every partition to read.
+/// This is what turns "nothing happens" into one clear line at start-up.
+pub async fn preflight(brokers: &str, topics: &[String], timeout: Duration) -> Result<Vec<TopicPartition>> {
+    let brokers = brokers.to_string();
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || -> Result<Vec<TopicPartition>> {
+        let consumer: BaseConsumer = base_config(&brokers)
+            .create()
+            .map_err(|e| Error::BrokerUnreachable { brokers: brokers.clone(), detail: e.to_string() })?;
+        let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| {
+            let detail = if is_unreachable(&e) {
+                format!("no broker answered within {} ms", timeout.as_millis())
+            } else {
+                e.to_string()
+            };
+            Error::BrokerUnreachable { brokers: brokers.clone(), detail }
+        })?;
+        let mut out = Vec::new();
+        for topic in &topics {
+            let found = metadata.topics().iter().find(|t| t.name() == topic);
+            match found {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+                    ps.sort_unstable();
+                    out.extend(ps.into_iter().map(|p| TopicPartition::new(topic, p)));
+                }
+                Some(t) if t.error().is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {
+                    return Err(Error::Kafka(KafkaError::MetadataFetch(t.error().unwrap().into())));
+                }
+                _ => return Err(Error::TopicMissing { topic: topic.clone(), brokers: brokers.clone() }),
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::Actor(format!("pre-flight task failed: {e}")))?
+}
+
+/// Low and high watermarks of one partition, asked of the broker.
+pub fn fetch_watermarks<C: ConsumerContext>(consumer: &BaseConsumer<C>, tp: &TopicPartition, timeout: Duration) -> Result<(i64, i64)> {
+    Ok(consumer.fetch_watermarks(&tp.topic, tp.partition, timeout)?)
+}
+
+/// Turns `earliest`/`latest` into concrete offsets, so the first checkpoint pins the start and
+/// a restart before the first commit does not move it.
+pub async fn resolve_starting_offsets(brokers: &str, tps: &[TopicPartition], mode: StartingOffsets, timeout: Duration) -> Result<Offsets> {
+    let brokers = brokers.to_string();
+    let tps = tps.to_vec();
+    tokio::task::spawn_blocking(move || -> Result<Offsets> {
+        let consumer: BaseConsumer = base_config(&brokers).create()?;
+        let mut out = Offsets::new();
+        for tp in tps {
+            let (low, high) = fetch_watermarks(&consumer, &tp, timeout)?;
+            out.insert(tp, if mode == StartingOffsets::Earliest { low } else { high });
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::Actor(format!("offset lookup task failed: {e}")))?
+}
+
+/// Creates a topic; `Ok(false)` when it already existed (idempotent).
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32, replication: i32) -> Result<bool> {
+    let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))).request_timeout(Some(Duration::from_secs(30)));
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let results = admin.create_topics([&new], &opts).await.map_err(|e| {
+        if is_unreachable(&e) {
+            Error::BrokerUnreachable { brokers: brokers.to_string(), detail: e.to_string() }
+        } else {
+            Error::Kafka(e)
+        }
+    })?;
+    match results.into_iter().next() {
+        Some(Ok(_)) => Ok(true),
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(false),
+        Some(Err((name, code))) => Err(Error::Admin(format!("creating topic '{name}': {code}"))),
+        None => Ok(false),
+    }
+}
+

@@ -1,0 +1,38 @@
+//! `exactly` — an exactly-once Kafka -> Delta Lake streaming runtime on a supervised actor tree.
+//!
+//! # Layout
+//! The modules, in the order data flows through them:
+//!
+//! - [`config`]: the pipeline's TOML configuration (every field documented, safe defaults).
+//! - [`kafka`]: librdkafka clients, the pre-flight check, topic admin, partition statistics.
+//! - [`consumer`]: one actor per Kafka partition; reads from the partition's queue and forwards
+//!   records, then epoch barriers, to the aggregator.
+//! - [`aggregator`]: aligns barriers from every consumer and closes an epoch when all have arrived.
+//! - [`committer`]: the only writer; commits an epoch to the [`sink`] and then writes the
+//!   [`checkpoint`].
+//! - [`supervisor`]: the root actor; cuts epochs, restarts the tree from the last committed epoch
+//!   when any actor fails, enforces the restart budget.
+//! - [`pipeline`]: [`pipeline::run`], the entry point that ties it together with a shutdown signal.
+//!
+//! Around them: [`record`] (records, offsets, epochs), [`producer`] (the demo producer),
+//! [`progress`] (per-epoch progress reports) and [`metrics`] (metric names and the exporter).
+#![warn(missing_docs)]
+
+pub mod aggregator;
+pub mod checkpoint;
+pub mod committer;
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod fault;
+pub mod kafka;
+pub mod metrics;
+pub mod pipeline;
+pub mod producer;
+pub mod progress;
+pub mod record;
+pub mod sink;
+pub mod supervisor;
+
+pub use config::PipelineConfig;
+pub use error::{Error, Result};

@@ -1,0 +1,217 @@
+//! The `exactly` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use exactly::config::PipelineConfig;
+use exactly::pipeline::Pipeline;
+use exactly::producer::{produce, ProduceOptions};
+use exactly::{kafka, sink};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "exactly", version, about = "Exactly-once Kafka -> Delta Lake streaming on a supervised actor tree")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until Ctrl-C/SIGTERM (the open epoch is committed before exit).
+    Run(RunArgs),
+    /// Produce demo events {"id","value","ts"} to a topic (the seed's producer).
+    Produce(ProduceArgs),
+    /// Manage topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The pipeline's TOML config (see docs/config.md).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// How to report each committed epoch on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    progress: ProgressFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProgressFormat {
+    /// One human-readable line per epoch.
+    Text,
+    /// One JSON object per epoch (StreamingQueryProgress-like).
+    Json,
+    /// Nothing.
+    Off,
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Target topic.
+    #[arg(long, default_value = "events")]
+    topic: String,
+    /// Stop after this many records (default: until Ctrl-C).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Records per second (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// First event id.
+    #[arg(long, default_value_t = 0)]
+    first_id: u64,
+    /// Number of distinct `value`s (event_0 .. event_{n-1}).
+    #[arg(long, default_value_t = 10)]
+    distinct_values: u64,
+    /// Every Nth record re-sends an earlier event unchanged.
+    #[arg(long)]
+    duplicate_every: Option<u64>,
+    /// Every Nth record is malformed (not JSON, wrong type, missing field, not UTF-8).
+    #[arg(long)]
+    malformed_every: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create a topic (does nothing if it exists).
+    Create {
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Topic name.
+        #[arg(long)]
+        topic: String,
+        /// Partitions.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Replication factor.
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+    },
+}
+
+/// Resolves on the first Ctrl-C or SIGTERM; a second one exits at once.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("stopping: committing the open epoch (press Ctrl-C again to exit at once; nothing committed is lost)");
+    tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
+    });
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = PipelineConfig::load(&args.config)?;
+    if let Some(listen) = &config.metrics.listen {
+        exactly::metrics::install_exporter(listen.parse()?)?;
+        eprintln!("metrics: http://{listen}/metrics");
+    }
+    let sink = sink::from_config(&config.sink);
+    eprintln!(
+        "pipeline '{}': {} from {} -> {} sink; checkpoint {}",
+        config.id,
+        config.source.topics.join(","),
+        config.source.brokers,
+        sink.name(),
+        config.checkpoint_dir().display()
+    );
+    let pipeline = Pipeline::start(config, sink).await?;
+    let mut progress = pipeline.progress();
+    let format = args.progress;
+    let printer = tokio::spawn(async move {
+        while let Ok(p) = progress.recv().await {
+            match format {
+                ProgressFormat::Text => eprintln!("{p}"),
+                ProgressFormat::Json => eprintln!("{}", serde_json::to_string(&p).unwrap_or_default()),
+                ProgressFormat::Off => {}
+            }
+        }
+    });
+    let result = tokio::select! {
+        _ = stop_signal() => None,
+        r = wait_finished(&pipeline) => Some(r),
+    };
+    let outcome = match result {
+        None => pipeline.shutdown().await,
+        Some(()) => pipeline.wait().await,
+    };
+    printer.abort();
+    outcome?;
+    Ok(())
+}
+
+async fn wait_finished(p: &Pipeline) {
+    while !p.is_finished() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+async fn main_inner(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Produce(a) => {
+            let opts = ProduceOptions {
+                brokers: a.brokers,
+                topic: a.topic,
+                count: a.count,
+                rate: a.rate,
+                first_id: a.first_id,
+                distinct_values: a.distinct_values,
+                duplicate_every: a.duplicate_every,
+                malformed_every: a.malformed_every,
+            };
+            let pre = kafka::preflight(&opts.brokers, std::slice::from_ref(&opts.topic), std::time::Duration::from_secs(10)).await?;
+            eprintln!("producing to '{}' ({} partitions) on {}", opts.topic, pre.len(), opts.brokers);
+            let report = produce(&opts, stop_signal()).await?;
+            eprintln!(
+                "produced {} records to '{}': {} events, {} duplicates, {} malformed",
+                report.sent, opts.topic, report.events, report.duplicates, report.malformed
+            );
+            Ok(())
+        }
+        Command::Topics { command: TopicsCommand::Create { brokers, topic, partitions, replication } } => {
+            if kafka::create_topic(&brokers, &topic, partitions, replication).await? {
+                eprintln!("created topic '{topic}' with {partitions} partitions on {brokers}");
+            } else {
+                eprintln!("topic '{topic}' already exists on {brokers}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,exactly=info")))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_inner(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: what was wrong, where, and what to do.
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Per-epoch progress, like Spark's `StreamingQueryProgress`: one report per committed epoch,
+//! logged as one structured line and broadcast to whoever watches (the CLI's live view, tests).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// One partition's share of an epoch.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionProgress {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// First offset of the epoch's range.
+    pub start_offset: i64,
+    /// Next offset after the range.
+    pub end_offset: i64,
+    /// Records committed from this partition in the epoch.
+    pub records: u64,
+    /// Records in Kafka past `end_offset`, from the last statistics (None until known).
+    pub lag: Option<i64>,
+}
+
+/// What one committed epoch did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    /// Pipeline id.
+    pub pipeline: String,
+    /// Epoch committed.
+    pub epoch: u64,
+    /// Actor-tree generation (0 until the first restart).
+    pub generation: u64,
+    /// Records committed in this epoch.
+    pub input_rows: u64,
+    /// Records committed per second since the previous commit.
+    pub rows_per_second: f64,
+    /// Time in the sink commit, milliseconds.
+    pub sink_ms: f64,
+    /// Time writing the checkpoint, milliseconds.
+    pub checkpoint_ms: f64,
+    /// Total records behind, over all partitions (None until statistics arrive).
+    pub lag: Option<i64>,
+    /// Restarts since the pipeline started.
+    pub restarts: u64,
+    /// Per partition.
+    pub partitions: Vec<PartitionProgress>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Progress {
+    /// Milliseconds of a duration, for the report.
+    pub fn millis(d: Duration) -> f64 {
+        ms(d)
+    }
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lag = self.lag.map(|l| l.to_string()).unwrap_or_else(|| "?".into());
+        write!(
+            f,
+            "epoch {:>6} | {:>8} rows | {:>10.0} rows/s | lag {:>8} | commit {:>6.1} ms + checkpoint {:>5.1} ms | restarts {}",
+            self.epoch, self.input_rows, self.rows_per_second, lag, self.sink_ms, self.checkpoint_ms, self.restarts
+        )
+    }
+}

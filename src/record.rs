@@ -1,0 +1,87 @@
+//! Records, partition positions and epochs: the data that flows consumer -> aggregator -> committer.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A Kafka topic-partition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TopicPartition {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Partition number.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// Builds a topic-partition.
+    pub fn new(topic: &str, partition: i32) -> Self {
+        TopicPartition { topic: Arc::from(topic), partition }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// One Kafka record, owned, with its coordinates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Where it came from.
+    pub tp: TopicPartition,
+    /// Its offset in the partition. Offsets are increasing but NOT contiguous: transaction
+    /// markers and compaction leave gaps.
+    pub offset: i64,
+    /// Kafka timestamp in milliseconds since the epoch, when the broker gave one.
+    pub timestamp_ms: Option<i64>,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value; `None` for a tombstone.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// The next offset to read, per partition: a consistent cut of the input.
+///
+/// "Next offset" is the offset after the last record consumed, so resuming there never re-reads
+/// a consumed record and never skips an unread one, gaps included.
+pub type Offsets = BTreeMap<TopicPartition, i64>;
+
+/// The records of one partition inside one epoch: offsets `[start, end)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRange {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// First offset the epoch may contain (the previous epoch's `end`).
+    pub start: i64,
+    /// Next offset after the epoch (where the next epoch starts).
+    pub end: i64,
+    /// Records in the range (fewer than `end - start` when the partition has gaps).
+    pub records: u64,
+}
+
+/// A closed epoch, ready to commit: every record between the previous cut and this one.
+#[derive(Debug, Clone)]
+pub struct EpochBatch {
+    /// Epoch number; epoch 1 is the first with data, 0 means "nothing committed yet".
+    pub epoch: u64,
+    /// Records, grouped by partition in offset order.
+    pub records: Vec<Record>,
+    /// Per-partition ranges, one for every assigned partition.
+    pub ranges: Vec<PartitionRange>,
+}
+
+impl EpochBatch {
+    /// The end offsets (the cut) of this epoch.
+    pub fn end_offsets(&self) -> Offsets {
+        self.ranges.iter().map(|r| (r.tp.clone(), r.end)).collect()
+    }
+
+    /// True when no partition moved: nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.ranges.iter().all(|r| r.start == r.end)
+    }
+}

@@ -1,0 +1,559 @@
+//! The supervisor: root of the actor tree.
+//!
+//! ```text
+//! Supervisor  (cuts epochs; restart budget; on any child failure: abort the open epoch and
+//!  │           restart the whole tree from the last committed epoch)
+//!  ├─ Consumer[p]   one per Kafka partition
+//!  ├─ Aggregator    aligns barriers, closes epochs
+//!  └─ Committer     the only writer: sink commit, then checkpoint
+//! ```
+//!
+//! A *generation* is one incarnation of the tree: one Kafka client assigned at the last
+//! committed cut, and fresh children. Any child failure ends the generation: its uncommitted
+//! records are dropped and a new generation re-reads them from the checkpoint. One-for-all is
+//! the simple strategy that is correct by construction: no actor survives holding state from an
+//! aborted epoch.
+//!
+//! **Architecture Invariant:** at most one barrier is in flight. The next epoch is cut only after
+//! the previous cut is resolved (committed, or found empty), so epoch numbers are contiguous and
+//! a restart never races a commit of the same epoch.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use rdkafka::consumer::Consumer;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use crate::aggregator::{AggregatorActor, AggregatorArgs, AggregatorMsg};
+use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::committer::{CommitReport, CommitterActor, CommitterArgs, CommitterMsg};
+use crate::config::PipelineConfig;
+use crate::consumer::{ConsumerActor, ConsumerArgs, ConsumerMsg};
+use crate::error::Error;
+use crate::kafka::{self, PartitionStats, PipelineConsumer, StatsContext};
+use crate::metrics as m;
+use crate::progress::{PartitionProgress, Progress};
+use crate::record::{Offsets, TopicPartition};
+use crate::sink::Sink;
+
+/// How long a graceful stop of a child may take before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The supervisor actor.
+pub struct SupervisorActor;
+
+/// Messages the supervisor handles.
+pub enum SupervisorMsg {
+    /// Build a new generation of the tree from the checkpoint.
+    StartGeneration,
+    /// The epoch timer fired.
+    Tick,
+    /// The aggregator holds `max_records` records: cut now.
+    EpochFull,
+    /// Barrier `barrier` is resolved: committed (`Some`) or empty (`None`).
+    BarrierResolved {
+        /// Which barrier.
+        barrier: u64,
+        /// What the commit did.
+        report: Option<CommitReport>,
+    },
+    /// Commit the open epoch, then stop.
+    Shutdown,
+    /// Report the tree's current state.
+    Status(RpcReplyPort<PipelineStatus>),
+}
+
+/// A snapshot of the tree, for tests, the chaos suite and operators.
+#[derive(Clone)]
+pub struct PipelineStatus {
+    /// Current generation (0 until the first restart).
+    pub generation: u64,
+    /// Restarts since start.
+    pub restarts: u64,
+    /// Last committed epoch.
+    pub committed_epoch: u64,
+    /// The cut of the last committed epoch.
+    pub committed_offsets: Offsets,
+    /// The consumers of the current generation (empty between generations).
+    pub consumers: Vec<(TopicPartition, ActorRef<ConsumerMsg>)>,
+    /// The aggregator of the current generation.
+    pub aggregator: Option<ActorRef<AggregatorMsg>>,
+    /// The committer of the current generation.
+    pub committer: Option<ActorRef<CommitterMsg>>,
+}
+
+/// What the supervisor starts with.
+pub struct SupervisorArgs {
+    /// The pipeline's configuration.
+    pub config: Arc<PipelineConfig>,
+    /// The sink, shared by every generation's committer.
+    pub sink: Arc<dyn Sink>,
+    /// Every partition to read (from the pre-flight check).
+    pub partitions: Vec<TopicPartition>,
+    /// Where the reason for a fatal stop is left for [`crate::pipeline`].
+    pub outcome: Arc<Mutex<Option<Error>>>,
+    /// Progress reports go here.
+    pub progress: broadcast::Sender<Progress>,
+}
+
+/// One incarnation of the tree.
+struct Generation {
+    client: Arc<PipelineConsumer>,
+    poller: JoinHandle<()>,
+    consumers: Vec<(TopicPartition, ActorRef<ConsumerMsg>)>,
+    aggregator: ActorRef<AggregatorMsg>,
+    committer: ActorRef<CommitterMsg>,
+    ids: HashSet<ActorId>,
+}
+
+impl Generation {
+    fn kind_of(&self, id: ActorId) -> Option<String> {
+        if self.aggregator.get_id() == id {
+            return Some("aggregator".into());
+        }
+        if self.committer.get_id() == id {
+            return Some("committer".into());
+        }
+        self.consumers.iter().find(|(_, c)| c.get_id() == id).map(|(tp, _)| format!("consumer {tp}"))
+    }
+}
+
+/// The supervisor's state.
+pub struct SupervisorState {
+    args: SupervisorArgs,
+    store: CheckpointStore,
+    stats: PartitionStats,
+    generation: u64,
+    current: Option<Generation>,
+    committed: Checkpoint,
+    next_barrier: u64,
+    in_flight: Option<u64>,
+    cut_pending: bool,
+    ticker: Option<JoinHandle<()>>,
+    restarts: VecDeque<Instant>,
+    restarts_total: u64,
+    shutting_down: bool,
+    final_barrier: Option<u64>,
+    last_commit_at: Instant,
+}
+
+impl SupervisorState {
+    fn fatal(&mut self, myself: &ActorRef<SupervisorMsg>, error: Error) {
+        tracing::error!(%error, "pipeline stopping");
+        let reason = error.to_string();
+        self.args.outcome.lock().expect("outcome lock").get_or_insert(error);
+        myself.stop(Some(reason));
+    }
+
+    /// Reconciles the checkpoint with what the sink says it committed. Returns the checkpoint to
+    /// resume from. See ARCHITECTURE.md, "Recovery".
+    async fn recover(&mut self) -> Result<Checkpoint, Error> {
+        let id = &self.args.config.id;
+        let found = self.store.load()?;
+        if let Some(cp) = &found {
+            if &cp.pipeline_id != id {
+                return Err(Error::Recovery(format!(
+                    "checkpoint in {} belongs to pipeline '{}', not '{}'; give each pipeline its own checkpoint.dir",
+                    self.store.dir().display(),
+                    cp.pipeline_id,
+                    id
+                )));
+            }
+        }
+        let sink_epoch = self.args.sink.committed_epoch().await?;
+        let mut cp = match (found, sink_epoch) {
+            (Some(cp), None) => cp,
+            (Some(cp), Some(v)) if v.epoch == cp.epoch => cp,
+            (Some(cp), Some(v)) if v.epoch == cp.epoch + 1 => {
+                tracing::warn!(checkpoint = cp.epoch, sink = v.epoch, "the sink committed an epoch the checkpoint missed; rebuilding the checkpoint from the sink");
+                let repaired = Checkpoint::new(id, v.epoch, &v.offsets);
+                self.store.store(&repaired)?;
+                repaired
+            }
+            (Some(cp), Some(v)) => {
+                return Err(Error::Recovery(format!(
+                    "checkpoint epoch {} and sink epoch {} are more than one apart; the checkpoint in {} does not belong to this output",
+                    cp.epoch,
+                    v.epoch,
+                    self.store.dir().display()
+                )))
+            }
+            (None, Some(v)) => {
+                return Err(Error::Recovery(format!(
+                    "the sink already holds epoch {} of pipeline '{id}' but {} has no checkpoint; restore the checkpoint, or point checkpoint.dir at the right one",
+                    v.epoch,
+                    self.store.dir().display()
+                )))
+            }
+            (None, None) => Checkpoint::new(id, 0, &Offsets::new()),
+        };
+        // Partitions with no position yet (first start, or partitions added to a topic) start
+        // where `starting_offsets` says, and that position is pinned in the checkpoint at once.
+        let mut offsets = cp.offsets();
+        let missing: Vec<TopicPartition> = self.args.partitions.iter().filter(|tp| !offsets.contains_key(*tp)).cloned().collect();
+        if !missing.is_empty() {
+            let src = &self.args.config.source;
+            let mode = if cp.epoch == 0 && cp.offsets.is_empty() { src.starting_offsets } else { crate::config::StartingOffsets::Earliest };
+            let resolved = kafka::resolve_starting_offsets(&src.brokers, &missing, mode, Duration::from_millis(src.connect_timeout_ms)).await?;
+            offsets.extend(resolved);
+            cp = Checkpoint::new(id, cp.epoch, &offsets);
+            self.store.store(&cp)?;
+        }
+        Ok(cp)
+    }
+
+    async fn start_generation(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), Error> {
+        let cp = self.recover().await?;
+        let config = self.args.config.clone();
+        let offsets: Offsets = cp.offsets().into_iter().filter(|(tp, _)| self.args.partitions.contains(tp)).collect();
+
+        let client: PipelineConsumer = kafka::consumer_config(&config)
+            .set("auto.offset.reset", "error")
+            .create_with_context(StatsContext::new(self.stats.clone()))?;
+        let client = Arc::new(client);
+        let mut tpl = TopicPartitionList::new();
+        for (tp, off) in &offsets {
+            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*off))?;
+        }
+        client.assign(&tpl)?;
+        let mut queues = Vec::new();
+        for tp in offsets.keys() {
+            let q = client
+                .split_partition_queue(&tp.topic, tp.partition)
+                .ok_or_else(|| Error::Actor(format!("cannot split the queue of {tp}")))?;
+            queues.push((tp.clone(), q));
+        }
+        // The main queue carries errors and statistics only; it must be served.
+        let poll_client = client.clone();
+        let poller = tokio::spawn(async move {
+            loop {
+                match poll_client.recv().await {
+                    Ok(m) => tracing::error!(topic = rdkafka::Message::topic(&m), "record on the main queue (partition not split)"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka client error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+
+        let cell = myself.get_cell();
+        let spawn_err = |e: ractor::SpawnErr| Error::Actor(e.to_string());
+        let (committer, _) = Actor::spawn_linked(
+            None,
+            CommitterActor,
+            CommitterArgs {
+                pipeline_id: config.id.clone(),
+                sink: self.args.sink.clone(),
+                store: self.store.clone(),
+                committed_epoch: cp.epoch,
+                supervisor: myself.clone(),
+            },
+            cell.clone(),
+        )
+        .await
+        .map_err(spawn_err)?;
+        let (aggregator, _) = Actor::spawn_linked(
+            None,
+            AggregatorActor,
+            AggregatorArgs {
+                start: offsets.clone(),
+                committed_epoch: cp.epoch,
+                committer: committer.clone(),
+                supervisor: myself.clone(),
+                max_records: config.epoch.max_records,
+            },
+            cell.clone(),
+        )
+        .await
+        .map_err(spawn_err)?;
+        let mut ids: HashSet<ActorId> = [committer.get_id(), aggregator.get_id()].into_iter().collect();
+        let mut consumers = Vec::new();
+        for (tp, queue) in queues {
+            let start = offsets[&tp];
+            let (c, _) = Actor::spawn_linked(
+                None,
+                ConsumerActor,
+                ConsumerArgs { tp: tp.clone(), start, queue, aggregator: aggregator.clone(), max_batch: config.source.max_batch_records },
+                cell.clone(),
+            )
+            .await
+            .map_err(spawn_err)?;
+            ids.insert(c.get_id());
+            consumers.push((tp, c));
+        }
+        tracing::info!(pipeline = %config.id, generation = self.generation, epoch = cp.epoch, partitions = consumers.len(), "actor tree started from the last committed epoch");
+        metrics::gauge!(m::GENERATION).set(self.generation as f64);
+        metrics::gauge!(m::EPOCH_COMMITTED).set(cp.epoch as f64);
+        self.committed = cp;
+        self.current = Some(Generation { client, poller, consumers, aggregator, committer, ids });
+        self.ticker = Some(myself.send_interval(config.epoch.interval(), || SupervisorMsg::Tick));
+        Ok(())
+    }
+
+    fn cut(&mut self) -> Result<(), ActorProcessingErr> {
+        let Some(gen) = &self.current else { return Ok(()) };
+        let b = self.next_barrier;
+        self.next_barrier += 1;
+        self.in_flight = Some(b);
+        self.cut_pending = false;
+        for (_, c) in &gen.consumers {
+            c.cast(ConsumerMsg::Barrier(b))?;
+        }
+        if self.shutting_down {
+            self.final_barrier = Some(b);
+        }
+        Ok(())
+    }
+
+    /// Ends the current generation. Consumers and the aggregator hold nothing durable and are
+    /// killed; the committer is stopped gracefully so a commit in progress completes (or fails)
+    /// before anything restarts.
+    async fn teardown(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+        self.in_flight = None;
+        self.cut_pending = false;
+        if let Some(gen) = self.current.take() {
+            for (_, c) in &gen.consumers {
+                let _ = c.kill_and_wait(Some(STOP_TIMEOUT)).await;
+            }
+            let _ = gen.aggregator.kill_and_wait(Some(STOP_TIMEOUT)).await;
+            if gen.committer.stop_and_wait(None, Some(STOP_TIMEOUT)).await.is_err() {
+                let _ = gen.committer.kill_and_wait(Some(STOP_TIMEOUT)).await;
+            }
+            gen.poller.abort();
+            // Dropping the last handle closes the Kafka client; that blocks briefly.
+            let client = gen.client;
+            let _ = tokio::task::spawn_blocking(move || drop(client)).await;
+        }
+    }
+
+    async fn on_child_failure(&mut self, myself: &ActorRef<SupervisorMsg>, kind: String, reason: String) {
+        tracing::warn!(actor = %kind, %reason, generation = self.generation, "actor failed; aborting the open epoch and restarting from the last committed one");
+        let actor_kind = kind.split(' ').next().unwrap_or("actor").to_string();
+        metrics::counter!(m::ACTOR_RESTARTS, "actor" => actor_kind, "reason" => "failed").increment(1);
+        self.teardown().await;
+        if self.shutting_down {
+            // Nothing uncommitted is lost: the next start re-reads it from the checkpoint.
+            myself.stop(Some(format!("{kind} failed during shutdown: {reason}")));
+            return;
+        }
+        self.schedule_restart(myself, format!("{kind}: {reason}"));
+    }
+
+    fn schedule_restart(&mut self, myself: &ActorRef<SupervisorMsg>, failure: String) {
+        let cfg = &self.args.config.supervisor;
+        let now = Instant::now();
+        let window = Duration::from_secs(cfg.window_secs);
+        while self.restarts.front().is_some_and(|t| now.duration_since(*t) > window) {
+            self.restarts.pop_front();
+        }
+        if self.restarts.len() >= cfg.max_restarts {
+            let e = Error::RestartBudgetSpent { restarts: self.restarts.len(), window_secs: cfg.window_secs, last_failure: failure };
+            self.fatal(myself, e);
+            return;
+        }
+        let backoff = Duration::from_millis(cfg.backoff_ms.saturating_mul(1 << self.restarts.len().min(10)));
+        self.restarts.push_back(now);
+        self.restarts_total += 1;
+        self.generation += 1;
+        myself.send_after(backoff, || SupervisorMsg::StartGeneration);
+    }
+
+    fn on_commit(&mut self, report: CommitReport) {
+        let now = Instant::now();
+        let secs = now.duration_since(self.last_commit_at).as_secs_f64().max(1e-6);
+        self.last_commit_at = now;
+        let mut offsets = self.committed.offsets();
+        let mut partitions = Vec::with_capacity(report.ranges.len());
+        let mut total_lag = Some(0i64);
+        for r in &report.ranges {
+            offsets.insert(r.tp.clone(), r.end);
+            let lag = self.stats.get(&r.tp).map(|w| (w.last_stable - r.end).max(0));
+            total_lag = total_lag.zip(lag).map(|(a, b)| a + b);
+            if let Some(l) = lag {
+                metrics::gauge!(m::CONSUMER_LAG, "topic" => r.tp.topic.to_string(), "partition" => r.tp.partition.to_string()).set(l as f64);
+            }
+            partitions.push(PartitionProgress {
+                topic: r.tp.topic.to_string(),
+                partition: r.tp.partition,
+                start_offset: r.start,
+                end_offset: r.end,
+                records: r.records,
+                lag,
+            });
+        }
+        self.committed = Checkpoint::new(&self.args.config.id, report.epoch, &offsets);
+        metrics::counter!(m::RECORDS_COMMITTED).increment(report.records);
+        metrics::gauge!(m::EPOCH_COMMITTED).set(report.epoch as f64);
+        metrics::histogram!(m::COMMIT_SECONDS, "phase" => "sink").record(report.sink_time.as_secs_f64());
+        metrics::histogram!(m::COMMIT_SECONDS, "phase" => "checkpoint").record(report.checkpoint_time.as_secs_f64());
+        if let Some(ts) = report.min_timestamp_ms {
+            let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(ts);
+            metrics::histogram!(m::END_TO_END_SECONDS).record(((now_ms - ts).max(0) as f64) / 1000.0);
+        }
+        let progress = Progress {
+            pipeline: self.args.config.id.clone(),
+            epoch: report.epoch,
+            generation: self.generation,
+            input_rows: report.records,
+            rows_per_second: report.records as f64 / secs,
+            sink_ms: Progress::millis(report.sink_time),
+            checkpoint_ms: Progress::millis(report.checkpoint_time),
+            lag: total_lag,
+            restarts: self.restarts_total,
+            partitions,
+        };
+        tracing::debug!(
+            pipeline = %progress.pipeline,
+            epoch = progress.epoch,
+            rows = progress.input_rows,
+            rows_per_second = progress.rows_per_second as u64,
+            lag = ?progress.lag,
+            sink_ms = progress.sink_ms,
+            checkpoint_ms = progress.checkpoint_ms,
+            "epoch committed"
+        );
+        let _ = self.args.progress.send(progress);
+    }
+
+    fn status(&self) -> PipelineStatus {
+        PipelineStatus {
+            generation: self.generation,
+            restarts: self.restarts_total,
+            committed_epoch: self.committed.epoch,
+            committed_offsets: self.committed.offsets(),
+            consumers: self.current.as_ref().map(|g| g.consumers.clone()).unwrap_or_default(),
+            aggregator: self.current.as_ref().map(|g| g.aggregator.clone()),
+            committer: self.current.as_ref().map(|g| g.committer.clone()),
+        }
+    }
+}
+
+impl Actor for SupervisorActor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+        let store = CheckpointStore::open(args.config.checkpoint_dir())?;
+        myself.cast(SupervisorMsg::StartGeneration)?;
+        Ok(SupervisorState {
+            committed: Checkpoint::new(&args.config.id, 0, &Offsets::new()),
+            args,
+            store,
+            stats: PartitionStats::default(),
+            generation: 0,
+            current: None,
+            next_barrier: 1,
+            in_flight: None,
+            cut_pending: false,
+            ticker: None,
+            restarts: VecDeque::new(),
+            restarts_total: 0,
+            shutting_down: false,
+            final_barrier: None,
+            last_commit_at: Instant::now(),
+        })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        state.teardown().await;
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::StartGeneration => {
+                if state.current.is_some() {
+                    return Ok(());
+                }
+                if state.shutting_down {
+                    myself.stop(None);
+                    return Ok(());
+                }
+                if let Err(e) = state.start_generation(&myself).await {
+                    state.teardown().await;
+                    match e {
+                        Error::Recovery(_) | Error::Checkpoint { .. } => state.fatal(&myself, e),
+                        other => {
+                            tracing::warn!(error = %other, "could not start the actor tree");
+                            state.schedule_restart(&myself, format!("start-up: {other}"));
+                        }
+                    }
+                }
+            }
+            SupervisorMsg::Tick => {
+                if state.in_flight.is_none() && !state.shutting_down {
+                    state.cut()?;
+                }
+            }
+            SupervisorMsg::EpochFull => {
+                if state.in_flight.is_none() {
+                    state.cut()?;
+                } else {
+                    state.cut_pending = true;
+                }
+            }
+            SupervisorMsg::BarrierResolved { barrier, report } => {
+                if state.in_flight != Some(barrier) {
+                    return Ok(()); // from a generation that was torn down
+                }
+                state.in_flight = None;
+                if let Some(report) = report {
+                    state.on_commit(report);
+                }
+                if state.shutting_down {
+                    if state.final_barrier == Some(barrier) {
+                        tracing::info!(epoch = state.committed.epoch, "open epoch committed; stopping");
+                        state.teardown().await;
+                        myself.stop(None);
+                    } else {
+                        state.cut()?;
+                    }
+                } else if state.cut_pending {
+                    state.cut()?;
+                }
+            }
+            SupervisorMsg::Shutdown => {
+                if state.shutting_down {
+                    return Ok(());
+                }
+                state.shutting_down = true;
+                if let Some(t) = state.ticker.take() {
+                    t.abort();
+                }
+                if state.current.is_none() {
+                    myself.stop(None);
+                } else if state.in_flight.is_none() {
+                    state.cut()?;
+                }
+            }
+            SupervisorMsg::Status(reply) => {
+                let _ = reply.send(state.status());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, evt: SupervisionEvent, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        let (cell, reason): (ActorCell, String) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
+            _ => return Ok(()),
+        };
+        let Some(gen) = &state.current else { return Ok(()) };
+        if !gen.ids.contains(&cell.get_id()) {
+            return Ok(()); // an actor of a generation already torn down
+        }
+        let kind = gen.kind_of(cell.get_id()).unwrap_or_else(|| "actor".into());
+        state.on_child_failure(&myself, kind, reason).await;
+        Ok(())
+    }
+}
