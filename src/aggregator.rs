@@ -89,7 +89,11 @@ impl AggregatorState {
         self.pending.entry(b).or_default()
     }
 
-    fn on_records(&mut self, tp: TopicPartition, records: Vec<Record>) -> Result<(), ActorProcessingErr> {
+    fn on_records(
+        &mut self,
+        tp: TopicPartition,
+        records: Vec<Record>,
+    ) -> Result<(), ActorProcessingErr> {
         if !self.last_cut.contains_key(&tp) {
             return Err(format!("records from unassigned partition {tp}").into());
         }
@@ -105,7 +109,12 @@ impl AggregatorState {
         Ok(())
     }
 
-    fn on_barrier(&mut self, barrier: u64, tp: TopicPartition, next_offset: i64) -> Result<(), ActorProcessingErr> {
+    fn on_barrier(
+        &mut self,
+        barrier: u64,
+        tp: TopicPartition,
+        next_offset: i64,
+    ) -> Result<(), ActorProcessingErr> {
         if self.first_barrier.is_none() {
             // Records that arrived before the first barrier was known belong to it.
             if let Some(p) = self.pending.remove(&u64::MAX) {
@@ -115,7 +124,9 @@ impl AggregatorState {
         }
         if let Some(cur) = self.current.get(&tp) {
             if *cur != barrier {
-                return Err(format!("barrier {barrier} from {tp} out of order (expected {cur})").into());
+                return Err(
+                    format!("barrier {barrier} from {tp} out of order (expected {cur})").into(),
+                );
             }
         }
         self.current.insert(tp.clone(), barrier + 1);
@@ -134,18 +145,32 @@ impl AggregatorState {
         for (tp, start) in &self.last_cut {
             let end = done.ends[tp];
             let recs = done.records.remove(tp).unwrap_or_default();
-            ranges.push(PartitionRange { tp: tp.clone(), start: *start, end, records: recs.len() as u64 });
+            ranges.push(PartitionRange {
+                tp: tp.clone(),
+                start: *start,
+                end,
+                records: recs.len() as u64,
+            });
             records.extend(recs);
         }
-        let batch = EpochBatch { epoch: self.next_epoch, records, ranges };
+        let batch = EpochBatch {
+            epoch: self.next_epoch,
+            records,
+            ranges,
+        };
         self.full_signalled = false;
         if batch.is_empty() {
-            self.args.supervisor.cast(SupervisorMsg::BarrierResolved { barrier, report: None })?;
+            self.args.supervisor.cast(SupervisorMsg::BarrierResolved {
+                barrier,
+                report: None,
+            })?;
             return Ok(());
         }
         self.last_cut = batch.end_offsets();
         self.next_epoch += 1;
-        self.args.committer.cast(CommitterMsg::Commit { barrier, batch })?;
+        self.args
+            .committer
+            .cast(CommitterMsg::Commit { barrier, batch })?;
         Ok(())
     }
 }
@@ -155,7 +180,11 @@ impl Actor for AggregatorActor {
     type State = AggregatorState;
     type Arguments = AggregatorArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: AggregatorArgs) -> Result<AggregatorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: AggregatorArgs,
+    ) -> Result<AggregatorState, ActorProcessingErr> {
         Ok(AggregatorState {
             last_cut: args.start.clone(),
             next_epoch: args.committed_epoch + 1,
@@ -167,10 +196,19 @@ impl Actor for AggregatorActor {
         })
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: AggregatorMsg, state: &mut AggregatorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: AggregatorMsg,
+        state: &mut AggregatorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             AggregatorMsg::Records { tp, records } => state.on_records(tp, records),
-            AggregatorMsg::Barrier { barrier, tp, next_offset } => state.on_barrier(barrier, tp, next_offset),
+            AggregatorMsg::Barrier {
+                barrier,
+                tp,
+                next_offset,
+            } => state.on_barrier(barrier, tp, next_offset),
             AggregatorMsg::InjectFault(f) => f.trigger("aggregator"),
         }
     }

@@ -46,14 +46,21 @@ impl Checkpoint {
             epoch,
             offsets: offsets
                 .iter()
-                .map(|(tp, o)| PartitionOffset { topic: tp.topic.to_string(), partition: tp.partition, next_offset: *o })
+                .map(|(tp, o)| PartitionOffset {
+                    topic: tp.topic.to_string(),
+                    partition: tp.partition,
+                    next_offset: *o,
+                })
                 .collect(),
         }
     }
 
     /// The offsets as a map.
     pub fn offsets(&self) -> Offsets {
-        self.offsets.iter().map(|p| (TopicPartition::new(&p.topic, p.partition), p.next_offset)).collect()
+        self.offsets
+            .iter()
+            .map(|p| (TopicPartition::new(&p.topic, p.partition), p.next_offset))
+            .collect()
     }
 }
 
@@ -67,7 +74,10 @@ impl CheckpointStore {
     /// Opens (creating if needed) a checkpoint directory.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|e| Error::Checkpoint { path: dir.clone(), detail: format!("cannot create directory: {e}") })?;
+        fs::create_dir_all(&dir).map_err(|e| Error::Checkpoint {
+            path: dir.clone(),
+            detail: format!("cannot create directory: {e}"),
+        })?;
         Ok(CheckpointStore { dir })
     }
 
@@ -86,9 +96,15 @@ impl CheckpointStore {
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| Error::Checkpoint { path, detail: format!("corrupt checkpoint: {e}") }),
+                .map_err(|e| Error::Checkpoint {
+                    path,
+                    detail: format!("corrupt checkpoint: {e}"),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Checkpoint { path, detail: e.to_string() }),
+            Err(e) => Err(Error::Checkpoint {
+                path,
+                detail: e.to_string(),
+            }),
         }
     }
 
@@ -97,14 +113,25 @@ impl CheckpointStore {
     pub fn store(&self, checkpoint: &Checkpoint) -> Result<()> {
         let path = self.path();
         let tmp = self.dir.join(format!("{FILE}.tmp"));
-        let err = |detail: String| Error::Checkpoint { path: path.clone(), detail };
+        let err = |detail: String| Error::Checkpoint {
+            path: path.clone(),
+            detail,
+        };
         let bytes = serde_json::to_vec_pretty(checkpoint).map_err(|e| err(e.to_string()))?;
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(|e| err(format!("cannot write: {e}")))?;
-        f.write_all(&bytes).map_err(|e| err(format!("cannot write: {e}")))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| err(format!("cannot write: {e}")))?;
+        f.write_all(&bytes)
+            .map_err(|e| err(format!("cannot write: {e}")))?;
         f.sync_all().map_err(|e| err(format!("cannot sync: {e}")))?;
         drop(f);
         fs::rename(&tmp, &path).map_err(|e| err(format!("cannot replace: {e}")))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| err(format!("cannot sync directory: {e}")))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err(format!("cannot sync directory: {e}")))?;
         Ok(())
     }
 }

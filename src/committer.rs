@@ -76,16 +76,32 @@ impl Actor for CommitterActor {
     type State = CommitterState;
     type Arguments = CommitterArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: CommitterArgs) -> Result<CommitterState, ActorProcessingErr> {
-        Ok(CommitterState { last_epoch: args.committed_epoch, args })
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: CommitterArgs,
+    ) -> Result<CommitterState, ActorProcessingErr> {
+        Ok(CommitterState {
+            last_epoch: args.committed_epoch,
+            args,
+        })
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: CommitterMsg, state: &mut CommitterState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: CommitterMsg,
+        state: &mut CommitterState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             CommitterMsg::InjectFault(f) => f.trigger("committer"),
             CommitterMsg::Commit { barrier, batch } => {
                 if batch.epoch != state.last_epoch + 1 {
-                    return Err(format!("epoch {} arrived after epoch {}; epochs must be contiguous", batch.epoch, state.last_epoch).into());
+                    return Err(format!(
+                        "epoch {} arrived after epoch {}; epochs must be contiguous",
+                        batch.epoch, state.last_epoch
+                    )
+                    .into());
                 }
                 let t0 = Instant::now();
                 state.args.sink.commit(&batch).await?;
@@ -93,7 +109,11 @@ impl Actor for CommitterActor {
                 // The checkpoint write is small and done inline, on purpose: it must never be left
                 // running detached if this actor is killed mid-commit.
                 let t1 = Instant::now();
-                state.args.store.store(&Checkpoint::new(&state.args.pipeline_id, batch.epoch, &batch.end_offsets()))?;
+                state.args.store.store(&Checkpoint::new(
+                    &state.args.pipeline_id,
+                    batch.epoch,
+                    &batch.end_offsets(),
+                ))?;
                 let checkpoint_time = t1.elapsed();
                 state.last_epoch = batch.epoch;
                 let report = CommitReport {
@@ -104,7 +124,10 @@ impl Actor for CommitterActor {
                     sink_time,
                     checkpoint_time,
                 };
-                state.args.supervisor.cast(SupervisorMsg::BarrierResolved { barrier, report: Some(report) })?;
+                state.args.supervisor.cast(SupervisorMsg::BarrierResolved {
+                    barrier,
+                    report: Some(report),
+                })?;
                 Ok(())
             }
         }

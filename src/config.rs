@@ -98,7 +98,10 @@ pub struct EpochConfig {
 
 impl Default for EpochConfig {
     fn default() -> Self {
-        EpochConfig { interval_ms: 1_000, max_records: 200_000 }
+        EpochConfig {
+            interval_ms: 1_000,
+            max_records: 200_000,
+        }
     }
 }
 
@@ -128,7 +131,9 @@ fn default_num_rows() -> usize {
 
 impl Default for SinkConfig {
     fn default() -> Self {
-        SinkConfig::Console { num_rows: default_num_rows() }
+        SinkConfig::Console {
+            num_rows: default_num_rows(),
+        }
     }
 }
 
@@ -164,7 +169,11 @@ pub struct SupervisorConfig {
 
 impl Default for SupervisorConfig {
     fn default() -> Self {
-        SupervisorConfig { max_restarts: 10, window_secs: 60, backoff_ms: 100 }
+        SupervisorConfig {
+            max_restarts: 10,
+            window_secs: 60,
+            backoff_ms: 100,
+        }
     }
 }
 
@@ -206,7 +215,10 @@ impl PipelineConfig {
     pub fn new(id: impl Into<String>, topics: &[&str]) -> Self {
         PipelineConfig {
             id: id.into(),
-            source: SourceConfig { topics: topics.iter().map(|t| t.to_string()).collect(), ..Default::default() },
+            source: SourceConfig {
+                topics: topics.iter().map(|t| t.to_string()).collect(),
+                ..Default::default()
+            },
             epoch: EpochConfig::default(),
             sink: SinkConfig::default(),
             checkpoint: CheckpointConfig::default(),
@@ -218,7 +230,10 @@ impl PipelineConfig {
     /// Reads, parses, applies the environment, and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
         let mut config = Self::parse(&text, &shown)?;
         config.apply_env();
         config.validate(&shown)?;
@@ -232,11 +247,19 @@ impl PipelineConfig {
                 Some(span) => {
                     let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
                     let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-                    if line.is_empty() { format!("line {line_no}") } else { format!("line {line_no} (`{line}`)") }
+                    if line.is_empty() {
+                        format!("line {line_no}")
+                    } else {
+                        format!("line {line_no} (`{line}`)")
+                    }
                 }
                 None => "top level".to_string(),
             };
-            ConfigError::Parse { path: origin.to_string(), location, message: e.message().trim().to_string() }
+            ConfigError::Parse {
+                path: origin.to_string(),
+                location,
+                message: e.message().trim().to_string(),
+            }
         })
     }
 
@@ -251,18 +274,42 @@ impl PipelineConfig {
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let bad = |field: &str, problem: String| ConfigError::Invalid { path: origin.to_string(), field: field.to_string(), problem };
-        if self.id.is_empty() || !self.id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        let bad = |field: &str, problem: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            field: field.to_string(),
+            problem,
+        };
+        if self.id.is_empty()
+            || !self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
             return Err(bad("id", format!("is {:?}; use letters, digits, '.', '_' or '-' (it names the checkpoint and the Delta txn appId)", self.id)));
         }
         if self.source.brokers.trim().is_empty() {
-            return Err(bad("source.brokers", "is empty; give host:port[,host:port] or set KAFKA_BROKERS".into()));
+            return Err(bad(
+                "source.brokers",
+                "is empty; give host:port[,host:port] or set KAFKA_BROKERS".into(),
+            ));
         }
         if self.source.topics.is_empty() {
-            return Err(bad("source.topics", "is empty; name at least one topic, e.g. topics = [\"events\"]".into()));
+            return Err(bad(
+                "source.topics",
+                "is empty; name at least one topic, e.g. topics = [\"events\"]".into(),
+            ));
         }
-        if let Some(t) = self.source.topics.iter().find(|t| t.is_empty() || t.len() > 249 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))) {
-            return Err(bad("source.topics", format!("has {t:?}, which is not a valid Kafka topic name")));
+        if let Some(t) = self.source.topics.iter().find(|t| {
+            t.is_empty()
+                || t.len() > 249
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        }) {
+            return Err(bad(
+                "source.topics",
+                format!("has {t:?}, which is not a valid Kafka topic name"),
+            ));
         }
         if self.source.max_batch_records == 0 {
             return Err(bad("source.max_batch_records", "must be at least 1".into()));
@@ -273,10 +320,19 @@ impl PipelineConfig {
             }
         }
         if self.source.connect_timeout_ms == 0 {
-            return Err(bad("source.connect_timeout_ms", "must be at least 1".into()));
+            return Err(bad(
+                "source.connect_timeout_ms",
+                "must be at least 1".into(),
+            ));
         }
         if self.epoch.interval_ms < 10 {
-            return Err(bad("epoch.interval_ms", format!("is {}; must be at least 10 (milliseconds)", self.epoch.interval_ms)));
+            return Err(bad(
+                "epoch.interval_ms",
+                format!(
+                    "is {}; must be at least 10 (milliseconds)",
+                    self.epoch.interval_ms
+                ),
+            ));
         }
         if self.epoch.max_records == 0 {
             return Err(bad("epoch.max_records", "must be at least 1".into()));
@@ -286,7 +342,10 @@ impl PipelineConfig {
         }
         if let Some(listen) = &self.metrics.listen {
             if listen.parse::<std::net::SocketAddr>().is_err() {
-                return Err(bad("metrics.listen", format!("is {listen:?}; give ip:port, e.g. \"127.0.0.1:9464\"")));
+                return Err(bad(
+                    "metrics.listen",
+                    format!("is {listen:?}; give ip:port, e.g. \"127.0.0.1:9464\""),
+                ));
             }
         }
         Ok(())
@@ -294,7 +353,10 @@ impl PipelineConfig {
 
     /// The checkpoint directory, defaulted from the id.
     pub fn checkpoint_dir(&self) -> PathBuf {
-        self.checkpoint.dir.clone().unwrap_or_else(|| PathBuf::from("data/checkpoints").join(&self.id))
+        self.checkpoint
+            .dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data/checkpoints").join(&self.id))
     }
 }
 
@@ -304,7 +366,8 @@ mod tests {
 
     #[test]
     fn minimal_file_gets_defaults() {
-        let c = PipelineConfig::parse("id = \"p\"\n[source]\ntopics = [\"t\"]\n", "x.toml").unwrap();
+        let c =
+            PipelineConfig::parse("id = \"p\"\n[source]\ntopics = [\"t\"]\n", "x.toml").unwrap();
         assert_eq!(c.source.brokers, "127.0.0.1:9092");
         assert_eq!(c.epoch.interval_ms, 1000);
         assert_eq!(c.sink, SinkConfig::Console { num_rows: 20 });
@@ -314,14 +377,18 @@ mod tests {
 
     #[test]
     fn unknown_key_names_line_and_key() {
-        let e = PipelineConfig::parse("id = \"p\"\n[epoch]\nintervl_ms = 5\n", "x.toml").unwrap_err().to_string();
+        let e = PipelineConfig::parse("id = \"p\"\n[epoch]\nintervl_ms = 5\n", "x.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 3") && e.contains("intervl_ms"), "{e}");
         assert!(!e.contains('\n'), "one line: {e}");
     }
 
     #[test]
     fn wrong_type_names_the_line() {
-        let e = PipelineConfig::parse("id = \"p\"\n[epoch]\ninterval_ms = \"fast\"\n", "x.toml").unwrap_err().to_string();
+        let e = PipelineConfig::parse("id = \"p\"\n[epoch]\ninterval_ms = \"fast\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("interval_ms = \"fast\""), "{e}");
     }
 
@@ -332,12 +399,18 @@ mod tests {
         let e = c.validate("x.toml").unwrap_err().to_string();
         assert!(e.contains("`epoch.interval_ms`"), "{e}");
         let c = PipelineConfig::new("p", &[]);
-        assert!(c.validate("x").unwrap_err().to_string().contains("source.topics"));
+        assert!(c
+            .validate("x")
+            .unwrap_err()
+            .to_string()
+            .contains("source.topics"));
     }
 
     #[test]
     fn sink_kind_is_checked() {
-        let e = PipelineConfig::parse("id = \"p\"\n[sink]\nkind = \"s3\"\n", "x.toml").unwrap_err().to_string();
+        let e = PipelineConfig::parse("id = \"p\"\n[sink]\nkind = \"s3\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("s3"), "{e}");
     }
 }

@@ -73,11 +73,19 @@ fn to_record(tp: &TopicPartition, m: &BorrowedMessage<'_>) -> Record {
 
 /// Errors after which reading on would lose data: the partition no longer holds our offset.
 fn is_data_loss(e: &KafkaError) -> bool {
-    matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::OffsetOutOfRange) | Some(RDKafkaErrorCode::AutoOffsetReset))
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::OffsetOutOfRange) | Some(RDKafkaErrorCode::AutoOffsetReset)
+    )
 }
 
 /// Accepts a record if it is past what was already forwarded.
-fn accept(tp: &TopicPartition, next_offset: &mut i64, batch: &mut Vec<Record>, m: &BorrowedMessage<'_>) {
+fn accept(
+    tp: &TopicPartition,
+    next_offset: &mut i64,
+    batch: &mut Vec<Record>,
+    m: &BorrowedMessage<'_>,
+) {
     if m.offset() < *next_offset {
         tracing::warn!(%tp, offset = m.offset(), next = *next_offset, "ignoring a record before the consumer's position");
         return;
@@ -122,24 +130,46 @@ impl Actor for ConsumerActor {
     type State = ConsumerState;
     type Arguments = ConsumerArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: ConsumerArgs) -> Result<ConsumerState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ConsumerArgs,
+    ) -> Result<ConsumerState, ActorProcessingErr> {
         myself.cast(ConsumerMsg::Poll)?;
-        Ok(ConsumerState { tp: args.tp, next_offset: args.start, queue: args.queue, aggregator: args.aggregator, max_batch: args.max_batch })
+        Ok(ConsumerState {
+            tp: args.tp,
+            next_offset: args.start,
+            queue: args.queue,
+            aggregator: args.aggregator,
+            max_batch: args.max_batch,
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: ConsumerMsg, state: &mut ConsumerState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: ConsumerMsg,
+        state: &mut ConsumerState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ConsumerMsg::Poll => {
                 let batch = state.poll().await?;
                 if !batch.is_empty() {
                     metrics::counter!(m::RECORDS_CONSUMED, "topic" => state.tp.topic.to_string(), "partition" => state.tp.partition.to_string())
                         .increment(batch.len() as u64);
-                    state.aggregator.cast(AggregatorMsg::Records { tp: state.tp.clone(), records: batch })?;
+                    state.aggregator.cast(AggregatorMsg::Records {
+                        tp: state.tp.clone(),
+                        records: batch,
+                    })?;
                 }
                 myself.cast(ConsumerMsg::Poll)?;
             }
             ConsumerMsg::Barrier(barrier) => {
-                state.aggregator.cast(AggregatorMsg::Barrier { barrier, tp: state.tp.clone(), next_offset: state.next_offset })?;
+                state.aggregator.cast(AggregatorMsg::Barrier {
+                    barrier,
+                    tp: state.tp.clone(),
+                    next_offset: state.next_offset,
+                })?;
             }
             ConsumerMsg::InjectFault(f) => f.trigger(&format!("consumer {}", state.tp))?,
         }

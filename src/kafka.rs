@@ -64,20 +64,39 @@ impl ClientContext for StatsContext {
                 if *p < 0 || s.hi_offset < 0 {
                     continue; // the internal UA partition, or not fetched yet
                 }
-                let ls = if s.ls_offset >= 0 { s.ls_offset } else { s.hi_offset };
-                map.insert(TopicPartition::new(topic, *p), Watermarks { high: s.hi_offset, last_stable: ls });
+                let ls = if s.ls_offset >= 0 {
+                    s.ls_offset
+                } else {
+                    s.hi_offset
+                };
+                map.insert(
+                    TopicPartition::new(topic, *p),
+                    Watermarks {
+                        high: s.hi_offset,
+                        last_stable: ls,
+                    },
+                );
             }
         }
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
                 tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
             }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility = fac, "{log_message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", facility = fac, "{log_message}"),
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{log_message}"),
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", facility = fac, "{log_message}")
+            }
         }
     }
 
@@ -92,7 +111,9 @@ impl ConsumerContext for StatsContext {}
 /// A plain client config for `brokers`.
 pub fn base_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers).set("client.id", "exactly").set_log_level(RDKafkaLogLevel::Warning);
+    c.set("bootstrap.servers", brokers)
+        .set("client.id", "exactly")
+        .set_log_level(RDKafkaLogLevel::Warning);
     c
 }
 
@@ -124,20 +145,31 @@ fn is_unreachable(e: &KafkaError) -> bool {
 
 /// Checks that the brokers answer and every topic exists; returns every partition to read.
 /// This is what turns "nothing happens" into one clear line at start-up.
-pub async fn preflight(brokers: &str, topics: &[String], timeout: Duration) -> Result<Vec<TopicPartition>> {
+pub async fn preflight(
+    brokers: &str,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<Vec<TopicPartition>> {
     let brokers = brokers.to_string();
     let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || -> Result<Vec<TopicPartition>> {
-        let consumer: BaseConsumer = base_config(&brokers)
-            .create()
-            .map_err(|e| Error::BrokerUnreachable { brokers: brokers.clone(), detail: e.to_string() })?;
+        let consumer: BaseConsumer =
+            base_config(&brokers)
+                .create()
+                .map_err(|e| Error::BrokerUnreachable {
+                    brokers: brokers.clone(),
+                    detail: e.to_string(),
+                })?;
         let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| {
             let detail = if is_unreachable(&e) {
                 format!("no broker answered within {} ms", timeout.as_millis())
             } else {
                 e.to_string()
             };
-            Error::BrokerUnreachable { brokers: brokers.clone(), detail }
+            Error::BrokerUnreachable {
+                brokers: brokers.clone(),
+                detail,
+            }
         })?;
         let mut out = Vec::new();
         for topic in &topics {
@@ -148,10 +180,21 @@ pub async fn preflight(brokers: &str, topics: &[String], timeout: Duration) -> R
                     ps.sort_unstable();
                     out.extend(ps.into_iter().map(|p| TopicPartition::new(topic, p)));
                 }
-                Some(t) if t.error().is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {
-                    return Err(Error::Kafka(KafkaError::MetadataFetch(t.error().unwrap().into())));
+                Some(t)
+                    if t.error().is_some_and(|e| {
+                        e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART
+                    }) =>
+                {
+                    return Err(Error::Kafka(KafkaError::MetadataFetch(
+                        t.error().unwrap().into(),
+                    )));
                 }
-                _ => return Err(Error::TopicMissing { topic: topic.clone(), brokers: brokers.clone() }),
+                _ => {
+                    return Err(Error::TopicMissing {
+                        topic: topic.clone(),
+                        brokers: brokers.clone(),
+                    })
+                }
             }
         }
         Ok(out)
@@ -161,13 +204,22 @@ pub async fn preflight(brokers: &str, topics: &[String], timeout: Duration) -> R
 }
 
 /// Low and high watermarks of one partition, asked of the broker.
-pub fn fetch_watermarks<C: ConsumerContext>(consumer: &BaseConsumer<C>, tp: &TopicPartition, timeout: Duration) -> Result<(i64, i64)> {
+pub fn fetch_watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tp: &TopicPartition,
+    timeout: Duration,
+) -> Result<(i64, i64)> {
     Ok(consumer.fetch_watermarks(&tp.topic, tp.partition, timeout)?)
 }
 
 /// Turns `earliest`/`latest` into concrete offsets, so the first checkpoint pins the start and
 /// a restart before the first commit does not move it.
-pub async fn resolve_starting_offsets(brokers: &str, tps: &[TopicPartition], mode: StartingOffsets, timeout: Duration) -> Result<Offsets> {
+pub async fn resolve_starting_offsets(
+    brokers: &str,
+    tps: &[TopicPartition],
+    mode: StartingOffsets,
+    timeout: Duration,
+) -> Result<Offsets> {
     let brokers = brokers.to_string();
     let tps = tps.to_vec();
     tokio::task::spawn_blocking(move || -> Result<Offsets> {
@@ -175,7 +227,14 @@ pub async fn resolve_starting_offsets(brokers: &str, tps: &[TopicPartition], mod
         let mut out = Offsets::new();
         for tp in tps {
             let (low, high) = fetch_watermarks(&consumer, &tp, timeout)?;
-            out.insert(tp, if mode == StartingOffsets::Earliest { low } else { high });
+            out.insert(
+                tp,
+                if mode == StartingOffsets::Earliest {
+                    low
+                } else {
+                    high
+                },
+            );
         }
         Ok(out)
     })
@@ -184,13 +243,23 @@ pub async fn resolve_starting_offsets(brokers: &str, tps: &[TopicPartition], mod
 }
 
 /// Creates a topic; `Ok(false)` when it already existed (idempotent).
-pub async fn create_topic(brokers: &str, topic: &str, partitions: i32, replication: i32) -> Result<bool> {
+pub async fn create_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+) -> Result<bool> {
     let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))).request_timeout(Some(Duration::from_secs(30)));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(30)))
+        .request_timeout(Some(Duration::from_secs(30)));
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     let results = admin.create_topics([&new], &opts).await.map_err(|e| {
         if is_unreachable(&e) {
-            Error::BrokerUnreachable { brokers: brokers.to_string(), detail: e.to_string() }
+            Error::BrokerUnreachable {
+                brokers: brokers.to_string(),
+                detail: e.to_string(),
+            }
         } else {
             Error::Kafka(e)
         }
@@ -202,4 +271,3 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32, replicati
         None => Ok(false),
     }
 }
-

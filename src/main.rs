@@ -11,7 +11,11 @@ use exactly::{kafka, sink};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "exactly", version, about = "Exactly-once Kafka -> Delta Lake streaming on a supervised actor tree")]
+#[command(
+    name = "exactly",
+    version,
+    about = "Exactly-once Kafka -> Delta Lake streaming on a supervised actor tree"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -99,7 +103,8 @@ enum TopicsCommand {
 
 /// Resolves on the first Ctrl-C or SIGTERM; a second one exits at once.
 async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -133,7 +138,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         while let Ok(p) = progress.recv().await {
             match format {
                 ProgressFormat::Text => eprintln!("{p}"),
-                ProgressFormat::Json => eprintln!("{}", serde_json::to_string(&p).unwrap_or_default()),
+                ProgressFormat::Json => {
+                    eprintln!("{}", serde_json::to_string(&p).unwrap_or_default())
+                }
                 ProgressFormat::Off => {}
             }
         }
@@ -171,8 +178,18 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 duplicate_every: a.duplicate_every,
                 malformed_every: a.malformed_every,
             };
-            let pre = kafka::preflight(&opts.brokers, std::slice::from_ref(&opts.topic), std::time::Duration::from_secs(10)).await?;
-            eprintln!("producing to '{}' ({} partitions) on {}", opts.topic, pre.len(), opts.brokers);
+            let pre = kafka::preflight(
+                &opts.brokers,
+                std::slice::from_ref(&opts.topic),
+                std::time::Duration::from_secs(10),
+            )
+            .await?;
+            eprintln!(
+                "producing to '{}' ({} partitions) on {}",
+                opts.topic,
+                pre.len(),
+                opts.brokers
+            );
             let report = produce(&opts, stop_signal()).await?;
             eprintln!(
                 "produced {} records to '{}': {} events, {} duplicates, {} malformed",
@@ -180,7 +197,15 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Topics { command: TopicsCommand::Create { brokers, topic, partitions, replication } } => {
+        Command::Topics {
+            command:
+                TopicsCommand::Create {
+                    brokers,
+                    topic,
+                    partitions,
+                    replication,
+                },
+        } => {
             if kafka::create_topic(&brokers, &topic, partitions, replication).await? {
                 eprintln!("created topic '{topic}' with {partitions} partitions on {brokers}");
             } else {
@@ -194,11 +219,17 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,exactly=info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("warn,exactly=info")),
+        )
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -29,12 +29,30 @@ impl Pipeline {
     /// error, when the brokers do not answer or a topic is missing.
     pub async fn start(config: PipelineConfig, sink: Arc<dyn Sink>) -> Result<Pipeline> {
         let src = &config.source;
-        let partitions = kafka::preflight(&src.brokers, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
+        let partitions = kafka::preflight(
+            &src.brokers,
+            &src.topics,
+            Duration::from_millis(src.connect_timeout_ms),
+        )
+        .await?;
         let outcome = Arc::new(Mutex::new(None));
         let (progress, _) = broadcast::channel(1024);
-        let args = SupervisorArgs { config: Arc::new(config), sink, partitions, outcome: outcome.clone(), progress: progress.clone() };
-        let (supervisor, join) = Actor::spawn(None, SupervisorActor, args).await.map_err(|e| Error::Actor(e.to_string()))?;
-        Ok(Pipeline { supervisor, join, outcome, progress })
+        let args = SupervisorArgs {
+            config: Arc::new(config),
+            sink,
+            partitions,
+            outcome: outcome.clone(),
+            progress: progress.clone(),
+        };
+        let (supervisor, join) = Actor::spawn(None, SupervisorActor, args)
+            .await
+            .map_err(|e| Error::Actor(e.to_string()))?;
+        Ok(Pipeline {
+            supervisor,
+            join,
+            outcome,
+            progress,
+        })
     }
 
     /// Progress reports, one per committed epoch, from now on.
@@ -44,7 +62,8 @@ impl Pipeline {
 
     /// The tree's current state.
     pub async fn status(&self) -> Result<PipelineStatus> {
-        ractor::call_t!(self.supervisor, SupervisorMsg::Status, 10_000).map_err(|e| Error::Actor(format!("status: {e}")))
+        ractor::call_t!(self.supervisor, SupervisorMsg::Status, 10_000)
+            .map_err(|e| Error::Actor(format!("status: {e}")))
     }
 
     /// True once the pipeline has stopped (by itself, on a fatal error, or after shutdown).
@@ -70,7 +89,11 @@ impl Pipeline {
 
 /// Runs a pipeline until `shutdown` resolves (then commits the open epoch and stops) or until it
 /// fails for good (restart budget spent, unrecoverable state).
-pub async fn run(config: PipelineConfig, sink: Arc<dyn Sink>, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    config: PipelineConfig,
+    sink: Arc<dyn Sink>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let pipeline = Pipeline::start(config, sink).await?;
     let supervisor = pipeline.supervisor.clone();
     let outcome = pipeline.outcome.clone();

@@ -61,7 +61,10 @@ impl Progress {
 
 impl fmt::Display for Progress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lag = self.lag.map(|l| l.to_string()).unwrap_or_else(|| "?".into());
+        let lag = self
+            .lag
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "?".into());
         write!(
             f,
             "epoch {:>6} | {:>8} rows | {:>10.0} rows/s | lag {:>8} | commit {:>6.1} ms + checkpoint {:>5.1} ms | restarts {}",

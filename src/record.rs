@@ -18,7 +18,10 @@ pub struct TopicPartition {
 impl TopicPartition {
     /// Builds a topic-partition.
     pub fn new(topic: &str, partition: i32) -> Self {
-        TopicPartition { topic: Arc::from(topic), partition }
+        TopicPartition {
+            topic: Arc::from(topic),
+            partition,
+        }
     }
 }
 

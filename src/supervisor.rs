@@ -22,7 +22,9 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::broadcast;
@@ -118,7 +120,10 @@ impl Generation {
         if self.committer.get_id() == id {
             return Some("committer".into());
         }
-        self.consumers.iter().find(|(_, c)| c.get_id() == id).map(|(tp, _)| format!("consumer {tp}"))
+        self.consumers
+            .iter()
+            .find(|(_, c)| c.get_id() == id)
+            .map(|(tp, _)| format!("consumer {tp}"))
     }
 }
 
@@ -145,7 +150,11 @@ impl SupervisorState {
     fn fatal(&mut self, myself: &ActorRef<SupervisorMsg>, error: Error) {
         tracing::error!(%error, "pipeline stopping");
         let reason = error.to_string();
-        self.args.outcome.lock().expect("outcome lock").get_or_insert(error);
+        self.args
+            .outcome
+            .lock()
+            .expect("outcome lock")
+            .get_or_insert(error);
         myself.stop(Some(reason));
     }
 
@@ -194,11 +203,27 @@ impl SupervisorState {
         // Partitions with no position yet (first start, or partitions added to a topic) start
         // where `starting_offsets` says, and that position is pinned in the checkpoint at once.
         let mut offsets = cp.offsets();
-        let missing: Vec<TopicPartition> = self.args.partitions.iter().filter(|tp| !offsets.contains_key(*tp)).cloned().collect();
+        let missing: Vec<TopicPartition> = self
+            .args
+            .partitions
+            .iter()
+            .filter(|tp| !offsets.contains_key(*tp))
+            .cloned()
+            .collect();
         if !missing.is_empty() {
             let src = &self.args.config.source;
-            let mode = if cp.epoch == 0 && cp.offsets.is_empty() { src.starting_offsets } else { crate::config::StartingOffsets::Earliest };
-            let resolved = kafka::resolve_starting_offsets(&src.brokers, &missing, mode, Duration::from_millis(src.connect_timeout_ms)).await?;
+            let mode = if cp.epoch == 0 && cp.offsets.is_empty() {
+                src.starting_offsets
+            } else {
+                crate::config::StartingOffsets::Earliest
+            };
+            let resolved = kafka::resolve_starting_offsets(
+                &src.brokers,
+                &missing,
+                mode,
+                Duration::from_millis(src.connect_timeout_ms),
+            )
+            .await?;
             offsets.extend(resolved);
             cp = Checkpoint::new(id, cp.epoch, &offsets);
             self.store.store(&cp)?;
@@ -209,7 +234,11 @@ impl SupervisorState {
     async fn start_generation(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), Error> {
         let cp = self.recover().await?;
         let config = self.args.config.clone();
-        let offsets: Offsets = cp.offsets().into_iter().filter(|(tp, _)| self.args.partitions.contains(tp)).collect();
+        let offsets: Offsets = cp
+            .offsets()
+            .into_iter()
+            .filter(|(tp, _)| self.args.partitions.contains(tp))
+            .collect();
 
         let client: PipelineConsumer = kafka::consumer_config(&config)
             .set("auto.offset.reset", "error")
@@ -232,7 +261,10 @@ impl SupervisorState {
         let poller = tokio::spawn(async move {
             loop {
                 match poll_client.recv().await {
-                    Ok(m) => tracing::error!(topic = rdkafka::Message::topic(&m), "record on the main queue (partition not split)"),
+                    Ok(m) => tracing::error!(
+                        topic = rdkafka::Message::topic(&m),
+                        "record on the main queue (partition not split)"
+                    ),
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka client error");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -271,14 +303,22 @@ impl SupervisorState {
         )
         .await
         .map_err(spawn_err)?;
-        let mut ids: HashSet<ActorId> = [committer.get_id(), aggregator.get_id()].into_iter().collect();
+        let mut ids: HashSet<ActorId> = [committer.get_id(), aggregator.get_id()]
+            .into_iter()
+            .collect();
         let mut consumers = Vec::new();
         for (tp, queue) in queues {
             let start = offsets[&tp];
             let (c, _) = Actor::spawn_linked(
                 None,
                 ConsumerActor,
-                ConsumerArgs { tp: tp.clone(), start, queue, aggregator: aggregator.clone(), max_batch: config.source.max_batch_records },
+                ConsumerArgs {
+                    tp: tp.clone(),
+                    start,
+                    queue,
+                    aggregator: aggregator.clone(),
+                    max_batch: config.source.max_batch_records,
+                },
                 cell.clone(),
             )
             .await
@@ -290,13 +330,22 @@ impl SupervisorState {
         metrics::gauge!(m::GENERATION).set(self.generation as f64);
         metrics::gauge!(m::EPOCH_COMMITTED).set(cp.epoch as f64);
         self.committed = cp;
-        self.current = Some(Generation { client, poller, consumers, aggregator, committer, ids });
+        self.current = Some(Generation {
+            client,
+            poller,
+            consumers,
+            aggregator,
+            committer,
+            ids,
+        });
         self.ticker = Some(myself.send_interval(config.epoch.interval(), || SupervisorMsg::Tick));
         Ok(())
     }
 
     fn cut(&mut self) -> Result<(), ActorProcessingErr> {
-        let Some(gen) = &self.current else { return Ok(()) };
+        let Some(gen) = &self.current else {
+            return Ok(());
+        };
         let b = self.next_barrier;
         self.next_barrier += 1;
         self.in_flight = Some(b);
@@ -324,7 +373,12 @@ impl SupervisorState {
                 let _ = c.kill_and_wait(Some(STOP_TIMEOUT)).await;
             }
             let _ = gen.aggregator.kill_and_wait(Some(STOP_TIMEOUT)).await;
-            if gen.committer.stop_and_wait(None, Some(STOP_TIMEOUT)).await.is_err() {
+            if gen
+                .committer
+                .stop_and_wait(None, Some(STOP_TIMEOUT))
+                .await
+                .is_err()
+            {
                 let _ = gen.committer.kill_and_wait(Some(STOP_TIMEOUT)).await;
             }
             gen.poller.abort();
@@ -334,10 +388,16 @@ impl SupervisorState {
         }
     }
 
-    async fn on_child_failure(&mut self, myself: &ActorRef<SupervisorMsg>, kind: String, reason: String) {
+    async fn on_child_failure(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        kind: String,
+        reason: String,
+    ) {
         tracing::warn!(actor = %kind, %reason, generation = self.generation, "actor failed; aborting the open epoch and restarting from the last committed one");
         let actor_kind = kind.split(' ').next().unwrap_or("actor").to_string();
-        metrics::counter!(m::ACTOR_RESTARTS, "actor" => actor_kind, "reason" => "failed").increment(1);
+        metrics::counter!(m::ACTOR_RESTARTS, "actor" => actor_kind, "reason" => "failed")
+            .increment(1);
         self.teardown().await;
         if self.shutting_down {
             // Nothing uncommitted is lost: the next start re-reads it from the checkpoint.
@@ -351,15 +411,26 @@ impl SupervisorState {
         let cfg = &self.args.config.supervisor;
         let now = Instant::now();
         let window = Duration::from_secs(cfg.window_secs);
-        while self.restarts.front().is_some_and(|t| now.duration_since(*t) > window) {
+        while self
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
             self.restarts.pop_front();
         }
         if self.restarts.len() >= cfg.max_restarts {
-            let e = Error::RestartBudgetSpent { restarts: self.restarts.len(), window_secs: cfg.window_secs, last_failure: failure };
+            let e = Error::RestartBudgetSpent {
+                restarts: self.restarts.len(),
+                window_secs: cfg.window_secs,
+                last_failure: failure,
+            };
             self.fatal(myself, e);
             return;
         }
-        let backoff = Duration::from_millis(cfg.backoff_ms.saturating_mul(1 << self.restarts.len().min(10)));
+        let backoff = Duration::from_millis(
+            cfg.backoff_ms
+                .saturating_mul(1 << self.restarts.len().min(10)),
+        );
         self.restarts.push_back(now);
         self.restarts_total += 1;
         self.generation += 1;
@@ -368,14 +439,20 @@ impl SupervisorState {
 
     fn on_commit(&mut self, report: CommitReport) {
         let now = Instant::now();
-        let secs = now.duration_since(self.last_commit_at).as_secs_f64().max(1e-6);
+        let secs = now
+            .duration_since(self.last_commit_at)
+            .as_secs_f64()
+            .max(1e-6);
         self.last_commit_at = now;
         let mut offsets = self.committed.offsets();
         let mut partitions = Vec::with_capacity(report.ranges.len());
         let mut total_lag = Some(0i64);
         for r in &report.ranges {
             offsets.insert(r.tp.clone(), r.end);
-            let lag = self.stats.get(&r.tp).map(|w| (w.last_stable - r.end).max(0));
+            let lag = self
+                .stats
+                .get(&r.tp)
+                .map(|w| (w.last_stable - r.end).max(0));
             total_lag = total_lag.zip(lag).map(|(a, b)| a + b);
             if let Some(l) = lag {
                 metrics::gauge!(m::CONSUMER_LAG, "topic" => r.tp.topic.to_string(), "partition" => r.tp.partition.to_string()).set(l as f64);
@@ -392,11 +469,17 @@ impl SupervisorState {
         self.committed = Checkpoint::new(&self.args.config.id, report.epoch, &offsets);
         metrics::counter!(m::RECORDS_COMMITTED).increment(report.records);
         metrics::gauge!(m::EPOCH_COMMITTED).set(report.epoch as f64);
-        metrics::histogram!(m::COMMIT_SECONDS, "phase" => "sink").record(report.sink_time.as_secs_f64());
-        metrics::histogram!(m::COMMIT_SECONDS, "phase" => "checkpoint").record(report.checkpoint_time.as_secs_f64());
+        metrics::histogram!(m::COMMIT_SECONDS, "phase" => "sink")
+            .record(report.sink_time.as_secs_f64());
+        metrics::histogram!(m::COMMIT_SECONDS, "phase" => "checkpoint")
+            .record(report.checkpoint_time.as_secs_f64());
         if let Some(ts) = report.min_timestamp_ms {
-            let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(ts);
-            metrics::histogram!(m::END_TO_END_SECONDS).record(((now_ms - ts).max(0) as f64) / 1000.0);
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(ts);
+            metrics::histogram!(m::END_TO_END_SECONDS)
+                .record(((now_ms - ts).max(0) as f64) / 1000.0);
         }
         let progress = Progress {
             pipeline: self.args.config.id.clone(),
@@ -429,7 +512,11 @@ impl SupervisorState {
             restarts: self.restarts_total,
             committed_epoch: self.committed.epoch,
             committed_offsets: self.committed.offsets(),
-            consumers: self.current.as_ref().map(|g| g.consumers.clone()).unwrap_or_default(),
+            consumers: self
+                .current
+                .as_ref()
+                .map(|g| g.consumers.clone())
+                .unwrap_or_default(),
             aggregator: self.current.as_ref().map(|g| g.aggregator.clone()),
             committer: self.current.as_ref().map(|g| g.committer.clone()),
         }
@@ -441,7 +528,11 @@ impl Actor for SupervisorActor {
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
         let store = CheckpointStore::open(args.config.checkpoint_dir())?;
         myself.cast(SupervisorMsg::StartGeneration)?;
         Ok(SupervisorState {
@@ -463,12 +554,21 @@ impl Actor for SupervisorActor {
         })
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         state.teardown().await;
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::StartGeneration => {
                 if state.current.is_some() {
@@ -511,7 +611,10 @@ impl Actor for SupervisorActor {
                 }
                 if state.shutting_down {
                     if state.final_barrier == Some(barrier) {
-                        tracing::info!(epoch = state.committed.epoch, "open epoch committed; stopping");
+                        tracing::info!(
+                            epoch = state.committed.epoch,
+                            "open epoch committed; stopping"
+                        );
                         state.teardown().await;
                         myself.stop(None);
                     } else {
@@ -542,13 +645,22 @@ impl Actor for SupervisorActor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, evt: SupervisionEvent, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         let (cell, reason): (ActorCell, String) = match evt {
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
             _ => return Ok(()),
         };
-        let Some(gen) = &state.current else { return Ok(()) };
+        let Some(gen) = &state.current else {
+            return Ok(());
+        };
         if !gen.ids.contains(&cell.get_id()) {
             return Ok(()); // an actor of a generation already torn down
         }

@@ -1,1 +1,11 @@
+//! The integration suite: one binary, every test against the real Apache Kafka broker that
+//! `just test` starts (or the cluster in `KAFKA_BROKERS`).
 
+// Shared helpers: broker address, unique topics, producing, waiting with a deadline.
+mod common;
+// Every record of a topic is committed exactly once, in per-partition offset order.
+mod consume;
+// Killed and panicking actors are restarted from the last committed epoch; the restart budget.
+mod supervision;
+// The CLI: bad configs and unreachable brokers give one line and a non-zero exit.
+mod cli;

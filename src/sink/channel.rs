@@ -35,6 +35,11 @@ impl Sink for ChannelSink {
     }
 
     fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<()>> {
-        async move { self.tx.send(batch.clone()).map_err(|_| Error::Sink("channel sink: receiver dropped".into())) }.boxed()
+        async move {
+            self.tx
+                .send(batch.clone())
+                .map_err(|_| Error::Sink("channel sink: receiver dropped".into()))
+        }
+        .boxed()
     }
 }
