@@ -1,0 +1,49 @@
+# exactly — the two commands a newcomer needs are `just run` and `just test`.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Build output and caches live outside the clone, so a fresh clone on the same machine builds
+# incrementally and CI can keep them between runs.
+export CARGO_TARGET_DIR := env_var_or_default("CARGO_TARGET_DIR", env_var("HOME") / ".cache/exactly/target")
+export EXACTLY_CACHE := env_var_or_default("EXACTLY_CACHE", env_var("HOME") / ".cache/exactly")
+
+bin := CARGO_TARGET_DIR / "debug/exactly"
+
+# List the recipes.
+default:
+    @just --list
+
+# The main job: a local Kafka broker, the demo topic, a demo producer, the pipeline with live
+# progress. Ctrl-C commits the open epoch and stops everything this started.
+run: setup build
+    scripts/run-demo
+
+# The whole test suite against a real Kafka broker (started if none answers, stopped after if
+# this recipe started it; KEEP_KAFKA=1 keeps it running).
+test: setup
+    scripts/with-kafka cargo test --all-targets --locked
+
+# Install what this machine lacks (Debian packages, just, Kafka jars); fast when all is there.
+setup:
+    scripts/setup
+
+# Build the binary.
+build:
+    cargo build --locked
+
+# Start the local broker (idempotent); prints its address.
+kafka-up:
+    scripts/kafka up
+
+# Stop the broker that kafka-up started.
+kafka-down:
+    scripts/kafka down
+
+# Is a broker answering?
+kafka-status:
+    scripts/kafka status
+
+# Format and lint.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets --locked -- -D warnings
