@@ -5,7 +5,7 @@
 //! next epoch number and goes to the committer; an empty cut is dropped without using a number,
 //! so committed epochs are contiguous (1, 2, 3, ...).
 //!
-//! (Decoding, dedup and keyed aggregation will live here; for now records pass through.)
+//! (Dedup and keyed aggregation will live here; for now decoded rows pass through.)
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,7 +13,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::committer::CommitterMsg;
 use crate::fault::Fault;
-use crate::record::{EpochBatch, Offsets, PartitionRange, Record, TopicPartition};
+use deltalake::arrow::record_batch::RecordBatch;
+
+use crate::decode::{DeadLetter, Decoded};
+use crate::record::{EpochBatch, Offsets, PartitionRange, TopicPartition};
 use crate::supervisor::SupervisorMsg;
 
 /// The aggregator actor.
@@ -21,12 +24,16 @@ pub struct AggregatorActor;
 
 /// Messages the aggregator handles.
 pub enum AggregatorMsg {
-    /// Records of one partition, in offset order.
+    /// Decoded records of one partition, in offset order.
     Records {
         /// Their partition.
         tp: TopicPartition,
-        /// The records.
-        records: Vec<Record>,
+        /// How many records were consumed (rows + dead letters).
+        input: u64,
+        /// Rows and dead letters.
+        decoded: Decoded,
+        /// Oldest Kafka timestamp among them.
+        min_timestamp_ms: Option<i64>,
     },
     /// A consumer passed barrier `barrier`; its next offset is `next_offset`.
     Barrier {
@@ -53,14 +60,20 @@ pub struct AggregatorArgs {
     pub supervisor: ActorRef<SupervisorMsg>,
     /// Records after which the open epoch asks to be closed early.
     pub max_records: usize,
+    /// The barrier of an epoch being replayed: committed even if it holds no records, because
+    /// the sink already has it.
+    pub replay_barrier: Option<u64>,
 }
 
 /// Records and barriers collected for one barrier number.
 #[derive(Default)]
 struct Pending {
-    records: BTreeMap<TopicPartition, Vec<Record>>,
+    rows: BTreeMap<TopicPartition, Vec<RecordBatch>>,
+    dead: BTreeMap<TopicPartition, Vec<DeadLetter>>,
+    input: BTreeMap<TopicPartition, u64>,
     ends: BTreeMap<TopicPartition, i64>,
-    count: usize,
+    count: u64,
+    min_timestamp_ms: Option<i64>,
 }
 
 /// The aggregator's state.
@@ -92,29 +105,35 @@ impl AggregatorState {
     fn on_records(
         &mut self,
         tp: TopicPartition,
-        records: Vec<Record>,
+        input: u64,
+        decoded: Decoded,
+        min_ts: Option<i64>,
     ) -> Result<(), ActorProcessingErr> {
         if !self.last_cut.contains_key(&tp) {
             return Err(format!("records from unassigned partition {tp}").into());
         }
-        let n = records.len();
         let slot = self.slot(&tp);
-        slot.count += n;
-        slot.records.entry(tp).or_default().extend(records);
-        let open: usize = self.pending.values().map(|p| p.count).sum();
-        if open >= self.args.max_records && !self.full_signalled {
+        slot.count += input;
+        *slot.input.entry(tp.clone()).or_default() += input;
+        slot.min_timestamp_ms = match (slot.min_timestamp_ms, min_ts) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if decoded.rows.num_rows() > 0 {
+            slot.rows.entry(tp.clone()).or_default().push(decoded.rows);
+        }
+        if !decoded.dead.is_empty() {
+            slot.dead.entry(tp).or_default().extend(decoded.dead);
+        }
+        let open: u64 = self.pending.values().map(|p| p.count).sum();
+        if open >= self.args.max_records as u64 && !self.full_signalled {
             self.full_signalled = true;
             self.args.supervisor.cast(SupervisorMsg::EpochFull)?;
         }
         Ok(())
     }
 
-    fn on_barrier(
-        &mut self,
-        barrier: u64,
-        tp: TopicPartition,
-        next_offset: i64,
-    ) -> Result<(), ActorProcessingErr> {
+    fn on_barrier(&mut self, barrier: u64, tp: TopicPartition, next_offset: i64) -> Result<(), ActorProcessingErr> {
         if self.first_barrier.is_none() {
             // Records that arrived before the first barrier was known belong to it.
             if let Some(p) = self.pending.remove(&u64::MAX) {
@@ -124,9 +143,7 @@ impl AggregatorState {
         }
         if let Some(cur) = self.current.get(&tp) {
             if *cur != barrier {
-                return Err(
-                    format!("barrier {barrier} from {tp} out of order (expected {cur})").into(),
-                );
+                return Err(format!("barrier {barrier} from {tp} out of order (expected {cur})").into());
             }
         }
         self.current.insert(tp.clone(), barrier + 1);
@@ -141,36 +158,23 @@ impl AggregatorState {
 
     fn close(&mut self, barrier: u64, mut done: Pending) -> Result<(), ActorProcessingErr> {
         let mut ranges = Vec::with_capacity(self.last_cut.len());
-        let mut records = Vec::with_capacity(done.count);
+        let mut rows = Vec::new();
+        let mut dead_letters = Vec::new();
         for (tp, start) in &self.last_cut {
             let end = done.ends[tp];
-            let recs = done.records.remove(tp).unwrap_or_default();
-            ranges.push(PartitionRange {
-                tp: tp.clone(),
-                start: *start,
-                end,
-                records: recs.len() as u64,
-            });
-            records.extend(recs);
+            ranges.push(PartitionRange { tp: tp.clone(), start: *start, end, records: done.input.get(tp).copied().unwrap_or(0) });
+            rows.extend(done.rows.remove(tp).unwrap_or_default());
+            dead_letters.extend(done.dead.remove(tp).unwrap_or_default());
         }
-        let batch = EpochBatch {
-            epoch: self.next_epoch,
-            records,
-            ranges,
-        };
+        let batch = EpochBatch { epoch: self.next_epoch, ranges, rows, dead_letters, min_timestamp_ms: done.min_timestamp_ms };
         self.full_signalled = false;
-        if batch.is_empty() {
-            self.args.supervisor.cast(SupervisorMsg::BarrierResolved {
-                barrier,
-                report: None,
-            })?;
+        if batch.is_empty() && self.args.replay_barrier != Some(barrier) {
+            self.args.supervisor.cast(SupervisorMsg::BarrierResolved { barrier, report: None })?;
             return Ok(());
         }
         self.last_cut = batch.end_offsets();
         self.next_epoch += 1;
-        self.args
-            .committer
-            .cast(CommitterMsg::Commit { barrier, batch })?;
+        self.args.committer.cast(CommitterMsg::Commit { barrier, batch })?;
         Ok(())
     }
 }
@@ -180,11 +184,7 @@ impl Actor for AggregatorActor {
     type State = AggregatorState;
     type Arguments = AggregatorArgs;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: AggregatorArgs,
-    ) -> Result<AggregatorState, ActorProcessingErr> {
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: AggregatorArgs) -> Result<AggregatorState, ActorProcessingErr> {
         Ok(AggregatorState {
             last_cut: args.start.clone(),
             next_epoch: args.committed_epoch + 1,
@@ -203,12 +203,10 @@ impl Actor for AggregatorActor {
         state: &mut AggregatorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            AggregatorMsg::Records { tp, records } => state.on_records(tp, records),
-            AggregatorMsg::Barrier {
-                barrier,
-                tp,
-                next_offset,
-            } => state.on_barrier(barrier, tp, next_offset),
+            AggregatorMsg::Records { tp, input, decoded, min_timestamp_ms } => {
+                state.on_records(tp, input, decoded, min_timestamp_ms)
+            }
+            AggregatorMsg::Barrier { barrier, tp, next_offset } => state.on_barrier(barrier, tp, next_offset),
             AggregatorMsg::InjectFault(f) => f.trigger("aggregator"),
         }
     }

@@ -8,10 +8,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::failpoint::FailPoints;
 use crate::record::{Offsets, TopicPartition};
 
 const FILE: &str = "checkpoint.json";
@@ -46,21 +48,14 @@ impl Checkpoint {
             epoch,
             offsets: offsets
                 .iter()
-                .map(|(tp, o)| PartitionOffset {
-                    topic: tp.topic.to_string(),
-                    partition: tp.partition,
-                    next_offset: *o,
-                })
+                .map(|(tp, o)| PartitionOffset { topic: tp.topic.to_string(), partition: tp.partition, next_offset: *o })
                 .collect(),
         }
     }
 
     /// The offsets as a map.
     pub fn offsets(&self) -> Offsets {
-        self.offsets
-            .iter()
-            .map(|p| (TopicPartition::new(&p.topic, p.partition), p.next_offset))
-            .collect()
+        self.offsets.iter().map(|p| (TopicPartition::new(&p.topic, p.partition), p.next_offset)).collect()
     }
 }
 
@@ -68,17 +63,22 @@ impl Checkpoint {
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     dir: PathBuf,
+    failpoints: Arc<FailPoints>,
 }
 
 impl CheckpointStore {
     /// Opens (creating if needed) a checkpoint directory.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|e| Error::Checkpoint {
-            path: dir.clone(),
-            detail: format!("cannot create directory: {e}"),
-        })?;
-        Ok(CheckpointStore { dir })
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::Checkpoint { path: dir.clone(), detail: format!("cannot create directory: {e}") })?;
+        Ok(CheckpointStore { dir, failpoints: Arc::new(FailPoints::new()) })
+    }
+
+    /// Uses `failpoints` (for `mid-checkpoint-write`).
+    pub fn with_failpoints(mut self, failpoints: Arc<FailPoints>) -> Self {
+        self.failpoints = failpoints;
+        self
     }
 
     /// The directory.
@@ -96,15 +96,9 @@ impl CheckpointStore {
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| Error::Checkpoint {
-                    path,
-                    detail: format!("corrupt checkpoint: {e}"),
-                }),
+                .map_err(|e| Error::Checkpoint { path, detail: format!("corrupt checkpoint: {e}") }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Checkpoint {
-                path,
-                detail: e.to_string(),
-            }),
+            Err(e) => Err(Error::Checkpoint { path, detail: e.to_string() }),
         }
     }
 
@@ -113,10 +107,7 @@ impl CheckpointStore {
     pub fn store(&self, checkpoint: &Checkpoint) -> Result<()> {
         let path = self.path();
         let tmp = self.dir.join(format!("{FILE}.tmp"));
-        let err = |detail: String| Error::Checkpoint {
-            path: path.clone(),
-            detail,
-        };
+        let err = |detail: String| Error::Checkpoint { path: path.clone(), detail };
         let bytes = serde_json::to_vec_pretty(checkpoint).map_err(|e| err(e.to_string()))?;
         let mut f = OpenOptions::new()
             .write(true)
@@ -124,14 +115,12 @@ impl CheckpointStore {
             .truncate(true)
             .open(&tmp)
             .map_err(|e| err(format!("cannot write: {e}")))?;
-        f.write_all(&bytes)
-            .map_err(|e| err(format!("cannot write: {e}")))?;
+        f.write_all(&bytes).map_err(|e| err(format!("cannot write: {e}")))?;
         f.sync_all().map_err(|e| err(format!("cannot sync: {e}")))?;
         drop(f);
+        self.failpoints.hit_sync("mid-checkpoint-write")?;
         fs::rename(&tmp, &path).map_err(|e| err(format!("cannot replace: {e}")))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| err(format!("cannot sync directory: {e}")))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| err(format!("cannot sync directory: {e}")))?;
         Ok(())
     }
 }

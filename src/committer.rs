@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::failpoint::FailPoints;
 use crate::fault::Fault;
 use crate::record::{EpochBatch, PartitionRange};
 use crate::sink::Sink;
@@ -46,6 +47,8 @@ pub struct CommitterArgs {
     pub committed_epoch: u64,
     /// Told about each commit.
     pub supervisor: ActorRef<SupervisorMsg>,
+    /// Fail points (`after-checkpoint`).
+    pub failpoints: Arc<FailPoints>,
 }
 
 /// What one commit did, for progress and metrics.
@@ -53,8 +56,12 @@ pub struct CommitterArgs {
 pub struct CommitReport {
     /// Epoch committed.
     pub epoch: u64,
-    /// Records committed.
+    /// Records consumed in the epoch (rows + dead letters).
     pub records: u64,
+    /// Rows written to the table.
+    pub rows: u64,
+    /// Records written to the dead-letter table.
+    pub dead_letters: u64,
     /// Per-partition ranges.
     pub ranges: Vec<PartitionRange>,
     /// Time spent in the sink commit.
@@ -76,15 +83,8 @@ impl Actor for CommitterActor {
     type State = CommitterState;
     type Arguments = CommitterArgs;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: CommitterArgs,
-    ) -> Result<CommitterState, ActorProcessingErr> {
-        Ok(CommitterState {
-            last_epoch: args.committed_epoch,
-            args,
-        })
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: CommitterArgs) -> Result<CommitterState, ActorProcessingErr> {
+        Ok(CommitterState { last_epoch: args.committed_epoch, args })
     }
 
     async fn handle(
@@ -109,25 +109,21 @@ impl Actor for CommitterActor {
                 // The checkpoint write is small and done inline, on purpose: it must never be left
                 // running detached if this actor is killed mid-commit.
                 let t1 = Instant::now();
-                state.args.store.store(&Checkpoint::new(
-                    &state.args.pipeline_id,
-                    batch.epoch,
-                    &batch.end_offsets(),
-                ))?;
+                state.args.store.store(&Checkpoint::new(&state.args.pipeline_id, batch.epoch, &batch.end_offsets()))?;
                 let checkpoint_time = t1.elapsed();
                 state.last_epoch = batch.epoch;
+                state.args.failpoints.hit("after-checkpoint").await?;
                 let report = CommitReport {
                     epoch: batch.epoch,
-                    records: batch.records.len() as u64,
-                    min_timestamp_ms: batch.records.iter().filter_map(|r| r.timestamp_ms).min(),
+                    records: batch.input_records(),
+                    rows: batch.row_count() as u64,
+                    dead_letters: batch.dead_letters.len() as u64,
+                    min_timestamp_ms: batch.min_timestamp_ms,
                     ranges: batch.ranges,
                     sink_time,
                     checkpoint_time,
                 };
-                state.args.supervisor.cast(SupervisorMsg::BarrierResolved {
-                    barrier,
-                    report: Some(report),
-                })?;
+                state.args.supervisor.cast(SupervisorMsg::BarrierResolved { barrier, report: Some(report) })?;
                 Ok(())
             }
         }

@@ -24,6 +24,9 @@ pub struct PipelineConfig {
     /// The Kafka source.
     #[serde(default)]
     pub source: SourceConfig,
+    /// How record values become rows (Spark's `CAST(value AS STRING)` / `from_json`).
+    #[serde(default)]
+    pub decode: DecodeConfig,
     /// How the stream is cut into epochs (Spark's trigger interval).
     #[serde(default)]
     pub epoch: EpochConfig,
@@ -85,6 +88,76 @@ pub enum StartingOffsets {
     Latest,
 }
 
+/// How record values become rows. Every row also gets `_kafka_topic`, `_kafka_partition`,
+/// `_kafka_offset`, `_kafka_timestamp` and, when committed, `_epoch`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeConfig {
+    /// `raw`: `key` and `value` as bytes (Spark's Kafka source schema); `text`: as UTF-8 strings
+    /// (`CAST(... AS STRING)`); `json`: the value is a JSON object decoded against `fields`
+    /// (`from_json` with a schema).
+    pub format: DecodeFormat,
+    /// The declared schema for `json`: one entry per column, in order.
+    pub fields: Vec<FieldConfig>,
+    /// A record whose value is larger than this many bytes is dead-lettered instead of decoded.
+    pub max_record_bytes: usize,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        DecodeConfig { format: DecodeFormat::Raw, fields: Vec::new(), max_record_bytes: 1024 * 1024 }
+    }
+}
+
+/// How values are decoded.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodeFormat {
+    /// Key and value as bytes; never dead-letters.
+    Raw,
+    /// Key and value as UTF-8 strings; non-UTF-8 is dead-lettered.
+    Text,
+    /// A JSON object per value, decoded against `decode.fields`.
+    Json,
+}
+
+/// One declared column.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FieldConfig {
+    /// Column name = JSON key.
+    pub name: String,
+    /// Column type.
+    #[serde(rename = "type")]
+    pub kind: FieldType,
+    /// Whether the key may be missing or null (then the column is null). A record missing a
+    /// non-nullable field is dead-lettered.
+    #[serde(default = "yes")]
+    pub nullable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Column types a JSON field can be decoded to.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    /// UTF-8 text (a JSON string).
+    String,
+    /// 64-bit integer (a JSON integer).
+    Long,
+    /// 32-bit integer (a JSON integer in range).
+    Int,
+    /// 64-bit float (any JSON number).
+    Double,
+    /// `true` / `false`.
+    Boolean,
+    /// A timestamp given as epoch milliseconds (a JSON integer); stored as a Delta `timestamp`.
+    Timestamp,
+}
+
 /// Epoch boundaries: an epoch closes after `interval_ms`, or earlier once `max_records` records
 /// are buffered, whichever comes first. Epochs with no new records are not committed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -98,10 +171,7 @@ pub struct EpochConfig {
 
 impl Default for EpochConfig {
     fn default() -> Self {
-        EpochConfig {
-            interval_ms: 1_000,
-            max_records: 200_000,
-        }
+        EpochConfig { interval_ms: 1_000, max_records: 200_000 }
     }
 }
 
@@ -123,6 +193,15 @@ pub enum SinkConfig {
         #[serde(default = "default_num_rows")]
         num_rows: usize,
     },
+    /// Append to a Delta Lake table (Spark's `format("delta").outputMode("append")`), exactly
+    /// once: each epoch is one Delta commit carrying the pipeline's `txn` action.
+    Delta {
+        /// Table location (a local directory); created with the pipeline's schema on first run.
+        path: PathBuf,
+        /// The dead-letter table for records that do not decode. Default: `<path>_dead_letters`.
+        #[serde(default)]
+        dead_letter_path: Option<PathBuf>,
+    },
 }
 
 fn default_num_rows() -> usize {
@@ -131,9 +210,7 @@ fn default_num_rows() -> usize {
 
 impl Default for SinkConfig {
     fn default() -> Self {
-        SinkConfig::Console {
-            num_rows: default_num_rows(),
-        }
+        SinkConfig::Console { num_rows: default_num_rows() }
     }
 }
 
@@ -169,11 +246,7 @@ pub struct SupervisorConfig {
 
 impl Default for SupervisorConfig {
     fn default() -> Self {
-        SupervisorConfig {
-            max_restarts: 10,
-            window_secs: 60,
-            backoff_ms: 100,
-        }
+        SupervisorConfig { max_restarts: 10, window_secs: 60, backoff_ms: 100 }
     }
 }
 
@@ -215,10 +288,8 @@ impl PipelineConfig {
     pub fn new(id: impl Into<String>, topics: &[&str]) -> Self {
         PipelineConfig {
             id: id.into(),
-            source: SourceConfig {
-                topics: topics.iter().map(|t| t.to_string()).collect(),
-                ..Default::default()
-            },
+            source: SourceConfig { topics: topics.iter().map(|t| t.to_string()).collect(), ..Default::default() },
+            decode: DecodeConfig::default(),
             epoch: EpochConfig::default(),
             sink: SinkConfig::default(),
             checkpoint: CheckpointConfig::default(),
@@ -230,10 +301,7 @@ impl PipelineConfig {
     /// Reads, parses, applies the environment, and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
         let mut config = Self::parse(&text, &shown)?;
         config.apply_env();
         config.validate(&shown)?;
@@ -255,11 +323,7 @@ impl PipelineConfig {
                 }
                 None => "top level".to_string(),
             };
-            ConfigError::Parse {
-                path: origin.to_string(),
-                location,
-                message: e.message().trim().to_string(),
-            }
+            ConfigError::Parse { path: origin.to_string(), location, message: e.message().trim().to_string() }
         })
     }
 
@@ -274,65 +338,48 @@ impl PipelineConfig {
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let bad = |field: &str, problem: String| ConfigError::Invalid {
-            path: origin.to_string(),
-            field: field.to_string(),
-            problem,
-        };
-        if self.id.is_empty()
-            || !self
-                .id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        {
-            return Err(bad("id", format!("is {:?}; use letters, digits, '.', '_' or '-' (it names the checkpoint and the Delta txn appId)", self.id)));
+        let bad =
+            |field: &str, problem: String| ConfigError::Invalid { path: origin.to_string(), field: field.to_string(), problem };
+        if self.id.is_empty() || !self.id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(bad(
+                "id",
+                format!(
+                    "is {:?}; use letters, digits, '.', '_' or '-' (it names the checkpoint and the Delta txn appId)",
+                    self.id
+                ),
+            ));
         }
         if self.source.brokers.trim().is_empty() {
-            return Err(bad(
-                "source.brokers",
-                "is empty; give host:port[,host:port] or set KAFKA_BROKERS".into(),
-            ));
+            return Err(bad("source.brokers", "is empty; give host:port[,host:port] or set KAFKA_BROKERS".into()));
         }
         if self.source.topics.is_empty() {
-            return Err(bad(
-                "source.topics",
-                "is empty; name at least one topic, e.g. topics = [\"events\"]".into(),
-            ));
+            return Err(bad("source.topics", "is empty; name at least one topic, e.g. topics = [\"events\"]".into()));
         }
-        if let Some(t) = self.source.topics.iter().find(|t| {
-            t.is_empty()
-                || t.len() > 249
-                || !t
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        }) {
-            return Err(bad(
-                "source.topics",
-                format!("has {t:?}, which is not a valid Kafka topic name"),
-            ));
+        if let Some(t) = self
+            .source
+            .topics
+            .iter()
+            .find(|t| t.is_empty() || t.len() > 249 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return Err(bad("source.topics", format!("has {t:?}, which is not a valid Kafka topic name")));
         }
         if self.source.max_batch_records == 0 {
             return Err(bad("source.max_batch_records", "must be at least 1".into()));
         }
         for key in ["enable.auto.commit", "group.id", "enable.auto.offset.store"] {
             if self.source.properties.contains_key(key) {
-                return Err(bad(&format!("source.properties.\"{key}\""), "is managed by the pipeline and cannot be set: progress lives in the checkpoint and the sink, not in Kafka".into()));
+                return Err(bad(
+                    &format!("source.properties.\"{key}\""),
+                    "is managed by the pipeline and cannot be set: progress lives in the checkpoint and the sink, not in Kafka"
+                        .into(),
+                ));
             }
         }
         if self.source.connect_timeout_ms == 0 {
-            return Err(bad(
-                "source.connect_timeout_ms",
-                "must be at least 1".into(),
-            ));
+            return Err(bad("source.connect_timeout_ms", "must be at least 1".into()));
         }
         if self.epoch.interval_ms < 10 {
-            return Err(bad(
-                "epoch.interval_ms",
-                format!(
-                    "is {}; must be at least 10 (milliseconds)",
-                    self.epoch.interval_ms
-                ),
-            ));
+            return Err(bad("epoch.interval_ms", format!("is {}; must be at least 10 (milliseconds)", self.epoch.interval_ms)));
         }
         if self.epoch.max_records == 0 {
             return Err(bad("epoch.max_records", "must be at least 1".into()));
@@ -340,23 +387,64 @@ impl PipelineConfig {
         if self.supervisor.window_secs == 0 {
             return Err(bad("supervisor.window_secs", "must be at least 1".into()));
         }
+        if self.decode.format == DecodeFormat::Json && self.decode.fields.is_empty() {
+            return Err(bad(
+                "decode.fields",
+                "is empty; `format = \"json\"` needs the schema, e.g. fields = [{ name = \"id\", type = \"long\" }]".into(),
+            ));
+        }
+        if self.decode.format != DecodeFormat::Json && !self.decode.fields.is_empty() {
+            return Err(bad("decode.fields", "is only used with `format = \"json\"`".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &self.decode.fields {
+            if f.name.is_empty() || f.name.starts_with("_kafka") || f.name == "_epoch" {
+                return Err(bad(
+                    "decode.fields",
+                    format!(
+                        "has the name {:?}; names must be non-empty and not clash with the `_kafka_*` / `_epoch` columns",
+                        f.name
+                    ),
+                ));
+            }
+            if !seen.insert(f.name.as_str()) {
+                return Err(bad("decode.fields", format!("names {:?} twice", f.name)));
+            }
+        }
+        if self.decode.max_record_bytes == 0 {
+            return Err(bad("decode.max_record_bytes", "must be at least 1".into()));
+        }
+        if let SinkConfig::Delta { path, dead_letter_path } = &self.sink {
+            if path.as_os_str().is_empty() {
+                return Err(bad("sink.path", "is empty; give the table's directory".into()));
+            }
+            if dead_letter_path.as_ref() == Some(path) {
+                return Err(bad("sink.dead_letter_path", "must differ from sink.path".into()));
+            }
+        }
         if let Some(listen) = &self.metrics.listen {
             if listen.parse::<std::net::SocketAddr>().is_err() {
-                return Err(bad(
-                    "metrics.listen",
-                    format!("is {listen:?}; give ip:port, e.g. \"127.0.0.1:9464\""),
-                ));
+                return Err(bad("metrics.listen", format!("is {listen:?}; give ip:port, e.g. \"127.0.0.1:9464\"")));
             }
         }
         Ok(())
     }
 
+    /// The dead-letter table's location for a Delta sink.
+    pub fn dead_letter_path(&self) -> Option<PathBuf> {
+        match &self.sink {
+            SinkConfig::Delta { path, dead_letter_path } => Some(dead_letter_path.clone().unwrap_or_else(|| {
+                let mut p = path.clone().into_os_string();
+                p.push("_dead_letters");
+                PathBuf::from(p)
+            })),
+            _ => None,
+        }
+    }
+
     /// The checkpoint directory, defaulted from the id.
     pub fn checkpoint_dir(&self) -> PathBuf {
-        self.checkpoint
-            .dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("data/checkpoints").join(&self.id))
+        self.checkpoint.dir.clone().unwrap_or_else(|| PathBuf::from("data/checkpoints").join(&self.id))
     }
 }
 
@@ -366,8 +454,7 @@ mod tests {
 
     #[test]
     fn minimal_file_gets_defaults() {
-        let c =
-            PipelineConfig::parse("id = \"p\"\n[source]\ntopics = [\"t\"]\n", "x.toml").unwrap();
+        let c = PipelineConfig::parse("id = \"p\"\n[source]\ntopics = [\"t\"]\n", "x.toml").unwrap();
         assert_eq!(c.source.brokers, "127.0.0.1:9092");
         assert_eq!(c.epoch.interval_ms, 1000);
         assert_eq!(c.sink, SinkConfig::Console { num_rows: 20 });
@@ -377,18 +464,14 @@ mod tests {
 
     #[test]
     fn unknown_key_names_line_and_key() {
-        let e = PipelineConfig::parse("id = \"p\"\n[epoch]\nintervl_ms = 5\n", "x.toml")
-            .unwrap_err()
-            .to_string();
+        let e = PipelineConfig::parse("id = \"p\"\n[epoch]\nintervl_ms = 5\n", "x.toml").unwrap_err().to_string();
         assert!(e.contains("line 3") && e.contains("intervl_ms"), "{e}");
         assert!(!e.contains('\n'), "one line: {e}");
     }
 
     #[test]
     fn wrong_type_names_the_line() {
-        let e = PipelineConfig::parse("id = \"p\"\n[epoch]\ninterval_ms = \"fast\"\n", "x.toml")
-            .unwrap_err()
-            .to_string();
+        let e = PipelineConfig::parse("id = \"p\"\n[epoch]\ninterval_ms = \"fast\"\n", "x.toml").unwrap_err().to_string();
         assert!(e.contains("interval_ms = \"fast\""), "{e}");
     }
 
@@ -399,18 +482,12 @@ mod tests {
         let e = c.validate("x.toml").unwrap_err().to_string();
         assert!(e.contains("`epoch.interval_ms`"), "{e}");
         let c = PipelineConfig::new("p", &[]);
-        assert!(c
-            .validate("x")
-            .unwrap_err()
-            .to_string()
-            .contains("source.topics"));
+        assert!(c.validate("x").unwrap_err().to_string().contains("source.topics"));
     }
 
     #[test]
     fn sink_kind_is_checked() {
-        let e = PipelineConfig::parse("id = \"p\"\n[sink]\nkind = \"s3\"\n", "x.toml")
-            .unwrap_err()
-            .to_string();
+        let e = PipelineConfig::parse("id = \"p\"\n[sink]\nkind = \"s3\"\n", "x.toml").unwrap_err().to_string();
         assert!(e.contains("s3"), "{e}");
     }
 }

@@ -8,6 +8,7 @@
 //! **Architecture Invariant:** a consumer never commits offsets to Kafka and never decides where
 //! to start: it starts where the supervisor assigned it (the last committed epoch's cut).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -17,6 +18,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::aggregator::AggregatorMsg;
+use crate::decode::Decoder;
 use crate::fault::Fault;
 use crate::kafka::StatsContext;
 use crate::metrics as m;
@@ -40,6 +42,11 @@ pub enum ConsumerMsg {
 
 /// What a consumer starts with.
 pub struct ConsumerArgs {
+    /// The decode stage (shared by all consumers).
+    pub decoder: Arc<Decoder>,
+    /// Replay of a committed epoch after a crash: send barrier `.0` exactly at offset `.1`, the
+    /// end that epoch recorded, before anything past it.
+    pub replay: Option<(u64, i64)>,
     /// Its partition.
     pub tp: TopicPartition,
     /// The offset it was assigned at (the last committed cut).
@@ -54,6 +61,8 @@ pub struct ConsumerArgs {
 
 /// A consumer's state.
 pub struct ConsumerState {
+    decoder: Arc<Decoder>,
+    replay: Option<(u64, i64)>,
     tp: TopicPartition,
     next_offset: i64,
     queue: StreamPartitionQueue<StatsContext>,
@@ -73,19 +82,11 @@ fn to_record(tp: &TopicPartition, m: &BorrowedMessage<'_>) -> Record {
 
 /// Errors after which reading on would lose data: the partition no longer holds our offset.
 fn is_data_loss(e: &KafkaError) -> bool {
-    matches!(
-        e.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::OffsetOutOfRange) | Some(RDKafkaErrorCode::AutoOffsetReset)
-    )
+    matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::OffsetOutOfRange) | Some(RDKafkaErrorCode::AutoOffsetReset))
 }
 
 /// Accepts a record if it is past what was already forwarded.
-fn accept(
-    tp: &TopicPartition,
-    next_offset: &mut i64,
-    batch: &mut Vec<Record>,
-    m: &BorrowedMessage<'_>,
-) {
+fn accept(tp: &TopicPartition, next_offset: &mut i64, batch: &mut Vec<Record>, m: &BorrowedMessage<'_>) {
     if m.offset() < *next_offset {
         tracing::warn!(%tp, offset = m.offset(), next = *next_offset, "ignoring a record before the consumer's position");
         return;
@@ -95,6 +96,35 @@ fn accept(
 }
 
 impl ConsumerState {
+    /// Decodes and forwards records; during a replay, cuts the replayed epoch exactly at its
+    /// recorded end.
+    fn forward(&mut self, mut records: Vec<Record>) -> Result<(), ActorProcessingErr> {
+        if let Some((barrier, end)) = self.replay {
+            let split = records.partition_point(|r| r.offset < end);
+            let after = records.split_off(split);
+            self.send(records)?;
+            if self.next_offset >= end || !after.is_empty() {
+                self.aggregator.cast(AggregatorMsg::Barrier { barrier, tp: self.tp.clone(), next_offset: end })?;
+                self.replay = None;
+            }
+            return self.send(after);
+        }
+        self.send(records)
+    }
+
+    fn send(&mut self, records: Vec<Record>) -> Result<(), ActorProcessingErr> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let input = records.len() as u64;
+        metrics::counter!(m::RECORDS_CONSUMED, "topic" => self.tp.topic.to_string(), "partition" => self.tp.partition.to_string())
+            .increment(input);
+        let min_timestamp_ms = records.iter().filter_map(|r| r.timestamp_ms).min();
+        let decoded = self.decoder.decode(records);
+        self.aggregator.cast(AggregatorMsg::Records { tp: self.tp.clone(), input, decoded, min_timestamp_ms })?;
+        Ok(())
+    }
+
     async fn poll(&mut self) -> Result<Vec<Record>, ActorProcessingErr> {
         let mut batch = Vec::new();
         let first = match tokio::time::timeout(POLL_WAIT, self.queue.recv()).await {
@@ -130,19 +160,20 @@ impl Actor for ConsumerActor {
     type State = ConsumerState;
     type Arguments = ConsumerArgs;
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: ConsumerArgs,
-    ) -> Result<ConsumerState, ActorProcessingErr> {
-        myself.cast(ConsumerMsg::Poll)?;
-        Ok(ConsumerState {
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: ConsumerArgs) -> Result<ConsumerState, ActorProcessingErr> {
+        let mut state = ConsumerState {
+            decoder: args.decoder,
+            replay: args.replay,
             tp: args.tp,
             next_offset: args.start,
             queue: args.queue,
             aggregator: args.aggregator,
             max_batch: args.max_batch,
-        })
+        };
+        // A replayed epoch that never moved this partition ends where it starts.
+        state.forward(Vec::new())?;
+        myself.cast(ConsumerMsg::Poll)?;
+        Ok(state)
     }
 
     async fn handle(
@@ -154,17 +185,13 @@ impl Actor for ConsumerActor {
         match msg {
             ConsumerMsg::Poll => {
                 let batch = state.poll().await?;
-                if !batch.is_empty() {
-                    metrics::counter!(m::RECORDS_CONSUMED, "topic" => state.tp.topic.to_string(), "partition" => state.tp.partition.to_string())
-                        .increment(batch.len() as u64);
-                    state.aggregator.cast(AggregatorMsg::Records {
-                        tp: state.tp.clone(),
-                        records: batch,
-                    })?;
-                }
+                state.forward(batch)?;
                 myself.cast(ConsumerMsg::Poll)?;
             }
             ConsumerMsg::Barrier(barrier) => {
+                if state.replay.is_some() {
+                    return Err(format!("barrier {barrier} arrived before the replayed epoch ended on {}", state.tp).into());
+                }
                 state.aggregator.cast(AggregatorMsg::Barrier {
                     barrier,
                     tp: state.tp.clone(),

@@ -67,6 +67,19 @@ pub enum Error {
         last_failure: String,
     },
 
+    /// A fail point fired (tests and the chaos suite only).
+    #[error("{0}")]
+    FailPoint(String),
+
+    /// A Delta Lake operation failed.
+    #[error("delta table {table}: {detail}")]
+    Delta {
+        /// The table's location.
+        table: String,
+        /// What went wrong.
+        detail: String,
+    },
+
     /// An actor could not be spawned or messaged.
     #[error("actor system: {0}")]
     Actor(String),
@@ -84,9 +97,6 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        Error::Io { context: context.into(), source }
     }
 }

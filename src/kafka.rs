@@ -64,28 +64,15 @@ impl ClientContext for StatsContext {
                 if *p < 0 || s.hi_offset < 0 {
                     continue; // the internal UA partition, or not fetched yet
                 }
-                let ls = if s.ls_offset >= 0 {
-                    s.ls_offset
-                } else {
-                    s.hi_offset
-                };
-                map.insert(
-                    TopicPartition::new(topic, *p),
-                    Watermarks {
-                        high: s.hi_offset,
-                        last_stable: ls,
-                    },
-                );
+                let ls = if s.ls_offset >= 0 { s.ls_offset } else { s.hi_offset };
+                map.insert(TopicPartition::new(topic, *p), Watermarks { high: s.hi_offset, last_stable: ls });
             }
         }
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
                 tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
             }
             RDKafkaLogLevel::Warning => {
@@ -111,9 +98,7 @@ impl ConsumerContext for StatsContext {}
 /// A plain client config for `brokers`.
 pub fn base_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("client.id", "exactly")
-        .set_log_level(RDKafkaLogLevel::Warning);
+    c.set("bootstrap.servers", brokers).set("client.id", "exactly").set_log_level(RDKafkaLogLevel::Warning);
     c
 }
 
@@ -145,31 +130,17 @@ fn is_unreachable(e: &KafkaError) -> bool {
 
 /// Checks that the brokers answer and every topic exists; returns every partition to read.
 /// This is what turns "nothing happens" into one clear line at start-up.
-pub async fn preflight(
-    brokers: &str,
-    topics: &[String],
-    timeout: Duration,
-) -> Result<Vec<TopicPartition>> {
+pub async fn preflight(brokers: &str, topics: &[String], timeout: Duration) -> Result<Vec<TopicPartition>> {
     let brokers = brokers.to_string();
     let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || -> Result<Vec<TopicPartition>> {
-        let consumer: BaseConsumer =
-            base_config(&brokers)
-                .create()
-                .map_err(|e| Error::BrokerUnreachable {
-                    brokers: brokers.clone(),
-                    detail: e.to_string(),
-                })?;
+        let consumer: BaseConsumer = base_config(&brokers)
+            .create()
+            .map_err(|e| Error::BrokerUnreachable { brokers: brokers.clone(), detail: e.to_string() })?;
         let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| {
-            let detail = if is_unreachable(&e) {
-                format!("no broker answered within {} ms", timeout.as_millis())
-            } else {
-                e.to_string()
-            };
-            Error::BrokerUnreachable {
-                brokers: brokers.clone(),
-                detail,
-            }
+            let detail =
+                if is_unreachable(&e) { format!("no broker answered within {} ms", timeout.as_millis()) } else { e.to_string() };
+            Error::BrokerUnreachable { brokers: brokers.clone(), detail }
         })?;
         let mut out = Vec::new();
         for topic in &topics {
@@ -180,21 +151,10 @@ pub async fn preflight(
                     ps.sort_unstable();
                     out.extend(ps.into_iter().map(|p| TopicPartition::new(topic, p)));
                 }
-                Some(t)
-                    if t.error().is_some_and(|e| {
-                        e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART
-                    }) =>
-                {
-                    return Err(Error::Kafka(KafkaError::MetadataFetch(
-                        t.error().unwrap().into(),
-                    )));
+                Some(t) if t.error().is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {
+                    return Err(Error::Kafka(KafkaError::MetadataFetch(t.error().unwrap().into())));
                 }
-                _ => {
-                    return Err(Error::TopicMissing {
-                        topic: topic.clone(),
-                        brokers: brokers.clone(),
-                    })
-                }
+                _ => return Err(Error::TopicMissing { topic: topic.clone(), brokers: brokers.clone() }),
             }
         }
         Ok(out)
@@ -227,14 +187,7 @@ pub async fn resolve_starting_offsets(
         let mut out = Offsets::new();
         for tp in tps {
             let (low, high) = fetch_watermarks(&consumer, &tp, timeout)?;
-            out.insert(
-                tp,
-                if mode == StartingOffsets::Earliest {
-                    low
-                } else {
-                    high
-                },
-            );
+            out.insert(tp, if mode == StartingOffsets::Earliest { low } else { high });
         }
         Ok(out)
     })
@@ -243,23 +196,14 @@ pub async fn resolve_starting_offsets(
 }
 
 /// Creates a topic; `Ok(false)` when it already existed (idempotent).
-pub async fn create_topic(
-    brokers: &str,
-    topic: &str,
-    partitions: i32,
-    replication: i32,
-) -> Result<bool> {
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32, replication: i32) -> Result<bool> {
     let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
-    let opts = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(30)))
-        .request_timeout(Some(Duration::from_secs(30)));
+    let opts =
+        AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))).request_timeout(Some(Duration::from_secs(30)));
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     let results = admin.create_topics([&new], &opts).await.map_err(|e| {
         if is_unreachable(&e) {
-            Error::BrokerUnreachable {
-                brokers: brokers.to_string(),
-                detail: e.to_string(),
-            }
+            Error::BrokerUnreachable { brokers: brokers.to_string(), detail: e.to_string() }
         } else {
             Error::Kafka(e)
         }

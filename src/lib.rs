@@ -5,17 +5,19 @@
 //!
 //! - [`config`]: the pipeline's TOML configuration (every field documented, safe defaults).
 //! - [`kafka`]: librdkafka clients, the pre-flight check, topic admin, partition statistics.
-//! - [`consumer`]: one actor per Kafka partition; reads from the partition's queue and forwards
-//!   records, then epoch barriers, to the aggregator.
+//! - [`consumer`]: one actor per Kafka partition; reads from the partition's queue, runs the
+//!   [`decode`] stage, and forwards rows and dead letters, then epoch barriers, to the aggregator.
 //! - [`aggregator`]: aligns barriers from every consumer and closes an epoch when all have arrived.
-//! - [`committer`]: the only writer; commits an epoch to the [`sink`] and then writes the
-//!   [`checkpoint`].
+//! - [`committer`]: the only writer; commits an epoch to the [`sink`] (a Delta Lake table and its
+//!   dead-letter table, exactly once) and then writes the [`checkpoint`].
 //! - [`supervisor`]: the root actor; cuts epochs, restarts the tree from the last committed epoch
 //!   when any actor fails, enforces the restart budget.
 //! - [`pipeline`]: [`pipeline::run`], the entry point that ties it together with a shutdown signal.
 //!
-//! Around them: [`record`] (records, offsets, epochs), [`producer`] (the demo producer),
-//! [`progress`] (per-epoch progress reports) and [`metrics`] (metric names and the exporter).
+//! Around them: [`record`] (records, offsets, epochs), [`verify`] (the exactly-once audit of a
+//! table against its topic), [`producer`] (the demo producer), [`progress`] (per-epoch progress
+//! reports), [`metrics`] (metric names and the exporter) and [`failpoint`] / [`fault`] (failure
+//! injection for tests and the chaos suite).
 #![warn(missing_docs)]
 
 pub mod aggregator;
@@ -23,7 +25,9 @@ pub mod checkpoint;
 pub mod committer;
 pub mod config;
 pub mod consumer;
+pub mod decode;
 pub mod error;
+pub mod failpoint;
 pub mod fault;
 pub mod kafka;
 pub mod metrics;
@@ -33,6 +37,7 @@ pub mod progress;
 pub mod record;
 pub mod sink;
 pub mod supervisor;
+pub mod verify;
 
 pub use config::PipelineConfig;
 pub use error::{Error, Result};

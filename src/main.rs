@@ -4,18 +4,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use exactly::config::PipelineConfig;
-use exactly::pipeline::Pipeline;
+use std::sync::Arc;
+
+use exactly::config::{PipelineConfig, SinkConfig};
+use exactly::failpoint::FailPoints;
+use exactly::pipeline::{Pipeline, RunOptions};
 use exactly::producer::{produce, ProduceOptions};
 use exactly::{kafka, sink};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(
-    name = "exactly",
-    version,
-    about = "Exactly-once Kafka -> Delta Lake streaming on a supervised actor tree"
-)]
+#[command(name = "exactly", version, about = "Exactly-once Kafka -> Delta Lake streaming on a supervised actor tree")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +24,13 @@ struct Cli {
 enum Command {
     /// Run a pipeline until Ctrl-C/SIGTERM (the open epoch is committed before exit).
     Run(RunArgs),
+    /// Audit a Delta-sink pipeline's tables against its Kafka topics: every committed offset
+    /// must be in the table or the dead-letter table exactly once (exit 0 only then).
+    Verify {
+        /// The pipeline's TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Produce demo events {"id","value","ts"} to a topic (the seed's producer).
     Produce(ProduceArgs),
     /// Manage topics.
@@ -42,6 +48,10 @@ struct RunArgs {
     /// How to report each committed epoch on stderr.
     #[arg(long, value_enum, default_value = "text")]
     progress: ProgressFormat,
+    /// Before starting, rebuild the checkpoint from the table's last committed epoch: the way
+    /// out when the checkpoint was lost, or belongs to another run of the same table.
+    #[arg(long)]
+    reset_checkpoint_from_table: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -103,8 +113,7 @@ enum TopicsCommand {
 
 /// Resolves on the first Ctrl-C or SIGTERM; a second one exits at once.
 async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -122,7 +131,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         exactly::metrics::install_exporter(listen.parse()?)?;
         eprintln!("metrics: http://{listen}/metrics");
     }
-    let sink = sink::from_config(&config.sink);
+    let failpoints = Arc::new(FailPoints::from_env()?);
+    let sink = sink::from_config(&config, failpoints.clone());
     eprintln!(
         "pipeline '{}': {} from {} -> {} sink; checkpoint {}",
         config.id,
@@ -131,7 +141,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         sink.name(),
         config.checkpoint_dir().display()
     );
-    let pipeline = Pipeline::start(config, sink).await?;
+    if let SinkConfig::Delta { path, .. } = &config.sink {
+        eprintln!("table: {}  dead letters: {}", path.display(), config.dead_letter_path().unwrap_or_default().display());
+    }
+    let options = RunOptions { failpoints, reset_checkpoint_from_table: args.reset_checkpoint_from_table };
+    let pipeline = Pipeline::start_with(config, sink, options).await?;
     let mut progress = pipeline.progress();
     let format = args.progress;
     let printer = tokio::spawn(async move {
@@ -167,6 +181,21 @@ async fn wait_finished(p: &Pipeline) {
 async fn main_inner(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(args).await,
+        Command::Verify { config } => {
+            let config = PipelineConfig::load(&config)?;
+            let audit = exactly::verify::verify(&config).await?;
+            print!("{}", audit.render());
+            if audit.ok() {
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "verify: {} missing, {} duplicated, {} unexpected offsets",
+                    audit.total(|p| p.missing),
+                    audit.total(|p| p.duplicated),
+                    audit.total(|p| p.unexpected)
+                )
+            }
+        }
         Command::Produce(a) => {
             let opts = ProduceOptions {
                 brokers: a.brokers,
@@ -178,18 +207,9 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 duplicate_every: a.duplicate_every,
                 malformed_every: a.malformed_every,
             };
-            let pre = kafka::preflight(
-                &opts.brokers,
-                std::slice::from_ref(&opts.topic),
-                std::time::Duration::from_secs(10),
-            )
-            .await?;
-            eprintln!(
-                "producing to '{}' ({} partitions) on {}",
-                opts.topic,
-                pre.len(),
-                opts.brokers
-            );
+            let pre =
+                kafka::preflight(&opts.brokers, std::slice::from_ref(&opts.topic), std::time::Duration::from_secs(10)).await?;
+            eprintln!("producing to '{}' ({} partitions) on {}", opts.topic, pre.len(), opts.brokers);
             let report = produce(&opts, stop_signal()).await?;
             eprintln!(
                 "produced {} records to '{}': {} events, {} duplicates, {} malformed",
@@ -197,15 +217,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Topics {
-            command:
-                TopicsCommand::Create {
-                    brokers,
-                    topic,
-                    partitions,
-                    replication,
-                },
-        } => {
+        Command::Topics { command: TopicsCommand::Create { brokers, topic, partitions, replication } } => {
             if kafka::create_topic(&brokers, &topic, partitions, replication).await? {
                 eprintln!("created topic '{topic}' with {partitions} partitions on {brokers}");
             } else {
@@ -221,15 +233,12 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("warn,exactly=info")),
+                .unwrap_or_else(|_| EnvFilter::new("warn,exactly=info,deltalake_core::writer::stats=error")),
         )
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

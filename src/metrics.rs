@@ -30,8 +30,5 @@ pub fn install_exporter(addr: SocketAddr) -> Result<()> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .install()
-        .map_err(|e| Error::Io {
-            context: format!("metrics endpoint on {addr}"),
-            source: std::io::Error::other(e.to_string()),
-        })
+        .map_err(|e| Error::Io { context: format!("metrics endpoint on {addr}"), source: std::io::Error::other(e.to_string()) })
 }

@@ -11,10 +11,21 @@ use tokio::task::JoinHandle;
 
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
+use crate::failpoint::FailPoints;
 use crate::kafka;
 use crate::progress::Progress;
 use crate::sink::Sink;
 use crate::supervisor::{PipelineStatus, SupervisorActor, SupervisorArgs, SupervisorMsg};
+
+/// How to start a pipeline, beyond its config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Fail points to arm (tests and the chaos suite); share them with the sink.
+    pub failpoints: Arc<FailPoints>,
+    /// Rebuild the checkpoint from the table's last committed epoch before starting: the
+    /// documented way out when the checkpoint was lost or belongs to another run.
+    pub reset_checkpoint_from_table: bool,
+}
 
 /// A running pipeline.
 pub struct Pipeline {
@@ -28,13 +39,13 @@ impl Pipeline {
     /// Checks the brokers and topics, then starts the actor tree. Fails fast, with one clear
     /// error, when the brokers do not answer or a topic is missing.
     pub async fn start(config: PipelineConfig, sink: Arc<dyn Sink>) -> Result<Pipeline> {
+        Self::start_with(config, sink, RunOptions::default()).await
+    }
+
+    /// [`Pipeline::start`] with options.
+    pub async fn start_with(config: PipelineConfig, sink: Arc<dyn Sink>, options: RunOptions) -> Result<Pipeline> {
         let src = &config.source;
-        let partitions = kafka::preflight(
-            &src.brokers,
-            &src.topics,
-            Duration::from_millis(src.connect_timeout_ms),
-        )
-        .await?;
+        let partitions = kafka::preflight(&src.brokers, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
         let outcome = Arc::new(Mutex::new(None));
         let (progress, _) = broadcast::channel(1024);
         let args = SupervisorArgs {
@@ -43,16 +54,11 @@ impl Pipeline {
             partitions,
             outcome: outcome.clone(),
             progress: progress.clone(),
+            failpoints: options.failpoints,
+            reset_checkpoint_from_table: options.reset_checkpoint_from_table,
         };
-        let (supervisor, join) = Actor::spawn(None, SupervisorActor, args)
-            .await
-            .map_err(|e| Error::Actor(e.to_string()))?;
-        Ok(Pipeline {
-            supervisor,
-            join,
-            outcome,
-            progress,
-        })
+        let (supervisor, join) = Actor::spawn(None, SupervisorActor, args).await.map_err(|e| Error::Actor(e.to_string()))?;
+        Ok(Pipeline { supervisor, join, outcome, progress })
     }
 
     /// Progress reports, one per committed epoch, from now on.
@@ -62,8 +68,7 @@ impl Pipeline {
 
     /// The tree's current state.
     pub async fn status(&self) -> Result<PipelineStatus> {
-        ractor::call_t!(self.supervisor, SupervisorMsg::Status, 10_000)
-            .map_err(|e| Error::Actor(format!("status: {e}")))
+        ractor::call_t!(self.supervisor, SupervisorMsg::Status, 10_000).map_err(|e| Error::Actor(format!("status: {e}")))
     }
 
     /// True once the pipeline has stopped (by itself, on a fatal error, or after shutdown).
@@ -92,9 +97,10 @@ impl Pipeline {
 pub async fn run(
     config: PipelineConfig,
     sink: Arc<dyn Sink>,
+    options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let pipeline = Pipeline::start(config, sink).await?;
+    let pipeline = Pipeline::start_with(config, sink, options).await?;
     let supervisor = pipeline.supervisor.clone();
     let outcome = pipeline.outcome.clone();
     let mut join = pipeline.join;

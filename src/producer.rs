@@ -65,10 +65,7 @@ pub struct ProduceReport {
 
 /// The JSON of event `id`.
 pub fn event_json(id: u64, distinct_values: u64, ts_ms: i64) -> String {
-    format!(
-        r#"{{"id":{id},"value":"event_{}","ts":{ts_ms}}}"#,
-        id % distinct_values.max(1)
-    )
+    format!(r#"{{"id":{id},"value":"event_{}","ts":{ts_ms}}}"#, id % distinct_values.max(1))
 }
 
 /// Malformed record number `n`, rotating through the kinds the decoder must reject.
@@ -82,17 +79,11 @@ pub fn malformed_record(n: u64) -> Vec<u8> {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Produces as asked until `count` is reached or `shutdown` resolves; waits for every delivery.
-pub async fn produce(
-    opts: &ProduceOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Result<ProduceReport> {
+pub async fn produce(opts: &ProduceOptions, shutdown: impl Future<Output = ()>) -> Result<ProduceReport> {
     let producer: FutureProducer = base_config(&opts.brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
@@ -123,15 +114,9 @@ pub async fn produce(
             tokio::select! { biased; _ = &mut shutdown => break, _ = tokio::task::yield_now() => {} }
         }
         n += 1;
-        let (key, payload): (String, Vec<u8>) = if opts
-            .malformed_every
-            .is_some_and(|k| k > 0 && n % k == 0)
-        {
+        let (key, payload): (String, Vec<u8>) = if opts.malformed_every.is_some_and(|k| k > 0 && n % k == 0) {
             report.malformed += 1;
-            (
-                format!("malformed-{n}"),
-                malformed_record(report.malformed - 1),
-            )
+            (format!("malformed-{n}"), malformed_record(report.malformed - 1))
         } else if opts.duplicate_every.is_some_and(|k| k > 0 && n % k == 0) && !recent.is_empty() {
             report.duplicates += 1;
             let (k, v) = recent[(n as usize) % recent.len()].clone();
@@ -147,9 +132,7 @@ pub async fn produce(
             }
             (id.to_string(), json.into_bytes())
         };
-        let mut record = FutureRecord::to(&opts.topic)
-            .key(key.as_bytes())
-            .payload(&payload);
+        let mut record = FutureRecord::to(&opts.topic).key(key.as_bytes()).payload(&payload);
         loop {
             match producer.send_result(record) {
                 Ok(f) => {
@@ -169,19 +152,13 @@ pub async fn produce(
         }
     }
     let p = producer.clone();
-    tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(60)))
-        .await
-        .map_err(|e| Error::Actor(e.to_string()))??;
+    tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(60))).await.map_err(|e| Error::Actor(e.to_string()))??;
     let all = inflight.len();
     settle(&mut inflight, &mut report, all).await?;
     Ok(report)
 }
 
-async fn settle(
-    inflight: &mut VecDeque<DeliveryFuture>,
-    report: &mut ProduceReport,
-    n: usize,
-) -> Result<()> {
+async fn settle(inflight: &mut VecDeque<DeliveryFuture>, report: &mut ProduceReport, n: usize) -> Result<()> {
     for _ in 0..n {
         let Some(f) = inflight.pop_front() else { break };
         match f.await {

@@ -32,8 +32,12 @@ pub struct Progress {
     pub epoch: u64,
     /// Actor-tree generation (0 until the first restart).
     pub generation: u64,
-    /// Records committed in this epoch.
+    /// Records consumed in this epoch.
     pub input_rows: u64,
+    /// Rows written to the table.
+    pub output_rows: u64,
+    /// Records sent to the dead-letter table.
+    pub dead_letters: u64,
     /// Records committed per second since the previous commit.
     pub rows_per_second: f64,
     /// Time in the sink commit, milliseconds.
@@ -61,14 +65,11 @@ impl Progress {
 
 impl fmt::Display for Progress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lag = self
-            .lag
-            .map(|l| l.to_string())
-            .unwrap_or_else(|| "?".into());
+        let lag = self.lag.map(|l| l.to_string()).unwrap_or_else(|| "?".into());
         write!(
             f,
-            "epoch {:>6} | {:>8} rows | {:>10.0} rows/s | lag {:>8} | commit {:>6.1} ms + checkpoint {:>5.1} ms | restarts {}",
-            self.epoch, self.input_rows, self.rows_per_second, lag, self.sink_ms, self.checkpoint_ms, self.restarts
+            "epoch {:>6} | {:>8} rows | {:>4} dead | {:>9.0} rows/s | lag {:>8} | commit {:>6.1} ms + checkpoint {:>5.1} ms | restarts {}",
+            self.epoch, self.input_rows, self.dead_letters, self.rows_per_second, lag, self.sink_ms, self.checkpoint_ms, self.restarts
         )
     }
 }

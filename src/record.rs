@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use deltalake::arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
+
+use crate::decode::DeadLetter;
 
 /// A Kafka topic-partition.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -18,10 +21,7 @@ pub struct TopicPartition {
 impl TopicPartition {
     /// Builds a topic-partition.
     pub fn new(topic: &str, partition: i32) -> Self {
-        TopicPartition {
-            topic: Arc::from(topic),
-            partition,
-        }
+        TopicPartition { topic: Arc::from(topic), partition }
     }
 }
 
@@ -66,15 +66,20 @@ pub struct PartitionRange {
     pub records: u64,
 }
 
-/// A closed epoch, ready to commit: every record between the previous cut and this one.
+/// A closed epoch, ready to commit: every record between the previous cut and this one,
+/// decoded into rows or dead letters.
 #[derive(Debug, Clone)]
 pub struct EpochBatch {
     /// Epoch number; epoch 1 is the first with data, 0 means "nothing committed yet".
     pub epoch: u64,
-    /// Records, grouped by partition in offset order.
-    pub records: Vec<Record>,
     /// Per-partition ranges, one for every assigned partition.
     pub ranges: Vec<PartitionRange>,
+    /// Decoded rows (without `_epoch`), partition by partition, each in offset order.
+    pub rows: Vec<RecordBatch>,
+    /// Records that did not decode.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Oldest Kafka timestamp in the epoch (ms), for end-to-end latency.
+    pub min_timestamp_ms: Option<i64>,
 }
 
 impl EpochBatch {
@@ -83,8 +88,18 @@ impl EpochBatch {
         self.ranges.iter().map(|r| (r.tp.clone(), r.end)).collect()
     }
 
+    /// Records consumed in this epoch (rows plus dead letters).
+    pub fn input_records(&self) -> u64 {
+        self.ranges.iter().map(|r| r.records).sum()
+    }
+
+    /// Rows to commit.
+    pub fn row_count(&self) -> usize {
+        self.rows.iter().map(RecordBatch::num_rows).sum()
+    }
+
     /// True when no partition moved: nothing to commit.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.ranges.iter().all(|r| r.start == r.end)
+        self.ranges.iter().all(|r| r.start == r.end && r.records == 0)
     }
 }

@@ -22,9 +22,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
-};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::broadcast;
@@ -35,15 +33,20 @@ use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::committer::{CommitReport, CommitterActor, CommitterArgs, CommitterMsg};
 use crate::config::PipelineConfig;
 use crate::consumer::{ConsumerActor, ConsumerArgs, ConsumerMsg};
+use crate::decode::Decoder;
 use crate::error::Error;
+use crate::failpoint::FailPoints;
 use crate::kafka::{self, PartitionStats, PipelineConsumer, StatsContext};
 use crate::metrics as m;
 use crate::progress::{PartitionProgress, Progress};
 use crate::record::{Offsets, TopicPartition};
-use crate::sink::Sink;
+use crate::sink::{CommittedEpoch, Sink};
 
 /// How long a graceful stop of a child may take before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest wait between restarts, however many came before.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The supervisor actor.
 pub struct SupervisorActor;
@@ -100,6 +103,10 @@ pub struct SupervisorArgs {
     pub outcome: Arc<Mutex<Option<Error>>>,
     /// Progress reports go here.
     pub progress: broadcast::Sender<Progress>,
+    /// Fail points (tests and the chaos suite).
+    pub failpoints: Arc<FailPoints>,
+    /// Rebuild the checkpoint from the sink's last epoch before the first start.
+    pub reset_checkpoint_from_table: bool,
 }
 
 /// One incarnation of the tree.
@@ -120,10 +127,7 @@ impl Generation {
         if self.committer.get_id() == id {
             return Some("committer".into());
         }
-        self.consumers
-            .iter()
-            .find(|(_, c)| c.get_id() == id)
-            .map(|(tp, _)| format!("consumer {tp}"))
+        self.consumers.iter().find(|(_, c)| c.get_id() == id).map(|(tp, _)| format!("consumer {tp}"))
     }
 }
 
@@ -144,72 +148,87 @@ pub struct SupervisorState {
     shutting_down: bool,
     final_barrier: Option<u64>,
     last_commit_at: Instant,
+    reset_from_sink: bool,
 }
 
 impl SupervisorState {
     fn fatal(&mut self, myself: &ActorRef<SupervisorMsg>, error: Error) {
         tracing::error!(%error, "pipeline stopping");
         let reason = error.to_string();
-        self.args
-            .outcome
-            .lock()
-            .expect("outcome lock")
-            .get_or_insert(error);
+        self.args.outcome.lock().expect("outcome lock").get_or_insert(error);
         myself.stop(Some(reason));
     }
 
-    /// Reconciles the checkpoint with what the sink says it committed. Returns the checkpoint to
-    /// resume from. See ARCHITECTURE.md, "Recovery".
-    async fn recover(&mut self) -> Result<Checkpoint, Error> {
-        let id = &self.args.config.id;
-        let found = self.store.load()?;
+    /// Reconciles the checkpoint with what the sink says it committed. Returns where to resume
+    /// and, when the sink is one epoch ahead, the epoch to replay. See ARCHITECTURE.md,
+    /// "Recovery".
+    async fn recover(&mut self) -> Result<(Checkpoint, Option<CommittedEpoch>), Error> {
+        let id = self.args.config.id.clone();
+        let dir = self.store.dir().display().to_string();
+        let mut found = self.store.load()?;
         if let Some(cp) = &found {
-            if &cp.pipeline_id != id {
+            if cp.pipeline_id != id {
                 return Err(Error::Recovery(format!(
-                    "checkpoint in {} belongs to pipeline '{}', not '{}'; give each pipeline its own checkpoint.dir",
-                    self.store.dir().display(),
-                    cp.pipeline_id,
-                    id
+                    "checkpoint in {dir} belongs to pipeline '{}', not '{id}'; give each pipeline its own checkpoint.dir",
+                    cp.pipeline_id
                 )));
             }
         }
-        let sink_epoch = self.args.sink.committed_epoch().await?;
-        let mut cp = match (found, sink_epoch) {
-            (Some(cp), None) => cp,
-            (Some(cp), Some(v)) if v.epoch == cp.epoch => cp,
+        let sink = self.args.sink.clone();
+        let durable = sink.durable();
+        let sink_epoch = sink.committed_epoch(&self.args.partitions).await?;
+        if std::mem::take(&mut self.reset_from_sink) {
+            let v = sink_epoch.clone().ok_or_else(|| {
+                Error::Recovery("--reset-checkpoint-from-table: the table holds no epoch of this pipeline to reset from".into())
+            })?;
+            tracing::warn!(epoch = v.epoch, checkpoint = %dir, "checkpoint reset from the table's last committed epoch");
+            let cp = Checkpoint::new(&id, v.epoch, &v.offsets);
+            self.store.store(&cp)?;
+            found = Some(cp);
+        }
+        let way_out = "(to resume after the table's last epoch, run once with --reset-checkpoint-from-table; to start over, delete both the table and the checkpoint)";
+        let (mut cp, replay) = match (found, sink_epoch) {
+            (Some(cp), _) if !durable => (cp, None),
+            (Some(cp), Some(v)) if v.epoch == cp.epoch => (cp, None),
             (Some(cp), Some(v)) if v.epoch == cp.epoch + 1 => {
-                tracing::warn!(checkpoint = cp.epoch, sink = v.epoch, "the sink committed an epoch the checkpoint missed; rebuilding the checkpoint from the sink");
-                let repaired = Checkpoint::new(id, v.epoch, &v.offsets);
-                self.store.store(&repaired)?;
-                repaired
+                tracing::warn!(
+                    checkpoint = cp.epoch,
+                    table = v.epoch,
+                    "the table holds an epoch the checkpoint missed (crash between commit and checkpoint); replaying it with its recorded offsets"
+                );
+                (cp, Some(v))
+            }
+            (Some(cp), None) if cp.epoch == 0 => (cp, None),
+            (Some(cp), None) => {
+                return Err(Error::Recovery(format!(
+                    "checkpoint {dir} is at epoch {} but the table has no commit of pipeline '{id}': it was deleted or replaced {way_out}",
+                    cp.epoch
+                )))
+            }
+            (Some(cp), Some(v)) if v.epoch < cp.epoch => {
+                return Err(Error::Recovery(format!(
+                    "checkpoint {dir} (epoch {}) is ahead of the table (epoch {}): the table was restored from an older copy {way_out}",
+                    cp.epoch, v.epoch
+                )))
             }
             (Some(cp), Some(v)) => {
                 return Err(Error::Recovery(format!(
-                    "checkpoint epoch {} and sink epoch {} are more than one apart; the checkpoint in {} does not belong to this output",
-                    cp.epoch,
-                    v.epoch,
-                    self.store.dir().display()
+                    "the table is at epoch {} but checkpoint {dir} is at epoch {}: the checkpoint belongs to an older run {way_out}",
+                    v.epoch, cp.epoch
                 )))
             }
             (None, Some(v)) => {
                 return Err(Error::Recovery(format!(
-                    "the sink already holds epoch {} of pipeline '{id}' but {} has no checkpoint; restore the checkpoint, or point checkpoint.dir at the right one",
-                    v.epoch,
-                    self.store.dir().display()
+                    "the table already holds epoch {} of pipeline '{id}' but there is no checkpoint in {dir} {way_out}",
+                    v.epoch
                 )))
             }
-            (None, None) => Checkpoint::new(id, 0, &Offsets::new()),
+            (None, None) => (Checkpoint::new(&id, 0, &Offsets::new()), None),
         };
         // Partitions with no position yet (first start, or partitions added to a topic) start
         // where `starting_offsets` says, and that position is pinned in the checkpoint at once.
         let mut offsets = cp.offsets();
-        let missing: Vec<TopicPartition> = self
-            .args
-            .partitions
-            .iter()
-            .filter(|tp| !offsets.contains_key(*tp))
-            .cloned()
-            .collect();
+        let missing: Vec<TopicPartition> = self.args.partitions.iter().filter(|tp| !offsets.contains_key(*tp)).cloned().collect();
         if !missing.is_empty() {
             let src = &self.args.config.source;
             let mode = if cp.epoch == 0 && cp.offsets.is_empty() {
@@ -217,28 +236,40 @@ impl SupervisorState {
             } else {
                 crate::config::StartingOffsets::Earliest
             };
-            let resolved = kafka::resolve_starting_offsets(
-                &src.brokers,
-                &missing,
-                mode,
-                Duration::from_millis(src.connect_timeout_ms),
-            )
-            .await?;
+            let resolved =
+                kafka::resolve_starting_offsets(&src.brokers, &missing, mode, Duration::from_millis(src.connect_timeout_ms))
+                    .await?;
             offsets.extend(resolved);
-            cp = Checkpoint::new(id, cp.epoch, &offsets);
+            cp = Checkpoint::new(&id, cp.epoch, &offsets);
             self.store.store(&cp)?;
         }
-        Ok(cp)
+        Ok((cp, replay))
     }
 
     async fn start_generation(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), Error> {
-        let cp = self.recover().await?;
+        let (cp, replay) = self.recover().await?;
         let config = self.args.config.clone();
-        let offsets: Offsets = cp
-            .offsets()
-            .into_iter()
-            .filter(|(tp, _)| self.args.partitions.contains(tp))
-            .collect();
+        let offsets: Offsets = cp.offsets().into_iter().filter(|(tp, _)| self.args.partitions.contains(tp)).collect();
+        // A replayed epoch is cut by its recorded offsets, under a barrier of its own.
+        let replay = match replay {
+            None => None,
+            Some(v) => {
+                let barrier = self.next_barrier;
+                self.next_barrier += 1;
+                let mut ends = Offsets::new();
+                for (tp, start) in &offsets {
+                    let end = v.offsets.get(tp).copied().unwrap_or(*start);
+                    if end < *start {
+                        return Err(Error::Recovery(format!(
+                            "epoch {} recorded offset {end} for {tp}, before the checkpoint's {start}",
+                            v.epoch
+                        )));
+                    }
+                    ends.insert(tp.clone(), end);
+                }
+                Some((barrier, ends))
+            }
+        };
 
         let client: PipelineConsumer = kafka::consumer_config(&config)
             .set("auto.offset.reset", "error")
@@ -261,10 +292,9 @@ impl SupervisorState {
         let poller = tokio::spawn(async move {
             loop {
                 match poll_client.recv().await {
-                    Ok(m) => tracing::error!(
-                        topic = rdkafka::Message::topic(&m),
-                        "record on the main queue (partition not split)"
-                    ),
+                    Ok(m) => {
+                        tracing::error!(topic = rdkafka::Message::topic(&m), "record on the main queue (partition not split)")
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka client error");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -284,6 +314,7 @@ impl SupervisorState {
                 store: self.store.clone(),
                 committed_epoch: cp.epoch,
                 supervisor: myself.clone(),
+                failpoints: self.args.failpoints.clone(),
             },
             cell.clone(),
         )
@@ -298,14 +329,14 @@ impl SupervisorState {
                 committer: committer.clone(),
                 supervisor: myself.clone(),
                 max_records: config.epoch.max_records,
+                replay_barrier: replay.as_ref().map(|(b, _)| *b),
             },
             cell.clone(),
         )
         .await
         .map_err(spawn_err)?;
-        let mut ids: HashSet<ActorId> = [committer.get_id(), aggregator.get_id()]
-            .into_iter()
-            .collect();
+        let mut ids: HashSet<ActorId> = [committer.get_id(), aggregator.get_id()].into_iter().collect();
+        let decoder = Arc::new(Decoder::new(&config.decode));
         let mut consumers = Vec::new();
         for (tp, queue) in queues {
             let start = offsets[&tp];
@@ -313,6 +344,8 @@ impl SupervisorState {
                 None,
                 ConsumerActor,
                 ConsumerArgs {
+                    decoder: decoder.clone(),
+                    replay: replay.as_ref().map(|(b, ends)| (*b, ends[&tp])),
                     tp: tp.clone(),
                     start,
                     queue,
@@ -330,14 +363,8 @@ impl SupervisorState {
         metrics::gauge!(m::GENERATION).set(self.generation as f64);
         metrics::gauge!(m::EPOCH_COMMITTED).set(cp.epoch as f64);
         self.committed = cp;
-        self.current = Some(Generation {
-            client,
-            poller,
-            consumers,
-            aggregator,
-            committer,
-            ids,
-        });
+        self.in_flight = replay.as_ref().map(|(b, _)| *b);
+        self.current = Some(Generation { client, poller, consumers, aggregator, committer, ids });
         self.ticker = Some(myself.send_interval(config.epoch.interval(), || SupervisorMsg::Tick));
         Ok(())
     }
@@ -373,12 +400,7 @@ impl SupervisorState {
                 let _ = c.kill_and_wait(Some(STOP_TIMEOUT)).await;
             }
             let _ = gen.aggregator.kill_and_wait(Some(STOP_TIMEOUT)).await;
-            if gen
-                .committer
-                .stop_and_wait(None, Some(STOP_TIMEOUT))
-                .await
-                .is_err()
-            {
+            if gen.committer.stop_and_wait(None, Some(STOP_TIMEOUT)).await.is_err() {
                 let _ = gen.committer.kill_and_wait(Some(STOP_TIMEOUT)).await;
             }
             gen.poller.abort();
@@ -388,16 +410,10 @@ impl SupervisorState {
         }
     }
 
-    async fn on_child_failure(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg>,
-        kind: String,
-        reason: String,
-    ) {
+    async fn on_child_failure(&mut self, myself: &ActorRef<SupervisorMsg>, kind: String, reason: String) {
         tracing::warn!(actor = %kind, %reason, generation = self.generation, "actor failed; aborting the open epoch and restarting from the last committed one");
         let actor_kind = kind.split(' ').next().unwrap_or("actor").to_string();
-        metrics::counter!(m::ACTOR_RESTARTS, "actor" => actor_kind, "reason" => "failed")
-            .increment(1);
+        metrics::counter!(m::ACTOR_RESTARTS, "actor" => actor_kind, "reason" => "failed").increment(1);
         self.teardown().await;
         if self.shutting_down {
             // Nothing uncommitted is lost: the next start re-reads it from the checkpoint.
@@ -411,26 +427,16 @@ impl SupervisorState {
         let cfg = &self.args.config.supervisor;
         let now = Instant::now();
         let window = Duration::from_secs(cfg.window_secs);
-        while self
-            .restarts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > window)
-        {
+        while self.restarts.front().is_some_and(|t| now.duration_since(*t) > window) {
             self.restarts.pop_front();
         }
         if self.restarts.len() >= cfg.max_restarts {
-            let e = Error::RestartBudgetSpent {
-                restarts: self.restarts.len(),
-                window_secs: cfg.window_secs,
-                last_failure: failure,
-            };
+            let e =
+                Error::RestartBudgetSpent { restarts: self.restarts.len(), window_secs: cfg.window_secs, last_failure: failure };
             self.fatal(myself, e);
             return;
         }
-        let backoff = Duration::from_millis(
-            cfg.backoff_ms
-                .saturating_mul(1 << self.restarts.len().min(10)),
-        );
+        let backoff = Duration::from_millis(cfg.backoff_ms.saturating_mul(1 << self.restarts.len().min(10))).min(MAX_BACKOFF);
         self.restarts.push_back(now);
         self.restarts_total += 1;
         self.generation += 1;
@@ -439,23 +445,18 @@ impl SupervisorState {
 
     fn on_commit(&mut self, report: CommitReport) {
         let now = Instant::now();
-        let secs = now
-            .duration_since(self.last_commit_at)
-            .as_secs_f64()
-            .max(1e-6);
+        let secs = now.duration_since(self.last_commit_at).as_secs_f64().max(1e-6);
         self.last_commit_at = now;
         let mut offsets = self.committed.offsets();
         let mut partitions = Vec::with_capacity(report.ranges.len());
         let mut total_lag = Some(0i64);
         for r in &report.ranges {
             offsets.insert(r.tp.clone(), r.end);
-            let lag = self
-                .stats
-                .get(&r.tp)
-                .map(|w| (w.last_stable - r.end).max(0));
+            let lag = self.stats.get(&r.tp).map(|w| (w.last_stable - r.end).max(0));
             total_lag = total_lag.zip(lag).map(|(a, b)| a + b);
             if let Some(l) = lag {
-                metrics::gauge!(m::CONSUMER_LAG, "topic" => r.tp.topic.to_string(), "partition" => r.tp.partition.to_string()).set(l as f64);
+                metrics::gauge!(m::CONSUMER_LAG, "topic" => r.tp.topic.to_string(), "partition" => r.tp.partition.to_string())
+                    .set(l as f64);
             }
             partitions.push(PartitionProgress {
                 topic: r.tp.topic.to_string(),
@@ -469,23 +470,20 @@ impl SupervisorState {
         self.committed = Checkpoint::new(&self.args.config.id, report.epoch, &offsets);
         metrics::counter!(m::RECORDS_COMMITTED).increment(report.records);
         metrics::gauge!(m::EPOCH_COMMITTED).set(report.epoch as f64);
-        metrics::histogram!(m::COMMIT_SECONDS, "phase" => "sink")
-            .record(report.sink_time.as_secs_f64());
-        metrics::histogram!(m::COMMIT_SECONDS, "phase" => "checkpoint")
-            .record(report.checkpoint_time.as_secs_f64());
+        metrics::histogram!(m::COMMIT_SECONDS, "phase" => "sink").record(report.sink_time.as_secs_f64());
+        metrics::histogram!(m::COMMIT_SECONDS, "phase" => "checkpoint").record(report.checkpoint_time.as_secs_f64());
         if let Some(ts) = report.min_timestamp_ms {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(ts);
-            metrics::histogram!(m::END_TO_END_SECONDS)
-                .record(((now_ms - ts).max(0) as f64) / 1000.0);
+            let now_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(ts);
+            metrics::histogram!(m::END_TO_END_SECONDS).record(((now_ms - ts).max(0) as f64) / 1000.0);
         }
         let progress = Progress {
             pipeline: self.args.config.id.clone(),
             epoch: report.epoch,
             generation: self.generation,
             input_rows: report.records,
+            output_rows: report.rows,
+            dead_letters: report.dead_letters,
             rows_per_second: report.records as f64 / secs,
             sink_ms: Progress::millis(report.sink_time),
             checkpoint_ms: Progress::millis(report.checkpoint_time),
@@ -512,11 +510,7 @@ impl SupervisorState {
             restarts: self.restarts_total,
             committed_epoch: self.committed.epoch,
             committed_offsets: self.committed.offsets(),
-            consumers: self
-                .current
-                .as_ref()
-                .map(|g| g.consumers.clone())
-                .unwrap_or_default(),
+            consumers: self.current.as_ref().map(|g| g.consumers.clone()).unwrap_or_default(),
             aggregator: self.current.as_ref().map(|g| g.aggregator.clone()),
             committer: self.current.as_ref().map(|g| g.committer.clone()),
         }
@@ -528,12 +522,9 @@ impl Actor for SupervisorActor {
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: SupervisorArgs,
-    ) -> Result<SupervisorState, ActorProcessingErr> {
-        let store = CheckpointStore::open(args.config.checkpoint_dir())?;
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+        let store = CheckpointStore::open(args.config.checkpoint_dir())?.with_failpoints(args.failpoints.clone());
+        let reset_from_sink = args.reset_checkpoint_from_table;
         myself.cast(SupervisorMsg::StartGeneration)?;
         Ok(SupervisorState {
             committed: Checkpoint::new(&args.config.id, 0, &Offsets::new()),
@@ -551,14 +542,11 @@ impl Actor for SupervisorActor {
             shutting_down: false,
             final_barrier: None,
             last_commit_at: Instant::now(),
+            reset_from_sink,
         })
     }
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
         state.teardown().await;
         Ok(())
     }
@@ -611,10 +599,7 @@ impl Actor for SupervisorActor {
                 }
                 if state.shutting_down {
                     if state.final_barrier == Some(barrier) {
-                        tracing::info!(
-                            epoch = state.committed.epoch,
-                            "open epoch committed; stopping"
-                        );
+                        tracing::info!(epoch = state.committed.epoch, "open epoch committed; stopping");
                         state.teardown().await;
                         myself.stop(None);
                     } else {
@@ -653,9 +638,7 @@ impl Actor for SupervisorActor {
     ) -> Result<(), ActorProcessingErr> {
         let (cell, reason): (ActorCell, String) = match evt {
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
-            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
             _ => return Ok(()),
         };
         let Some(gen) = &state.current else {

@@ -13,14 +13,10 @@ use exactly::Error;
 use crate::common::{self, Committed};
 
 async fn wait_generation(p: &Pipeline, generation: u64) {
-    common::wait_until(
-        Duration::from_secs(60),
-        &format!("generation {generation} running"),
-        || async {
-            let s = p.status().await.unwrap();
-            s.generation >= generation && !s.consumers.is_empty()
-        },
-    )
+    common::wait_until(Duration::from_secs(60), &format!("generation {generation} running"), || async {
+        let s = p.status().await.unwrap();
+        s.generation >= generation && !s.consumers.is_empty()
+    })
     .await;
 }
 
@@ -32,16 +28,10 @@ async fn killed_and_panicking_actors_restart_without_gap_or_repeat() {
     // Produce while the pipeline runs, so the faults land mid-stream.
     let mut opts = ProduceOptions::new(&common::brokers(), &topic, N);
     opts.rate = Some(2_000);
-    let producer =
-        tokio::spawn(async move { produce(&opts, std::future::pending()).await.unwrap() });
+    let producer = tokio::spawn(async move { produce(&opts, std::future::pending()).await.unwrap() });
 
     let (sink, mut rx) = ChannelSink::new();
-    let pipeline = Pipeline::start(
-        common::config(&common::unique("p"), &topic, dir.path()),
-        Arc::new(sink),
-    )
-    .await
-    .unwrap();
+    let pipeline = Pipeline::start(common::config(&common::unique("p"), &topic, dir.path()), Arc::new(sink)).await.unwrap();
     let mut got = Committed::default();
     let wait_more = |got: &mut Committed, rx: &mut _| {
         got.drain(rx);
@@ -59,19 +49,11 @@ async fn killed_and_panicking_actors_restart_without_gap_or_repeat() {
     wait_generation(&pipeline, 1).await;
     // 2. A panic inside a consumer's handler.
     let s = pipeline.status().await.unwrap();
-    s.consumers[2]
-        .1
-        .cast(exactly::consumer::ConsumerMsg::InjectFault(Fault::Panic))
-        .unwrap();
+    s.consumers[2].1.cast(exactly::consumer::ConsumerMsg::InjectFault(Fault::Panic)).unwrap();
     wait_generation(&pipeline, 2).await;
     // 3. An error returned by the aggregator's handler.
     let s = pipeline.status().await.unwrap();
-    s.aggregator
-        .unwrap()
-        .cast(exactly::aggregator::AggregatorMsg::InjectFault(
-            Fault::Error,
-        ))
-        .unwrap();
+    s.aggregator.unwrap().cast(exactly::aggregator::AggregatorMsg::InjectFault(Fault::Error)).unwrap();
     wait_generation(&pipeline, 3).await;
 
     let report = producer.await.unwrap();
@@ -100,21 +82,11 @@ async fn a_child_that_keeps_failing_spends_the_restart_budget() {
     for generation in 0..=2u64 {
         wait_generation(&pipeline, generation).await;
         let s = pipeline.status().await.unwrap();
-        s.consumers[0]
-            .1
-            .cast(exactly::consumer::ConsumerMsg::InjectFault(Fault::Error))
-            .unwrap();
+        s.consumers[0].1.cast(exactly::consumer::ConsumerMsg::InjectFault(Fault::Error)).unwrap();
     }
-    let err = tokio::time::timeout(Duration::from_secs(60), pipeline.wait())
-        .await
-        .expect("pipeline stops")
-        .unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(60), pipeline.wait()).await.expect("pipeline stops").unwrap_err();
     match &err {
-        Error::RestartBudgetSpent {
-            restarts,
-            last_failure,
-            ..
-        } => {
+        Error::RestartBudgetSpent { restarts, last_failure, .. } => {
             assert_eq!(*restarts, 2);
             assert!(last_failure.contains("consumer"), "{last_failure}");
         }

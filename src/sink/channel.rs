@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::{CommittedEpoch, Sink};
 use crate::error::{Error, Result};
-use crate::record::EpochBatch;
+use crate::record::{EpochBatch, TopicPartition};
 
 /// Sends each committed [`EpochBatch`] to a channel.
 pub struct ChannelSink {
@@ -30,16 +30,15 @@ impl Sink for ChannelSink {
         "channel"
     }
 
-    fn committed_epoch(&self) -> BoxFuture<'_, Result<Option<CommittedEpoch>>> {
+    fn durable(&self) -> bool {
+        false
+    }
+
+    fn committed_epoch<'a>(&'a self, _partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<CommittedEpoch>>> {
         async { Ok(None) }.boxed()
     }
 
     fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<()>> {
-        async move {
-            self.tx
-                .send(batch.clone())
-                .map_err(|_| Error::Sink("channel sink: receiver dropped".into()))
-        }
-        .boxed()
+        async move { self.tx.send(batch.clone()).map_err(|_| Error::Sink("channel sink: receiver dropped".into())) }.boxed()
     }
 }

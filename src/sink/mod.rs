@@ -1,25 +1,29 @@
 //! Sinks: where the committer writes a closed epoch.
 //!
 //! A sink commits one epoch atomically and, if it is durable, remembers which epoch it committed
-//! last, so recovery can tell "committed but not checkpointed" from "not committed".
+//! last and where that epoch ended, so recovery can tell "committed but not checkpointed" from
+//! "not committed", and a replayed epoch is never written twice.
 
 pub mod channel;
 pub mod console;
+pub mod delta;
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use crate::config::SinkConfig;
+use crate::config::{PipelineConfig, SinkConfig};
+use crate::decode::Decoder;
 use crate::error::Result;
-use crate::record::{EpochBatch, Offsets};
+use crate::failpoint::FailPoints;
+use crate::record::{EpochBatch, Offsets, TopicPartition};
 
 /// What a durable sink knows it committed last.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedEpoch {
     /// The epoch.
     pub epoch: u64,
-    /// The cut that epoch ended at.
+    /// The cut that epoch ended at (partitions it recorded).
     pub offsets: Offsets,
 }
 
@@ -29,18 +33,28 @@ pub trait Sink: Send + Sync + 'static {
     /// A short name for logs.
     fn name(&self) -> &str;
 
-    /// The last epoch this sink durably committed for the pipeline, if it records that
-    /// (a Delta table does, in its `txn` actions; the console does not).
-    fn committed_epoch(&self) -> BoxFuture<'_, Result<Option<CommittedEpoch>>>;
+    /// Whether the sink records what it committed (then recovery trusts and checks it).
+    fn durable(&self) -> bool;
 
-    /// Commits one epoch, all or nothing. Called once per epoch, in epoch order, by the
-    /// committer only.
+    /// The last epoch this sink durably committed for the pipeline and its cut over
+    /// `partitions`; `None` if it committed nothing (or is not durable). Re-reads storage.
+    fn committed_epoch<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<CommittedEpoch>>>;
+
+    /// Commits one epoch, all or nothing. Called in epoch order by the committer only. A durable
+    /// sink skips what it already holds, so committing a replayed epoch again is harmless.
     fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<()>>;
 }
 
 /// Builds the sink a config names.
-pub fn from_config(config: &SinkConfig) -> Arc<dyn Sink> {
-    match config {
+pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<dyn Sink> {
+    match &config.sink {
         SinkConfig::Console { num_rows } => Arc::new(console::ConsoleSink::stdout(*num_rows)),
+        SinkConfig::Delta { path, .. } => Arc::new(delta::DeltaSink::new(
+            &config.id,
+            path.clone(),
+            config.dead_letter_path().expect("delta sink has a dead-letter path"),
+            Decoder::new(&config.decode).output_schema(),
+            failpoints,
+        )),
     }
 }

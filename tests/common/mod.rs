@@ -8,42 +8,30 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use exactly::config::PipelineConfig;
+use deltalake::arrow::array::{Array, Int32Array, Int64Array, StringArray};
+use deltalake::arrow::record_batch::RecordBatch;
+use exactly::config::{DecodeConfig, DecodeFormat, FieldConfig, FieldType, PipelineConfig};
+use exactly::decode::{OFFSET_COL, PARTITION_COL, TOPIC_COL};
 use exactly::producer::{produce, ProduceOptions, ProduceReport};
 use exactly::record::EpochBatch;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// The brokers under test: `KAFKA_BROKERS`, or the broker `scripts/kafka up` starts.
 pub fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| "127.0.0.1:9092".into())
+    std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| "127.0.0.1:9092".into())
 }
 
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{prefix}-{}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        nanos % 1_000_000_000
-    )
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos % 1_000_000_000)
 }
 
 /// Creates a fresh topic with `partitions` partitions and returns its name.
 pub async fn topic(prefix: &str, partitions: i32) -> String {
     let name = unique(prefix);
-    assert!(
-        exactly::kafka::create_topic(&brokers(), &name, partitions, 1)
-            .await
-            .expect("create topic")
-    );
+    assert!(exactly::kafka::create_topic(&brokers(), &name, partitions, 1).await.expect("create topic"));
     name
 }
 
@@ -51,14 +39,26 @@ pub async fn topic(prefix: &str, partitions: i32) -> String {
 pub async fn produce_events(topic: &str, first_id: u64, count: u64) -> ProduceReport {
     let mut opts = ProduceOptions::new(&brokers(), topic, count);
     opts.first_id = first_id;
-    produce(&opts, std::future::pending())
-        .await
-        .expect("produce")
+    produce(&opts, std::future::pending()).await.expect("produce")
 }
 
-/// A pipeline config for tests: short epochs, checkpoint in `dir`.
+/// The seed's schema: `{"id": long, "value": string, "ts": timestamp}`.
+pub fn seed_decode() -> DecodeConfig {
+    DecodeConfig {
+        format: DecodeFormat::Json,
+        fields: vec![
+            FieldConfig { name: "id".into(), kind: FieldType::Long, nullable: false },
+            FieldConfig { name: "value".into(), kind: FieldType::String, nullable: true },
+            FieldConfig { name: "ts".into(), kind: FieldType::Timestamp, nullable: true },
+        ],
+        ..Default::default()
+    }
+}
+
+/// A pipeline config for tests: the seed's schema, short epochs, checkpoint in `dir`.
 pub fn config(id: &str, topic: &str, dir: &Path) -> PipelineConfig {
     let mut c = PipelineConfig::new(id, &[topic]);
+    c.decode = seed_decode();
     c.source.brokers = brokers();
     c.epoch.interval_ms = 200;
     c.checkpoint.dir = Some(dir.join("checkpoint"));
@@ -74,10 +74,7 @@ where
 {
     let start = Instant::now();
     while !cond().await {
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -96,9 +93,9 @@ impl Committed {
         }
     }
 
-    /// Records committed so far.
+    /// Records committed so far (rows and dead letters).
     pub fn records(&self) -> usize {
-        self.epochs.iter().map(|e| e.records.len()).sum()
+        self.epochs.iter().map(|e| e.row_count() + e.dead_letters.len()).sum()
     }
 
     /// Asserts the exactly-once properties: epochs numbered 1, 2, 3...; each epoch's ranges start
@@ -115,54 +112,39 @@ impl Committed {
             for r in &e.ranges {
                 let key = r.tp.to_string();
                 if let Some(prev) = last_end.get(&key) {
-                    assert_eq!(
-                        *prev, r.start,
-                        "epoch {} range of {key} must start where the previous ended",
-                        e.epoch
-                    );
+                    assert_eq!(*prev, r.start, "epoch {} range of {key} must start where the previous ended", e.epoch);
                 }
                 last_end.insert(key, r.end);
             }
-            for rec in &e.records {
-                let key = rec.tp.to_string();
-                let range = e
-                    .ranges
-                    .iter()
-                    .find(|r| r.tp == rec.tp)
-                    .expect("range for partition");
-                assert!(
-                    rec.offset >= range.start && rec.offset < range.end,
-                    "offset {} outside epoch range",
-                    rec.offset
-                );
+            for (key, offset, id) in rows(&e.rows) {
+                let range = e.ranges.iter().find(|r| r.tp.to_string() == key).expect("range for partition");
+                assert!(offset >= range.start && offset < range.end, "offset {offset} outside epoch range");
                 if let Some(prev) = last_offset.get(&key) {
-                    assert!(
-                        rec.offset > *prev,
-                        "{key}: offset {} after {prev}: repeated or out of order",
-                        rec.offset
-                    );
+                    assert!(offset > *prev, "{key}: offset {offset} after {prev}: repeated or out of order");
                 }
-                last_offset.insert(key, rec.offset);
-                let v: serde_json::Value =
-                    serde_json::from_slice(rec.payload.as_ref().unwrap()).unwrap();
-                *ids.entry(v["id"].as_u64().unwrap()).or_insert(0u32) += 1;
+                last_offset.insert(key, offset);
+                *ids.entry(id).or_insert(0u32) += 1;
             }
         }
-        let dups: Vec<_> = ids
-            .iter()
-            .filter(|(_, n)| **n > 1)
-            .map(|(id, _)| *id)
-            .collect();
+        let dups: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
         assert!(dups.is_empty(), "duplicated ids: {dups:?}");
-        let missing: Vec<u64> = (0..expected_ids)
-            .filter(|id| !ids.contains_key(id))
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "missing {} ids, first {:?}",
-            missing.len(),
-            &missing[..missing.len().min(10)]
-        );
+        let missing: Vec<u64> = (0..expected_ids).filter(|id| !ids.contains_key(id)).collect();
+        assert!(missing.is_empty(), "missing {} ids, first {:?}", missing.len(), &missing[..missing.len().min(10)]);
         assert_eq!(ids.len() as u64, expected_ids, "unexpected extra ids");
     }
+}
+
+/// `(topic/partition, offset, id)` of every row, in order.
+pub fn rows(batches: &[RecordBatch]) -> Vec<(String, i64, u64)> {
+    let mut out = Vec::new();
+    for b in batches {
+        let topic = b.column_by_name(TOPIC_COL).unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let part = b.column_by_name(PARTITION_COL).unwrap().as_any().downcast_ref::<Int32Array>().unwrap();
+        let off = b.column_by_name(OFFSET_COL).unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        let id = b.column_by_name("id").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        for i in 0..b.num_rows() {
+            out.push((format!("{}/{}", topic.value(i), part.value(i)), off.value(i), id.value(i) as u64));
+        }
+    }
+    out
 }

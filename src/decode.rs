@@ -1,0 +1,443 @@
+//! The decode stage: Kafka records -> Arrow rows with a declared schema, or dead letters.
+//!
+//! Decoding is deterministic (it depends only on the record), so an epoch replayed after a
+//! crash yields exactly the same rows and dead letters. Consumers run it, one per partition, so
+//! it runs in parallel; the aggregator and committer only ever see Arrow batches.
+//!
+//! Every row carries its Kafka coordinates: `_kafka_topic`, `_kafka_partition`, `_kafka_offset`,
+//! `_kafka_timestamp`; the committer adds `_epoch`.
+
+use std::sync::Arc;
+
+use deltalake::arrow::array::{
+    Array, ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int32Builder, Int64Array, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::arrow::error::ArrowError;
+use deltalake::arrow::record_batch::RecordBatch;
+use serde_json::Value;
+
+use crate::config::{DecodeConfig, DecodeFormat, FieldConfig, FieldType};
+use crate::record::{Record, TopicPartition};
+
+/// Column: the record's topic.
+pub const TOPIC_COL: &str = "_kafka_topic";
+/// Column: the record's partition.
+pub const PARTITION_COL: &str = "_kafka_partition";
+/// Column: the record's offset.
+pub const OFFSET_COL: &str = "_kafka_offset";
+/// Column: the record's Kafka timestamp.
+pub const TIMESTAMP_COL: &str = "_kafka_timestamp";
+/// Column: the epoch that committed the row.
+pub const EPOCH_COL: &str = "_epoch";
+/// Dead-letter column: why the record was rejected.
+pub const REASON_COL: &str = "reason";
+
+/// A record that could not be decoded, with everything needed to find and fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Where it came from.
+    pub tp: TopicPartition,
+    /// Its offset.
+    pub offset: i64,
+    /// Its Kafka timestamp (ms).
+    pub timestamp_ms: Option<i64>,
+    /// Its key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Its value bytes, as received.
+    pub value: Option<Vec<u8>>,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// The output of decoding one batch of records.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// Rows that decoded, in offset order.
+    pub rows: RecordBatch,
+    /// Records that did not.
+    pub dead: Vec<DeadLetter>,
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn meta_fields() -> Vec<Field> {
+    vec![
+        Field::new(TOPIC_COL, DataType::Utf8, false),
+        Field::new(PARTITION_COL, DataType::Int32, false),
+        Field::new(OFFSET_COL, DataType::Int64, false),
+        Field::new(TIMESTAMP_COL, ts_type(), true),
+    ]
+}
+
+/// The dead-letter table's schema (including `_epoch`).
+pub fn dead_letter_schema() -> SchemaRef {
+    let mut fields = meta_fields();
+    fields.push(Field::new("key", DataType::Binary, true));
+    fields.push(Field::new("value", DataType::Binary, true));
+    fields.push(Field::new(REASON_COL, DataType::Utf8, false));
+    fields.push(Field::new(EPOCH_COL, DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Appends the constant `_epoch` column.
+pub fn with_epoch(batch: &RecordBatch, epoch: u64) -> Result<RecordBatch, ArrowError> {
+    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(EPOCH_COL, DataType::Int64, false));
+    let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
+    cols.push(Arc::new(Int64Array::from(vec![epoch as i64; batch.num_rows()])));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+}
+
+/// Dead letters as a batch of the dead-letter schema.
+pub fn dead_letter_batch(dead: &[DeadLetter], epoch: u64) -> Result<RecordBatch, ArrowError> {
+    let mut topic = StringBuilder::new();
+    let mut partition = Int32Builder::new();
+    let mut offset = Int64Builder::new();
+    let mut ts = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut key = BinaryBuilder::new();
+    let mut value = BinaryBuilder::new();
+    let mut reason = StringBuilder::new();
+    for d in dead {
+        topic.append_value(&d.tp.topic);
+        partition.append_value(d.tp.partition);
+        offset.append_value(d.offset);
+        ts.append_option(d.timestamp_ms.map(|t| t.saturating_mul(1000)));
+        key.append_option(d.key.as_deref());
+        value.append_option(d.value.as_deref());
+        reason.append_value(&d.reason);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(topic.finish()),
+        Arc::new(partition.finish()),
+        Arc::new(offset.finish()),
+        Arc::new(ts.finish()),
+        Arc::new(key.finish()),
+        Arc::new(value.finish()),
+        Arc::new(reason.finish()),
+        Arc::new(Int64Array::from(vec![epoch as i64; dead.len()])),
+    ];
+    RecordBatch::try_new(dead_letter_schema(), cols)
+}
+
+/// One column under construction.
+enum Col {
+    Str(StringBuilder),
+    Long(Int64Builder),
+    Int(Int32Builder),
+    Double(Float64Builder),
+    Bool(BooleanBuilder),
+    Ts(TimestampMicrosecondBuilder),
+    Bin(BinaryBuilder),
+}
+
+/// One decoded value, checked before anything is appended so columns stay aligned.
+enum Val<'a> {
+    Null,
+    Str(&'a str),
+    Long(i64),
+    Int(i32),
+    Double(f64),
+    Bool(bool),
+    Bin(&'a [u8]),
+}
+
+impl Col {
+    fn for_type(t: FieldType) -> Col {
+        match t {
+            FieldType::String => Col::Str(StringBuilder::new()),
+            FieldType::Long => Col::Long(Int64Builder::new()),
+            FieldType::Int => Col::Int(Int32Builder::new()),
+            FieldType::Double => Col::Double(Float64Builder::new()),
+            FieldType::Boolean => Col::Bool(BooleanBuilder::new()),
+            FieldType::Timestamp => Col::Ts(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
+        }
+    }
+
+    fn push(&mut self, v: &Val<'_>) {
+        match (self, v) {
+            (Col::Str(b), Val::Str(s)) => b.append_value(s),
+            (Col::Str(b), _) => b.append_null(),
+            (Col::Long(b), Val::Long(x)) => b.append_value(*x),
+            (Col::Long(b), _) => b.append_null(),
+            (Col::Int(b), Val::Int(x)) => b.append_value(*x),
+            (Col::Int(b), _) => b.append_null(),
+            (Col::Double(b), Val::Double(x)) => b.append_value(*x),
+            (Col::Double(b), _) => b.append_null(),
+            (Col::Bool(b), Val::Bool(x)) => b.append_value(*x),
+            (Col::Bool(b), _) => b.append_null(),
+            (Col::Ts(b), Val::Long(x)) => b.append_value(*x),
+            (Col::Ts(b), _) => b.append_null(),
+            (Col::Bin(b), Val::Bin(x)) => b.append_value(x),
+            (Col::Bin(b), _) => b.append_null(),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Col::Str(mut b) => Arc::new(b.finish()),
+            Col::Long(mut b) => Arc::new(b.finish()),
+            Col::Int(mut b) => Arc::new(b.finish()),
+            Col::Double(mut b) => Arc::new(b.finish()),
+            Col::Bool(mut b) => Arc::new(b.finish()),
+            Col::Ts(mut b) => Arc::new(b.finish()),
+            Col::Bin(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn json_value<'a>(f: &FieldConfig, v: Option<&'a Value>) -> Result<Val<'a>, String> {
+    let v = match v {
+        None | Some(Value::Null) if f.nullable => return Ok(Val::Null),
+        None => return Err(format!("missing field `{}`", f.name)),
+        Some(Value::Null) => return Err(format!("field `{}` is null but not nullable", f.name)),
+        Some(v) => v,
+    };
+    let wrong = |want: &str| format!("field `{}`: expected {want}, got {} {}", f.name, kind(v), truncate(&v.to_string(), 40));
+    Ok(match f.kind {
+        FieldType::String => Val::Str(v.as_str().ok_or_else(|| wrong("string"))?),
+        FieldType::Long => Val::Long(v.as_i64().ok_or_else(|| wrong("long"))?),
+        FieldType::Int => Val::Int(v.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(|| wrong("int"))?),
+        FieldType::Double => Val::Double(v.as_f64().ok_or_else(|| wrong("double"))?),
+        FieldType::Boolean => Val::Bool(v.as_bool().ok_or_else(|| wrong("boolean"))?),
+        FieldType::Timestamp => {
+            let ms = v.as_i64().ok_or_else(|| wrong("timestamp in epoch milliseconds"))?;
+            Val::Long(ms.checked_mul(1000).ok_or_else(|| wrong("timestamp in range"))?)
+        }
+    })
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        s.to_string()
+    } else {
+        let mut end = n;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &s[..end])
+    }
+}
+
+/// Decodes records against a declared schema.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    format: DecodeFormat,
+    fields: Vec<FieldConfig>,
+    max_bytes: usize,
+    schema: SchemaRef,
+}
+
+impl Decoder {
+    /// A decoder for the configured format and schema.
+    pub fn new(config: &DecodeConfig) -> Self {
+        let mut fields: Vec<Field> = match config.format {
+            DecodeFormat::Raw => vec![Field::new("key", DataType::Binary, true), Field::new("value", DataType::Binary, true)],
+            DecodeFormat::Text => vec![Field::new("key", DataType::Utf8, true), Field::new("value", DataType::Utf8, true)],
+            DecodeFormat::Json => config
+                .fields
+                .iter()
+                .map(|f| {
+                    let t = match f.kind {
+                        FieldType::String => DataType::Utf8,
+                        FieldType::Long => DataType::Int64,
+                        FieldType::Int => DataType::Int32,
+                        FieldType::Double => DataType::Float64,
+                        FieldType::Boolean => DataType::Boolean,
+                        FieldType::Timestamp => ts_type(),
+                    };
+                    Field::new(&f.name, t, f.nullable)
+                })
+                .collect(),
+        };
+        fields.extend(meta_fields());
+        Decoder {
+            format: config.format,
+            fields: config.fields.clone(),
+            max_bytes: config.max_record_bytes,
+            schema: Arc::new(Schema::new(fields)),
+        }
+    }
+
+    /// The schema of decoded rows (without `_epoch`).
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// The schema of committed rows (with `_epoch`).
+    pub fn output_schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new(EPOCH_COL, DataType::Int64, false));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// The column values of one record, or why it cannot be decoded. Nothing is appended until
+    /// every value is known, so a bad record never leaves columns misaligned.
+    fn values<'a>(&self, r: &'a Record, parsed: &'a mut Option<Value>) -> Result<Vec<Val<'a>>, String> {
+        let size = r.payload.as_ref().map_or(0, Vec::len);
+        if size > self.max_bytes {
+            return Err(format!("record value of {size} bytes exceeds decode.max_record_bytes = {}", self.max_bytes));
+        }
+        let mut vals = Vec::with_capacity(self.fields.len().max(2));
+        match self.format {
+            DecodeFormat::Raw => {
+                vals.push(r.key.as_deref().map_or(Val::Null, Val::Bin));
+                vals.push(r.payload.as_deref().map_or(Val::Null, Val::Bin));
+            }
+            DecodeFormat::Text => {
+                for (what, bytes) in [("key", &r.key), ("value", &r.payload)] {
+                    match bytes.as_deref() {
+                        None => vals.push(Val::Null),
+                        Some(b) => {
+                            vals.push(Val::Str(std::str::from_utf8(b).map_err(|e| format!("{what} is not valid UTF-8: {e}"))?))
+                        }
+                    }
+                }
+            }
+            DecodeFormat::Json => {
+                let bytes = r.payload.as_deref().ok_or("value is null (a tombstone); expected a JSON object")?;
+                let text = std::str::from_utf8(bytes).map_err(|e| format!("value is not valid UTF-8: {e}"))?;
+                let doc =
+                    parsed.insert(serde_json::from_str::<Value>(text).map_err(|e| format!("value is not valid JSON: {e}"))?);
+                let obj = doc.as_object().ok_or_else(|| format!("expected a JSON object, got {}", kind(doc)))?;
+                for f in &self.fields {
+                    vals.push(json_value(f, obj.get(&f.name))?);
+                }
+            }
+        }
+        Ok(vals)
+    }
+
+    /// Decodes records (of one or more partitions) into rows and dead letters.
+    pub fn decode(&self, records: Vec<Record>) -> Decoded {
+        let mut cols: Vec<Col> = match self.format {
+            DecodeFormat::Raw => vec![Col::Bin(BinaryBuilder::new()), Col::Bin(BinaryBuilder::new())],
+            DecodeFormat::Text => vec![Col::Str(StringBuilder::new()), Col::Str(StringBuilder::new())],
+            DecodeFormat::Json => self.fields.iter().map(|f| Col::for_type(f.kind)).collect(),
+        };
+        let mut topic = StringBuilder::new();
+        let mut partition = Int32Builder::new();
+        let mut offset = Int64Builder::new();
+        let mut ts = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        let mut dead = Vec::new();
+        for r in &records {
+            let mut parsed = None;
+            let outcome = self.values(r, &mut parsed);
+            match outcome {
+                Ok(vals) => {
+                    for (c, v) in cols.iter_mut().zip(&vals) {
+                        c.push(v);
+                    }
+                    topic.append_value(&r.tp.topic);
+                    partition.append_value(r.tp.partition);
+                    offset.append_value(r.offset);
+                    ts.append_option(r.timestamp_ms.map(|t| t.saturating_mul(1000)));
+                }
+                Err(reason) => dead.push(DeadLetter {
+                    tp: r.tp.clone(),
+                    offset: r.offset,
+                    timestamp_ms: r.timestamp_ms,
+                    key: r.key.clone(),
+                    value: r.payload.clone(),
+                    reason,
+                }),
+            }
+        }
+        let mut arrays: Vec<ArrayRef> = cols.into_iter().map(Col::finish).collect();
+        arrays.push(Arc::new(topic.finish()));
+        arrays.push(Arc::new(partition.finish()));
+        arrays.push(Arc::new(offset.finish()));
+        arrays.push(Arc::new(ts.finish()));
+        let rows = RecordBatch::try_new(self.schema.clone(), arrays).expect("decoder builds columns of its own schema");
+        Decoded { rows, dead }
+    }
+}
+
+/// The offsets column of a decoded or committed batch.
+pub fn offsets(batch: &RecordBatch) -> Option<&Int64Array> {
+    batch.column_by_name(OFFSET_COL)?.as_any().downcast_ref::<Int64Array>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DecodeConfig;
+
+    fn rec(offset: i64, value: &[u8]) -> Record {
+        Record {
+            tp: TopicPartition::new("t", 0),
+            offset,
+            timestamp_ms: Some(1_000),
+            key: Some(b"k".to_vec()),
+            payload: Some(value.to_vec()),
+        }
+    }
+
+    fn json_decoder() -> Decoder {
+        let config: DecodeConfig = toml::from_str(
+            r#"format = "json"
+               fields = [{ name = "id", type = "long", nullable = false }, { name = "value", type = "string" }, { name = "ts", type = "timestamp" }]"#,
+        )
+        .unwrap();
+        Decoder::new(&config)
+    }
+
+    #[test]
+    fn json_rows_and_every_kind_of_dead_letter() {
+        let d = json_decoder();
+        let out = d.decode(vec![
+            rec(0, br#"{"id":1,"value":"a","ts":5}"#),
+            rec(1, b"not json"),
+            rec(2, br#"{"id":"x","value":"a"}"#),
+            rec(3, br#"{"value":"a"}"#),
+            rec(4, &[0xff, 0xfe]),
+            rec(5, br#"[1,2]"#),
+            rec(6, br#"{"id":2,"extra":true}"#),
+        ]);
+        assert_eq!(out.rows.num_rows(), 2);
+        assert_eq!(offsets(&out.rows).unwrap().values(), &[0, 6]);
+        let reasons: Vec<&str> = out.dead.iter().map(|d| d.reason.as_str()).collect();
+        assert_eq!(out.dead.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert!(reasons[0].contains("not valid JSON"), "{reasons:?}");
+        assert!(reasons[1].contains("field `id`: expected long, got string"), "{reasons:?}");
+        assert!(reasons[2].contains("missing field `id`"), "{reasons:?}");
+        assert!(reasons[3].contains("not valid UTF-8"), "{reasons:?}");
+        assert!(reasons[4].contains("expected a JSON object, got array"), "{reasons:?}");
+        assert_eq!(out.dead[3].value.as_deref(), Some(&[0xff, 0xfe][..]), "raw bytes kept");
+    }
+
+    #[test]
+    fn oversized_records_are_dead_lettered() {
+        let mut config = DecodeConfig::default();
+        config.max_record_bytes = 10;
+        let out = Decoder::new(&config).decode(vec![rec(0, b"0123456789"), rec(1, b"0123456789A")]);
+        assert_eq!(out.rows.num_rows(), 1);
+        assert!(out.dead[0].reason.contains("11 bytes exceeds"));
+    }
+
+    #[test]
+    fn epoch_column_and_dead_letter_batch() {
+        let d = json_decoder();
+        let out = d.decode(vec![rec(0, br#"{"id":1}"#), rec(1, b"{")]);
+        let b = with_epoch(&out.rows, 7).unwrap();
+        assert_eq!(b.schema(), d.output_schema());
+        let dl = dead_letter_batch(&out.dead, 7).unwrap();
+        assert_eq!(dl.num_rows(), 1);
+        assert_eq!(dl.schema(), dead_letter_schema());
+    }
+}

@@ -1,0 +1,352 @@
+//! The Delta Lake sink: each epoch is ONE Delta commit per table, carrying its Parquet files and
+//! the pipeline's progress as `txn` actions:
+//!
+//! - `txn(appId = <pipeline id>, version = epoch)` — what Spark's `DeltaSink` checks to skip a
+//!   batch it already wrote;
+//! - `txn(appId = "<pipeline id>-<topic>-<partition>", version = next offset)` for every assigned
+//!   partition — the epoch's cut, as kafka-delta-ingest records it, so recovery can rebuild the
+//!   checkpoint (or replay the epoch) from the table alone;
+//! - `txn(appId = "<pipeline id>-<topic>-<partition>-start", version = first offset)`, once per
+//!   partition — where the pipeline started reading, for `exactly verify`.
+//!
+//! Rows go to the data table; records that did not decode go to the dead-letter table (created
+//! on the first dead letter). Delta has no commit across tables, so each table carries the txn
+//! actions itself and each is skipped when it already holds the epoch: committing a replayed
+//! epoch again writes only to the tables that missed it.
+//!
+//! **Architecture Invariant:** a table is written for epoch E only if its pipeline txn version
+//! is below E; if it is already E, the cut it recorded must equal the batch's cut (a mismatch is
+//! an error, never a silent skip).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use deltalake::arrow::datatypes::{DataType as ArrowType, SchemaRef, TimeUnit};
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, DataType, StructField, Transaction};
+use deltalake::protocol::{DeltaOperation, OutputMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use super::{CommittedEpoch, Sink};
+use crate::decode::{dead_letter_batch, dead_letter_schema, with_epoch};
+use crate::error::{Error, Result};
+use crate::failpoint::FailPoints;
+use crate::record::{EpochBatch, Offsets, PartitionRange, TopicPartition};
+
+/// Tables created by a pipeline say so in their description, which starts with this.
+pub const OWNER_PREFIX: &str = "exactly pipeline '";
+
+/// The description of a table created by `pipeline`.
+pub fn owner_description(pipeline: &str, what: &str) -> String {
+    format!("{OWNER_PREFIX}{pipeline}' ({what})")
+}
+
+/// The pipeline that created a table, from its description.
+pub fn owner_of(description: Option<&str>) -> Option<&str> {
+    description?.strip_prefix(OWNER_PREFIX)?.split('\'').next()
+}
+
+/// The txn appId holding a partition's next offset.
+pub fn partition_app_id(pipeline: &str, tp: &TopicPartition) -> String {
+    format!("{pipeline}-{}-{}", tp.topic, tp.partition)
+}
+
+/// The txn appId holding the offset a partition started at.
+pub fn start_app_id(pipeline: &str, tp: &TopicPartition) -> String {
+    format!("{pipeline}-{}-{}-start", tp.topic, tp.partition)
+}
+
+fn delta_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Delta { table: path.display().to_string(), detail: e.to_string() }
+}
+
+/// The table URL of a local directory.
+pub fn table_url(path: &Path) -> Result<url::Url> {
+    let abs = std::path::absolute(path).map_err(|e| delta_err(path, e))?;
+    url::Url::from_directory_path(&abs).map_err(|_| delta_err(path, "not a valid directory path"))
+}
+
+/// Loads the table at `path`; `None` if there is no Delta table there.
+pub async fn load_table(path: &Path) -> Result<Option<DeltaTable>> {
+    if !path.join("_delta_log").is_dir() {
+        return Ok(None);
+    }
+    let table = DeltaTable::try_from_url(table_url(path)?).await.map_err(|e| delta_err(path, e))?;
+    Ok(table.version().map(|_| table))
+}
+
+/// The version of `app_id`'s txn in the table, if any.
+pub async fn txn_version(table: &DeltaTable, path: &Path, app_id: &str) -> Result<Option<i64>> {
+    let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
+    snapshot.transaction_version(table.log_store().as_ref(), app_id).await.map_err(|e| delta_err(path, e))
+}
+
+/// The cut recorded in a table for `partitions` (partitions it never recorded are left out).
+pub async fn recorded_cut(table: &DeltaTable, path: &Path, pipeline: &str, partitions: &[TopicPartition]) -> Result<Offsets> {
+    let mut cut = Offsets::new();
+    for tp in partitions {
+        if let Some(v) = txn_version(table, path, &partition_app_id(pipeline, tp)).await? {
+            cut.insert(tp.clone(), v);
+        }
+    }
+    Ok(cut)
+}
+
+fn delta_type(t: &ArrowType) -> Result<DataType> {
+    Ok(match t {
+        ArrowType::Utf8 => DataType::STRING,
+        ArrowType::Int64 => DataType::LONG,
+        ArrowType::Int32 => DataType::INTEGER,
+        ArrowType::Float64 => DataType::DOUBLE,
+        ArrowType::Boolean => DataType::BOOLEAN,
+        ArrowType::Binary => DataType::BINARY,
+        ArrowType::Timestamp(TimeUnit::Microsecond, Some(_)) => DataType::TIMESTAMP,
+        other => return Err(Error::Sink(format!("no Delta type for {other}"))),
+    })
+}
+
+fn delta_fields(schema: &SchemaRef) -> Result<Vec<StructField>> {
+    schema.fields().iter().map(|f| Ok(StructField::new(f.name(), delta_type(f.data_type())?, f.is_nullable()))).collect()
+}
+
+/// One table the sink writes.
+struct Spec {
+    path: PathBuf,
+    schema: SchemaRef,
+    name: &'static str,
+}
+
+/// An open table and what the sink knows of it.
+struct Open {
+    table: DeltaTable,
+    /// The pipeline's txn version in this table (0: none).
+    version: u64,
+    /// Partitions whose start offset the table already recorded.
+    starts: HashSet<TopicPartition>,
+}
+
+#[derive(Default)]
+struct Tables {
+    data: Option<Open>,
+    dead: Option<Open>,
+    /// Whether `data`/`dead` reflect storage (refreshed by `committed_epoch`).
+    loaded: bool,
+}
+
+/// Appends epochs to a Delta table and its dead-letter table, exactly once.
+pub struct DeltaSink {
+    pipeline: String,
+    data: Spec,
+    dead: Spec,
+    failpoints: Arc<FailPoints>,
+    tables: Mutex<Tables>,
+}
+
+impl DeltaSink {
+    /// A sink for pipeline `pipeline` writing rows of `schema` (with `_epoch`) to `path` and dead
+    /// letters to `dead_letter_path`. Nothing is touched until the first call.
+    pub fn new(pipeline: &str, path: PathBuf, dead_letter_path: PathBuf, schema: SchemaRef, failpoints: Arc<FailPoints>) -> Self {
+        DeltaSink {
+            pipeline: pipeline.to_string(),
+            data: Spec { path, schema, name: "data" },
+            dead: Spec { path: dead_letter_path, schema: dead_letter_schema(), name: "dead letters" },
+            failpoints,
+            tables: Mutex::new(Tables::default()),
+        }
+    }
+
+    /// Opens the table of `spec` if it exists, checking that it is this pipeline's and has its
+    /// schema; creates it when `create` is set.
+    async fn open(&self, spec: &Spec, partitions: &[TopicPartition], create: bool) -> Result<Option<Open>> {
+        let path = &spec.path;
+        let table = match load_table(path).await? {
+            Some(t) => t,
+            None if !create => return Ok(None),
+            None => {
+                std::fs::create_dir_all(path).map_err(|e| delta_err(path, e))?;
+                let table =
+                    DeltaTableBuilder::from_url(table_url(path)?).and_then(|b| b.build()).map_err(|e| delta_err(path, e))?;
+                let created = table
+                    .create()
+                    .with_columns(delta_fields(&spec.schema)?)
+                    .with_comment(owner_description(&self.pipeline, spec.name))
+                    .await;
+                match created {
+                    Ok(t) => t,
+                    // Lost a creation race: use the table the winner made.
+                    Err(e) => load_table(path).await?.ok_or_else(|| delta_err(path, e))?,
+                }
+            }
+        };
+        let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
+        if let Some(owner) = owner_of(snapshot.metadata().description()) {
+            if owner != &self.pipeline {
+                return Err(Error::Recovery(format!(
+                    "the table at {} belongs to pipeline '{owner}', not '{}'; give this pipeline its own sink.path",
+                    path.display(),
+                    self.pipeline
+                )));
+            }
+        }
+        let want = delta_fields(&spec.schema)?;
+        let have: Vec<StructField> = snapshot.schema().fields().cloned().collect();
+        if want != have {
+            let show =
+                |fs: &[StructField]| fs.iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", ");
+            return Err(Error::Recovery(format!(
+                "the table at {} has columns [{}] but the pipeline writes [{}]; point sink.path at a new table or change decode.fields back",
+                path.display(),
+                show(&have),
+                show(&want)
+            )));
+        }
+        let version = txn_version(&table, path, &self.pipeline).await?.unwrap_or(0).max(0) as u64;
+        let mut starts = HashSet::new();
+        for tp in partitions {
+            if txn_version(&table, path, &start_app_id(&self.pipeline, tp)).await?.is_some() {
+                starts.insert(tp.clone());
+            }
+        }
+        Ok(Some(Open { table, version, starts }))
+    }
+
+    /// Writes `rows` as one commit of epoch `epoch` to `open`, unless it already holds it.
+    async fn commit_table(
+        &self,
+        spec: &Spec,
+        open: &mut Open,
+        epoch: u64,
+        rows: Vec<RecordBatch>,
+        ranges: &[PartitionRange],
+    ) -> Result<()> {
+        let path = &spec.path;
+        if open.version >= epoch {
+            // Already committed (a replayed epoch): the recorded cut must be this epoch's.
+            if open.version == epoch {
+                let tps: Vec<TopicPartition> = ranges.iter().map(|r| r.tp.clone()).collect();
+                let recorded = recorded_cut(&open.table, path, &self.pipeline, &tps).await?;
+                let cut: Offsets = ranges.iter().map(|r| (r.tp.clone(), r.end)).collect();
+                if recorded != cut {
+                    return Err(Error::Recovery(format!(
+                        "epoch {epoch} is already in {} with a different cut ({recorded:?} vs {cut:?}); refusing to skip or rewrite it",
+                        path.display()
+                    )));
+                }
+            }
+            tracing::info!(table = %path.display(), epoch, "epoch already committed to this table; skipped");
+            return Ok(());
+        }
+        let mut adds = Vec::new();
+        if rows.iter().any(|b| b.num_rows() > 0) {
+            let mut writer = RecordBatchWriter::for_table(&open.table).map_err(|e| delta_err(path, e))?;
+            for b in rows.into_iter().filter(|b| b.num_rows() > 0) {
+                writer.write(b).await.map_err(|e| delta_err(path, e))?;
+            }
+            adds = writer.flush().await.map_err(|e| delta_err(path, e))?;
+        }
+        self.failpoints.hit("after-parquet-write").await?;
+        let mut txns = vec![Transaction::new(&self.pipeline, epoch as i64)];
+        for r in ranges {
+            txns.push(Transaction::new(partition_app_id(&self.pipeline, &r.tp), r.end));
+            if !open.starts.contains(&r.tp) {
+                txns.push(Transaction::new(start_app_id(&self.pipeline, &r.tp), r.start));
+            }
+        }
+        let ranges_json: Vec<_> = ranges
+            .iter()
+            .map(|r| json!({"topic": &*r.tp.topic, "partition": r.tp.partition, "start": r.start, "end": r.end, "records": r.records}))
+            .collect();
+        let props = CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_metadata([("exactly".to_string(), json!({"pipeline": &self.pipeline, "epoch": epoch, "ranges": ranges_json}))]);
+        let op = DeltaOperation::StreamingUpdate {
+            output_mode: OutputMode::Append,
+            query_id: self.pipeline.clone(),
+            epoch_id: epoch as i64,
+        };
+        let snapshot = open.table.snapshot().map_err(|e| delta_err(path, e))?;
+        let finalized = CommitBuilder::from(props)
+            .with_actions(adds.into_iter().map(Action::Add).collect())
+            .build(Some(snapshot), open.table.log_store(), op)
+            .await
+            .map_err(|e| delta_err(path, e))?;
+        open.table.state = Some(finalized.snapshot());
+        open.version = epoch;
+        open.starts.extend(ranges.iter().map(|r| r.tp.clone()));
+        Ok(())
+    }
+
+    async fn refresh(&self, tables: &mut Tables, partitions: &[TopicPartition]) -> Result<()> {
+        tables.data = self.open(&self.data, partitions, true).await?;
+        tables.dead = self.open(&self.dead, partitions, false).await?;
+        tables.loaded = true;
+        Ok(())
+    }
+}
+
+impl Sink for DeltaSink {
+    fn name(&self) -> &str {
+        "delta"
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+
+    fn committed_epoch<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<CommittedEpoch>>> {
+        async move {
+            let mut tables = self.tables.lock().await;
+            self.refresh(&mut tables, partitions).await?;
+            let mut best: Option<CommittedEpoch> = None;
+            for (spec, open) in [(&self.data, &tables.data), (&self.dead, &tables.dead)] {
+                let Some(open) = open else { continue };
+                if open.version == 0 || best.as_ref().is_some_and(|b| b.epoch >= open.version) {
+                    continue;
+                }
+                let offsets = recorded_cut(&open.table, &spec.path, &self.pipeline, partitions).await?;
+                best = Some(CommittedEpoch { epoch: open.version, offsets });
+            }
+            Ok(best)
+        }
+        .boxed()
+    }
+
+    fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let mut tables = self.tables.lock().await;
+            if !tables.loaded {
+                let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
+                self.refresh(&mut tables, &tps).await?;
+            }
+            let epoch = batch.epoch;
+            let rows = batch
+                .rows
+                .iter()
+                .map(|b| with_epoch(b, epoch))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::Sink(e.to_string()))?;
+            // The data table first: it is committed every epoch, so it always holds the cut.
+            let data = tables.data.as_mut().expect("data table opened by refresh");
+            self.commit_table(&self.data, data, epoch, rows, &batch.ranges).await?;
+            self.failpoints.hit("after-delta-commit").await?;
+            if !batch.dead_letters.is_empty() {
+                if tables.dead.is_none() {
+                    let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
+                    tables.dead = self.open(&self.dead, &tps, true).await?;
+                }
+                let dead = tables.dead.as_mut().expect("dead-letter table opened");
+                let rows = vec![dead_letter_batch(&batch.dead_letters, epoch).map_err(|e| Error::Sink(e.to_string()))?];
+                self.commit_table(&self.dead, dead, epoch, rows, &batch.ranges).await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
