@@ -197,10 +197,25 @@ pub async fn resolve_starting_offsets(
 
 /// Creates a topic; `Ok(false)` when it already existed (idempotent).
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32, replication: i32) -> Result<bool> {
+    create_topic_with_config(brokers, topic, partitions, replication, &[]).await
+}
+
+/// Creates a topic with topic-level configs (e.g. `max.message.bytes`); `Ok(false)` when it
+/// already existed.
+pub async fn create_topic_with_config(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    config: &[(&str, &str)],
+) -> Result<bool> {
     let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
     let opts =
         AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))).request_timeout(Some(Duration::from_secs(30)));
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    for (k, v) in config {
+        new = new.set(k, v);
+    }
     let results = admin.create_topics([&new], &opts).await.map_err(|e| {
         if is_unreachable(&e) {
             Error::BrokerUnreachable { brokers: brokers.to_string(), detail: e.to_string() }

@@ -7,5 +7,7 @@ mod common;
 mod consume;
 // Killed and panicking actors are restarted from the last committed epoch; the restart budget.
 mod supervision;
+// The Delta sink: exactly once through restarts and fail points, audited and read independently.
+mod delta;
 // The CLI: bad configs and unreachable brokers give one line and a non-zero exit.
 mod cli;

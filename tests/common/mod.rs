@@ -148,3 +148,91 @@ pub fn rows(batches: &[RecordBatch]) -> Vec<(String, i64, u64)> {
     }
     out
 }
+
+/// A config writing to a Delta table in `dir/table` (dead letters in `dir/table_dead_letters`).
+pub fn delta_config(id: &str, topic: &str, dir: &Path) -> PipelineConfig {
+    let mut c = config(id, topic, dir);
+    c.sink = exactly::config::SinkConfig::Delta { path: dir.join("table"), dead_letter_path: None };
+    c
+}
+
+/// The Python with the `deltalake` package (`scripts/setup` installs it).
+pub fn python() -> String {
+    std::env::var("EXACTLY_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/exactly/venv/bin/python")
+    })
+}
+
+/// Reads a Delta table with Python `deltalake`, an independent implementation.
+pub fn read_with_python(table: &Path) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/read_delta.py");
+    // cargo's LD_LIBRARY_PATH (build outputs, toolchain libs) must not leak into Python's
+    // native extensions.
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .arg(table)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("run python (scripts/setup installs it)");
+    assert!(out.status.success(), "python reader failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every `txn` version the Delta log of `table` holds for `app_id`, one per commit that wrote it.
+pub fn txn_versions_in_log(table: &Path, app_id: &str) -> Vec<i64> {
+    let mut versions = Vec::new();
+    let Ok(entries) = std::fs::read_dir(table.join("_delta_log")) else { return versions };
+    for e in entries.flatten() {
+        if e.path().extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        for line in std::fs::read_to_string(e.path()).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if v["txn"]["appId"] == app_id {
+                versions.push(v["txn"]["version"].as_i64().unwrap());
+            }
+        }
+    }
+    versions.sort_unstable();
+    versions
+}
+
+/// Asserts no epoch was committed twice to `table`.
+pub fn assert_each_epoch_committed_once(table: &Path, pipeline: &str) {
+    let versions = txn_versions_in_log(table, pipeline);
+    let mut dedup = versions.clone();
+    dedup.dedup();
+    assert_eq!(versions, dedup, "an epoch was committed twice to {}", table.display());
+}
+
+/// Sum of the high watermarks of a topic's partitions.
+pub async fn high_watermarks(topic: &str) -> i64 {
+    let tps = exactly::kafka::preflight(&brokers(), &[topic.to_string()], Duration::from_secs(10)).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer = exactly::kafka::base_config(&brokers()).create().unwrap();
+        tps.iter().map(|tp| exactly::kafka::fetch_watermarks(&consumer, tp, Duration::from_secs(10)).unwrap().1).sum::<i64>()
+    })
+    .await
+    .unwrap()
+}
+
+/// The sum of the cut a Delta table recorded for pipeline `id` over `topic`'s partitions.
+pub async fn table_cut(table: &Path, id: &str, topic: &str) -> i64 {
+    let Some(t) = exactly::sink::delta::load_table(table).await.unwrap() else { return 0 };
+    let tps = exactly::kafka::preflight(&brokers(), &[topic.to_string()], Duration::from_secs(10)).await.unwrap();
+    exactly::sink::delta::recorded_cut(&t, table, id, &tps).await.unwrap().values().sum()
+}
+
+/// Waits until the table's recorded cut covers every offset the topic holds.
+pub async fn wait_table_drained(table: &Path, id: &str, topic: &str, deadline: Duration) {
+    let want = high_watermarks(topic).await;
+    wait_until(deadline, &format!("table cut reaches {want}"), || async { table_cut(table, id, topic).await >= want }).await;
+}
+
+/// Runs the audit and asserts exactly-once; returns it.
+pub async fn assert_verified(config: &PipelineConfig) -> exactly::verify::Audit {
+    let audit = exactly::verify::verify(config).await.unwrap();
+    assert!(audit.ok(), "verify failed:\n{}", audit.render());
+    audit
+}

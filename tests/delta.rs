@@ -1,0 +1,122 @@
+//! The exactly-once Delta Lake sink: real broker, real Delta tables on local disk, the audit,
+//! an independent reader, fail points in the commit path, and recovery.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use exactly::failpoint::{FailAction, FailPoints};
+use exactly::pipeline::{Pipeline, RunOptions};
+use exactly::producer::{produce, ProduceOptions};
+use exactly::sink;
+
+use crate::common;
+
+async fn run_until_drained(config: &exactly::PipelineConfig, options: RunOptions, topic: &str) {
+    let sink = sink::from_config(config, options.failpoints.clone());
+    let pipeline = Pipeline::start_with(config.clone(), sink, options).await.unwrap();
+    let table = config.checkpoint_dir().parent().unwrap().join("table");
+    common::wait_table_drained(&table, &config.id, topic, Duration::from_secs(90)).await;
+    pipeline.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_events_verify_exactly_n_and_an_independent_reader_agrees() {
+    let topic = common::topic("delta", 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    common::produce_events(&topic, 0, 3_000).await;
+    run_until_drained(&config, RunOptions::default(), &topic).await;
+
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), 3_000);
+    assert_eq!(audit.total(|p| p.rows), 3_000);
+    assert_eq!(audit.partitions.len(), 4);
+    let read = common::read_with_python(&dir.path().join("table"));
+    assert_eq!(read["rows"], 3_000);
+    assert_eq!(read["distinct_coordinates"], 3_000);
+    let cols: Vec<&str> = read["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(cols, ["id", "value", "ts", "_kafka_topic", "_kafka_partition", "_kafka_offset", "_kafka_timestamp", "_epoch"]);
+    common::assert_each_epoch_committed_once(&dir.path().join("table"), &config.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_and_restart_while_producing_stays_exactly_once() {
+    let topic = common::topic("restarts", 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 6_000);
+    opts.rate = Some(3_000);
+    opts.malformed_every = Some(97);
+    let producer = tokio::spawn(async move { produce(&opts, std::future::pending()).await.unwrap() });
+    let table = dir.path().join("table");
+    for _ in 0..4 {
+        let sink = sink::from_config(&config, Default::default());
+        let pipeline = Pipeline::start(config.clone(), sink).await.unwrap();
+        let before = pipeline.status().await.unwrap().committed_epoch;
+        common::wait_until(Duration::from_secs(60), "a new epoch", || async {
+            pipeline.status().await.unwrap().committed_epoch > before
+        })
+        .await;
+        pipeline.shutdown().await.unwrap();
+    }
+    producer.await.unwrap();
+    run_until_drained(&config, RunOptions::default(), &topic).await;
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), 6_000);
+    assert!(audit.total(|p| p.dead_lettered) > 0);
+    common::assert_each_epoch_committed_once(&table, &config.id);
+    assert_eq!(common::read_with_python(&table)["rows"].as_u64().unwrap(), audit.total(|p| p.rows));
+}
+
+/// Arms `failpoint` to fail once, runs to the end, and checks exactly-once and that no epoch
+/// was committed twice to either table.
+async fn failpoint_case(failpoint: &str, action: FailAction) -> exactly::verify::Audit {
+    let topic = common::topic("fail", 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 2_000);
+    opts.malformed_every = Some(40);
+    produce(&opts, std::future::pending()).await.unwrap();
+
+    let failpoints = Arc::new(FailPoints::new());
+    failpoints.arm(failpoint, action, Some(1));
+    let options = RunOptions { failpoints: failpoints.clone(), ..Default::default() };
+    let sink = sink::from_config(&config, failpoints.clone());
+    let pipeline = Pipeline::start_with(config.clone(), sink, options).await.unwrap();
+    common::wait_table_drained(&dir.path().join("table"), &config.id, &topic, Duration::from_secs(90)).await;
+    // The fail point fired and the tree restarted (the restart may trail the commit that drained).
+    common::wait_until(Duration::from_secs(30), "a restart", || async { pipeline.status().await.unwrap().restarts >= 1 }).await;
+    common::wait_until(Duration::from_secs(30), "the restarted tree", || async {
+        !pipeline.status().await.unwrap().consumers.is_empty()
+    })
+    .await;
+    pipeline.shutdown().await.unwrap();
+
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), 2_000);
+    assert_eq!(audit.total(|p| p.dead_lettered), 50);
+    common::assert_each_epoch_committed_once(&dir.path().join("table"), &config.id);
+    common::assert_each_epoch_committed_once(&dir.path().join("table_dead_letters"), &config.id);
+    audit
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failpoint_after_parquet_write_before_commit() {
+    let audit = failpoint_case("after-parquet-write", FailAction::Error).await;
+    assert!(!audit.orphan_files.is_empty(), "the failed attempt's files are uncommitted orphans");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failpoint_after_delta_commit_before_checkpoint() {
+    failpoint_case("after-delta-commit", FailAction::Error).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failpoint_mid_checkpoint_write() {
+    failpoint_case("mid-checkpoint-write", FailAction::Error).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failpoint_after_checkpoint_in_the_committer() {
+    failpoint_case("after-checkpoint", FailAction::Panic).await;
+}
