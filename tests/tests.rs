@@ -9,5 +9,11 @@ mod consume;
 mod supervision;
 // The Delta sink: exactly once through restarts and fail points, audited and read independently.
 mod delta;
+// The process dies for real (SIGKILL, abort) and recovery is audited; lost checkpoints.
+mod crash;
+// Malformed records of every kind go to the dead-letter table; the pipeline keeps running.
+mod malformed;
+// Offset gaps (transaction markers, aborted records) are never counted as losses.
+mod gaps;
 // The CLI: bad configs and unreachable brokers give one line and a non-zero exit.
 mod cli;

@@ -1,0 +1,165 @@
+//! The process dies for real: SIGKILL at random moments while producing, and an abort between
+//! the Delta commit and the checkpoint (the seed's failure scenario). Then recovery is checked
+//! on the data: the audit, the Delta log, an independent reader.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use exactly::producer::{produce, ProduceOptions};
+use rand::{Rng, SeedableRng};
+
+use crate::common;
+
+fn write_config(config: &exactly::PipelineConfig, dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
+    path
+}
+
+fn spawn(config: &Path, failpoints: Option<&str>) -> Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_exactly"));
+    c.args(["run", "--progress", "off", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(fp) = failpoints {
+        c.env("EXACTLY_FAILPOINTS", fp);
+    }
+    c.spawn().unwrap()
+}
+
+/// SIGTERM (graceful: commits the open epoch), then waits for a clean exit.
+async fn terminate(mut child: Child) {
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    let waited = tokio::task::spawn_blocking(move || {
+        let s = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        (s, err)
+    });
+    let (status, stderr) = tokio::time::timeout(Duration::from_secs(60), waited).await.expect("exits after SIGTERM").unwrap();
+    assert!(status.success(), "graceful stop must exit 0: {status}; stderr: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_while_producing_stays_exactly_once() {
+    let seed: u64 = std::env::var("EXACTLY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("sigkill test seed: {seed} (EXACTLY_SEED={seed} reproduces the kill times)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let topic = common::topic("sigkill", 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    let file = write_config(&config, dir.path());
+
+    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 10_000);
+    opts.rate = Some(2_500);
+    opts.malformed_every = Some(101);
+    let producer = tokio::spawn(async move { produce(&opts, std::future::pending()).await.unwrap() });
+    for _ in 0..6 {
+        let mut child = spawn(&file, None);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1_500))).await; // the kill's timing, not an assertion
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    producer.await.unwrap();
+    let child = spawn(&file, None);
+    common::wait_table_drained(&dir.path().join("table"), &config.id, &topic, Duration::from_secs(120)).await;
+    terminate(child).await;
+
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), 10_000);
+    assert_eq!(audit.total(|p| p.dead_lettered), 10_000 / 101);
+    common::assert_each_epoch_committed_once(&dir.path().join("table"), &config.id);
+    common::assert_each_epoch_committed_once(&dir.path().join("table_dead_letters"), &config.id);
+    assert_eq!(common::read_with_python(&dir.path().join("table"))["rows"].as_u64().unwrap(), audit.total(|p| p.rows));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_after_delta_commit_before_checkpoint_is_not_committed_again() {
+    let topic = common::topic("abort", 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    let file = write_config(&config, dir.path());
+    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 1_000);
+    opts.malformed_every = Some(50);
+    produce(&opts, std::future::pending()).await.unwrap();
+
+    // The process dies right after the data table's commit of epoch 1.
+    let mut child = spawn(&file, Some("after-delta-commit=abort"));
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(!status.success(), "the process must have aborted");
+    let table = dir.path().join("table");
+    assert_eq!(common::txn_versions_in_log(&table, &config.id), vec![1], "epoch 1 is in the table");
+    let cp = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
+    assert_eq!(cp.epoch, 0, "but not in the checkpoint");
+
+    let child = spawn(&file, None);
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    terminate(child).await;
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), 1_000);
+    assert_eq!(audit.total(|p| p.dead_lettered), 20, "epoch 1's dead letters were written by the replay");
+    assert_eq!(common::txn_versions_in_log(&table, &config.id), vec![1], "no second commit of epoch 1");
+    common::assert_each_epoch_committed_once(&dir.path().join("table_dead_letters"), &config.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_checkpoint_is_refused_then_reset_from_the_table() {
+    let topic = common::topic("lostcp", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    let file = write_config(&config, dir.path());
+    common::produce_events(&topic, 0, 500).await;
+    let child = spawn(&file, None);
+    common::wait_table_drained(&dir.path().join("table"), &config.id, &topic, Duration::from_secs(60)).await;
+    terminate(child).await;
+
+    std::fs::remove_dir_all(config.checkpoint_dir()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_exactly"))
+        .args(["run", "--progress", "off", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("no checkpoint") && errors[0].contains("--reset-checkpoint-from-table"), "{stderr}");
+
+    common::produce_events(&topic, 500, 300).await;
+    let child = Command::new(env!("CARGO_BIN_EXE_exactly"))
+        .args(["run", "--progress", "off", "--reset-checkpoint-from-table", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_table_drained(&dir.path().join("table"), &config.id, &topic, Duration::from_secs(60)).await;
+    terminate(child).await;
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.rows), 800);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_of_another_pipeline_is_refused() {
+    let topic = common::topic("owner", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    common::produce_events(&topic, 0, 10).await;
+    let sink = exactly::sink::from_config(&config, Default::default());
+    let p = exactly::pipeline::Pipeline::start(config.clone(), sink).await.unwrap();
+    common::wait_table_drained(&dir.path().join("table"), &config.id, &topic, Duration::from_secs(60)).await;
+    p.shutdown().await.unwrap();
+
+    let mut other = config.clone();
+    other.id = common::unique("other");
+    other.checkpoint.dir = Some(dir.path().join("other-checkpoint"));
+    let sink = exactly::sink::from_config(&other, Default::default());
+    let err = exactly::pipeline::Pipeline::start(other, sink).await.unwrap().wait().await.unwrap_err();
+    assert!(err.to_string().contains("belongs to pipeline"), "{err}");
+}
