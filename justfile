@@ -18,6 +18,10 @@ default:
 run: setup build
     scripts/run-demo
 
+# Audit the demo table against its topic: every offset exactly once (needs the broker).
+verify config="examples/demo.toml": build
+    scripts/with-kafka {{bin}} verify --config {{config}}
+
 # The whole test suite against a real Kafka broker (started if none answers, stopped after if
 # this recipe started it; KEEP_KAFKA=1 keeps it running).
 test: setup
