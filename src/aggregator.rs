@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::committer::CommitterMsg;
 use crate::fault::Fault;
@@ -44,6 +44,8 @@ pub enum AggregatorMsg {
         /// Next offset after the records sent before this barrier.
         next_offset: i64,
     },
+    /// How many records are buffered in epochs not yet handed to the committer.
+    Buffered(RpcReplyPort<u64>),
     /// Fail on purpose (chaos suite, tests).
     InjectFault(Fault),
 }
@@ -207,6 +209,10 @@ impl Actor for AggregatorActor {
                 state.on_records(tp, input, decoded, min_timestamp_ms)
             }
             AggregatorMsg::Barrier { barrier, tp, next_offset } => state.on_barrier(barrier, tp, next_offset),
+            AggregatorMsg::Buffered(reply) => {
+                let _ = reply.send(state.pending.values().map(|p| p.count).sum());
+                Ok(())
+            }
             AggregatorMsg::InjectFault(f) => f.trigger("aggregator"),
         }
     }

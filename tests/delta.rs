@@ -120,3 +120,24 @@ async fn failpoint_mid_checkpoint_write() {
 async fn failpoint_after_checkpoint_in_the_committer() {
     failpoint_case("after-checkpoint", FailAction::Panic).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_commits_the_open_epoch() {
+    let topic = common::topic("shutdown", 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.epoch.interval_ms = 3_600_000; // no epoch closes by time: only the shutdown cuts one
+    common::produce_events(&topic, 0, 500).await;
+    let sink = sink::from_config(&config, Default::default());
+    let pipeline = Pipeline::start(config.clone(), sink).await.unwrap();
+    common::wait_until(Duration::from_secs(60), "500 records buffered in the open epoch", || async {
+        let Some(agg) = pipeline.status().await.unwrap().aggregator else { return false };
+        ractor::call_t!(agg, exactly::aggregator::AggregatorMsg::Buffered, 5_000).unwrap() == 500
+    })
+    .await;
+    assert_eq!(common::table_cut(&dir.path().join("table"), &config.id, &topic).await, 0, "nothing committed yet");
+    pipeline.shutdown().await.unwrap();
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.rows), 500, "the stop committed everything consumed");
+    assert_eq!(audit.epoch, 1);
+}
