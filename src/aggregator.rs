@@ -5,14 +5,18 @@
 //! next epoch number and goes to the committer; an empty cut is dropped without using a number,
 //! so committed epochs are contiguous (1, 2, 3, ...).
 //!
-//! (Dedup and keyed aggregation will live here; for now decoded rows pass through.)
+//! Then the stateful stages ([`crate::state`]) run over the closed epoch.
 
 use std::collections::{BTreeMap, HashMap};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use std::sync::Arc;
+
+use crate::checkpoint::StateChanges;
 use crate::committer::CommitterMsg;
 use crate::fault::Fault;
+use crate::state::{Output, Processor};
 use deltalake::arrow::record_batch::RecordBatch;
 
 use crate::decode::{DeadLetter, Decoded};
@@ -65,6 +69,8 @@ pub struct AggregatorArgs {
     /// The barrier of an epoch being replayed: committed even if it holds no records, because
     /// the sink already has it.
     pub replay_barrier: Option<u64>,
+    /// Dedup and aggregation, if the pipeline has them.
+    pub processor: Option<Arc<Processor>>,
 }
 
 /// Records and barriers collected for one barrier number.
@@ -135,7 +141,7 @@ impl AggregatorState {
         Ok(())
     }
 
-    fn on_barrier(&mut self, barrier: u64, tp: TopicPartition, next_offset: i64) -> Result<(), ActorProcessingErr> {
+    async fn on_barrier(&mut self, barrier: u64, tp: TopicPartition, next_offset: i64) -> Result<(), ActorProcessingErr> {
         if self.first_barrier.is_none() {
             // Records that arrived before the first barrier was known belong to it.
             if let Some(p) = self.pending.remove(&u64::MAX) {
@@ -153,12 +159,12 @@ impl AggregatorState {
         pending.ends.insert(tp, next_offset);
         if pending.ends.len() == self.last_cut.len() {
             let done = self.pending.remove(&barrier).expect("pending barrier");
-            self.close(barrier, done)?;
+            self.close(barrier, done).await?;
         }
         Ok(())
     }
 
-    fn close(&mut self, barrier: u64, mut done: Pending) -> Result<(), ActorProcessingErr> {
+    async fn close(&mut self, barrier: u64, mut done: Pending) -> Result<(), ActorProcessingErr> {
         let mut ranges = Vec::with_capacity(self.last_cut.len());
         let mut rows = Vec::new();
         let mut dead_letters = Vec::new();
@@ -168,12 +174,26 @@ impl AggregatorState {
             rows.extend(done.rows.remove(tp).unwrap_or_default());
             dead_letters.extend(done.dead.remove(tp).unwrap_or_default());
         }
-        let batch = EpochBatch { epoch: self.next_epoch, ranges, rows, dead_letters, min_timestamp_ms: done.min_timestamp_ms };
         self.full_signalled = false;
-        if batch.is_empty() && self.args.replay_barrier != Some(barrier) {
+        let moved = ranges.iter().any(|r| r.start != r.end || r.records > 0);
+        if !moved && self.args.replay_barrier != Some(barrier) {
             self.args.supervisor.cast(SupervisorMsg::BarrierResolved { barrier, report: None })?;
             return Ok(());
         }
+        let epoch = self.next_epoch;
+        // Stateful stages run over the epoch in canonical order (partition, offset), against the
+        // state of the last committed epoch, off the async executor.
+        let (output, state, duplicates) = match &self.args.processor {
+            None => (Output::Append(rows), StateChanges::default(), 0),
+            Some(p) => {
+                let p = p.clone();
+                let processed = tokio::task::spawn_blocking(move || p.process(epoch, rows)).await??;
+                dead_letters.extend(processed.late);
+                (processed.output, processed.changes, processed.duplicates)
+            }
+        };
+        let batch =
+            EpochBatch { epoch, ranges, output, dead_letters, min_timestamp_ms: done.min_timestamp_ms, state, duplicates };
         self.last_cut = batch.end_offsets();
         self.next_epoch += 1;
         self.args.committer.cast(CommitterMsg::Commit { barrier, batch })?;
@@ -208,7 +228,7 @@ impl Actor for AggregatorActor {
             AggregatorMsg::Records { tp, input, decoded, min_timestamp_ms } => {
                 state.on_records(tp, input, decoded, min_timestamp_ms)
             }
-            AggregatorMsg::Barrier { barrier, tp, next_offset } => state.on_barrier(barrier, tp, next_offset),
+            AggregatorMsg::Barrier { barrier, tp, next_offset } => state.on_barrier(barrier, tp, next_offset).await,
             AggregatorMsg::Buffered(reply) => {
                 let _ = reply.send(state.pending.values().map(|p| p.count).sum());
                 Ok(())

@@ -1,24 +1,40 @@
-//! The checkpoint: the last committed epoch and the offsets it ends at, in one small JSON file
-//! replaced atomically (write temp, fsync, rename, fsync directory).
+//! The checkpoint: the last committed epoch, the offsets it ends at, and the pipeline's keyed
+//! state, in one RocksDB database (Spark's `checkpointLocation` holds offsets and state too).
+//!
+//! Everything an epoch changes — its offsets, its dedup keys and aggregates, the watermark, the
+//! key counters — is written in ONE `WriteBatch`: a crash leaves the state of epoch C or of
+//! epoch C + 1, never a mixture.
 //!
 //! **Architecture Invariant:** the checkpoint is written only by the committer, and only after
 //! the sink has durably committed the same epoch. So the checkpoint epoch C never runs ahead of
 //! the sink's epoch V: C <= V <= C + 1.
+//!
+//! Column families: `meta` (checkpoint, watermark, key counters), `dedup` (dedup key -> stamp),
+//! `dedup_expiry` (stamp ++ key, ordered for expiry scans), `agg` (bucket ++ group key ->
+//! aggregate state).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
+use crate::config::StateConfig;
 use crate::error::{Error, Result};
 use crate::failpoint::FailPoints;
 use crate::record::{Offsets, TopicPartition};
 
-const FILE: &str = "checkpoint.json";
+const META: &str = "meta";
+const DEDUP: &str = "dedup";
+const DEDUP_EXPIRY: &str = "dedup_expiry";
+const AGG: &str = "agg";
 
-/// What the checkpoint holds.
+const KEY_CHECKPOINT: &[u8] = b"checkpoint";
+const KEY_WATERMARK: &[u8] = b"watermark";
+const KEY_DEDUP_COUNT: &[u8] = b"dedup_keys";
+const KEY_AGG_COUNT: &[u8] = b"agg_keys";
+
+/// What the checkpoint holds besides state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// The pipeline this checkpoint belongs to; a mismatch is refused.
@@ -59,20 +75,80 @@ impl Checkpoint {
     }
 }
 
-/// The checkpoint directory of one pipeline.
-#[derive(Debug, Clone)]
+/// The state changes of one epoch, staged by the aggregator and written with its checkpoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateChanges {
+    /// Dedup keys first seen in this epoch, with their stamp (event time in ms, or epoch).
+    pub dedup_insert: Vec<(Vec<u8>, i64)>,
+    /// Dedup keys whose stamp is below this expire.
+    pub dedup_expire_before: Option<i64>,
+    /// Aggregate states to store (full key, encoded state); new keys are counted.
+    pub agg_put: Vec<(Vec<u8>, Vec<u8>, bool)>,
+    /// The watermark after this epoch.
+    pub watermark: Option<i64>,
+}
+
+/// Order-preserving encoding of an i64 (sign bit flipped, big-endian).
+fn stamp_bytes(stamp: i64) -> [u8; 8] {
+    ((stamp as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn read_u64(v: Option<Vec<u8>>) -> u64 {
+    v.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
+}
+
+/// The checkpoint and state database of one pipeline.
+#[derive(Clone)]
 pub struct CheckpointStore {
+    db: Arc<DB>,
     dir: PathBuf,
     failpoints: Arc<FailPoints>,
+    /// Held for every write and every checkpoint read: a write still running after its actor was
+    /// killed finishes before a new generation reads the checkpoint.
+    lock: Arc<Mutex<()>>,
+}
+
+impl std::fmt::Debug for CheckpointStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CheckpointStore({})", self.dir.display())
+    }
 }
 
 impl CheckpointStore {
-    /// Opens (creating if needed) a checkpoint directory.
+    /// Opens (creating if needed) the checkpoint in `dir` with default memory bounds.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        Self::open_with(dir, &StateConfig::default())
+    }
+
+    /// Opens the checkpoint with the configured memory bounds (block cache, write buffers).
+    pub fn open_with(dir: impl Into<PathBuf>, config: &StateConfig) -> Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)
-            .map_err(|e| Error::Checkpoint { path: dir.clone(), detail: format!("cannot create directory: {e}") })?;
-        Ok(CheckpointStore { dir, failpoints: Arc::new(FailPoints::new()) })
+        let err = |detail: String| Error::Checkpoint { path: dir.clone(), detail };
+        std::fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create directory: {e}")))?;
+        let cache = Cache::new_lru_cache(config.block_cache_mb * 1024 * 1024).map_err(|e| err(e.to_string()))?;
+        let cf_opts = || {
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            let mut o = Options::default();
+            o.set_block_based_table_factory(&table);
+            o.set_write_buffer_size(config.write_buffer_mb * 1024 * 1024);
+            o.set_max_write_buffer_number(2);
+            o
+        };
+        let mut opts = cf_opts();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_open_files(256);
+        let cfs = [META, DEDUP, DEDUP_EXPIRY, AGG].map(|n| ColumnFamilyDescriptor::new(n, cf_opts()));
+        let db = DB::open_cf_descriptors(&opts, &dir, cfs).map_err(|e| {
+            let s = e.to_string();
+            if s.contains("lock") {
+                err("is in use by another process (is this pipeline already running?)".into())
+            } else {
+                err(s)
+            }
+        })?;
+        Ok(CheckpointStore { db: Arc::new(db), dir, failpoints: Arc::new(FailPoints::new()), lock: Arc::new(Mutex::new(())) })
     }
 
     /// Uses `failpoints` (for `mid-checkpoint-write`).
@@ -86,42 +162,124 @@ impl CheckpointStore {
         &self.dir
     }
 
-    fn path(&self) -> PathBuf {
-        self.dir.join(FILE)
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        Error::Checkpoint { path: self.dir.clone(), detail: e.to_string() }
     }
 
     /// Reads the checkpoint, `None` if there is none yet.
     pub fn load(&self) -> Result<Option<Checkpoint>> {
-        let path = self.path();
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::Checkpoint { path, detail: format!("corrupt checkpoint: {e}") }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Checkpoint { path, detail: e.to_string() }),
+        let _guard = self.lock.lock().expect("checkpoint lock");
+        match self.db.get_cf(self.cf(META), KEY_CHECKPOINT).map_err(|e| self.err(e))? {
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| self.err(format!("corrupt checkpoint: {e}"))),
+            None => Ok(None),
         }
     }
 
-    /// Replaces the checkpoint atomically and durably. A crash leaves either the old or the new
-    /// checkpoint, never a torn one.
+    /// Replaces the checkpoint (no state changes).
     pub fn store(&self, checkpoint: &Checkpoint) -> Result<()> {
-        let path = self.path();
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
-        let err = |detail: String| Error::Checkpoint { path: path.clone(), detail };
-        let bytes = serde_json::to_vec_pretty(checkpoint).map_err(|e| err(e.to_string()))?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| err(format!("cannot write: {e}")))?;
-        f.write_all(&bytes).map_err(|e| err(format!("cannot write: {e}")))?;
-        f.sync_all().map_err(|e| err(format!("cannot sync: {e}")))?;
-        drop(f);
+        self.commit(checkpoint, &StateChanges::default())
+    }
+
+    /// Writes the checkpoint and an epoch's state changes in one atomic, synced write. Blocking:
+    /// call it from a blocking context.
+    pub fn commit(&self, checkpoint: &Checkpoint, changes: &StateChanges) -> Result<()> {
+        let _guard = self.lock.lock().expect("checkpoint lock");
+        let mut batch = WriteBatch::default();
+        let (meta, dedup, expiry, agg) = (self.cf(META), self.cf(DEDUP), self.cf(DEDUP_EXPIRY), self.cf(AGG));
+        let mut dedup_count = read_u64(self.db.get_cf(meta, KEY_DEDUP_COUNT).map_err(|e| self.err(e))?) as i64;
+        if let Some(before) = changes.dedup_expire_before {
+            let end = stamp_bytes(before);
+            let mut expired = 0i64;
+            for item in self.db.iterator_cf(expiry, IteratorMode::Start) {
+                let (k, _) = item.map_err(|e| self.err(e))?;
+                if k.len() < 8 || k[..8] >= end[..] {
+                    break;
+                }
+                batch.delete_cf(dedup, &k[8..]);
+                expired += 1;
+            }
+            batch.delete_range_cf(expiry, [0u8; 8], end);
+            dedup_count -= expired;
+        }
+        for (key, stamp) in &changes.dedup_insert {
+            batch.put_cf(dedup, key, stamp.to_be_bytes());
+            let mut idx = stamp_bytes(*stamp).to_vec();
+            idx.extend_from_slice(key);
+            batch.put_cf(expiry, idx, []);
+            dedup_count += 1;
+        }
+        let mut agg_count = read_u64(self.db.get_cf(meta, KEY_AGG_COUNT).map_err(|e| self.err(e))?);
+        for (key, value, is_new) in &changes.agg_put {
+            batch.put_cf(agg, key, value);
+            agg_count += u64::from(*is_new);
+        }
+        if let Some(w) = changes.watermark {
+            batch.put_cf(meta, KEY_WATERMARK, w.to_be_bytes());
+        }
+        batch.put_cf(meta, KEY_DEDUP_COUNT, (dedup_count.max(0) as u64).to_be_bytes());
+        batch.put_cf(meta, KEY_AGG_COUNT, agg_count.to_be_bytes());
+        batch.put_cf(meta, KEY_CHECKPOINT, serde_json::to_vec(checkpoint).map_err(|e| self.err(e))?);
         self.failpoints.hit_sync("mid-checkpoint-write")?;
-        fs::rename(&tmp, &path).map_err(|e| err(format!("cannot replace: {e}")))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| err(format!("cannot sync directory: {e}")))?;
-        Ok(())
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(|e| self.err(format!("cannot write: {e}")))
+    }
+
+    /// The watermark stored with the last checkpoint.
+    pub fn watermark(&self) -> Result<Option<i64>> {
+        let v = self.db.get_cf(self.cf(META), KEY_WATERMARK).map_err(|e| self.err(e))?;
+        Ok(v.and_then(|b| b.try_into().ok()).map(i64::from_be_bytes))
+    }
+
+    /// Which of `keys` are held as dedup keys.
+    pub fn dedup_contains(&self, keys: &[Vec<u8>]) -> Result<Vec<bool>> {
+        let cf = self.cf(DEDUP);
+        self.db
+            .multi_get_cf(keys.iter().map(|k| (cf, k)))
+            .into_iter()
+            .map(|r| r.map(|v| v.is_some()).map_err(|e| self.err(e)))
+            .collect()
+    }
+
+    /// The stored aggregate states of `keys`.
+    pub fn agg_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let cf = self.cf(AGG);
+        self.db.multi_get_cf(keys.iter().map(|k| (cf, k))).into_iter().map(|r| r.map_err(|e| self.err(e))).collect()
+    }
+
+    /// Every aggregate (full key, state) whose key starts with `prefix`.
+    pub fn agg_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(AGG), IteratorMode::From(prefix, rocksdb::Direction::Forward)) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Dedup keys held (exact: counted in every write).
+    pub fn dedup_key_count(&self) -> Result<u64> {
+        Ok(read_u64(self.db.get_cf(self.cf(META), KEY_DEDUP_COUNT).map_err(|e| self.err(e))?))
+    }
+
+    /// Aggregation keys held (exact).
+    pub fn agg_key_count(&self) -> Result<u64> {
+        Ok(read_u64(self.db.get_cf(self.cf(META), KEY_AGG_COUNT).map_err(|e| self.err(e))?))
+    }
+
+    /// Approximate bytes on disk (SST files) of the state.
+    pub fn disk_bytes(&self) -> u64 {
+        [DEDUP, DEDUP_EXPIRY, AGG]
+            .iter()
+            .filter_map(|n| self.db.property_int_value_cf(self.cf(n), "rocksdb.total-sst-files-size").ok().flatten())
+            .sum()
     }
 }
 
@@ -141,8 +299,32 @@ mod tests {
         store.store(&c).unwrap();
         assert_eq!(store.load().unwrap(), Some(c.clone()));
         assert_eq!(store.load().unwrap().unwrap().offsets(), offsets);
-        let c4 = Checkpoint::new("p", 4, &offsets);
-        store.store(&c4).unwrap();
+        store.store(&Checkpoint::new("p", 4, &offsets)).unwrap();
         assert_eq!(store.load().unwrap().unwrap().epoch, 4);
+    }
+
+    #[test]
+    fn dedup_keys_expire_by_stamp_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        let cp = Checkpoint::new("p", 1, &Offsets::new());
+        let changes = StateChanges {
+            dedup_insert: vec![(b"a".to_vec(), -5), (b"b".to_vec(), 10), (b"c".to_vec(), 20)],
+            ..Default::default()
+        };
+        store.commit(&cp, &changes).unwrap();
+        assert_eq!(store.dedup_key_count().unwrap(), 3);
+        assert_eq!(store.dedup_contains(&[b"a".to_vec(), b"z".to_vec()]).unwrap(), vec![true, false]);
+        store.commit(&cp, &StateChanges { dedup_expire_before: Some(15), ..Default::default() }).unwrap();
+        assert_eq!(store.dedup_key_count().unwrap(), 1);
+        assert_eq!(store.dedup_contains(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]).unwrap(), vec![false, false, true]);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_dir_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let _a = CheckpointStore::open(dir.path()).unwrap();
+        let e = CheckpointStore::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("in use by another process"), "{e}");
     }
 }

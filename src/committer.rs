@@ -62,6 +62,8 @@ pub struct CommitReport {
     pub rows: u64,
     /// Records written to the dead-letter table.
     pub dead_letters: u64,
+    /// Records dropped as duplicates.
+    pub duplicates: u64,
     /// Per-partition ranges.
     pub ranges: Vec<PartitionRange>,
     /// Time spent in the sink commit.
@@ -95,7 +97,7 @@ impl Actor for CommitterActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             CommitterMsg::InjectFault(f) => f.trigger("committer"),
-            CommitterMsg::Commit { barrier, batch } => {
+            CommitterMsg::Commit { barrier, mut batch } => {
                 if batch.epoch != state.last_epoch + 1 {
                     return Err(format!(
                         "epoch {} arrived after epoch {}; epochs must be contiguous",
@@ -106,10 +108,13 @@ impl Actor for CommitterActor {
                 let t0 = Instant::now();
                 state.args.sink.commit(&batch).await?;
                 let sink_time = t0.elapsed();
-                // The checkpoint write is small and done inline, on purpose: it must never be left
-                // running detached if this actor is killed mid-commit.
+                // Offsets and state changes in one RocksDB batch, off the async executor. If this
+                // actor is killed meanwhile, the write still completes, and the store's lock makes
+                // the next generation's recovery wait for it.
                 let t1 = Instant::now();
-                state.args.store.store(&Checkpoint::new(&state.args.pipeline_id, batch.epoch, &batch.end_offsets()))?;
+                let checkpoint = Checkpoint::new(&state.args.pipeline_id, batch.epoch, &batch.end_offsets());
+                let (store, changes) = (state.args.store.clone(), std::mem::take(&mut batch.state));
+                tokio::task::spawn_blocking(move || store.commit(&checkpoint, &changes)).await??;
                 let checkpoint_time = t1.elapsed();
                 state.last_epoch = batch.epoch;
                 state.args.failpoints.hit("after-checkpoint").await?;
@@ -118,6 +123,7 @@ impl Actor for CommitterActor {
                     records: batch.input_records(),
                     rows: batch.row_count() as u64,
                     dead_letters: batch.dead_letters.len() as u64,
+                    duplicates: batch.duplicates,
                     min_timestamp_ms: batch.min_timestamp_ms,
                     ranges: batch.ranges,
                     sink_time,

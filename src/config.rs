@@ -27,6 +27,15 @@ pub struct PipelineConfig {
     /// How record values become rows (Spark's `CAST(value AS STRING)` / `from_json`).
     #[serde(default)]
     pub decode: DecodeConfig,
+    /// Drop records whose key was already seen (Spark's `dropDuplicates`), with bounded state.
+    #[serde(default)]
+    pub dedup: Option<DedupConfig>,
+    /// Keyed aggregation (Spark's `groupBy(...).agg(...)`); the sink then gets the result table.
+    #[serde(default)]
+    pub aggregate: Option<AggregateConfig>,
+    /// Memory bounds of the RocksDB state in the checkpoint dir.
+    #[serde(default)]
+    pub state: StateConfig,
     /// How the stream is cut into epochs (Spark's trigger interval).
     #[serde(default)]
     pub epoch: EpochConfig,
@@ -156,6 +165,128 @@ pub enum FieldType {
     Boolean,
     /// A timestamp given as epoch milliseconds (a JSON integer); stored as a Delta `timestamp`.
     Timestamp,
+}
+
+/// Deduplication by key within a bounded retention.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Columns whose values together form the key (the seed's `["id"]`).
+    pub key: Vec<String>,
+    /// Event-time retention (Spark's `dropDuplicatesWithinWatermark`): this timestamp column's
+    /// maximum minus `allowed_lateness_ms` is the watermark; keys older than it expire, and records
+    /// older than it are too late to dedup (they go to the dead-letter table).
+    #[serde(default)]
+    pub watermark_field: Option<String>,
+    /// With `watermark_field`: how far behind the newest event time a record may be.
+    #[serde(default)]
+    pub allowed_lateness_ms: u64,
+    /// Epoch retention: a key expires this many epochs after it was first seen.
+    #[serde(default)]
+    pub max_age_epochs: Option<u64>,
+}
+
+/// Keyed aggregation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Grouping columns (the seed's `groupBy("value")`).
+    pub group_by: Vec<String>,
+    /// Aggregates per group.
+    pub aggregates: Vec<AggregateSpec>,
+    /// `complete`: every epoch replaces the whole result table; `update`: every epoch rewrites
+    /// only the buckets holding keys that changed.
+    #[serde(default = "default_output_mode")]
+    pub output_mode: OutputMode,
+    /// The result table is partitioned into this many `_bucket`s by a hash of the group key;
+    /// `update` rewrites only the buckets whose keys changed.
+    #[serde(default = "default_buckets")]
+    pub buckets: u32,
+}
+
+fn default_output_mode() -> OutputMode {
+    OutputMode::Complete
+}
+
+fn default_buckets() -> u32 {
+    16
+}
+
+/// One aggregate column.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSpec {
+    /// `count`, `sum`, `min` or `max`.
+    pub op: AggregateOp,
+    /// The aggregated column (not for `count`).
+    #[serde(default)]
+    pub field: Option<String>,
+    /// Output column name; default `count` / `sum_<field>` / `min_<field>` / `max_<field>`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl AggregateSpec {
+    /// The output column name.
+    pub fn column(&self) -> String {
+        self.name.clone().unwrap_or_else(|| match (&self.op, &self.field) {
+            (AggregateOp::Count, _) => "count".into(),
+            (op, Some(f)) => format!("{}_{f}", op.as_str()),
+            (op, None) => op.as_str().into(),
+        })
+    }
+}
+
+/// Aggregate functions.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AggregateOp {
+    /// Rows per group.
+    Count,
+    /// Sum of a numeric column (nulls skipped).
+    Sum,
+    /// Minimum of a numeric or timestamp column.
+    Min,
+    /// Maximum of a numeric or timestamp column.
+    Max,
+}
+
+impl AggregateOp {
+    /// Lower-case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AggregateOp::Count => "count",
+            AggregateOp::Sum => "sum",
+            AggregateOp::Min => "min",
+            AggregateOp::Max => "max",
+        }
+    }
+}
+
+/// Output modes of an aggregation (Spark's `outputMode`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputMode {
+    /// The whole result, every epoch.
+    Complete,
+    /// Only what changed, every epoch.
+    Update,
+}
+
+/// Memory bounds of the RocksDB state: the process's RSS stays bounded while the key count grows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Block cache shared by all column families, in MiB.
+    pub block_cache_mb: usize,
+    /// Write buffer (memtable) size per column family, in MiB (two per family at most).
+    pub write_buffer_mb: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { block_cache_mb: 64, write_buffer_mb: 16 }
+    }
 }
 
 /// Epoch boundaries: an epoch closes after `interval_ms`, or earlier once `max_records` records
@@ -290,6 +421,9 @@ impl PipelineConfig {
             id: id.into(),
             source: SourceConfig { topics: topics.iter().map(|t| t.to_string()).collect(), ..Default::default() },
             decode: DecodeConfig::default(),
+            dedup: None,
+            aggregate: None,
+            state: StateConfig::default(),
             epoch: EpochConfig::default(),
             sink: SinkConfig::default(),
             checkpoint: CheckpointConfig::default(),
@@ -413,6 +547,86 @@ impl PipelineConfig {
         }
         if self.decode.max_record_bytes == 0 {
             return Err(bad("decode.max_record_bytes", "must be at least 1".into()));
+        }
+        let columns: Vec<(String, bool)> = {
+            let schema = crate::decode::Decoder::new(&self.decode).schema();
+            schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    (
+                        f.name().clone(),
+                        f.data_type().is_numeric()
+                            || matches!(f.data_type(), deltalake::arrow::datatypes::DataType::Timestamp(..)),
+                    )
+                })
+                .collect()
+        };
+        let has = |name: &str| columns.iter().any(|(n, _)| n == name);
+        if let Some(d) = &self.dedup {
+            if d.key.is_empty() {
+                return Err(bad("dedup.key", "is empty; name the key columns, e.g. key = [\"id\"]".into()));
+            }
+            if let Some(k) = d.key.iter().find(|k| !has(k)) {
+                return Err(bad("dedup.key", format!("names {k:?}, which is not a decoded column")));
+            }
+            match (&d.watermark_field, d.max_age_epochs) {
+                (Some(_), Some(_)) => {
+                    return Err(bad("dedup", "sets both watermark_field and max_age_epochs; choose one retention".into()))
+                }
+                (None, None) => {
+                    return Err(bad(
+                        "dedup",
+                        "needs a bounded retention: watermark_field (with allowed_lateness_ms) or max_age_epochs".into(),
+                    ))
+                }
+                (Some(w), None) => {
+                    let is_ts = crate::decode::Decoder::new(&self.decode)
+                        .schema()
+                        .field_with_name(w)
+                        .is_ok_and(|f| matches!(f.data_type(), deltalake::arrow::datatypes::DataType::Timestamp(..)));
+                    if !is_ts {
+                        return Err(bad(
+                            "dedup.watermark_field",
+                            format!("names {w:?}, which is not a decoded timestamp column"),
+                        ));
+                    }
+                }
+                (None, Some(0)) => return Err(bad("dedup.max_age_epochs", "must be at least 1".into())),
+                _ => {}
+            }
+        }
+        if let Some(a) = &self.aggregate {
+            if a.group_by.is_empty() {
+                return Err(bad("aggregate.group_by", "is empty; name the grouping columns".into()));
+            }
+            if let Some(k) = a.group_by.iter().find(|k| !has(k)) {
+                return Err(bad("aggregate.group_by", format!("names {k:?}, which is not a decoded column")));
+            }
+            if a.aggregates.is_empty() {
+                return Err(bad("aggregate.aggregates", "is empty; e.g. aggregates = [{ op = \"count\" }]".into()));
+            }
+            for spec in &a.aggregates {
+                match (&spec.op, &spec.field) {
+                    (AggregateOp::Count, _) => {}
+                    (op, None) => return Err(bad("aggregate.aggregates", format!("`{}` needs a field", op.as_str()))),
+                    (op, Some(f)) => {
+                        let numeric = columns.iter().find(|(n, _)| n == f).map(|(_, num)| *num);
+                        if numeric != Some(true) {
+                            return Err(bad(
+                                "aggregate.aggregates",
+                                format!("`{}` of {f:?}: not a decoded numeric or timestamp column", op.as_str()),
+                            ));
+                        }
+                    }
+                }
+            }
+            if a.buckets == 0 || a.buckets > 4096 {
+                return Err(bad("aggregate.buckets", "must be between 1 and 4096".into()));
+            }
+        }
+        if self.state.block_cache_mb == 0 || self.state.write_buffer_mb == 0 {
+            return Err(bad("state", "block_cache_mb and write_buffer_mb must be at least 1".into()));
         }
         if let SinkConfig::Delta { path, dead_letter_path } = &self.sink {
             if path.as_os_str().is_empty() {

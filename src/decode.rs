@@ -83,6 +83,13 @@ pub fn dead_letter_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// `schema` with the `_epoch` column appended.
+pub fn with_epoch_field(schema: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(EPOCH_COL, DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
 /// Appends the constant `_epoch` column.
 pub fn with_epoch(batch: &RecordBatch, epoch: u64) -> Result<RecordBatch, ArrowError> {
     let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -281,9 +288,7 @@ impl Decoder {
 
     /// The schema of committed rows (with `_epoch`).
     pub fn output_schema(&self) -> SchemaRef {
-        let mut fields: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.push(Field::new(EPOCH_COL, DataType::Int64, false));
-        Arc::new(Schema::new(fields))
+        with_epoch_field(&self.schema)
     }
 
     /// The column values of one record, or why it cannot be decoded. Nothing is appended until

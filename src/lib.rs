@@ -7,7 +7,8 @@
 //! - [`kafka`]: librdkafka clients, the pre-flight check, topic admin, partition statistics.
 //! - [`consumer`]: one actor per Kafka partition; reads from the partition's queue, runs the
 //!   [`decode`] stage, and forwards rows and dead letters, then epoch barriers, to the aggregator.
-//! - [`aggregator`]: aligns barriers from every consumer and closes an epoch when all have arrived.
+//! - [`aggregator`]: aligns barriers from every consumer and closes an epoch when all have arrived;
+//!   then runs the [`state`]ful stages (dedup, keyed aggregation on RocksDB) over it.
 //! - [`committer`]: the only writer; commits an epoch to the [`sink`] (a Delta Lake table and its
 //!   dead-letter table, exactly once) and then writes the [`checkpoint`].
 //! - [`supervisor`]: the root actor; cuts epochs, restarts the tree from the last committed epoch
@@ -36,6 +37,7 @@ pub mod producer;
 pub mod progress;
 pub mod record;
 pub mod sink;
+pub mod state;
 pub mod supervisor;
 pub mod verify;
 

@@ -12,6 +12,14 @@ use crate::error::{Error, Result};
 pub const RECORDS_CONSUMED: &str = "exactly_records_consumed_total";
 /// Counter: records committed to the sink (each record once).
 pub const RECORDS_COMMITTED: &str = "exactly_records_committed_total";
+/// Counter: records dropped by dedup as duplicates.
+pub const DUPLICATES_DROPPED: &str = "exactly_duplicates_dropped_total";
+/// Counter: records written to the dead-letter table.
+pub const DEAD_LETTERS: &str = "exactly_dead_letters_total";
+/// Gauge, label `kind` (`dedup`, `aggregate`): keys held in the RocksDB state.
+pub const STATE_KEYS: &str = "exactly_state_keys";
+/// Gauge: bytes of the RocksDB state on disk (SST files).
+pub const STATE_BYTES: &str = "exactly_state_bytes";
 /// Gauge: the last committed epoch.
 pub const EPOCH_COMMITTED: &str = "exactly_epoch_committed";
 /// Histogram, label `phase` (`sink`, `checkpoint`): seconds spent committing an epoch.

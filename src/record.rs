@@ -7,7 +7,9 @@ use std::sync::Arc;
 use deltalake::arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::StateChanges;
 use crate::decode::DeadLetter;
+use crate::state::Output;
 
 /// A Kafka topic-partition.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -74,12 +76,16 @@ pub struct EpochBatch {
     pub epoch: u64,
     /// Per-partition ranges, one for every assigned partition.
     pub ranges: Vec<PartitionRange>,
-    /// Decoded rows (without `_epoch`), partition by partition, each in offset order.
-    pub rows: Vec<RecordBatch>,
-    /// Records that did not decode.
+    /// What the data table gets: rows to append, or result buckets to replace.
+    pub output: Output,
+    /// Records that did not decode (or came too late for the watermark).
     pub dead_letters: Vec<DeadLetter>,
     /// Oldest Kafka timestamp in the epoch (ms), for end-to-end latency.
     pub min_timestamp_ms: Option<i64>,
+    /// The keyed-state changes to write with this epoch's checkpoint.
+    pub state: StateChanges,
+    /// Records dropped as duplicates.
+    pub duplicates: u64,
 }
 
 impl EpochBatch {
@@ -95,7 +101,7 @@ impl EpochBatch {
 
     /// Rows to commit.
     pub fn row_count(&self) -> usize {
-        self.rows.iter().map(RecordBatch::num_rows).sum()
+        self.output.rows().iter().map(RecordBatch::num_rows).sum()
     }
 
     /// True when no partition moved: nothing to commit.

@@ -41,6 +41,7 @@ use crate::metrics as m;
 use crate::progress::{PartitionProgress, Progress};
 use crate::record::{Offsets, TopicPartition};
 use crate::sink::{CommittedEpoch, Sink};
+use crate::state::Processor;
 
 /// How long a graceful stop of a child may take before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -149,6 +150,7 @@ pub struct SupervisorState {
     final_barrier: Option<u64>,
     last_commit_at: Instant,
     reset_from_sink: bool,
+    processor: Option<Arc<Processor>>,
 }
 
 impl SupervisorState {
@@ -330,6 +332,7 @@ impl SupervisorState {
                 supervisor: myself.clone(),
                 max_records: config.epoch.max_records,
                 replay_barrier: replay.as_ref().map(|(b, _)| *b),
+                processor: self.processor.clone(),
             },
             cell.clone(),
         )
@@ -469,6 +472,15 @@ impl SupervisorState {
         }
         self.committed = Checkpoint::new(&self.args.config.id, report.epoch, &offsets);
         metrics::counter!(m::RECORDS_COMMITTED).increment(report.records);
+        metrics::counter!(m::DUPLICATES_DROPPED).increment(report.duplicates);
+        metrics::counter!(m::DEAD_LETTERS).increment(report.dead_letters);
+        if let Ok(n) = self.store.dedup_key_count() {
+            metrics::gauge!(m::STATE_KEYS, "kind" => "dedup").set(n as f64);
+        }
+        if let Ok(n) = self.store.agg_key_count() {
+            metrics::gauge!(m::STATE_KEYS, "kind" => "aggregate").set(n as f64);
+        }
+        metrics::gauge!(m::STATE_BYTES).set(self.store.disk_bytes() as f64);
         metrics::gauge!(m::EPOCH_COMMITTED).set(report.epoch as f64);
         metrics::histogram!(m::COMMIT_SECONDS, "phase" => "sink").record(report.sink_time.as_secs_f64());
         metrics::histogram!(m::COMMIT_SECONDS, "phase" => "checkpoint").record(report.checkpoint_time.as_secs_f64());
@@ -523,7 +535,11 @@ impl Actor for SupervisorActor {
     type Arguments = SupervisorArgs;
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
-        let store = CheckpointStore::open(args.config.checkpoint_dir())?.with_failpoints(args.failpoints.clone());
+        let store = CheckpointStore::open_with(args.config.checkpoint_dir(), &args.config.state)?
+            .with_failpoints(args.failpoints.clone());
+        let decoded = Decoder::new(&args.config.decode).schema();
+        let processor =
+            Processor::new(&decoded, args.config.dedup.as_ref(), args.config.aggregate.as_ref(), store.clone())?.map(Arc::new);
         let reset_from_sink = args.reset_checkpoint_from_table;
         myself.cast(SupervisorMsg::StartGeneration)?;
         Ok(SupervisorState {
@@ -543,6 +559,7 @@ impl Actor for SupervisorActor {
             final_barrier: None,
             last_commit_at: Instant::now(),
             reset_from_sink,
+            processor,
         })
     }
 

@@ -92,7 +92,7 @@ async fn latest_starts_at_the_end_and_is_pinned_by_the_checkpoint() {
     pipeline.shutdown().await.unwrap();
     got.drain(&mut rx);
     assert_eq!(got.records(), 50);
-    let mut ids: Vec<u64> = got.epochs.iter().flat_map(|e| common::rows(&e.rows)).map(|(_, _, id)| id).collect();
+    let mut ids: Vec<u64> = got.epochs.iter().flat_map(|e| common::rows(e.output.rows())).map(|(_, _, id)| id).collect();
     ids.sort_unstable();
     assert_eq!(ids, (100..150).collect::<Vec<_>>());
 }

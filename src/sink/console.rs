@@ -39,7 +39,7 @@ impl ConsoleSink {
         );
         let opts = FormatOptions::default().with_null("null");
         let mut shown = 0;
-        for (i, b) in batch.rows.iter().enumerate() {
+        for (i, b) in batch.output.rows().iter().enumerate() {
             if i == 0 {
                 let schema = b.schema();
                 let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();

@@ -39,6 +39,7 @@ use crate::decode::{dead_letter_batch, dead_letter_schema, with_epoch};
 use crate::error::{Error, Result};
 use crate::failpoint::FailPoints;
 use crate::record::{EpochBatch, Offsets, PartitionRange, TopicPartition};
+use crate::state::Output;
 
 /// Tables created by a pipeline say so in their description, which starts with this.
 pub const OWNER_PREFIX: &str = "exactly pipeline '";
@@ -120,7 +121,16 @@ fn delta_fields(schema: &SchemaRef) -> Result<Vec<StructField>> {
 struct Spec {
     path: PathBuf,
     schema: SchemaRef,
+    partition_by: Vec<String>,
     name: &'static str,
+}
+
+/// What one table gets in an epoch's commit.
+enum Write {
+    /// New files.
+    Append(Vec<RecordBatch>),
+    /// New files replacing the files of these `_bucket`s (`None`: every file).
+    Replace { buckets: Option<HashSet<u32>>, rows: Vec<RecordBatch>, mode: crate::config::OutputMode },
 }
 
 /// An open table and what the sink knows of it.
@@ -152,11 +162,18 @@ pub struct DeltaSink {
 impl DeltaSink {
     /// A sink for pipeline `pipeline` writing rows of `schema` (with `_epoch`) to `path` and dead
     /// letters to `dead_letter_path`. Nothing is touched until the first call.
-    pub fn new(pipeline: &str, path: PathBuf, dead_letter_path: PathBuf, schema: SchemaRef, failpoints: Arc<FailPoints>) -> Self {
+    pub fn new(
+        pipeline: &str,
+        path: PathBuf,
+        dead_letter_path: PathBuf,
+        schema: SchemaRef,
+        partition_by: Vec<String>,
+        failpoints: Arc<FailPoints>,
+    ) -> Self {
         DeltaSink {
             pipeline: pipeline.to_string(),
-            data: Spec { path, schema, name: "data" },
-            dead: Spec { path: dead_letter_path, schema: dead_letter_schema(), name: "dead letters" },
+            data: Spec { path, schema, partition_by, name: "data" },
+            dead: Spec { path: dead_letter_path, schema: dead_letter_schema(), partition_by: Vec::new(), name: "dead letters" },
             failpoints,
             tables: Mutex::new(Tables::default()),
         }
@@ -176,6 +193,7 @@ impl DeltaSink {
                 let created = table
                     .create()
                     .with_columns(delta_fields(&spec.schema)?)
+                    .with_partition_columns(spec.partition_by.clone())
                     .with_comment(owner_description(&self.pipeline, spec.name))
                     .await;
                 match created {
@@ -223,7 +241,7 @@ impl DeltaSink {
         spec: &Spec,
         open: &mut Open,
         epoch: u64,
-        rows: Vec<RecordBatch>,
+        write: Write,
         ranges: &[PartitionRange],
     ) -> Result<()> {
         let path = &spec.path;
@@ -242,6 +260,36 @@ impl DeltaSink {
             }
             tracing::info!(table = %path.display(), epoch, "epoch already committed to this table; skipped");
             return Ok(());
+        }
+        let (rows, replace, output_mode) = match write {
+            Write::Append(rows) => (rows, None, OutputMode::Append),
+            Write::Replace { buckets, rows, mode } => {
+                let m = match mode {
+                    crate::config::OutputMode::Complete => OutputMode::Complete,
+                    crate::config::OutputMode::Update => OutputMode::Update,
+                };
+                (rows, Some(buckets), m)
+            }
+        };
+        // Replacing buckets: remove every current file of those buckets, in the same commit.
+        let mut actions: Vec<Action> = Vec::new();
+        if let Some(buckets) = &replace {
+            let snapshot = open.table.snapshot().map_err(|e| delta_err(path, e))?;
+            for file in snapshot.log_data().iter() {
+                let bucket = file
+                    .partition_values_map()
+                    .get(crate::state::BUCKET_COL)
+                    .cloned()
+                    .flatten()
+                    .and_then(|b| b.parse::<u32>().ok());
+                let hit = match buckets {
+                    None => true,
+                    Some(set) => bucket.is_some_and(|b| set.contains(&b)),
+                };
+                if hit {
+                    actions.push(Action::Remove(file.remove_action(true)));
+                }
+            }
         }
         let mut adds = Vec::new();
         if rows.iter().any(|b| b.num_rows() > 0) {
@@ -266,14 +314,11 @@ impl DeltaSink {
         let props = CommitProperties::default()
             .with_application_transactions(txns)
             .with_metadata([("exactly".to_string(), json!({"pipeline": &self.pipeline, "epoch": epoch, "ranges": ranges_json}))]);
-        let op = DeltaOperation::StreamingUpdate {
-            output_mode: OutputMode::Append,
-            query_id: self.pipeline.clone(),
-            epoch_id: epoch as i64,
-        };
+        let op = DeltaOperation::StreamingUpdate { output_mode, query_id: self.pipeline.clone(), epoch_id: epoch as i64 };
         let snapshot = open.table.snapshot().map_err(|e| delta_err(path, e))?;
+        actions.extend(adds.into_iter().map(Action::Add));
         let finalized = CommitBuilder::from(props)
-            .with_actions(adds.into_iter().map(Action::Add).collect())
+            .with_actions(actions)
             .build(Some(snapshot), open.table.log_store(), op)
             .await
             .map_err(|e| delta_err(path, e))?;
@@ -326,15 +371,20 @@ impl Sink for DeltaSink {
                 self.refresh(&mut tables, &tps).await?;
             }
             let epoch = batch.epoch;
-            let rows = batch
-                .rows
-                .iter()
-                .map(|b| with_epoch(b, epoch))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| Error::Sink(e.to_string()))?;
+            let stamp = |rows: &[RecordBatch]| -> Result<Vec<RecordBatch>> {
+                rows.iter().map(|b| with_epoch(b, epoch)).collect::<Result<Vec<_>, _>>().map_err(|e| Error::Sink(e.to_string()))
+            };
+            let write = match &batch.output {
+                Output::Append(rows) => Write::Append(stamp(rows)?),
+                Output::Replace { buckets, rows, mode } => Write::Replace {
+                    buckets: buckets.as_ref().map(|b| b.iter().copied().collect()),
+                    rows: stamp(rows)?,
+                    mode: *mode,
+                },
+            };
             // The data table first: it is committed every epoch, so it always holds the cut.
             let data = tables.data.as_mut().expect("data table opened by refresh");
-            self.commit_table(&self.data, data, epoch, rows, &batch.ranges).await?;
+            self.commit_table(&self.data, data, epoch, write, &batch.ranges).await?;
             self.failpoints.hit("after-delta-commit").await?;
             if !batch.dead_letters.is_empty() {
                 if tables.dead.is_none() {
@@ -343,7 +393,7 @@ impl Sink for DeltaSink {
                 }
                 let dead = tables.dead.as_mut().expect("dead-letter table opened");
                 let rows = vec![dead_letter_batch(&batch.dead_letters, epoch).map_err(|e| Error::Sink(e.to_string()))?];
-                self.commit_table(&self.dead, dead, epoch, rows, &batch.ranges).await?;
+                self.commit_table(&self.dead, dead, epoch, Write::Append(rows), &batch.ranges).await?;
             }
             Ok(())
         }

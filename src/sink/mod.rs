@@ -49,12 +49,23 @@ pub trait Sink: Send + Sync + 'static {
 pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<dyn Sink> {
     match &config.sink {
         SinkConfig::Console { num_rows } => Arc::new(console::ConsoleSink::stdout(*num_rows)),
-        SinkConfig::Delta { path, .. } => Arc::new(delta::DeltaSink::new(
-            &config.id,
-            path.clone(),
-            config.dead_letter_path().expect("delta sink has a dead-letter path"),
-            Decoder::new(&config.decode).output_schema(),
-            failpoints,
-        )),
+        SinkConfig::Delta { path, .. } => {
+            let decoded = Decoder::new(&config.decode).schema();
+            let (schema, partition_by) = match &config.aggregate {
+                Some(a) => (
+                    crate::decode::with_epoch_field(&crate::state::result_schema(&decoded, a)),
+                    vec![crate::state::BUCKET_COL.to_string()],
+                ),
+                None => (Decoder::new(&config.decode).output_schema(), Vec::new()),
+            };
+            Arc::new(delta::DeltaSink::new(
+                &config.id,
+                path.clone(),
+                config.dead_letter_path().expect("delta sink has a dead-letter path"),
+                schema,
+                partition_by,
+                failpoints,
+            ))
+        }
     }
 }

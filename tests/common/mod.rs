@@ -116,7 +116,7 @@ impl Committed {
                 }
                 last_end.insert(key, r.end);
             }
-            for (key, offset, id) in rows(&e.rows) {
+            for (key, offset, id) in rows(e.output.rows()) {
                 let range = e.ranges.iter().find(|r| r.tp.to_string() == key).expect("range for partition");
                 assert!(offset >= range.start && offset < range.end, "offset {offset} outside epoch range");
                 if let Some(prev) = last_offset.get(&key) {

@@ -1,0 +1,592 @@
+//! Stateful processing on RocksDB: deduplication with bounded retention and keyed aggregation.
+//!
+//! Both run when an epoch closes, over the epoch's rows in a canonical order (partition, then
+//! offset), against the state of the last committed epoch. So the output and the staged state
+//! changes depend only on the records and the state at C — never on arrival order or wall
+//! clock — and replaying an epoch after a crash reproduces them exactly. The changes are
+//! written with the epoch's checkpoint, in one RocksDB batch, after the sink commit
+//! ([`crate::checkpoint::CheckpointStore::commit`]).
+//!
+//! With one barrier in flight at a time, epoch E+1 closes only after E's checkpoint is written,
+//! so reading RocksDB always sees the state of the previous epoch: no overlay is needed.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use deltalake::arrow::array::{
+    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, Int32Array,
+    Int32Builder, Int64Array, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+};
+use deltalake::arrow::compute::filter_record_batch;
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::arrow::record_batch::RecordBatch;
+
+use crate::checkpoint::{CheckpointStore, StateChanges};
+use crate::config::{AggregateConfig, AggregateOp, DedupConfig, OutputMode};
+use crate::decode::{DeadLetter, OFFSET_COL, PARTITION_COL, TOPIC_COL};
+use crate::error::{Error, Result};
+use crate::record::TopicPartition;
+
+/// Column of the result table: the hash bucket of the group key (the table's partition column).
+pub const BUCKET_COL: &str = "_bucket";
+
+/// What an epoch writes to the data table.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Append these rows (append pipelines, with or without dedup).
+    Append(Vec<RecordBatch>),
+    /// Replace the rows of these `_bucket`s (`None`: all of them) with these rows (aggregation).
+    Replace {
+        /// Buckets whose files are replaced; `None` replaces the whole table (complete mode).
+        buckets: Option<Vec<u32>>,
+        /// The new rows of those buckets.
+        rows: Vec<RecordBatch>,
+        /// The output mode, for the Delta operation.
+        mode: OutputMode,
+    },
+}
+
+impl Output {
+    /// The rows written.
+    pub fn rows(&self) -> &[RecordBatch] {
+        match self {
+            Output::Append(r) => r,
+            Output::Replace { rows, .. } => rows,
+        }
+    }
+}
+
+/// What stateful processing made of an epoch.
+#[derive(Debug, Clone)]
+pub struct Processed {
+    /// Rows for the data table.
+    pub output: Output,
+    /// Records too late for the watermark (dead-lettered, never silently dropped).
+    pub late: Vec<DeadLetter>,
+    /// The state changes to write with the checkpoint.
+    pub changes: StateChanges,
+    /// Records dropped as duplicates.
+    pub duplicates: u64,
+}
+
+/// A value of a key column.
+#[derive(Debug, Clone, PartialEq)]
+enum Scalar {
+    Null,
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+    Str(String),
+    Bin(Vec<u8>),
+}
+
+fn encode_value(col: &ArrayRef, i: usize, out: &mut Vec<u8>) -> Result<()> {
+    if col.is_null(i) {
+        out.push(0);
+        return Ok(());
+    }
+    let any = col.as_any();
+    match col.data_type() {
+        DataType::Int64 => push_i64(out, 1, any.downcast_ref::<Int64Array>().unwrap().value(i)),
+        DataType::Int32 => push_i64(out, 1, any.downcast_ref::<Int32Array>().unwrap().value(i) as i64),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            push_i64(out, 1, any.downcast_ref::<TimestampMicrosecondArray>().unwrap().value(i))
+        }
+        DataType::Float64 => push_i64(out, 2, any.downcast_ref::<Float64Array>().unwrap().value(i).to_bits() as i64),
+        DataType::Boolean => out.extend([3, u8::from(any.downcast_ref::<BooleanArray>().unwrap().value(i))]),
+        DataType::Utf8 => push_bytes(out, 4, any.downcast_ref::<StringArray>().unwrap().value(i).as_bytes()),
+        DataType::Binary => push_bytes(out, 5, any.downcast_ref::<BinaryArray>().unwrap().value(i)),
+        other => return Err(Error::Sink(format!("cannot use a {other} column as a key"))),
+    }
+    Ok(())
+}
+
+fn push_i64(out: &mut Vec<u8>, tag: u8, v: i64) {
+    out.push(tag);
+    out.extend(v.to_be_bytes());
+}
+
+fn push_bytes(out: &mut Vec<u8>, tag: u8, b: &[u8]) {
+    out.push(tag);
+    out.extend((b.len() as u32).to_be_bytes());
+    out.extend(b);
+}
+
+fn decode_key(mut b: &[u8]) -> Vec<Scalar> {
+    let mut out = Vec::new();
+    let take = |b: &mut &[u8], n: usize| {
+        let (h, t) = b.split_at(n);
+        *b = t;
+        h.to_vec()
+    };
+    while let Some((&tag, rest)) = b.split_first() {
+        b = rest;
+        out.push(match tag {
+            0 => Scalar::Null,
+            1 => Scalar::I64(i64::from_be_bytes(take(&mut b, 8).try_into().unwrap())),
+            2 => Scalar::F64(f64::from_bits(u64::from_be_bytes(take(&mut b, 8).try_into().unwrap()))),
+            3 => Scalar::Bool(take(&mut b, 1)[0] != 0),
+            4 | 5 => {
+                let n = u32::from_be_bytes(take(&mut b, 4).try_into().unwrap()) as usize;
+                let bytes = take(&mut b, n);
+                if tag == 4 {
+                    Scalar::Str(String::from_utf8(bytes).unwrap_or_default())
+                } else {
+                    Scalar::Bin(bytes)
+                }
+            }
+            _ => break,
+        });
+    }
+    out
+}
+
+/// FNV-1a: a hash that never changes between versions (bucket numbers are persisted).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// A number in an aggregate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Num {
+    I(i64),
+    F(f64),
+}
+
+/// The state of one group.
+#[derive(Debug, Clone, PartialEq)]
+struct AggState {
+    count: i64,
+    vals: Vec<Option<Num>>,
+}
+
+impl AggState {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.count.to_be_bytes().to_vec();
+        for v in &self.vals {
+            match v {
+                None => out.extend([0u8; 9]),
+                Some(Num::I(x)) => {
+                    out.push(1);
+                    out.extend(x.to_be_bytes());
+                }
+                Some(Num::F(x)) => {
+                    out.push(2);
+                    out.extend(x.to_bits().to_be_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    fn decode(b: &[u8], n: usize) -> AggState {
+        let count = i64::from_be_bytes(b[..8].try_into().unwrap());
+        let vals = (0..n)
+            .map(|i| {
+                let at = 8 + i * 9;
+                let raw: [u8; 8] = b[at + 1..at + 9].try_into().unwrap();
+                match b[at] {
+                    1 => Some(Num::I(i64::from_be_bytes(raw))),
+                    2 => Some(Num::F(f64::from_bits(u64::from_be_bytes(raw)))),
+                    _ => None,
+                }
+            })
+            .collect();
+        AggState { count, vals }
+    }
+}
+
+fn num_at(col: &ArrayRef, i: usize) -> Option<Num> {
+    if col.is_null(i) {
+        return None;
+    }
+    let any = col.as_any();
+    Some(match col.data_type() {
+        DataType::Int64 => Num::I(any.downcast_ref::<Int64Array>()?.value(i)),
+        DataType::Int32 => Num::I(any.downcast_ref::<Int32Array>()?.value(i) as i64),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => Num::I(any.downcast_ref::<TimestampMicrosecondArray>()?.value(i)),
+        DataType::Float64 => Num::F(any.downcast_ref::<Float64Array>()?.value(i)),
+        _ => return None,
+    })
+}
+
+fn combine(op: AggregateOp, acc: Option<Num>, v: Option<Num>) -> Option<Num> {
+    let Some(v) = v else { return acc };
+    let Some(a) = acc else { return Some(v) };
+    Some(match (op, a, v) {
+        (AggregateOp::Sum, Num::I(a), Num::I(b)) => Num::I(a.wrapping_add(b)),
+        (AggregateOp::Sum, Num::F(a), Num::F(b)) => Num::F(a + b),
+        (AggregateOp::Min, Num::I(a), Num::I(b)) => Num::I(a.min(b)),
+        (AggregateOp::Min, Num::F(a), Num::F(b)) => Num::F(a.min(b)),
+        (AggregateOp::Max, Num::I(a), Num::I(b)) => Num::I(a.max(b)),
+        (AggregateOp::Max, Num::F(a), Num::F(b)) => Num::F(a.max(b)),
+        (_, a, _) => a,
+    })
+}
+
+/// The type an aggregate column has in the result table.
+fn agg_type(op: AggregateOp, field: Option<&DataType>) -> DataType {
+    match (op, field) {
+        (AggregateOp::Count, _) => DataType::Int64,
+        (_, Some(DataType::Float64)) => DataType::Float64,
+        (AggregateOp::Min | AggregateOp::Max, Some(t @ DataType::Timestamp(..))) => t.clone(),
+        _ => DataType::Int64,
+    }
+}
+
+/// The result table's schema (without `_epoch`, which the sink adds): group columns, aggregate
+/// columns, `_bucket`.
+pub fn result_schema(decoded: &Schema, config: &AggregateConfig) -> SchemaRef {
+    let mut fields: Vec<Field> = config
+        .group_by
+        .iter()
+        .map(|g| decoded.field_with_name(g).expect("validated group column").clone().with_nullable(true))
+        .collect();
+    for a in &config.aggregates {
+        let ft = a.field.as_ref().and_then(|f| decoded.field_with_name(f).ok()).map(|f| f.data_type().clone());
+        fields.push(Field::new(a.column(), agg_type(a.op, ft.as_ref()), a.op != AggregateOp::Count));
+    }
+    fields.push(Field::new(BUCKET_COL, DataType::Int32, false));
+    Arc::new(Schema::new(fields))
+}
+
+struct Dedup {
+    key: Vec<usize>,
+    watermark: Option<usize>,
+    lateness_ms: i64,
+    max_age: Option<u64>,
+}
+
+struct Agg {
+    group: Vec<usize>,
+    aggs: Vec<(AggregateOp, Option<usize>)>,
+    mode: OutputMode,
+    buckets: u32,
+    schema: SchemaRef,
+}
+
+/// Runs dedup and aggregation for closed epochs.
+pub struct Processor {
+    dedup: Option<Dedup>,
+    agg: Option<Agg>,
+    store: CheckpointStore,
+}
+
+fn index(schema: &Schema, name: &str) -> Result<usize> {
+    schema.index_of(name).map_err(|_| Error::Sink(format!("no decoded column {name}")))
+}
+
+impl Processor {
+    /// A processor for the configured stages over rows of `decoded`; `None` when the pipeline
+    /// has no stateful stage.
+    pub fn new(
+        decoded: &Schema,
+        dedup: Option<&DedupConfig>,
+        aggregate: Option<&AggregateConfig>,
+        store: CheckpointStore,
+    ) -> Result<Option<Processor>> {
+        if dedup.is_none() && aggregate.is_none() {
+            return Ok(None);
+        }
+        let dedup = match dedup {
+            None => None,
+            Some(d) => Some(Dedup {
+                key: d.key.iter().map(|k| index(decoded, k)).collect::<Result<_>>()?,
+                watermark: d.watermark_field.as_deref().map(|w| index(decoded, w)).transpose()?,
+                lateness_ms: d.allowed_lateness_ms as i64,
+                max_age: d.max_age_epochs,
+            }),
+        };
+        let agg = match aggregate {
+            None => None,
+            Some(a) => Some(Agg {
+                group: a.group_by.iter().map(|g| index(decoded, g)).collect::<Result<_>>()?,
+                aggs: a
+                    .aggregates
+                    .iter()
+                    .map(|s| Ok((s.op, s.field.as_deref().map(|f| index(decoded, f)).transpose()?)))
+                    .collect::<Result<_>>()?,
+                mode: a.output_mode,
+                buckets: a.buckets,
+                schema: result_schema(decoded, a),
+            }),
+        };
+        Ok(Some(Processor { dedup, agg, store }))
+    }
+
+    /// Processes epoch `epoch`'s rows (in canonical order). Blocking: reads RocksDB.
+    pub fn process(&self, epoch: u64, rows: Vec<RecordBatch>) -> Result<Processed> {
+        let mut changes = StateChanges::default();
+        let mut late = Vec::new();
+        let mut duplicates = 0;
+        let rows = match &self.dedup {
+            None => rows,
+            Some(d) => self.dedup(d, epoch, rows, &mut changes, &mut late, &mut duplicates)?,
+        };
+        let output = match &self.agg {
+            None => Output::Append(rows),
+            Some(a) => self.aggregate(a, epoch, &rows, &mut changes)?,
+        };
+        Ok(Processed { output, late, changes, duplicates })
+    }
+
+    fn dedup(
+        &self,
+        d: &Dedup,
+        epoch: u64,
+        rows: Vec<RecordBatch>,
+        changes: &mut StateChanges,
+        late: &mut Vec<DeadLetter>,
+        duplicates: &mut u64,
+    ) -> Result<Vec<RecordBatch>> {
+        let prev_watermark = self.store.watermark()?;
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let mut max_ms: Option<i64> = None;
+        let mut out = Vec::with_capacity(rows.len());
+        for batch in rows {
+            let n = batch.num_rows();
+            let mut keys = Vec::with_capacity(n);
+            for i in 0..n {
+                let mut k = Vec::new();
+                for c in &d.key {
+                    encode_value(batch.column(*c), i, &mut k)?;
+                }
+                keys.push(k);
+            }
+            let stamps: Vec<Option<i64>> = match d.watermark {
+                Some(w) => {
+                    let col =
+                        batch.column(w).as_any().downcast_ref::<TimestampMicrosecondArray>().expect("validated timestamp column");
+                    (0..n).map(|i| (!col.is_null(i)).then(|| col.value(i).div_euclid(1000))).collect()
+                }
+                None => vec![Some(epoch as i64); n],
+            };
+            let present = self.store.dedup_contains(&keys)?;
+            let mut keep = Vec::with_capacity(n);
+            for i in 0..n {
+                let too_late = match (d.watermark, stamps[i], prev_watermark) {
+                    (Some(_), None, _) => Some("has no event time (null watermark column)".to_string()),
+                    (Some(_), Some(ts), Some(w)) if ts < w => {
+                        Some(format!("event time {ts} ms is older than the watermark {w} ms; too late to deduplicate"))
+                    }
+                    _ => None,
+                };
+                if let Some(reason) = too_late {
+                    late.push(dead_letter_of(&batch, i, reason));
+                    keep.push(false);
+                    continue;
+                }
+                if present[i] || !seen.insert(keys[i].clone()) {
+                    *duplicates += 1;
+                    keep.push(false);
+                    continue;
+                }
+                let stamp = stamps[i].expect("stamp");
+                max_ms = Some(max_ms.map_or(stamp, |m: i64| m.max(stamp)));
+                changes.dedup_insert.push((std::mem::take(&mut keys[i]), stamp));
+                keep.push(true);
+            }
+            let mask = BooleanArray::from(keep);
+            out.push(filter_record_batch(&batch, &mask).map_err(|e| Error::Sink(e.to_string()))?);
+        }
+        match (d.watermark, d.max_age) {
+            (Some(_), _) => {
+                let w = match (prev_watermark, max_ms) {
+                    (p, Some(m)) => Some(p.unwrap_or(i64::MIN).max(m.saturating_sub(d.lateness_ms))),
+                    (p, None) => p,
+                };
+                changes.watermark = w;
+                changes.dedup_expire_before = w;
+            }
+            (None, Some(age)) => {
+                let before = epoch as i64 - age as i64 + 1;
+                if before > 0 {
+                    changes.dedup_expire_before = Some(before);
+                }
+            }
+            (None, None) => {}
+        }
+        Ok(out)
+    }
+
+    fn aggregate(&self, a: &Agg, epoch: u64, rows: &[RecordBatch], changes: &mut StateChanges) -> Result<Output> {
+        let _ = epoch;
+        let mut updated: BTreeMap<Vec<u8>, (AggState, bool)> = BTreeMap::new();
+        for batch in rows {
+            let n = batch.num_rows();
+            let mut keys = Vec::with_capacity(n);
+            for i in 0..n {
+                let mut g = Vec::new();
+                for c in &a.group {
+                    encode_value(batch.column(*c), i, &mut g)?;
+                }
+                let bucket = (fnv1a(&g) % a.buckets as u64) as u16;
+                let mut full = bucket.to_be_bytes().to_vec();
+                full.extend(g);
+                keys.push(full);
+            }
+            let unseen: Vec<Vec<u8>> =
+                keys.iter().filter(|k| !updated.contains_key(*k)).cloned().collect::<BTreeSet<_>>().into_iter().collect();
+            for (k, v) in unseen.iter().zip(self.store.agg_get(&unseen)?) {
+                let state = match v {
+                    Some(b) => (AggState::decode(&b, a.aggs.len()), false),
+                    None => (AggState { count: 0, vals: vec![None; a.aggs.len()] }, true),
+                };
+                updated.insert(k.clone(), state);
+            }
+            for (i, key) in keys.iter().enumerate() {
+                let (state, _) = updated.get_mut(key).expect("loaded above");
+                state.count += 1;
+                for (j, (op, field)) in a.aggs.iter().enumerate() {
+                    if *op == AggregateOp::Count {
+                        continue;
+                    }
+                    let v = field.and_then(|f| num_at(batch.column(f), i));
+                    state.vals[j] = combine(*op, state.vals[j], v);
+                }
+            }
+        }
+        let touched: BTreeSet<u16> = updated.keys().map(|k| u16::from_be_bytes([k[0], k[1]])).collect();
+        changes.agg_put = updated.iter().map(|(k, (s, new))| (k.clone(), s.encode(), *new)).collect();
+        // The rows to write: the stored state of every key in the affected buckets, with this
+        // epoch's updates applied over it.
+        let prefixes: Vec<Vec<u8>> = match a.mode {
+            OutputMode::Complete => vec![Vec::new()],
+            OutputMode::Update => touched.iter().map(|b| b.to_be_bytes().to_vec()).collect(),
+        };
+        let mut current: BTreeMap<Vec<u8>, AggState> = BTreeMap::new();
+        for p in &prefixes {
+            for (k, v) in self.store.agg_scan(p)? {
+                current.insert(k, AggState::decode(&v, a.aggs.len()));
+            }
+        }
+        for (k, (s, _)) in updated {
+            current.insert(k, s);
+        }
+        let rows = self.result_rows(a, &current)?;
+        Ok(Output::Replace {
+            buckets: match a.mode {
+                OutputMode::Complete => None,
+                OutputMode::Update => Some(touched.iter().map(|b| *b as u32).collect()),
+            },
+            rows: if rows.num_rows() > 0 { vec![rows] } else { Vec::new() },
+            mode: a.mode,
+        })
+    }
+
+    fn result_rows(&self, a: &Agg, states: &BTreeMap<Vec<u8>, AggState>) -> Result<RecordBatch> {
+        let schema = &a.schema;
+        let mut cols: Vec<ArrayRef> = Vec::new();
+        let keys: Vec<(u16, Vec<Scalar>)> =
+            states.keys().map(|k| (u16::from_be_bytes([k[0], k[1]]), decode_key(&k[2..]))).collect();
+        for (gi, _) in a.group.iter().enumerate() {
+            let f = schema.field(gi);
+            let vals = keys.iter().map(|(_, k)| k.get(gi).cloned().unwrap_or(Scalar::Null));
+            cols.push(build_column(f.data_type(), vals)?);
+        }
+        for (j, (op, _)) in a.aggs.iter().enumerate() {
+            let f = schema.field(a.group.len() + j);
+            let vals = states.values().map(|s| match op {
+                AggregateOp::Count => Scalar::I64(s.count),
+                _ => match s.vals[j] {
+                    None => Scalar::Null,
+                    Some(Num::I(x)) => Scalar::I64(x),
+                    Some(Num::F(x)) => Scalar::F64(x),
+                },
+            });
+            cols.push(build_column(f.data_type(), vals)?);
+        }
+        cols.push(Arc::new(Int32Array::from(keys.iter().map(|(b, _)| *b as i32).collect::<Vec<_>>())));
+        RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::Sink(e.to_string()))
+    }
+}
+
+fn build_column(t: &DataType, vals: impl Iterator<Item = Scalar>) -> Result<ArrayRef> {
+    Ok(match t {
+        DataType::Int64 => {
+            let mut b = Int64Builder::new();
+            vals.for_each(|v| b.append_option(if let Scalar::I64(x) = v { Some(x) } else { None }));
+            Arc::new(b.finish())
+        }
+        DataType::Int32 => {
+            let mut b = Int32Builder::new();
+            vals.for_each(|v| b.append_option(if let Scalar::I64(x) = v { Some(x as i32) } else { None }));
+            Arc::new(b.finish())
+        }
+        DataType::Float64 => {
+            let mut b = Float64Builder::new();
+            vals.for_each(|v| b.append_option(if let Scalar::F64(x) = v { Some(x) } else { None }));
+            Arc::new(b.finish())
+        }
+        DataType::Boolean => {
+            let mut b = BooleanBuilder::new();
+            vals.for_each(|v| b.append_option(if let Scalar::Bool(x) = v { Some(x) } else { None }));
+            Arc::new(b.finish())
+        }
+        DataType::Utf8 => {
+            let mut b = StringBuilder::new();
+            vals.for_each(|v| b.append_option(if let Scalar::Str(x) = v { Some(x) } else { None }));
+            Arc::new(b.finish())
+        }
+        DataType::Binary => {
+            let mut b = BinaryBuilder::new();
+            vals.for_each(|v| b.append_option(if let Scalar::Bin(x) = v { Some(x) } else { None }));
+            Arc::new(b.finish())
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, tz) => {
+            let mut b = TimestampMicrosecondBuilder::new();
+            vals.for_each(|v| b.append_option(if let Scalar::I64(x) = v { Some(x) } else { None }));
+            Arc::new(b.finish().with_timezone_opt(tz.clone()))
+        }
+        other => return Err(Error::Sink(format!("cannot build a {other} result column"))),
+    })
+}
+
+fn dead_letter_of(batch: &RecordBatch, i: usize, reason: String) -> DeadLetter {
+    let topic =
+        batch.column_by_name(TOPIC_COL).and_then(|c| c.as_any().downcast_ref::<StringArray>().map(|a| a.value(i).to_string()));
+    let partition = batch.column_by_name(PARTITION_COL).and_then(|c| c.as_any().downcast_ref::<Int32Array>().map(|a| a.value(i)));
+    let offset = batch.column_by_name(OFFSET_COL).and_then(|c| c.as_any().downcast_ref::<Int64Array>().map(|a| a.value(i)));
+    let ts = batch
+        .column_by_name(crate::decode::TIMESTAMP_COL)
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>().map(|a| (!a.is_null(i)).then(|| a.value(i) / 1000)))
+        .flatten();
+    DeadLetter {
+        tp: TopicPartition::new(&topic.unwrap_or_default(), partition.unwrap_or(-1)),
+        offset: offset.unwrap_or(-1),
+        timestamp_ms: ts,
+        key: None,
+        value: None,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let a: ArrayRef = Arc::new(StringArray::from(vec![Some("x"), None]));
+        let b: ArrayRef = Arc::new(Int64Array::from(vec![7, -3]));
+        let mut k = Vec::new();
+        encode_value(&a, 0, &mut k).unwrap();
+        encode_value(&b, 0, &mut k).unwrap();
+        assert_eq!(decode_key(&k), vec![Scalar::Str("x".into()), Scalar::I64(7)]);
+        let mut k = Vec::new();
+        encode_value(&a, 1, &mut k).unwrap();
+        encode_value(&b, 1, &mut k).unwrap();
+        assert_eq!(decode_key(&k), vec![Scalar::Null, Scalar::I64(-3)]);
+    }
+
+    #[test]
+    fn agg_state_round_trips() {
+        let s = AggState { count: 3, vals: vec![Some(Num::I(-4)), None, Some(Num::F(2.5))] };
+        assert_eq!(AggState::decode(&s.encode(), 3), s);
+    }
+}
