@@ -8,7 +8,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use deltalake::arrow::array::{Array, Int32Array, Int64Array, StringArray};
+use deltalake::arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray,
+};
+use deltalake::arrow::datatypes::{DataType, TimeUnit};
+use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::DeltaTable;
@@ -16,11 +20,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::{PipelineConfig, SinkConfig};
+use crate::config::{AggregateConfig, AggregateOp, PipelineConfig, SinkConfig};
+use crate::decode::Decoder;
 use crate::decode::{OFFSET_COL, PARTITION_COL, TOPIC_COL};
 use crate::error::{Error, Result};
 use crate::kafka;
-use crate::record::TopicPartition;
+use crate::record::{Record, TopicPartition};
 use crate::sink::delta::{load_table, partition_app_id, start_app_id, txn_version};
 
 /// How long the Kafka read may go without progress before the audit gives up.
@@ -70,12 +75,35 @@ pub struct Audit {
     /// Parquet files in the table directories that no committed version references: written
     /// by an epoch that never committed (or removed by a rewrite); `vacuum` deletes them.
     pub orphan_files: Vec<PathBuf>,
+    /// Key-level checks of dedup and aggregation pipelines.
+    pub keys: Option<KeyAudit>,
+}
+
+/// Key-level checks: for dedup, every key of the topic's committed range in the table exactly
+/// once; for aggregation, every group's aggregates equal to a recomputation from the topic.
+#[derive(Debug, Clone, Default)]
+pub struct KeyAudit {
+    /// `dedup` or `aggregate`.
+    pub kind: String,
+    /// Distinct keys (or groups) recomputed from the topic.
+    pub expected: u64,
+    /// Keys (or groups) in the table.
+    pub found: u64,
+    /// Keys in the topic that are not in the table.
+    pub missing: u64,
+    /// Keys in the table more than once.
+    pub duplicated: u64,
+    /// Groups whose aggregates differ from the recomputation (aggregation only).
+    pub mismatched: u64,
+    /// A few problems, to look at.
+    pub samples: Vec<String>,
 }
 
 impl Audit {
-    /// Nothing missing, duplicated or unexpected.
+    /// Nothing missing, duplicated, unexpected or mismatched.
     pub fn ok(&self) -> bool {
         self.partitions.iter().all(|p| p.missing == 0 && p.duplicated == 0 && p.unexpected == 0)
+            && self.keys.as_ref().is_none_or(|k| k.missing == 0 && k.duplicated == 0 && k.mismatched == 0)
     }
 
     /// Sum of a field over partitions.
@@ -132,9 +160,24 @@ impl Audit {
             self.total(|p| p.duplicated),
             self.total(|p| p.unexpected)
         );
+        if let Some(k) = &self.keys {
+            let _ = writeln!(
+                s,
+                "{} keys: expected {}, in table {}, missing {}, duplicated {}, mismatched {}",
+                k.kind, k.expected, k.found, k.missing, k.duplicated, k.mismatched
+            );
+            for sample in &k.samples {
+                let _ = writeln!(s, "    {sample}");
+            }
+        }
         let _ = writeln!(s, "orphan parquet files (uncommitted; `vacuum` removes them): {}", self.orphan_files.len());
         if self.ok() {
-            let _ = writeln!(s, "result: OK — every committed offset is in the tables exactly once");
+            let what = match self.keys.as_ref().map(|k| k.kind.as_str()) {
+                Some("aggregate") => "every group equals its recomputation from the topic",
+                Some(_) => "every key of the topic is in the table exactly once",
+                None => "every committed offset is in the tables exactly once",
+            };
+            let _ = writeln!(s, "result: OK — {what}");
         } else {
             let _ = writeln!(s, "result: FAILED — offsets missing, duplicated or unexpected");
         }
@@ -153,33 +196,129 @@ fn file_path(uri: &str) -> Result<PathBuf> {
     }
 }
 
-/// The `(topic, partition, offset)` of every row in the table's current version.
-fn read_offsets(files: &[PathBuf]) -> Result<FoundOffsets> {
-    let mut found = FoundOffsets::new();
+/// The named columns of every row in these Parquet files.
+fn read_columns(files: &[PathBuf], names: &[&str]) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
     for path in files {
         let err = |e: String| Error::Delta { table: path.display().to_string(), detail: e };
         let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(e.to_string()))?;
-        let mask = ProjectionMask::columns(builder.parquet_schema(), [TOPIC_COL, PARTITION_COL, OFFSET_COL]);
-        let reader = builder.with_projection(mask).build().map_err(|e| err(e.to_string()))?;
-        for batch in reader {
-            let batch = batch.map_err(|e| err(e.to_string()))?;
-            let col = |name: &str| batch.column_by_name(name).ok_or_else(|| err(format!("no column {name}")));
-            let topics =
-                col(TOPIC_COL)?.as_any().downcast_ref::<StringArray>().ok_or_else(|| err("bad topic column".into()))?.clone();
-            let parts = col(PARTITION_COL)?
-                .as_any()
-                .downcast_ref::<Int32Array>()
-                .ok_or_else(|| err("bad partition column".into()))?
-                .clone();
-            let offs =
-                col(OFFSET_COL)?.as_any().downcast_ref::<Int64Array>().ok_or_else(|| err("bad offset column".into()))?.clone();
-            for i in 0..batch.num_rows() {
-                found.entry(TopicPartition::new(topics.value(i), parts.value(i))).or_default().push(offs.value(i));
-            }
+        let mask = ProjectionMask::columns(builder.parquet_schema(), names.iter().copied());
+        for batch in builder.with_projection(mask).build().map_err(|e| err(e.to_string()))? {
+            out.push(batch.map_err(|e| err(e.to_string()))?);
+        }
+    }
+    Ok(out)
+}
+
+/// A cell as text, the same way for table rows and for rows decoded from Kafka: integers and
+/// timestamps as their raw integer, doubles with 6 decimals.
+fn cell(col: &ArrayRef, i: usize) -> String {
+    if col.is_null(i) {
+        return "null".into();
+    }
+    let any = col.as_any();
+    match col.data_type() {
+        DataType::Int64 => any.downcast_ref::<Int64Array>().map(|a| a.value(i).to_string()),
+        DataType::Int32 => any.downcast_ref::<Int32Array>().map(|a| a.value(i).to_string()),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            any.downcast_ref::<TimestampMicrosecondArray>().map(|a| a.value(i).to_string())
+        }
+        DataType::Float64 => any.downcast_ref::<Float64Array>().map(|a| format!("{:.6}", a.value(i))),
+        DataType::Utf8 => any.downcast_ref::<StringArray>().map(|a| a.value(i).to_string()),
+        DataType::Boolean => any.downcast_ref::<BooleanArray>().map(|a| a.value(i).to_string()),
+        DataType::Binary => any.downcast_ref::<BinaryArray>().map(|a| format!("{:?}", a.value(i))),
+        _ => None,
+    }
+    .unwrap_or_else(|| "?".into())
+}
+
+fn column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    b.column_by_name(name).ok_or_else(|| Error::Sink(format!("table has no column {name}")))
+}
+
+/// `(partition, offset)` of every row, from the `_kafka_*` columns.
+fn coordinates(batches: &[RecordBatch]) -> Result<FoundOffsets> {
+    let mut found = FoundOffsets::new();
+    for b in batches {
+        let topics =
+            column(b, TOPIC_COL)?.as_any().downcast_ref::<StringArray>().ok_or_else(|| Error::Sink("bad topic column".into()))?;
+        let parts = column(b, PARTITION_COL)?
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .ok_or_else(|| Error::Sink("bad partition column".into()))?;
+        let offs = column(b, OFFSET_COL)?
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| Error::Sink("bad offset column".into()))?;
+        for i in 0..b.num_rows() {
+            found.entry(TopicPartition::new(topics.value(i), parts.value(i))).or_default().push(offs.value(i));
         }
     }
     Ok(found)
+}
+
+/// The key of row `i`: the named columns' cells, joined.
+fn key_of(b: &RecordBatch, cols: &[String], i: usize) -> Result<String> {
+    let mut k = Vec::with_capacity(cols.len());
+    for c in cols {
+        k.push(cell(column(b, c)?, i));
+    }
+    Ok(k.join("|"))
+}
+
+/// Recomputes the configured aggregates per group from decoded rows; values as [`cell`] text.
+fn recompute(rows: &[RecordBatch], config: &AggregateConfig) -> Result<BTreeMap<String, Vec<String>>> {
+    #[derive(Clone, Copy)]
+    enum V {
+        I(i64),
+        F(f64),
+    }
+    let mut groups: BTreeMap<String, (i64, Vec<Option<V>>)> = BTreeMap::new();
+    for b in rows {
+        for i in 0..b.num_rows() {
+            let g = groups.entry(key_of(b, &config.group_by, i)?).or_insert_with(|| (0, vec![None; config.aggregates.len()]));
+            g.0 += 1;
+            for (j, spec) in config.aggregates.iter().enumerate() {
+                let Some(f) = &spec.field else { continue };
+                let col = column(b, f)?;
+                if col.is_null(i) {
+                    continue;
+                }
+                let v = match col.data_type() {
+                    DataType::Float64 => V::F(col.as_any().downcast_ref::<Float64Array>().unwrap().value(i)),
+                    _ => V::I(cell(col, i).parse().unwrap_or(0)),
+                };
+                g.1[j] = Some(match (spec.op, g.1[j], v) {
+                    (_, None, v) => v,
+                    (AggregateOp::Sum, Some(V::I(a)), V::I(b)) => V::I(a.wrapping_add(b)),
+                    (AggregateOp::Sum, Some(V::F(a)), V::F(b)) => V::F(a + b),
+                    (AggregateOp::Min, Some(V::I(a)), V::I(b)) => V::I(a.min(b)),
+                    (AggregateOp::Min, Some(V::F(a)), V::F(b)) => V::F(a.min(b)),
+                    (AggregateOp::Max, Some(V::I(a)), V::I(b)) => V::I(a.max(b)),
+                    (AggregateOp::Max, Some(V::F(a)), V::F(b)) => V::F(a.max(b)),
+                    (_, Some(a), _) => a,
+                });
+            }
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(k, (count, vals))| {
+            let cells = config
+                .aggregates
+                .iter()
+                .zip(vals)
+                .map(|(spec, v)| match (spec.op, v) {
+                    (AggregateOp::Count, _) => count.to_string(),
+                    (_, None) => "null".into(),
+                    (_, Some(V::I(x))) => x.to_string(),
+                    (_, Some(V::F(x))) => format!("{x:.6}"),
+                })
+                .collect();
+            (k, cells)
+        })
+        .collect())
 }
 
 fn active_files(table: &DeltaTable) -> Result<Vec<PathBuf>> {
@@ -215,7 +354,7 @@ fn orphans(dir: &Path, active: &[PathBuf]) -> Vec<PathBuf> {
 
 /// The offsets Kafka holds for `tp` in `[from, to)` (read_committed, like the pipeline), and
 /// the partition's low watermark.
-fn kafka_offsets(brokers: &str, tp: &TopicPartition, from: i64, to: i64) -> Result<(Vec<i64>, i64)> {
+fn kafka_records(brokers: &str, tp: &TopicPartition, from: i64, to: i64) -> Result<(Vec<Record>, i64)> {
     let consumer: BaseConsumer = kafka::base_config(brokers)
         .set("group.id", "exactly-verify")
         .set("enable.auto.commit", "false")
@@ -237,7 +376,13 @@ fn kafka_offsets(brokers: &str, tp: &TopicPartition, from: i64, to: i64) -> Resu
             Some(Ok(m)) => {
                 last_progress = Instant::now();
                 if m.offset() < to {
-                    out.push(m.offset());
+                    out.push(Record {
+                        tp: tp.clone(),
+                        offset: m.offset(),
+                        timestamp_ms: m.timestamp().to_millis(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                    });
                 }
                 if m.offset() >= to - 1 {
                     break;
@@ -278,32 +423,54 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         }
     }
 
+    // What the data table holds: per-record rows (append, dedup) or one row per group.
+    let mut data_cols: Vec<String> = Vec::new();
+    if config.aggregate.is_none() {
+        data_cols.extend([TOPIC_COL, PARTITION_COL, OFFSET_COL].map(String::from));
+    }
+    if let Some(d) = &config.dedup {
+        data_cols.extend(d.key.iter().cloned());
+    }
+    if let Some(a) = &config.aggregate {
+        data_cols.extend(a.group_by.iter().cloned());
+        data_cols.extend(a.aggregates.iter().map(|s| s.column()));
+    }
     let data_files = active_files(&table)?;
     let dead_files = match &dead_table {
         Some(t) => active_files(t)?,
         None => Vec::new(),
     };
-    let (rows, dead, orphan_files) = {
+    let (data_rows, dead_rows, orphan_files) = {
         let (path, dead_path) = (path.clone(), dead_path.clone());
-        let (data_files, dead_files) = (data_files.clone(), dead_files.clone());
+        let (data_files, dead_files, data_cols) = (data_files.clone(), dead_files.clone(), data_cols.clone());
         tokio::task::spawn_blocking(move || -> Result<_> {
-            let rows = read_offsets(&data_files)?;
-            let dead = read_offsets(&dead_files)?;
+            let names: Vec<&str> = data_cols.iter().map(String::as_str).collect();
+            let data = read_columns(&data_files, &names)?;
+            let dead = read_columns(&dead_files, &[TOPIC_COL, PARTITION_COL, OFFSET_COL])?;
             let mut orphan_files = orphans(&path, &data_files);
             orphan_files.extend(orphans(&dead_path, &dead_files));
-            Ok((rows, dead, orphan_files))
+            Ok((data, dead, orphan_files))
         })
         .await
         .map_err(|e| Error::Actor(e.to_string()))??
     };
+    let per_record = config.aggregate.is_none();
+    let rows = if per_record { coordinates(&data_rows)? } else { FoundOffsets::new() };
+    let dead = coordinates(&dead_rows)?;
 
     let mut audits = Vec::new();
+    let mut kafka_rows = Vec::new();
+    let decoder = Decoder::new(&config.decode);
     for (tp, (start, end)) in ranges {
         let brokers = src.brokers.clone();
         let tp2 = tp.clone();
-        let (expected, low) = tokio::task::spawn_blocking(move || kafka_offsets(&brokers, &tp2, start, end))
+        let (records, low) = tokio::task::spawn_blocking(move || kafka_records(&brokers, &tp2, start, end))
             .await
             .map_err(|e| Error::Actor(e.to_string()))??;
+        let expected: Vec<i64> = records.iter().map(|r| r.offset).collect();
+        if config.dedup.is_some() || config.aggregate.is_some() {
+            kafka_rows.push(decoder.decode(records).rows);
+        }
         let row_offsets = rows.get(&tp).cloned().unwrap_or_default();
         let dead_offsets = dead.get(&tp).cloned().unwrap_or_default();
         let mut counts: HashMap<i64, u64> = HashMap::new();
@@ -311,7 +478,13 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
             *counts.entry(*o).or_default() += 1;
         }
         let expected_set: HashSet<i64> = expected.iter().copied().collect();
-        let mut missing: Vec<i64> = expected.iter().copied().filter(|o| !counts.contains_key(o)).collect();
+        // Offset-level completeness holds for append pipelines; dedup drops duplicates on
+        // purpose and aggregation keeps groups, so theirs is checked key by key below.
+        let mut missing: Vec<i64> = if config.dedup.is_none() && per_record {
+            expected.iter().copied().filter(|o| !counts.contains_key(o)).collect()
+        } else {
+            Vec::new()
+        };
         missing.sort_unstable();
         let duplicated = counts.values().filter(|n| **n > 1).map(|n| n - 1).sum();
         let unverifiable = counts.keys().filter(|o| **o < low && **o >= start).count() as u64;
@@ -330,5 +503,111 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
             missing_sample: missing.into_iter().take(10).collect(),
         });
     }
-    Ok(Audit { pipeline: id.clone(), table: path.clone(), dead_letter_table: dead_path, epoch, partitions: audits, orphan_files })
+
+    let keys = if let Some(a) = &config.aggregate {
+        // Dedup (if any) before aggregating: one row per key.
+        let mut seen = HashSet::new();
+        let mut rows = Vec::new();
+        for b in &kafka_rows {
+            let mut keep = Vec::with_capacity(b.num_rows());
+            for i in 0..b.num_rows() {
+                keep.push(match &config.dedup {
+                    Some(d) => seen.insert(key_of(b, &d.key, i)?),
+                    None => true,
+                });
+            }
+            rows.push(
+                deltalake::arrow::compute::filter_record_batch(b, &BooleanArray::from(keep))
+                    .map_err(|e| Error::Sink(e.to_string()))?,
+            );
+        }
+        let want = recompute(&rows, a)?;
+        let mut have: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut duplicated = 0;
+        for b in &data_rows {
+            for i in 0..b.num_rows() {
+                let vals = a.aggregates.iter().map(|s| Ok(cell(column(b, &s.column())?, i))).collect::<Result<Vec<_>>>()?;
+                if have.insert(key_of(b, &a.group_by, i)?, vals).is_some() {
+                    duplicated += 1;
+                }
+            }
+        }
+        let mut k = KeyAudit {
+            kind: "aggregate".into(),
+            expected: want.len() as u64,
+            found: have.len() as u64,
+            duplicated,
+            ..Default::default()
+        };
+        for (g, vals) in &want {
+            match have.get(g) {
+                None => {
+                    k.missing += 1;
+                    if k.samples.len() < 10 {
+                        k.samples.push(format!("group {g} missing from the table (expected {vals:?})"));
+                    }
+                }
+                Some(h) if h != vals => {
+                    k.mismatched += 1;
+                    if k.samples.len() < 10 {
+                        k.samples.push(format!("group {g}: table {h:?}, recomputed {vals:?}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(k)
+    } else if let Some(d) = &config.dedup {
+        // Records dead-lettered (too late for the watermark) are accounted for by the
+        // dead-letter table; every other key of the topic must be in the data table once.
+        let dead_set: HashSet<(String, i64)> =
+            dead.iter().flat_map(|(tp, offs)| offs.iter().map(move |o| (tp.to_string(), *o))).collect();
+        let mut want = HashSet::new();
+        for b in &kafka_rows {
+            let (topic, part, off) = (column(b, TOPIC_COL)?, column(b, PARTITION_COL)?, column(b, OFFSET_COL)?);
+            for i in 0..b.num_rows() {
+                let tp = TopicPartition::new(&cell(topic, i), cell(part, i).parse().unwrap_or(-1));
+                if dead_set.contains(&(tp.to_string(), cell(off, i).parse().unwrap_or(-1))) {
+                    continue;
+                }
+                want.insert(key_of(b, &d.key, i)?);
+            }
+        }
+        let mut have: HashMap<String, u64> = HashMap::new();
+        for b in &data_rows {
+            for i in 0..b.num_rows() {
+                *have.entry(key_of(b, &d.key, i)?).or_default() += 1;
+            }
+        }
+        let mut k =
+            KeyAudit { kind: "dedup".into(), expected: want.len() as u64, found: have.len() as u64, ..Default::default() };
+        for (key, n) in &have {
+            if *n > 1 {
+                k.duplicated += n - 1;
+                if k.samples.len() < 10 {
+                    k.samples.push(format!("key {key} is in the table {n} times"));
+                }
+            }
+        }
+        for key in &want {
+            if !have.contains_key(key) {
+                k.missing += 1;
+                if k.samples.len() < 10 {
+                    k.samples.push(format!("key {key} is in the topic but not in the table"));
+                }
+            }
+        }
+        Some(k)
+    } else {
+        None
+    };
+    Ok(Audit {
+        pipeline: id.clone(),
+        table: path.clone(),
+        dead_letter_table: dead_path,
+        epoch,
+        partitions: audits,
+        orphan_files,
+        keys,
+    })
 }

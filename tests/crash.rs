@@ -2,47 +2,13 @@
 //! the Delta commit and the checkpoint (the seed's failure scenario). Then recovery is checked
 //! on the data: the audit, the Delta log, an independent reader.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use exactly::producer::{produce, ProduceOptions};
 use rand::{Rng, SeedableRng};
 
-use crate::common;
-
-fn write_config(config: &exactly::PipelineConfig, dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
-    path
-}
-
-fn spawn(config: &Path, failpoints: Option<&str>) -> Child {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_exactly"));
-    c.args(["run", "--progress", "off", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if let Some(fp) = failpoints {
-        c.env("EXACTLY_FAILPOINTS", fp);
-    }
-    c.spawn().unwrap()
-}
-
-/// SIGTERM (graceful: commits the open epoch), then waits for a clean exit.
-async fn terminate(mut child: Child) {
-    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    assert!(status.success());
-    let waited = tokio::task::spawn_blocking(move || {
-        let s = child.wait().unwrap();
-        let mut err = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-        (s, err)
-    });
-    let (status, stderr) = tokio::time::timeout(Duration::from_secs(60), waited).await.expect("exits after SIGTERM").unwrap();
-    assert!(status.success(), "graceful stop must exit 0: {status}; stderr: {stderr}");
-}
+use crate::common::{self, spawn, terminate, write_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_while_producing_stays_exactly_once() {

@@ -15,5 +15,7 @@ mod crash;
 mod malformed;
 // Offset gaps (transaction markers, aborted records) are never counted as losses.
 mod gaps;
+// Dedup and keyed aggregation on RocksDB: retention, output modes, failures, readers.
+mod stateful;
 // The CLI: bad configs and unreachable brokers give one line and a non-zero exit.
 mod cli;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -235,4 +236,38 @@ pub async fn assert_verified(config: &PipelineConfig) -> exactly::verify::Audit 
     let audit = exactly::verify::verify(config).await.unwrap();
     assert!(audit.ok(), "verify failed:\n{}", audit.render());
     audit
+}
+
+/// Writes `config` as `dir/pipeline.toml`.
+pub fn write_config(config: &exactly::PipelineConfig, dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
+    path
+}
+
+pub fn spawn(config: &Path, failpoints: Option<&str>) -> Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_exactly"));
+    c.args(["run", "--progress", "off", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(fp) = failpoints {
+        c.env("EXACTLY_FAILPOINTS", fp);
+    }
+    c.spawn().unwrap()
+}
+
+/// SIGTERM (graceful: commits the open epoch), then waits for a clean exit.
+pub async fn terminate(mut child: Child) {
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    let waited = tokio::task::spawn_blocking(move || {
+        let s = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        (s, err)
+    });
+    let (status, stderr) = tokio::time::timeout(Duration::from_secs(60), waited).await.expect("exits after SIGTERM").unwrap();
+    assert!(status.success(), "graceful stop must exit 0: {status}; stderr: {stderr}");
 }
