@@ -49,6 +49,8 @@ pub struct CommitterArgs {
     pub supervisor: ActorRef<SupervisorMsg>,
     /// Fail points (`after-checkpoint`).
     pub failpoints: Arc<FailPoints>,
+    /// Records consumed but not committed; released after each commit (back-pressure).
+    pub buffered: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What one commit did, for progress and metrics.
@@ -117,6 +119,7 @@ impl Actor for CommitterActor {
                 tokio::task::spawn_blocking(move || store.commit(&checkpoint, &changes)).await??;
                 let checkpoint_time = t1.elapsed();
                 state.last_epoch = batch.epoch;
+                state.args.buffered.fetch_sub(batch.input_records(), std::sync::atomic::Ordering::Relaxed);
                 state.args.failpoints.hit("after-checkpoint").await?;
                 let report = CommitReport {
                     epoch: batch.epoch,

@@ -66,6 +66,9 @@ pub struct SourceConfig {
     pub starting_offsets: StartingOffsets,
     /// Most records a consumer forwards in one message to the aggregator.
     pub max_batch_records: usize,
+    /// Back-pressure: consumers stop reading while this many records are consumed but not yet
+    /// committed (a slow sink then bounds memory instead of growing it).
+    pub max_buffered_records: u64,
     /// Extra librdkafka consumer properties (security, fetch sizes, ...). `enable.auto.commit`
     /// and `group.id` are managed by the pipeline: Kafka's committed offsets are never the source
     /// of truth, the checkpoint and the sink are.
@@ -81,6 +84,7 @@ impl Default for SourceConfig {
             topics: Vec::new(),
             starting_offsets: StartingOffsets::Earliest,
             max_batch_records: 5_000,
+            max_buffered_records: 1_000_000,
             properties: BTreeMap::new(),
             connect_timeout_ms: 10_000,
         }
@@ -496,6 +500,9 @@ impl PipelineConfig {
             .find(|t| t.is_empty() || t.len() > 249 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
         {
             return Err(bad("source.topics", format!("has {t:?}, which is not a valid Kafka topic name")));
+        }
+        if self.source.max_buffered_records == 0 {
+            return Err(bad("source.max_buffered_records", "must be at least 1".into()));
         }
         if self.source.max_batch_records == 0 {
             return Err(bad("source.max_batch_records", "must be at least 1".into()));

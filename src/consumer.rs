@@ -8,6 +8,7 @@
 //! **Architecture Invariant:** a consumer never commits offsets to Kafka and never decides where
 //! to start: it starts where the supervisor assigned it (the last committed epoch's cut).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ use crate::record::{Record, TopicPartition};
 
 /// How long one poll waits for a first record before yielding to other messages (barriers).
 const POLL_WAIT: Duration = Duration::from_millis(50);
+
+/// How long a consumer under back-pressure waits before looking again.
+const BACKPRESSURE_WAIT: Duration = Duration::from_millis(20);
 
 /// The consumer actor (stateless behaviour; see [`ConsumerState`]).
 pub struct ConsumerActor;
@@ -57,6 +61,10 @@ pub struct ConsumerArgs {
     pub aggregator: ActorRef<AggregatorMsg>,
     /// Most records per forwarded message.
     pub max_batch: usize,
+    /// Records consumed but not yet committed, over all partitions of this generation.
+    pub buffered: Arc<AtomicU64>,
+    /// Stop reading while `buffered` is at or above this.
+    pub max_buffered: u64,
 }
 
 /// A consumer's state.
@@ -68,6 +76,8 @@ pub struct ConsumerState {
     queue: StreamPartitionQueue<StatsContext>,
     aggregator: ActorRef<AggregatorMsg>,
     max_batch: usize,
+    buffered: Arc<AtomicU64>,
+    max_buffered: u64,
 }
 
 fn to_record(tp: &TopicPartition, m: &BorrowedMessage<'_>) -> Record {
@@ -117,6 +127,7 @@ impl ConsumerState {
             return Ok(());
         }
         let input = records.len() as u64;
+        self.buffered.fetch_add(input, Ordering::Relaxed);
         metrics::counter!(m::RECORDS_CONSUMED, "topic" => self.tp.topic.to_string(), "partition" => self.tp.partition.to_string())
             .increment(input);
         let min_timestamp_ms = records.iter().filter_map(|r| r.timestamp_ms).min();
@@ -169,6 +180,8 @@ impl Actor for ConsumerActor {
             queue: args.queue,
             aggregator: args.aggregator,
             max_batch: args.max_batch,
+            buffered: args.buffered,
+            max_buffered: args.max_buffered,
         };
         // A replayed epoch that never moved this partition ends where it starts.
         state.forward(Vec::new())?;
@@ -184,6 +197,12 @@ impl Actor for ConsumerActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ConsumerMsg::Poll => {
+                if state.buffered.load(Ordering::Relaxed) >= state.max_buffered {
+                    // Back-pressure: wait for commits to release buffered records. Barriers
+                    // still get through, so the open epoch can close and commit.
+                    myself.send_after(BACKPRESSURE_WAIT, || ConsumerMsg::Poll);
+                    return Ok(());
+                }
                 let batch = state.poll().await?;
                 state.forward(batch)?;
                 myself.cast(ConsumerMsg::Poll)?;

@@ -306,6 +306,8 @@ impl SupervisorState {
         });
 
         let cell = myself.get_cell();
+        // Consumed-but-uncommitted records of this generation (back-pressure).
+        let buffered = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let spawn_err = |e: ractor::SpawnErr| Error::Actor(e.to_string());
         let (committer, _) = Actor::spawn_linked(
             None,
@@ -317,6 +319,7 @@ impl SupervisorState {
                 committed_epoch: cp.epoch,
                 supervisor: myself.clone(),
                 failpoints: self.args.failpoints.clone(),
+                buffered: buffered.clone(),
             },
             cell.clone(),
         )
@@ -354,6 +357,8 @@ impl SupervisorState {
                     queue,
                     aggregator: aggregator.clone(),
                     max_batch: config.source.max_batch_records,
+                    buffered: buffered.clone(),
+                    max_buffered: config.source.max_buffered_records,
                 },
                 cell.clone(),
             )

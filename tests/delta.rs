@@ -141,3 +141,40 @@ async fn graceful_shutdown_commits_the_open_epoch() {
     assert_eq!(audit.total(|p| p.rows), 500, "the stop committed everything consumed");
     assert_eq!(audit.epoch, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sink_applies_back_pressure_and_memory_stays_bounded() {
+    let topic = common::topic("slow", 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.source.max_buffered_records = 500;
+    config.source.max_batch_records = 100;
+    common::produce_events(&topic, 0, 4_000).await;
+    // Every commit stalls far beyond the 200 ms epoch interval.
+    let failpoints = Arc::new(FailPoints::new());
+    failpoints.arm("after-parquet-write", FailAction::Sleep(Duration::from_millis(700)), None);
+    let options = RunOptions { failpoints: failpoints.clone(), ..Default::default() };
+    let sink = sink::from_config(&config, failpoints.clone());
+    let pipeline = Pipeline::start_with(config.clone(), sink, options).await.unwrap();
+    let table = dir.path().join("table");
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let want = common::high_watermarks(&topic).await;
+    common::wait_until(Duration::from_secs(120), "all records committed through the slow sink", || {
+        let (pipeline, table, id, topic, peak) = (&pipeline, &table, &config.id, &topic, peak.clone());
+        async move {
+            if let Some(agg) = pipeline.status().await.unwrap().aggregator {
+                let buffered = ractor::call_t!(agg, exactly::aggregator::AggregatorMsg::Buffered, 5_000).unwrap_or(0);
+                peak.fetch_max(buffered, std::sync::atomic::Ordering::Relaxed);
+            }
+            common::table_cut(table, id, topic).await >= want
+        }
+    })
+    .await;
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    pipeline.shutdown().await.unwrap();
+    // Bounded by the limit plus one batch per consumer in flight when it was reached.
+    assert!(peak <= 500 + 4 * 100, "buffered peaked at {peak}");
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.rows), 4_000);
+    assert!(audit.epoch >= 4, "several slow epochs, not one big one");
+}
