@@ -27,6 +27,17 @@ verify config="examples/demo.toml": build
 test: setup
     scripts/with-kafka cargo test --all-targets --locked
 
+# The chaos suite: kill actors, the process and the broker mid-batch, then audit. Options:
+# --cases a,b --iterations N --faults N --seed S --duration SECS (see chaos/README.md).
+chaos *args: setup
+    cargo build --locked --bins
+    scripts/with-kafka {{CARGO_TARGET_DIR}}/debug/chaos {{args}}
+
+# Prometheus on 127.0.0.1:9090 scraping `just run`'s pipeline (127.0.0.1:9464) with the shipped
+# config and alert rules (dashboards/). Grafana dashboards: dashboards/grafana/*.json.
+monitor: setup
+    scripts/monitor
+
 # Install what this machine lacks (Debian packages, just, Kafka jars); fast when all is there.
 setup:
     scripts/setup

@@ -66,6 +66,8 @@ pub struct CommitReport {
     pub dead_letters: u64,
     /// Records dropped as duplicates.
     pub duplicates: u64,
+    /// Dead letters per category.
+    pub dead_letter_categories: std::collections::BTreeMap<&'static str, u64>,
     /// Per-partition ranges.
     pub ranges: Vec<PartitionRange>,
     /// Time spent in the sink commit.
@@ -127,6 +129,10 @@ impl Actor for CommitterActor {
                     rows: batch.row_count() as u64,
                     dead_letters: batch.dead_letters.len() as u64,
                     duplicates: batch.duplicates,
+                    dead_letter_categories: batch.dead_letters.iter().fold(Default::default(), |mut m, d| {
+                        *m.entry(d.category()).or_default() += 1;
+                        m
+                    }),
                     min_timestamp_ms: batch.min_timestamp_ms,
                     ranges: batch.ranges,
                     sink_time,

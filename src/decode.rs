@@ -51,6 +51,36 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+/// Every dead-letter category, the `reason` label of `exactly_dead_letters_total`.
+pub const DEAD_LETTER_CATEGORIES: &[&str] =
+    &["too_large", "not_utf8", "invalid_json", "not_object", "null_value", "missing_field", "null_field", "wrong_type", "late"];
+
+impl DeadLetter {
+    /// A small, fixed category for the reason (for metric labels; the reason itself is free text).
+    pub fn category(&self) -> &'static str {
+        let r = self.reason.as_str();
+        if r.contains("exceeds decode.max_record_bytes") {
+            "too_large"
+        } else if r.contains("not valid UTF-8") {
+            "not_utf8"
+        } else if r.contains("not valid JSON") {
+            "invalid_json"
+        } else if r.contains("expected a JSON object") {
+            "not_object"
+        } else if r.contains("tombstone") {
+            "null_value"
+        } else if r.starts_with("missing field") {
+            "missing_field"
+        } else if r.contains("is null but not nullable") {
+            "null_field"
+        } else if r.contains("watermark") || r.contains("event time") {
+            "late"
+        } else {
+            "wrong_type"
+        }
+    }
+}
+
 /// The output of decoding one batch of records.
 #[derive(Debug, Clone)]
 pub struct Decoded {

@@ -43,16 +43,18 @@ impl PartitionStats {
     }
 }
 
-/// Client context that records partition statistics and routes librdkafka logs to `tracing`.
+/// Client context that records partition statistics, publishes consumer lag (against the last
+/// committed cut) every statistics interval, and routes librdkafka logs to `tracing`.
 #[derive(Clone, Default)]
 pub struct StatsContext {
     stats: PartitionStats,
+    committed: Arc<Mutex<Offsets>>,
 }
 
 impl StatsContext {
-    /// A context sharing `stats`.
-    pub fn new(stats: PartitionStats) -> Self {
-        StatsContext { stats }
+    /// A context sharing `stats` and reading the committed cut from `committed`.
+    pub fn new(stats: PartitionStats, committed: Arc<Mutex<Offsets>>) -> Self {
+        StatsContext { stats, committed }
     }
 }
 
@@ -65,8 +67,16 @@ impl ClientContext for StatsContext {
                     continue; // the internal UA partition, or not fetched yet
                 }
                 let ls = if s.ls_offset >= 0 { s.ls_offset } else { s.hi_offset };
-                map.insert(TopicPartition::new(topic, *p), Watermarks { high: s.hi_offset, last_stable: ls });
+                let tp = TopicPartition::new(topic, *p);
+                if let Some(next) = self.committed.lock().expect("offsets lock").get(&tp) {
+                    metrics::gauge!(crate::metrics::CONSUMER_LAG, "topic" => topic.clone(), "partition" => p.to_string())
+                        .set((ls - next).max(0) as f64);
+                }
+                map.insert(tp, Watermarks { high: s.hi_offset, last_stable: ls });
             }
+        }
+        if let Some(rss) = crate::metrics::resident_bytes() {
+            metrics::gauge!(crate::metrics::PROCESS_RSS).set(rss as f64);
         }
     }
 

@@ -128,7 +128,7 @@ async fn stop_signal() {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = PipelineConfig::load(&args.config)?;
     if let Some(listen) = &config.metrics.listen {
-        exactly::metrics::install_exporter(listen.parse()?)?;
+        exactly::metrics::install_exporter(listen.parse()?, &config.id)?;
         eprintln!("metrics: http://{listen}/metrics");
     }
     let failpoints = Arc::new(FailPoints::from_env()?);

@@ -14,8 +14,20 @@ pub const RECORDS_CONSUMED: &str = "exactly_records_consumed_total";
 pub const RECORDS_COMMITTED: &str = "exactly_records_committed_total";
 /// Counter: records dropped by dedup as duplicates.
 pub const DUPLICATES_DROPPED: &str = "exactly_duplicates_dropped_total";
-/// Counter: records written to the dead-letter table.
+/// Counter, label `reason` (a fixed category): records written to the dead-letter table.
 pub const DEAD_LETTERS: &str = "exactly_dead_letters_total";
+/// Counter, label `table` (`data`, `dead_letters`): Parquet files added by Delta commits.
+pub const DELTA_FILES_ADDED: &str = "exactly_delta_files_added_total";
+/// Counter, label `table`: bytes of Parquet files added by Delta commits.
+pub const DELTA_BYTES_WRITTEN: &str = "exactly_delta_bytes_written_total";
+/// Gauge: resident set size of the process, bytes.
+pub const PROCESS_RSS: &str = "exactly_process_resident_bytes";
+/// Gauge: Unix time of the last committed epoch (set to the start time before the first).
+pub const LAST_COMMIT: &str = "exactly_last_commit_timestamp_seconds";
+/// Gauge: the configured epoch interval, seconds (alert rules scale with it).
+pub const EPOCH_INTERVAL: &str = "exactly_epoch_interval_seconds";
+/// Gauge: restarts left in the restart budget's current window.
+pub const RESTART_BUDGET_REMAINING: &str = "exactly_restart_budget_remaining";
 /// Gauge, label `kind` (`dedup`, `aggregate`): keys held in the RocksDB state.
 pub const STATE_KEYS: &str = "exactly_state_keys";
 /// Gauge: bytes of the RocksDB state on disk (SST files).
@@ -33,10 +45,52 @@ pub const ACTOR_RESTARTS: &str = "exactly_actor_restarts_total";
 /// Gauge: the current generation of the actor tree (increments on every restart).
 pub const GENERATION: &str = "exactly_generation";
 
-/// Serves `/metrics` on `addr` for the rest of the process.
-pub fn install_exporter(addr: SocketAddr) -> Result<()> {
+/// Histogram buckets, seconds: from 1 ms to 2 minutes.
+const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+/// Serves `/metrics` on `addr` for the rest of the process; every series carries
+/// `pipeline="<id>"`.
+pub fn install_exporter(addr: SocketAddr, pipeline: &str) -> Result<()> {
+    let err = |e: String| Error::Io { context: format!("metrics endpoint on {addr}"), source: std::io::Error::other(e) };
     PrometheusBuilder::new()
         .with_http_listener(addr)
+        .add_global_label("pipeline", pipeline)
+        .set_buckets(BUCKETS)
+        .map_err(|e| err(e.to_string()))?
         .install()
-        .map_err(|e| Error::Io { context: format!("metrics endpoint on {addr}"), source: std::io::Error::other(e.to_string()) })
+        .map_err(|e| err(e.to_string()))
+}
+
+/// Registers every labelled series at zero, so dashboards and `rate()` have data from the
+/// first scrape, not from the first event.
+pub fn register_zeros() {
+    for reason in crate::decode::DEAD_LETTER_CATEGORIES {
+        metrics::counter!(DEAD_LETTERS, "reason" => *reason).increment(0);
+    }
+    for actor in ["consumer", "aggregator", "committer", "start-up"] {
+        for reason in ["failed", "stopped"] {
+            metrics::counter!(ACTOR_RESTARTS, "actor" => actor, "reason" => reason).increment(0);
+        }
+    }
+    for table in ["data", "dead_letters"] {
+        metrics::counter!(DELTA_FILES_ADDED, "table" => table).increment(0);
+        metrics::counter!(DELTA_BYTES_WRITTEN, "table" => table).increment(0);
+    }
+    metrics::counter!(RECORDS_COMMITTED).increment(0);
+    metrics::counter!(DUPLICATES_DROPPED).increment(0);
+    for kind in ["dedup", "aggregate"] {
+        metrics::gauge!(STATE_KEYS, "kind" => kind).increment(0.0);
+    }
+}
+
+/// The process's resident set size in bytes (Linux `/proc/self/statm`).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }

@@ -151,6 +151,8 @@ pub struct SupervisorState {
     last_commit_at: Instant,
     reset_from_sink: bool,
     processor: Option<Arc<Processor>>,
+    /// The last committed cut, shared with the Kafka statistics callback (lag per partition).
+    committed_offsets: Arc<Mutex<Offsets>>,
 }
 
 impl SupervisorState {
@@ -275,7 +277,7 @@ impl SupervisorState {
 
         let client: PipelineConsumer = kafka::consumer_config(&config)
             .set("auto.offset.reset", "error")
-            .create_with_context(StatsContext::new(self.stats.clone()))?;
+            .create_with_context(StatsContext::new(self.stats.clone(), self.committed_offsets.clone()))?;
         let client = Arc::new(client);
         let mut tpl = TopicPartitionList::new();
         for (tp, off) in &offsets {
@@ -370,6 +372,7 @@ impl SupervisorState {
         tracing::info!(pipeline = %config.id, generation = self.generation, epoch = cp.epoch, partitions = consumers.len(), "actor tree started from the last committed epoch");
         metrics::gauge!(m::GENERATION).set(self.generation as f64);
         metrics::gauge!(m::EPOCH_COMMITTED).set(cp.epoch as f64);
+        *self.committed_offsets.lock().expect("offsets lock") = offsets.clone();
         self.committed = cp;
         self.in_flight = replay.as_ref().map(|(b, _)| *b);
         self.current = Some(Generation { client, poller, consumers, aggregator, committer, ids });
@@ -418,10 +421,10 @@ impl SupervisorState {
         }
     }
 
-    async fn on_child_failure(&mut self, myself: &ActorRef<SupervisorMsg>, kind: String, reason: String) {
+    async fn on_child_failure(&mut self, myself: &ActorRef<SupervisorMsg>, kind: String, reason: String, how: &'static str) {
         tracing::warn!(actor = %kind, %reason, generation = self.generation, "actor failed; aborting the open epoch and restarting from the last committed one");
         let actor_kind = kind.split(' ').next().unwrap_or("actor").to_string();
-        metrics::counter!(m::ACTOR_RESTARTS, "actor" => actor_kind, "reason" => "failed").increment(1);
+        metrics::counter!(m::ACTOR_RESTARTS, "actor" => actor_kind, "reason" => how).increment(1);
         self.teardown().await;
         if self.shutting_down {
             // Nothing uncommitted is lost: the next start re-reads it from the checkpoint.
@@ -447,6 +450,7 @@ impl SupervisorState {
         let backoff = Duration::from_millis(cfg.backoff_ms.saturating_mul(1 << self.restarts.len().min(10))).min(MAX_BACKOFF);
         self.restarts.push_back(now);
         self.restarts_total += 1;
+        metrics::gauge!(m::RESTART_BUDGET_REMAINING).set(cfg.max_restarts.saturating_sub(self.restarts.len()) as f64);
         self.generation += 1;
         myself.send_after(backoff, || SupervisorMsg::StartGeneration);
     }
@@ -476,9 +480,16 @@ impl SupervisorState {
             });
         }
         self.committed = Checkpoint::new(&self.args.config.id, report.epoch, &offsets);
+        if let Some(rss) = m::resident_bytes() {
+            metrics::gauge!(m::PROCESS_RSS).set(rss as f64);
+        }
         metrics::counter!(m::RECORDS_COMMITTED).increment(report.records);
         metrics::counter!(m::DUPLICATES_DROPPED).increment(report.duplicates);
-        metrics::counter!(m::DEAD_LETTERS).increment(report.dead_letters);
+        for (reason, n) in &report.dead_letter_categories {
+            metrics::counter!(m::DEAD_LETTERS, "reason" => *reason).increment(*n);
+        }
+        metrics::gauge!(m::LAST_COMMIT).set(m::unix_now());
+        *self.committed_offsets.lock().expect("offsets lock") = offsets.clone();
         if let Ok(n) = self.store.dedup_key_count() {
             metrics::gauge!(m::STATE_KEYS, "kind" => "dedup").set(n as f64);
         }
@@ -546,6 +557,10 @@ impl Actor for SupervisorActor {
         let processor =
             Processor::new(&decoded, args.config.dedup.as_ref(), args.config.aggregate.as_ref(), store.clone())?.map(Arc::new);
         let reset_from_sink = args.reset_checkpoint_from_table;
+        m::register_zeros();
+        metrics::gauge!(m::LAST_COMMIT).set(m::unix_now());
+        metrics::gauge!(m::EPOCH_INTERVAL).set(args.config.epoch.interval().as_secs_f64());
+        metrics::gauge!(m::RESTART_BUDGET_REMAINING).set(args.config.supervisor.max_restarts as f64);
         myself.cast(SupervisorMsg::StartGeneration)?;
         Ok(SupervisorState {
             committed: Checkpoint::new(&args.config.id, 0, &Offsets::new()),
@@ -565,6 +580,7 @@ impl Actor for SupervisorActor {
             last_commit_at: Instant::now(),
             reset_from_sink,
             processor,
+            committed_offsets: Arc::new(Mutex::new(Offsets::new())),
         })
     }
 
@@ -658,9 +674,9 @@ impl Actor for SupervisorActor {
         evt: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason): (ActorCell, String) = match evt {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
+        let (cell, reason, how): (ActorCell, String, &'static str) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string(), "failed"),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into()), "stopped"),
             _ => return Ok(()),
         };
         let Some(gen) = &state.current else {
@@ -670,7 +686,7 @@ impl Actor for SupervisorActor {
             return Ok(()); // an actor of a generation already torn down
         }
         let kind = gen.kind_of(cell.get_id()).unwrap_or_else(|| "actor".into());
-        state.on_child_failure(&myself, kind, reason).await;
+        state.on_child_failure(&myself, kind, reason, how).await;
         Ok(())
     }
 }

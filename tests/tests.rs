@@ -17,5 +17,9 @@ mod malformed;
 mod gaps;
 // Dedup and keyed aggregation on RocksDB: retention, output modes, failures, readers.
 mod stateful;
+// The chaos suite's CI subset: every fault kind once, audited.
+mod chaos;
+// Monitoring against a real Prometheus: promtool, dashboards, panel data, alerts.
+mod monitoring;
 // The CLI: bad configs and unreachable brokers give one line and a non-zero exit.
 mod cli;

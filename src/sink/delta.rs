@@ -291,6 +291,8 @@ impl DeltaSink {
                 }
             }
         }
+        let table_label = if spec.name == "data" { "data" } else { "dead_letters" };
+        let t_parquet = std::time::Instant::now();
         let mut adds = Vec::new();
         if rows.iter().any(|b| b.num_rows() > 0) {
             let mut writer = RecordBatchWriter::for_table(&open.table).map_err(|e| delta_err(path, e))?;
@@ -299,7 +301,12 @@ impl DeltaSink {
             }
             adds = writer.flush().await.map_err(|e| delta_err(path, e))?;
         }
+        metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "parquet").record(t_parquet.elapsed().as_secs_f64());
+        metrics::counter!(crate::metrics::DELTA_FILES_ADDED, "table" => table_label).increment(adds.len() as u64);
+        metrics::counter!(crate::metrics::DELTA_BYTES_WRITTEN, "table" => table_label)
+            .increment(adds.iter().map(|a| a.size.max(0) as u64).sum());
         self.failpoints.hit("after-parquet-write").await?;
+        let t_delta = std::time::Instant::now();
         let mut txns = vec![Transaction::new(&self.pipeline, epoch as i64)];
         for r in ranges {
             txns.push(Transaction::new(partition_app_id(&self.pipeline, &r.tp), r.end));
@@ -323,6 +330,7 @@ impl DeltaSink {
             .await
             .map_err(|e| delta_err(path, e))?;
         open.table.state = Some(finalized.snapshot());
+        metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "delta").record(t_delta.elapsed().as_secs_f64());
         open.version = epoch;
         open.starts.extend(ranges.iter().map(|r| r.tp.clone()));
         Ok(())

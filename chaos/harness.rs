@@ -1,0 +1,634 @@
+//! The chaos harness: real Apache Kafka, real Delta tables, real RocksDB; one kind of fault per
+//! case, injected at seeded random moments while a producer writes a known stream (with
+//! duplicates and malformed records), then the audit. Shared by `chaos/main.rs` (`just chaos`)
+//! and the CI subset in `tests/chaos.rs`.
+//!
+//! Adding a case: add its name to [`CASES`], and either a branch in [`inject`] (a fault against
+//! a running in-process pipeline) or a flow of its own in [`run_case`]. Every case ends with
+//! [`exactly::verify::verify`]; a case passes only with nothing missing, duplicated or
+//! mismatched.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use exactly::config::{
+    AggregateConfig, AggregateOp, AggregateSpec, DecodeConfig, DecodeFormat, DedupConfig, FieldConfig, FieldType, OutputMode,
+    PipelineConfig, SinkConfig,
+};
+use exactly::consumer::ConsumerMsg;
+use exactly::failpoint::{FailAction, FailPoints};
+use exactly::fault::Fault;
+use exactly::pipeline::{Pipeline, RunOptions};
+use exactly::producer::{produce, ProduceOptions};
+use exactly::progress::Progress;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::broadcast;
+
+/// Every case, in the order `just chaos` runs them.
+pub const CASES: &[&str] = &[
+    "kill-consumer",
+    "kill-aggregator",
+    "kill-committer",
+    "panic-consumer",
+    "panic-aggregator",
+    "panic-committer",
+    "fail-after-parquet-write",
+    "fail-after-delta-commit",
+    "fail-mid-checkpoint-write",
+    "fail-after-checkpoint",
+    "sigkill-process",
+    "broker-restart",
+    "delta-conflict",
+    "checkpoint-unwritable",
+    "slow-sink",
+];
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct ChaosOptions {
+    /// Cases to run.
+    pub cases: Vec<String>,
+    /// Iterations per case (each with a fresh topic, table and checkpoint).
+    pub iterations: u32,
+    /// Faults per iteration.
+    pub faults: u32,
+    /// The seed everything random derives from.
+    pub seed: u64,
+    /// Produce rate, events per second.
+    pub rate: u64,
+    /// Brokers of the shared broker.
+    pub brokers: String,
+    /// The `exactly` binary (for the process-level cases).
+    pub exactly_bin: PathBuf,
+    /// `scripts/kafka` (for the broker-restart case's own broker).
+    pub kafka_script: PathBuf,
+    /// Where tables and checkpoints go.
+    pub work_dir: PathBuf,
+}
+
+/// The outcome of one iteration of one case.
+#[derive(Debug, Clone, Default)]
+pub struct CaseReport {
+    /// Case name.
+    pub case: String,
+    /// Pipeline kind: append, dedup or counts.
+    pub kind: String,
+    /// Faults injected.
+    pub faults: u64,
+    /// Actor-tree restarts and process restarts.
+    pub restarts: u64,
+    /// Records produced.
+    pub produced: u64,
+    /// Records committed (rows + dead letters; groups for counts).
+    pub committed: u64,
+    /// Offsets or keys missing.
+    pub missing: u64,
+    /// Offsets or keys duplicated.
+    pub duplicated: u64,
+    /// Groups whose aggregates differ from the recomputation.
+    pub mismatched: u64,
+    /// Fault -> first commit after it.
+    pub recovery: Vec<Duration>,
+    /// Passed?
+    pub ok: bool,
+    /// What went wrong, or a note.
+    pub detail: String,
+}
+
+fn seed_decode() -> DecodeConfig {
+    DecodeConfig {
+        format: DecodeFormat::Json,
+        fields: vec![
+            FieldConfig { name: "id".into(), kind: FieldType::Long, nullable: false },
+            FieldConfig { name: "value".into(), kind: FieldType::String, nullable: true },
+            FieldConfig { name: "ts".into(), kind: FieldType::Timestamp, nullable: true },
+        ],
+        ..Default::default()
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 10_000_000_000)
+}
+
+/// The pipeline of one iteration: append, dedup or counts, rotating.
+fn pipeline_config(kind: &str, topic: &str, dir: &Path, brokers: &str) -> PipelineConfig {
+    let mut c = PipelineConfig::new(unique("chaos"), &[topic]);
+    c.source.brokers = brokers.to_string();
+    c.decode = seed_decode();
+    c.epoch.interval_ms = 200;
+    c.checkpoint.dir = Some(dir.join("checkpoint"));
+    c.sink = SinkConfig::Delta { path: dir.join("table"), dead_letter_path: None };
+    c.supervisor.backoff_ms = 20;
+    c.supervisor.max_restarts = 1_000;
+    match kind {
+        "dedup" => {
+            c.dedup = Some(DedupConfig {
+                key: vec!["id".into()],
+                watermark_field: None,
+                allowed_lateness_ms: 0,
+                max_age_epochs: Some(1_000_000),
+            })
+        }
+        "counts" => {
+            c.aggregate = Some(AggregateConfig {
+                group_by: vec!["value".into()],
+                aggregates: vec![
+                    AggregateSpec { op: AggregateOp::Count, field: None, name: None },
+                    AggregateSpec { op: AggregateOp::Sum, field: Some("id".into()), name: None },
+                ],
+                output_mode: OutputMode::Update,
+                buckets: 4,
+            })
+        }
+        _ => {}
+    }
+    c
+}
+
+/// Sum of the high watermarks of a topic.
+async fn high_watermarks(brokers: &str, topic: &str) -> exactly::Result<i64> {
+    let tps = exactly::kafka::preflight(brokers, &[topic.to_string()], Duration::from_secs(30)).await?;
+    let brokers = brokers.to_string();
+    tokio::task::spawn_blocking(move || {
+        let c: rdkafka::consumer::BaseConsumer = exactly::kafka::base_config(&brokers).create()?;
+        let mut sum = 0;
+        for tp in &tps {
+            sum += exactly::kafka::fetch_watermarks(&c, tp, Duration::from_secs(30))?.1;
+        }
+        Ok(sum)
+    })
+    .await
+    .map_err(|e| exactly::Error::Actor(e.to_string()))?
+}
+
+/// The cut the table recorded, summed over partitions, and its epoch.
+async fn table_progress(config: &PipelineConfig, topic: &str) -> (i64, u64) {
+    let SinkConfig::Delta { path, .. } = &config.sink else { return (0, 0) };
+    let Ok(Some(t)) = exactly::sink::delta::load_table(path).await else { return (0, 0) };
+    let Ok(tps) = exactly::kafka::preflight(&config.source.brokers, &[topic.to_string()], Duration::from_secs(30)).await else {
+        return (0, 0);
+    };
+    let cut = exactly::sink::delta::recorded_cut(&t, path, &config.id, &tps).await.map(|c| c.values().sum()).unwrap_or(0);
+    let epoch = exactly::sink::delta::txn_version(&t, path, &config.id).await.ok().flatten().unwrap_or(0).max(0) as u64;
+    (cut, epoch)
+}
+
+async fn wait_drained(config: &PipelineConfig, topic: &str, deadline: Duration) -> Result<(), String> {
+    let want = high_watermarks(&config.source.brokers, topic).await.map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    while table_progress(config, topic).await.0 < want {
+        if start.elapsed() > deadline {
+            return Err(format!("the table did not reach the topic's end ({want}) within {deadline:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Waits for the first epoch committed with records after a fault (by a generation newer than
+/// `generation` when the fault restarts the tree).
+async fn wait_recovered(
+    progress: &mut broadcast::Receiver<Progress>,
+    since: Instant,
+    generation: Option<u64>,
+) -> Option<Duration> {
+    let deadline = since + Duration::from_secs(90);
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, progress.recv()).await {
+            Ok(Ok(p)) if p.input_rows > 0 && generation.is_none_or(|g| p.generation > g) => return Some(since.elapsed()),
+            Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Injects one fault of `case` into a running pipeline; returns whether it restarts the tree.
+async fn inject(
+    case: &str,
+    pipeline: &Pipeline,
+    failpoints: &FailPoints,
+    rng: &mut StdRng,
+    interval: Duration,
+) -> Result<bool, String> {
+    let s = pipeline.status().await.map_err(|e| e.to_string())?;
+    let pick = rng.random_range(0..s.consumers.len().max(1));
+    let consumer = || s.consumers.get(pick).map(|(_, c)| c.clone());
+    let missing = || "no actor to fault (between generations)".to_string();
+    match case {
+        "kill-consumer" => consumer().ok_or_else(missing)?.kill(),
+        "kill-aggregator" => s.aggregator.ok_or_else(missing)?.kill(),
+        "kill-committer" => s.committer.ok_or_else(missing)?.kill(),
+        "panic-consumer" => {
+            consumer().ok_or_else(missing)?.cast(ConsumerMsg::InjectFault(Fault::Panic)).map_err(|e| e.to_string())?
+        }
+        "panic-aggregator" => s
+            .aggregator
+            .ok_or_else(missing)?
+            .cast(exactly::aggregator::AggregatorMsg::InjectFault(Fault::Panic))
+            .map_err(|e| e.to_string())?,
+        "panic-committer" => s
+            .committer
+            .ok_or_else(missing)?
+            .cast(exactly::committer::CommitterMsg::InjectFault(Fault::Panic))
+            .map_err(|e| e.to_string())?,
+        "fail-after-parquet-write" => failpoints.arm("after-parquet-write", FailAction::Error, Some(1)),
+        "fail-after-delta-commit" => failpoints.arm("after-delta-commit", FailAction::Error, Some(1)),
+        "fail-mid-checkpoint-write" => failpoints.arm("mid-checkpoint-write", FailAction::Error, Some(1)),
+        "fail-after-checkpoint" => failpoints.arm("after-checkpoint", FailAction::Panic, Some(1)),
+        "delta-conflict" => {
+            // Widen the window between the snapshot read and the commit; the foreign writer
+            // commits into it.
+            failpoints.arm("after-parquet-write", FailAction::Sleep(Duration::from_millis(150)), Some(1));
+            return Ok(false);
+        }
+        "slow-sink" => {
+            failpoints.arm("after-parquet-write", FailAction::Sleep(interval * 5), Some(2));
+            return Ok(false);
+        }
+        other => return Err(format!("unknown in-process case {other}")),
+    }
+    Ok(true)
+}
+
+/// A second writer committing to the table (its own txn appId, no data) every 30 ms.
+fn foreign_writer(table: PathBuf, stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+        use deltalake::kernel::Transaction;
+        use deltalake::protocol::{DeltaOperation, SaveMode};
+        let mut commits = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let Ok(Some(t)) = exactly::sink::delta::load_table(&table).await else { continue };
+            let Ok(snapshot) = t.snapshot() else { continue };
+            let props = CommitProperties::default()
+                .with_application_transaction(Transaction::new("chaos-foreign-writer", commits as i64 + 1));
+            let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+            if CommitBuilder::from(props).with_actions(Vec::new()).build(Some(snapshot), t.log_store(), op).await.is_ok() {
+                commits += 1;
+            }
+        }
+        commits
+    })
+}
+
+fn audit_into(report: &mut CaseReport, audit: &exactly::verify::Audit) {
+    report.missing = audit.total(|p| p.missing) + audit.keys.as_ref().map_or(0, |k| k.missing);
+    report.duplicated = audit.total(|p| p.duplicated) + audit.keys.as_ref().map_or(0, |k| k.duplicated);
+    report.mismatched = audit.keys.as_ref().map_or(0, |k| k.mismatched) + audit.total(|p| p.unexpected);
+    report.committed = match audit.keys.as_ref() {
+        Some(k) if k.kind == "aggregate" => k.found,
+        _ => audit.total(|p| p.rows + p.dead_lettered),
+    };
+    report.ok = audit.ok();
+    if !report.ok {
+        report.detail = audit
+            .render()
+            .lines()
+            .filter(|l| l.contains("missing") || l.starts_with("    "))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("; ");
+    }
+}
+
+/// Runs one iteration of one case.
+pub async fn run_case(case: &str, iteration: u32, opts: &ChaosOptions) -> CaseReport {
+    let kinds = ["append", "dedup", "counts"];
+    let case_index = CASES.iter().position(|c| *c == case).unwrap_or(0);
+    let kind = kinds[(iteration as usize + case_index) % 3];
+    let seed = opts.seed ^ ((case_index as u64) << 32) ^ iteration as u64;
+    let mut report = CaseReport { case: case.to_string(), kind: kind.to_string(), ..Default::default() };
+    let result = match case {
+        "sigkill-process" => sigkill_case(kind, seed, opts, &mut report).await,
+        "broker-restart" => broker_case(kind, seed, opts, &mut report).await,
+        "checkpoint-unwritable" => unwritable_case(kind, seed, opts, &mut report).await,
+        _ => in_process_case(case, kind, seed, opts, &mut report).await,
+    };
+    if let Err(e) = result {
+        report.ok = false;
+        report.detail = e;
+    }
+    report
+}
+
+struct Stream {
+    stop: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<exactly::Result<exactly::producer::ProduceReport>>,
+}
+
+/// A producer writing events (every 20th a duplicate, every 97th malformed) until stopped.
+fn start_stream(brokers: &str, topic: &str, rate: u64) -> Stream {
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut p = ProduceOptions::new(brokers, topic, 0);
+    p.count = None;
+    p.rate = Some(rate);
+    p.duplicate_every = Some(20);
+    p.malformed_every = Some(97);
+    let s = stop.clone();
+    let task = tokio::spawn(async move { produce(&p, async move { s.notified().await }).await });
+    Stream { stop, task }
+}
+
+impl Stream {
+    async fn finish(self) -> Result<u64, String> {
+        self.stop.notify_one();
+        let r = self.task.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        Ok(r.sent)
+    }
+}
+
+async fn setup(kind: &str, opts: &ChaosOptions, brokers: &str) -> Result<(String, PathBuf, PipelineConfig), String> {
+    let topic = unique("chaos");
+    exactly::kafka::create_topic(brokers, &topic, 4, 1).await.map_err(|e| e.to_string())?;
+    let dir = opts.work_dir.join(&topic);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let config = pipeline_config(kind, &topic, &dir, brokers);
+    Ok((topic, dir, config))
+}
+
+async fn finish_audit(config: &PipelineConfig, report: &mut CaseReport) -> Result<(), String> {
+    let audit = exactly::verify::verify(config).await.map_err(|e| e.to_string())?;
+    audit_into(report, &audit);
+    Ok(())
+}
+
+async fn in_process_case(case: &str, kind: &str, seed: u64, opts: &ChaosOptions, report: &mut CaseReport) -> Result<(), String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (topic, dir, mut config) = setup(kind, opts, &opts.brokers).await?;
+    if case == "slow-sink" {
+        config.source.max_buffered_records = 2_000;
+        config.source.max_batch_records = 200;
+    }
+    let failpoints = Arc::new(FailPoints::new());
+    let stream = start_stream(&opts.brokers, &topic, opts.rate);
+    let sink = exactly::sink::from_config(&config, failpoints.clone());
+    let options = RunOptions { failpoints: failpoints.clone(), ..Default::default() };
+    let pipeline = Pipeline::start_with(config.clone(), sink, options).await.map_err(|e| e.to_string())?;
+    let mut progress = pipeline.progress();
+    let stop_foreign = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let foreign = (case == "delta-conflict").then(|| foreign_writer(dir.join("table"), stop_foreign.clone()));
+    let mut peak_buffered = 0;
+    for _ in 0..opts.faults {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..800))).await;
+        let generation = pipeline.status().await.map_err(|e| e.to_string())?.generation;
+        let restarts = match inject(case, &pipeline, &failpoints, &mut rng, config.epoch.interval()).await {
+            Ok(r) => r,
+            Err(_) => continue, // between generations: try again at the next moment
+        };
+        report.faults += 1;
+        let t0 = Instant::now();
+        if case == "slow-sink" {
+            if let Some(agg) = pipeline.status().await.map_err(|e| e.to_string())?.aggregator {
+                if let Ok(b) = ractor::call_t!(agg, exactly::aggregator::AggregatorMsg::Buffered, 5_000) {
+                    peak_buffered = peak_buffered.max(b);
+                }
+            }
+        }
+        match wait_recovered(&mut progress, t0, restarts.then_some(generation)).await {
+            Some(d) => report.recovery.push(d),
+            None => return Err(format!("no commit within 90 s after fault {}", report.faults)),
+        }
+    }
+    report.produced = stream.finish().await?;
+    wait_drained(&config, &topic, Duration::from_secs(180)).await?;
+    stop_foreign.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(f) = foreign {
+        let commits = f.await.map_err(|e| e.to_string())?;
+        report.detail = format!("{commits} foreign commits");
+    }
+    report.restarts = pipeline.status().await.map_err(|e| e.to_string())?.restarts;
+    pipeline.shutdown().await.map_err(|e| e.to_string())?;
+    finish_audit(&config, report).await?;
+    if case == "slow-sink" && peak_buffered > 2_000 + 4 * 200 {
+        report.ok = false;
+        report.detail = format!("buffer grew to {peak_buffered} records under back-pressure");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn spawn_exactly(opts: &ChaosOptions, config_file: &Path) -> Result<std::process::Child, String> {
+    std::process::Command::new(&opts.exactly_bin)
+        .args(["run", "--progress", "off", "--config"])
+        .arg(config_file)
+        .env("RUST_LOG", "off")
+        .env_remove("KAFKA_BROKERS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", opts.exactly_bin.display()))
+}
+
+async fn wait_epoch_beyond(config: &PipelineConfig, topic: &str, epoch: u64, since: Instant) -> Option<Duration> {
+    while since.elapsed() < Duration::from_secs(90) {
+        if table_progress(config, topic).await.1 > epoch {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
+}
+
+async fn sigkill_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut CaseReport) -> Result<(), String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (topic, dir, config) = setup(kind, opts, &opts.brokers).await?;
+    let file = dir.join("pipeline.toml");
+    std::fs::write(&file, toml::to_string(&config).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let stream = start_stream(&opts.brokers, &topic, opts.rate);
+    let mut child = spawn_exactly(opts, &file)?;
+    for _ in 0..opts.faults {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1_500))).await;
+        let epoch = table_progress(&config, &topic).await.1;
+        child.kill().map_err(|e| e.to_string())?; // SIGKILL
+        child.wait().map_err(|e| e.to_string())?;
+        report.faults += 1;
+        report.restarts += 1;
+        let t0 = Instant::now();
+        child = spawn_exactly(opts, &file)?;
+        match wait_epoch_beyond(&config, &topic, epoch, t0).await {
+            Some(d) => report.recovery.push(d),
+            None => return Err("no commit within 90 s after a restart".into()),
+        }
+    }
+    report.produced = stream.finish().await?;
+    wait_drained(&config, &topic, Duration::from_secs(180)).await?;
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let status =
+        tokio::task::spawn_blocking(move || child.wait()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("graceful stop exited with {status}"));
+    }
+    finish_audit(&config, report).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn unwritable_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut CaseReport) -> Result<(), String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (topic, dir, mut config) = setup(kind, opts, &opts.brokers).await?;
+    config.supervisor.max_restarts = 3;
+    config.supervisor.window_secs = 300;
+    let stream = start_stream(&opts.brokers, &topic, opts.rate);
+    for _ in 0..opts.faults.min(2) {
+        // The checkpoint write fails every time (a full disk or a read-only volume; the fail
+        // point stands in because root ignores file permissions): the pipeline must stop with
+        // a clear error after its restart budget, having lost nothing.
+        let failpoints = Arc::new(FailPoints::new());
+        let sink = exactly::sink::from_config(&config, failpoints.clone());
+        let pipeline =
+            Pipeline::start_with(config.clone(), sink, RunOptions { failpoints: failpoints.clone(), ..Default::default() })
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..800))).await;
+        failpoints.arm("mid-checkpoint-write", FailAction::Error, None);
+        report.faults += 1;
+        let outcome = tokio::time::timeout(Duration::from_secs(120), pipeline.wait())
+            .await
+            .map_err(|_| "the pipeline did not stop".to_string())?;
+        match outcome {
+            Err(exactly::Error::RestartBudgetSpent { last_failure, restarts, .. }) if last_failure.contains("fail point") => {
+                report.restarts += restarts as u64;
+            }
+            other => return Err(format!("expected a stop on the restart budget naming the checkpoint failure, got {other:?}")),
+        }
+        // Fixed: a restart resumes exactly once.
+        let t0 = Instant::now();
+        let epoch = table_progress(&config, &topic).await.1;
+        let sink = exactly::sink::from_config(&config, Default::default());
+        let pipeline = Pipeline::start(config.clone(), sink).await.map_err(|e| e.to_string())?;
+        match wait_epoch_beyond(&config, &topic, epoch, t0).await {
+            Some(d) => report.recovery.push(d),
+            None => return Err("no commit within 90 s after the fix".into()),
+        }
+        pipeline.shutdown().await.map_err(|e| e.to_string())?;
+    }
+    report.produced = stream.finish().await?;
+    let sink = exactly::sink::from_config(&config, Default::default());
+    let pipeline = Pipeline::start(config.clone(), sink).await.map_err(|e| e.to_string())?;
+    wait_drained(&config, &topic, Duration::from_secs(180)).await?;
+    pipeline.shutdown().await.map_err(|e| e.to_string())?;
+    finish_audit(&config, report).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The broker-restart case runs its own broker (port 19092), so restarting it never disturbs
+/// anything else using the shared one.
+async fn broker_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut CaseReport) -> Result<(), String> {
+    if std::env::var("KAFKA_BROKERS").is_ok_and(|b| !b.starts_with("127.0.0.1")) {
+        report.ok = true;
+        report.detail = "skipped: an external cluster is configured".into();
+        return Ok(());
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let kafka = |cmd: &str| {
+        let out = std::process::Command::new(&opts.kafka_script)
+            .arg(cmd)
+            .env("KAFKA_PORT", "19092")
+            .env_remove("KAFKA_BROKERS")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(format!("scripts/kafka {cmd}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    };
+    let brokers = tokio::task::block_in_place(|| kafka("up"))?;
+    let (topic, dir, config) = setup(kind, opts, &brokers).await?;
+    let stream = start_stream(&brokers, &topic, opts.rate);
+    let sink = exactly::sink::from_config(&config, Default::default());
+    let pipeline = Pipeline::start(config.clone(), sink).await.map_err(|e| e.to_string())?;
+    let mut progress = pipeline.progress();
+    for _ in 0..opts.faults.min(2) {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..1_500))).await;
+        tokio::task::block_in_place(|| kafka("down"))?;
+        report.faults += 1;
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..2_000))).await;
+        tokio::task::block_in_place(|| kafka("up"))?;
+        while progress.try_recv().is_ok() {} // only commits after the broker is back count
+        match wait_recovered(&mut progress, Instant::now(), None).await {
+            Some(_) => report.recovery.push(t0.elapsed()),
+            None => return Err("no commit within 90 s after the broker came back".into()),
+        }
+    }
+    report.produced = stream.finish().await?;
+    wait_drained(&config, &topic, Duration::from_secs(180)).await?;
+    report.restarts = pipeline.status().await.map_err(|e| e.to_string())?.restarts;
+    pipeline.shutdown().await.map_err(|e| e.to_string())?;
+    finish_audit(&config, report).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{}", d.as_millis())
+}
+
+fn median_max(all: &[Duration]) -> (String, String) {
+    if all.is_empty() {
+        return ("-".into(), "-".into());
+    }
+    let mut v = all.to_vec();
+    v.sort();
+    (ms(v[v.len() / 2]), ms(*v.last().unwrap()))
+}
+
+/// The report table: one line per case (iterations summed), then the totals.
+pub fn render(reports: &[CaseReport]) -> String {
+    let mut s = format!(
+        "{:<26} {:>6} {:>8} {:>9} {:>10} {:>8} {:>8} {:>10} {:>15} {:>8}\n",
+        "case", "faults", "restarts", "produced", "committed", "missing", "dup", "mismatch", "recovery ms p50/max", "verdict"
+    );
+    let mut cases: Vec<&str> = reports.iter().map(|r| r.case.as_str()).collect();
+    cases.dedup();
+    for case in cases {
+        let rs: Vec<&CaseReport> = reports.iter().filter(|r| r.case == case).collect();
+        let sum = |f: fn(&CaseReport) -> u64| rs.iter().map(|r| f(r)).sum::<u64>();
+        let rec: Vec<Duration> = rs.iter().flat_map(|r| r.recovery.clone()).collect();
+        let (p50, max) = median_max(&rec);
+        let ok = rs.iter().all(|r| r.ok);
+        s.push_str(&format!(
+            "{:<26} {:>6} {:>8} {:>9} {:>10} {:>8} {:>8} {:>10} {:>15} {:>8}\n",
+            case,
+            sum(|r| r.faults),
+            sum(|r| r.restarts),
+            sum(|r| r.produced),
+            sum(|r| r.committed),
+            sum(|r| r.missing),
+            sum(|r| r.duplicated),
+            sum(|r| r.mismatched),
+            format!("{p50}/{max}"),
+            if ok { "PASS" } else { "FAIL" }
+        ));
+        for r in rs.iter().filter(|r| !r.ok) {
+            s.push_str(&format!("    {} ({}): {}\n", r.case, r.kind, r.detail));
+        }
+    }
+    let rec: Vec<Duration> = reports.iter().flat_map(|r| r.recovery.clone()).collect();
+    let (p50, max) = median_max(&rec);
+    let total = |f: fn(&CaseReport) -> u64| reports.iter().map(f).sum::<u64>();
+    s.push_str(&format!(
+        "{:<26} {:>6} {:>8} {:>9} {:>10} {:>8} {:>8} {:>10} {:>15} {:>8}\n",
+        "total",
+        total(|r| r.faults),
+        total(|r| r.restarts),
+        total(|r| r.produced),
+        total(|r| r.committed),
+        total(|r| r.missing),
+        total(|r| r.duplicated),
+        total(|r| r.mismatched),
+        format!("{p50}/{max}"),
+        if reports.iter().all(|r| r.ok) { "PASS" } else { "FAIL" }
+    ));
+    s
+}

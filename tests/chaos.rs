@@ -1,0 +1,37 @@
+//! The CI subset of the chaos suite: every case once, a few seeded faults each, audited.
+//! `just chaos` runs the full suite.
+
+#[path = "../chaos/harness.rs"]
+mod harness;
+
+use std::path::PathBuf;
+
+use crate::common;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_chaos_case_loses_and_duplicates_nothing() {
+    let seed = std::env::var("EXACTLY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261124);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = harness::ChaosOptions {
+        cases: harness::CASES.iter().map(|c| c.to_string()).collect(),
+        iterations: 1,
+        faults: 2,
+        seed,
+        rate: 1_000,
+        brokers: common::brokers(),
+        exactly_bin: PathBuf::from(env!("CARGO_BIN_EXE_exactly")),
+        kafka_script: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka"),
+        work_dir: dir.path().to_path_buf(),
+    };
+    let mut reports = Vec::new();
+    for case in &opts.cases {
+        reports.push(harness::run_case(case, 0, &opts).await);
+    }
+    let table = harness::render(&reports);
+    eprintln!("{table}");
+    let failed: Vec<String> =
+        reports.iter().filter(|r| !r.ok).map(|r| format!("{} ({}): {}", r.case, r.kind, r.detail)).collect();
+    assert!(failed.is_empty(), "chaos cases failed (seed {seed}):\n{}\n{table}", failed.join("\n"));
+    let faults: u64 = reports.iter().map(|r| r.faults).sum();
+    assert!(faults >= harness::CASES.len() as u64, "every case injected at least one fault: {faults}");
+}
