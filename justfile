@@ -33,6 +33,12 @@ chaos *args: setup
     cargo build --locked --bins
     scripts/with-kafka {{CARGO_TARGET_DIR}}/debug/chaos {{args}}
 
+# Benchmarks side by side on one topic: the librdkafka/Parquet limit, ours, and the seed's Spark
+# Structured Streaming + Delta job (pyspark from PyPI, connectors from Maven Central, cached).
+# `just bench --quick` proves the harness on small data; see bench/README.md.
+bench *args: setup
+    bench/run {{args}}
+
 # Prometheus on 127.0.0.1:9090 scraping `just run`'s pipeline (127.0.0.1:9464) with the shipped
 # config and alert rules (dashboards/). Grafana dashboards: dashboards/grafana/*.json.
 monitor: setup

@@ -209,6 +209,16 @@ async fn wait_recovered(
     }
 }
 
+/// Discards the progress reports received so far.
+fn drain(progress: &mut broadcast::Receiver<Progress>) {
+    loop {
+        match progress.try_recv() {
+            Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => break,
+        }
+    }
+}
+
 /// Injects one fault of `case` into a running pipeline; returns whether it restarts the tree.
 async fn inject(
     case: &str,
@@ -379,6 +389,7 @@ async fn in_process_case(case: &str, kind: &str, seed: u64, opts: &ChaosOptions,
     for _ in 0..opts.faults {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..800))).await;
         let generation = pipeline.status().await.map_err(|e| e.to_string())?.generation;
+        drain(&mut progress); // only commits after the fault count
         let restarts = match inject(case, &pipeline, &failpoints, &mut rng, config.epoch.interval()).await {
             Ok(r) => r,
             Err(_) => continue, // between generations: try again at the next moment
@@ -555,7 +566,7 @@ async fn broker_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut Ca
         let t0 = Instant::now();
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..2_000))).await;
         tokio::task::block_in_place(|| kafka("up"))?;
-        while progress.try_recv().is_ok() {} // only commits after the broker is back count
+        drain(&mut progress); // only commits after the broker is back count
         match wait_recovered(&mut progress, Instant::now(), None).await {
             Some(_) => report.recovery.push(t0.elapsed()),
             None => return Err("no commit within 90 s after the broker came back".into()),
@@ -589,8 +600,12 @@ pub fn render(reports: &[CaseReport]) -> String {
         "{:<26} {:>6} {:>8} {:>9} {:>10} {:>8} {:>8} {:>10} {:>15} {:>8}\n",
         "case", "faults", "restarts", "produced", "committed", "missing", "dup", "mismatch", "recovery ms p50/max", "verdict"
     );
-    let mut cases: Vec<&str> = reports.iter().map(|r| r.case.as_str()).collect();
-    cases.dedup();
+    let mut cases: Vec<&str> = Vec::new();
+    for r in reports {
+        if !cases.contains(&r.case.as_str()) {
+            cases.push(&r.case);
+        }
+    }
     for case in cases {
         let rs: Vec<&CaseReport> = reports.iter().filter(|r| r.case == case).collect();
         let sum = |f: fn(&CaseReport) -> u64| rs.iter().map(|r| f(r)).sum::<u64>();

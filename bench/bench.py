@@ -1,0 +1,414 @@
+#!/usr/bin/env python3
+"""`just bench`: the physical limit, our pipeline, and the seed's Spark Structured Streaming +
+Delta job, on the same machine, the same pre-produced topic, in the same run.
+
+Method: the topic (JSON events {"id","value","ts"} of ~70 bytes, every 10th a duplicate of an
+earlier event, 4 partitions) is produced once before anything is timed. Each system starts from
+an empty table and checkpoint and runs until every record is committed; runs are repeated and
+the median is reported. CPU seconds and peak RSS are read from /proc for the whole process tree.
+Commit-to-visible latency: at a fixed produce rate, for every row, the commit time of the Delta
+version that added its file minus the row's Kafka timestamp. Recovery: while records keep
+arriving, SIGKILL after the first commits, restart, time to the first commit with records.
+
+Writes bench/results.json and the results section of bench/README.md. `--quick` (small data,
+one run) only proves the harness works; its figures mean nothing.
+"""
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("EXACTLY_CACHE", Path.home() / ".cache/exactly"))
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target"))
+BROKERS = os.environ.get("KAFKA_BROKERS", "127.0.0.1:9092")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# ---- /proc accounting over a process tree -------------------------------------------------
+def descendants(pid):
+    kids = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                kids.setdefault(ppid, []).append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def cpu_seconds(pid):
+    try:
+        f = (Path(f"/proc/{pid}/stat").read_text()).rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / TICK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def status_kb(pid, key):
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class TreeSampler(threading.Thread):
+    """Samples CPU seconds (summed, kept per pid so exits do not lose them) and RSS (summed,
+    peak) of a process tree every 200 ms."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.cpu, self.peak_rss_kb, self.stop = pid, {}, 0, threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.sample()
+            time.sleep(0.2)
+
+    def sample(self):
+        rss = 0
+        for p in descendants(self.pid):
+            self.cpu[p] = max(self.cpu.get(p, 0.0), cpu_seconds(p))
+            rss += status_kb(p, "VmRSS")
+        self.peak_rss_kb = max(self.peak_rss_kb, rss)
+
+    def cpu_total(self):
+        self.sample()
+        return sum(self.cpu.values())
+
+
+# ---- helpers ------------------------------------------------------------------------------
+def binary(profile, name):
+    return str(TARGET / profile / name)
+
+
+def watermarks(profile, topic):
+    out = subprocess.run([binary(profile, "exactly-bench"), "watermarks", "--topic", topic], capture_output=True, text=True)
+    return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+
+
+def ensure_topic(profile, topic, events):
+    subprocess.run([binary(profile, "exactly"), "topics", "create", "--topic", topic, "--partitions", "4"], check=True, capture_output=True)
+    have = watermarks(profile, topic)
+    if have >= events:
+        log(f"topic {topic} holds {have} records (produced earlier)")
+        return
+    log(f"producing {events - have} events to {topic} (once, before timing)")
+    subprocess.run([binary(profile, "exactly"), "produce", "--topic", topic, "--count", str(events - have),
+                    "--first-id", str(have), "--duplicate-every", "10", "--distinct-values", "1000"], check=True, capture_output=True)
+
+
+def pipeline_config(mode, topic, work, interval_ms):
+    seed = 'fields = [{ name = "id", type = "long", nullable = false }, { name = "value", type = "string" }, { name = "ts", type = "timestamp" }]'
+    extra = ""
+    if mode == "dedup":
+        extra = '[dedup]\nkey = ["id"]\nmax_age_epochs = 1000000\n'
+    elif mode == "counts":
+        extra = '[aggregate]\ngroup_by = ["value"]\naggregates = [{ op = "count" }]\noutput_mode = "update"\nbuckets = 16\n'
+    text = f'''id = "bench-{mode}"
+[source]
+brokers = "{BROKERS}"
+topics = ["{topic}"]
+starting_offsets = "earliest"
+[decode]
+format = "json"
+{seed}
+{extra}[epoch]
+interval_ms = {interval_ms}
+[sink]
+kind = "delta"
+path = "{work}/table"
+[checkpoint]
+dir = "{work}/checkpoint"
+'''
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pipeline.toml").write_text(text)
+    return work / "pipeline.toml"
+
+
+class Ours:
+    """`exactly run` with JSON progress on stderr, counting committed input records."""
+
+    def __init__(self, profile, config):
+        self.p = subprocess.Popen([binary(profile, "exactly"), "run", "--progress", "json", "--config", str(config)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "error"})
+        self.started = time.time()
+        self.total, self.first_commit_at, self.lock = 0, None, threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stderr:
+            if line.startswith("{"):
+                try:
+                    prog = json.loads(line)
+                except ValueError:
+                    continue
+                with self.lock:
+                    self.total += prog["input_rows"]
+                    if prog["input_rows"] > 0 and self.first_commit_at is None:
+                        self.first_commit_at = time.time()
+
+    def wait_total(self, n, timeout):
+        end = time.time() + timeout
+        while time.time() < end:
+            with self.lock:
+                if self.total >= n:
+                    return time.time()
+            if self.p.poll() is not None:
+                raise RuntimeError(f"exactly exited with {self.p.returncode}")
+            time.sleep(0.02)
+        raise RuntimeError(f"timed out waiting for {n} committed records (have {self.total})")
+
+    def stop(self, sig=signal.SIGTERM):
+        self.p.send_signal(sig)
+        self.p.wait(timeout=120)
+
+
+def run_ours(profile, mode, topic, events, work, interval_ms):
+    cfg = pipeline_config(mode, topic, work, interval_ms)
+    o = Ours(profile, cfg)
+    sampler = TreeSampler(o.p.pid)
+    sampler.start()
+    done = o.wait_total(events, timeout=3600)
+    cpu = sampler.cpu_total()
+    sampler.stop.set()
+    o.stop()
+    secs = done - o.started
+    return {"seconds": secs, "records_per_s": events / secs, "cpu_s_per_million": cpu / events * 1e6, "peak_rss_mb": sampler.peak_rss_kb / 1024}
+
+
+def spark_env():
+    venv = CACHE / "bench-venv"
+    py = venv / "bin/python"
+    home = subprocess.run([str(py), "-c", "import pyspark,os;print(os.path.dirname(pyspark.__file__))"], capture_output=True, text=True, check=True).stdout.strip()
+    env = {**os.environ, "SPARK_HOME": home, "PYSPARK_PYTHON": str(py), "PATH": f"{venv}/bin:{os.environ['PATH']}"}
+    jars_dir = CACHE / "spark-jars"
+    jars = ",".join(str(p) for p in sorted(jars_dir.glob("*.jar"))
+                    if p.name.startswith(("spark-sql-kafka", "spark-token-provider", "kafka-clients", "commons-pool2", "delta-spark", "delta-storage")))
+    return env, str(venv / "bin/spark-submit"), jars
+
+
+def start_spark(mode, topic, expected, work, interval_ms):
+    env, submit, jars = spark_env()
+    work.mkdir(parents=True, exist_ok=True)
+    cmd = [submit, "--driver-memory", "1g", "--jars", jars, str(ROOT / "bench/spark_job.py"), "--brokers", BROKERS, "--topic", topic,
+           "--mode", mode, "--table", str(work / "table"), "--checkpoint", str(work / "checkpoint"),
+           "--trigger-seconds", str(interval_ms / 1000), "--expected", str(expected)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+
+
+def run_spark(mode, topic, events, work, interval_ms):
+    started = time.time()
+    p = start_spark(mode, topic, events, work, interval_ms)
+    sampler = TreeSampler(p.pid)
+    sampler.start()
+    result, cpu = None, 0.0
+    for line in p.stdout:
+        if line.startswith("{") and '"seconds"' in line:
+            result = json.loads(line)
+            cpu = sampler.cpu_total()
+    p.wait(timeout=600)
+    sampler.stop.set()
+    if result is None:
+        raise RuntimeError(f"spark job failed (exit {p.returncode})")
+    total = time.time() - started
+    secs = result["seconds"]
+    return {"seconds": secs, "seconds_with_startup": total, "records_per_s": events / secs,
+            "cpu_s_per_million": cpu / events * 1e6, "peak_rss_mb": sampler.peak_rss_kb / 1024}
+
+
+def commit_latencies(table):
+    """For every row: commit time of the Delta version that added its file - its Kafka timestamp."""
+    from deltalake import DeltaTable
+    import pyarrow.parquet as pq
+    dt = DeltaTable(str(table))
+    commit_ms = {h["version"]: h["timestamp"] for h in dt.history()}
+    seen, lat = set(), []
+    for v in sorted(commit_ms):
+        files = set(DeltaTable(str(table), version=v).file_uris())
+        for f in files - seen:
+            ts = pq.read_table(f, columns=["_kafka_timestamp"]).column(0).cast("int64").to_pylist()
+            # timestamps are microseconds since the epoch
+            lat.extend(commit_ms[v] - t / 1000 for t in ts if t is not None)
+        seen |= files
+    lat.sort()
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
+    return {"rows": len(lat), "p50_ms": q(0.5), "p99_ms": q(0.99)}
+
+
+def latency(system, profile, rate, seconds, work, interval_ms):
+    topic = f"bench-latency-{system}-{int(time.time())}"
+    subprocess.run([binary(profile, "exactly"), "topics", "create", "--topic", topic, "--partitions", "4"], check=True, capture_output=True)
+    n = rate * seconds
+    if system == "ours":
+        o = Ours(profile, pipeline_config("append", topic, work, interval_ms))
+        time.sleep(2)
+        subprocess.run([binary(profile, "exactly"), "produce", "--topic", topic, "--rate", str(rate), "--count", str(n)], check=True, capture_output=True)
+        o.wait_total(n, timeout=600)
+        o.stop()
+    else:
+        p = start_spark("append", topic, n, work, interval_ms)
+        time.sleep(30)  # JVM start and first (empty) batch, so the produce run meets a running query
+        subprocess.run([binary(profile, "exactly"), "produce", "--topic", topic, "--rate", str(rate), "--count", str(n)], check=True, capture_output=True)
+        p.communicate(timeout=900)
+    return commit_latencies(work / "table")
+
+
+def first_spark_batch(p, timeout):
+    """Waits for the Spark job's first batch with rows; returns when it was seen."""
+    end = time.time() + timeout
+    for line in p.stdout:
+        if line.startswith("{") and '"batch"' in line and json.loads(line)["rows"] > 0:
+            return time.time()
+        if time.time() > end:
+            break
+    raise RuntimeError("spark committed no batch")
+
+
+def recovery(system, profile, rate, work, interval_ms):
+    """While records keep arriving at `rate`: wait for a first commit, SIGKILL, restart, and
+    time the restart to its first commit with records."""
+    topic = f"bench-recovery-{system}-{int(time.time())}"
+    subprocess.run([binary(profile, "exactly"), "topics", "create", "--topic", topic, "--partitions", "4"], check=True, capture_output=True)
+    producer = subprocess.Popen([binary(profile, "exactly"), "produce", "--topic", topic, "--rate", str(rate)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if system == "ours":
+            cfg = pipeline_config("append", topic, work, interval_ms)
+            o = Ours(profile, cfg)
+            while o.first_commit_at is None:
+                time.sleep(0.01)
+            time.sleep(2 * interval_ms / 1000)
+            o.stop(signal.SIGKILL)
+            t0 = time.time()
+            o = Ours(profile, cfg)
+            while o.first_commit_at is None:
+                if time.time() - t0 > 300:
+                    raise RuntimeError("no commit after the restart")
+                time.sleep(0.005)
+            o.stop()
+            return o.first_commit_at - t0
+        p = start_spark("append", topic, 10**12, work, interval_ms)
+        first_spark_batch(p, 300)
+        time.sleep(2 * interval_ms / 1000)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        t0 = time.time()
+        p = start_spark("append", topic, 10**12, work, interval_ms)
+        t1 = first_spark_batch(p, 600)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        return t1 - t0
+    finally:
+        producer.send_signal(signal.SIGINT)
+        producer.wait(timeout=60)
+
+
+def median_of(runs):
+    keys = runs[0].keys()
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small data, one run: proves the harness, figures mean nothing")
+    ap.add_argument("--events", type=int)
+    ap.add_argument("--runs", type=int)
+    ap.add_argument("--rate", type=int, help="produce rate for the latency measure")
+    ap.add_argument("--latency-seconds", type=int)
+    ap.add_argument("--interval-ms", type=int, default=1000, help="epoch interval = Spark trigger interval")
+    ap.add_argument("--profile", default=None, help="cargo profile of the binaries (release; debug for --quick)")
+    ap.add_argument("--skip-spark", action="store_true")
+    a = ap.parse_args()
+    events = a.events or (20_000 if a.quick else 5_000_000)
+    runs = a.runs or (1 if a.quick else 3)
+    rate = a.rate or (2_000 if a.quick else 20_000)
+    lat_s = a.latency_seconds or (5 if a.quick else 30)
+    profile = a.profile or ("debug" if a.quick else "release")
+    stamp = int(time.time())
+    work = CACHE / "bench-work" / str(stamp)
+    topic = f"bench-{events}"
+    ensure_topic(profile, topic, events)
+    results = {"events": events, "runs": runs, "interval_ms": a.interval_ms, "profile": profile, "quick": a.quick,
+               "machine": {"cores": os.cpu_count(), "kernel": os.uname().release}}
+
+    log("limit: librdkafka consume")
+    results["limit_consume"] = median_of([json.loads(subprocess.run([binary(profile, "exactly-bench"), "consume", "--topic", topic],
+                                                                     capture_output=True, text=True, check=True).stdout) for _ in range(runs)])
+    log("limit: decode + parquet encode")
+    results["limit_parquet"] = median_of([json.loads(subprocess.run([binary(profile, "exactly-bench"), "parquet", "--topic", topic],
+                                                                     capture_output=True, text=True, check=True).stdout) for _ in range(runs)])
+    systems = ["ours"] + ([] if a.skip_spark else ["spark"])
+    for system in systems:
+        for mode in ["append", "dedup", "counts"]:
+            log(f"{system} {mode}: {runs} run(s) over {events} events")
+            rs = []
+            for r in range(runs):
+                w = work / f"{system}-{mode}-{r}"
+                rs.append(run_ours(profile, mode, topic, events, w, a.interval_ms) if system == "ours" else run_spark(mode, topic, events, w, a.interval_ms))
+            results[f"{system}_{mode}"] = median_of(rs)
+        log(f"{system}: latency at {rate} events/s for {lat_s} s")
+        results[f"{system}_latency"] = latency(system, profile, rate, lat_s, work / f"{system}-latency", a.interval_ms)
+        log(f"{system}: recovery after SIGKILL")
+        results[f"{system}_recovery_s"] = recovery(system, profile, min(rate, 5_000), work / f"{system}-recovery", a.interval_ms)
+    (ROOT / "bench/results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = render(results)
+    print(table)
+    if not a.quick:
+        readme = ROOT / "bench/README.md"
+        text = readme.read_text()
+        start, end = "<!-- results:start -->", "<!-- results:end -->"
+        if start in text and end in text:
+            text = text.split(start)[0] + start + "\n" + table + "\n" + end + text.split(end)[1]
+            readme.write_text(text)
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def render(r):
+    lim = r["limit_consume"]["records_per_s"]
+    rows = [f"Measured {time.strftime('%Y-%m-%d')} on {r['machine']['cores']} cores, {r['events']:,} events, median of {r['runs']} run(s), "
+            f"epoch interval / trigger {r['interval_ms']} ms, `{r['profile']}` build.", "",
+            "| measure | limit | ours | Spark | ours / limit | ours / Spark |", "|---|---|---|---|---|---|",
+            f"| librdkafka consume, records/s | {lim:,.0f} | | | | |",
+            f"| decode to Arrow, records/s | {r['limit_parquet']['decode_records_per_s']:,.0f} | | | | |",
+            f"| Parquet encode, records/s | {r['limit_parquet']['encode_records_per_s']:,.0f} | | | | |"]
+    for mode, label in [("append", "append"), ("dedup", "dedup"), ("counts", "keyed count (ours: update, Spark: complete)")]:
+        o, s = r.get(f"ours_{mode}"), r.get(f"spark_{mode}")
+        if not o:
+            continue
+        sp = lambda k, f: f.format(s[k]) if s else "—"
+        ratio = lambda k: f"{o[k] / s[k]:.1f}x" if s else "—"
+        rows.append(f"| {label}: records/s | | {o['records_per_s']:,.0f} | {sp('records_per_s', '{:,.0f}')} | {o['records_per_s'] / lim:.0%} | {ratio('records_per_s')} |")
+        rows.append(f"| {label}: CPU-seconds per million records | | {o['cpu_s_per_million']:.1f} | {sp('cpu_s_per_million', '{:.1f}')} | | |")
+        rows.append(f"| {label}: peak RSS, MB | | {o['peak_rss_mb']:.0f} | {sp('peak_rss_mb', '{:.0f}')} | | |")
+    lo, ls_ = r.get("ours_latency"), r.get("spark_latency")
+    fmt = lambda l: f"{l['p50_ms']:,.0f} / {l['p99_ms']:,.0f}" if l else "—"
+    rows.append(f"| commit-to-visible latency p50 / p99 at a fixed rate, ms | | {fmt(lo)} | {fmt(ls_)} | | |")
+    ro, rs = r.get("ours_recovery_s"), r.get("spark_recovery_s")
+    rows.append(f"| recovery after SIGKILL, s to the first commit | | {ro:.2f} | {'—' if rs is None else f'{rs:.2f}'} | | |" if ro is not None else "")
+    return "\n".join(x for x in rows if x)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+//! `exactly-bench`: the physical limits the benchmark compares against, on the same topic.
+//!
+//! - `consume`: librdkafka reading the topic to nothing (one client, all partitions assigned,
+//!   read_committed like the pipeline) — the ceiling no Kafka pipeline can pass here.
+//! - `parquet`: the same records decoded to Arrow with the seed's schema, then encoded to
+//!   Parquet in memory — decode and encode timed separately.
+//!
+//! Each prints one JSON object on stdout.
+
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use deltalake::parquet::arrow::ArrowWriter;
+use exactly::config::{DecodeConfig, DecodeFormat, FieldConfig, FieldType};
+use exactly::decode::Decoder;
+use exactly::record::{Record, TopicPartition};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", global = true)]
+    brokers: String,
+    /// The topic.
+    #[arg(long, global = true, default_value = "bench")]
+    topic: String,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Read the whole topic to nothing.
+    Consume,
+    /// Decode and Parquet-encode the whole topic in memory.
+    Parquet,
+    /// Print the sum of the topic's high watermarks (0 if the topic does not exist).
+    Watermarks,
+}
+
+/// Reads every record of the topic; `keep` decides whether they are kept in memory.
+fn read_all(brokers: &str, topic: &str, keep: bool) -> (u64, u64, Duration, Vec<Record>) {
+    let consumer: BaseConsumer = exactly::kafka::base_config(brokers)
+        .set("group.id", "exactly-bench-limit")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.max.bytes", "52428800")
+        .create()
+        .expect("consumer");
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut ends = std::collections::HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        let (lo, hi) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10)).expect("watermarks");
+        if hi > lo {
+            ends.insert(*p, hi);
+            tpl.add_partition_offset(topic, *p, Offset::Offset(lo)).unwrap();
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let (mut n, mut bytes) = (0u64, 0u64);
+    let mut kept = Vec::new();
+    let start = Instant::now();
+    while !ends.is_empty() {
+        match consumer.poll(Duration::from_secs(5)) {
+            Some(Ok(m)) => {
+                n += 1;
+                bytes += m.payload_len() as u64 + m.key().map_or(0, |k| k.len() as u64);
+                if keep {
+                    kept.push(Record {
+                        tp: TopicPartition::new(topic, m.partition()),
+                        offset: m.offset(),
+                        timestamp_ms: m.timestamp().to_millis(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                    });
+                }
+                if ends.get(&m.partition()).is_some_and(|hi| m.offset() + 1 >= *hi) {
+                    ends.remove(&m.partition());
+                }
+            }
+            Some(Err(e)) => panic!("consume: {e}"),
+            None => panic!("no record for 5 s before the end of the topic"),
+        }
+    }
+    (n, bytes, start.elapsed(), kept)
+}
+
+fn main() {
+    let args = Args::parse();
+    match args.cmd {
+        Cmd::Consume => {
+            let (n, bytes, t, _) = read_all(&args.brokers, &args.topic, false);
+            let s = t.as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({"records": n, "bytes": bytes, "seconds": s, "records_per_s": n as f64 / s, "mb_per_s": bytes as f64 / s / 1e6})
+            );
+        }
+        Cmd::Watermarks => {
+            let consumer: BaseConsumer = exactly::kafka::base_config(&args.brokers).create().expect("consumer");
+            let md = consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10)).expect("metadata");
+            let sum: i64 = md.topics()[0]
+                .partitions()
+                .iter()
+                .map(|p| consumer.fetch_watermarks(&args.topic, p.id(), Duration::from_secs(10)).map(|w| w.1).unwrap_or(0))
+                .sum();
+            println!("{sum}");
+        }
+        Cmd::Parquet => {
+            let (n, _, _, records) = read_all(&args.brokers, &args.topic, true);
+            let decoder = Decoder::new(&DecodeConfig {
+                format: DecodeFormat::Json,
+                fields: vec![
+                    FieldConfig { name: "id".into(), kind: FieldType::Long, nullable: false },
+                    FieldConfig { name: "value".into(), kind: FieldType::String, nullable: true },
+                    FieldConfig { name: "ts".into(), kind: FieldType::Timestamp, nullable: true },
+                ],
+                ..Default::default()
+            });
+            let t0 = Instant::now();
+            let batches: Vec<_> = records.chunks(8192).map(|c| decoder.decode(c.to_vec()).rows).collect();
+            let decode = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            let mut out = Vec::new();
+            let mut w = ArrowWriter::try_new(&mut out, decoder.schema(), None).expect("writer");
+            for b in &batches {
+                w.write(b).expect("write");
+            }
+            w.close().expect("close");
+            let encode = t1.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({"records": n, "decode_seconds": decode, "encode_seconds": encode, "parquet_bytes": out.len(),
+                    "decode_records_per_s": n as f64 / decode, "encode_records_per_s": n as f64 / encode})
+            );
+        }
+    }
+}
