@@ -23,9 +23,10 @@ verify config="examples/demo.toml": build
     scripts/with-kafka {{bin}} verify --config {{config}}
 
 # The whole test suite against a real Kafka broker (started if none answers, stopped after if
-# this recipe started it; KEEP_KAFKA=1 keeps it running).
+# this recipe started it; KEEP_KAFKA=1 keeps it running), then `bench --quick`, which proves the
+# benchmark harness (ours and Spark) works on small data without judging any figure.
 test: setup
-    scripts/with-kafka cargo test --all-targets --locked
+    scripts/with-kafka bash -c 'cargo test --all-targets --locked && bench/run --quick'
 
 # The chaos suite: kill actors, the process and the broker mid-batch, then audit. Options:
 # --cases a,b --iterations N --faults N --seed S --duration SECS (see chaos/README.md).

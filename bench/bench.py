@@ -31,6 +31,31 @@ BROKERS = os.environ.get("KAFKA_BROKERS", "127.0.0.1:9092")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+CHILDREN = []  # every process started, killed on exit if still running
+
+
+def spawn(cmd, **kw):
+    p = subprocess.Popen(cmd, **kw)
+    CHILDREN.append(p)
+    return p
+
+
+def kill_children():
+    for p in CHILDREN:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL) if kw_session(p) else p.kill()
+            except OSError:
+                pass
+
+
+def kw_session(p):
+    try:
+        return os.getpgid(p.pid) == p.pid
+    except OSError:
+        return False
+
+
 def log(msg):
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
@@ -150,7 +175,7 @@ class Ours:
     """`exactly run` with JSON progress on stderr, counting committed input records."""
 
     def __init__(self, profile, config):
-        self.p = subprocess.Popen([binary(profile, "exactly"), "run", "--progress", "json", "--config", str(config)],
+        self.p = spawn([binary(profile, "exactly"), "run", "--progress", "json", "--config", str(config)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "error"})
         self.started = time.time()
         self.total, self.first_commit_at, self.lock = 0, None, threading.Lock()
@@ -214,7 +239,7 @@ def start_spark(mode, topic, expected, work, interval_ms):
     cmd = [submit, "--driver-memory", "1g", "--jars", jars, str(ROOT / "bench/spark_job.py"), "--brokers", BROKERS, "--topic", topic,
            "--mode", mode, "--table", str(work / "table"), "--checkpoint", str(work / "checkpoint"),
            "--trigger-seconds", str(interval_ms / 1000), "--expected", str(expected)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+    return spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
 
 
 def run_spark(mode, topic, events, work, interval_ms):
@@ -240,6 +265,7 @@ def run_spark(mode, topic, events, work, interval_ms):
 def commit_latencies(table):
     """For every row: commit time of the Delta version that added its file - its Kafka timestamp."""
     from deltalake import DeltaTable
+    import pyarrow as pa
     import pyarrow.parquet as pq
     dt = DeltaTable(str(table))
     commit_ms = {h["version"]: h["timestamp"] for h in dt.history()}
@@ -247,9 +273,10 @@ def commit_latencies(table):
     for v in sorted(commit_ms):
         files = set(DeltaTable(str(table), version=v).file_uris())
         for f in files - seen:
-            ts = pq.read_table(f, columns=["_kafka_timestamp"]).column(0).cast("int64").to_pylist()
-            # timestamps are microseconds since the epoch
-            lat.extend(commit_ms[v] - t / 1000 for t in ts if t is not None)
+            col = pq.read_table(f, columns=["_kafka_timestamp"]).column(0)
+            # ours writes TIMESTAMP_MICROS, Spark INT96 (read as ns): normalise to milliseconds
+            ms = col.cast(pa.timestamp("ms", tz=col.type.tz), safe=False).cast(pa.int64()).to_pylist()
+            lat.extend(commit_ms[v] - t for t in ms if t is not None)
         seen |= files
     lat.sort()
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
@@ -290,7 +317,7 @@ def recovery(system, profile, rate, work, interval_ms):
     time the restart to its first commit with records."""
     topic = f"bench-recovery-{system}-{int(time.time())}"
     subprocess.run([binary(profile, "exactly"), "topics", "create", "--topic", topic, "--partitions", "4"], check=True, capture_output=True)
-    producer = subprocess.Popen([binary(profile, "exactly"), "produce", "--topic", topic, "--rate", str(rate)],
+    producer = spawn([binary(profile, "exactly"), "produce", "--topic", topic, "--rate", str(rate)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         if system == "ours":
@@ -369,6 +396,8 @@ def main():
             results[f"{system}_{mode}"] = median_of(rs)
         log(f"{system}: latency at {rate} events/s for {lat_s} s")
         results[f"{system}_latency"] = latency(system, profile, rate, lat_s, work / f"{system}-latency", a.interval_ms)
+        if system == "spark" and a.quick:
+            continue  # two JVM start-ups: minutes, and the quick run only proves the harness
         log(f"{system}: recovery after SIGKILL")
         results[f"{system}_recovery_s"] = recovery(system, profile, min(rate, 5_000), work / f"{system}-recovery", a.interval_ms)
     (ROOT / "bench/results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -411,4 +440,6 @@ def render(r):
 
 
 if __name__ == "__main__":
+    import atexit
+    atexit.register(kill_children)
     main()
