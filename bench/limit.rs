@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use deltalake::parquet::arrow::ArrowWriter;
-use exactly::config::{DecodeConfig, DecodeFormat, FieldConfig, FieldType};
+use exactly::config::DecodeConfig;
 use exactly::decode::Decoder;
 use exactly::record::{Record, TopicPartition};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -112,15 +112,7 @@ fn main() {
         }
         Cmd::Parquet => {
             let (n, _, _, records) = read_all(&args.brokers, &args.topic, true);
-            let decoder = Decoder::new(&DecodeConfig {
-                format: DecodeFormat::Json,
-                fields: vec![
-                    FieldConfig { name: "id".into(), kind: FieldType::Long, nullable: false },
-                    FieldConfig { name: "value".into(), kind: FieldType::String, nullable: true },
-                    FieldConfig { name: "ts".into(), kind: FieldType::Timestamp, nullable: true },
-                ],
-                ..Default::default()
-            });
+            let decoder = Decoder::new(&DecodeConfig::seed());
             let t0 = Instant::now();
             let batches: Vec<_> = records.chunks(8192).map(|c| decoder.decode(c.to_vec()).rows).collect();
             let decode = t0.elapsed().as_secs_f64();

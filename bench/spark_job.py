@@ -65,20 +65,22 @@ def main() -> None:
         .trigger(processingTime=trigger)
         .start(a.table)
     )
-    seen, total, done_at = set(), 0, None
+    # Idle triggers report progress under the batch id that runs next, with 0 rows: count each
+    # batch id by its largest report, not its first.
+    rows, done_at = {}, None
     while done_at is None:
         time.sleep(0.2)
         for prog in q.recentProgress:
-            if prog["batchId"] not in seen:
-                seen.add(prog["batchId"])
-                total += prog["numInputRows"]
-                print(json.dumps({"batch": prog["batchId"], "rows": prog["numInputRows"]}), flush=True)
-                if total >= a.expected:
-                    done_at = time.time()
+            b, n = prog["batchId"], prog["numInputRows"]
+            if n > rows.get(b, -1):
+                rows[b] = n
+                print(json.dumps({"batch": b, "rows": n}), flush=True)
+        if sum(rows.values()) >= a.expected:
+            done_at = time.time()
         if q.exception() is not None:
             raise q.exception()
     q.stop()
-    print(json.dumps({"seconds": done_at - start, "batches": len(seen), "rows": total}), flush=True)
+    print(json.dumps({"seconds": done_at - start, "batches": len(rows), "rows": sum(rows.values())}), flush=True)
     spark.stop()
 
 

@@ -99,18 +99,6 @@ pub struct CaseReport {
     pub detail: String,
 }
 
-fn seed_decode() -> DecodeConfig {
-    DecodeConfig {
-        format: DecodeFormat::Json,
-        fields: vec![
-            FieldConfig { name: "id".into(), kind: FieldType::Long, nullable: false },
-            FieldConfig { name: "value".into(), kind: FieldType::String, nullable: true },
-            FieldConfig { name: "ts".into(), kind: FieldType::Timestamp, nullable: true },
-        ],
-        ..Default::default()
-    }
-}
-
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("{prefix}-{}-{}", std::process::id(), nanos % 10_000_000_000)
@@ -120,7 +108,7 @@ fn unique(prefix: &str) -> String {
 fn pipeline_config(kind: &str, topic: &str, dir: &Path, brokers: &str) -> PipelineConfig {
     let mut c = PipelineConfig::new(unique("chaos"), &[topic]);
     c.source.brokers = brokers.to_string();
-    c.decode = seed_decode();
+    c.decode = DecodeConfig::seed();
     c.epoch.interval_ms = 200;
     c.checkpoint.dir = Some(dir.join("checkpoint"));
     c.sink = SinkConfig::Delta { path: dir.join("table"), dead_letter_path: None };
@@ -594,6 +582,26 @@ fn median_max(all: &[Duration]) -> (String, String) {
     (ms(v[v.len() / 2]), ms(*v.last().unwrap()))
 }
 
+/// One line of the report: the name, then the reports' sums, recovery and verdict.
+fn row(name: &str, rs: &[&CaseReport]) -> String {
+    let sum = |f: fn(&CaseReport) -> u64| rs.iter().map(|r| f(r)).sum::<u64>();
+    let rec: Vec<Duration> = rs.iter().flat_map(|r| r.recovery.clone()).collect();
+    let (p50, max) = median_max(&rec);
+    format!(
+        "{:<26} {:>6} {:>8} {:>9} {:>10} {:>8} {:>8} {:>10} {:>15} {:>8}\n",
+        name,
+        sum(|r| r.faults),
+        sum(|r| r.restarts),
+        sum(|r| r.produced),
+        sum(|r| r.committed),
+        sum(|r| r.missing),
+        sum(|r| r.duplicated),
+        sum(|r| r.mismatched),
+        format!("{p50}/{max}"),
+        if rs.iter().all(|r| r.ok) { "PASS" } else { "FAIL" }
+    )
+}
+
 /// The report table: one line per case (iterations summed), then the totals.
 pub fn render(reports: &[CaseReport]) -> String {
     let mut s = format!(
@@ -608,42 +616,11 @@ pub fn render(reports: &[CaseReport]) -> String {
     }
     for case in cases {
         let rs: Vec<&CaseReport> = reports.iter().filter(|r| r.case == case).collect();
-        let sum = |f: fn(&CaseReport) -> u64| rs.iter().map(|r| f(r)).sum::<u64>();
-        let rec: Vec<Duration> = rs.iter().flat_map(|r| r.recovery.clone()).collect();
-        let (p50, max) = median_max(&rec);
-        let ok = rs.iter().all(|r| r.ok);
-        s.push_str(&format!(
-            "{:<26} {:>6} {:>8} {:>9} {:>10} {:>8} {:>8} {:>10} {:>15} {:>8}\n",
-            case,
-            sum(|r| r.faults),
-            sum(|r| r.restarts),
-            sum(|r| r.produced),
-            sum(|r| r.committed),
-            sum(|r| r.missing),
-            sum(|r| r.duplicated),
-            sum(|r| r.mismatched),
-            format!("{p50}/{max}"),
-            if ok { "PASS" } else { "FAIL" }
-        ));
+        s.push_str(&row(case, &rs));
         for r in rs.iter().filter(|r| !r.ok) {
             s.push_str(&format!("    {} ({}): {}\n", r.case, r.kind, r.detail));
         }
     }
-    let rec: Vec<Duration> = reports.iter().flat_map(|r| r.recovery.clone()).collect();
-    let (p50, max) = median_max(&rec);
-    let total = |f: fn(&CaseReport) -> u64| reports.iter().map(f).sum::<u64>();
-    s.push_str(&format!(
-        "{:<26} {:>6} {:>8} {:>9} {:>10} {:>8} {:>8} {:>10} {:>15} {:>8}\n",
-        "total",
-        total(|r| r.faults),
-        total(|r| r.restarts),
-        total(|r| r.produced),
-        total(|r| r.committed),
-        total(|r| r.missing),
-        total(|r| r.duplicated),
-        total(|r| r.mismatched),
-        format!("{p50}/{max}"),
-        if reports.iter().all(|r| r.ok) { "PASS" } else { "FAIL" }
-    ));
+    s.push_str(&row("total", &reports.iter().collect::<Vec<_>>()));
     s
 }

@@ -122,6 +122,21 @@ impl Default for DecodeConfig {
     }
 }
 
+impl DecodeConfig {
+    /// The seed article's schema: `{"id": long (not null), "value": string, "ts": timestamp}`.
+    pub fn seed() -> Self {
+        DecodeConfig {
+            format: DecodeFormat::Json,
+            fields: vec![
+                FieldConfig { name: "id".into(), kind: FieldType::Long, nullable: false },
+                FieldConfig { name: "value".into(), kind: FieldType::String, nullable: true },
+                FieldConfig { name: "ts".into(), kind: FieldType::Timestamp, nullable: true },
+            ],
+            ..Default::default()
+        }
+    }
+}
+
 /// How values are decoded.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -91,56 +91,51 @@ impl FailPoints {
         self.armed.lock().expect("failpoints lock").remove(name);
     }
 
+    /// The action armed at `name`, counting down its remaining fires.
+    fn take(&self, name: &str) -> Option<FailAction> {
+        let mut armed = self.armed.lock().expect("failpoints lock");
+        let a = armed.get_mut(name)?;
+        let action = a.action;
+        if let Some(n) = a.remaining.as_mut() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                armed.remove(name);
+            }
+        }
+        tracing::warn!(failpoint = name, ?action, "fail point reached");
+        Some(action)
+    }
+
     /// Called at the fail point `name`.
     pub async fn hit(&self, name: &str) -> Result<()> {
-        let action = {
-            let mut armed = self.armed.lock().expect("failpoints lock");
-            let Some(a) = armed.get_mut(name) else { return Ok(()) };
-            let action = a.action;
-            if let Some(n) = a.remaining.as_mut() {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    armed.remove(name);
-                }
-            }
-            action
-        };
-        tracing::warn!(failpoint = name, ?action, "fail point reached");
-        match action {
-            FailAction::Error => Err(Error::FailPoint(format!("fail point '{name}'"))),
-            FailAction::Panic => panic!("fail point '{name}'"),
-            FailAction::Abort => std::process::abort(),
-            FailAction::Sleep(d) => {
+        match self.take(name) {
+            Some(FailAction::Sleep(d)) => {
                 tokio::time::sleep(d).await;
                 Ok(())
             }
+            other => fire(name, other),
         }
     }
 
     /// The blocking form of [`FailPoints::hit`], for synchronous code.
     pub fn hit_sync(&self, name: &str) -> Result<()> {
-        let action = {
-            let mut armed = self.armed.lock().expect("failpoints lock");
-            let Some(a) = armed.get_mut(name) else { return Ok(()) };
-            let action = a.action;
-            if let Some(n) = a.remaining.as_mut() {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    armed.remove(name);
-                }
-            }
-            action
-        };
-        tracing::warn!(failpoint = name, ?action, "fail point reached");
-        match action {
-            FailAction::Error => Err(Error::FailPoint(format!("fail point '{name}'"))),
-            FailAction::Panic => panic!("fail point '{name}'"),
-            FailAction::Abort => std::process::abort(),
-            FailAction::Sleep(d) => {
+        match self.take(name) {
+            Some(FailAction::Sleep(d)) => {
                 std::thread::sleep(d);
                 Ok(())
             }
+            other => fire(name, other),
         }
+    }
+}
+
+/// Performs a non-sleeping action.
+fn fire(name: &str, action: Option<FailAction>) -> Result<()> {
+    match action {
+        None | Some(FailAction::Sleep(_)) => Ok(()),
+        Some(FailAction::Error) => Err(Error::FailPoint(format!("fail point '{name}'"))),
+        Some(FailAction::Panic) => panic!("fail point '{name}'"),
+        Some(FailAction::Abort) => std::process::abort(),
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::{Array, Int32Array, Int64Array, StringArray};
 use deltalake::arrow::record_batch::RecordBatch;
-use exactly::config::{DecodeConfig, DecodeFormat, FieldConfig, FieldType, PipelineConfig};
+use exactly::config::{DecodeConfig, PipelineConfig};
 use exactly::decode::{OFFSET_COL, PARTITION_COL, TOPIC_COL};
 use exactly::producer::{produce, ProduceOptions, ProduceReport};
 use exactly::record::EpochBatch;
@@ -45,15 +45,7 @@ pub async fn produce_events(topic: &str, first_id: u64, count: u64) -> ProduceRe
 
 /// The seed's schema: `{"id": long, "value": string, "ts": timestamp}`.
 pub fn seed_decode() -> DecodeConfig {
-    DecodeConfig {
-        format: DecodeFormat::Json,
-        fields: vec![
-            FieldConfig { name: "id".into(), kind: FieldType::Long, nullable: false },
-            FieldConfig { name: "value".into(), kind: FieldType::String, nullable: true },
-            FieldConfig { name: "ts".into(), kind: FieldType::Timestamp, nullable: true },
-        ],
-        ..Default::default()
-    }
+    DecodeConfig::seed()
 }
 
 /// A pipeline config for tests: the seed's schema, short epochs, checkpoint in `dir`.
