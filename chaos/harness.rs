@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exactly::config::{
-    AggregateConfig, AggregateOp, AggregateSpec, DecodeConfig, DecodeFormat, DedupConfig, FieldConfig, FieldType, OutputMode,
-    PipelineConfig, SinkConfig,
+    AggregateConfig, AggregateOp, AggregateSpec, DecodeConfig, DedupConfig, OutputMode, PipelineConfig, SinkConfig,
 };
 use exactly::consumer::ConsumerMsg;
 use exactly::failpoint::{FailAction, FailPoints};
@@ -199,12 +198,7 @@ async fn wait_recovered(
 
 /// Discards the progress reports received so far.
 fn drain(progress: &mut broadcast::Receiver<Progress>) {
-    loop {
-        match progress.try_recv() {
-            Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
-            Err(_) => break,
-        }
-    }
+    while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = progress.try_recv() {}
 }
 
 /// Injects one fault of `case` into a running pipeline; returns whether it restarts the tree.

@@ -196,7 +196,7 @@ impl AggregatorState {
             EpochBatch { epoch, ranges, output, dead_letters, min_timestamp_ms: done.min_timestamp_ms, state, duplicates };
         self.last_cut = batch.end_offsets();
         self.next_epoch += 1;
-        self.args.committer.cast(CommitterMsg::Commit { barrier, batch })?;
+        self.args.committer.cast(CommitterMsg::Commit { barrier, batch: Box::new(batch) })?;
         Ok(())
     }
 }

@@ -28,8 +28,8 @@ pub enum CommitterMsg {
     Commit {
         /// The barrier that closed it.
         barrier: u64,
-        /// The epoch.
-        batch: EpochBatch,
+        /// The epoch (boxed: it is large, and the other variant small).
+        batch: Box<EpochBatch>,
     },
     /// Fail on purpose (chaos suite, tests).
     InjectFault(Fault),

@@ -458,8 +458,7 @@ mod tests {
 
     #[test]
     fn oversized_records_are_dead_lettered() {
-        let mut config = DecodeConfig::default();
-        config.max_record_bytes = 10;
+        let config = DecodeConfig { max_record_bytes: 10, ..Default::default() };
         let out = Decoder::new(&config).decode(vec![rec(0, b"0123456789"), rec(1, b"0123456789A")]);
         assert_eq!(out.rows.num_rows(), 1);
         assert!(out.dead[0].reason.contains("11 bytes exceeds"));

@@ -488,7 +488,7 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         missing.sort_unstable();
         let duplicated = counts.values().filter(|n| **n > 1).map(|n| n - 1).sum();
         let unverifiable = counts.keys().filter(|o| **o < low && **o >= start).count() as u64;
-        let unexpected = counts.keys().filter(|o| !expected_set.contains(o) && !(**o < low && **o >= start)).count() as u64;
+        let unexpected = counts.keys().filter(|o| !expected_set.contains(o) && (**o >= low || **o < start)).count() as u64;
         audits.push(PartitionAudit {
             tp: Some(tp),
             start,

@@ -162,12 +162,13 @@ async fn counts_through_restarts_and_a_failure(mode: OutputMode) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     config.aggregate = Some(counts(mode));
-    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 4_000);
-    opts.rate = Some(1_000);
+    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 1_000);
     opts.malformed_every = Some(200);
     opts.duplicate_every = Some(25);
-    let producer = tokio::spawn(async move { produce(&opts, std::future::pending()).await.unwrap() });
-    for round in 0..3 {
+    for round in 0..3u64 {
+        // Each round has new records to commit, however slow the machine.
+        opts.first_id = round * 1_000;
+        produce(&opts, std::future::pending()).await.unwrap();
         let failpoints = Arc::new(FailPoints::new());
         if round == 1 {
             failpoints.arm("after-delta-commit", FailAction::Error, Some(1));
@@ -188,7 +189,8 @@ async fn counts_through_restarts_and_a_failure(mode: OutputMode) {
         }
         pipeline.shutdown().await.unwrap();
     }
-    producer.await.unwrap();
+    opts.first_id = 3_000;
+    produce(&opts, std::future::pending()).await.unwrap();
     let pipeline = start(&config, RunOptions::default()).await;
     drained(&config, &topic).await;
     pipeline.shutdown().await.unwrap();

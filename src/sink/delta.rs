@@ -205,7 +205,7 @@ impl DeltaSink {
         };
         let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
         if let Some(owner) = owner_of(snapshot.metadata().description()) {
-            if owner != &self.pipeline {
+            if owner != self.pipeline {
                 return Err(Error::Recovery(format!(
                     "the table at {} belongs to pipeline '{owner}', not '{}'; give this pipeline its own sink.path",
                     path.display(),
