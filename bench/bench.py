@@ -351,6 +351,28 @@ def recovery(system, profile, rate, work, interval_ms):
         producer.wait(timeout=60)
 
 
+def dedup_scale(profile, ids, interval_ms, work):
+    """Dedup with epoch retention over `ids` distinct ids: RSS sampled as the key count grows."""
+    topic = f"bench-distinct-{ids}"
+    subprocess.run([binary(profile, "exactly"), "topics", "create", "--topic", topic, "--partitions", "4"], check=True, capture_output=True)
+    if watermarks(profile, topic) < ids:
+        log(f"producing {ids} distinct ids to {topic}")
+        subprocess.run([binary(profile, "exactly"), "produce", "--topic", topic, "--count", str(ids - watermarks(profile, topic))],
+                       check=True, capture_output=True)
+    cfg = pipeline_config("dedup", topic, work, interval_ms)
+    text = cfg.read_text().replace("max_age_epochs = 1000000", "max_age_epochs = 5")
+    cfg.write_text(text)
+    o = Ours(profile, cfg)
+    samples = []
+    marks = [ids * q // 10 for q in range(1, 11)]
+    for m in marks:
+        o.wait_total(m, timeout=3600)
+        samples.append({"records": m, "rss_mb": status_kb(o.p.pid, "VmRSS") / 1024})
+    peak = status_kb(o.p.pid, "VmHWM") / 1024
+    o.stop()
+    return {"ids": ids, "retention_epochs": 5, "rss_by_progress": samples, "peak_rss_mb": peak}
+
+
 def median_of(runs):
     keys = runs[0].keys()
     return {k: statistics.median(r[k] for r in runs) for k in keys}
@@ -366,6 +388,7 @@ def main():
     ap.add_argument("--interval-ms", type=int, default=1000, help="epoch interval = Spark trigger interval")
     ap.add_argument("--profile", default=None, help="cargo profile of the binaries (release; debug for --quick)")
     ap.add_argument("--skip-spark", action="store_true")
+    ap.add_argument("--dedup-scale", type=int, metavar="IDS", help="only: RSS of dedup with retention over IDS distinct ids")
     a = ap.parse_args()
     events = a.events or (20_000 if a.quick else 5_000_000)
     runs = a.runs or (1 if a.quick else 3)
@@ -374,6 +397,11 @@ def main():
     profile = a.profile or ("debug" if a.quick else "release")
     stamp = int(time.time())
     work = CACHE / "bench-work" / str(stamp)
+    if a.dedup_scale:
+        r = dedup_scale(profile, a.dedup_scale, a.interval_ms, work / "dedup-scale")
+        (ROOT / "bench/dedup-scale.json").write_text(json.dumps(r, indent=2) + "\n")
+        print(json.dumps(r, indent=2))
+        return
     topic = f"bench-{events}"
     ensure_topic(profile, topic, events)
     results = {"events": events, "runs": runs, "interval_ms": a.interval_ms, "profile": profile, "quick": a.quick,
