@@ -129,6 +129,10 @@ impl CheckpointStore {
         let cf_opts = || {
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
+            // Index and filter blocks live in the bounded cache too: otherwise every table
+            // reader keeps them in memory and RSS grows with the data on disk.
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
             let mut o = Options::default();
             o.set_block_based_table_factory(&table);
             o.set_write_buffer_size(config.write_buffer_mb * 1024 * 1024);
