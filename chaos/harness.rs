@@ -559,6 +559,8 @@ async fn broker_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut Ca
     report.restarts = pipeline.status().await.map_err(|e| e.to_string())?.restarts;
     pipeline.shutdown().await.map_err(|e| e.to_string())?;
     finish_audit(&config, report).await?;
+    // The case's own broker is not left running.
+    let _ = tokio::task::block_in_place(|| kafka("down"));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
