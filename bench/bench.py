@@ -428,10 +428,10 @@ def main():
             continue  # two JVM start-ups: minutes, and the quick run only proves the harness
         log(f"{system}: recovery after SIGKILL")
         results[f"{system}_recovery_s"] = recovery(system, profile, min(rate, 5_000), work / f"{system}-recovery", a.interval_ms)
-    (ROOT / "bench/results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = render(results)
     print(table)
-    if not a.quick:
+    if not a.quick:  # a quick run's figures mean nothing: it never replaces the measured ones
+        (ROOT / "bench/results.json").write_text(json.dumps(results, indent=2) + "\n")
         readme = ROOT / "bench/README.md"
         text = readme.read_text()
         start, end = "<!-- results:start -->", "<!-- results:end -->"
