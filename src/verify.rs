@@ -73,7 +73,7 @@ pub struct Audit {
     /// Per partition.
     pub partitions: Vec<PartitionAudit>,
     /// Parquet files in the table directories that no committed version references: written
-    /// by an epoch that never committed (or removed by a rewrite); `vacuum` deletes them.
+    /// by an epoch that never committed (or removed by a rewrite); a Delta VACUUM deletes them.
     pub orphan_files: Vec<PathBuf>,
     /// Key-level checks of dedup and aggregation pipelines.
     pub keys: Option<KeyAudit>,
@@ -170,7 +170,7 @@ impl Audit {
                 let _ = writeln!(s, "    {sample}");
             }
         }
-        let _ = writeln!(s, "orphan parquet files (uncommitted; `vacuum` removes them): {}", self.orphan_files.len());
+        let _ = writeln!(s, "orphan parquet files (uncommitted; a Delta VACUUM removes them): {}", self.orphan_files.len());
         if self.ok() {
             let what = match self.keys.as_ref().map(|k| k.kind.as_str()) {
                 Some("aggregate") => "every group equals its recomputation from the topic",
