@@ -138,22 +138,6 @@ fn pipeline_config(kind: &str, topic: &str, dir: &Path, brokers: &str) -> Pipeli
     c
 }
 
-/// Sum of the high watermarks of a topic.
-async fn high_watermarks(brokers: &str, topic: &str) -> exactly::Result<i64> {
-    let tps = exactly::kafka::preflight(brokers, &[topic.to_string()], Duration::from_secs(30)).await?;
-    let brokers = brokers.to_string();
-    tokio::task::spawn_blocking(move || {
-        let c: rdkafka::consumer::BaseConsumer = exactly::kafka::base_config(&brokers).create()?;
-        let mut sum = 0;
-        for tp in &tps {
-            sum += exactly::kafka::fetch_watermarks(&c, tp, Duration::from_secs(30))?.1;
-        }
-        Ok(sum)
-    })
-    .await
-    .map_err(|e| exactly::Error::Actor(e.to_string()))?
-}
-
 /// The cut the table recorded, summed over partitions, and its epoch.
 async fn table_progress(config: &PipelineConfig, topic: &str) -> (i64, u64) {
     let SinkConfig::Delta { path, .. } = &config.sink else { return (0, 0) };
@@ -167,7 +151,9 @@ async fn table_progress(config: &PipelineConfig, topic: &str) -> (i64, u64) {
 }
 
 async fn wait_drained(config: &PipelineConfig, topic: &str, deadline: Duration) -> Result<(), String> {
-    let want = high_watermarks(&config.source.brokers, topic).await.map_err(|e| e.to_string())?;
+    let want = exactly::kafka::high_watermark_sum(&config.source.brokers, topic, Duration::from_secs(30))
+        .await
+        .map_err(|e| e.to_string())?;
     let start = Instant::now();
     while table_progress(config, topic).await.0 < want {
         if start.elapsed() > deadline {

@@ -76,6 +76,19 @@ pub struct CommitReport {
     pub checkpoint_time: Duration,
     /// Oldest Kafka timestamp in the epoch (for end-to-end latency).
     pub min_timestamp_ms: Option<i64>,
+    /// The keyed state after this epoch.
+    pub state_size: StateSize,
+}
+
+/// How big the keyed state is, read right after the checkpoint write.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StateSize {
+    /// Dedup keys held.
+    pub dedup_keys: u64,
+    /// Aggregation keys held.
+    pub agg_keys: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
 }
 
 /// The committer's state.
@@ -118,7 +131,15 @@ impl Actor for CommitterActor {
                 let t1 = Instant::now();
                 let checkpoint = Checkpoint::new(&state.args.pipeline_id, batch.epoch, &batch.end_offsets());
                 let (store, changes) = (state.args.store.clone(), std::mem::take(&mut batch.state));
-                tokio::task::spawn_blocking(move || store.commit(&checkpoint, &changes)).await??;
+                let state_size = tokio::task::spawn_blocking(move || -> crate::Result<StateSize> {
+                    store.commit(&checkpoint, &changes)?;
+                    Ok(StateSize {
+                        dedup_keys: store.dedup_key_count()?,
+                        agg_keys: store.agg_key_count()?,
+                        bytes: store.disk_bytes(),
+                    })
+                })
+                .await??;
                 let checkpoint_time = t1.elapsed();
                 state.last_epoch = batch.epoch;
                 state.args.buffered.fetch_sub(batch.input_records(), std::sync::atomic::Ordering::Relaxed);
@@ -137,6 +158,7 @@ impl Actor for CommitterActor {
                     ranges: batch.ranges,
                     sink_time,
                     checkpoint_time,
+                    state_size,
                 };
                 state.args.supervisor.cast(SupervisorMsg::BarrierResolved { barrier, report: Some(report) })?;
                 Ok(())

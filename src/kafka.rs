@@ -182,6 +182,18 @@ pub fn fetch_watermarks<C: ConsumerContext>(
     Ok(consumer.fetch_watermarks(&tp.topic, tp.partition, timeout)?)
 }
 
+/// The sum of the high watermarks of every partition of `topic`: how many offsets it has used.
+pub async fn high_watermark_sum(brokers: &str, topic: &str, timeout: Duration) -> Result<i64> {
+    let tps = preflight(brokers, &[topic.to_string()], timeout).await?;
+    let brokers = brokers.to_string();
+    tokio::task::spawn_blocking(move || -> Result<i64> {
+        let consumer: BaseConsumer = base_config(&brokers).create()?;
+        tps.iter().map(|tp| fetch_watermarks(&consumer, tp, timeout).map(|(_, high)| high)).sum()
+    })
+    .await
+    .map_err(|e| Error::Actor(format!("watermark task failed: {e}")))?
+}
+
 /// Turns `earliest`/`latest` into concrete offsets, so the first checkpoint pins the start and
 /// a restart before the first commit does not move it.
 pub async fn resolve_starting_offsets(

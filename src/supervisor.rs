@@ -490,13 +490,9 @@ impl SupervisorState {
         }
         metrics::gauge!(m::LAST_COMMIT).set(m::unix_now());
         *self.committed_offsets.lock().expect("offsets lock") = offsets.clone();
-        if let Ok(n) = self.store.dedup_key_count() {
-            metrics::gauge!(m::STATE_KEYS, "kind" => "dedup").set(n as f64);
-        }
-        if let Ok(n) = self.store.agg_key_count() {
-            metrics::gauge!(m::STATE_KEYS, "kind" => "aggregate").set(n as f64);
-        }
-        metrics::gauge!(m::STATE_BYTES).set(self.store.disk_bytes() as f64);
+        metrics::gauge!(m::STATE_KEYS, "kind" => "dedup").set(report.state_size.dedup_keys as f64);
+        metrics::gauge!(m::STATE_KEYS, "kind" => "aggregate").set(report.state_size.agg_keys as f64);
+        metrics::gauge!(m::STATE_BYTES).set(report.state_size.bytes as f64);
         metrics::gauge!(m::EPOCH_COMMITTED).set(report.epoch as f64);
         metrics::histogram!(m::COMMIT_SECONDS, "phase" => "sink").record(report.sink_time.as_secs_f64());
         metrics::histogram!(m::COMMIT_SECONDS, "phase" => "checkpoint").record(report.checkpoint_time.as_secs_f64());

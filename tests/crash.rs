@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use exactly::producer::{produce, ProduceOptions};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 use crate::common::{self, spawn, terminate, write_config};
 
@@ -24,12 +24,7 @@ async fn sigkill_at_random_moments_while_producing_stays_exactly_once() {
     opts.rate = Some(2_500);
     opts.malformed_every = Some(101);
     let producer = tokio::spawn(async move { produce(&opts, std::future::pending()).await.unwrap() });
-    for _ in 0..6 {
-        let mut child = spawn(&file, None);
-        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1_500))).await; // the kill's timing, not an assertion
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-    }
+    common::sigkill_loop(&file, 6, &mut rng).await;
     producer.await.unwrap();
     let child = spawn(&file, None);
     common::wait_table_drained(&dir.path().join("table"), &config.id, &topic, Duration::from_secs(120)).await;

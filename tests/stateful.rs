@@ -13,7 +13,7 @@ use exactly::config::{AggregateConfig, AggregateOp, AggregateSpec, DedupConfig, 
 use exactly::failpoint::{FailAction, FailPoints};
 use exactly::pipeline::{Pipeline, RunOptions};
 use exactly::producer::{produce, ProduceOptions};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::common;
@@ -225,12 +225,7 @@ async fn counts_survive_sigkill_at_random_moments() {
     opts.rate = Some(2_000);
     opts.duplicate_every = Some(20);
     let producer = tokio::spawn(async move { produce(&opts, std::future::pending()).await.unwrap() });
-    for _ in 0..5 {
-        let mut child = common::spawn(&file, None);
-        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1_500))).await; // the kill's timing
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
+    common::sigkill_loop(&file, 5, &mut rng).await;
     producer.await.unwrap();
     let child = common::spawn(&file, None);
     drained(&config, &topic).await;

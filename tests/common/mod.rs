@@ -201,13 +201,7 @@ pub fn assert_each_epoch_committed_once(table: &Path, pipeline: &str) {
 
 /// Sum of the high watermarks of a topic's partitions.
 pub async fn high_watermarks(topic: &str) -> i64 {
-    let tps = exactly::kafka::preflight(&brokers(), &[topic.to_string()], Duration::from_secs(10)).await.unwrap();
-    tokio::task::spawn_blocking(move || {
-        let consumer: rdkafka::consumer::BaseConsumer = exactly::kafka::base_config(&brokers()).create().unwrap();
-        tps.iter().map(|tp| exactly::kafka::fetch_watermarks(&consumer, tp, Duration::from_secs(10)).unwrap().1).sum::<i64>()
-    })
-    .await
-    .unwrap()
+    exactly::kafka::high_watermark_sum(&brokers(), topic, Duration::from_secs(10)).await.unwrap()
 }
 
 /// The sum of the cut a Delta table recorded for pipeline `id` over `topic`'s partitions.
@@ -262,4 +256,15 @@ pub async fn terminate(mut child: Child) {
     });
     let (status, stderr) = tokio::time::timeout(Duration::from_secs(60), waited).await.expect("exits after SIGTERM").unwrap();
     assert!(status.success(), "graceful stop must exit 0: {status}; stderr: {stderr}");
+}
+
+/// Starts `exactly run` on `config` and SIGKILLs it `kills` times at random moments (300 ms to
+/// 1.5 s after each start; the timing of the faults, not an assertion).
+pub async fn sigkill_loop(config: &Path, kills: usize, rng: &mut impl rand::Rng) {
+    for _ in 0..kills {
+        let mut child = spawn(config, None);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1_500))).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
 }
