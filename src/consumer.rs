@@ -16,14 +16,14 @@ use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::BorrowedMessage;
 
 use crate::aggregator::AggregatorMsg;
 use crate::decode::Decoder;
 use crate::fault::Fault;
 use crate::kafka::StatsContext;
 use crate::metrics as m;
-use crate::record::{Record, TopicPartition};
+use crate::record::{Record, RecordView, TopicPartition};
 
 /// How long one poll waits for a first record before yielding to other messages (barriers).
 const POLL_WAIT: Duration = Duration::from_millis(50);
@@ -67,27 +67,23 @@ pub struct ConsumerArgs {
     pub max_buffered: u64,
 }
 
-/// A consumer's state.
+/// A consumer's state: its queue, and what it forwards records with (split so records borrowed
+/// from the queue can be forwarded without copying them).
 pub struct ConsumerState {
+    queue: StreamPartitionQueue<StatsContext>,
+    out: Forwarder,
+}
+
+/// Everything but the queue.
+struct Forwarder {
     decoder: Arc<Decoder>,
     replay: Option<(u64, i64)>,
     tp: TopicPartition,
     next_offset: i64,
-    queue: StreamPartitionQueue<StatsContext>,
     aggregator: ActorRef<AggregatorMsg>,
     max_batch: usize,
     buffered: Arc<AtomicU64>,
     max_buffered: u64,
-}
-
-fn to_record(tp: &TopicPartition, m: &BorrowedMessage<'_>) -> Record {
-    Record {
-        tp: tp.clone(),
-        offset: m.offset(),
-        timestamp_ms: m.timestamp().to_millis(),
-        key: m.key().map(<[u8]>::to_vec),
-        payload: m.payload().map(<[u8]>::to_vec),
-    }
 }
 
 /// Errors after which reading on would lose data: the partition no longer holds our offset.
@@ -96,23 +92,22 @@ fn is_data_loss(e: &KafkaError) -> bool {
 }
 
 /// Accepts a record if it is past what was already forwarded.
-fn accept(tp: &TopicPartition, next_offset: &mut i64, batch: &mut Vec<Record>, m: &BorrowedMessage<'_>) {
+fn accept<'q>(tp: &TopicPartition, next_offset: &mut i64, batch: &mut Vec<BorrowedMessage<'q>>, m: BorrowedMessage<'q>) {
     if m.offset() < *next_offset {
         tracing::warn!(%tp, offset = m.offset(), next = *next_offset, "ignoring a record before the consumer's position");
         return;
     }
     *next_offset = m.offset() + 1;
-    batch.push(to_record(tp, m));
+    batch.push(m);
 }
 
-impl ConsumerState {
+impl Forwarder {
     /// Decodes and forwards records; during a replay, cuts the replayed epoch exactly at its
     /// recorded end.
-    fn forward(&mut self, mut records: Vec<Record>) -> Result<(), ActorProcessingErr> {
+    fn forward<R: RecordView>(&mut self, records: &[R]) -> Result<(), ActorProcessingErr> {
         if let Some((barrier, end)) = self.replay {
-            let split = records.partition_point(|r| r.offset < end);
-            let after = records.split_off(split);
-            self.send(records)?;
+            let (before, after) = records.split_at(records.partition_point(|r| r.offset() < end));
+            self.send(before)?;
             if self.next_offset >= end || !after.is_empty() {
                 self.aggregator.cast(AggregatorMsg::Barrier { barrier, tp: self.tp.clone(), next_offset: end })?;
                 self.replay = None;
@@ -122,7 +117,7 @@ impl ConsumerState {
         self.send(records)
     }
 
-    fn send(&mut self, records: Vec<Record>) -> Result<(), ActorProcessingErr> {
+    fn send<R: RecordView>(&mut self, records: &[R]) -> Result<(), ActorProcessingErr> {
         if records.is_empty() {
             return Ok(());
         }
@@ -130,20 +125,21 @@ impl ConsumerState {
         self.buffered.fetch_add(input, Ordering::Relaxed);
         metrics::counter!(m::RECORDS_CONSUMED, "topic" => self.tp.topic.to_string(), "partition" => self.tp.partition.to_string())
             .increment(input);
-        let min_timestamp_ms = records.iter().filter_map(|r| r.timestamp_ms).min();
+        let min_timestamp_ms = records.iter().filter_map(RecordView::timestamp_ms).min();
         let decoded = self.decoder.decode(records);
         self.aggregator.cast(AggregatorMsg::Records { tp: self.tp.clone(), input, decoded, min_timestamp_ms })?;
         Ok(())
     }
 
-    async fn poll(&mut self) -> Result<Vec<Record>, ActorProcessingErr> {
+    /// Reads what the queue holds (waiting a little for the first record), at most `max_batch`.
+    async fn poll<'q>(&mut self, queue: &'q StreamPartitionQueue<StatsContext>) -> Result<Vec<BorrowedMessage<'q>>, ActorProcessingErr> {
         let mut batch = Vec::new();
-        let first = match tokio::time::timeout(POLL_WAIT, self.queue.recv()).await {
+        let first = match tokio::time::timeout(POLL_WAIT, queue.recv()).await {
             Err(_) => return Ok(batch),
             Ok(r) => r,
         };
         match first {
-            Ok(msg) => accept(&self.tp, &mut self.next_offset, &mut batch, &msg),
+            Ok(msg) => accept(&self.tp, &mut self.next_offset, &mut batch, msg),
             Err(e) if is_data_loss(&e) => {
                 return Err(format!(
                     "partition {} cannot be read from offset {}: {e} (the records were deleted by retention or compaction before they were committed; refusing to skip them)",
@@ -157,8 +153,8 @@ impl ConsumerState {
             }
         }
         while batch.len() < self.max_batch {
-            match self.queue.recv().now_or_never() {
-                Some(Ok(msg)) => accept(&self.tp, &mut self.next_offset, &mut batch, &msg),
+            match queue.recv().now_or_never() {
+                Some(Ok(msg)) => accept(&self.tp, &mut self.next_offset, &mut batch, msg),
                 _ => break,
             }
         }
@@ -173,18 +169,20 @@ impl Actor for ConsumerActor {
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: ConsumerArgs) -> Result<ConsumerState, ActorProcessingErr> {
         let mut state = ConsumerState {
-            decoder: args.decoder,
-            replay: args.replay,
-            tp: args.tp,
-            next_offset: args.start,
             queue: args.queue,
-            aggregator: args.aggregator,
-            max_batch: args.max_batch,
-            buffered: args.buffered,
-            max_buffered: args.max_buffered,
+            out: Forwarder {
+                decoder: args.decoder,
+                replay: args.replay,
+                tp: args.tp,
+                next_offset: args.start,
+                aggregator: args.aggregator,
+                max_batch: args.max_batch,
+                buffered: args.buffered,
+                max_buffered: args.max_buffered,
+            },
         };
         // A replayed epoch that never moved this partition ends where it starts.
-        state.forward(Vec::new())?;
+        state.out.forward::<Record>(&[])?;
         myself.cast(ConsumerMsg::Poll)?;
         Ok(state)
     }
@@ -197,27 +195,25 @@ impl Actor for ConsumerActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ConsumerMsg::Poll => {
-                if state.buffered.load(Ordering::Relaxed) >= state.max_buffered {
+                let out = &mut state.out;
+                if out.buffered.load(Ordering::Relaxed) >= out.max_buffered {
                     // Back-pressure: wait for commits to release buffered records. Barriers
                     // still get through, so the open epoch can close and commit.
                     myself.send_after(BACKPRESSURE_WAIT, || ConsumerMsg::Poll);
                     return Ok(());
                 }
-                let batch = state.poll().await?;
-                state.forward(batch)?;
+                let batch = out.poll(&state.queue).await?;
+                out.forward(&batch)?;
                 myself.cast(ConsumerMsg::Poll)?;
             }
             ConsumerMsg::Barrier(barrier) => {
-                if state.replay.is_some() {
-                    return Err(format!("barrier {barrier} arrived before the replayed epoch ended on {}", state.tp).into());
+                let out = &state.out;
+                if out.replay.is_some() {
+                    return Err(format!("barrier {barrier} arrived before the replayed epoch ended on {}", out.tp).into());
                 }
-                state.aggregator.cast(AggregatorMsg::Barrier {
-                    barrier,
-                    tp: state.tp.clone(),
-                    next_offset: state.next_offset,
-                })?;
+                out.aggregator.cast(AggregatorMsg::Barrier { barrier, tp: out.tp.clone(), next_offset: out.next_offset })?;
             }
-            ConsumerMsg::InjectFault(f) => f.trigger(&format!("consumer {}", state.tp))?,
+            ConsumerMsg::InjectFault(f) => f.trigger(&format!("consumer {}", state.out.tp))?,
         }
         Ok(())
     }

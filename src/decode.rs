@@ -7,6 +7,7 @@
 //! Every row carries its Kafka coordinates: `_kafka_topic`, `_kafka_partition`, `_kafka_offset`,
 //! `_kafka_timestamp`; the committer adds `_epoch`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
@@ -19,7 +20,8 @@ use deltalake::arrow::record_batch::RecordBatch;
 use serde_json::Value;
 
 use crate::config::{DecodeConfig, DecodeFormat, FieldConfig, FieldType};
-use crate::record::{Record, TopicPartition};
+use self::fast::Scalar;
+use crate::record::{RecordView, TopicPartition};
 
 /// Column: the record's topic.
 pub const TOPIC_COL: &str = "_kafka_topic";
@@ -174,7 +176,7 @@ enum Col {
 /// One decoded value, checked before anything is appended so columns stay aligned.
 enum Val<'a> {
     Null,
-    Str(&'a str),
+    Str(Cow<'a, str>),
     Long(i64),
     Int(i32),
     Double(f64),
@@ -183,30 +185,30 @@ enum Val<'a> {
 }
 
 impl Col {
-    fn for_type(t: FieldType) -> Col {
+    fn for_type(t: FieldType, rows: usize) -> Col {
         match t {
             FieldType::String => Col::Str(StringBuilder::new()),
-            FieldType::Long => Col::Long(Int64Builder::new()),
-            FieldType::Int => Col::Int(Int32Builder::new()),
-            FieldType::Double => Col::Double(Float64Builder::new()),
-            FieldType::Boolean => Col::Bool(BooleanBuilder::new()),
-            FieldType::Timestamp => Col::Ts(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
+            FieldType::Long => Col::Long(Int64Builder::with_capacity(rows)),
+            FieldType::Int => Col::Int(Int32Builder::with_capacity(rows)),
+            FieldType::Double => Col::Double(Float64Builder::with_capacity(rows)),
+            FieldType::Boolean => Col::Bool(BooleanBuilder::with_capacity(rows)),
+            FieldType::Timestamp => Col::Ts(TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC")),
         }
     }
 
-    fn push(&mut self, v: &Val<'_>) {
+    fn push(&mut self, v: Val<'_>) {
         match (self, v) {
             (Col::Str(b), Val::Str(s)) => b.append_value(s),
             (Col::Str(b), _) => b.append_null(),
-            (Col::Long(b), Val::Long(x)) => b.append_value(*x),
+            (Col::Long(b), Val::Long(x)) => b.append_value(x),
             (Col::Long(b), _) => b.append_null(),
-            (Col::Int(b), Val::Int(x)) => b.append_value(*x),
+            (Col::Int(b), Val::Int(x)) => b.append_value(x),
             (Col::Int(b), _) => b.append_null(),
-            (Col::Double(b), Val::Double(x)) => b.append_value(*x),
+            (Col::Double(b), Val::Double(x)) => b.append_value(x),
             (Col::Double(b), _) => b.append_null(),
-            (Col::Bool(b), Val::Bool(x)) => b.append_value(*x),
+            (Col::Bool(b), Val::Bool(x)) => b.append_value(x),
             (Col::Bool(b), _) => b.append_null(),
-            (Col::Ts(b), Val::Long(x)) => b.append_value(*x),
+            (Col::Ts(b), Val::Long(x)) => b.append_value(x),
             (Col::Ts(b), _) => b.append_null(),
             (Col::Bin(b), Val::Bin(x)) => b.append_value(x),
             (Col::Bin(b), _) => b.append_null(),
@@ -238,7 +240,9 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn json_value<'a>(f: &FieldConfig, v: Option<&'a Value>) -> Result<Val<'a>, String> {
+/// A declared field's value from a parsed document (the general path; it owns its text because
+/// the document is dropped after each record).
+fn json_value(f: &FieldConfig, v: Option<&Value>) -> Result<Val<'static>, String> {
     let v = match v {
         None | Some(Value::Null) if f.nullable => return Ok(Val::Null),
         None => return Err(format!("missing field `{}`", f.name)),
@@ -247,7 +251,7 @@ fn json_value<'a>(f: &FieldConfig, v: Option<&'a Value>) -> Result<Val<'a>, Stri
     };
     let wrong = |want: &str| format!("field `{}`: expected {want}, got {} {}", f.name, kind(v), truncate(&v.to_string(), 40));
     Ok(match f.kind {
-        FieldType::String => Val::Str(v.as_str().ok_or_else(|| wrong("string"))?),
+        FieldType::String => Val::Str(Cow::Owned(v.as_str().ok_or_else(|| wrong("string"))?.to_owned())),
         FieldType::Long => Val::Long(v.as_i64().ok_or_else(|| wrong("long"))?),
         FieldType::Int => Val::Int(v.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(|| wrong("int"))?),
         FieldType::Double => Val::Double(v.as_f64().ok_or_else(|| wrong("double"))?),
@@ -321,74 +325,95 @@ impl Decoder {
         with_epoch_field(&self.schema)
     }
 
-    /// The column values of one record, or why it cannot be decoded. Nothing is appended until
-    /// every value is known, so a bad record never leaves columns misaligned.
-    fn values<'a>(&self, r: &'a Record, parsed: &'a mut Option<Value>) -> Result<Vec<Val<'a>>, String> {
-        let size = r.payload.as_ref().map_or(0, Vec::len);
+    /// The column values of one record into `vals`, or why it cannot be decoded. Nothing is
+    /// appended to a column until every value is known, so a bad record never leaves columns
+    /// misaligned.
+    fn values<'a, R: RecordView>(
+        &self,
+        r: &'a R,
+        vals: &mut Vec<Val<'a>>,
+        slots: &mut Vec<Option<Scalar<'a>>>,
+    ) -> Result<(), String> {
+        vals.clear();
+        let size = r.payload().map_or(0, <[u8]>::len);
         if size > self.max_bytes {
             return Err(format!("record value of {size} bytes exceeds decode.max_record_bytes = {}", self.max_bytes));
         }
-        let mut vals = Vec::with_capacity(self.fields.len().max(2));
         match self.format {
             DecodeFormat::Raw => {
-                vals.push(r.key.as_deref().map_or(Val::Null, Val::Bin));
-                vals.push(r.payload.as_deref().map_or(Val::Null, Val::Bin));
+                vals.push(r.key().map_or(Val::Null, Val::Bin));
+                vals.push(r.payload().map_or(Val::Null, Val::Bin));
             }
             DecodeFormat::Text => {
-                for (what, bytes) in [("key", &r.key), ("value", &r.payload)] {
-                    match bytes.as_deref() {
+                for (what, bytes) in [("key", r.key()), ("value", r.payload())] {
+                    match bytes {
                         None => vals.push(Val::Null),
-                        Some(b) => {
-                            vals.push(Val::Str(std::str::from_utf8(b).map_err(|e| format!("{what} is not valid UTF-8: {e}"))?))
-                        }
+                        Some(b) => vals.push(Val::Str(Cow::Borrowed(
+                            std::str::from_utf8(b).map_err(|e| format!("{what} is not valid UTF-8: {e}"))?,
+                        ))),
                     }
                 }
             }
             DecodeFormat::Json => {
-                let bytes = r.payload.as_deref().ok_or("value is null (a tombstone); expected a JSON object")?;
+                let bytes = r.payload().ok_or("value is null (a tombstone); expected a JSON object")?;
                 let text = std::str::from_utf8(bytes).map_err(|e| format!("value is not valid UTF-8: {e}"))?;
-                let doc =
-                    parsed.insert(serde_json::from_str::<Value>(text).map_err(|e| format!("value is not valid JSON: {e}"))?);
-                let obj = doc.as_object().ok_or_else(|| format!("expected a JSON object, got {}", kind(doc)))?;
+                // The fast path reads the declared keys straight into typed values, borrowing the
+                // text. Whatever it does not take (bad JSON, a wrong type, a missing field)
+                // goes through the general path, which says why.
+                if fast::read_object(text, &self.fields, slots).is_ok()
+                    && self.fields.iter().zip(slots.iter_mut()).all(|(f, slot)| match scalar_value(f, slot.take()) {
+                        Some(v) => {
+                            vals.push(v);
+                            true
+                        }
+                        None => false,
+                    })
+                {
+                    return Ok(());
+                }
+                vals.clear();
+                let doc = serde_json::from_str::<Value>(text).map_err(|e| format!("value is not valid JSON: {e}"))?;
+                let obj = doc.as_object().ok_or_else(|| format!("expected a JSON object, got {}", kind(&doc)))?;
                 for f in &self.fields {
                     vals.push(json_value(f, obj.get(&f.name))?);
                 }
             }
         }
-        Ok(vals)
+        Ok(())
     }
 
-    /// Decodes records (of one or more partitions) into rows and dead letters.
-    pub fn decode(&self, records: Vec<Record>) -> Decoded {
+    /// Decodes records (of one or more partitions, owned or borrowed from librdkafka) into rows
+    /// and dead letters.
+    pub fn decode<R: RecordView>(&self, records: &[R]) -> Decoded {
+        let n = records.len();
         let mut cols: Vec<Col> = match self.format {
             DecodeFormat::Raw => vec![Col::Bin(BinaryBuilder::new()), Col::Bin(BinaryBuilder::new())],
             DecodeFormat::Text => vec![Col::Str(StringBuilder::new()), Col::Str(StringBuilder::new())],
-            DecodeFormat::Json => self.fields.iter().map(|f| Col::for_type(f.kind)).collect(),
+            DecodeFormat::Json => self.fields.iter().map(|f| Col::for_type(f.kind, n)).collect(),
         };
         let mut topic = StringBuilder::new();
-        let mut partition = Int32Builder::new();
-        let mut offset = Int64Builder::new();
-        let mut ts = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        let mut partition = Int32Builder::with_capacity(n);
+        let mut offset = Int64Builder::with_capacity(n);
+        let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
         let mut dead = Vec::new();
-        for r in &records {
-            let mut parsed = None;
-            let outcome = self.values(r, &mut parsed);
-            match outcome {
-                Ok(vals) => {
-                    for (c, v) in cols.iter_mut().zip(&vals) {
+        let (mut vals, mut slots) = (Vec::with_capacity(self.fields.len().max(2)), Vec::with_capacity(self.fields.len()));
+        for r in records {
+            match self.values(r, &mut vals, &mut slots) {
+                Ok(()) => {
+                    for (c, v) in cols.iter_mut().zip(vals.drain(..)) {
                         c.push(v);
                     }
-                    topic.append_value(&r.tp.topic);
-                    partition.append_value(r.tp.partition);
-                    offset.append_value(r.offset);
-                    ts.append_option(r.timestamp_ms.map(|t| t.saturating_mul(1000)));
+                    topic.append_value(r.topic());
+                    partition.append_value(r.partition());
+                    offset.append_value(r.offset());
+                    ts.append_option(r.timestamp_ms().map(|t| t.saturating_mul(1000)));
                 }
                 Err(reason) => dead.push(DeadLetter {
-                    tp: r.tp.clone(),
-                    offset: r.offset,
-                    timestamp_ms: r.timestamp_ms,
-                    key: r.key.clone(),
-                    value: r.payload.clone(),
+                    tp: TopicPartition::new(r.topic(), r.partition()),
+                    offset: r.offset(),
+                    timestamp_ms: r.timestamp_ms(),
+                    key: r.key().map(<[u8]>::to_vec),
+                    value: r.payload().map(<[u8]>::to_vec),
                     reason,
                 }),
             }
@@ -403,6 +428,155 @@ impl Decoder {
     }
 }
 
+/// A declared field's value from the fast path's scalar, or `None` when the general path must
+/// look at the record (missing, null, or of another type).
+fn scalar_value<'a>(f: &FieldConfig, v: Option<Scalar<'a>>) -> Option<Val<'a>> {
+    let long = |v: &Scalar<'_>| match *v {
+        Scalar::I64(x) => Some(x),
+        Scalar::U64(x) => i64::try_from(x).ok(),
+        _ => None,
+    };
+    Some(match (f.kind, v) {
+        (_, None | Some(Scalar::Null)) => f.nullable.then_some(Val::Null)?,
+        (FieldType::String, Some(Scalar::Str(s))) => Val::Str(s),
+        (FieldType::Long, Some(v)) => Val::Long(long(&v)?),
+        (FieldType::Int, Some(v)) => Val::Int(i32::try_from(long(&v)?).ok()?),
+        (FieldType::Double, Some(Scalar::I64(x))) => Val::Double(x as f64),
+        (FieldType::Double, Some(Scalar::U64(x))) => Val::Double(x as f64),
+        (FieldType::Double, Some(Scalar::F64(x))) => Val::Double(x),
+        (FieldType::Boolean, Some(Scalar::Bool(b))) => Val::Bool(b),
+        (FieldType::Timestamp, Some(v)) => Val::Long(long(&v)?.checked_mul(1000)?),
+        _ => return None,
+    })
+}
+
+/// The fast JSON path: one pass over an object's text, keeping only the declared keys' scalar
+/// values (strings borrowed when they have no escapes), skipping everything else unparsed into
+/// values.
+mod fast {
+    use std::borrow::Cow;
+    use std::fmt;
+
+    use serde::de::{DeserializeSeed, Deserializer, Error, IgnoredAny, MapAccess, Visitor};
+
+    use crate::config::FieldConfig;
+
+    /// A JSON scalar.
+    pub enum Scalar<'a> {
+        Null,
+        Bool(bool),
+        I64(i64),
+        U64(u64),
+        F64(f64),
+        Str(Cow<'a, str>),
+    }
+
+    /// Reads one JSON object: `slots[i]` gets the value of `fields[i]`'s key (last one wins, as
+    /// in `serde_json::Value`), `None` when absent. Fails on anything else: not an object, a
+    /// declared key holding an array or object, invalid JSON, trailing text.
+    pub fn read_object<'a>(
+        text: &'a str,
+        fields: &[FieldConfig],
+        slots: &mut Vec<Option<Scalar<'a>>>,
+    ) -> Result<(), serde_json::Error> {
+        slots.clear();
+        slots.resize_with(fields.len(), || None);
+        let mut de = serde_json::Deserializer::from_str(text);
+        (&mut de).deserialize_map(Object { fields, slots })?;
+        de.end()
+    }
+
+    struct Object<'s, 'a> {
+        fields: &'s [FieldConfig],
+        slots: &'s mut Vec<Option<Scalar<'a>>>,
+    }
+
+    impl<'de> Visitor<'de> for Object<'_, 'de> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key_seed(Key(self.fields))? {
+                match key {
+                    Some(i) => self.slots[i] = Some(map.next_value_seed(ScalarSeed)?),
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// A key, as the index of the declared field it names.
+    struct Key<'s>(&'s [FieldConfig]);
+
+    impl<'de> DeserializeSeed<'de> for Key<'_> {
+        type Value = Option<usize>;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Key<'_> {
+        type Value = Option<usize>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a key")
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<Option<usize>, E> {
+            Ok(self.0.iter().position(|f| f.name == v))
+        }
+    }
+
+    struct ScalarSeed;
+
+    impl<'de> DeserializeSeed<'de> for ScalarSeed {
+        type Value = Scalar<'de>;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Scalar<'de>, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for ScalarSeed {
+        type Value = Scalar<'de>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON scalar")
+        }
+        fn visit_unit<E: Error>(self) -> Result<Scalar<'de>, E> {
+            Ok(Scalar::Null)
+        }
+        fn visit_bool<E: Error>(self, v: bool) -> Result<Scalar<'de>, E> {
+            Ok(Scalar::Bool(v))
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Scalar<'de>, E> {
+            Ok(Scalar::I64(v))
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Scalar<'de>, E> {
+            Ok(Scalar::U64(v))
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Scalar<'de>, E> {
+            Ok(Scalar::F64(v))
+        }
+        fn visit_borrowed_str<E: Error>(self, v: &'de str) -> Result<Scalar<'de>, E> {
+            Ok(Scalar::Str(Cow::Borrowed(v)))
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Scalar<'de>, E> {
+            Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+        }
+        fn visit_string<E: Error>(self, v: String) -> Result<Scalar<'de>, E> {
+            Ok(Scalar::Str(Cow::Owned(v)))
+        }
+    }
+}
+
 /// The offsets column of a decoded or committed batch.
 pub fn offsets(batch: &RecordBatch) -> Option<&Int64Array> {
     batch.column_by_name(OFFSET_COL)?.as_any().downcast_ref::<Int64Array>()
@@ -412,6 +586,7 @@ pub fn offsets(batch: &RecordBatch) -> Option<&Int64Array> {
 mod tests {
     use super::*;
     use crate::config::DecodeConfig;
+    use crate::record::Record;
 
     fn rec(offset: i64, value: &[u8]) -> Record {
         Record {
@@ -435,7 +610,7 @@ mod tests {
     #[test]
     fn json_rows_and_every_kind_of_dead_letter() {
         let d = json_decoder();
-        let out = d.decode(vec![
+        let out = d.decode(&[
             rec(0, br#"{"id":1,"value":"a","ts":5}"#),
             rec(1, b"not json"),
             rec(2, br#"{"id":"x","value":"a"}"#),
@@ -457,9 +632,39 @@ mod tests {
     }
 
     #[test]
+    fn typed_fast_path_matches_the_general_rules() {
+        use deltalake::arrow::array::{StringArray, TimestampMicrosecondArray};
+        let d = json_decoder();
+        let out = d.decode(&[
+            rec(0, br#"{"id":1,"value":"plain","ts":5}"#),
+            rec(1, br#"{"value":"esc\"aped\u00e9","id":2,"nested":{"a":[1,{"b":null}]}}"#),
+            rec(2, br#"{"id":3,"value":"first","value":"last"}"#),
+            rec(3, br#"{"id":4,"value":{"an":"object"}}"#),
+            rec(4, br#"{"id":18446744073709551615}"#),
+            rec(5, br#"{"id":5.0}"#),
+            rec(6, br#"{"id":6,"value":null,"ts":null}"#),
+            rec(7, br#"{"id":7} trailing"#),
+            rec(8, br#" {"id":8,"value":[1],"value":"scalar wins"} "#),
+        ]);
+        assert_eq!(offsets(&out.rows).unwrap().values(), &[0, 1, 2, 6, 8]);
+        let value = out.rows.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        let got: Vec<Option<&str>> = value.iter().collect();
+        assert_eq!(got, vec![Some("plain"), Some("esc\"aped\u{e9}"), Some("last"), None, Some("scalar wins")]);
+        let ts = out.rows.column(2).as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+        assert_eq!(ts.value(0), 5_000);
+        assert!(ts.is_null(3));
+        let reasons: Vec<(i64, &str)> = out.dead.iter().map(|d| (d.offset, d.reason.as_str())).collect();
+        assert!(reasons[0].0 == 3 && reasons[0].1.contains("field `value`: expected string, got object"), "{reasons:?}");
+        assert!(reasons[1].0 == 4 && reasons[1].1.contains("field `id`: expected long, got integer"), "{reasons:?}");
+        assert!(reasons[2].0 == 5 && reasons[2].1.contains("field `id`: expected long, got number"), "{reasons:?}");
+        assert!(reasons[3].0 == 7 && reasons[3].1.contains("not valid JSON"), "{reasons:?}");
+        assert_eq!(reasons.len(), 4);
+    }
+
+    #[test]
     fn oversized_records_are_dead_lettered() {
         let config = DecodeConfig { max_record_bytes: 10, ..Default::default() };
-        let out = Decoder::new(&config).decode(vec![rec(0, b"0123456789"), rec(1, b"0123456789A")]);
+        let out = Decoder::new(&config).decode(&[rec(0, b"0123456789"), rec(1, b"0123456789A")]);
         assert_eq!(out.rows.num_rows(), 1);
         assert!(out.dead[0].reason.contains("11 bytes exceeds"));
     }
@@ -467,7 +672,7 @@ mod tests {
     #[test]
     fn epoch_column_and_dead_letter_batch() {
         let d = json_decoder();
-        let out = d.decode(vec![rec(0, br#"{"id":1}"#), rec(1, b"{")]);
+        let out = d.decode(&[rec(0, br#"{"id":1}"#), rec(1, b"{")]);
         let b = with_epoch(&out.rows, 7).unwrap();
         assert_eq!(b.schema(), d.output_schema());
         let dl = dead_letter_batch(&out.dead, 7).unwrap();

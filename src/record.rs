@@ -49,6 +49,66 @@ pub struct Record {
     pub payload: Option<Vec<u8>>,
 }
 
+/// What the decode stage reads of a record: implemented by the owned [`Record`] and by
+/// librdkafka's borrowed message, so consumers decode straight from librdkafka's buffers without
+/// copying each record first.
+pub trait RecordView {
+    /// Topic name.
+    fn topic(&self) -> &str;
+    /// Partition number.
+    fn partition(&self) -> i32;
+    /// Offset in the partition.
+    fn offset(&self) -> i64;
+    /// Kafka timestamp (ms), when the broker gave one.
+    fn timestamp_ms(&self) -> Option<i64>;
+    /// Key bytes.
+    fn key(&self) -> Option<&[u8]>;
+    /// Value bytes; `None` for a tombstone.
+    fn payload(&self) -> Option<&[u8]>;
+}
+
+impl RecordView for Record {
+    fn topic(&self) -> &str {
+        &self.tp.topic
+    }
+    fn partition(&self) -> i32 {
+        self.tp.partition
+    }
+    fn offset(&self) -> i64 {
+        self.offset
+    }
+    fn timestamp_ms(&self) -> Option<i64> {
+        self.timestamp_ms
+    }
+    fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        self.payload.as_deref()
+    }
+}
+
+impl RecordView for rdkafka::message::BorrowedMessage<'_> {
+    fn topic(&self) -> &str {
+        rdkafka::Message::topic(self)
+    }
+    fn partition(&self) -> i32 {
+        rdkafka::Message::partition(self)
+    }
+    fn offset(&self) -> i64 {
+        rdkafka::Message::offset(self)
+    }
+    fn timestamp_ms(&self) -> Option<i64> {
+        rdkafka::Message::timestamp(self).to_millis()
+    }
+    fn key(&self) -> Option<&[u8]> {
+        rdkafka::Message::key(self)
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        rdkafka::Message::payload(self)
+    }
+}
+
 /// The next offset to read, per partition: a consistent cut of the input.
 ///
 /// "Next offset" is the offset after the last record consumed, so resuming there never re-reads

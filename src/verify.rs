@@ -469,7 +469,7 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
             .map_err(|e| Error::Actor(e.to_string()))??;
         let expected: Vec<i64> = records.iter().map(|r| r.offset).collect();
         if config.dedup.is_some() || config.aggregate.is_some() {
-            kafka_rows.push(decoder.decode(records).rows);
+            kafka_rows.push(decoder.decode(&records).rows);
         }
         let row_offsets = rows.get(&tp).cloned().unwrap_or_default();
         let dead_offsets = dead.get(&tp).cloned().unwrap_or_default();
