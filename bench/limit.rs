@@ -28,6 +28,15 @@ struct Args {
     /// The topic.
     #[arg(long, global = true, default_value = "bench")]
     topic: String,
+    /// Extra librdkafka consumer properties, `key=value` (repeatable), applied after the
+    /// defaults — the same tuning the pipeline gets through `source.properties`.
+    #[arg(long = "set", global = true, value_parser = parse_property)]
+    properties: Vec<(String, String)>,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected key=value, got `{s}`"))?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 #[derive(Subcommand)]
@@ -41,14 +50,14 @@ enum Cmd {
 }
 
 /// Reads every record of the topic; `keep` decides whether they are kept in memory.
-fn read_all(brokers: &str, topic: &str, keep: bool) -> (u64, u64, Duration, Vec<Record>) {
-    let consumer: BaseConsumer = exactly::kafka::base_config(brokers)
-        .set("group.id", "exactly-bench-limit")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("fetch.max.bytes", "52428800")
-        .create()
-        .expect("consumer");
+fn read_all(args: &Args, keep: bool) -> (u64, u64, Duration, Vec<Record>) {
+    let (brokers, topic) = (&args.brokers, &args.topic);
+    let mut config = exactly::kafka::base_config(brokers);
+    config.set("group.id", "exactly-bench-limit").set("enable.auto.commit", "false").set("isolation.level", "read_committed");
+    for (k, v) in &args.properties {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create().expect("consumer");
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
     let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
     let mut ends = std::collections::HashMap::new();
@@ -93,7 +102,7 @@ fn main() {
     let args = Args::parse();
     match args.cmd {
         Cmd::Consume => {
-            let (n, bytes, t, _) = read_all(&args.brokers, &args.topic, false);
+            let (n, bytes, t, _) = read_all(&args, false);
             let s = t.as_secs_f64();
             println!(
                 "{}",
@@ -111,7 +120,7 @@ fn main() {
             println!("{sum}");
         }
         Cmd::Parquet => {
-            let (n, _, _, records) = read_all(&args.brokers, &args.topic, true);
+            let (n, _, _, records) = read_all(&args, true);
             let decoder = Decoder::new(&DecodeConfig::seed());
             let t0 = Instant::now();
             let batches: Vec<_> = records.chunks(8192).map(|c| decoder.decode(c).rows).collect();

@@ -12,16 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::BorrowedMessage;
 
 use crate::aggregator::AggregatorMsg;
 use crate::decode::Decoder;
 use crate::fault::Fault;
-use crate::kafka::StatsContext;
+use crate::fetch::{Msg, PartitionFetch};
 use crate::metrics as m;
 use crate::record::{Record, RecordView, TopicPartition};
 
@@ -56,7 +53,7 @@ pub struct ConsumerArgs {
     /// The offset it was assigned at (the last committed cut).
     pub start: i64,
     /// The partition's queue, split from the shared client.
-    pub queue: StreamPartitionQueue<StatsContext>,
+    pub queue: PartitionFetch,
     /// Where records and barriers go.
     pub aggregator: ActorRef<AggregatorMsg>,
     /// Most records per forwarded message.
@@ -70,7 +67,7 @@ pub struct ConsumerArgs {
 /// A consumer's state: its queue, and what it forwards records with (split so records borrowed
 /// from the queue can be forwarded without copying them).
 pub struct ConsumerState {
-    queue: StreamPartitionQueue<StatsContext>,
+    queue: PartitionFetch,
     out: Forwarder,
 }
 
@@ -89,16 +86,6 @@ struct Forwarder {
 /// Errors after which reading on would lose data: the partition no longer holds our offset.
 fn is_data_loss(e: &KafkaError) -> bool {
     matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::OffsetOutOfRange) | Some(RDKafkaErrorCode::AutoOffsetReset))
-}
-
-/// Accepts a record if it is past what was already forwarded.
-fn accept<'q>(tp: &TopicPartition, next_offset: &mut i64, batch: &mut Vec<BorrowedMessage<'q>>, m: BorrowedMessage<'q>) {
-    if m.offset() < *next_offset {
-        tracing::warn!(%tp, offset = m.offset(), next = *next_offset, "ignoring a record before the consumer's position");
-        return;
-    }
-    *next_offset = m.offset() + 1;
-    batch.push(m);
 }
 
 impl Forwarder {
@@ -131,32 +118,34 @@ impl Forwarder {
         Ok(())
     }
 
-    /// Reads what the queue holds (waiting a little for the first record), at most `max_batch`.
-    async fn poll<'q>(&mut self, queue: &'q StreamPartitionQueue<StatsContext>) -> Result<Vec<BorrowedMessage<'q>>, ActorProcessingErr> {
-        let mut batch = Vec::new();
-        let first = match tokio::time::timeout(POLL_WAIT, queue.recv()).await {
-            Err(_) => return Ok(batch),
-            Ok(r) => r,
-        };
-        match first {
-            Ok(msg) => accept(&self.tp, &mut self.next_offset, &mut batch, msg),
-            Err(e) if is_data_loss(&e) => {
-                return Err(format!(
-                    "partition {} cannot be read from offset {}: {e} (the records were deleted by retention or compaction before they were committed; refusing to skip them)",
-                    self.tp, self.next_offset
-                )
-                .into())
+    /// Reads what the queue holds (waiting a little for the first record), at most `max_batch`,
+    /// keeping only records past what was already forwarded.
+    async fn poll<'q>(&mut self, queue: &'q PartitionFetch) -> Result<Vec<Msg<'q>>, ActorProcessingErr> {
+        let mut batch = queue.next_batch(self.max_batch, POLL_WAIT).await.msgs;
+        if batch.iter().any(|m| m.error().is_some()) {
+            for e in batch.iter().filter_map(Msg::error) {
+                if is_data_loss(&e) {
+                    return Err(format!(
+                        "partition {} cannot be read from offset {}: {e} (the records were deleted by retention or compaction before they were committed; refusing to skip them)",
+                        self.tp, self.next_offset
+                    )
+                    .into());
+                }
+                tracing::warn!(tp = %self.tp, error = %e, "kafka consume error; reading on");
             }
-            Err(e) => {
-                tracing::warn!(tp = %self.tp, error = %e, "kafka consume error; retrying");
-                return Ok(batch);
-            }
+            batch.retain(|m| m.error().is_none());
         }
-        while batch.len() < self.max_batch {
-            match queue.recv().now_or_never() {
-                Some(Ok(msg)) => accept(&self.tp, &mut self.next_offset, &mut batch, msg),
-                _ => break,
+        let (next, mut ignored) = (&mut self.next_offset, 0usize);
+        batch.retain(|m| {
+            if m.offset() < *next {
+                ignored += 1;
+                return false;
             }
+            *next = m.offset() + 1;
+            true
+        });
+        if ignored > 0 {
+            tracing::warn!(tp = %self.tp, records = ignored, next = self.next_offset, "ignoring records before the consumer's position");
         }
         Ok(batch)
     }

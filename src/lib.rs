@@ -5,7 +5,7 @@
 //!
 //! - [`config`]: the pipeline's TOML configuration (every field documented, safe defaults).
 //! - [`kafka`]: librdkafka clients, the pre-flight check, topic admin, partition statistics.
-//! - [`consumer`]: one actor per Kafka partition; reads from the partition's queue, runs the
+//! - [`consumer`]: one actor per Kafka partition; reads its partition's queue in batches ([`fetch`]), runs the
 //!   [`decode`] stage, and forwards rows and dead letters, then epoch barriers, to the aggregator.
 //! - [`aggregator`]: aligns barriers from every consumer and closes an epoch when all have arrived;
 //!   then runs the [`state`]ful stages (dedup, keyed aggregation on RocksDB) over it.
@@ -29,6 +29,7 @@ pub mod consumer;
 pub mod decode;
 pub mod error;
 pub mod failpoint;
+pub mod fetch;
 pub mod fault;
 pub mod kafka;
 pub mod metrics;
@@ -43,3 +44,9 @@ pub mod verify;
 
 pub use config::PipelineConfig;
 pub use error::{Error, Result};
+
+/// jemalloc for every binary that links the library: the pipeline frees large per-epoch buffers
+/// from many threads, which glibc's per-thread arenas keep as resident memory.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

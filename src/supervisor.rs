@@ -36,6 +36,7 @@ use crate::consumer::{ConsumerActor, ConsumerArgs, ConsumerMsg};
 use crate::decode::Decoder;
 use crate::error::Error;
 use crate::failpoint::FailPoints;
+use crate::fetch::PartitionFetch;
 use crate::kafka::{self, PartitionStats, PipelineConsumer, StatsContext};
 use crate::metrics as m;
 use crate::progress::{PartitionProgress, Progress};
@@ -286,9 +287,7 @@ impl SupervisorState {
         client.assign(&tpl)?;
         let mut queues = Vec::new();
         for tp in offsets.keys() {
-            let q = client
-                .split_partition_queue(&tp.topic, tp.partition)
-                .ok_or_else(|| Error::Actor(format!("cannot split the queue of {tp}")))?;
+            let q = PartitionFetch::split(&client, tp).ok_or_else(|| Error::Actor(format!("cannot split the queue of {tp}")))?;
             queues.push((tp.clone(), q));
         }
         // The main queue carries errors and statistics only; it must be served.
