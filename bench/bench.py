@@ -373,8 +373,15 @@ def dedup_scale(profile, ids, interval_ms, work):
     return {"ids": ids, "retention_epochs": 5, "rss_by_progress": samples, "peak_rss_mb": peak}
 
 
+LIMIT_SETTINGS = {
+    "the pipeline's fetch settings": [],
+    "deeper prefetch (queued.min.messages=100000)": ["queued.min.messages=100000"],
+    "librdkafka's defaults": ["queued.min.messages=100000", "fetch.queue.backoff.ms=1000", "fetch.wait.max.ms=500"],
+}
+
+
 def median_of(runs):
-    keys = runs[0].keys()
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
     return {k: statistics.median(r[k] for r in runs) for k in keys}
 
 
@@ -407,9 +414,16 @@ def main():
     results = {"events": events, "runs": runs, "interval_ms": a.interval_ms, "profile": profile, "quick": a.quick,
                "machine": {"cores": os.cpu_count(), "kernel": os.uname().release}}
 
-    log("limit: librdkafka consume")
-    results["limit_consume"] = median_of([json.loads(subprocess.run([binary(profile, "exactly-bench"), "consume", "--topic", topic],
-                                                                     capture_output=True, text=True, check=True).stdout) for _ in range(runs)])
+    # The limit is the best librdkafka does over a few fetch settings: the pipeline's own, a
+    # deeper prefetch, and librdkafka's defaults; ours is never compared with a handicapped limit.
+    variants = {}
+    for name, sets in LIMIT_SETTINGS.items():
+        log(f"limit: librdkafka consume, {name}")
+        cmd = [binary(profile, "exactly-bench"), "consume", "--topic", topic] + [x for kv in sets for x in ("--set", kv)]
+        variants[name] = median_of([json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout) for _ in range(runs)])
+    best = max(variants, key=lambda n: variants[n]["records_per_s"])
+    results["limit_consume"] = {**variants[best], "settings": best}
+    results["limit_consume_by_settings"] = variants
     log("limit: decode + parquet encode")
     results["limit_parquet"] = median_of([json.loads(subprocess.run([binary(profile, "exactly-bench"), "parquet", "--topic", topic],
                                                                      capture_output=True, text=True, check=True).stdout) for _ in range(runs)])
@@ -447,7 +461,7 @@ def render(r):
     rows = [f"Measured {time.strftime('%Y-%m-%d')} on {r['machine']['cores']} cores, {r['events']:,} events, median of {r['runs']} run(s), "
             f"epoch interval / trigger {r['interval_ms']} ms, `{r['profile']}` build.", "",
             "| measure | limit | ours | Spark | ours / limit | ours / Spark |", "|---|---|---|---|---|---|",
-            f"| librdkafka consume, records/s | {lim:,.0f} | | | | |",
+            f"| librdkafka consume, records/s (best: {r['limit_consume'].get('settings', '')}) | {lim:,.0f} | | | | |",
             f"| decode to Arrow, records/s | {r['limit_parquet']['decode_records_per_s']:,.0f} | | | | |",
             f"| Parquet encode, records/s | {r['limit_parquet']['encode_records_per_s']:,.0f} | | | | |"]
     for mode, label in [("append", "append"), ("dedup", "dedup"), ("counts", "keyed count (ours: update, Spark: complete)")]:

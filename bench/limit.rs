@@ -1,7 +1,8 @@
 //! `exactly-bench`: the physical limits the benchmark compares against, on the same topic.
 //!
 //! - `consume`: librdkafka reading the topic to nothing (one client, all partitions assigned,
-//!   read_committed like the pipeline) — the ceiling no Kafka pipeline can pass here.
+//!   read_committed, the pipeline's fetch settings unless `--set` overrides them, batches from
+//!   the consumer queue) — the ceiling no Kafka pipeline can pass here.
 //! - `parquet`: the same records decoded to Arrow with the seed's schema, then encoded to
 //!   Parquet in memory — decode and encode timed separately.
 //!
@@ -14,8 +15,8 @@ use deltalake::parquet::arrow::ArrowWriter;
 use exactly::config::DecodeConfig;
 use exactly::decode::Decoder;
 use exactly::record::{Record, TopicPartition};
+use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 #[derive(Parser)]
@@ -54,6 +55,9 @@ fn read_all(args: &Args, keep: bool) -> (u64, u64, Duration, Vec<Record>) {
     let (brokers, topic) = (&args.brokers, &args.topic);
     let mut config = exactly::kafka::base_config(brokers);
     config.set("group.id", "exactly-bench-limit").set("enable.auto.commit", "false").set("isolation.level", "read_committed");
+    for (k, v) in exactly::kafka::FETCH_DEFAULTS {
+        config.set(*k, *v);
+    }
     for (k, v) in &args.properties {
         config.set(k, v);
     }
@@ -70,31 +74,43 @@ fn read_all(args: &Args, keep: bool) -> (u64, u64, Duration, Vec<Record>) {
         }
     }
     consumer.assign(&tpl).expect("assign");
+    // librdkafka's fastest read path: batches from the consumer queue (the pipeline reads its
+    // partition queues the same way).
+    // SAFETY: the client outlives the queue and every message below; each message is destroyed once.
+    let queue = unsafe { rdsys::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) };
+    let mut buf: Vec<*mut rdsys::rd_kafka_message_t> = vec![std::ptr::null_mut(); 10_000];
     let (mut n, mut bytes) = (0u64, 0u64);
     let mut kept = Vec::new();
     let start = Instant::now();
     while !ends.is_empty() {
-        match consumer.poll(Duration::from_secs(5)) {
-            Some(Ok(m)) => {
-                n += 1;
-                bytes += m.payload_len() as u64 + m.key().map_or(0, |k| k.len() as u64);
-                if keep {
-                    kept.push(Record {
-                        tp: TopicPartition::new(topic, m.partition()),
-                        offset: m.offset(),
-                        timestamp_ms: m.timestamp().to_millis(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec),
-                    });
-                }
-                if ends.get(&m.partition()).is_some_and(|hi| m.offset() + 1 >= *hi) {
-                    ends.remove(&m.partition());
-                }
+        let got = unsafe { rdsys::rd_kafka_consume_batch_queue(queue, 5_000, buf.as_mut_ptr(), buf.len()) };
+        assert!(got > 0, "no record for 5 s before the end of the topic");
+        for &ptr in &buf[..got as usize] {
+            let m = unsafe { &*ptr };
+            assert_eq!(m.err, rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR, "consume error");
+            n += 1;
+            bytes += (m.len + m.key_len) as u64;
+            if keep {
+                let bytes_of = |p: *mut std::ffi::c_void, len: usize| {
+                    (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p as *const u8, len) }.to_vec())
+                };
+                let mut kind = rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+                let ts = unsafe { rdsys::rd_kafka_message_timestamp(ptr, &mut kind) };
+                kept.push(Record {
+                    tp: TopicPartition::new(topic, m.partition),
+                    offset: m.offset,
+                    timestamp_ms: (ts != -1).then_some(ts),
+                    key: bytes_of(m.key, m.key_len),
+                    payload: bytes_of(m.payload, m.len),
+                });
             }
-            Some(Err(e)) => panic!("consume: {e}"),
-            None => panic!("no record for 5 s before the end of the topic"),
+            if ends.get(&m.partition).is_some_and(|hi| m.offset + 1 >= *hi) {
+                ends.remove(&m.partition);
+            }
+            unsafe { rdsys::rd_kafka_message_destroy(ptr) };
         }
     }
+    unsafe { rdsys::rd_kafka_queue_destroy(queue) };
     (n, bytes, start.elapsed(), kept)
 }
 

@@ -97,6 +97,19 @@ fn read_u64(v: Option<Vec<u8>>) -> u64 {
     v.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
 }
 
+/// RocksDB's memory by kind, in bytes (`exactly_state_memory_bytes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateMemory {
+    /// Active and immutable memtables (bounded by `state.write_buffer_mb` x 2 per column family).
+    pub memtables: u64,
+    /// Table readers' memory outside the block cache.
+    pub table_readers: u64,
+    /// The block cache (bounded by `state.block_cache_mb`, unless pinned blocks exceed it).
+    pub block_cache: u64,
+    /// Blocks pinned in the cache (level-0 index and filter blocks).
+    pub block_cache_pinned: u64,
+}
+
 /// The checkpoint and state database of one pipeline.
 #[derive(Clone)]
 pub struct CheckpointStore {
@@ -133,8 +146,13 @@ impl CheckpointStore {
             // reader keeps them in memory and RSS grows with the data on disk.
             table.set_cache_index_and_filter_blocks(true);
             table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            // Most dedup lookups are for keys never seen: Bloom filters answer those without
+            // searching the memtables' skip lists or reading table blocks.
+            table.set_bloom_filter(10.0, false);
             let mut o = Options::default();
             o.set_block_based_table_factory(&table);
+            o.set_memtable_prefix_bloom_ratio(0.1);
+            o.set_memtable_whole_key_filtering(true);
             o.set_write_buffer_size(config.write_buffer_mb * 1024 * 1024);
             o.set_max_write_buffer_number(2);
             o
@@ -241,18 +259,25 @@ impl CheckpointStore {
 
     /// Which of `keys` are held as dedup keys.
     pub fn dedup_contains(&self, keys: &[Vec<u8>]) -> Result<Vec<bool>> {
-        let cf = self.cf(DEDUP);
-        self.db
-            .multi_get_cf(keys.iter().map(|k| (cf, k)))
-            .into_iter()
-            .map(|r| r.map(|v| v.is_some()).map_err(|e| self.err(e)))
-            .collect()
+        self.lookup(DEDUP, keys, |v| v.is_some())
     }
 
     /// The stored aggregate states of `keys`.
     pub fn agg_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-        let cf = self.cf(AGG);
-        self.db.multi_get_cf(keys.iter().map(|k| (cf, k))).into_iter().map(|r| r.map_err(|e| self.err(e))).collect()
+        self.lookup(AGG, keys, |v| v.map(<[u8]>::to_vec))
+    }
+
+    /// Looks `keys` up in `cf` in one batched MultiGet over the keys in sorted order (memtable
+    /// and table blocks are then visited once each, in order), results in the order of `keys`.
+    fn lookup<T: Clone + Default>(&self, cf: &str, keys: &[Vec<u8>], f: impl Fn(Option<&[u8]>) -> T) -> Result<Vec<T>> {
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_unstable_by(|a, b| keys[*a].cmp(&keys[*b]));
+        let found = self.db.batched_multi_get_cf(self.cf(cf), order.iter().map(|i| &keys[*i]), true);
+        let mut out = vec![T::default(); keys.len()];
+        for (i, r) in order.into_iter().zip(found) {
+            out[i] = f(r.map_err(|e| self.err(e))?.as_deref());
+        }
+        Ok(out)
     }
 
     /// Every aggregate (full key, state) whose key starts with `prefix`.
@@ -276,6 +301,19 @@ impl CheckpointStore {
     /// Aggregation keys held (exact).
     pub fn agg_key_count(&self) -> Result<u64> {
         Ok(read_u64(self.db.get_cf(self.cf(META), KEY_AGG_COUNT).map_err(|e| self.err(e))?))
+    }
+
+    /// What RocksDB holds in memory, from its own accounting.
+    pub fn memory(&self) -> StateMemory {
+        let prop = |cf: &str, name: &str| self.db.property_int_value_cf(self.cf(cf), name).ok().flatten().unwrap_or(0);
+        let sum = |name: &str| [META, DEDUP, DEDUP_EXPIRY, AGG].iter().map(|cf| prop(cf, name)).sum();
+        StateMemory {
+            memtables: sum("rocksdb.cur-size-all-mem-tables"),
+            table_readers: sum("rocksdb.estimate-table-readers-mem"),
+            // One block cache is shared by every column family.
+            block_cache: prop(DEDUP, "rocksdb.block-cache-usage"),
+            block_cache_pinned: prop(DEDUP, "rocksdb.block-cache-pinned-usage"),
+        }
     }
 
     /// Approximate bytes on disk (SST files) of the state.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::checkpoint::{Checkpoint, CheckpointStore, StateMemory};
 use crate::failpoint::FailPoints;
 use crate::fault::Fault;
 use crate::record::{EpochBatch, PartitionRange};
@@ -89,6 +89,8 @@ pub struct StateSize {
     pub agg_keys: u64,
     /// Bytes on disk.
     pub bytes: u64,
+    /// RocksDB's memory by kind.
+    pub memory: StateMemory,
 }
 
 /// The committer's state.
@@ -137,6 +139,7 @@ impl Actor for CommitterActor {
                         dedup_keys: store.dedup_key_count()?,
                         agg_keys: store.agg_key_count()?,
                         bytes: store.disk_bytes(),
+                        memory: store.memory(),
                     })
                 })
                 .await??;

@@ -19,8 +19,8 @@ use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
 use serde_json::Value;
 
-use crate::config::{DecodeConfig, DecodeFormat, FieldConfig, FieldType};
 use self::fast::Scalar;
+use crate::config::{DecodeConfig, DecodeFormat, FieldConfig, FieldType};
 use crate::record::{RecordView, TopicPartition};
 
 /// Column: the record's topic.

@@ -112,6 +112,18 @@ pub fn base_config(brokers: &str) -> ClientConfig {
     c
 }
 
+/// librdkafka fetch settings the pipeline changes from librdkafka's defaults (a
+/// `source.properties` entry overrides each). By default librdkafka stops fetching a partition
+/// for `fetch.queue.backoff.ms` = 1 s whenever its prefetch queue is over `queued.min.messages`
+/// (100,000 records, per partition with split queues): a consumer draining a backlog faster than
+/// that empties its queue and waits, which capped reading at about 400,000 records/s here
+/// (bench/README.md). A short backoff keeps the queue fed; a smaller prefetch bounds memory.
+/// librdkafka keeps one fetch request in flight per broker: when it names only partitions with
+/// nothing new (the others' queues were full), the broker holds it for `fetch.wait.max.ms`
+/// (500 ms) while the busy partitions run dry, so a shorter wait keeps skewed partitions moving.
+pub const FETCH_DEFAULTS: &[(&str, &str)] =
+    &[("fetch.queue.backoff.ms", "10"), ("queued.min.messages", "20000"), ("fetch.wait.max.ms", "50")];
+
 /// The pipeline's consumer config: manual assignment, no auto-commit, read_committed.
 pub fn consumer_config(config: &PipelineConfig) -> ClientConfig {
     let mut c = base_config(&config.source.brokers);
@@ -121,6 +133,9 @@ pub fn consumer_config(config: &PipelineConfig) -> ClientConfig {
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_committed")
         .set("statistics.interval.ms", "1000");
+    for (k, v) in FETCH_DEFAULTS {
+        c.set(*k, *v);
+    }
     for (k, v) in &config.source.properties {
         c.set(k, v);
     }

@@ -111,21 +111,27 @@ enum TopicsCommand {
     },
 }
 
-/// Resolves on the first Ctrl-C or SIGTERM; a second one exits at once.
-async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Installs the Ctrl-C and SIGTERM handlers at once (a signal that arrives while the pipeline
+/// starts is kept, not fatal) and resolves on the first of them; a second Ctrl-C exits at once.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("stopping: committing the open epoch (press Ctrl-C again to exit at once; nothing committed is lost)");
+        tokio::spawn(async move {
+            let _ = int.recv().await;
+            std::process::exit(130);
+        });
     }
-    eprintln!("stopping: committing the open epoch (press Ctrl-C again to exit at once; nothing committed is lost)");
-    tokio::spawn(async {
-        let _ = tokio::signal::ctrl_c().await;
-        std::process::exit(130);
-    });
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let stop = stop_signal();
     let config = PipelineConfig::load(&args.config)?;
     if let Some(listen) = &config.metrics.listen {
         exactly::metrics::install_exporter(listen.parse()?, &config.id)?;
@@ -160,7 +166,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
     let result = tokio::select! {
-        _ = stop_signal() => None,
+        _ = stop => None,
         r = wait_finished(&pipeline) => Some(r),
     };
     let outcome = match result {

@@ -32,6 +32,9 @@ pub const RESTART_BUDGET_REMAINING: &str = "exactly_restart_budget_remaining";
 pub const STATE_KEYS: &str = "exactly_state_keys";
 /// Gauge: bytes of the RocksDB state on disk (SST files).
 pub const STATE_BYTES: &str = "exactly_state_bytes";
+/// Gauge, label `kind` (`memtables`, `table_readers`, `block_cache`, `block_cache_pinned`):
+/// RocksDB's memory, from its own accounting.
+pub const STATE_MEMORY: &str = "exactly_state_memory_bytes";
 /// Gauge: the last committed epoch.
 pub const EPOCH_COMMITTED: &str = "exactly_epoch_committed";
 /// Histogram, label `phase` (`sink`, `checkpoint`): seconds spent committing an epoch.

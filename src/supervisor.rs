@@ -492,6 +492,15 @@ impl SupervisorState {
         metrics::gauge!(m::STATE_KEYS, "kind" => "dedup").set(report.state_size.dedup_keys as f64);
         metrics::gauge!(m::STATE_KEYS, "kind" => "aggregate").set(report.state_size.agg_keys as f64);
         metrics::gauge!(m::STATE_BYTES).set(report.state_size.bytes as f64);
+        let mem = report.state_size.memory;
+        for (kind, v) in [
+            ("memtables", mem.memtables),
+            ("table_readers", mem.table_readers),
+            ("block_cache", mem.block_cache),
+            ("block_cache_pinned", mem.block_cache_pinned),
+        ] {
+            metrics::gauge!(m::STATE_MEMORY, "kind" => kind).set(v as f64);
+        }
         metrics::gauge!(m::EPOCH_COMMITTED).set(report.epoch as f64);
         metrics::histogram!(m::COMMIT_SECONDS, "phase" => "sink").record(report.sink_time.as_secs_f64());
         metrics::histogram!(m::COMMIT_SECONDS, "phase" => "checkpoint").record(report.checkpoint_time.as_secs_f64());
