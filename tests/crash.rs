@@ -1,6 +1,7 @@
 //! The process dies for real: SIGKILL at random moments while producing, and an abort between
 //! the Delta commit and the checkpoint (the seed's failure scenario). Then recovery is checked
-//! on the data: the audit, the Delta log, an independent reader.
+//! on the data: the audit, the Delta log, an independent reader. And records deleted from Kafka
+//! before their commit stop the pipeline instead of being skipped.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -123,4 +124,50 @@ async fn a_table_of_another_pipeline_is_refused() {
     let sink = exactly::sink::from_config(&other, Default::default());
     let err = exactly::pipeline::Pipeline::start(other, sink).await.unwrap().wait().await.unwrap_err();
     assert!(err.to_string().contains("belongs to pipeline"), "{err}");
+}
+
+/// Records deleted from Kafka before they were committed (retention, `DeleteRecords`) are never
+/// skipped: the pipeline refuses to read past the gap, exits non-zero once its restart budget is
+/// spent, and the table and checkpoint keep exactly what was committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_before_their_commit_are_refused_not_skipped() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+
+    let topic = common::topic("deleted", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.supervisor.max_restarts = 1;
+    let file = write_config(&config, dir.path());
+    let table = dir.path().join("table");
+
+    common::produce_events(&topic, 0, 100).await;
+    let child = spawn(&file, None);
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    terminate(child).await;
+
+    // 100 more records, of which the first 50 are deleted before the pipeline reads them.
+    common::produce_events(&topic, 100, 100).await;
+    let admin: AdminClient<DefaultClientContext> = exactly::kafka::base_config(&common::brokers()).create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(150)).unwrap();
+    let deleted = admin.delete_records(&tpl, &AdminOptions::new()).await.unwrap();
+    assert_eq!(deleted.find_partition(&topic, 0).unwrap().offset(), rdkafka::Offset::Offset(150), "low watermark moved");
+
+    let mut child = spawn(&file, None);
+    let waited = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        (status, err)
+    });
+    let (status, stderr) = tokio::time::timeout(Duration::from_secs(60), waited)
+        .await
+        .expect("the pipeline gives up once its restart budget is spent")
+        .unwrap();
+    assert!(!status.success(), "reading past deleted records must fail, not skip them; stderr: {stderr}");
+
+    let cp = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
+    assert_eq!(cp.offsets().values().copied().collect::<Vec<_>>(), vec![100], "the checkpoint did not move past the gap");
+    assert_eq!(common::read_with_python(&table)["rows"].as_u64().unwrap(), 100, "nothing after the gap was committed");
 }

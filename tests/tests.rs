@@ -9,7 +9,8 @@ mod consume;
 mod supervision;
 // The Delta sink: exactly once through restarts and fail points, audited and read independently.
 mod delta;
-// The process dies for real (SIGKILL, abort) and recovery is audited; lost checkpoints.
+// The process dies for real (SIGKILL, abort) and recovery is audited; lost checkpoints; records
+// deleted before their commit are refused, never skipped.
 mod crash;
 // Malformed records of every kind go to the dead-letter table; the pipeline keeps running.
 mod malformed;
