@@ -154,7 +154,7 @@ impl Actor for CommitterActor {
                     dead_letters: batch.dead_letters.len() as u64,
                     duplicates: batch.duplicates,
                     dead_letter_categories: batch.dead_letters.iter().fold(Default::default(), |mut m, d| {
-                        *m.entry(d.category()).or_default() += 1;
+                        *m.entry(d.kind.as_str()).or_default() += 1;
                         m
                     }),
                     min_timestamp_ms: batch.min_timestamp_ms,

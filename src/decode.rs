@@ -51,37 +51,66 @@ pub struct DeadLetter {
     pub value: Option<Vec<u8>>,
     /// Why it was rejected.
     pub reason: String,
+    /// The reason's category.
+    pub kind: Rejection,
 }
 
-/// Every dead-letter category, the `reason` label of `exactly_dead_letters_total`.
-pub const DEAD_LETTER_CATEGORIES: &[&str] =
-    &["too_large", "not_utf8", "invalid_json", "not_object", "null_value", "missing_field", "null_field", "wrong_type", "late"];
+/// Why a record was rejected, as a small fixed category: the `reason` label of
+/// `exactly_dead_letters_total` (the dead letter's `reason` text says the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rejection {
+    /// Larger than `decode.max_record_bytes`.
+    TooLarge,
+    /// Key or value is not UTF-8 where text is expected.
+    NotUtf8,
+    /// The value does not parse as JSON.
+    InvalidJson,
+    /// The JSON value is not an object.
+    NotObject,
+    /// The value is null (a tombstone) where a JSON object is expected.
+    NullValue,
+    /// A non-nullable field is missing.
+    MissingField,
+    /// A non-nullable field is null.
+    NullField,
+    /// A field holds another type than declared.
+    WrongType,
+    /// Too late for the dedup watermark, or without an event time.
+    Late,
+}
 
-impl DeadLetter {
-    /// A small, fixed category for the reason (for metric labels; the reason itself is free text).
-    pub fn category(&self) -> &'static str {
-        let r = self.reason.as_str();
-        if r.contains("exceeds decode.max_record_bytes") {
-            "too_large"
-        } else if r.contains("not valid UTF-8") {
-            "not_utf8"
-        } else if r.contains("not valid JSON") {
-            "invalid_json"
-        } else if r.contains("expected a JSON object") {
-            "not_object"
-        } else if r.contains("tombstone") {
-            "null_value"
-        } else if r.starts_with("missing field") {
-            "missing_field"
-        } else if r.contains("is null but not nullable") {
-            "null_field"
-        } else if r.contains("watermark") || r.contains("event time") {
-            "late"
-        } else {
-            "wrong_type"
+impl Rejection {
+    /// Every category, in a fixed order.
+    pub const ALL: [Rejection; 9] = [
+        Rejection::TooLarge,
+        Rejection::NotUtf8,
+        Rejection::InvalidJson,
+        Rejection::NotObject,
+        Rejection::NullValue,
+        Rejection::MissingField,
+        Rejection::NullField,
+        Rejection::WrongType,
+        Rejection::Late,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::TooLarge => "too_large",
+            Rejection::NotUtf8 => "not_utf8",
+            Rejection::InvalidJson => "invalid_json",
+            Rejection::NotObject => "not_object",
+            Rejection::NullValue => "null_value",
+            Rejection::MissingField => "missing_field",
+            Rejection::NullField => "null_field",
+            Rejection::WrongType => "wrong_type",
+            Rejection::Late => "late",
         }
     }
 }
+
+/// A rejection and its reason text.
+type Rejected = (Rejection, String);
 
 /// The output of decoding one batch of records.
 #[derive(Debug, Clone)]
@@ -242,14 +271,16 @@ fn kind(v: &Value) -> &'static str {
 
 /// A declared field's value from a parsed document (the general path; it owns its text because
 /// the document is dropped after each record).
-fn json_value(f: &FieldConfig, v: Option<&Value>) -> Result<Val<'static>, String> {
+fn json_value(f: &FieldConfig, v: Option<&Value>) -> Result<Val<'static>, Rejected> {
     let v = match v {
         None | Some(Value::Null) if f.nullable => return Ok(Val::Null),
-        None => return Err(format!("missing field `{}`", f.name)),
-        Some(Value::Null) => return Err(format!("field `{}` is null but not nullable", f.name)),
+        None => return Err((Rejection::MissingField, format!("missing field `{}`", f.name))),
+        Some(Value::Null) => return Err((Rejection::NullField, format!("field `{}` is null but not nullable", f.name))),
         Some(v) => v,
     };
-    let wrong = |want: &str| format!("field `{}`: expected {want}, got {} {}", f.name, kind(v), truncate(&v.to_string(), 40));
+    let wrong = |want: &str| {
+        (Rejection::WrongType, format!("field `{}`: expected {want}, got {} {}", f.name, kind(v), truncate(&v.to_string(), 40)))
+    };
     Ok(match f.kind {
         FieldType::String => Val::Str(Cow::Owned(v.as_str().ok_or_else(|| wrong("string"))?.to_owned())),
         FieldType::Long => Val::Long(v.as_i64().ok_or_else(|| wrong("long"))?),
@@ -333,12 +364,18 @@ impl Decoder {
         r: &'a R,
         vals: &mut Vec<Val<'a>>,
         slots: &mut Vec<Option<Scalar<'a>>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Rejected> {
         vals.clear();
         let size = r.payload().map_or(0, <[u8]>::len);
         if size > self.max_bytes {
-            return Err(format!("record value of {size} bytes exceeds decode.max_record_bytes = {}", self.max_bytes));
+            return Err((
+                Rejection::TooLarge,
+                format!("record value of {size} bytes exceeds decode.max_record_bytes = {}", self.max_bytes),
+            ));
         }
+        let utf8 = |what: &str, b: &'a [u8]| {
+            std::str::from_utf8(b).map_err(|e| (Rejection::NotUtf8, format!("{what} is not valid UTF-8: {e}")))
+        };
         match self.format {
             DecodeFormat::Raw => {
                 vals.push(r.key().map_or(Val::Null, Val::Bin));
@@ -348,15 +385,15 @@ impl Decoder {
                 for (what, bytes) in [("key", r.key()), ("value", r.payload())] {
                     match bytes {
                         None => vals.push(Val::Null),
-                        Some(b) => vals.push(Val::Str(Cow::Borrowed(
-                            std::str::from_utf8(b).map_err(|e| format!("{what} is not valid UTF-8: {e}"))?,
-                        ))),
+                        Some(b) => vals.push(Val::Str(Cow::Borrowed(utf8(what, b)?))),
                     }
                 }
             }
             DecodeFormat::Json => {
-                let bytes = r.payload().ok_or("value is null (a tombstone); expected a JSON object")?;
-                let text = std::str::from_utf8(bytes).map_err(|e| format!("value is not valid UTF-8: {e}"))?;
+                let bytes = r
+                    .payload()
+                    .ok_or_else(|| (Rejection::NullValue, "value is null (a tombstone); expected a JSON object".to_string()))?;
+                let text = utf8("value", bytes)?;
                 // The fast path reads the declared keys straight into typed values, borrowing the
                 // text. Whatever it does not take (bad JSON, a wrong type, a missing field)
                 // goes through the general path, which says why.
@@ -372,8 +409,11 @@ impl Decoder {
                     return Ok(());
                 }
                 vals.clear();
-                let doc = serde_json::from_str::<Value>(text).map_err(|e| format!("value is not valid JSON: {e}"))?;
-                let obj = doc.as_object().ok_or_else(|| format!("expected a JSON object, got {}", kind(&doc)))?;
+                let doc = serde_json::from_str::<Value>(text)
+                    .map_err(|e| (Rejection::InvalidJson, format!("value is not valid JSON: {e}")))?;
+                let obj = doc
+                    .as_object()
+                    .ok_or_else(|| (Rejection::NotObject, format!("expected a JSON object, got {}", kind(&doc))))?;
                 for f in &self.fields {
                     vals.push(json_value(f, obj.get(&f.name))?);
                 }
@@ -408,13 +448,14 @@ impl Decoder {
                     offset.append_value(r.offset());
                     ts.append_option(r.timestamp_ms().map(|t| t.saturating_mul(1000)));
                 }
-                Err(reason) => dead.push(DeadLetter {
+                Err((kind, reason)) => dead.push(DeadLetter {
                     tp: TopicPartition::new(r.topic(), r.partition()),
                     offset: r.offset(),
                     timestamp_ms: r.timestamp_ms(),
                     key: r.key().map(<[u8]>::to_vec),
                     value: r.payload().map(<[u8]>::to_vec),
                     reason,
+                    kind,
                 }),
             }
         }

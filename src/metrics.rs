@@ -67,8 +67,8 @@ pub fn install_exporter(addr: SocketAddr, pipeline: &str) -> Result<()> {
 /// Registers every labelled series at zero, so dashboards and `rate()` have data from the
 /// first scrape, not from the first event.
 pub fn register_zeros() {
-    for reason in crate::decode::DEAD_LETTER_CATEGORIES {
-        metrics::counter!(DEAD_LETTERS, "reason" => *reason).increment(0);
+    for reason in crate::decode::Rejection::ALL {
+        metrics::counter!(DEAD_LETTERS, "reason" => reason.as_str()).increment(0);
     }
     for actor in ["consumer", "aggregator", "committer", "start-up"] {
         for reason in ["failed", "stopped"] {

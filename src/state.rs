@@ -23,7 +23,7 @@ use deltalake::arrow::record_batch::RecordBatch;
 
 use crate::checkpoint::{CheckpointStore, StateChanges};
 use crate::config::{AggregateConfig, AggregateOp, DedupConfig, OutputMode};
-use crate::decode::{DeadLetter, OFFSET_COL, PARTITION_COL, TOPIC_COL};
+use crate::decode::{DeadLetter, Rejection, OFFSET_COL, PARTITION_COL, TOPIC_COL};
 use crate::error::{Error, Result};
 use crate::record::TopicPartition;
 
@@ -566,6 +566,7 @@ fn dead_letter_of(batch: &RecordBatch, i: usize, reason: String) -> DeadLetter {
         key: None,
         value: None,
         reason,
+        kind: Rejection::Late,
     }
 }
 
