@@ -121,7 +121,7 @@ impl Forwarder {
     /// Reads what the queue holds (waiting a little for the first record), at most `max_batch`,
     /// keeping only records past what was already forwarded.
     async fn poll<'q>(&mut self, queue: &'q PartitionFetch) -> Result<Vec<Msg<'q>>, ActorProcessingErr> {
-        let mut batch = queue.next_batch(self.max_batch, POLL_WAIT).await.msgs;
+        let mut batch = queue.next_batch(self.max_batch, POLL_WAIT).await;
         if batch.iter().any(|m| m.error().is_some()) {
             for e in batch.iter().filter_map(Msg::error) {
                 if is_data_loss(&e) {

@@ -5,7 +5,7 @@
 //! consumer actor drains. Reading goes through `rd_kafka_consume_batch_queue`: one call hands
 //! over up to a batch of messages, where the per-message poll API pays a clock read, an event
 //! and an allocation for every record. Messages stay in librdkafka's buffers until the decode
-//! stage has read them ([`Fetched`] borrows them; dropping it releases them).
+//! stage has read them (a [`Msg`] borrows its queue; dropping it releases the message).
 
 use std::ffi::{c_void, CString};
 use std::ptr::NonNull;
@@ -66,9 +66,9 @@ impl PartitionFetch {
 
     /// Waits up to `wait` for the queue to hold something, then takes at most `max` messages
     /// without blocking. An empty batch means nothing arrived in time.
-    pub async fn next_batch(&self, max: usize, wait: Duration) -> Fetched<'_> {
+    pub async fn next_batch(&self, max: usize, wait: Duration) -> Vec<Msg<'_>> {
         let batch = self.take(max);
-        if !batch.msgs.is_empty() {
+        if !batch.is_empty() {
             return batch;
         }
         drop(batch);
@@ -78,15 +78,14 @@ impl PartitionFetch {
     }
 
     /// Takes up to `max` messages that are already queued.
-    fn take(&self, max: usize) -> Fetched<'_> {
+    fn take(&self, max: usize) -> Vec<Msg<'_>> {
         let mut ptrs: Vec<*mut rdsys::rd_kafka_message_t> = Vec::with_capacity(max);
         // SAFETY: the queue is valid; librdkafka writes at most `max` message pointers, each of
         // which we own until `rd_kafka_message_destroy`.
         let n = unsafe { rdsys::rd_kafka_consume_batch_queue(self.queue.as_ptr(), 0, ptrs.as_mut_ptr(), max) };
         // SAFETY: librdkafka initialised the first `n` entries (n is -1 on error: none).
         unsafe { ptrs.set_len(n.max(0) as usize) };
-        let msgs = ptrs.into_iter().filter_map(NonNull::new).map(|p| Msg { ptr: p, topic: &self.tp.topic }).collect();
-        Fetched { msgs }
+        ptrs.into_iter().filter_map(NonNull::new).map(|p| Msg { ptr: p, topic: &self.tp.topic }).collect()
     }
 }
 
@@ -102,13 +101,8 @@ impl Drop for PartitionFetch {
     }
 }
 
-/// Messages taken from a partition queue, in offset order.
-pub struct Fetched<'q> {
-    /// The messages (a message may carry an error instead of a record: see [`Msg::error`]).
-    pub msgs: Vec<Msg<'q>>,
-}
-
-/// One message owned from librdkafka; released on drop.
+/// One message owned from librdkafka (a record, or a consume error: see [`Msg::error`]);
+/// released on drop.
 pub struct Msg<'q> {
     ptr: NonNull<rdsys::rd_kafka_message_t>,
     topic: &'q str,

@@ -49,9 +49,9 @@ pub struct Record {
     pub payload: Option<Vec<u8>>,
 }
 
-/// What the decode stage reads of a record: implemented by the owned [`Record`] and by
-/// librdkafka's borrowed message, so consumers decode straight from librdkafka's buffers without
-/// copying each record first.
+/// What the decode stage reads of a record: implemented by the owned [`Record`] and by the
+/// consumers' [`crate::fetch::Msg`], so consumers decode straight from librdkafka's buffers
+/// without copying each record first.
 pub trait RecordView {
     /// Topic name.
     fn topic(&self) -> &str;
@@ -85,27 +85,6 @@ impl RecordView for Record {
     }
     fn payload(&self) -> Option<&[u8]> {
         self.payload.as_deref()
-    }
-}
-
-impl RecordView for rdkafka::message::BorrowedMessage<'_> {
-    fn topic(&self) -> &str {
-        rdkafka::Message::topic(self)
-    }
-    fn partition(&self) -> i32 {
-        rdkafka::Message::partition(self)
-    }
-    fn offset(&self) -> i64 {
-        rdkafka::Message::offset(self)
-    }
-    fn timestamp_ms(&self) -> Option<i64> {
-        rdkafka::Message::timestamp(self).to_millis()
-    }
-    fn key(&self) -> Option<&[u8]> {
-        rdkafka::Message::key(self)
-    }
-    fn payload(&self) -> Option<&[u8]> {
-        rdkafka::Message::payload(self)
     }
 }
 
