@@ -479,9 +479,6 @@ impl SupervisorState {
             });
         }
         self.committed = Checkpoint::new(&self.args.config.id, report.epoch, &offsets);
-        if let Some(rss) = m::resident_bytes() {
-            metrics::gauge!(m::PROCESS_RSS).set(rss as f64);
-        }
         metrics::counter!(m::RECORDS_COMMITTED).increment(report.records);
         metrics::counter!(m::DUPLICATES_DROPPED).increment(report.duplicates);
         for (reason, n) in &report.dead_letter_categories {
