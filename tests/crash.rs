@@ -7,15 +7,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use exactly::producer::{produce, ProduceOptions};
-use rand::SeedableRng;
 
 use crate::common::{self, spawn, terminate, write_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_while_producing_stays_exactly_once() {
-    let seed: u64 = std::env::var("EXACTLY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    eprintln!("sigkill test seed: {seed} (EXACTLY_SEED={seed} reproduces the kill times)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = common::seeded_rng("sigkill test");
     let topic = common::topic("sigkill", 4).await;
     let dir = tempfile::tempdir().unwrap();
     let config = common::delta_config(&common::unique("p"), &topic, dir.path());
@@ -154,17 +151,9 @@ async fn records_deleted_before_their_commit_are_refused_not_skipped() {
     let deleted = admin.delete_records(&tpl, &AdminOptions::new()).await.unwrap();
     assert_eq!(deleted.find_partition(&topic, 0).unwrap().offset(), rdkafka::Offset::Offset(150), "low watermark moved");
 
-    let mut child = spawn(&file, None);
-    let waited = tokio::task::spawn_blocking(move || {
-        let status = child.wait().unwrap();
-        let mut err = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-        (status, err)
-    });
-    let (status, stderr) = tokio::time::timeout(Duration::from_secs(60), waited)
-        .await
-        .expect("the pipeline gives up once its restart budget is spent")
-        .unwrap();
+    let child = spawn(&file, None);
+    let (status, stderr) =
+        common::wait_exit(child, Duration::from_secs(60), "the pipeline gives up once its restart budget is spent").await;
     assert!(!status.success(), "reading past deleted records must fail, not skip them; stderr: {stderr}");
 
     let cp = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();

@@ -13,7 +13,6 @@ use exactly::config::{AggregateConfig, AggregateOp, AggregateSpec, DedupConfig, 
 use exactly::failpoint::{FailAction, FailPoints};
 use exactly::pipeline::{Pipeline, RunOptions};
 use exactly::producer::{produce, ProduceOptions};
-use rand::SeedableRng;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::common;
@@ -212,9 +211,7 @@ async fn update_mode_counts_survive_restarts_and_a_kill_between_commit_and_check
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_survive_sigkill_at_random_moments() {
-    let seed: u64 = std::env::var("EXACTLY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    eprintln!("counts sigkill seed: {seed}");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = common::seeded_rng("counts sigkill");
     let topic = common::topic("counts-kill", 4).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());

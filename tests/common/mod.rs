@@ -244,18 +244,31 @@ pub fn spawn(config: &Path, failpoints: Option<&str>) -> Child {
     c.spawn().unwrap()
 }
 
-/// SIGTERM (graceful: commits the open epoch), then waits for a clean exit.
-pub async fn terminate(mut child: Child) {
-    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    assert!(status.success());
+/// Waits up to `deadline` for `child` (started by [`spawn`]) to exit; its status and stderr.
+pub async fn wait_exit(mut child: Child, deadline: Duration, what: &str) -> (std::process::ExitStatus, String) {
     let waited = tokio::task::spawn_blocking(move || {
         let s = child.wait().unwrap();
         let mut err = String::new();
         std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
         (s, err)
     });
-    let (status, stderr) = tokio::time::timeout(Duration::from_secs(60), waited).await.expect("exits after SIGTERM").unwrap();
+    tokio::time::timeout(deadline, waited).await.expect(what).unwrap()
+}
+
+/// SIGTERM (graceful: commits the open epoch), then waits for a clean exit.
+pub async fn terminate(child: Child) {
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    let (status, stderr) = wait_exit(child, Duration::from_secs(60), "exits after SIGTERM").await;
     assert!(status.success(), "graceful stop must exit 0: {status}; stderr: {stderr}");
+}
+
+/// A random generator seeded from `EXACTLY_SEED`, or at random (printed, so a failure can be
+/// replayed with the same fault times).
+pub fn seeded_rng(what: &str) -> rand::rngs::StdRng {
+    let seed: u64 = std::env::var("EXACTLY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("{what} seed: {seed} (EXACTLY_SEED={seed} reproduces it)");
+    rand::SeedableRng::seed_from_u64(seed)
 }
 
 /// Starts `exactly run` on `config` and SIGKILLs it `kills` times at random moments (300 ms to
