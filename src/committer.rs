@@ -49,8 +49,8 @@ pub struct CommitterArgs {
     pub supervisor: ActorRef<SupervisorMsg>,
     /// Fail points (`after-checkpoint`).
     pub failpoints: Arc<FailPoints>,
-    /// Records consumed but not committed; released after each commit (back-pressure).
-    pub buffered: Arc<std::sync::atomic::AtomicU64>,
+    /// Records consumed but not committed; released after each commit.
+    pub backpressure: crate::backpressure::BackPressure,
 }
 
 /// What one commit did, for progress and metrics.
@@ -145,7 +145,7 @@ impl Actor for CommitterActor {
                 .await??;
                 let checkpoint_time = t1.elapsed();
                 state.last_epoch = batch.epoch;
-                state.args.buffered.fetch_sub(batch.input_records(), std::sync::atomic::Ordering::Relaxed);
+                state.args.backpressure.release(batch.input_records());
                 state.args.failpoints.hit("after-checkpoint").await?;
                 let report = CommitReport {
                     epoch: batch.epoch,

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::kafka;
+
 /// Environment variable that replaces `source.brokers` when set.
 pub const BROKERS_ENV: &str = "KAFKA_BROKERS";
 
@@ -69,12 +71,18 @@ pub struct SourceConfig {
     /// Back-pressure: consumers stop reading while this many records are consumed but not yet
     /// committed (a slow sink then bounds memory instead of growing it).
     pub max_buffered_records: u64,
-    /// Extra librdkafka consumer properties (security, fetch sizes, ...). `enable.auto.commit`
-    /// and `group.id` are managed by the pipeline: Kafka's committed offsets are never the source
-    /// of truth, the checkpoint and the sink are.
+    /// Extra librdkafka consumer properties (security, fetch sizes, ...). The properties in
+    /// [`kafka::MANAGED_PROPERTIES`] (`enable.auto.commit`, `group.id`, `isolation.level`, ...)
+    /// are managed by the pipeline and refused here: Kafka's committed offsets are never the
+    /// source of truth, and records of aborted transactions never reach a table.
     pub properties: BTreeMap<String, String>,
     /// How long to wait for the brokers at start-up before giving up, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// How often the topics' partition lists are looked up while running, in milliseconds.
+    /// Partitions added to a topic are read from their earliest offset within this delay (the
+    /// open epoch is committed, then the actor tree restarts with a consumer for each new
+    /// partition; no restart budget is spent).
+    pub partition_discovery_ms: u64,
 }
 
 impl Default for SourceConfig {
@@ -87,6 +95,7 @@ impl Default for SourceConfig {
             max_buffered_records: 1_000_000,
             properties: BTreeMap::new(),
             connect_timeout_ms: 10_000,
+            partition_discovery_ms: 10_000,
         }
     }
 }
@@ -392,11 +401,15 @@ pub struct SupervisorConfig {
     pub window_secs: u64,
     /// Delay before a restart, in milliseconds (doubles on each restart inside the window).
     pub backoff_ms: u64,
+    /// How long a graceful stop (Ctrl-C, SIGTERM) may take to commit the open epoch, in
+    /// milliseconds. Past it the pipeline stops without that epoch — the checkpoint is intact and
+    /// the next start reads those records again — and exits non-zero.
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for SupervisorConfig {
     fn default() -> Self {
-        SupervisorConfig { max_restarts: 10, window_secs: 60, backoff_ms: 100 }
+        SupervisorConfig { max_restarts: 10, window_secs: 60, backoff_ms: 100, shutdown_timeout_ms: 30_000 }
     }
 }
 
@@ -522,12 +535,11 @@ impl PipelineConfig {
         if self.source.max_batch_records == 0 {
             return Err(bad("source.max_batch_records", "must be at least 1".into()));
         }
-        for key in ["enable.auto.commit", "group.id", "enable.auto.offset.store"] {
-            if self.source.properties.contains_key(key) {
+        for (key, why) in kafka::MANAGED_PROPERTIES {
+            if self.source.properties.contains_key(*key) {
                 return Err(bad(
                     &format!("source.properties.\"{key}\""),
-                    "is managed by the pipeline and cannot be set: progress lives in the checkpoint and the sink, not in Kafka"
-                        .into(),
+                    format!("is managed by the pipeline and cannot be set: {why}"),
                 ));
             }
         }
@@ -542,6 +554,12 @@ impl PipelineConfig {
         }
         if self.supervisor.window_secs == 0 {
             return Err(bad("supervisor.window_secs", "must be at least 1".into()));
+        }
+        if self.supervisor.shutdown_timeout_ms == 0 {
+            return Err(bad("supervisor.shutdown_timeout_ms", "must be at least 1".into()));
+        }
+        if self.source.partition_discovery_ms < 100 {
+            return Err(bad("source.partition_discovery_ms", "must be at least 100 (milliseconds)".into()));
         }
         if self.decode.format == DecodeFormat::Json && self.decode.fields.is_empty() {
             return Err(bad(

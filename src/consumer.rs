@@ -8,7 +8,6 @@
 //! **Architecture Invariant:** a consumer never commits offsets to Kafka and never decides where
 //! to start: it starts where the supervisor assigned it (the last committed epoch's cut).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +15,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::aggregator::AggregatorMsg;
+use crate::backpressure::BackPressure;
 use crate::decode::Decoder;
 use crate::fault::Fault;
 use crate::fetch::{Msg, PartitionFetch};
 use crate::metrics as m;
 use crate::record::{Record, RecordView, TopicPartition};
+use crate::replay::ReplayCut;
 
 /// How long one poll waits for a first record before yielding to other messages (barriers).
 const POLL_WAIT: Duration = Duration::from_millis(50);
@@ -45,9 +46,9 @@ pub enum ConsumerMsg {
 pub struct ConsumerArgs {
     /// The decode stage (shared by all consumers).
     pub decoder: Arc<Decoder>,
-    /// Replay of a committed epoch after a crash: send barrier `.0` exactly at offset `.1`, the
-    /// end that epoch recorded, before anything past it.
-    pub replay: Option<(u64, i64)>,
+    /// This partition's part of a replayed epoch (after a crash between the sink commit and the
+    /// checkpoint), cut exactly at the end the table recorded.
+    pub replay: Option<ReplayCut>,
     /// Its partition.
     pub tp: TopicPartition,
     /// The offset it was assigned at (the last committed cut).
@@ -58,10 +59,8 @@ pub struct ConsumerArgs {
     pub aggregator: ActorRef<AggregatorMsg>,
     /// Most records per forwarded message.
     pub max_batch: usize,
-    /// Records consumed but not yet committed, over all partitions of this generation.
-    pub buffered: Arc<AtomicU64>,
-    /// Stop reading while `buffered` is at or above this.
-    pub max_buffered: u64,
+    /// The generation's consumed-but-uncommitted count (read only while it allows).
+    pub backpressure: BackPressure,
 }
 
 /// A consumer's state: its queue, and what it forwards records with (split so records borrowed
@@ -74,13 +73,12 @@ pub struct ConsumerState {
 /// Everything but the queue.
 struct Forwarder {
     decoder: Arc<Decoder>,
-    replay: Option<(u64, i64)>,
+    replay: Option<ReplayCut>,
     tp: TopicPartition,
     next_offset: i64,
     aggregator: ActorRef<AggregatorMsg>,
     max_batch: usize,
-    buffered: Arc<AtomicU64>,
-    max_buffered: u64,
+    backpressure: BackPressure,
 }
 
 /// Errors after which reading on would lose data: the partition no longer holds our offset.
@@ -92,11 +90,15 @@ impl Forwarder {
     /// Decodes and forwards records; during a replay, cuts the replayed epoch exactly at its
     /// recorded end.
     fn forward<R: RecordView>(&mut self, records: &[R]) -> Result<(), ActorProcessingErr> {
-        if let Some((barrier, end)) = self.replay {
-            let (before, after) = records.split_at(records.partition_point(|r| r.offset() < end));
+        if let Some(cut) = self.replay {
+            let (before, after) = records.split_at(cut.split(records));
             self.send(before)?;
-            if self.next_offset >= end || !after.is_empty() {
-                self.aggregator.cast(AggregatorMsg::Barrier { barrier, tp: self.tp.clone(), next_offset: end })?;
+            if cut.reached(self.next_offset, !after.is_empty()) {
+                self.aggregator.cast(AggregatorMsg::Barrier {
+                    barrier: cut.barrier,
+                    tp: self.tp.clone(),
+                    next_offset: cut.end,
+                })?;
                 self.replay = None;
             }
             return self.send(after);
@@ -109,7 +111,7 @@ impl Forwarder {
             return Ok(());
         }
         let input = records.len() as u64;
-        self.buffered.fetch_add(input, Ordering::Relaxed);
+        self.backpressure.admit(input);
         metrics::counter!(m::RECORDS_CONSUMED, "topic" => self.tp.topic.to_string(), "partition" => self.tp.partition.to_string())
             .increment(input);
         let min_timestamp_ms = records.iter().filter_map(RecordView::timestamp_ms).min();
@@ -166,8 +168,7 @@ impl Actor for ConsumerActor {
                 next_offset: args.start,
                 aggregator: args.aggregator,
                 max_batch: args.max_batch,
-                buffered: args.buffered,
-                max_buffered: args.max_buffered,
+                backpressure: args.backpressure,
             },
         };
         // A replayed epoch that never moved this partition ends where it starts.
@@ -185,9 +186,9 @@ impl Actor for ConsumerActor {
         match msg {
             ConsumerMsg::Poll => {
                 let out = &mut state.out;
-                if out.buffered.load(Ordering::Relaxed) >= out.max_buffered {
-                    // Back-pressure: wait for commits to release buffered records. Barriers
-                    // still get through, so the open epoch can close and commit.
+                if !out.backpressure.may_read(out.replay.is_some()) {
+                    // Wait for commits to release buffered records. Barriers still get through,
+                    // so the open epoch can close and commit.
                     myself.send_after(BACKPRESSURE_WAIT, || ConsumerMsg::Poll);
                     return Ok(());
                 }

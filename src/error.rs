@@ -67,6 +67,11 @@ pub enum Error {
         last_failure: String,
     },
 
+    /// A graceful stop could not commit the open epoch. The checkpoint is intact: the next start
+    /// reads those records again.
+    #[error("shutdown: {0} (the checkpoint is intact; the next start reads the uncommitted records again)")]
+    Shutdown(String),
+
     /// A fail point fired (tests and the chaos suite only).
     #[error("{0}")]
     FailPoint(String),

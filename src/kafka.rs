@@ -124,21 +124,37 @@ pub fn base_config(brokers: &str) -> ClientConfig {
 pub const FETCH_DEFAULTS: &[(&str, &str)] =
     &[("fetch.queue.backoff.ms", "10"), ("queued.min.messages", "20000"), ("fetch.wait.max.ms", "50")];
 
-/// The pipeline's consumer config: manual assignment, no auto-commit, read_committed.
+/// Consumer properties the pipeline sets itself, which `source.properties` may not change, and
+/// why (the config check quotes the reason).
+pub const MANAGED_PROPERTIES: &[(&str, &str)] = &[
+    ("enable.auto.commit", "progress lives in the checkpoint and the sink, not in Kafka"),
+    ("enable.auto.offset.store", "progress lives in the checkpoint and the sink, not in Kafka"),
+    ("group.id", "progress lives in the checkpoint and the sink, not in Kafka"),
+    ("isolation.level", "the pipeline reads read_committed, so records of aborted or open transactions never reach a table"),
+    (
+        "auto.offset.reset",
+        "a committed position that Kafka no longer holds stops the pipeline instead of silently skipping records",
+    ),
+];
+
+/// The pipeline's consumer config: manual assignment, no auto-commit, read_committed, and a
+/// position Kafka no longer holds is an error (never a silent reset). The managed properties are
+/// set after the user's, so nothing overrides them.
 pub fn consumer_config(config: &PipelineConfig) -> ClientConfig {
     let mut c = base_config(&config.source.brokers);
-    c.set("group.id", format!("exactly-{}", config.id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("isolation.level", "read_committed")
-        .set("statistics.interval.ms", "1000");
     for (k, v) in FETCH_DEFAULTS {
         c.set(*k, *v);
     }
     for (k, v) in &config.source.properties {
         c.set(k, v);
     }
+    c.set("group.id", format!("exactly-{}", config.id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "error")
+        .set("statistics.interval.ms", "1000");
     c
 }
 
@@ -162,30 +178,41 @@ pub async fn preflight(brokers: &str, topics: &[String], timeout: Duration) -> R
         let consumer: BaseConsumer = base_config(&brokers)
             .create()
             .map_err(|e| Error::BrokerUnreachable { brokers: brokers.clone(), detail: e.to_string() })?;
-        let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| {
-            let detail =
-                if is_unreachable(&e) { format!("no broker answered within {} ms", timeout.as_millis()) } else { e.to_string() };
-            Error::BrokerUnreachable { brokers: brokers.clone(), detail }
-        })?;
-        let mut out = Vec::new();
-        for topic in &topics {
-            let found = metadata.topics().iter().find(|t| t.name() == topic);
-            match found {
-                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                    let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-                    ps.sort_unstable();
-                    out.extend(ps.into_iter().map(|p| TopicPartition::new(topic, p)));
-                }
-                Some(t) if t.error().is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {
-                    return Err(Error::Kafka(KafkaError::MetadataFetch(t.error().unwrap().into())));
-                }
-                _ => return Err(Error::TopicMissing { topic: topic.clone(), brokers: brokers.clone() }),
-            }
-        }
-        Ok(out)
+        partitions_of(&consumer, &brokers, &topics, timeout)
     })
     .await
     .map_err(|e| Error::Actor(format!("pre-flight task failed: {e}")))?
+}
+
+/// Every partition of `topics`, in order, from a metadata request on `consumer` (blocking, at
+/// most `timeout`). The pre-flight check and the running pipeline's partition discovery both
+/// ask this way.
+pub fn partitions_of<X: ConsumerContext, C: Consumer<X>>(
+    consumer: &C,
+    brokers: &str,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<Vec<TopicPartition>> {
+    let mut out = Vec::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| {
+            let detail =
+                if is_unreachable(&e) { format!("no broker answered within {} ms", timeout.as_millis()) } else { e.to_string() };
+            Error::BrokerUnreachable { brokers: brokers.to_string(), detail }
+        })?;
+        match metadata.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+                ps.sort_unstable();
+                out.extend(ps.into_iter().map(|p| TopicPartition::new(topic, p)));
+            }
+            Some(t) if t.error().is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {
+                return Err(Error::Kafka(KafkaError::MetadataFetch(t.error().unwrap().into())));
+            }
+            _ => return Err(Error::TopicMissing { topic: topic.clone(), brokers: brokers.to_string() }),
+        }
+    }
+    Ok(out)
 }
 
 /// Low and high watermarks of one partition, asked of the broker.

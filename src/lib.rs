@@ -12,7 +12,10 @@
 //! - [`committer`]: the only writer; commits an epoch to the [`sink`] (a Delta Lake table and its
 //!   dead-letter table, exactly once) and then writes the [`checkpoint`].
 //! - [`supervisor`]: the root actor; cuts epochs, restarts the tree from the last committed epoch
-//!   when any actor fails, enforces the restart budget.
+//!   when any actor fails, enforces the restart budget, picks up partitions added to a topic.
+//!
+//! Rules several actors follow have one home each: [`replay`] (re-cutting an epoch the sink holds
+//! but the checkpoint missed) and [`backpressure`] (when consumers may read).
 //! - [`pipeline`]: [`pipeline::run`], the entry point that ties it together with a shutdown signal.
 //!
 //! Around them: [`record`] (records, offsets, epochs), [`verify`] (the exactly-once audit of a
@@ -22,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregator;
+pub mod backpressure;
 pub mod checkpoint;
 pub mod committer;
 pub mod config;
@@ -37,6 +41,7 @@ pub mod pipeline;
 pub mod producer;
 pub mod progress;
 pub mod record;
+pub mod replay;
 pub mod sink;
 pub mod state;
 pub mod supervisor;

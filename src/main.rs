@@ -251,7 +251,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(main_inner(cli)) {
+    let result = runtime.block_on(main_inner(cli));
+    // Blocking tasks still running (a Kafka call, a stuck store) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: what was wrong, where, and what to do.

@@ -33,6 +33,31 @@ pub struct Pipeline {
     join: JoinHandle<()>,
     outcome: Arc<Mutex<Option<Error>>>,
     progress: broadcast::Sender<Progress>,
+    shutdown_timeout: Duration,
+}
+
+/// Beyond `supervisor.shutdown_timeout_ms`, how long the supervisor gets to tear the tree down
+/// before [`Pipeline::shutdown`] stops waiting for it (a supervisor stuck in a start-up step).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Asks the supervisor to commit the open epoch and stop, and waits for it — at most the
+/// configured shutdown timeout plus [`SHUTDOWN_GRACE`]; then the supervisor is killed and the
+/// stop is reported as failed. Every way a pipeline is stopped goes through here.
+async fn stop(
+    supervisor: &ActorRef<SupervisorMsg>,
+    join: &mut JoinHandle<()>,
+    outcome: &Mutex<Option<Error>>,
+    timeout: Duration,
+) {
+    let _ = supervisor.cast(SupervisorMsg::Shutdown);
+    if tokio::time::timeout(timeout + SHUTDOWN_GRACE, &mut *join).await.is_err() {
+        supervisor.kill();
+        outcome.lock().expect("outcome lock").get_or_insert(Error::Shutdown(format!(
+            "the pipeline did not stop within {} s",
+            (timeout + SHUTDOWN_GRACE).as_secs()
+        )));
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, join).await;
+    }
 }
 
 impl Pipeline {
@@ -48,6 +73,7 @@ impl Pipeline {
         let partitions = kafka::preflight(&src.brokers, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
         let outcome = Arc::new(Mutex::new(None));
         let (progress, _) = broadcast::channel(1024);
+        let shutdown_timeout = Duration::from_millis(config.supervisor.shutdown_timeout_ms);
         let args = SupervisorArgs {
             config: Arc::new(config),
             sink,
@@ -58,7 +84,7 @@ impl Pipeline {
             reset_checkpoint_from_table: options.reset_checkpoint_from_table,
         };
         let (supervisor, join) = Actor::spawn(None, SupervisorActor, args).await.map_err(|e| Error::Actor(e.to_string()))?;
-        Ok(Pipeline { supervisor, join, outcome, progress })
+        Ok(Pipeline { supervisor, join, outcome, progress, shutdown_timeout })
     }
 
     /// Progress reports, one per committed epoch, from now on.
@@ -77,18 +103,22 @@ impl Pipeline {
     }
 
     /// Commits the open epoch and stops; returns the pipeline's outcome.
-    pub async fn shutdown(self) -> Result<()> {
-        let _ = self.supervisor.cast(SupervisorMsg::Shutdown);
-        self.wait().await
+    pub async fn shutdown(mut self) -> Result<()> {
+        stop(&self.supervisor, &mut self.join, &self.outcome, self.shutdown_timeout).await;
+        take_outcome(&self.outcome)
     }
 
     /// Waits until the pipeline stops by itself; `Err` if it stopped on a fatal error.
     pub async fn wait(self) -> Result<()> {
         let _ = self.join.await;
-        match self.outcome.lock().expect("outcome lock").take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        take_outcome(&self.outcome)
+    }
+}
+
+fn take_outcome(outcome: &Mutex<Option<Error>>) -> Result<()> {
+    match outcome.lock().expect("outcome lock").take() {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
@@ -103,17 +133,11 @@ pub async fn run(
     let pipeline = Pipeline::start_with(config, sink, options).await?;
     let supervisor = pipeline.supervisor.clone();
     let outcome = pipeline.outcome.clone();
+    let timeout = pipeline.shutdown_timeout;
     let mut join = pipeline.join;
     tokio::select! {
         _ = &mut join => {}
-        _ = shutdown => {
-            let _ = supervisor.cast(SupervisorMsg::Shutdown);
-            let _ = join.await;
-        }
+        _ = shutdown => stop(&supervisor, &mut join, &outcome, timeout).await,
     }
-    let result = outcome.lock().expect("outcome lock").take();
-    match result {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    take_outcome(&outcome)
 }

@@ -29,6 +29,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::aggregator::{AggregatorActor, AggregatorArgs, AggregatorMsg};
+use crate::backpressure::BackPressure;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::committer::{CommitReport, CommitterActor, CommitterArgs, CommitterMsg};
 use crate::config::PipelineConfig;
@@ -41,6 +42,7 @@ use crate::kafka::{self, PartitionStats, PipelineConsumer, StatsContext};
 use crate::metrics as m;
 use crate::progress::{PartitionProgress, Progress};
 use crate::record::{Offsets, TopicPartition};
+use crate::replay::Replay;
 use crate::sink::{CommittedEpoch, Sink};
 use crate::state::Processor;
 
@@ -70,6 +72,10 @@ pub enum SupervisorMsg {
     },
     /// Commit the open epoch, then stop.
     Shutdown,
+    /// `supervisor.shutdown_timeout_ms` after `Shutdown`: stop now, without the open epoch.
+    ShutdownDeadline,
+    /// Partition discovery found these partitions (every partition of the topics, in order).
+    PartitionsFound(Vec<TopicPartition>),
     /// Report the tree's current state.
     Status(RpcReplyPort<PipelineStatus>),
 }
@@ -99,7 +105,8 @@ pub struct SupervisorArgs {
     pub config: Arc<PipelineConfig>,
     /// The sink, shared by every generation's committer.
     pub sink: Arc<dyn Sink>,
-    /// Every partition to read (from the pre-flight check).
+    /// Every partition to read at start (from the pre-flight check); partitions added to the
+    /// topics later are found by partition discovery.
     pub partitions: Vec<TopicPartition>,
     /// Where the reason for a fatal stop is left for [`crate::pipeline`].
     pub outcome: Arc<Mutex<Option<Error>>>,
@@ -115,6 +122,7 @@ pub struct SupervisorArgs {
 struct Generation {
     client: Arc<PipelineConsumer>,
     poller: JoinHandle<()>,
+    discovery: JoinHandle<()>,
     consumers: Vec<(TopicPartition, ActorRef<ConsumerMsg>)>,
     aggregator: ActorRef<AggregatorMsg>,
     committer: ActorRef<CommitterMsg>,
@@ -133,6 +141,15 @@ impl Generation {
     }
 }
 
+/// Why the current generation is wound down after its open epoch commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// Ctrl-C / SIGTERM / [`crate::pipeline::Pipeline::shutdown`]: then stop.
+    Shutdown,
+    /// Partitions were added to a topic: then start a generation that reads them too.
+    Regenerate,
+}
+
 /// The supervisor's state.
 pub struct SupervisorState {
     args: SupervisorArgs,
@@ -147,7 +164,11 @@ pub struct SupervisorState {
     ticker: Option<JoinHandle<()>>,
     restarts: VecDeque<Instant>,
     restarts_total: u64,
-    shutting_down: bool,
+    /// Partitions read by this and later generations (grows when partitions are added).
+    partitions: Vec<TopicPartition>,
+    /// Set while the current generation is being wound down: its last barrier is cut, and once
+    /// that epoch commits the tree stops or restarts.
+    drain: Option<Drain>,
     final_barrier: Option<u64>,
     last_commit_at: Instant,
     reset_from_sink: bool,
@@ -162,6 +183,10 @@ impl SupervisorState {
         let reason = error.to_string();
         self.args.outcome.lock().expect("outcome lock").get_or_insert(error);
         myself.stop(Some(reason));
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.drain == Some(Drain::Shutdown)
     }
 
     /// Reconciles the checkpoint with what the sink says it committed. Returns where to resume
@@ -181,7 +206,7 @@ impl SupervisorState {
         }
         let sink = self.args.sink.clone();
         let durable = sink.durable();
-        let sink_epoch = sink.committed_epoch(&self.args.partitions).await?;
+        let sink_epoch = sink.committed_epoch(&self.partitions).await?;
         if std::mem::take(&mut self.reset_from_sink) {
             let v = sink_epoch.clone().ok_or_else(|| {
                 Error::Recovery("--reset-checkpoint-from-table: the table holds no epoch of this pipeline to reset from".into())
@@ -233,7 +258,7 @@ impl SupervisorState {
         // Partitions with no position yet (first start, or partitions added to a topic) start
         // where `starting_offsets` says, and that position is pinned in the checkpoint at once.
         let mut offsets = cp.offsets();
-        let missing: Vec<TopicPartition> = self.args.partitions.iter().filter(|tp| !offsets.contains_key(*tp)).cloned().collect();
+        let missing: Vec<TopicPartition> = self.partitions.iter().filter(|tp| !offsets.contains_key(*tp)).cloned().collect();
         if !missing.is_empty() {
             let src = &self.args.config.source;
             let mode = if cp.epoch == 0 && cp.offsets.is_empty() {
@@ -254,30 +279,18 @@ impl SupervisorState {
     async fn start_generation(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), Error> {
         let (cp, replay) = self.recover().await?;
         let config = self.args.config.clone();
-        let offsets: Offsets = cp.offsets().into_iter().filter(|(tp, _)| self.args.partitions.contains(tp)).collect();
+        let offsets: Offsets = cp.offsets().into_iter().filter(|(tp, _)| self.partitions.contains(tp)).collect();
         // A replayed epoch is cut by its recorded offsets, under a barrier of its own.
         let replay = match replay {
             None => None,
             Some(v) => {
-                let barrier = self.next_barrier;
+                let plan = Replay::plan(&v, &offsets, self.next_barrier)?;
                 self.next_barrier += 1;
-                let mut ends = Offsets::new();
-                for (tp, start) in &offsets {
-                    let end = v.offsets.get(tp).copied().unwrap_or(*start);
-                    if end < *start {
-                        return Err(Error::Recovery(format!(
-                            "epoch {} recorded offset {end} for {tp}, before the checkpoint's {start}",
-                            v.epoch
-                        )));
-                    }
-                    ends.insert(tp.clone(), end);
-                }
-                Some((barrier, ends))
+                Some(plan)
             }
         };
 
         let client: PipelineConsumer = kafka::consumer_config(&config)
-            .set("auto.offset.reset", "error")
             .create_with_context(StatsContext::new(self.stats.clone(), self.committed_offsets.clone()))?;
         let client = Arc::new(client);
         let mut tpl = TopicPartitionList::new();
@@ -306,9 +319,9 @@ impl SupervisorState {
             }
         });
 
+        let discovery = self.spawn_discovery(myself, &client);
         let cell = myself.get_cell();
-        // Consumed-but-uncommitted records of this generation (back-pressure).
-        let buffered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let backpressure = BackPressure::new(config.source.max_buffered_records);
         let spawn_err = |e: ractor::SpawnErr| Error::Actor(e.to_string());
         let (committer, _) = Actor::spawn_linked(
             None,
@@ -320,7 +333,7 @@ impl SupervisorState {
                 committed_epoch: cp.epoch,
                 supervisor: myself.clone(),
                 failpoints: self.args.failpoints.clone(),
-                buffered: buffered.clone(),
+                backpressure: backpressure.clone(),
             },
             cell.clone(),
         )
@@ -335,7 +348,7 @@ impl SupervisorState {
                 committer: committer.clone(),
                 supervisor: myself.clone(),
                 max_records: config.epoch.max_records,
-                replay_barrier: replay.as_ref().map(|(b, _)| *b),
+                replay_barrier: replay.as_ref().map(|r| r.barrier),
                 processor: self.processor.clone(),
             },
             cell.clone(),
@@ -352,14 +365,13 @@ impl SupervisorState {
                 ConsumerActor,
                 ConsumerArgs {
                     decoder: decoder.clone(),
-                    replay: replay.as_ref().map(|(b, ends)| (*b, ends[&tp])),
+                    replay: replay.as_ref().map(|r| r.cut(&tp, start)),
                     tp: tp.clone(),
                     start,
                     queue,
                     aggregator: aggregator.clone(),
                     max_batch: config.source.max_batch_records,
-                    buffered: buffered.clone(),
-                    max_buffered: config.source.max_buffered_records,
+                    backpressure: backpressure.clone(),
                 },
                 cell.clone(),
             )
@@ -373,8 +385,8 @@ impl SupervisorState {
         metrics::gauge!(m::EPOCH_COMMITTED).set(cp.epoch as f64);
         *self.committed_offsets.lock().expect("offsets lock") = offsets.clone();
         self.committed = cp;
-        self.in_flight = replay.as_ref().map(|(b, _)| *b);
-        self.current = Some(Generation { client, poller, consumers, aggregator, committer, ids });
+        self.in_flight = replay.as_ref().map(|r| r.barrier);
+        self.current = Some(Generation { client, poller, discovery, consumers, aggregator, committer, ids });
         self.ticker = Some(myself.send_interval(config.epoch.interval(), || SupervisorMsg::Tick));
         Ok(())
     }
@@ -390,8 +402,57 @@ impl SupervisorState {
         for (_, c) in &gen.consumers {
             c.cast(ConsumerMsg::Barrier(b))?;
         }
-        if self.shutting_down {
+        if self.drain.is_some() {
             self.final_barrier = Some(b);
+        }
+        Ok(())
+    }
+
+    /// Looks up the topics' partitions every `source.partition_discovery_ms` on the generation's
+    /// own client (no extra connection) and reports them; the supervisor decides what is new.
+    fn spawn_discovery(&self, myself: &ActorRef<SupervisorMsg>, client: &Arc<PipelineConsumer>) -> JoinHandle<()> {
+        let src = &self.args.config.source;
+        let every = Duration::from_millis(src.partition_discovery_ms);
+        let timeout = Duration::from_millis(src.connect_timeout_ms);
+        let (brokers, topics) = (src.brokers.clone(), src.topics.clone());
+        let (client, me) = (client.clone(), myself.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let (client, brokers, topics) = (client.clone(), brokers.clone(), topics.clone());
+                let found =
+                    tokio::task::spawn_blocking(move || kafka::partitions_of(client.as_ref(), &brokers, &topics, timeout)).await;
+                match found {
+                    Ok(Ok(tps)) => {
+                        if me.cast(SupervisorMsg::PartitionsFound(tps)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "partition discovery failed; trying again"),
+                    Err(_) => return,
+                }
+            }
+        })
+    }
+
+    /// Partition discovery reported `found`: when it names partitions this pipeline does not
+    /// read yet, wind the generation down (its open epoch commits first) and start one that reads
+    /// them too, from their earliest offset. Partitions never disappear from a Kafka topic; a
+    /// topic that did is left to the consumers' errors and recovery.
+    fn on_partitions_found(&mut self, found: Vec<TopicPartition>) -> Result<(), ActorProcessingErr> {
+        let added: Vec<TopicPartition> = found.into_iter().filter(|tp| !self.partitions.contains(tp)).collect();
+        if added.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = added.iter().map(ToString::to_string).collect();
+        tracing::info!(partitions = %names.join(","), "partitions added to the topics; committing the open epoch, then restarting the actor tree to read them");
+        self.partitions.extend(added);
+        self.partitions.sort();
+        if self.drain.is_none() && self.current.is_some() {
+            self.drain = Some(Drain::Regenerate);
+            if self.in_flight.is_none() {
+                self.cut()?;
+            }
         }
         Ok(())
     }
@@ -399,18 +460,24 @@ impl SupervisorState {
     /// Ends the current generation. Consumers and the aggregator hold nothing durable and are
     /// killed; the committer is stopped gracefully so a commit in progress completes (or fails)
     /// before anything restarts.
-    async fn teardown(&mut self) {
+    ///
+    /// `graceful = false` (the shutdown deadline passed) kills the committer too: a sink commit is
+    /// atomic and a checkpoint write already started runs to completion in its blocking task, so
+    /// nothing is left half-done.
+    async fn teardown(&mut self, graceful: bool) {
         if let Some(t) = self.ticker.take() {
             t.abort();
         }
         self.in_flight = None;
         self.cut_pending = false;
+        self.final_barrier = None;
         if let Some(gen) = self.current.take() {
+            gen.discovery.abort();
             for (_, c) in &gen.consumers {
                 let _ = c.kill_and_wait(Some(STOP_TIMEOUT)).await;
             }
             let _ = gen.aggregator.kill_and_wait(Some(STOP_TIMEOUT)).await;
-            if gen.committer.stop_and_wait(None, Some(STOP_TIMEOUT)).await.is_err() {
+            if !graceful || gen.committer.stop_and_wait(None, Some(STOP_TIMEOUT)).await.is_err() {
                 let _ = gen.committer.kill_and_wait(Some(STOP_TIMEOUT)).await;
             }
             gen.poller.abort();
@@ -424,12 +491,15 @@ impl SupervisorState {
         tracing::warn!(actor = %kind, %reason, generation = self.generation, "actor failed; aborting the open epoch and restarting from the last committed one");
         let actor_kind = kind.split(' ').next().unwrap_or("actor").to_string();
         metrics::counter!(m::ACTOR_RESTARTS, "actor" => actor_kind, "reason" => how).increment(1);
-        self.teardown().await;
-        if self.shutting_down {
-            // Nothing uncommitted is lost: the next start re-reads it from the checkpoint.
-            myself.stop(Some(format!("{kind} failed during shutdown: {reason}")));
+        self.teardown(true).await;
+        if self.shutting_down() {
+            // Nothing uncommitted is lost (the next start reads it again from the checkpoint),
+            // but the stop did not do what it promised: say so, and exit non-zero.
+            self.fatal(myself, Error::Shutdown(format!("{kind} failed while committing the open epoch: {reason}")));
             return;
         }
+        // A restart reads the partitions found so far anyway.
+        self.drain = None;
         self.schedule_restart(myself, format!("{kind}: {reason}"));
     }
 
@@ -558,6 +628,7 @@ impl Actor for SupervisorActor {
         let processor =
             Processor::new(&decoded, args.config.dedup.as_ref(), args.config.aggregate.as_ref(), store.clone())?.map(Arc::new);
         let reset_from_sink = args.reset_checkpoint_from_table;
+        let partitions = args.partitions.clone();
         m::register_zeros();
         metrics::gauge!(m::LAST_COMMIT).set(m::unix_now());
         metrics::gauge!(m::EPOCH_INTERVAL).set(args.config.epoch.interval().as_secs_f64());
@@ -576,7 +647,8 @@ impl Actor for SupervisorActor {
             ticker: None,
             restarts: VecDeque::new(),
             restarts_total: 0,
-            shutting_down: false,
+            partitions,
+            drain: None,
             final_barrier: None,
             last_commit_at: Instant::now(),
             reset_from_sink,
@@ -586,7 +658,7 @@ impl Actor for SupervisorActor {
     }
 
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
-        state.teardown().await;
+        state.teardown(true).await;
         Ok(())
     }
 
@@ -601,12 +673,12 @@ impl Actor for SupervisorActor {
                 if state.current.is_some() {
                     return Ok(());
                 }
-                if state.shutting_down {
+                if state.shutting_down() {
                     myself.stop(None);
                     return Ok(());
                 }
                 if let Err(e) = state.start_generation(&myself).await {
-                    state.teardown().await;
+                    state.teardown(true).await;
                     match e {
                         Error::Recovery(_) | Error::Checkpoint { .. } => state.fatal(&myself, e),
                         other => {
@@ -617,7 +689,7 @@ impl Actor for SupervisorActor {
                 }
             }
             SupervisorMsg::Tick => {
-                if state.in_flight.is_none() && !state.shutting_down {
+                if state.in_flight.is_none() && state.drain.is_none() {
                     state.cut()?;
                 }
             }
@@ -636,32 +708,52 @@ impl Actor for SupervisorActor {
                 if let Some(report) = report {
                     state.on_commit(report);
                 }
-                if state.shutting_down {
-                    if state.final_barrier == Some(barrier) {
-                        tracing::info!(epoch = state.committed.epoch, "open epoch committed; stopping");
-                        state.teardown().await;
-                        myself.stop(None);
-                    } else {
-                        state.cut()?;
+                match state.drain {
+                    Some(drain) if state.final_barrier == Some(barrier) => {
+                        state.teardown(true).await;
+                        if drain == Drain::Shutdown {
+                            tracing::info!(epoch = state.committed.epoch, "open epoch committed; stopping");
+                            myself.stop(None);
+                        } else {
+                            state.drain = None;
+                            state.generation += 1;
+                            myself.cast(SupervisorMsg::StartGeneration)?;
+                        }
                     }
-                } else if state.cut_pending {
-                    state.cut()?;
+                    // The barrier in flight when the drain began was not the last: cut it now.
+                    Some(_) => state.cut()?,
+                    None if state.cut_pending => state.cut()?,
+                    None => {}
                 }
             }
             SupervisorMsg::Shutdown => {
-                if state.shutting_down {
+                if state.shutting_down() {
                     return Ok(());
                 }
-                state.shutting_down = true;
+                // A drain for new partitions already cut its last barrier: that one stops now.
+                state.drain = Some(Drain::Shutdown);
                 if let Some(t) = state.ticker.take() {
                     t.abort();
                 }
+                let deadline = Duration::from_millis(state.args.config.supervisor.shutdown_timeout_ms);
+                myself.send_after(deadline, || SupervisorMsg::ShutdownDeadline);
                 if state.current.is_none() {
                     myself.stop(None);
                 } else if state.in_flight.is_none() {
                     state.cut()?;
                 }
             }
+            SupervisorMsg::ShutdownDeadline => {
+                let timeout = state.args.config.supervisor.shutdown_timeout_ms;
+                state.teardown(false).await;
+                state.fatal(
+                    &myself,
+                    Error::Shutdown(format!(
+                        "the open epoch was not committed within supervisor.shutdown_timeout_ms = {timeout}; stopped without it"
+                    )),
+                );
+            }
+            SupervisorMsg::PartitionsFound(found) => state.on_partitions_found(found)?,
             SupervisorMsg::Status(reply) => {
                 let _ = reply.send(state.status());
             }

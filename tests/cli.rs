@@ -66,3 +66,42 @@ fn missing_topic_is_one_line_naming_the_topic() {
     let (code, err) = run_with_config(&format!("id = \"p\"\n[source]\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\n"));
     assert_one_line_error(code, &err, &[&topic, "does not exist"]);
 }
+
+#[test]
+fn managed_kafka_settings_are_refused_with_the_reason() {
+    // read_committed keeps records of aborted transactions out of every table; turning it off
+    // (or choosing where to reset) is not the user's to change.
+    for (key, value, why) in [
+        ("isolation.level", "read_uncommitted", "read_committed"),
+        ("auto.offset.reset", "earliest", "silently skipping"),
+        ("enable.auto.commit", "true", "checkpoint"),
+    ] {
+        let (code, err) =
+            run_with_config(&format!("id = \"p\"\n[source]\ntopics = [\"t\"]\n[source.properties]\n\"{key}\" = \"{value}\"\n"));
+        assert_one_line_error(code, &err, &[&format!("source.properties.\"{key}\""), "managed", why]);
+    }
+}
+
+/// `scripts/with-kafka` stops the broker it started itself: no JVM is left behind. Runs a broker
+/// of its own on a port no other test uses.
+#[test]
+fn with_kafka_stops_the_broker_it_started() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let port = "19292";
+    let out = Command::new(format!("{root}/scripts/with-kafka"))
+        .args(["bash", "-c", "cat \"${EXACTLY_CACHE:-$HOME/.cache/exactly}/kafka-broker-$KAFKA_PORT/kafka.pid\""])
+        .env_remove("KAFKA_BROKERS")
+        .env("KAFKA_PORT", port)
+        .env("KAFKA_HEAP", "256m")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "with-kafka failed: {}", String::from_utf8_lossy(&out.stderr));
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!pid.is_empty(), "the broker's pid file was not written");
+    // `kill -0` succeeds while the process exists.
+    let alive = Command::new("kill").args(["-0", &pid]).stderr(std::process::Stdio::null()).status().unwrap().success();
+    if alive {
+        let _ = Command::new("kill").arg(&pid).status();
+    }
+    assert!(!alive, "scripts/with-kafka left the broker it started running (pid {pid})");
+}

@@ -12,6 +12,9 @@ mod delta;
 // The process dies for real (SIGKILL, abort) and recovery is audited; lost checkpoints; records
 // deleted before their commit are refused, never skipped.
 mod crash;
+// Exactly-once holes closed: growing topics, replays under back-pressure, stops with a stuck
+// sink, stateful resets, late and future events, recreated topics, an audit that reads content.
+mod holes;
 // Malformed records of every kind go to the dead-letter table; the pipeline keeps running.
 mod malformed;
 // Offset gaps (transaction markers, aborted records) are never counted as losses.

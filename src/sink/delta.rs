@@ -250,10 +250,9 @@ impl DeltaSink {
             if open.version == epoch {
                 let tps: Vec<TopicPartition> = ranges.iter().map(|r| r.tp.clone()).collect();
                 let recorded = recorded_cut(&open.table, path, &self.pipeline, &tps).await?;
-                let cut: Offsets = ranges.iter().map(|r| (r.tp.clone(), r.end)).collect();
-                if recorded != cut {
+                if let Err(diff) = crate::replay::check_recorded_cut(&recorded, ranges) {
                     return Err(Error::Recovery(format!(
-                        "epoch {epoch} is already in {} with a different cut ({recorded:?} vs {cut:?}); refusing to skip or rewrite it",
+                        "epoch {epoch} is already in {} with a different cut ({diff}); refusing to skip or rewrite it",
                         path.display()
                     )));
                 }

@@ -1,0 +1,193 @@
+//! Situations a production pipeline meets within weeks, each of which once lost a record, wedged
+//! the pipeline, or left an audit saying OK over a wrong table: topics that grow partitions,
+//! replays larger than the back-pressure limit, stops while the sink is stuck.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use exactly::failpoint::{FailAction, FailPoints};
+use exactly::pipeline::{Pipeline, RunOptions};
+
+use crate::common::{self, spawn, write_config};
+
+/// Grows `topic` to `total` partitions.
+async fn add_partitions(topic: &str, total: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = exactly::kafka::base_config(&common::brokers()).create().unwrap();
+    let res = admin.create_partitions([&NewPartitions::new(topic, total)], &AdminOptions::new()).await.unwrap();
+    assert!(res.into_iter().all(|r| r.is_ok()), "grow {topic} to {total} partitions");
+}
+
+/// Partitions added to a topic while the pipeline runs are read from their earliest offset, go
+/// through the epoch protocol like the others, and the audit covers them — without a restart of
+/// the process and without spending the restart budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_while_running_are_read_and_audited() {
+    let topic = common::topic("grow", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.source.partition_discovery_ms = 300;
+    let table = dir.path().join("table");
+    common::produce_events(&topic, 0, 3_000).await;
+    let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+
+    add_partitions(&topic, 4).await;
+    common::produce_events(&topic, 3_000, 10_000).await;
+    // `wait_table_drained` sums every partition the topic has now, the new ones included.
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(90)).await;
+    let status = pipeline.status().await.unwrap();
+    assert_eq!(status.consumers.len(), 4, "a consumer actor for each partition, the new ones included");
+    assert_eq!(status.restarts, 0, "picking up partitions spends no restart budget");
+    pipeline.shutdown().await.unwrap();
+
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.partitions.len(), 4, "the audit covers the new partitions");
+    assert_eq!(audit.total(|p| p.expected), 13_000);
+    assert_eq!(audit.total(|p| p.rows), 13_000);
+    for p in &audit.partitions {
+        assert!(p.rows > 0, "{:?} has rows", p.tp);
+    }
+    common::assert_each_epoch_committed_once(&table, &config.id);
+}
+
+/// A crash between the Delta commit and the checkpoint leaves an epoch to replay; partitions
+/// added meanwhile have no recorded end in the table. The replay must treat their part as empty
+/// instead of failing on the cut comparison (and restarting forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_added_while_a_replay_is_pending_does_not_loop() {
+    let topic = common::topic("growreplay", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.supervisor.max_restarts = 2;
+    let file = write_config(&config, dir.path());
+    let table = dir.path().join("table");
+    common::produce_events(&topic, 0, 1_000).await;
+
+    // Epoch 1 is committed to the table, then the process dies before its checkpoint.
+    let mut child = spawn(&file, Some("after-delta-commit=abort"));
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(!status.success(), "the process must have aborted");
+    assert_eq!(common::txn_versions_in_log(&table, &config.id), vec![1]);
+
+    add_partitions(&topic, 3).await;
+    common::produce_events(&topic, 1_000, 2_000).await;
+    let child = spawn(&file, None);
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(90)).await;
+    common::terminate(child).await;
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), 3_000);
+    assert_eq!(audit.partitions.len(), 3);
+    common::assert_each_epoch_committed_once(&table, &config.id);
+}
+
+/// A replayed epoch holding more records than `source.max_buffered_records` must still close:
+/// the replaying partitions keep reading to their recorded end whatever the buffer holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_larger_than_the_buffer_limit_is_not_blocked() {
+    let topic = common::topic("replaybp", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    // Small batches, a small limit: the first epoch already holds more than the limit (the
+    // limit is checked before each batch), so its replay does too.
+    config.source.max_batch_records = 100;
+    config.source.max_buffered_records = 250;
+    config.epoch.interval_ms = 1_000;
+    let table = dir.path().join("table");
+    common::produce_events(&topic, 0, 4_000).await;
+
+    // The first commit fails once after the data table holds it: the next generation replays it.
+    let failpoints = Arc::new(FailPoints::new());
+    failpoints.arm("after-delta-commit", FailAction::Error, Some(1));
+    let sink = exactly::sink::from_config(&config, failpoints.clone());
+    let options = RunOptions { failpoints, ..Default::default() };
+    let pipeline = Pipeline::start_with(config.clone(), sink, options).await.unwrap();
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(90)).await;
+    let status = pipeline.status().await.unwrap();
+    assert_eq!(status.restarts, 1, "one restart, for the fail point");
+    pipeline.shutdown().await.unwrap();
+
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.rows), 4_000);
+    common::assert_each_epoch_committed_once(&table, &config.id);
+}
+
+/// Records forwarded to the aggregator and not yet in a closed epoch.
+async fn buffered(p: &Pipeline) -> u64 {
+    let Some(agg) = p.status().await.unwrap().aggregator else { return 0 };
+    ractor::call_t!(agg, exactly::aggregator::AggregatorMsg::Buffered, 5_000).unwrap_or(0)
+}
+
+/// A stop while the sink is stuck ends within `supervisor.shutdown_timeout_ms` (plus the
+/// teardown), reports failure, and leaves the checkpoint where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_with_a_stuck_sink_ends_within_the_timeout_and_fails() {
+    let topic = common::topic("stuck", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.epoch.interval_ms = 600_000; // only the stop cuts an epoch
+    config.supervisor.shutdown_timeout_ms = 1_000;
+    common::produce_events(&topic, 0, 200).await;
+    let failpoints = Arc::new(FailPoints::new());
+    failpoints.arm("after-parquet-write", FailAction::Sleep(Duration::from_secs(600)), None);
+    let sink = exactly::sink::from_config(&config, failpoints.clone());
+    let pipeline = Pipeline::start_with(config.clone(), sink, RunOptions { failpoints, ..Default::default() }).await.unwrap();
+    common::wait_until(Duration::from_secs(30), "200 records read", || async { buffered(&pipeline).await == 200 }).await;
+
+    let t0 = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(30), pipeline.shutdown()).await.expect("the stop must not hang");
+    let err = result.expect_err("a stop that could not commit the open epoch is a failure");
+    assert!(matches!(err, exactly::Error::Shutdown(_)), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    let cp = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
+    assert_eq!(cp.epoch, 0, "the checkpoint is intact");
+    assert!(common::txn_versions_in_log(&dir.path().join("table"), &config.id).is_empty(), "nothing was committed");
+}
+
+/// An actor failing while the stop commits the open epoch makes the stop fail (non-zero exit in
+/// the CLI), never a silent success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_during_the_stop_is_reported() {
+    let topic = common::topic("stopfail", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.epoch.interval_ms = 600_000;
+    common::produce_events(&topic, 0, 100).await;
+    let failpoints = Arc::new(FailPoints::new());
+    failpoints.arm("after-parquet-write", FailAction::Error, None);
+    let sink = exactly::sink::from_config(&config, failpoints.clone());
+    let pipeline = Pipeline::start_with(config.clone(), sink, RunOptions { failpoints, ..Default::default() }).await.unwrap();
+    common::wait_until(Duration::from_secs(30), "100 records read", || async { buffered(&pipeline).await == 100 }).await;
+    let err = pipeline.shutdown().await.expect_err("the open epoch failed to commit during the stop");
+    assert!(matches!(err, exactly::Error::Shutdown(_)), "{err}");
+    let cp = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
+    assert_eq!(cp.epoch, 0);
+}
+
+/// SIGTERM to the process while the sink is stuck: the process exits, non-zero, within the
+/// configured timeout (plus teardown), and the checkpoint is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_stuck_sink_exits_non_zero_in_bounded_time() {
+    let topic = common::topic("stucksig", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.supervisor.shutdown_timeout_ms = 1_000;
+    let file = write_config(&config, dir.path());
+    let table = dir.path().join("table");
+    common::produce_events(&topic, 0, 100).await;
+    let child = spawn(&file, Some("after-parquet-write=sleep(600000)"));
+    // The first epoch's Parquet file is written, its commit is stuck.
+    common::wait_until(Duration::from_secs(60), "a parquet file in the table", || async {
+        std::fs::read_dir(&table)
+            .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "parquet")))
+            .unwrap_or(false)
+    })
+    .await;
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let (status, stderr) = common::wait_exit(child, Duration::from_secs(40), "exits after SIGTERM despite the stuck sink").await;
+    assert!(!status.success(), "a stop that could not commit must exit non-zero; stderr: {stderr}");
+    let cp = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
+    assert_eq!(cp.epoch, 0, "the checkpoint is intact");
+}
