@@ -211,6 +211,21 @@ impl SupervisorState {
             let v = sink_epoch.clone().ok_or_else(|| {
                 Error::Recovery("--reset-checkpoint-from-table: the table holds no epoch of this pipeline to reset from".into())
             })?;
+            let in_step = found.as_ref().is_some_and(|cp| cp.epoch == v.epoch);
+            if self.processor.is_some() && !in_step {
+                // The table records offsets, not dedup keys or running totals: a checkpoint
+                // rebuilt from offsets alone would re-emit keys already written, or restart
+                // every total from zero and overwrite the table's. Refuse.
+                let what = match (&self.args.config.dedup, &self.args.config.aggregate) {
+                    (Some(_), Some(_)) => "dedup keys and aggregates",
+                    (Some(_), None) => "dedup keys",
+                    _ => "aggregates",
+                };
+                return Err(Error::Recovery(format!(
+                    "--reset-checkpoint-from-table cannot rebuild pipeline '{id}''s {what}: the table records offsets, not that state (resuming from offsets alone would duplicate keys or reset totals); restore the checkpoint directory {dir} that belongs to the table at epoch {}, or start over by deleting both the table and the checkpoint",
+                    v.epoch
+                )));
+            }
             tracing::warn!(epoch = v.epoch, checkpoint = %dir, "checkpoint reset from the table's last committed epoch");
             let cp = Checkpoint::new(&id, v.epoch, &v.offsets);
             self.store.store(&cp)?;

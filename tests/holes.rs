@@ -191,3 +191,40 @@ async fn sigterm_with_a_stuck_sink_exits_non_zero_in_bounded_time() {
     let cp = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
     assert_eq!(cp.epoch, 0, "the checkpoint is intact");
 }
+
+/// `--reset-checkpoint-from-table` rebuilds offsets only. For a pipeline whose checkpoint holds
+/// keyed state (here: counts), resuming from offsets alone would restart every total from zero
+/// and overwrite the table's: the reset is refused with one error, and the table is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_that_cannot_rebuild_keyed_state_is_refused() {
+    use exactly::config::{AggregateConfig, AggregateOp, AggregateSpec, OutputMode};
+    let topic = common::topic("statereset", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.aggregate = Some(AggregateConfig {
+        group_by: vec!["value".into()],
+        aggregates: vec![AggregateSpec { op: AggregateOp::Count, field: None, name: None }],
+        output_mode: OutputMode::Update,
+        buckets: 4,
+    });
+    let table = dir.path().join("table");
+    common::produce_events(&topic, 0, 500).await;
+    let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+    let versions = common::txn_versions_in_log(&table, &config.id);
+
+    std::fs::remove_dir_all(config.checkpoint_dir()).unwrap();
+    common::produce_events(&topic, 500, 100).await;
+    let options = RunOptions { reset_checkpoint_from_table: true, ..Default::default() };
+    let pipeline =
+        Pipeline::start_with(config.clone(), exactly::sink::from_config(&config, Default::default()), options).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), pipeline.wait())
+        .await
+        .expect("the reset must be refused, not run")
+        .expect_err("a reset that cannot rebuild the counts is refused");
+    let msg = err.to_string();
+    assert!(matches!(err, exactly::Error::Recovery(_)) && msg.contains("aggregates") && !msg.contains('\n'), "{msg}");
+    assert_eq!(common::txn_versions_in_log(&table, &config.id), versions, "the table is untouched");
+    common::assert_verified(&config).await;
+}
