@@ -231,7 +231,11 @@ impl SupervisorState {
             self.store.store(&cp)?;
             found = Some(cp);
         }
-        let way_out = "(to resume after the table's last epoch, run once with --reset-checkpoint-from-table; to start over, delete both the table and the checkpoint)";
+        let way_out = if self.processor.is_some() {
+            "(the checkpoint holds keyed state the table cannot rebuild: restore the checkpoint directory that belongs to the table, or start over by deleting both the table and the checkpoint)"
+        } else {
+            "(to resume after the table's last epoch, run once with --reset-checkpoint-from-table; to start over, delete both the table and the checkpoint)"
+        };
         let (mut cp, replay) = match (found, sink_epoch) {
             (Some(cp), _) if !durable => (cp, None),
             (Some(cp), Some(v)) if v.epoch == cp.epoch => (cp, None),
