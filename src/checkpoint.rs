@@ -13,6 +13,7 @@
 //! `dedup_expiry` (stamp ++ key, ordered for expiry scans), `agg` (bucket ++ group key ->
 //! aggregate state).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +34,7 @@ const KEY_CHECKPOINT: &[u8] = b"checkpoint";
 const KEY_WATERMARK: &[u8] = b"watermark";
 const KEY_DEDUP_COUNT: &[u8] = b"dedup_keys";
 const KEY_AGG_COUNT: &[u8] = b"agg_keys";
+const KEY_TOPIC_IDS: &[u8] = b"topic_ids";
 
 /// What the checkpoint holds besides state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +201,24 @@ impl CheckpointStore {
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| self.err(format!("corrupt checkpoint: {e}"))),
             None => Ok(None),
         }
+    }
+
+    /// The Kafka topic id of every topic the checkpoint's offsets belong to (recorded at the first
+    /// start; older checkpoints have none until recorded).
+    pub fn topic_ids(&self) -> Result<BTreeMap<String, String>> {
+        match self.db.get_cf(self.cf(META), KEY_TOPIC_IDS).map_err(|e| self.err(e))? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| self.err(format!("corrupt topic ids: {e}"))),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
+    /// Records the topic ids (synced).
+    pub fn set_topic_ids(&self, ids: &BTreeMap<String, String>) -> Result<()> {
+        let _guard = self.lock.lock().expect("checkpoint lock");
+        let bytes = serde_json::to_vec(ids).map_err(|e| self.err(e))?;
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.db.put_cf_opt(self.cf(META), KEY_TOPIC_IDS, bytes, &opts).map_err(|e| self.err(e))
     }
 
     /// Replaces the checkpoint (no state changes).

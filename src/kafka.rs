@@ -294,3 +294,100 @@ pub async fn create_topic_with_config(
         None => Ok(false),
     }
 }
+
+/// Each topic's id: Kafka gives a topic a new id when it is deleted and created again under the
+/// same name, whose offsets start over. Asked with the DescribeTopics admin request (which
+/// librdkafka has, and the `rdkafka` crate does not wrap). Blocking, at most `timeout`.
+pub fn topic_ids<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    use rdkafka::bindings as rd;
+    use std::ffi::{CStr, CString};
+
+    let names: Vec<CString> = topics
+        .iter()
+        .map(|t| CString::new(t.as_str()).map_err(|_| Error::Admin(format!("topic name {t:?} has a NUL byte"))))
+        .collect::<Result<_>>()?;
+    let mut ptrs: Vec<*const std::os::raw::c_char> = names.iter().map(|n| n.as_ptr()).collect();
+    let rk = client.native_ptr();
+    let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: every pointer handed to librdkafka lives until the call that uses it returns
+    // (`names`/`ptrs` outlive the request; the collection, options, queue and event are
+    // destroyed exactly once below). The result's strings are copied before the event is freed.
+    unsafe {
+        let collection = rd::rd_kafka_TopicCollection_of_topic_names(ptrs.as_mut_ptr(), ptrs.len());
+        let options = rd::rd_kafka_AdminOptions_new(rk, rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS);
+        let queue = rd::rd_kafka_queue_new(rk);
+        let mut errstr = [0 as std::os::raw::c_char; 256];
+        rd::rd_kafka_AdminOptions_set_request_timeout(options, timeout_ms, errstr.as_mut_ptr(), errstr.len());
+        rd::rd_kafka_DescribeTopics(rk, collection, options, queue);
+        let event = rd::rd_kafka_queue_poll(queue, timeout_ms.saturating_add(1_000));
+        rd::rd_kafka_AdminOptions_destroy(options);
+        rd::rd_kafka_TopicCollection_destroy(collection);
+        rd::rd_kafka_queue_destroy(queue);
+        if event.is_null() {
+            return Err(Error::Admin(format!("describing topics {topics:?}: no answer within {} ms", timeout.as_millis())));
+        }
+        let result = (|| {
+            if rd::rd_kafka_event_error(event) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                let msg = CStr::from_ptr(rd::rd_kafka_event_error_string(event)).to_string_lossy().into_owned();
+                return Err(Error::Admin(format!("describing topics {topics:?}: {msg}")));
+            }
+            let res = rd::rd_kafka_event_DescribeTopics_result(event);
+            if res.is_null() {
+                return Err(Error::Admin("describing topics: unexpected answer".into()));
+            }
+            let mut n = 0usize;
+            let descs = rd::rd_kafka_DescribeTopics_result_topics(res, &mut n);
+            let mut out = std::collections::BTreeMap::new();
+            for i in 0..n {
+                let d = *descs.add(i);
+                let name = CStr::from_ptr(rd::rd_kafka_TopicDescription_name(d)).to_string_lossy().into_owned();
+                let err = rd::rd_kafka_TopicDescription_error(d);
+                if !err.is_null() && rd::rd_kafka_error_code(err) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    continue; // a missing topic: the pre-flight check and the consumers report it
+                }
+                let id = rd::rd_kafka_TopicDescription_topic_id(d);
+                if !id.is_null() {
+                    let text = CStr::from_ptr(rd::rd_kafka_Uuid_base64str(id)).to_string_lossy().into_owned();
+                    out.insert(name, text);
+                }
+            }
+            Ok(out)
+        })();
+        rd::rd_kafka_event_destroy(event);
+        result
+    }
+}
+
+/// [`topic_ids`] on a client of its own, off the async executor.
+pub async fn describe_topic_ids(
+    brokers: &str,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let (brokers, topics) = (brokers.to_string(), topics.to_vec());
+    tokio::task::spawn_blocking(move || -> Result<_> {
+        let consumer: BaseConsumer = base_config(&brokers).create()?;
+        topic_ids(consumer.client(), &topics, timeout)
+    })
+    .await
+    .map_err(|e| Error::Actor(format!("topic id lookup task failed: {e}")))?
+}
+
+/// The error for a topic whose id is not the one recorded with the checkpoint: it was deleted
+/// and created again, its offsets start over, and the recorded offsets mean nothing in it.
+/// `None` when every recorded topic still has its id (topics not recorded yet are not judged).
+pub fn recreated_topic(
+    recorded: &std::collections::BTreeMap<String, String>,
+    current: &std::collections::BTreeMap<String, String>,
+) -> Option<Error> {
+    recorded.iter().find_map(|(topic, id)| {
+        let now = current.get(topic).filter(|now| *now != id)?;
+        Some(Error::Recovery(format!(
+            "topic '{topic}' was deleted and created again (topic id {id} when the checkpoint was written, {now} now): its offsets started over, so the checkpoint's positions in it mean nothing; refusing to resume mid-topic (to read the new topic, give the pipeline a new id, or delete both its table and its checkpoint)"
+        )))
+    })
+}

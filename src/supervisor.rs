@@ -18,7 +18,7 @@
 //! the previous cut is resolved (committed, or found empty), so epoch numbers are contiguous and
 //! a restart never races a commit of the same epoch.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,8 +74,13 @@ pub enum SupervisorMsg {
     Shutdown,
     /// `supervisor.shutdown_timeout_ms` after `Shutdown`: stop now, without the open epoch.
     ShutdownDeadline,
-    /// Partition discovery found these partitions (every partition of the topics, in order).
-    PartitionsFound(Vec<TopicPartition>),
+    /// Partition discovery described the topics.
+    TopicsDescribed {
+        /// Every partition of the topics, in order.
+        partitions: Vec<TopicPartition>,
+        /// Every topic's id.
+        topic_ids: BTreeMap<String, String>,
+    },
     /// Report the tree's current state.
     Status(RpcReplyPort<PipelineStatus>),
 }
@@ -166,6 +171,8 @@ pub struct SupervisorState {
     restarts_total: u64,
     /// Partitions read by this and later generations (grows when partitions are added).
     partitions: Vec<TopicPartition>,
+    /// The topic ids the checkpoint's positions belong to.
+    topic_ids: BTreeMap<String, String>,
     /// Set while the current generation is being wound down: its last barrier is cut, and once
     /// that epoch commits the tree stops or restarts.
     drain: Option<Drain>,
@@ -204,6 +211,7 @@ impl SupervisorState {
                 )));
             }
         }
+        self.check_topic_ids().await?;
         let sink = self.args.sink.clone();
         let durable = sink.durable();
         let sink_epoch = sink.committed_epoch(&self.partitions).await?;
@@ -293,6 +301,26 @@ impl SupervisorState {
             self.store.store(&cp)?;
         }
         Ok((cp, replay))
+    }
+
+    /// Refuses to resume when a topic was deleted and created again since the checkpoint's
+    /// positions were taken (a new topic id); records the ids of topics seen the first time.
+    async fn check_topic_ids(&mut self) -> Result<(), Error> {
+        let src = &self.args.config.source;
+        let current = kafka::describe_topic_ids(&src.brokers, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
+        let mut recorded = self.store.topic_ids()?;
+        if let Some(e) = kafka::recreated_topic(&recorded, &current) {
+            return Err(e);
+        }
+        let before = recorded.len();
+        for (topic, id) in &current {
+            recorded.entry(topic.clone()).or_insert_with(|| id.clone());
+        }
+        if recorded.len() != before {
+            self.store.set_topic_ids(&recorded)?;
+        }
+        self.topic_ids = recorded;
+        Ok(())
     }
 
     async fn start_generation(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), Error> {
@@ -427,8 +455,9 @@ impl SupervisorState {
         Ok(())
     }
 
-    /// Looks up the topics' partitions every `source.partition_discovery_ms` on the generation's
-    /// own client (no extra connection) and reports them; the supervisor decides what is new.
+    /// Looks up the topics' partitions and ids every `source.partition_discovery_ms` on the
+    /// generation's own client (no extra connection) and reports them; the supervisor decides
+    /// what is new, and stops when a topic was recreated.
     fn spawn_discovery(&self, myself: &ActorRef<SupervisorMsg>, client: &Arc<PipelineConsumer>) -> JoinHandle<()> {
         let src = &self.args.config.source;
         let every = Duration::from_millis(src.partition_discovery_ms);
@@ -439,11 +468,15 @@ impl SupervisorState {
             loop {
                 tokio::time::sleep(every).await;
                 let (client, brokers, topics) = (client.clone(), brokers.clone(), topics.clone());
-                let found =
-                    tokio::task::spawn_blocking(move || kafka::partitions_of(client.as_ref(), &brokers, &topics, timeout)).await;
+                let found = tokio::task::spawn_blocking(move || -> crate::Result<_> {
+                    let partitions = kafka::partitions_of(client.as_ref(), &brokers, &topics, timeout)?;
+                    let topic_ids = kafka::topic_ids(client.client(), &topics, timeout)?;
+                    Ok((partitions, topic_ids))
+                })
+                .await;
                 match found {
-                    Ok(Ok(tps)) => {
-                        if me.cast(SupervisorMsg::PartitionsFound(tps)).is_err() {
+                    Ok(Ok((partitions, topic_ids))) => {
+                        if me.cast(SupervisorMsg::TopicsDescribed { partitions, topic_ids }).is_err() {
                             return;
                         }
                     }
@@ -454,11 +487,22 @@ impl SupervisorState {
         })
     }
 
-    /// Partition discovery reported `found`: when it names partitions this pipeline does not
+    /// Partition discovery reported the topics: a topic whose id changed stops the pipeline;
+    /// when it names partitions this pipeline does not
     /// read yet, wind the generation down (its open epoch commits first) and start one that reads
     /// them too, from their earliest offset. Partitions never disappear from a Kafka topic; a
     /// topic that did is left to the consumers' errors and recovery.
-    fn on_partitions_found(&mut self, found: Vec<TopicPartition>) -> Result<(), ActorProcessingErr> {
+    fn on_topics_described(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        found: Vec<TopicPartition>,
+        topic_ids: BTreeMap<String, String>,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(e) = kafka::recreated_topic(&self.topic_ids, &topic_ids) {
+            // The consumers would go on reading the new topic at the old positions: stop now.
+            self.fatal(myself, e);
+            return Ok(());
+        }
         let added: Vec<TopicPartition> = found.into_iter().filter(|tp| !self.partitions.contains(tp)).collect();
         if added.is_empty() {
             return Ok(());
@@ -667,6 +711,7 @@ impl Actor for SupervisorActor {
             restarts: VecDeque::new(),
             restarts_total: 0,
             partitions,
+            topic_ids: BTreeMap::new(),
             drain: None,
             final_barrier: None,
             last_commit_at: Instant::now(),
@@ -772,7 +817,9 @@ impl Actor for SupervisorActor {
                     )),
                 );
             }
-            SupervisorMsg::PartitionsFound(found) => state.on_partitions_found(found)?,
+            SupervisorMsg::TopicsDescribed { partitions, topic_ids } => {
+                state.on_topics_described(&myself, partitions, topic_ids)?
+            }
             SupervisorMsg::Status(reply) => {
                 let _ = reply.send(state.status());
             }

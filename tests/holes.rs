@@ -228,3 +228,67 @@ async fn a_reset_that_cannot_rebuild_keyed_state_is_refused() {
     assert_eq!(common::txn_versions_in_log(&table, &config.id), versions, "the table is untouched");
     common::assert_verified(&config).await;
 }
+
+/// Deletes `topic` and waits until the broker no longer lists it.
+async fn delete_topic(topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = exactly::kafka::base_config(&common::brokers()).create().unwrap();
+    let res = admin.delete_topics(&[topic], &AdminOptions::new()).await.unwrap();
+    assert!(res.into_iter().all(|r| r.is_ok()), "delete {topic}");
+    common::wait_until(Duration::from_secs(60), "the topic is gone", || async {
+        exactly::kafka::preflight(&common::brokers(), &[topic.to_string()], Duration::from_secs(5)).await.is_err()
+    })
+    .await;
+}
+
+/// A topic deleted and created again under the same name has a new topic id and offsets that
+/// start over. The pipeline must refuse it with one error naming the topic — at start-up and
+/// while running — never resume mid-topic at the old positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_is_refused_not_resumed_mid_topic() {
+    let topic = common::topic("recreated", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.source.partition_discovery_ms = 300;
+    let table = dir.path().join("table");
+    common::produce_events(&topic, 0, 200).await;
+    let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+    let before = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
+
+    // Recreated with more records than the old positions: reading on at them would "work".
+    delete_topic(&topic).await;
+    common::wait_until(Duration::from_secs(60), "the topic is created again", || async {
+        exactly::kafka::create_topic(&common::brokers(), &topic, 2, 1).await.is_ok_and(|created| created)
+    })
+    .await;
+    common::produce_events(&topic, 1_000, 600).await;
+    let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), pipeline.wait())
+        .await
+        .expect("the pipeline must refuse, not run")
+        .expect_err("a recreated topic is refused");
+    assert!(err.to_string().contains(&format!("topic '{topic}' was deleted and created again")), "{err}");
+    let after = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
+    assert_eq!(after, before, "the checkpoint is untouched");
+
+    // While running: a pipeline on a fresh checkpoint reads the topic; the topic is recreated
+    // under it; the pipeline stops by itself with the same error.
+    let mut fresh = common::delta_config(&common::unique("p"), &topic, &dir.path().join("second"));
+    fresh.source.partition_discovery_ms = 300;
+    let pipeline = Pipeline::start(fresh.clone(), exactly::sink::from_config(&fresh, Default::default())).await.unwrap();
+    common::wait_table_drained(&dir.path().join("second/table"), &fresh.id, &topic, Duration::from_secs(60)).await;
+    delete_topic(&topic).await;
+    common::wait_until(Duration::from_secs(60), "the topic is created again", || async {
+        exactly::kafka::create_topic(&common::brokers(), &topic, 2, 1).await.is_ok_and(|created| created)
+    })
+    .await;
+    common::produce_events(&topic, 5_000, 1_000).await;
+    let err = tokio::time::timeout(Duration::from_secs(60), pipeline.wait())
+        .await
+        .expect("the running pipeline must stop by itself")
+        .expect_err("a topic recreated under a running pipeline stops it");
+    assert!(err.to_string().contains("was deleted and created again"), "{err}");
+}
