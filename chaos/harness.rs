@@ -114,14 +114,7 @@ fn pipeline_config(kind: &str, topic: &str, dir: &Path, brokers: &str) -> Pipeli
     c.supervisor.backoff_ms = 20;
     c.supervisor.max_restarts = 1_000;
     match kind {
-        "dedup" => {
-            c.dedup = Some(DedupConfig {
-                key: vec!["id".into()],
-                watermark_field: None,
-                allowed_lateness_ms: 0,
-                max_age_epochs: Some(1_000_000),
-            })
-        }
+        "dedup" => c.dedup = Some(DedupConfig::by_epochs(&["id"], 1_000_000)),
         "counts" => {
             c.aggregate = Some(AggregateConfig {
                 group_by: vec!["value".into()],

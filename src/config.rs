@@ -212,6 +212,41 @@ pub struct DedupConfig {
     /// Epoch retention: a key expires this many epochs after it was first seen.
     #[serde(default)]
     pub max_age_epochs: Option<u64>,
+    /// With `watermark_field`: how far an event time may be ahead of its record's Kafka
+    /// timestamp (when it was produced). A record past it goes to the dead-letter table instead
+    /// of advancing the watermark — one event stamped in the year 2100 would otherwise make every
+    /// later record "too late". The Kafka timestamp (not the wall clock) keeps a replay
+    /// deterministic.
+    #[serde(default = "default_max_future_ms")]
+    pub max_future_ms: u64,
+}
+
+fn default_max_future_ms() -> u64 {
+    3_600_000
+}
+
+impl DedupConfig {
+    /// Dedup by `key` with epoch retention (`max_age_epochs`) and the other settings' defaults.
+    pub fn by_epochs(key: &[&str], max_age_epochs: u64) -> Self {
+        DedupConfig {
+            key: key.iter().map(|k| k.to_string()).collect(),
+            watermark_field: None,
+            allowed_lateness_ms: 0,
+            max_age_epochs: Some(max_age_epochs),
+            max_future_ms: default_max_future_ms(),
+        }
+    }
+
+    /// Dedup by `key` with event-time retention on `watermark_field`.
+    pub fn by_watermark(key: &[&str], watermark_field: &str, allowed_lateness_ms: u64) -> Self {
+        DedupConfig {
+            key: key.iter().map(|k| k.to_string()).collect(),
+            watermark_field: Some(watermark_field.to_string()),
+            allowed_lateness_ms,
+            max_age_epochs: None,
+            max_future_ms: default_max_future_ms(),
+        }
+    }
 }
 
 /// Keyed aggregation.

@@ -31,6 +31,11 @@ pub const PARTITION_COL: &str = "_kafka_partition";
 pub const OFFSET_COL: &str = "_kafka_offset";
 /// Column: the record's Kafka timestamp.
 pub const TIMESTAMP_COL: &str = "_kafka_timestamp";
+/// Hidden column of decoded rows (never written to a table): the record's key bytes, kept when
+/// a later stage may still dead-letter the row ([`Decoder::keeping_raw`]).
+pub const RAW_KEY_COL: &str = "_kafka_raw_key";
+/// Hidden column: the record's value bytes, kept like [`RAW_KEY_COL`].
+pub const RAW_VALUE_COL: &str = "_kafka_raw_value";
 /// Column: the epoch that committed the row.
 pub const EPOCH_COL: &str = "_epoch";
 /// Dead-letter column: why the record was rejected.
@@ -77,11 +82,13 @@ pub enum Rejection {
     WrongType,
     /// Too late for the dedup watermark, or without an event time.
     Late,
+    /// An event time further ahead of the record's Kafka timestamp than `dedup.max_future_ms`.
+    Future,
 }
 
 impl Rejection {
     /// Every category, in a fixed order.
-    pub const ALL: [Rejection; 9] = [
+    pub const ALL: [Rejection; 10] = [
         Rejection::TooLarge,
         Rejection::NotUtf8,
         Rejection::InvalidJson,
@@ -91,6 +98,7 @@ impl Rejection {
         Rejection::NullField,
         Rejection::WrongType,
         Rejection::Late,
+        Rejection::Future,
     ];
 
     /// The metric label.
@@ -105,6 +113,7 @@ impl Rejection {
             Rejection::NullField => "null_field",
             Rejection::WrongType => "wrong_type",
             Rejection::Late => "late",
+            Rejection::Future => "future",
         }
     }
 }
@@ -306,6 +315,18 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+/// `batch` without the hidden raw key/value columns (unchanged if it has none).
+pub fn without_raw(batch: &RecordBatch) -> RecordBatch {
+    let schema = batch.schema();
+    let keep: Vec<usize> = (0..schema.fields().len())
+        .filter(|i| ![RAW_KEY_COL, RAW_VALUE_COL].contains(&schema.field(*i).name().as_str()))
+        .collect();
+    if keep.len() == schema.fields().len() {
+        return batch.clone();
+    }
+    batch.project(&keep).expect("projection of existing columns")
+}
+
 /// Decodes records against a declared schema.
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -313,6 +334,7 @@ pub struct Decoder {
     fields: Vec<FieldConfig>,
     max_bytes: usize,
     schema: SchemaRef,
+    keep_raw: bool,
 }
 
 impl Decoder {
@@ -343,17 +365,45 @@ impl Decoder {
             fields: config.fields.clone(),
             max_bytes: config.max_record_bytes,
             schema: Arc::new(Schema::new(fields)),
+            keep_raw: false,
         }
     }
 
-    /// The schema of decoded rows (without `_epoch`).
+    /// The decoder of a pipeline: it keeps each row's key and value bytes (hidden columns) when
+    /// a stage after decoding can still reject a row — dedup by event time dead-letters records
+    /// that are too late or too far in the future, with the bytes they arrived with.
+    pub fn for_pipeline(config: &crate::config::PipelineConfig) -> Self {
+        Self::new(&config.decode).keeping_raw(config.dedup.as_ref().is_some_and(|d| d.watermark_field.is_some()))
+    }
+
+    /// This decoder, keeping the raw key and value in [`RAW_KEY_COL`] / [`RAW_VALUE_COL`] when
+    /// `keep` is set (the stage that drops rows removes them with [`without_raw`]).
+    pub fn keeping_raw(mut self, keep: bool) -> Self {
+        if keep && !self.keep_raw {
+            let mut fields: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new(RAW_KEY_COL, DataType::Binary, true));
+            fields.push(Field::new(RAW_VALUE_COL, DataType::Binary, true));
+            self.schema = Arc::new(Schema::new(fields));
+            self.keep_raw = true;
+        }
+        self
+    }
+
+    /// The schema of decoded rows (without `_epoch`; with the hidden raw columns if kept).
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
 
-    /// The schema of committed rows (with `_epoch`).
+    /// The schema of committed rows (with `_epoch`, never the hidden raw columns).
     pub fn output_schema(&self) -> SchemaRef {
-        with_epoch_field(&self.schema)
+        let visible: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() != RAW_KEY_COL && f.name() != RAW_VALUE_COL)
+            .map(|f| f.as_ref().clone())
+            .collect();
+        with_epoch_field(&Schema::new(visible))
     }
 
     /// The column values of one record into `vals`, or why it cannot be decoded. Nothing is
@@ -435,6 +485,7 @@ impl Decoder {
         let mut partition = Int32Builder::with_capacity(n);
         let mut offset = Int64Builder::with_capacity(n);
         let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+        let (mut raw_key, mut raw_value) = (BinaryBuilder::new(), BinaryBuilder::new());
         let mut dead = Vec::new();
         let (mut vals, mut slots) = (Vec::with_capacity(self.fields.len().max(2)), Vec::with_capacity(self.fields.len()));
         for r in records {
@@ -447,6 +498,10 @@ impl Decoder {
                     partition.append_value(r.partition());
                     offset.append_value(r.offset());
                     ts.append_option(r.timestamp_ms().map(|t| t.saturating_mul(1000)));
+                    if self.keep_raw {
+                        raw_key.append_option(r.key());
+                        raw_value.append_option(r.payload());
+                    }
                 }
                 Err((kind, reason)) => dead.push(DeadLetter {
                     tp: TopicPartition::new(r.topic(), r.partition()),
@@ -464,6 +519,10 @@ impl Decoder {
         arrays.push(Arc::new(partition.finish()));
         arrays.push(Arc::new(offset.finish()));
         arrays.push(Arc::new(ts.finish()));
+        if self.keep_raw {
+            arrays.push(Arc::new(raw_key.finish()));
+            arrays.push(Arc::new(raw_value.finish()));
+        }
         let rows = RecordBatch::try_new(self.schema.clone(), arrays).expect("decoder builds columns of its own schema");
         Decoded { rows, dead }
     }

@@ -259,6 +259,7 @@ struct Dedup {
     key: Vec<usize>,
     watermark: Option<usize>,
     lateness_ms: i64,
+    max_future_ms: i64,
     max_age: Option<u64>,
 }
 
@@ -299,6 +300,7 @@ impl Processor {
                 key: d.key.iter().map(|k| index(decoded, k)).collect::<Result<_>>()?,
                 watermark: d.watermark_field.as_deref().map(|w| index(decoded, w)).transpose()?,
                 lateness_ms: d.allowed_lateness_ms as i64,
+                max_future_ms: d.max_future_ms.min(i64::MAX as u64) as i64,
                 max_age: d.max_age_epochs,
             }),
         };
@@ -328,6 +330,8 @@ impl Processor {
             None => rows,
             Some(d) => self.dedup(d, epoch, rows, &mut changes, &mut late, &mut duplicates)?,
         };
+        // The raw key/value columns were kept only to dead-letter rows; they are never written.
+        let rows: Vec<RecordBatch> = rows.iter().map(crate::decode::without_raw).collect();
         let output = match &self.agg {
             None => Output::Append(rows),
             Some(a) => self.aggregate(a, epoch, &rows, &mut changes)?,
@@ -366,18 +370,34 @@ impl Processor {
                 }
                 None => vec![Some(epoch as i64); n],
             };
+            let produced_ms: Vec<Option<i64>> = match batch.column_by_name(crate::decode::TIMESTAMP_COL) {
+                Some(c) => {
+                    let col = c.as_any().downcast_ref::<TimestampMicrosecondArray>().expect("the Kafka timestamp column");
+                    (0..n).map(|i| (!col.is_null(i)).then(|| col.value(i).div_euclid(1000))).collect()
+                }
+                None => vec![None; n],
+            };
             let present = self.store.dedup_contains(&keys)?;
             let mut keep = Vec::with_capacity(n);
             for i in 0..n {
-                let too_late = match (d.watermark, stamps[i], prev_watermark) {
-                    (Some(_), None, _) => Some("has no event time (null watermark column)".to_string()),
-                    (Some(_), Some(ts), Some(w)) if ts < w => {
-                        Some(format!("event time {ts} ms is older than the watermark {w} ms; too late to deduplicate"))
-                    }
+                let rejected = match (d.watermark, stamps[i], prev_watermark, produced_ms[i]) {
+                    (Some(_), None, _, _) => Some((Rejection::Late, "has no event time (null watermark column)".to_string())),
+                    (Some(_), Some(ts), _, Some(at)) if ts.saturating_sub(at) > d.max_future_ms => Some((
+                        Rejection::Future,
+                        format!(
+                            "event time {ts} ms is {} ms ahead of the record's Kafka timestamp {at} ms, more than dedup.max_future_ms = {}; it would push the watermark past every later record",
+                            ts.saturating_sub(at),
+                            d.max_future_ms
+                        ),
+                    )),
+                    (Some(_), Some(ts), Some(w), _) if ts < w => Some((
+                        Rejection::Late,
+                        format!("event time {ts} ms is older than the watermark {w} ms; too late to deduplicate"),
+                    )),
                     _ => None,
                 };
-                if let Some(reason) = too_late {
-                    late.push(dead_letter_of(&batch, i, reason));
+                if let Some((kind, reason)) = rejected {
+                    late.push(dead_letter_of(&batch, i, kind, reason));
                     keep.push(false);
                     continue;
                 }
@@ -550,7 +570,8 @@ fn build_column(t: &DataType, vals: impl Iterator<Item = Scalar>) -> Result<Arra
     })
 }
 
-fn dead_letter_of(batch: &RecordBatch, i: usize, reason: String) -> DeadLetter {
+/// The dead letter of row `i`, with the record's bytes when the decoder kept them.
+fn dead_letter_of(batch: &RecordBatch, i: usize, kind: Rejection, reason: String) -> DeadLetter {
     let topic =
         batch.column_by_name(TOPIC_COL).and_then(|c| c.as_any().downcast_ref::<StringArray>().map(|a| a.value(i).to_string()));
     let partition = batch.column_by_name(PARTITION_COL).and_then(|c| c.as_any().downcast_ref::<Int32Array>().map(|a| a.value(i)));
@@ -559,14 +580,18 @@ fn dead_letter_of(batch: &RecordBatch, i: usize, reason: String) -> DeadLetter {
         .column_by_name(crate::decode::TIMESTAMP_COL)
         .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>().map(|a| (!a.is_null(i)).then(|| a.value(i) / 1000)))
         .flatten();
+    let raw = |name: &str| {
+        let col = batch.column_by_name(name)?.as_any().downcast_ref::<BinaryArray>()?;
+        (!col.is_null(i)).then(|| col.value(i).to_vec())
+    };
     DeadLetter {
         tp: TopicPartition::new(&topic.unwrap_or_default(), partition.unwrap_or(-1)),
         offset: offset.unwrap_or(-1),
         timestamp_ms: ts,
-        key: None,
-        value: None,
+        key: raw(crate::decode::RAW_KEY_COL),
+        value: raw(crate::decode::RAW_VALUE_COL),
         reason,
-        kind: Rejection::Late,
+        kind,
     }
 }
 

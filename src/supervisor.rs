@@ -403,7 +403,7 @@ impl SupervisorState {
         .await
         .map_err(spawn_err)?;
         let mut ids: HashSet<ActorId> = [committer.get_id(), aggregator.get_id()].into_iter().collect();
-        let decoder = Arc::new(Decoder::new(&config.decode));
+        let decoder = Arc::new(Decoder::for_pipeline(&config));
         let mut consumers = Vec::new();
         for (tp, queue) in queues {
             let start = offsets[&tp];
@@ -687,7 +687,7 @@ impl Actor for SupervisorActor {
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
         let store = CheckpointStore::open_with(args.config.checkpoint_dir(), &args.config.state)?
             .with_failpoints(args.failpoints.clone());
-        let decoded = Decoder::new(&args.config.decode).schema();
+        let decoded = Decoder::for_pipeline(&args.config).schema();
         let processor =
             Processor::new(&decoded, args.config.dedup.as_ref(), args.config.aggregate.as_ref(), store.clone())?.map(Arc::new);
         let reset_from_sink = args.reset_checkpoint_from_table;

@@ -292,3 +292,60 @@ async fn a_recreated_topic_is_refused_not_resumed_mid_topic() {
         .expect_err("a topic recreated under a running pipeline stops it");
     assert!(err.to_string().contains("was deleted and created again"), "{err}");
 }
+
+/// Dedup by event time: a record stamped far in the future (year 2100) is dead-lettered as
+/// `future` instead of advancing the watermark — so later records are not all "too late" — and
+/// every dead letter (future and late) keeps the record's key and value bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn future_and_late_events_are_dead_lettered_with_their_bytes() {
+    use deltalake::arrow::array::{Array, BinaryArray, StringArray};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let topic = common::topic("future", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.dedup = Some(exactly::config::DedupConfig::by_watermark(&["id"], "ts", 60_000));
+    let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let year_2100 = 4_102_444_800_000i64;
+    let future = exactly::producer::event_json(10_000, 10, year_2100);
+    let late = exactly::producer::event_json(20_000, 10, now - 3_600_000);
+    let mut records: Vec<(String, String)> =
+        (0..50).map(|i| (i.to_string(), exactly::producer::event_json(i, 10, now))).collect();
+    records.push(("future-key".into(), future.clone()));
+    records.extend((50..100).map(|i| (i.to_string(), exactly::producer::event_json(i, 10, now + 1_000))));
+    let producer: FutureProducer = exactly::kafka::base_config(&common::brokers()).create().unwrap();
+    for (k, v) in &records {
+        producer.send(FutureRecord::to(&topic).key(k).payload(v), Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+    }
+    common::wait_table_drained(&dir.path().join("table"), &config.id, &topic, Duration::from_secs(60)).await;
+    // Once the watermark stands at now + 1 s − 60 s, a record an hour old is too late.
+    producer
+        .send(FutureRecord::to(&topic).key("late-key").payload(&late), Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    common::wait_table_drained(&dir.path().join("table"), &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.rows), 100, "the records after the future one are not late");
+    let mut dead = Vec::new();
+    for b in common::read_rows(&dir.path().join("table_dead_letters")).await {
+        let col = |n: &str| b.column_by_name(n).unwrap().clone();
+        let (key, value, reason) = (col("key"), col("value"), col("reason"));
+        let key = key.as_any().downcast_ref::<BinaryArray>().unwrap();
+        let value = value.as_any().downcast_ref::<BinaryArray>().unwrap();
+        let reason = reason.as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..b.num_rows() {
+            assert!(!key.is_null(i) && !value.is_null(i), "a dead letter keeps its bytes");
+            dead.push((key.value(i).to_vec(), value.value(i).to_vec(), reason.value(i).to_string()));
+        }
+    }
+    dead.sort();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!((dead[0].0.as_slice(), dead[0].1.as_slice()), (b"future-key".as_slice(), future.as_bytes()));
+    assert!(dead[0].2.contains("ahead of the record's Kafka timestamp"), "{}", dead[0].2);
+    assert_eq!((dead[1].0.as_slice(), dead[1].1.as_slice()), (b"late-key".as_slice(), late.as_bytes()));
+    assert!(dead[1].2.contains("older than the watermark"), "{}", dead[1].2);
+}

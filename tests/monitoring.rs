@@ -137,8 +137,7 @@ async fn a_live_run_scraped_by_prometheus_has_data_for_every_panel_and_alert_and
 
     // A: healthy (dedup, so every panel has its series). B: its commit path stalls forever.
     let mut a = common::delta_config(&common::unique("healthy"), &topic, &dir.path().join("a"));
-    a.dedup =
-        Some(DedupConfig { key: vec!["id".into()], watermark_field: None, allowed_lateness_ms: 0, max_age_epochs: Some(1_000) });
+    a.dedup = Some(DedupConfig::by_epochs(&["id"], 1_000));
     a.metrics.listen = Some(format!("127.0.0.1:{port_a}"));
     let mut b = common::delta_config(&common::unique("stalled"), &topic, &dir.path().join("b"));
     b.metrics.listen = Some(format!("127.0.0.1:{port_b}"));

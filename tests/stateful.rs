@@ -18,11 +18,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::common;
 
 fn dedup(max_age_epochs: Option<u64>, watermark: Option<u64>) -> DedupConfig {
-    DedupConfig {
-        key: vec!["id".into()],
-        watermark_field: watermark.map(|_| "ts".into()),
-        allowed_lateness_ms: watermark.unwrap_or(0),
-        max_age_epochs,
+    match (max_age_epochs, watermark) {
+        (Some(age), _) => DedupConfig::by_epochs(&["id"], age),
+        (None, lateness) => DedupConfig::by_watermark(&["id"], "ts", lateness.unwrap_or(0)),
     }
 }
 

@@ -281,3 +281,23 @@ pub async fn sigkill_loop(config: &Path, kills: usize, rng: &mut impl rand::Rng)
         child.wait().unwrap();
     }
 }
+
+/// Every row of the Delta table at `table` (its current version), read straight from its
+/// Parquet files.
+pub async fn read_rows(table: &Path) -> Vec<RecordBatch> {
+    let Some(t) = exactly::sink::delta::load_table(table).await.unwrap() else { return Vec::new() };
+    let files: Vec<String> = t.get_file_uris().unwrap().collect();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for f in files {
+            let path = f.strip_prefix("file://").unwrap_or(&f).to_string();
+            let file = std::fs::File::open(&path).unwrap();
+            let reader =
+                deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+            out.extend(reader.map(|b| b.unwrap()));
+        }
+        out
+    })
+    .await
+    .unwrap()
+}
