@@ -50,13 +50,22 @@ pub struct PartitionAudit {
     pub missing: u64,
     /// Extra copies of offsets found more than once (across both tables).
     pub duplicated: u64,
-    /// Offsets found in a table that Kafka does not hold in the committed range.
+    /// Offsets found in a table that Kafka does not hold in the committed range (or rows of a
+    /// partition the table recorded no range for).
     pub unexpected: u64,
+    /// Rows whose columns differ from the decode of the Kafka record at their coordinates, and
+    /// dead letters whose key or value differ from that record's bytes.
+    pub mismatched: u64,
+    /// The topic's partition holds records but the table recorded no progress for it: the
+    /// pipeline never read it (every record it holds counts as missing).
+    pub unread: bool,
     /// Offsets found in a table that Kafka no longer holds (deleted by retention): counted, not
     /// judged.
     pub unverifiable: u64,
     /// A few missing offsets, to look at.
     pub missing_sample: Vec<i64>,
+    /// A few content mismatches, to look at.
+    pub mismatch_sample: Vec<String>,
 }
 
 /// The whole audit.
@@ -102,7 +111,7 @@ pub struct KeyAudit {
 impl Audit {
     /// Nothing missing, duplicated, unexpected or mismatched.
     pub fn ok(&self) -> bool {
-        self.partitions.iter().all(|p| p.missing == 0 && p.duplicated == 0 && p.unexpected == 0)
+        self.partitions.iter().all(|p| p.missing == 0 && p.duplicated == 0 && p.unexpected == 0 && p.mismatched == 0)
             && self.keys.as_ref().is_none_or(|k| k.missing == 0 && k.duplicated == 0 && k.mismatched == 0)
     }
 
@@ -124,25 +133,28 @@ impl Audit {
         );
         let _ = writeln!(
             s,
-            "{:<28} {:>22} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10}",
-            "partition", "committed range", "expected", "rows", "dead", "missing", "duplicated", "unexpected"
+            "{:<28} {:>22} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10}",
+            "partition", "committed range", "expected", "rows", "dead", "missing", "duplicated", "unexpected", "mismatched"
         );
         for p in &self.partitions {
             let tp = p.tp.as_ref().map(|t| t.to_string()).unwrap_or_default();
+            let range = if p.unread { "never read".to_string() } else { format!("[{}, {})", p.start, p.end) };
             let _ = writeln!(
                 s,
-                "{:<28} {:>22} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10}",
-                tp,
-                format!("[{}, {})", p.start, p.end),
-                p.expected,
-                p.rows,
-                p.dead_lettered,
-                p.missing,
-                p.duplicated,
-                p.unexpected
+                "{:<28} {:>22} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10}",
+                tp, range, p.expected, p.rows, p.dead_lettered, p.missing, p.duplicated, p.unexpected, p.mismatched
             );
+            if p.unread {
+                let _ = writeln!(
+                    s,
+                    "    the topic holds records here but the table recorded no progress: the pipeline never read this partition"
+                );
+            }
             if !p.missing_sample.is_empty() {
                 let _ = writeln!(s, "    first missing offsets: {:?}", p.missing_sample);
+            }
+            for m in &p.mismatch_sample {
+                let _ = writeln!(s, "    {m}");
             }
             if p.unverifiable > 0 {
                 let _ = writeln!(s, "    {} rows have offsets Kafka no longer holds (retention); not judged", p.unverifiable);
@@ -150,7 +162,7 @@ impl Audit {
         }
         let _ = writeln!(
             s,
-            "{:<28} {:>22} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10}",
+            "{:<28} {:>22} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10}",
             "total",
             "",
             self.total(|p| p.expected),
@@ -158,7 +170,8 @@ impl Audit {
             self.total(|p| p.dead_lettered),
             self.total(|p| p.missing),
             self.total(|p| p.duplicated),
-            self.total(|p| p.unexpected)
+            self.total(|p| p.unexpected),
+            self.total(|p| p.mismatched)
         );
         if let Some(k) = &self.keys {
             let _ = writeln!(
@@ -175,11 +188,12 @@ impl Audit {
             let what = match self.keys.as_ref().map(|k| k.kind.as_str()) {
                 Some("aggregate") => "every group equals its recomputation from the topic",
                 Some(_) => "every key of the topic is in the table exactly once",
-                None => "every committed offset is in the tables exactly once",
+                None => "every committed offset is in the tables exactly once, as Kafka holds it",
             };
             let _ = writeln!(s, "result: OK — {what}");
         } else {
-            let _ = writeln!(s, "result: FAILED — offsets missing, duplicated or unexpected");
+            let _ =
+                writeln!(s, "result: FAILED — offsets missing, duplicated or unexpected, or content that differs from Kafka's");
         }
         s
     }
@@ -256,6 +270,54 @@ fn coordinates(batches: &[RecordBatch]) -> Result<FoundOffsets> {
         }
     }
     Ok(found)
+}
+
+/// Row `i` as text: the named columns' cells, `name=value`, joined (what a row is compared by).
+fn row_text(b: &RecordBatch, cols: &[String], i: usize) -> Result<String> {
+    let mut out = Vec::with_capacity(cols.len());
+    for c in cols {
+        out.push(format!("{c}={}", cell(column(b, c)?, i)));
+    }
+    Ok(out.join(", "))
+}
+
+/// Every row's text by partition and offset (the first row at a coordinate; copies are counted
+/// as duplicates elsewhere).
+fn contents(batches: &[RecordBatch], cols: &[String]) -> Result<HashMap<TopicPartition, HashMap<i64, String>>> {
+    let mut out: HashMap<TopicPartition, HashMap<i64, String>> = HashMap::new();
+    for b in batches {
+        let (topics, parts, offs) = (column(b, TOPIC_COL)?, column(b, PARTITION_COL)?, column(b, OFFSET_COL)?);
+        for i in 0..b.num_rows() {
+            let tp = TopicPartition::new(&cell(topics, i), cell(parts, i).parse().unwrap_or(-1));
+            let offset = cell(offs, i).parse().unwrap_or(-1);
+            out.entry(tp).or_default().entry(offset).or_insert(row_text(b, cols, i)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Each dead letter's key and value bytes, by partition and offset.
+type DeadBytes = HashMap<TopicPartition, HashMap<i64, (Option<Vec<u8>>, Option<Vec<u8>>)>>;
+
+fn dead_letter_bytes(batches: &[RecordBatch]) -> Result<DeadBytes> {
+    let mut out = DeadBytes::new();
+    for b in batches {
+        let bin = |name: &str| -> Result<BinaryArray> {
+            column(b, name)?
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .cloned()
+                .ok_or_else(|| Error::Sink(format!("bad {name} column")))
+        };
+        let (key, value) = (bin("key")?, bin("value")?);
+        let (topics, parts, offs) = (column(b, TOPIC_COL)?, column(b, PARTITION_COL)?, column(b, OFFSET_COL)?);
+        for i in 0..b.num_rows() {
+            let tp = TopicPartition::new(&cell(topics, i), cell(parts, i).parse().unwrap_or(-1));
+            let bytes = |a: &BinaryArray| (!a.is_null(i)).then(|| a.value(i).to_vec());
+            out.entry(tp).or_default().entry(cell(offs, i).parse().unwrap_or(-1)).or_insert((bytes(&key), bytes(&value)));
+        }
+    }
+    Ok(out)
 }
 
 /// The key of row `i`: the named columns' cells, joined.
@@ -423,13 +485,14 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         }
     }
 
-    // What the data table holds: per-record rows (append, dedup) or one row per group.
+    // What the data table holds: per-record rows (append, dedup), every decoded column so each
+    // row can be compared with its Kafka record; or one row per group (aggregation).
+    let decoder = Decoder::new(&config.decode);
+    let per_record = config.aggregate.is_none();
+    let content_cols: Vec<String> = decoder.schema().fields().iter().map(|f| f.name().clone()).collect();
     let mut data_cols: Vec<String> = Vec::new();
-    if config.aggregate.is_none() {
-        data_cols.extend([TOPIC_COL, PARTITION_COL, OFFSET_COL].map(String::from));
-    }
-    if let Some(d) = &config.dedup {
-        data_cols.extend(d.key.iter().cloned());
+    if per_record {
+        data_cols.extend(content_cols.iter().cloned());
     }
     if let Some(a) = &config.aggregate {
         data_cols.extend(a.group_by.iter().cloned());
@@ -446,7 +509,7 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         tokio::task::spawn_blocking(move || -> Result<_> {
             let names: Vec<&str> = data_cols.iter().map(String::as_str).collect();
             let data = read_columns(&data_files, &names)?;
-            let dead = read_columns(&dead_files, &[TOPIC_COL, PARTITION_COL, OFFSET_COL])?;
+            let dead = read_columns(&dead_files, &[TOPIC_COL, PARTITION_COL, OFFSET_COL, "key", "value"])?;
             let mut orphan_files = orphans(&path, &data_files);
             orphan_files.extend(orphans(&dead_path, &dead_files));
             Ok((data, dead, orphan_files))
@@ -454,25 +517,85 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         .await
         .map_err(|e| Error::Actor(e.to_string()))??
     };
-    let per_record = config.aggregate.is_none();
     let rows = if per_record { coordinates(&data_rows)? } else { FoundOffsets::new() };
+    let row_content = if per_record { contents(&data_rows, &content_cols)? } else { HashMap::new() };
     let dead = coordinates(&dead_rows)?;
+    let dead_bytes = dead_letter_bytes(&dead_rows)?;
 
+    // Every partition of the topics, and any other partition the tables hold rows of.
+    let mut all: Vec<TopicPartition> = partitions.clone();
+    for tp in rows.keys().chain(dead.keys()) {
+        if !all.contains(tp) {
+            all.push(tp.clone());
+        }
+    }
+    all.sort();
     let mut audits = Vec::new();
     let mut kafka_rows = Vec::new();
-    let decoder = Decoder::new(&config.decode);
-    for (tp, (start, end)) in ranges {
+    for tp in all {
+        let row_offsets = rows.get(&tp).cloned().unwrap_or_default();
+        let dead_offsets = dead.get(&tp).cloned().unwrap_or_default();
+        let Some((start, end)) = ranges.get(&tp).copied() else {
+            // No progress recorded for this partition. If the topic holds records in it, the
+            // pipeline never read them: all missing. Rows of it are unexpected either way.
+            let unread = if partitions.contains(&tp) && epoch > 0 {
+                let (brokers, tp2) = (src.brokers.clone(), tp.clone());
+                let (records, _) = tokio::task::spawn_blocking(move || kafka_records(&brokers, &tp2, 0, i64::MAX))
+                    .await
+                    .map_err(|e| Error::Actor(e.to_string()))??;
+                records.iter().map(|r| r.offset).collect()
+            } else {
+                Vec::new()
+            };
+            if unread.is_empty() && row_offsets.is_empty() && dead_offsets.is_empty() {
+                continue;
+            }
+            audits.push(PartitionAudit {
+                tp: Some(tp),
+                expected: unread.len() as u64,
+                rows: row_offsets.len() as u64,
+                dead_lettered: dead_offsets.len() as u64,
+                missing: unread.len() as u64,
+                unexpected: (row_offsets.len() + dead_offsets.len()) as u64,
+                unread: !unread.is_empty(),
+                missing_sample: unread.into_iter().take(10).collect(),
+                ..Default::default()
+            });
+            continue;
+        };
         let brokers = src.brokers.clone();
         let tp2 = tp.clone();
         let (records, low) = tokio::task::spawn_blocking(move || kafka_records(&brokers, &tp2, start, end))
             .await
             .map_err(|e| Error::Actor(e.to_string()))??;
         let expected: Vec<i64> = records.iter().map(|r| r.offset).collect();
-        if config.dedup.is_some() || config.aggregate.is_some() {
-            kafka_rows.push(decoder.decode(&records).rows);
+        let decoded = decoder.decode(&records);
+        // Content: each row equals the decode of its record; each dead letter carries its
+        // record's bytes.
+        let mut mismatches = Vec::new();
+        if per_record {
+            let found = row_content.get(&tp);
+            let offs = crate::decode::offsets(&decoded.rows).ok_or_else(|| Error::Sink("decoded rows without offsets".into()))?;
+            for i in 0..decoded.rows.num_rows() {
+                let Some(have) = found.and_then(|m| m.get(&offs.value(i))) else { continue };
+                let want = row_text(&decoded.rows, &content_cols, i)?;
+                if *have != want {
+                    mismatches
+                        .push(format!("row at offset {}: table ({have}), Kafka's record decodes to ({want})", offs.value(i)));
+                }
+            }
         }
-        let row_offsets = rows.get(&tp).cloned().unwrap_or_default();
-        let dead_offsets = dead.get(&tp).cloned().unwrap_or_default();
+        if let Some(bytes) = dead_bytes.get(&tp) {
+            for r in &records {
+                let Some(have) = bytes.get(&r.offset) else { continue };
+                if *have != (r.key.clone(), r.payload.clone()) {
+                    mismatches.push(format!("dead letter at offset {}: its key/value are not the record's bytes", r.offset));
+                }
+            }
+        }
+        if config.dedup.is_some() || config.aggregate.is_some() {
+            kafka_rows.push(decoded.rows);
+        }
         let mut counts: HashMap<i64, u64> = HashMap::new();
         for o in row_offsets.iter().chain(&dead_offsets) {
             *counts.entry(*o).or_default() += 1;
@@ -499,8 +622,11 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
             missing: missing.len() as u64,
             duplicated,
             unexpected,
+            mismatched: mismatches.len() as u64,
             unverifiable,
+            unread: false,
             missing_sample: missing.into_iter().take(10).collect(),
+            mismatch_sample: mismatches.into_iter().take(10).collect(),
         });
     }
 

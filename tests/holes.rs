@@ -349,3 +349,99 @@ async fn future_and_late_events_are_dead_lettered_with_their_bytes() {
     assert_eq!((dead[1].0.as_slice(), dead[1].1.as_slice()), (b"late-key".as_slice(), late.as_bytes()));
     assert!(dead[1].2.contains("older than the watermark"), "{}", dead[1].2);
 }
+
+/// Rewrites the first Parquet file of `table` with `edit` applied to its rows (in place, the
+/// Delta log untouched: what a buggy writer or a bit flip would leave).
+async fn tamper(
+    table: &std::path::Path,
+    edit: impl Fn(&deltalake::arrow::record_batch::RecordBatch) -> deltalake::arrow::record_batch::RecordBatch,
+) {
+    use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use deltalake::parquet::arrow::ArrowWriter;
+    let t = exactly::sink::delta::load_table(table).await.unwrap().unwrap();
+    let uri = t.get_file_uris().unwrap().next().unwrap();
+    let path = uri.strip_prefix("file://").unwrap_or(&uri).to_string();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap().build().unwrap();
+    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+    let schema = batches[0].schema();
+    let all = deltalake::arrow::compute::concat_batches(&schema, &batches).unwrap();
+    let edited = edit(&all);
+    let mut w = ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None).unwrap();
+    w.write(&edited).unwrap();
+    w.close().unwrap();
+}
+
+/// `batch` with column `name` replaced.
+fn replace_column(
+    batch: &deltalake::arrow::record_batch::RecordBatch,
+    name: &str,
+    col: deltalake::arrow::array::ArrayRef,
+) -> deltalake::arrow::record_batch::RecordBatch {
+    let i = batch.schema().index_of(name).unwrap();
+    let mut cols = batch.columns().to_vec();
+    cols[i] = col;
+    deltalake::arrow::record_batch::RecordBatch::try_new(batch.schema(), cols).unwrap()
+}
+
+/// The audit reads content, not only offsets: one edited value in a committed Parquet file, a
+/// row moved to a partition the table recorded no range for, and a dead letter whose bytes are
+/// not the record's each make it FAIL; and a partition of the topic the pipeline never read is
+/// reported as unread, with its records missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_reads_content_and_reports_unread_partitions() {
+    use deltalake::arrow::array::{Array, BinaryArray, Int32Array, StringArray};
+    use exactly::producer::ProduceOptions;
+
+    let topic = common::topic("content", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    let table = dir.path().join("table");
+    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 600);
+    opts.malformed_every = Some(20);
+    exactly::producer::produce(&opts, std::future::pending()).await.unwrap();
+    let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+    common::assert_verified(&config).await;
+
+    // One value edited, one row moved to partition 7 (which the topic does not have).
+    tamper(&table, |b| {
+        let value = b.column_by_name("value").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let edited: StringArray = (0..b.num_rows()).map(|i| Some(if i == 0 { "tampered" } else { value.value(i) })).collect();
+        let part = b.column_by_name("_kafka_partition").unwrap().as_any().downcast_ref::<Int32Array>().unwrap();
+        let moved: Int32Array = (0..b.num_rows()).map(|i| Some(if i == 1 { 7 } else { part.value(i) })).collect();
+        replace_column(&replace_column(b, "value", Arc::new(edited)), "_kafka_partition", Arc::new(moved))
+    })
+    .await;
+    // One dead letter's value bytes replaced.
+    tamper(&dir.path().join("table_dead_letters"), |b| {
+        let value = b.column_by_name("value").unwrap().as_any().downcast_ref::<BinaryArray>().unwrap();
+        let edited: BinaryArray = (0..b.num_rows())
+            .map(|i| if i == 0 { Some(b"not what Kafka holds".as_slice()) } else { value.is_valid(i).then(|| value.value(i)) })
+            .collect();
+        replace_column(b, "value", Arc::new(edited))
+    })
+    .await;
+    let audit = exactly::verify::verify(&config).await.unwrap();
+    assert!(!audit.ok());
+    assert!(audit.render().contains("result: FAILED"), "{}", audit.render());
+    assert_eq!(audit.total(|p| p.mismatched), 2, "the edited row and the edited dead letter:\n{}", audit.render());
+    let moved =
+        audit.partitions.iter().find(|p| p.tp.as_ref().is_some_and(|tp| tp.partition == 7)).expect("partition 7 reported");
+    assert_eq!((moved.rows, moved.unexpected), (1, 1), "{}", audit.render());
+    assert_eq!(audit.total(|p| p.missing), 1, "the moved row's offset is missing from its partition");
+
+    // A partition the pipeline never read (added after it stopped) is unread, its records missing.
+    let fresh = tempfile::tempdir().unwrap();
+    let config = common::delta_config(&common::unique("p"), &topic, fresh.path());
+    let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();
+    common::wait_table_drained(&fresh.path().join("table"), &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+    add_partitions(&topic, 3).await;
+    common::produce_events(&topic, 10_000, 300).await;
+    let audit = exactly::verify::verify(&config).await.unwrap();
+    let unread =
+        audit.partitions.iter().find(|p| p.tp.as_ref().is_some_and(|tp| tp.partition == 2)).expect("partition 2 reported");
+    assert!(unread.unread && unread.missing > 0 && unread.missing == unread.expected, "{}", audit.render());
+    assert!(!audit.ok(), "{}", audit.render());
+}
