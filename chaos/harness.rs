@@ -44,6 +44,7 @@ pub const CASES: &[&str] = &[
     "delta-conflict",
     "checkpoint-unwritable",
     "slow-sink",
+    "grow-topic",
 ];
 
 /// How to run.
@@ -183,6 +184,8 @@ fn drain(progress: &mut broadcast::Receiver<Progress>) {
 /// Injects one fault of `case` into a running pipeline; returns whether it restarts the tree.
 async fn inject(
     case: &str,
+    topic: &str,
+    brokers: &str,
     pipeline: &Pipeline,
     failpoints: &FailPoints,
     rng: &mut StdRng,
@@ -223,6 +226,20 @@ async fn inject(
             failpoints.arm("after-parquet-write", FailAction::Sleep(interval * 5), Some(2));
             return Ok(false);
         }
+        "grow-topic" => {
+            // One more partition, and a burst of records that lands on every partition (the
+            // stream's producer learns of the new one only at its next metadata refresh). The
+            // pipeline commits its open epoch and restarts the tree to read it.
+            use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+            let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+                exactly::kafka::base_config(brokers).create().map_err(|e| e.to_string())?;
+            let total = s.consumers.len() + 1;
+            let res = admin.create_partitions([&NewPartitions::new(topic, total)], &AdminOptions::new()).await;
+            res.map_err(|e| e.to_string())?.into_iter().collect::<Result<Vec<_>, _>>().map_err(|(t, e)| format!("{t}: {e}"))?;
+            let mut burst = ProduceOptions::new(brokers, topic, 300);
+            burst.first_id = 1_000_000_000 + rng.random_range(0..1_000_000) * 1_000;
+            produce(&burst, std::future::pending()).await.map_err(|e| e.to_string())?;
+        }
         other => return Err(format!("unknown in-process case {other}")),
     }
     Ok(true)
@@ -253,7 +270,8 @@ fn foreign_writer(table: PathBuf, stop: Arc<std::sync::atomic::AtomicBool>) -> t
 fn audit_into(report: &mut CaseReport, audit: &exactly::verify::Audit) {
     report.missing = audit.total(|p| p.missing) + audit.keys.as_ref().map_or(0, |k| k.missing);
     report.duplicated = audit.total(|p| p.duplicated) + audit.keys.as_ref().map_or(0, |k| k.duplicated);
-    report.mismatched = audit.keys.as_ref().map_or(0, |k| k.mismatched) + audit.total(|p| p.unexpected);
+    report.mismatched =
+        audit.keys.as_ref().map_or(0, |k| k.mismatched) + audit.total(|p| p.unexpected) + audit.total(|p| p.mismatched);
     report.committed = match audit.keys.as_ref() {
         Some(k) if k.kind == "aggregate" => k.found,
         _ => audit.total(|p| p.rows + p.dead_lettered),
@@ -338,6 +356,9 @@ async fn in_process_case(case: &str, kind: &str, seed: u64, opts: &ChaosOptions,
         config.source.max_buffered_records = 2_000;
         config.source.max_batch_records = 200;
     }
+    if case == "grow-topic" {
+        config.source.partition_discovery_ms = 300;
+    }
     let failpoints = Arc::new(FailPoints::new());
     let stream = start_stream(&opts.brokers, &topic, opts.rate);
     let sink = exactly::sink::from_config(&config, failpoints.clone());
@@ -351,7 +372,8 @@ async fn in_process_case(case: &str, kind: &str, seed: u64, opts: &ChaosOptions,
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..800))).await;
         let generation = pipeline.status().await.map_err(|e| e.to_string())?.generation;
         drain(&mut progress); // only commits after the fault count
-        let restarts = match inject(case, &pipeline, &failpoints, &mut rng, config.epoch.interval()).await {
+        let restarts = match inject(case, &topic, &opts.brokers, &pipeline, &failpoints, &mut rng, config.epoch.interval()).await
+        {
             Ok(r) => r,
             Err(_) => continue, // between generations: try again at the next moment
         };
