@@ -370,12 +370,13 @@ impl Processor {
                 }
                 None => vec![Some(epoch as i64); n],
             };
+            // The Kafka timestamps bound future event times (event-time dedup only).
             let produced_ms: Vec<Option<i64>> = match batch.column_by_name(crate::decode::TIMESTAMP_COL) {
-                Some(c) => {
+                Some(c) if d.watermark.is_some() => {
                     let col = c.as_any().downcast_ref::<TimestampMicrosecondArray>().expect("the Kafka timestamp column");
                     (0..n).map(|i| (!col.is_null(i)).then(|| col.value(i).div_euclid(1000))).collect()
                 }
-                None => vec![None; n],
+                _ => vec![None; n],
             };
             let present = self.store.dedup_contains(&keys)?;
             let mut keep = Vec::with_capacity(n);
