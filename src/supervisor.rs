@@ -487,11 +487,11 @@ impl SupervisorState {
         })
     }
 
-    /// Partition discovery reported the topics: a topic whose id changed stops the pipeline;
-    /// when it names partitions this pipeline does not
-    /// read yet, wind the generation down (its open epoch commits first) and start one that reads
-    /// them too, from their earliest offset. Partitions never disappear from a Kafka topic; a
-    /// topic that did is left to the consumers' errors and recovery.
+    /// Partition discovery reported the topics. A topic whose id changed stops the pipeline.
+    /// Partitions this pipeline does not read yet wind the generation down (its open epoch
+    /// commits first) and start one that reads them too, from their earliest offset. Partitions
+    /// never disappear from a Kafka topic; a deleted topic is left to the consumers' errors and
+    /// to recovery.
     fn on_topics_described(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
