@@ -362,21 +362,6 @@ pub fn topic_ids<C: ClientContext>(
     }
 }
 
-/// [`topic_ids`] on a client of its own, off the async executor.
-pub async fn describe_topic_ids(
-    brokers: &str,
-    topics: &[String],
-    timeout: Duration,
-) -> Result<std::collections::BTreeMap<String, String>> {
-    let (brokers, topics) = (brokers.to_string(), topics.to_vec());
-    tokio::task::spawn_blocking(move || -> Result<_> {
-        let consumer: BaseConsumer = base_config(&brokers).create()?;
-        topic_ids(consumer.client(), &topics, timeout)
-    })
-    .await
-    .map_err(|e| Error::Actor(format!("topic id lookup task failed: {e}")))?
-}
-
 /// The error for a topic whose id is not the one recorded with the checkpoint: it was deleted
 /// and created again, its offsets start over, and the recorded offsets mean nothing in it.
 /// `None` when every recorded topic still has its id (topics not recorded yet are not judged).

@@ -211,7 +211,6 @@ impl SupervisorState {
                 )));
             }
         }
-        self.check_topic_ids().await?;
         let sink = self.args.sink.clone();
         let durable = sink.durable();
         let sink_epoch = sink.committed_epoch(&self.partitions).await?;
@@ -305,9 +304,12 @@ impl SupervisorState {
 
     /// Refuses to resume when a topic was deleted and created again since the checkpoint's
     /// positions were taken (a new topic id); records the ids of topics seen the first time.
-    async fn check_topic_ids(&mut self) -> Result<(), Error> {
+    async fn check_topic_ids(&mut self, client: &Arc<PipelineConsumer>) -> Result<(), Error> {
         let src = &self.args.config.source;
-        let current = kafka::describe_topic_ids(&src.brokers, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
+        let (client, topics, timeout) = (client.clone(), src.topics.clone(), Duration::from_millis(src.connect_timeout_ms));
+        let current = tokio::task::spawn_blocking(move || kafka::topic_ids(client.client(), &topics, timeout))
+            .await
+            .map_err(|e| Error::Actor(format!("topic id lookup task failed: {e}")))??;
         let mut recorded = self.store.topic_ids()?;
         if let Some(e) = kafka::recreated_topic(&recorded, &current) {
             return Err(e);
@@ -349,6 +351,14 @@ impl SupervisorState {
         for tp in offsets.keys() {
             let q = PartitionFetch::split(&client, tp).ok_or_else(|| Error::Actor(format!("cannot split the queue of {tp}")))?;
             queues.push((tp.clone(), q));
+        }
+        // Before anything is read: the topics must still be the ones the checkpoint's positions
+        // belong to (asked on this generation's client; a second client would cost its buffers).
+        if let Err(e) = self.check_topic_ids(&client).await {
+            drop(queues);
+            // Closing a Kafka client blocks briefly: never on the executor.
+            let _ = tokio::task::spawn_blocking(move || drop(client)).await;
+            return Err(e);
         }
         // The main queue carries errors and statistics only; it must be served.
         let poll_client = client.clone();
