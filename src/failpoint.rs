@@ -7,7 +7,8 @@
 //! empty map.
 //!
 //! Fail points in the commit path, in order: `after-parquet-write` (files written, not
-//! committed), `after-delta-commit` (data table committed, dead letters and checkpoint not yet),
+//! committed), `before-delta-commit` (a bucket-replacing commit has read the table's current
+//! files, before it commits: stalling here widens the race with another writer), `after-delta-commit` (data table committed, dead letters and checkpoint not yet),
 //! `mid-checkpoint-write` (temp file written, not renamed), `after-checkpoint` (checkpoint
 //! written, the supervisor not yet told).
 

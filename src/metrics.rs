@@ -20,6 +20,9 @@ pub const DEAD_LETTERS: &str = "exactly_dead_letters_total";
 pub const DELTA_FILES_ADDED: &str = "exactly_delta_files_added_total";
 /// Counter, label `table`: bytes of Parquet files added by Delta commits.
 pub const DELTA_BYTES_WRITTEN: &str = "exactly_delta_bytes_written_total";
+/// Counter, label `table`: bucket-replacing commits redone because another writer (an OPTIMIZE)
+/// committed first.
+pub const DELTA_COMMIT_RETRIES: &str = "exactly_delta_commit_retries_total";
 /// Gauge: resident set size of the process, bytes.
 pub const PROCESS_RSS: &str = "exactly_process_resident_bytes";
 /// Gauge: Unix time of the last committed epoch (set to the start time before the first).
@@ -78,6 +81,7 @@ pub fn register_zeros() {
     for table in ["data", "dead_letters"] {
         metrics::counter!(DELTA_FILES_ADDED, "table" => table).increment(0);
         metrics::counter!(DELTA_BYTES_WRITTEN, "table" => table).increment(0);
+        metrics::counter!(DELTA_COMMIT_RETRIES, "table" => table).increment(0);
     }
     metrics::counter!(RECORDS_COMMITTED).increment(0);
     metrics::counter!(DUPLICATES_DROPPED).increment(0);

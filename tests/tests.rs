@@ -21,6 +21,8 @@ mod malformed;
 mod gaps;
 // Dedup and keyed aggregation on RocksDB: retention, output modes, failures, readers.
 mod stateful;
+// Tables maintained while the pipeline writes them: a foreign OPTIMIZE between epochs.
+mod maintenance;
 // The chaos suite's CI subset: every fault kind once, audited.
 mod chaos;
 // Monitoring against a real Prometheus: promtool, dashboards, panel data, alerts.

@@ -117,6 +117,38 @@ fn delta_fields(schema: &SchemaRef) -> Result<Vec<StructField>> {
     schema.fields().iter().map(|f| Ok(StructField::new(f.name(), delta_type(f.data_type())?, f.is_nullable()))).collect()
 }
 
+/// How often a bucket-replacing commit reads the table again after another writer committed
+/// first, before the epoch fails (and the pipeline restarts it).
+const REPLACE_ATTEMPTS: u32 = 20;
+
+/// A commit that failed only because another commit landed first.
+fn lost_race(e: &deltalake::DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::TransactionError;
+    matches!(
+        e,
+        deltalake::DeltaTableError::VersionAlreadyExists(_)
+            | deltalake::DeltaTableError::Transaction { source: TransactionError::MaxCommitAttempts(_) }
+    )
+}
+
+/// Remove actions for every current file of `buckets` (`None`: every file of the table).
+fn bucket_removes(table: &DeltaTable, path: &Path, buckets: Option<&HashSet<u32>>) -> Result<Vec<Action>> {
+    let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
+    let mut out = Vec::new();
+    for file in snapshot.log_data().iter() {
+        let bucket =
+            file.partition_values_map().get(crate::state::BUCKET_COL).cloned().flatten().and_then(|b| b.parse::<u32>().ok());
+        let hit = match buckets {
+            None => true,
+            Some(set) => bucket.is_some_and(|b| set.contains(&b)),
+        };
+        if hit {
+            out.push(Action::Remove(file.remove_action(true)));
+        }
+    }
+    Ok(out)
+}
+
 /// One table the sink writes.
 struct Spec {
     path: PathBuf,
@@ -270,26 +302,6 @@ impl DeltaSink {
                 (rows, Some(buckets), m)
             }
         };
-        // Replacing buckets: remove every current file of those buckets, in the same commit.
-        let mut actions: Vec<Action> = Vec::new();
-        if let Some(buckets) = &replace {
-            let snapshot = open.table.snapshot().map_err(|e| delta_err(path, e))?;
-            for file in snapshot.log_data().iter() {
-                let bucket = file
-                    .partition_values_map()
-                    .get(crate::state::BUCKET_COL)
-                    .cloned()
-                    .flatten()
-                    .and_then(|b| b.parse::<u32>().ok());
-                let hit = match buckets {
-                    None => true,
-                    Some(set) => bucket.is_some_and(|b| set.contains(&b)),
-                };
-                if hit {
-                    actions.push(Action::Remove(file.remove_action(true)));
-                }
-            }
-        }
         let table_label = if spec.name == "data" { "data" } else { "dead_letters" };
         let t_parquet = std::time::Instant::now();
         let mut adds = Vec::new();
@@ -317,17 +329,39 @@ impl DeltaSink {
             .iter()
             .map(|r| json!({"topic": &*r.tp.topic, "partition": r.tp.partition, "start": r.start, "end": r.end, "records": r.records}))
             .collect();
-        let props = CommitProperties::default()
-            .with_application_transactions(txns)
-            .with_metadata([("exactly".to_string(), json!({"pipeline": &self.pipeline, "epoch": epoch, "ranges": ranges_json}))]);
         let op = DeltaOperation::StreamingUpdate { output_mode, query_id: self.pipeline.clone(), epoch_id: epoch as i64 };
-        let snapshot = open.table.snapshot().map_err(|e| delta_err(path, e))?;
-        actions.extend(adds.into_iter().map(Action::Add));
-        let finalized = CommitBuilder::from(props)
-            .with_actions(actions)
-            .build(Some(snapshot), open.table.log_store(), op)
-            .await
-            .map_err(|e| delta_err(path, e))?;
+        let mut attempt = 0;
+        let finalized = loop {
+            attempt += 1;
+            let mut props = CommitProperties::default().with_application_transactions(txns.clone()).with_metadata([(
+                "exactly".to_string(),
+                json!({"pipeline": &self.pipeline, "epoch": epoch, "ranges": ranges_json}),
+            )]);
+            let mut actions: Vec<Action> = Vec::new();
+            if let Some(buckets) = &replace {
+                // The files to remove are those current at commit time: read the latest version,
+                // and land exactly on it (no retries that rebase past other commits). delta-rs
+                // does not count a rewrite's `dataChange = false` removes as a conflict, so a
+                // commit rebased past an OPTIMIZE would keep the OPTIMIZE's copy of a bucket next
+                // to the new rows. Another commit in between: read again and retry.
+                open.table.update_incremental(None).await.map_err(|e| delta_err(path, e))?;
+                actions.extend(bucket_removes(&open.table, path, buckets.as_ref())?);
+                props = props.with_max_retries(0);
+            }
+            actions.extend(adds.iter().cloned().map(Action::Add));
+            let snapshot = open.table.snapshot().map_err(|e| delta_err(path, e))?;
+            self.failpoints.hit("before-delta-commit").await?;
+            let committed =
+                CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), open.table.log_store(), op.clone()).await;
+            match committed {
+                Ok(f) => break f,
+                Err(e) if replace.is_some() && attempt < REPLACE_ATTEMPTS && lost_race(&e) => {
+                    metrics::counter!(crate::metrics::DELTA_COMMIT_RETRIES, "table" => table_label).increment(1);
+                    tracing::info!(table = %path.display(), epoch, attempt, "another writer committed first; replacing the buckets' current files again");
+                }
+                Err(e) => return Err(delta_err(path, e)),
+            }
+        };
         open.table.state = Some(finalized.snapshot());
         metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "delta").record(t_delta.elapsed().as_secs_f64());
         open.version = epoch;
