@@ -267,6 +267,18 @@ pub struct AggregateConfig {
     pub buckets: u32,
 }
 
+impl AggregateConfig {
+    /// `groupBy(group_by).count()` in `mode` over `buckets` buckets.
+    pub fn count_by(group_by: &[&str], mode: OutputMode, buckets: u32) -> Self {
+        AggregateConfig {
+            group_by: group_by.iter().map(|g| g.to_string()).collect(),
+            aggregates: vec![AggregateSpec { op: AggregateOp::Count, field: None, name: None }],
+            output_mode: mode,
+            buckets,
+        }
+    }
+}
+
 fn default_output_mode() -> OutputMode {
     OutputMode::Complete
 }

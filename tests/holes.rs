@@ -197,16 +197,11 @@ async fn sigterm_with_a_stuck_sink_exits_non_zero_in_bounded_time() {
 /// and overwrite the table's: the reset is refused with one error, and the table is untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_that_cannot_rebuild_keyed_state_is_refused() {
-    use exactly::config::{AggregateConfig, AggregateOp, AggregateSpec, OutputMode};
+    use exactly::config::{AggregateConfig, OutputMode};
     let topic = common::topic("statereset", 2).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
-    config.aggregate = Some(AggregateConfig {
-        group_by: vec!["value".into()],
-        aggregates: vec![AggregateSpec { op: AggregateOp::Count, field: None, name: None }],
-        output_mode: OutputMode::Update,
-        buckets: 4,
-    });
+    config.aggregate = Some(AggregateConfig::count_by(&["value"], OutputMode::Update, 4));
     let table = dir.path().join("table");
     common::produce_events(&topic, 0, 500).await;
     let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use deltalake::arrow::array::{Array, Int64Array, StringArray};
-use exactly::config::{AggregateConfig, AggregateOp, AggregateSpec, OutputMode};
+use exactly::config::{AggregateConfig, OutputMode};
 use exactly::pipeline::Pipeline;
 use exactly::producer::{produce, ProduceOptions};
 
@@ -49,12 +49,7 @@ async fn a_foreign_optimize_between_epochs_never_shows_a_group_twice() {
     let topic = common::topic("optimize", 2).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
-    config.aggregate = Some(AggregateConfig {
-        group_by: vec!["value".into()],
-        aggregates: vec![AggregateSpec { op: AggregateOp::Count, field: None, name: None }],
-        output_mode: OutputMode::Update,
-        buckets: 2,
-    });
+    config.aggregate = Some(AggregateConfig::count_by(&["value"], OutputMode::Update, 2));
     let table = dir.path().join("table");
     let send = |first_id: u64, count: u64| {
         let mut opts = ProduceOptions::new(&common::brokers(), &topic, count);
@@ -92,12 +87,7 @@ async fn a_concurrent_optimize_loop_never_shows_a_group_twice() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     config.epoch.interval_ms = 100;
-    config.aggregate = Some(AggregateConfig {
-        group_by: vec!["value".into()],
-        aggregates: vec![AggregateSpec { op: AggregateOp::Count, field: None, name: None }],
-        output_mode: OutputMode::Update,
-        buckets: 2,
-    });
+    config.aggregate = Some(AggregateConfig::count_by(&["value"], OutputMode::Update, 2));
     let table = dir.path().join("table");
     let mut opts = ProduceOptions::new(&common::brokers(), &topic, 500);
     opts.distinct_values = 40;
