@@ -315,12 +315,14 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+fn is_raw(column: &str) -> bool {
+    column == RAW_KEY_COL || column == RAW_VALUE_COL
+}
+
 /// `batch` without the hidden raw key/value columns (unchanged if it has none).
 pub fn without_raw(batch: &RecordBatch) -> RecordBatch {
     let schema = batch.schema();
-    let keep: Vec<usize> = (0..schema.fields().len())
-        .filter(|i| ![RAW_KEY_COL, RAW_VALUE_COL].contains(&schema.field(*i).name().as_str()))
-        .collect();
+    let keep: Vec<usize> = (0..schema.fields().len()).filter(|i| !is_raw(schema.field(*i).name())).collect();
     if keep.len() == schema.fields().len() {
         return batch.clone();
     }
@@ -396,13 +398,7 @@ impl Decoder {
 
     /// The schema of committed rows (with `_epoch`, never the hidden raw columns).
     pub fn output_schema(&self) -> SchemaRef {
-        let visible: Vec<Field> = self
-            .schema
-            .fields()
-            .iter()
-            .filter(|f| f.name() != RAW_KEY_COL && f.name() != RAW_VALUE_COL)
-            .map(|f| f.as_ref().clone())
-            .collect();
+        let visible: Vec<Field> = self.schema.fields().iter().filter(|f| !is_raw(f.name())).map(|f| f.as_ref().clone()).collect();
         with_epoch_field(&Schema::new(visible))
     }
 
@@ -485,7 +481,9 @@ impl Decoder {
         let mut partition = Int32Builder::with_capacity(n);
         let mut offset = Int64Builder::with_capacity(n);
         let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-        let (mut raw_key, mut raw_value) = (BinaryBuilder::new(), BinaryBuilder::new());
+        let raw_capacity = if self.keep_raw { n } else { 0 };
+        let (mut raw_key, mut raw_value) =
+            (BinaryBuilder::with_capacity(raw_capacity, 0), BinaryBuilder::with_capacity(raw_capacity, 0));
         let mut dead = Vec::new();
         let (mut vals, mut slots) = (Vec::with_capacity(self.fields.len().max(2)), Vec::with_capacity(self.fields.len()));
         for r in records {
