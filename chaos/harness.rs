@@ -230,12 +230,7 @@ async fn inject(
             // One more partition, and a burst of records that lands on every partition (the
             // stream's producer learns of the new one only at its next metadata refresh). The
             // pipeline commits its open epoch and restarts the tree to read it.
-            use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
-            let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-                exactly::kafka::base_config(brokers).create().map_err(|e| e.to_string())?;
-            let total = s.consumers.len() + 1;
-            let res = admin.create_partitions([&NewPartitions::new(topic, total)], &AdminOptions::new()).await;
-            res.map_err(|e| e.to_string())?.into_iter().collect::<Result<Vec<_>, _>>().map_err(|(t, e)| format!("{t}: {e}"))?;
+            exactly::kafka::add_partitions(brokers, topic, s.consumers.len() + 1).await.map_err(|e| e.to_string())?;
             let mut burst = ProduceOptions::new(brokers, topic, 300);
             burst.first_id = 1_000_000_000 + rng.random_range(0..1_000_000) * 1_000;
             produce(&burst, std::future::pending()).await.map_err(|e| e.to_string())?;

@@ -264,6 +264,18 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32, replicati
     create_topic_with_config(brokers, topic, partitions, replication, &[]).await
 }
 
+/// Grows `topic` to `total` partitions (Kafka never shrinks a topic).
+pub async fn add_partitions(brokers: &str, topic: &str, total: usize) -> Result<()> {
+    use rdkafka::admin::NewPartitions;
+    let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.create_partitions([&NewPartitions::new(topic, total)], &opts).await?;
+    match results.into_iter().next() {
+        Some(Err((name, code))) => Err(Error::Admin(format!("growing topic '{name}' to {total} partitions: {code}"))),
+        _ => Ok(()),
+    }
+}
+
 /// Creates a topic with topic-level configs (e.g. `max.message.bytes`); `Ok(false)` when it
 /// already existed.
 pub async fn create_topic_with_config(

@@ -12,11 +12,7 @@ use crate::common::{self, spawn, write_config};
 
 /// Grows `topic` to `total` partitions.
 async fn add_partitions(topic: &str, total: usize) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = exactly::kafka::base_config(&common::brokers()).create().unwrap();
-    let res = admin.create_partitions([&NewPartitions::new(topic, total)], &AdminOptions::new()).await.unwrap();
-    assert!(res.into_iter().all(|r| r.is_ok()), "grow {topic} to {total} partitions");
+    exactly::kafka::add_partitions(&common::brokers(), topic, total).await.unwrap();
 }
 
 /// Partitions added to a topic while the pipeline runs are read from their earliest offset, go
@@ -30,7 +26,7 @@ async fn partitions_added_while_running_are_read_and_audited() {
     config.source.partition_discovery_ms = 300;
     let table = dir.path().join("table");
     common::produce_events(&topic, 0, 3_000).await;
-    let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();
+    let pipeline = common::start(&config, RunOptions::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
 
     add_partitions(&topic, 4).await;
@@ -100,9 +96,7 @@ async fn a_replay_larger_than_the_buffer_limit_is_not_blocked() {
     // The first commit fails once after the data table holds it: the next generation replays it.
     let failpoints = Arc::new(FailPoints::new());
     failpoints.arm("after-delta-commit", FailAction::Error, Some(1));
-    let sink = exactly::sink::from_config(&config, failpoints.clone());
-    let options = RunOptions { failpoints, ..Default::default() };
-    let pipeline = Pipeline::start_with(config.clone(), sink, options).await.unwrap();
+    let pipeline = common::start(&config, RunOptions { failpoints, ..Default::default() }).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(90)).await;
     let status = pipeline.status().await.unwrap();
     assert_eq!(status.restarts, 1, "one restart, for the fail point");
@@ -131,8 +125,7 @@ async fn a_stop_with_a_stuck_sink_ends_within_the_timeout_and_fails() {
     common::produce_events(&topic, 0, 200).await;
     let failpoints = Arc::new(FailPoints::new());
     failpoints.arm("after-parquet-write", FailAction::Sleep(Duration::from_secs(600)), None);
-    let sink = exactly::sink::from_config(&config, failpoints.clone());
-    let pipeline = Pipeline::start_with(config.clone(), sink, RunOptions { failpoints, ..Default::default() }).await.unwrap();
+    let pipeline = common::start(&config, RunOptions { failpoints, ..Default::default() }).await;
     common::wait_until(Duration::from_secs(30), "200 records read", || async { buffered(&pipeline).await == 200 }).await;
 
     let t0 = Instant::now();
@@ -156,8 +149,7 @@ async fn a_failure_during_the_stop_is_reported() {
     common::produce_events(&topic, 0, 100).await;
     let failpoints = Arc::new(FailPoints::new());
     failpoints.arm("after-parquet-write", FailAction::Error, None);
-    let sink = exactly::sink::from_config(&config, failpoints.clone());
-    let pipeline = Pipeline::start_with(config.clone(), sink, RunOptions { failpoints, ..Default::default() }).await.unwrap();
+    let pipeline = common::start(&config, RunOptions { failpoints, ..Default::default() }).await;
     common::wait_until(Duration::from_secs(30), "100 records read", || async { buffered(&pipeline).await == 100 }).await;
     let err = pipeline.shutdown().await.expect_err("the open epoch failed to commit during the stop");
     assert!(matches!(err, exactly::Error::Shutdown(_)), "{err}");
@@ -204,7 +196,7 @@ async fn a_reset_that_cannot_rebuild_keyed_state_is_refused() {
     config.aggregate = Some(AggregateConfig::count_by(&["value"], OutputMode::Update, 4));
     let table = dir.path().join("table");
     common::produce_events(&topic, 0, 500).await;
-    let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();
+    let pipeline = common::start(&config, RunOptions::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     pipeline.shutdown().await.unwrap();
     let versions = common::txn_versions_in_log(&table, &config.id);
@@ -212,8 +204,7 @@ async fn a_reset_that_cannot_rebuild_keyed_state_is_refused() {
     std::fs::remove_dir_all(config.checkpoint_dir()).unwrap();
     common::produce_events(&topic, 500, 100).await;
     let options = RunOptions { reset_checkpoint_from_table: true, ..Default::default() };
-    let pipeline =
-        Pipeline::start_with(config.clone(), exactly::sink::from_config(&config, Default::default()), options).await.unwrap();
+    let pipeline = common::start(&config, options).await;
     let err = tokio::time::timeout(Duration::from_secs(30), pipeline.wait())
         .await
         .expect("the reset must be refused, not run")
@@ -248,7 +239,7 @@ async fn a_recreated_topic_is_refused_not_resumed_mid_topic() {
     config.source.partition_discovery_ms = 300;
     let table = dir.path().join("table");
     common::produce_events(&topic, 0, 200).await;
-    let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();
+    let pipeline = common::start(&config, RunOptions::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     pipeline.shutdown().await.unwrap();
     let before = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
@@ -260,7 +251,7 @@ async fn a_recreated_topic_is_refused_not_resumed_mid_topic() {
     })
     .await;
     common::produce_events(&topic, 1_000, 600).await;
-    let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();
+    let pipeline = common::start(&config, RunOptions::default()).await;
     let err = tokio::time::timeout(Duration::from_secs(30), pipeline.wait())
         .await
         .expect("the pipeline must refuse, not run")
@@ -273,7 +264,7 @@ async fn a_recreated_topic_is_refused_not_resumed_mid_topic() {
     // under it; the pipeline stops by itself with the same error.
     let mut fresh = common::delta_config(&common::unique("p"), &topic, &dir.path().join("second"));
     fresh.source.partition_discovery_ms = 300;
-    let pipeline = Pipeline::start(fresh.clone(), exactly::sink::from_config(&fresh, Default::default())).await.unwrap();
+    let pipeline = common::start(&fresh, RunOptions::default()).await;
     common::wait_table_drained(&dir.path().join("second/table"), &fresh.id, &topic, Duration::from_secs(60)).await;
     delete_topic(&topic).await;
     common::wait_until(Duration::from_secs(60), "the topic is created again", || async {
@@ -300,7 +291,7 @@ async fn future_and_late_events_are_dead_lettered_with_their_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     config.dedup = Some(exactly::config::DedupConfig::by_watermark(&["id"], "ts", 60_000));
-    let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();
+    let pipeline = common::start(&config, RunOptions::default()).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let year_2100 = 4_102_444_800_000i64;
     let future = exactly::producer::event_json(10_000, 10, year_2100);
@@ -394,7 +385,7 @@ async fn the_audit_reads_content_and_reports_unread_partitions() {
     let mut opts = ProduceOptions::new(&common::brokers(), &topic, 600);
     opts.malformed_every = Some(20);
     exactly::producer::produce(&opts, std::future::pending()).await.unwrap();
-    let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();
+    let pipeline = common::start(&config, RunOptions::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     pipeline.shutdown().await.unwrap();
     common::assert_verified(&config).await;
@@ -429,7 +420,7 @@ async fn the_audit_reads_content_and_reports_unread_partitions() {
     // A partition the pipeline never read (added after it stopped) is unread, its records missing.
     let fresh = tempfile::tempdir().unwrap();
     let config = common::delta_config(&common::unique("p"), &topic, fresh.path());
-    let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();
+    let pipeline = common::start(&config, RunOptions::default()).await;
     common::wait_table_drained(&fresh.path().join("table"), &config.id, &topic, Duration::from_secs(60)).await;
     pipeline.shutdown().await.unwrap();
     add_partitions(&topic, 3).await;

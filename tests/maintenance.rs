@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use deltalake::arrow::array::{Array, Int64Array, StringArray};
 use exactly::config::{AggregateConfig, OutputMode};
-use exactly::pipeline::Pipeline;
+use exactly::pipeline::RunOptions;
 use exactly::producer::{produce, ProduceOptions};
 
 use crate::common;
@@ -58,7 +58,7 @@ async fn a_foreign_optimize_between_epochs_never_shows_a_group_twice() {
         async move { produce(&opts, std::future::pending()).await.unwrap() }
     };
     send(0, 2_000).await;
-    let pipeline = Pipeline::start(config.clone(), exactly::sink::from_config(&config, Default::default())).await.unwrap();
+    let pipeline = common::start(&config, RunOptions::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     assert_eq!(groups(&table).await, (40, 40, 2_000));
 
@@ -96,9 +96,7 @@ async fn a_concurrent_optimize_loop_never_shows_a_group_twice() {
     // into that window again and again.
     let failpoints = std::sync::Arc::new(exactly::failpoint::FailPoints::new());
     failpoints.arm("before-delta-commit", exactly::failpoint::FailAction::Sleep(Duration::from_millis(40)), None);
-    let sink = exactly::sink::from_config(&config, failpoints.clone());
-    let options = exactly::pipeline::RunOptions { failpoints, ..Default::default() };
-    let pipeline = Pipeline::start_with(config.clone(), sink, options).await.unwrap();
+    let pipeline = common::start(&config, RunOptions { failpoints, ..Default::default() }).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
 
     // The optimizer: 25 Z-orders back to back (each retried on a conflict), in its own process.

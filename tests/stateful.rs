@@ -11,7 +11,7 @@ use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use exactly::checkpoint::CheckpointStore;
 use exactly::config::{AggregateConfig, AggregateOp, AggregateSpec, DedupConfig, OutputMode};
 use exactly::failpoint::{FailAction, FailPoints};
-use exactly::pipeline::{Pipeline, RunOptions};
+use exactly::pipeline::RunOptions;
 use exactly::producer::{produce, ProduceOptions};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -50,11 +50,6 @@ fn event(id: u64, ts: i64) -> String {
     exactly::producer::event_json(id, 10, ts)
 }
 
-async fn start(config: &exactly::PipelineConfig, options: RunOptions) -> Pipeline {
-    let sink = exactly::sink::from_config(config, options.failpoints.clone());
-    Pipeline::start_with(config.clone(), sink, options).await.unwrap()
-}
-
 async fn drained(config: &exactly::PipelineConfig, topic: &str) {
     common::wait_table_drained(
         &config.checkpoint_dir().parent().unwrap().join("table"),
@@ -73,7 +68,7 @@ async fn duplicates_across_partitions_and_epochs_are_removed() {
     config.dedup = Some(dedup(Some(1_000), None));
     // Epoch(s) 1..: ids 0..1000, keyed by id.
     send_json(&topic, &(0..1_000).map(|i| (i.to_string(), event(i, 0))).collect::<Vec<_>>()).await;
-    let pipeline = start(&config, RunOptions::default()).await;
+    let pipeline = common::start(&config, RunOptions::default()).await;
     drained(&config, &topic).await;
     // Later epochs: every third old id again under another Kafka key (so another partition),
     // new ids 1000..1500, each of them twice in this phase (same epoch or the next).
@@ -104,7 +99,7 @@ async fn epoch_retention_keeps_only_live_ids() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     config.dedup = Some(dedup(Some(2), None));
-    let pipeline = start(&config, RunOptions::default()).await;
+    let pipeline = common::start(&config, RunOptions::default()).await;
     let mut progress = pipeline.progress();
     let mut per_epoch = Vec::new();
     for phase in 0..5u64 {
@@ -133,7 +128,7 @@ async fn watermark_retention_expires_old_ids_and_dead_letters_late_records() {
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     config.dedup = Some(dedup(None, Some(1_000)));
     let t0: i64 = 1_000_000_000;
-    let pipeline = start(&config, RunOptions::default()).await;
+    let pipeline = common::start(&config, RunOptions::default()).await;
     send_json(&topic, &(0..100).map(|i| (i.to_string(), event(i, t0 + i as i64))).collect::<Vec<_>>()).await;
     drained(&config, &topic).await;
     // Far later event times: the watermark passes every earlier id, which expire.
@@ -170,7 +165,7 @@ async fn counts_through_restarts_and_a_failure(mode: OutputMode) {
         if round == 1 {
             failpoints.arm("after-delta-commit", FailAction::Error, Some(1));
         }
-        let pipeline = start(&config, RunOptions { failpoints, ..Default::default() }).await;
+        let pipeline = common::start(&config, RunOptions { failpoints, ..Default::default() }).await;
         let before = pipeline.status().await.unwrap().committed_epoch;
         common::wait_until(Duration::from_secs(60), "a new epoch", || async {
             pipeline.status().await.unwrap().committed_epoch > before
@@ -188,7 +183,7 @@ async fn counts_through_restarts_and_a_failure(mode: OutputMode) {
     }
     opts.first_id = 3_000;
     produce(&opts, std::future::pending()).await.unwrap();
-    let pipeline = start(&config, RunOptions::default()).await;
+    let pipeline = common::start(&config, RunOptions::default()).await;
     drained(&config, &topic).await;
     pipeline.shutdown().await.unwrap();
     let audit = common::assert_verified(&config).await;
@@ -261,7 +256,7 @@ async fn a_reader_of_the_complete_table_never_sees_a_partial_result() {
     config.epoch.interval_ms = 100;
     config.epoch.max_records = 400; // at least 10 epochs, however fast the records come
     let table = dir.path().join("table");
-    let pipeline = start(&config, RunOptions::default()).await;
+    let pipeline = common::start(&config, RunOptions::default()).await;
     let mut progress = pipeline.progress();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

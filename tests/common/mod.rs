@@ -224,6 +224,12 @@ pub async fn assert_verified(config: &PipelineConfig) -> exactly::verify::Audit 
     audit
 }
 
+/// Starts `config` in-process with its configured sink (sharing the options' fail points).
+pub async fn start(config: &PipelineConfig, options: exactly::pipeline::RunOptions) -> exactly::pipeline::Pipeline {
+    let sink = exactly::sink::from_config(config, options.failpoints.clone());
+    exactly::pipeline::Pipeline::start_with(config.clone(), sink, options).await.unwrap()
+}
+
 /// Writes `config` as `dir/pipeline.toml`.
 pub fn write_config(config: &exactly::PipelineConfig, dir: &Path) -> std::path::PathBuf {
     let path = dir.join("pipeline.toml");
