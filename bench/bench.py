@@ -143,7 +143,7 @@ def ensure_topic(profile, topic, events):
                     "--first-id", str(have), "--duplicate-every", "10", "--distinct-values", "1000"], check=True, capture_output=True)
 
 
-def pipeline_config(mode, topic, work, interval_ms):
+def pipeline_config(mode, topic, work, interval_ms, sink_extra=""):
     seed = 'fields = [{ name = "id", type = "long", nullable = false }, { name = "value", type = "string" }, { name = "ts", type = "timestamp" }]'
     extra = ""
     if mode == "dedup":
@@ -163,7 +163,7 @@ interval_ms = {interval_ms}
 [sink]
 kind = "delta"
 path = "{work}/table"
-[checkpoint]
+{sink_extra}[checkpoint]
 dir = "{work}/checkpoint"
 '''
     work.mkdir(parents=True, exist_ok=True)
@@ -373,6 +373,89 @@ def dedup_scale(profile, ids, interval_ms, work):
     return {"ids": ids, "retention_epochs": 5, "rss_by_progress": samples, "peak_rss_mb": peak}
 
 
+def percentile(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def table_files(table):
+    """(live files, bytes of live files, _delta_log entries, _delta_log bytes) of a table."""
+    from deltalake import DeltaTable
+    dt = DeltaTable(str(table))
+    adds = dt.get_add_actions(flatten=True)
+    sizes = adds.column("size_bytes").to_pylist()
+    log_dir = Path(table) / "_delta_log"
+    entries = [f for f in log_dir.rglob("*") if f.is_file()]
+    return len(sizes), sum(sizes), len(entries), sum(f.stat().st_size for f in entries)
+
+
+def soak(profile, mode, epochs, rate, interval_ms, work, sink_extra):
+    """A long run at a steady produce rate: per epoch, the commit time (progress `sink_ms`), the
+    process CPU and RSS; the table's live files and `_delta_log` size every tenth of the run.
+    Compares the first and the last tenth of the epochs."""
+    topic = f"bench-soak-{mode}-{int(time.time())}"
+    subprocess.run([binary(profile, "exactly"), "topics", "create", "--topic", topic, "--partitions", "4"], check=True, capture_output=True)
+    cfg = pipeline_config(mode, topic, work, interval_ms, sink_extra)
+    p = spawn([binary(profile, "exactly"), "run", "--progress", "json", "--config", str(cfg)],
+              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "error"})
+    producer = spawn([binary(profile, "exactly"), "produce", "--topic", topic, "--rate", str(rate), "--distinct-values", "1000"],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows, tables, other = [], [], []
+    tenth = max(1, epochs // 10)
+    try:
+        for line in p.stderr:
+            if not line.startswith("{"):
+                other = (other + [line.rstrip()])[-5:]
+                continue
+            try:
+                prog = json.loads(line)
+            except ValueError:
+                continue
+            if "sink_ms" not in prog:
+                continue
+            rows.append({"epoch": prog["epoch"], "records": prog["input_rows"], "sink_ms": prog["sink_ms"],
+                         "cpu_s": cpu_seconds(p.pid), "rss_kb": status_kb(p.pid, "VmRSS"), "t": time.time()})
+            if len(rows) % tenth == 0:
+                files, fbytes, log_entries, log_bytes = table_files(work / "table")
+                tables.append({"epoch": prog["epoch"], "live_files": files, "live_bytes": fbytes,
+                               "log_entries": log_entries, "log_bytes": log_bytes, "rss_mb": rows[-1]["rss_kb"] / 1024})
+                log(f"soak {mode}: epoch {prog['epoch']}, {files} live files, _delta_log {log_entries} entries / {log_bytes / 1e6:.1f} MB, "
+                    f"commit p50 {percentile([r['sink_ms'] for r in rows[-tenth:]], 0.5):.1f} ms")
+            if len(rows) >= epochs:
+                break
+        if len(rows) < epochs:
+            raise RuntimeError(f"exactly exited after {len(rows)} epochs (exit {p.wait()}): " + " / ".join(other))
+    finally:
+        producer.send_signal(signal.SIGINT)
+        producer.wait(timeout=60)
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=120)
+
+    def part(rs, prev_cpu):
+        recs = sum(r["records"] for r in rs)
+        return {"commit_p50_ms": percentile([r["sink_ms"] for r in rs], 0.5), "commit_p99_ms": percentile([r["sink_ms"] for r in rs], 0.99),
+                "records_per_epoch": recs / len(rs), "cpu_us_per_record": (rs[-1]["cpu_s"] - prev_cpu) / max(recs, 1) * 1e6,
+                "rss_mb": statistics.median(r["rss_kb"] for r in rs) / 1024}
+    first, last = rows[:tenth], rows[-tenth:]
+    a, b = part(first, rows[0]["cpu_s"]), part(last, rows[-tenth - 1]["cpu_s"])
+    return {"mode": mode, "epochs": len(rows), "interval_ms": interval_ms, "rate": rate, "sink": sink_extra.strip(),
+            "first_tenth": a, "last_tenth": b,
+            "p99_ratio": b["commit_p99_ms"] / a["commit_p99_ms"], "cpu_ratio": b["cpu_us_per_record"] / a["cpu_us_per_record"],
+            "max_live_files": max(t["live_files"] for t in tables), "max_log_bytes": max(t["log_bytes"] for t in tables),
+            "tables": tables}
+
+
+def render_soak(rs):
+    out = [f"| mode | epochs | commit p50 / p99, first tenth, ms | last tenth, ms | p99 last / first | CPU µs/record first / last | "
+           f"max live files | max `_delta_log` MB | RSS first / last, MB |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rs:
+        a, b = r["first_tenth"], r["last_tenth"]
+        out.append(f"| {r['mode']} | {r['epochs']:,} | {a['commit_p50_ms']:.1f} / {a['commit_p99_ms']:.1f} | {b['commit_p50_ms']:.1f} / {b['commit_p99_ms']:.1f} "
+                   f"| {r['p99_ratio']:.2f}x | {a['cpu_us_per_record']:.1f} / {b['cpu_us_per_record']:.1f} | {r['max_live_files']:,} "
+                   f"| {r['max_log_bytes'] / 1e6:.1f} | {a['rss_mb']:.0f} / {b['rss_mb']:.0f} |")
+    return "\n".join(out)
+
+
 LIMIT_SETTINGS = {
     "the pipeline's fetch settings": [],
     "deeper prefetch (queued.min.messages=100000)": ["queued.min.messages=100000"],
@@ -396,6 +479,9 @@ def main():
     ap.add_argument("--profile", default=None, help="cargo profile of the binaries (release; debug for --quick)")
     ap.add_argument("--skip-spark", action="store_true")
     ap.add_argument("--dedup-scale", type=int, metavar="IDS", help="only: RSS of dedup with retention over IDS distinct ids")
+    ap.add_argument("--soak", type=int, metavar="EPOCHS", help="only: a soak run of EPOCHS epochs per mode (see bench/README.md)")
+    ap.add_argument("--soak-modes", default="append,counts", help="modes of the soak run")
+    ap.add_argument("--soak-sink", default="", help="extra [sink] lines for the soak run's pipelines")
     a = ap.parse_args()
     events = a.events or (20_000 if a.quick else 5_000_000)
     runs = a.runs or (1 if a.quick else 3)
@@ -408,6 +494,16 @@ def main():
         r = dedup_scale(profile, a.dedup_scale, a.interval_ms, work / "dedup-scale")
         (ROOT / "bench/dedup-scale.json").write_text(json.dumps(r, indent=2) + "\n")
         print(json.dumps(r, indent=2))
+        return
+    if a.soak:
+        interval = a.interval_ms if "--interval-ms" in sys.argv else 100
+        rs = []
+        for m in a.soak_modes.split(","):
+            rs.append(soak(profile, m, a.soak, a.rate or 5_000, interval, work / f"soak-{m}", a.soak_sink.replace("\\n", "\n") + "\n" if a.soak_sink else ""))
+            log("soak result:\n" + render_soak(rs[-1:]) + "\n" + json.dumps({k: v for k, v in rs[-1].items() if k != "tables"}))
+        print(render_soak(rs))
+        if not a.quick:
+            (ROOT / "bench/soak.json").write_text(json.dumps(rs, indent=2) + "\n")
         return
     topic = f"bench-{events}"
     ensure_topic(profile, topic, events)

@@ -111,7 +111,7 @@ fn pipeline_config(kind: &str, topic: &str, dir: &Path, brokers: &str) -> Pipeli
     c.decode = DecodeConfig::seed();
     c.epoch.interval_ms = 200;
     c.checkpoint.dir = Some(dir.join("checkpoint"));
-    c.sink = SinkConfig::Delta { path: dir.join("table"), dead_letter_path: None };
+    c.sink = SinkConfig::delta(dir.join("table"));
     c.supervisor.backoff_ms = 20;
     c.supervisor.max_restarts = 1_000;
     match kind {

@@ -407,7 +407,83 @@ pub enum SinkConfig {
         /// The dead-letter table for records that do not decode. Default: `<path>_dead_letters`.
         #[serde(default)]
         dead_letter_path: Option<PathBuf>,
+        /// Write a Delta checkpoint every this many commits (`delta.checkpointInterval`). The
+        /// pipeline writes it in the background, never in an epoch's commit.
+        #[serde(default = "default_checkpoint_interval")]
+        checkpoint_interval: u64,
+        /// How long log entries are kept (`delta.logRetentionDuration`), e.g. `"7 days"`.
+        #[serde(default = "default_retention")]
+        log_retention: String,
+        /// How long removed files stay on disk before `exactly vacuum` may delete them
+        /// (`delta.deletedFileRetentionDuration`), e.g. `"7 days"`.
+        #[serde(default = "default_retention")]
+        deleted_file_retention: String,
+        /// Auto-compaction of small files.
+        #[serde(default)]
+        compaction: CompactionConfig,
     },
+}
+
+fn default_checkpoint_interval() -> u64 {
+    100
+}
+
+fn default_retention() -> String {
+    "7 days".to_string()
+}
+
+impl SinkConfig {
+    /// A Delta sink at `path` with every other setting at its default.
+    pub fn delta(path: PathBuf) -> Self {
+        SinkConfig::Delta {
+            path,
+            dead_letter_path: None,
+            checkpoint_interval: default_checkpoint_interval(),
+            log_retention: default_retention(),
+            deleted_file_retention: default_retention(),
+            compaction: CompactionConfig::default(),
+        }
+    }
+}
+
+/// Auto-compaction: small files of committed epochs are merged in the background, by size tier,
+/// in commits of their own that change no data (`dataChange = false`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionConfig {
+    /// Compact append and dead-letter tables in the background (aggregate tables need none:
+    /// each bucket is one file).
+    pub enabled: bool,
+    /// Files at least this big are done; compaction writes files up to this size. MiB.
+    pub target_file_size_mb: u64,
+    /// Files of one size tier are merged once there are this many of them.
+    pub min_files: usize,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig { enabled: true, target_file_size_mb: 128, min_files: 10 }
+    }
+}
+
+/// A retention such as `"7 days"`, `"12 hours"`, `"30 minutes"` as the Delta table property value
+/// (`"interval 7 days"`) and its length.
+pub fn parse_retention(text: &str) -> Option<(String, Duration)> {
+    let mut parts = text.split_whitespace();
+    let n: u64 = parts.next()?.parse().ok()?;
+    let unit = parts.next()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    let secs = match unit.trim_end_matches('s') {
+        "second" => 1,
+        "minute" => 60,
+        "hour" => 3_600,
+        "day" => 86_400,
+        "week" => 604_800,
+        _ => return None,
+    };
+    Some((format!("interval {n} {unit}"), Duration::from_secs(n * secs)))
 }
 
 fn default_num_rows() -> usize {
@@ -715,12 +791,28 @@ impl PipelineConfig {
         if self.state.block_cache_mb == 0 || self.state.write_buffer_mb == 0 {
             return Err(bad("state", "block_cache_mb and write_buffer_mb must be at least 1".into()));
         }
-        if let SinkConfig::Delta { path, dead_letter_path } = &self.sink {
+        if let SinkConfig::Delta { path, dead_letter_path, checkpoint_interval, log_retention, deleted_file_retention, compaction } =
+            &self.sink
+        {
             if path.as_os_str().is_empty() {
                 return Err(bad("sink.path", "is empty; give the table's directory".into()));
             }
             if dead_letter_path.as_ref() == Some(path) {
                 return Err(bad("sink.dead_letter_path", "must differ from sink.path".into()));
+            }
+            if *checkpoint_interval == 0 {
+                return Err(bad("sink.checkpoint_interval", "must be at least 1".into()));
+            }
+            for (field, value) in [("sink.log_retention", log_retention), ("sink.deleted_file_retention", deleted_file_retention)] {
+                if parse_retention(value).is_none() {
+                    return Err(bad(field, format!("is {value:?}; give a number and a unit, e.g. \"7 days\", \"12 hours\"")));
+                }
+            }
+            if compaction.target_file_size_mb == 0 {
+                return Err(bad("sink.compaction.target_file_size_mb", "must be at least 1".into()));
+            }
+            if compaction.min_files < 2 {
+                return Err(bad("sink.compaction.min_files", "must be at least 2".into()));
             }
         }
         if let Some(listen) = &self.metrics.listen {
@@ -734,7 +826,7 @@ impl PipelineConfig {
     /// The dead-letter table's location for a Delta sink.
     pub fn dead_letter_path(&self) -> Option<PathBuf> {
         match &self.sink {
-            SinkConfig::Delta { path, dead_letter_path } => Some(dead_letter_path.clone().unwrap_or_else(|| {
+            SinkConfig::Delta { path, dead_letter_path, .. } => Some(dead_letter_path.clone().unwrap_or_else(|| {
                 let mut p = path.clone().into_os_string();
                 p.push("_dead_letters");
                 PathBuf::from(p)

@@ -10,7 +10,8 @@
 //! committed), `before-delta-commit` (a bucket-replacing commit has read the table's current
 //! files, before it commits: stalling here widens the race with another writer), `after-delta-commit` (data table committed, dead letters and checkpoint not yet),
 //! `mid-checkpoint-write` (temp file written, not renamed), `after-checkpoint` (checkpoint
-//! written, the supervisor not yet told).
+//! written, the supervisor not yet told). In table maintenance: `compaction-before-commit`
+//! (merged files written, the compaction not committed).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -16,6 +16,8 @@
 //!
 //! Rules several actors follow have one home each: [`replay`] (re-cutting an epoch the sink holds
 //! but the checkpoint missed) and [`backpressure`] (when consumers may read).
+//! - [`maintenance`]: beside the sink, per table: Delta checkpoints, log cleanup,
+//!   auto-compaction; and the `optimize` / `vacuum` commands.
 //! - [`pipeline`]: [`pipeline::run`], the entry point that ties it together with a shutdown signal.
 //!
 //! Around them: [`record`] (records, offsets, epochs), [`verify`] (the exactly-once audit of a
@@ -36,6 +38,7 @@ pub mod failpoint;
 pub mod fault;
 pub mod fetch;
 pub mod kafka;
+pub mod maintenance;
 pub mod metrics;
 pub mod pipeline;
 pub mod producer;

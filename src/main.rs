@@ -31,6 +31,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Compact a pipeline's tables (or one table) into fewer, larger files, optionally Z-ordered
+    /// (Delta OPTIMIZE). Commits with dataChange=false: streaming readers see no new data. Safe
+    /// while the pipeline runs.
+    Optimize(OptimizeArgs),
+    /// Delete files no table version within the retention references (Delta VACUUM). Lists
+    /// what it would delete unless --execute is given.
+    Vacuum(VacuumArgs),
     /// Produce demo events {"id","value","ts"} to a topic (the seed's producer).
     Produce(ProduceArgs),
     /// Manage topics.
@@ -52,6 +59,53 @@ struct RunArgs {
     /// out when the checkpoint was lost, or belongs to another run of the same table.
     #[arg(long)]
     reset_checkpoint_from_table: bool,
+}
+
+/// Which tables a maintenance command works on.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct TableArgs {
+    /// A pipeline config: its data and dead-letter tables.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// One Delta table's directory.
+    #[arg(long)]
+    path: Option<PathBuf>,
+}
+
+impl TableArgs {
+    fn tables(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let config = self.config.as_deref().map(PipelineConfig::load).transpose()?;
+        Ok(exactly::maintenance::commands::tables_of(config.as_ref(), self.path.as_deref())?)
+    }
+}
+
+#[derive(Args)]
+struct OptimizeArgs {
+    #[command(flatten)]
+    tables: TableArgs,
+    /// Z-order by these columns (comma-separated) instead of bin-packing.
+    #[arg(long, value_delimiter = ',')]
+    zorder: Vec<String>,
+    /// Target file size in MiB (default: the table's delta.targetFileSize, else 100).
+    #[arg(long)]
+    target_size_mb: Option<u64>,
+}
+
+#[derive(Args)]
+struct VacuumArgs {
+    #[command(flatten)]
+    tables: TableArgs,
+    /// Delete the files (default: only list them).
+    #[arg(long)]
+    execute: bool,
+    /// Keep files removed within this many hours (default: the table's
+    /// delta.deletedFileRetentionDuration, 7 days for tables the pipeline created).
+    #[arg(long)]
+    retention_hours: Option<u64>,
+    /// Allow a retention shorter than the table's (readers of older versions may fail).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -204,6 +258,39 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
                     keys
                 )
             }
+        }
+        Command::Optimize(a) => {
+            for table in a.tables.tables()? {
+                let r = exactly::maintenance::commands::optimize(&table, a.target_size_mb.map(|m| m * 1024 * 1024), &a.zorder).await?;
+                println!(
+                    "{}: {} files ({} bytes) compacted into {}, {} partitions; {} live files{}",
+                    r.table,
+                    r.files_removed,
+                    r.bytes_removed,
+                    r.files_added,
+                    r.partitions_optimized,
+                    r.live_files,
+                    r.version.map(|v| format!("; version {v}")).unwrap_or_else(|| "; nothing to do".into())
+                );
+            }
+            Ok(())
+        }
+        Command::Vacuum(a) => {
+            let retention = a.retention_hours.map(|h| std::time::Duration::from_secs(h * 3600));
+            for table in a.tables.tables()? {
+                let r = exactly::maintenance::commands::vacuum(&table, retention, !a.execute, a.force).await?;
+                for f in &r.files {
+                    println!("{}{f}", if r.dry_run { "would delete " } else { "deleted " });
+                }
+                println!(
+                    "{}: {} {} files{}",
+                    r.table,
+                    if r.dry_run { "would delete" } else { "deleted" },
+                    r.files.len(),
+                    if r.dry_run { " (dry run: add --execute to delete them)" } else { "" }
+                );
+            }
+            Ok(())
         }
         Command::Produce(a) => {
             let opts = ProduceOptions {

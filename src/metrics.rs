@@ -23,6 +23,22 @@ pub const DELTA_BYTES_WRITTEN: &str = "exactly_delta_bytes_written_total";
 /// Counter, label `table`: bucket-replacing commits redone because another writer (an OPTIMIZE)
 /// committed first.
 pub const DELTA_COMMIT_RETRIES: &str = "exactly_delta_commit_retries_total";
+/// Counter, label `table`: files merged away by auto-compaction.
+pub const COMPACTION_FILES: &str = "exactly_compaction_files_total";
+/// Counter, label `table`: bytes of the files auto-compaction rewrote.
+pub const COMPACTION_BYTES: &str = "exactly_compaction_bytes_rewritten_total";
+/// Gauge, label `table`: Unix time of the last auto-compaction commit.
+pub const LAST_COMPACTION: &str = "exactly_last_compaction_timestamp_seconds";
+/// Gauge, label `table`: live (current) files of the table, as maintenance last saw them.
+pub const DELTA_LIVE_FILES: &str = "exactly_delta_live_files";
+/// Counter, label `table`: Delta checkpoints written.
+pub const DELTA_CHECKPOINTS: &str = "exactly_delta_checkpoints_total";
+/// Counter, label `table`: expired `_delta_log` entries deleted.
+pub const DELTA_LOG_FILES_CLEANED: &str = "exactly_delta_log_files_cleaned_total";
+/// Histogram, label `task` (`checkpoint`, `compaction`): seconds of one maintenance task.
+pub const MAINTENANCE_SECONDS: &str = "exactly_maintenance_duration_seconds";
+/// Counter, label `table`: maintenance rounds that failed (retried after the next commit).
+pub const MAINTENANCE_ERRORS: &str = "exactly_maintenance_errors_total";
 /// Gauge: resident set size of the process, bytes.
 pub const PROCESS_RSS: &str = "exactly_process_resident_bytes";
 /// Gauge: Unix time of the last committed epoch (set to the start time before the first).
@@ -82,6 +98,11 @@ pub fn register_zeros() {
         metrics::counter!(DELTA_FILES_ADDED, "table" => table).increment(0);
         metrics::counter!(DELTA_BYTES_WRITTEN, "table" => table).increment(0);
         metrics::counter!(DELTA_COMMIT_RETRIES, "table" => table).increment(0);
+        metrics::counter!(COMPACTION_FILES, "table" => table).increment(0);
+        metrics::counter!(COMPACTION_BYTES, "table" => table).increment(0);
+        metrics::counter!(DELTA_CHECKPOINTS, "table" => table).increment(0);
+        metrics::counter!(DELTA_LOG_FILES_CLEANED, "table" => table).increment(0);
+        metrics::counter!(MAINTENANCE_ERRORS, "table" => table).increment(0);
     }
     metrics::counter!(RECORDS_COMMITTED).increment(0);
     metrics::counter!(DUPLICATES_DROPPED).increment(0);

@@ -81,8 +81,9 @@ pub struct Audit {
     pub epoch: u64,
     /// Per partition.
     pub partitions: Vec<PartitionAudit>,
-    /// Parquet files in the table directories that no committed version references: written
-    /// by an epoch that never committed (or removed by a rewrite); a Delta VACUUM deletes them.
+    /// Parquet files in the table directories that the current version does not reference:
+    /// removed by a compaction or a bucket rewrite, or written by an epoch or a compaction that
+    /// never committed; `exactly vacuum` deletes them once past the retention.
     pub orphan_files: Vec<PathBuf>,
     /// Key-level checks of dedup and aggregation pipelines.
     pub keys: Option<KeyAudit>,
@@ -183,7 +184,7 @@ impl Audit {
                 let _ = writeln!(s, "    {sample}");
             }
         }
-        let _ = writeln!(s, "orphan parquet files (uncommitted; a Delta VACUUM removes them): {}", self.orphan_files.len());
+        let _ = writeln!(s, "parquet files not in the current version (compacted away or never committed; `exactly vacuum` removes them past the retention): {}", self.orphan_files.len());
         if self.ok() {
             let what = match self.keys.as_ref().map(|k| k.kind.as_str()) {
                 Some("aggregate") => "every group equals its recomputation from the topic",
@@ -219,10 +220,41 @@ fn read_columns(files: &[PathBuf], names: &[&str]) -> Result<Vec<RecordBatch>> {
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(e.to_string()))?;
         let mask = ProjectionMask::columns(builder.parquet_schema(), names.iter().copied());
         for batch in builder.with_projection(mask).build().map_err(|e| err(e.to_string()))? {
-            out.push(batch.map_err(|e| err(e.to_string()))?);
+            out.push(plain_types(batch.map_err(|e| err(e.to_string()))?).map_err(|e| err(e.to_string()))?);
         }
     }
     Ok(out)
+}
+
+/// The batch with view, large and dictionary strings and binaries as plain `Utf8`/`Binary`: a
+/// file rewritten by another writer (an OPTIMIZE through DataFusion writes `Utf8View`) holds the
+/// same values under another Arrow type.
+fn plain_types(batch: RecordBatch) -> std::result::Result<RecordBatch, deltalake::arrow::error::ArrowError> {
+    use deltalake::arrow::datatypes::{Field, Schema};
+    let plain = |t: &DataType| match t {
+        DataType::Utf8View | DataType::LargeUtf8 => Some(DataType::Utf8),
+        DataType::BinaryView | DataType::LargeBinary => Some(DataType::Binary),
+        DataType::Dictionary(_, v) if matches!(**v, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) => Some(DataType::Utf8),
+        _ => None,
+    };
+    if batch.schema().fields().iter().all(|f| plain(f.data_type()).is_none()) {
+        return Ok(batch);
+    }
+    let mut fields = Vec::new();
+    let mut cols = Vec::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        match plain(f.data_type()) {
+            Some(t) => {
+                cols.push(deltalake::arrow::compute::cast(c, &t)?);
+                fields.push(Field::new(f.name(), t, f.is_nullable()));
+            }
+            None => {
+                cols.push(c.clone());
+                fields.push(f.as_ref().clone());
+            }
+        }
+    }
+    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), cols)
 }
 
 /// A cell as text, the same way for table rows and for rows decoded from Kafka: integers and

@@ -128,3 +128,231 @@ async fn a_concurrent_optimize_loop_never_shows_a_group_twice() {
     eprintln!("{checks} reader checks; optimizer Z-orders: {}", String::from_utf8_lossy(&out.stdout).trim());
     common::assert_verified(&config).await;
 }
+
+/// Every commit of a table's log: `(version, actions)`, in version order.
+fn log_commits(table: &std::path::Path) -> Vec<(u64, Vec<serde_json::Value>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(table.join("_delta_log")).unwrap().flatten() {
+        let p = e.path();
+        let Some(version) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")).and_then(|v| v.parse().ok())
+        else {
+            continue;
+        };
+        let actions = std::fs::read_to_string(&p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        out.push((version, actions));
+    }
+    out.sort_by_key(|(v, _)| *v);
+    out
+}
+
+/// The commits whose operation is `op` (e.g. `OPTIMIZE`).
+fn commits_of(table: &std::path::Path, op: &str) -> Vec<Vec<serde_json::Value>> {
+    log_commits(table).into_iter().map(|(_, a)| a).filter(|a| a.iter().any(|x| x["commitInfo"]["operation"] == op)).collect()
+}
+
+/// Asserts a rewrite commit adds and removes files only with `dataChange = false` (a Spark-style
+/// streaming reader of the table sees no new data in it) and carries no `txn`.
+fn assert_no_data_change(actions: &[serde_json::Value]) {
+    let mut files = 0;
+    for a in actions {
+        for kind in ["add", "remove"] {
+            if a.get(kind).is_some() {
+                files += 1;
+                assert_eq!(a[kind]["dataChange"], false, "{kind} with dataChange: {a}");
+            }
+        }
+        assert!(a.get("txn").is_none(), "a rewrite carries no txn: {a}");
+    }
+    assert!(files > 0, "a rewrite commit with no files");
+}
+
+/// Rows of a table, as a reader of its current version sees them.
+async fn row_count(table: &std::path::Path) -> usize {
+    common::read_rows(table).await.iter().map(|b| b.num_rows()).sum()
+}
+
+/// Live files of a table's current version.
+async fn live_files(table: &std::path::Path) -> usize {
+    exactly::sink::delta::load_table(table).await.unwrap().map(|t| t.get_file_uris().unwrap().count()).unwrap_or(0)
+}
+
+fn set_maintenance(config: &mut exactly::PipelineConfig, compaction: bool, min_files: usize, checkpoint_interval: u64) {
+    let exactly::config::SinkConfig::Delta { compaction: c, checkpoint_interval: ci, .. } = &mut config.sink else { unreachable!() };
+    c.enabled = compaction;
+    c.min_files = min_files;
+    *ci = checkpoint_interval;
+}
+
+/// `exactly optimize` and `vacuum` on an append table, its dead-letter table and an aggregate
+/// table: the files are compacted (Z-ordered for the aggregate) in commits that change no data,
+/// vacuum lists and then deletes exactly the files they removed, and the audit stays clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimize_and_vacuum_append_dead_letter_and_aggregate_tables() {
+    use exactly::maintenance::commands::{optimize, vacuum};
+    let topic = common::topic("optvac", 2).await;
+    let mut sent = 0;
+    for aggregate in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+        config.epoch.interval_ms = 100;
+        set_maintenance(&mut config, false, 10, 100);
+        if aggregate {
+            config.aggregate = Some(AggregateConfig::count_by(&["value"], OutputMode::Update, 2));
+        }
+        let table = dir.path().join("table");
+        let dead = dir.path().join("table_dead_letters");
+        let pipeline = common::start(&config, RunOptions::default()).await;
+        // Eight rounds, each committed before the next: eight epochs, small files.
+        for _ in 0..8 {
+            let mut opts = ProduceOptions::new(&common::brokers(), &topic, 350);
+            opts.first_id = sent;
+            opts.malformed_every = Some(7);
+            opts.distinct_values = 40;
+            produce(&opts, std::future::pending()).await.unwrap();
+            sent += 350;
+            common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+        }
+        pipeline.shutdown().await.unwrap();
+
+        let tables = if aggregate { vec![table.clone()] } else { vec![table.clone(), dead.clone()] };
+        for t in &tables {
+            let (rows, files) = (row_count(t).await, live_files(t).await);
+            let zorder = if aggregate { vec!["value".to_string()] } else { Vec::new() };
+            let report = optimize(t, None, &zorder).await.unwrap();
+            if !aggregate {
+                assert!(files > 5, "{}: {files} files before optimize", t.display());
+                assert_eq!((report.files_removed as usize, report.live_files), (files, 1), "{}", t.display());
+            }
+            assert!(report.version.is_some(), "{}: optimize committed nothing", t.display());
+            assert_eq!(row_count(t).await, rows, "optimize changes no rows");
+            let optimizes = commits_of(t, "OPTIMIZE");
+            assert_eq!(optimizes.len(), 1);
+            assert_no_data_change(&optimizes[0]);
+
+            // Dry run by default: lists what a vacuum with no retention would delete, deletes nothing.
+            let removed = report.files_removed as usize;
+            let listed = vacuum(t, Some(Duration::ZERO), true, true).await.unwrap();
+            assert!(listed.dry_run);
+            assert!(listed.files.len() >= removed, "{}: lists {} of {removed} removed files", t.display(), listed.files.len());
+            assert_eq!(row_count(t).await, rows);
+            // The table's own retention (7 days) keeps every file; a shorter one needs force.
+            assert!(vacuum(t, None, false, false).await.unwrap().files.is_empty());
+            assert!(vacuum(t, Some(Duration::ZERO), false, false).await.is_err(), "a retention below the table's is refused");
+            let deleted = vacuum(t, Some(Duration::ZERO), false, true).await.unwrap();
+            assert_eq!(deleted.files.len(), listed.files.len());
+            assert_eq!(row_count(t).await, rows, "vacuum deletes no live file");
+        }
+        let audit = common::assert_verified(&config).await;
+        assert!(audit.orphan_files.is_empty(), "vacuum left {:?}", audit.orphan_files);
+    }
+}
+
+/// Auto-compaction keeps the live files bounded while epochs land every 100 ms: the data and
+/// dead-letter tables end with at most `(min_files - 1)` files per size tier, every compaction
+/// commit changes no data, Delta checkpoints are written every `checkpoint_interval` commits,
+/// and the table carries the configured properties.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_compaction_bounds_live_files_without_changing_data() {
+    let topic = common::topic("autocompact", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.epoch.interval_ms = 100;
+    set_maintenance(&mut config, true, 3, 10);
+    let table = dir.path().join("table");
+    let dead = dir.path().join("table_dead_letters");
+    let pipeline = common::start(&config, RunOptions::default()).await;
+    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 6_000);
+    opts.rate = Some(1_000);
+    opts.malformed_every = Some(50);
+    produce(&opts, std::future::pending()).await.unwrap();
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    let epochs = common::txn_versions_in_log(&table, &config.id).len();
+    assert!(epochs >= 30, "{epochs} epochs");
+    // Compaction runs after commits: once the last epoch landed, the last round finishes.
+    let policy = exactly::maintenance::compaction::Policy { target_bytes: 128 << 20, min_files: 3 };
+    let bound = (policy.min_files - 1) * (policy.tier(4 << 20) as usize + 1);
+    for t in [&table, &dead] {
+        common::wait_until(Duration::from_secs(30), &format!("{} compacted to {bound} files", t.display()), || async {
+            live_files(t).await <= bound
+        })
+        .await;
+    }
+    pipeline.shutdown().await.unwrap();
+
+    for t in [&table, &dead] {
+        let compactions = commits_of(t, "OPTIMIZE");
+        assert!(!compactions.is_empty(), "{}: no compaction", t.display());
+        for c in &compactions {
+            assert_no_data_change(c);
+        }
+        assert!(t.join("_delta_log/_last_checkpoint").exists(), "{}: no Delta checkpoint", t.display());
+    }
+    let props = exactly::sink::delta::load_table(&table).await.unwrap().unwrap().snapshot().unwrap().metadata().configuration().clone();
+    assert_eq!(props.get("delta.checkpointInterval").map(String::as_str), Some("10"));
+    assert_eq!(props.get("delta.logRetentionDuration").map(String::as_str), Some("interval 7 days"));
+    assert_eq!(props.get("delta.deletedFileRetentionDuration").map(String::as_str), Some("interval 7 days"));
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), 6_000);
+
+    // A changed retention reaches the table when the pipeline opens it again.
+    let exactly::config::SinkConfig::Delta { log_retention, .. } = &mut config.sink else { unreachable!() };
+    *log_retention = "30 days".into();
+    let pipeline = common::start(&config, RunOptions::default()).await;
+    common::produce_events(&topic, 6_000, 100).await;
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+    let props = exactly::sink::delta::load_table(&table).await.unwrap().unwrap().snapshot().unwrap().metadata().configuration().clone();
+    assert_eq!(props.get("delta.logRetentionDuration").map(String::as_str), Some("interval 30 days"));
+    common::assert_verified(&config).await;
+}
+
+/// SIGKILL while auto-compaction has written its merged file but not committed it: nothing
+/// live is lost (every row is read back from the current version), the merged file is only an
+/// unreferenced file, and the next run goes on exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_auto_compaction_loses_nothing() {
+    let topic = common::topic("killcompact", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.epoch.interval_ms = 100;
+    set_maintenance(&mut config, true, 2, 100);
+    let table = dir.path().join("table");
+    let path = common::write_config(&config, dir.path());
+    let mut child = common::spawn(&path, Some("compaction-before-commit=abort"));
+    // Epochs of 200 records, one after the other, until the second file makes the first
+    // compaction due and the fail point aborts the process in it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut sent = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("no compaction within 60 s ({sent} records sent)");
+        }
+        if sent < 2_000 && common::table_cut(&table, &config.id, &topic).await >= sent as i64 {
+            common::produce_events(&topic, sent, 200).await;
+            sent += 200;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "the fail point aborts the process");
+    assert!(commits_of(&table, "OPTIMIZE").is_empty(), "the compaction never committed");
+    let committed = row_count(&table).await;
+    assert!(committed > 0);
+    let audit = exactly::verify::verify(&config).await.unwrap();
+    assert!(!audit.orphan_files.is_empty(), "the merged file was written");
+    assert_eq!(audit.total(|p| p.duplicated), 0);
+
+    let child = common::spawn(&path, None);
+    for round in 0..3 {
+        common::produce_events(&topic, sent + round * 200, 200).await;
+        common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    }
+    common::terminate(child).await;
+    assert!(!commits_of(&table, "OPTIMIZE").is_empty(), "compaction runs after the restart");
+    assert_eq!(row_count(&table).await as u64, sent + 600);
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), sent + 600);
+}

@@ -24,10 +24,11 @@ use std::sync::Arc;
 
 use deltalake::arrow::datatypes::{DataType as ArrowType, SchemaRef, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, DataType, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, OutputMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -38,6 +39,7 @@ use super::{CommittedEpoch, Sink};
 use crate::decode::{dead_letter_batch, dead_letter_schema, with_epoch};
 use crate::error::{Error, Result};
 use crate::failpoint::FailPoints;
+use crate::maintenance::{self, Settings};
 use crate::record::{EpochBatch, Offsets, PartitionRange, TopicPartition};
 use crate::state::Output;
 
@@ -64,7 +66,8 @@ pub fn start_app_id(pipeline: &str, tp: &TopicPartition) -> String {
     format!("{pipeline}-{}-{}-start", tp.topic, tp.partition)
 }
 
-fn delta_err(path: &Path, e: impl std::fmt::Display) -> Error {
+/// A Delta error on the table at `path`.
+pub fn delta_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Delta { table: path.display().to_string(), detail: e.to_string() }
 }
 
@@ -81,6 +84,22 @@ pub async fn load_table(path: &Path) -> Result<Option<DeltaTable>> {
     }
     let table = DeltaTable::try_from_url(table_url(path)?).await.map_err(|e| delta_err(path, e))?;
     Ok(table.version().map(|_| table))
+}
+
+/// The version of the table's latest Delta checkpoint (`_delta_log/_last_checkpoint`), if any.
+pub async fn last_checkpoint_version(table: &DeltaTable) -> Result<Option<i64>> {
+    let url = table.table_url().to_string();
+    let location = deltalake::Path::from("_delta_log/_last_checkpoint");
+    match table.object_store().get(&location).await {
+        Ok(got) => {
+            let bytes = got.bytes().await.map_err(|e| Error::Delta { table: url.clone(), detail: e.to_string() })?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| Error::Delta { table: url.clone(), detail: format!("_last_checkpoint: {e}") })?;
+            Ok(v.get("version").and_then(|v| v.as_i64()))
+        }
+        Err(deltalake::ObjectStoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(Error::Delta { table: url, detail: e.to_string() }),
+    }
 }
 
 /// The version of `app_id`'s txn in the table, if any.
@@ -155,6 +174,19 @@ struct Spec {
     schema: SchemaRef,
     partition_by: Vec<String>,
     name: &'static str,
+    /// Whether auto-compaction applies (append tables; aggregate tables hold a file per bucket).
+    compact: bool,
+}
+
+impl Spec {
+    /// The label of the table in metrics.
+    fn label(&self) -> &'static str {
+        if self.name == "data" {
+            "data"
+        } else {
+            "dead_letters"
+        }
+    }
 }
 
 /// What one table gets in an epoch's commit.
@@ -168,6 +200,8 @@ enum Write {
 /// An open table and what the sink knows of it.
 struct Open {
     table: DeltaTable,
+    /// Its background maintenance (checkpoints, log cleanup, compaction).
+    maintenance: Option<maintenance::Worker>,
     /// The pipeline's txn version in this table (0: none).
     version: u64,
     /// Partitions whose start offset the table already recorded.
@@ -187,6 +221,7 @@ pub struct DeltaSink {
     pipeline: String,
     data: Spec,
     dead: Spec,
+    settings: Settings,
     failpoints: Arc<FailPoints>,
     tables: Mutex<Tables>,
 }
@@ -200,12 +235,22 @@ impl DeltaSink {
         dead_letter_path: PathBuf,
         schema: SchemaRef,
         partition_by: Vec<String>,
+        settings: Settings,
         failpoints: Arc<FailPoints>,
     ) -> Self {
+        // Aggregate tables are partitioned by `_bucket` and hold one file per bucket.
+        let compact = partition_by.is_empty();
         DeltaSink {
             pipeline: pipeline.to_string(),
-            data: Spec { path, schema, partition_by, name: "data" },
-            dead: Spec { path: dead_letter_path, schema: dead_letter_schema(), partition_by: Vec::new(), name: "dead letters" },
+            data: Spec { path, schema, partition_by, name: "data", compact },
+            dead: Spec {
+                path: dead_letter_path,
+                schema: dead_letter_schema(),
+                partition_by: Vec::new(),
+                name: "dead letters",
+                compact: true,
+            },
+            settings,
             failpoints,
             tables: Mutex::new(Tables::default()),
         }
@@ -227,6 +272,7 @@ impl DeltaSink {
                     .with_columns(delta_fields(&spec.schema)?)
                     .with_partition_columns(spec.partition_by.clone())
                     .with_comment(owner_description(&self.pipeline, spec.name))
+                    .with_configuration(self.settings.table_properties().into_iter().map(|(k, v)| (k, Some(v))))
                     .await;
                 match created {
                     Ok(t) => t,
@@ -257,6 +303,7 @@ impl DeltaSink {
                 show(&want)
             )));
         }
+        let table = self.apply_properties(table, path).await?;
         let version = txn_version(&table, path, &self.pipeline).await?.unwrap_or(0).max(0) as u64;
         let mut starts = HashSet::new();
         for tp in partitions {
@@ -264,7 +311,34 @@ impl DeltaSink {
                 starts.insert(tp.clone());
             }
         }
-        Ok(Some(Open { table, version, starts }))
+        let maintenance = maintenance::Worker::spawn(
+            table.clone(),
+            path.clone(),
+            self.settings.clone(),
+            spec.compact,
+            spec.label(),
+            self.failpoints.clone(),
+        );
+        Ok(Some(Open { table, maintenance: Some(maintenance), version, starts }))
+    }
+
+    /// Brings the table properties the config stands for (checkpoint interval, retentions) up
+    /// to date, in a commit of their own, when they differ.
+    async fn apply_properties(&self, table: DeltaTable, path: &Path) -> Result<DeltaTable> {
+        let want = self.settings.table_properties();
+        let have = table.snapshot().map_err(|e| delta_err(path, e))?.metadata().configuration().clone();
+        let stale: std::collections::HashMap<String, String> =
+            want.into_iter().filter(|(k, v)| have.get(k) != Some(v)).collect();
+        if stale.is_empty() {
+            return Ok(table);
+        }
+        tracing::info!(table = %path.display(), properties = ?stale, "updating the table's properties to the config");
+        table
+            .set_tbl_properties()
+            .with_properties(stale)
+            .with_commit_properties(maintenance::commit_properties())
+            .await
+            .map_err(|e| delta_err(path, e))
     }
 
     /// Writes `rows` as one commit of epoch `epoch` to `open`, unless it already holds it.
@@ -302,7 +376,7 @@ impl DeltaSink {
                 (rows, Some(buckets), m)
             }
         };
-        let table_label = if spec.name == "data" { "data" } else { "dead_letters" };
+        let table_label = spec.label();
         let t_parquet = std::time::Instant::now();
         let mut adds = Vec::new();
         if rows.iter().any(|b| b.num_rows() > 0) {
@@ -318,6 +392,15 @@ impl DeltaSink {
             .increment(adds.iter().map(|a| a.size.max(0) as u64).sum());
         self.failpoints.hit("after-parquet-write").await?;
         let t_delta = std::time::Instant::now();
+        if let Some(fresh) = open.maintenance.as_ref().and_then(|m| m.take_fresh()) {
+            // A snapshot read from a newer Delta checkpoint: catching it up costs a few commits,
+            // where the one kept so far carries every commit since the pipeline opened the table.
+            let mut fresh = fresh;
+            fresh.update_incremental(None).await.map_err(|e| delta_err(path, e))?;
+            if fresh.version() >= open.table.version() {
+                open.table = fresh;
+            }
+        }
         let mut txns = vec![Transaction::new(&self.pipeline, epoch as i64)];
         for r in ranges {
             txns.push(Transaction::new(partition_app_id(&self.pipeline, &r.tp), r.end));
@@ -333,7 +416,7 @@ impl DeltaSink {
         let mut attempt = 0;
         let finalized = loop {
             attempt += 1;
-            let mut props = CommitProperties::default().with_application_transactions(txns.clone()).with_metadata([(
+            let mut props = maintenance::commit_properties().with_application_transactions(txns.clone()).with_metadata([(
                 "exactly".to_string(),
                 json!({"pipeline": &self.pipeline, "epoch": epoch, "ranges": ranges_json}),
             )]);
@@ -362,7 +445,11 @@ impl DeltaSink {
                 Err(e) => return Err(delta_err(path, e)),
             }
         };
+        let committed_version = finalized.version() as i64;
         open.table.state = Some(finalized.snapshot());
+        if let Some(m) = &open.maintenance {
+            m.committed(committed_version);
+        }
         metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "delta").record(t_delta.elapsed().as_secs_f64());
         open.version = epoch;
         open.starts.extend(ranges.iter().map(|r| r.tp.clone()));

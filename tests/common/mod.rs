@@ -145,7 +145,7 @@ pub fn rows(batches: &[RecordBatch]) -> Vec<(String, i64, u64)> {
 /// A config writing to a Delta table in `dir/table` (dead letters in `dir/table_dead_letters`).
 pub fn delta_config(id: &str, topic: &str, dir: &Path) -> PipelineConfig {
     let mut c = config(id, topic, dir);
-    c.sink = exactly::config::SinkConfig::Delta { path: dir.join("table"), dead_letter_path: None };
+    c.sink = exactly::config::SinkConfig::delta(dir.join("table"));
     c
 }
 

@@ -1,0 +1,269 @@
+//! Auto-compaction by size tier.
+//!
+//! Every epoch adds one small file per table. Bin-packing everything below the target size (what
+//! `OPTIMIZE` does) would rewrite the growing, not yet full output file on every run: the bytes
+//! rewritten grow with the file, quadratically in the target size. Instead, files are grouped by
+//! size tier — tier `k` holds files of `min_files^k` to `min_files^(k+1)` KiB — and a tier is
+//! merged into one file once it holds `min_files` files (in each partition). A merged file lands
+//! one tier up, so each byte is rewritten about `log_min_files(target / epoch file size)` times
+//! (4 for 100 KiB epoch files and a 128 MiB target with the default 10), and a partition keeps at
+//! most `(min_files - 1)` files per tier below the target plus its full-size files.
+//!
+//! A compaction commit removes its input files and adds the merged ones, all with
+//! `dataChange = false` (streaming readers see no new data), under the `OPTIMIZE` operation and
+//! without `txn` actions. The pipeline's appends add files only, so the two never conflict: a
+//! compaction rebases past the appends that landed meanwhile. If another writer removed one of
+//! the inputs first (a foreign OPTIMIZE), the compaction fails; its files are left unreferenced
+//! and the next round plans again.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use deltalake::arrow::array::{new_null_array, Array, ArrayRef, StringArray};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::{Action, Remove};
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::logstore::object_store::ObjectStoreExt;
+use deltalake::DeltaTable;
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::failpoint::FailPoints;
+use crate::sink::delta::delta_err;
+
+/// When files are merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Files at least this big are left alone; merged files are cut at this size.
+    pub target_bytes: u64,
+    /// Files of one tier are merged once there are this many.
+    pub min_files: usize,
+}
+
+/// One live file of the table.
+#[derive(Debug, Clone)]
+pub struct LiveFile {
+    /// Path relative to the table root, as in the log.
+    pub path: String,
+    location: deltalake::Path,
+    /// Bytes.
+    pub size: u64,
+    /// Partition values (column -> value, `None` for null), empty for an unpartitioned table.
+    pub partition: BTreeMap<String, Option<String>>,
+    /// Rows, from the file's statistics.
+    pub rows: Option<u64>,
+    /// Whether rows of the file are deleted through a deletion vector (never compacted here).
+    pub has_deletion_vector: bool,
+    remove: Remove,
+}
+
+/// The table's live files, from a snapshot.
+pub fn live_files(snapshot: &deltalake::table::state::DeltaTableState) -> Vec<LiveFile> {
+    snapshot
+        .log_data()
+        .iter()
+        .map(|f| LiveFile {
+            path: f.path().to_string(),
+            location: f.object_store_path(),
+            size: f.size().max(0) as u64,
+            partition: f.partition_values_map().into_iter().collect(),
+            rows: f.num_records().map(|n| n as u64),
+            has_deletion_vector: f.deletion_vector_descriptor().is_some(),
+            remove: f.remove_action(false),
+        })
+        .collect()
+}
+
+/// Files of one partition and tier, merged together.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// The partition's values.
+    pub partition: BTreeMap<String, Option<String>>,
+    /// The tier.
+    pub tier: u32,
+    /// The files.
+    pub files: Vec<LiveFile>,
+}
+
+impl Policy {
+    /// The size tier of a file of `size` bytes.
+    pub fn tier(&self, size: u64) -> u32 {
+        let (mut tier, mut bound) = (0, 1024u64 * self.min_files as u64);
+        while size >= bound {
+            tier += 1;
+            bound = bound.saturating_mul(self.min_files as u64);
+        }
+        tier
+    }
+
+    /// The groups due for merging, smallest tier first.
+    pub fn plan(&self, files: &[LiveFile]) -> Vec<Group> {
+        let mut tiers: BTreeMap<(u32, Vec<(String, Option<String>)>), Vec<LiveFile>> = BTreeMap::new();
+        for f in files.iter().filter(|f| f.size < self.target_bytes && !f.has_deletion_vector) {
+            let key = (self.tier(f.size), f.partition.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+            tiers.entry(key).or_default().push(f.clone());
+        }
+        tiers
+            .into_iter()
+            .filter(|(_, fs)| fs.len() >= self.min_files)
+            .map(|((tier, partition), mut fs)| {
+                // At most `target_bytes` of input in one merge: memory stays bounded.
+                fs.sort_by(|a, b| a.path.cmp(&b.path));
+                let mut total = 0;
+                fs.retain(|f| {
+                    total += f.size;
+                    total <= self.target_bytes
+                });
+                Group { partition: partition.into_iter().collect(), tier, files: fs }
+            })
+            .filter(|g| g.files.len() >= 2)
+            .collect()
+    }
+}
+
+/// What a merge did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Done {
+    /// Input files removed.
+    pub files_removed: u64,
+    /// Files written.
+    pub files_added: u64,
+    /// Input bytes rewritten.
+    pub bytes_rewritten: u64,
+    /// The version committed.
+    pub version: i64,
+}
+
+/// A file's rows as batches of the table's schema (partition columns filled in).
+fn conform(batch: &RecordBatch, schema: &SchemaRef, partition: &BTreeMap<String, Option<String>>) -> Result<RecordBatch> {
+    let n = batch.num_rows();
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let col = match (partition.get(field.name()), batch.column_by_name(field.name())) {
+            (Some(value), _) => {
+                let strings: ArrayRef = Arc::new(StringArray::from(vec![value.clone(); n]));
+                cast(&strings, field.data_type()).map_err(|e| Error::Sink(format!("partition value of {}: {e}", field.name())))?
+            }
+            (None, Some(col)) if col.data_type() == field.data_type() => col.clone(),
+            (None, Some(col)) => cast(col, field.data_type()).map_err(|e| Error::Sink(format!("column {}: {e}", field.name())))?,
+            (None, None) => new_null_array(field.data_type(), n),
+        };
+        cols.push(col);
+    }
+    RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::Sink(e.to_string()))
+}
+
+/// Merges `group` into files of up to the target size and commits the swap. `table` must be the
+/// snapshot the group was planned from; it holds the new version afterwards.
+pub async fn rewrite(table: &mut DeltaTable, path: &Path, group: &Group, policy: &Policy, failpoints: &FailPoints) -> Result<Done> {
+    let store = table.object_store();
+    let mut writer = RecordBatchWriter::for_table(table).map_err(|e| delta_err(path, e))?.with_target_file_size(policy.target_bytes);
+    let schema = writer.arrow_schema();
+    let mut rows_read = 0u64;
+    for f in &group.files {
+        let bytes = store.get(&f.location).await.map_err(|e| delta_err(path, e))?.bytes().await.map_err(|e| delta_err(path, e))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| delta_err(path, e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| delta_err(path, e))?;
+            rows_read += batch.num_rows() as u64;
+            writer.write(conform(&batch, &schema, &group.partition)?).await.map_err(|e| delta_err(path, e))?;
+        }
+    }
+    if let Some(expected) = group.files.iter().map(|f| f.rows).sum::<Option<u64>>() {
+        if expected != rows_read {
+            return Err(delta_err(path, format!("compaction read {rows_read} rows from files whose statistics say {expected}; nothing committed")));
+        }
+    }
+    let mut adds = writer.flush().await.map_err(|e| delta_err(path, e))?;
+    for add in &mut adds {
+        add.data_change = false;
+    }
+    let written: u64 = adds.iter().filter_map(|a| a.get_stats().ok().flatten().map(|s| s.num_records as u64)).sum();
+    if written != rows_read {
+        return Err(delta_err(path, format!("compaction wrote {written} rows of {rows_read}; nothing committed")));
+    }
+    let done = Done {
+        files_removed: group.files.len() as u64,
+        files_added: adds.len() as u64,
+        bytes_rewritten: group.files.iter().map(|f| f.size).sum(),
+        version: 0,
+    };
+    let mut actions: Vec<Action> = group.files.iter().map(|f| Action::Remove(f.remove.clone())).collect();
+    actions.extend(adds.into_iter().map(Action::Add));
+    failpoints.hit("compaction-before-commit").await?;
+    let props = super::commit_properties().with_metadata([(
+        "exactly".to_string(),
+        json!({"compaction": {"tier": group.tier, "files_removed": done.files_removed, "bytes_rewritten": done.bytes_rewritten}}),
+    )]);
+    let op = DeltaOperation::Optimize { predicate: None, target_size: policy.target_bytes as i64 };
+    let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
+    let finalized = CommitBuilder::from(props)
+        .with_actions(actions)
+        .build(Some(snapshot), table.log_store(), op)
+        .await
+        .map_err(|e| delta_err(path, e))?;
+    let version = finalized.version() as i64;
+    table.state = Some(finalized.snapshot());
+    Ok(Done { version, ..done })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, size: u64) -> LiveFile {
+        LiveFile {
+            path: name.to_string(),
+            location: deltalake::Path::from(name),
+            size,
+            partition: BTreeMap::new(),
+            rows: Some(1),
+            has_deletion_vector: false,
+            remove: Remove { path: name.to_string(), data_change: false, ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn tiers_grow_by_the_fan_in() {
+        let p = Policy { target_bytes: 128 << 20, min_files: 10 };
+        assert_eq!(p.tier(0), 0);
+        assert_eq!(p.tier(10 * 1024 - 1), 0);
+        assert_eq!(p.tier(10 * 1024), 1);
+        assert_eq!(p.tier(100 * 1024), 2);
+        assert_eq!(p.tier(10 << 20), 3);
+    }
+
+    #[test]
+    fn a_tier_is_merged_once_it_holds_min_files() {
+        let p = Policy { target_bytes: 128 << 20, min_files: 4 };
+        let mut files: Vec<LiveFile> = (0..3).map(|i| file(&format!("a{i}"), 5_000)).collect();
+        assert!(p.plan(&files).is_empty(), "three of four");
+        files.push(file("a3", 5_000));
+        files.push(file("big", 200 << 20));
+        files.push(file("mid", 40_000));
+        let plan = p.plan(&files);
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[0].files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a0", "a1", "a2", "a3"]);
+    }
+
+    #[test]
+    fn partitions_are_merged_apart_and_files_with_deletion_vectors_never() {
+        let p = Policy { target_bytes: 128 << 20, min_files: 2 };
+        let mut a = file("a", 100);
+        a.partition.insert("_bucket".into(), Some("1".into()));
+        let mut b = file("b", 100);
+        b.partition.insert("_bucket".into(), Some("2".into()));
+        let mut c = file("c", 100);
+        c.has_deletion_vector = true;
+        assert!(p.plan(&[a.clone(), b, c.clone(), file("d", 100)]).is_empty());
+        let mut a2 = file("a2", 100);
+        a2.partition = a.partition.clone();
+        assert_eq!(p.plan(&[a, a2, c]).len(), 1);
+    }
+}

@@ -1,0 +1,233 @@
+//! Table maintenance: what keeps a table's cost flat while a pipeline runs for months.
+//!
+//! - [`Worker`]: one background task per Delta table the sink writes. After each commit it is
+//!   told the new version; it writes Delta checkpoints every `sink.checkpoint_interval` commits,
+//!   cleans expired log entries (at most once an hour, right after a checkpoint), compacts small
+//!   files by size tier ([`compaction`]), and hands the sink a snapshot freshly loaded from the
+//!   latest checkpoint so the sink's own snapshot never accumulates the table's whole history.
+//!   None of it runs inside an epoch's commit.
+//! - [`commands`]: `exactly optimize` (bin-packing or Z-order, delta-rs) and `exactly vacuum`.
+//!
+//! **Architecture Invariant:** maintenance never changes what a table holds. Its commits carry
+//! `dataChange = false` adds and removes of the same rows, or only checkpoints and log deletions;
+//! they carry no `txn` action, so the pipeline's idempotence records are untouched.
+
+pub mod commands;
+pub mod compaction;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::DeltaTable;
+use tokio::sync::watch;
+
+use crate::config::{parse_retention, SinkConfig};
+use crate::error::Result;
+use crate::failpoint::FailPoints;
+
+/// How often expired log entries are looked for: cleaning lists the whole `_delta_log`.
+pub const LOG_CLEANUP_EVERY: Duration = Duration::from_secs(3_600);
+
+/// A table's maintenance settings, from `[sink]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Commits between Delta checkpoints.
+    pub checkpoint_interval: u64,
+    /// `delta.logRetentionDuration` value and length.
+    pub log_retention: (String, Duration),
+    /// `delta.deletedFileRetentionDuration` value and length.
+    pub deleted_file_retention: (String, Duration),
+    /// Auto-compaction, if on.
+    pub compaction: Option<compaction::Policy>,
+}
+
+impl Settings {
+    /// The settings of a Delta sink config (`None` for other sinks). The config is validated.
+    pub fn of(sink: &SinkConfig) -> Option<Settings> {
+        let SinkConfig::Delta { checkpoint_interval, log_retention, deleted_file_retention, compaction, .. } = sink else {
+            return None;
+        };
+        let retention = |s: &str| parse_retention(s).expect("validated retention");
+        Some(Settings {
+            checkpoint_interval: *checkpoint_interval,
+            log_retention: retention(log_retention),
+            deleted_file_retention: retention(deleted_file_retention),
+            compaction: compaction.enabled.then(|| compaction::Policy {
+                target_bytes: compaction.target_file_size_mb * 1024 * 1024,
+                min_files: compaction.min_files,
+            }),
+        })
+    }
+
+    /// The Delta table properties these settings stand for, set when a table is created and
+    /// brought up to date when the pipeline opens it.
+    pub fn table_properties(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("delta.checkpointInterval".to_string(), self.checkpoint_interval.to_string()),
+            ("delta.logRetentionDuration".to_string(), self.log_retention.0.clone()),
+            ("delta.deletedFileRetentionDuration".to_string(), self.deleted_file_retention.0.clone()),
+            // The pipeline cleans the log itself, after checkpoints (see `Worker`); other writers
+            // of the table (an OPTIMIZE from Spark or Python) would otherwise list the whole
+            // log after each of their commits.
+            ("delta.enableExpiredLogCleanup".to_string(), "false".to_string()),
+        ])
+    }
+}
+
+/// Commit properties of every commit the pipeline makes: checkpoints and log cleanup are the
+/// worker's, never part of a commit.
+pub fn commit_properties() -> CommitProperties {
+    CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false))
+}
+
+fn table_label(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// The background maintenance of one table. Dropping it stops the task (a compaction cut short
+/// leaves only unreferenced files, which `exactly vacuum` removes).
+pub struct Worker {
+    committed: watch::Sender<i64>,
+    fresh: Arc<Mutex<Option<DeltaTable>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Worker {
+    /// Starts the maintenance of `table` (at `path`); `compact` says whether this table is
+    /// compacted (append and dead-letter tables; aggregate tables are one file per bucket).
+    pub fn spawn(
+        table: DeltaTable,
+        path: PathBuf,
+        settings: Settings,
+        compact: bool,
+        label: &'static str,
+        failpoints: Arc<FailPoints>,
+    ) -> Worker {
+        let version = table.version().unwrap_or(0) as i64;
+        let (committed, rx) = watch::channel(version);
+        let fresh = Arc::new(Mutex::new(None));
+        let state = WorkerState {
+            table,
+            path,
+            policy: if compact { settings.compaction.clone() } else { None },
+            settings,
+            label,
+            failpoints,
+            fresh: fresh.clone(),
+            last_checkpoint: None,
+            last_cleanup: None,
+        };
+        let task = tokio::spawn(state.run(rx));
+        Worker { committed, fresh, task }
+    }
+
+    /// Tells the worker the table reached `version`.
+    pub fn committed(&self, version: i64) {
+        self.committed.send_replace(version);
+    }
+
+    /// A snapshot loaded from the latest checkpoint, if one was made since the last call.
+    pub fn take_fresh(&self) -> Option<DeltaTable> {
+        self.fresh.lock().expect("fresh table lock").take()
+    }
+}
+
+struct WorkerState {
+    table: DeltaTable,
+    path: PathBuf,
+    settings: Settings,
+    policy: Option<compaction::Policy>,
+    label: &'static str,
+    failpoints: Arc<FailPoints>,
+    fresh: Arc<Mutex<Option<DeltaTable>>>,
+    last_checkpoint: Option<i64>,
+    last_cleanup: Option<Instant>,
+}
+
+impl WorkerState {
+    async fn run(mut self, mut rx: watch::Receiver<i64>) {
+        match crate::sink::delta::last_checkpoint_version(&self.table).await {
+            Ok(v) => self.last_checkpoint = v,
+            Err(e) => tracing::warn!(table = %table_label(&self.path), error = %e, "could not read the last checkpoint"),
+        }
+        let mut compacted_at = -1;
+        loop {
+            let version = *rx.borrow_and_update();
+            if let Err(e) = self.round(version, &mut compacted_at).await {
+                // Maintenance is retried on the next commit; the pipeline goes on either way.
+                metrics::counter!(crate::metrics::MAINTENANCE_ERRORS, "table" => self.label).increment(1);
+                tracing::warn!(table = %table_label(&self.path), error = %e, "table maintenance failed; retrying after the next commit");
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// One round: checkpoint and log cleanup when due, then compaction.
+    async fn round(&mut self, version: i64, compacted_at: &mut i64) -> Result<()> {
+        let path = self.path.clone();
+        let err = |e: deltalake::DeltaTableError| crate::sink::delta::delta_err(&path, e);
+        let due = self.last_checkpoint.is_none_or(|c| version - c >= self.settings.checkpoint_interval as i64);
+        if due && version > 0 {
+            let t0 = Instant::now();
+            self.table.update_incremental(None).await.map_err(err)?;
+            deltalake::checkpoints::create_checkpoint(&self.table, None).await.map_err(err)?;
+            let version = self.table.version().unwrap_or(0) as i64;
+            self.last_checkpoint = Some(version);
+            metrics::counter!(crate::metrics::DELTA_CHECKPOINTS, "table" => self.label).increment(1);
+            metrics::histogram!(crate::metrics::MAINTENANCE_SECONDS, "task" => "checkpoint").record(t0.elapsed().as_secs_f64());
+            if self.last_cleanup.is_none_or(|t| t.elapsed() >= LOG_CLEANUP_EVERY) {
+                let cutoff = chrono_now_ms() - self.settings.log_retention.1.as_millis() as i64;
+                let removed = deltalake::checkpoints::cleanup_expired_logs_for(
+                    version as u64,
+                    self.table.log_store().as_ref(),
+                    cutoff,
+                    None,
+                )
+                .await
+                .map_err(err)?;
+                self.last_cleanup = Some(Instant::now());
+                metrics::counter!(crate::metrics::DELTA_LOG_FILES_CLEANED, "table" => self.label).increment(removed as u64);
+            }
+            // A snapshot read from the new checkpoint: the sink swaps it in, so the snapshot it
+            // keeps up to date holds at most `checkpoint_interval` commits on top of one checkpoint.
+            let fresh = crate::sink::delta::load_table(&self.path).await?.ok_or_else(|| err(deltalake::DeltaTableError::NotATable(table_label(&self.path))))?;
+            self.table = fresh.clone();
+            *self.fresh.lock().expect("fresh table lock") = Some(fresh);
+        }
+        let Some(policy) = self.policy.clone() else { return Ok(()) };
+        if *compacted_at == version {
+            return Ok(());
+        }
+        self.table.update_incremental(None).await.map_err(err)?;
+        let snapshot = self.table.snapshot().map_err(err)?;
+        let files = compaction::live_files(snapshot);
+        metrics::gauge!(crate::metrics::DELTA_LIVE_FILES, "table" => self.label).set(files.len() as f64);
+        // One group a round: checkpoints never wait long behind a compaction.
+        if let Some(group) = policy.plan(&files).into_iter().next() {
+            let t0 = Instant::now();
+            let done = compaction::rewrite(&mut self.table, &self.path, &group, &policy, &self.failpoints).await?;
+            metrics::counter!(crate::metrics::COMPACTION_FILES, "table" => self.label).increment(done.files_removed);
+            metrics::counter!(crate::metrics::COMPACTION_BYTES, "table" => self.label).increment(done.bytes_rewritten);
+            metrics::gauge!(crate::metrics::LAST_COMPACTION, "table" => self.label).set(chrono_now_ms() as f64 / 1000.0);
+            metrics::histogram!(crate::metrics::MAINTENANCE_SECONDS, "task" => "compaction").record(t0.elapsed().as_secs_f64());
+            tracing::debug!(table = %table_label(&self.path), files = done.files_removed, bytes = done.bytes_rewritten, "compacted");
+        }
+        *compacted_at = version;
+        Ok(())
+    }
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
