@@ -540,6 +540,8 @@ def main():
         results[f"{system}_recovery_s"] = recovery(system, profile, min(rate, 5_000), work / f"{system}-recovery", a.interval_ms)
     table = render(results)
     print(table)
+    if a.quick:  # prove the soak harness too (its full run: --soak 10000, bench/README.md)
+        print(render_soak([soak(profile, m, 40, 2_000, 100, work / f"soak-{m}", "") for m in ["append", "counts"]]))
     if not a.quick:  # a quick run's figures mean nothing: it never replaces the measured ones
         (ROOT / "bench/results.json").write_text(json.dumps(results, indent=2) + "\n")
         readme = ROOT / "bench/README.md"

@@ -236,7 +236,7 @@ mod tests {
         assert_eq!(p.tier(10 * 1024 - 1), 0);
         assert_eq!(p.tier(10 * 1024), 1);
         assert_eq!(p.tier(100 * 1024), 2);
-        assert_eq!(p.tier(10 << 20), 3);
+        assert_eq!(p.tier(5 << 20), 3);
     }
 
     #[test]

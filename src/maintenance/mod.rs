@@ -87,17 +87,29 @@ fn table_label(path: &Path) -> String {
     path.display().to_string()
 }
 
-/// The background maintenance of one table. Dropping it stops the task (a compaction cut short
+/// The background maintenance of one table, on a thread of its own at a lower CPU priority
+/// (nice 10): Parquet decoding and encoding never occupy the pipeline's async workers, and on a
+/// busy machine the epochs get the CPU first. Dropping it stops the work (a compaction cut short
 /// leaves only unreferenced files, which `exactly vacuum` removes).
 pub struct Worker {
     committed: watch::Sender<i64>,
     fresh: Arc<Mutex<Option<DeltaTable>>>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::AbortHandle,
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Lowers the calling thread's CPU priority (Linux: `setpriority` on a thread id acts on that
+/// thread only). Best effort.
+fn lower_priority() {
+    // SAFETY: setpriority has no memory-safety preconditions; `0` names the calling thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    if rc != 0 {
+        tracing::debug!("could not lower the maintenance thread's priority");
     }
 }
 
@@ -126,7 +138,16 @@ impl Worker {
             last_checkpoint: None,
             last_cleanup: None,
         };
-        let task = tokio::spawn(state.run(rx));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("maintenance runtime");
+        let handle = runtime.spawn(state.run(rx));
+        let task = handle.abort_handle();
+        let spawned = std::thread::Builder::new().name(format!("exactly-maintenance-{label}")).spawn(move || {
+            lower_priority();
+            let _ = runtime.block_on(handle);
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the table maintenance thread; the table is not maintained");
+        }
         Worker { committed, fresh, task }
     }
 
@@ -162,7 +183,7 @@ impl WorkerState {
         let mut compacted_at = -1;
         loop {
             let version = *rx.borrow_and_update();
-            if let Err(e) = self.round(version, &mut compacted_at).await {
+            if let Err(e) = self.round(version, &mut compacted_at, &rx).await {
                 // Maintenance is retried on the next commit; the pipeline goes on either way.
                 metrics::counter!(crate::metrics::MAINTENANCE_ERRORS, "table" => self.label).increment(1);
                 tracing::warn!(table = %table_label(&self.path), error = %e, "table maintenance failed; retrying after the next commit");
@@ -174,7 +195,7 @@ impl WorkerState {
     }
 
     /// One round: checkpoint and log cleanup when due, then compaction.
-    async fn round(&mut self, version: i64, compacted_at: &mut i64) -> Result<()> {
+    async fn round(&mut self, version: i64, compacted_at: &mut i64, rx: &watch::Receiver<i64>) -> Result<()> {
         let path = self.path.clone();
         let err = |e: deltalake::DeltaTableError| crate::sink::delta::delta_err(&path, e);
         let due = self.last_checkpoint.is_none_or(|c| version - c >= self.settings.checkpoint_interval as i64);
@@ -210,11 +231,12 @@ impl WorkerState {
             return Ok(());
         }
         self.table.update_incremental(None).await.map_err(err)?;
-        let snapshot = self.table.snapshot().map_err(err)?;
-        let files = compaction::live_files(snapshot);
-        metrics::gauge!(crate::metrics::DELTA_LIVE_FILES, "table" => self.label).set(files.len() as f64);
-        // One group a round: checkpoints never wait long behind a compaction.
-        if let Some(group) = policy.plan(&files).into_iter().next() {
+        // Merge until nothing is due, or a newer commit arrived (its round checks the checkpoint
+        // first, then goes on here).
+        loop {
+            let files = compaction::live_files(self.table.snapshot().map_err(err)?);
+            metrics::gauge!(crate::metrics::DELTA_LIVE_FILES, "table" => self.label).set(files.len() as f64);
+            let Some(group) = policy.plan(&files).into_iter().next() else { break };
             let t0 = Instant::now();
             let done = compaction::rewrite(&mut self.table, &self.path, &group, &policy, &self.failpoints).await?;
             metrics::counter!(crate::metrics::COMPACTION_FILES, "table" => self.label).increment(done.files_removed);
@@ -222,6 +244,9 @@ impl WorkerState {
             metrics::gauge!(crate::metrics::LAST_COMPACTION, "table" => self.label).set(chrono_now_ms() as f64 / 1000.0);
             metrics::histogram!(crate::metrics::MAINTENANCE_SECONDS, "task" => "compaction").record(t0.elapsed().as_secs_f64());
             tracing::debug!(table = %table_label(&self.path), files = done.files_removed, bytes = done.bytes_rewritten, "compacted");
+            if rx.has_changed().unwrap_or(true) {
+                return Ok(());
+            }
         }
         *compacted_at = version;
         Ok(())

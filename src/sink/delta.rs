@@ -29,7 +29,7 @@ use deltalake::kernel::{Action, DataType, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, OutputMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::logstore::object_store::ObjectStoreExt;
-use deltalake::{DeltaTable, DeltaTableBuilder};
+use deltalake::DeltaTable;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::json;
@@ -82,8 +82,12 @@ pub async fn load_table(path: &Path) -> Result<Option<DeltaTable>> {
     if !path.join("_delta_log").is_dir() {
         return Ok(None);
     }
-    let table = DeltaTable::try_from_url(table_url(path)?).await.map_err(|e| delta_err(path, e))?;
-    Ok(table.version().map(|_| table))
+    let mut table = super::storage::table_builder(table_url(path)?)?.build().map_err(|e| delta_err(path, e))?;
+    match table.load().await {
+        Ok(()) => Ok(table.version().map(|_| table)),
+        Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None), // a log with no commit yet
+        Err(e) => Err(delta_err(path, e)),
+    }
 }
 
 /// The version of the table's latest Delta checkpoint (`_delta_log/_last_checkpoint`), if any.
@@ -266,7 +270,7 @@ impl DeltaSink {
             None => {
                 std::fs::create_dir_all(path).map_err(|e| delta_err(path, e))?;
                 let table =
-                    DeltaTableBuilder::from_url(table_url(path)?).and_then(|b| b.build()).map_err(|e| delta_err(path, e))?;
+                    super::storage::table_builder(table_url(path)?)?.build().map_err(|e| delta_err(path, e))?;
                 let created = table
                     .create()
                     .with_columns(delta_fields(&spec.schema)?)
