@@ -48,6 +48,10 @@ pub struct Progress {
     pub lag: Option<i64>,
     /// Restarts since the pipeline started.
     pub restarts: u64,
+    /// The data table's live files, as its maintenance last saw them (Delta sink only).
+    pub table_files: Option<u64>,
+    /// Files merged away by auto-compaction since the pipeline started (Delta sink only).
+    pub files_compacted: Option<u64>,
     /// Per partition.
     pub partitions: Vec<PartitionProgress>,
 }
@@ -70,6 +74,10 @@ impl fmt::Display for Progress {
             f,
             "epoch {:>6} | {:>8} rows | {:>4} dead | {:>9.0} rows/s | lag {:>8} | commit {:>6.1} ms + checkpoint {:>5.1} ms | restarts {}",
             self.epoch, self.input_rows, self.dead_letters, self.rows_per_second, lag, self.sink_ms, self.checkpoint_ms, self.restarts
-        )
+        )?;
+        if let Some(files) = self.table_files {
+            write!(f, " | files {files} ({} compacted)", self.files_compacted.unwrap_or(0))?;
+        }
+        Ok(())
     }
 }

@@ -649,6 +649,7 @@ impl SupervisorState {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(ts);
             metrics::histogram!(m::END_TO_END_SECONDS).record(((now_ms - ts).max(0) as f64) / 1000.0);
         }
+        let table = self.args.sink.table_stats();
         let progress = Progress {
             pipeline: self.args.config.id.clone(),
             epoch: report.epoch,
@@ -661,6 +662,8 @@ impl SupervisorState {
             checkpoint_ms: Progress::millis(report.checkpoint_time),
             lag: total_lag,
             restarts: self.restarts_total,
+            table_files: table.map(|t| t.live_files),
+            files_compacted: table.map(|t| t.files_compacted),
             partitions,
         };
         tracing::debug!(

@@ -261,6 +261,7 @@ async fn auto_compaction_bounds_live_files_without_changing_data() {
     let table = dir.path().join("table");
     let dead = dir.path().join("table_dead_letters");
     let pipeline = common::start(&config, RunOptions::default()).await;
+    let mut progress = pipeline.progress();
     let mut opts = ProduceOptions::new(&common::brokers(), &topic, 6_000);
     opts.rate = Some(1_000);
     opts.malformed_every = Some(50);
@@ -277,8 +278,20 @@ async fn auto_compaction_bounds_live_files_without_changing_data() {
         })
         .await;
     }
+    // Progress reports the data table's files and compactions.
+    let mut compacted = 0;
+    loop {
+        match progress.try_recv() {
+            Ok(p) => {
+                assert!(p.table_files.is_some(), "a Delta sink reports its table's files");
+                compacted = compacted.max(p.files_compacted.unwrap_or(0));
+            }
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => break,
+        }
+    }
+    assert!(compacted > 0, "progress counts compacted files");
     pipeline.shutdown().await.unwrap();
-
     for t in [&table, &dead] {
         let compactions = commits_of(t, "OPTIMIZE");
         assert!(!compactions.is_empty(), "{}: no compaction", t.display());

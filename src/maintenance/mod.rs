@@ -28,6 +28,30 @@ use crate::config::{parse_retention, SinkConfig};
 use crate::error::Result;
 use crate::failpoint::FailPoints;
 
+/// What maintenance last saw of a table, for progress reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableStats {
+    /// Live files of the current version.
+    pub live_files: u64,
+    /// Files merged away by auto-compaction since the pipeline started.
+    pub files_compacted: u64,
+}
+
+/// [`TableStats`] shared between a table's worker and the sink.
+#[derive(Debug, Default)]
+pub struct SharedStats {
+    live_files: std::sync::atomic::AtomicU64,
+    files_compacted: std::sync::atomic::AtomicU64,
+}
+
+impl SharedStats {
+    /// The current figures.
+    pub fn get(&self) -> TableStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        TableStats { live_files: self.live_files.load(Relaxed), files_compacted: self.files_compacted.load(Relaxed) }
+    }
+}
+
 /// How often expired log entries are looked for: cleaning lists the whole `_delta_log`.
 pub const LOG_CLEANUP_EVERY: Duration = Duration::from_secs(3_600);
 
@@ -123,6 +147,7 @@ impl Worker {
         compact: bool,
         label: &'static str,
         failpoints: Arc<FailPoints>,
+        stats: Arc<SharedStats>,
     ) -> Worker {
         let version = table.version().unwrap_or(0) as i64;
         let (committed, rx) = watch::channel(version);
@@ -135,6 +160,7 @@ impl Worker {
             label,
             failpoints,
             fresh: fresh.clone(),
+            stats,
             last_checkpoint: None,
             last_cleanup: None,
         };
@@ -170,6 +196,7 @@ struct WorkerState {
     label: &'static str,
     failpoints: Arc<FailPoints>,
     fresh: Arc<Mutex<Option<DeltaTable>>>,
+    stats: Arc<SharedStats>,
     last_checkpoint: Option<i64>,
     last_cleanup: Option<Instant>,
 }
@@ -236,10 +263,12 @@ impl WorkerState {
         loop {
             let files = compaction::live_files(self.table.snapshot().map_err(err)?);
             metrics::gauge!(crate::metrics::DELTA_LIVE_FILES, "table" => self.label).set(files.len() as f64);
+            self.stats.live_files.store(files.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let Some(group) = policy.plan(&files).into_iter().next() else { break };
             let t0 = Instant::now();
             let done = compaction::rewrite(&mut self.table, &self.path, &group, &policy, &self.failpoints).await?;
             metrics::counter!(crate::metrics::COMPACTION_FILES, "table" => self.label).increment(done.files_removed);
+            self.stats.files_compacted.fetch_add(done.files_removed, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!(crate::metrics::COMPACTION_BYTES, "table" => self.label).increment(done.bytes_rewritten);
             metrics::gauge!(crate::metrics::LAST_COMPACTION, "table" => self.label).set(chrono_now_ms() as f64 / 1000.0);
             metrics::histogram!(crate::metrics::MAINTENANCE_SECONDS, "task" => "compaction").record(t0.elapsed().as_secs_f64());

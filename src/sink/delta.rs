@@ -180,6 +180,8 @@ struct Spec {
     name: &'static str,
     /// Whether auto-compaction applies (append tables; aggregate tables hold a file per bucket).
     compact: bool,
+    /// What its maintenance last saw.
+    stats: Arc<maintenance::SharedStats>,
 }
 
 impl Spec {
@@ -246,13 +248,14 @@ impl DeltaSink {
         let compact = partition_by.is_empty();
         DeltaSink {
             pipeline: pipeline.to_string(),
-            data: Spec { path, schema, partition_by, name: "data", compact },
+            data: Spec { path, schema, partition_by, name: "data", compact, stats: Default::default() },
             dead: Spec {
                 path: dead_letter_path,
                 schema: dead_letter_schema(),
                 partition_by: Vec::new(),
                 name: "dead letters",
                 compact: true,
+                stats: Default::default(),
             },
             settings,
             failpoints,
@@ -322,6 +325,7 @@ impl DeltaSink {
             spec.compact,
             spec.label(),
             self.failpoints.clone(),
+            spec.stats.clone(),
         );
         Ok(Some(Open { table, maintenance: Some(maintenance), version, starts }))
     }
@@ -471,6 +475,10 @@ impl DeltaSink {
 impl Sink for DeltaSink {
     fn name(&self) -> &str {
         "delta"
+    }
+
+    fn table_stats(&self) -> Option<maintenance::TableStats> {
+        Some(self.data.stats.get())
     }
 
     fn durable(&self) -> bool {

@@ -44,6 +44,11 @@ pub trait Sink: Send + Sync + 'static {
     /// Commits one epoch, all or nothing. Called in epoch order by the committer only. A durable
     /// sink skips what it already holds, so committing a replayed epoch again is harmless.
     fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<()>>;
+
+    /// The data table's files and compactions, as its maintenance last saw them (progress).
+    fn table_stats(&self) -> Option<crate::maintenance::TableStats> {
+        None
+    }
 }
 
 /// Builds the sink a config names.
