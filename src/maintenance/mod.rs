@@ -235,7 +235,7 @@ impl WorkerState {
             metrics::counter!(crate::metrics::DELTA_CHECKPOINTS, "table" => self.label).increment(1);
             metrics::histogram!(crate::metrics::MAINTENANCE_SECONDS, "task" => "checkpoint").record(t0.elapsed().as_secs_f64());
             if self.last_cleanup.is_none_or(|t| t.elapsed() >= LOG_CLEANUP_EVERY) {
-                let cutoff = chrono_now_ms() - self.settings.log_retention.1.as_millis() as i64;
+                let cutoff = (crate::metrics::unix_now() * 1000.0) as i64 - self.settings.log_retention.1.as_millis() as i64;
                 let removed = deltalake::checkpoints::cleanup_expired_logs_for(
                     version as u64,
                     self.table.log_store().as_ref(),
@@ -250,6 +250,9 @@ impl WorkerState {
             // A snapshot read from the new checkpoint: the sink swaps it in, so the snapshot it
             // keeps up to date holds at most `checkpoint_interval` commits on top of one checkpoint.
             let fresh = crate::sink::delta::load_table(&self.path).await?.ok_or_else(|| err(deltalake::DeltaTableError::NotATable(table_label(&self.path))))?;
+            let live = fresh.snapshot().map_err(err)?.log_data().num_files();
+            metrics::gauge!(crate::metrics::DELTA_LIVE_FILES, "table" => self.label).set(live as f64);
+            self.stats.live_files.store(live as u64, std::sync::atomic::Ordering::Relaxed);
             self.table = fresh.clone();
             *self.fresh.lock().expect("fresh table lock") = Some(fresh);
         }
@@ -270,7 +273,7 @@ impl WorkerState {
             metrics::counter!(crate::metrics::COMPACTION_FILES, "table" => self.label).increment(done.files_removed);
             self.stats.files_compacted.fetch_add(done.files_removed, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!(crate::metrics::COMPACTION_BYTES, "table" => self.label).increment(done.bytes_rewritten);
-            metrics::gauge!(crate::metrics::LAST_COMPACTION, "table" => self.label).set(chrono_now_ms() as f64 / 1000.0);
+            metrics::gauge!(crate::metrics::LAST_COMPACTION, "table" => self.label).set(crate::metrics::unix_now());
             metrics::histogram!(crate::metrics::MAINTENANCE_SECONDS, "task" => "compaction").record(t0.elapsed().as_secs_f64());
             tracing::debug!(table = %table_label(&self.path), files = done.files_removed, bytes = done.bytes_rewritten, "compacted");
             if rx.has_changed().unwrap_or(true) {
@@ -280,8 +283,4 @@ impl WorkerState {
         *compacted_at = version;
         Ok(())
     }
-}
-
-fn chrono_now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
