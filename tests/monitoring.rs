@@ -195,7 +195,7 @@ async fn a_live_run_scraped_by_prometheus_has_data_for_every_panel_and_alert_and
     // Every rule loaded, and every series an alert uses exists.
     let rules = prom_get(port_prom, "/api/v1/rules").expect("rules");
     let rules: Vec<&Value> = rules["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap()).collect();
-    assert_eq!(rules.len(), 5);
+    assert_eq!(rules.len(), 6);
     let series = regex_series(&rules.iter().map(|r| r["query"].as_str().unwrap().to_string()).collect::<Vec<_>>());
     for s in &series {
         assert!(query(port_prom, s).is_some_and(|r| !r.is_empty()), "alert series {s} has no data");
