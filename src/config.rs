@@ -791,8 +791,14 @@ impl PipelineConfig {
         if self.state.block_cache_mb == 0 || self.state.write_buffer_mb == 0 {
             return Err(bad("state", "block_cache_mb and write_buffer_mb must be at least 1".into()));
         }
-        if let SinkConfig::Delta { path, dead_letter_path, checkpoint_interval, log_retention, deleted_file_retention, compaction } =
-            &self.sink
+        if let SinkConfig::Delta {
+            path,
+            dead_letter_path,
+            checkpoint_interval,
+            log_retention,
+            deleted_file_retention,
+            compaction,
+        } = &self.sink
         {
             if path.as_os_str().is_empty() {
                 return Err(bad("sink.path", "is empty; give the table's directory".into()));
@@ -803,7 +809,8 @@ impl PipelineConfig {
             if *checkpoint_interval == 0 {
                 return Err(bad("sink.checkpoint_interval", "must be at least 1".into()));
             }
-            for (field, value) in [("sink.log_retention", log_retention), ("sink.deleted_file_retention", deleted_file_retention)] {
+            for (field, value) in [("sink.log_retention", log_retention), ("sink.deleted_file_retention", deleted_file_retention)]
+            {
                 if parse_retention(value).is_none() {
                     return Err(bad(field, format!("is {value:?}; give a number and a unit, e.g. \"7 days\", \"12 hours\"")));
                 }

@@ -261,7 +261,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Optimize(a) => {
             for table in a.tables.tables()? {
-                let r = exactly::maintenance::commands::optimize(&table, a.target_size_mb.map(|m| m * 1024 * 1024), &a.zorder).await?;
+                let r = exactly::maintenance::commands::optimize(&table, a.target_size_mb.map(|m| m * 1024 * 1024), &a.zorder)
+                    .await?;
                 println!(
                     "{}: {} files ({} bytes) compacted into {}, {} partitions; {} live files{}",
                     r.table,

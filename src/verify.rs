@@ -234,7 +234,9 @@ fn plain_types(batch: RecordBatch) -> std::result::Result<RecordBatch, deltalake
     let plain = |t: &DataType| match t {
         DataType::Utf8View | DataType::LargeUtf8 => Some(DataType::Utf8),
         DataType::BinaryView | DataType::LargeBinary => Some(DataType::Binary),
-        DataType::Dictionary(_, v) if matches!(**v, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) => Some(DataType::Utf8),
+        DataType::Dictionary(_, v) if matches!(**v, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) => {
+            Some(DataType::Utf8)
+        }
         _ => None,
     };
     if batch.schema().fields().iter().all(|f| plain(f.data_type()).is_none()) {

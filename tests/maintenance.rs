@@ -134,7 +134,8 @@ fn log_commits(table: &std::path::Path) -> Vec<(u64, Vec<serde_json::Value>)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(table.join("_delta_log")).unwrap().flatten() {
         let p = e.path();
-        let Some(version) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")).and_then(|v| v.parse().ok())
+        let Some(version) =
+            p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")).and_then(|v| v.parse().ok())
         else {
             continue;
         };
@@ -177,7 +178,9 @@ async fn live_files(table: &std::path::Path) -> usize {
 }
 
 fn set_maintenance(config: &mut exactly::PipelineConfig, compaction: bool, min_files: usize, checkpoint_interval: u64) {
-    let exactly::config::SinkConfig::Delta { compaction: c, checkpoint_interval: ci, .. } = &mut config.sink else { unreachable!() };
+    let exactly::config::SinkConfig::Delta { compaction: c, checkpoint_interval: ci, .. } = &mut config.sink else {
+        unreachable!()
+    };
     c.enabled = compaction;
     c.min_files = min_files;
     *ci = checkpoint_interval;
@@ -300,7 +303,8 @@ async fn auto_compaction_bounds_live_files_without_changing_data() {
         }
         assert!(t.join("_delta_log/_last_checkpoint").exists(), "{}: no Delta checkpoint", t.display());
     }
-    let props = exactly::sink::delta::load_table(&table).await.unwrap().unwrap().snapshot().unwrap().metadata().configuration().clone();
+    let props =
+        exactly::sink::delta::load_table(&table).await.unwrap().unwrap().snapshot().unwrap().metadata().configuration().clone();
     assert_eq!(props.get("delta.checkpointInterval").map(String::as_str), Some("10"));
     assert_eq!(props.get("delta.logRetentionDuration").map(String::as_str), Some("interval 7 days"));
     assert_eq!(props.get("delta.deletedFileRetentionDuration").map(String::as_str), Some("interval 7 days"));
@@ -314,7 +318,8 @@ async fn auto_compaction_bounds_live_files_without_changing_data() {
     common::produce_events(&topic, 6_000, 100).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     pipeline.shutdown().await.unwrap();
-    let props = exactly::sink::delta::load_table(&table).await.unwrap().unwrap().snapshot().unwrap().metadata().configuration().clone();
+    let props =
+        exactly::sink::delta::load_table(&table).await.unwrap().unwrap().snapshot().unwrap().metadata().configuration().clone();
     assert_eq!(props.get("delta.logRetentionDuration").map(String::as_str), Some("interval 30 days"));
     common::assert_verified(&config).await;
 }

@@ -25,9 +25,10 @@ pub fn tables_of(config: Option<&PipelineConfig>, path: Option<&Path>) -> Result
     match (config, path) {
         (_, Some(p)) => Ok(vec![p.to_path_buf()]),
         (Some(c), None) => match &c.sink {
-            SinkConfig::Delta { path, .. } => {
-                Ok([path.clone(), c.dead_letter_path().expect("delta sink")].into_iter().filter(|p| p.join("_delta_log").is_dir()).collect())
-            }
+            SinkConfig::Delta { path, .. } => Ok([path.clone(), c.dead_letter_path().expect("delta sink")]
+                .into_iter()
+                .filter(|p| p.join("_delta_log").is_dir())
+                .collect()),
             _ => Err(Error::Sink("the config's sink is not a Delta table; give --path".into())),
         },
         (None, None) => Err(Error::Sink("give --config or --path".into())),
@@ -58,7 +59,8 @@ pub struct OptimizeReport {
 pub async fn optimize(path: &Path, target: Option<u64>, zorder: &[String]) -> Result<OptimizeReport> {
     let table = load_table(path).await?.ok_or_else(|| delta_err(path, "no Delta table here"))?;
     let before = table.version();
-    let columns: Vec<String> = table.snapshot().map_err(|e| delta_err(path, e))?.schema().fields().map(|f| f.name().clone()).collect();
+    let columns: Vec<String> =
+        table.snapshot().map_err(|e| delta_err(path, e))?.schema().fields().map(|f| f.name().clone()).collect();
     if let Some(c) = zorder.iter().find(|c| !columns.contains(c)) {
         return Err(delta_err(path, format!("cannot Z-order by '{c}': the table's columns are {}", columns.join(", "))));
     }
@@ -99,8 +101,12 @@ pub struct VacuumReport {
 /// table's is refused, as Delta does, unless `force`.
 pub async fn vacuum(path: &Path, retention: Option<Duration>, dry_run: bool, force: bool) -> Result<VacuumReport> {
     let table = load_table(path).await?.ok_or_else(|| delta_err(path, "no Delta table here"))?;
-    let mut builder =
-        table.vacuum().with_mode(VacuumMode::Full).with_dry_run(dry_run).with_enforce_retention_duration(!force).with_commit_properties(super::commit_properties());
+    let mut builder = table
+        .vacuum()
+        .with_mode(VacuumMode::Full)
+        .with_dry_run(dry_run)
+        .with_enforce_retention_duration(!force)
+        .with_commit_properties(super::commit_properties());
     if let Some(r) = retention {
         let r = chrono::Duration::from_std(r).map_err(|e| delta_err(path, e))?;
         builder = builder.with_retention_period(r);

@@ -26,10 +26,10 @@ use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, Remove};
+use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::DeltaTable;
 use serde_json::json;
 
@@ -104,10 +104,10 @@ impl Policy {
 
     /// The groups due for merging, smallest tier first.
     pub fn plan(&self, files: &[LiveFile]) -> Vec<Group> {
-        let mut tiers: BTreeMap<(u32, Vec<(String, Option<String>)>), Vec<LiveFile>> = BTreeMap::new();
+        type Partition = BTreeMap<String, Option<String>>;
+        let mut tiers: BTreeMap<(u32, Partition), Vec<LiveFile>> = BTreeMap::new();
         for f in files.iter().filter(|f| f.size < self.target_bytes && !f.has_deletion_vector) {
-            let key = (self.tier(f.size), f.partition.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
-            tiers.entry(key).or_default().push(f.clone());
+            tiers.entry((self.tier(f.size), f.partition.clone())).or_default().push(f.clone());
         }
         tiers
             .into_iter()
@@ -120,7 +120,7 @@ impl Policy {
                     total += f.size;
                     total <= self.target_bytes
                 });
-                Group { partition: partition.into_iter().collect(), tier, files: fs }
+                Group { partition, tier, files: fs }
             })
             .filter(|g| g.files.len() >= 2)
             .collect()
@@ -151,7 +151,9 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef, partition: &BTreeMap<String,
                 cast(&strings, field.data_type()).map_err(|e| Error::Sink(format!("partition value of {}: {e}", field.name())))?
             }
             (None, Some(col)) if col.data_type() == field.data_type() => col.clone(),
-            (None, Some(col)) => cast(col, field.data_type()).map_err(|e| Error::Sink(format!("column {}: {e}", field.name())))?,
+            (None, Some(col)) => {
+                cast(col, field.data_type()).map_err(|e| Error::Sink(format!("column {}: {e}", field.name())))?
+            }
             (None, None) => new_null_array(field.data_type(), n),
         };
         cols.push(col);
@@ -161,13 +163,21 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef, partition: &BTreeMap<String,
 
 /// Merges `group` into files of up to the target size and commits the swap. `table` must be the
 /// snapshot the group was planned from; it holds the new version afterwards.
-pub async fn rewrite(table: &mut DeltaTable, path: &Path, group: &Group, policy: &Policy, failpoints: &FailPoints) -> Result<Done> {
+pub async fn rewrite(
+    table: &mut DeltaTable,
+    path: &Path,
+    group: &Group,
+    policy: &Policy,
+    failpoints: &FailPoints,
+) -> Result<Done> {
     let store = table.object_store();
-    let mut writer = RecordBatchWriter::for_table(table).map_err(|e| delta_err(path, e))?.with_target_file_size(policy.target_bytes);
+    let mut writer =
+        RecordBatchWriter::for_table(table).map_err(|e| delta_err(path, e))?.with_target_file_size(policy.target_bytes);
     let schema = writer.arrow_schema();
     let mut rows_read = 0u64;
     for f in &group.files {
-        let bytes = store.get(&f.location).await.map_err(|e| delta_err(path, e))?.bytes().await.map_err(|e| delta_err(path, e))?;
+        let bytes =
+            store.get(&f.location).await.map_err(|e| delta_err(path, e))?.bytes().await.map_err(|e| delta_err(path, e))?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| delta_err(path, e))?;
         for batch in reader {
             let batch = batch.map_err(|e| delta_err(path, e))?;
@@ -177,7 +187,10 @@ pub async fn rewrite(table: &mut DeltaTable, path: &Path, group: &Group, policy:
     }
     if let Some(expected) = group.files.iter().map(|f| f.rows).sum::<Option<u64>>() {
         if expected != rows_read {
-            return Err(delta_err(path, format!("compaction read {rows_read} rows from files whose statistics say {expected}; nothing committed")));
+            return Err(delta_err(
+                path,
+                format!("compaction read {rows_read} rows from files whose statistics say {expected}; nothing committed"),
+            ));
         }
     }
     let mut adds = writer.flush().await.map_err(|e| delta_err(path, e))?;

@@ -249,7 +249,9 @@ impl WorkerState {
             }
             // A snapshot read from the new checkpoint: the sink swaps it in, so the snapshot it
             // keeps up to date holds at most `checkpoint_interval` commits on top of one checkpoint.
-            let fresh = crate::sink::delta::load_table(&self.path).await?.ok_or_else(|| err(deltalake::DeltaTableError::NotATable(table_label(&self.path))))?;
+            let fresh = crate::sink::delta::load_table(&self.path)
+                .await?
+                .ok_or_else(|| err(deltalake::DeltaTableError::NotATable(table_label(&self.path))))?;
             let live = fresh.snapshot().map_err(err)?.log_data().num_files();
             metrics::gauge!(crate::metrics::DELTA_LIVE_FILES, "table" => self.label).set(live as f64);
             self.stats.live_files.store(live as u64, std::sync::atomic::Ordering::Relaxed);

@@ -26,9 +26,9 @@ use deltalake::arrow::datatypes::{DataType as ArrowType, SchemaRef, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, DataType, StructField, Transaction};
+use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::protocol::{DeltaOperation, OutputMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::DeltaTable;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -97,8 +97,8 @@ pub async fn last_checkpoint_version(table: &DeltaTable) -> Result<Option<i64>> 
     match table.object_store().get(&location).await {
         Ok(got) => {
             let bytes = got.bytes().await.map_err(|e| Error::Delta { table: url.clone(), detail: e.to_string() })?;
-            let v: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|e| Error::Delta { table: url.clone(), detail: format!("_last_checkpoint: {e}") })?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Delta { table: url.clone(), detail: format!("_last_checkpoint: {e}") })?;
             Ok(v.get("version").and_then(|v| v.as_i64()))
         }
         Err(deltalake::ObjectStoreError::NotFound { .. }) => Ok(None),
@@ -272,8 +272,7 @@ impl DeltaSink {
             None if !create => return Ok(None),
             None => {
                 std::fs::create_dir_all(path).map_err(|e| delta_err(path, e))?;
-                let table =
-                    super::storage::table_builder(table_url(path)?)?.build().map_err(|e| delta_err(path, e))?;
+                let table = super::storage::table_builder(table_url(path)?)?.build().map_err(|e| delta_err(path, e))?;
                 let created = table
                     .create()
                     .with_columns(delta_fields(&spec.schema)?)
@@ -335,8 +334,7 @@ impl DeltaSink {
     async fn apply_properties(&self, table: DeltaTable, path: &Path) -> Result<DeltaTable> {
         let want = self.settings.table_properties();
         let have = table.snapshot().map_err(|e| delta_err(path, e))?.metadata().configuration().clone();
-        let stale: std::collections::HashMap<String, String> =
-            want.into_iter().filter(|(k, v)| have.get(k) != Some(v)).collect();
+        let stale: std::collections::HashMap<String, String> = want.into_iter().filter(|(k, v)| have.get(k) != Some(v)).collect();
         if stale.is_empty() {
             return Ok(table);
         }

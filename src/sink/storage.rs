@@ -26,8 +26,8 @@ use std::time::SystemTime;
 use deltalake::logstore::object_store::local::LocalFileSystem;
 use deltalake::logstore::object_store::path::Path;
 use deltalake::logstore::object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload, PutResult, RenameOptions, Result,
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
+    PutPayload, PutResult, RenameOptions, Result,
 };
 use deltalake::DeltaTableBuilder;
 use futures::stream::{self, BoxStream, StreamExt};
@@ -121,10 +121,9 @@ fn list_after(dir: PathBuf, prefix: String, after: String) -> std::io::Result<Op
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(Vec::new())),
         Err(e) => return Err(e),
     };
-    let cached: Option<Vec<String>> = log_dirs()
-        .get(&dir)
-        .filter(|c| c.mtime == seen)
-        .map(|c| c.names.range::<str, _>((std::ops::Bound::Excluded(after.as_str()), std::ops::Bound::Unbounded)).cloned().collect());
+    let cached: Option<Vec<String>> = log_dirs().get(&dir).filter(|c| c.mtime == seen).map(|c| {
+        c.names.range::<str, _>((std::ops::Bound::Excluded(after.as_str()), std::ops::Bound::Unbounded)).cloned().collect()
+    });
     let names = match cached {
         Some(names) => names,
         None => {
@@ -196,9 +195,14 @@ async fn tracked<T>(
 #[async_trait::async_trait]
 impl ObjectStore for LocalStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
-        tracked(location, |names, n| {
-            names.insert(n.to_string());
-        }, self.inner.put_opts(location, payload, opts)).await
+        tracked(
+            location,
+            |names, n| {
+                names.insert(n.to_string());
+            },
+            self.inner.put_opts(location, payload, opts),
+        )
+        .await
     }
 
     async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
@@ -240,7 +244,8 @@ impl ObjectStore for LocalStore {
         let Some(prefix) = prefix.filter(|p| p.filename() == Some("_delta_log")) else {
             return self.inner.list_with_offset(prefix, offset);
         };
-        let Some(after) = offset.as_ref().strip_prefix(prefix.as_ref()).and_then(|r| r.strip_prefix('/')).map(str::to_string) else {
+        let Some(after) = offset.as_ref().strip_prefix(prefix.as_ref()).and_then(|r| r.strip_prefix('/')).map(str::to_string)
+        else {
             return self.inner.list_with_offset(Some(prefix), offset);
         };
         let (dir, p, o) = (PathBuf::from(format!("/{prefix}")), prefix.to_string(), after);
@@ -249,14 +254,16 @@ impl ObjectStore for LocalStore {
             .flat_map(move |listed| match listed {
                 Ok(Ok(Some(found))) => stream::iter(found.into_iter().map(Ok)).boxed(),
                 Ok(Ok(None)) => slow.take().unwrap_or_else(|| stream::empty().boxed()),
-                Ok(Err(e)) => {
-                    stream::iter([Err(deltalake::logstore::object_store::Error::Generic { store: "LocalStore", source: Box::new(e) })])
-                        .boxed()
-                }
-                Err(e) => {
-                    stream::iter([Err(deltalake::logstore::object_store::Error::Generic { store: "LocalStore", source: Box::new(e) })])
-                        .boxed()
-                }
+                Ok(Err(e)) => stream::iter([Err(deltalake::logstore::object_store::Error::Generic {
+                    store: "LocalStore",
+                    source: Box::new(e),
+                })])
+                .boxed(),
+                Err(e) => stream::iter([Err(deltalake::logstore::object_store::Error::Generic {
+                    store: "LocalStore",
+                    source: Box::new(e),
+                })])
+                .boxed(),
             })
             .boxed()
     }
@@ -266,9 +273,14 @@ impl ObjectStore for LocalStore {
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        tracked(to, |names, n| {
-            names.insert(n.to_string());
-        }, self.inner.copy_opts(from, to, options)).await
+        tracked(
+            to,
+            |names, n| {
+                names.insert(n.to_string());
+            },
+            self.inner.copy_opts(from, to, options),
+        )
+        .await
     }
 
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
