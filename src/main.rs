@@ -76,7 +76,11 @@ struct TableArgs {
 impl TableArgs {
     fn tables(&self) -> anyhow::Result<Vec<PathBuf>> {
         let config = self.config.as_deref().map(PipelineConfig::load).transpose()?;
-        Ok(exactly::maintenance::commands::tables_of(config.as_ref(), self.path.as_deref())?)
+        let tables = exactly::maintenance::commands::tables_of(config.as_ref(), self.path.as_deref())?;
+        if tables.is_empty() {
+            anyhow::bail!("the config's sink.path holds no Delta table yet (run the pipeline first)");
+        }
+        Ok(tables)
     }
 }
 

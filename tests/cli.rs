@@ -105,3 +105,23 @@ fn with_kafka_stops_the_broker_it_started() {
     }
     assert!(!alive, "scripts/with-kafka left the broker it started running (pid {pid})");
 }
+
+#[test]
+fn optimize_and_vacuum_without_a_table_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-table");
+    for cmd in ["optimize", "vacuum"] {
+        let out = exactly().arg(cmd).arg("--path").arg(&missing).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert_one_line_error(out.status.code().unwrap_or(-1), &err, &["no Delta table", "no-table"]);
+    }
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &path,
+        format!("id = \"p\"\n[source]\ntopics = [\"t\"]\n[sink]\nkind = \"delta\"\npath = \"{}\"\n", missing.display()),
+    )
+    .unwrap();
+    let out = exactly().args(["vacuum", "--config"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_one_line_error(out.status.code().unwrap_or(-1), &err, &["sink.path", "no Delta table"]);
+}
