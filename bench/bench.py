@@ -504,6 +504,8 @@ def main():
         print(render_soak(rs))
         if not a.quick:
             (ROOT / "bench/soak.json").write_text(json.dumps(rs, indent=2) + "\n")
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
         return
     topic = f"bench-{events}"
     ensure_topic(profile, topic, events)
