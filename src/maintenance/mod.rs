@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::DeltaTable;
 use tokio::sync::watch;
 
@@ -202,8 +203,14 @@ struct WorkerState {
 }
 
 impl WorkerState {
+    /// Publishes the table's live files (metric and progress).
+    fn record_live_files(&self, n: usize) {
+        metrics::gauge!(crate::metrics::DELTA_LIVE_FILES, "table" => self.label).set(n as f64);
+        self.stats.live_files.store(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
     async fn run(mut self, mut rx: watch::Receiver<i64>) {
-        match crate::sink::delta::last_checkpoint_version(&self.table).await {
+        match last_checkpoint_version(&self.table).await {
             Ok(v) => self.last_checkpoint = v,
             Err(e) => tracing::warn!(table = %table_label(&self.path), error = %e, "could not read the last checkpoint"),
         }
@@ -253,8 +260,7 @@ impl WorkerState {
                 .await?
                 .ok_or_else(|| err(deltalake::DeltaTableError::NotATable(table_label(&self.path))))?;
             let live = fresh.snapshot().map_err(err)?.log_data().num_files();
-            metrics::gauge!(crate::metrics::DELTA_LIVE_FILES, "table" => self.label).set(live as f64);
-            self.stats.live_files.store(live as u64, std::sync::atomic::Ordering::Relaxed);
+            self.record_live_files(live);
             self.table = fresh.clone();
             *self.fresh.lock().expect("fresh table lock") = Some(fresh);
         }
@@ -267,8 +273,7 @@ impl WorkerState {
         // first, then goes on here).
         loop {
             let files = compaction::live_files(self.table.snapshot().map_err(err)?);
-            metrics::gauge!(crate::metrics::DELTA_LIVE_FILES, "table" => self.label).set(files.len() as f64);
-            self.stats.live_files.store(files.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.record_live_files(files.len());
             let Some(group) = policy.plan(&files).into_iter().next() else { break };
             let t0 = Instant::now();
             let done = compaction::rewrite(&mut self.table, &self.path, &group, &policy, &self.failpoints).await?;
@@ -284,5 +289,22 @@ impl WorkerState {
         }
         *compacted_at = version;
         Ok(())
+    }
+}
+
+/// The version of the table's latest Delta checkpoint (`_delta_log/_last_checkpoint`), if any.
+pub async fn last_checkpoint_version(table: &DeltaTable) -> Result<Option<i64>> {
+    let url = table.table_url().to_string();
+    let location = deltalake::Path::from("_delta_log/_last_checkpoint");
+    match table.object_store().get(&location).await {
+        Ok(got) => {
+            let bytes =
+                got.bytes().await.map_err(|e| crate::error::Error::Delta { table: url.clone(), detail: e.to_string() })?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| crate::error::Error::Delta { table: url.clone(), detail: format!("_last_checkpoint: {e}") })?;
+            Ok(v.get("version").and_then(|v| v.as_i64()))
+        }
+        Err(deltalake::ObjectStoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(crate::error::Error::Delta { table: url, detail: e.to_string() }),
     }
 }

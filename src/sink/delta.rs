@@ -26,7 +26,6 @@ use deltalake::arrow::datatypes::{DataType as ArrowType, SchemaRef, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, DataType, StructField, Transaction};
-use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::protocol::{DeltaOperation, OutputMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
@@ -87,22 +86,6 @@ pub async fn load_table(path: &Path) -> Result<Option<DeltaTable>> {
         Ok(()) => Ok(table.version().map(|_| table)),
         Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None), // a log with no commit yet
         Err(e) => Err(delta_err(path, e)),
-    }
-}
-
-/// The version of the table's latest Delta checkpoint (`_delta_log/_last_checkpoint`), if any.
-pub async fn last_checkpoint_version(table: &DeltaTable) -> Result<Option<i64>> {
-    let url = table.table_url().to_string();
-    let location = deltalake::Path::from("_delta_log/_last_checkpoint");
-    match table.object_store().get(&location).await {
-        Ok(got) => {
-            let bytes = got.bytes().await.map_err(|e| Error::Delta { table: url.clone(), detail: e.to_string() })?;
-            let v: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Delta { table: url.clone(), detail: format!("_last_checkpoint: {e}") })?;
-            Ok(v.get("version").and_then(|v| v.as_i64()))
-        }
-        Err(deltalake::ObjectStoreError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(Error::Delta { table: url, detail: e.to_string() }),
     }
 }
 

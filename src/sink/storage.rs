@@ -167,6 +167,18 @@ fn in_log_dir(location: &Path) -> Option<(PathBuf, String)> {
     Some((dir, name))
 }
 
+/// A write's effect on the cached names: the file is there.
+fn add_name(names: &mut BTreeSet<String>, name: &str) {
+    names.insert(name.to_string());
+}
+
+/// Forgets the cached names of the log a deleted file was in.
+fn forget_log_of(deleted: &Result<Path>) {
+    if let Some((dir, _)) = deleted.as_ref().ok().and_then(in_log_dir) {
+        log_dirs().remove(&dir);
+    }
+}
+
 /// Runs a write to `location` and keeps the cache of its `_delta_log` directory (if any) true:
 /// valid before and after it, the write's effect is applied; otherwise, or when the write
 /// failed, the directory is read again on the next listing.
@@ -195,14 +207,7 @@ async fn tracked<T>(
 #[async_trait::async_trait]
 impl ObjectStore for LocalStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
-        tracked(
-            location,
-            |names, n| {
-                names.insert(n.to_string());
-            },
-            self.inner.put_opts(location, payload, opts),
-        )
-        .await
+        tracked(location, add_name, self.inner.put_opts(location, payload, opts)).await
     }
 
     async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
@@ -218,22 +223,8 @@ impl ObjectStore for LocalStore {
     }
 
     fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
-        // Deletions in a log (expired-log cleanup) drop its cached names.
-        let locations = locations
-            .inspect(|l| {
-                if let Some((dir, _)) = l.as_ref().ok().and_then(in_log_dir) {
-                    log_dirs().remove(&dir);
-                }
-            })
-            .boxed();
-        self.inner
-            .delete_stream(locations)
-            .inspect(|l| {
-                if let Some((dir, _)) = l.as_ref().ok().and_then(in_log_dir) {
-                    log_dirs().remove(&dir);
-                }
-            })
-            .boxed()
+        // Deletions in a log (expired-log cleanup) drop its cached names once done.
+        self.inner.delete_stream(locations).inspect(forget_log_of).boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
@@ -250,20 +241,15 @@ impl ObjectStore for LocalStore {
         };
         let (dir, p, o) = (PathBuf::from(format!("/{prefix}")), prefix.to_string(), after);
         let mut slow = Some(self.inner.list_with_offset(Some(prefix), offset)); // lazy: walks only if polled
+        let failed = |e: Box<dyn std::error::Error + Send + Sync>| deltalake::logstore::object_store::Error::Generic {
+            store: "LocalStore",
+            source: e,
+        };
         stream::once(async move { tokio::task::spawn_blocking(move || list_after(dir, p, o)).await })
-            .flat_map(move |listed| match listed {
-                Ok(Ok(Some(found))) => stream::iter(found.into_iter().map(Ok)).boxed(),
-                Ok(Ok(None)) => slow.take().unwrap_or_else(|| stream::empty().boxed()),
-                Ok(Err(e)) => stream::iter([Err(deltalake::logstore::object_store::Error::Generic {
-                    store: "LocalStore",
-                    source: Box::new(e),
-                })])
-                .boxed(),
-                Err(e) => stream::iter([Err(deltalake::logstore::object_store::Error::Generic {
-                    store: "LocalStore",
-                    source: Box::new(e),
-                })])
-                .boxed(),
+            .flat_map(move |listed| match listed.map_err(|e| failed(e.into())).and_then(|r| r.map_err(|e| failed(e.into()))) {
+                Ok(Some(found)) => stream::iter(found.into_iter().map(Ok)).boxed(),
+                Ok(None) => slow.take().unwrap_or_else(|| stream::empty().boxed()),
+                Err(e) => stream::iter([Err(e)]).boxed(),
             })
             .boxed()
     }
@@ -273,14 +259,7 @@ impl ObjectStore for LocalStore {
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        tracked(
-            to,
-            |names, n| {
-                names.insert(n.to_string());
-            },
-            self.inner.copy_opts(from, to, options),
-        )
-        .await
+        tracked(to, add_name, self.inner.copy_opts(from, to, options)).await
     }
 
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
