@@ -415,9 +415,10 @@ pub enum SinkConfig {
         #[serde(default = "default_retention")]
         log_retention: String,
         /// How long removed files stay on disk before `exactly vacuum` may delete them
-        /// (`delta.deletedFileRetentionDuration`), e.g. `"7 days"`.
-        #[serde(default = "default_retention")]
-        deleted_file_retention: String,
+        /// (`delta.deletedFileRetentionDuration`), e.g. `"7 days"`. Unset: 7 days for append and
+        /// dead-letter tables, [`AGGREGATE_DELETED_FILE_RETENTION`] for aggregate tables.
+        #[serde(default)]
+        deleted_file_retention: Option<String>,
         /// Auto-compaction of small files.
         #[serde(default)]
         compaction: CompactionConfig,
@@ -429,8 +430,19 @@ fn default_checkpoint_interval() -> u64 {
 }
 
 fn default_retention() -> String {
-    "7 days".to_string()
+    DEFAULT_RETENTION.to_string()
 }
+
+/// The default `sink.log_retention`, and `sink.deleted_file_retention` of append and dead-letter
+/// tables: Delta's own default, the time-travel window readers expect.
+pub const DEFAULT_RETENTION: &str = "7 days";
+
+/// The default `sink.deleted_file_retention` of an aggregate table. Every epoch replaces the
+/// files of the buckets it touched, and each Delta checkpoint lists every file removed within
+/// the retention: at 7 days a 16-bucket table at a 1 s epoch would carry ~10 million such
+/// entries in each checkpoint. The replaced files are superseded results, not history; a few
+/// minutes cover readers still reading the previous version.
+pub const AGGREGATE_DELETED_FILE_RETENTION: &str = "5 minutes";
 
 impl SinkConfig {
     /// A Delta sink at `path` with every other setting at its default.
@@ -440,7 +452,7 @@ impl SinkConfig {
             dead_letter_path: None,
             checkpoint_interval: default_checkpoint_interval(),
             log_retention: default_retention(),
-            deleted_file_retention: default_retention(),
+            deleted_file_retention: None,
             compaction: CompactionConfig::default(),
         }
     }
@@ -809,8 +821,11 @@ impl PipelineConfig {
             if *checkpoint_interval == 0 {
                 return Err(bad("sink.checkpoint_interval", "must be at least 1".into()));
             }
-            for (field, value) in [("sink.log_retention", log_retention), ("sink.deleted_file_retention", deleted_file_retention)]
-            {
+            let retentions = [
+                Some(("sink.log_retention", log_retention)),
+                deleted_file_retention.as_ref().map(|r| ("sink.deleted_file_retention", r)),
+            ];
+            for (field, value) in retentions.into_iter().flatten() {
                 if parse_retention(value).is_none() {
                     return Err(bad(field, format!("is {value:?}; give a number and a unit, e.g. \"7 days\", \"12 hours\"")));
                 }

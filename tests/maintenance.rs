@@ -217,6 +217,23 @@ async fn optimize_and_vacuum_append_dead_letter_and_aggregate_tables() {
         }
         pipeline.shutdown().await.unwrap();
 
+        // An aggregate table keeps the files its epochs replaced for 5 minutes by default,
+        // other tables for 7 days.
+        for (t, retention) in
+            [(&table, if aggregate { "interval 5 minutes" } else { "interval 7 days" }), (&dead, "interval 7 days")]
+        {
+            let props = exactly::sink::delta::load_table(t)
+                .await
+                .unwrap()
+                .unwrap()
+                .snapshot()
+                .unwrap()
+                .metadata()
+                .configuration()
+                .clone();
+            assert_eq!(props.get("delta.deletedFileRetentionDuration").map(String::as_str), Some(retention), "{}", t.display());
+        }
+
         let tables = if aggregate { vec![table.clone()] } else { vec![table.clone(), dead.clone()] };
         for t in &tables {
             let (rows, files) = (row_count(t).await, live_files(t).await);
@@ -238,7 +255,7 @@ async fn optimize_and_vacuum_append_dead_letter_and_aggregate_tables() {
             assert!(listed.dry_run);
             assert!(listed.files.len() >= removed, "{}: lists {} of {removed} removed files", t.display(), listed.files.len());
             assert_eq!(row_count(t).await, rows);
-            // The table's own retention (7 days) keeps every file; a shorter one needs force.
+            // The table's own retention (minutes or days) keeps every file; a shorter one needs force.
             assert!(vacuum(t, None, false, false).await.unwrap().files.is_empty());
             assert!(vacuum(t, Some(Duration::ZERO), false, false).await.is_err(), "a retention below the table's is refused");
             let deleted = vacuum(t, Some(Duration::ZERO), false, true).await.unwrap();
@@ -302,6 +319,16 @@ async fn auto_compaction_bounds_live_files_without_changing_data() {
             assert_no_data_change(c);
         }
         assert!(t.join("_delta_log/_last_checkpoint").exists(), "{}: no Delta checkpoint", t.display());
+        // Checkpoints are thinned: of this run's (one every 10 commits) the first and the two
+        // newest remain, and every version is still readable by another reader.
+        let version = log_commits(t).last().unwrap().0;
+        let checkpoints = checkpoint_versions(t);
+        if t == &table {
+            assert!(version >= 40, "{}: {version} versions, too few to thin", t.display());
+            assert_eq!(checkpoints.len(), 3, "{}: checkpoints {checkpoints:?}", t.display());
+        }
+        assert!(checkpoints.len() <= 3, "{}: checkpoints {checkpoints:?}", t.display());
+        assert_every_version_readable(t, version);
     }
     let props =
         exactly::sink::delta::load_table(&table).await.unwrap().unwrap().snapshot().unwrap().metadata().configuration().clone();
@@ -322,6 +349,30 @@ async fn auto_compaction_bounds_live_files_without_changing_data() {
         exactly::sink::delta::load_table(&table).await.unwrap().unwrap().snapshot().unwrap().metadata().configuration().clone();
     assert_eq!(props.get("delta.logRetentionDuration").map(String::as_str), Some("interval 30 days"));
     common::assert_verified(&config).await;
+}
+
+/// The versions of the Delta checkpoints in a table's log.
+fn checkpoint_versions(table: &std::path::Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".checkpoint.parquet")?.parse().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Python `deltalake` reads every version `0..=last` of the table (time travel), each with the
+/// rows of the version before it or more.
+fn assert_every_version_readable(table: &std::path::Path, last: u64) {
+    let script = "import sys\nfrom deltalake import DeltaTable\nrows = -1\nfor v in range(int(sys.argv[2]) + 1):\n    n = DeltaTable(sys.argv[1], version=v).to_pyarrow_table().num_rows\n    assert n >= rows, (v, n, rows)\n    rows = n\nprint(rows)\nsys.stdout.flush()\nimport os; os._exit(0)\n";
+    let out = std::process::Command::new(common::python())
+        .args(["-c", script])
+        .arg(table)
+        .arg(last.to_string())
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("run python (scripts/setup installs it)");
+    assert!(out.status.success(), "{}: time travel failed: {}", table.display(), String::from_utf8_lossy(&out.stderr));
 }
 
 /// SIGKILL while auto-compaction has written its merged file but not committed it: nothing

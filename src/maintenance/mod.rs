@@ -2,7 +2,8 @@
 //!
 //! - [`Worker`]: one background task per Delta table the sink writes. After each commit it is
 //!   told the new version; it writes Delta checkpoints every `sink.checkpoint_interval` commits,
-//!   cleans expired log entries (at most once an hour, right after a checkpoint), compacts small
+//!   thins its older checkpoints ([`checkpoints`]), cleans expired log entries (at most once an
+//!   hour, right after a checkpoint), compacts small
 //!   files by size tier ([`compaction`]), and hands the sink a snapshot freshly loaded from the
 //!   latest checkpoint so the sink's own snapshot never accumulates the table's whole history.
 //!   None of it runs inside an epoch's commit.
@@ -12,6 +13,7 @@
 //! `dataChange = false` adds and removes of the same rows, or only checkpoints and log deletions;
 //! they carry no `txn` action, so the pipeline's idempotence records are untouched.
 
+pub mod checkpoints;
 pub mod commands;
 pub mod compaction;
 
@@ -25,7 +27,7 @@ use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::DeltaTable;
 use tokio::sync::watch;
 
-use crate::config::{parse_retention, SinkConfig};
+use crate::config::{parse_retention, SinkConfig, AGGREGATE_DELETED_FILE_RETENTION, DEFAULT_RETENTION};
 use crate::error::Result;
 use crate::failpoint::FailPoints;
 
@@ -70,16 +72,19 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The settings of a Delta sink config (`None` for other sinks). The config is validated.
-    pub fn of(sink: &SinkConfig) -> Option<Settings> {
+    /// The settings of a table of a Delta sink config (`None` for other sinks): `aggregate` says
+    /// whether it is an aggregate table, whose removed-file retention defaults shorter. The
+    /// config is validated.
+    pub fn of(sink: &SinkConfig, aggregate: bool) -> Option<Settings> {
         let SinkConfig::Delta { checkpoint_interval, log_retention, deleted_file_retention, compaction, .. } = sink else {
             return None;
         };
         let retention = |s: &str| parse_retention(s).expect("validated retention");
+        let default = if aggregate { AGGREGATE_DELETED_FILE_RETENTION } else { DEFAULT_RETENTION };
         Some(Settings {
             checkpoint_interval: *checkpoint_interval,
             log_retention: retention(log_retention),
-            deleted_file_retention: retention(deleted_file_retention),
+            deleted_file_retention: retention(deleted_file_retention.as_deref().unwrap_or(default)),
             compaction: compaction.enabled.then(|| compaction::Policy {
                 target_bytes: compaction.target_file_size_mb * 1024 * 1024,
                 min_files: compaction.min_files,
@@ -164,6 +169,7 @@ impl Worker {
             stats,
             last_checkpoint: None,
             last_cleanup: None,
+            thinning: Default::default(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("maintenance runtime");
         let handle = runtime.spawn(state.run(rx));
@@ -200,9 +206,27 @@ struct WorkerState {
     stats: Arc<SharedStats>,
     last_checkpoint: Option<i64>,
     last_cleanup: Option<Instant>,
+    thinning: checkpoints::Thinning,
 }
 
 impl WorkerState {
+    /// Deletes the checkpoints [`checkpoints::Thinning`] no longer needs, now that checkpoint
+    /// `version` is written. A failed deletion leaves a file log cleanup removes later.
+    async fn thin_checkpoints(&mut self, version: i64) {
+        let store = self.table.log_store().object_store(None);
+        let mut deleted = 0;
+        for old in self.thinning.written(version, Instant::now()) {
+            match store.delete(&checkpoints::checkpoint_path(old)).await {
+                Ok(()) | Err(deltalake::ObjectStoreError::NotFound { .. }) => deleted += 1,
+                Err(e) => {
+                    metrics::counter!(crate::metrics::MAINTENANCE_ERRORS, "table" => self.label).increment(1);
+                    tracing::warn!(table = %table_label(&self.path), checkpoint = old, error = %e, "could not delete a superseded checkpoint; log cleanup removes it later");
+                }
+            }
+        }
+        metrics::counter!(crate::metrics::DELTA_LOG_FILES_CLEANED, "table" => self.label).increment(deleted);
+    }
+
     /// Publishes the table's live files (metric and progress).
     fn record_live_files(&self, n: usize) {
         metrics::gauge!(crate::metrics::DELTA_LIVE_FILES, "table" => self.label).set(n as f64);
@@ -241,6 +265,7 @@ impl WorkerState {
             self.last_checkpoint = Some(version);
             metrics::counter!(crate::metrics::DELTA_CHECKPOINTS, "table" => self.label).increment(1);
             metrics::histogram!(crate::metrics::MAINTENANCE_SECONDS, "task" => "checkpoint").record(t0.elapsed().as_secs_f64());
+            self.thin_checkpoints(version).await;
             if self.last_cleanup.is_none_or(|t| t.elapsed() >= LOG_CLEANUP_EVERY) {
                 let cutoff = (crate::metrics::unix_now() * 1000.0) as i64 - self.settings.log_retention.1.as_millis() as i64;
                 let removed = deltalake::checkpoints::cleanup_expired_logs_for(

@@ -163,6 +163,8 @@ struct Spec {
     name: &'static str,
     /// Whether auto-compaction applies (append tables; aggregate tables hold a file per bucket).
     compact: bool,
+    /// Its table properties and maintenance.
+    settings: Settings,
     /// What its maintenance last saw.
     stats: Arc<maintenance::SharedStats>,
 }
@@ -210,14 +212,14 @@ pub struct DeltaSink {
     pipeline: String,
     data: Spec,
     dead: Spec,
-    settings: Settings,
     failpoints: Arc<FailPoints>,
     tables: Mutex<Tables>,
 }
 
 impl DeltaSink {
     /// A sink for pipeline `pipeline` writing rows of `schema` (with `_epoch`) to `path` and dead
-    /// letters to `dead_letter_path`. Nothing is touched until the first call.
+    /// letters to `dead_letter_path`, each table with its maintenance settings. Nothing is
+    /// touched until the first call.
     pub fn new(
         pipeline: &str,
         path: PathBuf,
@@ -225,22 +227,23 @@ impl DeltaSink {
         schema: SchemaRef,
         partition_by: Vec<String>,
         settings: Settings,
+        dead_letter_settings: Settings,
         failpoints: Arc<FailPoints>,
     ) -> Self {
         // Aggregate tables are partitioned by `_bucket` and hold one file per bucket.
         let compact = partition_by.is_empty();
         DeltaSink {
             pipeline: pipeline.to_string(),
-            data: Spec { path, schema, partition_by, name: "data", compact, stats: Default::default() },
+            data: Spec { path, schema, partition_by, name: "data", compact, settings, stats: Default::default() },
             dead: Spec {
                 path: dead_letter_path,
                 schema: dead_letter_schema(),
                 partition_by: Vec::new(),
                 name: "dead letters",
                 compact: true,
+                settings: dead_letter_settings,
                 stats: Default::default(),
             },
-            settings,
             failpoints,
             tables: Mutex::new(Tables::default()),
         }
@@ -261,7 +264,7 @@ impl DeltaSink {
                     .with_columns(delta_fields(&spec.schema)?)
                     .with_partition_columns(spec.partition_by.clone())
                     .with_comment(owner_description(&self.pipeline, spec.name))
-                    .with_configuration(self.settings.table_properties().into_iter().map(|(k, v)| (k, Some(v))))
+                    .with_configuration(spec.settings.table_properties().into_iter().map(|(k, v)| (k, Some(v))))
                     .await;
                 match created {
                     Ok(t) => t,
@@ -292,7 +295,7 @@ impl DeltaSink {
                 show(&want)
             )));
         }
-        let table = self.apply_properties(table, path).await?;
+        let table = Self::apply_properties(table, path, &spec.settings).await?;
         let version = txn_version(&table, path, &self.pipeline).await?.unwrap_or(0).max(0) as u64;
         let mut starts = HashSet::new();
         for tp in partitions {
@@ -303,7 +306,7 @@ impl DeltaSink {
         let maintenance = maintenance::Worker::spawn(
             table.clone(),
             path.clone(),
-            self.settings.clone(),
+            spec.settings.clone(),
             spec.compact,
             spec.label(),
             self.failpoints.clone(),
@@ -314,8 +317,8 @@ impl DeltaSink {
 
     /// Brings the table properties the config stands for (checkpoint interval, retentions) up
     /// to date, in a commit of their own, when they differ.
-    async fn apply_properties(&self, table: DeltaTable, path: &Path) -> Result<DeltaTable> {
-        let want = self.settings.table_properties();
+    async fn apply_properties(table: DeltaTable, path: &Path, settings: &Settings) -> Result<DeltaTable> {
+        let want = settings.table_properties();
         let have = table.snapshot().map_err(|e| delta_err(path, e))?.metadata().configuration().clone();
         let stale: std::collections::HashMap<String, String> = want.into_iter().filter(|(k, v)| have.get(k) != Some(v)).collect();
         if stale.is_empty() {

@@ -70,7 +70,8 @@ pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<
                 config.dead_letter_path().expect("delta sink has a dead-letter path"),
                 schema,
                 partition_by,
-                crate::maintenance::Settings::of(&config.sink).expect("a delta sink"),
+                crate::maintenance::Settings::of(&config.sink, config.aggregate.is_some()).expect("a delta sink"),
+                crate::maintenance::Settings::of(&config.sink, false).expect("a delta sink"),
                 failpoints,
             ))
         }
