@@ -134,8 +134,9 @@ fn pipeline_config(kind: &str, topic: &str, dir: &Path, brokers: &str) -> Pipeli
 
 /// The cut the table recorded, summed over partitions, and its epoch.
 async fn table_progress(config: &PipelineConfig, topic: &str) -> (i64, u64) {
-    let SinkConfig::Delta { path, .. } = &config.sink else { return (0, 0) };
-    let Ok(Some(t)) = exactly::sink::delta::load_table(path).await else { return (0, 0) };
+    let Some(path) = config.table_path() else { return (0, 0) };
+    let path = &path;
+    let Ok(Some(t)) = exactly::sink::delta::load_table(path.clone()).await else { return (0, 0) };
     let Ok(tps) = exactly::kafka::preflight(&config.source.brokers, &[topic.to_string()], Duration::from_secs(30)).await else {
         return (0, 0);
     };

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+pub use crate::sink::storage::{StorageOptions, TableLocation};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -391,6 +393,7 @@ impl EpochConfig {
 /// Where committed epochs are written.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[allow(clippy::large_enum_variant)] // one per config, built once
 pub enum SinkConfig {
     /// Print each epoch to standard output, like Spark's `format("console")`. For debugging:
     /// it keeps no record of what it printed, so a crash can print an epoch twice.
@@ -402,11 +405,16 @@ pub enum SinkConfig {
     /// Append to a Delta Lake table (Spark's `format("delta").outputMode("append")`), exactly
     /// once: each epoch is one Delta commit carrying the pipeline's `txn` action.
     Delta {
-        /// Table location (a local directory); created with the pipeline's schema on first run.
-        path: PathBuf,
+        /// Table location: a local directory or an object-store URL (`s3://bucket/prefix`,
+        /// `abfss://…`, `gs://…`); created with the pipeline's schema on first run.
+        path: TableLocation,
         /// The dead-letter table for records that do not decode. Default: `<path>_dead_letters`.
         #[serde(default)]
-        dead_letter_path: Option<PathBuf>,
+        dead_letter_path: Option<TableLocation>,
+        /// delta-rs storage options for object-store tables (endpoint, region, credentials), over
+        /// the standard environment variables. Values are never shown.
+        #[serde(default)]
+        storage: StorageOptions,
         /// Write a Delta checkpoint every this many commits (`delta.checkpointInterval`). The
         /// pipeline writes it in the background, never in an epoch's commit.
         #[serde(default = "default_checkpoint_interval")]
@@ -446,10 +454,11 @@ pub const AGGREGATE_DELETED_FILE_RETENTION: &str = "5 minutes";
 
 impl SinkConfig {
     /// A Delta sink at `path` with every other setting at its default.
-    pub fn delta(path: PathBuf) -> Self {
+    pub fn delta(path: impl Into<TableLocation>) -> Self {
         SinkConfig::Delta {
-            path,
+            path: path.into(),
             dead_letter_path: None,
+            storage: StorageOptions::default(),
             checkpoint_interval: default_checkpoint_interval(),
             log_retention: default_retention(),
             deleted_file_retention: None,
@@ -515,6 +524,11 @@ pub struct CheckpointConfig {
     /// Checkpoint directory (Spark's `checkpointLocation`). Default: `data/checkpoints/<id>`.
     /// One directory per pipeline; never share it.
     pub dir: Option<PathBuf>,
+    /// When the checkpoint is missing (a fresh disk, a container that lost its volume) and the
+    /// table holds epochs of this pipeline, rebuild the checkpoint from the table's last epoch
+    /// and resume after it, instead of refusing. Stateless pipelines only: the table records
+    /// offsets, not dedup keys or running totals. Off by default.
+    pub rebuild_from_table: bool,
 }
 
 /// Prometheus metrics endpoint.
@@ -800,6 +814,12 @@ impl PipelineConfig {
                 return Err(bad("aggregate.buckets", "must be between 1 and 4096".into()));
             }
         }
+        if self.checkpoint.rebuild_from_table && (self.dedup.is_some() || self.aggregate.is_some()) {
+            return Err(bad(
+                "checkpoint.rebuild_from_table",
+                "works for stateless pipelines only: the table records offsets, not the dedup keys or running totals in the checkpoint".into(),
+            ));
+        }
         if self.state.block_cache_mb == 0 || self.state.write_buffer_mb == 0 {
             return Err(bad("state", "block_cache_mb and write_buffer_mb must be at least 1".into()));
         }
@@ -810,11 +830,9 @@ impl PipelineConfig {
             log_retention,
             deleted_file_retention,
             compaction,
+            storage: _,
         } = &self.sink
         {
-            if path.as_os_str().is_empty() {
-                return Err(bad("sink.path", "is empty; give the table's directory".into()));
-            }
             if dead_letter_path.as_ref() == Some(path) {
                 return Err(bad("sink.dead_letter_path", "must differ from sink.path".into()));
             }
@@ -846,13 +864,19 @@ impl PipelineConfig {
     }
 
     /// The dead-letter table's location for a Delta sink.
-    pub fn dead_letter_path(&self) -> Option<PathBuf> {
+    pub fn dead_letter_path(&self) -> Option<TableLocation> {
         match &self.sink {
-            SinkConfig::Delta { path, dead_letter_path, .. } => Some(dead_letter_path.clone().unwrap_or_else(|| {
-                let mut p = path.clone().into_os_string();
-                p.push("_dead_letters");
-                PathBuf::from(p)
-            })),
+            SinkConfig::Delta { path, dead_letter_path, storage, .. } => {
+                Some(dead_letter_path.clone().unwrap_or_else(|| path.with_suffix("_dead_letters")).with_options(storage.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The Delta sink's table location with its storage options (`None` for other sinks).
+    pub fn table_path(&self) -> Option<TableLocation> {
+        match &self.sink {
+            SinkConfig::Delta { path, storage, .. } => Some(path.clone().with_options(storage.clone())),
             _ => None,
         }
     }

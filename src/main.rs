@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 
-use exactly::config::{PipelineConfig, SinkConfig};
+use exactly::config::{PipelineConfig, TableLocation};
 use exactly::failpoint::FailPoints;
 use exactly::pipeline::{Pipeline, RunOptions};
 use exactly::producer::{produce, ProduceOptions};
@@ -68,15 +68,20 @@ struct TableArgs {
     /// A pipeline config: its data and dead-letter tables.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// One Delta table's directory.
-    #[arg(long)]
-    path: Option<PathBuf>,
+    /// One Delta table: a directory, or a URL (s3://, abfss://, gs://; credentials from the
+    /// standard environment variables).
+    #[arg(long, value_parser = parse_location)]
+    path: Option<TableLocation>,
+}
+
+fn parse_location(text: &str) -> Result<TableLocation, String> {
+    TableLocation::parse(text)
 }
 
 impl TableArgs {
-    fn tables(&self) -> anyhow::Result<Vec<PathBuf>> {
+    async fn tables(&self) -> anyhow::Result<Vec<TableLocation>> {
         let config = self.config.as_deref().map(PipelineConfig::load).transpose()?;
-        let tables = exactly::maintenance::commands::tables_of(config.as_ref(), self.path.as_deref())?;
+        let tables = exactly::maintenance::commands::tables_of(config.as_ref(), self.path.as_ref()).await?;
         if tables.is_empty() {
             anyhow::bail!("the config's sink.path holds no Delta table yet (run the pipeline first)");
         }
@@ -205,8 +210,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         sink.name(),
         config.checkpoint_dir().display()
     );
-    if let SinkConfig::Delta { path, .. } = &config.sink {
-        eprintln!("table: {}  dead letters: {}", path.display(), config.dead_letter_path().unwrap_or_default().display());
+    if let (Some(table), Some(dead)) = (config.table_path(), config.dead_letter_path()) {
+        eprintln!("table: {table}  dead letters: {dead}");
     }
     let options = RunOptions { failpoints, reset_checkpoint_from_table: args.reset_checkpoint_from_table };
     let pipeline = Pipeline::start_with(config, sink, options).await?;
@@ -264,7 +269,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Optimize(a) => {
-            for table in a.tables.tables()? {
+            for table in a.tables.tables().await? {
                 let r = exactly::maintenance::commands::optimize(&table, a.target_size_mb.map(|m| m * 1024 * 1024), &a.zorder)
                     .await?;
                 println!(
@@ -282,7 +287,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Vacuum(a) => {
             let retention = a.retention_hours.map(|h| std::time::Duration::from_secs(h * 3600));
-            for table in a.tables.tables()? {
+            for table in a.tables.tables().await? {
                 let r = exactly::maintenance::commands::vacuum(&table, retention, !a.execute, a.force).await?;
                 for f in &r.files {
                     println!("{}{f}", if r.dry_run { "would delete " } else { "deleted " });

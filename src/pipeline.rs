@@ -61,8 +61,9 @@ async fn stop(
 }
 
 impl Pipeline {
-    /// Checks the brokers and topics, then starts the actor tree. Fails fast, with one clear
-    /// error, when the brokers do not answer or a topic is missing.
+    /// Checks the brokers, topics and the sink's storage, then starts the actor tree. Fails
+    /// fast, with one clear error, when the brokers do not answer, a topic is missing, or the
+    /// table's store cannot be written.
     pub async fn start(config: PipelineConfig, sink: Arc<dyn Sink>) -> Result<Pipeline> {
         Self::start_with(config, sink, RunOptions::default()).await
     }
@@ -71,6 +72,7 @@ impl Pipeline {
     pub async fn start_with(config: PipelineConfig, sink: Arc<dyn Sink>, options: RunOptions) -> Result<Pipeline> {
         let src = &config.source;
         let partitions = kafka::preflight(&src.brokers, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
+        sink.preflight().await?;
         let outcome = Arc::new(Mutex::new(None));
         let (progress, _) = broadcast::channel(1024);
         let shutdown_timeout = Duration::from_millis(config.supervisor.shutdown_timeout_ms);

@@ -214,7 +214,10 @@ impl SupervisorState {
         let sink = self.args.sink.clone();
         let durable = sink.durable();
         let sink_epoch = sink.committed_epoch(&self.partitions).await?;
-        if std::mem::take(&mut self.reset_from_sink) {
+        // A missing checkpoint, a table that holds this pipeline's epochs, and the setting that
+        // allows it (stateless pipelines only, checked with the config): the same reset.
+        let rebuild = found.is_none() && sink_epoch.is_some() && self.args.config.checkpoint.rebuild_from_table;
+        if std::mem::take(&mut self.reset_from_sink) || rebuild {
             let v = sink_epoch.clone().ok_or_else(|| {
                 Error::Recovery("--reset-checkpoint-from-table: the table holds no epoch of this pipeline to reset from".into())
             })?;
@@ -233,7 +236,7 @@ impl SupervisorState {
                     v.epoch
                 )));
             }
-            tracing::warn!(epoch = v.epoch, checkpoint = %dir, "checkpoint reset from the table's last committed epoch");
+            tracing::warn!(epoch = v.epoch, checkpoint = %dir, rebuilt_because_missing = rebuild, "checkpoint reset from the table's last committed epoch");
             let cp = Checkpoint::new(&id, v.epoch, &v.offsets);
             self.store.store(&cp)?;
             found = Some(cp);

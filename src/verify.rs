@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::{
@@ -13,6 +12,8 @@ use deltalake::arrow::array::{
 };
 use deltalake::arrow::datatypes::{DataType, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::logstore::object_store::path::Path as ObjectPath;
+use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::DeltaTable;
@@ -20,7 +21,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::{AggregateConfig, AggregateOp, PipelineConfig, SinkConfig};
+use crate::config::{AggregateConfig, AggregateOp, PipelineConfig, TableLocation};
 use crate::decode::Decoder;
 use crate::decode::{OFFSET_COL, PARTITION_COL, TOPIC_COL};
 use crate::error::{Error, Result};
@@ -69,14 +70,14 @@ pub struct PartitionAudit {
 }
 
 /// The whole audit.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Audit {
     /// Pipeline id.
     pub pipeline: String,
     /// The data table.
-    pub table: PathBuf,
+    pub table: TableLocation,
     /// The dead-letter table.
-    pub dead_letter_table: PathBuf,
+    pub dead_letter_table: TableLocation,
     /// The last committed epoch in the data table.
     pub epoch: u64,
     /// Per partition.
@@ -84,7 +85,7 @@ pub struct Audit {
     /// Parquet files in the table directories that the current version does not reference:
     /// removed by a compaction or a bucket rewrite, or written by an epoch or a compaction that
     /// never committed; `exactly vacuum` deletes them once past the retention.
-    pub orphan_files: Vec<PathBuf>,
+    pub orphan_files: Vec<String>,
     /// Key-level checks of dedup and aggregation pipelines.
     pub keys: Option<KeyAudit>,
 }
@@ -203,21 +204,14 @@ impl Audit {
 /// Where each table row came from, per partition.
 type FoundOffsets = HashMap<TopicPartition, Vec<i64>>;
 
-fn file_path(uri: &str) -> Result<PathBuf> {
-    match url::Url::parse(uri) {
-        Ok(u) if u.scheme() == "file" => u.to_file_path().map_err(|_| Error::Sink(format!("cannot open {uri}"))),
-        Ok(u) if u.scheme().len() > 1 => Err(Error::Sink(format!("verify reads local tables only; cannot open {uri}"))),
-        _ => Ok(PathBuf::from(uri)),
-    }
-}
-
-/// The named columns of every row in these Parquet files.
-fn read_columns(files: &[PathBuf], names: &[&str]) -> Result<Vec<RecordBatch>> {
+/// The named columns of every row in these Parquet files of `table`, read through its store.
+async fn read_columns(table: &DeltaTable, files: &[ObjectPath], names: &[&str]) -> Result<Vec<RecordBatch>> {
+    let store = table.log_store().object_store(None);
     let mut out = Vec::new();
     for path in files {
-        let err = |e: String| Error::Delta { table: path.display().to_string(), detail: e };
-        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(e.to_string()))?;
+        let err = |e: String| Error::Delta { table: format!("{}{path}", table.table_url()), detail: e };
+        let bytes = store.get(path).await.map_err(|e| err(e.to_string()))?.bytes().await.map_err(|e| err(e.to_string()))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| err(e.to_string()))?;
         let mask = ProjectionMask::columns(builder.parquet_schema(), names.iter().copied());
         for batch in builder.with_projection(mask).build().map_err(|e| err(e.to_string()))? {
             out.push(plain_types(batch.map_err(|e| err(e.to_string()))?).map_err(|e| err(e.to_string()))?);
@@ -417,35 +411,32 @@ fn recompute(rows: &[RecordBatch], config: &AggregateConfig) -> Result<BTreeMap<
         .collect())
 }
 
-fn active_files(table: &DeltaTable) -> Result<Vec<PathBuf>> {
-    let uris: Vec<String> = table
-        .get_file_uris()
-        .map_err(|e| Error::Delta { table: table.table_url().to_string(), detail: e.to_string() })?
+/// The files the table's current version references, relative to its root.
+fn active_files(table: &DeltaTable) -> Result<Vec<ObjectPath>> {
+    let snapshot = table.snapshot().map_err(|e| Error::Delta { table: table.table_url().to_string(), detail: e.to_string() })?;
+    Ok(snapshot.log_data().iter().map(|f| f.object_store_path()).collect())
+}
+
+/// Parquet files under the table's root (outside `_delta_log`) that its current version does
+/// not reference, as `<table>/<file>`.
+async fn orphans(table: &DeltaTable, at: &TableLocation, active: &[ObjectPath]) -> Result<Vec<String>> {
+    use futures::TryStreamExt;
+    let live: HashSet<&ObjectPath> = active.iter().collect();
+    let listed: Vec<_> = table
+        .log_store()
+        .object_store(None)
+        .list(None)
+        .try_collect()
+        .await
+        .map_err(|e| Error::Delta { table: at.to_string(), detail: e.to_string() })?;
+    let mut out: Vec<String> = listed
+        .into_iter()
+        .map(|m| m.location)
+        .filter(|p| p.extension() == Some("parquet") && !p.as_ref().starts_with("_delta_log/") && !live.contains(p))
+        .map(|p| format!("{}/{p}", at.display().trim_end_matches('/')))
         .collect();
-    uris.iter().map(|u| file_path(u)).collect()
-}
-
-fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if p.file_name().is_some_and(|n| n != "_delta_log") {
-                parquet_files(&p, out);
-            }
-        } else if p.extension().is_some_and(|x| x == "parquet") {
-            out.push(p);
-        }
-    }
-}
-
-/// Parquet files under `dir` that the table's current version does not reference.
-fn orphans(dir: &Path, active: &[PathBuf]) -> Vec<PathBuf> {
-    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let live: HashSet<PathBuf> = active.iter().map(|p| canon(p)).collect();
-    let mut all = Vec::new();
-    parquet_files(dir, &mut all);
-    all.into_iter().filter(|p| !live.contains(&canon(p))).collect()
+    out.sort();
+    Ok(out)
 }
 
 /// The offsets Kafka holds for `tp` in `[from, to)` (read_committed, like the pipeline), and
@@ -500,14 +491,14 @@ fn kafka_records(brokers: &str, tp: &TopicPartition, from: i64, to: i64) -> Resu
 
 /// Audits a Delta-sink pipeline's tables against its Kafka topics.
 pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
-    let SinkConfig::Delta { path, .. } = &config.sink else {
+    let (Some(path), Some(dead_path)) = (config.table_path(), config.dead_letter_path()) else {
         return Err(Error::Sink("verify audits a Delta table; this pipeline's sink is not `delta`".into()));
     };
-    let dead_path = config.dead_letter_path().expect("delta sink");
+    let path = &path;
     let src = &config.source;
     let partitions = kafka::preflight(&src.brokers, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
-    let table = load_table(path).await?.ok_or_else(|| Error::Sink(format!("no Delta table at {}", path.display())))?;
-    let dead_table = load_table(&dead_path).await?;
+    let table = load_table(path.clone()).await?.ok_or_else(|| Error::Sink(format!("no Delta table at {path}")))?;
+    let dead_table = load_table(dead_path.clone()).await?;
     let id = &config.id;
     let epoch = txn_version(&table, path, id).await?.unwrap_or(0).max(0) as u64;
     let mut ranges = BTreeMap::new();
@@ -538,18 +529,17 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         None => Vec::new(),
     };
     let (data_rows, dead_rows, orphan_files) = {
-        let (path, dead_path) = (path.clone(), dead_path.clone());
-        let (data_files, dead_files, data_cols) = (data_files.clone(), dead_files.clone(), data_cols.clone());
-        tokio::task::spawn_blocking(move || -> Result<_> {
-            let names: Vec<&str> = data_cols.iter().map(String::as_str).collect();
-            let data = read_columns(&data_files, &names)?;
-            let dead = read_columns(&dead_files, &[TOPIC_COL, PARTITION_COL, OFFSET_COL, "key", "value"])?;
-            let mut orphan_files = orphans(&path, &data_files);
-            orphan_files.extend(orphans(&dead_path, &dead_files));
-            Ok((data, dead, orphan_files))
-        })
-        .await
-        .map_err(|e| Error::Actor(e.to_string()))??
+        let names: Vec<&str> = data_cols.iter().map(String::as_str).collect();
+        let data = read_columns(&table, &data_files, &names).await?;
+        let mut orphan_files = orphans(&table, path, &data_files).await?;
+        let dead = match &dead_table {
+            Some(t) => {
+                orphan_files.extend(orphans(t, &dead_path, &dead_files).await?);
+                read_columns(t, &dead_files, &[TOPIC_COL, PARTITION_COL, OFFSET_COL, "key", "value"]).await?
+            }
+            None => Vec::new(),
+        };
+        (data, dead, orphan_files)
     };
     let rows = if per_record { coordinates(&data_rows)? } else { FoundOffsets::new() };
     let row_content = if per_record { contents(&data_rows, &content_cols)? } else { HashMap::new() };

@@ -236,9 +236,10 @@ async fn optimize_and_vacuum_append_dead_letter_and_aggregate_tables() {
 
         let tables = if aggregate { vec![table.clone()] } else { vec![table.clone(), dead.clone()] };
         for t in &tables {
+            let at = exactly::config::TableLocation::from(t);
             let (rows, files) = (row_count(t).await, live_files(t).await);
             let zorder = if aggregate { vec!["value".to_string()] } else { Vec::new() };
-            let report = optimize(t, None, &zorder).await.unwrap();
+            let report = optimize(&at, None, &zorder).await.unwrap();
             if !aggregate {
                 assert!(files > 5, "{}: {files} files before optimize", t.display());
                 assert_eq!((report.files_removed as usize, report.live_files), (files, 1), "{}", t.display());
@@ -251,14 +252,14 @@ async fn optimize_and_vacuum_append_dead_letter_and_aggregate_tables() {
 
             // Dry run by default: lists what a vacuum with no retention would delete, deletes nothing.
             let removed = report.files_removed as usize;
-            let listed = vacuum(t, Some(Duration::ZERO), true, true).await.unwrap();
+            let listed = vacuum(&at, Some(Duration::ZERO), true, true).await.unwrap();
             assert!(listed.dry_run);
             assert!(listed.files.len() >= removed, "{}: lists {} of {removed} removed files", t.display(), listed.files.len());
             assert_eq!(row_count(t).await, rows);
             // The table's own retention (minutes or days) keeps every file; a shorter one needs force.
-            assert!(vacuum(t, None, false, false).await.unwrap().files.is_empty());
-            assert!(vacuum(t, Some(Duration::ZERO), false, false).await.is_err(), "a retention below the table's is refused");
-            let deleted = vacuum(t, Some(Duration::ZERO), false, true).await.unwrap();
+            assert!(vacuum(&at, None, false, false).await.unwrap().files.is_empty());
+            assert!(vacuum(&at, Some(Duration::ZERO), false, false).await.is_err(), "a retention below the table's is refused");
+            let deleted = vacuum(&at, Some(Duration::ZERO), false, true).await.unwrap();
             assert_eq!(deleted.files.len(), listed.files.len());
             assert_eq!(row_count(t).await, rows, "vacuum deletes no live file");
         }

@@ -23,6 +23,8 @@ mod gaps;
 mod stateful;
 // Tables maintained while the pipeline writes them: a foreign OPTIMIZE between epochs.
 mod maintenance;
+// Tables on a real S3-compatible server (SeaweedFS): exactly once, audited and read from the store.
+mod s3;
 // The chaos suite's CI subset: every fault kind once, audited.
 mod chaos;
 // Monitoring against a real Prometheus: promtool, dashboards, panel data, alerts.

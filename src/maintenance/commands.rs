@@ -9,26 +9,32 @@
 //! committing) — never a file a running pipeline may still commit.
 
 use std::num::NonZeroU64;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::VacuumMode;
 use serde::Serialize;
 
-use crate::config::{PipelineConfig, SinkConfig};
+use crate::config::{PipelineConfig, TableLocation};
 use crate::error::{Error, Result};
 use crate::sink::delta::{delta_err, load_table};
 
-/// Which tables a command works on: the pipeline's data and dead-letter tables, or one path.
-pub fn tables_of(config: Option<&PipelineConfig>, path: Option<&Path>) -> Result<Vec<PathBuf>> {
+/// Which tables a command works on: the pipeline's data and dead-letter tables (those that
+/// exist), or one location (a directory or URL; an object store is reached through the
+/// standard environment variables).
+pub async fn tables_of(config: Option<&PipelineConfig>, path: Option<&TableLocation>) -> Result<Vec<TableLocation>> {
     match (config, path) {
-        (_, Some(p)) => Ok(vec![p.to_path_buf()]),
-        (Some(c), None) => match &c.sink {
-            SinkConfig::Delta { path, .. } => Ok([path.clone(), c.dead_letter_path().expect("delta sink")]
-                .into_iter()
-                .filter(|p| p.join("_delta_log").is_dir())
-                .collect()),
+        (_, Some(p)) => Ok(vec![p.clone()]),
+        (Some(c), None) => match (c.table_path(), c.dead_letter_path()) {
+            (Some(data), Some(dead)) => {
+                let mut out = Vec::new();
+                for t in [data, dead] {
+                    if load_table(t.clone()).await?.is_some() {
+                        out.push(t);
+                    }
+                }
+                Ok(out)
+            }
             _ => Err(Error::Sink("the config's sink is not a Delta table; give --path".into())),
         },
         (None, None) => Err(Error::Sink("give --config or --path".into())),
@@ -56,8 +62,8 @@ pub struct OptimizeReport {
 
 /// Bin-packs the files of `path` below `target` bytes (`None`: the table's
 /// `delta.targetFileSize`, else 100 MiB), or Z-orders them by `zorder` columns.
-pub async fn optimize(path: &Path, target: Option<u64>, zorder: &[String]) -> Result<OptimizeReport> {
-    let table = load_table(path).await?.ok_or_else(|| delta_err(path, "no Delta table here"))?;
+pub async fn optimize(path: &TableLocation, target: Option<u64>, zorder: &[String]) -> Result<OptimizeReport> {
+    let table = load_table(path.clone()).await?.ok_or_else(|| delta_err(path, "no Delta table here"))?;
     let before = table.version();
     let columns: Vec<String> =
         table.snapshot().map_err(|e| delta_err(path, e))?.schema().fields().map(|f| f.name().clone()).collect();
@@ -75,7 +81,7 @@ pub async fn optimize(path: &Path, target: Option<u64>, zorder: &[String]) -> Re
     let (table, m) = builder.await.map_err(|e| delta_err(path, e))?;
     let live_files = table.snapshot().map_err(|e| delta_err(path, e))?.log_data().num_files();
     Ok(OptimizeReport {
-        table: path.display().to_string(),
+        table: path.to_string(),
         files_removed: m.num_files_removed,
         files_added: m.num_files_added,
         bytes_removed: m.files_removed.total_size.max(0) as u64,
@@ -99,8 +105,8 @@ pub struct VacuumReport {
 /// Deletes (or with `dry_run` lists) the files of `path` no version within `retention` (default:
 /// the table's `delta.deletedFileRetentionDuration`) references. A retention shorter than the
 /// table's is refused, as Delta does, unless `force`.
-pub async fn vacuum(path: &Path, retention: Option<Duration>, dry_run: bool, force: bool) -> Result<VacuumReport> {
-    let table = load_table(path).await?.ok_or_else(|| delta_err(path, "no Delta table here"))?;
+pub async fn vacuum(path: &TableLocation, retention: Option<Duration>, dry_run: bool, force: bool) -> Result<VacuumReport> {
+    let table = load_table(path.clone()).await?.ok_or_else(|| delta_err(path, "no Delta table here"))?;
     let mut builder = table
         .vacuum()
         .with_mode(VacuumMode::Full)
@@ -112,5 +118,5 @@ pub async fn vacuum(path: &Path, retention: Option<Duration>, dry_run: bool, for
         builder = builder.with_retention_period(r);
     }
     let (_, m) = builder.await.map_err(|e| delta_err(path, e))?;
-    Ok(VacuumReport { table: path.display().to_string(), dry_run: m.dry_run, files: m.files_deleted })
+    Ok(VacuumReport { table: path.to_string(), dry_run: m.dry_run, files: m.files_deleted })
 }

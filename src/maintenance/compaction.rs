@@ -16,8 +16,8 @@
 //! the inputs first (a foreign OPTIMIZE), the compaction fails; its files are left unreferenced
 //! and the next round plans again.
 
+use crate::config::TableLocation;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use deltalake::arrow::array::{new_null_array, Array, ArrayRef, StringArray};
@@ -165,7 +165,7 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef, partition: &BTreeMap<String,
 /// snapshot the group was planned from; it holds the new version afterwards.
 pub async fn rewrite(
     table: &mut DeltaTable,
-    path: &Path,
+    path: &TableLocation,
     group: &Group,
     policy: &Policy,
     failpoints: &FailPoints,

@@ -18,7 +18,6 @@ pub mod commands;
 pub mod compaction;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,7 @@ use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::DeltaTable;
 use tokio::sync::watch;
 
-use crate::config::{parse_retention, SinkConfig, AGGREGATE_DELETED_FILE_RETENTION, DEFAULT_RETENTION};
+use crate::config::{parse_retention, SinkConfig, TableLocation, AGGREGATE_DELETED_FILE_RETENTION, DEFAULT_RETENTION};
 use crate::error::Result;
 use crate::failpoint::FailPoints;
 
@@ -113,8 +112,8 @@ pub fn commit_properties() -> CommitProperties {
     CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false))
 }
 
-fn table_label(path: &Path) -> String {
-    path.display().to_string()
+fn table_label(path: &TableLocation) -> String {
+    path.to_string()
 }
 
 /// The background maintenance of one table, on a thread of its own at a lower CPU priority
@@ -148,7 +147,7 @@ impl Worker {
     /// compacted (append and dead-letter tables; aggregate tables are one file per bucket).
     pub fn spawn(
         table: DeltaTable,
-        path: PathBuf,
+        path: TableLocation,
         settings: Settings,
         compact: bool,
         label: &'static str,
@@ -197,7 +196,7 @@ impl Worker {
 
 struct WorkerState {
     table: DeltaTable,
-    path: PathBuf,
+    path: TableLocation,
     settings: Settings,
     policy: Option<compaction::Policy>,
     label: &'static str,
@@ -281,7 +280,7 @@ impl WorkerState {
             }
             // A snapshot read from the new checkpoint: the sink swaps it in, so the snapshot it
             // keeps up to date holds at most `checkpoint_interval` commits on top of one checkpoint.
-            let fresh = crate::sink::delta::load_table(&self.path)
+            let fresh = crate::sink::delta::load_table(self.path.clone())
                 .await?
                 .ok_or_else(|| err(deltalake::DeltaTableError::NotATable(table_label(&self.path))))?;
             let live = fresh.snapshot().map_err(err)?.log_data().num_files();

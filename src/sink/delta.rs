@@ -19,7 +19,6 @@
 //! an error, never a silent skip).
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use deltalake::arrow::datatypes::{DataType as ArrowType, SchemaRef, TimeUnit};
@@ -34,6 +33,7 @@ use futures::FutureExt;
 use serde_json::json;
 use tokio::sync::Mutex;
 
+use super::storage::{table_builder, TableLocation};
 use super::{CommittedEpoch, Sink};
 use crate::decode::{dead_letter_batch, dead_letter_schema, with_epoch};
 use crate::error::{Error, Result};
@@ -66,37 +66,38 @@ pub fn start_app_id(pipeline: &str, tp: &TopicPartition) -> String {
 }
 
 /// A Delta error on the table at `path`.
-pub fn delta_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Delta { table: path.display().to_string(), detail: e.to_string() }
+pub fn delta_err(path: &TableLocation, e: impl std::fmt::Display) -> Error {
+    Error::Delta { table: path.to_string(), detail: e.to_string() }
 }
 
-/// The table URL of a local directory.
-pub fn table_url(path: &Path) -> Result<url::Url> {
-    let abs = std::path::absolute(path).map_err(|e| delta_err(path, e))?;
-    url::Url::from_directory_path(&abs).map_err(|_| delta_err(path, "not a valid directory path"))
-}
-
-/// Loads the table at `path`; `None` if there is no Delta table there.
-pub async fn load_table(path: &Path) -> Result<Option<DeltaTable>> {
-    if !path.join("_delta_log").is_dir() {
+/// Loads the table at `path` (a local directory or an object-store location); `None` if there
+/// is no Delta table there.
+pub async fn load_table(path: impl Into<TableLocation>) -> Result<Option<DeltaTable>> {
+    let path = path.into();
+    if path.local_path().is_some_and(|dir| !dir.join("_delta_log").is_dir()) {
         return Ok(None);
     }
-    let mut table = super::storage::table_builder(table_url(path)?)?.build().map_err(|e| delta_err(path, e))?;
+    let mut table = table_builder(&path)?.build().map_err(|e| delta_err(&path, e))?;
     match table.load().await {
         Ok(()) => Ok(table.version().map(|_| table)),
-        Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None), // a log with no commit yet
-        Err(e) => Err(delta_err(path, e)),
+        Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None), // no commit yet, or nothing there
+        Err(e) => Err(delta_err(&path, e)),
     }
 }
 
 /// The version of `app_id`'s txn in the table, if any.
-pub async fn txn_version(table: &DeltaTable, path: &Path, app_id: &str) -> Result<Option<i64>> {
+pub async fn txn_version(table: &DeltaTable, path: &TableLocation, app_id: &str) -> Result<Option<i64>> {
     let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
     snapshot.transaction_version(table.log_store().as_ref(), app_id).await.map_err(|e| delta_err(path, e))
 }
 
 /// The cut recorded in a table for `partitions` (partitions it never recorded are left out).
-pub async fn recorded_cut(table: &DeltaTable, path: &Path, pipeline: &str, partitions: &[TopicPartition]) -> Result<Offsets> {
+pub async fn recorded_cut(
+    table: &DeltaTable,
+    path: &TableLocation,
+    pipeline: &str,
+    partitions: &[TopicPartition],
+) -> Result<Offsets> {
     let mut cut = Offsets::new();
     for tp in partitions {
         if let Some(v) = txn_version(table, path, &partition_app_id(pipeline, tp)).await? {
@@ -138,7 +139,7 @@ fn lost_race(e: &deltalake::DeltaTableError) -> bool {
 }
 
 /// Remove actions for every current file of `buckets` (`None`: every file of the table).
-fn bucket_removes(table: &DeltaTable, path: &Path, buckets: Option<&HashSet<u32>>) -> Result<Vec<Action>> {
+fn bucket_removes(table: &DeltaTable, path: &TableLocation, buckets: Option<&HashSet<u32>>) -> Result<Vec<Action>> {
     let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
     let mut out = Vec::new();
     for file in snapshot.log_data().iter() {
@@ -157,7 +158,7 @@ fn bucket_removes(table: &DeltaTable, path: &Path, buckets: Option<&HashSet<u32>
 
 /// One table the sink writes.
 struct Spec {
-    path: PathBuf,
+    path: TableLocation,
     schema: SchemaRef,
     partition_by: Vec<String>,
     name: &'static str,
@@ -217,17 +218,15 @@ pub struct DeltaSink {
 }
 
 impl DeltaSink {
-    /// A sink for pipeline `pipeline` writing rows of `schema` (with `_epoch`) to `path` and dead
-    /// letters to `dead_letter_path`, each table with its maintenance settings. Nothing is
+    /// A sink for pipeline `pipeline` writing rows of `schema` (with `_epoch`) to the `data`
+    /// table and dead letters to the `dead` one, each with its maintenance settings. Nothing is
     /// touched until the first call.
     pub fn new(
         pipeline: &str,
-        path: PathBuf,
-        dead_letter_path: PathBuf,
+        (path, settings): (TableLocation, Settings),
+        (dead_letter_path, dead_letter_settings): (TableLocation, Settings),
         schema: SchemaRef,
         partition_by: Vec<String>,
-        settings: Settings,
-        dead_letter_settings: Settings,
         failpoints: Arc<FailPoints>,
     ) -> Self {
         // Aggregate tables are partitioned by `_bucket` and hold one file per bucket.
@@ -253,12 +252,14 @@ impl DeltaSink {
     /// schema; creates it when `create` is set.
     async fn open(&self, spec: &Spec, partitions: &[TopicPartition], create: bool) -> Result<Option<Open>> {
         let path = &spec.path;
-        let table = match load_table(path).await? {
+        let table = match load_table(path.clone()).await? {
             Some(t) => t,
             None if !create => return Ok(None),
             None => {
-                std::fs::create_dir_all(path).map_err(|e| delta_err(path, e))?;
-                let table = super::storage::table_builder(table_url(path)?)?.build().map_err(|e| delta_err(path, e))?;
+                if let Some(dir) = path.local_path() {
+                    std::fs::create_dir_all(dir).map_err(|e| delta_err(path, e))?;
+                }
+                let table = table_builder(path)?.build().map_err(|e| delta_err(path, e))?;
                 let created = table
                     .create()
                     .with_columns(delta_fields(&spec.schema)?)
@@ -269,7 +270,7 @@ impl DeltaSink {
                 match created {
                     Ok(t) => t,
                     // Lost a creation race: use the table the winner made.
-                    Err(e) => load_table(path).await?.ok_or_else(|| delta_err(path, e))?,
+                    Err(e) => load_table(path.clone()).await?.ok_or_else(|| delta_err(path, e))?,
                 }
             }
         };
@@ -317,7 +318,7 @@ impl DeltaSink {
 
     /// Brings the table properties the config stands for (checkpoint interval, retentions) up
     /// to date, in a commit of their own, when they differ.
-    async fn apply_properties(table: DeltaTable, path: &Path, settings: &Settings) -> Result<DeltaTable> {
+    async fn apply_properties(table: DeltaTable, path: &TableLocation, settings: &Settings) -> Result<DeltaTable> {
         let want = settings.table_properties();
         let have = table.snapshot().map_err(|e| delta_err(path, e))?.metadata().configuration().clone();
         let stale: std::collections::HashMap<String, String> = want.into_iter().filter(|(k, v)| have.get(k) != Some(v)).collect();
@@ -459,6 +460,14 @@ impl DeltaSink {
 impl Sink for DeltaSink {
     fn name(&self) -> &str {
         "delta"
+    }
+
+    fn preflight(&self) -> BoxFuture<'_, Result<()>> {
+        async move {
+            super::storage::preflight(&self.data.path).await?;
+            super::storage::preflight(&self.dead.path).await
+        }
+        .boxed()
     }
 
     fn table_stats(&self) -> Option<maintenance::TableStats> {

@@ -45,6 +45,13 @@ pub trait Sink: Send + Sync + 'static {
     /// sink skips what it already holds, so committing a replayed epoch again is harmless.
     fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<()>>;
 
+    /// Checks, before the pipeline starts, that the sink's storage can be written (an object
+    /// store answers, accepts the credentials, refuses overwrites on put-if-absent). One clear
+    /// error otherwise.
+    fn preflight(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// The data table's files and compactions, as its maintenance last saw them (progress).
     fn table_stats(&self) -> Option<crate::maintenance::TableStats> {
         None
@@ -55,7 +62,7 @@ pub trait Sink: Send + Sync + 'static {
 pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<dyn Sink> {
     match &config.sink {
         SinkConfig::Console { num_rows } => Arc::new(console::ConsoleSink::stdout(*num_rows)),
-        SinkConfig::Delta { path, .. } => {
+        SinkConfig::Delta { .. } => {
             let decoded = Decoder::new(&config.decode).schema();
             let (schema, partition_by) = match &config.aggregate {
                 Some(a) => (
@@ -66,12 +73,16 @@ pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<
             };
             Arc::new(delta::DeltaSink::new(
                 &config.id,
-                path.clone(),
-                config.dead_letter_path().expect("delta sink has a dead-letter path"),
+                (
+                    config.table_path().expect("a delta sink"),
+                    crate::maintenance::Settings::of(&config.sink, config.aggregate.is_some()).expect("a delta sink"),
+                ),
+                (
+                    config.dead_letter_path().expect("a delta sink"),
+                    crate::maintenance::Settings::of(&config.sink, false).expect("a delta sink"),
+                ),
                 schema,
                 partition_by,
-                crate::maintenance::Settings::of(&config.sink, config.aggregate.is_some()).expect("a delta sink"),
-                crate::maintenance::Settings::of(&config.sink, false).expect("a delta sink"),
                 failpoints,
             ))
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::{Array, Int32Array, Int64Array, StringArray};
 use deltalake::arrow::record_batch::RecordBatch;
-use exactly::config::{DecodeConfig, PipelineConfig};
+use exactly::config::{DecodeConfig, PipelineConfig, TableLocation};
 use exactly::decode::{OFFSET_COL, PARTITION_COL, TOPIC_COL};
 use exactly::producer::{produce, ProduceOptions, ProduceReport};
 use exactly::record::EpochBatch;
@@ -205,16 +205,19 @@ pub async fn high_watermarks(topic: &str) -> i64 {
 }
 
 /// The sum of the cut a Delta table recorded for pipeline `id` over `topic`'s partitions.
-pub async fn table_cut(table: &Path, id: &str, topic: &str) -> i64 {
-    let Some(t) = exactly::sink::delta::load_table(table).await.unwrap() else { return 0 };
+pub async fn table_cut(table: impl Into<TableLocation>, id: &str, topic: &str) -> i64 {
+    let table = table.into();
+    let Some(t) = exactly::sink::delta::load_table(table.clone()).await.unwrap() else { return 0 };
     let tps = exactly::kafka::preflight(&brokers(), &[topic.to_string()], Duration::from_secs(10)).await.unwrap();
-    exactly::sink::delta::recorded_cut(&t, table, id, &tps).await.unwrap().values().sum()
+    exactly::sink::delta::recorded_cut(&t, &table, id, &tps).await.unwrap().values().sum()
 }
 
 /// Waits until the table's recorded cut covers every offset the topic holds.
-pub async fn wait_table_drained(table: &Path, id: &str, topic: &str, deadline: Duration) {
+pub async fn wait_table_drained(table: impl Into<TableLocation>, id: &str, topic: &str, deadline: Duration) {
+    let table = table.into();
     let want = high_watermarks(topic).await;
-    wait_until(deadline, &format!("table cut reaches {want}"), || async { table_cut(table, id, topic).await >= want }).await;
+    wait_until(deadline, &format!("table cut reaches {want}"), || async { table_cut(table.clone(), id, topic).await >= want })
+        .await;
 }
 
 /// Runs the audit and asserts exactly-once; returns it.

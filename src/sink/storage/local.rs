@@ -1,4 +1,4 @@
-//! Where tables live: the object store a table is opened with.
+//! The store of local tables.
 //!
 //! Local tables use object_store's `LocalFileSystem` with one change: listing `_delta_log` from
 //! an offset. Every commit lists the log from its current version (the latest-version lookup and
@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex};
 use std::time::SystemTime;
 
 use deltalake::logstore::object_store::local::LocalFileSystem;
@@ -29,18 +29,7 @@ use deltalake::logstore::object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
     PutPayload, PutResult, RenameOptions, Result,
 };
-use deltalake::DeltaTableBuilder;
 use futures::stream::{self, BoxStream, StreamExt};
-
-use crate::error::Result as ExactlyResult;
-
-/// The builder of the table at `url`, on [`LocalStore`] for local paths.
-pub fn table_builder(url: url::Url) -> ExactlyResult<DeltaTableBuilder> {
-    let path = url.to_file_path().map(|p| p.display().to_string()).unwrap_or_else(|_| url.to_string());
-    let err = |e: deltalake::DeltaTableError| crate::error::Error::Delta { table: path.clone(), detail: e.to_string() };
-    let builder = DeltaTableBuilder::from_url(url.clone()).map_err(err)?;
-    Ok(if url.scheme() == "file" { builder.with_storage_backend(Arc::new(LocalStore::new()), url) } else { builder })
-}
 
 /// `LocalFileSystem` rooted at `/`, with a fast offset listing of `_delta_log` directories.
 #[derive(Debug)]

@@ -1,0 +1,258 @@
+//! Delta tables on a real S3-compatible server (SeaweedFS, started by `scripts/s3` — `just test`
+//! starts it through `scripts/with-s3`): exactly once, audited from the store, read by Python
+//! `deltalake` from the store; wrong credentials and a missing bucket give one clear error.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use exactly::config::{AggregateConfig, OutputMode, PipelineConfig, SinkConfig, StorageOptions, TableLocation};
+use exactly::pipeline::RunOptions;
+use exactly::producer::{produce, ProduceOptions};
+
+use crate::common;
+
+/// The local server's endpoint (`scripts/s3 status`).
+fn endpoint() -> String {
+    std::env::var("EXACTLY_S3_ENDPOINT").ok().filter(|e| !e.is_empty()).unwrap_or_else(|| "http://127.0.0.1:8333".into())
+}
+
+/// `scripts/s3 <cmd>` for a server of its own on `port` (data kept between down and up).
+fn own_server(cmd: &str, port: u16) {
+    let status = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/s3"))
+        .arg(cmd)
+        .env("S3_PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run scripts/s3");
+    assert!(status.success(), "scripts/s3 {cmd} on port {port} failed");
+}
+
+/// Storage options reaching the local server with `secret` (its own is `exactly-local-secret`).
+fn options(secret: &str) -> StorageOptions {
+    options_at(&endpoint(), secret)
+}
+
+fn options_at(endpoint: &str, secret: &str) -> StorageOptions {
+    StorageOptions(BTreeMap::from([
+        ("AWS_ENDPOINT_URL".to_string(), endpoint.to_string()),
+        ("AWS_ACCESS_KEY_ID".to_string(), "exactly".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), secret.to_string()),
+        ("AWS_REGION".to_string(), "us-east-1".to_string()),
+        ("AWS_ALLOW_HTTP".to_string(), "true".to_string()),
+    ]))
+}
+
+/// A pipeline writing to `s3://<bucket>/<unique>/table` (dead letters beside it).
+fn s3_config(id: &str, topic: &str, dir: &std::path::Path, bucket: &str, secret: &str) -> (PipelineConfig, TableLocation) {
+    let mut config = common::delta_config(id, topic, dir);
+    let table = TableLocation::parse(&format!("s3://{bucket}/{}/table", common::unique("t"))).unwrap();
+    let SinkConfig::Delta { path, storage, .. } = &mut config.sink else { unreachable!() };
+    *path = table.clone();
+    *storage = options(secret);
+    let table = config.table_path().unwrap();
+    (config, table)
+}
+
+/// Rows and distinct coordinates Python `deltalake` reads from the table in the store.
+fn read_with_python(table: &TableLocation) -> serde_json::Value {
+    let script = "import json, sys\nfrom deltalake import DeltaTable\nopts = json.loads(sys.argv[2])\nt = DeltaTable(sys.argv[1], storage_options=opts).to_pyarrow_table()\ncoords = set(zip(t.column('_kafka_partition').to_pylist(), t.column('_kafka_offset').to_pylist()))\nprint(json.dumps({'rows': t.num_rows, 'distinct_coordinates': len(coords)}))\nsys.stdout.flush()\nimport os; os._exit(0)\n";
+    let opts: BTreeMap<String, String> = table.options().0.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+    let out = std::process::Command::new(common::python())
+        .args(["-c", script])
+        .arg(table.url().as_str())
+        .arg(serde_json::to_string(&opts).unwrap())
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("run python (scripts/setup installs it)");
+    assert!(out.status.success(), "python read of {table} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Append with dead letters to S3 across a restart: the audit (reading the tables from the
+/// store) is clean, every record is a row or a dead letter once, and Python `deltalake` reads
+/// the same rows from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_and_dead_letters_on_s3_exactly_once() {
+    let topic = common::topic("s3append", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, table) = s3_config(&common::unique("p"), &topic, dir.path(), "exactly", "exactly-local-secret");
+    config.epoch.interval_ms = 200;
+    let mut sent = 0;
+    for _run in 0..2 {
+        let pipeline = common::start(&config, RunOptions::default()).await;
+        let mut opts = ProduceOptions::new(&common::brokers(), &topic, 1_500);
+        opts.first_id = sent;
+        opts.malformed_every = Some(50);
+        produce(&opts, std::future::pending()).await.unwrap();
+        sent += 1_500;
+        common::wait_table_drained(table.clone(), &config.id, &topic, Duration::from_secs(90)).await;
+        pipeline.shutdown().await.unwrap();
+    }
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), sent);
+    let dead = audit.total(|p| p.dead_lettered);
+    assert!(dead > 0, "malformed records reach the dead-letter table on S3");
+    assert_eq!(audit.total(|p| p.rows) + dead, sent);
+    let read = read_with_python(&table);
+    assert_eq!(read["rows"], audit.total(|p| p.rows));
+    assert_eq!(read["distinct_coordinates"], audit.total(|p| p.rows));
+}
+
+/// An update-mode count on S3: each epoch replaces its buckets' files in the store; the audit
+/// recomputes every group from the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_mode_counts_on_s3_match_the_topic() {
+    let topic = common::topic("s3counts", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, table) = s3_config(&common::unique("p"), &topic, dir.path(), "exactly", "exactly-local-secret");
+    config.epoch.interval_ms = 200;
+    config.aggregate = Some(AggregateConfig::count_by(&["value"], OutputMode::Update, 2));
+    let pipeline = common::start(&config, RunOptions::default()).await;
+    for round in 0..3 {
+        let mut opts = ProduceOptions::new(&common::brokers(), &topic, 500);
+        opts.first_id = round * 500;
+        opts.distinct_values = 20;
+        produce(&opts, std::future::pending()).await.unwrap();
+        common::wait_table_drained(table.clone(), &config.id, &topic, Duration::from_secs(90)).await;
+    }
+    pipeline.shutdown().await.unwrap();
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), 1_500);
+    let keys = audit.keys.as_ref().expect("an aggregation audit");
+    assert_eq!(keys.expected, 20, "{keys:?}");
+}
+
+/// A wrong secret and a missing bucket: the pipeline does not start, with one line naming the
+/// problem and the table, never the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_and_a_missing_bucket_are_one_clear_error() {
+    let topic = common::topic("s3bad", 1).await;
+    common::produce_events(&topic, 0, 10).await;
+    for (bucket, secret, want) in [
+        ("exactly", "not-the-secret", "refused the credentials"),
+        ("no-such-bucket-for-exactly", "exactly-local-secret", "does not exist"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, table) = s3_config(&common::unique("p"), &topic, dir.path(), bucket, secret);
+        let sink = exactly::sink::from_config(&config, Default::default());
+        let err = match exactly::pipeline::Pipeline::start_with(config.clone(), sink, RunOptions::default()).await {
+            Ok(p) => {
+                let _ = p.shutdown().await;
+                panic!("a pipeline on {table} with {want:?} started");
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(want) && err.contains(table.display()), "{err}");
+        assert!(!err.contains(secret) && !err.contains('\n'), "{err}");
+    }
+}
+
+/// A fresh disk: the checkpoint directory is lost with the pod, the table lives on S3. Without
+/// `checkpoint.rebuild_from_table` the pipeline refuses; with it, it rebuilds the checkpoint
+/// from the table and resumes after the last epoch: every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_disk_resumes_from_the_table_exactly_once() {
+    let topic = common::topic("s3fresh", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, table) = s3_config(&common::unique("p"), &topic, dir.path(), "exactly", "exactly-local-secret");
+    config.epoch.interval_ms = 200;
+    common::produce_events(&topic, 0, 1_000).await;
+    let pipeline = common::start(&config, RunOptions::default()).await;
+    common::wait_table_drained(table.clone(), &config.id, &topic, Duration::from_secs(90)).await;
+    pipeline.shutdown().await.unwrap();
+
+    std::fs::remove_dir_all(config.checkpoint_dir()).unwrap();
+    common::produce_events(&topic, 1_000, 1_000).await;
+    let sink = exactly::sink::from_config(&config, Default::default());
+    let refused = match exactly::pipeline::Pipeline::start_with(config.clone(), sink, RunOptions::default()).await {
+        Ok(p) => p.wait().await.unwrap_err().to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains("reset-checkpoint-from-table"), "{refused}");
+
+    std::fs::remove_dir_all(config.checkpoint_dir()).ok();
+    config.checkpoint.rebuild_from_table = true;
+    let pipeline = common::start(&config, RunOptions::default()).await;
+    common::wait_table_drained(table.clone(), &config.id, &topic, Duration::from_secs(90)).await;
+    pipeline.shutdown().await.unwrap();
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), 2_000);
+    assert_eq!(audit.total(|p| p.rows), 2_000);
+}
+
+/// The store goes away for 10 s in the middle of a run, and comes back: commits fail, the
+/// pipeline backs off and restarts within its budget, and the table ends with every record
+/// exactly once. The server is one of the test's own, so stopping it touches no other test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_down_for_ten_seconds_loses_and_repeats_nothing() {
+    const PORT: u16 = 8433;
+    struct Stop;
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            own_server("down", PORT);
+        }
+    }
+    own_server("up", PORT);
+    let _stop = Stop;
+    let topic = common::topic("s3outage", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, table) = s3_config(&common::unique("p"), &topic, dir.path(), "exactly", "exactly-local-secret");
+    let SinkConfig::Delta { storage, .. } = &mut config.sink else { unreachable!() };
+    *storage = options_at(&format!("http://127.0.0.1:{PORT}"), "exactly-local-secret");
+    let table = table.with_options(storage.clone());
+    config.epoch.interval_ms = 200;
+    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 8_000);
+    opts.rate = Some(500);
+    let producer = tokio::spawn(async move { produce(&opts, std::future::pending()).await.unwrap() });
+    let pipeline = common::start(&config, RunOptions::default()).await;
+    common::wait_until(Duration::from_secs(60), "a first epoch on the store", || async {
+        common::table_cut(table.clone(), &config.id, &topic).await > 0
+    })
+    .await;
+    own_server("down", PORT);
+    tokio::time::sleep(Duration::from_secs(10)).await; // the outage itself
+    own_server("up", PORT);
+    producer.await.unwrap();
+    common::wait_table_drained(table.clone(), &config.id, &topic, Duration::from_secs(120)).await;
+    let restarts = pipeline.status().await.unwrap().restarts;
+    pipeline.shutdown().await.unwrap();
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), 8_000);
+    assert_eq!(audit.total(|p| p.rows), 8_000);
+    assert!(restarts > 0, "the outage failed no commit: it was not an outage");
+}
+
+/// Two processes run the same pipeline (one id, each its own checkpoint) against one table on
+/// S3 — a zombie and its replacement. Every commit file is written with put-if-absent, so one
+/// of two commits of a version fails, and the `txn` of the pipeline id makes the loser a
+/// conflict, never a rebase: it restarts, finds the epoch committed, and goes on after it (or
+/// runs out of restarts). Every record is in the table exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_of_one_pipeline_on_s3_never_duplicate() {
+    let topic = common::topic("s3race", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, table) = s3_config(&common::unique("p"), &topic, dir.path(), "exactly", "exactly-local-secret");
+    config.epoch.interval_ms = 100;
+    let mut second = config.clone();
+    second.checkpoint.dir = Some(dir.path().join("second-checkpoint"));
+    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 6_000);
+    opts.rate = Some(1_000);
+    let producer = tokio::spawn(async move { produce(&opts, std::future::pending()).await.unwrap() });
+    let a = common::start(&config, RunOptions::default()).await;
+    let b = common::start(&second, RunOptions::default()).await;
+    producer.await.unwrap();
+    common::wait_table_drained(table.clone(), &config.id, &topic, Duration::from_secs(120)).await;
+    let mut lost = 0;
+    for p in [a, b] {
+        match p.status().await {
+            Ok(s) => lost += s.restarts,
+            Err(_) => lost += 1, // stopped: out of restarts
+        }
+        let _ = p.shutdown().await; // the loser may have stopped with an error
+    }
+    assert!(lost > 0, "the two writers never raced for a version");
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), 6_000);
+    assert_eq!(audit.total(|p| p.rows), 6_000);
+    assert_eq!(audit.total(|p| p.duplicated), 0);
+}
