@@ -256,3 +256,28 @@ async fn two_writers_of_one_pipeline_on_s3_never_duplicate() {
     assert_eq!(audit.total(|p| p.rows), 6_000);
     assert_eq!(audit.total(|p| p.duplicated), 0);
 }
+
+/// The process is SIGKILLed at random moments while producing, its tables on S3 (the storage
+/// options in its TOML config): recovery from the store leaves every record exactly once, and
+/// each epoch is one commit of each table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_with_tables_on_s3_stays_exactly_once() {
+    let mut rng = common::seeded_rng("s3 sigkill test");
+    let topic = common::topic("s3sigkill", 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, table) = s3_config(&common::unique("p"), &topic, dir.path(), "exactly", "exactly-local-secret");
+    let file = common::write_config(&config, dir.path());
+    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 8_000);
+    opts.rate = Some(2_000);
+    opts.malformed_every = Some(101);
+    let producer = tokio::spawn(async move { produce(&opts, std::future::pending()).await.unwrap() });
+    common::sigkill_loop(&file, 5, &mut rng).await;
+    producer.await.unwrap();
+    let child = common::spawn(&file, None);
+    common::wait_table_drained(table.clone(), &config.id, &topic, Duration::from_secs(120)).await;
+    common::terminate(child).await;
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), 8_000);
+    assert_eq!(audit.total(|p| p.dead_lettered), 8_000 / 101);
+    assert_eq!(read_with_python(&table)["rows"].as_u64().unwrap(), audit.total(|p| p.rows));
+}
