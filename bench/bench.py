@@ -10,8 +10,12 @@ Commit-to-visible latency: at a fixed produce rate, for every row, the commit ti
 version that added its file minus the row's Kafka timestamp. Recovery: while records keep
 arriving, SIGKILL after the first commits, restart, time to the first commit with records.
 
+Append to object storage: the same append pipeline with its tables on the local S3-compatible
+server (SeaweedFS, `scripts/s3`; `bench/run` starts it), beside local disk.
+
 Writes bench/results.json and the results section of bench/README.md. `--quick` (small data,
-one run) only proves the harness works; its figures mean nothing.
+one run) only proves the harness works; its figures mean nothing. `--modes` runs a subset of
+ours (and no Spark) and writes nothing.
 """
 import argparse
 import json
@@ -143,7 +147,35 @@ def ensure_topic(profile, topic, events):
                     "--first-id", str(have), "--duplicate-every", "10", "--distinct-values", "1000"], check=True, capture_output=True)
 
 
+def s3_env():
+    """The AWS_* variables reaching the local S3 server (`scripts/s3 env`)."""
+    out = subprocess.run([str(ROOT / "scripts/s3"), "env"], capture_output=True, text=True, check=True).stdout
+    return dict(kv.split("=", 1) for kv in out.replace("export ", "").split())
+
+
+def s3_prefix(work):
+    return f"exactly/bench/{work.parent.name}-{work.name}"
+
+
+def s3_delete(work):
+    """Removes a run's tables from the S3 server (pyarrow's S3 file system)."""
+    from pyarrow import fs
+    env = s3_env()
+    s3 = fs.S3FileSystem(access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"],
+                         endpoint_override=env["AWS_ENDPOINT_URL"], region=env["AWS_REGION"])
+    try:
+        s3.delete_dir(s3_prefix(work))
+    except OSError as e:
+        log(f"could not delete the bench tables on S3: {e}")
+
+
 def pipeline_config(mode, topic, work, interval_ms, sink_extra=""):
+    if mode == "append_s3":  # the append pipeline, its tables on the S3 server
+        env = s3_env()
+        sink_extra = (f'path = "s3://{s3_prefix(work)}/table"\n' + sink_extra + "[sink.storage]\n"
+                      + "".join(f'{k} = "{env[k]}"\n' for k in ["AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ALLOW_HTTP"]))
+        mode = "append"
+    path_line = "" if sink_extra.startswith("path =") else f'path = "{work}/table"\n'
     seed = 'fields = [{ name = "id", type = "long", nullable = false }, { name = "value", type = "string" }, { name = "ts", type = "timestamp" }]'
     extra = ""
     if mode == "dedup":
@@ -162,8 +194,7 @@ format = "json"
 interval_ms = {interval_ms}
 [sink]
 kind = "delta"
-path = "{work}/table"
-{sink_extra}[checkpoint]
+{path_line}{sink_extra}[checkpoint]
 dir = "{work}/checkpoint"
 '''
     work.mkdir(parents=True, exist_ok=True)
@@ -174,9 +205,10 @@ dir = "{work}/checkpoint"
 class Ours:
     """`exactly run` with JSON progress on stderr, counting committed input records."""
 
-    def __init__(self, profile, config):
+    def __init__(self, profile, config, env=None):
         self.p = spawn([binary(profile, "exactly"), "run", "--progress", "json", "--config", str(config)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "error"})
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, **(env or {}), "RUST_LOG": "error"})
         self.started = time.time()
         self.total, self.first_commit_at, self.lock = 0, None, threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()
@@ -211,13 +243,16 @@ class Ours:
 
 def run_ours(profile, mode, topic, events, work, interval_ms):
     cfg = pipeline_config(mode, topic, work, interval_ms)
-    o = Ours(profile, cfg)
+    s3 = mode == "append_s3"
+    o = Ours(profile, cfg, env=s3_env() if s3 else None)
     sampler = TreeSampler(o.p.pid)
     sampler.start()
     done = o.wait_total(events, timeout=3600)
     cpu = sampler.cpu_total()
     sampler.stop.set()
     o.stop()
+    if s3:
+        s3_delete(work)
     secs = done - o.started
     return {"seconds": secs, "records_per_s": events / secs, "cpu_s_per_million": cpu / events * 1e6, "peak_rss_mb": sampler.peak_rss_kb / 1024}
 
@@ -478,6 +513,7 @@ def main():
     ap.add_argument("--interval-ms", type=int, default=1000, help="epoch interval = Spark trigger interval")
     ap.add_argument("--profile", default=None, help="cargo profile of the binaries (release; debug for --quick)")
     ap.add_argument("--skip-spark", action="store_true")
+    ap.add_argument("--modes", help="only these of ours (append,dedup,counts,append_s3), no Spark; writes nothing")
     ap.add_argument("--dedup-scale", type=int, metavar="IDS", help="only: RSS of dedup with retention over IDS distinct ids")
     ap.add_argument("--soak", type=int, metavar="EPOCHS", help="only: a soak run of EPOCHS epochs per mode (see bench/README.md)")
     ap.add_argument("--soak-modes", default="append,counts", help="modes of the soak run")
@@ -525,21 +561,28 @@ def main():
     log("limit: decode + parquet encode")
     results["limit_parquet"] = median_of([json.loads(subprocess.run([binary(profile, "exactly-bench"), "parquet", "--topic", topic],
                                                                      capture_output=True, text=True, check=True).stdout) for _ in range(runs)])
-    systems = ["ours"] + ([] if a.skip_spark else ["spark"])
+    partial = a.modes is not None
+    systems = ["ours"] + ([] if a.skip_spark or partial else ["spark"])
     for system in systems:
-        for mode in ["append", "dedup", "counts"]:
+        modes = ["append", "dedup", "counts"] + (["append_s3"] if system == "ours" else [])
+        for mode in a.modes.split(",") if partial else modes:
             log(f"{system} {mode}: {runs} run(s) over {events} events")
             rs = []
             for r in range(runs):
                 w = work / f"{system}-{mode}-{r}"
                 rs.append(run_ours(profile, mode, topic, events, w, a.interval_ms) if system == "ours" else run_spark(mode, topic, events, w, a.interval_ms))
             results[f"{system}_{mode}"] = median_of(rs)
+        if partial:
+            break
         log(f"{system}: latency at {rate} events/s for {lat_s} s")
         results[f"{system}_latency"] = latency(system, profile, rate, lat_s, work / f"{system}-latency", a.interval_ms)
         if system == "spark" and a.quick:
             continue  # two JVM start-ups: minutes, and the quick run only proves the harness
         log(f"{system}: recovery after SIGKILL")
         results[f"{system}_recovery_s"] = recovery(system, profile, min(rate, 5_000), work / f"{system}-recovery", a.interval_ms)
+    if partial:
+        print(json.dumps({k: v for k, v in results.items() if k.startswith("ours_") or k.startswith("limit_consume")}, indent=2))
+        return
     table = render(results)
     print(table)
     if a.quick:  # prove the soak harness too (its full run: --soak 10000, bench/README.md)
@@ -576,6 +619,10 @@ def render(r):
     lo, ls_ = r.get("ours_latency"), r.get("spark_latency")
     fmt = lambda l: f"{l['p50_ms']:,.0f} / {l['p99_ms']:,.0f}" if l else "—"
     rows.append(f"| commit-to-visible latency p50 / p99 at a fixed rate, ms | | {fmt(lo)} | {fmt(ls_)} | | |")
+    o3, oa = r.get("ours_append_s3"), r.get("ours_append")
+    if o3 and oa:
+        rows.append(f"| append to S3 (local SeaweedFS): records/s | | {o3['records_per_s']:,.0f} | | {o3['records_per_s'] / lim:.0%} | "
+                    f"{o3['records_per_s'] / oa['records_per_s']:.0%} of ours to local disk |")
     ro, rs = r.get("ours_recovery_s"), r.get("spark_recovery_s")
     rows.append(f"| recovery after SIGKILL, s to the first commit | | {ro:.2f} | {'—' if rs is None else f'{rs:.2f}'} | | |" if ro is not None else "")
     return "\n".join(x for x in rows if x)
