@@ -45,6 +45,7 @@ pub const CASES: &[&str] = &[
     "checkpoint-unwritable",
     "slow-sink",
     "grow-topic",
+    "store-restart",
 ];
 
 /// How to run.
@@ -66,6 +67,8 @@ pub struct ChaosOptions {
     pub exactly_bin: PathBuf,
     /// `scripts/kafka` (for the broker-restart case's own broker).
     pub kafka_script: PathBuf,
+    /// `scripts/s3` (for the store-restart case's own S3-compatible server).
+    pub s3_script: PathBuf,
     /// Where tables and checkpoints go.
     pub work_dir: PathBuf,
 }
@@ -294,6 +297,7 @@ pub async fn run_case(case: &str, iteration: u32, opts: &ChaosOptions) -> CaseRe
     let result = match case {
         "sigkill-process" => sigkill_case(kind, seed, opts, &mut report).await,
         "broker-restart" => broker_case(kind, seed, opts, &mut report).await,
+        "store-restart" => store_case(kind, seed, opts, &mut report).await,
         "checkpoint-unwritable" => unwritable_case(kind, seed, opts, &mut report).await,
         _ => in_process_case(case, kind, seed, opts, &mut report).await,
     };
@@ -558,6 +562,64 @@ async fn broker_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut Ca
     finish_audit(&config, report).await?;
     // The case's own broker is not left running.
     let _ = tokio::task::block_in_place(|| kafka("down"));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The object store holding the tables is stopped mid-epoch and started again (a SeaweedFS of
+/// the case's own on port 8533, so nothing else is disturbed): commits fail while it is away,
+/// the pipeline restarts within its budget, and the tables end exactly once.
+async fn store_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut CaseReport) -> Result<(), String> {
+    const PORT: &str = "8533";
+    let mut rng = StdRng::seed_from_u64(seed);
+    let s3 = |cmd: &str| {
+        let out = std::process::Command::new(&opts.s3_script).arg(cmd).env("S3_PORT", PORT).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(format!("scripts/s3 {cmd}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    };
+    let endpoint = tokio::task::block_in_place(|| s3("up"))?;
+    let (topic, dir, mut config) = setup(kind, opts, &opts.brokers).await?;
+    let location = exactly::config::TableLocation::parse(&format!("s3://exactly/{topic}/table"))?;
+    let SinkConfig::Delta { path, storage, .. } = &mut config.sink else { unreachable!() };
+    *path = location;
+    *storage = exactly::config::StorageOptions(
+        [
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "exactly"),
+            ("AWS_SECRET_ACCESS_KEY", "exactly-local-secret"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ALLOW_HTTP", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    let stream = start_stream(&opts.brokers, &topic, opts.rate);
+    let sink = exactly::sink::from_config(&config, Default::default());
+    let pipeline = Pipeline::start(config.clone(), sink).await.map_err(|e| e.to_string())?;
+    let mut progress = pipeline.progress();
+    for _ in 0..opts.faults.min(2) {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..1_500))).await;
+        tokio::task::block_in_place(|| s3("down"))?;
+        report.faults += 1;
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..3_000))).await;
+        tokio::task::block_in_place(|| s3("up"))?;
+        drain(&mut progress); // only commits after the store is back count
+        match wait_recovered(&mut progress, Instant::now(), None).await {
+            Some(_) => report.recovery.push(t0.elapsed()),
+            None => return Err("no commit within 90 s after the store came back".into()),
+        }
+    }
+    report.produced = stream.finish().await?;
+    wait_drained(&config, &topic, Duration::from_secs(180)).await?;
+    report.restarts = pipeline.status().await.map_err(|e| e.to_string())?.restarts;
+    pipeline.shutdown().await.map_err(|e| e.to_string())?;
+    finish_audit(&config, report).await?;
+    let _ = tokio::task::block_in_place(|| s3("down"));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -57,6 +57,7 @@ fn main() -> ExitCode {
         brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
         exactly_bin: exe.with_file_name("exactly"),
         kafka_script: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka"),
+        s3_script: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/s3"),
         work_dir: std::env::temp_dir().join(format!("exactly-chaos-{}", std::process::id())),
     };
     eprintln!(

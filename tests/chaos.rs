@@ -21,6 +21,7 @@ async fn every_chaos_case_loses_and_duplicates_nothing() {
         brokers: common::brokers(),
         exactly_bin: PathBuf::from(env!("CARGO_BIN_EXE_exactly")),
         kafka_script: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka"),
+        s3_script: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/s3"),
         work_dir: dir.path().to_path_buf(),
     };
     let mut reports = Vec::new();
