@@ -573,7 +573,8 @@ async fn store_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut Cas
     const PORT: &str = "8533";
     let mut rng = StdRng::seed_from_u64(seed);
     let s3 = |cmd: &str| {
-        let out = std::process::Command::new(&opts.s3_script).arg(cmd).env("S3_PORT", PORT).output().map_err(|e| e.to_string())?;
+        let out =
+            std::process::Command::new(&opts.s3_script).arg(cmd).env("S3_PORT", PORT).output().map_err(|e| e.to_string())?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
         } else {

@@ -211,11 +211,20 @@ async fn read_columns(table: &DeltaTable, files: &[ObjectPath], names: &[&str]) 
     for path in files {
         let err = |e: String| Error::Delta { table: format!("{}{path}", table.table_url()), detail: e };
         let bytes = store.get(path).await.map_err(|e| err(e.to_string()))?.bytes().await.map_err(|e| err(e.to_string()))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| err(e.to_string()))?;
-        let mask = ProjectionMask::columns(builder.parquet_schema(), names.iter().copied());
-        for batch in builder.with_projection(mask).build().map_err(|e| err(e.to_string()))? {
-            out.push(plain_types(batch.map_err(|e| err(e.to_string()))?).map_err(|e| err(e.to_string()))?);
-        }
+        // Decoding is CPU work: off the async workers.
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let decoded = tokio::task::spawn_blocking(move || -> std::result::Result<Vec<RecordBatch>, String> {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| e.to_string())?;
+            let mask = ProjectionMask::columns(builder.parquet_schema(), names.iter().map(String::as_str));
+            let mut batches = Vec::new();
+            for batch in builder.with_projection(mask).build().map_err(|e| e.to_string())? {
+                batches.push(plain_types(batch.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?);
+            }
+            Ok(batches)
+        })
+        .await
+        .map_err(|e| err(e.to_string()))?;
+        out.extend(decoded.map_err(err)?);
     }
     Ok(out)
 }

@@ -279,9 +279,19 @@ fn classify(at: &TableLocation, e: object_store::Error) -> Error {
     let text = e.to_string();
     let lower = text.to_ascii_lowercase();
     let detail = if matches!(e, object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. })
-        || ["403", "forbidden", "accessdenied", "access denied", "signaturedoesnotmatch", "invalidaccesskeyid", "401"]
-            .iter()
-            .any(|s| lower.contains(s))
+        || [
+            "status 403",
+            "403 forbidden",
+            "status 401",
+            "401 unauthorized",
+            "accessdenied",
+            "access denied",
+            "signaturedoesnotmatch",
+            "invalidaccesskeyid",
+            "authenticationfailed",
+        ]
+        .iter()
+        .any(|s| lower.contains(s))
     {
         "the store refused the credentials (access denied); check the access key and secret in [sink.storage] or the environment"
             .to_string()
@@ -326,6 +336,19 @@ mod tests {
         assert!(TableLocation::parse("az://c/t?sig=abc").unwrap_err().contains("credentials"));
         assert!(TableLocation::parse("hdfs://nn/t").unwrap_err().contains("scheme 'hdfs'"));
         assert!(TableLocation::parse("").is_err());
+    }
+
+    #[test]
+    fn store_errors_are_named_by_status_not_by_digits_in_a_path() {
+        let at = TableLocation::parse("s3://bucket/t").unwrap();
+        let generic = |m: &str| object_store::Error::Generic { store: "S3", source: m.to_string().into() };
+        let refused =
+            classify(&at, generic("Error performing PUT http://h/bucket/t/_exactly_probe/a403b401 - error sending request"));
+        assert!(refused.to_string().contains("does not answer"), "{refused}");
+        let denied = classify(&at, generic("Client error with status 403 Forbidden: <Code>SignatureDoesNotMatch</Code>"));
+        assert!(denied.to_string().contains("refused the credentials"), "{denied}");
+        let missing = classify(&at, generic("Client error with status 404 Not Found: <Code>NoSuchBucket</Code>"));
+        assert!(missing.to_string().contains("does not exist"), "{missing}");
     }
 
     #[test]
