@@ -21,7 +21,7 @@ run: setup build
 # `just run` with the tables on the local S3-compatible server (SeaweedFS, started if needed):
 # examples/s3.toml. `just verify-s3` audits it from the store.
 run-s3: setup build
-    scripts/with-s3 bash -c 'eval "$(scripts/s3 env)" && CONFIG=examples/s3.toml scripts/run-demo'
+    scripts/with-stores bash -c 'eval "$(scripts/s3 env)" && CONFIG=examples/s3.toml scripts/run-demo'
 
 # Audit the demo table against its topic: every offset exactly once (needs the broker).
 verify config="examples/demo.toml": build
@@ -29,14 +29,14 @@ verify config="examples/demo.toml": build
 
 # Audit the `just run-s3` tables, read from the local S3-compatible server.
 verify-s3: build
-    scripts/with-kafka scripts/with-s3 bash -c 'eval "$(scripts/s3 env)" && {{bin}} verify --config examples/s3.toml'
+    scripts/with-kafka scripts/with-stores bash -c 'eval "$(scripts/s3 env)" && {{bin}} verify --config examples/s3.toml'
 
-# The whole test suite against a real Kafka broker and a real S3-compatible server (each started
-# if none answers, stopped after if this recipe started it; KEEP_KAFKA=1 / KEEP_S3=1 keep them
-# running), then `bench --quick`, which proves the
-# benchmark harness (ours and Spark) works on small data without judging any figure.
+# The whole test suite against a real Kafka broker, a real S3-compatible server and Azurite
+# (each started if none answers, stopped after if this recipe started it; KEEP_KAFKA=1 /
+# KEEP_STORES=1 keep them running), then `bench --quick`, which proves the benchmark harness
+# (ours and Spark) works on small data without judging any figure.
 test: setup
-    scripts/with-kafka scripts/with-s3 bash -c 'cargo test --all-targets --locked && bench/run --quick'
+    scripts/with-kafka scripts/with-stores bash -c 'cargo test --all-targets --locked && bench/run --quick'
 
 # The chaos suite: kill actors, the process and the broker mid-batch, then audit. Options:
 # --cases a,b --iterations N --faults N --seed S --duration SECS (see chaos/README.md).

@@ -23,8 +23,9 @@ mod gaps;
 mod stateful;
 // Tables maintained while the pipeline writes them: a foreign OPTIMIZE between epochs.
 mod maintenance;
-// Tables on a real S3-compatible server (SeaweedFS): exactly once, audited and read from the store.
-mod s3;
+// Tables on real object stores (SeaweedFS for S3, Azurite for Azure): exactly once, audited and
+// read from the store; fences, outages, fresh disks, bad credentials.
+mod object_storage;
 // The chaos suite's CI subset: every fault kind once, audited.
 mod chaos;
 // Monitoring against a real Prometheus: promtool, dashboards, panel data, alerts.

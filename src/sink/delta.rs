@@ -78,6 +78,17 @@ pub async fn load_table(path: impl Into<TableLocation>) -> Result<Option<DeltaTa
         return Ok(None);
     }
     let mut table = table_builder(&path)?.build().map_err(|e| delta_err(&path, e))?;
+    if path.local_path().is_none() {
+        // No log on the store: no table (asking delta-rs to load it logs an error first).
+        use futures::StreamExt;
+        let log = deltalake::Path::from("_delta_log/");
+        let first = table.log_store().object_store(None).list(Some(&log)).next().await;
+        match first {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(delta_err(&path, e)),
+            Some(Ok(_)) => {}
+        }
+    }
     match table.load().await {
         Ok(()) => Ok(table.version().map(|_| table)),
         Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None), // no commit yet, or nothing there
