@@ -29,10 +29,18 @@ struct Args {
     /// The topic.
     #[arg(long, global = true, default_value = "bench")]
     topic: String,
-    /// Extra librdkafka consumer properties, `key=value` (repeatable), applied after the
-    /// defaults — the same tuning the pipeline gets through `source.properties`.
+    /// Extra librdkafka properties, `key=value` (repeatable), applied after the defaults — the
+    /// same tuning and security settings the pipeline gets through `source.properties`.
     #[arg(long = "set", global = true, value_parser = parse_property)]
     properties: Vec<(String, String)>,
+}
+
+impl Args {
+    /// The brokers with the `--set` properties (security settings included: `--set
+    /// security.protocol=SASL_SSL --set sasl.mechanism=…`).
+    fn connection(&self) -> exactly::kafka::Connection {
+        exactly::kafka::Connection::plaintext(self.brokers.as_str()).with_properties(self.properties.iter().cloned())
+    }
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -52,15 +60,9 @@ enum Cmd {
 
 /// Reads every record of the topic; `keep` decides whether they are kept in memory.
 fn read_all(args: &Args, keep: bool) -> (u64, u64, Duration, Vec<Record>) {
-    let (brokers, topic) = (&args.brokers, &args.topic);
-    let mut config = exactly::kafka::base_config(brokers);
+    let topic = &args.topic;
+    let mut config = args.connection().client_config_with(exactly::kafka::FETCH_DEFAULTS);
     config.set("group.id", "exactly-bench-limit").set("enable.auto.commit", "false").set("isolation.level", "read_committed");
-    for (k, v) in exactly::kafka::FETCH_DEFAULTS {
-        config.set(*k, *v);
-    }
-    for (k, v) in &args.properties {
-        config.set(k, v);
-    }
     let consumer: BaseConsumer = config.create().expect("consumer");
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
     let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
@@ -126,7 +128,7 @@ fn main() {
             );
         }
         Cmd::Watermarks => {
-            let consumer: BaseConsumer = exactly::kafka::base_config(&args.brokers).create().expect("consumer");
+            let consumer: BaseConsumer = args.connection().client_config().create().expect("consumer");
             let md = consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10)).expect("metadata");
             let sum: i64 = md.topics()[0]
                 .partitions()

@@ -140,7 +140,8 @@ async fn table_progress(config: &PipelineConfig, topic: &str) -> (i64, u64) {
     let Some(path) = config.table_path() else { return (0, 0) };
     let path = &path;
     let Ok(Some(t)) = exactly::sink::delta::load_table(path.clone()).await else { return (0, 0) };
-    let Ok(tps) = exactly::kafka::preflight(&config.source.brokers, &[topic.to_string()], Duration::from_secs(30)).await else {
+    let Ok(connection) = config.connection() else { return (0, 0) };
+    let Ok(tps) = exactly::kafka::preflight(&connection, &[topic.to_string()], Duration::from_secs(30)).await else {
         return (0, 0);
     };
     let cut = exactly::sink::delta::recorded_cut(&t, path, &config.id, &tps).await.map(|c| c.values().sum()).unwrap_or(0);
@@ -149,9 +150,10 @@ async fn table_progress(config: &PipelineConfig, topic: &str) -> (i64, u64) {
 }
 
 async fn wait_drained(config: &PipelineConfig, topic: &str, deadline: Duration) -> Result<(), String> {
-    let want = exactly::kafka::high_watermark_sum(&config.source.brokers, topic, Duration::from_secs(30))
-        .await
-        .map_err(|e| e.to_string())?;
+    let want =
+        exactly::kafka::high_watermark_sum(&config.connection().map_err(|e| e.to_string())?, topic, Duration::from_secs(30))
+            .await
+            .map_err(|e| e.to_string())?;
     let start = Instant::now();
     while table_progress(config, topic).await.0 < want {
         if start.elapsed() > deadline {
@@ -234,7 +236,7 @@ async fn inject(
             // One more partition, and a burst of records that lands on every partition (the
             // stream's producer learns of the new one only at its next metadata refresh). The
             // pipeline commits its open epoch and restarts the tree to read it.
-            exactly::kafka::add_partitions(brokers, topic, s.consumers.len() + 1).await.map_err(|e| e.to_string())?;
+            exactly::kafka::add_partitions(&brokers.into(), topic, s.consumers.len() + 1).await.map_err(|e| e.to_string())?;
             let mut burst = ProduceOptions::new(brokers, topic, 300);
             burst.first_id = 1_000_000_000 + rng.random_range(0..1_000_000) * 1_000;
             produce(&burst, std::future::pending()).await.map_err(|e| e.to_string())?;
@@ -336,7 +338,7 @@ impl Stream {
 
 async fn setup(kind: &str, opts: &ChaosOptions, brokers: &str) -> Result<(String, PathBuf, PipelineConfig), String> {
     let topic = unique("chaos");
-    exactly::kafka::create_topic(brokers, &topic, 4, 1).await.map_err(|e| e.to_string())?;
+    exactly::kafka::create_topic(&brokers.into(), &topic, 4, 1).await.map_err(|e| e.to_string())?;
     let dir = opts.work_dir.join(&topic);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let config = pipeline_config(kind, &topic, &dir, brokers);

@@ -14,6 +14,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::kafka;
 
+/// Whether a config line may carry a secret (a password, a key, a token): a parse error then
+/// names the line by number only, never quoting it.
+fn may_hold_a_secret(line: &str) -> bool {
+    let key = line.split('=').next().unwrap_or(line).to_ascii_lowercase();
+    ["password", "secret", "token", "credential", "access_key", "account_key", "sas_", "jaas"].iter().any(|w| key.contains(w))
+}
+
 /// Environment variable that replaces `source.brokers` when set.
 pub const BROKERS_ENV: &str = "KAFKA_BROKERS";
 
@@ -73,7 +80,11 @@ pub struct SourceConfig {
     /// Back-pressure: consumers stop reading while this many records are consumed but not yet
     /// committed (a slow sink then bounds memory instead of growing it).
     pub max_buffered_records: u64,
-    /// Extra librdkafka consumer properties (security, fetch sizes, ...). The properties in
+    /// TLS and authentication of every connection to the brokers (`[source.security]`; see
+    /// docs/config.md and the README's "Secured Kafka").
+    pub security: kafka::security::SecurityConfig,
+    /// Extra librdkafka client properties (fetch sizes, rarer security settings, ...), given to
+    /// every client the pipeline, `verify`, `produce` and `topics` make. The properties in
     /// [`kafka::MANAGED_PROPERTIES`] (`enable.auto.commit`, `group.id`, `isolation.level`, ...)
     /// are managed by the pipeline and refused here: Kafka's committed offsets are never the
     /// source of truth, and records of aborted transactions never reach a table.
@@ -95,6 +106,7 @@ impl Default for SourceConfig {
             starting_offsets: StartingOffsets::Earliest,
             max_batch_records: 5_000,
             max_buffered_records: 1_000_000,
+            security: Default::default(),
             properties: BTreeMap::new(),
             connect_timeout_ms: 10_000,
             partition_discovery_ms: 10_000,
@@ -630,7 +642,7 @@ impl PipelineConfig {
                 Some(span) => {
                     let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
                     let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-                    if line.is_empty() {
+                    if line.is_empty() || may_hold_a_secret(line) {
                         format!("line {line_no}")
                     } else {
                         format!("line {line_no} (`{line}`)")
@@ -640,6 +652,12 @@ impl PipelineConfig {
             };
             ConfigError::Parse { path: origin.to_string(), location, message: e.message().trim().to_string() }
         })
+    }
+
+    /// The Kafka connection of this pipeline's `[source]`: brokers, security (secrets read now
+    /// from where they are kept) and raw properties.
+    pub fn connection(&self) -> Result<kafka::Connection, crate::error::Error> {
+        kafka::Connection::of(&self.source)
     }
 
     /// Applies environment overrides (`KAFKA_BROKERS`).
@@ -692,6 +710,11 @@ impl PipelineConfig {
                 ));
             }
         }
+        self.source.security.check(&self.source.properties).map_err(|p| ConfigError::Invalid {
+            path: origin.to_string(),
+            field: p.field,
+            problem: p.problem,
+        })?;
         if self.source.connect_timeout_ms == 0 {
             return Err(bad("source.connect_timeout_ms", "must be at least 1".into()));
         }

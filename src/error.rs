@@ -22,6 +22,16 @@ pub enum Error {
         detail: String,
     },
 
+    /// The brokers answered but refused the connection's security: a wrong password, an
+    /// untrusted certificate, TLS against a plaintext listener (or the reverse).
+    #[error("Kafka at {brokers} refused the connection: {problem}")]
+    KafkaRefused {
+        /// The bootstrap servers that were tried.
+        brokers: String,
+        /// What was refused and the setting that fixes it (never a secret).
+        problem: String,
+    },
+
     /// A configured source topic does not exist.
     #[error("topic '{topic}' does not exist on {brokers} (create it: `exactly topics create --topic {topic} --partitions 4`)")]
     TopicMissing {

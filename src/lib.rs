@@ -4,7 +4,8 @@
 //! The modules, in the order data flows through them:
 //!
 //! - [`config`]: the pipeline's TOML configuration (every field documented, safe defaults).
-//! - [`kafka`]: librdkafka clients, the pre-flight check, topic admin, partition statistics.
+//! - [`kafka`]: the connection every client is made from (brokers, TLS, SASL), the pre-flight
+//!   check, topic admin, partition statistics.
 //! - [`consumer`]: one actor per Kafka partition; reads its partition's queue in batches ([`fetch`]), runs the
 //!   [`decode`] stage, and forwards rows and dead letters, then epoch barriers, to the aggregator.
 //! - [`aggregator`]: aligns barriers from every consumer and closes an epoch when all have arrived;

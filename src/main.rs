@@ -40,6 +40,13 @@ enum Command {
     Vacuum(VacuumArgs),
     /// Produce demo events {"id","value","ts"} to a topic (the seed's producer).
     Produce(ProduceArgs),
+    /// Check a pipeline's connections without running it: the brokers answer and accept its
+    /// security settings, its topics exist, its tables' store can be written.
+    Check {
+        /// The pipeline's TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Manage topics.
     Topics {
         #[command(subcommand)]
@@ -127,14 +134,46 @@ enum ProgressFormat {
     Off,
 }
 
+/// Which Kafka cluster a command talks to, and how.
+#[derive(Args)]
+struct KafkaArgs {
+    /// A pipeline config whose [source] (brokers, [source.security], properties) to connect
+    /// with: the way to reach a secured cluster.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers; replaces the config's. Default: $KAFKA_BROKERS, else
+    /// 127.0.0.1:9092.
+    #[arg(long)]
+    brokers: Option<String>,
+}
+
+impl KafkaArgs {
+    /// The connection, and the config it came from.
+    fn connection(&self) -> anyhow::Result<(kafka::Connection, Option<PipelineConfig>)> {
+        match &self.config {
+            Some(path) => {
+                let mut config = PipelineConfig::load(path)?;
+                if let Some(b) = &self.brokers {
+                    config.source.brokers = b.clone();
+                }
+                Ok((config.connection()?, Some(config)))
+            }
+            None => {
+                let env = std::env::var(exactly::config::BROKERS_ENV).ok().filter(|b| !b.trim().is_empty());
+                let brokers = self.brokers.clone().or(env).unwrap_or_else(|| "127.0.0.1:9092".into());
+                Ok((kafka::Connection::plaintext(brokers), None))
+            }
+        }
+    }
+}
+
 #[derive(Args)]
 struct ProduceArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    brokers: String,
-    /// Target topic.
-    #[arg(long, default_value = "events")]
-    topic: String,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Target topic (default: the config's first topic, else `events`).
+    #[arg(long)]
+    topic: Option<String>,
     /// Stop after this many records (default: until Ctrl-C).
     #[arg(long)]
     count: Option<u64>,
@@ -159,9 +198,8 @@ struct ProduceArgs {
 enum TopicsCommand {
     /// Create a topic (does nothing if it exists).
     Create {
-        /// Kafka bootstrap servers.
-        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-        brokers: String,
+        #[command(flatten)]
+        kafka: KafkaArgs,
         /// Topic name.
         #[arg(long)]
         topic: String,
@@ -203,10 +241,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let failpoints = Arc::new(FailPoints::from_env()?);
     let sink = sink::from_config(&config, failpoints.clone());
     eprintln!(
-        "pipeline '{}': {} from {} -> {} sink; checkpoint {}",
+        "pipeline '{}': {} from {} ({}) -> {} sink; checkpoint {}",
         config.id,
         config.source.topics.join(","),
         config.source.brokers,
+        config.source.security.summary(),
         sink.name(),
         config.checkpoint_dir().display()
     );
@@ -238,6 +277,38 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     printer.abort();
     outcome?;
+    Ok(())
+}
+
+/// `exactly check`: every connection `run` would make, checked and reported, nothing written
+/// to a table.
+async fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = PipelineConfig::load(path)?;
+    let connection = config.connection()?;
+    let src = &config.source;
+    let cluster = kafka::check(&connection, &src.topics, std::time::Duration::from_millis(src.connect_timeout_ms)).await?;
+    let mut per_topic: Vec<(String, usize)> = Vec::new();
+    for tp in &cluster.partitions {
+        match per_topic.last_mut() {
+            Some((t, n)) if **t == *tp.topic => *n += 1,
+            _ => per_topic.push((tp.topic.to_string(), 1)),
+        }
+    }
+    let topics: Vec<String> = per_topic.iter().map(|(t, n)| format!("'{t}' ({n} partitions)")).collect();
+    println!(
+        "kafka: {} ({}): {} broker{} answered; topics {}",
+        connection.brokers(),
+        connection.security().summary(),
+        cluster.brokers,
+        if cluster.brokers == 1 { "" } else { "s" },
+        topics.join(", ")
+    );
+    let sink = sink::from_config(&config, Arc::new(FailPoints::default()));
+    sink.preflight().await?;
+    match (config.table_path(), config.dead_letter_path()) {
+        (Some(table), Some(dead)) => println!("sink: {} tables {table} and {dead}: writable", sink.name()),
+        _ => println!("sink: {}", sink.name()),
+    }
     Ok(())
 }
 
@@ -303,9 +374,12 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Produce(a) => {
+            let (connection, config) = a.kafka.connection()?;
+            let topic =
+                a.topic.or_else(|| config.and_then(|c| c.source.topics.first().cloned())).unwrap_or_else(|| "events".into());
             let opts = ProduceOptions {
-                brokers: a.brokers,
-                topic: a.topic,
+                connection,
+                topic,
                 count: a.count,
                 rate: a.rate,
                 first_id: a.first_id,
@@ -314,8 +388,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 malformed_every: a.malformed_every,
             };
             let pre =
-                kafka::preflight(&opts.brokers, std::slice::from_ref(&opts.topic), std::time::Duration::from_secs(10)).await?;
-            eprintln!("producing to '{}' ({} partitions) on {}", opts.topic, pre.len(), opts.brokers);
+                kafka::preflight(&opts.connection, std::slice::from_ref(&opts.topic), std::time::Duration::from_secs(10)).await?;
+            eprintln!("producing to '{}' ({} partitions) on {:?}", opts.topic, pre.len(), opts.connection);
             let report = produce(&opts, stop_signal()).await?;
             eprintln!(
                 "produced {} records to '{}': {} events, {} duplicates, {} malformed",
@@ -323,14 +397,17 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Topics { command: TopicsCommand::Create { brokers, topic, partitions, replication } } => {
-            if kafka::create_topic(&brokers, &topic, partitions, replication).await? {
-                eprintln!("created topic '{topic}' with {partitions} partitions on {brokers}");
+        Command::Topics { command: TopicsCommand::Create { kafka: k, topic, partitions, replication } } => {
+            let (connection, _) = k.connection()?;
+            kafka::check(&connection, &[], std::time::Duration::from_secs(10)).await?;
+            if kafka::create_topic(&connection, &topic, partitions, replication).await? {
+                eprintln!("created topic '{topic}' with {partitions} partitions on {connection:?}");
             } else {
-                eprintln!("topic '{topic}' already exists on {brokers}");
+                eprintln!("topic '{topic}' already exists on {connection:?}");
             }
             Ok(())
         }
+        Command::Check { config } => check(&config).await,
     }
 }
 

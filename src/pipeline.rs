@@ -71,13 +71,15 @@ impl Pipeline {
     /// [`Pipeline::start`] with options.
     pub async fn start_with(config: PipelineConfig, sink: Arc<dyn Sink>, options: RunOptions) -> Result<Pipeline> {
         let src = &config.source;
-        let partitions = kafka::preflight(&src.brokers, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
+        let connection = config.connection()?;
+        let partitions = kafka::preflight(&connection, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
         sink.preflight().await?;
         let outcome = Arc::new(Mutex::new(None));
         let (progress, _) = broadcast::channel(1024);
         let shutdown_timeout = Duration::from_millis(config.supervisor.shutdown_timeout_ms);
         let args = SupervisorArgs {
             config: Arc::new(config),
+            connection,
             sink,
             partitions,
             outcome: outcome.clone(),

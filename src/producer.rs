@@ -11,13 +11,13 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use crate::error::{Error, Result};
-use crate::kafka::base_config;
+use crate::kafka::Connection;
 
 /// What to produce.
 #[derive(Debug, Clone)]
 pub struct ProduceOptions {
-    /// Bootstrap servers.
-    pub brokers: String,
+    /// The brokers and how to reach them.
+    pub connection: Connection,
     /// Target topic.
     pub topic: String,
     /// Stop after this many records (all kinds counted); `None`: until shutdown.
@@ -36,9 +36,9 @@ pub struct ProduceOptions {
 
 impl ProduceOptions {
     /// `count` well-formed events to `topic`.
-    pub fn new(brokers: &str, topic: &str, count: u64) -> Self {
+    pub fn new(connection: impl Into<Connection>, topic: &str, count: u64) -> Self {
         ProduceOptions {
-            brokers: brokers.into(),
+            connection: connection.into(),
             topic: topic.into(),
             count: Some(count),
             rate: None,
@@ -84,7 +84,9 @@ fn now_ms() -> i64 {
 
 /// Produces as asked until `count` is reached or `shutdown` resolves; waits for every delivery.
 pub async fn produce(opts: &ProduceOptions, shutdown: impl Future<Output = ()>) -> Result<ProduceReport> {
-    let producer: FutureProducer = base_config(&opts.brokers)
+    let producer: FutureProducer = opts
+        .connection
+        .client_config()
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "60000")

@@ -108,6 +108,8 @@ pub struct PipelineStatus {
 pub struct SupervisorArgs {
     /// The pipeline's configuration.
     pub config: Arc<PipelineConfig>,
+    /// How its clients reach the brokers (made once, at start: secrets are read then).
+    pub connection: kafka::Connection,
     /// The sink, shared by every generation's committer.
     pub sink: Arc<dyn Sink>,
     /// Every partition to read at start (from the pre-flight check); partitions added to the
@@ -295,9 +297,13 @@ impl SupervisorState {
             } else {
                 crate::config::StartingOffsets::Earliest
             };
-            let resolved =
-                kafka::resolve_starting_offsets(&src.brokers, &missing, mode, Duration::from_millis(src.connect_timeout_ms))
-                    .await?;
+            let resolved = kafka::resolve_starting_offsets(
+                &self.args.connection,
+                &missing,
+                mode,
+                Duration::from_millis(src.connect_timeout_ms),
+            )
+            .await?;
             offsets.extend(resolved);
             cp = Checkpoint::new(&id, cp.epoch, &offsets);
             self.store.store(&cp)?;
@@ -342,7 +348,7 @@ impl SupervisorState {
             }
         };
 
-        let client: PipelineConsumer = kafka::consumer_config(&config)
+        let client: PipelineConsumer = kafka::consumer_config(&self.args.connection, &config.id)
             .create_with_context(StatsContext::new(self.stats.clone(), self.committed_offsets.clone()))?;
         let client = Arc::new(client);
         let mut tpl = TopicPartitionList::new();

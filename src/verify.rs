@@ -450,8 +450,9 @@ async fn orphans(table: &DeltaTable, at: &TableLocation, active: &[ObjectPath]) 
 
 /// The offsets Kafka holds for `tp` in `[from, to)` (read_committed, like the pipeline), and
 /// the partition's low watermark.
-fn kafka_records(brokers: &str, tp: &TopicPartition, from: i64, to: i64) -> Result<(Vec<Record>, i64)> {
-    let consumer: BaseConsumer = kafka::base_config(brokers)
+fn kafka_records(connection: &kafka::Connection, tp: &TopicPartition, from: i64, to: i64) -> Result<(Vec<Record>, i64)> {
+    let consumer: BaseConsumer = connection
+        .client_config()
         .set("group.id", "exactly-verify")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -490,7 +491,7 @@ fn kafka_records(brokers: &str, tp: &TopicPartition, from: i64, to: i64) -> Resu
         }
         if last_progress.elapsed() > KAFKA_STALL {
             return Err(Error::BrokerUnreachable {
-                brokers: brokers.to_string(),
+                brokers: connection.brokers().to_string(),
                 detail: format!("reading {tp} stalled for {KAFKA_STALL:?}"),
             });
         }
@@ -505,7 +506,8 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
     };
     let path = &path;
     let src = &config.source;
-    let partitions = kafka::preflight(&src.brokers, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
+    let connection = config.connection()?;
+    let partitions = kafka::preflight(&connection, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
     let table = load_table(path.clone()).await?.ok_or_else(|| Error::Sink(format!("no Delta table at {path}")))?;
     let dead_table = load_table(dead_path.clone()).await?;
     let id = &config.id;
@@ -572,8 +574,8 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
             // No progress recorded for this partition. If the topic holds records in it, the
             // pipeline never read them: all missing. Rows of it are unexpected either way.
             let unread = if partitions.contains(&tp) && epoch > 0 {
-                let (brokers, tp2) = (src.brokers.clone(), tp.clone());
-                let (records, _) = tokio::task::spawn_blocking(move || kafka_records(&brokers, &tp2, 0, i64::MAX))
+                let (connection, tp2) = (connection.clone(), tp.clone());
+                let (records, _) = tokio::task::spawn_blocking(move || kafka_records(&connection, &tp2, 0, i64::MAX))
                     .await
                     .map_err(|e| Error::Actor(e.to_string()))??;
                 records.iter().map(|r| r.offset).collect()
@@ -596,9 +598,8 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
             });
             continue;
         };
-        let brokers = src.brokers.clone();
-        let tp2 = tp.clone();
-        let (records, low) = tokio::task::spawn_blocking(move || kafka_records(&brokers, &tp2, start, end))
+        let (connection, tp2) = (connection.clone(), tp.clone());
+        let (records, low) = tokio::task::spawn_blocking(move || kafka_records(&connection, &tp2, start, end))
             .await
             .map_err(|e| Error::Actor(e.to_string()))??;
         let expected: Vec<i64> = records.iter().map(|r| r.offset).collect();

@@ -1,5 +1,8 @@
-//! Kafka plumbing: client configuration, the start-up pre-flight check, topic admin, starting
-//! offsets, and per-partition statistics (high watermarks, for lag).
+//! Kafka plumbing: the connection every client is made from ([`Connection`]: brokers, security,
+//! raw properties), the start-up pre-flight check, topic admin, starting offsets, and
+//! per-partition statistics (high watermarks, for lag).
+
+pub mod security;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,9 +16,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 
-use crate::config::{PipelineConfig, StartingOffsets};
+use crate::config::{SourceConfig, StartingOffsets};
 use crate::error::{Error, Result};
 use crate::record::{Offsets, TopicPartition};
+use security::SecurityConfig;
 
 /// The consumer type the pipeline uses: one client, one split queue per partition.
 pub type PipelineConsumer = StreamConsumer<StatsContext>;
@@ -105,11 +109,94 @@ impl ClientContext for StatsContext {
 
 impl ConsumerContext for StatsContext {}
 
-/// A plain client config for `brokers`.
-pub fn base_config(brokers: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers).set("client.id", "exactly").set_log_level(RDKafkaLogLevel::Warning);
-    c
+/// How every client of a pipeline reaches the brokers: the bootstrap servers, the security
+/// settings and the raw properties of `[source]`. `run`, `verify`, `produce`, `topics`, `check`
+/// and the pre-flight all make their clients from one, so a secured cluster works for each.
+/// `Debug` shows the brokers and the security summary, never a secret.
+#[derive(Clone)]
+pub struct Connection {
+    brokers: String,
+    security: SecurityConfig,
+    /// librdkafka properties of every client: the security section's, then `source.properties`.
+    properties: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.brokers, self.security.summary())
+    }
+}
+
+impl Connection {
+    /// Plaintext brokers with librdkafka's defaults (tests, a local broker).
+    pub fn plaintext(brokers: impl Into<String>) -> Connection {
+        Connection { brokers: brokers.into(), security: SecurityConfig::default(), properties: Vec::new() }
+    }
+
+    /// The connection `[source]` describes; secrets are read now, from where they are kept.
+    pub fn of(source: &SourceConfig) -> Result<Connection> {
+        let bad = |p: security::Problem| {
+            Error::Config(crate::config::ConfigError::Invalid { path: "config".into(), field: p.field, problem: p.problem })
+        };
+        source.security.check(&source.properties).map_err(bad)?;
+        let mut properties = source.security.properties().map_err(bad)?;
+        properties.extend(source.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(Connection { brokers: source.brokers.clone(), security: source.security.clone(), properties })
+    }
+
+    /// The same connection with these raw librdkafka properties added (the bench tool's
+    /// `--property`).
+    pub fn with_properties(mut self, properties: impl IntoIterator<Item = (String, String)>) -> Connection {
+        self.properties.extend(properties);
+        self
+    }
+
+    /// The bootstrap servers.
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// The security settings.
+    pub fn security(&self) -> &SecurityConfig {
+        &self.security
+    }
+
+    /// A client config: bootstrap servers, then `defaults` (which the connection's properties
+    /// override), then the connection's properties.
+    pub fn client_config_with(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers).set("client.id", "exactly").set_log_level(RDKafkaLogLevel::Warning);
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// A client config with the connection's properties.
+    pub fn client_config(&self) -> ClientConfig {
+        self.client_config_with(&[])
+    }
+}
+
+impl From<&str> for Connection {
+    fn from(brokers: &str) -> Connection {
+        Connection::plaintext(brokers)
+    }
+}
+
+impl From<&String> for Connection {
+    fn from(brokers: &String) -> Connection {
+        Connection::plaintext(brokers.as_str())
+    }
+}
+
+impl From<&Connection> for Connection {
+    fn from(c: &Connection) -> Connection {
+        c.clone()
+    }
 }
 
 /// librdkafka fetch settings the pipeline changes from librdkafka's defaults (a
@@ -140,15 +227,9 @@ pub const MANAGED_PROPERTIES: &[(&str, &str)] = &[
 /// The pipeline's consumer config: manual assignment, no auto-commit, read_committed, and a
 /// position Kafka no longer holds is an error (never a silent reset). The managed properties are
 /// set after the user's, so nothing overrides them.
-pub fn consumer_config(config: &PipelineConfig) -> ClientConfig {
-    let mut c = base_config(&config.source.brokers);
-    for (k, v) in FETCH_DEFAULTS {
-        c.set(*k, *v);
-    }
-    for (k, v) in &config.source.properties {
-        c.set(k, v);
-    }
-    c.set("group.id", format!("exactly-{}", config.id))
+pub fn consumer_config(connection: &Connection, pipeline_id: &str) -> ClientConfig {
+    let mut c = connection.client_config_with(FETCH_DEFAULTS);
+    c.set("group.id", format!("exactly-{pipeline_id}"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
@@ -169,16 +250,112 @@ fn is_unreachable(e: &KafkaError) -> bool {
     )
 }
 
-/// Checks that the brokers answer and every topic exists; returns every partition to read.
-/// This is what turns "nothing happens" into one clear line at start-up.
-pub async fn preflight(brokers: &str, topics: &[String], timeout: Duration) -> Result<Vec<TopicPartition>> {
-    let brokers = brokers.to_string();
+/// A client context that keeps the connection errors librdkafka reports, so a metadata request
+/// that times out can say why (a refused password, an untrusted certificate) instead of only
+/// that no broker answered.
+#[derive(Clone, Default)]
+struct Diagnosing {
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl ClientContext for Diagnosing {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        // Some refusals are only logged, at info level: a broker hanging up on the first request.
+        if (level as i32) <= (RDKafkaLogLevel::Info as i32) {
+            self.errors.lock().expect("errors lock").push(log_message.to_string());
+        }
+        tracing::debug!(target: "librdkafka", facility = fac, "{log_message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", %error, reason, "kafka client error during the pre-flight");
+        self.errors.lock().expect("errors lock").push(reason.to_string());
+    }
+}
+
+impl ConsumerContext for Diagnosing {}
+
+impl Diagnosing {
+    /// The first reported error that is about security, as one sentence.
+    fn refusal(&self, security: &SecurityConfig) -> Option<String> {
+        self.errors.lock().expect("errors lock").iter().find_map(|r| security::diagnose(r, security))
+    }
+
+    /// The latest reported error, whatever it is.
+    fn last(&self) -> Option<String> {
+        self.errors.lock().expect("errors lock").last().cloned()
+    }
+}
+
+/// What the brokers said to a connection check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// How many brokers the cluster has.
+    pub brokers: usize,
+    /// Each asked topic's partitions, in order.
+    pub partitions: Vec<TopicPartition>,
+}
+
+/// Connects as `connection` says, and checks that the brokers answer, accept the connection's
+/// security and hold every topic; returns every partition to read. A refused connection (wrong
+/// password, untrusted certificate, TLS against a plaintext listener) is one line naming the
+/// problem and the setting that fixes it, as soon as librdkafka reports it. This is what turns
+/// "nothing happens" into one clear line at start-up.
+pub async fn preflight(connection: &Connection, topics: &[String], timeout: Duration) -> Result<Vec<TopicPartition>> {
+    Ok(check(connection, topics, timeout).await?.partitions)
+}
+
+/// [`preflight`], with the cluster's size (`exactly check`).
+pub async fn check(connection: &Connection, topics: &[String], timeout: Duration) -> Result<Cluster> {
+    let connection = connection.clone();
     let topics = topics.to_vec();
-    tokio::task::spawn_blocking(move || -> Result<Vec<TopicPartition>> {
-        let consumer: BaseConsumer = base_config(&brokers)
-            .create()
-            .map_err(|e| Error::BrokerUnreachable { brokers: brokers.clone(), detail: e.to_string() })?;
-        partitions_of(&consumer, &brokers, &topics, timeout)
+    tokio::task::spawn_blocking(move || -> Result<Cluster> {
+        let context = Diagnosing::default();
+        let brokers = connection.brokers().to_string();
+        let refused = |problem: String| Error::KafkaRefused { brokers: brokers.clone(), problem };
+        let consumer: BaseConsumer<Diagnosing> =
+            connection.client_config().set_log_level(RDKafkaLogLevel::Info).create_with_context(context.clone()).map_err(
+                |e| match e {
+                    KafkaError::ClientCreation(detail) => refused(format!("the client settings were refused: {detail}")),
+                    e => Error::BrokerUnreachable { brokers: brokers.clone(), detail: e.to_string() },
+                },
+            )?;
+        // Ask in short rounds, so a refusal is reported as soon as librdkafka sees it.
+        let deadline = std::time::Instant::now() + timeout;
+        let metadata = loop {
+            let round = deadline.saturating_duration_since(std::time::Instant::now()).min(Duration::from_millis(500));
+            // One topic's metadata, not the whole cluster's topic list (with no topic asked,
+            // as `topics create` does, every topic's).
+            let failed = match consumer.fetch_metadata(topics.first().map(String::as_str), round) {
+                Ok(m) if !m.brokers().is_empty() => break m,
+                Ok(_) => None,
+                Err(e) => Some(e),
+            };
+            // librdkafka hands its logs and errors to the context only when the client is polled
+            // (a poll returns at each error, and keeps serving logs until its timeout).
+            let served = std::time::Instant::now() + Duration::from_millis(50);
+            while let Some(left) = served.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) {
+                consumer.poll(left);
+            }
+            if let Some(problem) = context.refusal(connection.security()) {
+                return Err(refused(problem));
+            }
+            if let Some(e) = failed.filter(|e| !is_unreachable(e)) {
+                return Err(match security::diagnose(&e.to_string(), connection.security()) {
+                    Some(problem) => refused(problem),
+                    None => Error::BrokerUnreachable { brokers: brokers.clone(), detail: e.to_string() },
+                });
+            }
+            if std::time::Instant::now() >= deadline {
+                let why = context.last().map(|r| format!(" (last error: {r})")).unwrap_or_default();
+                return Err(Error::BrokerUnreachable {
+                    brokers: brokers.clone(),
+                    detail: format!("no broker answered within {} ms{why}", timeout.as_millis()),
+                });
+            }
+        };
+        let partitions = partitions_of(&consumer, &brokers, &topics, timeout)?;
+        Ok(Cluster { brokers: metadata.brokers().len(), partitions })
     })
     .await
     .map_err(|e| Error::Actor(format!("pre-flight task failed: {e}")))?
@@ -225,11 +402,11 @@ pub fn fetch_watermarks<C: ConsumerContext>(
 }
 
 /// The sum of the high watermarks of every partition of `topic`: how many offsets it has used.
-pub async fn high_watermark_sum(brokers: &str, topic: &str, timeout: Duration) -> Result<i64> {
-    let tps = preflight(brokers, &[topic.to_string()], timeout).await?;
-    let brokers = brokers.to_string();
+pub async fn high_watermark_sum(connection: &Connection, topic: &str, timeout: Duration) -> Result<i64> {
+    let tps = preflight(connection, &[topic.to_string()], timeout).await?;
+    let connection = connection.clone();
     tokio::task::spawn_blocking(move || -> Result<i64> {
-        let consumer: BaseConsumer = base_config(&brokers).create()?;
+        let consumer: BaseConsumer = connection.client_config().create()?;
         tps.iter().map(|tp| fetch_watermarks(&consumer, tp, timeout).map(|(_, high)| high)).sum()
     })
     .await
@@ -239,15 +416,15 @@ pub async fn high_watermark_sum(brokers: &str, topic: &str, timeout: Duration) -
 /// Turns `earliest`/`latest` into concrete offsets, so the first checkpoint pins the start and
 /// a restart before the first commit does not move it.
 pub async fn resolve_starting_offsets(
-    brokers: &str,
+    connection: &Connection,
     tps: &[TopicPartition],
     mode: StartingOffsets,
     timeout: Duration,
 ) -> Result<Offsets> {
-    let brokers = brokers.to_string();
+    let connection = connection.clone();
     let tps = tps.to_vec();
     tokio::task::spawn_blocking(move || -> Result<Offsets> {
-        let consumer: BaseConsumer = base_config(&brokers).create()?;
+        let consumer: BaseConsumer = connection.client_config().create()?;
         let mut out = Offsets::new();
         for tp in tps {
             let (low, high) = fetch_watermarks(&consumer, &tp, timeout)?;
@@ -260,14 +437,14 @@ pub async fn resolve_starting_offsets(
 }
 
 /// Creates a topic; `Ok(false)` when it already existed (idempotent).
-pub async fn create_topic(brokers: &str, topic: &str, partitions: i32, replication: i32) -> Result<bool> {
-    create_topic_with_config(brokers, topic, partitions, replication, &[]).await
+pub async fn create_topic(connection: &Connection, topic: &str, partitions: i32, replication: i32) -> Result<bool> {
+    create_topic_with_config(connection, topic, partitions, replication, &[]).await
 }
 
 /// Grows `topic` to `total` partitions (Kafka never shrinks a topic).
-pub async fn add_partitions(brokers: &str, topic: &str, total: usize) -> Result<()> {
+pub async fn add_partitions(connection: &Connection, topic: &str, total: usize) -> Result<()> {
     use rdkafka::admin::NewPartitions;
-    let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
+    let admin: AdminClient<DefaultClientContext> = connection.client_config().create()?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin.create_partitions([&NewPartitions::new(topic, total)], &opts).await?;
     match results.into_iter().next() {
@@ -279,13 +456,14 @@ pub async fn add_partitions(brokers: &str, topic: &str, total: usize) -> Result<
 /// Creates a topic with topic-level configs (e.g. `max.message.bytes`); `Ok(false)` when it
 /// already existed.
 pub async fn create_topic_with_config(
-    brokers: &str,
+    connection: &Connection,
     topic: &str,
     partitions: i32,
     replication: i32,
     config: &[(&str, &str)],
 ) -> Result<bool> {
-    let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
+    let brokers = connection.brokers();
+    let admin: AdminClient<DefaultClientContext> = connection.client_config().create()?;
     let opts =
         AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))).request_timeout(Some(Duration::from_secs(30)));
     let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
