@@ -12,28 +12,40 @@ use crate::common::{self, spawn, terminate, write_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_while_producing_stays_exactly_once() {
-    let mut rng = common::seeded_rng("sigkill test");
     let topic = common::topic("sigkill", 4).await;
     let dir = tempfile::tempdir().unwrap();
     let config = common::delta_config(&common::unique("p"), &topic, dir.path());
-    let file = write_config(&config, dir.path());
+    sigkill_while_producing(&config, &topic, dir.path(), &common::kafka()).await;
+}
 
-    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 10_000);
+/// 10,000 records (every 101st malformed) produced through `producer` at 2,500/s while
+/// `exactly run` on `config` (a Delta table in `dir/table`) is SIGKILLed six times at random
+/// moments; then one clean run drains the topic, and the audit, the log and an independent
+/// reader find every record exactly once.
+pub async fn sigkill_while_producing(
+    config: &exactly::PipelineConfig,
+    topic: &str,
+    dir: &std::path::Path,
+    producer: &exactly::kafka::Connection,
+) {
+    let mut rng = common::seeded_rng("sigkill test");
+    let file = write_config(config, dir);
+    let mut opts = ProduceOptions::new(producer, topic, 10_000);
     opts.rate = Some(2_500);
     opts.malformed_every = Some(101);
     let producer = tokio::spawn(async move { produce(&opts, std::future::pending()).await.unwrap() });
     common::sigkill_loop(&file, 6, &mut rng).await;
     producer.await.unwrap();
     let child = spawn(&file, None);
-    common::wait_table_drained(&dir.path().join("table"), &config.id, &topic, Duration::from_secs(120)).await;
+    common::wait_table_drained(&dir.join("table"), &config.id, topic, Duration::from_secs(120)).await;
     terminate(child).await;
 
-    let audit = common::assert_verified(&config).await;
+    let audit = common::assert_verified(config).await;
     assert_eq!(audit.total(|p| p.expected), 10_000);
     assert_eq!(audit.total(|p| p.dead_lettered), 10_000 / 101);
-    common::assert_each_epoch_committed_once(&dir.path().join("table"), &config.id);
-    common::assert_each_epoch_committed_once(&dir.path().join("table_dead_letters"), &config.id);
-    assert_eq!(common::read_with_python(&dir.path().join("table"))["rows"].as_u64().unwrap(), audit.total(|p| p.rows));
+    common::assert_each_epoch_committed_once(&dir.join("table"), &config.id);
+    common::assert_each_epoch_committed_once(&dir.join("table_dead_letters"), &config.id);
+    assert_eq!(common::read_with_python(&dir.join("table"))["rows"].as_u64().unwrap(), audit.total(|p| p.rows));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +157,7 @@ async fn records_deleted_before_their_commit_are_refused_not_skipped() {
 
     // 100 more records, of which the first 50 are deleted before the pipeline reads them.
     common::produce_events(&topic, 100, 100).await;
-    let admin: AdminClient<DefaultClientContext> = exactly::kafka::base_config(&common::brokers()).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> = common::kafka().client_config().create().unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(150)).unwrap();
     let deleted = admin.delete_records(&tpl, &AdminOptions::new()).await.unwrap();

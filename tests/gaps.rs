@@ -18,7 +18,7 @@ async fn transaction_markers_and_aborted_records_are_gaps_not_losses() {
     // and 50 aborted records between the committed ones.
     tokio::task::spawn_blocking(move || {
         let producer: ThreadedProducer<DefaultProducerContext> =
-            exactly::kafka::base_config(&b).set("transactional.id", &txn_id).create().unwrap();
+            exactly::kafka::Connection::plaintext(b.as_str()).client_config().set("transactional.id", &txn_id).create().unwrap();
         producer.init_transactions(Duration::from_secs(30)).unwrap();
         let mut id = 0u64;
         for (n, commit) in [(100, true), (50, false), (100, true)] {

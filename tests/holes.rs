@@ -12,7 +12,7 @@ use crate::common::{self, spawn, write_config};
 
 /// Grows `topic` to `total` partitions.
 async fn add_partitions(topic: &str, total: usize) {
-    exactly::kafka::add_partitions(&common::brokers(), topic, total).await.unwrap();
+    exactly::kafka::add_partitions(&common::kafka(), topic, total).await.unwrap();
 }
 
 /// Partitions added to a topic while the pipeline runs are read from their earliest offset, go
@@ -219,11 +219,11 @@ async fn a_reset_that_cannot_rebuild_keyed_state_is_refused() {
 async fn delete_topic(topic: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = exactly::kafka::base_config(&common::brokers()).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> = common::kafka().client_config().create().unwrap();
     let res = admin.delete_topics(&[topic], &AdminOptions::new()).await.unwrap();
     assert!(res.into_iter().all(|r| r.is_ok()), "delete {topic}");
     common::wait_until(Duration::from_secs(60), "the topic is gone", || async {
-        exactly::kafka::preflight(&common::brokers(), &[topic.to_string()], Duration::from_secs(5)).await.is_err()
+        exactly::kafka::preflight(&common::kafka(), &[topic.to_string()], Duration::from_secs(5)).await.is_err()
     })
     .await;
 }
@@ -247,7 +247,7 @@ async fn a_recreated_topic_is_refused_not_resumed_mid_topic() {
     // Recreated with more records than the old positions: reading on at them would "work".
     delete_topic(&topic).await;
     common::wait_until(Duration::from_secs(60), "the topic is created again", || async {
-        exactly::kafka::create_topic(&common::brokers(), &topic, 2, 1).await.is_ok_and(|created| created)
+        exactly::kafka::create_topic(&common::kafka(), &topic, 2, 1).await.is_ok_and(|created| created)
     })
     .await;
     common::produce_events(&topic, 1_000, 600).await;
@@ -268,7 +268,7 @@ async fn a_recreated_topic_is_refused_not_resumed_mid_topic() {
     common::wait_table_drained(&dir.path().join("second/table"), &fresh.id, &topic, Duration::from_secs(60)).await;
     delete_topic(&topic).await;
     common::wait_until(Duration::from_secs(60), "the topic is created again", || async {
-        exactly::kafka::create_topic(&common::brokers(), &topic, 2, 1).await.is_ok_and(|created| created)
+        exactly::kafka::create_topic(&common::kafka(), &topic, 2, 1).await.is_ok_and(|created| created)
     })
     .await;
     common::produce_events(&topic, 5_000, 1_000).await;
@@ -300,7 +300,7 @@ async fn future_and_late_events_are_dead_lettered_with_their_bytes() {
         (0..50).map(|i| (i.to_string(), exactly::producer::event_json(i, 10, now))).collect();
     records.push(("future-key".into(), future.clone()));
     records.extend((50..100).map(|i| (i.to_string(), exactly::producer::event_json(i, 10, now + 1_000))));
-    let producer: FutureProducer = exactly::kafka::base_config(&common::brokers()).create().unwrap();
+    let producer: FutureProducer = common::kafka().client_config().create().unwrap();
     for (k, v) in &records {
         producer.send(FutureRecord::to(&topic).key(k).payload(v), Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
     }

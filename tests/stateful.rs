@@ -40,7 +40,7 @@ fn counts(mode: OutputMode) -> AggregateConfig {
 
 /// Sends `(kafka key, json)` records and waits for each delivery.
 async fn send_json(topic: &str, records: &[(String, String)]) {
-    let producer: FutureProducer = exactly::kafka::base_config(&common::brokers()).create().unwrap();
+    let producer: FutureProducer = common::kafka().client_config().create().unwrap();
     for (k, v) in records {
         producer.send(FutureRecord::to(topic).key(k).payload(v), Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
     }

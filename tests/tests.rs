@@ -26,6 +26,9 @@ mod maintenance;
 // Tables on real object stores (SeaweedFS for S3, Azurite for Azure): exactly once, audited and
 // read from the store; fences, outages, fresh disks, bad credentials.
 mod object_storage;
+// Secured Kafka (SASL_SSL with SCRAM and PLAIN, mutual TLS): exactly once over each, every
+// refusal one line, the password never printed.
+mod security;
 // The chaos suite's CI subset: every fault kind once, audited.
 mod chaos;
 // Monitoring against a real Prometheus: promtool, dashboards, panel data, alerts.

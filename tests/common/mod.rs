@@ -22,6 +22,11 @@ pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| "127.0.0.1:9092".into())
 }
 
+/// A plaintext connection to the brokers under test.
+pub fn kafka() -> exactly::kafka::Connection {
+    exactly::kafka::Connection::plaintext(brokers())
+}
+
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -32,7 +37,7 @@ pub fn unique(prefix: &str) -> String {
 /// Creates a fresh topic with `partitions` partitions and returns its name.
 pub async fn topic(prefix: &str, partitions: i32) -> String {
     let name = unique(prefix);
-    assert!(exactly::kafka::create_topic(&brokers(), &name, partitions, 1).await.expect("create topic"));
+    assert!(exactly::kafka::create_topic(&kafka(), &name, partitions, 1).await.expect("create topic"));
     name
 }
 
@@ -201,14 +206,14 @@ pub fn assert_each_epoch_committed_once(table: &Path, pipeline: &str) {
 
 /// Sum of the high watermarks of a topic's partitions.
 pub async fn high_watermarks(topic: &str) -> i64 {
-    exactly::kafka::high_watermark_sum(&brokers(), topic, Duration::from_secs(10)).await.unwrap()
+    exactly::kafka::high_watermark_sum(&kafka(), topic, Duration::from_secs(10)).await.unwrap()
 }
 
 /// The sum of the cut a Delta table recorded for pipeline `id` over `topic`'s partitions.
 pub async fn table_cut(table: impl Into<TableLocation>, id: &str, topic: &str) -> i64 {
     let table = table.into();
     let Some(t) = exactly::sink::delta::load_table(table.clone()).await.unwrap() else { return 0 };
-    let tps = exactly::kafka::preflight(&brokers(), &[topic.to_string()], Duration::from_secs(10)).await.unwrap();
+    let tps = exactly::kafka::preflight(&kafka(), &[topic.to_string()], Duration::from_secs(10)).await.unwrap();
     exactly::sink::delta::recorded_cut(&t, &table, id, &tps).await.unwrap().values().sum()
 }
 
@@ -240,11 +245,14 @@ pub fn write_config(config: &exactly::PipelineConfig, dir: &Path) -> std::path::
     path
 }
 
+/// Starts `exactly run` on `config`. The config names its brokers (`KAFKA_BROKERS` would
+/// replace them: the secured listeners of the security tests are not the plaintext one).
 pub fn spawn(config: &Path, failpoints: Option<&str>) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_exactly"));
     c.args(["run", "--progress", "off", "--config"])
         .arg(config)
         .env("RUST_LOG", "off")
+        .env_remove("KAFKA_BROKERS")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if let Some(fp) = failpoints {
