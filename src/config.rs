@@ -922,8 +922,9 @@ mod tests {
         let sample = doc.split("```toml\n").nth(1).and_then(|s| s.split("\n```").next()).expect("a toml sample");
         PipelineConfig::parse(sample, "docs/config.md").unwrap().validate("docs/config.md").unwrap();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = e.path();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+        files.extend(std::fs::read_dir(dir.join("secured")).unwrap().flatten().map(|e| e.path()));
+        for path in files {
             if path.extension().is_some_and(|x| x == "toml") {
                 let origin = path.display().to_string();
                 let text = std::fs::read_to_string(&path).unwrap();
