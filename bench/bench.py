@@ -169,7 +169,21 @@ def s3_delete(work):
         log(f"could not delete the bench tables on S3: {e}")
 
 
+def sasl_ssl_source():
+    """The broker's SASL_SSL listener (scripts/kafka secure-env, exported by scripts/with-kafka):
+    its address and the [source.security] lines that reach it with SCRAM-SHA-512."""
+    brokers, tls = os.environ.get("KAFKA_SASL_SSL_BROKERS"), os.environ.get("KAFKA_TLS_DIR")
+    if not brokers or not tls:
+        raise RuntimeError("append_sasl_ssl needs the local broker's secured listeners (bench/run exports them)")
+    return brokers, ('[source.security]\nprotocol = "sasl_ssl"\nmechanism = "SCRAM-SHA-512"\nusername = "exactly"\n'
+                     f'password = {{ file = "{tls}/password" }}\nca_file = "{tls}/ca.pem"\n')
+
+
 def pipeline_config(mode, topic, work, interval_ms, sink_extra=""):
+    brokers, security = BROKERS, ""
+    if mode == "append_sasl_ssl":  # the append pipeline, reading over TLS with SCRAM
+        brokers, security = sasl_ssl_source()
+        mode = "append"
     if mode == "append_s3":  # the append pipeline, its tables on the S3 server
         env = s3_env()
         sink_extra = (f'path = "s3://{s3_prefix(work)}/table"\n' + sink_extra + "[sink.storage]\n"
@@ -184,10 +198,10 @@ def pipeline_config(mode, topic, work, interval_ms, sink_extra=""):
         extra = '[aggregate]\ngroup_by = ["value"]\naggregates = [{ op = "count" }]\noutput_mode = "update"\nbuckets = 16\n'
     text = f'''id = "bench-{mode}"
 [source]
-brokers = "{BROKERS}"
+brokers = "{brokers}"
 topics = ["{topic}"]
 starting_offsets = "earliest"
-[decode]
+{security}[decode]
 format = "json"
 {seed}
 {extra}[epoch]
@@ -206,9 +220,11 @@ class Ours:
     """`exactly run` with JSON progress on stderr, counting committed input records."""
 
     def __init__(self, profile, config, env=None):
+        # The config names its brokers: KAFKA_BROKERS would replace them (the plaintext listener).
+        base = {k: v for k, v in os.environ.items() if k != "KAFKA_BROKERS"}
         self.p = spawn([binary(profile, "exactly"), "run", "--progress", "json", "--config", str(config)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  env={**os.environ, **(env or {}), "RUST_LOG": "error"})
+                                  env={**base, **(env or {}), "RUST_LOG": "error"})
         self.started = time.time()
         self.total, self.first_commit_at, self.lock = 0, None, threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()
@@ -513,7 +529,7 @@ def main():
     ap.add_argument("--interval-ms", type=int, default=1000, help="epoch interval = Spark trigger interval")
     ap.add_argument("--profile", default=None, help="cargo profile of the binaries (release; debug for --quick)")
     ap.add_argument("--skip-spark", action="store_true")
-    ap.add_argument("--modes", help="only these of ours (append,dedup,counts,append_s3), no Spark; writes nothing")
+    ap.add_argument("--modes", help="only these of ours (append,dedup,counts,append_s3,append_sasl_ssl), no Spark; writes nothing")
     ap.add_argument("--dedup-scale", type=int, metavar="IDS", help="only: RSS of dedup with retention over IDS distinct ids")
     ap.add_argument("--soak", type=int, metavar="EPOCHS", help="only: a soak run of EPOCHS epochs per mode (see bench/README.md)")
     ap.add_argument("--soak-modes", default="append,counts", help="modes of the soak run")
@@ -564,7 +580,7 @@ def main():
     partial = a.modes is not None
     systems = ["ours"] + ([] if a.skip_spark or partial else ["spark"])
     for system in systems:
-        modes = ["append", "dedup", "counts"] + (["append_s3"] if system == "ours" else [])
+        modes = ["append", "dedup", "counts"] + (["append_s3", "append_sasl_ssl"] if system == "ours" else [])
         for mode in a.modes.split(",") if partial else modes:
             log(f"{system} {mode}: {runs} run(s) over {events} events")
             rs = []
@@ -623,6 +639,10 @@ def render(r):
     if o3 and oa:
         rows.append(f"| append to S3 (local SeaweedFS): records/s | | {o3['records_per_s']:,.0f} | | {o3['records_per_s'] / lim:.0%} | "
                     f"{o3['records_per_s'] / oa['records_per_s']:.0%} of ours to local disk |")
+    ot = r.get("ours_append_sasl_ssl")
+    if ot and oa:
+        rows.append(f"| append reading over SASL_SSL (TLS + SCRAM-SHA-512): records/s | | {ot['records_per_s']:,.0f} | | {ot['records_per_s'] / lim:.0%} | "
+                    f"{ot['records_per_s'] / oa['records_per_s']:.0%} of ours over plaintext |")
     ro, rs = r.get("ours_recovery_s"), r.get("spark_recovery_s")
     rows.append(f"| recovery after SIGKILL, s to the first commit | | {ro:.2f} | {'—' if rs is None else f'{rs:.2f}'} | | |" if ro is not None else "")
     return "\n".join(x for x in rows if x)

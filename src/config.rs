@@ -595,6 +595,14 @@ pub enum ConfigError {
         /// The parser's message.
         message: String,
     },
+    /// A secret (a password, a key) that cannot be read from where the config says it is.
+    #[error("`{field}` {problem}")]
+    Secret {
+        /// Dotted field name.
+        field: String,
+        /// Where it was looked for and why it is not there (never a value).
+        problem: String,
+    },
     /// A value that parses but is not allowed.
     #[error("config {path}: `{field}` {problem}")]
     Invalid {

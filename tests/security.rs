@@ -205,6 +205,19 @@ async fn refused_connections_are_one_clear_line_and_write_nothing() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.lines().count() == 1 && err.contains("source.security.ca_file") && err.contains("missing-ca.pem"), "{err}");
+
+    // A password whose environment variable is not set: one line naming the field and the
+    // variable, before any connection.
+    config.source.security =
+        SecurityConfig { password: Some(Secret::Env("EXACTLY_TEST_SURELY_UNSET".into())), ..s.sasl(Mechanism::ScramSha512) };
+    let file = common::write_config(&config, dir.path());
+    let out = exactly(&["check", "--config", file.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines().count() == 1 && err.contains("source.security.password") && err.contains("EXACTLY_TEST_SURELY_UNSET"),
+        "{err}"
+    );
 }
 
 fn free_port() -> u16 {

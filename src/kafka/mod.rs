@@ -135,11 +135,14 @@ impl Connection {
 
     /// The connection `[source]` describes; secrets are read now, from where they are kept.
     pub fn of(source: &SourceConfig) -> Result<Connection> {
-        let bad = |p: security::Problem| {
-            Error::Config(crate::config::ConfigError::Invalid { path: "config".into(), field: p.field, problem: p.problem })
+        let invalid = |p: security::Problem| {
+            Error::Config(crate::config::ConfigError::Invalid { path: "[source]".into(), field: p.field, problem: p.problem })
         };
-        source.security.check(&source.properties).map_err(bad)?;
-        let mut properties = source.security.properties().map_err(bad)?;
+        source.security.check(&source.properties).map_err(invalid)?;
+        let mut properties = source
+            .security
+            .properties()
+            .map_err(|p| Error::Config(crate::config::ConfigError::Secret { field: p.field, problem: p.problem }))?;
         properties.extend(source.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
         Ok(Connection { brokers: source.brokers.clone(), security: source.security.clone(), properties })
     }
