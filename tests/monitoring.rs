@@ -2,8 +2,6 @@
 //! the Grafana dashboards are valid, every panel query returns data on a healthy run, every
 //! series an alert uses exists, and the "no commit" alert fires when the commit path stalls.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -18,19 +16,11 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::free_port;
 
 /// A GET against Prometheus's HTTP API, returning the JSON `data`.
 fn prom_get(port: u16, path_and_query: &str) -> Option<Value> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let body = buf.split_once("\r\n\r\n")?.1;
-    let v: Value = serde_json::from_str(body).ok()?;
+    let v: Value = serde_json::from_str(&common::http_get(port, path_and_query)?).ok()?;
     (v["status"] == "success").then(|| v["data"].clone())
 }
 

@@ -4,8 +4,6 @@
 //! of refused connection is one line and a non-zero exit with nothing written, and no output of
 //! a run — its streams, its metrics — ever holds the password.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -220,19 +218,6 @@ async fn refused_connections_are_one_clear_line_and_write_nothing() {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn scrape(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    Some(buf)
-}
-
 /// The CLI end to end over SASL_SSL, the password in an environment variable: `topics create`,
 /// `check`, `produce`, `run` (with its metrics endpoint scraped), `verify` — every stream of
 /// every command, and the metrics, are searched for the password; it is never there.
@@ -242,7 +227,7 @@ async fn the_cli_works_over_sasl_ssl_and_never_prints_the_password() {
     let password = s.password();
     let dir = tempfile::tempdir().unwrap();
     let topic = common::unique("cli-sec");
-    let port = free_port();
+    let port = common::free_port();
     let mut config = secured_config(
         &topic,
         dir.path(),
@@ -276,7 +261,10 @@ async fn the_cli_works_over_sasl_ssl_and_never_prints_the_password() {
         .spawn()
         .unwrap();
     common::wait_table_drained(&dir.path().join("table"), &config.id, &topic, Duration::from_secs(60)).await;
-    let metrics = tokio::task::spawn_blocking(move || scrape(port)).await.unwrap().expect("the metrics endpoint answers");
+    let metrics = tokio::task::spawn_blocking(move || common::http_get(port, "/metrics"))
+        .await
+        .unwrap()
+        .expect("the metrics endpoint answers");
     assert!(metrics.contains("exactly_records_committed_total"), "{metrics}");
     seen += &metrics;
     let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();

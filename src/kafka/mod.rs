@@ -148,7 +148,7 @@ impl Connection {
     }
 
     /// The same connection with these raw librdkafka properties added (the bench tool's
-    /// `--property`).
+    /// `--set`).
     pub fn with_properties(mut self, properties: impl IntoIterator<Item = (String, String)>) -> Connection {
         self.properties.extend(properties);
         self
