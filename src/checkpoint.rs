@@ -137,9 +137,23 @@ impl CheckpointStore {
 
     /// Opens the checkpoint with the configured memory bounds (block cache, write buffers).
     pub fn open_with(dir: impl Into<PathBuf>, config: &StateConfig) -> Result<Self> {
-        let dir = dir.into();
+        Self::open_in(dir.into(), config, None)
+    }
+
+    /// A checkpoint that lives in memory only, for group mode: there the tables record where
+    /// every partition resumes and no state is kept, so a member needs no directory of its own
+    /// (and several members may run on one machine with one config).
+    pub fn in_memory(config: &StateConfig) -> Result<Self> {
+        let dir = PathBuf::from("/exactly-group-member");
+        let env = rocksdb::Env::mem_env().map_err(|e| Error::Checkpoint { path: dir.clone(), detail: e.to_string() })?;
+        Self::open_in(dir, config, Some(env))
+    }
+
+    fn open_in(dir: PathBuf, config: &StateConfig, env: Option<rocksdb::Env>) -> Result<Self> {
         let err = |detail: String| Error::Checkpoint { path: dir.clone(), detail };
-        std::fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create directory: {e}")))?;
+        if env.is_none() {
+            std::fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create directory: {e}")))?;
+        }
         let cache = Cache::new_lru_cache(config.block_cache_mb * 1024 * 1024).map_err(|e| err(e.to_string()))?;
         let cf_opts = || {
             let mut table = BlockBasedOptions::default();
@@ -160,6 +174,9 @@ impl CheckpointStore {
             o
         };
         let mut opts = cf_opts();
+        if let Some(env) = &env {
+            opts.set_env(env);
+        }
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_open_files(256);

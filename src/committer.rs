@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, StateMemory};
+use crate::error::Error;
 use crate::failpoint::FailPoints;
 use crate::fault::Fault;
 use crate::record::{EpochBatch, PartitionRange};
@@ -125,7 +126,16 @@ impl Actor for CommitterActor {
                     .into());
                 }
                 let t0 = Instant::now();
-                state.args.sink.commit(&batch).await?;
+                match state.args.sink.commit(&batch).await {
+                    Ok(()) => {}
+                    Err(Error::Fenced { partitions, detail }) => {
+                        // Group mode: another member claimed some of the epoch's partitions;
+                        // nothing of the epoch was written. The supervisor decides what next.
+                        state.args.supervisor.cast(SupervisorMsg::Fenced { barrier, partitions, detail })?;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 let sink_time = t0.elapsed();
                 // Offsets and state changes in one RocksDB batch, off the async executor. If this
                 // actor is killed meanwhile, the write still completes, and the store's lock makes

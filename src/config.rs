@@ -96,6 +96,13 @@ pub struct SourceConfig {
     /// open epoch is committed, then the actor tree restarts with a consumer for each new
     /// partition; no restart budget is spent).
     pub partition_discovery_ms: u64,
+    /// Group mode: the Kafka consumer group several processes of this pipeline share. Every
+    /// process started with the same config (same `id`, same `group_id`) owns a share of the
+    /// topics' partitions (cooperative-sticky assignment), runs the actor tree for them and
+    /// commits its own epochs to the shared tables; the table, not the checkpoint, says where
+    /// each partition resumes (ARCHITECTURE.md, "Group mode"). Unset: one process reads every
+    /// partition (the default). Stateless pipelines only, for now.
+    pub group_id: Option<String>,
 }
 
 impl Default for SourceConfig {
@@ -110,6 +117,7 @@ impl Default for SourceConfig {
             properties: BTreeMap::new(),
             connect_timeout_ms: 10_000,
             partition_discovery_ms: 10_000,
+            group_id: None,
         }
     }
 }
@@ -737,6 +745,36 @@ impl PipelineConfig {
         }
         if self.supervisor.shutdown_timeout_ms == 0 {
             return Err(bad("supervisor.shutdown_timeout_ms", "must be at least 1".into()));
+        }
+        if let Some(group) = &self.source.group_id {
+            for (key, why) in kafka::GROUP_MANAGED_PROPERTIES {
+                if self.source.properties.contains_key(*key) {
+                    return Err(bad(
+                        &format!("source.properties.\"{key}\""),
+                        format!("is managed in group mode and cannot be set: {why}"),
+                    ));
+                }
+            }
+            if group.is_empty() || !group.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                return Err(bad("source.group_id", format!("is {group:?}; use letters, digits, '.', '_' or '-'")));
+            }
+            let stateful = match (&self.dedup, &self.aggregate) {
+                (Some(_), _) => Some("dedup"),
+                (None, Some(_)) => Some("aggregate"),
+                _ => None,
+            };
+            if let Some(section) = stateful {
+                return Err(bad(
+                    "source.group_id",
+                    format!("cannot be used with [{section}] yet: keyed state lives in one process's RocksDB and does not move with its partition (ARCHITECTURE.md, \"Group mode\"); run a stateful pipeline as one process"),
+                ));
+            }
+            if !matches!(self.sink, SinkConfig::Delta { .. }) {
+                return Err(bad(
+                    "source.group_id",
+                    "needs a Delta sink: in group mode the table records where each partition resumes".into(),
+                ));
+            }
         }
         if self.source.partition_discovery_ms < 100 {
             return Err(bad("source.partition_discovery_ms", "must be at least 100 (milliseconds)".into()));

@@ -95,6 +95,16 @@ pub enum Error {
         detail: String,
     },
 
+    /// Group mode: another member committed a partition this one thought it owned (it lost the
+    /// partition in a rebalance, or was paused past the session timeout). Nothing was written.
+    #[error("fenced: {detail}")]
+    Fenced {
+        /// The partitions another member claimed.
+        partitions: Vec<crate::record::TopicPartition>,
+        /// What the table holds.
+        detail: String,
+    },
+
     /// An actor could not be spawned or messaged.
     #[error("actor system: {0}")]
     Actor(String),

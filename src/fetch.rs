@@ -101,6 +101,22 @@ impl Drop for PartitionFetch {
     }
 }
 
+/// Routes `tp`'s messages away from the client's main queue before the partition is assigned,
+/// so no record lands there between a group assignment and the consumer that splits the queue
+/// (librdkafka keeps a forwarding the application set when it starts fetching).
+pub fn detach_queue<C: rdkafka::consumer::ConsumerContext>(consumer: &rdkafka::consumer::BaseConsumer<C>, tp: &TopicPartition) {
+    let Ok(topic) = CString::new(tp.topic.as_bytes()) else { return };
+    // SAFETY: the client pointer is valid during the call; the queue handle is ours to destroy,
+    // and destroying it keeps the forwarding.
+    unsafe {
+        let queue = rdsys::rd_kafka_queue_get_partition(consumer.client().native_ptr(), topic.as_ptr(), tp.partition);
+        if !queue.is_null() {
+            rdsys::rd_kafka_queue_forward(queue, std::ptr::null_mut());
+            rdsys::rd_kafka_queue_destroy(queue);
+        }
+    }
+}
+
 /// One message owned from librdkafka (a record, or a consume error: see [`Msg::error`]);
 /// released on drop.
 pub struct Msg<'q> {

@@ -38,6 +38,7 @@ pub mod error;
 pub mod failpoint;
 pub mod fault;
 pub mod fetch;
+pub mod group;
 pub mod kafka;
 pub mod maintenance;
 pub mod metrics;

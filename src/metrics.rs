@@ -67,6 +67,16 @@ pub const ACTOR_RESTARTS: &str = "exactly_actor_restarts_total";
 /// Gauge: the current generation of the actor tree (increments on every restart).
 pub const GENERATION: &str = "exactly_generation";
 
+/// Counter: consumer-group rebalances that changed (or revoked) this member's partitions.
+pub const REBALANCES: &str = "exactly_rebalances_total";
+/// Histogram: group mode, seconds from a rebalance (or a fence) to the next running generation
+/// — how long this member committed nothing because of it.
+pub const REBALANCE_PAUSE_SECONDS: &str = "exactly_rebalance_pause_seconds";
+/// Gauge: the partitions this process reads (group mode: its share of the group's).
+pub const ASSIGNED_PARTITIONS: &str = "exactly_assigned_partitions";
+/// Counter: epochs dropped because another group member had claimed one of their partitions.
+pub const FENCED: &str = "exactly_fenced_epochs_total";
+
 /// Histogram buckets, seconds: from 1 ms to 2 minutes.
 const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
@@ -105,6 +115,8 @@ pub fn register_zeros() {
         metrics::counter!(MAINTENANCE_ERRORS, "table" => table).increment(0);
     }
     metrics::counter!(RECORDS_COMMITTED).increment(0);
+    metrics::counter!(REBALANCES).increment(0);
+    metrics::counter!(FENCED).increment(0);
     metrics::counter!(DUPLICATES_DROPPED).increment(0);
     for kind in ["dedup", "aggregate"] {
         metrics::gauge!(STATE_KEYS, "kind" => kind).increment(0.0);

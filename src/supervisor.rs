@@ -38,6 +38,7 @@ use crate::decode::Decoder;
 use crate::error::Error;
 use crate::failpoint::FailPoints;
 use crate::fetch::PartitionFetch;
+use crate::group::{GroupMember, GroupRequest};
 use crate::kafka::{self, PartitionStats, PipelineConsumer, StatsContext};
 use crate::metrics as m;
 use crate::progress::{PartitionProgress, Progress};
@@ -83,6 +84,21 @@ pub enum SupervisorMsg {
     },
     /// Report the tree's current state.
     Status(RpcReplyPort<PipelineStatus>),
+    /// Group mode: the consumer group is changing this member's partitions.
+    Group(GroupRequest),
+    /// Group mode: barrier `barrier`'s epoch was not committed because another member claimed
+    /// `partitions`.
+    Fenced {
+        /// Which barrier.
+        barrier: u64,
+        /// The partitions claimed by another member.
+        partitions: Vec<TopicPartition>,
+        /// What the table holds.
+        detail: String,
+    },
+    /// Group mode: the wait after a fence is over; read the fenced partitions again if the
+    /// group still assigns them here.
+    Unsuspend,
 }
 
 /// A snapshot of the tree, for tests, the chaos suite and operators.
@@ -128,8 +144,11 @@ pub struct SupervisorArgs {
 /// One incarnation of the tree.
 struct Generation {
     client: Arc<PipelineConsumer>,
-    poller: JoinHandle<()>,
-    discovery: JoinHandle<()>,
+    /// Serves the client's main queue (single-process mode; a group member's is served by its
+    /// [`GroupMember`]).
+    poller: Option<JoinHandle<()>>,
+    /// Partition discovery (single-process mode; the group protocol finds a group's).
+    discovery: Option<JoinHandle<()>>,
     consumers: Vec<(TopicPartition, ActorRef<ConsumerMsg>)>,
     aggregator: ActorRef<AggregatorMsg>,
     committer: ActorRef<CommitterMsg>,
@@ -184,6 +203,37 @@ pub struct SupervisorState {
     processor: Option<Arc<Processor>>,
     /// The last committed cut, shared with the Kafka statistics callback (lag per partition).
     committed_offsets: Arc<Mutex<Offsets>>,
+    /// Group mode: this process's membership and the partitions the group gave it.
+    group: Option<GroupState>,
+}
+
+/// A group member's side of the assignment (see `group.rs`).
+struct GroupState {
+    member: GroupMember,
+    /// The partitions the group assigned to this member.
+    assigned: Vec<TopicPartition>,
+    /// Partitions assigned at these offsets by the last rebalance and not read since (the next
+    /// generation need not seek them).
+    fresh: Offsets,
+    /// Partitions another member claimed (this member was fenced on them): left out of the
+    /// generations until the group revokes them, or until a session timeout has passed.
+    suspended: Vec<TopicPartition>,
+    /// When this member stopped committing for a rebalance (for the pause metric).
+    paused_since: Option<Instant>,
+}
+
+impl GroupState {
+    /// The partitions the next generation reads.
+    fn active(&self) -> Vec<TopicPartition> {
+        let mut v: Vec<TopicPartition> = self.assigned.iter().filter(|tp| !self.suspended.contains(tp)).cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn pause(&mut self) {
+        metrics::counter!(m::REBALANCES).increment(1);
+        self.paused_since.get_or_insert_with(Instant::now);
+    }
 }
 
 impl SupervisorState {
@@ -250,7 +300,18 @@ impl SupervisorState {
         };
         let (mut cp, replay) = match (found, sink_epoch) {
             (Some(cp), _) if !durable => (cp, None),
-            (Some(cp), Some(v)) if v.epoch == cp.epoch => (cp, None),
+            (Some(cp), Some(v)) if v.epoch == cp.epoch => {
+                // The table's offsets moved past the checkpoint's without a new epoch: members
+                // of a group wrote it since (they record offsets, not epochs).
+                let at = cp.offsets();
+                if let Some((tp, o)) = v.offsets.iter().find(|(tp, o)| at.get(*tp).is_some_and(|c| c != *o)) {
+                    return Err(Error::Recovery(format!(
+                        "the table records next offset {o} for {tp} but checkpoint {dir} (epoch {}) says {}: the table was written in group mode since; run this pipeline with its source.group_id",
+                        cp.epoch, at[tp]
+                    )));
+                }
+                (cp, None)
+            }
             (Some(cp), Some(v)) if v.epoch == cp.epoch + 1 => {
                 tracing::warn!(
                     checkpoint = cp.epoch,
@@ -334,28 +395,77 @@ impl SupervisorState {
         Ok(())
     }
 
-    async fn start_generation(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), Error> {
-        let (cp, replay) = self.recover().await?;
-        let config = self.args.config.clone();
-        let offsets: Offsets = cp.offsets().into_iter().filter(|(tp, _)| self.partitions.contains(tp)).collect();
-        // A replayed epoch is cut by its recorded offsets, under a barrier of its own.
-        let replay = match replay {
-            None => None,
-            Some(v) => {
-                let plan = Replay::plan(&v, &offsets, self.next_barrier)?;
-                self.next_barrier += 1;
-                Some(plan)
-            }
-        };
-
-        let client: PipelineConsumer = kafka::consumer_config(&self.args.connection, &config.id)
-            .create_with_context(StatsContext::new(self.stats.clone(), self.committed_offsets.clone()))?;
-        let client = Arc::new(client);
-        let mut tpl = TopicPartitionList::new();
-        for (tp, off) in &offsets {
-            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*off))?;
+    /// Group mode: where the assigned partitions start, claimed for this member (`None`: the
+    /// group assigned nothing here yet). Partitions read by an earlier generation are sought
+    /// back to the table's offsets: that generation's open epoch was aborted.
+    async fn group_positions(&mut self) -> Result<Option<(Offsets, Arc<PipelineConsumer>)>, Error> {
+        let Some(group) = self.group.as_mut() else { return Ok(None) };
+        let active = group.active();
+        if active.is_empty() {
+            return Ok(None);
         }
-        client.assign(&tpl)?;
+        let fresh = std::mem::take(&mut group.fresh);
+        let client = group.member.client().clone();
+        let others: Vec<TopicPartition> = active.iter().filter(|tp| !fresh.contains_key(*tp)).cloned().collect();
+        let mut offsets: Offsets = fresh.into_iter().filter(|(tp, _)| active.contains(tp)).collect();
+        if !others.is_empty() {
+            let found = self.claim(&others).await?;
+            let (seeker, seeks) = (client.clone(), found.clone());
+            tokio::task::spawn_blocking(move || -> Result<(), Error> {
+                for (tp, o) in seeks {
+                    seeker.seek(&tp.topic, tp.partition, Offset::Offset(o), Duration::from_secs(10))?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| Error::Actor(format!("seek task failed: {e}")))??;
+            offsets.extend(found);
+        }
+        Ok(Some((offsets, client)))
+    }
+
+    /// Group mode: claims `partitions` in the table for this member; where each starts.
+    async fn claim(&self, partitions: &[TopicPartition]) -> Result<Offsets, Error> {
+        let src = &self.args.config.source;
+        let unrecorded = kafka::resolve_starting_offsets(
+            &self.args.connection,
+            partitions,
+            src.starting_offsets,
+            Duration::from_millis(src.connect_timeout_ms),
+        )
+        .await?;
+        self.args.sink.group_claim(partitions, &unrecorded).await
+    }
+
+    async fn start_generation(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), Error> {
+        let config = self.args.config.clone();
+        let (cp, offsets, replay, client) = if self.group.is_some() {
+            let Some((offsets, client)) = self.group_positions().await? else {
+                return Ok(()); // nothing assigned here: idle until the group assigns partitions
+            };
+            (Checkpoint::new(&config.id, self.committed.epoch, &offsets), offsets, None, client)
+        } else {
+            let (cp, replay) = self.recover().await?;
+            let offsets: Offsets = cp.offsets().into_iter().filter(|(tp, _)| self.partitions.contains(tp)).collect();
+            // A replayed epoch is cut by its recorded offsets, under a barrier of its own.
+            let replay = match replay {
+                None => None,
+                Some(v) => {
+                    let plan = Replay::plan(&v, &offsets, self.next_barrier)?;
+                    self.next_barrier += 1;
+                    Some(plan)
+                }
+            };
+            let client: PipelineConsumer = kafka::consumer_config(&self.args.connection, &config.id)
+                .create_with_context(StatsContext::new(self.stats.clone(), self.committed_offsets.clone()))?;
+            let client = Arc::new(client);
+            let mut tpl = TopicPartitionList::new();
+            for (tp, off) in &offsets {
+                tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*off))?;
+            }
+            client.assign(&tpl)?;
+            (cp, offsets, replay, client)
+        };
         let mut queues = Vec::new();
         for tp in offsets.keys() {
             let q = PartitionFetch::split(&client, tp).ok_or_else(|| Error::Actor(format!("cannot split the queue of {tp}")))?;
@@ -369,23 +479,25 @@ impl SupervisorState {
             let _ = tokio::task::spawn_blocking(move || drop(client)).await;
             return Err(e);
         }
-        // The main queue carries errors and statistics only; it must be served.
+        // The main queue carries errors and statistics only; it must be served (a group
+        // member's is served by its `GroupMember`).
         let poll_client = client.clone();
-        let poller = tokio::spawn(async move {
-            loop {
-                match poll_client.recv().await {
-                    Ok(m) => {
-                        tracing::error!(topic = rdkafka::Message::topic(&m), "record on the main queue (partition not split)")
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kafka client error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+        let poller = self.group.is_none().then(|| {
+            tokio::spawn(async move {
+                loop {
+                    match poll_client.recv().await {
+                        Ok(m) => {
+                            tracing::error!(topic = rdkafka::Message::topic(&m), "record on the main queue (partition not split)")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "kafka client error");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
                 }
-            }
+            })
         });
-
-        let discovery = self.spawn_discovery(myself, &client);
+        let discovery = self.group.is_none().then(|| self.spawn_discovery(myself, &client));
         let cell = myself.get_cell();
         let backpressure = BackPressure::new(config.source.max_buffered_records);
         let spawn_err = |e: ractor::SpawnErr| Error::Actor(e.to_string());
@@ -447,6 +559,12 @@ impl SupervisorState {
             consumers.push((tp, c));
         }
         tracing::info!(pipeline = %config.id, generation = self.generation, epoch = cp.epoch, partitions = consumers.len(), "actor tree started from the last committed epoch");
+        if let Some(group) = self.group.as_mut() {
+            if let Some(t) = group.paused_since.take() {
+                metrics::histogram!(m::REBALANCE_PAUSE_SECONDS).record(t.elapsed().as_secs_f64());
+            }
+        }
+        metrics::gauge!(m::ASSIGNED_PARTITIONS).set(consumers.len() as f64);
         metrics::gauge!(m::GENERATION).set(self.generation as f64);
         metrics::gauge!(m::EPOCH_COMMITTED).set(cp.epoch as f64);
         *self.committed_offsets.lock().expect("offsets lock") = offsets.clone();
@@ -455,6 +573,90 @@ impl SupervisorState {
         self.current = Some(Generation { client, poller, discovery, consumers, aggregator, committer, ids });
         self.ticker = Some(myself.send_interval(config.epoch.interval(), || SupervisorMsg::Tick));
         Ok(())
+    }
+
+    /// Group mode: a rebalance callback, or the assignment it made. See `group.rs`.
+    async fn on_group(&mut self, myself: &ActorRef<SupervisorMsg>, request: GroupRequest) -> Result<(), ActorProcessingErr> {
+        if self.group.is_none() {
+            return Ok(());
+        }
+        match request {
+            GroupRequest::Assigning(partitions, reply) if partitions.is_empty() => {
+                let _ = reply.send(Ok(Offsets::new())); // a rebalance that gives this member nothing new
+            }
+            GroupRequest::Revoking(partitions, _, reply) if partitions.is_empty() => {
+                let _ = reply.send(());
+            }
+            GroupRequest::Assigning(partitions, reply) => {
+                // The open epoch is aborted (a commit in progress completes first); the new
+                // partitions are claimed in the table and start where it says.
+                self.group.as_mut().expect("group").pause();
+                self.teardown(true).await;
+                match self.claim(&partitions).await {
+                    Ok(offsets) => {
+                        let group = self.group.as_mut().expect("group");
+                        group.fresh.extend(offsets.clone());
+                        group.suspended.retain(|tp| !partitions.contains(tp));
+                        let _ = reply.send(Ok(offsets));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Error::Actor(e.to_string())));
+                        self.fatal(myself, e);
+                    }
+                }
+            }
+            GroupRequest::Revoking(partitions, lost, reply) => {
+                let group = self.group.as_mut().expect("group");
+                group.pause();
+                self.teardown(true).await;
+                let group = self.group.as_mut().expect("group");
+                group.assigned.retain(|tp| !partitions.contains(tp));
+                group.suspended.retain(|tp| !partitions.contains(tp));
+                group.fresh.retain(|tp, _| !partitions.contains(tp));
+                let names: Vec<String> = partitions.iter().map(ToString::to_string).collect();
+                tracing::info!(partitions = %names.join(","), lost, "partitions revoked; their open epoch is aborted");
+                let _ = reply.send(());
+            }
+            GroupRequest::Changed { added, removed } => {
+                let group = self.group.as_mut().expect("group");
+                group.assigned.retain(|tp| !removed.contains(tp));
+                for tp in added {
+                    if !group.assigned.contains(&tp) {
+                        group.assigned.push(tp);
+                    }
+                }
+                group.assigned.sort();
+                let names: Vec<String> = group.assigned.iter().map(ToString::to_string).collect();
+                tracing::info!(partitions = %names.join(","), "this member's partitions");
+                metrics::gauge!(m::ASSIGNED_PARTITIONS).set(group.assigned.len() as f64);
+                if self.current.is_none() {
+                    myself.cast(SupervisorMsg::StartGeneration)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Group mode: another member claimed some of this generation's partitions. The epoch is
+    /// dropped (nothing of it was written), the claimed partitions are left alone until the group
+    /// revokes them or a session timeout passes, and the others go on at once.
+    async fn on_fenced(&mut self, myself: &ActorRef<SupervisorMsg>, partitions: Vec<TopicPartition>, detail: String) {
+        tracing::warn!(%detail, "fenced: another member owns these partitions now");
+        metrics::counter!(m::FENCED).increment(1);
+        self.teardown(true).await;
+        if self.shutting_down() {
+            myself.stop(None);
+            return;
+        }
+        let Some(group) = self.group.as_mut() else { return };
+        group.paused_since.get_or_insert_with(Instant::now);
+        for tp in partitions {
+            if !group.suspended.contains(&tp) {
+                group.suspended.push(tp);
+            }
+        }
+        myself.send_after(group.member.session_timeout + crate::group::FENCE_WAIT, || SupervisorMsg::Unsuspend);
+        let _ = myself.cast(SupervisorMsg::StartGeneration);
     }
 
     fn cut(&mut self) -> Result<(), ActorProcessingErr> {
@@ -554,7 +756,9 @@ impl SupervisorState {
         self.cut_pending = false;
         self.final_barrier = None;
         if let Some(gen) = self.current.take() {
-            gen.discovery.abort();
+            if let Some(d) = &gen.discovery {
+                d.abort();
+            }
             for (_, c) in &gen.consumers {
                 let _ = c.kill_and_wait(Some(STOP_TIMEOUT)).await;
             }
@@ -562,7 +766,9 @@ impl SupervisorState {
             if !graceful || gen.committer.stop_and_wait(None, Some(STOP_TIMEOUT)).await.is_err() {
                 let _ = gen.committer.kill_and_wait(Some(STOP_TIMEOUT)).await;
             }
-            gen.poller.abort();
+            if let Some(p) = &gen.poller {
+                p.abort();
+            }
             // Dropping the last handle closes the Kafka client; that blocks briefly.
             let client = gen.client;
             let _ = tokio::task::spawn_blocking(move || drop(client)).await;
@@ -707,8 +913,13 @@ impl Actor for SupervisorActor {
     type Arguments = SupervisorArgs;
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
-        let store = CheckpointStore::open_with(args.config.checkpoint_dir(), &args.config.state)?
-            .with_failpoints(args.failpoints.clone());
+        // A group member keeps no checkpoint on disk: the table records every partition's
+        // position, and group mode runs stateless pipelines only.
+        let store = match &args.config.source.group_id {
+            Some(_) => CheckpointStore::in_memory(&args.config.state)?,
+            None => CheckpointStore::open_with(args.config.checkpoint_dir(), &args.config.state)?,
+        }
+        .with_failpoints(args.failpoints.clone());
         let decoded = Decoder::for_pipeline(&args.config).schema();
         let processor =
             Processor::new(&decoded, args.config.dedup.as_ref(), args.config.aggregate.as_ref(), store.clone())?.map(Arc::new);
@@ -718,12 +929,36 @@ impl Actor for SupervisorActor {
         metrics::gauge!(m::LAST_COMMIT).set(m::unix_now());
         metrics::gauge!(m::EPOCH_INTERVAL).set(args.config.epoch.interval().as_secs_f64());
         metrics::gauge!(m::RESTART_BUDGET_REMAINING).set(args.config.supervisor.max_restarts as f64);
+        let stats = PartitionStats::default();
+        let committed_offsets = Arc::new(Mutex::new(Offsets::new()));
+        let group = match &args.config.source.group_id {
+            None => None,
+            Some(group_id) => {
+                let src = &args.config.source;
+                let member = GroupMember::join(
+                    &args.connection,
+                    group_id,
+                    &src.topics,
+                    src.partition_discovery_ms,
+                    StatsContext::new(stats.clone(), committed_offsets.clone()),
+                    myself.clone(),
+                )?;
+                tracing::info!(group = %group_id, member = %crate::group::member_name(), "joined the consumer group; waiting for partitions");
+                Some(GroupState {
+                    member,
+                    assigned: Vec::new(),
+                    fresh: Offsets::new(),
+                    suspended: Vec::new(),
+                    paused_since: None,
+                })
+            }
+        };
         myself.cast(SupervisorMsg::StartGeneration)?;
         Ok(SupervisorState {
             committed: Checkpoint::new(&args.config.id, 0, &Offsets::new()),
             args,
             store,
-            stats: PartitionStats::default(),
+            stats,
             generation: 0,
             current: None,
             next_barrier: 1,
@@ -739,12 +974,17 @@ impl Actor for SupervisorActor {
             last_commit_at: Instant::now(),
             reset_from_sink,
             processor,
-            committed_offsets: Arc::new(Mutex::new(Offsets::new())),
+            committed_offsets,
+            group,
         })
     }
 
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
         state.teardown(true).await;
+        if let Some(group) = state.group.take() {
+            // Leaving the group closes the client, which blocks briefly: never on the executor.
+            let _ = tokio::task::spawn_blocking(move || group.member.leave()).await;
+        }
         Ok(())
     }
 
@@ -844,6 +1084,24 @@ impl Actor for SupervisorActor {
             }
             SupervisorMsg::Status(reply) => {
                 let _ = reply.send(state.status());
+            }
+            SupervisorMsg::Group(request) => state.on_group(&myself, request).await?,
+            SupervisorMsg::Fenced { barrier, partitions, detail } => {
+                if state.in_flight == Some(barrier) {
+                    state.on_fenced(&myself, partitions, detail).await;
+                }
+            }
+            SupervisorMsg::Unsuspend => {
+                let resume = state.group.as_mut().is_some_and(|g| {
+                    let any = g.suspended.iter().any(|tp| g.assigned.contains(tp));
+                    g.suspended.clear();
+                    any
+                });
+                if resume && !state.shutting_down() {
+                    // The group still assigns them here after a session timeout: claim them again.
+                    state.teardown(true).await;
+                    myself.cast(SupervisorMsg::StartGeneration)?;
+                }
             }
         }
         Ok(())

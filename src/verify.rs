@@ -125,12 +125,17 @@ impl Audit {
     /// The report `exactly verify` prints.
     pub fn render(&self) -> String {
         let mut s = String::new();
+        // A table written by a group records no pipeline epoch: each member numbers its own.
+        let epoch = if self.epoch == 0 && !self.partitions.is_empty() {
+            "written by a group".to_string()
+        } else {
+            format!("epoch {}", self.epoch)
+        };
         let _ = writeln!(
             s,
-            "pipeline '{}': table {} (epoch {}), dead letters {}",
+            "pipeline '{}': table {} ({epoch}), dead letters {}",
             self.pipeline,
             self.table.display(),
-            self.epoch,
             self.dead_letter_table.display()
         );
         let _ = writeln!(
@@ -573,7 +578,7 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         let Some((start, end)) = ranges.get(&tp).copied() else {
             // No progress recorded for this partition. If the topic holds records in it, the
             // pipeline never read them: all missing. Rows of it are unexpected either way.
-            let unread = if partitions.contains(&tp) && epoch > 0 {
+            let unread = if partitions.contains(&tp) && (epoch > 0 || !ranges.is_empty()) {
                 let (connection, tp2) = (connection.clone(), tp.clone());
                 let (records, _) = tokio::task::spawn_blocking(move || kafka_records(&connection, &tp2, 0, i64::MAX))
                     .await

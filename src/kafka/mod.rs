@@ -11,10 +11,11 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{SourceConfig, StartingOffsets};
 use crate::error::{Error, Result};
@@ -53,13 +54,39 @@ impl PartitionStats {
 pub struct StatsContext {
     stats: PartitionStats,
     committed: Arc<Mutex<Offsets>>,
+    /// Group mode: who is told when the group changes this member's partitions.
+    group: Option<Arc<dyn GroupListener>>,
 }
 
 impl StatsContext {
     /// A context sharing `stats` and reading the committed cut from `committed`.
     pub fn new(stats: PartitionStats, committed: Arc<Mutex<Offsets>>) -> Self {
-        StatsContext { stats, committed }
+        StatsContext { stats, committed, group: None }
     }
+
+    /// The same context for a group member: rebalances go to `listener`.
+    pub fn with_group(mut self, listener: Arc<dyn GroupListener>) -> Self {
+        self.group = Some(listener);
+        self
+    }
+}
+
+/// Group mode: what the pipeline does when the consumer group changes this member's
+/// partitions. Called from librdkafka's rebalance callback, on the thread that polls the
+/// group client (never an async executor thread), so the calls may block.
+pub trait GroupListener: Send + Sync {
+    /// `partitions` are about to be assigned to this member: where each starts reading.
+    fn assigning(&self, partitions: &[TopicPartition]) -> Result<Offsets>;
+    /// `partitions` are about to be taken away (`lost`: the member was already out of the
+    /// group, e.g. paused past the session timeout). Returns once nothing of them is
+    /// uncommitted.
+    fn revoking(&self, partitions: &[TopicPartition], lost: bool);
+    /// The assignment changed: partitions `added` are assigned, `removed` are not any more.
+    fn changed(&self, added: Vec<TopicPartition>, removed: Vec<TopicPartition>);
+}
+
+fn partitions_in(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements().iter().map(|e| TopicPartition::new(e.topic(), e.partition())).collect()
 }
 
 impl ClientContext for StatsContext {
@@ -107,7 +134,60 @@ impl ClientContext for StatsContext {
     }
 }
 
-impl ConsumerContext for StatsContext {}
+impl ConsumerContext for StatsContext {
+    /// Group mode's side of a rebalance: an assigned partition starts where the listener says
+    /// (the table's record, never Kafka's committed offsets), its queue is split from the main
+    /// queue before any record is fetched, and a revoked partition is unassigned only after its
+    /// open epoch is aborted.
+    fn rebalance(&self, base: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let tps = partitions_in(tpl);
+        let cooperative = matches!(base.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Some(group) = &self.group {
+                    match group.assigning(&tps) {
+                        Ok(offsets) => {
+                            for tp in &tps {
+                                if let Some(o) = offsets.get(tp) {
+                                    let _ = tpl.set_partition_offset(&tp.topic, tp.partition, Offset::Offset(*o));
+                                }
+                                crate::fetch::detach_queue(base, tp);
+                            }
+                        }
+                        Err(e) => {
+                            // The listener has stopped the pipeline; assign nothing it cannot
+                            // position.
+                            tracing::error!(error = %e, "cannot position the partitions assigned by the group");
+                            return;
+                        }
+                    }
+                }
+                let assigned = if cooperative { base.incremental_assign(tpl) } else { base.assign(tpl) };
+                if let Err(e) = assigned {
+                    tracing::error!(error = %e, "assigning the group's partitions failed");
+                }
+                if let Some(group) = &self.group {
+                    group.changed(tps, Vec::new());
+                }
+            }
+            _ => {
+                if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                    tracing::error!(error = ?err, "consumer group rebalance error");
+                }
+                if let Some(group) = &self.group {
+                    group.revoking(&tps, base.assignment_lost());
+                }
+                let unassigned = if cooperative { base.incremental_unassign(tpl) } else { base.unassign() };
+                if let Err(e) = unassigned {
+                    tracing::warn!(error = %e, "unassigning revoked partitions failed");
+                }
+                if let Some(group) = &self.group {
+                    group.changed(Vec::new(), tps);
+                }
+            }
+        }
+    }
+}
 
 /// How every client of a pipeline reaches the brokers: the bootstrap servers, the security
 /// settings and the raw properties of `[source]`. `run`, `verify`, `produce`, `topics`, `check`
@@ -231,8 +311,39 @@ pub const MANAGED_PROPERTIES: &[(&str, &str)] = &[
 /// position Kafka no longer holds is an error (never a silent reset). The managed properties are
 /// set after the user's, so nothing overrides them.
 pub fn consumer_config(connection: &Connection, pipeline_id: &str) -> ClientConfig {
-    let mut c = connection.client_config_with(FETCH_DEFAULTS);
-    c.set("group.id", format!("exactly-{pipeline_id}"))
+    managed_consumer_config(connection.client_config_with(FETCH_DEFAULTS), &format!("exactly-{pipeline_id}"))
+}
+
+/// Group mode's defaults (before the user's properties, which may change them): a member that
+/// stops heartbeating loses its partitions after 10 s (Kafka's default is 45 s), and new
+/// partitions of the topics are seen as often as `source.partition_discovery_ms`.
+const GROUP_DEFAULTS: &[(&str, &str)] = &[("session.timeout.ms", "10000"), ("heartbeat.interval.ms", "1000")];
+
+/// Consumer properties group mode sets itself (beyond [`MANAGED_PROPERTIES`]).
+pub const GROUP_MANAGED_PROPERTIES: &[(&str, &str)] = &[(
+    "partition.assignment.strategy",
+    "group mode uses cooperative-sticky: a rebalance moves only the partitions that change owner",
+)];
+
+/// The config of a group member's consumer: [`consumer_config`]'s managed settings, the group
+/// `group_id`, the cooperative-sticky assignor, and metadata refreshed every `discovery_ms`.
+pub fn group_consumer_config(connection: &Connection, group_id: &str, discovery_ms: u64) -> ClientConfig {
+    let defaults: Vec<(&str, &str)> = FETCH_DEFAULTS.iter().chain(GROUP_DEFAULTS).copied().collect();
+    let mut c = managed_consumer_config(connection.client_config_with(&defaults), group_id);
+    c.set("partition.assignment.strategy", "cooperative-sticky")
+        .set("topic.metadata.refresh.interval.ms", discovery_ms.to_string());
+    c
+}
+
+/// The session timeout a group member runs with (the user's `session.timeout.ms`, or ours).
+pub fn session_timeout(connection: &Connection) -> Duration {
+    let c = connection.client_config_with(GROUP_DEFAULTS);
+    let ms = c.get("session.timeout.ms").and_then(|v| v.parse::<u64>().ok()).unwrap_or(10_000);
+    Duration::from_millis(ms)
+}
+
+fn managed_consumer_config(mut c: ClientConfig, group_id: &str) -> ClientConfig {
+    c.set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")

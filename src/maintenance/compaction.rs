@@ -162,14 +162,16 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef, partition: &BTreeMap<String,
 }
 
 /// Merges `group` into files of up to the target size and commits the swap. `table` must be the
-/// snapshot the group was planned from; it holds the new version afterwards.
+/// snapshot the group was planned from; it holds the new version afterwards. `None`: another
+/// commit (another member's compaction, `exactly optimize`) removed an input meanwhile, and
+/// nothing was committed.
 pub async fn rewrite(
     table: &mut DeltaTable,
     path: &TableLocation,
     group: &Group,
     policy: &Policy,
     failpoints: &FailPoints,
-) -> Result<Done> {
+) -> Result<Option<Done>> {
     let store = table.object_store();
     let mut writer =
         RecordBatchWriter::for_table(table).map_err(|e| delta_err(path, e))?.with_target_file_size(policy.target_bytes);
@@ -215,15 +217,49 @@ pub async fn rewrite(
         json!({"compaction": {"tier": group.tier, "files_removed": done.files_removed, "bytes_rewritten": done.bytes_rewritten}}),
     )]);
     let op = DeltaOperation::Optimize { predicate: None, target_size: policy.target_bytes as i64 };
-    let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
-    let finalized = CommitBuilder::from(props)
-        .with_actions(actions)
-        .build(Some(snapshot), table.log_store(), op)
-        .await
-        .map_err(|e| delta_err(path, e))?;
-    let version = finalized.version() as i64;
-    table.state = Some(finalized.snapshot());
-    Ok(Done { version, ..done })
+    // The swap lands exactly on a version that still holds every input file. delta-rs does not
+    // count a `dataChange = false` remove as a conflict, so a commit rebased past another
+    // compaction of the same files (another group member's, or `exactly optimize`) would keep
+    // both copies of their rows. Another commit in between: read again, check, retry.
+    let props = props.with_max_retries(0);
+    for _ in 0..COMMIT_ATTEMPTS {
+        let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
+        let live: std::collections::HashSet<String> = snapshot.log_data().iter().map(|f| f.path().to_string()).collect();
+        if let Some(gone) = group.files.iter().find(|f| !live.contains(&f.path)) {
+            tracing::debug!(table = %path.display(), file = %gone.path, "a compaction input was removed by another commit meanwhile; nothing committed");
+            return Ok(None);
+        }
+        match CommitBuilder::from(props.clone())
+            .with_actions(actions.clone())
+            .build(Some(snapshot), table.log_store(), op.clone())
+            .await
+        {
+            Ok(finalized) => {
+                let version = finalized.version() as i64;
+                table.state = Some(finalized.snapshot());
+                return Ok(Some(Done { version, ..done }));
+            }
+            Err(e) if lost_race(&e) => table.update_incremental(None).await.map_err(|e| delta_err(path, e))?,
+            Err(e) => return Err(delta_err(path, e)),
+        }
+    }
+    Err(Error::Sink(format!(
+        "compaction of {}: {COMMIT_ATTEMPTS} commits in a row landed first; nothing committed",
+        path.display()
+    )))
+}
+
+/// How often a compaction reads the table again after another commit landed first.
+const COMMIT_ATTEMPTS: u32 = 50;
+
+/// A commit that failed only because another commit landed first.
+pub fn lost_race(e: &deltalake::DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::TransactionError;
+    matches!(
+        e,
+        deltalake::DeltaTableError::VersionAlreadyExists(_)
+            | deltalake::DeltaTableError::Transaction { source: TransactionError::MaxCommitAttempts(_) }
+    )
 }
 
 #[cfg(test)]

@@ -300,7 +300,9 @@ impl WorkerState {
             self.record_live_files(files.len());
             let Some(group) = policy.plan(&files).into_iter().next() else { break };
             let t0 = Instant::now();
-            let done = compaction::rewrite(&mut self.table, &self.path, &group, &policy, &self.failpoints).await?;
+            let Some(done) = compaction::rewrite(&mut self.table, &self.path, &group, &policy, &self.failpoints).await? else {
+                break; // another commit took the inputs: the next round plans again
+            };
             metrics::counter!(crate::metrics::COMPACTION_FILES, "table" => self.label).increment(done.files_removed);
             self.stats.files_compacted.fetch_add(done.files_removed, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!(crate::metrics::COMPACTION_BYTES, "table" => self.label).increment(done.bytes_rewritten);

@@ -38,6 +38,7 @@ use super::{CommittedEpoch, Sink};
 use crate::decode::{dead_letter_batch, dead_letter_schema, with_epoch};
 use crate::error::{Error, Result};
 use crate::failpoint::FailPoints;
+use crate::maintenance::compaction::lost_race;
 use crate::maintenance::{self, Settings};
 use crate::record::{EpochBatch, Offsets, PartitionRange, TopicPartition};
 use crate::state::Output;
@@ -63,6 +64,19 @@ pub fn partition_app_id(pipeline: &str, tp: &TopicPartition) -> String {
 /// The txn appId holding the offset a partition started at.
 pub fn start_app_id(pipeline: &str, tp: &TopicPartition) -> String {
     format!("{pipeline}-{}-{}-start", tp.topic, tp.partition)
+}
+
+/// The txn appId of group mode's dead-letter mark for a partition: the data table's commit of a
+/// range with dead letters sets it to the offset the dead-letter table must get past (see
+/// ARCHITECTURE.md, "Group mode").
+pub fn dead_mark_app_id(pipeline: &str, tp: &TopicPartition) -> String {
+    format!("{pipeline}-{}-{}-dead", tp.topic, tp.partition)
+}
+
+/// The txn appId of group mode's claim on a partition: its version is the fencing token of the
+/// member that owns the partition (see ARCHITECTURE.md, "Group mode").
+pub fn owner_app_id(pipeline: &str, tp: &TopicPartition) -> String {
+    format!("{pipeline}-{}-{}-owner", tp.topic, tp.partition)
 }
 
 /// A Delta error on the table at `path`.
@@ -139,14 +153,47 @@ fn delta_fields(schema: &SchemaRef) -> Result<Vec<StructField>> {
 /// first, before the epoch fails (and the pipeline restarts it).
 const REPLACE_ATTEMPTS: u32 = 20;
 
-/// A commit that failed only because another commit landed first.
-fn lost_race(e: &deltalake::DeltaTableError) -> bool {
-    use deltalake::kernel::transaction::TransactionError;
+/// A commit refused because a winning commit set a txn appId this one sets too: in group mode,
+/// another member committed one of this epoch's partitions.
+fn concurrent_txn(e: &deltalake::DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
     matches!(
         e,
-        deltalake::DeltaTableError::VersionAlreadyExists(_)
-            | deltalake::DeltaTableError::Transaction { source: TransactionError::MaxCommitAttempts(_) }
+        deltalake::DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction)
+        }
     )
+}
+
+/// The rows of `rows` at or past `from`'s offset for their partition (partitions `from` does not
+/// name keep every row).
+fn rows_from(rows: &[RecordBatch], from: &Offsets) -> Result<Vec<RecordBatch>> {
+    use deltalake::arrow::array::{Array, BooleanArray, Int32Array, StringArray};
+    let bad = |what: &str| Error::Sink(format!("rows without a {what} column"));
+    let mut out = Vec::with_capacity(rows.len());
+    for b in rows {
+        let offsets = crate::decode::offsets(b).ok_or_else(|| bad(crate::decode::OFFSET_COL))?;
+        let parts = b
+            .column_by_name(crate::decode::PARTITION_COL)
+            .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
+            .ok_or_else(|| bad(crate::decode::PARTITION_COL))?;
+        let topics = b
+            .column_by_name(crate::decode::TOPIC_COL)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| bad(crate::decode::TOPIC_COL))?;
+        let keep: BooleanArray = (0..b.num_rows())
+            .map(|i| {
+                let tp = TopicPartition::new(topics.value(i), parts.value(i));
+                Some(from.get(&tp).is_none_or(|f| offsets.value(i) >= *f))
+            })
+            .collect();
+        if keep.true_count() == b.num_rows() {
+            out.push(b.clone());
+        } else if keep.true_count() > 0 {
+            out.push(deltalake::arrow::compute::filter_record_batch(b, &keep).map_err(|e| Error::Sink(e.to_string()))?);
+        }
+    }
+    Ok(out)
 }
 
 /// Remove actions for every current file of `buckets` (`None`: every file of the table).
@@ -165,6 +212,39 @@ fn bucket_removes(table: &DeltaTable, path: &TableLocation, buckets: Option<&Has
         }
     }
     Ok(out)
+}
+
+/// Writes `rows` as Parquet files of `open`'s table (not yet committed).
+async fn write_files(spec: &Spec, open: &Open, rows: Vec<RecordBatch>) -> Result<Vec<deltalake::kernel::Add>> {
+    let path = &spec.path;
+    let t_parquet = std::time::Instant::now();
+    let mut adds = Vec::new();
+    if rows.iter().any(|b| b.num_rows() > 0) {
+        let mut writer = RecordBatchWriter::for_table(&open.table).map_err(|e| delta_err(path, e))?;
+        for b in rows.into_iter().filter(|b| b.num_rows() > 0) {
+            writer.write(b).await.map_err(|e| delta_err(path, e))?;
+        }
+        adds = writer.flush().await.map_err(|e| delta_err(path, e))?;
+    }
+    let table_label = spec.label();
+    metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "parquet").record(t_parquet.elapsed().as_secs_f64());
+    metrics::counter!(crate::metrics::DELTA_FILES_ADDED, "table" => table_label).increment(adds.len() as u64);
+    metrics::counter!(crate::metrics::DELTA_BYTES_WRITTEN, "table" => table_label)
+        .increment(adds.iter().map(|a| a.size.max(0) as u64).sum());
+    Ok(adds)
+}
+
+/// Moves `open` to the snapshot its maintenance read from a newer Delta checkpoint, if any:
+/// catching that one up costs a few commits, where the one kept so far carries every commit
+/// since the pipeline opened the table.
+async fn take_fresh_snapshot(spec: &Spec, open: &mut Open) -> Result<()> {
+    if let Some(mut fresh) = open.maintenance.as_ref().and_then(|m| m.take_fresh()) {
+        fresh.update_incremental(None).await.map_err(|e| delta_err(&spec.path, e))?;
+        if fresh.version() >= open.table.version() {
+            open.table = fresh;
+        }
+    }
+    Ok(())
 }
 
 /// One table the sink writes.
@@ -217,6 +297,9 @@ struct Tables {
     dead: Option<Open>,
     /// Whether `data`/`dead` reflect storage (refreshed by `committed_epoch`).
     loaded: bool,
+    /// Group mode: the fencing token of each partition this member claimed. A commit finding
+    /// another token in the table is fenced.
+    tokens: std::collections::HashMap<TopicPartition, i64>,
 }
 
 /// Appends epochs to a Delta table and its dead-letter table, exactly once.
@@ -226,6 +309,9 @@ pub struct DeltaSink {
     dead: Spec,
     failpoints: Arc<FailPoints>,
     tables: Mutex<Tables>,
+    /// Group mode: this member's name (in every commit's `exactly` metadata); `None`: one
+    /// process owns the pipeline.
+    member: Option<String>,
 }
 
 impl DeltaSink {
@@ -256,7 +342,14 @@ impl DeltaSink {
             },
             failpoints,
             tables: Mutex::new(Tables::default()),
+            member: None,
         }
+    }
+
+    /// The sink of one member of a group (`source.group_id`), named `member`.
+    pub fn in_group(mut self, member: String) -> Self {
+        self.member = Some(member);
+        self
     }
 
     /// Opens the table of `spec` if it exists, checking that it is this pipeline's and has its
@@ -381,30 +474,10 @@ impl DeltaSink {
             }
         };
         let table_label = spec.label();
-        let t_parquet = std::time::Instant::now();
-        let mut adds = Vec::new();
-        if rows.iter().any(|b| b.num_rows() > 0) {
-            let mut writer = RecordBatchWriter::for_table(&open.table).map_err(|e| delta_err(path, e))?;
-            for b in rows.into_iter().filter(|b| b.num_rows() > 0) {
-                writer.write(b).await.map_err(|e| delta_err(path, e))?;
-            }
-            adds = writer.flush().await.map_err(|e| delta_err(path, e))?;
-        }
-        metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "parquet").record(t_parquet.elapsed().as_secs_f64());
-        metrics::counter!(crate::metrics::DELTA_FILES_ADDED, "table" => table_label).increment(adds.len() as u64);
-        metrics::counter!(crate::metrics::DELTA_BYTES_WRITTEN, "table" => table_label)
-            .increment(adds.iter().map(|a| a.size.max(0) as u64).sum());
+        let adds = write_files(spec, open, rows).await?;
         self.failpoints.hit("after-parquet-write").await?;
         let t_delta = std::time::Instant::now();
-        if let Some(fresh) = open.maintenance.as_ref().and_then(|m| m.take_fresh()) {
-            // A snapshot read from a newer Delta checkpoint: catching it up costs a few commits,
-            // where the one kept so far carries every commit since the pipeline opened the table.
-            let mut fresh = fresh;
-            fresh.update_incremental(None).await.map_err(|e| delta_err(path, e))?;
-            if fresh.version() >= open.table.version() {
-                open.table = fresh;
-            }
-        }
+        take_fresh_snapshot(spec, open).await?;
         let mut txns = vec![Transaction::new(&self.pipeline, epoch as i64)];
         for r in ranges {
             txns.push(Transaction::new(partition_app_id(&self.pipeline, &r.tp), r.end));
@@ -460,6 +533,246 @@ impl DeltaSink {
         Ok(())
     }
 
+    /// Group mode: claims `partitions` for this member and says where each resumes. See
+    /// [`Sink::group_claim`] and ARCHITECTURE.md, "Group mode".
+    async fn claim(
+        &self,
+        tables: &mut Tables,
+        partitions: &[TopicPartition],
+        unrecorded: &Offsets,
+        member: &str,
+    ) -> Result<Offsets> {
+        self.refresh(tables, partitions).await?;
+        let Tables { data, dead, tokens, .. } = tables;
+        let data = data.as_mut().expect("data table opened by refresh");
+        let path = &self.data.path;
+        for _ in 0..REPLACE_ATTEMPTS {
+            data.table.update_incremental(None).await.map_err(|e| delta_err(path, e))?;
+            // A token above every claim committed before this snapshot; a claim committed after
+            // it sets the same appIds, so Delta's conflict check refuses one of the two.
+            let token = data.table.version().unwrap_or(0) as i64 + 1;
+            let mut start = Offsets::new();
+            let mut txns = Vec::new();
+            for tp in partitions {
+                txns.push(Transaction::new(owner_app_id(&self.pipeline, tp), token));
+                let Some(next) = txn_version(&data.table, path, &partition_app_id(&self.pipeline, tp)).await? else {
+                    // Never committed: pinned at `starting_offsets` by this claim.
+                    let from = *unrecorded.get(tp).ok_or_else(|| Error::Sink(format!("no starting offset for {tp}")))?;
+                    txns.push(Transaction::new(partition_app_id(&self.pipeline, tp), from));
+                    txns.push(Transaction::new(start_app_id(&self.pipeline, tp), from));
+                    start.insert(tp.clone(), from);
+                    continue;
+                };
+                // The dead letters of the last range that had some go to the dead-letter table
+                // after the data table's commit: if that second commit never happened, the range
+                // is read again (the data table keeps none of its rows, the dead-letter table
+                // gets what it missed).
+                let mark = txn_version(&data.table, path, &dead_mark_app_id(&self.pipeline, tp)).await?;
+                let held = match (dead.as_ref(), mark) {
+                    (Some(open), Some(_)) => {
+                        txn_version(&open.table, &self.dead.path, &partition_app_id(&self.pipeline, tp)).await?
+                    }
+                    _ => None,
+                };
+                let from = match mark {
+                    Some(mark) if held.is_none_or(|h| h <= mark) => mark.min(next),
+                    _ => next,
+                };
+                start.insert(tp.clone(), from);
+            }
+            let names: Vec<String> = partitions.iter().map(ToString::to_string).collect();
+            let props = maintenance::commit_properties().with_application_transactions(txns).with_metadata([(
+                "exactly".to_string(),
+                json!({"pipeline": &self.pipeline, "member": member, "claim": names, "token": token}),
+            )]);
+            let op = DeltaOperation::StreamingUpdate {
+                output_mode: OutputMode::Append,
+                query_id: format!("{}/{member}", self.pipeline),
+                epoch_id: 0,
+            };
+            let snapshot = data.table.snapshot().map_err(|e| delta_err(path, e))?;
+            match CommitBuilder::from(props).with_actions(Vec::new()).build(Some(snapshot), data.table.log_store(), op).await {
+                Ok(f) => {
+                    data.table.state = Some(f.snapshot());
+                    for tp in partitions {
+                        tokens.insert(tp.clone(), token);
+                    }
+                    return Ok(start);
+                }
+                Err(e) if concurrent_txn(&e) => {
+                    tracing::info!(table = %path.display(), "another member claimed or committed one of these partitions meanwhile; reading the table again")
+                }
+                Err(e) => return Err(delta_err(path, e)),
+            }
+        }
+        Err(Error::Sink(format!("claiming partitions of {} lost {REPLACE_ATTEMPTS} races in a row", path.display())))
+    }
+
+    /// Group mode: the data table's recorded next offsets of the batch's partitions, after
+    /// checking that each is still claimed by this member's token.
+    async fn fence(
+        &self,
+        open: &Open,
+        tokens: &std::collections::HashMap<TopicPartition, i64>,
+        batch: &EpochBatch,
+    ) -> Result<Offsets> {
+        let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
+        let mut lost = Vec::new();
+        for tp in &tps {
+            let owner = txn_version(&open.table, &self.data.path, &owner_app_id(&self.pipeline, tp)).await?;
+            if owner.is_none() || owner != tokens.get(tp).copied() {
+                lost.push(tp.clone());
+            }
+        }
+        if !lost.is_empty() {
+            let names: Vec<String> = lost.iter().map(ToString::to_string).collect();
+            return Err(Error::Fenced {
+                detail: format!(
+                    "{} claimed by another member since this one did (partitions {}); epoch {} is dropped",
+                    self.data.path.display(),
+                    names.join(", "),
+                    batch.epoch
+                ),
+                partitions: lost,
+            });
+        }
+        recorded_cut(&open.table, &self.data.path, &self.pipeline, &tps).await
+    }
+
+    /// Group mode's commit of an epoch (ARCHITECTURE.md, "Group mode"): the data table first —
+    /// fenced, only rows at or past its recorded offsets, marking ranges whose dead letters are
+    /// still to be written —, then the dead-letter table with only dead letters at or past its
+    /// own recorded offsets. No pipeline epoch txn: epochs are numbered per member.
+    async fn commit_group(&self, tables: &mut Tables, batch: &EpochBatch, member: &str) -> Result<()> {
+        let epoch = batch.epoch;
+        let Output::Append(rows) = &batch.output else {
+            return Err(Error::Sink("group mode writes append pipelines only".into()));
+        };
+        let rows =
+            rows.iter().map(|b| with_epoch(b, epoch)).collect::<Result<Vec<_>, _>>().map_err(|e| Error::Sink(e.to_string()))?;
+        let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
+        let Tables { data, dead, tokens, .. } = tables;
+        let data = data.as_mut().expect("data table opened by refresh");
+        let meta = |ranges: &[PartitionRange]| {
+            let ranges: Vec<_> = ranges
+                .iter()
+                .map(|r| json!({"topic": &*r.tp.topic, "partition": r.tp.partition, "start": r.start, "end": r.end, "records": r.records}))
+                .collect();
+            json!({"pipeline": &self.pipeline, "member": member, "epoch": epoch, "ranges": ranges})
+        };
+        let op = DeltaOperation::StreamingUpdate {
+            output_mode: OutputMode::Append,
+            query_id: format!("{}/{member}", self.pipeline),
+            epoch_id: epoch as i64,
+        };
+
+        // Where each table is for these partitions.
+        take_fresh_snapshot(&self.data, data).await?;
+        data.table.update_incremental(None).await.map_err(|e| delta_err(&self.data.path, e))?;
+        let recorded = self.fence(data, tokens, batch).await?;
+        let dead_recorded = match dead.as_mut() {
+            Some(open) if !batch.dead_letters.is_empty() => {
+                open.table.update_incremental(None).await.map_err(|e| delta_err(&self.dead.path, e))?;
+                recorded_cut(&open.table, &self.dead.path, &self.pipeline, &tps).await?
+            }
+            _ => Offsets::new(),
+        };
+        let mut dead_letters: Vec<crate::decode::DeadLetter> =
+            batch.dead_letters.iter().filter(|d| dead_recorded.get(&d.tp).is_none_or(|l| d.offset >= *l)).cloned().collect();
+
+        // The data table.
+        let mut txns = Vec::new();
+        for r in &batch.ranges {
+            let next = recorded.get(&r.tp).copied();
+            txns.push(Transaction::new(partition_app_id(&self.pipeline, &r.tp), next.map_or(r.end, |n| n.max(r.end))));
+            if next.is_none() {
+                txns.push(Transaction::new(start_app_id(&self.pipeline, &r.tp), r.start));
+            }
+            txns.push(Transaction::new(owner_app_id(&self.pipeline, &r.tp), tokens[&r.tp]));
+            if dead_letters.iter().any(|d| d.tp == r.tp) {
+                let from = dead_recorded.get(&r.tp).map_or(r.start, |l| r.start.max(*l));
+                txns.push(Transaction::new(dead_mark_app_id(&self.pipeline, &r.tp), from));
+            }
+        }
+        let adds = write_files(&self.data, data, rows_from(&rows, &recorded)?).await?;
+        self.failpoints.hit("after-parquet-write").await?;
+        let t_delta = std::time::Instant::now();
+        let mut attempt = 0;
+        let finalized = loop {
+            attempt += 1;
+            let props = maintenance::commit_properties()
+                .with_application_transactions(txns.clone())
+                .with_metadata([("exactly".to_string(), meta(&batch.ranges))]);
+            let snapshot = data.table.snapshot().map_err(|e| delta_err(&self.data.path, e))?;
+            self.failpoints.hit("before-delta-commit").await?;
+            let actions: Vec<Action> = adds.iter().cloned().map(Action::Add).collect();
+            match CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), data.table.log_store(), op.clone()).await
+            {
+                Ok(f) => break f,
+                Err(e) if concurrent_txn(&e) && attempt < REPLACE_ATTEMPTS => {
+                    // Another member committed one of these partitions since the snapshot: the
+                    // fence says whether it moved them (then this epoch is dropped).
+                    data.table.update_incremental(None).await.map_err(|e| delta_err(&self.data.path, e))?;
+                    self.fence(data, tokens, batch).await?;
+                }
+                Err(e) => return Err(delta_err(&self.data.path, e)),
+            }
+        };
+        let version = finalized.version() as i64;
+        data.table.state = Some(finalized.snapshot());
+        if let Some(m) = &data.maintenance {
+            m.committed(version);
+        }
+        metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "delta").record(t_delta.elapsed().as_secs_f64());
+        self.failpoints.hit("after-delta-commit").await?;
+
+        // The dead-letter table: what it does not hold yet, read again if another writer got
+        // there first.
+        if dead_letters.is_empty() {
+            return Ok(());
+        }
+        if dead.is_none() {
+            *dead = self.open(&self.dead, &tps, true).await?;
+        }
+        let open = dead.as_mut().expect("dead-letter table opened");
+        for attempt in 1..=REPLACE_ATTEMPTS {
+            take_fresh_snapshot(&self.dead, open).await?;
+            open.table.update_incremental(None).await.map_err(|e| delta_err(&self.dead.path, e))?;
+            let held = recorded_cut(&open.table, &self.dead.path, &self.pipeline, &tps).await?;
+            dead_letters.retain(|d| held.get(&d.tp).is_none_or(|l| d.offset >= *l));
+            if dead_letters.is_empty() {
+                return Ok(());
+            }
+            let txns: Vec<Transaction> = batch
+                .ranges
+                .iter()
+                .filter(|r| held.get(&r.tp).is_none_or(|l| r.end > *l))
+                .map(|r| Transaction::new(partition_app_id(&self.pipeline, &r.tp), r.end))
+                .collect();
+            let batch_rows = vec![dead_letter_batch(&dead_letters, epoch).map_err(|e| Error::Sink(e.to_string()))?];
+            let adds = write_files(&self.dead, open, batch_rows).await?;
+            let props = maintenance::commit_properties()
+                .with_application_transactions(txns)
+                .with_metadata([("exactly".to_string(), meta(&batch.ranges))]);
+            let snapshot = open.table.snapshot().map_err(|e| delta_err(&self.dead.path, e))?;
+            let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+            match CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), open.table.log_store(), op.clone()).await
+            {
+                Ok(f) => {
+                    let version = f.version() as i64;
+                    open.table.state = Some(f.snapshot());
+                    if let Some(m) = &open.maintenance {
+                        m.committed(version);
+                    }
+                    return Ok(());
+                }
+                Err(e) if concurrent_txn(&e) && attempt < REPLACE_ATTEMPTS => continue,
+                Err(e) => return Err(delta_err(&self.dead.path, e)),
+            }
+        }
+        Err(Error::Sink(format!("the dead-letter commit of epoch {epoch} lost {REPLACE_ATTEMPTS} races in a row")))
+    }
+
     async fn refresh(&self, tables: &mut Tables, partitions: &[TopicPartition]) -> Result<()> {
         tables.data = self.open(&self.data, partitions, true).await?;
         tables.dead = self.open(&self.dead, partitions, false).await?;
@@ -493,6 +806,15 @@ impl Sink for DeltaSink {
         async move {
             let mut tables = self.tables.lock().await;
             self.refresh(&mut tables, partitions).await?;
+            if let Some(data) = &tables.data {
+                if data.version == 0 && !recorded_cut(&data.table, &self.data.path, &self.pipeline, partitions).await?.is_empty() {
+                    return Err(Error::Recovery(format!(
+                        "the table at {} was written in group mode (it records partitions' offsets but no epoch of pipeline '{}'); run this pipeline with its source.group_id",
+                        self.data.path.display(),
+                        self.pipeline
+                    )));
+                }
+            }
             let mut best: Option<CommittedEpoch> = None;
             for (spec, open) in [(&self.data, &tables.data), (&self.dead, &tables.dead)] {
                 let Some(open) = open else { continue };
@@ -507,12 +829,24 @@ impl Sink for DeltaSink {
         .boxed()
     }
 
+    fn group_claim<'a>(&'a self, partitions: &'a [TopicPartition], unrecorded: &'a Offsets) -> BoxFuture<'a, Result<Offsets>> {
+        async move {
+            let member = self.member.as_deref().ok_or_else(|| Error::Sink("this sink is not a group member's".into()))?;
+            let mut tables = self.tables.lock().await;
+            self.claim(&mut tables, partitions, unrecorded, member).await
+        }
+        .boxed()
+    }
+
     fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<()>> {
         async move {
             let mut tables = self.tables.lock().await;
             if !tables.loaded {
                 let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
                 self.refresh(&mut tables, &tps).await?;
+            }
+            if let Some(member) = &self.member {
+                return self.commit_group(&mut tables, batch, member).await;
             }
             let epoch = batch.epoch;
             let stamp = |rows: &[RecordBatch]| -> Result<Vec<RecordBatch>> {

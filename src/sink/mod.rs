@@ -45,6 +45,15 @@ pub trait Sink: Send + Sync + 'static {
     /// sink skips what it already holds, so committing a replayed epoch again is harmless.
     fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<()>>;
 
+    /// Group mode (`source.group_id`): claims `partitions` for this member and says where each
+    /// resumes, by the table's own record; a partition the table never recorded is pinned at
+    /// its `unrecorded` offset (the resolved `starting_offsets`). From then on a commit of one of
+    /// them fails with [`crate::Error::Fenced`] once another member has claimed it.
+    fn group_claim<'a>(&'a self, partitions: &'a [TopicPartition], unrecorded: &'a Offsets) -> BoxFuture<'a, Result<Offsets>> {
+        let _ = (partitions, unrecorded);
+        Box::pin(async { Err(crate::Error::Sink(format!("group mode needs a Delta sink, not `{}`", self.name()))) })
+    }
+
     /// Checks, before the pipeline starts, that the sink's storage can be written (an object
     /// store answers, accepts the credentials, refuses overwrites on put-if-absent). One clear
     /// error otherwise.
@@ -71,7 +80,7 @@ pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<
                 ),
                 None => (Decoder::new(&config.decode).output_schema(), Vec::new()),
             };
-            Arc::new(delta::DeltaSink::new(
+            let sink = delta::DeltaSink::new(
                 &config.id,
                 (
                     config.table_path().expect("a delta sink"),
@@ -84,7 +93,11 @@ pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<
                 schema,
                 partition_by,
                 failpoints,
-            ))
+            );
+            match &config.source.group_id {
+                Some(_) => Arc::new(sink.in_group(crate::group::member_name())),
+                None => Arc::new(sink),
+            }
         }
     }
 }

@@ -1,0 +1,184 @@
+//! Group mode (`source.group_id`): several processes run one pipeline, sharing its partitions
+//! through a Kafka consumer group. This file holds the member's side of the group — its
+//! long-lived client, the thread that serves the group protocol, and the bridge from
+//! librdkafka's rebalance callback to the supervisor. The rules (ARCHITECTURE.md, "Group
+//! mode"):
+//!
+//! - **The table is the authority for offsets.** A partition assigned to this member starts at
+//!   the data table's recorded next offset for it (its per-partition `txn`), never at Kafka's
+//!   committed offsets or a local checkpoint ([`crate::sink::Sink::group_start`]).
+//! - **Fencing.** A member commits a partition only while the table still records, for it, the
+//!   offset this member last read or wrote; Delta's conflict check on the partitions' txn appIds
+//!   catches a commit that raced in between. A fenced member drops its open epoch and waits a
+//!   session timeout — long enough for its client to learn it lost the partition — before it
+//!   reads the table again ([`FENCE_WAIT`] below is that wait).
+//! - **Revocation aborts the open epoch.** Any change of this member's partitions ends the
+//!   current generation of the actor tree (a commit in progress completes first) before the
+//!   partitions change hands, then a new generation starts over the new assignment from the
+//!   table's offsets.
+//!
+//! The client outlives generations: closing it would leave the group and trigger another
+//! rebalance.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{select, Either};
+use ractor::ActorRef;
+use rdkafka::consumer::Consumer;
+
+use crate::error::{Error, Result};
+use crate::kafka::{self, GroupListener, PipelineConsumer};
+use crate::record::{Offsets, TopicPartition};
+use crate::supervisor::SupervisorMsg;
+
+/// The longest a rebalance callback waits for the supervisor (tearing down a generation waits
+/// for a commit in progress).
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a fenced member waits before it reads the table again, beyond the session timeout.
+pub const FENCE_WAIT: Duration = Duration::from_secs(1);
+
+/// The name of this member in its commits: host and process id.
+pub fn member_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// What the supervisor is asked during a rebalance.
+pub enum GroupRequest {
+    /// Abort the open epoch and say where `partitions` start.
+    Assigning(Vec<TopicPartition>, std::sync::mpsc::Sender<Result<Offsets>>),
+    /// Abort the open epoch: `partitions` are taken away (`lost`: already out of the group).
+    Revoking(Vec<TopicPartition>, bool, std::sync::mpsc::Sender<()>),
+    /// The assignment changed.
+    Changed {
+        /// Now assigned.
+        added: Vec<TopicPartition>,
+        /// No longer assigned.
+        removed: Vec<TopicPartition>,
+    },
+}
+
+/// Carries rebalance callbacks to the supervisor and waits for its answers.
+struct Bridge {
+    supervisor: ActorRef<SupervisorMsg>,
+    /// Set when the member leaves: the callbacks of the final unassignment only unassign.
+    closing: AtomicBool,
+}
+
+impl Bridge {
+    fn ask<T>(&self, make: impl FnOnce(std::sync::mpsc::Sender<T>) -> GroupRequest) -> Option<T> {
+        if self.closing.load(Ordering::SeqCst) {
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.supervisor.cast(SupervisorMsg::Group(make(tx))).ok()?;
+        rx.recv_timeout(CALLBACK_TIMEOUT).ok()
+    }
+}
+
+impl GroupListener for Bridge {
+    fn assigning(&self, partitions: &[TopicPartition]) -> Result<Offsets> {
+        self.ask(|tx| GroupRequest::Assigning(partitions.to_vec(), tx))
+            .unwrap_or_else(|| Err(Error::Actor("the pipeline did not position the assigned partitions".into())))
+    }
+
+    fn revoking(&self, partitions: &[TopicPartition], lost: bool) {
+        if self.ask(|tx| GroupRequest::Revoking(partitions.to_vec(), lost, tx)).is_none() && !self.closing.load(Ordering::SeqCst)
+        {
+            tracing::error!("the pipeline did not abort the open epoch of the revoked partitions in time");
+        }
+    }
+
+    fn changed(&self, added: Vec<TopicPartition>, removed: Vec<TopicPartition>) {
+        if !self.closing.load(Ordering::SeqCst) {
+            let _ = self.supervisor.cast(SupervisorMsg::Group(GroupRequest::Changed { added, removed }));
+        }
+    }
+}
+
+/// This process's membership in the group: the client (shared with every generation's
+/// partition queues) and the thread that serves its main queue, where librdkafka delivers
+/// rebalances.
+pub struct GroupMember {
+    client: Arc<PipelineConsumer>,
+    bridge: Arc<Bridge>,
+    stop: Option<futures::channel::oneshot::Sender<()>>,
+    poller: Option<std::thread::JoinHandle<()>>,
+    /// How long the group waits for a silent member before reassigning its partitions.
+    pub session_timeout: Duration,
+}
+
+impl GroupMember {
+    /// Joins `group_id` for `topics`: rebalances go to `supervisor` as [`SupervisorMsg::Group`].
+    pub fn join(
+        connection: &kafka::Connection,
+        group_id: &str,
+        topics: &[String],
+        discovery_ms: u64,
+        context: kafka::StatsContext,
+        supervisor: ActorRef<SupervisorMsg>,
+    ) -> Result<GroupMember> {
+        let bridge = Arc::new(Bridge { supervisor, closing: AtomicBool::new(false) });
+        let client: PipelineConsumer = kafka::group_consumer_config(connection, group_id, discovery_ms)
+            .create_with_context(context.with_group(bridge.clone()))?;
+        let client = Arc::new(client);
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        client.subscribe(&names)?;
+        let (stop, mut stopped) = futures::channel::oneshot::channel::<()>();
+        let polled = client.clone();
+        // The main queue carries rebalances, errors and statistics (records go to the
+        // partitions' own queues). Served on a thread of its own: a rebalance callback blocks
+        // until the supervisor has aborted the open epoch, which must never stall the executor.
+        let poller = std::thread::Builder::new()
+            .name("exactly-group".into())
+            .spawn(move || loop {
+                let next = futures::executor::block_on(select(Box::pin(polled.recv()), &mut stopped));
+                match next {
+                    Either::Left((Ok(m), _)) => {
+                        tracing::error!(topic = rdkafka::Message::topic(&m), "record on the main queue (partition not split)")
+                    }
+                    Either::Left((Err(e), _)) => {
+                        tracing::warn!(error = %e, "kafka client error");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Either::Right(_) => return,
+                }
+            })
+            .map_err(|e| Error::Actor(format!("cannot start the group thread: {e}")))?;
+        Ok(GroupMember {
+            client,
+            bridge,
+            stop: Some(stop),
+            poller: Some(poller),
+            session_timeout: kafka::session_timeout(connection),
+        })
+    }
+
+    /// The group client.
+    pub fn client(&self) -> &Arc<PipelineConsumer> {
+        &self.client
+    }
+
+    /// Leaves the group (blocking: run it off the executor). The final unassignment's callbacks
+    /// no longer reach the supervisor.
+    pub fn leave(mut self) {
+        self.bridge.closing.store(true, Ordering::SeqCst);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
+        }
+        self.client.unsubscribe();
+        // Dropping the last handle closes the client: it leaves the group and serves the final
+        // revocation itself.
+    }
+}
