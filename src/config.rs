@@ -1003,6 +1003,28 @@ mod tests {
     }
 
     #[test]
+    fn group_mode_takes_stateless_delta_pipelines_only() {
+        let mut c = PipelineConfig::new("p", &["t"]);
+        c.sink = SinkConfig::delta(std::path::Path::new("data/t"));
+        c.source.group_id = Some("g".into());
+        c.validate("x").unwrap();
+        let problem = |c: &PipelineConfig| c.validate("x").unwrap_err().to_string();
+        let mut stateful = c.clone();
+        stateful.aggregate = Some(AggregateConfig::count_by(&["key"], OutputMode::Update, 4));
+        stateful.decode.format = DecodeFormat::Text;
+        assert!(problem(&stateful).contains("[aggregate]"), "{}", problem(&stateful));
+        let mut console = c.clone();
+        console.sink = SinkConfig::Console { num_rows: 1 };
+        assert!(problem(&console).contains("needs a Delta sink"));
+        let mut assignor = c.clone();
+        assignor.source.properties.insert("partition.assignment.strategy".into(), "range".into());
+        assert!(problem(&assignor).contains("managed in group mode"));
+        let mut bad = c;
+        bad.source.group_id = Some("a group".into());
+        assert!(problem(&bad).contains("source.group_id"));
+    }
+
+    #[test]
     fn invalid_values_name_the_field() {
         let mut c = PipelineConfig::new("p", &["t"]);
         c.epoch.interval_ms = 0;

@@ -80,7 +80,19 @@ impl Bridge {
         }
         let (tx, rx) = std::sync::mpsc::channel();
         self.supervisor.cast(SupervisorMsg::Group(make(tx))).ok()?;
-        rx.recv_timeout(CALLBACK_TIMEOUT).ok()
+        // A supervisor that stops drops the request (and the sender): no answer is coming.
+        let asked = std::time::Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(answer) => return Some(answer),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if self.closing.load(Ordering::SeqCst) || asked.elapsed() > CALLBACK_TIMEOUT {
+                        return None;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -170,6 +182,7 @@ impl GroupMember {
     /// Leaves the group (blocking: run it off the executor). The final unassignment's callbacks
     /// no longer reach the supervisor.
     pub fn leave(mut self) {
+        // Also frees a rebalance callback waiting for the stopped supervisor.
         self.bridge.closing.store(true, Ordering::SeqCst);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

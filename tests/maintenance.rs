@@ -474,3 +474,38 @@ async fn recovery_and_verify_read_progress_from_the_checkpoint_after_log_cleanup
     let audit = common::assert_verified(&config).await;
     assert_eq!(audit.total(|p| p.expected), sent);
 }
+
+/// Two compactions planned from the same version merge the same files (two group members'
+/// maintenance, or one and `exactly optimize`): the first commits, the second finds its inputs
+/// gone and commits nothing. delta-rs alone would let both land, since it does not count a
+/// `dataChange = false` remove as a conflict: every row would then be in the table twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_compactions_of_the_same_files_commit_once() {
+    let topic = common::topic("compact-race", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    set_maintenance(&mut config, false, 3, 10);
+    let table = dir.path().join("table");
+    let pipeline = common::start(&config, RunOptions::default()).await;
+    for i in 0..4 {
+        common::produce_events(&topic, i * 100, 100).await;
+        common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    }
+    pipeline.shutdown().await.unwrap();
+    let rows = row_count(&table).await;
+    assert_eq!(rows, 400);
+
+    use exactly::maintenance::compaction::{live_files as files_of, rewrite, Policy};
+    let location = exactly::config::TableLocation::from(table.as_path());
+    let policy = Policy { target_bytes: 128 << 20, min_files: 3 };
+    let mut first = exactly::sink::delta::load_table(&table).await.unwrap().unwrap();
+    let mut second = exactly::sink::delta::load_table(&table).await.unwrap().unwrap();
+    let group = policy.plan(&files_of(first.snapshot().unwrap())).into_iter().next().expect("files to merge");
+    let failpoints = exactly::failpoint::FailPoints::new();
+    let done = rewrite(&mut first, &location, &group, &policy, &failpoints).await.unwrap();
+    assert!(done.is_some(), "the first compaction commits");
+    let again = rewrite(&mut second, &location, &group, &policy, &failpoints).await.unwrap();
+    assert!(again.is_none(), "the second finds its inputs compacted and commits nothing");
+    assert_eq!(row_count(&table).await, rows, "every row once");
+    common::assert_verified(&config).await;
+}

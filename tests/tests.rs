@@ -29,6 +29,9 @@ mod object_storage;
 // Secured Kafka (SASL_SSL with SCRAM and PLAIN, mutual TLS): exactly once over each, every
 // refusal one line, the password never printed.
 mod security;
+// Group mode: several processes share the partitions; churn, paused members and refusals,
+// audited on the data and on the log's claims.
+mod group;
 // The chaos suite's CI subset: every fault kind once, audited.
 mod chaos;
 // Monitoring against a real Prometheus: promtool, dashboards, panel data, alerts.

@@ -1,0 +1,282 @@
+//! Group mode: several `exactly run` processes share a pipeline's partitions through a Kafka
+//! consumer group and write one table. Checked on the data: the audit, an independent reader,
+//! and the Delta log's own record of who claimed and committed each partition.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use exactly::config::{FieldConfig, FieldType, PipelineConfig};
+use exactly::producer::{produce, ProduceOptions};
+use rand::Rng;
+
+use crate::common::{self, spawn, terminate, wait_exit, write_config};
+
+/// The session timeout the tests' members run with (Kafka's smallest by default).
+pub const SESSION_MS: u64 = 6_000;
+
+/// A group-mode config writing to `dir/table`: every process started with it joins one group.
+pub fn group_config(id: &str, topic: &str, dir: &Path) -> PipelineConfig {
+    let mut c = common::delta_config(id, topic, dir);
+    c.source.group_id = Some(format!("{id}-group"));
+    c.source.properties.insert("session.timeout.ms".into(), SESSION_MS.to_string());
+    c
+}
+
+/// One commit of a group member, as the Delta log records it.
+#[derive(Debug, Clone)]
+pub struct MemberCommit {
+    /// Table version.
+    pub version: u64,
+    /// The member (`host-pid`).
+    pub member: String,
+    /// Partitions claimed by this commit (a claim commit).
+    pub claim: Vec<String>,
+    /// Per partition, the range and its record count (a data commit).
+    pub ranges: Vec<(String, i64, i64, u64)>,
+}
+
+/// Every commit of the data table at `table` written by a group member, in version order.
+pub fn member_commits(table: &Path) -> Vec<MemberCommit> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(table.join("_delta_log")) else { return out };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Some(version) =
+            path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let info = &v["commitInfo"]["exactly"];
+            let Some(member) = info["member"].as_str() else { continue };
+            let claim =
+                info["claim"].as_array().map(|a| a.iter().map(|p| p.as_str().unwrap().to_string()).collect()).unwrap_or_default();
+            let ranges = info["ranges"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|r| {
+                            (
+                                format!("{}/{}", r["topic"].as_str().unwrap(), r["partition"]),
+                                r["start"].as_i64().unwrap(),
+                                r["end"].as_i64().unwrap(),
+                                r["records"].as_u64().unwrap(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(MemberCommit { version, member: member.to_string(), claim, ranges });
+        }
+    }
+    out.sort_by_key(|c| c.version);
+    out
+}
+
+/// The fencing invariant, checked on the log: every data commit of a partition comes from the
+/// member that claimed it last. A member that lost a partition (another member claimed it since)
+/// never committed it again. Returns how many data commits each member made.
+pub fn assert_fenced(table: &Path) -> BTreeMap<String, u64> {
+    let mut claimant: BTreeMap<String, String> = BTreeMap::new();
+    let mut data: BTreeMap<String, u64> = BTreeMap::new();
+    for c in member_commits(table) {
+        for p in &c.claim {
+            claimant.insert(p.clone(), c.member.clone());
+        }
+        for (p, start, end, _) in &c.ranges {
+            assert_eq!(
+                claimant.get(p),
+                Some(&c.member),
+                "version {}: {} committed {p} [{start}, {end}) but {:?} had claimed it since its own claim",
+                c.version,
+                c.member,
+                claimant.get(p)
+            );
+        }
+        if !c.ranges.is_empty() {
+            *data.entry(c.member.clone()).or_default() += 1;
+        }
+    }
+    data
+}
+
+/// The name a member started as `child` commits under.
+fn member_of(child: &Child) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    format!("{host}-{}", child.id())
+}
+
+fn signal(child: &Child, sig: &str) {
+    assert!(Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap().success());
+}
+
+async fn wait_for_data_commit(table: &Path, member: &str) {
+    common::wait_until(Duration::from_secs(60), &format!("a data commit by {member}"), || async {
+        member_commits(table).iter().any(|c| c.member == member && c.ranges.iter().any(|r| r.3 > 0))
+    })
+    .await;
+}
+
+fn producing(topic: &str, count: u64, rate: u64, malformed_every: u64) -> tokio::task::JoinHandle<()> {
+    let mut opts = ProduceOptions::new(&common::brokers(), topic, count);
+    opts.rate = Some(rate);
+    opts.malformed_every = Some(malformed_every);
+    tokio::spawn(async move {
+        produce(&opts, std::future::pending()).await.unwrap();
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_under_churn_write_every_offset_exactly_once() {
+    let topic = common::topic("group-churn", 6).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = group_config(&common::unique("g"), &topic, dir.path());
+    let file = write_config(&config, dir.path());
+    let table = dir.path().join("table");
+    let total = 40_000;
+    let producer = producing(&topic, total, 1_000, 101);
+
+    // Three members; 20 times a random one is SIGKILLed at a random moment and replaced; a
+    // member is added every 7th kill and one leaves gracefully every 9th.
+    let mut rng = common::seeded_rng("group churn");
+    let mut members: Vec<Child> = (0..3).map(|_| spawn(&file, None)).collect();
+    for kill in 1..=20 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_000))).await;
+        let mut victim = members.swap_remove(rng.random_range(0..members.len()));
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+        members.push(spawn(&file, None));
+        if kill % 7 == 0 {
+            members.push(spawn(&file, None));
+        }
+        if kill % 9 == 0 && members.len() > 2 {
+            terminate(members.remove(0)).await;
+        }
+    }
+    producer.await.unwrap();
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(180)).await;
+    for m in members {
+        terminate(m).await;
+    }
+
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), total);
+    assert_eq!(audit.total(|p| p.dead_lettered), total / 101);
+    assert_eq!(common::read_with_python(&table)["rows"].as_u64().unwrap(), audit.total(|p| p.rows));
+    let per_member = assert_fenced(&table);
+    assert!(per_member.len() >= 3, "several members committed: {per_member:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_member_never_commits_a_partition_it_lost() {
+    let topic = common::topic("group-pause", 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = group_config(&common::unique("g"), &topic, dir.path());
+    let file = write_config(&config, dir.path());
+    let table = dir.path().join("table");
+    let total = 30_000;
+    let producer = producing(&topic, total, 1_500, 97);
+
+    let a = spawn(&file, None);
+    wait_for_data_commit(&table, &member_of(&a)).await;
+    let b = spawn(&file, None);
+    wait_for_data_commit(&table, &member_of(&b)).await;
+    // A stops past the session timeout (a GC pause, a network split): the group gives its
+    // partitions to B, which claims them. Then A resumes, its open epoch still in hand.
+    let paused_at = member_commits(&table).last().unwrap().version;
+    signal(&a, "STOP");
+    tokio::time::sleep(Duration::from_millis(SESSION_MS + 4_000)).await;
+    signal(&a, "CONT");
+    let b_claims = member_commits(&table)
+        .iter()
+        .filter(|c| c.version > paused_at && c.member == member_of(&b) && !c.claim.is_empty())
+        .count();
+    assert!(b_claims > 0, "B claimed the paused member's partitions");
+    producer.await.unwrap();
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(120)).await;
+    terminate(a).await;
+    terminate(b).await;
+
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), total);
+    assert_eq!(audit.total(|p| p.duplicated), 0);
+    assert_fenced(&table);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_data_and_dead_letter_commits_loses_no_dead_letter() {
+    let topic = common::topic("group-dead", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = group_config(&common::unique("g"), &topic, dir.path());
+    let file = write_config(&config, dir.path());
+    let table = dir.path().join("table");
+    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 2_000);
+    opts.malformed_every = Some(10);
+    produce(&opts, std::future::pending()).await.unwrap();
+
+    // The process dies right after the data table's first commit, before its dead letters are
+    // committed to the dead-letter table.
+    let child = spawn(&file, Some("after-delta-commit=abort"));
+    let (status, _) = wait_exit(child, Duration::from_secs(60), "aborts after the data commit").await;
+    assert!(!status.success());
+    let committed: u64 = member_commits(&table).iter().flat_map(|c| c.ranges.iter().map(|r| r.3)).sum();
+    assert!(committed > 0, "the data table holds the epoch");
+    assert!(!dir.path().join("table_dead_letters/_delta_log").exists(), "the dead letters were not committed");
+
+    let child = spawn(&file, None);
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    common::wait_until(Duration::from_secs(30), "dead letters committed", || async {
+        common::read_rows(&dir.path().join("table_dead_letters")).await.iter().map(|b| b.num_rows()).sum::<usize>() >= 200
+    })
+    .await;
+    terminate(child).await;
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.dead_lettered), 200);
+    assert_eq!(audit.total(|p| p.rows), 1_800);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_schema_or_one_process_mode_is_refused_on_a_group_table() {
+    let topic = common::topic("group-refuse", 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = group_config(&common::unique("g"), &topic, dir.path());
+    let file = write_config(&config, dir.path());
+    let table = dir.path().join("table");
+    common::produce_events(&topic, 0, 2_000).await;
+    let a = spawn(&file, None);
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+
+    // The same pipeline and group with another schema: refused when it opens the table, and it
+    // writes nothing.
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut other = config.clone();
+    other.decode.fields.push(FieldConfig { name: "extra".into(), kind: FieldType::Long, nullable: true });
+    let b = spawn(&write_config(&other, other_dir.path()), None);
+    let b_name = member_of(&b);
+    let (status, stderr) = wait_exit(b, Duration::from_secs(60), "the member with another schema stops").await;
+    assert!(!status.success());
+    assert!(stderr.contains("columns"), "one line naming the schema difference: {stderr}");
+    assert!(member_commits(&table).iter().all(|c| c.member != b_name), "the refused member wrote nothing");
+
+    // The same pipeline as one process (no group_id) on the group's table: refused, since its
+    // checkpoint cannot know where the group left each partition.
+    let single_dir = tempfile::tempdir().unwrap();
+    let mut single = config.clone();
+    single.source.group_id = None;
+    single.checkpoint.dir = Some(single_dir.path().join("checkpoint"));
+    let s = spawn(&write_config(&single, single_dir.path()), None);
+    let (status, stderr) = wait_exit(s, Duration::from_secs(60), "the one-process run stops").await;
+    assert!(!status.success());
+    assert!(stderr.contains("group mode"), "one line saying the table was written in group mode: {stderr}");
+
+    // The group goes on, exactly once.
+    common::produce_events(&topic, 2_000, 1_000).await;
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    terminate(a).await;
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.rows), 3_000);
+    assert_fenced(&table);
+}
