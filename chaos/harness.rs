@@ -46,6 +46,7 @@ pub const CASES: &[&str] = &[
     "slow-sink",
     "grow-topic",
     "store-restart",
+    "group-members",
 ];
 
 /// How to run.
@@ -293,7 +294,8 @@ fn audit_into(report: &mut CaseReport, audit: &exactly::verify::Audit) {
 pub async fn run_case(case: &str, iteration: u32, opts: &ChaosOptions) -> CaseReport {
     let kinds = ["append", "dedup", "counts"];
     let case_index = CASES.iter().position(|c| *c == case).unwrap_or(0);
-    let kind = kinds[(iteration as usize + case_index) % 3];
+    // Group mode runs stateless pipelines only.
+    let kind = if case == "group-members" { "append" } else { kinds[(iteration as usize + case_index) % 3] };
     let seed = opts.seed ^ ((case_index as u64) << 32) ^ iteration as u64;
     let mut report = CaseReport { case: case.to_string(), kind: kind.to_string(), ..Default::default() };
     let result = match case {
@@ -301,6 +303,7 @@ pub async fn run_case(case: &str, iteration: u32, opts: &ChaosOptions) -> CaseRe
         "broker-restart" => broker_case(kind, seed, opts, &mut report).await,
         "store-restart" => store_case(kind, seed, opts, &mut report).await,
         "checkpoint-unwritable" => unwritable_case(kind, seed, opts, &mut report).await,
+        "group-members" => group_case(kind, seed, opts, &mut report).await,
         _ => in_process_case(case, kind, seed, opts, &mut report).await,
     };
     if let Err(e) = result {
@@ -461,6 +464,84 @@ async fn sigkill_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut C
         tokio::task::spawn_blocking(move || child.wait()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     if !status.success() {
         return Err(format!("graceful stop exited with {status}"));
+    }
+    finish_audit(&config, report).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Three group members (`source.group_id`) share the topic; a random one is SIGKILLed mid-epoch
+/// and replaced. Recovery is the pause from the kill to the first commit of one of its
+/// partitions by another member (the group waits a session timeout for the silent member). The
+/// audit also checks that no member committed a partition after another claimed it.
+async fn group_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut CaseReport) -> Result<(), String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (topic, dir, mut config) = setup(kind, opts, &opts.brokers).await?;
+    config.source.group_id = Some(format!("{}-group", config.id));
+    config.source.properties.insert("session.timeout.ms".into(), "6000".into());
+    let file = dir.join("pipeline.toml");
+    std::fs::write(&file, toml::to_string(&config).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let table = config.table_path().ok_or("a delta sink")?;
+    let commits = || async {
+        match exactly::sink::delta::load_table(table.clone()).await {
+            Ok(Some(t)) => exactly::verify::member_commits(&t).await.unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    };
+    let stream = start_stream(&opts.brokers, &topic, opts.rate);
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(spawn_exactly(opts, &file)?);
+    }
+    for _ in 0..opts.faults {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
+        let mut victim = members.swap_remove(rng.random_range(0..members.len()));
+        let name = exactly::group::member_name_for(victim.id());
+        victim.kill().map_err(|e| e.to_string())?; // SIGKILL, mid-epoch
+        victim.wait().map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        report.faults += 1;
+        report.restarts += 1;
+        members.push(spawn_exactly(opts, &file)?);
+        let log = commits().await;
+        let since = log.last().map_or(0, |c| c.version);
+        let mut owner = std::collections::BTreeMap::new();
+        for c in &log {
+            for p in &c.claim {
+                owner.insert(p.clone(), c.member.clone());
+            }
+        }
+        let lost: Vec<String> = owner.into_iter().filter(|(_, m)| *m == name).map(|(p, _)| p).collect();
+        if lost.is_empty() {
+            continue; // it held no partition yet
+        }
+        let mut recovered = None;
+        while t0.elapsed() < Duration::from_secs(90) {
+            let taken = commits()
+                .await
+                .iter()
+                .any(|c| c.version > since && c.member != name && c.ranges.iter().any(|(p, _, _, _)| lost.contains(p)));
+            if taken {
+                recovered = Some(t0.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match recovered {
+            Some(d) => report.recovery.push(d),
+            None => return Err("no other member committed the killed member's partitions within 90 s".into()),
+        }
+    }
+    report.produced = stream.finish().await?;
+    wait_drained(&config, &topic, Duration::from_secs(180)).await?;
+    for child in members {
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let mut child = child;
+        let status =
+            tokio::task::spawn_blocking(move || child.wait()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("a member's graceful stop exited with {status}"));
+        }
     }
     finish_audit(&config, report).await?;
     let _ = std::fs::remove_dir_all(&dir);

@@ -42,13 +42,18 @@ pub const FENCE_WAIT: Duration = Duration::from_secs(1);
 
 /// The name of this member in its commits: host and process id.
 pub fn member_name() -> String {
+    member_name_for(std::process::id())
+}
+
+/// The name the member running as process `pid` on this host commits under.
+pub fn member_name_for(pid: u32) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "host".into());
-    format!("{host}-{}", std::process::id())
+    format!("{host}-{pid}")
 }
 
 /// What the supervisor is asked during a rebalance.

@@ -330,12 +330,13 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             } else {
                 let keys = audit.keys.as_ref().map(|k| k.missing + k.duplicated + k.mismatched).unwrap_or(0);
                 anyhow::bail!(
-                    "verify: {} missing, {} duplicated, {} unexpected offsets, {} rows or dead letters unlike Kafka's record, {} key problems",
+                    "verify: {} missing, {} duplicated, {} unexpected offsets, {} rows or dead letters unlike Kafka's record, {} key problems, {} commits by a fenced group member",
                     audit.total(|p| p.missing),
                     audit.total(|p| p.duplicated),
                     audit.total(|p| p.unexpected),
                     audit.total(|p| p.mismatched),
-                    keys
+                    keys,
+                    audit.fencing.len()
                 )
             }
         }

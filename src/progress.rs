@@ -54,6 +54,9 @@ pub struct Progress {
     pub files_compacted: Option<u64>,
     /// Per partition.
     pub partitions: Vec<PartitionProgress>,
+    /// Group mode: this member's name (`host-pid`, as its commits record it); its partitions
+    /// are the ones in `partitions`.
+    pub member: Option<String>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -77,6 +80,10 @@ impl fmt::Display for Progress {
         )?;
         if let Some(files) = self.table_files {
             write!(f, " | files {files} ({} compacted)", self.files_compacted.unwrap_or(0))?;
+        }
+        if let Some(member) = &self.member {
+            let owned: Vec<String> = self.partitions.iter().map(|p| format!("{}/{}", p.topic, p.partition)).collect();
+            write!(f, " | member {member} owns {}", owned.join(","))?;
         }
         Ok(())
     }

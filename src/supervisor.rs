@@ -880,6 +880,7 @@ impl SupervisorState {
             table_files: table.map(|t| t.live_files),
             files_compacted: table.map(|t| t.files_compacted),
             partitions,
+            member: self.group.as_ref().map(|_| crate::group::member_name()),
         };
         tracing::debug!(
             pipeline = %progress.pipeline,

@@ -88,6 +88,86 @@ pub struct Audit {
     pub orphan_files: Vec<String>,
     /// Key-level checks of dedup and aggregation pipelines.
     pub keys: Option<KeyAudit>,
+    /// Group mode: data commits per member, from the commits the log still holds.
+    pub members: BTreeMap<String, u64>,
+    /// Group mode: commits of a partition by a member that was not its last claimant (another
+    /// member had claimed it since): each a fencing failure.
+    pub fencing: Vec<String>,
+}
+
+/// One commit of a group member, from the `exactly` metadata it carries in the Delta log.
+#[derive(Debug, Clone)]
+pub struct MemberCommit {
+    /// Table version.
+    pub version: i64,
+    /// The member (`host-pid`).
+    pub member: String,
+    /// Partitions this commit claims (`topic/partition`).
+    pub claim: Vec<String>,
+    /// The ranges this commit writes: partition, start, end, records.
+    pub ranges: Vec<(String, i64, i64, u64)>,
+}
+
+/// The commits of group members the table's log still holds, oldest first.
+pub async fn member_commits(table: &DeltaTable) -> Result<Vec<MemberCommit>> {
+    use futures::TryStreamExt;
+    let newest = table.version().unwrap_or(0);
+    let infos: Vec<deltalake::kernel::CommitInfo> =
+        table.history(None).try_collect().await.map_err(|e| Error::Sink(format!("reading the table's history: {e}")))?;
+    let mut out = Vec::new();
+    // Newest first, one per commit still in the log.
+    for (i, info) in infos.iter().enumerate() {
+        let Some(meta) = info.info.get("exactly") else { continue };
+        let Some(member) = meta["member"].as_str() else { continue };
+        let claim =
+            meta["claim"].as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect()).unwrap_or_default();
+        let ranges = meta["ranges"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        (
+                            format!("{}/{}", r["topic"].as_str().unwrap_or("?"), r["partition"]),
+                            r["start"].as_i64().unwrap_or(-1),
+                            r["end"].as_i64().unwrap_or(-1),
+                            r["records"].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(MemberCommit { version: newest as i64 - i as i64, member: member.to_string(), claim, ranges });
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// The fencing rule, checked on the log: every commit of a partition comes from the member that
+/// claimed it last. Returns the data commits per member and the commits that broke the rule.
+pub fn check_fencing(commits: &[MemberCommit]) -> (BTreeMap<String, u64>, Vec<String>) {
+    let mut claimant: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut members: BTreeMap<String, u64> = BTreeMap::new();
+    let mut broken = Vec::new();
+    for c in commits {
+        for p in &c.claim {
+            claimant.insert(p, &c.member);
+        }
+        for (p, start, end, _) in &c.ranges {
+            match claimant.get(p.as_str()) {
+                Some(owner) if *owner == c.member => {}
+                // The claim fell out of the log (cleaned up): nothing to check against.
+                None => {}
+                Some(owner) => broken.push(format!(
+                    "version {}: {} committed {p} [{start}, {end}) after {owner} had claimed it",
+                    c.version, c.member
+                )),
+            }
+        }
+        if !c.ranges.is_empty() {
+            *members.entry(c.member.clone()).or_default() += 1;
+        }
+    }
+    (members, broken)
 }
 
 /// Key-level checks: for dedup, every key of the topic's committed range in the table exactly
@@ -113,7 +193,8 @@ pub struct KeyAudit {
 impl Audit {
     /// Nothing missing, duplicated, unexpected or mismatched.
     pub fn ok(&self) -> bool {
-        self.partitions.iter().all(|p| p.missing == 0 && p.duplicated == 0 && p.unexpected == 0 && p.mismatched == 0)
+        self.fencing.is_empty()
+            && self.partitions.iter().all(|p| p.missing == 0 && p.duplicated == 0 && p.unexpected == 0 && p.mismatched == 0)
             && self.keys.as_ref().is_none_or(|k| k.missing == 0 && k.duplicated == 0 && k.mismatched == 0)
     }
 
@@ -190,6 +271,19 @@ impl Audit {
                 let _ = writeln!(s, "    {sample}");
             }
         }
+        if !self.members.is_empty() {
+            let counts: Vec<String> = self.members.iter().map(|(m, n)| format!("{m}: {n}")).collect();
+            let _ = writeln!(
+                s,
+                "group: {} members committed ({}); commits by a member that had lost the partition: {}",
+                self.members.len(),
+                counts.join(", "),
+                self.fencing.len()
+            );
+            for f in self.fencing.iter().take(10) {
+                let _ = writeln!(s, "    {f}");
+            }
+        }
         let _ = writeln!(s, "parquet files not in the current version (compacted away or never committed; `exactly vacuum` removes them past the retention): {}", self.orphan_files.len());
         if self.ok() {
             let what = match self.keys.as_ref().map(|k| k.kind.as_str()) {
@@ -199,8 +293,10 @@ impl Audit {
             };
             let _ = writeln!(s, "result: OK — {what}");
         } else {
-            let _ =
-                writeln!(s, "result: FAILED — offsets missing, duplicated or unexpected, or content that differs from Kafka's");
+            let _ = writeln!(
+                s,
+                "result: FAILED — offsets missing, duplicated or unexpected, content that differs from Kafka's, or commits by a fenced member"
+            );
         }
         s
     }
@@ -766,6 +862,7 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
     } else {
         None
     };
+    let (members, fencing) = check_fencing(&member_commits(&table).await?);
     Ok(Audit {
         pipeline: id.clone(),
         table: path.clone(),
@@ -774,5 +871,7 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         partitions: audits,
         orphan_files,
         keys,
+        members,
+        fencing,
     })
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use exactly::config::{FieldConfig, FieldType, PipelineConfig};
 use exactly::producer::{produce, ProduceOptions};
+use exactly::verify::MemberCommit;
 use rand::Rng;
 
 use crate::common::{self, spawn, terminate, wait_exit, write_config};
@@ -24,89 +25,26 @@ pub fn group_config(id: &str, topic: &str, dir: &Path) -> PipelineConfig {
     c
 }
 
-/// One commit of a group member, as the Delta log records it.
-#[derive(Debug, Clone)]
-pub struct MemberCommit {
-    /// Table version.
-    pub version: u64,
-    /// The member (`host-pid`).
-    pub member: String,
-    /// Partitions claimed by this commit (a claim commit).
-    pub claim: Vec<String>,
-    /// Per partition, the range and its record count (a data commit).
-    pub ranges: Vec<(String, i64, i64, u64)>,
+/// Every commit of the data table at `table` written by a group member, oldest first.
+pub async fn member_commits(table: &Path) -> Vec<MemberCommit> {
+    match exactly::sink::delta::load_table(table).await.unwrap() {
+        Some(t) => exactly::verify::member_commits(&t).await.unwrap(),
+        None => Vec::new(),
+    }
 }
 
-/// Every commit of the data table at `table` written by a group member, in version order.
-pub fn member_commits(table: &Path) -> Vec<MemberCommit> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(table.join("_delta_log")) else { return out };
-    for e in entries.flatten() {
-        let path = e.path();
-        let Some(version) =
-            path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse().ok())
-        else {
-            continue;
-        };
-        for line in std::fs::read_to_string(&path).unwrap().lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let info = &v["commitInfo"]["exactly"];
-            let Some(member) = info["member"].as_str() else { continue };
-            let claim =
-                info["claim"].as_array().map(|a| a.iter().map(|p| p.as_str().unwrap().to_string()).collect()).unwrap_or_default();
-            let ranges = info["ranges"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|r| {
-                            (
-                                format!("{}/{}", r["topic"].as_str().unwrap(), r["partition"]),
-                                r["start"].as_i64().unwrap(),
-                                r["end"].as_i64().unwrap(),
-                                r["records"].as_u64().unwrap(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push(MemberCommit { version, member: member.to_string(), claim, ranges });
-        }
-    }
-    out.sort_by_key(|c| c.version);
-    out
-}
-
-/// The fencing invariant, checked on the log: every data commit of a partition comes from the
-/// member that claimed it last. A member that lost a partition (another member claimed it since)
-/// never committed it again. Returns how many data commits each member made.
-pub fn assert_fenced(table: &Path) -> BTreeMap<String, u64> {
-    let mut claimant: BTreeMap<String, String> = BTreeMap::new();
-    let mut data: BTreeMap<String, u64> = BTreeMap::new();
-    for c in member_commits(table) {
-        for p in &c.claim {
-            claimant.insert(p.clone(), c.member.clone());
-        }
-        for (p, start, end, _) in &c.ranges {
-            assert_eq!(
-                claimant.get(p),
-                Some(&c.member),
-                "version {}: {} committed {p} [{start}, {end}) but {:?} had claimed it since its own claim",
-                c.version,
-                c.member,
-                claimant.get(p)
-            );
-        }
-        if !c.ranges.is_empty() {
-            *data.entry(c.member.clone()).or_default() += 1;
-        }
-    }
-    data
+/// The fencing rule, checked on the log (as `exactly verify` checks it): every data commit of a
+/// partition comes from the member that claimed it last, so a member that lost a partition
+/// never committed it again. Returns the data commits per member.
+pub async fn assert_fenced(table: &Path) -> BTreeMap<String, u64> {
+    let (members, broken) = exactly::verify::check_fencing(&member_commits(table).await);
+    assert!(broken.is_empty(), "commits by fenced members:\n{}", broken.join("\n"));
+    members
 }
 
 /// The name a member started as `child` commits under.
 fn member_of(child: &Child) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
-    format!("{host}-{}", child.id())
+    exactly::group::member_name_for(child.id())
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -115,7 +53,7 @@ fn signal(child: &Child, sig: &str) {
 
 async fn wait_for_data_commit(table: &Path, member: &str) {
     common::wait_until(Duration::from_secs(60), &format!("a data commit by {member}"), || async {
-        member_commits(table).iter().any(|c| c.member == member && c.ranges.iter().any(|r| r.3 > 0))
+        member_commits(table).await.iter().any(|c| c.member == member && c.ranges.iter().any(|r| r.3 > 0))
     })
     .await;
 }
@@ -166,7 +104,7 @@ async fn three_members_under_churn_write_every_offset_exactly_once() {
     assert_eq!(audit.total(|p| p.expected), total);
     assert_eq!(audit.total(|p| p.dead_lettered), total / 101);
     assert_eq!(common::read_with_python(&table)["rows"].as_u64().unwrap(), audit.total(|p| p.rows));
-    let per_member = assert_fenced(&table);
+    let per_member = assert_fenced(&table).await;
     assert!(per_member.len() >= 3, "several members committed: {per_member:?}");
 }
 
@@ -186,11 +124,12 @@ async fn a_paused_member_never_commits_a_partition_it_lost() {
     wait_for_data_commit(&table, &member_of(&b)).await;
     // A stops past the session timeout (a GC pause, a network split): the group gives its
     // partitions to B, which claims them. Then A resumes, its open epoch still in hand.
-    let paused_at = member_commits(&table).last().unwrap().version;
+    let paused_at = member_commits(&table).await.last().unwrap().version;
     signal(&a, "STOP");
     tokio::time::sleep(Duration::from_millis(SESSION_MS + 4_000)).await;
     signal(&a, "CONT");
     let b_claims = member_commits(&table)
+        .await
         .iter()
         .filter(|c| c.version > paused_at && c.member == member_of(&b) && !c.claim.is_empty())
         .count();
@@ -203,7 +142,7 @@ async fn a_paused_member_never_commits_a_partition_it_lost() {
     let audit = common::assert_verified(&config).await;
     assert_eq!(audit.total(|p| p.expected), total);
     assert_eq!(audit.total(|p| p.duplicated), 0);
-    assert_fenced(&table);
+    assert_fenced(&table).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +161,7 @@ async fn a_crash_between_the_data_and_dead_letter_commits_loses_no_dead_letter()
     let child = spawn(&file, Some("after-delta-commit=abort"));
     let (status, _) = wait_exit(child, Duration::from_secs(60), "aborts after the data commit").await;
     assert!(!status.success());
-    let committed: u64 = member_commits(&table).iter().flat_map(|c| c.ranges.iter().map(|r| r.3)).sum();
+    let committed: u64 = member_commits(&table).await.iter().flat_map(|c| c.ranges.iter().map(|r| r.3)).sum();
     assert!(committed > 0, "the data table holds the epoch");
     assert!(!dir.path().join("table_dead_letters/_delta_log").exists(), "the dead letters were not committed");
 
@@ -259,7 +198,7 @@ async fn another_schema_or_one_process_mode_is_refused_on_a_group_table() {
     let (status, stderr) = wait_exit(b, Duration::from_secs(60), "the member with another schema stops").await;
     assert!(!status.success());
     assert!(stderr.contains("columns"), "one line naming the schema difference: {stderr}");
-    assert!(member_commits(&table).iter().all(|c| c.member != b_name), "the refused member wrote nothing");
+    assert!(member_commits(&table).await.iter().all(|c| c.member != b_name), "the refused member wrote nothing");
 
     // The same pipeline as one process (no group_id) on the group's table: refused, since its
     // checkpoint cannot know where the group left each partition.
@@ -278,5 +217,5 @@ async fn another_schema_or_one_process_mode_is_refused_on_a_group_table() {
     terminate(a).await;
     let audit = common::assert_verified(&config).await;
     assert_eq!(audit.total(|p| p.rows), 3_000);
-    assert_fenced(&table);
+    assert_fenced(&table).await;
 }
