@@ -426,6 +426,17 @@ fn spawn_exactly(opts: &ChaosOptions, config_file: &Path) -> Result<std::process
         .map_err(|e| format!("cannot start {}: {e}", opts.exactly_bin.display()))
 }
 
+/// SIGTERM (the open epoch is committed), then the exit status must be 0.
+async fn stop_gracefully(mut child: std::process::Child) -> Result<(), String> {
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let status =
+        tokio::task::spawn_blocking(move || child.wait()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("graceful stop exited with {status}"));
+    }
+    Ok(())
+}
+
 async fn wait_epoch_beyond(config: &PipelineConfig, topic: &str, epoch: u64, since: Instant) -> Option<Duration> {
     while since.elapsed() < Duration::from_secs(90) {
         if table_progress(config, topic).await.1 > epoch {
@@ -459,12 +470,7 @@ async fn sigkill_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut C
     }
     report.produced = stream.finish().await?;
     wait_drained(&config, &topic, Duration::from_secs(180)).await?;
-    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let status =
-        tokio::task::spawn_blocking(move || child.wait()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-    if !status.success() {
-        return Err(format!("graceful stop exited with {status}"));
-    }
+    stop_gracefully(child).await?;
     finish_audit(&config, report).await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -497,7 +503,7 @@ async fn group_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut Cas
         tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
         let mut victim = members.swap_remove(rng.random_range(0..members.len()));
         let name = exactly::group::member_name_for(victim.id());
-        victim.kill().map_err(|e| e.to_string())?; // SIGKILL, mid-epoch
+        let _ = victim.kill(); // SIGKILL, mid-epoch
         victim.wait().map_err(|e| e.to_string())?;
         let t0 = Instant::now();
         report.faults += 1;
@@ -535,13 +541,7 @@ async fn group_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut Cas
     report.produced = stream.finish().await?;
     wait_drained(&config, &topic, Duration::from_secs(180)).await?;
     for child in members {
-        let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-        let mut child = child;
-        let status =
-            tokio::task::spawn_blocking(move || child.wait()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-        if !status.success() {
-            return Err(format!("a member's graceful stop exited with {status}"));
-        }
+        stop_gracefully(child).await?;
     }
     finish_audit(&config, report).await?;
     let _ = std::fs::remove_dir_all(&dir);
