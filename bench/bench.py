@@ -179,8 +179,10 @@ def sasl_ssl_source():
                      f'password = {{ file = "{tls}/password" }}\nca_file = "{tls}/ca.pem"\n')
 
 
-def pipeline_config(mode, topic, work, interval_ms, sink_extra=""):
+def pipeline_config(mode, topic, work, interval_ms, sink_extra="", group=None):
     brokers, security = BROKERS, ""
+    if group:  # group mode: every process started with this config joins the group
+        security = f'group_id = "{group}"\nproperties = {{ "session.timeout.ms" = "6000" }}\n' 
     if mode == "append_sasl_ssl":  # the append pipeline, reading over TLS with SCRAM
         brokers, security = sasl_ssl_source()
         mode = "append"
@@ -227,6 +229,8 @@ class Ours:
                                   env={**base, **(env or {}), "RUST_LOG": "error"})
         self.started = time.time()
         self.total, self.first_commit_at, self.lock = 0, None, threading.Lock()
+        # Group mode: the partitions of the last commit, and when each partition got records.
+        self.owned, self.partition_commits = set(), []
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
@@ -237,6 +241,9 @@ class Ours:
                 except ValueError:
                     continue
                 with self.lock:
+                    self.owned = {f"{p['topic']}/{p['partition']}" for p in prog.get("partitions", [])}
+                    with_records = {f"{p['topic']}/{p['partition']}" for p in prog.get("partitions", []) if p["records"] > 0}
+                    self.partition_commits.append((time.time(), with_records))
                     self.total += prog["input_rows"]
                     if prog["input_rows"] > 0 and self.first_commit_at is None:
                         self.first_commit_at = time.time()
@@ -402,6 +409,67 @@ def recovery(system, profile, rate, work, interval_ms):
         producer.wait(timeout=60)
 
 
+def group_throughput(profile, topic, events, work, interval_ms, members):
+    """`members` processes of one group (`source.group_id`) share the pre-produced topic: time
+    from the first start to every record committed (summed over the members). Includes the
+    group forming: the members join one after another, each join a rebalance."""
+    cfg = pipeline_config("append", topic, work, interval_ms, group=f"bench-group-{members}-{int(time.time())}")
+    os_ = [Ours(profile, cfg) for _ in range(members)]
+    samplers = [TreeSampler(o.p.pid) for o in os_]
+    for sm in samplers:
+        sm.start()
+    t0, end = min(o.started for o in os_), time.time() + 3600
+    while sum(o.total for o in os_) < events:
+        if time.time() > end or any(o.p.poll() is not None for o in os_):
+            raise RuntimeError(f"group of {members}: {sum(o.total for o in os_)} of {events} committed")
+        time.sleep(0.02)
+    done = time.time()
+    cpu = sum(sm.cpu_total() for sm in samplers)
+    for sm in samplers:
+        sm.stop.set()
+    for o in os_:
+        o.stop()
+    secs = done - t0
+    return {"members": members, "seconds": secs, "records_per_s": events / secs, "cpu_s_per_million": cpu / events * 1e6,
+            "peak_rss_mb": sum(sm.peak_rss_kb for sm in samplers) / 1024}
+
+
+def group_takeover(profile, rate, work, interval_ms):
+    """Two members share a topic fed at `rate`; one is SIGKILLed. Seconds from the kill to the
+    survivor's first commit with records of a partition the killed member owned (the group
+    first waits the session timeout, 6 s here, for the silent member)."""
+    topic = f"bench-takeover-{int(time.time())}"
+    subprocess.run([binary(profile, "exactly"), "topics", "create", "--topic", topic, "--partitions", "4"], check=True, capture_output=True)
+    producer = spawn([binary(profile, "exactly"), "produce", "--topic", topic, "--rate", str(rate)],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        cfg = pipeline_config("append", topic, work, interval_ms, group=f"bench-takeover-{int(time.time())}")
+        a = Ours(profile, cfg)
+        while a.first_commit_at is None:
+            time.sleep(0.01)
+        b = Ours(profile, cfg)
+        end = time.time() + 120
+        while not (a.owned and b.owned and not (a.owned & b.owned)):  # the group split the partitions
+            if time.time() > end:
+                raise RuntimeError("the two members never shared the partitions")
+            time.sleep(0.05)
+        time.sleep(2 * interval_ms / 1000)
+        lost = set(a.owned)
+        a.stop(signal.SIGKILL)
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            with b.lock:
+                taken = [t for t, parts in b.partition_commits if t > t0 and parts & lost]
+            if taken:
+                b.stop()
+                return taken[0] - t0
+            time.sleep(0.01)
+        raise RuntimeError("the survivor never committed the killed member's partitions")
+    finally:
+        producer.send_signal(signal.SIGINT)
+        producer.wait(timeout=60)
+
+
 def dedup_scale(profile, ids, interval_ms, work):
     """Dedup with epoch retention over `ids` distinct ids: RSS sampled as the key count grows."""
     topic = f"bench-distinct-{ids}"
@@ -529,7 +597,7 @@ def main():
     ap.add_argument("--interval-ms", type=int, default=1000, help="epoch interval = Spark trigger interval")
     ap.add_argument("--profile", default=None, help="cargo profile of the binaries (release; debug for --quick)")
     ap.add_argument("--skip-spark", action="store_true")
-    ap.add_argument("--modes", help="only these of ours (append,dedup,counts,append_s3,append_sasl_ssl), no Spark; writes nothing")
+    ap.add_argument("--modes", help="only these of ours (append,dedup,counts,append_s3,append_sasl_ssl,group), no Spark; writes nothing")
     ap.add_argument("--dedup-scale", type=int, metavar="IDS", help="only: RSS of dedup with retention over IDS distinct ids")
     ap.add_argument("--soak", type=int, metavar="EPOCHS", help="only: a soak run of EPOCHS epochs per mode (see bench/README.md)")
     ap.add_argument("--soak-modes", default="append,counts", help="modes of the soak run")
@@ -582,12 +650,22 @@ def main():
     for system in systems:
         modes = ["append", "dedup", "counts"] + (["append_s3", "append_sasl_ssl"] if system == "ours" else [])
         for mode in a.modes.split(",") if partial else modes:
+            if mode == "group":
+                continue  # measured below, beside recovery
             log(f"{system} {mode}: {runs} run(s) over {events} events")
             rs = []
             for r in range(runs):
                 w = work / f"{system}-{mode}-{r}"
                 rs.append(run_ours(profile, mode, topic, events, w, a.interval_ms) if system == "ours" else run_spark(mode, topic, events, w, a.interval_ms))
             results[f"{system}_{mode}"] = median_of(rs)
+        if system == "ours" and (not partial or "group" in a.modes.split(",")):
+            # Scale out: 1, 2 and 4 members of one group on this machine, and the takeover.
+            results["ours_group"] = {}
+            for n in [1, 2] if a.quick else [1, 2, 4]:
+                log(f"ours group mode, {n} member(s): {runs} run(s) over {events} events")
+                results["ours_group"][str(n)] = median_of([group_throughput(profile, topic, events, work / f"group-{n}-{r}", a.interval_ms, n) for r in range(runs)])
+            log("ours group mode: takeover after a member's SIGKILL")
+            results["ours_group_takeover_s"] = group_takeover(profile, min(rate, 5_000), work / "group-takeover", a.interval_ms)
         if partial:
             break
         log(f"{system}: latency at {rate} events/s for {lat_s} s")
@@ -643,6 +721,11 @@ def render(r):
     if ot and oa:
         rows.append(f"| append reading over SASL_SSL (TLS + SCRAM-SHA-512): records/s | | {ot['records_per_s']:,.0f} | | {ot['records_per_s'] / lim:.0%} | "
                     f"{ot['records_per_s'] / oa['records_per_s']:.0%} of ours over plaintext |")
+    for n, g in (r.get("ours_group") or {}).items():
+        rows.append(f"| group mode, {n} member(s) on this machine: records/s | | {g['records_per_s']:,.0f} | | {g['records_per_s'] / lim:.0%} | "
+                    f"CPU-s per million {g['cpu_s_per_million']:.1f}, peak RSS {g['peak_rss_mb']:.0f} MB (all members) |")
+    if r.get("ours_group_takeover_s") is not None:
+        rows.append(f"| group mode: a member SIGKILLed, s to its partitions' first commit by another (session timeout 6 s) | | {r['ours_group_takeover_s']:.2f} | | | |")
     ro, rs = r.get("ours_recovery_s"), r.get("spark_recovery_s")
     rows.append(f"| recovery after SIGKILL, s to the first commit | | {ro:.2f} | {'—' if rs is None else f'{rs:.2f}'} | | |" if ro is not None else "")
     return "\n".join(x for x in rows if x)

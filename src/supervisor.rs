@@ -186,6 +186,9 @@ pub struct SupervisorState {
     committed: Checkpoint,
     next_barrier: u64,
     in_flight: Option<u64>,
+    /// The barrier in flight when the last generation was torn down: its commit may still have
+    /// completed (a graceful teardown waits for it), and is then reported, not ignored.
+    orphaned: Option<u64>,
     cut_pending: bool,
     ticker: Option<JoinHandle<()>>,
     restarts: VecDeque<Instant>,
@@ -443,7 +446,10 @@ impl SupervisorState {
             let Some((offsets, client)) = self.group_positions().await? else {
                 return Ok(()); // nothing assigned here: idle until the group assigns partitions
             };
-            (Checkpoint::new(&config.id, self.committed.epoch, &offsets), offsets, None, client)
+            // Epochs are numbered per member; the in-memory checkpoint holds the last one this
+            // member committed (a commit that finished while its generation was torn down too).
+            let epoch = self.store.load()?.map_or(0, |c| c.epoch);
+            (Checkpoint::new(&config.id, epoch, &offsets), offsets, None, client)
         } else {
             let (cp, replay) = self.recover().await?;
             let offsets: Offsets = cp.offsets().into_iter().filter(|(tp, _)| self.partitions.contains(tp)).collect();
@@ -642,12 +648,19 @@ impl SupervisorState {
     /// revokes them or a session timeout passes, and the others go on at once.
     async fn on_fenced(&mut self, myself: &ActorRef<SupervisorMsg>, partitions: Vec<TopicPartition>, detail: String) {
         tracing::warn!(%detail, "fenced: another member owns these partitions now");
-        metrics::counter!(m::FENCED).increment(1);
         self.teardown(true).await;
         if self.shutting_down() {
             myself.stop(None);
             return;
         }
+        self.suspend(myself, partitions);
+        let _ = myself.cast(SupervisorMsg::StartGeneration);
+    }
+
+    /// Leaves `partitions` out of the generations until the group revokes them or a session
+    /// timeout (and [`crate::group::FENCE_WAIT`]) has passed.
+    fn suspend(&mut self, myself: &ActorRef<SupervisorMsg>, partitions: Vec<TopicPartition>) {
+        metrics::counter!(m::FENCED).increment(1);
         let Some(group) = self.group.as_mut() else { return };
         group.paused_since.get_or_insert_with(Instant::now);
         for tp in partitions {
@@ -656,7 +669,6 @@ impl SupervisorState {
             }
         }
         myself.send_after(group.member.session_timeout + crate::group::FENCE_WAIT, || SupervisorMsg::Unsuspend);
-        let _ = myself.cast(SupervisorMsg::StartGeneration);
     }
 
     fn cut(&mut self) -> Result<(), ActorProcessingErr> {
@@ -752,7 +764,7 @@ impl SupervisorState {
         if let Some(t) = self.ticker.take() {
             t.abort();
         }
-        self.in_flight = None;
+        self.orphaned = self.in_flight.take().or(self.orphaned);
         self.cut_pending = false;
         self.final_barrier = None;
         if let Some(gen) = self.current.take() {
@@ -964,6 +976,7 @@ impl Actor for SupervisorActor {
             current: None,
             next_barrier: 1,
             in_flight: None,
+            orphaned: None,
             cut_pending: false,
             ticker: None,
             restarts: VecDeque::new(),
@@ -1029,7 +1042,15 @@ impl Actor for SupervisorActor {
             }
             SupervisorMsg::BarrierResolved { barrier, report } => {
                 if state.in_flight != Some(barrier) {
-                    return Ok(()); // from a generation that was torn down
+                    // From a generation that was torn down: a commit that completed still counts
+                    // (progress, metrics), but cuts nothing.
+                    if state.orphaned == Some(barrier) {
+                        state.orphaned = None;
+                        if let Some(report) = report {
+                            state.on_commit(report);
+                        }
+                    }
+                    return Ok(());
                 }
                 state.in_flight = None;
                 if let Some(report) = report {
@@ -1090,6 +1111,11 @@ impl Actor for SupervisorActor {
             SupervisorMsg::Fenced { barrier, partitions, detail } => {
                 if state.in_flight == Some(barrier) {
                     state.on_fenced(&myself, partitions, detail).await;
+                } else if state.orphaned == Some(barrier) {
+                    // Fenced in a generation torn down meanwhile (a rebalance): the next one must
+                    // not claim these partitions back.
+                    state.orphaned = None;
+                    state.suspend(&myself, partitions);
                 }
             }
             SupervisorMsg::Unsuspend => {

@@ -4,6 +4,8 @@
 //! Both are safe while the pipeline runs. OPTIMIZE commits with `dataChange = false` and no
 //! `txn`; the pipeline's appends never conflict with it, and a bucket-replacing commit of an
 //! aggregate table re-reads the current files when OPTIMIZE lands first (`sink::delta`).
+//! Bin-packing commits only on versions that still hold its inputs, like auto-compaction; Z-order
+//! (delta-rs's OPTIMIZE) rebases past anything, so it must not run beside auto-compaction.
 //! VACUUM deletes only files that no version within the deleted-file retention references, and
 //! unreferenced files older than the retention (left by a crash between writing and
 //! committing) — never a file a running pipeline may still commit.
@@ -60,10 +62,21 @@ pub struct OptimizeReport {
     pub version: Option<i64>,
 }
 
+/// The bin-packing target when neither the command nor the table names one (delta-rs's).
+const DEFAULT_TARGET_BYTES: u64 = 100 * 1024 * 1024;
+
 /// Bin-packs the files of `path` below `target` bytes (`None`: the table's
 /// `delta.targetFileSize`, else 100 MiB), or Z-orders them by `zorder` columns.
+///
+/// Bin-packing commits each group the way auto-compaction does (`compaction::rewrite`): only on
+/// a version that still holds every input, so it never collides with a running pipeline's
+/// compactions. Z-order is delta-rs's OPTIMIZE, which rebases past anything: run it where no
+/// auto-compaction runs (aggregate tables, or `sink.compaction.enabled = false`).
 pub async fn optimize(path: &TableLocation, target: Option<u64>, zorder: &[String]) -> Result<OptimizeReport> {
     let table = load_table(path.clone()).await?.ok_or_else(|| delta_err(path, "no Delta table here"))?;
+    if zorder.is_empty() {
+        return bin_pack(table, path, target).await;
+    }
     let before = table.version();
     let columns: Vec<String> =
         table.snapshot().map_err(|e| delta_err(path, e))?.schema().fields().map(|f| f.name().clone()).collect();
@@ -88,6 +101,37 @@ pub async fn optimize(path: &TableLocation, target: Option<u64>, zorder: &[Strin
         partitions_optimized: m.partitions_optimized,
         live_files,
         version: (table.version() != before).then(|| table.version().unwrap_or(0) as i64),
+    })
+}
+
+async fn bin_pack(mut table: deltalake::DeltaTable, path: &TableLocation, target: Option<u64>) -> Result<OptimizeReport> {
+    use super::compaction::{live_files, rewrite, Policy};
+    let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
+    let from_table = snapshot.metadata().configuration().get("delta.targetFileSize").and_then(|v| v.parse::<u64>().ok());
+    let policy = Policy { target_bytes: target.or(from_table).unwrap_or(DEFAULT_TARGET_BYTES).max(1), min_files: 2 };
+    let groups = policy.bin_pack(&live_files(snapshot));
+    let failpoints = crate::failpoint::FailPoints::new();
+    let (mut removed, mut added, mut bytes, mut version) = (0, 0, 0, None);
+    let mut partitions = std::collections::BTreeSet::new();
+    for group in &groups {
+        // A group whose inputs another commit removed meanwhile (a compaction) is skipped.
+        if let Some(done) = rewrite(&mut table, path, group, &policy, &failpoints).await? {
+            removed += done.files_removed;
+            added += done.files_added;
+            bytes += done.bytes_rewritten;
+            version = Some(done.version);
+            partitions.insert(format!("{:?}", group.partition));
+        }
+    }
+    let live_files = table.snapshot().map_err(|e| delta_err(path, e))?.log_data().num_files();
+    Ok(OptimizeReport {
+        table: path.to_string(),
+        files_removed: removed,
+        files_added: added,
+        bytes_removed: bytes,
+        partitions_optimized: partitions.len() as u64,
+        live_files,
+        version,
     })
 }
 

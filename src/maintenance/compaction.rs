@@ -12,9 +12,10 @@
 //! A compaction commit removes its input files and adds the merged ones, all with
 //! `dataChange = false` (streaming readers see no new data), under the `OPTIMIZE` operation and
 //! without `txn` actions. The pipeline's appends add files only, so the two never conflict: a
-//! compaction rebases past the appends that landed meanwhile. If another writer removed one of
-//! the inputs first (a foreign OPTIMIZE), the compaction fails; its files are left unreferenced
-//! and the next round plans again.
+//! compaction commits on the latest version once it has checked that every input is still live
+//! there. If another writer removed one of the inputs first (another member's compaction, an
+//! OPTIMIZE), the compaction commits nothing; its files are left unreferenced and the next round
+//! plans again. `exactly optimize` bin-packs through the same careful commit ([`Policy::bin_pack`]).
 
 use crate::config::TableLocation;
 use std::collections::BTreeMap;
@@ -124,6 +125,35 @@ impl Policy {
             })
             .filter(|g| g.files.len() >= 2)
             .collect()
+    }
+}
+
+impl Policy {
+    /// OPTIMIZE's bin-packing: in each partition, the files below the target (without deletion
+    /// vectors), in path order, packed into groups of at most the target's bytes; groups of one
+    /// file are left alone.
+    pub fn bin_pack(&self, files: &[LiveFile]) -> Vec<Group> {
+        let mut parts: BTreeMap<BTreeMap<String, Option<String>>, Vec<LiveFile>> = BTreeMap::new();
+        for f in files.iter().filter(|f| f.size < self.target_bytes && !f.has_deletion_vector) {
+            parts.entry(f.partition.clone()).or_default().push(f.clone());
+        }
+        let mut groups = Vec::new();
+        for (partition, mut fs) in parts {
+            fs.sort_by(|a, b| a.path.cmp(&b.path));
+            let mut bin: Vec<LiveFile> = Vec::new();
+            let mut total = 0;
+            for f in fs {
+                if total + f.size > self.target_bytes && !bin.is_empty() {
+                    groups.push(Group { partition: partition.clone(), tier: 0, files: std::mem::take(&mut bin) });
+                    total = 0;
+                }
+                total += f.size;
+                bin.push(f);
+            }
+            groups.push(Group { partition, tier: 0, files: bin });
+        }
+        groups.retain(|g| g.files.len() >= 2);
+        groups
     }
 }
 
@@ -276,6 +306,19 @@ mod tests {
             has_deletion_vector: false,
             remove: Remove { path: name.to_string(), data_change: false, ..Default::default() },
         }
+    }
+
+    #[test]
+    fn bin_packing_fills_groups_up_to_the_target_per_partition() {
+        let p = Policy { target_bytes: 100, min_files: 2 };
+        let mut files: Vec<LiveFile> = ["a", "b", "c", "d"].iter().map(|n| file(n, 40)).collect();
+        files.push(file("full", 100));
+        let mut other = file("e", 10);
+        other.partition.insert("_bucket".into(), Some("1".into()));
+        files.push(other);
+        let groups = p.bin_pack(&files);
+        let names: Vec<Vec<&str>> = groups.iter().map(|g| g.files.iter().map(|f| f.path.as_str()).collect()).collect();
+        assert_eq!(names, [vec!["a", "b"], vec!["c", "d"]], "full-size files and lone files are left alone");
     }
 
     #[test]
