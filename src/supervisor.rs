@@ -384,8 +384,12 @@ impl SupervisorState {
             .await
             .map_err(|e| Error::Actor(format!("topic id lookup task failed: {e}")))??;
         let mut recorded = self.store.topic_ids()?;
-        if let Some(e) = kafka::recreated_topic(&recorded, &current) {
+        if let Some(e) = kafka::recreated_topic(&recorded, &current, "the checkpoint") {
             return Err(e);
+        }
+        if self.group.is_some() {
+            // A member's checkpoint lives in memory: the table keeps the group's record.
+            self.args.sink.check_topic_ids(&current).await?;
         }
         let before = recorded.len();
         for (topic, id) in &current {
@@ -731,7 +735,7 @@ impl SupervisorState {
         found: Vec<TopicPartition>,
         topic_ids: BTreeMap<String, String>,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(e) = kafka::recreated_topic(&self.topic_ids, &topic_ids) {
+        if let Some(e) = kafka::recreated_topic(&self.topic_ids, &topic_ids, "the checkpoint") {
             // The consumers would go on reading the new topic at the old positions: stop now.
             self.fatal(myself, e);
             return Ok(());

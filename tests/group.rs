@@ -219,3 +219,32 @@ async fn another_schema_or_one_process_mode_is_refused_on_a_group_table() {
     assert_eq!(audit.total(|p| p.rows), 3_000);
     assert_fenced(&table).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_is_refused_by_a_group() {
+    let topic = common::topic("group-recreated", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = group_config(&common::unique("g"), &topic, dir.path());
+    let file = write_config(&config, dir.path());
+    let table = dir.path().join("table");
+    common::produce_events(&topic, 0, 200).await;
+    let a = spawn(&file, None);
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    terminate(a).await;
+    let rows = common::read_rows(&table).await.iter().map(|b| b.num_rows()).sum::<usize>();
+
+    // Recreated with more records than the table's positions: reading on at them would "work"
+    // and skip the new topic's first records. The members keep no checkpoint; the table holds
+    // the topic's id.
+    common::delete_topic(&topic).await;
+    common::wait_until(Duration::from_secs(60), "the topic is created again", || async {
+        exactly::kafka::create_topic(&common::kafka(), &topic, 2, 1).await.is_ok_and(|created| created)
+    })
+    .await;
+    common::produce_events(&topic, 1_000, 600).await;
+    let b = spawn(&file, None);
+    let (status, stderr) = wait_exit(b, Duration::from_secs(60), "the member refuses the recreated topic").await;
+    assert!(!status.success());
+    assert!(stderr.contains(&format!("topic '{topic}' was deleted and created again")), "{stderr}");
+    assert_eq!(common::read_rows(&table).await.iter().map(|b| b.num_rows()).sum::<usize>(), rows, "nothing written");
+}

@@ -215,19 +215,6 @@ async fn a_reset_that_cannot_rebuild_keyed_state_is_refused() {
     common::assert_verified(&config).await;
 }
 
-/// Deletes `topic` and waits until the broker no longer lists it.
-async fn delete_topic(topic: &str) {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = common::kafka().client_config().create().unwrap();
-    let res = admin.delete_topics(&[topic], &AdminOptions::new()).await.unwrap();
-    assert!(res.into_iter().all(|r| r.is_ok()), "delete {topic}");
-    common::wait_until(Duration::from_secs(60), "the topic is gone", || async {
-        exactly::kafka::preflight(&common::kafka(), &[topic.to_string()], Duration::from_secs(5)).await.is_err()
-    })
-    .await;
-}
-
 /// A topic deleted and created again under the same name has a new topic id and offsets that
 /// start over. The pipeline must refuse it with one error naming the topic — at start-up and
 /// while running — never resume mid-topic at the old positions.
@@ -245,7 +232,7 @@ async fn a_recreated_topic_is_refused_not_resumed_mid_topic() {
     let before = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
 
     // Recreated with more records than the old positions: reading on at them would "work".
-    delete_topic(&topic).await;
+    common::delete_topic(&topic).await;
     common::wait_until(Duration::from_secs(60), "the topic is created again", || async {
         exactly::kafka::create_topic(&common::kafka(), &topic, 2, 1).await.is_ok_and(|created| created)
     })
@@ -266,7 +253,7 @@ async fn a_recreated_topic_is_refused_not_resumed_mid_topic() {
     fresh.source.partition_discovery_ms = 300;
     let pipeline = common::start(&fresh, RunOptions::default()).await;
     common::wait_table_drained(&dir.path().join("second/table"), &fresh.id, &topic, Duration::from_secs(60)).await;
-    delete_topic(&topic).await;
+    common::delete_topic(&topic).await;
     common::wait_until(Duration::from_secs(60), "the topic is created again", || async {
         exactly::kafka::create_topic(&common::kafka(), &topic, 2, 1).await.is_ok_and(|created| created)
     })

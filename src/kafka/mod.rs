@@ -666,17 +666,19 @@ pub fn topic_ids<C: ClientContext>(
     }
 }
 
-/// The error for a topic whose id is not the one recorded with the checkpoint: it was deleted
-/// and created again, its offsets start over, and the recorded offsets mean nothing in it.
-/// `None` when every recorded topic still has its id (topics not recorded yet are not judged).
+/// The error for a topic whose id is not the one recorded with the checkpoint (or, in group
+/// mode, in the table: `recorded_by`): it was deleted and created again, its offsets start over,
+/// and the recorded offsets mean nothing in it. `None` when every recorded topic still has its
+/// id (topics not recorded yet are not judged).
 pub fn recreated_topic(
     recorded: &std::collections::BTreeMap<String, String>,
     current: &std::collections::BTreeMap<String, String>,
+    recorded_by: &str,
 ) -> Option<Error> {
     recorded.iter().find_map(|(topic, id)| {
         let now = current.get(topic).filter(|now| *now != id)?;
         Some(Error::Recovery(format!(
-            "topic '{topic}' was deleted and created again (topic id {id} when the checkpoint was written, {now} now): its offsets started over, so the checkpoint's positions in it mean nothing; refusing to resume mid-topic (to read the new topic, give the pipeline a new id, or delete both its table and its checkpoint)"
+            "topic '{topic}' was deleted and created again (topic id {id} when {recorded_by} recorded it, {now} now): its offsets started over, so the recorded positions in it mean nothing; refusing to resume mid-topic (to read the new topic, give the pipeline a new id, or delete both its table and its checkpoint)"
         )))
     })
 }

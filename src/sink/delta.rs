@@ -79,6 +79,10 @@ pub fn owner_app_id(pipeline: &str, tp: &TopicPartition) -> String {
     format!("{pipeline}-{}-{}-owner", tp.topic, tp.partition)
 }
 
+/// Group mode: the table property (`<prefix><topic>` = Kafka topic id) recording which topic the
+/// table's offsets belong to; members keep no checkpoint of their own to hold it.
+pub const TOPIC_ID_PROPERTY: &str = "exactly.topicId.";
+
 /// A Delta error on the table at `path`.
 pub fn delta_err(path: &TableLocation, e: impl std::fmt::Display) -> Error {
     Error::Delta { table: path.to_string(), detail: e.to_string() }
@@ -834,6 +838,44 @@ impl Sink for DeltaSink {
             let member = self.member.as_deref().ok_or_else(|| Error::Sink("this sink is not a group member's".into()))?;
             let mut tables = self.tables.lock().await;
             self.claim(&mut tables, partitions, unrecorded, member).await
+        }
+        .boxed()
+    }
+
+    fn check_topic_ids<'a>(&'a self, current: &'a std::collections::BTreeMap<String, String>) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let mut tables = self.tables.lock().await;
+            if tables.data.is_none() {
+                self.refresh(&mut tables, &[]).await?;
+            }
+            let open = tables.data.as_mut().expect("data table opened by refresh");
+            let path = &self.data.path;
+            open.table.update_incremental(None).await.map_err(|e| delta_err(path, e))?;
+            let config = open.table.snapshot().map_err(|e| delta_err(path, e))?.metadata().configuration().clone();
+            let recorded: std::collections::BTreeMap<String, String> = config
+                .iter()
+                .filter_map(|(k, v)| k.strip_prefix(TOPIC_ID_PROPERTY).map(|t| (t.to_string(), v.clone())))
+                .collect();
+            if let Some(e) = crate::kafka::recreated_topic(&recorded, current, &format!("the table {}", path.display())) {
+                return Err(e);
+            }
+            let missing: std::collections::HashMap<String, String> = current
+                .iter()
+                .filter(|(t, _)| !recorded.contains_key(*t))
+                .map(|(t, id)| (format!("{TOPIC_ID_PROPERTY}{t}"), id.clone()))
+                .collect();
+            if !missing.is_empty() {
+                open.table = open
+                    .table
+                    .clone()
+                    .set_tbl_properties()
+                    .with_properties(missing)
+                    .with_raise_if_not_exists(false) // not a `delta.` property: delta-rs only keeps it
+                    .with_commit_properties(maintenance::commit_properties())
+                    .await
+                    .map_err(|e| delta_err(path, e))?;
+            }
+            Ok(())
         }
         .boxed()
     }

@@ -54,6 +54,13 @@ pub trait Sink: Send + Sync + 'static {
         Box::pin(async { Err(crate::Error::Sink(format!("group mode needs a Delta sink, not `{}`", self.name()))) })
     }
 
+    /// Group mode: refuses topics whose id differs from the one the table recorded (deleted and
+    /// created again since), and records the ids of topics it has none for.
+    fn check_topic_ids<'a>(&'a self, current: &'a std::collections::BTreeMap<String, String>) -> BoxFuture<'a, Result<()>> {
+        let _ = current;
+        Box::pin(async { Ok(()) })
+    }
+
     /// Checks, before the pipeline starts, that the sink's storage can be written (an object
     /// store answers, accepts the credentials, refuses overwrites on put-if-absent). One clear
     /// error otherwise.

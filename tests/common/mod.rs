@@ -335,3 +335,16 @@ pub async fn read_rows(table: &Path) -> Vec<RecordBatch> {
     .await
     .unwrap()
 }
+
+/// Deletes `topic` and waits until the broker no longer lists it.
+pub async fn delete_topic(topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = kafka().client_config().create().unwrap();
+    let res = admin.delete_topics(&[topic], &AdminOptions::new()).await.unwrap();
+    assert!(res.into_iter().all(|r| r.is_ok()), "delete {topic}");
+    wait_until(Duration::from_secs(60), "the topic is gone", || async {
+        exactly::kafka::preflight(&kafka(), &[topic.to_string()], Duration::from_secs(5)).await.is_err()
+    })
+    .await;
+}
