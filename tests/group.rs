@@ -236,11 +236,7 @@ async fn a_recreated_topic_is_refused_by_a_group() {
     // Recreated with more records than the table's positions: reading on at them would "work"
     // and skip the new topic's first records. The members keep no checkpoint; the table holds
     // the topic's id.
-    common::delete_topic(&topic).await;
-    common::wait_until(Duration::from_secs(60), "the topic is created again", || async {
-        exactly::kafka::create_topic(&common::kafka(), &topic, 2, 1).await.is_ok_and(|created| created)
-    })
-    .await;
+    common::recreate_topic(&topic, 2).await;
     common::produce_events(&topic, 1_000, 600).await;
     let b = spawn(&file, None);
     let (status, stderr) = wait_exit(b, Duration::from_secs(60), "the member refuses the recreated topic").await;

@@ -232,11 +232,7 @@ async fn a_recreated_topic_is_refused_not_resumed_mid_topic() {
     let before = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
 
     // Recreated with more records than the old positions: reading on at them would "work".
-    common::delete_topic(&topic).await;
-    common::wait_until(Duration::from_secs(60), "the topic is created again", || async {
-        exactly::kafka::create_topic(&common::kafka(), &topic, 2, 1).await.is_ok_and(|created| created)
-    })
-    .await;
+    common::recreate_topic(&topic, 2).await;
     common::produce_events(&topic, 1_000, 600).await;
     let pipeline = common::start(&config, RunOptions::default()).await;
     let err = tokio::time::timeout(Duration::from_secs(30), pipeline.wait())
@@ -253,11 +249,7 @@ async fn a_recreated_topic_is_refused_not_resumed_mid_topic() {
     fresh.source.partition_discovery_ms = 300;
     let pipeline = common::start(&fresh, RunOptions::default()).await;
     common::wait_table_drained(&dir.path().join("second/table"), &fresh.id, &topic, Duration::from_secs(60)).await;
-    common::delete_topic(&topic).await;
-    common::wait_until(Duration::from_secs(60), "the topic is created again", || async {
-        exactly::kafka::create_topic(&common::kafka(), &topic, 2, 1).await.is_ok_and(|created| created)
-    })
-    .await;
+    common::recreate_topic(&topic, 2).await;
     common::produce_events(&topic, 5_000, 1_000).await;
     let err = tokio::time::timeout(Duration::from_secs(60), pipeline.wait())
         .await

@@ -348,3 +348,13 @@ pub async fn delete_topic(topic: &str) {
     })
     .await;
 }
+
+/// Deletes `topic` and creates it again with `partitions` partitions: a new topic id, offsets
+/// starting over.
+pub async fn recreate_topic(topic: &str, partitions: i32) {
+    delete_topic(topic).await;
+    wait_until(Duration::from_secs(60), "the topic is created again", || async {
+        exactly::kafka::create_topic(&kafka(), topic, partitions, 1).await.is_ok_and(|created| created)
+    })
+    .await;
+}
