@@ -244,3 +244,57 @@ async fn a_recreated_topic_is_refused_by_a_group() {
     assert!(stderr.contains(&format!("topic '{topic}' was deleted and created again")), "{stderr}");
     assert_eq!(common::read_rows(&table).await.iter().map(|b| b.num_rows()).sum::<usize>(), rows, "nothing written");
 }
+
+/// The conflict check itself: member A has read the table and its token and written its file,
+/// and pauses just before its commit; member B claims the partition meanwhile. A's commit must
+/// not land on top of B's claim — Delta's conflict check on the partition's claim `txn` refuses
+/// it, and A, reading the table again, finds itself fenced. B then commits the range once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_racing_a_newer_claim_is_refused_by_the_conflict_check() {
+    use exactly::failpoint::{FailAction, FailPoints};
+    use exactly::record::{EpochBatch, Offsets, PartitionRange, Record, TopicPartition};
+    let dir = tempfile::tempdir().unwrap();
+    let topic = common::unique("race");
+    let config = group_config(&common::unique("g"), &topic, dir.path());
+    let table = dir.path().join("table");
+    let paused = std::sync::Arc::new(FailPoints::new());
+    let a = exactly::sink::from_config(&config, paused.clone());
+    let b = exactly::sink::from_config(&config, std::sync::Arc::new(FailPoints::new()));
+    let tp = TopicPartition::new(&topic, 0);
+    let from: Offsets = [(tp.clone(), 0)].into_iter().collect();
+    assert_eq!(a.group_claim(std::slice::from_ref(&tp), &from).await.unwrap(), from);
+
+    let records: Vec<Record> = (0..3)
+        .map(|i| Record {
+            tp: tp.clone(),
+            offset: i,
+            timestamp_ms: Some(0),
+            key: None,
+            payload: Some(format!(r#"{{"id":{i},"value":"v","ts":0}}"#).into_bytes()),
+        })
+        .collect();
+    let decoded = exactly::decode::Decoder::for_pipeline(&config).decode(&records);
+    let batch = EpochBatch {
+        epoch: 1,
+        ranges: vec![PartitionRange { tp: tp.clone(), start: 0, end: 3, records: 3 }],
+        output: exactly::state::Output::Append(vec![decoded.rows]),
+        dead_letters: decoded.dead,
+        min_timestamp_ms: None,
+        state: Default::default(),
+        duplicates: 0,
+    };
+    paused.arm("before-delta-commit", FailAction::Sleep(Duration::from_secs(2)), Some(1));
+    let (a2, batch2) = (a.clone(), batch.clone());
+    let racing = tokio::spawn(async move { a2.commit(&batch2).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(b.group_claim(std::slice::from_ref(&tp), &from).await.unwrap(), from, "B resumes where the table says");
+    let err = racing.await.unwrap().expect_err("A's commit is refused");
+    assert!(matches!(err, exactly::Error::Fenced { .. }), "{err}");
+    let rows = || async { common::read_rows(&table).await.iter().map(|b| b.num_rows()).sum::<usize>() };
+    assert_eq!(rows().await, 0, "nothing of A's epoch is in the table");
+
+    b.commit(&batch).await.unwrap();
+    assert_eq!(rows().await, 3);
+    assert!(matches!(a.commit(&batch).await, Err(exactly::Error::Fenced { .. })), "A stays fenced");
+    assert_eq!(rows().await, 3);
+}
