@@ -221,6 +221,9 @@ struct GroupState {
     /// Partitions another member claimed (this member was fenced on them): left out of the
     /// generations until the group revokes them, or until a session timeout has passed.
     suspended: Vec<TopicPartition>,
+    /// Partitions whose suspension ended while the group still assigns them here: the next
+    /// generation claims them again (a newer token).
+    reclaim: Vec<TopicPartition>,
     /// When this member stopped committing for a rebalance (for the pause metric).
     paused_since: Option<Instant>,
 }
@@ -416,7 +419,16 @@ impl SupervisorState {
         let others: Vec<TopicPartition> = active.iter().filter(|tp| !fresh.contains_key(*tp)).cloned().collect();
         let mut offsets: Offsets = fresh.into_iter().filter(|(tp, _)| active.contains(tp)).collect();
         if !others.is_empty() {
-            let found = self.claim(&others).await?;
+            // Partitions kept from the last generation resume where the table says, under the
+            // claim this member already holds (taken away meanwhile, they are fenced at the
+            // next commit, never taken back); those whose suspension ended are claimed again.
+            let reclaim = std::mem::take(&mut group.reclaim);
+            let (again, kept): (Vec<TopicPartition>, Vec<TopicPartition>) =
+                others.into_iter().partition(|tp| reclaim.contains(tp));
+            let mut found = if again.is_empty() { Offsets::new() } else { self.claim(&again).await? };
+            if !kept.is_empty() {
+                found.extend(self.args.sink.group_reposition(&kept).await?);
+            }
             let (seeker, seeks) = (client.clone(), found.clone());
             tokio::task::spawn_blocking(move || -> Result<(), Error> {
                 for (tp, o) in seeks {
@@ -622,6 +634,7 @@ impl SupervisorState {
                 let group = self.group.as_mut().expect("group");
                 group.assigned.retain(|tp| !partitions.contains(tp));
                 group.suspended.retain(|tp| !partitions.contains(tp));
+                group.reclaim.retain(|tp| !partitions.contains(tp));
                 group.fresh.retain(|tp, _| !partitions.contains(tp));
                 let names: Vec<String> = partitions.iter().map(ToString::to_string).collect();
                 tracing::info!(partitions = %names.join(","), lost, "partitions revoked; their open epoch is aborted");
@@ -966,6 +979,7 @@ impl Actor for SupervisorActor {
                     assigned: Vec::new(),
                     fresh: Offsets::new(),
                     suspended: Vec::new(),
+                    reclaim: Vec::new(),
                     paused_since: None,
                 })
             }
@@ -1124,9 +1138,9 @@ impl Actor for SupervisorActor {
             }
             SupervisorMsg::Unsuspend => {
                 let resume = state.group.as_mut().is_some_and(|g| {
-                    let any = g.suspended.iter().any(|tp| g.assigned.contains(tp));
-                    g.suspended.clear();
-                    any
+                    let still: Vec<TopicPartition> = g.suspended.drain(..).filter(|tp| g.assigned.contains(tp)).collect();
+                    g.reclaim.extend(still);
+                    !g.reclaim.is_empty()
                 });
                 if resume && !state.shutting_down() {
                     // The group still assigns them here after a session timeout: claim them again.

@@ -537,6 +537,49 @@ impl DeltaSink {
         Ok(())
     }
 
+    /// Group mode: where `tp` resumes by the tables' record (`None`: the data table never
+    /// recorded it). The dead letters of the last range that had some go to the dead-letter
+    /// table after the data table's commit: if that second commit never happened, the range is
+    /// read again (the data table keeps none of its rows, the dead-letter table gets what it
+    /// missed).
+    async fn resume_at(&self, data: &Open, dead: Option<&Open>, tp: &TopicPartition) -> Result<Option<i64>> {
+        let path = &self.data.path;
+        let Some(next) = txn_version(&data.table, path, &partition_app_id(&self.pipeline, tp)).await? else { return Ok(None) };
+        let mark = txn_version(&data.table, path, &dead_mark_app_id(&self.pipeline, tp)).await?;
+        let held = match (dead, mark) {
+            (Some(open), Some(_)) => txn_version(&open.table, &self.dead.path, &partition_app_id(&self.pipeline, tp)).await?,
+            _ => None,
+        };
+        Ok(Some(match mark {
+            Some(mark) if held.is_none_or(|h| h <= mark) => mark.min(next),
+            _ => next,
+        }))
+    }
+
+    /// Group mode: where partitions this member claimed before resume, without claiming them
+    /// again (a member that lost them meanwhile is fenced at its next commit, and must not take
+    /// them back from their new owner). Partitions it never claimed are claimed.
+    async fn reposition(&self, tables: &mut Tables, partitions: &[TopicPartition], member: &str) -> Result<Offsets> {
+        self.refresh(tables, partitions).await?;
+        let unclaimed: Vec<TopicPartition> = partitions.iter().filter(|tp| !tables.tokens.contains_key(*tp)).cloned().collect();
+        if !unclaimed.is_empty() {
+            return Err(Error::Sink(format!(
+                "{member} repositions partitions it never claimed: {}",
+                unclaimed.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let mut start = Offsets::new();
+        let data = tables.data.as_ref().expect("data table opened by refresh");
+        for tp in partitions {
+            let from = self
+                .resume_at(data, tables.dead.as_ref(), tp)
+                .await?
+                .ok_or_else(|| Error::Sink(format!("{tp} was claimed but the table records no offset for it")))?;
+            start.insert(tp.clone(), from);
+        }
+        Ok(start)
+    }
+
     /// Group mode: claims `partitions` for this member and says where each resumes. See
     /// [`Sink::group_claim`] and ARCHITECTURE.md, "Group mode".
     async fn claim(
@@ -559,30 +602,18 @@ impl DeltaSink {
             let mut txns = Vec::new();
             for tp in partitions {
                 txns.push(Transaction::new(owner_app_id(&self.pipeline, tp), token));
-                let Some(next) = txn_version(&data.table, path, &partition_app_id(&self.pipeline, tp)).await? else {
-                    // Never committed: pinned at `starting_offsets` by this claim.
-                    let from = *unrecorded.get(tp).ok_or_else(|| Error::Sink(format!("no starting offset for {tp}")))?;
-                    txns.push(Transaction::new(partition_app_id(&self.pipeline, tp), from));
-                    txns.push(Transaction::new(start_app_id(&self.pipeline, tp), from));
-                    start.insert(tp.clone(), from);
-                    continue;
-                };
-                // The dead letters of the last range that had some go to the dead-letter table
-                // after the data table's commit: if that second commit never happened, the range
-                // is read again (the data table keeps none of its rows, the dead-letter table
-                // gets what it missed).
-                let mark = txn_version(&data.table, path, &dead_mark_app_id(&self.pipeline, tp)).await?;
-                let held = match (dead.as_ref(), mark) {
-                    (Some(open), Some(_)) => {
-                        txn_version(&open.table, &self.dead.path, &partition_app_id(&self.pipeline, tp)).await?
+                match self.resume_at(data, dead.as_ref(), tp).await? {
+                    Some(from) => {
+                        start.insert(tp.clone(), from);
                     }
-                    _ => None,
-                };
-                let from = match mark {
-                    Some(mark) if held.is_none_or(|h| h <= mark) => mark.min(next),
-                    _ => next,
-                };
-                start.insert(tp.clone(), from);
+                    None => {
+                        // Never committed: pinned at `starting_offsets` by this claim.
+                        let from = *unrecorded.get(tp).ok_or_else(|| Error::Sink(format!("no starting offset for {tp}")))?;
+                        txns.push(Transaction::new(partition_app_id(&self.pipeline, tp), from));
+                        txns.push(Transaction::new(start_app_id(&self.pipeline, tp), from));
+                        start.insert(tp.clone(), from);
+                    }
+                }
             }
             let names: Vec<String> = partitions.iter().map(ToString::to_string).collect();
             let props = maintenance::commit_properties().with_application_transactions(txns).with_metadata([(
@@ -829,6 +860,15 @@ impl Sink for DeltaSink {
                 best = Some(CommittedEpoch { epoch: open.version, offsets });
             }
             Ok(best)
+        }
+        .boxed()
+    }
+
+    fn group_reposition<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Offsets>> {
+        async move {
+            let member = self.member.as_deref().ok_or_else(|| Error::Sink("this sink is not a group member's".into()))?;
+            let mut tables = self.tables.lock().await;
+            self.reposition(&mut tables, partitions, member).await
         }
         .boxed()
     }

@@ -61,6 +61,14 @@ pub trait Sink: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Group mode: where `partitions`, claimed by this member before, resume by the table's
+    /// record, without claiming them again: a member that lost them meanwhile is fenced at its
+    /// next commit instead of taking them back.
+    fn group_reposition<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Offsets>> {
+        let _ = partitions;
+        Box::pin(async { Err(crate::Error::Sink(format!("group mode needs a Delta sink, not `{}`", self.name()))) })
+    }
+
     /// Checks, before the pipeline starts, that the sink's storage can be written (an object
     /// store answers, accepts the credentials, refuses overwrites on put-if-absent). One clear
     /// error otherwise.
