@@ -775,6 +775,13 @@ impl PipelineConfig {
                     "needs a Delta sink: in group mode the table records where each partition resumes".into(),
                 ));
             }
+            if self.checkpoint.rebuild_from_table {
+                return Err(bad(
+                    "checkpoint.rebuild_from_table",
+                    "has no meaning in group mode: members keep no checkpoint, the table records where each partition resumes"
+                        .into(),
+                ));
+            }
         }
         if self.source.partition_discovery_ms < 100 {
             return Err(bad("source.partition_discovery_ms", "must be at least 100 (milliseconds)".into()));
@@ -1019,6 +1026,9 @@ mod tests {
         let mut assignor = c.clone();
         assignor.source.properties.insert("partition.assignment.strategy".into(), "range".into());
         assert!(problem(&assignor).contains("managed in group mode"));
+        let mut rebuild = c.clone();
+        rebuild.checkpoint.rebuild_from_table = true;
+        assert!(problem(&rebuild).contains("no meaning in group mode"));
         let mut bad = c;
         bad.source.group_id = Some("a group".into());
         assert!(problem(&bad).contains("source.group_id"));

@@ -71,6 +71,11 @@ impl Pipeline {
     /// [`Pipeline::start`] with options.
     pub async fn start_with(config: PipelineConfig, sink: Arc<dyn Sink>, options: RunOptions) -> Result<Pipeline> {
         let src = &config.source;
+        if options.reset_checkpoint_from_table && src.group_id.is_some() {
+            return Err(Error::Recovery(
+                "--reset-checkpoint-from-table has no meaning in group mode (source.group_id): members keep no checkpoint, the table records where each partition resumes".into(),
+            ));
+        }
         let connection = config.connection()?;
         let partitions = kafka::preflight(&connection, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
         sink.preflight().await?;
