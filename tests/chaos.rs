@@ -10,6 +10,7 @@ use crate::common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_chaos_case_loses_and_duplicates_nothing() {
+    let _heavy = common::heavy().await;
     let seed = std::env::var("EXACTLY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261124);
     let dir = tempfile::tempdir().unwrap();
     let opts = harness::ChaosOptions {

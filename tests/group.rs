@@ -69,6 +69,7 @@ fn producing(topic: &str, count: u64, rate: u64, malformed_every: u64) -> tokio:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_under_churn_write_every_offset_exactly_once() {
+    let _heavy = common::heavy().await;
     let topic = common::topic("group-churn", 6).await;
     let dir = tempfile::tempdir().unwrap();
     let config = group_config(&common::unique("g"), &topic, dir.path());
@@ -110,6 +111,7 @@ async fn three_members_under_churn_write_every_offset_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_member_never_commits_a_partition_it_lost() {
+    let _heavy = common::heavy().await;
     let topic = common::topic("group-pause", 4).await;
     let dir = tempfile::tempdir().unwrap();
     let config = group_config(&common::unique("g"), &topic, dir.path());

@@ -358,3 +358,12 @@ pub async fn recreate_topic(topic: &str, partitions: i32) {
     })
     .await;
 }
+
+/// Held by the tests that load the machine most — several pipeline processes at once, or a
+/// broker restarted — so no two of them run together on a 2-core machine (the suite runs two
+/// tests at a time): a broker's start-up or a group's session timeouts then stay what they are
+/// meant to measure.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
