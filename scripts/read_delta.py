@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent reader for the tests: reads a Delta table with the `deltalake` package from PyPI
 (a different implementation path than the writer's) and prints what the tests compare, as JSON:
-row count, distinct Kafka coordinates, column names, and the table version."""
+row count, distinct Kafka coordinates, column names and their Delta types, and the table version."""
 import json
 import os
 import sys
@@ -24,6 +24,7 @@ def main(path: str) -> None:
         "rows": data.num_rows,
         "distinct_coordinates": len(coords),
         "columns": data.column_names,
+        "types": {f.name: str(f.type) for f in table.schema().fields},
     }))
 
 

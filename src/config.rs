@@ -213,8 +213,12 @@ pub enum FieldType {
     Double,
     /// `true` / `false`.
     Boolean,
-    /// A timestamp given as epoch milliseconds (a JSON integer); stored as a Delta `timestamp`.
+    /// A timestamp given as epoch milliseconds (a JSON integer) or as an RFC 3339 / ISO 8601
+    /// string with a zone (`2026-11-26T12:00:00.123456Z`, `…+02:00`; microseconds kept);
+    /// stored as a Delta `timestamp` (UTC, microseconds).
     Timestamp,
+    /// A calendar date given as an ISO 8601 string `YYYY-MM-DD`; stored as a Delta `date`.
+    Date,
 }
 
 /// Deduplication by key within a bounded retention.

@@ -11,8 +11,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
-    Array, ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int32Builder, Int64Array, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    Array, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Array, Int64Builder,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::arrow::error::ArrowError;
@@ -208,6 +208,7 @@ enum Col {
     Double(Float64Builder),
     Bool(BooleanBuilder),
     Ts(TimestampMicrosecondBuilder),
+    Date(Date32Builder),
     Bin(BinaryBuilder),
 }
 
@@ -219,6 +220,8 @@ enum Val<'a> {
     Int(i32),
     Double(f64),
     Bool(bool),
+    /// Days since 1970-01-01.
+    Date(i32),
     Bin(&'a [u8]),
 }
 
@@ -231,6 +234,7 @@ impl Col {
             FieldType::Double => Col::Double(Float64Builder::with_capacity(rows)),
             FieldType::Boolean => Col::Bool(BooleanBuilder::with_capacity(rows)),
             FieldType::Timestamp => Col::Ts(TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC")),
+            FieldType::Date => Col::Date(Date32Builder::with_capacity(rows)),
         }
     }
 
@@ -248,6 +252,8 @@ impl Col {
             (Col::Bool(b), _) => b.append_null(),
             (Col::Ts(b), Val::Long(x)) => b.append_value(x),
             (Col::Ts(b), _) => b.append_null(),
+            (Col::Date(b), Val::Date(x)) => b.append_value(x),
+            (Col::Date(b), _) => b.append_null(),
             (Col::Bin(b), Val::Bin(x)) => b.append_value(x),
             (Col::Bin(b), _) => b.append_null(),
         }
@@ -261,6 +267,7 @@ impl Col {
             Col::Double(mut b) => Arc::new(b.finish()),
             Col::Bool(mut b) => Arc::new(b.finish()),
             Col::Ts(mut b) => Arc::new(b.finish()),
+            Col::Date(mut b) => Arc::new(b.finish()),
             Col::Bin(mut b) => Arc::new(b.finish()),
         }
     }
@@ -296,11 +303,38 @@ fn json_value(f: &FieldConfig, v: Option<&Value>) -> Result<Val<'static>, Reject
         FieldType::Int => Val::Int(v.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(|| wrong("int"))?),
         FieldType::Double => Val::Double(v.as_f64().ok_or_else(|| wrong("double"))?),
         FieldType::Boolean => Val::Bool(v.as_bool().ok_or_else(|| wrong("boolean"))?),
-        FieldType::Timestamp => {
-            let ms = v.as_i64().ok_or_else(|| wrong("timestamp in epoch milliseconds"))?;
-            Val::Long(ms.checked_mul(1000).ok_or_else(|| wrong("timestamp in range"))?)
+        FieldType::Date => {
+            Val::Date(v.as_str().and_then(iso_date).ok_or_else(|| wrong("date (an ISO 8601 string like 2026-11-26)"))?)
         }
+        FieldType::Timestamp => match v.as_str() {
+            Some(text) => Val::Long(rfc3339_micros(text).ok_or_else(|| wrong(TIMESTAMP_FORMS))?),
+            None => {
+                let ms = v.as_i64().ok_or_else(|| wrong(TIMESTAMP_FORMS))?;
+                Val::Long(ms.checked_mul(1000).ok_or_else(|| wrong("timestamp in range"))?)
+            }
+        },
     })
+}
+
+/// Days since 1970-01-01 of an ISO 8601 calendar date (`2026-11-26`); `None` for anything else,
+/// an impossible date (`2026-02-30`) included.
+fn iso_date(text: &str) -> Option<i32> {
+    let d = chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").ok()?;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
+    i32::try_from((d - epoch).num_days()).ok()
+}
+
+/// What a `timestamp` field takes, for dead-letter reasons.
+const TIMESTAMP_FORMS: &str = "timestamp (epoch milliseconds, or an RFC 3339 / ISO 8601 string like 2026-11-26T12:00:00.123456Z)";
+
+/// Microseconds since the epoch of an RFC 3339 timestamp (`2026-11-26T12:00:00.123456Z`,
+/// `…+02:00`; a space for the `T` is accepted, as ISO 8601 writers often use it). Digits past
+/// the microsecond are truncated; `None` when the text is no such timestamp.
+fn rfc3339_micros(text: &str) -> Option<i64> {
+    let t = chrono::DateTime::parse_from_rfc3339(text.trim())
+        .or_else(|_| chrono::DateTime::parse_from_str(text.trim(), "%Y-%m-%d %H:%M:%S%.f%:z"))
+        .ok()?;
+    Some(t.timestamp_micros())
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -356,6 +390,7 @@ impl Decoder {
                         FieldType::Double => DataType::Float64,
                         FieldType::Boolean => DataType::Boolean,
                         FieldType::Timestamp => ts_type(),
+                        FieldType::Date => DataType::Date32,
                     };
                     Field::new(&f.name, t, f.nullable)
                 })
@@ -543,6 +578,8 @@ fn scalar_value<'a>(f: &FieldConfig, v: Option<Scalar<'a>>) -> Option<Val<'a>> {
         (FieldType::Double, Some(Scalar::U64(x))) => Val::Double(x as f64),
         (FieldType::Double, Some(Scalar::F64(x))) => Val::Double(x),
         (FieldType::Boolean, Some(Scalar::Bool(b))) => Val::Bool(b),
+        (FieldType::Timestamp, Some(Scalar::Str(s))) => Val::Long(rfc3339_micros(&s)?),
+        (FieldType::Date, Some(Scalar::Str(s))) => Val::Date(iso_date(&s)?),
         (FieldType::Timestamp, Some(v)) => Val::Long(long(&v)?.checked_mul(1000)?),
         _ => return None,
     })
@@ -757,6 +794,64 @@ mod tests {
         assert!(reasons[2].0 == 5 && reasons[2].1.contains("field `id`: expected long, got number"), "{reasons:?}");
         assert!(reasons[3].0 == 7 && reasons[3].1.contains("not valid JSON"), "{reasons:?}");
         assert_eq!(reasons.len(), 4);
+    }
+
+    #[test]
+    fn timestamps_from_epoch_milliseconds_or_rfc_3339_strings() {
+        let d = json_decoder();
+        let at = |ts: &str| rec(0, format!(r#"{{"id":1,"value":"v","ts":{ts}}}"#).as_bytes());
+        let recs = [
+            at("1764158400123"),
+            at(r#""2025-11-26T12:00:00.123Z""#),
+            at(r#""2025-11-26T14:00:00.123456789+02:00""#),
+            at(r#""2025-11-26 12:00:00.000001Z""#),
+            at(r#""26/11/2025""#),
+            at(r#""2025-11-26T12:00:00""#),
+        ];
+        let out = d.decode(&recs);
+        let ts = out
+            .rows
+            .column_by_name("ts")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<deltalake::arrow::array::TimestampMicrosecondArray>()
+            .unwrap();
+        let got: Vec<i64> = (0..ts.len()).map(|i| ts.value(i)).collect();
+        // 2025-11-26T12:00:00Z is 1764158400 s; microseconds kept, digits past them truncated.
+        assert_eq!(got, [1_764_158_400_123_000, 1_764_158_400_123_000, 1_764_158_400_123_456, 1_764_158_400_000_001]);
+        assert_eq!(out.dead.len(), 2, "a date in another form, and a timestamp without a zone, are dead letters");
+        assert!(out.dead.iter().all(|d| d.kind == Rejection::WrongType && d.reason.contains("RFC 3339")), "{:?}", out.dead);
+        // The general path (a record the fast path hands over) decodes strings the same way.
+        let slow = d.decode(&[rec(0, br#"{"id":1,"value":"v","ts":"2025-11-26T12:00:00.123Z","x":[1,{"y":2}]}"#)]);
+        assert_eq!(slow.rows.num_rows(), 1);
+    }
+
+    #[test]
+    fn dates_from_iso_8601_strings() {
+        let config: DecodeConfig = toml::from_str(
+            r#"format = "json"
+               fields = [{ name = "day", type = "date" }]"#,
+        )
+        .unwrap();
+        let d = Decoder::new(&config);
+        let recs = [
+            rec(0, br#"{"day":"1970-01-02"}"#),
+            rec(1, br#"{"day":"2026-11-26"}"#),
+            rec(2, br#"{"day":"1969-12-31"}"#),
+            rec(3, br#"{"day":null}"#),
+            rec(4, br#"{"day":"2026-02-30"}"#),
+            rec(5, br#"{"day":20261126}"#),
+        ];
+        let out = d.decode(&recs);
+        let days = out.rows.column(0).as_any().downcast_ref::<deltalake::arrow::array::Date32Array>().unwrap();
+        let got: Vec<Option<i32>> = (0..days.len()).map(|i| days.is_valid(i).then(|| days.value(i))).collect();
+        assert_eq!(got, [Some(1), Some(20_783), Some(-1), None]);
+        assert_eq!(
+            out.dead.iter().map(|d| d.offset).collect::<Vec<_>>(),
+            [4, 5],
+            "an impossible date and a number are dead letters"
+        );
+        assert!(out.dead.iter().all(|d| d.reason.contains("ISO 8601")));
     }
 
     #[test]

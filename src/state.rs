@@ -14,8 +14,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, Int32Array,
-    Int32Builder, Int64Array, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array, Date32Builder, Float64Array,
+    Float64Builder, Int32Array, Int32Builder, Int64Array, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondArray,
+    TimestampMicrosecondBuilder,
 };
 use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -89,6 +90,7 @@ fn encode_value(col: &ArrayRef, i: usize, out: &mut Vec<u8>) -> Result<()> {
     match col.data_type() {
         DataType::Int64 => push_i64(out, 1, any.downcast_ref::<Int64Array>().unwrap().value(i)),
         DataType::Int32 => push_i64(out, 1, any.downcast_ref::<Int32Array>().unwrap().value(i) as i64),
+        DataType::Date32 => push_i64(out, 1, any.downcast_ref::<Date32Array>().unwrap().value(i) as i64),
         DataType::Timestamp(TimeUnit::Microsecond, _) => {
             push_i64(out, 1, any.downcast_ref::<TimestampMicrosecondArray>().unwrap().value(i))
         }
@@ -539,6 +541,11 @@ fn build_column(t: &DataType, vals: impl Iterator<Item = Scalar>) -> Result<Arra
         }
         DataType::Int32 => {
             let mut b = Int32Builder::new();
+            vals.for_each(|v| b.append_option(if let Scalar::I64(x) = v { Some(x as i32) } else { None }));
+            Arc::new(b.finish())
+        }
+        DataType::Date32 => {
+            let mut b = Date32Builder::new();
             vals.for_each(|v| b.append_option(if let Scalar::I64(x) = v { Some(x as i32) } else { None }));
             Arc::new(b.finish())
         }

@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, StringArray,
+    TimestampMicrosecondArray,
 };
 use deltalake::arrow::datatypes::{DataType, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
@@ -376,6 +377,7 @@ fn cell(col: &ArrayRef, i: usize) -> String {
         DataType::Timestamp(TimeUnit::Microsecond, _) => {
             any.downcast_ref::<TimestampMicrosecondArray>().map(|a| a.value(i).to_string())
         }
+        DataType::Date32 => any.downcast_ref::<Date32Array>().map(|a| a.value(i).to_string()),
         DataType::Float64 => any.downcast_ref::<Float64Array>().map(|a| format!("{:.6}", a.value(i))),
         DataType::Utf8 => any.downcast_ref::<StringArray>().map(|a| a.value(i).to_string()),
         DataType::Boolean => any.downcast_ref::<BooleanArray>().map(|a| a.value(i).to_string()),

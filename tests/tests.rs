@@ -15,6 +15,8 @@ mod crash;
 // Exactly-once holes closed: growing topics, replays under back-pressure, stops with a stuck
 // sink, stateful resets, late and future events, recreated topics, an audit that reads content.
 mod holes;
+// Column types: timestamps from RFC 3339 strings, dates; read back with their Delta types.
+mod types;
 // Malformed records of every kind go to the dead-letter table; the pipeline keeps running.
 mod malformed;
 // Offset gaps (transaction markers, aborted records) are never counted as losses.

@@ -145,6 +145,7 @@ fn delta_type(t: &ArrowType) -> Result<DataType> {
         ArrowType::Boolean => DataType::BOOLEAN,
         ArrowType::Binary => DataType::BINARY,
         ArrowType::Timestamp(TimeUnit::Microsecond, Some(_)) => DataType::TIMESTAMP,
+        ArrowType::Date32 => DataType::DATE,
         other => return Err(Error::Sink(format!("no Delta type for {other}"))),
     })
 }
