@@ -219,6 +219,9 @@ pub enum FieldType {
     Timestamp,
     /// A calendar date given as an ISO 8601 string `YYYY-MM-DD`; stored as a Delta `date`.
     Date,
+    /// Bytes given as a base64 string (standard alphabet, padded, as Spark's `to_json` writes
+    /// binary); stored as a Delta `binary`.
+    Binary,
 }
 
 /// Deduplication by key within a bounded retention.

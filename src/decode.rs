@@ -223,6 +223,8 @@ enum Val<'a> {
     /// Days since 1970-01-01.
     Date(i32),
     Bin(&'a [u8]),
+    /// Bytes decoded from the record (base64).
+    Bytes(Vec<u8>),
 }
 
 impl Col {
@@ -235,6 +237,7 @@ impl Col {
             FieldType::Boolean => Col::Bool(BooleanBuilder::with_capacity(rows)),
             FieldType::Timestamp => Col::Ts(TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC")),
             FieldType::Date => Col::Date(Date32Builder::with_capacity(rows)),
+            FieldType::Binary => Col::Bin(BinaryBuilder::new()),
         }
     }
 
@@ -255,6 +258,7 @@ impl Col {
             (Col::Date(b), Val::Date(x)) => b.append_value(x),
             (Col::Date(b), _) => b.append_null(),
             (Col::Bin(b), Val::Bin(x)) => b.append_value(x),
+            (Col::Bin(b), Val::Bytes(x)) => b.append_value(x),
             (Col::Bin(b), _) => b.append_null(),
         }
     }
@@ -306,6 +310,7 @@ fn json_value(f: &FieldConfig, v: Option<&Value>) -> Result<Val<'static>, Reject
         FieldType::Date => {
             Val::Date(v.as_str().and_then(iso_date).ok_or_else(|| wrong("date (an ISO 8601 string like 2026-11-26)"))?)
         }
+        FieldType::Binary => Val::Bytes(v.as_str().and_then(base64).ok_or_else(|| wrong("binary (a base64 string)"))?),
         FieldType::Timestamp => match v.as_str() {
             Some(text) => Val::Long(rfc3339_micros(text).ok_or_else(|| wrong(TIMESTAMP_FORMS))?),
             None => {
@@ -322,6 +327,35 @@ fn iso_date(text: &str) -> Option<i32> {
     let d = chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").ok()?;
     let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
     i32::try_from((d - epoch).num_days()).ok()
+}
+
+/// The bytes of a base64 string (RFC 4648 standard alphabet, with or without `=` padding);
+/// `None` for any other character or a length no encoding has.
+fn base64(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let body = text.trim_end_matches('=').as_bytes();
+    let padded = text.len() != body.len();
+    if text.len() - body.len() > 2 || body.len() % 4 == 1 || (padded && text.len() % 4 != 0) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() * 3 / 4);
+    for chunk in body.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= digit(*c)? << (18 - 6 * i);
+        }
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    Some(out)
 }
 
 /// What a `timestamp` field takes, for dead-letter reasons.
@@ -391,6 +425,7 @@ impl Decoder {
                         FieldType::Boolean => DataType::Boolean,
                         FieldType::Timestamp => ts_type(),
                         FieldType::Date => DataType::Date32,
+                        FieldType::Binary => DataType::Binary,
                     };
                     Field::new(&f.name, t, f.nullable)
                 })
@@ -580,6 +615,7 @@ fn scalar_value<'a>(f: &FieldConfig, v: Option<Scalar<'a>>) -> Option<Val<'a>> {
         (FieldType::Boolean, Some(Scalar::Bool(b))) => Val::Bool(b),
         (FieldType::Timestamp, Some(Scalar::Str(s))) => Val::Long(rfc3339_micros(&s)?),
         (FieldType::Date, Some(Scalar::Str(s))) => Val::Date(iso_date(&s)?),
+        (FieldType::Binary, Some(Scalar::Str(s))) => Val::Bytes(base64(&s)?),
         (FieldType::Timestamp, Some(v)) => Val::Long(long(&v)?.checked_mul(1000)?),
         _ => return None,
     })
@@ -852,6 +888,28 @@ mod tests {
             "an impossible date and a number are dead letters"
         );
         assert!(out.dead.iter().all(|d| d.reason.contains("ISO 8601")));
+    }
+
+    #[test]
+    fn binary_from_base64_strings() {
+        assert_eq!(base64("aGVsbG8=").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(base64("aGVsbG8").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(base64("").as_deref(), Some(&b""[..]));
+        assert_eq!(base64("AP8=").as_deref(), Some(&[0u8, 255][..]));
+        assert_eq!(base64("+/+/").as_deref(), Some(&[0xfb, 0xff, 0xbf][..]));
+        for bad in ["a", "aGVsbG8===", "aGV*bG8=", "aGVsbG8=x", "aGVsbG8=="] {
+            assert_eq!(base64(bad), None, "{bad}");
+        }
+        let config: DecodeConfig = toml::from_str(
+            r#"format = "json"
+               fields = [{ name = "blob", type = "binary" }]"#,
+        )
+        .unwrap();
+        let out = Decoder::new(&config).decode(&[rec(0, br#"{"blob":"AP8="}"#), rec(1, br#"{"blob":"%%"}"#)]);
+        let blob = out.rows.column(0).as_any().downcast_ref::<deltalake::arrow::array::BinaryArray>().unwrap();
+        assert_eq!(blob.value(0), [0, 255]);
+        assert_eq!(out.dead.len(), 1);
+        assert!(out.dead[0].reason.contains("base64"), "{}", out.dead[0].reason);
     }
 
     #[test]

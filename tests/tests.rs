@@ -15,7 +15,8 @@ mod crash;
 // Exactly-once holes closed: growing topics, replays under back-pressure, stops with a stuck
 // sink, stateful resets, late and future events, recreated topics, an audit that reads content.
 mod holes;
-// Column types: timestamps from RFC 3339 strings, dates; read back with their Delta types.
+// Column types: timestamps from RFC 3339 strings, dates, base64 binary; read back with their
+// Delta types.
 mod types;
 // Malformed records of every kind go to the dead-letter table; the pipeline keeps running.
 mod malformed;

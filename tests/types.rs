@@ -1,24 +1,30 @@
-//! Column types beyond the flat basics: timestamps from RFC 3339 / ISO 8601 strings and dates,
+//! Column types beyond the flat basics: timestamps from RFC 3339 / ISO 8601 strings, dates and
+//! base64 binary,
 //! decoded, committed, read back by an independent reader with the Delta types Spark would
 //! write, and audited against Kafka.
 
 use std::time::Duration;
 
-use deltalake::arrow::array::{Array, Date32Array, Int64Array, TimestampMicrosecondArray};
+use deltalake::arrow::array::{Array, BinaryArray, Date32Array, Int64Array, TimestampMicrosecondArray};
 use exactly::config::{DecodeConfig, DecodeFormat, FieldConfig, FieldType};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn iso_timestamps_and_dates_round_trip_with_their_delta_types() {
+async fn iso_timestamps_dates_and_base64_binary_round_trip_with_their_delta_types() {
     let topic = common::topic("types", 1).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     let field = |name: &str, kind: FieldType| FieldConfig { name: name.into(), kind, nullable: true };
     config.decode = DecodeConfig {
         format: DecodeFormat::Json,
-        fields: vec![field("id", FieldType::Long), field("at", FieldType::Timestamp), field("day", FieldType::Date)],
+        fields: vec![
+            field("id", FieldType::Long),
+            field("at", FieldType::Timestamp),
+            field("day", FieldType::Date),
+            field("blob", FieldType::Binary),
+        ],
         ..DecodeConfig::default()
     };
     let table = dir.path().join("table");
@@ -26,8 +32,8 @@ async fn iso_timestamps_and_dates_round_trip_with_their_delta_types() {
 
     let producer: FutureProducer = common::kafka().client_config().create().unwrap();
     let values = [
-        r#"{"id":0,"at":"2025-11-26T12:00:00.123456Z","day":"2025-11-26"}"#,
-        r#"{"id":1,"at":"2025-11-26T14:00:00.5+02:00","day":"1970-01-01"}"#,
+        r#"{"id":0,"at":"2025-11-26T12:00:00.123456Z","day":"2025-11-26","blob":"AP8="}"#,
+        r#"{"id":1,"at":"2025-11-26T14:00:00.5+02:00","day":"1970-01-01","blob":"aGVsbG8"}"#,
         r#"{"id":2,"at":1764158400123,"day":null}"#,
         r#"{"id":3,"at":"2025-11-26 12:00:00Z","day":"2000-02-29"}"#,
         r#"{"id":4,"at":"2025-11-26T12:00:00","day":"2025-11-26"}"#,
@@ -44,22 +50,28 @@ async fn iso_timestamps_and_dates_round_trip_with_their_delta_types() {
     let mut rows = Vec::new();
     for b in &batches {
         let col = |n: &str| b.column_by_name(n).unwrap().clone();
-        let (id, at, day) = (col("id"), col("at"), col("day"));
+        let (id, at, day, blob) = (col("id"), col("at"), col("day"), col("blob"));
         let id = id.as_any().downcast_ref::<Int64Array>().unwrap();
         let at = at.as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
         let day = day.as_any().downcast_ref::<Date32Array>().unwrap();
+        let blob = blob.as_any().downcast_ref::<BinaryArray>().unwrap();
         for i in 0..b.num_rows() {
-            rows.push((id.value(i), at.value(i), day.is_valid(i).then(|| day.value(i))));
+            rows.push((
+                id.value(i),
+                at.value(i),
+                day.is_valid(i).then(|| day.value(i)),
+                blob.is_valid(i).then(|| blob.value(i).to_vec()),
+            ));
         }
     }
     rows.sort();
     assert_eq!(
         rows,
         [
-            (0, 1_764_158_400_123_456, Some(20_418)),
-            (1, 1_764_158_400_500_000, Some(0)),
-            (2, 1_764_158_400_123_000, None),
-            (3, 1_764_158_400_000_000, Some(11_016)),
+            (0, 1_764_158_400_123_456, Some(20_418), Some(vec![0, 255])),
+            (1, 1_764_158_400_500_000, Some(0), Some(b"hello".to_vec())),
+            (2, 1_764_158_400_123_000, None, None),
+            (3, 1_764_158_400_000_000, Some(11_016), None),
         ]
     );
     let read = common::read_with_python(&table);
@@ -67,6 +79,7 @@ async fn iso_timestamps_and_dates_round_trip_with_their_delta_types() {
     let types = &read["types"];
     assert!(types["at"].as_str().unwrap().contains("timestamp"), "{types}");
     assert!(types["day"].as_str().unwrap().contains("date"), "{types}");
+    assert!(types["blob"].as_str().unwrap().contains("binary"), "{types}");
     // A timestamp without a zone and an impossible date are dead letters, with their reason.
     let audit = common::assert_verified(&config).await;
     assert_eq!(audit.total(|p| p.dead_lettered), 2);
