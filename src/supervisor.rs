@@ -236,6 +236,14 @@ impl GroupState {
         v
     }
 
+    /// Forgets `partitions` (revoked): no longer assigned, suspended, to claim or fresh.
+    fn forget(&mut self, partitions: &[TopicPartition]) {
+        self.assigned.retain(|tp| !partitions.contains(tp));
+        self.suspended.retain(|tp| !partitions.contains(tp));
+        self.reclaim.retain(|tp| !partitions.contains(tp));
+        self.fresh.retain(|tp, _| !partitions.contains(tp));
+    }
+
     fn pause(&mut self) {
         metrics::counter!(m::REBALANCES).increment(1);
         self.paused_since.get_or_insert_with(Instant::now);
@@ -628,14 +636,9 @@ impl SupervisorState {
                 }
             }
             GroupRequest::Revoking(partitions, lost, reply) => {
-                let group = self.group.as_mut().expect("group");
-                group.pause();
+                self.group.as_mut().expect("group").pause();
                 self.teardown(true).await;
-                let group = self.group.as_mut().expect("group");
-                group.assigned.retain(|tp| !partitions.contains(tp));
-                group.suspended.retain(|tp| !partitions.contains(tp));
-                group.reclaim.retain(|tp| !partitions.contains(tp));
-                group.fresh.retain(|tp, _| !partitions.contains(tp));
+                self.group.as_mut().expect("group").forget(&partitions);
                 let names: Vec<String> = partitions.iter().map(ToString::to_string).collect();
                 tracing::info!(partitions = %names.join(","), lost, "partitions revoked; their open epoch is aborted");
                 let _ = reply.send(());

@@ -296,6 +296,27 @@ struct Open {
     starts: HashSet<TopicPartition>,
 }
 
+impl Open {
+    /// Takes the table state of a commit that landed, and tells the table's maintenance.
+    fn landed(&mut self, commit: deltalake::kernel::transaction::FinalizedCommit) {
+        let version = commit.version() as i64;
+        self.table.state = Some(commit.snapshot());
+        if let Some(m) = &self.maintenance {
+            m.committed(version);
+        }
+    }
+}
+
+/// An epoch's ranges as its commit's `exactly` metadata records them.
+fn ranges_json(ranges: &[PartitionRange]) -> Vec<serde_json::Value> {
+    ranges
+        .iter()
+        .map(
+            |r| json!({"topic": &*r.tp.topic, "partition": r.tp.partition, "start": r.start, "end": r.end, "records": r.records}),
+        )
+        .collect()
+}
+
 #[derive(Default)]
 struct Tables {
     data: Option<Open>,
@@ -490,10 +511,7 @@ impl DeltaSink {
                 txns.push(Transaction::new(start_app_id(&self.pipeline, &r.tp), r.start));
             }
         }
-        let ranges_json: Vec<_> = ranges
-            .iter()
-            .map(|r| json!({"topic": &*r.tp.topic, "partition": r.tp.partition, "start": r.start, "end": r.end, "records": r.records}))
-            .collect();
+        let ranges_json = ranges_json(ranges);
         let op = DeltaOperation::StreamingUpdate { output_mode, query_id: self.pipeline.clone(), epoch_id: epoch as i64 };
         let mut attempt = 0;
         let finalized = loop {
@@ -527,15 +545,21 @@ impl DeltaSink {
                 Err(e) => return Err(delta_err(path, e)),
             }
         };
-        let committed_version = finalized.version() as i64;
-        open.table.state = Some(finalized.snapshot());
-        if let Some(m) = &open.maintenance {
-            m.committed(committed_version);
-        }
+        open.landed(finalized);
         metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "delta").record(t_delta.elapsed().as_secs_f64());
         open.version = epoch;
         open.starts.extend(ranges.iter().map(|r| r.tp.clone()));
         Ok(())
+    }
+
+    /// The Delta operation of a group member's commit (Spark's streaming idiom, one query per
+    /// member).
+    fn member_operation(&self, member: &str, epoch: u64) -> DeltaOperation {
+        DeltaOperation::StreamingUpdate {
+            output_mode: OutputMode::Append,
+            query_id: format!("{}/{member}", self.pipeline),
+            epoch_id: epoch as i64,
+        }
     }
 
     /// Group mode: where `tp` resumes by the tables' record (`None`: the data table never
@@ -621,15 +645,11 @@ impl DeltaSink {
                 "exactly".to_string(),
                 json!({"pipeline": &self.pipeline, "member": member, "claim": names, "token": token}),
             )]);
-            let op = DeltaOperation::StreamingUpdate {
-                output_mode: OutputMode::Append,
-                query_id: format!("{}/{member}", self.pipeline),
-                epoch_id: 0,
-            };
+            let op = self.member_operation(member, 0);
             let snapshot = data.table.snapshot().map_err(|e| delta_err(path, e))?;
             match CommitBuilder::from(props).with_actions(Vec::new()).build(Some(snapshot), data.table.log_store(), op).await {
                 Ok(f) => {
-                    data.table.state = Some(f.snapshot());
+                    data.landed(f);
                     for tp in partitions {
                         tokens.insert(tp.clone(), token);
                     }
@@ -689,18 +709,8 @@ impl DeltaSink {
         let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
         let Tables { data, dead, tokens, .. } = tables;
         let data = data.as_mut().expect("data table opened by refresh");
-        let meta = |ranges: &[PartitionRange]| {
-            let ranges: Vec<_> = ranges
-                .iter()
-                .map(|r| json!({"topic": &*r.tp.topic, "partition": r.tp.partition, "start": r.start, "end": r.end, "records": r.records}))
-                .collect();
-            json!({"pipeline": &self.pipeline, "member": member, "epoch": epoch, "ranges": ranges})
-        };
-        let op = DeltaOperation::StreamingUpdate {
-            output_mode: OutputMode::Append,
-            query_id: format!("{}/{member}", self.pipeline),
-            epoch_id: epoch as i64,
-        };
+        let meta = json!({"pipeline": &self.pipeline, "member": member, "epoch": epoch, "ranges": ranges_json(&batch.ranges)});
+        let op = self.member_operation(member, epoch);
 
         // Where each table is for these partitions.
         take_fresh_snapshot(&self.data, data).await?;
@@ -708,6 +718,7 @@ impl DeltaSink {
         let recorded = self.fence(data, tokens, batch).await?;
         let dead_recorded = match dead.as_mut() {
             Some(open) if !batch.dead_letters.is_empty() => {
+                take_fresh_snapshot(&self.dead, open).await?;
                 open.table.update_incremental(None).await.map_err(|e| delta_err(&self.dead.path, e))?;
                 recorded_cut(&open.table, &self.dead.path, &self.pipeline, &tps).await?
             }
@@ -738,7 +749,7 @@ impl DeltaSink {
             attempt += 1;
             let props = maintenance::commit_properties()
                 .with_application_transactions(txns.clone())
-                .with_metadata([("exactly".to_string(), meta(&batch.ranges))]);
+                .with_metadata([("exactly".to_string(), meta.clone())]);
             let snapshot = data.table.snapshot().map_err(|e| delta_err(&self.data.path, e))?;
             self.failpoints.hit("before-delta-commit").await?;
             let actions: Vec<Action> = adds.iter().cloned().map(Action::Add).collect();
@@ -754,27 +765,30 @@ impl DeltaSink {
                 Err(e) => return Err(delta_err(&self.data.path, e)),
             }
         };
-        let version = finalized.version() as i64;
-        data.table.state = Some(finalized.snapshot());
-        if let Some(m) = &data.maintenance {
-            m.committed(version);
-        }
+        data.landed(finalized);
         metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "delta").record(t_delta.elapsed().as_secs_f64());
         self.failpoints.hit("after-delta-commit").await?;
 
-        // The dead-letter table: what it does not hold yet, read again if another writer got
-        // there first.
+        // The dead-letter table: what it does not hold yet (as read before the data commit),
+        // read again only if another writer got there first.
         if dead_letters.is_empty() {
             return Ok(());
         }
-        if dead.is_none() {
-            *dead = self.open(&self.dead, &tps, true).await?;
-        }
+        let mut held = match dead {
+            Some(_) => dead_recorded,
+            None => {
+                *dead = self.open(&self.dead, &tps, true).await?;
+                let open = dead.as_ref().expect("dead-letter table opened");
+                recorded_cut(&open.table, &self.dead.path, &self.pipeline, &tps).await?
+            }
+        };
         let open = dead.as_mut().expect("dead-letter table opened");
         for attempt in 1..=REPLACE_ATTEMPTS {
-            take_fresh_snapshot(&self.dead, open).await?;
-            open.table.update_incremental(None).await.map_err(|e| delta_err(&self.dead.path, e))?;
-            let held = recorded_cut(&open.table, &self.dead.path, &self.pipeline, &tps).await?;
+            if attempt > 1 {
+                take_fresh_snapshot(&self.dead, open).await?;
+                open.table.update_incremental(None).await.map_err(|e| delta_err(&self.dead.path, e))?;
+                held = recorded_cut(&open.table, &self.dead.path, &self.pipeline, &tps).await?;
+            }
             dead_letters.retain(|d| held.get(&d.tp).is_none_or(|l| d.offset >= *l));
             if dead_letters.is_empty() {
                 return Ok(());
@@ -789,17 +803,13 @@ impl DeltaSink {
             let adds = write_files(&self.dead, open, batch_rows).await?;
             let props = maintenance::commit_properties()
                 .with_application_transactions(txns)
-                .with_metadata([("exactly".to_string(), meta(&batch.ranges))]);
+                .with_metadata([("exactly".to_string(), meta.clone())]);
             let snapshot = open.table.snapshot().map_err(|e| delta_err(&self.dead.path, e))?;
             let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
             match CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), open.table.log_store(), op.clone()).await
             {
                 Ok(f) => {
-                    let version = f.version() as i64;
-                    open.table.state = Some(f.snapshot());
-                    if let Some(m) = &open.maintenance {
-                        m.committed(version);
-                    }
+                    open.landed(f);
                     return Ok(());
                 }
                 Err(e) if concurrent_txn(&e) && attempt < REPLACE_ATTEMPTS => continue,
