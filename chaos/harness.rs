@@ -447,11 +447,37 @@ async fn wait_epoch_beyond(config: &PipelineConfig, topic: &str, epoch: u64, sin
     None
 }
 
+/// Writes `config` as `dir/pipeline.toml`, for `exactly run`.
+fn write_config(dir: &Path, config: &PipelineConfig) -> Result<PathBuf, String> {
+    let file = dir.join("pipeline.toml");
+    std::fs::write(&file, toml::to_string(config).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    Ok(file)
+}
+
+/// The end of a case whose pipelines run as processes: the stream stops, the table drains,
+/// every process stops gracefully, the audit runs, the case's files go.
+async fn finish_processes(
+    stream: Stream,
+    config: &PipelineConfig,
+    topic: &str,
+    dir: &Path,
+    children: Vec<std::process::Child>,
+    report: &mut CaseReport,
+) -> Result<(), String> {
+    report.produced = stream.finish().await?;
+    wait_drained(config, topic, Duration::from_secs(180)).await?;
+    for child in children {
+        stop_gracefully(child).await?;
+    }
+    finish_audit(config, report).await?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
 async fn sigkill_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut CaseReport) -> Result<(), String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let (topic, dir, config) = setup(kind, opts, &opts.brokers).await?;
-    let file = dir.join("pipeline.toml");
-    std::fs::write(&file, toml::to_string(&config).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let file = write_config(&dir, &config)?;
     let stream = start_stream(&opts.brokers, &topic, opts.rate);
     let mut child = spawn_exactly(opts, &file)?;
     for _ in 0..opts.faults {
@@ -468,12 +494,7 @@ async fn sigkill_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut C
             None => return Err("no commit within 90 s after a restart".into()),
         }
     }
-    report.produced = stream.finish().await?;
-    wait_drained(&config, &topic, Duration::from_secs(180)).await?;
-    stop_gracefully(child).await?;
-    finish_audit(&config, report).await?;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    finish_processes(stream, &config, &topic, &dir, vec![child], report).await
 }
 
 /// Three group members (`source.group_id`) share the topic; a random one is SIGKILLed mid-epoch
@@ -485,8 +506,7 @@ async fn group_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut Cas
     let (topic, dir, mut config) = setup(kind, opts, &opts.brokers).await?;
     config.source.group_id = Some(format!("{}-group", config.id));
     config.source.properties.insert("session.timeout.ms".into(), "6000".into());
-    let file = dir.join("pipeline.toml");
-    std::fs::write(&file, toml::to_string(&config).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let file = write_config(&dir, &config)?;
     let table = config.table_path().ok_or("a delta sink")?;
     let commits = || async {
         match exactly::sink::delta::load_table(table.clone()).await {
@@ -538,14 +558,7 @@ async fn group_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut Cas
             None => return Err("no other member committed the killed member's partitions within 90 s".into()),
         }
     }
-    report.produced = stream.finish().await?;
-    wait_drained(&config, &topic, Duration::from_secs(180)).await?;
-    for child in members {
-        stop_gracefully(child).await?;
-    }
-    finish_audit(&config, report).await?;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    finish_processes(stream, &config, &topic, &dir, members, report).await
 }
 
 async fn unwritable_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut CaseReport) -> Result<(), String> {

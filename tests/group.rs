@@ -25,6 +25,32 @@ pub fn group_config(id: &str, topic: &str, dir: &Path) -> PipelineConfig {
     c
 }
 
+/// A fresh topic and a group's config writing to a table in a temp dir.
+pub struct Group {
+    /// The topic.
+    pub topic: String,
+    /// Where the table and the config live.
+    pub dir: tempfile::TempDir,
+    /// The group's config.
+    pub config: PipelineConfig,
+    /// The config as a file, for `exactly run`.
+    pub file: std::path::PathBuf,
+    /// The data table.
+    pub table: std::path::PathBuf,
+}
+
+impl Group {
+    /// A topic named after `prefix` with `partitions` partitions, and its group's config.
+    pub async fn new(prefix: &str, partitions: i32) -> Group {
+        let topic = common::topic(prefix, partitions).await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = group_config(&common::unique("g"), &topic, dir.path());
+        let file = write_config(&config, dir.path());
+        let table = dir.path().join("table");
+        Group { topic, dir, config, file, table }
+    }
+}
+
 /// Every commit of the data table at `table` written by a group member, oldest first.
 pub async fn member_commits(table: &Path) -> Vec<MemberCommit> {
     match exactly::sink::delta::load_table(table).await.unwrap() {
@@ -70,11 +96,7 @@ fn producing(topic: &str, count: u64, rate: u64, malformed_every: u64) -> tokio:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_under_churn_write_every_offset_exactly_once() {
     let _heavy = common::heavy().await;
-    let topic = common::topic("group-churn", 6).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = group_config(&common::unique("g"), &topic, dir.path());
-    let file = write_config(&config, dir.path());
-    let table = dir.path().join("table");
+    let Group { topic, dir: _dir, config, file, table } = Group::new("group-churn", 6).await;
     let total = 40_000;
     let producer = producing(&topic, total, 1_000, 101);
 
@@ -112,11 +134,7 @@ async fn three_members_under_churn_write_every_offset_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_member_never_commits_a_partition_it_lost() {
     let _heavy = common::heavy().await;
-    let topic = common::topic("group-pause", 4).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = group_config(&common::unique("g"), &topic, dir.path());
-    let file = write_config(&config, dir.path());
-    let table = dir.path().join("table");
+    let Group { topic, dir: _dir, config, file, table } = Group::new("group-pause", 4).await;
     let total = 30_000;
     let producer = producing(&topic, total, 1_500, 97);
 
@@ -148,11 +166,7 @@ async fn a_paused_member_never_commits_a_partition_it_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_the_data_and_dead_letter_commits_loses_no_dead_letter() {
-    let topic = common::topic("group-dead", 2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = group_config(&common::unique("g"), &topic, dir.path());
-    let file = write_config(&config, dir.path());
-    let table = dir.path().join("table");
+    let Group { topic, dir, config, file, table } = Group::new("group-dead", 2).await;
     let mut opts = ProduceOptions::new(&common::brokers(), &topic, 2_000);
     opts.malformed_every = Some(10);
     produce(&opts, std::future::pending()).await.unwrap();
@@ -180,11 +194,7 @@ async fn a_crash_between_the_data_and_dead_letter_commits_loses_no_dead_letter()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_schema_or_one_process_mode_is_refused_on_a_group_table() {
-    let topic = common::topic("group-refuse", 4).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = group_config(&common::unique("g"), &topic, dir.path());
-    let file = write_config(&config, dir.path());
-    let table = dir.path().join("table");
+    let Group { topic, dir: _dir, config, file, table } = Group::new("group-refuse", 4).await;
     common::produce_events(&topic, 0, 2_000).await;
     let a = spawn(&file, None);
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
@@ -223,11 +233,7 @@ async fn another_schema_or_one_process_mode_is_refused_on_a_group_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recreated_topic_is_refused_by_a_group() {
-    let topic = common::topic("group-recreated", 2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = group_config(&common::unique("g"), &topic, dir.path());
-    let file = write_config(&config, dir.path());
-    let table = dir.path().join("table");
+    let Group { topic, dir: _dir, config, file, table } = Group::new("group-recreated", 2).await;
     common::produce_events(&topic, 0, 200).await;
     let a = spawn(&file, None);
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
