@@ -159,9 +159,9 @@ impl DecodeConfig {
         DecodeConfig {
             format: DecodeFormat::Json,
             fields: vec![
-                FieldConfig { name: "id".into(), kind: FieldType::Long, nullable: false },
-                FieldConfig { name: "value".into(), kind: FieldType::String, nullable: true },
-                FieldConfig { name: "ts".into(), kind: FieldType::Timestamp, nullable: true },
+                FieldConfig::new("id", FieldType::Long, false),
+                FieldConfig::new("value", FieldType::String, true),
+                FieldConfig::new("ts", FieldType::Timestamp, true),
             ],
             ..Default::default()
         }
@@ -180,28 +180,75 @@ pub enum DecodeFormat {
     Json,
 }
 
-/// One declared column.
+/// One declared column (or, inside a `struct`, one member).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "FieldSpec", into = "FieldSpec")]
 pub struct FieldConfig {
     /// Column name = JSON key.
     pub name: String,
     /// Column type.
-    #[serde(rename = "type")]
     pub kind: FieldType,
     /// Whether the key may be missing or null (then the column is null). A record missing a
     /// non-nullable field is dead-lettered.
-    #[serde(default = "yes")]
     pub nullable: bool,
+}
+
+impl FieldConfig {
+    /// A field of `kind`, nullable or not.
+    pub fn new(name: &str, kind: FieldType, nullable: bool) -> Self {
+        FieldConfig { name: name.to_string(), kind, nullable }
+    }
+}
+
+/// A field as written in the config: `{ name = "id", type = "long", nullable = false }`; a
+/// `struct` gives its members either inline (`type = "struct<a: long, b: string>"`) or as
+/// `fields = [...]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldSpec {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default = "yes")]
+    nullable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fields: Option<Vec<FieldConfig>>,
+}
+
+impl TryFrom<FieldSpec> for FieldConfig {
+    type Error = String;
+
+    fn try_from(spec: FieldSpec) -> std::result::Result<Self, String> {
+        let kind = match (FieldType::parse(&spec.kind), spec.fields) {
+            (Ok(FieldType::Struct(inline)), None) if inline.is_empty() => {
+                return Err(format!(
+                    "field `{}`: a struct needs its members: `fields = [...]` or `struct<a: long, ...>`",
+                    spec.name
+                ))
+            }
+            (Ok(FieldType::Struct(inline)), Some(fields)) if inline.is_empty() => FieldType::Struct(fields),
+            (Ok(_), Some(_)) => return Err(format!("field `{}`: `fields` is only for `type = \"struct\"`", spec.name)),
+            (Ok(kind), None) => kind,
+            (Err(e), _) => return Err(format!("field `{}`: {e}", spec.name)),
+        };
+        Ok(FieldConfig { name: spec.name, kind, nullable: spec.nullable })
+    }
+}
+
+impl From<FieldConfig> for FieldSpec {
+    fn from(f: FieldConfig) -> Self {
+        FieldSpec { name: f.name, kind: f.kind.to_string(), nullable: f.nullable, fields: None }
+    }
 }
 
 fn yes() -> bool {
     true
 }
 
-/// Column types a JSON field can be decoded to.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+/// Column types a JSON field can be decoded to, each stored as the Delta type Spark writes for
+/// it. In the config a type is written as text: `long`, `decimal(12, 2)`, `array<string>`,
+/// `map<string, double>`, `struct<id: long not null, tags: array<string>>`.
+#[derive(Debug, Clone, PartialEq)]
 pub enum FieldType {
     /// UTF-8 text (a JSON string).
     String,
@@ -222,6 +269,224 @@ pub enum FieldType {
     /// Bytes given as a base64 string (standard alphabet, padded, as Spark's `to_json` writes
     /// binary); stored as a Delta `binary`.
     Binary,
+    /// An exact decimal number with `precision` digits, `scale` of them after the point, given
+    /// as a JSON number or a string (`12.30`, `"12.30"`, `1.2e1`), read from its text (never
+    /// through a float). More fraction digits than `scale`, or more integer digits than
+    /// `precision - scale`, make the record a dead letter.
+    Decimal {
+        /// Total digits, 1 to 38.
+        precision: u8,
+        /// Digits after the point, 0 to `precision`.
+        scale: u8,
+    },
+    /// A JSON array of values of one type (elements may be null); a Delta `array`.
+    List(Box<FieldType>),
+    /// A JSON object with string keys and values of one type (values may be null); a Delta
+    /// `map<string, T>`.
+    Map(Box<FieldType>),
+    /// A JSON object with declared members (others ignored); a Delta `struct`.
+    Struct(Vec<FieldConfig>),
+}
+
+impl FieldType {
+    /// Parses a type as written in the config (case-insensitive keywords).
+    pub fn parse(text: &str) -> std::result::Result<FieldType, String> {
+        let mut p = TypeParser { s: text, at: 0 };
+        let t = p.ty()?;
+        p.space();
+        if p.at < p.s.len() {
+            return Err(format!("unexpected {:?} in type {text:?}", &p.s[p.at..]));
+        }
+        Ok(t)
+    }
+
+    /// Whether values of this type can form a key (dedup, grouping): not nested, not decimal.
+    pub fn is_key_type(&self) -> bool {
+        !matches!(self, FieldType::Decimal { .. } | FieldType::List(_) | FieldType::Map(_) | FieldType::Struct(_))
+    }
+}
+
+impl std::fmt::Display for FieldType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FieldType::String => f.write_str("string"),
+            FieldType::Long => f.write_str("long"),
+            FieldType::Int => f.write_str("int"),
+            FieldType::Double => f.write_str("double"),
+            FieldType::Boolean => f.write_str("boolean"),
+            FieldType::Timestamp => f.write_str("timestamp"),
+            FieldType::Date => f.write_str("date"),
+            FieldType::Binary => f.write_str("binary"),
+            FieldType::Decimal { precision, scale } => write!(f, "decimal({precision}, {scale})"),
+            FieldType::List(t) => write!(f, "array<{t}>"),
+            FieldType::Map(t) => write!(f, "map<string, {t}>"),
+            FieldType::Struct(fields) => {
+                f.write_str("struct<")?;
+                for (i, m) in fields.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    let not_null = if m.nullable { "" } else { " not null" };
+                    if !m.name.is_empty() && m.name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+                        write!(f, "{sep}{}: {}{not_null}", m.name, m.kind)?;
+                    } else {
+                        write!(f, "{sep}`{}`: {}{not_null}", m.name, m.kind)?;
+                    }
+                }
+                f.write_str(">")
+            }
+        }
+    }
+}
+
+/// Checks the members of a struct anywhere in `t` (under `at`): named, each once.
+fn check_members(t: &FieldType, at: &str) -> std::result::Result<(), String> {
+    match t {
+        FieldType::List(t) | FieldType::Map(t) => check_members(t, at),
+        FieldType::Struct(members) => {
+            let mut seen = std::collections::HashSet::new();
+            for m in members {
+                if m.name.is_empty() || !seen.insert(m.name.as_str()) {
+                    return Err(format!("struct `{at}` has an empty or repeated member name {:?}", m.name));
+                }
+                check_members(&m.kind, &format!("{at}.{}", m.name))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A recursive-descent reader of the type text.
+struct TypeParser<'a> {
+    s: &'a str,
+    at: usize,
+}
+
+impl TypeParser<'_> {
+    fn space(&mut self) {
+        while self.s[self.at..].starts_with(char::is_whitespace) {
+            self.at += self.s[self.at..].chars().next().map_or(1, char::len_utf8);
+        }
+    }
+
+    fn eat(&mut self, c: char) -> bool {
+        self.space();
+        if self.s[self.at..].starts_with(c) {
+            self.at += c.len_utf8();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, c: char) -> std::result::Result<(), String> {
+        if self.eat(c) {
+            Ok(())
+        } else {
+            Err(format!("expected `{c}` at {:?} in type {:?}", &self.s[self.at..], self.s))
+        }
+    }
+
+    /// A word: letters, digits, `_` (a member name or a keyword), or a backquoted name.
+    fn word(&mut self) -> std::result::Result<String, String> {
+        self.space();
+        let rest = &self.s[self.at..];
+        if let Some(quoted) = rest.strip_prefix('`') {
+            let end = quoted.find('`').ok_or_else(|| format!("unclosed ` in type {:?}", self.s))?;
+            self.at += end + 2;
+            return Ok(quoted[..end].to_string());
+        }
+        let len = rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
+        if len == 0 {
+            return Err(format!("expected a type or name at {rest:?} in type {:?}", self.s));
+        }
+        self.at += len;
+        Ok(rest[..len].to_string())
+    }
+
+    fn number(&mut self) -> std::result::Result<u8, String> {
+        let w = self.word()?;
+        w.parse().map_err(|_| format!("expected a number, got {w:?} in type {:?}", self.s))
+    }
+
+    fn ty(&mut self) -> std::result::Result<FieldType, String> {
+        let word = self.word()?;
+        Ok(match word.to_ascii_lowercase().as_str() {
+            "string" => FieldType::String,
+            "long" | "bigint" => FieldType::Long,
+            "int" | "integer" => FieldType::Int,
+            "double" => FieldType::Double,
+            "boolean" => FieldType::Boolean,
+            "timestamp" => FieldType::Timestamp,
+            "date" => FieldType::Date,
+            "binary" => FieldType::Binary,
+            "decimal" => {
+                let (precision, scale) = if self.eat('(') {
+                    let p = self.number()?;
+                    let s = if self.eat(',') { self.number()? } else { 0 };
+                    self.expect(')')?;
+                    (p, s)
+                } else {
+                    (10, 0)
+                };
+                if !(1..=38).contains(&precision) || scale > precision {
+                    return Err(format!("decimal({precision}, {scale}): precision must be 1 to 38 and scale 0 to the precision"));
+                }
+                FieldType::Decimal { precision, scale }
+            }
+            "array" | "list" => {
+                self.expect('<')?;
+                let t = self.ty()?;
+                self.expect('>')?;
+                FieldType::List(Box::new(t))
+            }
+            "map" => {
+                self.expect('<')?;
+                if self.ty()? != FieldType::String {
+                    return Err(format!("map keys must be strings (JSON object keys), in type {:?}", self.s));
+                }
+                self.expect(',')?;
+                let t = self.ty()?;
+                self.expect('>')?;
+                FieldType::Map(Box::new(t))
+            }
+            "struct" => {
+                let mut fields = Vec::new();
+                if self.eat('<') {
+                    loop {
+                        let name = self.word()?;
+                        self.expect(':')?;
+                        let kind = self.ty()?;
+                        let save = self.at;
+                        let nullable = match self.word() {
+                            Ok(w) if w.eq_ignore_ascii_case("not") => {
+                                let null = self.word()?;
+                                if !null.eq_ignore_ascii_case("null") {
+                                    return Err(format!("expected `not null` in type {:?}", self.s));
+                                }
+                                false
+                            }
+                            _ => {
+                                self.at = save;
+                                true
+                            }
+                        };
+                        fields.push(FieldConfig { name, kind, nullable });
+                        if !self.eat(',') {
+                            break;
+                        }
+                    }
+                    self.expect('>')?;
+                }
+                FieldType::Struct(fields)
+            }
+            other => {
+                return Err(format!(
+                    "unknown type {other:?}; types are string, long, int, double, boolean, timestamp, date, binary, \
+                     decimal(p, s), array<T>, map<string, T>, struct<name: T, ...>"
+                ))
+            }
+        })
+    }
 }
 
 /// Deduplication by key within a bounded retention.
@@ -457,7 +722,25 @@ pub enum SinkConfig {
         /// Auto-compaction of small files.
         #[serde(default)]
         compaction: CompactionConfig,
+        /// What happens when the pipeline's columns differ from the table's: `none` refuses to
+        /// start; `add-columns` adds new nullable columns (and new nullable struct members) to
+        /// the table's schema in the commit of the first epoch written with them. Dropping,
+        /// retyping (widening included) or changing a column's nullability is refused either
+        /// way, naming the column.
+        #[serde(default)]
+        schema_evolution: SchemaEvolution,
     },
+}
+
+/// `sink.schema_evolution`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchemaEvolution {
+    /// The table's columns must be the pipeline's.
+    #[default]
+    None,
+    /// New nullable columns are added to the table with the first epoch that writes them.
+    AddColumns,
 }
 
 fn default_checkpoint_interval() -> u64 {
@@ -480,6 +763,14 @@ pub const DEFAULT_RETENTION: &str = "7 days";
 pub const AGGREGATE_DELETED_FILE_RETENTION: &str = "5 minutes";
 
 impl SinkConfig {
+    /// `schema_evolution` of a Delta sink (`None` for any other).
+    pub fn schema_evolution(&self) -> SchemaEvolution {
+        match self {
+            SinkConfig::Delta { schema_evolution, .. } => *schema_evolution,
+            _ => SchemaEvolution::None,
+        }
+    }
+
     /// A Delta sink at `path` with every other setting at its default.
     pub fn delta(path: impl Into<TableLocation>) -> Self {
         SinkConfig::Delta {
@@ -490,6 +781,7 @@ impl SinkConfig {
             log_retention: default_retention(),
             deleted_file_retention: None,
             compaction: CompactionConfig::default(),
+            schema_evolution: SchemaEvolution::None,
         }
     }
 }
@@ -816,6 +1108,7 @@ impl PipelineConfig {
             if !seen.insert(f.name.as_str()) {
                 return Err(bad("decode.fields", format!("names {:?} twice", f.name)));
             }
+            check_members(&f.kind, &f.name).map_err(|e| bad("decode.fields", e))?;
         }
         if self.decode.max_record_bytes == 0 {
             return Err(bad("decode.max_record_bytes", "must be at least 1".into()));
@@ -828,13 +1121,23 @@ impl PipelineConfig {
                 .map(|f| {
                     (
                         f.name().clone(),
-                        f.data_type().is_numeric()
+                        (f.data_type().is_numeric()
+                            && !matches!(f.data_type(), deltalake::arrow::datatypes::DataType::Decimal128(..)))
                             || matches!(f.data_type(), deltalake::arrow::datatypes::DataType::Timestamp(..)),
                     )
                 })
                 .collect()
         };
         let has = |name: &str| columns.iter().any(|(n, _)| n == name);
+        let key_type = |name: &str| {
+            match self.decode.fields.iter().find(|f| f.name == name) {
+            Some(f) if !f.kind.is_key_type() => Err(format!(
+                "names {name:?}, a {} column; keys are columns of a scalar type (string, long, int, double, boolean, timestamp, date, binary)",
+                f.kind
+            )),
+            _ => Ok(()),
+        }
+        };
         if let Some(d) = &self.dedup {
             if d.key.is_empty() {
                 return Err(bad("dedup.key", "is empty; name the key columns, e.g. key = [\"id\"]".into()));
@@ -842,6 +1145,7 @@ impl PipelineConfig {
             if let Some(k) = d.key.iter().find(|k| !has(k)) {
                 return Err(bad("dedup.key", format!("names {k:?}, which is not a decoded column")));
             }
+            d.key.iter().try_for_each(|k| key_type(k)).map_err(|e| bad("dedup.key", e))?;
             match (&d.watermark_field, d.max_age_epochs) {
                 (Some(_), Some(_)) => {
                     return Err(bad("dedup", "sets both watermark_field and max_age_epochs; choose one retention".into()))
@@ -875,6 +1179,7 @@ impl PipelineConfig {
             if let Some(k) = a.group_by.iter().find(|k| !has(k)) {
                 return Err(bad("aggregate.group_by", format!("names {k:?}, which is not a decoded column")));
             }
+            a.group_by.iter().try_for_each(|k| key_type(k)).map_err(|e| bad("aggregate.group_by", e))?;
             if a.aggregates.is_empty() {
                 return Err(bad("aggregate.aggregates", "is empty; e.g. aggregates = [{ op = \"count\" }]".into()));
             }
@@ -914,6 +1219,7 @@ impl PipelineConfig {
             deleted_file_retention,
             compaction,
             storage: _,
+            schema_evolution,
         } = &self.sink
         {
             if dead_letter_path.as_ref() == Some(path) {
@@ -936,6 +1242,13 @@ impl PipelineConfig {
             }
             if compaction.min_files < 2 {
                 return Err(bad("sink.compaction.min_files", "must be at least 2".into()));
+            }
+            if *schema_evolution != SchemaEvolution::None && self.aggregate.is_some() {
+                return Err(bad(
+                    "sink.schema_evolution",
+                    "is for tables of decoded rows; an aggregate table's columns come from aggregate.group_by and aggregates"
+                        .into(),
+                ));
             }
         }
         if let Some(listen) = &self.metrics.listen {
@@ -1049,6 +1362,45 @@ mod tests {
         assert!(e.contains("`epoch.interval_ms`"), "{e}");
         let c = PipelineConfig::new("p", &[]);
         assert!(c.validate("x").unwrap_err().to_string().contains("source.topics"));
+    }
+
+    #[test]
+    fn types_are_written_as_text_and_nest() {
+        use FieldType::*;
+        let t = |s: &str| FieldType::parse(s);
+        assert_eq!(t("Decimal(12,2)"), Ok(Decimal { precision: 12, scale: 2 }));
+        assert_eq!(t("decimal"), Ok(Decimal { precision: 10, scale: 0 }));
+        assert_eq!(t("array<map<string, bigint>>"), Ok(List(Box::new(Map(Box::new(Long))))));
+        let s = t("struct<a: int not null, `b c`: list<date>>").unwrap();
+        assert_eq!(s, Struct(vec![FieldConfig::new("a", Int, false), FieldConfig::new("b c", List(Box::new(Date)), true)]));
+        assert_eq!(FieldType::parse(&s.to_string()), Ok(s.clone()), "what is written reads back: {s}");
+        for (bad, why) in [
+            ("decimal(39, 0)", "precision must be 1 to 38"),
+            ("decimal(5, 6)", "precision must be 1 to 38"),
+            ("map<int, long>", "map keys must be strings"),
+            ("array<string", "expected `>`"),
+            ("struct<a int>", "expected `:`"),
+            ("float", "unknown type \"float\""),
+            ("long long", "unexpected"),
+        ] {
+            let e = t(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let config = |fields: &str| {
+            PipelineConfig::parse(
+                &format!("id = \"p\"\n[source]\ntopics = [\"t\"]\n[decode]\nformat = \"json\"\nfields = [{fields}]\n"),
+                "x.toml",
+            )
+            .and_then(|c| c.validate("x.toml"))
+            .map_err(|e| e.to_string())
+        };
+        assert!(config(r#"{ name = "s", type = "struct", fields = [{ name = "a", type = "long" }] }"#).is_ok());
+        let e = config(r#"{ name = "s", type = "struct" }"#).unwrap_err();
+        assert!(e.contains("a struct needs its members"), "{e}");
+        let e = config(r#"{ name = "s", type = "struct<a: long, a: int>" }"#).unwrap_err();
+        assert!(e.contains("repeated member name \"a\""), "{e}");
+        let e = config(r#"{ name = "n", type = "long", fields = [] }"#).unwrap_err();
+        assert!(e.contains("`fields` is only for"), "{e}");
     }
 
     #[test]

@@ -10,13 +10,18 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use deltalake::arrow::array::builder::NullBufferBuilder;
 use deltalake::arrow::array::{
-    Array, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Array, Int64Builder,
-    StringBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int32Builder, Int64Array,
+    Int64Builder, ListArray, MapArray, StringBuilder, StructArray, TimestampMicrosecondBuilder,
 };
-use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::arrow::buffer::OffsetBuffer;
+use deltalake::arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::engine::arrow_conversion::TryIntoArrow;
+use deltalake::kernel::{ArrayType, DataType as DeltaType, MapType, StructField, StructType};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use self::fast::Scalar;
@@ -210,6 +215,10 @@ enum Col {
     Ts(TimestampMicrosecondBuilder),
     Date(Date32Builder),
     Bin(BinaryBuilder),
+    Dec(Decimal128Builder),
+    List { item: FieldRef, values: Box<Col>, offsets: Vec<i32>, nulls: NullBufferBuilder },
+    Map { entries: FieldRef, keys: StringBuilder, values: Box<Col>, offsets: Vec<i32>, nulls: NullBufferBuilder },
+    Struct { fields: Fields, cols: Vec<Col>, nulls: NullBufferBuilder },
 }
 
 /// One decoded value, checked before anything is appended so columns stay aligned.
@@ -225,19 +234,52 @@ enum Val<'a> {
     Bin(&'a [u8]),
     /// Bytes decoded from the record (base64).
     Bytes(Vec<u8>),
+    /// A decimal's unscaled value.
+    Dec(i128),
+    List(Vec<Val<'a>>),
+    Map(Vec<(Cow<'a, str>, Val<'a>)>),
+    Struct(Vec<Val<'a>>),
 }
 
 impl Col {
-    fn for_type(t: FieldType, rows: usize) -> Col {
-        match t {
-            FieldType::String => Col::Str(StringBuilder::new()),
-            FieldType::Long => Col::Long(Int64Builder::with_capacity(rows)),
-            FieldType::Int => Col::Int(Int32Builder::with_capacity(rows)),
-            FieldType::Double => Col::Double(Float64Builder::with_capacity(rows)),
-            FieldType::Boolean => Col::Bool(BooleanBuilder::with_capacity(rows)),
-            FieldType::Timestamp => Col::Ts(TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC")),
-            FieldType::Date => Col::Date(Date32Builder::with_capacity(rows)),
-            FieldType::Binary => Col::Bin(BinaryBuilder::new()),
+    /// A column builder for `t`, whose Arrow type is `arrow` (from [`arrow_field`]).
+    fn for_type(t: &FieldType, arrow: &DataType, rows: usize) -> Col {
+        match (t, arrow) {
+            (FieldType::String, _) => Col::Str(StringBuilder::new()),
+            (FieldType::Long, _) => Col::Long(Int64Builder::with_capacity(rows)),
+            (FieldType::Int, _) => Col::Int(Int32Builder::with_capacity(rows)),
+            (FieldType::Double, _) => Col::Double(Float64Builder::with_capacity(rows)),
+            (FieldType::Boolean, _) => Col::Bool(BooleanBuilder::with_capacity(rows)),
+            (FieldType::Timestamp, _) => Col::Ts(TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC")),
+            (FieldType::Date, _) => Col::Date(Date32Builder::with_capacity(rows)),
+            (FieldType::Binary, _) => Col::Bin(BinaryBuilder::new()),
+            (FieldType::Decimal { precision, scale }, _) => Col::Dec(
+                Decimal128Builder::with_capacity(rows)
+                    .with_precision_and_scale(*precision, *scale as i8)
+                    .expect("precision and scale checked by the config"),
+            ),
+            (FieldType::List(elem), DataType::List(item)) => Col::List {
+                item: item.clone(),
+                values: Box::new(Col::for_type(elem, item.data_type(), 0)),
+                offsets: vec![0],
+                nulls: NullBufferBuilder::new(rows),
+            },
+            (FieldType::Map(value), DataType::Map(entries, _)) => {
+                let DataType::Struct(kv) = entries.data_type() else { unreachable!("a map's entries are a struct") };
+                Col::Map {
+                    entries: entries.clone(),
+                    keys: StringBuilder::new(),
+                    values: Box::new(Col::for_type(value, kv[1].data_type(), 0)),
+                    offsets: vec![0],
+                    nulls: NullBufferBuilder::new(rows),
+                }
+            }
+            (FieldType::Struct(members), DataType::Struct(fields)) => Col::Struct {
+                fields: fields.clone(),
+                cols: members.iter().zip(fields.iter()).map(|(m, f)| Col::for_type(&m.kind, f.data_type(), rows)).collect(),
+                nulls: NullBufferBuilder::new(rows),
+            },
+            (t, a) => unreachable!("{t} is not built as {a}"),
         }
     }
 
@@ -260,6 +302,35 @@ impl Col {
             (Col::Bin(b), Val::Bin(x)) => b.append_value(x),
             (Col::Bin(b), Val::Bytes(x)) => b.append_value(x),
             (Col::Bin(b), _) => b.append_null(),
+            (Col::Dec(b), Val::Dec(x)) => b.append_value(x),
+            (Col::Dec(b), _) => b.append_null(),
+            (Col::List { values, offsets, nulls, .. }, Val::List(items)) => {
+                let end = offsets.last().copied().unwrap_or(0) + items.len() as i32;
+                items.into_iter().for_each(|v| values.push(v));
+                offsets.push(end);
+                nulls.append_non_null();
+            }
+            (Col::Map { keys, values, offsets, nulls, .. }, Val::Map(entries)) => {
+                let end = offsets.last().copied().unwrap_or(0) + entries.len() as i32;
+                for (k, v) in entries {
+                    keys.append_value(k);
+                    values.push(v);
+                }
+                offsets.push(end);
+                nulls.append_non_null();
+            }
+            (Col::List { offsets, nulls, .. } | Col::Map { offsets, nulls, .. }, _) => {
+                offsets.push(offsets.last().copied().unwrap_or(0));
+                nulls.append_null();
+            }
+            (Col::Struct { cols, nulls, .. }, Val::Struct(vals)) => {
+                cols.iter_mut().zip(vals).for_each(|(c, v)| c.push(v));
+                nulls.append_non_null();
+            }
+            (Col::Struct { cols, nulls, .. }, _) => {
+                cols.iter_mut().for_each(|c| c.push(Val::Null));
+                nulls.append_null();
+            }
         }
     }
 
@@ -273,8 +344,60 @@ impl Col {
             Col::Ts(mut b) => Arc::new(b.finish()),
             Col::Date(mut b) => Arc::new(b.finish()),
             Col::Bin(mut b) => Arc::new(b.finish()),
+            Col::Dec(mut b) => Arc::new(b.finish()),
+            Col::List { item, values, offsets, mut nulls } => Arc::new(
+                ListArray::try_new(item, OffsetBuffer::new(offsets.into()), values.finish(), nulls.finish())
+                    .expect("list offsets built with their values"),
+            ),
+            Col::Map { entries, mut keys, values, offsets, mut nulls } => {
+                let DataType::Struct(kv) = entries.data_type() else { unreachable!("a map's entries are a struct") };
+                let kv = StructArray::try_new(kv.clone(), vec![Arc::new(keys.finish()), values.finish()], None)
+                    .expect("map keys and values built together");
+                Arc::new(
+                    MapArray::try_new(entries, OffsetBuffer::new(offsets.into()), kv, nulls.finish(), false)
+                        .expect("map offsets built with their entries"),
+                )
+            }
+            Col::Struct { fields, cols, mut nulls } => Arc::new(
+                StructArray::try_new(fields, cols.into_iter().map(Col::finish).collect(), nulls.finish())
+                    .expect("struct members built row by row"),
+            ),
         }
     }
+}
+
+/// The Delta type a declared type is stored as (the one Spark writes for it).
+pub fn delta_type(t: &FieldType) -> DeltaType {
+    match t {
+        FieldType::String => DeltaType::STRING,
+        FieldType::Long => DeltaType::LONG,
+        FieldType::Int => DeltaType::INTEGER,
+        FieldType::Double => DeltaType::DOUBLE,
+        FieldType::Boolean => DeltaType::BOOLEAN,
+        FieldType::Timestamp => DeltaType::TIMESTAMP,
+        FieldType::Date => DeltaType::DATE,
+        FieldType::Binary => DeltaType::BINARY,
+        FieldType::Decimal { precision, scale } => {
+            DeltaType::decimal(*precision, *scale).expect("precision and scale checked by the config")
+        }
+        FieldType::List(elem) => ArrayType::new(delta_type(elem), true).into(),
+        FieldType::Map(value) => MapType::new(DeltaType::STRING, delta_type(value), true).into(),
+        FieldType::Struct(members) => {
+            StructType::try_new(members.iter().map(delta_field)).expect("member names checked unique by the config").into()
+        }
+    }
+}
+
+/// The Delta column of a declared field.
+pub fn delta_field(f: &FieldConfig) -> StructField {
+    StructField::new(&f.name, delta_type(&f.kind), f.nullable)
+}
+
+/// The Arrow field of a declared field: the Delta type's Arrow form, so decoded batches have
+/// exactly the schema delta-rs reads the table with (list items named `element`, map entries
+/// `key_value`).
+fn arrow_field(f: &FieldConfig) -> Field {
+    (&delta_field(f)).try_into_arrow().expect("every declared type has an Arrow form")
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -289,19 +412,97 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// A declared field's value from a parsed document (the general path; it owns its text because
-/// the document is dropped after each record).
-fn json_value(f: &FieldConfig, v: Option<&Value>) -> Result<Val<'static>, Rejected> {
-    let v = match v {
-        None | Some(Value::Null) if f.nullable => return Ok(Val::Null),
-        None => return Err((Rejection::MissingField, format!("missing field `{}`", f.name))),
-        Some(Value::Null) => return Err((Rejection::NullField, format!("field `{}` is null but not nullable", f.name))),
-        Some(v) => v,
+/// Where a value sits in a record, for reasons: `a`, `a.b`, `a.b[2]`, `a["k"]`. Built only
+/// when a reason is written.
+#[derive(Clone, Copy)]
+enum Path<'p> {
+    Field(&'p str),
+    Member(&'p Path<'p>, &'p str),
+    Index(&'p Path<'p>, usize),
+    Key(&'p Path<'p>, &'p str),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Field(name) => f.write_str(name),
+            Path::Member(p, name) => write!(f, "{p}.{name}"),
+            Path::Index(p, i) => write!(f, "{p}[{i}]"),
+            Path::Key(p, k) => write!(f, "{p}[{k:?}]"),
+        }
+    }
+}
+
+/// The value of `raw` (absent: `None`) as `kind`, or why it is not one. Nested values are read
+/// from their text, so a decimal anywhere keeps every digit.
+fn typed<'a>(ty: &FieldType, nullable: bool, raw: Option<&'a RawValue>, at: Path<'_>) -> Result<Val<'a>, Rejected> {
+    let raw = match raw {
+        Some(r) if r.get() != "null" => r,
+        _ if nullable => return Ok(Val::Null),
+        None => return Err((Rejection::MissingField, format!("missing field `{at}`"))),
+        Some(_) => return Err((Rejection::NullField, format!("field `{at}` is null but not nullable"))),
     };
     let wrong = |want: &str| {
-        (Rejection::WrongType, format!("field `{}`: expected {want}, got {} {}", f.name, kind(v), truncate(&v.to_string(), 40)))
+        let got = serde_json::from_str::<Value>(raw.get()).map_or("invalid", |v| kind(&v));
+        (Rejection::WrongType, format!("field `{at}`: expected {want}, got {got} {}", truncate(raw.get(), 40)))
     };
-    Ok(match f.kind {
+    Ok(match ty {
+        FieldType::Decimal { precision, scale } => {
+            let text = raw.get();
+            let digits = match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                Some(quoted) => quoted,
+                None => text,
+            };
+            match decimal(digits, *precision, *scale) {
+                Ok(x) => Val::Dec(x),
+                Err(why) => {
+                    let want = format!("decimal({precision}, {scale})");
+                    return Err((Rejection::WrongType, format!("field `{at}`: {} {why} for {want}", truncate(text, 40))));
+                }
+            }
+        }
+        FieldType::List(elem) => {
+            let items: Vec<&'a RawValue> = serde_json::from_str(raw.get()).map_err(|_| wrong("array"))?;
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                out.push(typed(elem, true, Some(item), Path::Index(&at, i))?);
+            }
+            Val::List(out)
+        }
+        FieldType::Map(value) => {
+            let entries = fast::read_entries(raw.get()).map_err(|_| wrong("object (a map)"))?;
+            let mut out: Vec<(Cow<'a, str>, Val<'a>)> = Vec::with_capacity(entries.len());
+            for (k, v) in entries {
+                let v = typed(value, true, Some(v), Path::Key(&at, &k))?;
+                match out.iter_mut().find(|(seen, _)| *seen == k) {
+                    Some(slot) => slot.1 = v, // the last of a repeated key wins, as for fields
+                    None => out.push((k, v)),
+                }
+            }
+            Val::Map(out)
+        }
+        FieldType::Struct(members) => {
+            let mut slots = Vec::new();
+            fast::read_members(raw.get(), members, &mut slots).map_err(|_| wrong("object"))?;
+            let mut out = Vec::with_capacity(members.len());
+            for (m, slot) in members.iter().zip(slots) {
+                out.push(typed(&m.kind, m.nullable, slot, Path::Member(&at, &m.name))?);
+            }
+            Val::Struct(out)
+        }
+        scalar => {
+            let v: Value = serde_json::from_str(raw.get()).map_err(|_| wrong(&scalar.to_string()))?;
+            scalar_json(scalar, &v, at)?
+        }
+    })
+}
+
+/// A scalar type's value from a parsed, non-null JSON value.
+fn scalar_json(t: &FieldType, v: &Value, at: Path<'_>) -> Result<Val<'static>, Rejected> {
+    let wrong = |want: &str| {
+        (Rejection::WrongType, format!("field `{at}`: expected {want}, got {} {}", kind(v), truncate(&v.to_string(), 40)))
+    };
+    Ok(match t {
         FieldType::String => Val::Str(Cow::Owned(v.as_str().ok_or_else(|| wrong("string"))?.to_owned())),
         FieldType::Long => Val::Long(v.as_i64().ok_or_else(|| wrong("long"))?),
         FieldType::Int => Val::Int(v.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(|| wrong("int"))?),
@@ -318,7 +519,49 @@ fn json_value(f: &FieldConfig, v: Option<&Value>) -> Result<Val<'static>, Reject
                 Val::Long(ms.checked_mul(1000).ok_or_else(|| wrong("timestamp in range"))?)
             }
         },
+        nested => unreachable!("{nested} is read by `typed`"),
     })
+}
+
+/// The unscaled value of decimal text (`-12.30`, `1.5e3`) at `scale`, or why it does not fit
+/// `decimal(precision, scale)` exactly.
+fn decimal(text: &str, precision: u8, scale: u8) -> Result<i128, &'static str> {
+    let t = text.trim();
+    let (negative, t) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (mantissa, exp) = match t.find(['e', 'E']) {
+        Some(i) => (&t[..i], t[i + 1..].parse::<i32>().map_err(|_| "is not a number")?),
+        None => (t, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() && frac.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return Err("is not a number");
+    }
+    // value = digits × 10^(exp − frac.len()); unscaled = value × 10^scale.
+    let digits = format!("{int}{frac}");
+    let digits = digits.trim_start_matches('0');
+    let shift = exp as i64 - frac.len() as i64 + scale as i64;
+    let (kept, dropped) = if shift >= 0 {
+        (digits, "")
+    } else {
+        let cut = digits.len().saturating_sub((-shift) as usize);
+        digits.split_at(cut)
+    };
+    if dropped.bytes().any(|b| b != b'0') {
+        return Err("has more fraction digits than the scale");
+    }
+    let zeros = shift.max(0) as usize;
+    if kept.len() + zeros > precision as usize && !kept.is_empty() {
+        return Err("has more digits than the precision allows");
+    }
+    let mut x: i128 = if kept.is_empty() { 0 } else { kept.parse().map_err(|_| "has more digits than the precision allows")? };
+    for _ in 0..zeros {
+        x = x.checked_mul(10).ok_or("has more digits than the precision allows")?;
+    }
+    Ok(if negative { -x } else { x })
 }
 
 /// Days since 1970-01-01 of an ISO 8601 calendar date (`2026-11-26`); `None` for anything else,
@@ -413,23 +656,7 @@ impl Decoder {
         let mut fields: Vec<Field> = match config.format {
             DecodeFormat::Raw => vec![Field::new("key", DataType::Binary, true), Field::new("value", DataType::Binary, true)],
             DecodeFormat::Text => vec![Field::new("key", DataType::Utf8, true), Field::new("value", DataType::Utf8, true)],
-            DecodeFormat::Json => config
-                .fields
-                .iter()
-                .map(|f| {
-                    let t = match f.kind {
-                        FieldType::String => DataType::Utf8,
-                        FieldType::Long => DataType::Int64,
-                        FieldType::Int => DataType::Int32,
-                        FieldType::Double => DataType::Float64,
-                        FieldType::Boolean => DataType::Boolean,
-                        FieldType::Timestamp => ts_type(),
-                        FieldType::Date => DataType::Date32,
-                        FieldType::Binary => DataType::Binary,
-                    };
-                    Field::new(&f.name, t, f.nullable)
-                })
-                .collect(),
+            DecodeFormat::Json => config.fields.iter().map(arrow_field).collect(),
         };
         fields.extend(meta_fields());
         Decoder {
@@ -525,13 +752,17 @@ impl Decoder {
                     return Ok(());
                 }
                 vals.clear();
-                let doc = serde_json::from_str::<Value>(text)
+                let doc = serde_json::from_str::<&RawValue>(text)
                     .map_err(|e| (Rejection::InvalidJson, format!("value is not valid JSON: {e}")))?;
-                let obj = doc
-                    .as_object()
-                    .ok_or_else(|| (Rejection::NotObject, format!("expected a JSON object, got {}", kind(&doc))))?;
-                for f in &self.fields {
-                    vals.push(json_value(f, obj.get(&f.name))?);
+                if !doc.get().starts_with('{') {
+                    let got = serde_json::from_str::<Value>(doc.get()).map_or("invalid", |v| kind(&v));
+                    return Err((Rejection::NotObject, format!("expected a JSON object, got {got}")));
+                }
+                let mut members = Vec::new();
+                fast::read_members(doc.get(), &self.fields, &mut members)
+                    .map_err(|e| (Rejection::InvalidJson, format!("value is not valid JSON: {e}")))?;
+                for (f, raw) in self.fields.iter().zip(members) {
+                    vals.push(typed(&f.kind, f.nullable, raw, Path::Field(&f.name))?);
                 }
             }
         }
@@ -545,7 +776,9 @@ impl Decoder {
         let mut cols: Vec<Col> = match self.format {
             DecodeFormat::Raw => vec![Col::Bin(BinaryBuilder::new()), Col::Bin(BinaryBuilder::new())],
             DecodeFormat::Text => vec![Col::Str(StringBuilder::new()), Col::Str(StringBuilder::new())],
-            DecodeFormat::Json => self.fields.iter().map(|f| Col::for_type(f.kind, n)).collect(),
+            DecodeFormat::Json => {
+                self.fields.iter().zip(self.schema.fields()).map(|(f, a)| Col::for_type(&f.kind, a.data_type(), n)).collect()
+            }
         };
         let mut topic = StringBuilder::new();
         let mut partition = Int32Builder::with_capacity(n);
@@ -604,8 +837,9 @@ fn scalar_value<'a>(f: &FieldConfig, v: Option<Scalar<'a>>) -> Option<Val<'a>> {
         Scalar::U64(x) => i64::try_from(x).ok(),
         _ => None,
     };
-    Some(match (f.kind, v) {
+    Some(match (&f.kind, v) {
         (_, None | Some(Scalar::Null)) => f.nullable.then_some(Val::Null)?,
+        (t, Some(Scalar::Raw(raw))) => typed(t, f.nullable, Some(raw), Path::Field(&f.name)).ok()?,
         (FieldType::String, Some(Scalar::Str(s))) => Val::Str(s),
         (FieldType::Long, Some(v)) => Val::Long(long(&v)?),
         (FieldType::Int, Some(v)) => Val::Int(i32::try_from(long(&v)?).ok()?),
@@ -622,17 +856,18 @@ fn scalar_value<'a>(f: &FieldConfig, v: Option<Scalar<'a>>) -> Option<Val<'a>> {
 }
 
 /// The fast JSON path: one pass over an object's text, keeping only the declared keys' scalar
-/// values (strings borrowed when they have no escapes), skipping everything else unparsed into
-/// values.
+/// values (strings borrowed when they have no escapes) and the text of nested or decimal
+/// values, skipping everything else unparsed into values.
 mod fast {
     use std::borrow::Cow;
     use std::fmt;
 
     use serde::de::{DeserializeSeed, Deserializer, Error, IgnoredAny, MapAccess, Visitor};
+    use serde_json::value::RawValue;
 
-    use crate::config::FieldConfig;
+    use crate::config::{FieldConfig, FieldType};
 
-    /// A JSON scalar.
+    /// A JSON scalar, or the text of a value read later by its declared type.
     pub enum Scalar<'a> {
         Null,
         Bool(bool),
@@ -640,26 +875,112 @@ mod fast {
         U64(u64),
         F64(f64),
         Str(Cow<'a, str>),
+        Raw(&'a RawValue),
+    }
+
+    /// Whether a field's value is kept as text (nested values, and decimals, whose digits a
+    /// float would lose).
+    fn as_text(t: &FieldType) -> bool {
+        matches!(t, FieldType::Decimal { .. } | FieldType::List(_) | FieldType::Map(_) | FieldType::Struct(_))
     }
 
     /// Reads one JSON object: `slots[i]` gets the value of `fields[i]`'s key (last one wins, as
     /// in `serde_json::Value`), `None` when absent. Fails on anything else: not an object, a
-    /// declared key holding an array or object, invalid JSON, trailing text.
+    /// declared scalar key holding an array or object, invalid JSON, trailing text.
     pub fn read_object<'a>(
         text: &'a str,
         fields: &[FieldConfig],
         slots: &mut Vec<Option<Scalar<'a>>>,
     ) -> Result<(), serde_json::Error> {
+        read(text, fields, slots, false)
+    }
+
+    /// [`read_object`], keeping every declared value as text when `all_text` is set.
+    fn read<'a>(
+        text: &'a str,
+        fields: &[FieldConfig],
+        slots: &mut Vec<Option<Scalar<'a>>>,
+        all_text: bool,
+    ) -> Result<(), serde_json::Error> {
         slots.clear();
         slots.resize_with(fields.len(), || None);
         let mut de = serde_json::Deserializer::from_str(text);
-        (&mut de).deserialize_map(Object { fields, slots })?;
+        (&mut de).deserialize_map(Object { fields, slots, all_text })?;
         de.end()
+    }
+
+    /// Reads one JSON object's declared members as text: `slots[i]` gets `fields[i]`'s value
+    /// (last one wins), `None` when absent.
+    pub fn read_members<'a>(
+        text: &'a str,
+        fields: &[FieldConfig],
+        slots: &mut Vec<Option<&'a RawValue>>,
+    ) -> Result<(), serde_json::Error> {
+        let mut all = Vec::with_capacity(fields.len());
+        read(text, fields, &mut all, true)?;
+        slots.clear();
+        slots.extend(all.into_iter().map(|s| match s {
+            Some(Scalar::Raw(raw)) => Some(raw),
+            _ => None,
+        }));
+        Ok(())
+    }
+
+    /// Every entry of one JSON object, keys decoded, values as text, in order.
+    pub fn read_entries(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let out = (&mut de).deserialize_map(Entries)?;
+        de.end()?;
+        Ok(out)
+    }
+
+    struct Entries;
+
+    impl<'de> Visitor<'de> for Entries {
+        type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(key) = map.next_key_seed(Text)? {
+                out.push((key, map.next_value::<&'de RawValue>()?));
+            }
+            Ok(out)
+        }
+    }
+
+    /// A key as text, borrowed when it has no escapes.
+    struct Text;
+
+    impl<'de> DeserializeSeed<'de> for Text {
+        type Value = Cow<'de, str>;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Text {
+        type Value = Cow<'de, str>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_borrowed_str<E: Error>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+            Ok(Cow::Borrowed(v))
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Cow<'de, str>, E> {
+            Ok(Cow::Owned(v.to_owned()))
+        }
     }
 
     struct Object<'s, 'a> {
         fields: &'s [FieldConfig],
         slots: &'s mut Vec<Option<Scalar<'a>>>,
+        all_text: bool,
     }
 
     impl<'de> Visitor<'de> for Object<'_, 'de> {
@@ -672,6 +993,9 @@ mod fast {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             while let Some(key) = map.next_key_seed(Key(self.fields))? {
                 match key {
+                    Some(i) if self.all_text || as_text(&self.fields[i].kind) => {
+                        self.slots[i] = Some(Scalar::Raw(map.next_value::<&'de RawValue>()?))
+                    }
                     Some(i) => self.slots[i] = Some(map.next_value_seed(ScalarSeed)?),
                     None => {
                         map.next_value::<IgnoredAny>()?;
@@ -910,6 +1234,76 @@ mod tests {
         assert_eq!(blob.value(0), [0, 255]);
         assert_eq!(out.dead.len(), 1);
         assert!(out.dead[0].reason.contains("base64"), "{}", out.dead[0].reason);
+    }
+
+    #[test]
+    fn decimals_are_read_exactly_from_their_text() {
+        let at = |text: &str, p: u8, s: u8| decimal(text, p, s);
+        assert_eq!(at("0", 5, 2), Ok(0));
+        assert_eq!(at("-0.5", 5, 2), Ok(-50));
+        assert_eq!(at("007.10", 5, 2), Ok(710));
+        assert_eq!(at("1.50", 5, 1), Ok(15), "trailing zeros past the scale lose nothing");
+        assert_eq!(at("1e-2", 5, 2), Ok(1));
+        assert_eq!(at("1.5E+3", 6, 2), Ok(150_000));
+        assert_eq!(at("+3", 3, 0), Ok(3));
+        assert_eq!(at(".5", 2, 1), Ok(5));
+        assert_eq!(at("5.", 2, 1), Ok(50));
+        assert_eq!(at("99.99", 4, 2), Ok(9_999));
+        assert_eq!(at("0.000", 1, 0), Ok(0));
+        let max = "9".repeat(38);
+        assert_eq!(at(&max, 38, 0), Ok(max.parse::<i128>().unwrap()));
+        assert_eq!(at("12345678901234567890.123456789012345678", 38, 18), Ok(12_345_678_901_234_567_890_123_456_789_012_345_678));
+        assert_eq!(at("1.55", 5, 1), Err("has more fraction digits than the scale"));
+        assert_eq!(at("1e-3", 5, 2), Err("has more fraction digits than the scale"));
+        assert_eq!(at("100.00", 4, 2), Err("has more digits than the precision allows"));
+        assert_eq!(at("1e40", 38, 0), Err("has more digits than the precision allows"));
+        assert_eq!(at("1e999999999", 38, 0), Err("has more digits than the precision allows"));
+        for bad in ["", "-", ".", "1e", "abc", "1.2.3", "0x10", "1,5", "--1", "NaN", "Infinity"] {
+            assert_eq!(at(bad, 10, 2), Err("is not a number"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn nested_values_decode_on_the_fast_and_general_paths_alike() {
+        use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
+        let config: DecodeConfig = toml::from_str(
+            r#"format = "json"
+               fields = [
+                 { name = "id", type = "long" },
+                 { name = "s", type = "struct<a: int not null, l: array<decimal(5, 2)>>" },
+                 { name = "m", type = "map<string, array<string>>" },
+               ]"#,
+        )
+        .unwrap();
+        let d = Decoder::new(&config);
+        let out = d.decode(&[
+            rec(0, br#"{"id":1,"s":{"a":1,"l":[1.5,null,"2.25"]},"m":{"k":["x"],"e":[]}}"#),
+            // The general path (a duplicate key holding an array first) decodes the same way.
+            rec(1, br#"{"id":[0],"id":2,"s":{"a":2,"l":[]},"m":{"k":null,"k":["last"]}}"#),
+            rec(2, br#"{"id":3,"s":null,"m":null}"#),
+            rec(3, br#"{"id":4,"s":{"l":[]}}"#),
+            rec(4, br#"{"id":5,"s":{"a":1,"l":[1.234]}}"#),
+            rec(5, br#"{"id":6,"m":{"k":[1]}}"#),
+            rec(6, br#"{"id":7,"s":[1]}"#),
+        ]);
+        let show = |col: &str, i: usize| {
+            let c = out.rows.column_by_name(col).unwrap();
+            ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).unwrap().value(i).to_string()
+        };
+        assert_eq!(offsets(&out.rows).unwrap().values(), &[0, 1, 2]);
+        assert_eq!(show("s", 0), "{a: 1, l: [1.50, , 2.25]}");
+        assert_eq!(show("m", 0), "{k: [x], e: []}");
+        assert_eq!(show("s", 1), "{a: 2, l: []}");
+        assert_eq!(show("m", 1), "{k: [last]}");
+        assert_eq!((show("s", 2), show("m", 2)), (String::new(), String::new()));
+        let reasons: Vec<&str> = out.dead.iter().map(|d| d.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 4, "{reasons:?}");
+        assert!(reasons[0].contains("missing field `s.a`"), "{reasons:?}");
+        assert!(reasons[1].contains("field `s.l[0]`: 1.234 has more fraction digits than the scale"), "{reasons:?}");
+        assert!(reasons[2].contains(r#"field `m["k"][0]`: expected string, got integer 1"#), "{reasons:?}");
+        assert!(reasons[3].contains("field `s`: expected object, got array"), "{reasons:?}");
+        // The schema is the Delta types' Arrow form, and a batch of it writes.
+        assert_eq!(out.rows.schema(), d.schema());
     }
 
     #[test]

@@ -365,7 +365,8 @@ fn plain_types(batch: RecordBatch) -> std::result::Result<RecordBatch, deltalake
 }
 
 /// A cell as text, the same way for table rows and for rows decoded from Kafka: integers and
-/// timestamps as their raw integer, doubles with 6 decimals.
+/// timestamps as their raw integer, doubles with 6 decimals, decimals and nested values as
+/// Arrow prints them.
 fn cell(col: &ArrayRef, i: usize) -> String {
     if col.is_null(i) {
         return "null".into();
@@ -382,9 +383,51 @@ fn cell(col: &ArrayRef, i: usize) -> String {
         DataType::Utf8 => any.downcast_ref::<StringArray>().map(|a| a.value(i).to_string()),
         DataType::Boolean => any.downcast_ref::<BooleanArray>().map(|a| a.value(i).to_string()),
         DataType::Binary => any.downcast_ref::<BinaryArray>().map(|a| format!("{:?}", a.value(i))),
-        _ => None,
+        DataType::Struct(_) | DataType::List(_) | DataType::LargeList(_) | DataType::Map(..) => Some(nested(col.as_ref(), i)),
+        // Decimals and the rest: Arrow's text form.
+        _ => deltalake::arrow::util::display::ArrayFormatter::try_new(col.as_ref(), &Default::default())
+            .ok()
+            .map(|f| f.value(i).to_string()),
     }
     .unwrap_or_else(|| "?".into())
+}
+
+/// A nested value as text, the same for every layout of the same value: struct members sorted
+/// by name and null ones left out (a file written before `sink.schema_evolution` added a member
+/// has no such member, and reads it as null), lists and maps in order, leaves as [`cell`] does.
+fn nested(col: &dyn Array, i: usize) -> String {
+    use deltalake::arrow::array::AsArray;
+    if col.is_null(i) {
+        return "null".into();
+    }
+    match col.data_type() {
+        DataType::Struct(fields) => {
+            let s = col.as_struct();
+            let mut members: Vec<(String, String)> = fields
+                .iter()
+                .zip(s.columns())
+                .filter(|(_, c)| !c.is_null(i))
+                .map(|(f, c)| (f.name().clone(), cell(c, i)))
+                .collect();
+            members.sort();
+            format!("{{{}}}", members.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "))
+        }
+        DataType::List(_) => {
+            let items = col.as_list::<i32>().value(i);
+            format!("[{}]", (0..items.len()).map(|j| cell(&items, j)).collect::<Vec<_>>().join(", "))
+        }
+        DataType::LargeList(_) => {
+            let items = col.as_list::<i64>().value(i);
+            format!("[{}]", (0..items.len()).map(|j| cell(&items, j)).collect::<Vec<_>>().join(", "))
+        }
+        DataType::Map(..) => {
+            let m = col.as_map();
+            let (start, end) = (m.value_offsets()[i] as usize, m.value_offsets()[i + 1] as usize);
+            let entries = (start..end).map(|j| format!("{}: {}", cell(m.keys(), j), cell(m.values(), j)));
+            format!("{{{}}}", entries.collect::<Vec<_>>().join(", "))
+        }
+        _ => "?".into(),
+    }
 }
 
 fn column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
@@ -416,7 +459,9 @@ fn coordinates(batches: &[RecordBatch]) -> Result<FoundOffsets> {
 fn row_text(b: &RecordBatch, cols: &[String], i: usize) -> Result<String> {
     let mut out = Vec::with_capacity(cols.len());
     for c in cols {
-        out.push(format!("{c}={}", cell(column(b, c)?, i)));
+        // A column the file lacks (written before `sink.schema_evolution` added it) reads as
+        // null, as Delta readers read it.
+        out.push(format!("{c}={}", b.column_by_name(c).map_or_else(|| "null".to_string(), |col| cell(col, i))));
     }
     Ok(out.join(", "))
 }

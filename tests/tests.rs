@@ -15,9 +15,12 @@ mod crash;
 // Exactly-once holes closed: growing topics, replays under back-pressure, stops with a stuck
 // sink, stateful resets, late and future events, recreated topics, an audit that reads content.
 mod holes;
-// Column types: timestamps from RFC 3339 strings, dates, base64 binary; read back with their
-// Delta types.
+// Column types: timestamps from RFC 3339 strings, dates, base64 binary, nested structs, lists
+// and maps, exact decimals; read back with their Delta types.
 mod types;
+// Schema evolution: new columns join the table with their first values; drops, retypes and
+// evolution without the setting are refused; kills around the evolving commit.
+mod schema;
 // Malformed records of every kind go to the dead-letter table; the pipeline keeps running.
 mod malformed;
 // Offset gaps (transaction markers, aborted records) are never counted as losses.

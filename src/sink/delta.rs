@@ -21,12 +21,12 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use deltalake::arrow::datatypes::{DataType as ArrowType, SchemaRef, TimeUnit};
+use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::CommitBuilder;
-use deltalake::kernel::{Action, DataType, StructField, Transaction};
+use deltalake::kernel::{Action, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, OutputMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::DeltaTable;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -136,22 +136,13 @@ pub async fn recorded_cut(
     Ok(cut)
 }
 
-fn delta_type(t: &ArrowType) -> Result<DataType> {
-    Ok(match t {
-        ArrowType::Utf8 => DataType::STRING,
-        ArrowType::Int64 => DataType::LONG,
-        ArrowType::Int32 => DataType::INTEGER,
-        ArrowType::Float64 => DataType::DOUBLE,
-        ArrowType::Boolean => DataType::BOOLEAN,
-        ArrowType::Binary => DataType::BINARY,
-        ArrowType::Timestamp(TimeUnit::Microsecond, Some(_)) => DataType::TIMESTAMP,
-        ArrowType::Date32 => DataType::DATE,
-        other => return Err(Error::Sink(format!("no Delta type for {other}"))),
-    })
-}
-
 fn delta_fields(schema: &SchemaRef) -> Result<Vec<StructField>> {
-    schema.fields().iter().map(|f| Ok(StructField::new(f.name(), delta_type(f.data_type())?, f.is_nullable()))).collect()
+    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().try_into_kernel().map_err(|e| Error::Sink(format!("no Delta type for column {}: {e}", f.name()))))
+        .collect()
 }
 
 /// How often a bucket-replacing commit reads the table again after another writer committed
@@ -226,8 +217,10 @@ async fn write_files(spec: &Spec, open: &Open, rows: Vec<RecordBatch>) -> Result
     let mut adds = Vec::new();
     if rows.iter().any(|b| b.num_rows() > 0) {
         let mut writer = RecordBatchWriter::for_table(&open.table).map_err(|e| delta_err(path, e))?;
+        // While the schema grows, the files carry the new columns the table does not have yet.
+        let mode = if open.evolve.is_some() { WriteMode::MergeSchema } else { WriteMode::Default };
         for b in rows.into_iter().filter(|b| b.num_rows() > 0) {
-            writer.write(b).await.map_err(|e| delta_err(path, e))?;
+            writer.write_with_mode(b, mode).await.map_err(|e| delta_err(path, e))?;
         }
         adds = writer.flush().await.map_err(|e| delta_err(path, e))?;
     }
@@ -294,6 +287,9 @@ struct Open {
     version: u64,
     /// Partitions whose start offset the table already recorded.
     starts: HashSet<TopicPartition>,
+    /// The schema the table takes in the next data commit (`sink.schema_evolution`), until a
+    /// commit carrying it lands.
+    evolve: Option<deltalake::kernel::StructType>,
 }
 
 impl Open {
@@ -304,6 +300,20 @@ impl Open {
         if let Some(m) = &self.maintenance {
             m.committed(version);
         }
+        if let (Some(want), Ok(snapshot)) = (&self.evolve, self.table.snapshot()) {
+            if snapshot.schema().as_ref() == want {
+                self.evolve = None;
+            }
+        }
+    }
+
+    /// The metadata action that grows the table's schema, while evolution is pending: it goes
+    /// into the next data commit, beside the first files written with the new columns.
+    fn evolution(&self, path: &TableLocation) -> Result<Option<Action>> {
+        use deltalake::kernel::MetadataExt;
+        let Some(schema) = &self.evolve else { return Ok(None) };
+        let metadata = self.table.snapshot().map_err(|e| delta_err(path, e))?.metadata().clone();
+        Ok(Some(Action::Metadata(metadata.with_schema(schema).map_err(|e| delta_err(path, e))?)))
     }
 }
 
@@ -338,6 +348,8 @@ pub struct DeltaSink {
     /// Group mode: this member's name (in every commit's `exactly` metadata); `None`: one
     /// process owns the pipeline.
     member: Option<String>,
+    /// `sink.schema_evolution` of the data table.
+    evolution: crate::config::SchemaEvolution,
 }
 
 impl DeltaSink {
@@ -369,7 +381,14 @@ impl DeltaSink {
             failpoints,
             tables: Mutex::new(Tables::default()),
             member: None,
+            evolution: crate::config::SchemaEvolution::None,
         }
+    }
+
+    /// This sink, growing the data table's schema as `evolution` allows.
+    pub fn evolving(mut self, evolution: crate::config::SchemaEvolution) -> Self {
+        self.evolution = evolution;
+        self
     }
 
     /// The sink of one member of a group (`source.group_id`), named `member`.
@@ -416,15 +435,12 @@ impl DeltaSink {
         }
         let want = delta_fields(&spec.schema)?;
         let have: Vec<StructField> = snapshot.schema().fields().cloned().collect();
-        if want != have {
-            let show =
-                |fs: &[StructField]| fs.iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", ");
-            return Err(Error::Recovery(format!(
-                "the table at {} has columns [{}] but the pipeline writes [{}]; point sink.path at a new table or change decode.fields back",
-                path.display(),
-                show(&have),
-                show(&want)
-            )));
+        let evolve = super::schema::reconcile(&have, &want, self.evolution)
+            .map_err(|why| Error::Recovery(format!("the table at {} {why}", path.display())))?;
+        if let Some(grown) = &evolve {
+            let added: Vec<&str> =
+                grown.fields().filter(|f| !have.iter().any(|h| h.name() == f.name())).map(|f| f.name().as_str()).collect();
+            tracing::info!(table = %path.display(), columns = ?added, "the next commit adds the pipeline's new columns to the table (sink.schema_evolution)");
         }
         let table = Self::apply_properties(table, path, &spec.settings).await?;
         let version = txn_version(&table, path, &self.pipeline).await?.unwrap_or(0).max(0) as u64;
@@ -443,7 +459,7 @@ impl DeltaSink {
             self.failpoints.clone(),
             spec.stats.clone(),
         );
-        Ok(Some(Open { table, maintenance: Some(maintenance), version, starts }))
+        Ok(Some(Open { table, maintenance: Some(maintenance), version, starts, evolve }))
     }
 
     /// Brings the table properties the config stands for (checkpoint interval, retentions) up
@@ -531,6 +547,7 @@ impl DeltaSink {
                 actions.extend(bucket_removes(&open.table, path, buckets.as_ref())?);
                 props = props.with_max_retries(0);
             }
+            actions.extend(open.evolution(path)?);
             actions.extend(adds.iter().cloned().map(Action::Add));
             let snapshot = open.table.snapshot().map_err(|e| delta_err(path, e))?;
             self.failpoints.hit("before-delta-commit").await?;
@@ -752,7 +769,8 @@ impl DeltaSink {
                 .with_metadata([("exactly".to_string(), meta.clone())]);
             let snapshot = data.table.snapshot().map_err(|e| delta_err(&self.data.path, e))?;
             self.failpoints.hit("before-delta-commit").await?;
-            let actions: Vec<Action> = adds.iter().cloned().map(Action::Add).collect();
+            let mut actions: Vec<Action> = data.evolution(&self.data.path)?.into_iter().collect();
+            actions.extend(adds.iter().cloned().map(Action::Add));
             match CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), data.table.log_store(), op.clone()).await
             {
                 Ok(f) => break f,

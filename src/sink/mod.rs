@@ -7,6 +7,7 @@
 pub mod channel;
 pub mod console;
 pub mod delta;
+pub mod schema;
 pub mod storage;
 
 use std::sync::Arc;
@@ -108,7 +109,8 @@ pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<
                 schema,
                 partition_by,
                 failpoints,
-            );
+            )
+            .evolving(config.sink.schema_evolution());
             match &config.source.group_id {
                 Some(_) => Arc::new(sink.in_group(crate::group::member_name())),
                 None => Arc::new(sink),

@@ -181,12 +181,22 @@ pub fn python() -> String {
 
 /// Reads a Delta table with Python `deltalake`, an independent implementation.
 pub fn read_with_python(table: &Path) -> serde_json::Value {
+    python_reader(table, &[])
+}
+
+/// [`read_with_python`] with every row under `records` (see scripts/read_delta.py).
+pub fn read_rows_with_python(table: &Path) -> serde_json::Value {
+    python_reader(table, &["--rows"])
+}
+
+fn python_reader(table: &Path, args: &[&str]) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/read_delta.py");
     // cargo's LD_LIBRARY_PATH (build outputs, toolchain libs) must not leak into Python's
     // native extensions.
     let out = std::process::Command::new(python())
         .arg(script)
         .arg(table)
+        .args(args)
         .env_remove("LD_LIBRARY_PATH")
         .output()
         .expect("run python (scripts/setup installs it)");

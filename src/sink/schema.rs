@@ -1,0 +1,167 @@
+//! How the pipeline's columns meet a table's: the same (in any order), evolved by
+//! `sink.schema_evolution = "add-columns"`, or refused with one line naming the column.
+//!
+//! Evolution only ever adds: a new nullable column, or a new nullable member of a struct
+//! column. The table's schema grows in the commit of the first epoch written with the new
+//! columns (a metadata action beside its files), so readers see a new column and its first
+//! values together, and a crash before that commit leaves the table as it was: the replayed
+//! epoch evolves it again, in one commit.
+
+use deltalake::kernel::{DataType, PrimitiveType, StructField, StructType};
+
+use crate::config::SchemaEvolution;
+
+/// The schema the table must take before the pipeline writes to it: `None` when its columns
+/// are already the pipeline's (order aside), the grown schema when evolution adds columns, or
+/// why the pipeline cannot write to it.
+pub fn reconcile(
+    table: &[StructField],
+    pipeline: &[StructField],
+    evolution: SchemaEvolution,
+) -> Result<Option<StructType>, String> {
+    let mut added = Vec::new();
+    let merged = merge(table, pipeline, "", &mut added)?;
+    if added.is_empty() {
+        return Ok(None);
+    }
+    let list = added.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
+    match evolution {
+        SchemaEvolution::None => Err(format!(
+            "has no column {list}, which the pipeline writes; set sink.schema_evolution = \"add-columns\" to add it to the table, \
+             or point sink.path at a new table"
+        )),
+        SchemaEvolution::AddColumns => StructType::try_new(merged).map(Some).map_err(|e| e.to_string()),
+    }
+}
+
+/// The table's fields with the pipeline's new ones appended (recursively into structs); the
+/// paths of the added ones go to `added`.
+fn merge(
+    table: &[StructField],
+    pipeline: &[StructField],
+    prefix: &str,
+    added: &mut Vec<String>,
+) -> Result<Vec<StructField>, String> {
+    let path = |name: &str| if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+    let mut out = Vec::with_capacity(pipeline.len());
+    for t in table {
+        let at = path(t.name());
+        let Some(p) = pipeline.iter().find(|p| p.name() == t.name()) else {
+            return Err(format!(
+                "has a column `{at}` ({}) that the pipeline no longer writes; dropping a column is refused: declare it again \
+                 (nullable) or point sink.path at a new table",
+                t.data_type()
+            ));
+        };
+        if p.is_nullable() != t.is_nullable() {
+            let says = |nullable: bool| if nullable { "nullable" } else { "not null" };
+            return Err(format!(
+                "has column `{at}` {} but the pipeline declares it {}; changing a column's nullability is refused",
+                says(t.is_nullable()),
+                says(p.is_nullable())
+            ));
+        }
+        let kind = match (t.data_type(), p.data_type()) {
+            (a, b) if a == b => a.clone(),
+            (DataType::Struct(a), DataType::Struct(b)) => {
+                let members: Vec<StructField> = a.fields().cloned().collect();
+                let wanted: Vec<StructField> = b.fields().cloned().collect();
+                StructType::try_new(merge(&members, &wanted, &at, added)?).map_err(|e| e.to_string())?.into()
+            }
+            (a, b) => return Err(retype(&at, a, b)),
+        };
+        out.push(StructField::new(t.name(), kind, t.is_nullable()));
+    }
+    for p in pipeline.iter().filter(|p| !table.iter().any(|t| t.name() == p.name())) {
+        let at = path(p.name());
+        if !p.is_nullable() {
+            return Err(format!(
+                "has no column `{at}`, which the pipeline declares not null; a new column must be nullable: the rows already \
+                 in the table have no value for it"
+            ));
+        }
+        added.push(at);
+        out.push(p.clone());
+    }
+    Ok(out)
+}
+
+fn retype(at: &str, table: &DataType, pipeline: &DataType) -> String {
+    use PrimitiveType::{Byte, Double, Float, Integer, Long, Short};
+    let widening = matches!(
+        (table, pipeline),
+        (DataType::Primitive(Byte | Short | Integer), DataType::Primitive(Long))
+            | (DataType::Primitive(Byte | Short), DataType::Primitive(Integer))
+            | (DataType::Primitive(Float), DataType::Primitive(Double))
+    );
+    if widening {
+        format!(
+            "has column `{at}` as {table}; widening it to {pipeline} needs Delta's type widening table feature, which this \
+             writer does not support: keep {table}, or point sink.path at a new table"
+        )
+    } else {
+        format!("has column `{at}` as {table} but the pipeline writes {pipeline}; changing a column's type is refused")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(name: &str, t: DataType, nullable: bool) -> StructField {
+        StructField::new(name, t, nullable)
+    }
+
+    #[test]
+    fn same_columns_in_another_order_need_nothing() {
+        let table = [f("a", DataType::LONG, false), f("b", DataType::STRING, true)];
+        let pipeline = [f("b", DataType::STRING, true), f("a", DataType::LONG, false)];
+        assert_eq!(reconcile(&table, &pipeline, SchemaEvolution::None), Ok(None));
+    }
+
+    #[test]
+    fn new_nullable_columns_and_members_are_added_only_with_evolution() {
+        let s = |fields: Vec<StructField>| DataType::from(StructType::try_new(fields).unwrap());
+        let table = [f("a", DataType::LONG, false), f("s", s(vec![f("x", DataType::INTEGER, true)]), true)];
+        let pipeline = [
+            f("c", DataType::STRING, true),
+            f("a", DataType::LONG, false),
+            f("s", s(vec![f("y", DataType::DATE, true), f("x", DataType::INTEGER, true)]), true),
+        ];
+        let refused = reconcile(&table, &pipeline, SchemaEvolution::None).unwrap_err();
+        assert!(refused.contains("`s.y`, `c`") && refused.contains("add-columns"), "{refused}");
+        let grown = reconcile(&table, &pipeline, SchemaEvolution::AddColumns).unwrap().unwrap();
+        let want = StructType::try_new([
+            f("a", DataType::LONG, false),
+            f("s", s(vec![f("x", DataType::INTEGER, true), f("y", DataType::DATE, true)]), true),
+            f("c", DataType::STRING, true),
+        ])
+        .unwrap();
+        assert_eq!(grown, want, "table order kept, new ones appended");
+    }
+
+    #[test]
+    fn drops_retypes_widening_nullability_and_required_new_columns_are_refused() {
+        let table = [f("a", DataType::INTEGER, true), f("b", DataType::STRING, true)];
+        let cases = [
+            (vec![f("a", DataType::INTEGER, true)], "column `b` (string) that the pipeline no longer writes"),
+            (
+                vec![f("a", DataType::STRING, true), f("b", DataType::STRING, true)],
+                "`a` as integer but the pipeline writes string",
+            ),
+            (
+                vec![f("a", DataType::LONG, true), f("b", DataType::STRING, true)],
+                "widening it to long needs Delta's type widening",
+            ),
+            (vec![f("a", DataType::INTEGER, false), f("b", DataType::STRING, true)], "changing a column's nullability"),
+            (
+                vec![f("a", DataType::INTEGER, true), f("b", DataType::STRING, true), f("c", DataType::LONG, false)],
+                "a new column must be nullable",
+            ),
+        ];
+        for (pipeline, want) in cases {
+            let e = reconcile(&table, &pipeline, SchemaEvolution::AddColumns).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+}

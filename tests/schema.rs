@@ -1,0 +1,154 @@
+//! Schema evolution (`sink.schema_evolution = "add-columns"`): a field added to the config
+//! mid-stream joins the table in the commit of its first values; without the setting, and for
+//! drops and retypes, the pipeline refuses to start with one line naming the column; a process
+//! killed around the evolving commit leaves the table exactly once.
+
+use std::path::Path;
+use std::time::Duration;
+
+use exactly::config::{DecodeConfig, DecodeFormat, FieldConfig, FieldType, SchemaEvolution, SinkConfig};
+use exactly::PipelineConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::common::{self, spawn, terminate, write_config};
+
+fn fields(config: &mut PipelineConfig, extra: Option<FieldType>, evolution: SchemaEvolution) {
+    let mut fields = vec![FieldConfig::new("id", FieldType::Long, false), FieldConfig::new("value", FieldType::String, true)];
+    if let Some(t) = extra {
+        fields.push(FieldConfig::new("extra", t, true));
+    }
+    config.decode = DecodeConfig { format: DecodeFormat::Json, fields, ..DecodeConfig::default() };
+    if let SinkConfig::Delta { schema_evolution, .. } = &mut config.sink {
+        *schema_evolution = evolution;
+    }
+}
+
+async fn send(topic: &str, ids: std::ops::Range<u64>, with_extra: bool) {
+    let producer: FutureProducer = common::kafka().client_config().create().unwrap();
+    for id in ids {
+        let v = if with_extra {
+            format!(r#"{{"id":{id},"value":"v{id}","extra":"e{id}"}}"#)
+        } else {
+            format!(r#"{{"id":{id},"value":"v{id}"}}"#)
+        };
+        producer.send(FutureRecord::<(), _>::to(topic).payload(&v), Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+    }
+}
+
+/// Why `config` stops at its start (it must).
+async fn refusal(config: &PipelineConfig) -> String {
+    let sink = exactly::sink::from_config(config, Default::default());
+    let p = exactly::pipeline::Pipeline::start(config.clone(), sink).await.unwrap();
+    p.wait().await.expect_err("the pipeline must refuse the table").to_string()
+}
+
+/// The Delta log's commits, in order: (version, whether it changes the schema, files added).
+fn log(table: &Path) -> Vec<(u64, bool, usize)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(table.join("_delta_log")).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(version) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else { continue };
+        let Ok(version) = version.parse::<u64>() else { continue };
+        let text = std::fs::read_to_string(&path).unwrap();
+        let actions: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let schema =
+            actions.iter().any(|a| a.get("metaData").is_some_and(|m| m["schemaString"].as_str().unwrap().contains("\"extra\"")));
+        let adds = actions.iter().filter(|a| a.get("add").is_some()).count();
+        out.push((version, schema, adds));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_added_mid_stream_joins_the_table_with_its_first_values() {
+    let topic = common::topic("evolve", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("table");
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    fields(&mut config, None, SchemaEvolution::AddColumns);
+    send(&topic, 0..20, false).await;
+    let pipeline = common::start(&config, Default::default()).await;
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+    let before = log(&table);
+    assert!(before.iter().all(|(_, schema, _)| !schema), "no `extra` column yet");
+
+    // The producer starts sending `extra`; the config declares it (a restart, as a config
+    // change is). Without the setting the pipeline refuses, naming the column.
+    send(&topic, 20..40, true).await;
+    fields(&mut config, Some(FieldType::String), SchemaEvolution::None);
+    let refused = refusal(&config).await;
+    assert!(refused.contains("`extra`") && refused.contains("schema_evolution"), "{refused}");
+    assert_eq!(log(&table), before, "the refusal wrote nothing");
+
+    fields(&mut config, Some(FieldType::String), SchemaEvolution::AddColumns);
+    let pipeline = common::start(&config, Default::default()).await;
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+
+    // One commit changes the schema, and it is the one that adds the first files with values.
+    let after = log(&table);
+    let changes: Vec<&(u64, bool, usize)> = after.iter().filter(|(_, schema, _)| *schema).collect();
+    assert_eq!(changes.len(), 1, "{after:?}");
+    let (version, _, adds) = *changes[0];
+    assert!(adds > 0, "the schema change came with the epoch's files: {after:?}");
+    assert_eq!(version, before.last().unwrap().0 + 1, "the first commit after the restart: {after:?}");
+
+    // Older rows read the new column as null; newer rows have their values.
+    let read = common::read_rows_with_python(&table);
+    let mut got: Vec<(i64, Option<String>)> = read["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_i64().unwrap(), r["extra"].as_str().map(String::from)))
+        .collect();
+    got.sort();
+    let want: Vec<(i64, Option<String>)> = (0..40).map(|id| (id, (id >= 20).then(|| format!("e{id}")))).collect();
+    assert_eq!(got, want);
+    common::assert_verified(&config).await;
+
+    // Dropping the column, or retyping it, is refused with one line naming it.
+    for (extra, want) in [(None, "no longer writes"), (Some(FieldType::Long), "changing a column's type")] {
+        fields(&mut config, extra, SchemaEvolution::AddColumns);
+        let e = refusal(&config).await;
+        assert!(e.contains("`extra`") && e.contains(want), "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_around_the_evolving_commit_stays_exactly_once() {
+    let topic = common::topic("evolve-kill", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("table");
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    fields(&mut config, None, SchemaEvolution::AddColumns);
+    send(&topic, 0..50, false).await;
+    let child = spawn(&write_config(&config, dir.path()), None);
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    terminate(child).await;
+
+    send(&topic, 50..100, true).await;
+    fields(&mut config, Some(FieldType::String), SchemaEvolution::AddColumns);
+    let file = write_config(&config, dir.path());
+    // Killed with the evolving epoch's files written but not committed: the table is as it was.
+    let (status, _) = common::wait_exit(spawn(&file, Some("after-parquet-write=abort")), Duration::from_secs(60), "abort").await;
+    assert!(!status.success());
+    assert!(log(&table).iter().all(|(_, schema, _)| !schema), "no schema change without its commit");
+    // Killed right after the evolving commit, before the checkpoint: the replay must neither
+    // write the epoch again nor change the schema again.
+    let (status, _) = common::wait_exit(spawn(&file, Some("after-delta-commit=abort")), Duration::from_secs(60), "abort").await;
+    assert!(!status.success());
+    assert_eq!(log(&table).iter().filter(|(_, schema, _)| *schema).count(), 1);
+    let child = spawn(&file, None);
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    terminate(child).await;
+
+    assert_eq!(log(&table).iter().filter(|(_, schema, _)| *schema).count(), 1, "the schema changed once");
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.rows), 100);
+    common::assert_each_epoch_committed_once(&table, &config.id);
+    let read = common::read_rows_with_python(&table);
+    let with_extra = read["records"].as_array().unwrap().iter().filter(|r| r["extra"].is_string()).count();
+    assert_eq!((read["rows"].as_u64(), with_extra), (Some(100), 50));
+}
