@@ -145,12 +145,82 @@ pub struct DecodeConfig {
     pub fields: Vec<FieldConfig>,
     /// A record whose value is larger than this many bytes is dead-lettered instead of decoded.
     pub max_record_bytes: usize,
+    /// For `avro`: the schemas and the framing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avro: Option<AvroConfig>,
 }
 
 impl Default for DecodeConfig {
     fn default() -> Self {
-        DecodeConfig { format: DecodeFormat::Raw, fields: Vec::new(), max_record_bytes: 1024 * 1024 }
+        DecodeConfig { format: DecodeFormat::Raw, fields: Vec::new(), max_record_bytes: 1024 * 1024, avro: None }
     }
+}
+
+/// `decode.avro`: Avro values and where their schemas come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AvroConfig {
+    /// The reader schema (`.avsc`, a record): its fields are the table's columns, and every value
+    /// is resolved to it. With `framing = "none"` it is also the writer schema.
+    pub schema_file: PathBuf,
+    /// How each value is framed (see [`AvroFraming`]).
+    #[serde(default)]
+    pub framing: AvroFraming,
+    /// Writer schemas: with `confluent` framing, `<id>.avsc` per schema id; with `single-object`,
+    /// any `.avsc` (found by fingerprint; the reader schema is always known).
+    #[serde(default)]
+    pub schemas_dir: Option<PathBuf>,
+    /// With `confluent` framing: a Confluent-compatible schema registry for the writer schemas
+    /// of ids not in `schemas_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryConfig>,
+}
+
+/// `decode.avro.registry`: a Confluent-compatible schema registry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `http://host:port` or `https://host:port` (with a path prefix if the registry has one).
+    pub url: String,
+    /// Basic auth user (with `password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Basic auth password: a secret (`{ env = "…" }`, `{ file = "…" }` or the value); never
+    /// shown.
+    #[serde(default)]
+    pub password: Option<kafka::security::Secret>,
+    /// A private CA (PEM) to trust for `https`, besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Per request, in milliseconds.
+    #[serde(default = "default_registry_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Tries per schema id before the batch fails (the consumer then restarts through the
+    /// restart budget); the pause between tries doubles from 200 ms to at most 5 s.
+    #[serde(default = "default_registry_attempts")]
+    pub attempts: u32,
+}
+
+fn default_registry_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_registry_attempts() -> u32 {
+    5
+}
+
+/// How an Avro value is framed in a Kafka record.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AvroFraming {
+    /// The bare Avro body, written with the reader schema.
+    #[default]
+    None,
+    /// The Confluent wire format: magic byte 0, a 4-byte big-endian schema id, the body.
+    Confluent,
+    /// Avro's single-object encoding: `C3 01`, the 8-byte little-endian CRC-64-AVRO
+    /// fingerprint of the writer schema, the body.
+    SingleObject,
 }
 
 impl DecodeConfig {
@@ -178,6 +248,9 @@ pub enum DecodeFormat {
     Text,
     /// A JSON object per value, decoded against `decode.fields`.
     Json,
+    /// An Avro record per value, decoded with its writer schema and resolved to the reader
+    /// schema `decode.avro.schema_file`, whose fields are the columns.
+    Avro,
 }
 
 /// One declared column (or, inside a `struct`, one member).
@@ -258,6 +331,8 @@ pub enum FieldType {
     Int,
     /// 64-bit float (any JSON number).
     Double,
+    /// 32-bit float (any JSON number, rounded to the nearest `float`; Avro `float`).
+    Float,
     /// `true` / `false`.
     Boolean,
     /// A timestamp given as epoch milliseconds (a JSON integer) or as an RFC 3339 / ISO 8601
@@ -300,9 +375,13 @@ impl FieldType {
         Ok(t)
     }
 
-    /// Whether values of this type can form a key (dedup, grouping): not nested, not decimal.
+    /// Whether values of this type can form a key (dedup, grouping): not nested, not decimal,
+    /// not float.
     pub fn is_key_type(&self) -> bool {
-        !matches!(self, FieldType::Decimal { .. } | FieldType::List(_) | FieldType::Map(_) | FieldType::Struct(_))
+        !matches!(
+            self,
+            FieldType::Float | FieldType::Decimal { .. } | FieldType::List(_) | FieldType::Map(_) | FieldType::Struct(_)
+        )
     }
 }
 
@@ -313,6 +392,7 @@ impl std::fmt::Display for FieldType {
             FieldType::Long => f.write_str("long"),
             FieldType::Int => f.write_str("int"),
             FieldType::Double => f.write_str("double"),
+            FieldType::Float => f.write_str("float"),
             FieldType::Boolean => f.write_str("boolean"),
             FieldType::Timestamp => f.write_str("timestamp"),
             FieldType::Date => f.write_str("date"),
@@ -415,6 +495,7 @@ impl TypeParser<'_> {
             "long" | "bigint" => FieldType::Long,
             "int" | "integer" => FieldType::Int,
             "double" => FieldType::Double,
+            "float" | "real" => FieldType::Float,
             "boolean" => FieldType::Boolean,
             "timestamp" => FieldType::Timestamp,
             "date" => FieldType::Date,
@@ -481,7 +562,7 @@ impl TypeParser<'_> {
             }
             other => {
                 return Err(format!(
-                    "unknown type {other:?}; types are string, long, int, double, boolean, timestamp, date, binary, \
+                    "unknown type {other:?}; types are string, long, int, double, float, boolean, timestamp, date, binary, \
                      decimal(p, s), array<T>, map<string, T>, struct<name: T, ...>"
                 ))
             }
@@ -1092,7 +1173,26 @@ impl PipelineConfig {
             ));
         }
         if self.decode.format != DecodeFormat::Json && !self.decode.fields.is_empty() {
-            return Err(bad("decode.fields", "is only used with `format = \"json\"`".into()));
+            let why = match self.decode.format {
+                DecodeFormat::Avro => {
+                    "is not used with `format = \"avro\"`: the reader schema (decode.avro.schema_file) gives the columns"
+                }
+                _ => "is only used with `format = \"json\"`",
+            };
+            return Err(bad("decode.fields", why.into()));
+        }
+        match (self.decode.format, &self.decode.avro) {
+            (DecodeFormat::Avro, None) => {
+                return Err(bad(
+                    "decode.avro",
+                    "is missing; `format = \"avro\"` needs schema_file = \"<reader schema>.avsc\"".into(),
+                ))
+            }
+            (DecodeFormat::Avro, Some(avro)) => {
+                crate::decode::avro::Avro::load(avro).map_err(|e| bad("decode.avro", e))?;
+            }
+            (_, Some(_)) => return Err(bad("decode.avro", "is only used with `format = \"avro\"`".into())),
+            (_, None) => {}
         }
         let mut seen = std::collections::HashSet::new();
         for f in &self.decode.fields {
@@ -1129,8 +1229,9 @@ impl PipelineConfig {
                 .collect()
         };
         let has = |name: &str| columns.iter().any(|(n, _)| n == name);
+        let decoder = crate::decode::Decoder::new(&self.decode);
         let key_type = |name: &str| {
-            match self.decode.fields.iter().find(|f| f.name == name) {
+            match decoder.fields().iter().find(|f| f.name == name) {
             Some(f) if !f.kind.is_key_type() => Err(format!(
                 "names {name:?}, a {} column; keys are columns of a scalar type (string, long, int, double, boolean, timestamp, date, binary)",
                 f.kind
@@ -1380,7 +1481,7 @@ mod tests {
             ("map<int, long>", "map keys must be strings"),
             ("array<string", "expected `>`"),
             ("struct<a int>", "expected `:`"),
-            ("float", "unknown type \"float\""),
+            ("number", "unknown type \"number\""),
             ("long long", "unexpected"),
         ] {
             let e = t(bad).unwrap_err();

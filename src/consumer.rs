@@ -193,6 +193,7 @@ impl Actor for ConsumerActor {
                     return Ok(());
                 }
                 let batch = out.poll(&state.queue).await?;
+                out.decoder.prepare(&batch).await?;
                 out.forward(&batch)?;
                 myself.cast(ConsumerMsg::Poll)?;
             }

@@ -66,6 +66,11 @@ pub enum Error {
     #[error("sink: {0}")]
     Sink(String),
 
+    /// The schema registry could not be asked for a writer schema (after its retries), or
+    /// refused the credentials.
+    #[error("{0}")]
+    SchemaRegistry(String),
+
     /// Actors kept failing: the restart budget was spent.
     #[error("restart budget spent: {restarts} restarts within {window_secs} s, last failure: {last_failure}")]
     RestartBudgetSpent {

@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array, Date32Builder, Float64Array,
-    Float64Builder, Int32Array, Int32Builder, Int64Array, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondArray,
-    TimestampMicrosecondBuilder,
+    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array, Date32Builder, Float32Array,
+    Float64Array, Float64Builder, Int32Array, Int32Builder, Int64Array, Int64Builder, StringArray, StringBuilder,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -213,6 +213,7 @@ fn num_at(col: &ArrayRef, i: usize) -> Option<Num> {
         DataType::Int32 => Num::I(any.downcast_ref::<Int32Array>()?.value(i) as i64),
         DataType::Timestamp(TimeUnit::Microsecond, _) => Num::I(any.downcast_ref::<TimestampMicrosecondArray>()?.value(i)),
         DataType::Float64 => Num::F(any.downcast_ref::<Float64Array>()?.value(i)),
+        DataType::Float32 => Num::F(any.downcast_ref::<Float32Array>()?.value(i) as f64),
         _ => return None,
     })
 }
@@ -235,7 +236,7 @@ fn combine(op: AggregateOp, acc: Option<Num>, v: Option<Num>) -> Option<Num> {
 fn agg_type(op: AggregateOp, field: Option<&DataType>) -> DataType {
     match (op, field) {
         (AggregateOp::Count, _) => DataType::Int64,
-        (_, Some(DataType::Float64)) => DataType::Float64,
+        (_, Some(DataType::Float64 | DataType::Float32)) => DataType::Float64,
         (AggregateOp::Min | AggregateOp::Max, Some(t @ DataType::Timestamp(..))) => t.clone(),
         _ => DataType::Int64,
     }

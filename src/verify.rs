@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, StringArray,
+    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Float32Array, Float64Array, Int32Array, Int64Array, StringArray,
     TimestampMicrosecondArray,
 };
 use deltalake::arrow::datatypes::{DataType, TimeUnit};
@@ -534,6 +534,7 @@ fn recompute(rows: &[RecordBatch], config: &AggregateConfig) -> Result<BTreeMap<
                 }
                 let v = match col.data_type() {
                     DataType::Float64 => V::F(col.as_any().downcast_ref::<Float64Array>().unwrap().value(i)),
+                    DataType::Float32 => V::F(col.as_any().downcast_ref::<Float32Array>().unwrap().value(i) as f64),
                     _ => V::I(cell(col, i).parse().unwrap_or(0)),
                 };
                 g.1[j] = Some(match (spec.op, g.1[j], v) {
@@ -751,6 +752,7 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
             .await
             .map_err(|e| Error::Actor(e.to_string()))??;
         let expected: Vec<i64> = records.iter().map(|r| r.offset).collect();
+        decoder.prepare(&records).await?;
         let decoded = decoder.decode(&records);
         // Content: each row equals the decode of its record; each dead letter carries its
         // record's bytes.

@@ -18,6 +18,9 @@ mod holes;
 // Column types: timestamps from RFC 3339 strings, dates, base64 binary, nested structs, lists
 // and maps, exact decimals; read back with their Delta types.
 mod types;
+// Avro from an independent encoder: two writer schema versions in the Confluent wire format
+// resolved into one table, single-object and bare framing, bad values as dead letters.
+mod avro;
 // Schema evolution: new columns join the table with their first values; drops, retypes and
 // evolution without the setting are refused; kills around the evolving commit.
 mod schema;

@@ -135,17 +135,8 @@ async fn nested_json_and_exact_decimals_round_trip_with_their_delta_types() {
 
     // The independent reader sees Spark's Delta types and every value, decimals digit for digit.
     let read = common::read_rows_with_python(&table);
-    let types = &read["types"];
-    for (column, want) in [("user", "struct"), ("scores", "map"), ("price", "decimal(12,2)"), ("items", "array")] {
-        let got = types[column].as_str().unwrap().to_lowercase();
-        assert!(got.contains(want), "{column}: {got}");
-    }
-    let rows: Vec<serde_json::Value> = read["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| serde_json::json!([r["id"], r["user"], r["scores"], r["price"], r["items"]]))
-        .collect();
+    common::assert_types(&read, &[("user", "struct"), ("scores", "map"), ("price", "decimal(12,2)"), ("items", "array")]);
+    let rows = common::row_values(&read, &["id", "user", "scores", "price", "items"]);
     let want: Vec<serde_json::Value> = vec![
         serde_json::json!([0, {"name": "ada", "tags": ["a", "b"], "address": {"city": "Paris", "zip": 75001}},
             {"math": 1.5, "art": null}, "9999999999.99", [{"sku": "x", "qty": 2}, {"sku": "y", "qty": null}]]),
@@ -155,8 +146,7 @@ async fn nested_json_and_exact_decimals_round_trip_with_their_delta_types() {
     assert_eq!(rows, want);
 
     // The dead letters say where and why; the audit re-decodes Kafka and finds every row intact.
-    let dead = common::read_rows_with_python(&dir.path().join("table_dead_letters"));
-    let reasons: Vec<&str> = dead["records"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    let reasons = common::dead_letter_reasons(&dir.path().join("table_dead_letters"));
     assert_eq!(reasons.len(), 4, "{reasons:?}");
     assert!(reasons[0].contains("`price`") && reasons[0].contains("more fraction digits"), "{reasons:?}");
     assert!(reasons[1].contains("`price`") && reasons[1].contains("more digits than the precision"), "{reasons:?}");

@@ -189,6 +189,30 @@ pub fn read_rows_with_python(table: &Path) -> serde_json::Value {
     python_reader(table, &["--rows"])
 }
 
+/// Asserts that each column's Delta type, as the Python reader names it, contains its `want`.
+pub fn assert_types(read: &serde_json::Value, want: &[(&str, &str)]) {
+    for (column, want) in want {
+        let got = read["types"][column].as_str().unwrap_or_default().to_lowercase();
+        assert!(got.contains(want), "{column}: {got}");
+    }
+}
+
+/// The named columns of every row [`read_rows_with_python`] returned, one JSON array per row.
+pub fn row_values(read: &serde_json::Value, columns: &[&str]) -> Vec<serde_json::Value> {
+    read["records"]
+        .as_array()
+        .expect("read with --rows")
+        .iter()
+        .map(|r| serde_json::Value::Array(columns.iter().map(|c| r[c].clone()).collect()))
+        .collect()
+}
+
+/// The reasons in a dead-letter table, in partition and offset order (read by Python).
+pub fn dead_letter_reasons(table: &Path) -> Vec<String> {
+    let read = read_rows_with_python(table);
+    read["records"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap().to_string()).collect()
+}
+
 fn python_reader(table: &Path, args: &[&str]) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/read_delta.py");
     // cargo's LD_LIBRARY_PATH (build outputs, toolchain libs) must not leak into Python's

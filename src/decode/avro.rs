@@ -1,0 +1,594 @@
+//! The Avro format: each value is one Avro datum in binary, framed as `decode.avro.framing`
+//! says —
+//!
+//! - `none`: the bare body, written with the reader schema itself;
+//! - `confluent`: the Confluent wire format: magic byte `0`, the writer schema's id (4 bytes,
+//!   big-endian), the body;
+//! - `single-object`: Avro's single-object encoding: `C3 01`, the writer schema's CRC-64-AVRO
+//!   fingerprint (8 bytes, little-endian), the body.
+//!
+//! The reader schema (`decode.avro.schema_file`, a record) gives the table's columns, each the
+//! Delta type Spark's `from_avro` gives it. Writer schemas come from `decode.avro.schemas_dir`
+//! (`<id>.avsc` for Confluent ids; any `.avsc` for fingerprints; the reader schema is always
+//! known). A datum is read with its writer schema and resolved to the reader schema by Avro's
+//! rules (a field the writer lacks takes the reader's default, a field the reader lacks is
+//! skipped, `int` → `long` → `float` → `double` promotions), so one table holds every version
+//! of a topic's schema. An unknown schema id or fingerprint, a wrong frame, a body that does not
+//! decode or resolve, or a value that does not fit its column is a dead letter with the reason.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use apache_avro::schema::{Name, ResolvedSchema};
+use apache_avro::types::Value;
+use apache_avro::Schema;
+
+use super::registry::{Lookup, Registry};
+use super::{Rejected, Rejection, Val};
+use crate::config::{AvroConfig, AvroFraming, FieldConfig, FieldType};
+
+/// Where the writer schema of each value comes from.
+#[derive(Debug)]
+enum Writers {
+    /// `framing = "none"`: the reader schema.
+    Reader,
+    /// Confluent ids: from `schemas_dir`, then from the registry (fetched ids, and why an id
+    /// is unknown).
+    ById { dir: HashMap<u32, Schema>, registry: Option<Registry>, fetched: RwLock<HashMap<u32, Result<Arc<Schema>, String>>> },
+    /// Single-object fingerprints (little-endian CRC-64-AVRO).
+    ByFingerprint(HashMap<[u8; 8], Schema>),
+}
+
+/// A loaded Avro setup: the reader schema, its columns, the writer schemas.
+#[derive(Debug)]
+pub struct Avro {
+    reader: Schema,
+    fields: Vec<FieldConfig>,
+    framing: AvroFraming,
+    writers: Writers,
+}
+
+impl Avro {
+    /// Reads and checks the schemas `config` names; the error is one line naming the file and
+    /// the problem.
+    pub fn load(config: &AvroConfig) -> Result<Avro, String> {
+        let (reader, reader_fp) = read_schema(&config.schema_file)?;
+        let fields = columns(&reader).map_err(|e| format!("{}: {e}", config.schema_file.display()))?;
+        if config.registry.is_some() && config.framing != AvroFraming::Confluent {
+            return Err(
+                "registry finds writer schemas by the id of the Confluent wire format: set framing = \"confluent\"".into()
+            );
+        }
+        let writers = match config.framing {
+            AvroFraming::None => Writers::Reader,
+            AvroFraming::Confluent => {
+                let mut by_id = HashMap::new();
+                for (path, stem) in schema_files(config.schemas_dir.as_deref())? {
+                    let id: u32 = stem.parse().map_err(|_| {
+                        format!("{}: with confluent framing, schema files are named by their id, like 42.avsc", path.display())
+                    })?;
+                    by_id.insert(id, resolvable(&read_schema(&path)?.0));
+                }
+                let registry = config.registry.as_ref().map(Registry::new).transpose().map_err(|e| format!("decode.avro.{e}"))?;
+                Writers::ById { dir: by_id, registry, fetched: RwLock::new(HashMap::new()) }
+            }
+            AvroFraming::SingleObject => {
+                let mut by_fingerprint = HashMap::from([(reader_fp, resolvable(&reader))]);
+                for (path, _) in schema_files(config.schemas_dir.as_deref())? {
+                    let (schema, fp) = read_schema(&path)?;
+                    by_fingerprint.insert(fp, resolvable(&schema));
+                }
+                Writers::ByFingerprint(by_fingerprint)
+            }
+        };
+        Ok(Avro { reader: resolvable(&reader), fields, framing: config.framing, writers })
+    }
+
+    /// The columns the reader schema gives.
+    pub fn fields(&self) -> &[FieldConfig] {
+        &self.fields
+    }
+
+    /// The column values of one Avro value into `vals`, or why it cannot be decoded.
+    pub(super) fn values<'a>(&self, bytes: &[u8], vals: &mut Vec<Val<'a>>) -> Result<(), Rejected> {
+        let corrupt = |why: String| (Rejection::InvalidAvro, why);
+        let (writer, body) = match (&self.framing, &self.writers) {
+            (_, Writers::Reader) => (&self.reader, bytes),
+            (AvroFraming::Confluent, Writers::ById { dir, registry, fetched }) => {
+                let id = confluent_id(bytes).ok_or_else(|| {
+                    corrupt(format!(
+                        "not in the Confluent wire format (magic byte 0, a 4-byte schema id): starts with {:02x?}",
+                        &bytes[..bytes.len().min(5)]
+                    ))
+                })?;
+                match (dir.get(&id), registry) {
+                    (Some(writer), _) => return self.resolve(writer, &bytes[5..], vals),
+                    (None, None) => {
+                        return Err((
+                            Rejection::UnknownSchema,
+                            format!("unknown writer schema id {id} (not in decode.avro.schemas_dir)"),
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        let known = fetched.read().expect("schema cache lock").get(&id).cloned();
+                        match known {
+                            Some(Ok(writer)) => return self.resolve(&writer, &bytes[5..], vals),
+                            Some(Err(why)) => return Err((Rejection::UnknownSchema, why)),
+                            None => panic!("schema id {id} was not fetched: Decoder::prepare runs before decode"),
+                        }
+                    }
+                }
+            }
+            (_, Writers::ByFingerprint(by_fingerprint)) => {
+                if bytes.len() < 10 || bytes[..2] != [0xc3, 0x01] {
+                    return Err(corrupt(format!(
+                        "not in Avro's single-object encoding (C3 01, an 8-byte fingerprint): starts with {:02x?}",
+                        &bytes[..bytes.len().min(10)]
+                    )));
+                }
+                let fp: [u8; 8] = bytes[2..10].try_into().expect("8 bytes");
+                let writer = by_fingerprint.get(&fp).ok_or_else(|| {
+                    (
+                        Rejection::UnknownSchema,
+                        format!(
+                            "unknown writer schema fingerprint {:016x} (neither the reader schema nor one in decode.avro.schemas_dir)",
+                            u64::from_le_bytes(fp)
+                        ),
+                    )
+                })?;
+                (writer, &bytes[10..])
+            }
+            (framing, writers) => unreachable!("{framing:?} loads no {writers:?}"),
+        };
+        self.resolve(writer, body, vals)
+    }
+
+    /// Fetches the writer schemas of the Confluent ids among `values` that neither
+    /// `schemas_dir` nor an earlier fetch knows, so [`Avro::values`] finds every one. `Err`: the
+    /// registry could not be asked (the batch must not be decoded).
+    pub(super) async fn prepare<'v>(&self, values: impl Iterator<Item = &'v [u8]>) -> Result<(), String> {
+        let Writers::ById { dir, registry: Some(registry), fetched } = &self.writers else { return Ok(()) };
+        let missing: HashSet<u32> = {
+            let known = fetched.read().expect("schema cache lock");
+            values.filter_map(confluent_id).filter(|id| !dir.contains_key(id) && !known.contains_key(id)).collect()
+        };
+        for id in missing {
+            let found = match registry.schema(id).await? {
+                Lookup::Found(schema) => match columns_check(&schema) {
+                    Ok(()) => Ok(Arc::new(resolvable(&schema))),
+                    Err(why) => Err(format!("writer schema id {id}: {why}")),
+                },
+                Lookup::Unknown(why) => Err(why),
+            };
+            fetched.write().expect("schema cache lock").insert(id, found);
+        }
+        Ok(())
+    }
+
+    /// One body read with `writer` and resolved to the reader schema, into `vals`.
+    fn resolve<'a>(&self, writer: &Schema, mut body: &[u8], vals: &mut Vec<Val<'a>>) -> Result<(), Rejected> {
+        let corrupt = |why: String| (Rejection::InvalidAvro, why);
+        let value = apache_avro::from_avro_datum(writer, &mut body, Some(&self.reader))
+            .map_err(|e| corrupt(format!("the Avro body does not decode with its writer schema: {e}")))?;
+        if !body.is_empty() {
+            return Err(corrupt(format!("{} bytes follow the Avro record", body.len())));
+        }
+        let Value::Record(members) = value else {
+            return Err(corrupt("the Avro value is not a record".into()));
+        };
+        let mut members: HashMap<String, Value> = members.into_iter().collect();
+        for f in &self.fields {
+            let v = members.remove(&f.name).unwrap_or(Value::Null);
+            vals.push(val(&f.kind, v, &f.name)?);
+        }
+        Ok(())
+    }
+}
+
+/// The schema id of a value in the Confluent wire format.
+fn confluent_id(bytes: &[u8]) -> Option<u32> {
+    match bytes {
+        [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+/// A writer schema is usable when it is a record (resolution then says whether it fits the
+/// reader schema).
+fn columns_check(schema: &Schema) -> Result<(), String> {
+    match schema {
+        Schema::Record(_) => Ok(()),
+        _ => Err("not a record".into()),
+    }
+}
+
+/// A schema and the little-endian CRC-64-AVRO fingerprint of its Parsing Canonical Form (what
+/// single-object encoding frames a value with).
+fn read_schema(path: &Path) -> Result<(Schema, [u8; 8]), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read Avro schema {}: {e}", path.display()))?;
+    let schema = Schema::parse_str(&text).map_err(|e| format!("{} is not an Avro schema: {e}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let mut canonical = String::new();
+    canonical_form(&json, None, &mut canonical);
+    Ok((schema, crc64_avro(canonical.as_bytes()).to_le_bytes()))
+}
+
+/// `schema` as given to `apache-avro`'s decoding and resolution: `bytes` decimals as plain
+/// `bytes` (apache-avro 0.21 refuses a bytes decimal whose encoding is shorter than its
+/// precision could need — every small value — so [`val`] reads the bytes into the decimal
+/// column itself); everything else as it is.
+fn resolvable(schema: &Schema) -> Schema {
+    match schema {
+        Schema::Decimal(d) if matches!(*d.inner, Schema::Bytes) => Schema::Bytes,
+        Schema::Array(a) => {
+            let mut a = a.clone();
+            a.items = Box::new(resolvable(&a.items));
+            Schema::Array(a)
+        }
+        Schema::Map(m) => {
+            let mut m = m.clone();
+            m.types = Box::new(resolvable(&m.types));
+            Schema::Map(m)
+        }
+        Schema::Record(r) => {
+            let mut r = r.clone();
+            for f in &mut r.fields {
+                f.schema = resolvable(&f.schema);
+            }
+            Schema::Record(r)
+        }
+        Schema::Union(u) => apache_avro::schema::UnionSchema::new(u.variants().iter().map(resolvable).collect())
+            .map(Schema::Union)
+            .unwrap_or_else(|_| schema.clone()),
+        other => other.clone(),
+    }
+}
+
+/// The Avro specification's Parsing Canonical Form of a schema's JSON: primitives as names,
+/// full names, only the attributes that matter for parsing, in the specified order, no
+/// whitespace. (`apache-avro`'s own keeps `precision`/`scale` and writes `{"type":"long"}`, so
+/// its fingerprints differ from Java's and fastavro's.)
+fn canonical_form(v: &serde_json::Value, namespace: Option<&str>, out: &mut String) {
+    use serde_json::Value as J;
+    const PRIMITIVES: [&str; 8] = ["null", "boolean", "int", "long", "float", "double", "bytes", "string"];
+    let full = |name: &str, ns: Option<&str>| match ns {
+        Some(ns) if !name.contains('.') && !ns.is_empty() => format!("{ns}.{name}"),
+        _ => name.to_string(),
+    };
+    let quoted = |s: &str| serde_json::to_string(s).expect("a string");
+    match v {
+        J::String(s) if PRIMITIVES.contains(&s.as_str()) => out.push_str(&quoted(s)),
+        J::String(s) => out.push_str(&quoted(&full(s, namespace))),
+        J::Array(branches) => {
+            out.push('[');
+            for (i, b) in branches.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_form(b, namespace, out);
+            }
+            out.push(']');
+        }
+        J::Object(o) => {
+            let kind = o.get("type");
+            match kind.and_then(J::as_str) {
+                Some(t @ ("record" | "error" | "enum" | "fixed")) => {
+                    let name = o.get("name").and_then(J::as_str).unwrap_or_default();
+                    let ns = o.get("namespace").and_then(J::as_str).or(namespace);
+                    let name = full(name, ns);
+                    let inner = name.rsplit_once('.').map(|(ns, _)| ns);
+                    out.push_str(&format!(
+                        "{{\"name\":{},\"type\":{}",
+                        quoted(&name),
+                        quoted(if t == "error" { "record" } else { t })
+                    ));
+                    match t {
+                        "enum" => {
+                            let symbols = o.get("symbols").cloned().unwrap_or(J::Array(Vec::new()));
+                            out.push_str(&format!(",\"symbols\":{symbols}"));
+                        }
+                        "fixed" => out.push_str(&format!(",\"size\":{}", o.get("size").cloned().unwrap_or(J::Null))),
+                        _ => {
+                            out.push_str(",\"fields\":[");
+                            for (i, f) in o.get("fields").and_then(J::as_array).into_iter().flatten().enumerate() {
+                                if i > 0 {
+                                    out.push(',');
+                                }
+                                let fname = f.get("name").and_then(J::as_str).unwrap_or_default();
+                                out.push_str(&format!("{{\"name\":{},\"type\":", quoted(fname)));
+                                canonical_form(f.get("type").unwrap_or(&J::Null), inner, out);
+                                out.push('}');
+                            }
+                            out.push(']');
+                        }
+                    }
+                    out.push('}');
+                }
+                Some("array") => {
+                    out.push_str("{\"type\":\"array\",\"items\":");
+                    canonical_form(o.get("items").unwrap_or(&J::Null), namespace, out);
+                    out.push('}');
+                }
+                Some("map") => {
+                    out.push_str("{\"type\":\"map\",\"values\":");
+                    canonical_form(o.get("values").unwrap_or(&J::Null), namespace, out);
+                    out.push('}');
+                }
+                // A primitive (maybe with a logical type), or a type given by name or nested.
+                _ => canonical_form(kind.unwrap_or(&J::Null), namespace, out),
+            }
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The CRC-64-AVRO (Rabin) fingerprint of `data`, as the Avro specification defines it.
+fn crc64_avro(data: &[u8]) -> u64 {
+    const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
+    let table: [u64; 256] = std::array::from_fn(|i| {
+        let mut fp = i as u64;
+        for _ in 0..8 {
+            fp = (fp >> 1) ^ (EMPTY & (fp & 1).wrapping_neg());
+        }
+        fp
+    });
+    data.iter().fold(EMPTY, |fp, b| (fp >> 8) ^ table[((fp ^ *b as u64) & 0xff) as usize])
+}
+
+/// The `.avsc` files of `dir`, with their file stems, in name order.
+fn schema_files(dir: Option<&Path>) -> Result<Vec<(PathBuf, String)>, String> {
+    let Some(dir) = dir else { return Ok(Vec::new()) };
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read decode.avro.schemas_dir {}: {e}", dir.display()))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| format!("cannot read decode.avro.schemas_dir {}: {e}", dir.display()))?.path();
+        if path.extension().is_some_and(|e| e == "avsc") {
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+            out.push((path, stem));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The columns of a reader schema (a record): each field with the type Spark's `from_avro`
+/// gives it, nullable when it is a union with `null`.
+fn columns(schema: &Schema) -> Result<Vec<FieldConfig>, String> {
+    let resolved = ResolvedSchema::try_from(schema).map_err(|e| e.to_string())?;
+    let names = resolved.get_names();
+    let Schema::Record(record) = schema else {
+        return Err("the reader schema must be a record (its fields are the table's columns)".into());
+    };
+    let mut seen = Vec::new();
+    record
+        .fields
+        .iter()
+        .map(|f| {
+            let (kind, nullable) = column_type(&f.schema, names, &mut seen, &f.name)?;
+            Ok(FieldConfig { name: f.name.clone(), kind, nullable })
+        })
+        .collect()
+}
+
+/// The column type of an Avro schema and whether it is nullable; `stack` holds the records
+/// being expanded (a recursive type has no table form).
+fn column_type(
+    schema: &Schema,
+    names: &HashMap<Name, &Schema>,
+    stack: &mut Vec<String>,
+    at: &str,
+) -> Result<(FieldType, bool), String> {
+    let unsupported = |what: &str| Err(format!("field `{at}`: {what} has no column type"));
+    let t = match schema {
+        Schema::Union(u) => {
+            let others: Vec<&Schema> = u.variants().iter().filter(|s| !matches!(s, Schema::Null)).collect();
+            return match others.as_slice() {
+                [one] => Ok((column_type(one, names, stack, at)?.0, u.is_nullable())),
+                _ => unsupported("a union other than [\"null\", T]"),
+            };
+        }
+        Schema::Null => return unsupported("a null-only type"),
+        Schema::Boolean => FieldType::Boolean,
+        Schema::Int | Schema::TimeMillis => FieldType::Int,
+        Schema::Long | Schema::TimeMicros => FieldType::Long,
+        Schema::Float => FieldType::Float,
+        Schema::Double => FieldType::Double,
+        Schema::Bytes | Schema::Fixed(_) => FieldType::Binary,
+        Schema::String | Schema::Enum(_) | Schema::Uuid => FieldType::String,
+        Schema::Date => FieldType::Date,
+        Schema::TimestampMillis | Schema::TimestampMicros | Schema::LocalTimestampMillis | Schema::LocalTimestampMicros => {
+            FieldType::Timestamp
+        }
+        Schema::Decimal(d) => match (u8::try_from(d.precision), u8::try_from(d.scale)) {
+            (Ok(precision @ 1..=38), Ok(scale)) if scale <= precision => FieldType::Decimal { precision, scale },
+            _ => return unsupported(&format!("decimal({}, {}) (Delta decimals have 1 to 38 digits)", d.precision, d.scale)),
+        },
+        Schema::Array(a) => FieldType::List(Box::new(column_type(&a.items, names, stack, &format!("{at}[]"))?.0)),
+        Schema::Map(m) => FieldType::Map(Box::new(column_type(&m.types, names, stack, &format!("{at}{{}}"))?.0)),
+        Schema::Record(r) => {
+            let name = r.name.fullname(None);
+            if stack.contains(&name) {
+                return unsupported(&format!("the recursive record {name}"));
+            }
+            stack.push(name);
+            let mut members = Vec::with_capacity(r.fields.len());
+            for f in &r.fields {
+                let (kind, nullable) = column_type(&f.schema, names, stack, &format!("{at}.{}", f.name))?;
+                members.push(FieldConfig { name: f.name.clone(), kind, nullable });
+            }
+            stack.pop();
+            FieldType::Struct(members)
+        }
+        Schema::Ref { name } => {
+            let target = names
+                .get(name)
+                .or_else(|| names.iter().find(|(n, _)| n.name == name.name).map(|(_, s)| s))
+                .ok_or_else(|| format!("field `{at}`: unknown type {}", name.fullname(None)))?;
+            return column_type(target, names, stack, at);
+        }
+        Schema::TimestampNanos | Schema::LocalTimestampNanos => return unsupported("a nanosecond timestamp"),
+        Schema::BigDecimal => return unsupported("big-decimal"),
+        Schema::Duration => return unsupported("duration"),
+    };
+    Ok((t, false))
+}
+
+/// The value of a resolved Avro value as column type `t`.
+fn val(t: &FieldType, v: Value, at: &str) -> Result<Val<'static>, Rejected> {
+    let wrong = |v: &Value| (Rejection::WrongType, format!("field `{at}`: {v:?} is not a {t}"));
+    Ok(match (t, v) {
+        (_, Value::Union(_, inner)) => val(t, *inner, at)?,
+        (_, Value::Null) => Val::Null,
+        (FieldType::Boolean, Value::Boolean(b)) => Val::Bool(b),
+        (FieldType::Int, Value::Int(x) | Value::TimeMillis(x)) => Val::Int(x),
+        (FieldType::Long, Value::Long(x) | Value::TimeMicros(x)) => Val::Long(x),
+        (FieldType::Float, Value::Float(x)) => Val::Float(x),
+        (FieldType::Double, Value::Double(x)) => Val::Double(x),
+        (FieldType::Binary, Value::Bytes(b) | Value::Fixed(_, b)) => Val::Bytes(b),
+        (FieldType::String, Value::String(s) | Value::Enum(_, s)) => Val::Str(s.into()),
+        (FieldType::String, Value::Uuid(u)) => Val::Str(u.to_string().into()),
+        (FieldType::Date, Value::Date(d)) => Val::Date(d),
+        (FieldType::Timestamp, Value::TimestampMicros(x) | Value::LocalTimestampMicros(x)) => Val::Long(x),
+        (FieldType::Timestamp, Value::TimestampMillis(x) | Value::LocalTimestampMillis(x)) => {
+            Val::Long(x.checked_mul(1000).ok_or_else(|| (Rejection::WrongType, format!("field `{at}`: timestamp out of range")))?)
+        }
+        (FieldType::Decimal { precision, .. }, v @ (Value::Decimal(_) | Value::Bytes(_))) => {
+            let bytes = match v {
+                Value::Decimal(d) => <Vec<u8>>::try_from(&d).map_err(|e| (Rejection::WrongType, format!("field `{at}`: {e}")))?,
+                Value::Bytes(b) => b,
+                _ => unreachable!("matched above"),
+            };
+            let unscaled = unscaled(&bytes)
+                .filter(|x| x.unsigned_abs() < 10u128.pow(*precision as u32))
+                .ok_or_else(|| (Rejection::WrongType, format!("field `{at}`: the decimal has more than {precision} digits")))?;
+            Val::Dec(unscaled)
+        }
+        (FieldType::List(elem), Value::Array(items)) => {
+            Val::List(items.into_iter().enumerate().map(|(i, v)| val(elem, v, &format!("{at}[{i}]"))).collect::<Result<_, _>>()?)
+        }
+        (FieldType::Map(value), Value::Map(entries)) => {
+            // Sorted by key: a map's entries have no order in Avro, and decoding must give the
+            // same row every time (replays, the audit).
+            let mut entries: Vec<(String, Value)> = entries.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut out = Vec::with_capacity(entries.len());
+            for (k, v) in entries {
+                let v = val(value, v, &format!("{at}[{k:?}]"))?;
+                out.push((k.into(), v));
+            }
+            Val::Map(out)
+        }
+        (FieldType::Struct(members), Value::Record(fields)) => {
+            let mut fields: HashMap<String, Value> = fields.into_iter().collect();
+            let mut out = Vec::with_capacity(members.len());
+            for m in members {
+                out.push(val(&m.kind, fields.remove(&m.name).unwrap_or(Value::Null), &format!("{at}.{}", m.name))?);
+            }
+            Val::Struct(out)
+        }
+        (_, v) => return Err(wrong(&v)),
+    })
+}
+
+/// A big-endian two's-complement integer of any length as an `i128`, if it fits.
+fn unscaled(bytes: &[u8]) -> Option<i128> {
+    let negative = bytes.first().is_some_and(|b| b & 0x80 != 0);
+    let sign = if negative { 0xff } else { 0 };
+    let significant = bytes.iter().position(|b| *b != sign).unwrap_or(bytes.len());
+    let rest = &bytes[significant..];
+    if rest.len() > 16 || (rest.len() == 16 && (rest[0] & 0x80 != 0) != negative) {
+        return None;
+    }
+    let mut full = [sign; 16];
+    full[16 - rest.len()..].copy_from_slice(rest);
+    Some(i128::from_be_bytes(full))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_of_any_width_fit_or_are_refused() {
+        assert_eq!(unscaled(&[]), Some(0));
+        assert_eq!(unscaled(&[0x01, 0x18]), Some(280));
+        assert_eq!(unscaled(&[0xff, 0xfe]), Some(-2));
+        assert_eq!(unscaled(&[0x80]), Some(-128));
+        assert_eq!(unscaled(&[0x00, 0x80]), Some(128));
+        let mut wide = vec![0xff; 20];
+        wide[19] = 0x85;
+        assert_eq!(unscaled(&wide), Some(-123));
+        assert_eq!(unscaled(&[0x7f; 17]), None);
+        assert_eq!(unscaled(&i128::MIN.to_be_bytes()), Some(i128::MIN));
+    }
+
+    #[test]
+    fn fingerprints_follow_the_specification_s_canonical_form() {
+        let schema = serde_json::json!({"type": "record", "name": "Order", "namespace": "shop", "doc": "d", "fields": [
+            {"name": "id", "type": {"type": "long"}, "doc": "x", "default": 0},
+            {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}},
+            {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+            {"name": "customer", "type": {"type": "record", "name": "Customer", "fields": [{"name": "tags", "type": {"type": "array", "items": "string"}}]}},
+            {"name": "bill", "type": ["null", "Customer"]},
+            {"name": "status", "type": {"type": "enum", "name": "Status", "aliases": ["S"], "symbols": ["NEW", "PAID"]}},
+            {"name": "attrs", "type": {"type": "map", "values": "double"}},
+            {"name": "hash", "type": {"type": "fixed", "name": "other.Hash", "size": 16}}
+        ]});
+        let mut canonical = String::new();
+        canonical_form(&schema, None, &mut canonical);
+        // As Java and fastavro write it (fastavro.schema.to_parsing_canonical_form).
+        assert_eq!(
+            canonical,
+            r#"{"name":"shop.Order","type":"record","fields":[{"name":"id","type":"long"},{"name":"price","type":"bytes"},{"name":"at","type":"long"},{"name":"customer","type":{"name":"shop.Customer","type":"record","fields":[{"name":"tags","type":{"type":"array","items":"string"}}]}},{"name":"bill","type":["null","shop.Customer"]},{"name":"status","type":{"name":"shop.Status","type":"enum","symbols":["NEW","PAID"]}},{"name":"attrs","type":{"type":"map","values":"double"}},{"name":"hash","type":{"name":"other.Hash","type":"fixed","size":16}}]}"#
+        );
+        // The fingerprint of "int" in its little-endian bytes, as Java and fastavro give it;
+        // of the empty input, the empty fingerprint.
+        assert_eq!(crc64_avro(b"\"int\"").to_le_bytes(), [0x8f, 0x5c, 0x39, 0x3f, 0x1a, 0xd5, 0x75, 0x72]);
+        assert_eq!(crc64_avro(b""), 0xc15d_213a_a4d7_a795);
+    }
+
+    #[test]
+    fn reader_schemas_give_spark_s_column_types() {
+        let schema = Schema::parse_str(
+            r#"{"type": "record", "name": "Order", "namespace": "shop", "fields": [
+                {"name": "id", "type": "long"},
+                {"name": "note", "type": ["null", "string"], "default": null},
+                {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}},
+                {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+                {"name": "kind", "type": {"type": "enum", "name": "Kind", "symbols": ["A", "B"]}},
+                {"name": "tags", "type": {"type": "array", "items": "string"}},
+                {"name": "ship", "type": {"type": "record", "name": "Address", "fields": [{"name": "city", "type": "string"}]}},
+                {"name": "bill", "type": ["null", "Address"]},
+                {"name": "ratio", "type": "float"}
+            ]}"#,
+        )
+        .unwrap();
+        let got: Vec<String> = columns(&schema)
+            .unwrap()
+            .iter()
+            .map(|f| format!("{}: {}{}", f.name, f.kind, if f.nullable { "" } else { " not null" }))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "id: long not null",
+                "note: string",
+                "price: decimal(12, 2) not null",
+                "at: timestamp not null",
+                "kind: string not null",
+                "tags: array<string> not null",
+                "ship: struct<city: string not null> not null",
+                "bill: struct<city: string not null>",
+                "ratio: float not null",
+            ]
+        );
+        let union = Schema::parse_str(r#"{"type": "record", "name": "U", "fields": [{"name": "x", "type": ["int", "string"]}]}"#)
+            .unwrap();
+        assert!(columns(&union).unwrap_err().contains("field `x`: a union other than"));
+        let recursive =
+            Schema::parse_str(r#"{"type": "record", "name": "Node", "fields": [{"name": "next", "type": ["null", "Node"]}]}"#)
+                .unwrap();
+        assert!(columns(&recursive).unwrap_err().contains("recursive record Node"));
+    }
+}

@@ -1,0 +1,193 @@
+//! A Confluent-compatible schema registry (Confluent Schema Registry, Apicurio's `ccompat` API,
+//! Karapace, Redpanda): writer schemas by id, `GET <url>/schemas/ids/<id>`, over HTTP or HTTPS
+//! with the registry's basic auth and an optional private CA. Each id is fetched once and kept
+//! for the life of the process ([`super::avro::Avro`] holds the cache).
+//!
+//! A registry that does not answer, or answers with a server error, is asked again with a
+//! growing pause (`attempts` times in all); then the batch fails, and the consumer restarts
+//! through the restart budget — a record is never skipped or dead-lettered because the registry
+//! was away. An id the registry does not know (HTTP 404), or a schema that is not Avro, makes
+//! the record a dead letter with that reason. Refused credentials (401/403) fail at once.
+
+use std::time::Duration;
+
+use apache_avro::Schema;
+
+use crate::config::RegistryConfig;
+
+/// What the registry says of a schema id.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The writer schema.
+    Found(Schema),
+    /// Why a record with this id is a dead letter.
+    Unknown(String),
+}
+
+/// A registry client.
+pub struct Registry {
+    client: reqwest::Client,
+    base: String,
+    auth: Option<(String, String)>,
+    attempts: u32,
+}
+
+impl std::fmt::Debug for Registry {
+    /// The address and whether it authenticates; never the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("url", &self.base)
+            .field("user", &self.auth.as_ref().map(|(user, _)| user))
+            .field("attempts", &self.attempts)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// A client for `config`; the error (an unreadable CA or password) names the setting.
+    pub fn new(config: &RegistryConfig) -> Result<Registry, String> {
+        let url = config.url.trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("registry.url is {url:?}; give http://host:port or https://host:port"));
+        }
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .connect_timeout(Duration::from_millis(config.timeout_ms));
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| format!("registry.ca_file {} cannot be read: {e}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| format!("registry.ca_file {} is not a PEM certificate: {e}", ca.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().map_err(|e| format!("registry client: {e}"))?;
+        let auth = match (&config.username, &config.password) {
+            (Some(user), Some(password)) => {
+                Some((user.clone(), password.reveal().map_err(|e| format!("registry.password {e}"))?))
+            }
+            (None, None) => None,
+            _ => return Err("registry: give both username and password (basic auth), or neither".into()),
+        };
+        Ok(Registry { client, base: url.to_string(), auth, attempts: config.attempts.max(1) })
+    }
+
+    /// The writer schema with id `id`; `Err` when the registry cannot be asked (after the
+    /// retries) or refuses the credentials.
+    pub async fn schema(&self, id: u32) -> Result<Lookup, String> {
+        let url = format!("{}/schemas/ids/{id}", self.base);
+        let mut pause = Duration::from_millis(200);
+        let mut last = String::new();
+        for attempt in 1..=self.attempts {
+            let mut request = self.client.get(&url).header("Accept", "application/vnd.schemaregistry.v1+json, application/json");
+            if let Some((user, password)) = &self.auth {
+                request = request.basic_auth(user, Some(password));
+            }
+            match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    if status.is_success() {
+                        let body = response
+                            .text()
+                            .await
+                            .map_err(|e| format!("schema registry {}: reading schema id {id}: {e}", self.base))?;
+                        return Ok(parse(id, &body));
+                    }
+                    match status.as_u16() {
+                        404 => return Ok(Lookup::Unknown(format!("unknown writer schema id {id} (the schema registry has none)"))),
+                        401 | 403 => {
+                            return Err(format!(
+                                "schema registry {} refused the credentials (HTTP {status}); check decode.avro.registry.username and password",
+                                self.base
+                            ))
+                        }
+                        _ => last = format!("HTTP {status}"),
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if attempt < self.attempts {
+                tracing::warn!(registry = %self.base, id, attempt, error = %last, "schema registry did not answer; asking again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+        Err(format!("schema registry {} did not answer for schema id {id} after {} attempts: {last}", self.base, self.attempts))
+    }
+}
+
+/// A `/schemas/ids/<id>` answer: `{"schema": "<Avro schema JSON>", "schemaType": …}`.
+fn parse(id: u32, body: &str) -> Lookup {
+    let answer: serde_json::Value = match serde_json::from_str(body) {
+        Ok(v) => v,
+        Err(e) => return Lookup::Unknown(format!("the schema registry's answer for id {id} is not JSON: {e}")),
+    };
+    match answer.get("schemaType").and_then(|t| t.as_str()) {
+        None | Some("AVRO") => {}
+        Some(other) => return Lookup::Unknown(format!("writer schema id {id} is a {other} schema, not Avro")),
+    }
+    let Some(text) = answer.get("schema").and_then(|s| s.as_str()) else {
+        return Lookup::Unknown(format!("the schema registry's answer for id {id} has no schema"));
+    };
+    match Schema::parse_str(text) {
+        Ok(schema) => Lookup::Found(schema),
+        Err(e) => Lookup::Unknown(format!("writer schema id {id} from the registry is not an Avro schema: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_read_as_the_registry_writes_them() {
+        let schema = r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "long"}]}"#;
+        let body = serde_json::json!({ "schema": schema }).to_string();
+        assert!(matches!(parse(1, &body), Lookup::Found(_)));
+        let avro = serde_json::json!({ "schema": schema, "schemaType": "AVRO" }).to_string();
+        assert!(matches!(parse(1, &avro), Lookup::Found(_)));
+        for (body, why) in [
+            (serde_json::json!({ "schema": "syntax = \"proto3\";", "schemaType": "PROTOBUF" }).to_string(), "PROTOBUF schema"),
+            (serde_json::json!({ "schema": "{\"type\": \"nope\"}" }).to_string(), "not an Avro schema"),
+            (serde_json::json!({ "id": 3 }).to_string(), "has no schema"),
+            ("<html>".to_string(), "not JSON"),
+        ] {
+            match parse(7, &body) {
+                Lookup::Unknown(reason) => assert!(reason.contains(why), "{reason}"),
+                Lookup::Found(_) => panic!("{body} is no schema"),
+            }
+        }
+    }
+
+    #[test]
+    fn settings_are_checked_without_showing_the_password() {
+        let config = |url: &str, user: Option<&str>| RegistryConfig {
+            url: url.into(),
+            username: user.map(String::from),
+            password: Some(crate::kafka::security::Secret::Value("hunter2".into())),
+            ca_file: None,
+            timeout_ms: 1_000,
+            attempts: 1,
+        };
+        assert!(Registry::new(&config("ftp://x", Some("u"))).unwrap_err().contains("give http://"));
+        let e = Registry::new(&config("http://127.0.0.1:1", None)).unwrap_err();
+        assert!(e.contains("both username and password") && !e.contains("hunter2"), "{e}");
+        let registry = Registry::new(&config("http://127.0.0.1:1/", Some("u"))).unwrap();
+        assert_eq!(registry.base, "http://127.0.0.1:1");
+        assert!(!format!("{registry:?}").contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn a_registry_that_does_not_answer_is_an_error_not_an_unknown_id() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let registry = Registry::new(&RegistryConfig {
+            url: format!("http://127.0.0.1:{port}"),
+            username: None,
+            password: None,
+            ca_file: None,
+            timeout_ms: 500,
+            attempts: 2,
+        })
+        .unwrap();
+        let e = registry.schema(5).await.unwrap_err();
+        assert!(e.contains("did not answer for schema id 5 after 2 attempts"), "{e}");
+    }
+}
