@@ -24,7 +24,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{AggregateConfig, AggregateOp, PipelineConfig, TableLocation};
 use crate::decode::Decoder;
-use crate::decode::{OFFSET_COL, PARTITION_COL, TOPIC_COL};
+use crate::decode::{EPOCH_COL, OFFSET_COL, PARTITION_COL, TOPIC_COL};
 use crate::error::{Error, Result};
 use crate::kafka;
 use crate::record::{Record, TopicPartition};
@@ -396,6 +396,11 @@ fn cell(col: &ArrayRef, i: usize) -> String {
 /// by name and null ones left out (a file written before `sink.schema_evolution` added a member
 /// has no such member, and reads it as null), lists and maps in order, leaves as [`cell`] does.
 fn nested(col: &dyn Array, i: usize) -> String {
+    nested_masked(col, i, &[])
+}
+
+/// [`nested`] without the struct members at `masked` (paths of member names below `col`).
+fn nested_masked(col: &dyn Array, i: usize, masked: &[&[String]]) -> String {
     use deltalake::arrow::array::AsArray;
     if col.is_null(i) {
         return "null".into();
@@ -406,8 +411,13 @@ fn nested(col: &dyn Array, i: usize) -> String {
             let mut members: Vec<(String, String)> = fields
                 .iter()
                 .zip(s.columns())
-                .filter(|(_, c)| !c.is_null(i))
-                .map(|(f, c)| (f.name().clone(), cell(c, i)))
+                .filter(|(f, c)| !c.is_null(i) && !masked.iter().any(|m| m.len() == 1 && m[0] == *f.name()))
+                .map(|(f, c)| {
+                    let below: Vec<&[String]> =
+                        masked.iter().filter(|m| m.len() > 1 && m[0] == *f.name()).map(|m| &m[1..]).collect();
+                    let text = if below.is_empty() { cell(c, i) } else { nested_masked(c.as_ref(), i, &below) };
+                    (f.name().clone(), text)
+                })
                 .collect();
             members.sort();
             format!("{{{}}}", members.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "))
@@ -457,25 +467,58 @@ fn coordinates(batches: &[RecordBatch]) -> Result<FoundOffsets> {
 
 /// Row `i` as text: the named columns' cells, `name=value`, joined (what a row is compared by).
 fn row_text(b: &RecordBatch, cols: &[String], i: usize) -> Result<String> {
+    row_text_masked(b, cols, i, &[])
+}
+
+/// [`row_text`] with the columns and struct members at `masked` (paths: a column name, then
+/// member names) read as null: those `sink.schema_evolution` added after the row was written.
+fn row_text_masked(b: &RecordBatch, cols: &[String], i: usize, masked: &[&[String]]) -> Result<String> {
     let mut out = Vec::with_capacity(cols.len());
     for c in cols {
+        let here: Vec<&[String]> = masked.iter().filter(|m| m.first() == Some(c)).map(|m| &m[1..]).collect();
         // A column the file lacks (written before `sink.schema_evolution` added it) reads as
         // null, as Delta readers read it.
-        out.push(format!("{c}={}", b.column_by_name(c).map_or_else(|| "null".to_string(), |col| cell(col, i))));
+        let text = match b.column_by_name(c) {
+            None => "null".to_string(),
+            Some(_) if here.iter().any(|m| m.is_empty()) => "null".to_string(),
+            Some(col) if here.is_empty() => cell(col, i),
+            Some(col) => nested_masked(col.as_ref(), i, &here),
+        };
+        out.push(format!("{c}={text}"));
     }
     Ok(out.join(", "))
 }
 
-/// Every row's text by partition and offset (the first row at a coordinate; copies are counted
-/// as duplicates elsewhere).
-fn contents(batches: &[RecordBatch], cols: &[String]) -> Result<HashMap<TopicPartition, HashMap<i64, String>>> {
-    let mut out: HashMap<TopicPartition, HashMap<i64, String>> = HashMap::new();
+/// The columns and struct members `sink.schema_evolution` added, each with the epoch that
+/// added it (table properties `exactly.addedAt.<path>`).
+fn added_columns(table: &DeltaTable) -> Result<Vec<(Vec<String>, i64)>> {
+    let snapshot = table.snapshot().map_err(|e| Error::Sink(e.to_string()))?;
+    Ok(snapshot
+        .metadata()
+        .configuration()
+        .iter()
+        .filter_map(|(k, v)| {
+            let path = k.strip_prefix(crate::sink::schema::ADDED_AT_PREFIX)?;
+            Some((path.split('.').map(String::from).collect(), v.parse().ok()?))
+        })
+        .collect())
+}
+
+/// Each row's text and `_epoch`, by partition and offset.
+type RowContents = HashMap<TopicPartition, HashMap<i64, (String, i64)>>;
+
+/// Every row's text and epoch by partition and offset (the first row at a coordinate; copies
+/// are counted as duplicates elsewhere).
+fn contents(batches: &[RecordBatch], cols: &[String]) -> Result<RowContents> {
+    let mut out = RowContents::new();
     for b in batches {
         let (topics, parts, offs) = (column(b, TOPIC_COL)?, column(b, PARTITION_COL)?, column(b, OFFSET_COL)?);
+        let epochs = column(b, EPOCH_COL)?;
         for i in 0..b.num_rows() {
             let tp = TopicPartition::new(&cell(topics, i), cell(parts, i).parse().unwrap_or(-1));
             let offset = cell(offs, i).parse().unwrap_or(-1);
-            out.entry(tp).or_default().entry(offset).or_insert(row_text(b, cols, i)?);
+            let epoch = cell(epochs, i).parse().unwrap_or(-1);
+            out.entry(tp).or_default().entry(offset).or_insert((row_text(b, cols, i)?, epoch));
         }
     }
     Ok(out)
@@ -678,7 +721,9 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
     let mut data_cols: Vec<String> = Vec::new();
     if per_record {
         data_cols.extend(content_cols.iter().cloned());
+        data_cols.push(EPOCH_COL.to_string());
     }
+    let added = added_columns(&table)?;
     if let Some(a) = &config.aggregate {
         data_cols.extend(a.group_by.iter().cloned());
         data_cols.extend(a.aggregates.iter().map(|s| s.column()));
@@ -761,8 +806,10 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
             let found = row_content.get(&tp);
             let offs = crate::decode::offsets(&decoded.rows).ok_or_else(|| Error::Sink("decoded rows without offsets".into()))?;
             for i in 0..decoded.rows.num_rows() {
-                let Some(have) = found.and_then(|m| m.get(&offs.value(i))) else { continue };
-                let want = row_text(&decoded.rows, &content_cols, i)?;
+                let Some((have, epoch)) = found.and_then(|m| m.get(&offs.value(i))) else { continue };
+                // Columns added after the row's epoch were not written with it.
+                let masked: Vec<&[String]> = added.iter().filter(|(_, at)| epoch < at).map(|(p, _)| p.as_slice()).collect();
+                let want = row_text_masked(&decoded.rows, &content_cols, i, &masked)?;
                 if *have != want {
                     mismatches
                         .push(format!("row at offset {}: table ({have}), Kafka's record decodes to ({want})", offs.value(i)));

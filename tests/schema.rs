@@ -24,13 +24,19 @@ fn fields(config: &mut PipelineConfig, extra: Option<FieldType>, evolution: Sche
 }
 
 async fn send(topic: &str, ids: std::ops::Range<u64>, with_extra: bool) {
-    let producer: FutureProducer = common::kafka().client_config().create().unwrap();
-    for id in ids {
-        let v = if with_extra {
+    let values = ids.map(|id| {
+        if with_extra {
             format!(r#"{{"id":{id},"value":"v{id}","extra":"e{id}"}}"#)
         } else {
             format!(r#"{{"id":{id},"value":"v{id}"}}"#)
-        };
+        }
+    });
+    send_values(topic, values).await;
+}
+
+async fn send_values(topic: &str, values: impl IntoIterator<Item = String>) {
+    let producer: FutureProducer = common::kafka().client_config().create().unwrap();
+    for v in values {
         producer.send(FutureRecord::<(), _>::to(topic).payload(&v), Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
     }
 }
@@ -42,8 +48,14 @@ async fn refusal(config: &PipelineConfig) -> String {
     p.wait().await.expect_err("the pipeline must refuse the table").to_string()
 }
 
-/// The Delta log's commits, in order: (version, whether it changes the schema, files added).
+/// The Delta log's commits, in order: (version, whether it changes the schema to one with
+/// `extra`, files added).
 fn log(table: &Path) -> Vec<(u64, bool, usize)> {
+    log_of(table, "\"extra\"")
+}
+
+/// [`log`], for a schema change to one whose text holds `marker`.
+fn log_of(table: &Path, marker: &str) -> Vec<(u64, bool, usize)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(table.join("_delta_log")).unwrap() {
         let path = entry.unwrap().path();
@@ -52,7 +64,7 @@ fn log(table: &Path) -> Vec<(u64, bool, usize)> {
         let text = std::fs::read_to_string(&path).unwrap();
         let actions: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         let schema =
-            actions.iter().any(|a| a.get("metaData").is_some_and(|m| m["schemaString"].as_str().unwrap().contains("\"extra\"")));
+            actions.iter().any(|a| a.get("metaData").is_some_and(|m| m["schemaString"].as_str().unwrap().contains(marker)));
         let adds = actions.iter().filter(|a| a.get("add").is_some()).count();
         out.push((version, schema, adds));
     }
@@ -67,7 +79,9 @@ async fn a_field_added_mid_stream_joins_the_table_with_its_first_values() {
     let table = dir.path().join("table");
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     fields(&mut config, None, SchemaEvolution::AddColumns);
-    send(&topic, 0..20, false).await;
+    // The producer sends `extra` before the config declares it (producers change first): those
+    // rows were written without it, and the audit knows (`exactly.addedAt.extra`).
+    send(&topic, 0..20, true).await;
     let pipeline = common::start(&config, Default::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     pipeline.shutdown().await.unwrap();
@@ -151,4 +165,44 @@ async fn a_process_killed_around_the_evolving_commit_stays_exactly_once() {
     let read = common::read_rows_with_python(&table);
     let with_extra = read["records"].as_array().unwrap().iter().filter(|r| r["extra"].is_string()).count();
     assert_eq!((read["rows"].as_u64(), with_extra), (Some(100), 50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_struct_member_added_mid_stream_survives_compaction() {
+    let topic = common::topic("evolve-struct", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("table");
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    let geo = |members: &str| FieldConfig::new("geo", FieldType::parse(members).unwrap(), true);
+    let declare = |config: &mut PipelineConfig, members: &str| {
+        config.decode = DecodeConfig {
+            format: DecodeFormat::Json,
+            fields: vec![FieldConfig::new("id", FieldType::Long, false), geo(members)],
+            ..DecodeConfig::default()
+        };
+        if let SinkConfig::Delta { schema_evolution, .. } = &mut config.sink {
+            *schema_evolution = SchemaEvolution::AddColumns;
+        }
+    };
+    let value = |id: u64| format!(r#"{{"id":{id},"geo":{{"lat":1.5,"lon":2.5}}}}"#);
+    for (ids, members) in [(0..10, "struct<lat: double>"), (10..20, "struct<lat: double, lon: double>")] {
+        declare(&mut config, members);
+        send_values(&topic, ids.map(value)).await;
+        let pipeline = common::start(&config, Default::default()).await;
+        common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+        pipeline.shutdown().await.unwrap();
+    }
+    let changes = log_of(&table, "\"lon\"").into_iter().filter(|(_, schema, adds)| *schema && *adds > 0).count();
+    assert_eq!(changes, 1, "the member joined in one data commit");
+
+    // Files from before and after the change are compacted together; old rows keep a null member.
+    let report = exactly::maintenance::commands::optimize(&table.clone().into(), None, &[]).await.unwrap();
+    assert!(report.files_removed >= 2, "{report:?}");
+    let read = common::read_rows_with_python(&table);
+    let rows = common::row_values(&read, &["id", "geo"]);
+    let want: Vec<serde_json::Value> = (0..20)
+        .map(|id| serde_json::json!([id, {"lat": 1.5, "lon": if id < 10 { serde_json::Value::Null } else { 2.5.into() }}]))
+        .collect();
+    assert_eq!(rows, want);
+    common::assert_verified(&config).await;
 }

@@ -180,15 +180,37 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef, partition: &BTreeMap<String,
                 let strings: ArrayRef = Arc::new(StringArray::from(vec![value.clone(); n]));
                 cast(&strings, field.data_type()).map_err(|e| Error::Sink(format!("partition value of {}: {e}", field.name())))?
             }
-            (None, Some(col)) if col.data_type() == field.data_type() => col.clone(),
             (None, Some(col)) => {
-                cast(col, field.data_type()).map_err(|e| Error::Sink(format!("column {}: {e}", field.name())))?
+                conform_column(col, field.data_type()).map_err(|e| Error::Sink(format!("column {}: {e}", field.name())))?
             }
             (None, None) => new_null_array(field.data_type(), n),
         };
         cols.push(col);
     }
     RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::Sink(e.to_string()))
+}
+
+/// `col` as type `to`: struct members matched by name, members the file lacks (added by
+/// `sink.schema_evolution` after it was written) as nulls, anything else by Arrow's cast (view
+/// and large strings from other writers).
+fn conform_column(col: &ArrayRef, to: &deltalake::arrow::datatypes::DataType) -> std::result::Result<ArrayRef, String> {
+    use deltalake::arrow::array::{AsArray, StructArray};
+    use deltalake::arrow::datatypes::DataType;
+    match (col.data_type(), to) {
+        (from, to) if from == to => Ok(col.clone()),
+        (DataType::Struct(_), DataType::Struct(members)) => {
+            let s = col.as_struct();
+            let children = members
+                .iter()
+                .map(|m| match s.column_by_name(m.name()) {
+                    Some(child) => conform_column(child, m.data_type()),
+                    None => Ok(new_null_array(m.data_type(), s.len())),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(Arc::new(StructArray::try_new(members.clone(), children, s.nulls().cloned()).map_err(|e| e.to_string())?))
+        }
+        (_, to) => cast(col, to).map_err(|e| e.to_string()),
+    }
 }
 
 /// Merges `group` into files of up to the target size and commits the swap. `table` must be the

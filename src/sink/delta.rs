@@ -287,9 +287,9 @@ struct Open {
     version: u64,
     /// Partitions whose start offset the table already recorded.
     starts: HashSet<TopicPartition>,
-    /// The schema the table takes in the next data commit (`sink.schema_evolution`), until a
-    /// commit carrying it lands.
-    evolve: Option<deltalake::kernel::StructType>,
+    /// The schema the table takes in the next data commit (`sink.schema_evolution`) and the
+    /// paths it adds, until a commit carrying it lands.
+    evolve: Option<super::schema::Growth>,
 }
 
 impl Open {
@@ -300,7 +300,7 @@ impl Open {
         if let Some(m) = &self.maintenance {
             m.committed(version);
         }
-        if let (Some(want), Ok(snapshot)) = (&self.evolve, self.table.snapshot()) {
+        if let (Some((want, _)), Ok(snapshot)) = (&self.evolve, self.table.snapshot()) {
             if snapshot.schema().as_ref() == want {
                 self.evolve = None;
             }
@@ -308,12 +308,19 @@ impl Open {
     }
 
     /// The metadata action that grows the table's schema, while evolution is pending: it goes
-    /// into the next data commit, beside the first files written with the new columns.
-    fn evolution(&self, path: &TableLocation) -> Result<Option<Action>> {
+    /// into the data commit of epoch `epoch`, beside the first files written with the new
+    /// columns, and records that epoch for each added path (`exactly.addedAt.<path>`, read by
+    /// the audit: rows of earlier epochs have no value there).
+    fn evolution(&self, path: &TableLocation, epoch: u64) -> Result<Option<Action>> {
         use deltalake::kernel::MetadataExt;
-        let Some(schema) = &self.evolve else { return Ok(None) };
-        let metadata = self.table.snapshot().map_err(|e| delta_err(path, e))?.metadata().clone();
-        Ok(Some(Action::Metadata(metadata.with_schema(schema).map_err(|e| delta_err(path, e))?)))
+        let Some((schema, added)) = &self.evolve else { return Ok(None) };
+        let mut metadata = self.table.snapshot().map_err(|e| delta_err(path, e))?.metadata().clone();
+        metadata = metadata.with_schema(schema).map_err(|e| delta_err(path, e))?;
+        for column in added {
+            let key = format!("{}{column}", super::schema::ADDED_AT_PREFIX);
+            metadata = metadata.add_config_key(key, epoch.to_string()).map_err(|e| delta_err(path, e))?;
+        }
+        Ok(Some(Action::Metadata(metadata)))
     }
 }
 
@@ -437,9 +444,7 @@ impl DeltaSink {
         let have: Vec<StructField> = snapshot.schema().fields().cloned().collect();
         let evolve = super::schema::reconcile(&have, &want, self.evolution)
             .map_err(|why| Error::Recovery(format!("the table at {} {why}", path.display())))?;
-        if let Some(grown) = &evolve {
-            let added: Vec<&str> =
-                grown.fields().filter(|f| !have.iter().any(|h| h.name() == f.name())).map(|f| f.name().as_str()).collect();
+        if let Some((_, added)) = &evolve {
             tracing::info!(table = %path.display(), columns = ?added, "the next commit adds the pipeline's new columns to the table (sink.schema_evolution)");
         }
         let table = Self::apply_properties(table, path, &spec.settings).await?;
@@ -547,7 +552,7 @@ impl DeltaSink {
                 actions.extend(bucket_removes(&open.table, path, buckets.as_ref())?);
                 props = props.with_max_retries(0);
             }
-            actions.extend(open.evolution(path)?);
+            actions.extend(open.evolution(path, epoch)?);
             actions.extend(adds.iter().cloned().map(Action::Add));
             let snapshot = open.table.snapshot().map_err(|e| delta_err(path, e))?;
             self.failpoints.hit("before-delta-commit").await?;
@@ -769,8 +774,7 @@ impl DeltaSink {
                 .with_metadata([("exactly".to_string(), meta.clone())]);
             let snapshot = data.table.snapshot().map_err(|e| delta_err(&self.data.path, e))?;
             self.failpoints.hit("before-delta-commit").await?;
-            let mut actions: Vec<Action> = data.evolution(&self.data.path)?.into_iter().collect();
-            actions.extend(adds.iter().cloned().map(Action::Add));
+            let actions: Vec<Action> = adds.iter().cloned().map(Action::Add).collect();
             match CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), data.table.log_store(), op.clone()).await
             {
                 Ok(f) => break f,

@@ -11,14 +11,18 @@ use deltalake::kernel::{DataType, PrimitiveType, StructField, StructType};
 
 use crate::config::SchemaEvolution;
 
+/// What evolution adds to a table: its grown schema, and the paths of the added columns and
+/// struct members (`extra`, `geo.lon`).
+pub type Growth = (StructType, Vec<String>);
+
+/// The table property that records the epoch which added a column or member (`<prefix><path>`):
+/// rows of earlier epochs were written without it, which the audit must know.
+pub const ADDED_AT_PREFIX: &str = "exactly.addedAt.";
+
 /// The schema the table must take before the pipeline writes to it: `None` when its columns
-/// are already the pipeline's (order aside), the grown schema when evolution adds columns, or
-/// why the pipeline cannot write to it.
-pub fn reconcile(
-    table: &[StructField],
-    pipeline: &[StructField],
-    evolution: SchemaEvolution,
-) -> Result<Option<StructType>, String> {
+/// are already the pipeline's (order aside), the growth when evolution adds columns, or why the
+/// pipeline cannot write to it.
+pub fn reconcile(table: &[StructField], pipeline: &[StructField], evolution: SchemaEvolution) -> Result<Option<Growth>, String> {
     let mut added = Vec::new();
     let merged = merge(table, pipeline, "", &mut added)?;
     if added.is_empty() {
@@ -30,7 +34,7 @@ pub fn reconcile(
             "has no column {list}, which the pipeline writes; set sink.schema_evolution = \"add-columns\" to add it to the table, \
              or point sink.path at a new table"
         )),
-        SchemaEvolution::AddColumns => StructType::try_new(merged).map(Some).map_err(|e| e.to_string()),
+        SchemaEvolution::AddColumns => StructType::try_new(merged).map(|s| Some((s, added))).map_err(|e| e.to_string()),
     }
 }
 
@@ -130,7 +134,8 @@ mod tests {
         ];
         let refused = reconcile(&table, &pipeline, SchemaEvolution::None).unwrap_err();
         assert!(refused.contains("`s.y`, `c`") && refused.contains("add-columns"), "{refused}");
-        let grown = reconcile(&table, &pipeline, SchemaEvolution::AddColumns).unwrap().unwrap();
+        let (grown, added) = reconcile(&table, &pipeline, SchemaEvolution::AddColumns).unwrap().unwrap();
+        assert_eq!(added, ["s.y", "c"]);
         let want = StructType::try_new([
             f("a", DataType::LONG, false),
             f("s", s(vec![f("x", DataType::INTEGER, true), f("y", DataType::DATE, true)]), true),
