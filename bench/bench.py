@@ -231,10 +231,18 @@ class Ours:
         self.total, self.first_commit_at, self.lock = 0, None, threading.Lock()
         # Group mode: the partitions of the last commit, and when each partition got records.
         self.owned, self.partition_commits = set(), []
+        # The last lines that were not progress (an exit's reason), for errors.
+        self.said = []
         threading.Thread(target=self._read, daemon=True).start()
+
+    def exited(self):
+        """Why the process exited, for an error message: its code and last words."""
+        return f"exit {self.p.returncode}: {' | '.join(self.said[-3:]) or 'nothing on stderr'}"
 
     def _read(self):
         for line in self.p.stderr:
+            if not line.startswith("{"):
+                self.said = (self.said + [line.strip()])[-5:]
             if line.startswith("{"):
                 try:
                     prog = json.loads(line)
@@ -255,7 +263,7 @@ class Ours:
                 if self.total >= n:
                     return time.time()
             if self.p.poll() is not None:
-                raise RuntimeError(f"exactly exited with {self.p.returncode}")
+                raise RuntimeError(f"exactly exited ({self.exited()})")
             time.sleep(0.02)
         raise RuntimeError(f"timed out waiting for {n} committed records (have {self.total})")
 
@@ -421,7 +429,8 @@ def group_throughput(profile, topic, events, work, interval_ms, members):
     t0, end = min(o.started for o in os_), time.time() + 3600
     while sum(o.total for o in os_) < events:
         if time.time() > end or any(o.p.poll() is not None for o in os_):
-            raise RuntimeError(f"group of {members}: {sum(o.total for o in os_)} of {events} committed")
+            why = "; ".join(o.exited() for o in os_ if o.p.poll() is not None) or "timed out"
+            raise RuntimeError(f"group of {members}: {sum(o.total for o in os_)} of {events} committed ({why})")
         time.sleep(0.02)
     done = time.time()
     cpu = sum(sm.cpu_total() for sm in samplers)

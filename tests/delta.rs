@@ -180,3 +180,25 @@ async fn a_slow_sink_applies_back_pressure_and_memory_stays_bounded() {
     assert_eq!(audit.total(|p| p.rows), 4_000);
     assert!(audit.epoch >= 4, "several slow epochs, not one big one");
 }
+
+/// Processes that open a table nobody created yet at the same moment (group members starting
+/// together) leave one CREATE TABLE in the log: the losers use the winner's table. (delta-rs
+/// retries a conflicting create at the next version, which wrote a second CREATE TABLE with
+/// another table id over the first.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_creating_one_table_at_once_leave_one_create() {
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let config = common::delta_config(&common::unique("p"), "no-topic", dir.path());
+        let sinks: Vec<_> = (0..6).map(|_| sink::from_config(&config, Default::default())).collect();
+        let opened = futures::future::join_all(sinks.iter().map(|s| s.committed_epoch(&[]))).await;
+        assert!(opened.iter().all(Result::is_ok), "round {round}: {opened:?}");
+        let log = dir.path().join("table/_delta_log");
+        let creates = std::fs::read_dir(&log)
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+            .filter(|text| text.contains(r#""operation":"CREATE TABLE""#))
+            .count();
+        assert_eq!(creates, 1, "round {round}: one CREATE TABLE");
+    }
+}

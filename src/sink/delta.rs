@@ -422,6 +422,10 @@ impl DeltaSink {
                     .with_partition_columns(spec.partition_by.clone())
                     .with_comment(owner_description(&self.pipeline, spec.name))
                     .with_configuration(spec.settings.table_properties().into_iter().map(|(k, v)| (k, Some(v))))
+                    // Version 0 or nothing: delta-rs retries a create that lost the race for
+                    // version 0 at version 1, a second CREATE TABLE (another table id) over the
+                    // winner's table.
+                    .with_commit_properties(deltalake::kernel::transaction::CommitProperties::default().with_max_retries(0))
                     .await;
                 match created {
                     Ok(t) => t,
