@@ -259,7 +259,7 @@ async fn a_recreated_topic_is_refused_by_a_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_racing_a_newer_claim_is_refused_by_the_conflict_check() {
     use exactly::failpoint::{FailAction, FailPoints};
-    use exactly::record::{EpochBatch, Offsets, PartitionRange, Record, TopicPartition};
+    use exactly::record::{Offsets, TopicPartition};
     let dir = tempfile::tempdir().unwrap();
     let topic = common::unique("race");
     let config = group_config(&common::unique("g"), &topic, dir.path());
@@ -271,25 +271,7 @@ async fn a_commit_racing_a_newer_claim_is_refused_by_the_conflict_check() {
     let from: Offsets = [(tp.clone(), 0)].into_iter().collect();
     assert_eq!(a.group_claim(std::slice::from_ref(&tp), &from).await.unwrap(), from);
 
-    let records: Vec<Record> = (0..3)
-        .map(|i| Record {
-            tp: tp.clone(),
-            offset: i,
-            timestamp_ms: Some(0),
-            key: None,
-            payload: Some(format!(r#"{{"id":{i},"value":"v","ts":0}}"#).into_bytes()),
-        })
-        .collect();
-    let decoded = exactly::decode::Decoder::for_pipeline(&config).decode(&records);
-    let batch = EpochBatch {
-        epoch: 1,
-        ranges: vec![PartitionRange { tp: tp.clone(), start: 0, end: 3, records: 3 }],
-        output: exactly::state::Output::Append(vec![decoded.rows]),
-        dead_letters: decoded.dead,
-        min_timestamp_ms: None,
-        state: Default::default(),
-        duplicates: 0,
-    };
+    let batch = epoch_of_three(&config, &tp);
     paused.arm("before-delta-commit", FailAction::Sleep(Duration::from_secs(2)), Some(1));
     let (a2, batch2) = (a.clone(), batch.clone());
     let racing = tokio::spawn(async move { a2.commit(&batch2).await });
@@ -304,4 +286,60 @@ async fn a_commit_racing_a_newer_claim_is_refused_by_the_conflict_check() {
     assert_eq!(rows().await, 3);
     assert!(matches!(a.commit(&batch).await, Err(exactly::Error::Fenced { .. })), "A stays fenced");
     assert_eq!(rows().await, 3);
+}
+
+/// Epoch 1 of three seed records of `tp` (offsets 0-2), decoded as `config` decodes them.
+fn epoch_of_three(config: &exactly::PipelineConfig, tp: &exactly::record::TopicPartition) -> exactly::record::EpochBatch {
+    use exactly::record::{EpochBatch, PartitionRange, Record};
+    let records: Vec<Record> = (0..3)
+        .map(|i| Record {
+            tp: tp.clone(),
+            offset: i,
+            timestamp_ms: Some(0),
+            key: None,
+            payload: Some(format!(r#"{{"id":{i},"value":"v","ts":0}}"#).into_bytes()),
+        })
+        .collect();
+    let decoded = exactly::decode::Decoder::for_pipeline(config).decode(&records);
+    EpochBatch {
+        epoch: 1,
+        ranges: vec![PartitionRange { tp: tp.clone(), start: 0, end: 3, records: 3 }],
+        output: exactly::state::Output::Append(vec![decoded.rows]),
+        dead_letters: decoded.dead,
+        min_timestamp_ms: None,
+        state: Default::default(),
+        duplicates: 0,
+    }
+}
+
+/// A member's commit (or claim) that loses to a metadata change — another member recording the
+/// topic's id as a table property when it starts — reads the table again and commits; it used to
+/// fail, and a member whose claim failed so stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_racing_a_metadata_change_commits_after_reading_again() {
+    use exactly::failpoint::{FailAction, FailPoints};
+    use exactly::record::{Offsets, TopicPartition};
+    let dir = tempfile::tempdir().unwrap();
+    let topic = common::unique("meta-race");
+    let config = group_config(&common::unique("g"), &topic, dir.path());
+    let table = dir.path().join("table");
+    let paused = std::sync::Arc::new(FailPoints::new());
+    let a = exactly::sink::from_config(&config, paused.clone());
+    let tp = TopicPartition::new(&topic, 0);
+    let from: Offsets = [(tp.clone(), 0)].into_iter().collect();
+    assert_eq!(a.group_claim(std::slice::from_ref(&tp), &from).await.unwrap(), from);
+    let batch = epoch_of_three(&config, &tp);
+    paused.arm("before-delta-commit", FailAction::Sleep(Duration::from_secs(2)), Some(1));
+    let (a2, batch2) = (a.clone(), batch.clone());
+    let racing = tokio::spawn(async move { a2.commit(&batch2).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let t = exactly::sink::delta::load_table(&table).await.unwrap().unwrap();
+    t.set_tbl_properties()
+        .with_properties([("exactly.topicId.other".to_string(), "x".to_string())].into_iter().collect())
+        .with_raise_if_not_exists(false)
+        .await
+        .unwrap();
+    racing.await.unwrap().expect("A's commit lands after reading the table again");
+    let rows: usize = common::read_rows(&table).await.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 3);
 }

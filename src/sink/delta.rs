@@ -149,14 +149,18 @@ fn delta_fields(schema: &SchemaRef) -> Result<Vec<StructField>> {
 /// first, before the epoch fails (and the pipeline restarts it).
 const REPLACE_ATTEMPTS: u32 = 20;
 
-/// A commit refused because a winning commit set a txn appId this one sets too: in group mode,
-/// another member committed one of this epoch's partitions.
-fn concurrent_txn(e: &deltalake::DeltaTableError) -> bool {
+/// A commit refused because a winning commit set a txn appId this one sets too (in group mode,
+/// another member committed or claimed one of these partitions), or changed the table's metadata
+/// (another member recording a topic id when it started). Either way: read the table again, check
+/// the claims, and commit again.
+fn lost_to_another_member(e: &deltalake::DeltaTableError) -> bool {
     use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
     matches!(
         e,
         deltalake::DeltaTableError::Transaction {
-            source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction)
+            source: TransactionError::CommitConflict(
+                CommitConflictError::ConcurrentTransaction | CommitConflictError::MetadataChanged
+            )
         }
     )
 }
@@ -681,8 +685,8 @@ impl DeltaSink {
                     }
                     return Ok(start);
                 }
-                Err(e) if concurrent_txn(&e) => {
-                    tracing::info!(table = %path.display(), "another member claimed or committed one of these partitions meanwhile; reading the table again")
+                Err(e) if lost_to_another_member(&e) => {
+                    tracing::info!(table = %path.display(), "another member claimed, committed or changed the table meanwhile; reading it again")
                 }
                 Err(e) => return Err(delta_err(path, e)),
             }
@@ -782,7 +786,7 @@ impl DeltaSink {
             match CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), data.table.log_store(), op.clone()).await
             {
                 Ok(f) => break f,
-                Err(e) if concurrent_txn(&e) && attempt < REPLACE_ATTEMPTS => {
+                Err(e) if lost_to_another_member(&e) && attempt < REPLACE_ATTEMPTS => {
                     // Another member committed one of these partitions since the snapshot: the
                     // fence says whether it moved them (then this epoch is dropped).
                     data.table.update_incremental(None).await.map_err(|e| delta_err(&self.data.path, e))?;
@@ -838,7 +842,7 @@ impl DeltaSink {
                     open.landed(f);
                     return Ok(());
                 }
-                Err(e) if concurrent_txn(&e) && attempt < REPLACE_ATTEMPTS => continue,
+                Err(e) if lost_to_another_member(&e) && attempt < REPLACE_ATTEMPTS => continue,
                 Err(e) => return Err(delta_err(&self.dead.path, e)),
             }
         }
