@@ -41,7 +41,8 @@ enum Command {
     /// Produce demo events {"id","value","ts"} to a topic (the seed's producer).
     Produce(ProduceArgs),
     /// Check a pipeline's connections without running it: the brokers answer and accept its
-    /// security settings, its topics exist, its tables' store can be written.
+    /// security settings, its topics exist, its schema registry answers, its tables' store can
+    /// be written.
     Check {
         /// The pipeline's TOML config.
         #[arg(long, short)]
@@ -303,6 +304,9 @@ async fn check(path: &std::path::Path) -> anyhow::Result<()> {
         if cluster.brokers == 1 { "" } else { "s" },
         topics.join(", ")
     );
+    if let Some(url) = exactly::decode::Decoder::new(&config.decode).check_registry().await? {
+        println!("schema registry: {url}: answered");
+    }
     let sink = sink::from_config(&config, Arc::new(FailPoints::default()));
     sink.preflight().await?;
     match (config.table_path(), config.dead_letter_path()) {

@@ -125,3 +125,31 @@ fn optimize_and_vacuum_without_a_table_are_one_line() {
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
     assert_one_line_error(out.status.code().unwrap_or(-1), &err, &["sink.path", "no Delta table"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_a_schema_registry_that_does_not_answer() {
+    let topic = crate::common::topic("check-registry", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.avsc"), r#"{"type": "record", "name": "R", "fields": [{"name": "id", "type": "long"}]}"#)
+        .unwrap();
+    let port = crate::common::free_port();
+    let text = format!(
+        "id = \"p\"\n[source]\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\n[decode]\nformat = \"avro\"\n[decode.avro]\n\
+         schema_file = \"r.avsc\"\nframing = \"confluent\"\n[decode.avro.registry]\nurl = \"http://127.0.0.1:{port}\"\n\
+         username = \"u\"\npassword = \"hunter2\"\ntimeout_ms = 1000\n",
+        crate::common::brokers()
+    );
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = exactly().args(["check", "--config"]).arg(&path).current_dir(dir.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_one_line_error(
+        out.status.code().unwrap_or(-1),
+        &stderr,
+        &[&format!("schema registry http://127.0.0.1:{port} did not answer")],
+    );
+    assert!(
+        !stderr.contains("hunter2") && !String::from_utf8_lossy(&out.stdout).contains("hunter2"),
+        "the password is never shown"
+    );
+}

@@ -85,6 +85,15 @@ impl Avro {
         Ok(Avro { reader: resolvable(&reader), fields, framing: config.framing, writers })
     }
 
+    /// Asks the schema registry, if one is configured, whether it answers (see
+    /// [`Registry::check`]); its address when it does.
+    pub async fn check_registry(&self) -> Result<Option<String>, String> {
+        match &self.writers {
+            Writers::ById { registry: Some(registry), .. } => registry.check().await.map(|()| Some(registry.url().to_string())),
+            _ => Ok(None),
+        }
+    }
+
     /// The columns the reader schema gives.
     pub fn fields(&self) -> &[FieldConfig] {
         &self.fields

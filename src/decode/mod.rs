@@ -498,6 +498,15 @@ impl Decoder {
         }
     }
 
+    /// For `exactly check`: asks the schema registry (Avro with `decode.avro.registry`) whether
+    /// it answers and takes the credentials; its address when one is configured and answers.
+    pub async fn check_registry(&self) -> crate::error::Result<Option<String>> {
+        match &self.avro {
+            Some(avro) => avro.check_registry().await.map_err(crate::error::Error::SchemaRegistry),
+            None => Ok(None),
+        }
+    }
+
     /// The declared columns (`json`: `decode.fields`; `avro`: the reader schema's fields).
     pub fn fields(&self) -> &[FieldConfig] {
         &self.fields

@@ -70,6 +70,28 @@ impl Registry {
         Ok(Registry { client, base: url.to_string(), auth, attempts: config.attempts.max(1) })
     }
 
+    /// Whether the registry answers and takes the credentials (`GET <url>/subjects`, once):
+    /// for `exactly check`. `Err` names the registry and the problem.
+    pub async fn check(&self) -> Result<(), String> {
+        let mut request = self.client.get(format!("{}/subjects", self.base));
+        if let Some((user, password)) = &self.auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request.send().await.map_err(|e| format!("schema registry {} did not answer: {e}", self.base))?;
+        match response.status() {
+            s if s.is_success() => Ok(()),
+            s if s.as_u16() == 401 || s.as_u16() == 403 => {
+                Err(format!("schema registry {} refused the credentials (HTTP {s})", self.base))
+            }
+            s => Err(format!("schema registry {} answered HTTP {s} to GET /subjects", self.base)),
+        }
+    }
+
+    /// The registry's address.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
     /// The writer schema with id `id`; `Err` when the registry cannot be asked (after the
     /// retries) or refuses the credentials.
     pub async fn schema(&self, id: u32) -> Result<Lookup, String> {
