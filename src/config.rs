@@ -1213,8 +1213,10 @@ impl PipelineConfig {
         if self.decode.max_record_bytes == 0 {
             return Err(bad("decode.max_record_bytes", "must be at least 1".into()));
         }
+        // One decoder for every check below (for Avro it reads the schema files).
+        let decoder = crate::decode::Decoder::new(&self.decode);
         let columns: Vec<(String, bool)> = {
-            let schema = crate::decode::Decoder::new(&self.decode).schema();
+            let schema = decoder.schema();
             schema
                 .fields()
                 .iter()
@@ -1229,7 +1231,6 @@ impl PipelineConfig {
                 .collect()
         };
         let has = |name: &str| columns.iter().any(|(n, _)| n == name);
-        let decoder = crate::decode::Decoder::new(&self.decode);
         let key_type = |name: &str| {
             match decoder.fields().iter().find(|f| f.name == name) {
             Some(f) if !f.kind.is_key_type() => Err(format!(
@@ -1258,7 +1259,7 @@ impl PipelineConfig {
                     ))
                 }
                 (Some(w), None) => {
-                    let is_ts = crate::decode::Decoder::new(&self.decode)
+                    let is_ts = decoder
                         .schema()
                         .field_with_name(w)
                         .is_ok_and(|f| matches!(f.data_type(), deltalake::arrow::datatypes::DataType::Timestamp(..)));

@@ -88,13 +88,13 @@ pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<
     match &config.sink {
         SinkConfig::Console { num_rows } => Arc::new(console::ConsoleSink::stdout(*num_rows)),
         SinkConfig::Delta { .. } => {
-            let decoded = Decoder::new(&config.decode).schema();
+            let decoder = Decoder::new(&config.decode);
             let (schema, partition_by) = match &config.aggregate {
                 Some(a) => (
-                    crate::decode::with_epoch_field(&crate::state::result_schema(&decoded, a)),
+                    crate::decode::with_epoch_field(&crate::state::result_schema(&decoder.schema(), a)),
                     vec![crate::state::BUCKET_COL.to_string()],
                 ),
-                None => (Decoder::new(&config.decode).output_schema(), Vec::new()),
+                None => (decoder.output_schema(), Vec::new()),
             };
             let sink = delta::DeltaSink::new(
                 &config.id,
