@@ -805,9 +805,11 @@ pub enum SinkConfig {
         compaction: CompactionConfig,
         /// What happens when the pipeline's columns differ from the table's: `none` refuses to
         /// start; `add-columns` adds new nullable columns (and new nullable struct members) to
-        /// the table's schema in the commit of the first epoch written with them. Dropping,
-        /// retyping (widening included) or changing a column's nullability is refused either
-        /// way, naming the column.
+        /// the table's schema in the commit of the first epoch written with them. With Avro,
+        /// `add-columns` also makes the fields a writer schema has beyond the reader schema's
+        /// columns, as records written with it arrive (no restart). Dropping, retyping
+        /// (widening included) or changing a column's nullability is refused either way,
+        /// naming the column.
         #[serde(default)]
         schema_evolution: SchemaEvolution,
     },
@@ -1376,6 +1378,12 @@ impl PipelineConfig {
             }
             _ => None,
         }
+    }
+
+    /// Whether the fields Avro writer schemas have beyond the reader schema's become columns
+    /// (`decode.format = "avro"` with `sink.schema_evolution = "add-columns"`).
+    pub fn takes_writer_columns(&self) -> bool {
+        self.decode.format == DecodeFormat::Avro && self.sink.schema_evolution() == SchemaEvolution::AddColumns
     }
 
     /// The Delta sink's table location with its storage options (`None` for other sinks).

@@ -71,6 +71,11 @@ pub enum Error {
     #[error("{0}")]
     SchemaRegistry(String),
 
+    /// The topic's writer schemas disagree on a column (`sink.schema_evolution` takes their
+    /// fields as columns).
+    #[error("schema: {0}")]
+    Schema(String),
+
     /// Actors kept failing: the restart budget was spent.
     #[error("restart budget spent: {restarts} restarts within {window_secs} s, last failure: {last_failure}")]
     RestartBudgetSpent {

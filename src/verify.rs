@@ -715,9 +715,20 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
 
     // What the data table holds: per-record rows (append, dedup), every decoded column so each
     // row can be compared with its Kafka record; or one row per group (aggregation).
-    let decoder = Decoder::new(&config.decode);
+    let decoder = Decoder::for_table(config);
     let per_record = config.aggregate.is_none();
-    let content_cols: Vec<String> = decoder.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let mut content_cols: Vec<String> = decoder.schema().fields().iter().map(|f| f.name().clone()).collect();
+    if config.takes_writer_columns() {
+        // The columns the topic's writer schemas added (the decoder learns them as it reads).
+        let snapshot = table.snapshot().map_err(|e| Error::Sink(e.to_string()))?;
+        let extra: Vec<String> = snapshot
+            .schema()
+            .fields()
+            .map(|f| f.name().clone())
+            .filter(|n| n != EPOCH_COL && !content_cols.contains(n))
+            .collect();
+        content_cols.extend(extra);
+    }
     let mut data_cols: Vec<String> = Vec::new();
     if per_record {
         data_cols.extend(content_cols.iter().cloned());

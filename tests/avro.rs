@@ -69,14 +69,31 @@ async fn send(topic: &str, values: &[Vec<u8>]) {
     }
 }
 
+/// A directory `schemas` under `dir` holding `files` (name, schema text).
+fn schemas_dir(dir: &Path, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let schemas = dir.join("schemas");
+    std::fs::create_dir_all(&schemas).unwrap();
+    for (name, text) in files {
+        std::fs::write(schemas.join(name), text).unwrap();
+    }
+    schemas
+}
+
+/// `decode` for Avro values with the reader schema `reader`, framed as `framing`, writer schemas
+/// from `schemas_dir` (no registry).
+fn avro_decode(reader: std::path::PathBuf, framing: AvroFraming, schemas_dir: Option<std::path::PathBuf>) -> DecodeConfig {
+    DecodeConfig {
+        format: DecodeFormat::Avro,
+        avro: Some(AvroConfig { schema_file: reader, framing, schemas_dir, registry: None }),
+        ..DecodeConfig::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_writer_schema_versions_resolve_into_one_table() {
     let topic = common::topic("avro", 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let schemas = dir.path().join("schemas");
-    std::fs::create_dir_all(&schemas).unwrap();
-    std::fs::write(schemas.join("1.avsc"), V1).unwrap();
-    std::fs::write(schemas.join("2.avsc"), V2).unwrap();
+    let schemas = schemas_dir(dir.path(), &[("1.avsc", V1), ("2.avsc", V2)]);
     let reader = dir.path().join("order.avsc");
     std::fs::write(&reader, V2).unwrap();
 
@@ -110,16 +127,7 @@ async fn two_writer_schema_versions_resolve_into_one_table() {
     values.extend([unknown, magic, short, long]);
 
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
-    config.decode = DecodeConfig {
-        format: DecodeFormat::Avro,
-        avro: Some(AvroConfig {
-            schema_file: reader,
-            framing: AvroFraming::Confluent,
-            schemas_dir: Some(schemas),
-            registry: None,
-        }),
-        ..DecodeConfig::default()
-    };
+    config.decode = avro_decode(reader, AvroFraming::Confluent, Some(schemas));
     send(&topic, &values).await;
     let table = dir.path().join("table");
     let pipeline = common::start(&config, Default::default()).await;
@@ -152,9 +160,7 @@ async fn two_writer_schema_versions_resolve_into_one_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_object_and_bare_avro_values_decode() {
     let dir = tempfile::tempdir().unwrap();
-    let schemas = dir.path().join("schemas");
-    std::fs::create_dir_all(&schemas).unwrap();
-    std::fs::write(schemas.join("order-v1.avsc"), V1).unwrap();
+    let schemas = schemas_dir(dir.path(), &[("order-v1.avsc", V1)]);
     let reader = dir.path().join("order.avsc");
     std::fs::write(&reader, V2).unwrap();
     let record = r#"{"id": 7, "customer": {"name": "ed", "tags": []}, "price": "0.01", "at": 3, "qty": 4, "status": "NEW"}"#;
@@ -167,11 +173,7 @@ async fn single_object_and_bare_avro_values_decode() {
         let mut values = encode(name, &writer, 0, &[record]);
         values.push(b"\xc3\x01not avro".to_vec());
         let mut config = common::delta_config(&common::unique("p"), &topic, &dir.path().join(name));
-        config.decode = DecodeConfig {
-            format: DecodeFormat::Avro,
-            avro: Some(AvroConfig { schema_file: reader.clone(), framing, schemas_dir, registry: None }),
-            ..DecodeConfig::default()
-        };
+        config.decode = avro_decode(reader.clone(), framing, schemas_dir);
         send(&topic, &values).await;
         let table = dir.path().join(name).join("table");
         let pipeline = common::start(&config, Default::default()).await;
@@ -304,4 +306,110 @@ async fn an_unreachable_registry_stops_the_pipeline_and_skips_nothing() {
         let rows: usize = common::read_rows(&dir.path().join(table)).await.iter().map(|b| b.num_rows()).sum();
         assert_eq!(rows, 0, "{table}: nothing committed for records the registry could not resolve");
     }
+}
+
+/// The reader schema of [`writer_schema_fields_join_the_table_without_a_restart`], also the
+/// first writer schema (id 1).
+const PERSON: &str = r#"{"type": "record", "name": "Person", "fields": [
+  {"name": "id", "type": "long"},
+  {"name": "name", "type": "string"}
+]}"#;
+
+/// A later writer schema (id 2): two fields the reader schema lacks.
+const PERSON_EMAIL: &str = r#"{"type": "record", "name": "Person", "fields": [
+  {"name": "id", "type": "long"},
+  {"name": "name", "type": "string"},
+  {"name": "email", "type": ["null", "string"], "default": null},
+  {"name": "score", "type": "int"}
+]}"#;
+
+/// Another (id 3): yet another field, and none of id 2's.
+const PERSON_PHONE: &str = r#"{"type": "record", "name": "Person", "fields": [
+  {"name": "id", "type": "long"},
+  {"name": "name", "type": "string"},
+  {"name": "phone", "type": "string"}
+]}"#;
+
+/// With `sink.schema_evolution = "add-columns"`, the fields a writer schema adds become
+/// columns while the pipeline runs: the first epoch with such records grows the table in its
+/// own commit; rows of other writer schemas read null there. A process SIGKILLed with the
+/// growing epoch's files written, or aborted right after its commit, leaves the table exactly
+/// once, the schema changed once; a restart keeps the columns the records of the moment lack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_schema_fields_join_the_table_without_a_restart() {
+    use crate::common::{spawn, terminate, write_config};
+    use crate::schema::log_of;
+    let topic = common::topic("avro-evolve", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let schemas = schemas_dir(dir.path(), &[("1.avsc", PERSON), ("2.avsc", PERSON_EMAIL), ("3.avsc", PERSON_PHONE)]);
+    let reader = dir.path().join("person.avsc");
+    std::fs::write(&reader, PERSON).unwrap();
+    let person = |id: u32, ids: std::ops::Range<u64>| {
+        let records: Vec<String> = ids
+            .map(|i| match id {
+                1 => format!(r#"{{"id": {i}, "name": "n{i}"}}"#),
+                2 if i % 2 == 0 => format!(r#"{{"id": {i}, "name": "n{i}", "email": "e{i}", "score": {}}}"#, i * 10),
+                2 => format!(r#"{{"id": {i}, "name": "n{i}", "email": null, "score": {}}}"#, i * 10),
+                _ => format!(r#"{{"id": {i}, "name": "n{i}", "phone": "p{i}"}}"#),
+            })
+            .collect();
+        let records: Vec<&str> = records.iter().map(String::as_str).collect();
+        encode("confluent", &schemas.join(format!("{id}.avsc")), id, &records)
+    };
+
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.decode = avro_decode(reader, AvroFraming::Confluent, Some(schemas.clone()));
+    if let exactly::config::SinkConfig::Delta { schema_evolution, .. } = &mut config.sink {
+        *schema_evolution = exactly::config::SchemaEvolution::AddColumns;
+    }
+    let table = dir.path().join("table");
+    let file = write_config(&config, dir.path());
+
+    // Written with the reader schema only: its columns.
+    send(&topic, &person(1, 0..5)).await;
+    let child = spawn(&file, None);
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    let before = log_of(&table, "\"email\"");
+    assert!(before.iter().all(|(_, schema, _)| !schema), "no `email` column yet: {before:?}");
+
+    // The producer moves to writer schema 2 (and back) while the pipeline runs.
+    let mut values = person(2, 5..10);
+    values.extend(person(1, 10..12));
+    send(&topic, &values).await;
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    terminate(child).await;
+    let after = log_of(&table, "\"email\"");
+    let changes: Vec<&(u64, bool, usize)> = after.iter().filter(|(_, schema, _)| *schema).collect();
+    assert_eq!(changes.len(), 1, "one commit adds `email`: {after:?}");
+    assert!(changes[0].2 > 0 && changes[0].0 > before.last().unwrap().0, "with the epoch's files: {after:?}");
+
+    // Writer schema 3 arrives at a restart: killed with the growing epoch's files written, then
+    // aborted right after its commit (before the checkpoint), then run to the end.
+    send(&topic, &person(3, 12..15)).await;
+    let phone = || log_of(&table, "\"phone\"").iter().filter(|(_, schema, _)| *schema).count();
+    common::kill_with_files_written(&file, &table).await;
+    assert_eq!(phone(), 0, "no schema change without its commit");
+    let (status, _) = common::wait_exit(spawn(&file, Some("after-delta-commit=abort")), Duration::from_secs(60), "abort").await;
+    assert!(!status.success());
+    assert_eq!(phone(), 1);
+    let child = spawn(&file, None);
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    terminate(child).await;
+    assert_eq!(phone(), 1, "the schema changed once");
+    common::assert_each_epoch_committed_once(&table, &config.id);
+
+    let read = common::read_rows_with_python(&table);
+    common::assert_types(&read, &[("email", "string"), ("score", "int"), ("phone", "string")]);
+    let mut rows = common::row_values(&read, &["id", "name", "email", "score", "phone"]);
+    rows.sort_by_key(|r| r[0].as_i64());
+    let want: Vec<serde_json::Value> = (0..15u64)
+        .map(|i| match i {
+            5..10 => serde_json::json!([i, format!("n{i}"), (i % 2 == 0).then(|| format!("e{i}")), i * 10, null]),
+            12.. => serde_json::json!([i, format!("n{i}"), null, null, format!("p{i}")]),
+            _ => serde_json::json!([i, format!("n{i}"), null, null, null]),
+        })
+        .collect();
+    assert_eq!(rows, want, "dead letters: {:?}", common::dead_letter_reasons(&dir.path().join("table_dead_letters")));
+    let audit = common::assert_verified(&config).await;
+    assert_eq!((audit.total(|p| p.rows), audit.total(|p| p.dead_lettered)), (15, 0));
 }

@@ -56,7 +56,7 @@ fn log(table: &Path) -> Vec<(u64, bool, usize)> {
 }
 
 /// [`log`], for a schema change to one whose text holds `marker`.
-fn log_of(table: &Path, marker: &str) -> Vec<(u64, bool, usize)> {
+pub(crate) fn log_of(table: &Path, marker: &str) -> Vec<(u64, bool, usize)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(table.join("_delta_log")).unwrap() {
         let path = entry.unwrap().path();
@@ -148,17 +148,7 @@ async fn a_process_killed_around_the_evolving_commit_stays_exactly_once() {
     let file = write_config(&config, dir.path());
     // SIGKILLed in the evolving epoch, its files (with the new column) written but not
     // committed: the table is as it was.
-    let parquet = || {
-        std::fs::read_dir(&table)
-            .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet"))
-            .count()
-    };
-    let before = parquet();
-    let mut child = spawn(&file, Some("after-parquet-write=sleep(60000)"));
-    common::wait_until(Duration::from_secs(60), "the evolving epoch's files", || async { parquet() > before }).await;
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    common::kill_with_files_written(&file, &table).await;
     assert!(log(&table).iter().all(|(_, schema, _)| !schema), "no schema change without its commit");
     // Killed by an abort with the files written, once more: nothing changes either.
     let (status, _) = common::wait_exit(spawn(&file, Some("after-parquet-write=abort")), Duration::from_secs(60), "abort").await;

@@ -15,9 +15,16 @@
 //! skipped, `int` → `long` → `float` → `double` promotions), so one table holds every version
 //! of a topic's schema. An unknown schema id or fingerprint, a wrong frame, a body that does not
 //! decode or resolve, or a value that does not fit its column is a dead letter with the reason.
+//!
+//! With `sink.schema_evolution = "add-columns"` the fields a writer schema has beyond the reader
+//! schema's become columns too ([`Avro::grow`]): the first record written with such a schema
+//! brings its new fields to the table, without a restart. Each such column is nullable and
+//! holds exactly what the record's own writer schema gives (null when it lacks the field), so a
+//! row never depends on which records were decoded before it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use apache_avro::schema::{Name, ResolvedSchema};
@@ -32,12 +39,37 @@ use crate::config::{AvroConfig, AvroFraming, FieldConfig, FieldType};
 #[derive(Debug)]
 enum Writers {
     /// `framing = "none"`: the reader schema.
-    Reader,
+    Reader(Arc<Writer>),
     /// Confluent ids: from `schemas_dir`, then from the registry (fetched ids, and why an id
     /// is unknown).
-    ById { dir: HashMap<u32, Schema>, registry: Option<Registry>, fetched: RwLock<HashMap<u32, Result<Arc<Schema>, String>>> },
+    ById {
+        dir: HashMap<u32, Arc<Writer>>,
+        registry: Option<Registry>,
+        fetched: RwLock<HashMap<u32, Result<Arc<Writer>, String>>>,
+    },
     /// Single-object fingerprints (little-endian CRC-64-AVRO).
-    ByFingerprint(HashMap<[u8; 8], Schema>),
+    ByFingerprint(HashMap<[u8; 8], Arc<Writer>>),
+}
+
+/// A writer schema as decoding uses it.
+#[derive(Debug)]
+struct Writer {
+    /// What names it in messages: `writer schema id 7`, `… fingerprint …`.
+    label: String,
+    /// The schema, as given to `apache-avro` (see [`resolvable`]).
+    schema: Schema,
+    /// The columns its fields give beyond the reader schema's, all nullable (`Err`: one of
+    /// them has no column type).
+    added: Result<Vec<FieldConfig>, String>,
+    /// Whether [`Avro::grow`] took `added` into the decoder's columns.
+    grown: AtomicBool,
+}
+
+impl Writer {
+    fn new(label: String, schema: &Schema, reader: &[FieldConfig]) -> Arc<Writer> {
+        let added = added_columns(schema, reader).map_err(|why| format!("{label}: {why}"));
+        Arc::new(Writer { label, schema: resolvable(schema), added, grown: AtomicBool::new(false) })
+    }
 }
 
 /// A loaded Avro setup: the reader schema, its columns, the writer schemas.
@@ -47,6 +79,9 @@ pub struct Avro {
     fields: Vec<FieldConfig>,
     framing: AvroFraming,
     writers: Writers,
+    /// The columns writer schemas added beyond the reader schema's, in the order they were
+    /// first seen (only grown when the pipeline takes writer fields as columns).
+    added: RwLock<Vec<FieldConfig>>,
 }
 
 impl Avro {
@@ -61,28 +96,29 @@ impl Avro {
             );
         }
         let writers = match config.framing {
-            AvroFraming::None => Writers::Reader,
+            AvroFraming::None => Writers::Reader(Writer::new("the reader schema".into(), &reader, &fields)),
             AvroFraming::Confluent => {
                 let mut by_id = HashMap::new();
                 for (path, stem) in schema_files(config.schemas_dir.as_deref())? {
                     let id: u32 = stem.parse().map_err(|_| {
                         format!("{}: with confluent framing, schema files are named by their id, like 42.avsc", path.display())
                     })?;
-                    by_id.insert(id, resolvable(&read_schema(&path)?.0));
+                    by_id.insert(id, Writer::new(format!("writer schema id {id}"), &read_schema(&path)?.0, &fields));
                 }
                 let registry = config.registry.as_ref().map(Registry::new).transpose().map_err(|e| format!("decode.avro.{e}"))?;
                 Writers::ById { dir: by_id, registry, fetched: RwLock::new(HashMap::new()) }
             }
             AvroFraming::SingleObject => {
-                let mut by_fingerprint = HashMap::from([(reader_fp, resolvable(&reader))]);
+                let label = |fp: [u8; 8]| format!("writer schema fingerprint {:016x}", u64::from_le_bytes(fp));
+                let mut by_fingerprint = HashMap::from([(reader_fp, Writer::new(label(reader_fp), &reader, &fields))]);
                 for (path, _) in schema_files(config.schemas_dir.as_deref())? {
                     let (schema, fp) = read_schema(&path)?;
-                    by_fingerprint.insert(fp, resolvable(&schema));
+                    by_fingerprint.insert(fp, Writer::new(label(fp), &schema, &fields));
                 }
                 Writers::ByFingerprint(by_fingerprint)
             }
         };
-        Ok(Avro { reader: resolvable(&reader), fields, framing: config.framing, writers })
+        Ok(Avro { reader: resolvable(&reader), fields, framing: config.framing, writers, added: RwLock::new(Vec::new()) })
     }
 
     /// Asks the schema registry, if one is configured, whether it answers (see
@@ -99,11 +135,29 @@ impl Avro {
         &self.fields
     }
 
-    /// The column values of one Avro value into `vals`, or why it cannot be decoded.
-    pub(super) fn values<'a>(&self, bytes: &[u8], vals: &mut Vec<Val<'a>>) -> Result<(), Rejected> {
+    /// The columns writer schemas added so far (see [`Avro::grow`]).
+    pub(super) fn added(&self) -> Vec<FieldConfig> {
+        self.added.read().expect("added columns lock").clone()
+    }
+
+    /// The column values of one Avro value into `vals`, or why it cannot be decoded: the
+    /// reader schema's columns, then — when `added` is given — the columns writer schemas
+    /// added.
+    pub(super) fn values<'a>(
+        &self,
+        bytes: &[u8],
+        vals: &mut Vec<Val<'a>>,
+        added: Option<&[FieldConfig]>,
+    ) -> Result<(), Rejected> {
+        let (writer, body) = self.writer(bytes)?;
+        self.resolve(&writer, body, vals, added)
+    }
+
+    /// The writer schema of a value and the value's Avro body.
+    fn writer<'b>(&self, bytes: &'b [u8]) -> Result<(Arc<Writer>, &'b [u8]), Rejected> {
         let corrupt = |why: String| (Rejection::InvalidAvro, why);
-        let (writer, body) = match (&self.framing, &self.writers) {
-            (_, Writers::Reader) => (&self.reader, bytes),
+        match (&self.framing, &self.writers) {
+            (_, Writers::Reader(reader)) => Ok((reader.clone(), bytes)),
             (AvroFraming::Confluent, Writers::ById { dir, registry, fetched }) => {
                 let id = confluent_id(bytes).ok_or_else(|| {
                     corrupt(format!(
@@ -112,18 +166,15 @@ impl Avro {
                     ))
                 })?;
                 match (dir.get(&id), registry) {
-                    (Some(writer), _) => return self.resolve(writer, &bytes[5..], vals),
+                    (Some(writer), _) => Ok((writer.clone(), &bytes[5..])),
                     (None, None) => {
-                        return Err((
-                            Rejection::UnknownSchema,
-                            format!("unknown writer schema id {id} (not in decode.avro.schemas_dir)"),
-                        ))
+                        Err((Rejection::UnknownSchema, format!("unknown writer schema id {id} (not in decode.avro.schemas_dir)")))
                     }
                     (None, Some(_)) => {
                         let known = fetched.read().expect("schema cache lock").get(&id).cloned();
                         match known {
-                            Some(Ok(writer)) => return self.resolve(&writer, &bytes[5..], vals),
-                            Some(Err(why)) => return Err((Rejection::UnknownSchema, why)),
+                            Some(Ok(writer)) => Ok((writer, &bytes[5..])),
+                            Some(Err(why)) => Err((Rejection::UnknownSchema, why)),
                             None => panic!("schema id {id} was not fetched: Decoder::prepare runs before decode"),
                         }
                     }
@@ -146,11 +197,41 @@ impl Avro {
                         ),
                     )
                 })?;
-                (writer, &bytes[10..])
+                Ok((writer.clone(), &bytes[10..]))
             }
             (framing, writers) => unreachable!("{framing:?} loads no {writers:?}"),
-        };
-        self.resolve(writer, body, vals)
+        }
+    }
+
+    /// Takes the columns the writer schemas of `values` add beyond the reader schema's into the
+    /// decoder's columns (once per writer schema). `Err`: a writer schema gives a column
+    /// another one already gave with another type — one column cannot hold both, and which
+    /// one came first must not decide a row, so the batch is not decoded.
+    pub(super) fn grow<'v>(&self, values: impl Iterator<Item = &'v [u8]>) -> Result<(), String> {
+        for bytes in values {
+            let Ok((writer, _)) = self.writer(bytes) else { continue };
+            if writer.grown.load(Ordering::Acquire) {
+                continue;
+            }
+            if let Ok(columns) = &writer.added {
+                let mut added = self.added.write().expect("added columns lock");
+                for c in columns {
+                    match added.iter().find(|a| a.name == c.name) {
+                        Some(a) if a.kind == c.kind => {}
+                        Some(a) => {
+                            return Err(format!(
+                                "{} has field `{}` as {}, but an earlier writer schema gave it as {}: one column cannot \
+                                 hold both; keep the field's type across the topic's schemas",
+                                writer.label, c.name, c.kind, a.kind
+                            ))
+                        }
+                        None => added.push(c.clone()),
+                    }
+                }
+            }
+            writer.grown.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Fetches the writer schemas of the Confluent ids among `values` that neither
@@ -165,7 +246,7 @@ impl Avro {
         for id in missing {
             let found = match registry.schema(id).await? {
                 Lookup::Found(schema) => match columns_check(&schema) {
-                    Ok(()) => Ok(Arc::new(resolvable(&schema))),
+                    Ok(()) => Ok(Writer::new(format!("writer schema id {id}"), &schema, &self.fields)),
                     Err(why) => Err(format!("writer schema id {id}: {why}")),
                 },
                 Lookup::Unknown(why) => Err(why),
@@ -175,14 +256,48 @@ impl Avro {
         Ok(())
     }
 
-    /// One body read with `writer` and resolved to the reader schema, into `vals`.
-    fn resolve<'a>(&self, writer: &Schema, mut body: &[u8], vals: &mut Vec<Val<'a>>) -> Result<(), Rejected> {
+    /// One body read with `writer` and resolved to the reader schema, into `vals`; then, when
+    /// `added` is given, the values of those columns the writer schema has.
+    fn resolve<'a>(
+        &self,
+        writer: &Writer,
+        mut body: &[u8],
+        vals: &mut Vec<Val<'a>>,
+        added: Option<&[FieldConfig]>,
+    ) -> Result<(), Rejected> {
         let corrupt = |why: String| (Rejection::InvalidAvro, why);
-        let value = apache_avro::from_avro_datum(writer, &mut body, Some(&self.reader))
+        let value = apache_avro::from_avro_datum(&writer.schema, &mut body, None)
             .map_err(|e| corrupt(format!("the Avro body does not decode with its writer schema: {e}")))?;
         if !body.is_empty() {
             return Err(corrupt(format!("{} bytes follow the Avro record", body.len())));
         }
+        // The writer's own fields beyond the reader schema, taken out before resolution
+        // skips them.
+        let mut own: Vec<(String, Value)> = Vec::new();
+        let value = match (added, value) {
+            (Some(added), Value::Record(mut members)) => {
+                let columns = writer.added.as_ref().map_err(|why| (Rejection::WrongType, why.clone()))?;
+                for c in columns {
+                    if !added.iter().any(|a| a.name == c.name && a.kind == c.kind) {
+                        return Err((
+                            Rejection::WrongType,
+                            format!(
+                                "{}: field `{}` ({}) is not a column of this batch: Decoder::prepare runs before decode",
+                                writer.label, c.name, c.kind
+                            ),
+                        ));
+                    }
+                    if let Some((_, v)) = members.iter_mut().find(|(name, _)| *name == c.name) {
+                        own.push((c.name.clone(), std::mem::replace(v, Value::Null)));
+                    }
+                }
+                Value::Record(members)
+            }
+            (_, value) => value,
+        };
+        let value = value
+            .resolve(&self.reader)
+            .map_err(|e| corrupt(format!("{} does not resolve to the reader schema: {e}", writer.label)))?;
         let Value::Record(members) = value else {
             return Err(corrupt("the Avro value is not a record".into()));
         };
@@ -190,6 +305,10 @@ impl Avro {
         for f in &self.fields {
             let v = members.remove(&f.name).unwrap_or(Value::Null);
             vals.push(val(&f.kind, v, &f.name)?);
+        }
+        for c in added.unwrap_or_default() {
+            let v = own.iter().position(|(name, _)| *name == c.name).map_or(Value::Null, |i| own.swap_remove(i).1);
+            vals.push(val(&c.kind, v, &c.name)?);
         }
         Ok(())
     }
@@ -358,6 +477,22 @@ fn schema_files(dir: Option<&Path>) -> Result<Vec<(PathBuf, String)>, String> {
         }
     }
     out.sort();
+    Ok(out)
+}
+
+/// The columns a writer schema's fields give beyond the reader schema's `reader` columns, all
+/// nullable (rows of other writer schemas have no value there).
+fn added_columns(schema: &Schema, reader: &[FieldConfig]) -> Result<Vec<FieldConfig>, String> {
+    let resolved = ResolvedSchema::try_from(schema).map_err(|e| e.to_string())?;
+    let Schema::Record(record) = schema else { return Err("not a record".into()) };
+    let mut out = Vec::new();
+    for f in record.fields.iter().filter(|f| !reader.iter().any(|r| r.name == f.name)) {
+        if f.name.starts_with("_kafka") || f.name == super::EPOCH_COL {
+            return Err(format!("field `{}` has the name of a column the pipeline adds itself", f.name));
+        }
+        let (kind, _) = column_type(&f.schema, resolved.get_names(), &mut Vec::new(), &f.name)?;
+        out.push(FieldConfig { name: f.name.clone(), kind, nullable: true });
+    }
     Ok(out)
 }
 
@@ -555,6 +690,36 @@ mod tests {
         // of the empty input, the empty fingerprint.
         assert_eq!(crc64_avro(b"\"int\"").to_le_bytes(), [0x8f, 0x5c, 0x39, 0x3f, 0x1a, 0xd5, 0x75, 0x72]);
         assert_eq!(crc64_avro(b""), 0xc15d_213a_a4d7_a795);
+    }
+
+    #[test]
+    fn writer_schemas_grow_the_columns_once_and_never_retype_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let record =
+            |fields: &str| format!(r#"{{"type": "record", "name": "P", "fields": [{{"name": "id", "type": "long"}}{fields}]}}"#);
+        std::fs::write(dir.path().join("reader.avsc"), record("")).unwrap();
+        let schemas = dir.path().join("schemas");
+        std::fs::create_dir_all(&schemas).unwrap();
+        std::fs::write(schemas.join("2.avsc"), record(r#", {"name": "score", "type": "int"}, {"name": "a", "type": "string"}"#))
+            .unwrap();
+        std::fs::write(schemas.join("3.avsc"), record(r#", {"name": "a", "type": ["null", "string"]}"#)).unwrap();
+        std::fs::write(schemas.join("4.avsc"), record(r#", {"name": "score", "type": "string"}"#)).unwrap();
+        let avro = Avro::load(&AvroConfig {
+            schema_file: dir.path().join("reader.avsc"),
+            framing: AvroFraming::Confluent,
+            schemas_dir: Some(schemas),
+            registry: None,
+        })
+        .unwrap();
+        let framed = |id: u32| [&[0u8][..], &id.to_be_bytes()].concat();
+        let (two, three, four) = (framed(2), framed(3), framed(4));
+        avro.grow([two.as_slice(), three.as_slice(), two.as_slice()].into_iter()).unwrap();
+        let added: Vec<String> =
+            avro.added().iter().map(|f| format!("{}: {}{}", f.name, f.kind, if f.nullable { "" } else { " not null" })).collect();
+        assert_eq!(added, ["score: int", "a: string"], "each once, nullable, in the order first seen");
+        let e = avro.grow([four.as_slice()].into_iter()).unwrap_err();
+        assert!(e.contains("writer schema id 4 has field `score` as string") && e.contains("as int"), "{e}");
+        assert_eq!(avro.added().len(), 2);
     }
 
     #[test]

@@ -451,6 +451,9 @@ pub struct Decoder {
     keep_raw: bool,
     /// For `avro`: the loaded schemas.
     avro: Option<Arc<avro::Avro>>,
+    /// For `avro`: whether the fields writer schemas have beyond the reader schema's are
+    /// columns too (`sink.schema_evolution = "add-columns"`).
+    writer_columns: bool,
 }
 
 impl Decoder {
@@ -482,6 +485,7 @@ impl Decoder {
             schema: Arc::new(Schema::new(fields)),
             keep_raw: false,
             avro,
+            writer_columns: false,
         }
     }
 
@@ -489,13 +493,16 @@ impl Decoder {
     /// registry (Avro with `decode.avro.registry`; nothing to do otherwise). `Err`: the registry
     /// could not be asked, and the records must not be decoded — the caller fails and is
     /// restarted, so no record is ever skipped for it.
+    ///
+    /// When writer schemas' fields are columns ([`Decoder::taking_writer_columns`]), this is
+    /// also where the columns grow; `Err` when two writer schemas give one column two types.
     pub async fn prepare<R: RecordView>(&self, records: &[R]) -> crate::error::Result<()> {
-        match &self.avro {
-            Some(avro) => {
-                avro.prepare(records.iter().filter_map(RecordView::payload)).await.map_err(crate::error::Error::SchemaRegistry)
-            }
-            None => Ok(()),
+        let Some(avro) = &self.avro else { return Ok(()) };
+        avro.prepare(records.iter().filter_map(RecordView::payload)).await.map_err(crate::error::Error::SchemaRegistry)?;
+        if self.writer_columns {
+            avro.grow(records.iter().filter_map(RecordView::payload)).map_err(crate::error::Error::Schema)?;
         }
+        Ok(())
     }
 
     /// For `exactly check`: asks the schema registry (Avro with `decode.avro.registry`) whether
@@ -516,7 +523,23 @@ impl Decoder {
     /// a stage after decoding can still reject a row — dedup by event time dead-letters records
     /// that are too late or too far in the future, with the bytes they arrived with.
     pub fn for_pipeline(config: &crate::config::PipelineConfig) -> Self {
-        Self::new(&config.decode).keeping_raw(config.dedup.as_ref().is_some_and(|d| d.watermark_field.is_some()))
+        Self::for_table(config).keeping_raw(config.dedup.as_ref().is_some_and(|d| d.watermark_field.is_some()))
+    }
+
+    /// The decoder whose rows a pipeline's table holds (the audit's): with the writer schemas'
+    /// columns when the pipeline takes them.
+    pub fn for_table(config: &crate::config::PipelineConfig) -> Self {
+        Self::new(&config.decode).taking_writer_columns(config.takes_writer_columns())
+    }
+
+    /// This decoder, making the fields Avro writer schemas have beyond the reader schema's
+    /// columns too, when `take` is set. Such a column is nullable, and each row holds what its
+    /// own writer schema gives there: a row never depends on which records came before it.
+    /// Rows then carry the columns the writer schemas seen so far added, after the reader
+    /// schema's and before the `_kafka_*` ones; the sink brings them to the table.
+    pub fn taking_writer_columns(mut self, take: bool) -> Self {
+        self.writer_columns = take && self.avro.is_some();
+        self
     }
 
     /// This decoder, keeping the raw key and value in [`RAW_KEY_COL`] / [`RAW_VALUE_COL`] when
@@ -546,7 +569,13 @@ impl Decoder {
     /// The column values of one record into `vals`, or why it cannot be decoded. Nothing is
     /// appended to a column until every value is known, so a bad record never leaves columns
     /// misaligned.
-    fn values<'a, R: RecordView>(&self, r: &'a R, vals: &mut Vec<Val<'a>>, slots: &mut json::Slots<'a>) -> Result<(), Rejected> {
+    fn values<'a, R: RecordView>(
+        &self,
+        r: &'a R,
+        vals: &mut Vec<Val<'a>>,
+        slots: &mut json::Slots<'a>,
+        added: Option<&[FieldConfig]>,
+    ) -> Result<(), Rejected> {
         vals.clear();
         let size = r.payload().map_or(0, <[u8]>::len);
         if size > self.max_bytes {
@@ -581,7 +610,7 @@ impl Decoder {
                 let bytes = r
                     .payload()
                     .ok_or_else(|| (Rejection::NullValue, "value is null (a tombstone); expected an Avro record".to_string()))?;
-                self.avro.as_ref().expect("an avro decoder loads its schemas").values(bytes, vals)?;
+                self.avro.as_ref().expect("an avro decoder loads its schemas").values(bytes, vals, added)?;
             }
         }
         Ok(())
@@ -598,6 +627,21 @@ impl Decoder {
                 self.fields.iter().zip(self.schema.fields()).map(|(f, a)| Col::for_type(&f.kind, a.data_type(), n)).collect()
             }
         };
+        // The columns writer schemas added (those of these records included: `prepare` took
+        // them), and the schema of rows that carry them.
+        let (added, schema) = match (&self.avro, self.writer_columns) {
+            (Some(avro), true) => {
+                // Without `prepare` (tests), a conflict shows in `values` as a dead letter.
+                let _ = avro.grow(records.iter().filter_map(RecordView::payload));
+                let added = avro.added();
+                let fields: Vec<Field> = added.iter().map(arrow_field).collect();
+                cols.extend(added.iter().zip(&fields).map(|(f, a)| Col::for_type(&f.kind, a.data_type(), n)));
+                let mut all: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+                all.splice(self.fields.len()..self.fields.len(), fields);
+                (Some(added), Arc::new(Schema::new(all)))
+            }
+            _ => (None, self.schema.clone()),
+        };
         let mut topic = StringBuilder::new();
         let mut partition = Int32Builder::with_capacity(n);
         let mut offset = Int64Builder::with_capacity(n);
@@ -608,7 +652,7 @@ impl Decoder {
         let mut dead = Vec::new();
         let (mut vals, mut slots) = (Vec::with_capacity(self.fields.len().max(2)), Vec::with_capacity(self.fields.len()));
         for r in records {
-            match self.values(r, &mut vals, &mut slots) {
+            match self.values(r, &mut vals, &mut slots, added.as_deref()) {
                 Ok(()) => {
                     for (c, v) in cols.iter_mut().zip(vals.drain(..)) {
                         c.push(v);
@@ -642,7 +686,7 @@ impl Decoder {
             arrays.push(Arc::new(raw_key.finish()));
             arrays.push(Arc::new(raw_value.finish()));
         }
-        let rows = RecordBatch::try_new(self.schema.clone(), arrays).expect("decoder builds columns of its own schema");
+        let rows = RecordBatch::try_new(schema, arrays).expect("decoder builds columns of its own schema");
         Decoded { rows, dead }
     }
 }

@@ -221,8 +221,9 @@ async fn write_files(spec: &Spec, open: &Open, rows: Vec<RecordBatch>) -> Result
     let mut adds = Vec::new();
     if rows.iter().any(|b| b.num_rows() > 0) {
         let mut writer = RecordBatchWriter::for_table(&open.table).map_err(|e| delta_err(path, e))?;
-        // While the schema grows, the files carry the new columns the table does not have yet.
-        let mode = if open.evolve.is_some() { WriteMode::MergeSchema } else { WriteMode::Default };
+        // While the schema grows, the files carry the new columns the table does not have yet;
+        // with writer schemas' columns, rows may also lack columns the table has (null there).
+        let mode = if open.evolve.is_some() || spec.writer_columns { WriteMode::MergeSchema } else { WriteMode::Default };
         for b in rows.into_iter().filter(|b| b.num_rows() > 0) {
             writer.write_with_mode(b, mode).await.map_err(|e| delta_err(path, e))?;
         }
@@ -261,6 +262,9 @@ struct Spec {
     settings: Settings,
     /// What its maintenance last saw.
     stats: Arc<maintenance::SharedStats>,
+    /// Whether its rows carry the columns Avro writer schemas added (so each epoch's rows may
+    /// grow the table, or lack some of its columns).
+    writer_columns: bool,
 }
 
 impl Spec {
@@ -379,7 +383,16 @@ impl DeltaSink {
         let compact = partition_by.is_empty();
         DeltaSink {
             pipeline: pipeline.to_string(),
-            data: Spec { path, schema, partition_by, name: "data", compact, settings, stats: Default::default() },
+            data: Spec {
+                path,
+                schema,
+                partition_by,
+                name: "data",
+                compact,
+                settings,
+                stats: Default::default(),
+                writer_columns: false,
+            },
             dead: Spec {
                 path: dead_letter_path,
                 schema: dead_letter_schema(),
@@ -388,6 +401,7 @@ impl DeltaSink {
                 compact: true,
                 settings: dead_letter_settings,
                 stats: Default::default(),
+                writer_columns: false,
             },
             failpoints,
             tables: Mutex::new(Tables::default()),
@@ -399,6 +413,13 @@ impl DeltaSink {
     /// This sink, growing the data table's schema as `evolution` allows.
     pub fn evolving(mut self, evolution: crate::config::SchemaEvolution) -> Self {
         self.evolution = evolution;
+        self
+    }
+
+    /// This sink, taking the columns Avro writer schemas add into the data table as they
+    /// arrive (see [`crate::decode::Decoder::taking_writer_columns`]), when `take` is set.
+    pub fn taking_writer_columns(mut self, take: bool) -> Self {
+        self.data.writer_columns = take;
         self
     }
 
@@ -450,7 +471,8 @@ impl DeltaSink {
         }
         let want = delta_fields(&spec.schema)?;
         let have: Vec<StructField> = snapshot.schema().fields().cloned().collect();
-        let evolve = super::schema::reconcile(&have, &want, self.evolution)
+        let missing = if spec.writer_columns { super::schema::Missing::Null } else { super::schema::Missing::Refuse };
+        let evolve = super::schema::reconcile(&have, &want, self.evolution, missing)
             .map_err(|why| Error::Recovery(format!("the table at {} {why}", path.display())))?;
         if let Some((_, added)) = &evolve {
             tracing::info!(table = %path.display(), columns = ?added, "the next commit adds the pipeline's new columns to the table (sink.schema_evolution)");
@@ -528,6 +550,9 @@ impl DeltaSink {
                 (rows, Some(buckets), m)
             }
         };
+        if spec.writer_columns && replace.is_none() {
+            open.evolve = self.growth(spec, open, &rows)?;
+        }
         let table_label = spec.label();
         let adds = write_files(spec, open, rows).await?;
         self.failpoints.hit("after-parquet-write").await?;
@@ -580,6 +605,33 @@ impl DeltaSink {
         open.version = epoch;
         open.starts.extend(ranges.iter().map(|r| r.tp.clone()));
         Ok(())
+    }
+
+    /// What an epoch's `rows` add to the table when they carry the columns Avro writer schemas
+    /// added: the table's schema with every column of the rows it lacks. `Err`: two batches
+    /// give one column two types, or the table has it with another.
+    fn growth(&self, spec: &Spec, open: &Open, rows: &[RecordBatch]) -> Result<Option<super::schema::Growth>> {
+        let path = &spec.path;
+        let mut want = delta_fields(&spec.schema)?;
+        for b in rows {
+            for f in delta_fields(&b.schema())? {
+                match want.iter().find(|w| w.name() == f.name()) {
+                    Some(w) if w.data_type() == f.data_type() => {}
+                    Some(w) => {
+                        return Err(Error::Schema(format!(
+                            "column `{}` arrives as {} and as {}: one column cannot hold both",
+                            f.name(),
+                            w.data_type(),
+                            f.data_type()
+                        )))
+                    }
+                    None => want.push(f),
+                }
+            }
+        }
+        let have: Vec<StructField> = open.table.snapshot().map_err(|e| delta_err(path, e))?.schema().fields().cloned().collect();
+        super::schema::reconcile(&have, &want, self.evolution, super::schema::Missing::Null)
+            .map_err(|why| Error::Schema(format!("the table at {} {why}", path.display())))
     }
 
     /// The Delta operation of a group member's commit (Spark's streaming idiom, one query per

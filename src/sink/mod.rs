@@ -110,7 +110,8 @@ pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<
                 partition_by,
                 failpoints,
             )
-            .evolving(config.sink.schema_evolution());
+            .evolving(config.sink.schema_evolution())
+            .taking_writer_columns(config.takes_writer_columns());
             match &config.source.group_id {
                 Some(_) => Arc::new(sink.in_group(crate::group::member_name())),
                 None => Arc::new(sink),

@@ -19,12 +19,28 @@ pub type Growth = (StructType, Vec<String>);
 /// rows of earlier epochs were written without it, which the audit must know.
 pub const ADDED_AT_PREFIX: &str = "exactly.addedAt.";
 
+/// What becomes of a table column the pipeline does not write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// Refused: dropping a column.
+    Refuse,
+    /// Kept, null in the pipeline's rows (nullable columns only): the pipeline takes its
+    /// columns from Avro writer schemas, and a column that one of them added stays when the
+    /// records of the moment are written with schemas that lack it.
+    Null,
+}
+
 /// The schema the table must take before the pipeline writes to it: `None` when its columns
 /// are already the pipeline's (order aside), the growth when evolution adds columns, or why the
 /// pipeline cannot write to it.
-pub fn reconcile(table: &[StructField], pipeline: &[StructField], evolution: SchemaEvolution) -> Result<Option<Growth>, String> {
+pub fn reconcile(
+    table: &[StructField],
+    pipeline: &[StructField],
+    evolution: SchemaEvolution,
+    missing: Missing,
+) -> Result<Option<Growth>, String> {
     let mut added = Vec::new();
-    let merged = merge(table, pipeline, "", &mut added)?;
+    let merged = merge(table, pipeline, "", missing, &mut added)?;
     if added.is_empty() {
         return Ok(None);
     }
@@ -44,13 +60,26 @@ fn merge(
     table: &[StructField],
     pipeline: &[StructField],
     prefix: &str,
+    missing: Missing,
     added: &mut Vec<String>,
 ) -> Result<Vec<StructField>, String> {
     let path = |name: &str| if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
     let mut out = Vec::with_capacity(pipeline.len());
     for t in table {
         let at = path(t.name());
-        let Some(p) = pipeline.iter().find(|p| p.name() == t.name()) else {
+        let found = pipeline.iter().find(|p| p.name() == t.name());
+        if found.is_none() && missing == Missing::Null && prefix.is_empty() {
+            if !t.is_nullable() {
+                return Err(format!(
+                    "has a column `{at}` ({}) declared not null, which rows written with some of the topic's writer schemas \
+                     have no value for",
+                    t.data_type()
+                ));
+            }
+            out.push(t.clone());
+            continue;
+        }
+        let Some(p) = found else {
             return Err(format!(
                 "has a column `{at}` ({}) that the pipeline no longer writes; dropping a column is refused: declare it again \
                  (nullable) or point sink.path at a new table",
@@ -70,7 +99,7 @@ fn merge(
             (DataType::Struct(a), DataType::Struct(b)) => {
                 let members: Vec<StructField> = a.fields().cloned().collect();
                 let wanted: Vec<StructField> = b.fields().cloned().collect();
-                StructType::try_new(merge(&members, &wanted, &at, added)?).map_err(|e| e.to_string())?.into()
+                StructType::try_new(merge(&members, &wanted, &at, missing, added)?).map_err(|e| e.to_string())?.into()
             }
             (a, b) => return Err(retype(&at, a, b)),
         };
@@ -120,7 +149,7 @@ mod tests {
     fn same_columns_in_another_order_need_nothing() {
         let table = [f("a", DataType::LONG, false), f("b", DataType::STRING, true)];
         let pipeline = [f("b", DataType::STRING, true), f("a", DataType::LONG, false)];
-        assert_eq!(reconcile(&table, &pipeline, SchemaEvolution::None), Ok(None));
+        assert_eq!(reconcile(&table, &pipeline, SchemaEvolution::None, Missing::Refuse), Ok(None));
     }
 
     #[test]
@@ -132,9 +161,9 @@ mod tests {
             f("a", DataType::LONG, false),
             f("s", s(vec![f("y", DataType::DATE, true), f("x", DataType::INTEGER, true)]), true),
         ];
-        let refused = reconcile(&table, &pipeline, SchemaEvolution::None).unwrap_err();
+        let refused = reconcile(&table, &pipeline, SchemaEvolution::None, Missing::Refuse).unwrap_err();
         assert!(refused.contains("`s.y`, `c`") && refused.contains("add-columns"), "{refused}");
-        let (grown, added) = reconcile(&table, &pipeline, SchemaEvolution::AddColumns).unwrap().unwrap();
+        let (grown, added) = reconcile(&table, &pipeline, SchemaEvolution::AddColumns, Missing::Refuse).unwrap().unwrap();
         assert_eq!(added, ["s.y", "c"]);
         let want = StructType::try_new([
             f("a", DataType::LONG, false),
@@ -165,8 +194,23 @@ mod tests {
             ),
         ];
         for (pipeline, want) in cases {
-            let e = reconcile(&table, &pipeline, SchemaEvolution::AddColumns).unwrap_err();
+            let e = reconcile(&table, &pipeline, SchemaEvolution::AddColumns, Missing::Refuse).unwrap_err();
             assert!(e.contains(want), "{e}");
         }
+    }
+
+    #[test]
+    fn columns_writer_schemas_added_stay_when_rows_lack_them() {
+        let table = [f("a", DataType::LONG, false), f("email", DataType::STRING, true)];
+        let pipeline = [f("a", DataType::LONG, false), f("phone", DataType::STRING, true)];
+        assert!(reconcile(&table, &pipeline, SchemaEvolution::AddColumns, Missing::Refuse).is_err());
+        let (grown, added) = reconcile(&table, &pipeline, SchemaEvolution::AddColumns, Missing::Null).unwrap().unwrap();
+        assert_eq!(added, ["phone"]);
+        let names: Vec<&str> = grown.fields().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["a", "email", "phone"]);
+        assert_eq!(reconcile(&table, &pipeline[..1], SchemaEvolution::AddColumns, Missing::Null), Ok(None));
+        let required = [f("a", DataType::LONG, false), f("email", DataType::STRING, false)];
+        let e = reconcile(&required, &pipeline[..1], SchemaEvolution::AddColumns, Missing::Null).unwrap_err();
+        assert!(e.contains("`email` (string) declared not null"), "{e}");
     }
 }

@@ -323,6 +323,23 @@ pub async fn wait_exit(mut child: Child, deadline: Duration, what: &str) -> (std
     tokio::time::timeout(deadline, waited).await.expect(what).unwrap()
 }
 
+/// Starts `exactly run` on `config` and SIGKILLs it once the epoch it opens with has written its
+/// Parquet files to `table` (held before its commit by a fail point): the files are there, the
+/// commit is not.
+pub async fn kill_with_files_written(config: &Path, table: &Path) {
+    let parquet = || {
+        std::fs::read_dir(table)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet"))
+            .count()
+    };
+    let before = parquet();
+    let mut child = spawn(config, Some("after-parquet-write=sleep(60000)"));
+    wait_until(Duration::from_secs(60), "the epoch's files", || async { parquet() > before }).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
 /// SIGTERM (graceful: commits the open epoch), then waits for a clean exit.
 pub async fn terminate(child: Child) {
     let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
