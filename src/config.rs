@@ -157,12 +157,25 @@ impl Default for DecodeConfig {
 }
 
 /// `decode.avro`: Avro values and where their schemas come from.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AvroConfig {
     /// The reader schema (`.avsc`, a record): its fields are the table's columns, and every value
-    /// is resolved to it. With `framing = "none"` it is also the writer schema.
-    pub schema_file: PathBuf,
+    /// is resolved to it. With `framing = "none"` it is also the writer schema. Either this or
+    /// `reader_subject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_file: Option<PathBuf>,
+    /// The reader schema from the registry instead: this subject's version `reader_version`,
+    /// fetched once when the config is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_subject: Option<String>,
+    /// The version of `reader_subject` (absent: its latest version when the pipeline starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_version: Option<u32>,
+    /// The text of the reader schema `reader_subject` names, as fetched
+    /// ([`PipelineConfig::fetch_schemas`]); every decoder of the process reads this one.
+    #[serde(skip)]
+    pub reader_text: Option<std::sync::Arc<str>>,
     /// How each value is framed (see [`AvroFraming`]).
     #[serde(default)]
     pub framing: AvroFraming,
@@ -1029,8 +1042,26 @@ impl PipelineConfig {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
         let mut config = Self::parse(&text, &shown)?;
         config.apply_env();
+        config.fetch_schemas(&shown)?;
         config.validate(&shown)?;
         Ok(config)
+    }
+
+    /// Fetches what the config names in a schema registry: the Avro reader schema of
+    /// `decode.avro.reader_subject` (once: the process decodes with this one until it stops).
+    /// The error is one line naming the registry, the subject and the problem.
+    pub fn fetch_schemas(&mut self, origin: &str) -> Result<(), ConfigError> {
+        let bad =
+            |field: &str, problem: String| ConfigError::Invalid { path: origin.to_string(), field: field.to_string(), problem };
+        let Some(avro) = self.decode.avro.as_mut() else { return Ok(()) };
+        let (Some(subject), None) = (&avro.reader_subject, &avro.reader_text) else { return Ok(()) };
+        let Some(registry) = &avro.registry else {
+            return Err(bad("decode.avro.reader_subject", "needs decode.avro.registry, the registry to read it from".into()));
+        };
+        let text = crate::decode::registry::subject_version_now(registry, subject, avro.reader_version)
+            .map_err(|e| bad("decode.avro.reader_subject", e))?;
+        avro.reader_text = Some(text.into());
+        Ok(())
     }
 
     /// Parses TOML text; `origin` names the source in errors.
@@ -1177,7 +1208,7 @@ impl PipelineConfig {
         if self.decode.format != DecodeFormat::Json && !self.decode.fields.is_empty() {
             let why = match self.decode.format {
                 DecodeFormat::Avro => {
-                    "is not used with `format = \"avro\"`: the reader schema (decode.avro.schema_file) gives the columns"
+                    "is not used with `format = \"avro\"`: the reader schema (decode.avro.schema_file or reader_subject) gives the columns"
                 }
                 _ => "is only used with `format = \"json\"`",
             };
@@ -1187,10 +1218,21 @@ impl PipelineConfig {
             (DecodeFormat::Avro, None) => {
                 return Err(bad(
                     "decode.avro",
-                    "is missing; `format = \"avro\"` needs schema_file = \"<reader schema>.avsc\"".into(),
+                    "is missing; `format = \"avro\"` needs schema_file = \"<reader schema>.avsc\" (or reader_subject)".into(),
                 ))
             }
             (DecodeFormat::Avro, Some(avro)) => {
+                if avro.schema_file.is_some() == avro.reader_subject.is_some() {
+                    return Err(bad(
+                        "decode.avro",
+                        "needs the reader schema once: schema_file = \"<reader schema>.avsc\", or reader_subject = \"<subject>\" \
+                         (from decode.avro.registry)"
+                            .into(),
+                    ));
+                }
+                if avro.reader_version.is_some() && avro.reader_subject.is_none() {
+                    return Err(bad("decode.avro.reader_version", "is the version of reader_subject, which is not set".into()));
+                }
                 crate::decode::avro::Avro::load(avro).map_err(|e| bad("decode.avro", e))?;
             }
             (_, Some(_)) => return Err(bad("decode.avro", "is only used with `format = \"avro\"`".into())),

@@ -84,7 +84,7 @@ fn schemas_dir(dir: &Path, files: &[(&str, &str)]) -> std::path::PathBuf {
 fn avro_decode(reader: std::path::PathBuf, framing: AvroFraming, schemas_dir: Option<std::path::PathBuf>) -> DecodeConfig {
     DecodeConfig {
         format: DecodeFormat::Avro,
-        avro: Some(AvroConfig { schema_file: reader, framing, schemas_dir, registry: None }),
+        avro: Some(AvroConfig { schema_file: Some(reader), framing, schemas_dir, ..AvroConfig::default() }),
         ..DecodeConfig::default()
     }
 }
@@ -212,14 +212,23 @@ async fn register(url: &str, subject: &str, schema: &str) -> u32 {
     answer["id"].as_u64().unwrap() as u32
 }
 
-/// Against a real Confluent-compatible registry at `EXACTLY_SCHEMA_REGISTRY`: none could be
-/// installed here from the reachable package registries (see the #16 note), so this test is
-/// ignored unless one is given: `EXACTLY_SCHEMA_REGISTRY=http://127.0.0.1:8081 cargo test
-/// --test tests avro::writer_schemas_from_a_schema_registry -- --ignored`.
+/// The Confluent API of the real schema registry `scripts/with-registry` started (Apicurio
+/// Registry's `ccompat`, built from Maven Central by `scripts/schema-registry`).
+fn registry_url() -> String {
+    std::env::var("EXACTLY_SCHEMA_REGISTRY")
+        .expect("EXACTLY_SCHEMA_REGISTRY is not set: run the suite with `just test` (scripts/with-registry starts the registry)")
+}
+
+/// `decode.avro.registry` for the registry at `url`.
+fn registry(url: String) -> exactly::config::RegistryConfig {
+    exactly::config::RegistryConfig { url, username: None, password: None, ca_file: None, timeout_ms: 5_000, attempts: 3 }
+}
+
+/// Writer schemas by id from a real registry: two versions of a subject resolve into one table;
+/// an id the registry does not know is a dead letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a Confluent-compatible schema registry: set EXACTLY_SCHEMA_REGISTRY=http://host:port and pass --ignored"]
 async fn writer_schemas_from_a_schema_registry() {
-    let url = std::env::var("EXACTLY_SCHEMA_REGISTRY").expect("EXACTLY_SCHEMA_REGISTRY names the registry");
+    let url = registry_url();
     let topic = common::topic("avro-registry", 1).await;
     let dir = tempfile::tempdir().unwrap();
     let subject = format!("{topic}-value");
@@ -237,17 +246,10 @@ async fn writer_schemas_from_a_schema_registry() {
     config.decode = DecodeConfig {
         format: DecodeFormat::Avro,
         avro: Some(AvroConfig {
-            schema_file: reader,
+            schema_file: Some(reader),
             framing: AvroFraming::Confluent,
-            schemas_dir: None,
-            registry: Some(exactly::config::RegistryConfig {
-                url,
-                username: None,
-                password: None,
-                ca_file: None,
-                timeout_ms: 5_000,
-                attempts: 3,
-            }),
+            registry: Some(registry(url)),
+            ..AvroConfig::default()
         }),
         ..DecodeConfig::default()
     };
@@ -276,23 +278,9 @@ async fn an_unreachable_registry_stops_the_pipeline_and_skips_nothing() {
     send(&topic, &encode("confluent", &reader, 77, &[record, record])).await;
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     let port = common::free_port();
-    config.decode = DecodeConfig {
-        format: DecodeFormat::Avro,
-        avro: Some(AvroConfig {
-            schema_file: reader,
-            framing: AvroFraming::Confluent,
-            schemas_dir: None,
-            registry: Some(exactly::config::RegistryConfig {
-                url: format!("http://127.0.0.1:{port}"),
-                username: None,
-                password: None,
-                ca_file: None,
-                timeout_ms: 300,
-                attempts: 2,
-            }),
-        }),
-        ..DecodeConfig::default()
-    };
+    config.decode = avro_decode(reader, AvroFraming::Confluent, None);
+    config.decode.avro.as_mut().unwrap().registry =
+        Some(exactly::config::RegistryConfig { timeout_ms: 300, attempts: 2, ..registry(format!("http://127.0.0.1:{port}")) });
     config.supervisor.max_restarts = 2;
     config.supervisor.backoff_ms = 10;
     let sink = exactly::sink::from_config(&config, Default::default());
@@ -412,4 +400,109 @@ async fn writer_schema_fields_join_the_table_without_a_restart() {
     assert_eq!(rows, want, "dead letters: {:?}", common::dead_letter_reasons(&dir.path().join("table_dead_letters")));
     let audit = common::assert_verified(&config).await;
     assert_eq!((audit.total(|p| p.rows), audit.total(|p| p.dead_lettered)), (15, 0));
+}
+
+/// With a registry and `add-columns`, a writer schema registered while the pipeline runs grows
+/// the table with its first records: the id is fetched when its first record arrives, its new
+/// fields become columns in that epoch's commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_schema_registered_mid_stream_grows_the_table() {
+    let url = registry_url();
+    let topic = common::topic("avro-registry-evolve", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let subject = format!("{topic}-value");
+    let (reader, v2_file) = (dir.path().join("person.avsc"), dir.path().join("person-email.avsc"));
+    std::fs::write(&reader, PERSON).unwrap();
+    std::fs::write(&v2_file, PERSON_EMAIL).unwrap();
+    let id1 = register(&url, &subject, PERSON).await;
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.decode = avro_decode(reader.clone(), AvroFraming::Confluent, None);
+    config.decode.avro.as_mut().unwrap().registry = Some(registry(url.clone()));
+    if let exactly::config::SinkConfig::Delta { schema_evolution, .. } = &mut config.sink {
+        *schema_evolution = exactly::config::SchemaEvolution::AddColumns;
+    }
+    let table = dir.path().join("table");
+    send(&topic, &encode("confluent", &reader, id1, &[r#"{"id": 1, "name": "a"}"#])).await;
+    let pipeline = common::start(&config, Default::default()).await;
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+
+    // Registered after the pipeline started: it learns the id from the records.
+    let id2 = register(&url, &subject, PERSON_EMAIL).await;
+    assert_ne!(id1, id2);
+    send(&topic, &encode("confluent", &v2_file, id2, &[r#"{"id": 2, "name": "b", "email": "b@x", "score": 7}"#])).await;
+    send(&topic, &encode("confluent", &reader, id1, &[r#"{"id": 3, "name": "c"}"#])).await;
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+
+    let read = common::read_rows_with_python(&table);
+    let rows = common::row_values(&read, &["id", "name", "email", "score"]);
+    let want = vec![
+        serde_json::json!([1, "a", null, null]),
+        serde_json::json!([2, "b", "b@x", 7]),
+        serde_json::json!([3, "c", null, null]),
+    ];
+    assert_eq!(rows, want, "dead letters: {:?}", common::dead_letter_reasons(&dir.path().join("table_dead_letters")));
+    let changes = crate::schema::log_of(&table, "\"email\"").iter().filter(|(_, schema, adds)| *schema && *adds > 0).count();
+    assert_eq!(changes, 1, "`email` joined with its first values, in one commit");
+    let audit = common::assert_verified(&config).await;
+    assert_eq!((audit.total(|p| p.rows), audit.total(|p| p.dead_lettered)), (3, 0));
+}
+
+/// The reader schema can come from the registry by subject and version (absent: the latest when
+/// the config is loaded) instead of a file; a subject the registry lacks stops the load with one
+/// line naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_schema_from_the_registry_by_subject() {
+    const PERSON_NOTE: &str = r#"{"type": "record", "name": "Person", "fields": [
+      {"name": "id", "type": "long"},
+      {"name": "name", "type": "string"},
+      {"name": "note", "type": ["null", "string"], "default": null}
+    ]}"#;
+    let url = registry_url();
+    let topic = common::topic("avro-reader-subject", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let subject = format!("{topic}-value");
+    let (v1_file, v2_file) = (dir.path().join("v1.avsc"), dir.path().join("v2.avsc"));
+    std::fs::write(&v1_file, PERSON).unwrap();
+    std::fs::write(&v2_file, PERSON_NOTE).unwrap();
+    let (id1, id2) = (register(&url, &subject, PERSON).await, register(&url, &subject, PERSON_NOTE).await);
+    let mut values = encode("confluent", &v1_file, id1, &[r#"{"id": 1, "name": "a"}"#]);
+    values.extend(encode("confluent", &v2_file, id2, &[r#"{"id": 2, "name": "b", "note": "hi"}"#]));
+    send(&topic, &values).await;
+
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.decode = DecodeConfig {
+        format: DecodeFormat::Avro,
+        avro: Some(AvroConfig {
+            reader_subject: Some(subject.clone()),
+            framing: AvroFraming::Confluent,
+            registry: Some(registry(url.clone())),
+            ..AvroConfig::default()
+        }),
+        ..DecodeConfig::default()
+    };
+    let load = |config: &exactly::PipelineConfig| {
+        exactly::PipelineConfig::load(&common::write_config(config, dir.path())).map_err(|e| e.to_string())
+    };
+    let columns = |config: &exactly::PipelineConfig| -> Vec<String> {
+        exactly::decode::Decoder::new(&config.decode).fields().iter().map(|f| f.name.clone()).collect()
+    };
+    // Version 1, then the latest (2).
+    config.decode.avro.as_mut().unwrap().reader_version = Some(1);
+    assert_eq!(columns(&load(&config).unwrap()), ["id", "name"]);
+    config.decode.avro.as_mut().unwrap().reader_version = None;
+    let loaded = load(&config).unwrap();
+    assert_eq!(columns(&loaded), ["id", "name", "note"]);
+
+    let table = dir.path().join("table");
+    let pipeline = common::start(&loaded, Default::default()).await;
+    common::wait_table_drained(&table, &loaded.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+    let rows = common::row_values(&common::read_rows_with_python(&table), &["id", "name", "note"]);
+    assert_eq!(rows, [serde_json::json!([1, "a", null]), serde_json::json!([2, "b", "hi"])]);
+    common::assert_verified(&loaded).await;
+
+    config.decode.avro.as_mut().unwrap().reader_subject = Some(format!("{subject}-missing"));
+    let e = load(&config).unwrap_err();
+    assert!(e.contains("decode.avro.reader_subject") && e.contains(&format!("has no subject \"{subject}-missing\"")), "{e}");
 }

@@ -88,8 +88,24 @@ impl Avro {
     /// Reads and checks the schemas `config` names; the error is one line naming the file and
     /// the problem.
     pub fn load(config: &AvroConfig) -> Result<Avro, String> {
-        let (reader, reader_fp) = read_schema(&config.schema_file)?;
-        let fields = columns(&reader).map_err(|e| format!("{}: {e}", config.schema_file.display()))?;
+        let (reader, reader_fp, origin) = match (&config.schema_file, &config.reader_subject, &config.reader_text) {
+            (Some(path), _, _) => {
+                let (schema, fp) = read_schema(path)?;
+                (schema, fp, path.display().to_string())
+            }
+            (None, Some(subject), Some(text)) => {
+                let origin = format!("the registry's subject {subject:?}");
+                let (schema, fp) = parse_schema(text, &origin)?;
+                (schema, fp, origin)
+            }
+            (None, Some(subject), None) => {
+                return Err(format!(
+                    "reader_subject {subject:?}: the reader schema was not fetched (PipelineConfig::fetch_schemas fetches it)"
+                ))
+            }
+            (None, None, _) => return Err("needs the reader schema: schema_file or reader_subject".into()),
+        };
+        let fields = columns(&reader).map_err(|e| format!("{origin}: {e}"))?;
         if config.registry.is_some() && config.framing != AvroFraming::Confluent {
             return Err(
                 "registry finds writer schemas by the id of the Confluent wire format: set framing = \"confluent\"".into()
@@ -335,8 +351,13 @@ fn columns_check(schema: &Schema) -> Result<(), String> {
 /// single-object encoding frames a value with).
 fn read_schema(path: &Path) -> Result<(Schema, [u8; 8]), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read Avro schema {}: {e}", path.display()))?;
-    let schema = Schema::parse_str(&text).map_err(|e| format!("{} is not an Avro schema: {e}", path.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    parse_schema(&text, &path.display().to_string())
+}
+
+/// [`read_schema`] of a schema's text; `origin` names it in errors.
+fn parse_schema(text: &str, origin: &str) -> Result<(Schema, [u8; 8]), String> {
+    let schema = Schema::parse_str(text).map_err(|e| format!("{origin} is not an Avro schema: {e}"))?;
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("{origin} is not JSON: {e}"))?;
     let mut canonical = String::new();
     canonical_form(&json, None, &mut canonical);
     Ok((schema, crc64_avro(canonical.as_bytes()).to_le_bytes()))
@@ -705,10 +726,10 @@ mod tests {
         std::fs::write(schemas.join("3.avsc"), record(r#", {"name": "a", "type": ["null", "string"]}"#)).unwrap();
         std::fs::write(schemas.join("4.avsc"), record(r#", {"name": "score", "type": "string"}"#)).unwrap();
         let avro = Avro::load(&AvroConfig {
-            schema_file: dir.path().join("reader.avsc"),
+            schema_file: Some(dir.path().join("reader.avsc")),
             framing: AvroFraming::Confluent,
             schemas_dir: Some(schemas),
-            registry: None,
+            ..AvroConfig::default()
         })
         .unwrap();
         let framed = |id: u32| [&[0u8][..], &id.to_be_bytes()].concat();

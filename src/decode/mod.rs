@@ -26,7 +26,7 @@ use deltalake::kernel::{ArrayType, DataType as DeltaType, MapType, StructField, 
 
 pub mod avro;
 mod json;
-mod registry;
+pub mod registry;
 
 /// Column: the record's topic.
 pub const TOPIC_COL: &str = "_kafka_topic";

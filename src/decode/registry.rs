@@ -95,7 +95,46 @@ impl Registry {
     /// The writer schema with id `id`; `Err` when the registry cannot be asked (after the
     /// retries) or refuses the credentials.
     pub async fn schema(&self, id: u32) -> Result<Lookup, String> {
-        let url = format!("{}/schemas/ids/{id}", self.base);
+        Ok(match self.get(&format!("schemas/ids/{id}"), &format!("schema id {id}")).await? {
+            Some(body) => parse(id, &body),
+            None => Lookup::Unknown(format!("unknown writer schema id {id} (the schema registry has none)")),
+        })
+    }
+
+    /// The text of version `version` (`None`: the latest) of subject `subject`: a reader schema.
+    /// `Err` names the registry and the problem: no such subject or version, not Avro, or the
+    /// registry cannot be asked.
+    pub async fn subject_version(&self, subject: &str, version: Option<u32>) -> Result<String, String> {
+        let v = version.map_or("latest".to_string(), |v| v.to_string());
+        let what = format!("subject {subject:?} version {v}");
+        let encoded: String = subject
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let Some(body) = self.get(&format!("subjects/{encoded}/versions/{v}"), &what).await? else {
+            return Err(format!("schema registry {} has no {what}", self.base));
+        };
+        let answer: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|e| format!("schema registry {}: the answer for {what} is not JSON: {e}", self.base))?;
+        match answer.get("schemaType").and_then(|t| t.as_str()) {
+            None | Some("AVRO") => {}
+            Some(other) => return Err(format!("schema registry {}: {what} is a {other} schema, not Avro", self.base)),
+        }
+        answer
+            .get("schema")
+            .and_then(|s| s.as_str())
+            .map(String::from)
+            .ok_or_else(|| format!("schema registry {}: the answer for {what} has no schema", self.base))
+    }
+
+    /// The body of `GET <url>/<path>`, asking again (with a growing pause) while the registry
+    /// does not answer or answers a server error; `Ok(None)` when it has no such thing (404).
+    /// `Err` when it refuses the credentials, or still does not answer after the retries.
+    async fn get(&self, path: &str, what: &str) -> Result<Option<String>, String> {
+        let url = format!("{}/{path}", self.base);
         let mut pause = Duration::from_millis(200);
         let mut last = String::new();
         for attempt in 1..=self.attempts {
@@ -107,14 +146,12 @@ impl Registry {
                 Ok(response) => {
                     let status = response.status();
                     if status.is_success() {
-                        let body = response
-                            .text()
-                            .await
-                            .map_err(|e| format!("schema registry {}: reading schema id {id}: {e}", self.base))?;
-                        return Ok(parse(id, &body));
+                        let body =
+                            response.text().await.map_err(|e| format!("schema registry {}: reading {what}: {e}", self.base))?;
+                        return Ok(Some(body));
                     }
                     match status.as_u16() {
-                        404 => return Ok(Lookup::Unknown(format!("unknown writer schema id {id} (the schema registry has none)"))),
+                        404 => return Ok(None),
                         401 | 403 => {
                             return Err(format!(
                                 "schema registry {} refused the credentials (HTTP {status}); check decode.avro.registry.username and password",
@@ -127,13 +164,30 @@ impl Registry {
                 Err(e) => last = e.to_string(),
             }
             if attempt < self.attempts {
-                tracing::warn!(registry = %self.base, id, attempt, error = %last, "schema registry did not answer; asking again");
+                tracing::warn!(registry = %self.base, what, attempt, error = %last, "schema registry did not answer; asking again");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
-        Err(format!("schema registry {} did not answer for schema id {id} after {} attempts: {last}", self.base, self.attempts))
+        Err(format!("schema registry {} did not answer for {what} after {} attempts: {last}", self.base, self.attempts))
     }
+}
+
+/// [`Registry::subject_version`] from synchronous code (config loading, which may run inside an
+/// async runtime): on a thread of its own with its own runtime.
+pub fn subject_version_now(config: &RegistryConfig, subject: &str, version: Option<u32>) -> Result<String, String> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("registry client: {e}"))?;
+                runtime.block_on(async { Registry::new(config)?.subject_version(subject, version).await })
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the registry client panicked".into()))
+    })
 }
 
 /// A `/schemas/ids/<id>` answer: `{"schema": "<Avro schema JSON>", "schemaType": …}`.
