@@ -17,23 +17,47 @@ async fn transaction_markers_and_aborted_records_are_gaps_not_losses() {
     // 3 transactions: commit 100 events, abort 50, commit 100. Offsets then hold commit markers
     // and 50 aborted records between the committed ones.
     tokio::task::spawn_blocking(move || {
-        let producer: ThreadedProducer<DefaultProducerContext> =
-            exactly::kafka::Connection::plaintext(b.as_str()).client_config().set("transactional.id", &txn_id).create().unwrap();
-        producer.init_transactions(Duration::from_secs(30)).unwrap();
+        let new_producer = || {
+            let producer: ThreadedProducer<DefaultProducerContext> = exactly::kafka::Connection::plaintext(b.as_str())
+                .client_config()
+                .set("transactional.id", &txn_id)
+                .create()
+                .unwrap();
+            producer.init_transactions(Duration::from_secs(30)).unwrap();
+            producer
+        };
+        let mut producer = new_producer();
         let mut id = 0u64;
         for (n, commit) in [(100, true), (50, false), (100, true)] {
-            producer.begin_transaction().unwrap();
-            for _ in 0..n {
-                let json = exactly::producer::event_json(if commit { id } else { 1_000_000 + id }, 10, 0);
-                let key = id.to_string();
-                producer.send(BaseRecord::to(&t).key(&key).payload(&json)).unwrap();
-                id += 1;
+            // librdkafka now and then fails a transaction's end with a fatal INVALID_TXN_STATE
+            // (librdkafka#4849, rust-rdkafka#349). A new producer with the same transactional id
+            // fences the old one and aborts what it left open; the transaction is made again.
+            // (Should the failed commit have landed after all, Kafka holds its records twice:
+            // the audit below counts what Kafka holds, not 200.)
+            for attempt in 1.. {
+                producer.begin_transaction().unwrap();
+                for i in 0..n {
+                    let json = exactly::producer::event_json(if commit { id + i } else { 1_000_000 + id + i }, 10, 0);
+                    let key = (id + i).to_string();
+                    producer.send(BaseRecord::to(&t).key(&key).payload(&json)).unwrap();
+                }
+                let ended = if commit {
+                    producer.commit_transaction(Duration::from_secs(30))
+                } else {
+                    producer.abort_transaction(Duration::from_secs(30))
+                };
+                match ended {
+                    Ok(()) => break,
+                    Err(e) if attempt < 3 => {
+                        eprintln!("transaction {attempt} failed ({e}); again with a new producer");
+                        drop(producer);
+                        producer = new_producer();
+                    }
+                    Err(e) => panic!("{e}"),
+                }
             }
             if commit {
-                producer.commit_transaction(Duration::from_secs(30)).unwrap();
-            } else {
-                producer.abort_transaction(Duration::from_secs(30)).unwrap();
-                id -= n;
+                id += n;
             }
         }
     })
@@ -44,15 +68,16 @@ async fn transaction_markers_and_aborted_records_are_gaps_not_losses() {
     let config = common::delta_config(&common::unique("p"), &topic, dir.path());
     let delta = exactly::sink::from_config(&config, Default::default());
     let pipeline = Pipeline::start(config.clone(), delta).await.unwrap();
-    common::wait_until(Duration::from_secs(60), "200 committed rows", || async {
-        exactly::verify::verify(&config).await.map(|a| a.total(|p| p.rows) == 200).unwrap_or(false)
+    common::wait_until(Duration::from_secs(60), "every committed record in the table", || async {
+        exactly::verify::verify(&config).await.map(|a| a.ok() && a.total(|p| p.rows) >= 200).unwrap_or(false)
     })
     .await;
     pipeline.shutdown().await.unwrap();
 
     let audit = common::assert_verified(&config).await;
-    assert_eq!(audit.total(|p| p.expected), 200, "Kafka holds 200 committed records");
-    assert_eq!(audit.total(|p| p.rows), 200);
+    let committed = audit.total(|p| p.expected);
+    assert!(committed >= 200, "Kafka holds the committed transactions' records: {committed}");
+    assert_eq!(audit.total(|p| p.rows), committed);
     let high = common::high_watermarks(&topic).await;
-    assert!(high > 200, "the topic has gaps: high watermarks {high} > 200 records");
+    assert!(high > committed as i64, "the topic has gaps: high watermarks {high} > {committed} records");
 }
