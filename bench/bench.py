@@ -186,6 +186,11 @@ def pipeline_config(mode, topic, work, interval_ms, sink_extra="", group=None):
     if mode == "append_sasl_ssl":  # the append pipeline, reading over TLS with SCRAM
         brokers, security = sasl_ssl_source()
         mode = "append"
+    transform = ""
+    if mode == "append_transform":  # the append pipeline with a typical [transform] (issue #17)
+        transform = ('[transform]\nselect = ["id", "upper(value) AS value", "to_date(ts) AS date", '
+                     '"_kafka_timestamp AS ingested_at"]\nwhere = "value IS NOT NULL"\n')
+        mode = "append"
     if mode == "append_s3":  # the append pipeline, its tables on the S3 server
         env = s3_env()
         sink_extra = (f'path = "s3://{s3_prefix(work)}/table"\n' + sink_extra + "[sink.storage]\n"
@@ -206,7 +211,7 @@ starting_offsets = "earliest"
 {security}[decode]
 format = "json"
 {seed}
-{extra}[epoch]
+{transform}{extra}[epoch]
 interval_ms = {interval_ms}
 [sink]
 kind = "delta"
@@ -606,7 +611,7 @@ def main():
     ap.add_argument("--interval-ms", type=int, default=1000, help="epoch interval = Spark trigger interval")
     ap.add_argument("--profile", default=None, help="cargo profile of the binaries (release; debug for --quick)")
     ap.add_argument("--skip-spark", action="store_true")
-    ap.add_argument("--modes", help="only these of ours (append,dedup,counts,append_s3,append_sasl_ssl,group), no Spark; writes nothing")
+    ap.add_argument("--modes", help="only these of ours (append,dedup,counts,append_transform,append_s3,append_sasl_ssl,group), no Spark; writes nothing")
     ap.add_argument("--dedup-scale", type=int, metavar="IDS", help="only: RSS of dedup with retention over IDS distinct ids")
     ap.add_argument("--soak", type=int, metavar="EPOCHS", help="only: a soak run of EPOCHS epochs per mode (see bench/README.md)")
     ap.add_argument("--soak-modes", default="append,counts", help="modes of the soak run")
@@ -657,7 +662,7 @@ def main():
     partial = a.modes is not None
     systems = ["ours"] + ([] if a.skip_spark or partial else ["spark"])
     for system in systems:
-        modes = ["append", "dedup", "counts"] + (["append_s3", "append_sasl_ssl"] if system == "ours" else [])
+        modes = ["append", "dedup", "counts"] + (["append_transform", "append_s3", "append_sasl_ssl"] if system == "ours" else [])
         for mode in a.modes.split(",") if partial else modes:
             if mode == "group":
                 continue  # measured below, beside recovery
@@ -726,6 +731,10 @@ def render(r):
     if o3 and oa:
         rows.append(f"| append to S3 (local SeaweedFS): records/s | | {o3['records_per_s']:,.0f} | | {o3['records_per_s'] / lim:.0%} | "
                     f"{o3['records_per_s'] / oa['records_per_s']:.0%} of ours to local disk |")
+    ox = r.get("ours_append_transform")
+    if ox and oa:
+        rows.append(f"| append with a projection + filter ([transform]: upper, to_date, a WHERE): records/s | | {ox['records_per_s']:,.0f} | | "
+                    f"{ox['records_per_s'] / lim:.0%} | {ox['records_per_s'] / oa['records_per_s']:.0%} of plain append |")
     ot = r.get("ours_append_sasl_ssl")
     if ot and oa:
         rows.append(f"| append reading over SASL_SSL (TLS + SCRAM-SHA-512): records/s | | {ot['records_per_s']:,.0f} | | {ot['records_per_s'] / lim:.0%} | "

@@ -37,17 +37,20 @@ def plain(v, t):
 def main(path: str, rows: bool) -> None:
     table = DeltaTable(path)
     data = table.to_pyarrow_table()
+    # Per-record tables carry each row's coordinates; aggregate tables do not.
+    per_record = "_kafka_offset" in data.column_names
     coords = set(
         zip(
             data.column("_kafka_topic").to_pylist(),
             data.column("_kafka_partition").to_pylist(),
             data.column("_kafka_offset").to_pylist(),
         )
-    )
+    ) if per_record else set()
     out = {}
     if rows:
         records = data.to_pylist()
-        records.sort(key=lambda r: (r["_kafka_partition"], r["_kafka_offset"]))
+        if per_record:
+            records.sort(key=lambda r: (r["_kafka_partition"], r["_kafka_offset"]))
         types = {f.name: f.type for f in data.schema}
         out["records"] = [{k: plain(v, types[k]) for k, v in r.items() if k != "_kafka_timestamp"} for r in records]
     print(json.dumps({

@@ -81,6 +81,8 @@ struct Pending {
     input: BTreeMap<TopicPartition, u64>,
     ends: BTreeMap<TopicPartition, i64>,
     count: u64,
+    /// Records the transform's filter dropped.
+    filtered: u64,
     min_timestamp_ms: Option<i64>,
 }
 
@@ -122,6 +124,7 @@ impl AggregatorState {
         }
         let slot = self.slot(&tp);
         slot.count += input;
+        slot.filtered += decoded.filtered.len() as u64;
         *slot.input.entry(tp.clone()).or_default() += input;
         slot.min_timestamp_ms = match (slot.min_timestamp_ms, min_ts) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -192,8 +195,16 @@ impl AggregatorState {
                 (processed.output, processed.changes, processed.duplicates)
             }
         };
-        let batch =
-            EpochBatch { epoch, ranges, output, dead_letters, min_timestamp_ms: done.min_timestamp_ms, state, duplicates };
+        let batch = EpochBatch {
+            epoch,
+            ranges,
+            output,
+            dead_letters,
+            min_timestamp_ms: done.min_timestamp_ms,
+            state,
+            duplicates,
+            filtered: done.filtered,
+        };
         self.last_cut = batch.end_offsets();
         self.next_epoch += 1;
         self.args.committer.cast(CommitterMsg::Commit { barrier, batch: Box::new(batch) })?;

@@ -59,7 +59,7 @@ pub struct CommitterArgs {
 pub struct CommitReport {
     /// Epoch committed.
     pub epoch: u64,
-    /// Records consumed in the epoch (rows + dead letters).
+    /// Records consumed in the epoch (rows, dead letters, duplicates and filtered records).
     pub records: u64,
     /// Rows written to the table.
     pub rows: u64,
@@ -67,6 +67,8 @@ pub struct CommitReport {
     pub dead_letters: u64,
     /// Records dropped as duplicates.
     pub duplicates: u64,
+    /// Records the transform's filter dropped.
+    pub filtered: u64,
     /// Dead letters per category.
     pub dead_letter_categories: std::collections::BTreeMap<&'static str, u64>,
     /// Per-partition ranges.
@@ -163,6 +165,7 @@ impl Actor for CommitterActor {
                     rows: batch.row_count() as u64,
                     dead_letters: batch.dead_letters.len() as u64,
                     duplicates: batch.duplicates,
+                    filtered: batch.filtered,
                     dead_letter_categories: batch.dead_letters.iter().fold(Default::default(), |mut m, d| {
                         *m.entry(d.kind.as_str()).or_default() += 1;
                         m

@@ -38,6 +38,9 @@ pub struct PipelineConfig {
     /// How record values become rows (Spark's `CAST(value AS STRING)` / `from_json`).
     #[serde(default)]
     pub decode: DecodeConfig,
+    /// Shape the decoded rows (Spark's `selectExpr` / `filter`) before every later stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<TransformConfig>,
     /// Drop records whose key was already seen (Spark's `dropDuplicates`), with bounded state.
     #[serde(default)]
     pub dedup: Option<DedupConfig>,
@@ -187,6 +190,21 @@ pub struct AvroConfig {
     /// of ids not in `schemas_dir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistryConfig>,
+}
+
+/// `[transform]`: SQL over each decoded row and its `_kafka_*` columns, in DataFusion's dialect
+/// (see [`crate::transform`]). Only deterministic expressions: a replay must write the same rows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// The columns out, each a column name or `<expression> AS <name>` (Spark's `selectExpr`);
+    /// the `_kafka_*` columns always follow. Absent: every decoded column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<Vec<String>>,
+    /// A condition (Spark's `filter`): rows for which it is not true are dropped — counted, not
+    /// dead-lettered. Evaluated before `select`, on the decoded columns.
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
 }
 
 /// `decode.avro.registry`: a Confluent-compatible schema registry.
@@ -1025,6 +1043,7 @@ impl PipelineConfig {
             id: id.into(),
             source: SourceConfig { topics: topics.iter().map(|t| t.to_string()).collect(), ..Default::default() },
             decode: DecodeConfig::default(),
+            transform: None,
             dedup: None,
             aggregate: None,
             state: StateConfig::default(),
@@ -1257,8 +1276,20 @@ impl PipelineConfig {
         if self.decode.max_record_bytes == 0 {
             return Err(bad("decode.max_record_bytes", "must be at least 1".into()));
         }
-        // One decoder for every check below (for Avro it reads the schema files).
-        let decoder = crate::decode::Decoder::new(&self.decode);
+        if self.transform.as_ref().is_some_and(|t| t.select.is_some()) && self.takes_writer_columns() {
+            return Err(bad(
+                "transform.select",
+                "names the columns out, so the columns Avro writer schemas add (sink.schema_evolution = \"add-columns\") \
+                 would never reach the table; select them by name, or use transform.where alone"
+                    .into(),
+            ));
+        }
+        // One decoder for every check below (for Avro it reads the schema files); its rows are
+        // the transformed ones, which every later stage sees.
+        let decoder = crate::decode::Decoder::new(&self.decode)
+            .transforming(self.transform.as_ref())
+            .map_err(|e| bad(if e.starts_with("transform.where") { "transform.where" } else { "transform.select" }, e))?;
+        let selected = self.transform.as_ref().is_some_and(|t| t.select.is_some());
         let columns: Vec<(String, bool)> = {
             let schema = decoder.schema();
             schema
@@ -1276,13 +1307,32 @@ impl PipelineConfig {
         };
         let has = |name: &str| columns.iter().any(|(n, _)| n == name);
         let key_type = |name: &str| {
+            let scalar = "keys are columns of a scalar type (string, long, int, double, boolean, timestamp, date, binary)";
+            if selected {
+                // A selected column's type is its expression's.
+                use deltalake::arrow::datatypes::DataType as A;
+                let schema = decoder.schema();
+                return match schema.field_with_name(name).map(|f| f.data_type().clone()) {
+                    Ok(
+                        A::Utf8
+                        | A::Int8
+                        | A::Int16
+                        | A::Int32
+                        | A::Int64
+                        | A::Float64
+                        | A::Boolean
+                        | A::Timestamp(..)
+                        | A::Date32
+                        | A::Binary,
+                    )
+                    | Err(_) => Ok(()),
+                    Ok(t) => Err(format!("names {name:?}, a {t} column; {scalar}")),
+                };
+            }
             match decoder.fields().iter().find(|f| f.name == name) {
-            Some(f) if !f.kind.is_key_type() => Err(format!(
-                "names {name:?}, a {} column; keys are columns of a scalar type (string, long, int, double, boolean, timestamp, date, binary)",
-                f.kind
-            )),
-            _ => Ok(()),
-        }
+                Some(f) if !f.kind.is_key_type() => Err(format!("names {name:?}, a {} column; {scalar}", f.kind)),
+                _ => Ok(()),
+            }
         };
         if let Some(d) = &self.dedup {
             if d.key.is_empty() {

@@ -7,7 +7,8 @@
 //! - [`kafka`]: the connection every client is made from (brokers, TLS, SASL), the pre-flight
 //!   check, topic admin, partition statistics.
 //! - [`consumer`]: one actor per Kafka partition; reads its partition's queue in batches ([`fetch`]), runs the
-//!   [`decode`] stage, and forwards rows and dead letters, then epoch barriers, to the aggregator.
+//!   [`decode`] stage and the [`transform`] (SQL `select` / `where`), and forwards rows and dead
+//!   letters, then epoch barriers, to the aggregator.
 //! - [`aggregator`]: aligns barriers from every consumer and closes an epoch when all have arrived;
 //!   then runs the [`state`]ful stages (dedup, keyed aggregation on RocksDB) over it.
 //! - [`committer`]: the only writer; commits an epoch to the [`sink`] (a Delta Lake table and its
@@ -50,6 +51,7 @@ pub mod replay;
 pub mod sink;
 pub mod state;
 pub mod supervisor;
+pub mod transform;
 pub mod verify;
 
 pub use config::PipelineConfig;

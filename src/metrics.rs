@@ -14,6 +14,9 @@ pub const RECORDS_CONSUMED: &str = "exactly_records_consumed_total";
 pub const RECORDS_COMMITTED: &str = "exactly_records_committed_total";
 /// Counter: records dropped by dedup as duplicates.
 pub const DUPLICATES_DROPPED: &str = "exactly_duplicates_dropped_total";
+/// Counter: records the transform's filter dropped (`transform.where`), counted when their epoch
+/// commits (each record once).
+pub const RECORDS_FILTERED: &str = "exactly_records_filtered_total";
 /// Counter, label `reason` (a fixed category): records written to the dead-letter table.
 pub const DEAD_LETTERS: &str = "exactly_dead_letters_total";
 /// Counter, label `table` (`data`, `dead_letters`): Parquet files added by Delta commits.
@@ -118,6 +121,7 @@ pub fn register_zeros() {
     metrics::counter!(REBALANCES).increment(0);
     metrics::counter!(FENCED).increment(0);
     metrics::counter!(DUPLICATES_DROPPED).increment(0);
+    metrics::counter!(RECORDS_FILTERED).increment(0);
     for kind in ["dedup", "aggregate"] {
         metrics::gauge!(STATE_KEYS, "kind" => kind).increment(0.0);
     }

@@ -38,6 +38,8 @@ pub struct Progress {
     pub output_rows: u64,
     /// Records sent to the dead-letter table.
     pub dead_letters: u64,
+    /// Records the transform's filter dropped.
+    pub filtered: u64,
     /// Records committed per second since the previous commit.
     pub rows_per_second: f64,
     /// Time in the sink commit, milliseconds.
@@ -78,6 +80,9 @@ impl fmt::Display for Progress {
             "epoch {:>6} | {:>8} rows | {:>4} dead | {:>9.0} rows/s | lag {:>8} | commit {:>6.1} ms + checkpoint {:>5.1} ms | restarts {}",
             self.epoch, self.input_rows, self.dead_letters, self.rows_per_second, lag, self.sink_ms, self.checkpoint_ms, self.restarts
         )?;
+        if self.filtered > 0 {
+            write!(f, " | filtered {}", self.filtered)?;
+        }
         if let Some(files) = self.table_files {
             write!(f, " | files {files} ({} compacted)", self.files_compacted.unwrap_or(0))?;
         }

@@ -125,6 +125,8 @@ pub struct EpochBatch {
     pub state: StateChanges,
     /// Records dropped as duplicates.
     pub duplicates: u64,
+    /// Records the transform's filter dropped (`transform.where`).
+    pub filtered: u64,
 }
 
 impl EpochBatch {

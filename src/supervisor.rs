@@ -871,6 +871,7 @@ impl SupervisorState {
         self.committed = Checkpoint::new(&self.args.config.id, report.epoch, &offsets);
         metrics::counter!(m::RECORDS_COMMITTED).increment(report.records);
         metrics::counter!(m::DUPLICATES_DROPPED).increment(report.duplicates);
+        metrics::counter!(m::RECORDS_FILTERED).increment(report.filtered);
         for (reason, n) in &report.dead_letter_categories {
             metrics::counter!(m::DEAD_LETTERS, "reason" => *reason).increment(*n);
         }
@@ -904,6 +905,7 @@ impl SupervisorState {
             input_rows: report.records,
             output_rows: report.rows,
             dead_letters: report.dead_letters,
+            filtered: report.filtered,
             rows_per_second: report.records as f64 / secs,
             sink_ms: Progress::millis(report.sink_time),
             checkpoint_ms: Progress::millis(report.checkpoint_time),

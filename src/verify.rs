@@ -48,6 +48,9 @@ pub struct PartitionAudit {
     pub rows: u64,
     /// Rows found in the dead-letter table.
     pub dead_lettered: u64,
+    /// Expected offsets the transform's filter drops (evaluated again on Kafka's records): in
+    /// neither table, and not missing.
+    pub filtered: u64,
     /// Expected offsets found in neither table.
     pub missing: u64,
     /// Extra copies of offsets found more than once (across both tables).
@@ -241,6 +244,9 @@ impl Audit {
             }
             if !p.missing_sample.is_empty() {
                 let _ = writeln!(s, "    first missing offsets: {:?}", p.missing_sample);
+            }
+            if p.filtered > 0 {
+                let _ = writeln!(s, "    {} records dropped by transform.where (evaluated again here)", p.filtered);
             }
             for m in &p.mismatch_sample {
                 let _ = writeln!(s, "    {m}");
@@ -810,6 +816,7 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         let expected: Vec<i64> = records.iter().map(|r| r.offset).collect();
         decoder.prepare(&records).await?;
         let decoded = decoder.decode(&records);
+        let filtered: HashSet<i64> = decoded.filtered.iter().map(|(_, o)| *o).collect();
         // Content: each row equals the decode of its record; each dead letter carries its
         // record's bytes.
         let mut mismatches = Vec::new();
@@ -826,6 +833,10 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
                         .push(format!("row at offset {}: table ({have}), Kafka's record decodes to ({want})", offs.value(i)));
                 }
             }
+        }
+        // A row or dead letter of a record the filter drops should not be there.
+        for o in row_offsets.iter().chain(&dead_offsets).filter(|o| filtered.contains(o)) {
+            mismatches.push(format!("offset {o} is in a table, but transform.where drops its record"));
         }
         if let Some(bytes) = dead_bytes.get(&tp) {
             for r in &records {
@@ -846,7 +857,7 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         // Offset-level completeness holds for append pipelines; dedup drops duplicates on
         // purpose and aggregation keeps groups, so theirs is checked key by key below.
         let mut missing: Vec<i64> = if config.dedup.is_none() && per_record {
-            expected.iter().copied().filter(|o| !counts.contains_key(o)).collect()
+            expected.iter().copied().filter(|o| !counts.contains_key(o) && !filtered.contains(o)).collect()
         } else {
             Vec::new()
         };
@@ -861,6 +872,7 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
             expected: expected.len() as u64,
             rows: row_offsets.len() as u64,
             dead_lettered: dead_offsets.len() as u64,
+            filtered: filtered.len() as u64,
             missing: missing.len() as u64,
             duplicated,
             unexpected,

@@ -309,6 +309,7 @@ fn epoch_of_three(config: &exactly::PipelineConfig, tp: &exactly::record::TopicP
         min_timestamp_ms: None,
         state: Default::default(),
         duplicates: 0,
+        filtered: 0,
     }
 }
 

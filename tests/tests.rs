@@ -30,6 +30,9 @@ mod malformed;
 mod gaps;
 // Dedup and keyed aggregation on RocksDB: retention, output modes, failures, readers.
 mod stateful;
+
+// SQL projections and filters over the decoded rows.
+mod transform;
 // Tables maintained while the pipeline writes them: a foreign OPTIMIZE between epochs.
 mod maintenance;
 // Tables on real object stores (SeaweedFS for S3, Azurite for Azure): exactly once, audited and

@@ -65,6 +65,21 @@ pub struct DeadLetter {
     pub kind: Rejection,
 }
 
+impl DeadLetter {
+    /// Record `r` as a dead letter, with its bytes.
+    pub fn of<R: RecordView>(r: &R, reason: String, kind: Rejection) -> DeadLetter {
+        DeadLetter {
+            tp: TopicPartition::new(r.topic(), r.partition()),
+            offset: r.offset(),
+            timestamp_ms: r.timestamp_ms(),
+            key: r.key().map(<[u8]>::to_vec),
+            value: r.payload().map(<[u8]>::to_vec),
+            reason,
+            kind,
+        }
+    }
+}
+
 /// Why a record was rejected, as a small fixed category: the `reason` label of
 /// `exactly_dead_letters_total` (the dead letter's `reason` text says the rest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -93,11 +108,13 @@ pub enum Rejection {
     InvalidAvro,
     /// The value names a writer schema (id or fingerprint) that is not known.
     UnknownSchema,
+    /// A `[transform]` expression failed on the row (a cast, a division by zero).
+    Transform,
 }
 
 impl Rejection {
     /// Every category, in a fixed order.
-    pub const ALL: [Rejection; 12] = [
+    pub const ALL: [Rejection; 13] = [
         Rejection::TooLarge,
         Rejection::NotUtf8,
         Rejection::InvalidJson,
@@ -110,6 +127,7 @@ impl Rejection {
         Rejection::Future,
         Rejection::InvalidAvro,
         Rejection::UnknownSchema,
+        Rejection::Transform,
     ];
 
     /// The metric label.
@@ -127,6 +145,7 @@ impl Rejection {
             Rejection::Future => "future",
             Rejection::InvalidAvro => "invalid_avro",
             Rejection::UnknownSchema => "unknown_schema",
+            Rejection::Transform => "transform",
         }
     }
 }
@@ -141,6 +160,9 @@ pub struct Decoded {
     pub rows: RecordBatch,
     /// Records that did not.
     pub dead: Vec<DeadLetter>,
+    /// Records the transform's filter dropped (`transform.where`): neither rows nor dead
+    /// letters, counted.
+    pub filtered: Vec<(TopicPartition, i64)>,
 }
 
 fn ts_type() -> DataType {
@@ -454,6 +476,8 @@ pub struct Decoder {
     /// For `avro`: whether the fields writer schemas have beyond the reader schema's are
     /// columns too (`sink.schema_evolution = "add-columns"`).
     writer_columns: bool,
+    /// `[transform]`, applied to the decoded rows.
+    transform: Option<Arc<crate::transform::Transform>>,
 }
 
 impl Decoder {
@@ -486,6 +510,7 @@ impl Decoder {
             keep_raw: false,
             avro,
             writer_columns: false,
+            transform: None,
         }
     }
 
@@ -527,9 +552,25 @@ impl Decoder {
     }
 
     /// The decoder whose rows a pipeline's table holds (the audit's): with the writer schemas'
-    /// columns when the pipeline takes them.
+    /// columns when the pipeline takes them, and `[transform]` applied.
+    ///
+    /// The transform was planned when the config was validated; one that no longer plans is a
+    /// panic here, which the supervisor reports.
     pub fn for_table(config: &crate::config::PipelineConfig) -> Self {
-        Self::new(&config.decode).taking_writer_columns(config.takes_writer_columns())
+        Self::new(&config.decode)
+            .taking_writer_columns(config.takes_writer_columns())
+            .transforming(config.transform.as_ref())
+            .unwrap_or_else(|e| panic!("{e} (checked at start)"))
+    }
+
+    /// This decoder, applying `transform` (if any) to the rows it decodes; `Err`: one line
+    /// naming the setting and the expression that does not plan.
+    pub fn transforming(mut self, transform: Option<&crate::config::TransformConfig>) -> Result<Self, String> {
+        self.transform = match transform {
+            Some(t) => Some(Arc::new(crate::transform::Transform::new(t, &self.schema)?)),
+            None => None,
+        };
+        Ok(self)
     }
 
     /// This decoder, making the fields Avro writer schemas have beyond the reader schema's
@@ -555,14 +596,19 @@ impl Decoder {
         self
     }
 
-    /// The schema of decoded rows (without `_epoch`; with the hidden raw columns if kept).
+    /// The schema of the rows this decoder gives: decoded, then transformed (without `_epoch`;
+    /// with the hidden raw columns if kept).
     pub fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        match &self.transform {
+            Some(t) => t.output_schema(&self.schema),
+            None => self.schema.clone(),
+        }
     }
 
     /// The schema of committed rows (with `_epoch`, never the hidden raw columns).
     pub fn output_schema(&self) -> SchemaRef {
-        let visible: Vec<Field> = self.schema.fields().iter().filter(|f| !is_raw(f.name())).map(|f| f.as_ref().clone()).collect();
+        let visible: Vec<Field> =
+            self.schema().fields().iter().filter(|f| !is_raw(f.name())).map(|f| f.as_ref().clone()).collect();
         with_epoch_field(&Schema::new(visible))
     }
 
@@ -651,9 +697,14 @@ impl Decoder {
             (BinaryBuilder::with_capacity(raw_capacity, 0), BinaryBuilder::with_capacity(raw_capacity, 0));
         let mut dead = Vec::new();
         let (mut vals, mut slots) = (Vec::with_capacity(self.fields.len().max(2)), Vec::with_capacity(self.fields.len()));
-        for r in records {
+        // Which record each row is, for the transform's dead letters and filtered records.
+        let mut row_records: Vec<usize> = Vec::with_capacity(if self.transform.is_some() { n } else { 0 });
+        for (index, r) in records.iter().enumerate() {
             match self.values(r, &mut vals, &mut slots, added.as_deref()) {
                 Ok(()) => {
+                    if self.transform.is_some() {
+                        row_records.push(index);
+                    }
                     for (c, v) in cols.iter_mut().zip(vals.drain(..)) {
                         c.push(v);
                     }
@@ -666,15 +717,7 @@ impl Decoder {
                         raw_value.append_option(r.payload());
                     }
                 }
-                Err((kind, reason)) => dead.push(DeadLetter {
-                    tp: TopicPartition::new(r.topic(), r.partition()),
-                    offset: r.offset(),
-                    timestamp_ms: r.timestamp_ms(),
-                    key: r.key().map(<[u8]>::to_vec),
-                    value: r.payload().map(<[u8]>::to_vec),
-                    reason,
-                    kind,
-                }),
+                Err((kind, reason)) => dead.push(DeadLetter::of(r, reason, kind)),
             }
         }
         let mut arrays: Vec<ArrayRef> = cols.into_iter().map(Col::finish).collect();
@@ -687,7 +730,18 @@ impl Decoder {
             arrays.push(Arc::new(raw_value.finish()));
         }
         let rows = RecordBatch::try_new(schema, arrays).expect("decoder builds columns of its own schema");
-        Decoded { rows, dead }
+        let Some(transform) = &self.transform else { return Decoded { rows, dead, filtered: Vec::new() } };
+        let applied = transform.apply(&rows);
+        let at = |i: usize| &records[row_records[i]];
+        if !applied.failed.is_empty() {
+            for (i, reason) in applied.failed {
+                dead.push(DeadLetter::of(at(i), reason, Rejection::Transform));
+            }
+            dead.sort_by(|a, b| (&a.tp, a.offset).cmp(&(&b.tp, b.offset)));
+        }
+        let filtered =
+            applied.filtered.iter().map(|i| (TopicPartition::new(at(*i).topic(), at(*i).partition()), at(*i).offset())).collect();
+        Decoded { rows: applied.rows, dead, filtered }
     }
 }
 

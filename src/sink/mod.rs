@@ -88,7 +88,7 @@ pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<
     match &config.sink {
         SinkConfig::Console { num_rows } => Arc::new(console::ConsoleSink::stdout(*num_rows)),
         SinkConfig::Delta { .. } => {
-            let decoder = Decoder::new(&config.decode);
+            let decoder = Decoder::for_table(config);
             let (schema, partition_by) = match &config.aggregate {
                 Some(a) => (
                     crate::decode::with_epoch_field(&crate::state::result_schema(&decoder.schema(), a)),

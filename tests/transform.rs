@@ -1,0 +1,157 @@
+//! `[transform]`: SQL projections and filters over the decoded rows (DataFusion's expression
+//! dialect). Derived columns read back by Python `deltalake` with their Delta types; the filter's
+//! drops are counted and accounted for by the audit; a row whose expression fails is a dead
+//! letter naming the expression; an aggregation groups by a derived column.
+
+use std::time::Duration;
+
+use exactly::config::{AggregateConfig, OutputMode, TransformConfig};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::common;
+
+async fn send(topic: &str, values: impl IntoIterator<Item = String>) {
+    let producer: FutureProducer = common::kafka().client_config().create().unwrap();
+    for v in values {
+        producer.send(FutureRecord::<(), _>::to(topic).payload(&v), Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+    }
+}
+
+fn transform(select: Option<&[&str]>, filter: Option<&str>) -> Option<TransformConfig> {
+    Some(TransformConfig { select: select.map(|s| s.iter().map(|e| e.to_string()).collect()), filter: filter.map(String::from) })
+}
+
+/// A projection with derived columns and a filter: the table holds the selected columns with
+/// the Delta types of their expressions; the records the filter drops are in neither table,
+/// counted by the audit, which evaluates the filter again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_and_a_filter_shape_the_rows() {
+    let topic = common::topic("transform", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.transform = transform(
+        Some(&[
+            "id",
+            "upper(value) AS value",
+            "to_date(ts) AS date",
+            "id * 10 AS id10",
+            "_kafka_partition AS part",
+            "concat(value, '-', CAST(id AS STRING)) AS label",
+        ]),
+        Some("value IS NOT NULL AND id < 100"),
+    );
+    // 2026-11-26T00:00:00Z plus id hours: dates 26th, 27th.
+    let day = 1_795_651_200_000i64;
+    send(
+        &topic,
+        (0..30u64).map(|id| {
+            let value = if id % 3 == 0 { "null".to_string() } else { format!("\"v{id}\"") };
+            format!(r#"{{"id":{id},"value":{value},"ts":{}}}"#, day + id as i64 * 3_600_000)
+        }),
+    )
+    .await;
+    send(&topic, [r#"{"id":100,"value":"big","ts":0}"#.to_string()]).await;
+
+    let table = dir.path().join("table");
+    let pipeline = common::start(&config, Default::default()).await;
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+
+    let read = common::read_rows_with_python(&table);
+    common::assert_types(&read, &[("id", "long"), ("value", "string"), ("date", "date"), ("id10", "long"), ("part", "int")]);
+    let columns: Vec<&str> = read["types"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert!(!columns.contains(&"ts"), "only the selected columns (and _kafka_*): {columns:?}");
+    let mut rows = common::row_values(&read, &["id", "value", "date", "id10", "label"]);
+    rows.sort_by_key(|r| r[0].as_i64());
+    let want: Vec<serde_json::Value> = (0..30u64)
+        .filter(|id| id % 3 != 0)
+        .map(|id| {
+            let date = if id < 24 { "2026-11-26" } else { "2026-11-27" };
+            serde_json::json!([id, format!("V{id}"), date, id * 10, format!("v{id}-{id}")])
+        })
+        .collect();
+    assert_eq!(rows, want);
+
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(
+        (audit.total(|p| p.expected), audit.total(|p| p.rows), audit.total(|p| p.filtered), audit.total(|p| p.dead_lettered)),
+        (31, 20, 11, 0),
+        "10 null values and id 100 filtered"
+    );
+}
+
+/// A row whose expression fails at run time — a string that does not cast, a division by zero —
+/// is a dead letter with its bytes, naming the expression and the error; its batch goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_expression_is_a_dead_letter_with_its_reason() {
+    let topic = common::topic("transform-fail", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.transform = transform(Some(&["id", "CAST(value AS INT) AS n", "100 / CAST(value AS INT) AS q"]), None);
+    let values = ["4", "x", "0", "50"];
+    send(&topic, values.iter().enumerate().map(|(id, v)| format!(r#"{{"id":{id},"value":"{v}","ts":0}}"#))).await;
+    let table = dir.path().join("table");
+    let pipeline = common::start(&config, Default::default()).await;
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+
+    let rows = common::row_values(&common::read_rows_with_python(&table), &["id", "n", "q"]);
+    assert_eq!(rows, [serde_json::json!([0, 4, 25]), serde_json::json!([3, 50, 2])]);
+    let reasons = common::dead_letter_reasons(&dir.path().join("table_dead_letters"));
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].contains("CAST(value AS INT)") && reasons[0].contains("'x'"), "{reasons:?}");
+    assert!(
+        reasons[1].contains("100 / CAST(value AS INT)") && reasons[1].to_lowercase().contains("divide by zero"),
+        "{reasons:?}"
+    );
+    let audit = common::assert_verified(&config).await;
+    assert_eq!((audit.total(|p| p.rows), audit.total(|p| p.dead_lettered)), (2, 2));
+}
+
+/// Stateful stages take the transformed rows: a count by a derived `day`, which the audit
+/// recomputes from the topic through the same transform.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregation_groups_by_a_derived_column() {
+    let topic = common::topic("transform-agg", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.transform = transform(Some(&["id", "to_date(ts) AS day"]), Some("id % 5 <> 0"));
+    config.aggregate = Some(AggregateConfig::count_by(&["day"], OutputMode::Complete, 4));
+    let day = 1_795_651_200_000i64;
+    send(&topic, (0..40i64).map(|id| format!(r#"{{"id":{id},"value":"v","ts":{}}}"#, day + id * 3_600_000))).await;
+    let table = dir.path().join("table");
+    let pipeline = common::start(&config, Default::default()).await;
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+
+    let read = common::read_rows_with_python(&table);
+    let mut rows = common::row_values(&read, &["day", "count"]);
+    rows.sort_by(|a, b| a[0].as_str().cmp(&b[0].as_str()));
+    // Hours 0..23 on the 26th minus ids 0, 5, 10, 15, 20; hours 24..39 on the 27th minus 25, 30, 35.
+    assert_eq!(rows, [serde_json::json!(["2026-11-26", 19]), serde_json::json!(["2026-11-27", 13])]);
+    let audit = common::assert_verified(&config).await;
+    let keys = audit.keys.as_ref().unwrap();
+    assert_eq!((keys.expected, keys.found, keys.mismatched), (2, 2, 0));
+}
+
+/// Expressions that would not give the same row twice, or that do not name their column, are
+/// refused when the config is loaded, with one line naming the setting and the expression.
+#[test]
+fn nondeterministic_and_unnamed_expressions_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (t, want) in [
+        (transform(Some(&["id", "now() AS at"]), None), "transform.select `now() AS at`: now() is not deterministic"),
+        (transform(None, Some("random() < 0.5")), "transform.where `random() < 0.5`: random() is not deterministic"),
+        (transform(Some(&["uuid() AS u"]), None), "uuid() is not deterministic"),
+        (transform(Some(&["upper(value)"]), None), "name the column it makes: `upper(value) AS <name>`"),
+        (transform(Some(&["nope AS x"]), None), "transform.select `nope AS x`"),
+        (transform(None, Some("value")), "is Utf8, not a condition"),
+        (transform(Some(&["count(id) AS n"]), None), "aggregates belong in [aggregate]"),
+    ] {
+        let mut config = common::delta_config("p", "t", dir.path());
+        config.transform = t;
+        let e = config.validate("x.toml").unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}
