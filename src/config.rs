@@ -843,6 +843,12 @@ pub enum SinkConfig {
         /// naming the column.
         #[serde(default)]
         schema_evolution: SchemaEvolution,
+        /// Partition columns of the data table (Spark's `partitionBy`): any columns of the rows
+        /// written, typically a derived date or hour (`[transform]`). Files are written per
+        /// partition value. An existing table must be partitioned the same. Not for aggregate
+        /// tables; the dead-letter table is never partitioned.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        partition_by: Vec<String>,
     },
 }
 
@@ -885,6 +891,14 @@ impl SinkConfig {
         }
     }
 
+    /// `partition_by` of a Delta sink (empty for any other).
+    pub fn partition_by(&self) -> &[String] {
+        match self {
+            SinkConfig::Delta { partition_by, .. } => partition_by,
+            _ => &[],
+        }
+    }
+
     /// A Delta sink at `path` with every other setting at its default.
     pub fn delta(path: impl Into<TableLocation>) -> Self {
         SinkConfig::Delta {
@@ -896,6 +910,7 @@ impl SinkConfig {
             deleted_file_retention: None,
             compaction: CompactionConfig::default(),
             schema_evolution: SchemaEvolution::None,
+            partition_by: Vec::new(),
         }
     }
 }
@@ -1416,6 +1431,7 @@ impl PipelineConfig {
             compaction,
             storage: _,
             schema_evolution,
+            partition_by,
         } = &self.sink
         {
             if dead_letter_path.as_ref() == Some(path) {
@@ -1445,6 +1461,47 @@ impl PipelineConfig {
                     "is not supported in group mode yet: members restarted one by one would write with two schemas at once"
                         .into(),
                 ));
+            }
+            if !partition_by.is_empty() {
+                if self.aggregate.is_some() {
+                    return Err(bad(
+                        "sink.partition_by",
+                        "is for tables of rows; an aggregate table is partitioned by its buckets (aggregate.buckets)".into(),
+                    ));
+                }
+                if *schema_evolution != SchemaEvolution::None {
+                    return Err(bad(
+                        "sink.partition_by",
+                        "cannot be combined with sink.schema_evolution yet: the Delta writer cannot grow a partitioned table's schema while it writes".into(),
+                    ));
+                }
+                let schema = decoder.output_schema();
+                for (i, c) in partition_by.iter().enumerate() {
+                    use deltalake::arrow::datatypes::DataType as A;
+                    if partition_by[..i].contains(c) {
+                        return Err(bad("sink.partition_by", format!("names {c:?} twice")));
+                    }
+                    match schema.field_with_name(c).map(|f| f.data_type().clone()) {
+                        Err(_) => {
+                            return Err(bad(
+                                "sink.partition_by",
+                                format!(
+                                    "names {c:?}, which is not a column of the rows written (derive one with [transform] select)"
+                                ),
+                            ))
+                        }
+                        Ok(A::Utf8 | A::Int8 | A::Int16 | A::Int32 | A::Int64 | A::Boolean | A::Date32 | A::Timestamp(..)) => {}
+                        Ok(t) => {
+                            return Err(bad(
+                                "sink.partition_by",
+                                format!("names {c:?}, a {t} column; partition by a string, integer, boolean, date or timestamp"),
+                            ))
+                        }
+                    }
+                }
+                if partition_by.len() == schema.fields().len() {
+                    return Err(bad("sink.partition_by", "names every column; keep at least one out of the partitioning".into()));
+                }
             }
             if *schema_evolution != SchemaEvolution::None && self.aggregate.is_some() {
                 return Err(bad(

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::{
@@ -315,6 +316,17 @@ type FoundOffsets = HashMap<TopicPartition, Vec<i64>>;
 /// The named columns of every row in these Parquet files of `table`, read through its store.
 async fn read_columns(table: &DeltaTable, files: &[ObjectPath], names: &[&str]) -> Result<Vec<RecordBatch>> {
     let store = table.log_store().object_store(None);
+    let snapshot = table.snapshot().map_err(|e| Error::Delta { table: table.table_url().to_string(), detail: e.to_string() })?;
+    // Partition columns are in the log, not in the files: each file's values, for the names asked.
+    let schema = snapshot.snapshot().arrow_schema();
+    let partitions: HashMap<ObjectPath, Vec<(String, Option<String>)>> = snapshot
+        .log_data()
+        .iter()
+        .map(|f| {
+            let values = f.partition_values_map().into_iter().filter(|(k, _)| names.contains(&k.as_str())).collect();
+            (f.object_store_path(), values)
+        })
+        .collect();
     let mut out = Vec::new();
     for path in files {
         let err = |e: String| Error::Delta { table: format!("{}{path}", table.table_url()), detail: e };
@@ -332,7 +344,23 @@ async fn read_columns(table: &DeltaTable, files: &[ObjectPath], names: &[&str]) 
         })
         .await
         .map_err(|e| err(e.to_string()))?;
-        out.extend(decoded.map_err(err)?);
+        let mut batches = decoded.map_err(err)?;
+        if let Some(values) = partitions.get(path).filter(|v| !v.is_empty()) {
+            for batch in &mut batches {
+                let (mut fields, mut columns): (Vec<_>, Vec<_>) =
+                    (batch.schema().fields().iter().cloned().collect(), batch.columns().to_vec());
+                for (name, value) in values {
+                    let field = schema.field_with_name(name).map_err(|e| err(e.to_string()))?;
+                    let column = crate::maintenance::compaction::partition_column(value, field.data_type(), batch.num_rows())
+                        .map_err(|e| err(format!("partition value of {name}: {e}")))?;
+                    fields.push(Arc::new(field.clone()));
+                    columns.push(column);
+                }
+                *batch = RecordBatch::try_new(Arc::new(deltalake::arrow::datatypes::Schema::new(fields)), columns)
+                    .map_err(|e| err(e.to_string()))?;
+            }
+        }
+        out.extend(batches);
     }
     Ok(out)
 }

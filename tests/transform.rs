@@ -155,3 +155,80 @@ fn nondeterministic_and_unnamed_expressions_are_refused_at_start() {
         assert_eq!(e.lines().count(), 1, "{e}");
     }
 }
+
+/// The partition values of a table's live files, from its Delta log (a file that adds and a
+/// later one that removes it cancel out); the table's partition columns.
+fn partitions_in_log(table: &std::path::Path) -> (Vec<String>, std::collections::BTreeSet<String>) {
+    let mut files: std::collections::BTreeMap<String, String> = Default::default();
+    let mut columns = Vec::new();
+    let mut logs: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        for line in std::fs::read_to_string(&log).unwrap().lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(m) = action.get("metaData") {
+                columns = m["partitionColumns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+            }
+            if let Some(a) = action.get("add") {
+                files.insert(a["path"].as_str().unwrap().to_string(), a["partitionValues"].to_string());
+            }
+            if let Some(r) = action.get("remove") {
+                files.remove(r["path"].as_str().unwrap());
+            }
+        }
+    }
+    (columns, files.into_values().collect())
+}
+
+/// `sink.partition_by` a derived column: the data table's files are written per value (the
+/// values in the Delta log), the dead-letter table stays unpartitioned, Python reads the column
+/// back, the audit reads it from the log; a pipeline that would partition the table otherwise
+/// is refused with one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_derived_column_partitions_the_table() {
+    let topic = common::topic("transform-partition", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.transform = transform(Some(&["id", "value", "to_date(ts) AS date"]), None);
+    if let exactly::config::SinkConfig::Delta { partition_by, .. } = &mut config.sink {
+        *partition_by = vec!["date".into()];
+    }
+    let day = 1_795_651_200_000i64;
+    let mut values: Vec<String> =
+        (0..30i64).map(|id| format!(r#"{{"id":{id},"value":"v{id}","ts":{}}}"#, day + id * 7_200_000)).collect();
+    values.push("not json".into());
+    send(&topic, values).await;
+    let table = dir.path().join("table");
+    let pipeline = common::start(&config, Default::default()).await;
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+
+    let (columns, values) = partitions_in_log(&table);
+    assert_eq!(columns, ["date"]);
+    let want: std::collections::BTreeSet<String> =
+        ["2026-11-26", "2026-11-27", "2026-11-28"].iter().map(|d| serde_json::json!({ "date": d }).to_string()).collect();
+    assert_eq!(values, want, "files per day (ids 0-11, 12-23, 24-29)");
+    let (dead_columns, _) = partitions_in_log(&dir.path().join("table_dead_letters"));
+    assert!(dead_columns.is_empty(), "the dead-letter table is not partitioned");
+    let read = common::read_rows_with_python(&table);
+    let mut rows = common::row_values(&read, &["id", "date"]);
+    rows.sort_by_key(|r| r[0].as_i64());
+    let want: Vec<serde_json::Value> =
+        (0..30i64).map(|id| serde_json::json!([id, format!("2026-11-{}", 26 + id * 2 / 24)])).collect();
+    assert_eq!(rows, want);
+    let audit = common::assert_verified(&config).await;
+    assert_eq!((audit.total(|p| p.rows), audit.total(|p| p.dead_lettered)), (30, 1));
+
+    // The same table, partitioned otherwise: refused at start, naming both.
+    if let exactly::config::SinkConfig::Delta { partition_by, .. } = &mut config.sink {
+        *partition_by = vec!["value".into()];
+    }
+    let sink = exactly::sink::from_config(&config, Default::default());
+    let p = exactly::pipeline::Pipeline::start(config.clone(), sink).await.unwrap();
+    let e = p.wait().await.expect_err("another partitioning is refused").to_string();
+    assert!(e.contains("partitioned by [\"date\"]") && e.contains("partitioned by [\"value\"]"), "{e}");
+}

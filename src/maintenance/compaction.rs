@@ -176,10 +176,8 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef, partition: &BTreeMap<String,
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
         let col = match (partition.get(field.name()), batch.column_by_name(field.name())) {
-            (Some(value), _) => {
-                let strings: ArrayRef = Arc::new(StringArray::from(vec![value.clone(); n]));
-                cast(&strings, field.data_type()).map_err(|e| Error::Sink(format!("partition value of {}: {e}", field.name())))?
-            }
+            (Some(value), _) => partition_column(value, field.data_type(), n)
+                .map_err(|e| Error::Sink(format!("partition value of {}: {e}", field.name())))?,
             (None, Some(col)) => {
                 conform_column(col, field.data_type()).map_err(|e| Error::Sink(format!("column {}: {e}", field.name())))?
             }
@@ -188,6 +186,17 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef, partition: &BTreeMap<String,
         cols.push(col);
     }
     RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::Sink(e.to_string()))
+}
+
+/// A partition column's `rows` values: the file's partition value (as the Delta log writes it,
+/// text; `None` for null) as type `t`. Partition columns are not in the Parquet files.
+pub(crate) fn partition_column(
+    value: &Option<String>,
+    t: &deltalake::arrow::datatypes::DataType,
+    rows: usize,
+) -> std::result::Result<ArrayRef, String> {
+    let strings: ArrayRef = Arc::new(StringArray::from(vec![value.clone(); rows]));
+    cast(&strings, t).map_err(|e| e.to_string())
 }
 
 /// `col` as type `to`: struct members matched by name, members the file lacks (added by

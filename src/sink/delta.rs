@@ -379,8 +379,9 @@ impl DeltaSink {
         partition_by: Vec<String>,
         failpoints: Arc<FailPoints>,
     ) -> Self {
-        // Aggregate tables are partitioned by `_bucket` and hold one file per bucket.
-        let compact = partition_by.is_empty();
+        // Aggregate tables are partitioned by `_bucket` and hold one file per bucket; append
+        // tables (partitioned or not) compact by size tier, partition by partition.
+        let compact = !partition_by.iter().any(|c| c == crate::state::BUCKET_COL);
         DeltaSink {
             pipeline: pipeline.to_string(),
             data: Spec {
@@ -468,6 +469,17 @@ impl DeltaSink {
                     self.pipeline
                 )));
             }
+        }
+        let partitioned = snapshot.metadata().partition_columns();
+        if *partitioned != spec.partition_by {
+            let says =
+                |cols: &[String]| if cols.is_empty() { "unpartitioned".to_string() } else { format!("partitioned by {cols:?}") };
+            return Err(Error::Recovery(format!(
+                "the table at {} is {}, but the pipeline writes it {}; a table's partitioning cannot change: point sink.path at a new table",
+                path.display(),
+                says(partitioned),
+                says(&spec.partition_by)
+            )));
         }
         let want = delta_fields(&spec.schema)?;
         let have: Vec<StructField> = snapshot.schema().fields().cloned().collect();

@@ -94,7 +94,7 @@ pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<
                     crate::decode::with_epoch_field(&crate::state::result_schema(&decoder.schema(), a)),
                     vec![crate::state::BUCKET_COL.to_string()],
                 ),
-                None => (decoder.output_schema(), Vec::new()),
+                None => (decoder.output_schema(), config.sink.partition_by().to_vec()),
             };
             let sink = delta::DeltaSink::new(
                 &config.id,
