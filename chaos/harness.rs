@@ -87,7 +87,7 @@ pub struct CaseReport {
     pub restarts: u64,
     /// Records produced.
     pub produced: u64,
-    /// Records committed (rows + dead letters; groups for counts).
+    /// Records committed (rows + dead letters + records the filter dropped; groups for counts).
     pub committed: u64,
     /// Offsets or keys missing.
     pub missing: u64,
@@ -108,7 +108,10 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), nanos % 10_000_000_000)
 }
 
-/// The pipeline of one iteration: append, dedup or counts, rotating.
+/// The pipeline of one iteration: append, dedup or counts, rotating. The append one also
+/// shapes its rows (`[transform]`: a derived column and a filter dropping about one record in
+/// seven) and partitions its table by the derived column, so faults meet filtered records and
+/// partitioned writes too; the audit accounts for both.
 fn pipeline_config(kind: &str, topic: &str, dir: &Path, brokers: &str) -> PipelineConfig {
     let mut c = PipelineConfig::new(unique("chaos"), &[topic]);
     c.source.brokers = brokers.to_string();
@@ -131,7 +134,15 @@ fn pipeline_config(kind: &str, topic: &str, dir: &Path, brokers: &str) -> Pipeli
                 buckets: 4,
             })
         }
-        _ => {}
+        _ => {
+            c.transform = Some(exactly::config::TransformConfig {
+                select: Some(vec!["id".into(), "value".into(), "ts".into(), "CAST(id % 4 AS INT) AS shard".into()]),
+                filter: Some("id % 7 <> 3".into()),
+            });
+            if let SinkConfig::Delta { partition_by, .. } = &mut c.sink {
+                *partition_by = vec!["shard".into()];
+            }
+        }
     }
     c
 }
@@ -276,7 +287,7 @@ fn audit_into(report: &mut CaseReport, audit: &exactly::verify::Audit) {
         audit.keys.as_ref().map_or(0, |k| k.mismatched) + audit.total(|p| p.unexpected) + audit.total(|p| p.mismatched);
     report.committed = match audit.keys.as_ref() {
         Some(k) if k.kind == "aggregate" => k.found,
-        _ => audit.total(|p| p.rows + p.dead_lettered),
+        _ => audit.total(|p| p.rows + p.dead_lettered + p.filtered),
     };
     report.ok = audit.ok();
     if !report.ok {
