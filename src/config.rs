@@ -849,7 +849,38 @@ pub enum SinkConfig {
         /// tables; the dead-letter table is never partitioned.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         partition_by: Vec<String>,
+        /// More tables fed from the same read (`[[sink.outputs]]`, Spark's one query per output
+        /// table): each with its own `where` / `select` over the rows of `path`, committed in
+        /// the same epoch, each with its own `txn`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        outputs: Vec<OutputConfig>,
     },
+}
+
+/// `[[sink.outputs]]`: another table from the same read, with its own filter and projection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Names the output in errors and dead-letter reasons (letters, digits, `_`, `-`).
+    pub name: String,
+    /// Its table (with `sink.storage`'s options).
+    pub path: TableLocation,
+    /// The columns out, over the rows `sink.path` gets (see [`TransformConfig::select`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<Vec<String>>,
+    /// Which of those rows it gets (see [`TransformConfig::filter`]).
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Its partition columns (see `sink.partition_by`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_by: Vec<String>,
+}
+
+impl OutputConfig {
+    /// Its `where` / `select` as a transform.
+    pub fn transform(&self) -> TransformConfig {
+        TransformConfig { select: self.select.clone(), filter: self.filter.clone() }
+    }
 }
 
 /// `sink.schema_evolution`.
@@ -891,6 +922,14 @@ impl SinkConfig {
         }
     }
 
+    /// `outputs` of a Delta sink (empty for any other).
+    pub fn outputs(&self) -> &[OutputConfig] {
+        match self {
+            SinkConfig::Delta { outputs, .. } => outputs,
+            _ => &[],
+        }
+    }
+
     /// `partition_by` of a Delta sink (empty for any other).
     pub fn partition_by(&self) -> &[String] {
         match self {
@@ -911,6 +950,7 @@ impl SinkConfig {
             compaction: CompactionConfig::default(),
             schema_evolution: SchemaEvolution::None,
             partition_by: Vec::new(),
+            outputs: Vec::new(),
         }
     }
 }
@@ -1432,6 +1472,7 @@ impl PipelineConfig {
             storage: _,
             schema_evolution,
             partition_by,
+            outputs,
         } = &self.sink
         {
             if dead_letter_path.as_ref() == Some(path) {
@@ -1461,6 +1502,46 @@ impl PipelineConfig {
                     "is not supported in group mode yet: members restarted one by one would write with two schemas at once"
                         .into(),
                 ));
+            }
+            for (i, o) in outputs.iter().enumerate() {
+                let field = format!("sink.outputs[{i}]");
+                if o.name.is_empty() || !o.name.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) {
+                    return Err(bad(&field, format!("has the name {:?}; use letters, digits, `_` and `-`", o.name)));
+                }
+                if outputs[..i].iter().any(|p| p.name == o.name) {
+                    return Err(bad(&field, format!("names {:?} again; each output needs its own name", o.name)));
+                }
+                let taken = [Some(path.clone()), Some(self.dead_letter_path().expect("a delta sink"))];
+                if taken.iter().flatten().any(|t| t.display() == o.path.display())
+                    || outputs[..i].iter().any(|p| p.path.display() == o.path.display())
+                {
+                    return Err(bad(&field, format!("writes {}, which another table of this pipeline uses", o.path.display())));
+                }
+                let stateful = if self.dedup.is_some() {
+                    Some("dedup")
+                } else if self.aggregate.is_some() {
+                    Some("aggregate")
+                } else {
+                    None
+                };
+                if let Some(stage) = stateful {
+                    return Err(bad(&field, format!("is for stateless pipelines yet; this one has [{stage}]")));
+                }
+                if self.source.group_id.is_some() {
+                    return Err(bad(&field, "is not supported in group mode yet".into()));
+                }
+                if *schema_evolution != SchemaEvolution::None {
+                    return Err(bad(&field, "cannot be combined with sink.schema_evolution yet".into()));
+                }
+                let rows = decoder.schema();
+                let planned = crate::transform::Outputs::new(std::slice::from_ref(o), &rows)
+                    .map_err(|e| bad(&field, e.replace("transform.", "")))?;
+                let out = planned.schemas(&rows).remove(0);
+                for c in &o.partition_by {
+                    if out.field_with_name(c).is_err() {
+                        return Err(bad(&field, format!("partition_by names {c:?}, which is not one of its columns")));
+                    }
+                }
             }
             if !partition_by.is_empty() {
                 if self.aggregate.is_some() {

@@ -24,9 +24,8 @@ use deltalake::arrow::record_batch::RecordBatch;
 
 use crate::checkpoint::{CheckpointStore, StateChanges};
 use crate::config::{AggregateConfig, AggregateOp, DedupConfig, OutputMode};
-use crate::decode::{DeadLetter, Rejection, OFFSET_COL, PARTITION_COL, TOPIC_COL};
+use crate::decode::{DeadLetter, Rejection};
 use crate::error::{Error, Result};
-use crate::record::TopicPartition;
 
 /// Column of the result table: the hash bucket of the group key (the table's partition column).
 pub const BUCKET_COL: &str = "_bucket";
@@ -401,7 +400,7 @@ impl Processor {
                     _ => None,
                 };
                 if let Some((kind, reason)) = rejected {
-                    late.push(dead_letter_of(&batch, i, kind, reason));
+                    late.push(DeadLetter::of_row(&batch, i, kind, reason));
                     keep.push(false);
                     continue;
                 }
@@ -577,31 +576,6 @@ fn build_column(t: &DataType, vals: impl Iterator<Item = Scalar>) -> Result<Arra
         }
         other => return Err(Error::Sink(format!("cannot build a {other} result column"))),
     })
-}
-
-/// The dead letter of row `i`, with the record's bytes when the decoder kept them.
-fn dead_letter_of(batch: &RecordBatch, i: usize, kind: Rejection, reason: String) -> DeadLetter {
-    let topic =
-        batch.column_by_name(TOPIC_COL).and_then(|c| c.as_any().downcast_ref::<StringArray>().map(|a| a.value(i).to_string()));
-    let partition = batch.column_by_name(PARTITION_COL).and_then(|c| c.as_any().downcast_ref::<Int32Array>().map(|a| a.value(i)));
-    let offset = batch.column_by_name(OFFSET_COL).and_then(|c| c.as_any().downcast_ref::<Int64Array>().map(|a| a.value(i)));
-    let ts = batch
-        .column_by_name(crate::decode::TIMESTAMP_COL)
-        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>().map(|a| (!a.is_null(i)).then(|| a.value(i) / 1000)))
-        .flatten();
-    let raw = |name: &str| {
-        let col = batch.column_by_name(name)?.as_any().downcast_ref::<BinaryArray>()?;
-        (!col.is_null(i)).then(|| col.value(i).to_vec())
-    };
-    DeadLetter {
-        tp: TopicPartition::new(&topic.unwrap_or_default(), partition.unwrap_or(-1)),
-        offset: offset.unwrap_or(-1),
-        timestamp_ms: ts,
-        key: raw(crate::decode::RAW_KEY_COL),
-        value: raw(crate::decode::RAW_VALUE_COL),
-        reason,
-        kind,
-    }
 }
 
 #[cfg(test)]

@@ -98,6 +98,112 @@ pub struct Audit {
     /// Group mode: commits of a partition by a member that was not its last claimant (another
     /// member had claimed it since): each a fencing failure.
     pub fencing: Vec<String>,
+    /// `sink.outputs`: each output table against the topic, through the same fan-out.
+    pub outputs: Vec<OutputAudit>,
+}
+
+/// One `sink.outputs` table against the topic: each record its `where` keeps exactly once,
+/// with the columns its `select` makes, within the range that table recorded.
+#[derive(Debug, Clone)]
+pub struct OutputAudit {
+    /// The output's name.
+    pub name: String,
+    /// Its table.
+    pub table: TableLocation,
+    /// Per partition (`expected`: the records of its range the output keeps; `filtered`: those
+    /// it does not).
+    pub partitions: Vec<PartitionAudit>,
+}
+
+/// An output table as the audit reads it.
+struct OutputTable {
+    audit: OutputAudit,
+    ranges: BTreeMap<TopicPartition, (i64, i64)>,
+    content_cols: Vec<String>,
+    rows: FoundOffsets,
+    contents: RowContents,
+}
+
+impl OutputTable {
+    async fn read(
+        config: &PipelineConfig,
+        o: &crate::config::OutputConfig,
+        schema: &deltalake::arrow::datatypes::Schema,
+        partitions: &[TopicPartition],
+    ) -> Result<OutputTable> {
+        let storage = match &config.sink {
+            crate::config::SinkConfig::Delta { storage, .. } => storage.clone(),
+            _ => Default::default(),
+        };
+        let location = o.path.clone().with_options(storage);
+        let content_cols: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let mut ranges = BTreeMap::new();
+        let (mut found, mut contents) = (FoundOffsets::new(), RowContents::new());
+        if let Some(table) = load_table(location.clone()).await? {
+            for tp in partitions {
+                let end = txn_version(&table, &location, &partition_app_id(&config.id, tp)).await?;
+                let start = txn_version(&table, &location, &start_app_id(&config.id, tp)).await?;
+                if let (Some(start), Some(end)) = (start, end) {
+                    ranges.insert(tp.clone(), (start, end));
+                }
+            }
+            let mut names: Vec<&str> = content_cols.iter().map(String::as_str).collect();
+            names.push(EPOCH_COL);
+            let batches = read_columns(&table, &active_files(&table)?, &names).await?;
+            found = coordinates(&batches)?;
+            contents = self::contents(&batches, &content_cols)?;
+        }
+        let audit = OutputAudit { name: o.name.clone(), table: location, partitions: Vec::new() };
+        Ok(OutputTable { audit, ranges, content_cols, rows: found, contents })
+    }
+
+    /// Checks partition `tp` against the main table's committed range `[main_start, main_end)`
+    /// (an output is committed right after the main table in every epoch, so it must hold the
+    /// same range — from where it started, if it was added later): `kept` are the output's rows
+    /// of the records read for it, `read` those records' offsets.
+    fn check(&mut self, tp: &TopicPartition, kept: &RecordBatch, read: &[i64], (main_start, main_end): (i64, i64)) -> Result<()> {
+        let found = self.rows.get(tp).cloned().unwrap_or_default();
+        let start = self.ranges.get(tp).map_or(main_start, |(s, _)| (*s).max(main_start));
+        let end = main_end;
+        let offs = crate::decode::offsets(kept).ok_or_else(|| Error::Sink("output rows without offsets".into()))?;
+        let mut want: HashMap<i64, usize> = HashMap::new();
+        for i in 0..kept.num_rows() {
+            let o = offs.value(i);
+            if o >= start && o < end {
+                want.insert(o, i);
+            }
+        }
+        let mut counts: HashMap<i64, u64> = HashMap::new();
+        for o in &found {
+            *counts.entry(*o).or_default() += 1;
+        }
+        let mut missing: Vec<i64> = want.keys().copied().filter(|o| !counts.contains_key(o)).collect();
+        missing.sort_unstable();
+        let mut mismatches = Vec::new();
+        for (o, i) in &want {
+            let Some((have, _)) = self.contents.get(tp).and_then(|m| m.get(o)) else { continue };
+            let text = row_text_masked(kept, &self.content_cols, *i, &[])?;
+            if *have != text {
+                mismatches.push(format!("output row at offset {o}: table ({have}), Kafka's record gives ({text})"));
+            }
+        }
+        self.audit.partitions.push(PartitionAudit {
+            tp: Some(tp.clone()),
+            start,
+            end,
+            expected: want.len() as u64,
+            rows: found.len() as u64,
+            filtered: (read.iter().filter(|o| **o >= start && **o < end).count() as u64).saturating_sub(want.len() as u64),
+            missing: missing.len() as u64,
+            duplicated: counts.values().filter(|n| **n > 1).map(|n| n - 1).sum(),
+            unexpected: counts.keys().filter(|o| !want.contains_key(o)).count() as u64,
+            mismatched: mismatches.len() as u64,
+            missing_sample: missing.into_iter().take(10).collect(),
+            mismatch_sample: mismatches.into_iter().take(10).collect(),
+            ..Default::default()
+        });
+        Ok(())
+    }
 }
 
 /// One commit of a group member, from the `exactly` metadata it carries in the Delta log.
@@ -198,8 +304,10 @@ pub struct KeyAudit {
 impl Audit {
     /// Nothing missing, duplicated, unexpected or mismatched.
     pub fn ok(&self) -> bool {
+        let clean = |p: &PartitionAudit| p.missing == 0 && p.duplicated == 0 && p.unexpected == 0 && p.mismatched == 0;
         self.fencing.is_empty()
-            && self.partitions.iter().all(|p| p.missing == 0 && p.duplicated == 0 && p.unexpected == 0 && p.mismatched == 0)
+            && self.partitions.iter().all(clean)
+            && self.outputs.iter().all(|o| o.partitions.iter().all(clean))
             && self.keys.as_ref().is_none_or(|k| k.missing == 0 && k.duplicated == 0 && k.mismatched == 0)
     }
 
@@ -290,6 +398,31 @@ impl Audit {
             );
             for f in self.fencing.iter().take(10) {
                 let _ = writeln!(s, "    {f}");
+            }
+        }
+        for o in &self.outputs {
+            let sum = |f: fn(&PartitionAudit) -> u64| o.partitions.iter().map(f).sum::<u64>();
+            let _ = writeln!(
+                s,
+                "output `{}` ({}): expected {}, rows {}, filtered {}, missing {}, duplicated {}, unexpected {}, mismatched {}",
+                o.name,
+                o.table.display(),
+                sum(|p| p.expected),
+                sum(|p| p.rows),
+                sum(|p| p.filtered),
+                sum(|p| p.missing),
+                sum(|p| p.duplicated),
+                sum(|p| p.unexpected),
+                sum(|p| p.mismatched)
+            );
+            for p in &o.partitions {
+                if !p.missing_sample.is_empty() {
+                    let tp = p.tp.as_ref().map(|t| t.to_string()).unwrap_or_default();
+                    let _ = writeln!(s, "    {tp}: first missing offsets: {:?}", p.missing_sample);
+                }
+                for m in &p.mismatch_sample {
+                    let _ = writeln!(s, "    {m}");
+                }
             }
         }
         let _ = writeln!(s, "parquet files not in the current version (compacted away or never committed; `exactly vacuum` removes them past the retention): {}", self.orphan_files.len());
@@ -769,6 +902,11 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         data_cols.push(EPOCH_COL.to_string());
     }
     let added = added_columns(&table)?;
+    let fan_out = crate::transform::Outputs::new(config.sink.outputs(), &decoder.schema()).map_err(Error::Sink)?;
+    let mut outputs = Vec::new();
+    for (o, schema) in config.sink.outputs().iter().zip(fan_out.schemas(&decoder.schema())) {
+        outputs.push(OutputTable::read(config, o, &schema, &partitions).await?);
+    }
     if let Some(a) = &config.aggregate {
         data_cols.extend(a.group_by.iter().cloned());
         data_cols.extend(a.aggregates.iter().map(|s| s.column()));
@@ -845,17 +983,28 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         decoder.prepare(&records).await?;
         let decoded = decoder.decode(&records);
         let filtered: HashSet<i64> = decoded.filtered.iter().map(|(_, o)| *o).collect();
+        // `sink.outputs`: the rows fan out as the sink fans them (a row an output fails on is
+        // a dead letter, in no table).
+        let (main_rows, fanned) = if fan_out.is_empty() {
+            (decoded.rows, Vec::new())
+        } else {
+            let f = fan_out.fan_out(&decoded.rows);
+            (crate::decode::without_raw(&f.main), f.outputs)
+        };
+        for (output, kept) in outputs.iter_mut().zip(&fanned) {
+            output.check(&tp, kept, &expected, (start, end))?;
+        }
         // Content: each row equals the decode of its record; each dead letter carries its
         // record's bytes.
         let mut mismatches = Vec::new();
         if per_record {
             let found = row_content.get(&tp);
-            let offs = crate::decode::offsets(&decoded.rows).ok_or_else(|| Error::Sink("decoded rows without offsets".into()))?;
-            for i in 0..decoded.rows.num_rows() {
+            let offs = crate::decode::offsets(&main_rows).ok_or_else(|| Error::Sink("decoded rows without offsets".into()))?;
+            for i in 0..main_rows.num_rows() {
                 let Some((have, epoch)) = found.and_then(|m| m.get(&offs.value(i))) else { continue };
                 // Columns added after the row's epoch were not written with it.
                 let masked: Vec<&[String]> = added.iter().filter(|(_, at)| epoch < at).map(|(p, _)| p.as_slice()).collect();
-                let want = row_text_masked(&decoded.rows, &content_cols, i, &masked)?;
+                let want = row_text_masked(&main_rows, &content_cols, i, &masked)?;
                 if *have != want {
                     mismatches
                         .push(format!("row at offset {}: table ({have}), Kafka's record decodes to ({want})", offs.value(i)));
@@ -875,7 +1024,7 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
             }
         }
         if config.dedup.is_some() || config.aggregate.is_some() {
-            kafka_rows.push(decoded.rows);
+            kafka_rows.push(main_rows);
         }
         let mut counts: HashMap<i64, u64> = HashMap::new();
         for o in row_offsets.iter().chain(&dead_offsets) {
@@ -1026,5 +1175,6 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         keys,
         members,
         fencing,
+        outputs: outputs.into_iter().map(|o| o.audit).collect(),
     })
 }

@@ -232,3 +232,113 @@ async fn a_derived_column_partitions_the_table() {
     let e = p.wait().await.expect_err("another partitioning is refused").to_string();
     assert!(e.contains("partitioned by [\"date\"]") && e.contains("partitioned by [\"value\"]"), "{e}");
 }
+
+/// One read of a topic into three tables: the main one (every row), `errors` (a filter and a
+/// projection) and `big` (a filter, a projection with a division, partitioned). The process
+/// aborts right after the main table's commit of its first epoch, before the outputs': the
+/// restart commits that epoch to the outputs only. Then every table holds each of its rows
+/// exactly once (the audit checks each one against the topic), each epoch committed once per
+/// table; a row an output's expression fails on is a dead letter, in no table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_fans_out_to_several_tables_exactly_once() {
+    use crate::common::{spawn, terminate, write_config};
+    let topic = common::topic("fan-out", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    let output = |name: &str, filter: &str, select: &[&str], partition_by: &[&str]| exactly::config::OutputConfig {
+        name: name.into(),
+        path: dir.path().join(name).into(),
+        select: Some(select.iter().map(|s| s.to_string()).collect()),
+        filter: Some(filter.into()),
+        partition_by: partition_by.iter().map(|s| s.to_string()).collect(),
+    };
+    if let exactly::config::SinkConfig::Delta { outputs, .. } = &mut config.sink {
+        *outputs = vec![
+            output("errors", "value = 'ERROR'", &["id", "lower(value) AS level"], &[]),
+            output("big", "id >= 20", &["id", "100 / (id - 25) AS inv", "CAST(id % 2 AS INT) AS parity"], &["parity"]),
+        ];
+    }
+    let value = |id: i64| if id % 3 == 0 { "ERROR" } else { "INFO" };
+    send(&topic, (0..30i64).map(|id| format!(r#"{{"id":{id},"value":"{}","ts":0}}"#, value(id)))).await;
+    let file = write_config(&config, dir.path());
+    let (table, errors, big) = (dir.path().join("table"), dir.path().join("errors"), dir.path().join("big"));
+
+    // Aborted after the main table's first commit: the outputs have not got that epoch.
+    let (status, _) = common::wait_exit(spawn(&file, Some("after-delta-commit=abort")), Duration::from_secs(60), "abort").await;
+    assert!(!status.success());
+    let epochs = |t: &std::path::Path| if t.exists() { common::txn_versions_in_log(t, &config.id) } else { Vec::new() };
+    assert_eq!(epochs(&table), [1], "the main table got epoch 1");
+    assert!(epochs(&errors).is_empty() && epochs(&big).is_empty(), "the outputs did not");
+    // The audit sees the outputs behind the main table: their rows of epoch 1 are missing.
+    let behind = exactly::verify::verify(&config).await.unwrap();
+    let missing: u64 = behind.outputs.iter().flat_map(|o| &o.partitions).map(|p| p.missing).sum();
+    assert!(!behind.ok() && missing > 0, "{}", behind.render());
+
+    let child = spawn(&file, None);
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    terminate(child).await;
+    for t in [&table, &errors, &big] {
+        common::assert_each_epoch_committed_once(t, &config.id);
+        assert_eq!(epochs(t).first(), Some(&1), "{} holds epoch 1", t.display());
+    }
+
+    let ids = |t: &std::path::Path, cols: &[&str]| {
+        let mut rows = common::row_values(&common::read_rows_with_python(t), cols);
+        rows.sort_by_key(|r| r[0].as_i64());
+        rows
+    };
+    let main: Vec<serde_json::Value> = (0..30i64).filter(|id| *id != 25).map(|id| serde_json::json!([id, value(id)])).collect();
+    assert_eq!(ids(&table, &["id", "value"]), main, "id 25 fails in `big`: a dead letter, in no table");
+    let want: Vec<serde_json::Value> = (0..30i64).filter(|id| id % 3 == 0).map(|id| serde_json::json!([id, "error"])).collect();
+    assert_eq!(ids(&errors, &["id", "level"]), want);
+    let want: Vec<serde_json::Value> =
+        (20..30i64).filter(|id| *id != 25).map(|id| serde_json::json!([id, 100 / (id - 25), id % 2])).collect();
+    assert_eq!(ids(&big, &["id", "inv", "parity"]), want);
+    let reasons = common::dead_letter_reasons(&dir.path().join("table_dead_letters"));
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("output `big`") && reasons[0].contains("100 / (id - 25)"), "{reasons:?}");
+
+    let audit = common::assert_verified(&config).await;
+    assert_eq!((audit.total(|p| p.rows), audit.total(|p| p.dead_lettered)), (29, 1));
+    let outputs: Vec<(String, u64, u64)> = audit
+        .outputs
+        .iter()
+        .map(|o| (o.name.clone(), o.partitions.iter().map(|p| p.rows).sum(), o.partitions.iter().map(|p| p.expected).sum()))
+        .collect();
+    assert_eq!(outputs, [("errors".to_string(), 10, 10), ("big".to_string(), 9, 9)]);
+}
+
+/// `sink.outputs` that cannot work are refused when the config is loaded, naming the output.
+#[test]
+fn outputs_that_cannot_work_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = |name: &str, path: &str, filter: &str| exactly::config::OutputConfig {
+        name: name.into(),
+        path: dir.path().join(path).into(),
+        select: None,
+        filter: Some(filter.into()),
+        partition_by: Vec::new(),
+    };
+    let cases: Vec<(Vec<exactly::config::OutputConfig>, bool, &str)> = vec![
+        (vec![output("a", "a", "id > 1"), output("a", "b", "id > 2")], false, "names \"a\" again"),
+        (vec![output("a", "table", "id > 1")], false, "which another table of this pipeline uses"),
+        (vec![output("a b", "a", "id > 1")], false, "use letters, digits"),
+        (
+            vec![output("a", "a", "random() > 0.5")],
+            false,
+            "`sink.outputs[0]` output `a`: where `random() > 0.5`: random() is not deterministic",
+        ),
+        (vec![output("a", "a", "id > 1")], true, "is for stateless pipelines yet"),
+    ];
+    for (outputs, dedup, want) in cases {
+        let mut config = common::delta_config("p", "t", dir.path());
+        if let exactly::config::SinkConfig::Delta { outputs: o, .. } = &mut config.sink {
+            *o = outputs;
+        }
+        if dedup {
+            config.dedup = Some(exactly::config::DedupConfig::by_epochs(&["id"], 10));
+        }
+        let e = config.validate("x.toml").unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+}

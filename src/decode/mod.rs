@@ -66,6 +66,37 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// Row `i` of decoded rows as a dead letter, with the record's bytes when the decoder kept
+    /// them ([`RAW_KEY_COL`] / [`RAW_VALUE_COL`]): for stages after decoding that reject a row.
+    pub fn of_row(batch: &RecordBatch, i: usize, kind: Rejection, reason: String) -> DeadLetter {
+        use deltalake::arrow::array::{BinaryArray, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray};
+        let topic = batch
+            .column_by_name(TOPIC_COL)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>().map(|a| a.value(i).to_string()));
+        let partition =
+            batch.column_by_name(PARTITION_COL).and_then(|c| c.as_any().downcast_ref::<Int32Array>().map(|a| a.value(i)));
+        let offset = batch.column_by_name(OFFSET_COL).and_then(|c| c.as_any().downcast_ref::<Int64Array>().map(|a| a.value(i)));
+        let ts = batch
+            .column_by_name(TIMESTAMP_COL)
+            .and_then(|c| {
+                c.as_any().downcast_ref::<TimestampMicrosecondArray>().map(|a| (!a.is_null(i)).then(|| a.value(i) / 1000))
+            })
+            .flatten();
+        let raw = |name: &str| {
+            let col = batch.column_by_name(name)?.as_any().downcast_ref::<BinaryArray>()?;
+            (!col.is_null(i)).then(|| col.value(i).to_vec())
+        };
+        DeadLetter {
+            tp: TopicPartition::new(&topic.unwrap_or_default(), partition.unwrap_or(-1)),
+            offset: offset.unwrap_or(-1),
+            timestamp_ms: ts,
+            key: raw(RAW_KEY_COL),
+            value: raw(RAW_VALUE_COL),
+            reason,
+            kind,
+        }
+    }
+
     /// Record `r` as a dead letter, with its bytes.
     pub fn of<R: RecordView>(r: &R, reason: String, kind: Rejection) -> DeadLetter {
         DeadLetter {
@@ -546,9 +577,14 @@ impl Decoder {
 
     /// The decoder of a pipeline: it keeps each row's key and value bytes (hidden columns) when
     /// a stage after decoding can still reject a row — dedup by event time dead-letters records
-    /// that are too late or too far in the future, with the bytes they arrived with.
+    /// that are too late or too far in the future, and an output's expression can fail on a
+    /// row, each with the bytes it arrived with.
     pub fn for_pipeline(config: &crate::config::PipelineConfig) -> Self {
-        Self::for_table(config).keeping_raw(config.dedup.as_ref().is_some_and(|d| d.watermark_field.is_some()))
+        // Also when the sink fans rows out (`sink.outputs`): an output's expression can fail on
+        // a row, which then becomes a dead letter.
+        let rejects_later =
+            config.dedup.as_ref().is_some_and(|d| d.watermark_field.is_some()) || !config.sink.outputs().is_empty();
+        Self::for_table(config).keeping_raw(rejects_later)
     }
 
     /// The decoder whose rows a pipeline's table holds (the audit's): with the writer schemas'

@@ -270,10 +270,10 @@ struct Spec {
 impl Spec {
     /// The label of the table in metrics.
     fn label(&self) -> &'static str {
-        if self.name == "data" {
-            "data"
-        } else {
-            "dead_letters"
+        match self.name {
+            "data" => "data",
+            "dead letters" => "dead_letters",
+            _ => "output",
         }
     }
 }
@@ -346,6 +346,8 @@ fn ranges_json(ranges: &[PartitionRange]) -> Vec<serde_json::Value> {
 struct Tables {
     data: Option<Open>,
     dead: Option<Open>,
+    /// `sink.outputs`' tables, in order.
+    outputs: Vec<Option<Open>>,
     /// Whether `data`/`dead` reflect storage (refreshed by `committed_epoch`).
     loaded: bool,
     /// Group mode: the fencing token of each partition this member claimed. A commit finding
@@ -365,6 +367,9 @@ pub struct DeltaSink {
     member: Option<String>,
     /// `sink.schema_evolution` of the data table.
     evolution: crate::config::SchemaEvolution,
+    /// `sink.outputs`: their tables, and how the data table's rows fan out to them.
+    outputs: Vec<Spec>,
+    fan_out: crate::transform::Outputs,
 }
 
 impl DeltaSink {
@@ -408,7 +413,33 @@ impl DeltaSink {
             tables: Mutex::new(Tables::default()),
             member: None,
             evolution: crate::config::SchemaEvolution::None,
+            outputs: Vec::new(),
+            fan_out: Default::default(),
         }
+    }
+
+    /// This sink, also writing `outputs` (`sink.outputs`: each a table with its settings, its
+    /// schema and partition columns), fed through `fan_out`, in every epoch's commit.
+    pub fn with_outputs(
+        mut self,
+        outputs: Vec<(TableLocation, Settings, SchemaRef, Vec<String>)>,
+        fan_out: crate::transform::Outputs,
+    ) -> Self {
+        self.outputs = outputs
+            .into_iter()
+            .map(|(path, settings, schema, partition_by)| Spec {
+                path,
+                schema,
+                partition_by,
+                name: "output",
+                compact: true,
+                settings,
+                stats: Default::default(),
+                writer_columns: false,
+            })
+            .collect();
+        self.fan_out = fan_out;
+        self
     }
 
     /// This sink, growing the data table's schema as `evolution` allows.
@@ -916,6 +947,11 @@ impl DeltaSink {
     async fn refresh(&self, tables: &mut Tables, partitions: &[TopicPartition]) -> Result<()> {
         tables.data = self.open(&self.data, partitions, true).await?;
         tables.dead = self.open(&self.dead, partitions, false).await?;
+        tables.outputs.clear();
+        for spec in &self.outputs {
+            let open = self.open(spec, partitions, true).await?;
+            tables.outputs.push(open);
+        }
         tables.loaded = true;
         Ok(())
     }
@@ -929,6 +965,9 @@ impl Sink for DeltaSink {
     fn preflight(&self) -> BoxFuture<'_, Result<()>> {
         async move {
             super::storage::preflight(&self.data.path).await?;
+            for spec in &self.outputs {
+                super::storage::preflight(&spec.path).await?;
+            }
             super::storage::preflight(&self.dead.path).await
         }
         .boxed()
@@ -956,7 +995,8 @@ impl Sink for DeltaSink {
                 }
             }
             let mut best: Option<CommittedEpoch> = None;
-            for (spec, open) in [(&self.data, &tables.data), (&self.dead, &tables.dead)] {
+            let all = [(&self.data, &tables.data), (&self.dead, &tables.dead)].into_iter().chain(self.outputs.iter().zip(&tables.outputs));
+            for (spec, open) in all {
                 let Some(open) = open else { continue };
                 if open.version == 0 || best.as_ref().is_some_and(|b| b.epoch >= open.version) {
                     continue;
@@ -1039,25 +1079,52 @@ impl Sink for DeltaSink {
             let stamp = |rows: &[RecordBatch]| -> Result<Vec<RecordBatch>> {
                 rows.iter().map(|b| with_epoch(b, epoch)).collect::<Result<Vec<_>, _>>().map_err(|e| Error::Sink(e.to_string()))
             };
-            let write = match &batch.output {
-                Output::Append(rows) => Write::Append(stamp(rows)?),
-                Output::Replace { buckets, rows, mode } => Write::Replace {
-                    buckets: buckets.as_ref().map(|b| b.iter().copied().collect()),
-                    rows: stamp(rows)?,
-                    mode: *mode,
-                },
-            };
+            // `sink.outputs`: each epoch's rows fan out; a row an output's expression fails on
+            // is a dead letter and in no table.
+            let mut fanned: Vec<Vec<RecordBatch>> = vec![Vec::new(); self.outputs.len()];
+            let mut fan_dead = Vec::new();
+            let write =
+                match &batch.output {
+                    Output::Append(rows) if !self.fan_out.is_empty() => {
+                        let mut main = Vec::with_capacity(rows.len());
+                        for b in rows {
+                            let f = self.fan_out.fan_out(b);
+                            fan_dead.extend(f.failed.into_iter().map(|(i, why)| {
+                                crate::decode::DeadLetter::of_row(b, i, crate::decode::Rejection::Transform, why)
+                            }));
+                            main.push(crate::decode::without_raw(&f.main));
+                            for (k, o) in f.outputs.into_iter().enumerate() {
+                                fanned[k].push(crate::decode::without_raw(&o));
+                            }
+                        }
+                        Write::Append(stamp(&main)?)
+                    }
+                    Output::Append(rows) => Write::Append(stamp(rows)?),
+                    Output::Replace { buckets, rows, mode } => Write::Replace {
+                        buckets: buckets.as_ref().map(|b| b.iter().copied().collect()),
+                        rows: stamp(rows)?,
+                        mode: *mode,
+                    },
+                };
             // The data table first: it is committed every epoch, so it always holds the cut.
             let data = tables.data.as_mut().expect("data table opened by refresh");
             self.commit_table(&self.data, data, epoch, write, &batch.ranges).await?;
             self.failpoints.hit("after-delta-commit").await?;
-            if !batch.dead_letters.is_empty() {
+            // Every output commits every epoch (its txn records the cut even without rows), so
+            // each table alone says how far it got: a replay commits only to those behind.
+            for (k, spec) in self.outputs.iter().enumerate() {
+                let open = tables.outputs[k].as_mut().expect("output table opened by refresh");
+                let rows = stamp(&std::mem::take(&mut fanned[k]))?;
+                self.commit_table(spec, open, epoch, Write::Append(rows), &batch.ranges).await?;
+            }
+            let dead_letters: Vec<crate::decode::DeadLetter> = batch.dead_letters.iter().cloned().chain(fan_dead).collect();
+            if !dead_letters.is_empty() {
                 if tables.dead.is_none() {
                     let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
                     tables.dead = self.open(&self.dead, &tps, true).await?;
                 }
                 let dead = tables.dead.as_mut().expect("dead-letter table opened");
-                let rows = vec![dead_letter_batch(&batch.dead_letters, epoch).map_err(|e| Error::Sink(e.to_string()))?];
+                let rows = vec![dead_letter_batch(&dead_letters, epoch).map_err(|e| Error::Sink(e.to_string()))?];
                 self.commit_table(&self.dead, dead, epoch, Write::Append(rows), &batch.ranges).await?;
             }
             Ok(())

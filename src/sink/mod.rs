@@ -112,6 +112,26 @@ pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<
             )
             .evolving(config.sink.schema_evolution())
             .taking_writer_columns(config.takes_writer_columns());
+            let sink = match &config.sink {
+                SinkConfig::Delta { outputs, storage, .. } if !outputs.is_empty() => {
+                    let rows = decoder.schema();
+                    let fan_out = crate::transform::Outputs::new(outputs, &rows).expect("sink.outputs (checked at start)");
+                    let tables = outputs
+                        .iter()
+                        .zip(fan_out.schemas(&rows))
+                        .map(|(o, out)| {
+                            (
+                                o.path.clone().with_options(storage.clone()),
+                                crate::maintenance::Settings::of(&config.sink, false).expect("a delta sink"),
+                                crate::decode::with_epoch_field(&out),
+                                o.partition_by.clone(),
+                            )
+                        })
+                        .collect();
+                    sink.with_outputs(tables, fan_out)
+                }
+                _ => sink,
+            };
             match &config.source.group_id {
                 Some(_) => Arc::new(sink.in_group(crate::group::member_name())),
                 None => Arc::new(sink),
