@@ -1,7 +1,9 @@
 //! `[transform]`: SQL projections and filters over the decoded rows (DataFusion's expression
 //! dialect). Derived columns read back by Python `deltalake` with their Delta types; the filter's
 //! drops are counted and accounted for by the audit; a row whose expression fails is a dead
-//! letter naming the expression; an aggregation groups by a derived column.
+//! letter naming the expression; an aggregation groups by a derived column; a table partitioned
+//! by a derived column; one read fanned out to several tables (`sink.outputs`) through a SIGKILL
+//! between their commits.
 
 use std::time::Duration;
 
@@ -234,8 +236,8 @@ async fn a_derived_column_partitions_the_table() {
 }
 
 /// One read of a topic into three tables: the main one (every row), `errors` (a filter and a
-/// projection) and `big` (a filter, a projection with a division, partitioned). The process
-/// aborts right after the main table's commit of its first epoch, before the outputs': the
+/// projection) and `big` (a filter, a projection with a division, partitioned). The process is
+/// SIGKILLed right after the main table's commit of its first epoch, before the outputs': the
 /// restart commits that epoch to the outputs only. Then every table holds each of its rows
 /// exactly once (the audit checks each one against the topic), each epoch committed once per
 /// table; a row an output's expression fails on is a dead letter, in no table.
