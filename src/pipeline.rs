@@ -2,6 +2,7 @@
 //! handle; [`run`] runs until a shutdown future resolves (Ctrl-C in the CLI, anything in tests).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ pub struct Pipeline {
     supervisor: ActorRef<SupervisorMsg>,
     join: JoinHandle<()>,
     outcome: Arc<Mutex<Option<Error>>>,
+    stopped_cleanly: Arc<AtomicBool>,
     progress: broadcast::Sender<Progress>,
     shutdown_timeout: Duration,
 }
@@ -80,6 +82,7 @@ impl Pipeline {
         let partitions = kafka::preflight(&connection, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
         sink.preflight().await?;
         let outcome = Arc::new(Mutex::new(None));
+        let stopped_cleanly = Arc::new(AtomicBool::new(false));
         let (progress, _) = broadcast::channel(1024);
         let shutdown_timeout = Duration::from_millis(config.supervisor.shutdown_timeout_ms);
         let args = SupervisorArgs {
@@ -88,12 +91,13 @@ impl Pipeline {
             sink,
             partitions,
             outcome: outcome.clone(),
+            stopped_cleanly: stopped_cleanly.clone(),
             progress: progress.clone(),
             failpoints: options.failpoints,
             reset_checkpoint_from_table: options.reset_checkpoint_from_table,
         };
         let (supervisor, join) = Actor::spawn(None, SupervisorActor, args).await.map_err(|e| Error::Actor(e.to_string()))?;
-        Ok(Pipeline { supervisor, join, outcome, progress, shutdown_timeout })
+        Ok(Pipeline { supervisor, join, outcome, stopped_cleanly, progress, shutdown_timeout })
     }
 
     /// Progress reports, one per committed epoch, from now on.
@@ -114,19 +118,24 @@ impl Pipeline {
     /// Commits the open epoch and stops; returns the pipeline's outcome.
     pub async fn shutdown(mut self) -> Result<()> {
         stop(&self.supervisor, &mut self.join, &self.outcome, self.shutdown_timeout).await;
-        take_outcome(&self.outcome)
+        take_outcome(&self.outcome, &self.stopped_cleanly)
     }
 
     /// Waits until the pipeline stops by itself; `Err` if it stopped on a fatal error.
     pub async fn wait(self) -> Result<()> {
         let _ = self.join.await;
-        take_outcome(&self.outcome)
+        take_outcome(&self.outcome, &self.stopped_cleanly)
     }
 }
 
-fn take_outcome(outcome: &Mutex<Option<Error>>) -> Result<()> {
+/// How the pipeline ended: the fatal error its supervisor recorded, an error when the supervisor
+/// itself failed (it recorded nothing and never reached `post_stop`), or `Ok`.
+fn take_outcome(outcome: &Mutex<Option<Error>>, stopped_cleanly: &AtomicBool) -> Result<()> {
     match outcome.lock().expect("outcome lock").take() {
         Some(e) => Err(e),
+        None if !stopped_cleanly.load(Ordering::SeqCst) => {
+            Err(Error::Actor("the pipeline's supervisor failed without a recorded reason (see the log); nothing past the last committed epoch was committed".into()))
+        }
         None => Ok(()),
     }
 }
@@ -142,11 +151,12 @@ pub async fn run(
     let pipeline = Pipeline::start_with(config, sink, options).await?;
     let supervisor = pipeline.supervisor.clone();
     let outcome = pipeline.outcome.clone();
+    let stopped_cleanly = pipeline.stopped_cleanly.clone();
     let timeout = pipeline.shutdown_timeout;
     let mut join = pipeline.join;
     tokio::select! {
         _ = &mut join => {}
         _ = shutdown => stop(&supervisor, &mut join, &outcome, timeout).await,
     }
-    take_outcome(&outcome)
+    take_outcome(&outcome, &stopped_cleanly)
 }

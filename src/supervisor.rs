@@ -133,6 +133,10 @@ pub struct SupervisorArgs {
     pub partitions: Vec<TopicPartition>,
     /// Where the reason for a fatal stop is left for [`crate::pipeline`].
     pub outcome: Arc<Mutex<Option<Error>>>,
+    /// Set when the supervisor stops by itself (`post_stop`): a supervisor that failed (an
+    /// error or a panic in its own handlers) never sets it, so the pipeline reports a failure
+    /// even without a recorded reason.
+    pub stopped_cleanly: Arc<std::sync::atomic::AtomicBool>,
     /// Progress reports go here.
     pub progress: broadcast::Sender<Progress>,
     /// Fail points (tests and the chaos suite).
@@ -1017,6 +1021,7 @@ impl Actor for SupervisorActor {
     }
 
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        state.args.stopped_cleanly.store(true, std::sync::atomic::Ordering::SeqCst);
         state.teardown(true).await;
         if let Some(group) = state.group.take() {
             // Leaving the group closes the client, which blocks briefly: never on the executor.
@@ -1028,6 +1033,46 @@ impl Actor for SupervisorActor {
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // An error of the supervisor's own stops the pipeline with that reason: never a
+        // supervisor gone silently (the pipeline would look as if it had stopped cleanly).
+        if let Err(e) = self.dispatch(myself.clone(), msg, state).await {
+            state.fatal(&myself, Error::Actor(format!("the supervisor failed: {e}")));
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason, how): (ActorCell, String, &'static str) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string(), "failed"),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into()), "stopped"),
+            _ => return Ok(()),
+        };
+        let Some(gen) = &state.current else {
+            return Ok(());
+        };
+        if !gen.ids.contains(&cell.get_id()) {
+            return Ok(()); // an actor of a generation already torn down
+        }
+        let kind = gen.kind_of(cell.get_id()).unwrap_or_else(|| "actor".into());
+        state.on_child_failure(&myself, kind, reason, how).await;
+        Ok(())
+    }
+}
+
+impl SupervisorActor {
+    /// The supervisor's messages (see [`Actor::handle`], which turns an error here into a
+    /// fatal stop).
+    async fn dispatch(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
         msg: SupervisorMsg,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
@@ -1154,28 +1199,6 @@ impl Actor for SupervisorActor {
                 }
             }
         }
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        evt: SupervisionEvent,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason, how): (ActorCell, String, &'static str) = match evt {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string(), "failed"),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into()), "stopped"),
-            _ => return Ok(()),
-        };
-        let Some(gen) = &state.current else {
-            return Ok(());
-        };
-        if !gen.ids.contains(&cell.get_id()) {
-            return Ok(()); // an actor of a generation already torn down
-        }
-        let kind = gen.kind_of(cell.get_id()).unwrap_or_else(|| "actor".into());
-        state.on_child_failure(&myself, kind, reason, how).await;
         Ok(())
     }
 }
