@@ -186,8 +186,8 @@ fn partitions_in_log(table: &std::path::Path) -> (Vec<String>, std::collections:
     (columns, files.into_values().collect())
 }
 
-/// `sink.partition_by` a derived column: the data table's files are written per value (the
-/// values in the Delta log), the dead-letter table stays unpartitioned, Python reads the column
+/// A projection, a filter and `sink.partition_by` a derived column: the data table's files are
+/// written per value (the values in the Delta log), the dead-letter table stays unpartitioned, Python reads the column
 /// back, the audit reads it from the log; a pipeline that would partition the table otherwise
 /// is refused with one line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +195,7 @@ async fn a_derived_column_partitions_the_table() {
     let topic = common::topic("transform-partition", 2).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
-    config.transform = transform(Some(&["id", "value", "to_date(ts) AS date"]), None);
+    config.transform = transform(Some(&["id", "value", "to_date(ts) AS date"]), Some("id <> 7"));
     if let exactly::config::SinkConfig::Delta { partition_by, .. } = &mut config.sink {
         *partition_by = vec!["date".into()];
     }
@@ -220,10 +220,10 @@ async fn a_derived_column_partitions_the_table() {
     let mut rows = common::row_values(&read, &["id", "date"]);
     rows.sort_by_key(|r| r[0].as_i64());
     let want: Vec<serde_json::Value> =
-        (0..30i64).map(|id| serde_json::json!([id, format!("2026-11-{}", 26 + id * 2 / 24)])).collect();
+        (0..30i64).filter(|id| *id != 7).map(|id| serde_json::json!([id, format!("2026-11-{}", 26 + id * 2 / 24)])).collect();
     assert_eq!(rows, want);
     let audit = common::assert_verified(&config).await;
-    assert_eq!((audit.total(|p| p.rows), audit.total(|p| p.dead_lettered)), (30, 1));
+    assert_eq!((audit.total(|p| p.rows), audit.total(|p| p.dead_lettered), audit.total(|p| p.filtered)), (29, 1, 1));
 
     // The same table, partitioned otherwise: refused at start, naming both.
     if let exactly::config::SinkConfig::Delta { partition_by, .. } = &mut config.sink {
