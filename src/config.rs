@@ -1616,6 +1616,14 @@ impl PipelineConfig {
         self.decode.format == DecodeFormat::Avro && self.sink.schema_evolution() == SchemaEvolution::AddColumns
     }
 
+    /// An output's table location, with the Delta sink's storage options.
+    pub fn output_path(&self, output: &OutputConfig) -> TableLocation {
+        match &self.sink {
+            SinkConfig::Delta { storage, .. } => output.path.clone().with_options(storage.clone()),
+            _ => output.path.clone(),
+        }
+    }
+
     /// The Delta sink's table location with its storage options (`None` for other sinks).
     pub fn table_path(&self) -> Option<TableLocation> {
         match &self.sink {

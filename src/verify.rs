@@ -131,11 +131,7 @@ impl OutputTable {
         schema: &deltalake::arrow::datatypes::Schema,
         partitions: &[TopicPartition],
     ) -> Result<OutputTable> {
-        let storage = match &config.sink {
-            crate::config::SinkConfig::Delta { storage, .. } => storage.clone(),
-            _ => Default::default(),
-        };
-        let location = o.path.clone().with_options(storage);
+        let location = config.output_path(o);
         let content_cols: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let mut ranges = BTreeMap::new();
         let (mut found, mut contents) = (FoundOffsets::new(), RowContents::new());

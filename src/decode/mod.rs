@@ -580,8 +580,6 @@ impl Decoder {
     /// that are too late or too far in the future, and an output's expression can fail on a
     /// row, each with the bytes it arrived with.
     pub fn for_pipeline(config: &crate::config::PipelineConfig) -> Self {
-        // Also when the sink fans rows out (`sink.outputs`): an output's expression can fail on
-        // a row, which then becomes a dead letter.
         let rejects_later =
             config.dedup.as_ref().is_some_and(|d| d.watermark_field.is_some()) || !config.sink.outputs().is_empty();
         Self::for_table(config).keeping_raw(rejects_later)
@@ -713,8 +711,8 @@ impl Decoder {
         // them), and the schema of rows that carry them.
         let (added, schema) = match (&self.avro, self.writer_columns) {
             (Some(avro), true) => {
-                // Without `prepare` (tests), a conflict shows in `values` as a dead letter.
-                let _ = avro.grow(records.iter().filter_map(RecordView::payload));
+                // `prepare` grew them; a record whose writer schema it did not see is a dead
+                // letter saying so (`Avro::resolve`), never a row missing its columns.
                 let added = avro.added();
                 let fields: Vec<Field> = added.iter().map(arrow_field).collect();
                 cols.extend(added.iter().zip(&fields).map(|(f, a)| Col::for_type(&f.kind, a.data_type(), n)));

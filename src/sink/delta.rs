@@ -268,6 +268,14 @@ struct Spec {
 }
 
 impl Spec {
+    /// A table named `name` (its metrics label, see [`Spec::label`]), its maintenance fresh.
+    fn new(path: TableLocation, schema: SchemaRef, partition_by: Vec<String>, name: &'static str, settings: Settings) -> Spec {
+        // Aggregate tables are partitioned by `_bucket` and hold one file per bucket; append
+        // tables (partitioned or not) compact by size tier, partition by partition.
+        let compact = !partition_by.iter().any(|c| c == crate::state::BUCKET_COL);
+        Spec { path, schema, partition_by, name, compact, settings, stats: Default::default(), writer_columns: false }
+    }
+
     /// The label of the table in metrics.
     fn label(&self) -> &'static str {
         match self.name {
@@ -384,31 +392,10 @@ impl DeltaSink {
         partition_by: Vec<String>,
         failpoints: Arc<FailPoints>,
     ) -> Self {
-        // Aggregate tables are partitioned by `_bucket` and hold one file per bucket; append
-        // tables (partitioned or not) compact by size tier, partition by partition.
-        let compact = !partition_by.iter().any(|c| c == crate::state::BUCKET_COL);
         DeltaSink {
             pipeline: pipeline.to_string(),
-            data: Spec {
-                path,
-                schema,
-                partition_by,
-                name: "data",
-                compact,
-                settings,
-                stats: Default::default(),
-                writer_columns: false,
-            },
-            dead: Spec {
-                path: dead_letter_path,
-                schema: dead_letter_schema(),
-                partition_by: Vec::new(),
-                name: "dead letters",
-                compact: true,
-                settings: dead_letter_settings,
-                stats: Default::default(),
-                writer_columns: false,
-            },
+            data: Spec::new(path, schema, partition_by, "data", settings),
+            dead: Spec::new(dead_letter_path, dead_letter_schema(), Vec::new(), "dead letters", dead_letter_settings),
             failpoints,
             tables: Mutex::new(Tables::default()),
             member: None,
@@ -427,16 +414,7 @@ impl DeltaSink {
     ) -> Self {
         self.outputs = outputs
             .into_iter()
-            .map(|(path, settings, schema, partition_by)| Spec {
-                path,
-                schema,
-                partition_by,
-                name: "output",
-                compact: true,
-                settings,
-                stats: Default::default(),
-                writer_columns: false,
-            })
+            .map(|(path, settings, schema, partition_by)| Spec::new(path, schema, partition_by, "output", settings))
             .collect();
         self.fan_out = fan_out;
         self

@@ -113,7 +113,7 @@ pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<
             .evolving(config.sink.schema_evolution())
             .taking_writer_columns(config.takes_writer_columns());
             let sink = match &config.sink {
-                SinkConfig::Delta { outputs, storage, .. } if !outputs.is_empty() => {
+                SinkConfig::Delta { outputs, .. } if !outputs.is_empty() => {
                     let rows = decoder.schema();
                     let fan_out = crate::transform::Outputs::new(outputs, &rows).expect("sink.outputs (checked at start)");
                     let tables = outputs
@@ -121,7 +121,7 @@ pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<
                         .zip(fan_out.schemas(&rows))
                         .map(|(o, out)| {
                             (
-                                o.path.clone().with_options(storage.clone()),
+                                config.output_path(o),
                                 crate::maintenance::Settings::of(&config.sink, false).expect("a delta sink"),
                                 crate::decode::with_epoch_field(&out),
                                 o.partition_by.clone(),
