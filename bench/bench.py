@@ -128,7 +128,9 @@ class TreeSampler(threading.Thread):
 
 # ---- helpers ------------------------------------------------------------------------------
 def binary(profile, name):
-    return str(TARGET / profile / name)
+    """A binary of the cargo profile `profile` — or, when `profile` is a directory (`--baseline`),
+    the one in that directory."""
+    return str(Path(profile) / name) if "/" in profile else str(TARGET / profile / name)
 
 
 def watermarks(profile, topic):
@@ -136,8 +138,8 @@ def watermarks(profile, topic):
     return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
 
 
-def ensure_topic(profile, topic, events):
-    subprocess.run([binary(profile, "exactly"), "topics", "create", "--topic", topic, "--partitions", "4"], check=True, capture_output=True)
+def ensure_topic(profile, topic, events, partitions=4):
+    subprocess.run([binary(profile, "exactly"), "topics", "create", "--topic", topic, "--partitions", str(partitions)], check=True, capture_output=True)
     have = watermarks(profile, topic)
     if have >= events:
         log(f"topic {topic} holds {have} records (produced earlier)")
@@ -611,6 +613,8 @@ def main():
     ap.add_argument("--interval-ms", type=int, default=1000, help="epoch interval = Spark trigger interval")
     ap.add_argument("--profile", default=None, help="cargo profile of the binaries (release; debug for --quick)")
     ap.add_argument("--skip-spark", action="store_true")
+    ap.add_argument("--baseline", metavar="DIR", help="also run ours with the `exactly` binary in DIR (the build before a change), "
+                    "alternating with the current one, and report both")
     ap.add_argument("--modes", help="only these of ours (append,dedup,counts,append_transform,append_s3,append_sasl_ssl,group), no Spark; writes nothing")
     ap.add_argument("--dedup-scale", type=int, metavar="IDS", help="only: RSS of dedup with retention over IDS distinct ids")
     ap.add_argument("--soak", type=int, metavar="EPOCHS", help="only: a soak run of EPOCHS epochs per mode (see bench/README.md)")
@@ -667,11 +671,15 @@ def main():
             if mode == "group":
                 continue  # measured below, beside recovery
             log(f"{system} {mode}: {runs} run(s) over {events} events")
-            rs = []
+            rs, before = [], []
             for r in range(runs):
                 w = work / f"{system}-{mode}-{r}"
+                if system == "ours" and a.baseline:  # before and after alternate, so drift hits both
+                    before.append(run_ours(a.baseline, mode, topic, events, work / f"before-{mode}-{r}", a.interval_ms))
                 rs.append(run_ours(profile, mode, topic, events, w, a.interval_ms) if system == "ours" else run_spark(mode, topic, events, w, a.interval_ms))
             results[f"{system}_{mode}"] = median_of(rs)
+            if before:
+                results[f"before_{mode}"] = median_of(before)
         if system == "ours" and (not partial or "group" in a.modes.split(",")):
             # Scale out: 1, 2 and 4 members of one group on this machine, and the takeover.
             results["ours_group"] = {}
@@ -689,22 +697,61 @@ def main():
         log(f"{system}: recovery after SIGKILL")
         results[f"{system}_recovery_s"] = recovery(system, profile, min(rate, 5_000), work / f"{system}-recovery", a.interval_ms)
     if partial:
-        print(json.dumps({k: v for k, v in results.items() if k.startswith("ours_") or k.startswith("limit_consume")}, indent=2))
+        print(json.dumps({k: v for k, v in results.items() if k.startswith(("ours_", "before_", "limit_consume"))}, indent=2))
         return
-    table = render(results)
-    print(table)
+    log("scale: append, dedup and counts as the events and the partitions grow")
+    results["scale"] = scale(profile, results, work, a.interval_ms, a.quick)
+    table, scale_table = render(results), render_scale(results["scale"])
+    print(table + "\n\n" + scale_table)
     if a.quick:  # prove the soak harness too (its full run: --soak 10000, bench/README.md)
         print(render_soak([soak(profile, m, 40, 2_000, 100, work / f"soak-{m}", "") for m in ["append", "counts"]]))
     if not a.quick:  # a quick run's figures mean nothing: it never replaces the measured ones
         (ROOT / "bench/results.json").write_text(json.dumps(results, indent=2) + "\n")
         readme = ROOT / "bench/README.md"
         text = readme.read_text()
-        start, end = "<!-- results:start -->", "<!-- results:end -->"
-        if start in text and end in text:
-            text = text.split(start)[0] + start + "\n" + table + "\n" + end + text.split(end)[1]
-            readme.write_text(text)
+        for (start, end), body in [(("<!-- results:start -->", "<!-- results:end -->"), table),
+                                   (("<!-- scale:start -->", "<!-- scale:end -->"), scale_table)]:
+            if start in text and end in text:
+                text = text.split(start)[0] + start + "\n" + body + "\n" + end + text.split(end)[1]
+        readme.write_text(text)
     import shutil
     shutil.rmtree(work, ignore_errors=True)
+
+
+# How cost grows: events at 4 partitions, and partitions at the main measure's events.
+SCALE_EVENTS, SCALE_PARTITIONS = [1_000_000, 5_000_000, 20_000_000], [4, 16, 64]
+
+
+def scale(profile, results, work, interval_ms, quick):
+    """Append, dedup and counts at each events count (4 partitions) and each partition count (the
+    main measure's events), one run per point; the main measure's own point (median of its runs)
+    is reused. Topics: `bench-<events>` (4 partitions) and `bench-<events>-p<partitions>`."""
+    events_list, parts_list = ([10_000, 20_000], [4, 8]) if quick else (SCALE_EVENTS, SCALE_PARTITIONS)
+    base = results["events"]
+    points = [(e, 4) for e in events_list] + [(base, p) for p in parts_list if p != 4]
+    rows = []
+    for events, parts in points:
+        topic = f"bench-{events}" if parts == 4 else f"bench-{events}-p{parts}"
+        ensure_topic(profile, topic, events, parts)
+        for mode in ["append", "dedup", "counts"]:
+            main = results.get(f"ours_{mode}") if (events, parts) == (base, 4) else None
+            if main is None:
+                log(f"scale: {mode}, {events} events, {parts} partitions")
+            r = main or run_ours(profile, mode, topic, events, work / f"scale-{mode}-{events}-{parts}", interval_ms)
+            rows.append({"mode": mode, "events": events, "partitions": parts, "runs": results["runs"] if main else 1, **r})
+    return rows
+
+
+def render_scale(rows):
+    """One row per point; the cost per record relative to the mode's smallest point."""
+    out = ["| mode | events | partitions | runs | records/s | CPU-s per million | peak RSS, MB | CPU per record vs the first row of the mode |",
+           "|---|---|---|---|---|---|---|---|"]
+    first = {}
+    for r in rows:
+        f = first.setdefault(r["mode"], r)
+        out.append(f"| {r['mode']} | {r['events']:,} | {r['partitions']} | {r['runs']} | {r['records_per_s']:,.0f} | {r['cpu_s_per_million']:.2f} "
+                   f"| {r['peak_rss_mb']:.0f} | {r['cpu_s_per_million'] / f['cpu_s_per_million']:.2f}x |")
+    return "\n".join(out)
 
 
 def render(r):
@@ -724,6 +771,12 @@ def render(r):
         rows.append(f"| {label}: records/s | | {o['records_per_s']:,.0f} | {sp('records_per_s', '{:,.0f}')} | {o['records_per_s'] / lim:.0%} | {ratio('records_per_s')} |")
         rows.append(f"| {label}: CPU-seconds per million records | | {o['cpu_s_per_million']:.1f} | {sp('cpu_s_per_million', '{:.1f}')} | | |")
         rows.append(f"| {label}: peak RSS, MB | | {o['peak_rss_mb']:.0f} | {sp('peak_rss_mb', '{:.0f}')} | | |")
+    for mode in ["append", "dedup", "counts", "append_transform", "append_s3", "append_sasl_ssl"]:
+        b, o = r.get(f"before_{mode}"), r.get(f"ours_{mode}")
+        if b and o:  # --baseline: the same measure on the binaries before a change, in this run
+            rows.append(f"| {mode}, before (`--baseline`): records/s | | {b['records_per_s']:,.0f} | | {b['records_per_s'] / lim:.0%} | "
+                        f"after / before {o['records_per_s'] / b['records_per_s']:.2f}x; CPU-s per million {b['cpu_s_per_million']:.2f} -> "
+                        f"{o['cpu_s_per_million']:.2f}; peak RSS {b['peak_rss_mb']:.0f} -> {o['peak_rss_mb']:.0f} MB |")
     lo, ls_ = r.get("ours_latency"), r.get("spark_latency")
     fmt = lambda l: f"{l['p50_ms']:,.0f} / {l['p99_ms']:,.0f}" if l else "—"
     rows.append(f"| commit-to-visible latency p50 / p99 at a fixed rate, ms | | {fmt(lo)} | {fmt(ls_)} | | |")
