@@ -220,7 +220,8 @@ async fn write_files(spec: &Spec, open: &Open, rows: Vec<RecordBatch>) -> Result
     let t_parquet = std::time::Instant::now();
     let mut adds = Vec::new();
     if rows.iter().any(|b| b.num_rows() > 0) {
-        let mut writer = RecordBatchWriter::for_table(&open.table).map_err(|e| delta_err(path, e))?;
+        let props = super::parquet::writer_properties(&rows);
+        let mut writer = RecordBatchWriter::for_table(&open.table).map_err(|e| delta_err(path, e))?.with_writer_properties(props);
         // While the schema grows, the files carry the new columns the table does not have yet;
         // with writer schemas' columns, rows may also lack columns the table has (null there).
         let mode = if open.evolve.is_some() || spec.writer_columns { WriteMode::MergeSchema } else { WriteMode::Default };

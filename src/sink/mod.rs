@@ -7,6 +7,7 @@
 pub mod channel;
 pub mod console;
 pub mod delta;
+pub mod parquet;
 pub mod schema;
 pub mod storage;
 
