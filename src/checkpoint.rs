@@ -3,13 +3,20 @@
 //!
 //! Everything an epoch changes — its offsets, its dedup keys and aggregates, the watermark, the
 //! key counters — is written in ONE `WriteBatch`: a crash leaves the state of epoch C or of
-//! epoch C + 1, never a mixture.
+//! epoch C + 1, never a mixture. One exception keeps that rule by another means: an epoch with
+//! many new dedup keys (`state.bulk_insert_min_keys`) writes them as sorted table files that
+//! RocksDB ingests just before the batch — far cheaper than one memtable insert per key. A crash
+//! between the two leaves keys of epoch E = C + 1 without its checkpoint, so every dedup entry
+//! carries the epoch that wrote it, and a lookup for epoch E ignores entries of epochs >= E: the
+//! replay of E sees the state of C, recomputes the same keys and ingests them again (the same
+//! entries), then writes the batch.
 //!
 //! **Architecture Invariant:** the checkpoint is written only by the committer, and only after
 //! the sink has durably committed the same epoch. So the checkpoint epoch C never runs ahead of
 //! the sink's epoch V: C <= V <= C + 1.
 //!
-//! Column families: `meta` (checkpoint, watermark, key counters), `dedup` (dedup key -> stamp),
+//! Column families: `meta` (checkpoint, watermark, key counters), `dedup` (dedup key -> stamp ++
+//! the epoch that wrote it; entries written before epochs were recorded hold the stamp only),
 //! `dedup_expiry` (stamp ++ key, ordered for expiry scans), `agg` (bucket ++ group key ->
 //! aggregate state).
 
@@ -17,7 +24,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, IngestExternalFileOptions, IteratorMode, Options, SstFileWriter,
+    WriteBatch, DB,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::config::StateConfig;
@@ -29,6 +39,11 @@ const META: &str = "meta";
 const DEDUP: &str = "dedup";
 const DEDUP_EXPIRY: &str = "dedup_expiry";
 const AGG: &str = "agg";
+
+/// Keys per MultiGet call: RocksDB and its C binding allocate a few arrays per call, sized by
+/// the keys; calls of bounded size reuse the same memory instead of mapping fresh pages for an
+/// epoch's whole key set.
+const MULTI_GET_CHUNK: usize = 4_096;
 
 const KEY_CHECKPOINT: &[u8] = b"checkpoint";
 const KEY_WATERMARK: &[u8] = b"watermark";
@@ -90,9 +105,31 @@ pub struct StateChanges {
     pub watermark: Option<i64>,
 }
 
+/// An expiry index entry: the stamp, ordered, then the key.
+fn expiry_key(stamp: i64, key: &[u8]) -> Vec<u8> {
+    let mut idx = Vec::with_capacity(8 + key.len());
+    idx.extend_from_slice(&stamp_bytes(stamp));
+    idx.extend_from_slice(key);
+    idx
+}
+
 /// Order-preserving encoding of an i64 (sign bit flipped, big-endian).
 fn stamp_bytes(stamp: i64) -> [u8; 8] {
     ((stamp as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// A dedup entry's value: its stamp, then the epoch that wrote it.
+fn dedup_value(stamp: i64, epoch: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&stamp.to_be_bytes());
+    v[8..].copy_from_slice(&epoch.to_be_bytes());
+    v
+}
+
+/// Whether a dedup entry counts for a lookup of epoch `epoch`: written by an earlier epoch (or
+/// before epochs were recorded).
+fn dedup_visible(value: &[u8], epoch: u64) -> bool {
+    value.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).is_none_or(|written| written < epoch)
 }
 
 fn read_u64(v: Option<Vec<u8>>) -> u64 {
@@ -121,6 +158,16 @@ pub struct CheckpointStore {
     /// Held for every write and every checkpoint read: a write still running after its actor was
     /// killed finishes before a new generation reads the checkpoint.
     lock: Arc<Mutex<()>>,
+    /// Bulk inserts of dedup keys (not for a checkpoint in memory).
+    bulk: Option<Arc<Bulk>>,
+}
+
+/// How large epochs' dedup keys are written: sorted table files in `dir`, ingested.
+struct Bulk {
+    /// The dedup families' options (comparator, table format, Bloom filters) for the files.
+    options: Options,
+    min_keys: usize,
+    dir: PathBuf,
 }
 
 impl std::fmt::Debug for CheckpointStore {
@@ -181,6 +228,16 @@ impl CheckpointStore {
         opts.create_missing_column_families(true);
         opts.set_max_open_files(256);
         let cfs = [META, DEDUP, DEDUP_EXPIRY, AGG].map(|n| ColumnFamilyDescriptor::new(n, cf_opts()));
+        let bulk = match &env {
+            Some(_) => None,
+            None => {
+                // Files of a commit that never ingested them (a crash) are garbage.
+                let files = dir.join("ingest");
+                let _ = std::fs::remove_dir_all(&files);
+                std::fs::create_dir_all(&files).map_err(|e| err(format!("cannot create {}: {e}", files.display())))?;
+                Some(Arc::new(Bulk { options: cf_opts(), min_keys: config.bulk_insert_min_keys.max(1), dir: files }))
+            }
+        };
         let db = DB::open_cf_descriptors(&opts, &dir, cfs).map_err(|e| {
             let s = e.to_string();
             if s.contains("lock") {
@@ -189,7 +246,13 @@ impl CheckpointStore {
                 err(s)
             }
         })?;
-        Ok(CheckpointStore { db: Arc::new(db), dir, failpoints: Arc::new(FailPoints::new()), lock: Arc::new(Mutex::new(())) })
+        Ok(CheckpointStore {
+            db: Arc::new(db),
+            dir,
+            failpoints: Arc::new(FailPoints::new()),
+            lock: Arc::new(Mutex::new(())),
+            bulk,
+        })
     }
 
     /// Uses `failpoints` (for `mid-checkpoint-write`).
@@ -264,13 +327,17 @@ impl CheckpointStore {
             batch.delete_range_cf(expiry, [0u8; 8], end);
             dedup_count -= expired;
         }
-        for (key, stamp) in &changes.dedup_insert {
-            batch.put_cf(dedup, key, stamp.to_be_bytes());
-            let mut idx = stamp_bytes(*stamp).to_vec();
-            idx.extend_from_slice(key);
-            batch.put_cf(expiry, idx, []);
-            dedup_count += 1;
+        let bulk = self.bulk.as_ref().filter(|b| changes.dedup_insert.len() >= b.min_keys);
+        match bulk {
+            Some(bulk) => self.ingest(bulk, checkpoint.epoch, changes, &mut batch)?,
+            None => {
+                for (key, stamp) in &changes.dedup_insert {
+                    batch.put_cf(dedup, key, dedup_value(*stamp, checkpoint.epoch));
+                    batch.put_cf(expiry, expiry_key(*stamp, key), []);
+                }
+            }
         }
+        dedup_count += changes.dedup_insert.len() as i64;
         let mut agg_count = read_u64(self.db.get_cf(meta, KEY_AGG_COUNT).map_err(|e| self.err(e))?);
         for (key, value, is_new) in &changes.agg_put {
             batch.put_cf(agg, key, value);
@@ -288,15 +355,74 @@ impl CheckpointStore {
         self.db.write_opt(batch, &wo).map_err(|e| self.err(format!("cannot write: {e}")))
     }
 
+    /// Writes an epoch's new dedup keys and their expiry entries as sorted table files and
+    /// ingests them (synced, atomically per family). Expiry entries this epoch's own expiry
+    /// would remove (stamps below `dedup_expire_before`) go into `batch`, after its range
+    /// delete, as in the batch path.
+    fn ingest(&self, bulk: &Bulk, epoch: u64, changes: &StateChanges, batch: &mut WriteBatch) -> Result<()> {
+        let mut inserts: Vec<&(Vec<u8>, i64)> = changes.dedup_insert.iter().collect();
+        if !inserts.windows(2).all(|w| w[0].0 < w[1].0) {
+            inserts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            inserts.dedup_by(|a, b| a.0 == b.0);
+        }
+        let floor = changes.dedup_expire_before.unwrap_or(i64::MIN);
+        let mut index: Vec<Vec<u8>> = Vec::with_capacity(inserts.len());
+        for (key, stamp) in &inserts {
+            if *stamp < floor {
+                batch.put_cf(self.cf(DEDUP_EXPIRY), expiry_key(*stamp, key), []);
+            } else {
+                index.push(expiry_key(*stamp, key));
+            }
+        }
+        // Epoch stamps are all equal, so the index is in key order already; event times are not.
+        if !index.windows(2).all(|w| w[0] < w[1]) {
+            index.sort_unstable();
+        }
+        let write = |name: &str, entries: &mut dyn Iterator<Item = (&[u8], &[u8])>| -> Result<PathBuf> {
+            let path = bulk.dir.join(format!("{epoch}-{name}.sst"));
+            let mut w = SstFileWriter::create(&bulk.options);
+            w.open(&path).map_err(|e| self.err(format!("cannot write {}: {e}", path.display())))?;
+            for (k, v) in entries {
+                w.put(k, v).map_err(|e| self.err(format!("cannot write {}: {e}", path.display())))?;
+            }
+            w.finish().map_err(|e| self.err(format!("cannot write {}: {e}", path.display())))?;
+            Ok(path)
+        };
+        let values: Vec<[u8; 16]> = inserts.iter().map(|(_, stamp)| dedup_value(*stamp, epoch)).collect();
+        let mut files =
+            vec![(DEDUP, write(DEDUP, &mut inserts.iter().zip(&values).map(|((k, _), v)| (k.as_slice(), v.as_slice())))?)];
+        if !index.is_empty() {
+            files.push((DEDUP_EXPIRY, write(DEDUP_EXPIRY, &mut index.iter().map(|k| (k.as_slice(), &[][..])))?));
+        }
+        let mut opts = IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        for (cf, path) in files {
+            let ingested = self.db.ingest_external_file_cf_opts(self.cf(cf), &opts, vec![&path]);
+            let _ = std::fs::remove_file(&path);
+            ingested.map_err(|e| self.err(format!("cannot ingest {}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+
     /// The watermark stored with the last checkpoint.
     pub fn watermark(&self) -> Result<Option<i64>> {
         let v = self.db.get_cf(self.cf(META), KEY_WATERMARK).map_err(|e| self.err(e))?;
         Ok(v.and_then(|b| b.try_into().ok()).map(i64::from_be_bytes))
     }
 
-    /// Which of `keys` are held as dedup keys.
-    pub fn dedup_contains(&self, keys: &[Vec<u8>]) -> Result<Vec<bool>> {
-        self.lookup(DEDUP, keys, |v| v.is_some())
+    /// Which of `keys` are held as dedup keys for processing epoch `epoch`: entries written by
+    /// `epoch` or later (an ingestion whose checkpoint a crash lost) do not count.
+    /// `keys` must be in ascending order (one batched MultiGet visits memtables and table blocks
+    /// once each, in order).
+    pub fn dedup_contains(&self, keys: &[&[u8]], epoch: u64) -> Result<Vec<bool>> {
+        debug_assert!(keys.windows(2).all(|w| w[0] <= w[1]), "dedup lookups in key order");
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MULTI_GET_CHUNK) {
+            for r in self.db.batched_multi_get_cf(self.cf(DEDUP), chunk, true) {
+                out.push(r.map_err(|e| self.err(e))?.is_some_and(|v| dedup_visible(&v, epoch)));
+            }
+        }
+        Ok(out)
     }
 
     /// The stored aggregate states of `keys`.
@@ -309,10 +435,12 @@ impl CheckpointStore {
     fn lookup<T: Clone + Default>(&self, cf: &str, keys: &[Vec<u8>], f: impl Fn(Option<&[u8]>) -> T) -> Result<Vec<T>> {
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_unstable_by(|a, b| keys[*a].cmp(&keys[*b]));
-        let found = self.db.batched_multi_get_cf(self.cf(cf), order.iter().map(|i| &keys[*i]), true);
         let mut out = vec![T::default(); keys.len()];
-        for (i, r) in order.into_iter().zip(found) {
-            out[i] = f(r.map_err(|e| self.err(e))?.as_deref());
+        for chunk in order.chunks(MULTI_GET_CHUNK) {
+            let found = self.db.batched_multi_get_cf(self.cf(cf), chunk.iter().map(|i| &keys[*i]), true);
+            for (i, r) in chunk.iter().zip(found) {
+                out[*i] = f(r.map_err(|e| self.err(e))?.as_deref());
+            }
         }
         Ok(out)
     }
@@ -382,21 +510,80 @@ mod tests {
         assert_eq!(store.load().unwrap().unwrap().epoch, 4);
     }
 
+    fn keys<'a>(names: &[&'a str]) -> Vec<&'a [u8]> {
+        names.iter().map(|n| n.as_bytes()).collect()
+    }
+
+    /// The same expiry and counting through the write batch and through bulk ingestion.
     #[test]
     fn dedup_keys_expire_by_stamp_and_are_counted() {
+        for bulk_min in [usize::MAX, 1] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = StateConfig { bulk_insert_min_keys: bulk_min, ..Default::default() };
+            let store = CheckpointStore::open_with(dir.path(), &config).unwrap();
+            let changes = StateChanges {
+                // Event-time stamps: not in key order in the expiry index.
+                dedup_insert: vec![(b"a".to_vec(), -5), (b"b".to_vec(), 10), (b"c".to_vec(), 20), (b"d".to_vec(), 12)],
+                ..Default::default()
+            };
+            store.commit(&Checkpoint::new("p", 1, &Offsets::new()), &changes).unwrap();
+            assert_eq!(store.dedup_key_count().unwrap(), 4);
+            assert_eq!(store.dedup_contains(&keys(&["a", "z"]), 2).unwrap(), vec![true, false]);
+            let expire = StateChanges { dedup_expire_before: Some(15), ..Default::default() };
+            store.commit(&Checkpoint::new("p", 2, &Offsets::new()), &expire).unwrap();
+            assert_eq!(store.dedup_key_count().unwrap(), 1);
+            assert_eq!(store.dedup_contains(&keys(&["a", "b", "c", "d"]), 3).unwrap(), vec![false, false, true, false]);
+            // An epoch that inserts keys its own expiry passes keeps them until the next expiry.
+            let late = StateChanges {
+                dedup_insert: vec![(b"e".to_vec(), 16), (b"f".to_vec(), 30)],
+                dedup_expire_before: Some(18),
+                ..Default::default()
+            };
+            store.commit(&Checkpoint::new("p", 3, &Offsets::new()), &late).unwrap();
+            assert_eq!(store.dedup_key_count().unwrap(), 3, "bulk_min {bulk_min}");
+            store
+                .commit(
+                    &Checkpoint::new("p", 4, &Offsets::new()),
+                    &StateChanges { dedup_expire_before: Some(25), ..Default::default() },
+                )
+                .unwrap();
+            assert_eq!(store.dedup_key_count().unwrap(), 1, "bulk_min {bulk_min}");
+            assert_eq!(store.dedup_contains(&keys(&["c", "e", "f"]), 5).unwrap(), vec![false, false, true]);
+            assert_eq!(std::fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0, "no file left behind");
+        }
+    }
+
+    /// A crash between the ingestion of an epoch's keys and its checkpoint: the keys are on disk,
+    /// the checkpoint is the previous epoch's. The replay of the epoch does not see them, writes
+    /// them again, and the counts come out as if nothing had happened.
+    #[test]
+    fn keys_ingested_without_their_checkpoint_are_invisible_to_the_replay() {
         let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
-        let cp = Checkpoint::new("p", 1, &Offsets::new());
-        let changes = StateChanges {
-            dedup_insert: vec![(b"a".to_vec(), -5), (b"b".to_vec(), 10), (b"c".to_vec(), 20)],
-            ..Default::default()
-        };
-        store.commit(&cp, &changes).unwrap();
-        assert_eq!(store.dedup_key_count().unwrap(), 3);
-        assert_eq!(store.dedup_contains(&[b"a".to_vec(), b"z".to_vec()]).unwrap(), vec![true, false]);
-        store.commit(&cp, &StateChanges { dedup_expire_before: Some(15), ..Default::default() }).unwrap();
-        assert_eq!(store.dedup_key_count().unwrap(), 1);
-        assert_eq!(store.dedup_contains(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]).unwrap(), vec![false, false, true]);
+        let config = StateConfig { bulk_insert_min_keys: 2, ..Default::default() };
+        let failpoints = Arc::new(FailPoints::new());
+        let store = CheckpointStore::open_with(dir.path(), &config).unwrap().with_failpoints(failpoints.clone());
+        let first = StateChanges { dedup_insert: vec![(b"a".to_vec(), 1), (b"b".to_vec(), 1)], ..Default::default() };
+        store.commit(&Checkpoint::new("p", 1, &Offsets::new()), &first).unwrap();
+        let second = StateChanges { dedup_insert: vec![(b"c".to_vec(), 2), (b"d".to_vec(), 2)], ..Default::default() };
+        failpoints.arm("mid-checkpoint-write", crate::failpoint::FailAction::Error, Some(1));
+        store.commit(&Checkpoint::new("p", 2, &Offsets::new()), &second).unwrap_err();
+        drop(store);
+        let store = CheckpointStore::open_with(dir.path(), &config).unwrap();
+        assert_eq!(store.load().unwrap().unwrap().epoch, 1);
+        assert_eq!(store.dedup_key_count().unwrap(), 2);
+        // Epoch 2's replay: its own keys are not there yet; epoch 1's are.
+        assert_eq!(store.dedup_contains(&keys(&["a", "c", "d"]), 2).unwrap(), vec![true, false, false]);
+        store.commit(&Checkpoint::new("p", 2, &Offsets::new()), &second).unwrap();
+        assert_eq!(store.dedup_key_count().unwrap(), 4);
+        assert_eq!(store.dedup_contains(&keys(&["a", "c", "d", "e"]), 3).unwrap(), vec![true, true, true, false]);
+    }
+
+    /// Entries written before the epoch was recorded with them (8-byte values) still count.
+    #[test]
+    fn entries_without_an_epoch_count_for_every_epoch() {
+        assert!(dedup_visible(&5i64.to_be_bytes(), 1));
+        assert!(dedup_visible(&dedup_value(5, 3), 4));
+        assert!(!dedup_visible(&dedup_value(5, 3), 3));
     }
 
     #[test]

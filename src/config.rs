@@ -762,11 +762,15 @@ pub struct StateConfig {
     pub block_cache_mb: usize,
     /// Write buffer (memtable) size per column family, in MiB (two per family at most).
     pub write_buffer_mb: usize,
+    /// An epoch with at least this many new dedup keys writes them as sorted table files that
+    /// RocksDB ingests, instead of inserting them one by one into its memtables (a catching-up
+    /// pipeline's large epochs); smaller epochs use the write batch.
+    pub bulk_insert_min_keys: usize,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig { block_cache_mb: 64, write_buffer_mb: 16 }
+        StateConfig { block_cache_mb: 64, write_buffer_mb: 16, bulk_insert_min_keys: 20_000 }
     }
 }
 
@@ -1459,8 +1463,8 @@ impl PipelineConfig {
                 "works for stateless pipelines only: the table records offsets, not the dedup keys or running totals in the checkpoint".into(),
             ));
         }
-        if self.state.block_cache_mb == 0 || self.state.write_buffer_mb == 0 {
-            return Err(bad("state", "block_cache_mb and write_buffer_mb must be at least 1".into()));
+        if self.state.block_cache_mb == 0 || self.state.write_buffer_mb == 0 || self.state.bulk_insert_min_keys == 0 {
+            return Err(bad("state", "block_cache_mb, write_buffer_mb and bulk_insert_min_keys must be at least 1".into()));
         }
         if let SinkConfig::Delta {
             path,

@@ -88,6 +88,11 @@ impl FailPoints {
         self.armed.lock().expect("failpoints lock").insert(name.to_string(), Armed { action, remaining: times });
     }
 
+    /// Whether `name` is armed (has fires left).
+    pub fn is_armed(&self, name: &str) -> bool {
+        self.armed.lock().expect("failpoints lock").contains_key(name)
+    }
+
     /// Disarms `name`.
     pub fn disarm(&self, name: &str) {
         self.armed.lock().expect("failpoints lock").remove(name);

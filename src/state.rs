@@ -10,7 +10,7 @@
 //! With one barrier in flight at a time, epoch E+1 closes only after E's checkpoint is written,
 //! so reading RocksDB always sees the state of the previous epoch: no overlay is needed.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
@@ -351,39 +351,33 @@ impl Processor {
         duplicates: &mut u64,
     ) -> Result<Vec<RecordBatch>> {
         let prev_watermark = self.store.watermark()?;
-        let mut seen: HashSet<Vec<u8>, foldhash::fast::RandomState> = HashSet::default();
-        let mut max_ms: Option<i64> = None;
-        let mut out = Vec::with_capacity(rows.len());
-        for batch in rows {
+        // Every row's key, in one buffer (row i's key ends at ends[i]), its stamp, and whether it
+        // is rejected (late or future), in canonical order over the epoch's batches.
+        let total: usize = rows.iter().map(RecordBatch::num_rows).sum();
+        let (mut keys, mut ends) = (Vec::with_capacity(total * 10), Vec::with_capacity(total));
+        let mut stamps: Vec<Option<i64>> = Vec::with_capacity(total);
+        let mut rejected = Vec::with_capacity(total);
+        for batch in &rows {
             let n = batch.num_rows();
-            let mut keys = Vec::with_capacity(n);
-            for i in 0..n {
-                let mut k = Vec::new();
-                for c in &d.key {
-                    encode_value(batch.column(*c), i, &mut k)?;
-                }
-                keys.push(k);
-            }
-            let stamps: Vec<Option<i64>> = match d.watermark {
-                Some(w) => {
-                    let col =
-                        batch.column(w).as_any().downcast_ref::<TimestampMicrosecondArray>().expect("validated timestamp column");
-                    (0..n).map(|i| (!col.is_null(i)).then(|| col.value(i).div_euclid(1000))).collect()
-                }
+            let event_ms = |c: &ArrayRef| {
+                let col = c.as_any().downcast_ref::<TimestampMicrosecondArray>().expect("validated timestamp column");
+                (0..n).map(|i| (!col.is_null(i)).then(|| col.value(i).div_euclid(1000))).collect::<Vec<_>>()
+            };
+            let batch_stamps = match d.watermark {
+                Some(w) => event_ms(batch.column(w)),
                 None => vec![Some(epoch as i64); n],
             };
             // The Kafka timestamps bound future event times (event-time dedup only).
-            let produced_ms: Vec<Option<i64>> = match batch.column_by_name(crate::decode::TIMESTAMP_COL) {
-                Some(c) if d.watermark.is_some() => {
-                    let col = c.as_any().downcast_ref::<TimestampMicrosecondArray>().expect("the Kafka timestamp column");
-                    (0..n).map(|i| (!col.is_null(i)).then(|| col.value(i).div_euclid(1000))).collect()
-                }
+            let produced_ms = match batch.column_by_name(crate::decode::TIMESTAMP_COL) {
+                Some(c) if d.watermark.is_some() => event_ms(c),
                 _ => vec![None; n],
             };
-            let present = self.store.dedup_contains(&keys)?;
-            let mut keep = Vec::with_capacity(n);
             for i in 0..n {
-                let rejected = match (d.watermark, stamps[i], prev_watermark, produced_ms[i]) {
+                for c in &d.key {
+                    encode_value(batch.column(*c), i, &mut keys)?;
+                }
+                ends.push(keys.len());
+                let rejection = match (d.watermark, batch_stamps[i], prev_watermark, produced_ms[i]) {
                     (Some(_), None, _, _) => Some((Rejection::Late, "has no event time (null watermark column)".to_string())),
                     (Some(_), Some(ts), _, Some(at)) if ts.saturating_sub(at) > d.max_future_ms => Some((
                         Rejection::Future,
@@ -399,27 +393,54 @@ impl Processor {
                     )),
                     _ => None,
                 };
-                if let Some((kind, reason)) = rejected {
-                    late.push(DeadLetter::of_row(&batch, i, kind, reason));
-                    keep.push(false);
-                    continue;
+                rejected.push(rejection.is_some());
+                if let Some((kind, reason)) = rejection {
+                    late.push(DeadLetter::of_row(batch, i, kind, reason));
                 }
-                if present[i] || !seen.insert(keys[i].clone()) {
-                    *duplicates += 1;
-                    keep.push(false);
-                    continue;
-                }
-                let stamp = stamps[i].expect("stamp");
-                max_ms = Some(max_ms.map_or(stamp, |m: i64| m.max(stamp)));
-                changes.dedup_insert.push((std::mem::take(&mut keys[i]), stamp));
-                keep.push(true);
             }
-            let mask = BooleanArray::from(keep);
+            stamps.extend(batch_stamps);
+        }
+        let key = |i: usize| &keys[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
+        // Rows sorted by key, ties in canonical order: equal keys are neighbours, the first of
+        // each run is the earliest record. One sort replaces a hash set of the epoch's keys and
+        // puts the lookups and the new keys in the order RocksDB reads and writes fastest.
+        let mut order: Vec<u32> = (0..total as u32).collect();
+        order.sort_unstable_by(|a, b| key(*a as usize).cmp(key(*b as usize)).then(a.cmp(b)));
+        let mut runs: Vec<usize> = Vec::new(); // where each distinct key's run starts in `order`
+        for (pos, i) in order.iter().enumerate() {
+            if pos == 0 || key(order[pos - 1] as usize) != key(*i as usize) {
+                runs.push(pos);
+            }
+        }
+        let distinct: Vec<&[u8]> = runs.iter().map(|pos| key(order[*pos] as usize)).collect();
+        let present = self.store.dedup_contains(&distinct, epoch)?;
+        let mut keep = vec![false; total];
+        for (r, start) in runs.iter().enumerate() {
+            let end = runs.get(r + 1).copied().unwrap_or(total);
+            // Rejected rows are neither kept nor duplicates; the first other one is kept unless
+            // the key is held already.
+            let mut first = !present[r];
+            for i in order[*start..end].iter().map(|i| *i as usize).filter(|i| !rejected[*i]) {
+                if first {
+                    keep[i] = true;
+                    first = false;
+                    changes.dedup_insert.push((key(i).to_vec(), stamps[i].expect("a kept row has a stamp")));
+                } else {
+                    *duplicates += 1;
+                }
+            }
+        }
+        let max_ms = (0..total).filter(|i| keep[*i]).filter_map(|i| stamps[i]).max();
+        let mut out = Vec::with_capacity(rows.len());
+        let mut at = 0;
+        for batch in rows {
+            let n = batch.num_rows();
+            let mask = BooleanArray::from(keep[at..at + n].to_vec());
+            at += n;
             out.push(filter_record_batch(&batch, &mask).map_err(|e| Error::Sink(e.to_string()))?);
         }
-        // In key order, RocksDB's memtable inserts walk its skip list from where the previous
-        // one ended instead of searching from the top for every key.
-        changes.dedup_insert.sort_unstable();
+        // The new keys are in key order (see above): RocksDB's memtable inserts walk its skip
+        // list from where the previous one ended, and a bulk insert writes them as they are.
         match (d.watermark, d.max_age) {
             (Some(_), _) => {
                 let w = match (prev_watermark, max_ms) {

@@ -62,23 +62,43 @@ async fn drained(config: &exactly::PipelineConfig, topic: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_across_partitions_and_epochs_are_removed() {
+    duplicates_removed(false).await;
+}
+
+/// The same with every epoch's keys ingested as table files, and the checkpoint write after an
+/// ingestion failing once: the keys are in RocksDB, the checkpoint is not; the replay must
+/// neither take them for duplicates nor count them twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_removed_through_bulk_ingestion_and_a_failure_after_it() {
+    duplicates_removed(true).await;
+}
+
+async fn duplicates_removed(bulk_and_failure: bool) {
     let topic = common::topic("dedup", 4).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     config.dedup = Some(dedup(Some(1_000), None));
+    let failpoints = Arc::new(FailPoints::new());
+    if bulk_and_failure {
+        config.state.bulk_insert_min_keys = 1;
+    }
     // Epoch(s) 1..: ids 0..1000, keyed by id.
     send_json(&topic, &(0..1_000).map(|i| (i.to_string(), event(i, 0))).collect::<Vec<_>>()).await;
-    let pipeline = common::start(&config, RunOptions::default()).await;
+    let pipeline = common::start(&config, RunOptions { failpoints: failpoints.clone(), ..Default::default() }).await;
     drained(&config, &topic).await;
+    if bulk_and_failure {
+        failpoints.arm("mid-checkpoint-write", FailAction::Error, Some(1));
+    }
     // Later epochs: every third old id again under another Kafka key (so another partition),
     // new ids 1000..1500, each of them twice in this phase (same epoch or the next).
+    // New ids first: the epoch whose checkpoint write fails has new keys.
     let mut later = Vec::new();
-    for i in (0..1_000).step_by(3) {
-        later.push((format!("dup-{i}"), event(i, 0)));
-    }
     for i in 1_000..1_500 {
         later.push((i.to_string(), event(i, 0)));
         later.push((format!("again-{i}"), event(i, 0)));
+    }
+    for i in (0..1_000).step_by(3) {
+        later.push((format!("dup-{i}"), event(i, 0)));
     }
     send_json(&topic, &later).await;
     drained(&config, &topic).await;
@@ -91,6 +111,9 @@ async fn duplicates_across_partitions_and_epochs_are_removed() {
     assert_eq!(audit.total(|p| p.expected), 1_000 + later.len() as u64);
     let store = CheckpointStore::open(config.checkpoint_dir()).unwrap();
     assert_eq!(store.dedup_key_count().unwrap(), 1_500);
+    if bulk_and_failure {
+        assert!(!failpoints.is_armed("mid-checkpoint-write"), "the checkpoint write failed once");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,6 +122,8 @@ async fn epoch_retention_keeps_only_live_ids() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     config.dedup = Some(dedup(Some(2), None));
+    // Every epoch's keys go through bulk ingestion here (the other dedup tests use the batch).
+    config.state.bulk_insert_min_keys = 1;
     let pipeline = common::start(&config, RunOptions::default()).await;
     let mut progress = pipeline.progress();
     let mut per_epoch = Vec::new();
