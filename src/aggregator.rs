@@ -186,6 +186,7 @@ impl AggregatorState {
         let epoch = self.next_epoch;
         // Stateful stages run over the epoch in canonical order (partition, offset), against the
         // state of the last committed epoch, off the async executor.
+        let t0 = std::time::Instant::now();
         let (output, state, duplicates) = match &self.args.processor {
             None => (Output::Append(rows), StateChanges::default(), 0),
             Some(p) => {
@@ -204,6 +205,7 @@ impl AggregatorState {
             state,
             duplicates,
             filtered: done.filtered,
+            state_time: t0.elapsed(),
         };
         self.last_cut = batch.end_offsets();
         self.next_epoch += 1;

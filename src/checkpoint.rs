@@ -389,10 +389,17 @@ impl CheckpointStore {
             Ok(path)
         };
         let values: Vec<[u8; 16]> = inserts.iter().map(|(_, stamp)| dedup_value(*stamp, epoch)).collect();
-        let mut files =
-            vec![(DEDUP, write(DEDUP, &mut inserts.iter().zip(&values).map(|((k, _), v)| (k.as_slice(), v.as_slice())))?)];
-        if !index.is_empty() {
-            files.push((DEDUP_EXPIRY, write(DEDUP_EXPIRY, &mut index.iter().map(|k| (k.as_slice(), &[][..])))?));
+        // The two files are written on two threads.
+        let (dedup_file, expiry_file) = std::thread::scope(|s| {
+            let expiry = s.spawn(|| {
+                (!index.is_empty()).then(|| write(DEDUP_EXPIRY, &mut index.iter().map(|k| (k.as_slice(), &[][..])))).transpose()
+            });
+            let dedup = write(DEDUP, &mut inserts.iter().zip(&values).map(|((k, _), v)| (k.as_slice(), v.as_slice())));
+            (dedup, expiry.join())
+        });
+        let mut files = vec![(DEDUP, dedup_file?)];
+        if let Some(path) = expiry_file.map_err(|_| self.err("a state file thread panicked"))?? {
+            files.push((DEDUP_EXPIRY, path));
         }
         let mut opts = IngestExternalFileOptions::default();
         opts.set_move_files(true);
@@ -416,12 +423,27 @@ impl CheckpointStore {
     /// once each, in order).
     pub fn dedup_contains(&self, keys: &[&[u8]], epoch: u64) -> Result<Vec<bool>> {
         debug_assert!(keys.windows(2).all(|w| w[0] <= w[1]), "dedup lookups in key order");
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(MULTI_GET_CHUNK) {
-            for r in self.db.batched_multi_get_cf(self.cf(DEDUP), chunk, true) {
-                out.push(r.map_err(|e| self.err(e))?.is_some_and(|v| dedup_visible(&v, epoch)));
+        let look = |keys: &[&[u8]]| -> Result<Vec<bool>> {
+            let mut out = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(MULTI_GET_CHUNK) {
+                for r in self.db.batched_multi_get_cf(self.cf(DEDUP), chunk, true) {
+                    out.push(r.map_err(|e| self.err(e))?.is_some_and(|v| dedup_visible(&v, epoch)));
+                }
             }
+            Ok(out)
+        };
+        if keys.len() < 4 * MULTI_GET_CHUNK {
+            return look(keys);
         }
+        // A large epoch's lookups in two halves on two threads (RocksDB reads in parallel): the
+        // epoch's state stage is on the commit path, while consumers wait for the buffer.
+        let (low, high) = keys.split_at(keys.len() / 2);
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| look(low));
+            (a.join(), look(high))
+        });
+        let mut out = a.map_err(|_| self.err("a dedup lookup thread panicked"))??;
+        out.extend(b?);
         Ok(out)
     }
 

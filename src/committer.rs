@@ -73,6 +73,8 @@ pub struct CommitReport {
     pub dead_letter_categories: std::collections::BTreeMap<&'static str, u64>,
     /// Per-partition ranges.
     pub ranges: Vec<PartitionRange>,
+    /// Time the stateful stages took (before the commit, in the aggregator).
+    pub state_time: Duration,
     /// Time spent in the sink commit.
     pub sink_time: Duration,
     /// Time spent writing the checkpoint.
@@ -172,6 +174,7 @@ impl Actor for CommitterActor {
                     }),
                     min_timestamp_ms: batch.min_timestamp_ms,
                     ranges: batch.ranges,
+                    state_time: batch.state_time,
                     sink_time,
                     checkpoint_time,
                     state_size,

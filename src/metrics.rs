@@ -59,7 +59,8 @@ pub const STATE_BYTES: &str = "exactly_state_bytes";
 pub const STATE_MEMORY: &str = "exactly_state_memory_bytes";
 /// Gauge: the last committed epoch.
 pub const EPOCH_COMMITTED: &str = "exactly_epoch_committed";
-/// Histogram, label `phase` (`sink`, `checkpoint`): seconds spent committing an epoch.
+/// Histogram, label `phase` (`state`: dedup and aggregation before the commit; `sink`, with
+/// its parts `parquet` and `delta`; `checkpoint`): seconds spent on an epoch.
 pub const COMMIT_SECONDS: &str = "exactly_commit_duration_seconds";
 /// Histogram: seconds from the oldest Kafka timestamp in an epoch to its commit.
 pub const END_TO_END_SECONDS: &str = "exactly_end_to_end_latency_seconds";

@@ -42,6 +42,8 @@ pub struct Progress {
     pub filtered: u64,
     /// Records committed per second since the previous commit.
     pub rows_per_second: f64,
+    /// Time in the stateful stages (dedup, aggregation) before the commit, milliseconds.
+    pub state_ms: f64,
     /// Time in the sink commit, milliseconds.
     pub sink_ms: f64,
     /// Time writing the checkpoint, milliseconds.
@@ -80,6 +82,9 @@ impl fmt::Display for Progress {
             "epoch {:>6} | {:>8} rows | {:>4} dead | {:>9.0} rows/s | lag {:>8} | commit {:>6.1} ms + checkpoint {:>5.1} ms | restarts {}",
             self.epoch, self.input_rows, self.dead_letters, self.rows_per_second, lag, self.sink_ms, self.checkpoint_ms, self.restarts
         )?;
+        if self.state_ms > 0.0 {
+            write!(f, " | state {:.1} ms", self.state_ms)?;
+        }
         if self.filtered > 0 {
             write!(f, " | filtered {}", self.filtered)?;
         }

@@ -127,6 +127,8 @@ pub struct EpochBatch {
     pub duplicates: u64,
     /// Records the transform's filter dropped (`transform.where`).
     pub filtered: u64,
+    /// Time the stateful stages (dedup, aggregation) took over this epoch.
+    pub state_time: std::time::Duration,
 }
 
 impl EpochBatch {

@@ -404,14 +404,24 @@ impl Processor {
         // Rows sorted by key, ties in canonical order: equal keys are neighbours, the first of
         // each run is the earliest record. One sort replaces a hash set of the epoch's keys and
         // puts the lookups and the new keys in the order RocksDB reads and writes fastest.
-        let mut order: Vec<u32> = (0..total as u32).collect();
-        order.sort_unstable_by(|a, b| key(*a as usize).cmp(key(*b as usize)).then(a.cmp(b)));
+        // Rows are compared by their keys' first 16 bytes as one integer (zero-padded, so in
+        // byte order), and by the whole keys only where those are equal.
+        let prefix = |i: usize| {
+            let (k, mut b) = (key(i), [0u8; 16]);
+            let n = k.len().min(16);
+            b[..n].copy_from_slice(&k[..n]);
+            u128::from_be_bytes(b)
+        };
+        let mut sorted: Vec<(u128, u32)> = (0..total).map(|i| (prefix(i), i as u32)).collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key(a.1 as usize).cmp(key(b.1 as usize))).then(a.1.cmp(&b.1)));
         let mut runs: Vec<usize> = Vec::new(); // where each distinct key's run starts in `order`
-        for (pos, i) in order.iter().enumerate() {
-            if pos == 0 || key(order[pos - 1] as usize) != key(*i as usize) {
+        for pos in 0..sorted.len() {
+            let (p, i) = sorted[pos];
+            if pos == 0 || sorted[pos - 1].0 != p || key(sorted[pos - 1].1 as usize) != key(i as usize) {
                 runs.push(pos);
             }
         }
+        let order: Vec<u32> = sorted.into_iter().map(|(_, i)| i).collect();
         let distinct: Vec<&[u8]> = runs.iter().map(|pos| key(order[*pos] as usize)).collect();
         let present = self.store.dedup_contains(&distinct, epoch)?;
         let mut keep = vec![false; total];

@@ -894,6 +894,9 @@ impl SupervisorState {
             metrics::gauge!(m::STATE_MEMORY, "kind" => kind).set(v as f64);
         }
         metrics::gauge!(m::EPOCH_COMMITTED).set(report.epoch as f64);
+        if report.state_time > std::time::Duration::ZERO {
+            metrics::histogram!(m::COMMIT_SECONDS, "phase" => "state").record(report.state_time.as_secs_f64());
+        }
         metrics::histogram!(m::COMMIT_SECONDS, "phase" => "sink").record(report.sink_time.as_secs_f64());
         metrics::histogram!(m::COMMIT_SECONDS, "phase" => "checkpoint").record(report.checkpoint_time.as_secs_f64());
         if let Some(ts) = report.min_timestamp_ms {
@@ -911,6 +914,7 @@ impl SupervisorState {
             dead_letters: report.dead_letters,
             filtered: report.filtered,
             rows_per_second: report.records as f64 / secs,
+            state_ms: Progress::millis(report.state_time),
             sink_ms: Progress::millis(report.sink_time),
             checkpoint_ms: Progress::millis(report.checkpoint_time),
             lag: total_lag,
@@ -926,6 +930,7 @@ impl SupervisorState {
             rows = progress.input_rows,
             rows_per_second = progress.rows_per_second as u64,
             lag = ?progress.lag,
+            state_ms = progress.state_ms,
             sink_ms = progress.sink_ms,
             checkpoint_ms = progress.checkpoint_ms,
             "epoch committed"

@@ -310,6 +310,7 @@ fn epoch_of_three(config: &exactly::PipelineConfig, tp: &exactly::record::TopicP
         state: Default::default(),
         duplicates: 0,
         filtered: 0,
+        state_time: Default::default(),
     }
 }
 
