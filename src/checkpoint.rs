@@ -162,6 +162,24 @@ pub struct CheckpointStore {
     bulk: Option<Arc<Bulk>>,
 }
 
+/// An epoch's bulk-inserted state, written but not yet ingested. Dropping it removes its files
+/// (a sink commit that failed; a commit that ingested them moved them into the database).
+#[derive(Debug)]
+pub struct Staged {
+    epoch: u64,
+    files: Vec<(&'static str, PathBuf)>,
+    /// Expiry entries that go into the write batch (see `write_files`).
+    late_index: Vec<Vec<u8>>,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (_, path) in &self.files {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// How large epochs' dedup keys are written: sorted table files in `dir`, ingested.
 struct Bulk {
     /// The dedup families' options (comparator, table format, Bloom filters) for the files.
@@ -309,6 +327,30 @@ impl CheckpointStore {
     /// Writes the checkpoint and an epoch's state changes in one atomic, synced write. Blocking:
     /// call it from a blocking context.
     pub fn commit(&self, checkpoint: &Checkpoint, changes: &StateChanges) -> Result<()> {
+        let staged = self.stage(checkpoint.epoch, changes)?;
+        self.commit_staged(checkpoint, changes, staged)
+    }
+
+    /// The part of an epoch's state write that does not touch the database and may run before
+    /// (or while) the sink commits the epoch: the table files of a bulk insert. `None` when the
+    /// epoch's keys go through the write batch. Blocking.
+    pub fn stage(&self, epoch: u64, changes: &StateChanges) -> Result<Option<Staged>> {
+        match self.bulk.as_ref().filter(|b| changes.dedup_insert.len() >= b.min_keys) {
+            Some(bulk) => self.write_files(bulk, epoch, changes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`CheckpointStore::commit`] with the epoch's staged files (from [`CheckpointStore::stage`]
+    /// with the same epoch and changes): ingests them, then writes the batch. Blocking.
+    pub fn commit_staged(&self, checkpoint: &Checkpoint, changes: &StateChanges, staged: Option<Staged>) -> Result<()> {
+        if let Some(s) = &staged {
+            if s.epoch != checkpoint.epoch {
+                return Err(
+                    self.err(format!("state files of epoch {} staged for the checkpoint of epoch {}", s.epoch, checkpoint.epoch))
+                );
+            }
+        }
         let _guard = self.lock.lock().expect("checkpoint lock");
         let mut batch = WriteBatch::default();
         let (meta, dedup, expiry, agg) = (self.cf(META), self.cf(DEDUP), self.cf(DEDUP_EXPIRY), self.cf(AGG));
@@ -327,9 +369,8 @@ impl CheckpointStore {
             batch.delete_range_cf(expiry, [0u8; 8], end);
             dedup_count -= expired;
         }
-        let bulk = self.bulk.as_ref().filter(|b| changes.dedup_insert.len() >= b.min_keys);
-        match bulk {
-            Some(bulk) => self.ingest(bulk, checkpoint.epoch, changes, &mut batch)?,
+        match staged {
+            Some(staged) => self.ingest(staged, &mut batch)?,
             None => {
                 for (key, stamp) in &changes.dedup_insert {
                     batch.put_cf(dedup, key, dedup_value(*stamp, checkpoint.epoch));
@@ -355,21 +396,21 @@ impl CheckpointStore {
         self.db.write_opt(batch, &wo).map_err(|e| self.err(format!("cannot write: {e}")))
     }
 
-    /// Writes an epoch's new dedup keys and their expiry entries as sorted table files and
-    /// ingests them (synced, atomically per family). Expiry entries this epoch's own expiry
-    /// would remove (stamps below `dedup_expire_before`) go into `batch`, after its range
-    /// delete, as in the batch path.
-    fn ingest(&self, bulk: &Bulk, epoch: u64, changes: &StateChanges, batch: &mut WriteBatch) -> Result<()> {
+    /// Writes an epoch's new dedup keys and their expiry entries as sorted table files. Expiry
+    /// entries this epoch's own expiry would remove (stamps below `dedup_expire_before`) are
+    /// kept aside for the batch, after its range delete, as in the batch path.
+    fn write_files(&self, bulk: &Bulk, epoch: u64, changes: &StateChanges) -> Result<Staged> {
         let mut inserts: Vec<&(Vec<u8>, i64)> = changes.dedup_insert.iter().collect();
         if !inserts.windows(2).all(|w| w[0].0 < w[1].0) {
             inserts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             inserts.dedup_by(|a, b| a.0 == b.0);
         }
         let floor = changes.dedup_expire_before.unwrap_or(i64::MIN);
+        let mut staged = Staged { epoch, files: Vec::new(), late_index: Vec::new() };
         let mut index: Vec<Vec<u8>> = Vec::with_capacity(inserts.len());
         for (key, stamp) in &inserts {
             if *stamp < floor {
-                batch.put_cf(self.cf(DEDUP_EXPIRY), expiry_key(*stamp, key), []);
+                staged.late_index.push(expiry_key(*stamp, key));
             } else {
                 index.push(expiry_key(*stamp, key));
             }
@@ -378,8 +419,11 @@ impl CheckpointStore {
         if !index.windows(2).all(|w| w[0] < w[1]) {
             index.sort_unstable();
         }
+        // Unique names: a killed committer's write may still run beside the next generation's.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let write = |name: &str, entries: &mut dyn Iterator<Item = (&[u8], &[u8])>| -> Result<PathBuf> {
-            let path = bulk.dir.join(format!("{epoch}-{name}.sst"));
+            let path = bulk.dir.join(format!("{epoch}-{seq}-{name}.sst"));
             let mut w = SstFileWriter::create(&bulk.options);
             w.open(&path).map_err(|e| self.err(format!("cannot write {}: {e}", path.display())))?;
             for (k, v) in entries {
@@ -397,16 +441,25 @@ impl CheckpointStore {
             let dedup = write(DEDUP, &mut inserts.iter().zip(&values).map(|((k, _), v)| (k.as_slice(), v.as_slice())));
             (dedup, expiry.join())
         });
-        let mut files = vec![(DEDUP, dedup_file?)];
+        staged.files.push((DEDUP, dedup_file?));
         if let Some(path) = expiry_file.map_err(|_| self.err("a state file thread panicked"))?? {
-            files.push((DEDUP_EXPIRY, path));
+            staged.files.push((DEDUP_EXPIRY, path));
+        }
+        Ok(staged)
+    }
+
+    /// Ingests staged files (synced, atomically per family); their late expiry entries go into
+    /// `batch`.
+    fn ingest(&self, staged: Staged, batch: &mut WriteBatch) -> Result<()> {
+        for idx in &staged.late_index {
+            batch.put_cf(self.cf(DEDUP_EXPIRY), idx, []);
         }
         let mut opts = IngestExternalFileOptions::default();
         opts.set_move_files(true);
-        for (cf, path) in files {
-            let ingested = self.db.ingest_external_file_cf_opts(self.cf(cf), &opts, vec![&path]);
-            let _ = std::fs::remove_file(&path);
-            ingested.map_err(|e| self.err(format!("cannot ingest {}: {e}", path.display())))?;
+        for (cf, path) in &staged.files {
+            self.db
+                .ingest_external_file_cf_opts(self.cf(cf), &opts, vec![path])
+                .map_err(|e| self.err(format!("cannot ingest {}: {e}", path.display())))?;
         }
         Ok(())
     }

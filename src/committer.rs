@@ -130,6 +130,14 @@ impl Actor for CommitterActor {
                     .into());
                 }
                 let t0 = Instant::now();
+                // The state files of a bulk insert are written while the sink commits (another
+                // core); they are ingested only after the sink holds the epoch. A failed sink
+                // commit drops them, which removes them.
+                let (store, changes, epoch) = (state.args.store.clone(), std::mem::take(&mut batch.state), batch.epoch);
+                let staging = tokio::task::spawn_blocking(move || {
+                    let staged = store.stage(epoch, &changes);
+                    (changes, staged)
+                });
                 match state.args.sink.commit(&batch).await {
                     Ok(()) => {}
                     Err(Error::Fenced { partitions, detail }) => {
@@ -146,9 +154,11 @@ impl Actor for CommitterActor {
                 // the next generation's recovery wait for it.
                 let t1 = Instant::now();
                 let checkpoint = Checkpoint::new(&state.args.pipeline_id, batch.epoch, &batch.end_offsets());
-                let (store, changes) = (state.args.store.clone(), std::mem::take(&mut batch.state));
+                let (changes, staged) = staging.await?;
+                let staged = staged?;
+                let store = state.args.store.clone();
                 let state_size = tokio::task::spawn_blocking(move || -> crate::Result<StateSize> {
-                    store.commit(&checkpoint, &changes)?;
+                    store.commit_staged(&checkpoint, &changes, staged)?;
                     Ok(StateSize {
                         dedup_keys: store.dedup_key_count()?,
                         agg_keys: store.agg_key_count()?,
