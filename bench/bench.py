@@ -760,8 +760,9 @@ def render(r):
             f"epoch interval / trigger {r['interval_ms']} ms, `{r['profile']}` build.", "",
             "| measure | limit | ours | Spark | ours / limit | ours / Spark |", "|---|---|---|---|---|---|",
             f"| librdkafka consume, records/s (best: {r['limit_consume'].get('settings', '')}) | {lim:,.0f} | | | | |",
-            f"| decode to Arrow, records/s | {r['limit_parquet']['decode_records_per_s']:,.0f} | | | | |",
-            f"| Parquet encode, records/s | {r['limit_parquet']['encode_records_per_s']:,.0f} | | | | |"]
+            f"| librdkafka consume: CPU-seconds per million records | {r['limit_consume'].get('cpu_s_per_million', float('nan')):.2f} | | | | |",
+            f"| decode to Arrow (one core), records/s | {r['limit_parquet']['decode_records_per_s']:,.0f} | | | | |",
+            f"| Parquet encode (one core), records/s | {r['limit_parquet']['encode_records_per_s']:,.0f} | | | | |"]
     for mode, label in [("append", "append"), ("dedup", "dedup"), ("counts", "keyed count (ours: update, Spark: complete)")]:
         o, s = r.get(f"ours_{mode}"), r.get(f"spark_{mode}")
         if not o:
