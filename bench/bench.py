@@ -336,16 +336,19 @@ def run_spark(mode, topic, events, work, interval_ms):
 
 
 def commit_latencies(table):
-    """For every row: commit time of the Delta version that added its file - its Kafka timestamp."""
+    """For every row: commit time of the Delta version that added its file - its Kafka timestamp.
+    Files an OPTIMIZE adds (auto-compaction; Spark's table is never compacted) hold rows that were
+    visible already: they are not new rows."""
     from deltalake import DeltaTable
     import pyarrow as pa
     import pyarrow.parquet as pq
     dt = DeltaTable(str(table))
     commit_ms = {h["version"]: h["timestamp"] for h in dt.history()}
+    rewrites = {h["version"] for h in dt.history() if h.get("operation") == "OPTIMIZE"}
     seen, lat = set(), []
     for v in sorted(commit_ms):
         files = set(DeltaTable(str(table), version=v).file_uris())
-        for f in files - seen:
+        for f in (files - seen) if v not in rewrites else ():
             col = pq.read_table(f, columns=["_kafka_timestamp"]).column(0)
             # ours writes TIMESTAMP_MICROS, Spark INT96 (read as ns): normalise to milliseconds
             ms = col.cast(pa.timestamp("ms", tz=col.type.tz), safe=False).cast(pa.int64()).to_pylist()
