@@ -484,15 +484,7 @@ impl CheckpointStore {
     /// once each, in order).
     pub fn dedup_contains(&self, keys: &[&[u8]], epoch: u64) -> Result<Vec<bool>> {
         debug_assert!(keys.windows(2).all(|w| w[0] <= w[1]), "dedup lookups in key order");
-        let look = |keys: &[&[u8]]| -> Result<Vec<bool>> {
-            let mut out = Vec::with_capacity(keys.len());
-            for chunk in keys.chunks(MULTI_GET_CHUNK) {
-                for r in self.db.batched_multi_get_cf(self.cf(DEDUP), chunk, true) {
-                    out.push(r.map_err(|e| self.err(e))?.is_some_and(|v| dedup_visible(&v, epoch)));
-                }
-            }
-            Ok(out)
-        };
+        let look = |keys: &[&[u8]]| self.multi_get_sorted(DEDUP, keys, |v| v.is_some_and(|v| dedup_visible(v, epoch)));
         if keys.len() < 4 * MULTI_GET_CHUNK {
             return look(keys);
         }
@@ -513,16 +505,25 @@ impl CheckpointStore {
         self.lookup(AGG, keys, |v| v.map(<[u8]>::to_vec))
     }
 
-    /// Looks `keys` up in `cf` in one batched MultiGet over the keys in sorted order (memtable
-    /// and table blocks are then visited once each, in order), results in the order of `keys`.
+    /// Looks `keys` up in `cf` over the keys in sorted order, results in the order of `keys`.
     fn lookup<T: Clone + Default>(&self, cf: &str, keys: &[Vec<u8>], f: impl Fn(Option<&[u8]>) -> T) -> Result<Vec<T>> {
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_unstable_by(|a, b| keys[*a].cmp(&keys[*b]));
+        let sorted: Vec<&[u8]> = order.iter().map(|i| keys[*i].as_slice()).collect();
         let mut out = vec![T::default(); keys.len()];
-        for chunk in order.chunks(MULTI_GET_CHUNK) {
-            let found = self.db.batched_multi_get_cf(self.cf(cf), chunk.iter().map(|i| &keys[*i]), true);
-            for (i, r) in chunk.iter().zip(found) {
-                out[*i] = f(r.map_err(|e| self.err(e))?.as_deref());
+        for (i, v) in order.into_iter().zip(self.multi_get_sorted(cf, &sorted, f)?) {
+            out[i] = v;
+        }
+        Ok(out)
+    }
+
+    /// Looks up `keys`, in ascending order, in `cf`: batched MultiGets of bounded size (memtable
+    /// and table blocks are visited once each, in order), results in the order of `keys`.
+    fn multi_get_sorted<T>(&self, cf: &str, keys: &[&[u8]], f: impl Fn(Option<&[u8]>) -> T) -> Result<Vec<T>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MULTI_GET_CHUNK) {
+            for r in self.db.batched_multi_get_cf(self.cf(cf), chunk, true) {
+                out.push(f(r.map_err(|e| self.err(e))?.as_deref()));
             }
         }
         Ok(out)

@@ -115,6 +115,13 @@ pub struct OutputAudit {
     pub partitions: Vec<PartitionAudit>,
 }
 
+impl OutputAudit {
+    /// Sum of `f` over the output's partitions (as [`Audit::total`] for the main table).
+    pub fn total(&self, f: impl Fn(&PartitionAudit) -> u64) -> u64 {
+        self.partitions.iter().map(f).sum()
+    }
+}
+
 /// An output table as the audit reads it.
 struct OutputTable {
     audit: OutputAudit,
@@ -397,19 +404,18 @@ impl Audit {
             }
         }
         for o in &self.outputs {
-            let sum = |f: fn(&PartitionAudit) -> u64| o.partitions.iter().map(f).sum::<u64>();
             let _ = writeln!(
                 s,
                 "output `{}` ({}): expected {}, rows {}, filtered {}, missing {}, duplicated {}, unexpected {}, mismatched {}",
                 o.name,
                 o.table.display(),
-                sum(|p| p.expected),
-                sum(|p| p.rows),
-                sum(|p| p.filtered),
-                sum(|p| p.missing),
-                sum(|p| p.duplicated),
-                sum(|p| p.unexpected),
-                sum(|p| p.mismatched)
+                o.total(|p| p.expected),
+                o.total(|p| p.rows),
+                o.total(|p| p.filtered),
+                o.total(|p| p.missing),
+                o.total(|p| p.duplicated),
+                o.total(|p| p.unexpected),
+                o.total(|p| p.mismatched)
             );
             for p in &o.partitions {
                 if !p.missing_sample.is_empty() {
