@@ -205,6 +205,9 @@ pub struct SupervisorState {
     /// that epoch commits the tree stops or restarts.
     drain: Option<Drain>,
     final_barrier: Option<u64>,
+    /// Set when an actor failed while the stop's last epoch was being committed: the failure,
+    /// and the tree restarts (within the restart budget and the shutdown deadline) to commit it.
+    final_failure: Option<String>,
     last_commit_at: Instant,
     reset_from_sink: bool,
     processor: Option<Arc<Processor>>,
@@ -605,7 +608,9 @@ impl SupervisorState {
         self.committed = cp;
         self.in_flight = replay.as_ref().map(|r| r.barrier);
         self.current = Some(Generation { client, poller, discovery, consumers, aggregator, committer, ids });
-        self.ticker = Some(myself.send_interval(config.epoch.interval(), || SupervisorMsg::Tick));
+        if !self.shutting_down() {
+            self.ticker = Some(myself.send_interval(config.epoch.interval(), || SupervisorMsg::Tick));
+        }
         Ok(())
     }
 
@@ -817,13 +822,14 @@ impl SupervisorState {
         metrics::counter!(m::ACTOR_RESTARTS, "actor" => actor_kind, "reason" => how).increment(1);
         self.teardown(true).await;
         if self.shutting_down() {
-            // Nothing uncommitted is lost (the next start reads it again from the checkpoint),
-            // but the stop did not do what it promised: say so, and exit non-zero.
-            self.fatal(myself, Error::Shutdown(format!("{kind} failed while committing the open epoch: {reason}")));
-            return;
+            // The stop promised to commit what was read: a transient failure (a store's dropped
+            // connection) is retried like any other, by a tree that commits one epoch and stops
+            // — bounded by the restart budget and `supervisor.shutdown_timeout_ms`.
+            self.final_failure = Some(format!("{kind}: {reason}"));
+        } else {
+            // A restart reads the partitions found so far anyway.
+            self.drain = None;
         }
-        // A restart reads the partitions found so far anyway.
-        self.drain = None;
         self.schedule_restart(myself, format!("{kind}: {reason}"));
     }
 
@@ -1017,6 +1023,7 @@ impl Actor for SupervisorActor {
             topic_ids: BTreeMap::new(),
             drain: None,
             final_barrier: None,
+            final_failure: None,
             last_commit_at: Instant::now(),
             reset_from_sink,
             processor,
@@ -1086,19 +1093,34 @@ impl SupervisorActor {
                 if state.current.is_some() {
                     return Ok(());
                 }
-                if state.shutting_down() {
+                if state.shutting_down() && state.final_failure.is_none() {
                     myself.stop(None);
                     return Ok(());
                 }
-                if let Err(e) = state.start_generation(&myself).await {
-                    state.teardown(true).await;
-                    match e {
-                        Error::Recovery(_) | Error::Checkpoint { .. } => state.fatal(&myself, e),
-                        other => {
-                            tracing::warn!(error = %other, "could not start the actor tree");
-                            state.schedule_restart(&myself, format!("start-up: {other}"));
+                match state.start_generation(&myself).await {
+                    Err(e) => {
+                        state.teardown(true).await;
+                        match e {
+                            Error::Recovery(_) | Error::Checkpoint { .. } => state.fatal(&myself, e),
+                            other => {
+                                tracing::warn!(error = %other, "could not start the actor tree");
+                                if state.shutting_down() {
+                                    state.final_failure = Some(format!("start-up: {other}"));
+                                }
+                                state.schedule_restart(&myself, format!("start-up: {other}"));
+                            }
                         }
                     }
+                    // Retrying the stop's last epoch: this tree commits what it has read, then
+                    // stops (a replayed epoch first, whose resolution cuts the last barrier).
+                    Ok(()) if state.shutting_down() => {
+                        if state.current.is_none() {
+                            myself.stop(None);
+                        } else if state.in_flight.is_none() {
+                            state.cut()?;
+                        }
+                    }
+                    Ok(()) => {}
                 }
             }
             SupervisorMsg::Tick => {
@@ -1167,10 +1189,11 @@ impl SupervisorActor {
             SupervisorMsg::ShutdownDeadline => {
                 let timeout = state.args.config.supervisor.shutdown_timeout_ms;
                 state.teardown(false).await;
+                let last = state.final_failure.as_ref().map(|f| format!(" (last failure: {f})")).unwrap_or_default();
                 state.fatal(
                     &myself,
                     Error::Shutdown(format!(
-                        "the open epoch was not committed within supervisor.shutdown_timeout_ms = {timeout}; stopped without it"
+                        "the open epoch was not committed within supervisor.shutdown_timeout_ms = {timeout}; stopped without it{last}"
                     )),
                 );
             }
