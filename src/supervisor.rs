@@ -841,8 +841,15 @@ impl SupervisorState {
             self.restarts.pop_front();
         }
         if self.restarts.len() >= cfg.max_restarts {
-            let e =
-                Error::RestartBudgetSpent { restarts: self.restarts.len(), window_secs: cfg.window_secs, last_failure: failure };
+            let (restarts, window_secs) = (self.restarts.len(), cfg.window_secs);
+            let e = if self.shutting_down() {
+                // The stop failed, whatever made it: say it as one.
+                Error::Shutdown(format!(
+                    "the open epoch was not committed: {restarts} restarts within {window_secs} s spent the restart budget (last failure: {failure}); stopped without it"
+                ))
+            } else {
+                Error::RestartBudgetSpent { restarts, window_secs, last_failure: failure }
+            };
             self.fatal(myself, e);
             return;
         }

@@ -125,15 +125,11 @@ async fn failpoint_after_checkpoint_in_the_committer() {
 
 /// A pipeline on a new topic of 500 records whose epochs close only at the stop, started with
 /// `failpoints` and holding all 500 in its open epoch, nothing committed.
-async fn holding_an_open_epoch(
-    failpoints: Arc<FailPoints>,
-    shutdown_timeout_ms: u64,
-) -> (Pipeline, exactly::PipelineConfig, tempfile::TempDir, String) {
+async fn holding_an_open_epoch(failpoints: Arc<FailPoints>) -> (Pipeline, exactly::PipelineConfig, tempfile::TempDir) {
     let topic = common::topic("shutdown", 4).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     config.epoch.interval_ms = 3_600_000; // no epoch closes by time: only the shutdown cuts one
-    config.supervisor.shutdown_timeout_ms = shutdown_timeout_ms;
     common::produce_events(&topic, 0, 500).await;
     let sink = sink::from_config(&config, failpoints.clone());
     let options = RunOptions { failpoints, ..Default::default() };
@@ -144,12 +140,12 @@ async fn holding_an_open_epoch(
     })
     .await;
     assert_eq!(common::table_cut(&dir.path().join("table"), &config.id, &topic).await, 0, "nothing committed yet");
-    (pipeline, config, dir, topic)
+    (pipeline, config, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_commits_the_open_epoch() {
-    let (pipeline, config, _dir, _topic) = holding_an_open_epoch(Default::default(), 30_000).await;
+    let (pipeline, config, _dir) = holding_an_open_epoch(Default::default()).await;
     pipeline.shutdown().await.unwrap();
     let audit = common::assert_verified(&config).await;
     assert_eq!(audit.total(|p| p.rows), 500, "the stop committed everything consumed");
@@ -163,7 +159,7 @@ async fn graceful_shutdown_commits_the_open_epoch() {
 async fn a_failure_while_the_stop_commits_is_retried_and_the_stop_succeeds() {
     for failpoint in ["after-parquet-write", "after-delta-commit"] {
         let failpoints = Arc::new(FailPoints::new());
-        let (pipeline, config, dir, _topic) = holding_an_open_epoch(failpoints.clone(), 30_000).await;
+        let (pipeline, config, dir) = holding_an_open_epoch(failpoints.clone()).await;
         failpoints.arm(failpoint, FailAction::Error, Some(1));
         pipeline.shutdown().await.unwrap_or_else(|e| panic!("{failpoint}: the stop failed: {e}"));
         assert!(!failpoints.is_armed(failpoint), "{failpoint}: the fail point fired");
@@ -171,23 +167,6 @@ async fn a_failure_while_the_stop_commits_is_retried_and_the_stop_succeeds() {
         assert_eq!(audit.total(|p| p.rows), 500, "{failpoint}: the stop committed everything consumed");
         common::assert_each_epoch_committed_once(&dir.path().join("table"), &config.id);
     }
-}
-
-/// A stop whose epoch cannot commit at all ends at its deadline, non-zero, with nothing
-/// written; the next start commits every record once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stop_that_cannot_commit_fails_at_its_deadline_and_loses_nothing() {
-    let failpoints = Arc::new(FailPoints::new());
-    let (pipeline, config, dir, topic) = holding_an_open_epoch(failpoints.clone(), 2_000).await;
-    failpoints.arm("after-parquet-write", FailAction::Error, None);
-    let err = pipeline.shutdown().await.unwrap_err();
-    assert!(matches!(err, exactly::Error::Shutdown(_)), "{err}");
-    assert_eq!(common::table_cut(&dir.path().join("table"), &config.id, &topic).await, 0, "nothing committed");
-    let mut config = config;
-    config.epoch.interval_ms = 200;
-    run_until_drained(&config, RunOptions::default(), &topic).await;
-    let audit = common::assert_verified(&config).await;
-    assert_eq!(audit.total(|p| p.rows), 500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,8 +138,9 @@ async fn a_stop_with_a_stuck_sink_ends_within_the_timeout_and_fails() {
     assert!(common::txn_versions_in_log(&dir.path().join("table"), &config.id).is_empty(), "nothing was committed");
 }
 
-/// An actor failing while the stop commits the open epoch makes the stop fail (non-zero exit in
-/// the CLI), never a silent success.
+/// An actor failing every time the stop commits the open epoch: the tree is restarted to try
+/// again until the restart budget is spent, and the stop fails (non-zero exit in the CLI), never a
+/// silent success. (A failure that passes is retried: `delta::a_failure_while_the_stop_commits_*`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_during_the_stop_is_reported() {
     let topic = common::topic("stopfail", 1).await;
