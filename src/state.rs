@@ -10,7 +10,7 @@
 //! With one barrier in flight at a time, epoch E+1 closes only after E's checkpoint is written,
 //! so reading RocksDB always sees the state of the previous epoch: no overlay is needed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
@@ -80,26 +80,53 @@ enum Scalar {
     Bin(Vec<u8>),
 }
 
-fn encode_value(col: &ArrayRef, i: usize, out: &mut Vec<u8>) -> Result<()> {
-    if col.is_null(i) {
-        out.push(0);
-        return Ok(());
+/// A key column, downcast once per batch: [`KeyCol::encode`] appends a row's value to a key
+/// (a tag byte, then the value; strings and bytes length-prefixed; null is the tag alone).
+enum KeyCol<'a> {
+    I64(&'a Int64Array),
+    I32(&'a Int32Array),
+    Date(&'a Date32Array),
+    Ts(&'a TimestampMicrosecondArray),
+    F64(&'a Float64Array),
+    Bool(&'a BooleanArray),
+    Str(&'a StringArray),
+    Bin(&'a BinaryArray),
+}
+
+impl<'a> KeyCol<'a> {
+    fn new(col: &'a ArrayRef) -> Result<KeyCol<'a>> {
+        let any = col.as_any();
+        Ok(match col.data_type() {
+            DataType::Int64 => KeyCol::I64(any.downcast_ref().expect("Int64Array")),
+            DataType::Int32 => KeyCol::I32(any.downcast_ref().expect("Int32Array")),
+            DataType::Date32 => KeyCol::Date(any.downcast_ref().expect("Date32Array")),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => KeyCol::Ts(any.downcast_ref().expect("TimestampMicrosecondArray")),
+            DataType::Float64 => KeyCol::F64(any.downcast_ref().expect("Float64Array")),
+            DataType::Boolean => KeyCol::Bool(any.downcast_ref().expect("BooleanArray")),
+            DataType::Utf8 => KeyCol::Str(any.downcast_ref().expect("StringArray")),
+            DataType::Binary => KeyCol::Bin(any.downcast_ref().expect("BinaryArray")),
+            other => return Err(Error::Sink(format!("cannot use a {other} column as a key"))),
+        })
     }
-    let any = col.as_any();
-    match col.data_type() {
-        DataType::Int64 => push_i64(out, 1, any.downcast_ref::<Int64Array>().unwrap().value(i)),
-        DataType::Int32 => push_i64(out, 1, any.downcast_ref::<Int32Array>().unwrap().value(i) as i64),
-        DataType::Date32 => push_i64(out, 1, any.downcast_ref::<Date32Array>().unwrap().value(i) as i64),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            push_i64(out, 1, any.downcast_ref::<TimestampMicrosecondArray>().unwrap().value(i))
+
+    /// The key columns `cols` of `batch`.
+    fn of(batch: &'a RecordBatch, cols: &[usize]) -> Result<Vec<KeyCol<'a>>> {
+        cols.iter().map(|c| KeyCol::new(batch.column(*c))).collect()
+    }
+
+    fn encode(&self, i: usize, out: &mut Vec<u8>) {
+        match self {
+            KeyCol::I64(a) if a.is_valid(i) => push_i64(out, 1, a.value(i)),
+            KeyCol::I32(a) if a.is_valid(i) => push_i64(out, 1, a.value(i) as i64),
+            KeyCol::Date(a) if a.is_valid(i) => push_i64(out, 1, a.value(i) as i64),
+            KeyCol::Ts(a) if a.is_valid(i) => push_i64(out, 1, a.value(i)),
+            KeyCol::F64(a) if a.is_valid(i) => push_i64(out, 2, a.value(i).to_bits() as i64),
+            KeyCol::Bool(a) if a.is_valid(i) => out.extend([3, u8::from(a.value(i))]),
+            KeyCol::Str(a) if a.is_valid(i) => push_bytes(out, 4, a.value(i).as_bytes()),
+            KeyCol::Bin(a) if a.is_valid(i) => push_bytes(out, 5, a.value(i)),
+            _ => out.push(0),
         }
-        DataType::Float64 => push_i64(out, 2, any.downcast_ref::<Float64Array>().unwrap().value(i).to_bits() as i64),
-        DataType::Boolean => out.extend([3, u8::from(any.downcast_ref::<BooleanArray>().unwrap().value(i))]),
-        DataType::Utf8 => push_bytes(out, 4, any.downcast_ref::<StringArray>().unwrap().value(i).as_bytes()),
-        DataType::Binary => push_bytes(out, 5, any.downcast_ref::<BinaryArray>().unwrap().value(i)),
-        other => return Err(Error::Sink(format!("cannot use a {other} column as a key"))),
     }
-    Ok(())
 }
 
 fn push_i64(out: &mut Vec<u8>, tag: u8, v: i64) {
@@ -202,19 +229,39 @@ impl AggState {
     }
 }
 
-fn num_at(col: &ArrayRef, i: usize) -> Option<Num> {
-    if col.is_null(i) {
-        return None;
+/// A column aggregated by value, downcast once per batch (`None` for a type no aggregate reads:
+/// its values count as null).
+enum NumCol<'a> {
+    I64(&'a Int64Array),
+    I32(&'a Int32Array),
+    Ts(&'a TimestampMicrosecondArray),
+    F64(&'a Float64Array),
+    F32(&'a Float32Array),
+}
+
+impl<'a> NumCol<'a> {
+    fn new(col: &'a ArrayRef) -> Option<NumCol<'a>> {
+        let any = col.as_any();
+        Some(match col.data_type() {
+            DataType::Int64 => NumCol::I64(any.downcast_ref()?),
+            DataType::Int32 => NumCol::I32(any.downcast_ref()?),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => NumCol::Ts(any.downcast_ref()?),
+            DataType::Float64 => NumCol::F64(any.downcast_ref()?),
+            DataType::Float32 => NumCol::F32(any.downcast_ref()?),
+            _ => return None,
+        })
     }
-    let any = col.as_any();
-    Some(match col.data_type() {
-        DataType::Int64 => Num::I(any.downcast_ref::<Int64Array>()?.value(i)),
-        DataType::Int32 => Num::I(any.downcast_ref::<Int32Array>()?.value(i) as i64),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => Num::I(any.downcast_ref::<TimestampMicrosecondArray>()?.value(i)),
-        DataType::Float64 => Num::F(any.downcast_ref::<Float64Array>()?.value(i)),
-        DataType::Float32 => Num::F(any.downcast_ref::<Float32Array>()?.value(i) as f64),
-        _ => return None,
-    })
+
+    fn get(&self, i: usize) -> Option<Num> {
+        Some(match self {
+            NumCol::I64(a) if a.is_valid(i) => Num::I(a.value(i)),
+            NumCol::I32(a) if a.is_valid(i) => Num::I(a.value(i) as i64),
+            NumCol::Ts(a) if a.is_valid(i) => Num::I(a.value(i)),
+            NumCol::F64(a) if a.is_valid(i) => Num::F(a.value(i)),
+            NumCol::F32(a) if a.is_valid(i) => Num::F(a.value(i) as f64),
+            _ => return None,
+        })
+    }
 }
 
 fn combine(op: AggregateOp, acc: Option<Num>, v: Option<Num>) -> Option<Num> {
@@ -372,9 +419,10 @@ impl Processor {
                 Some(c) if d.watermark.is_some() => event_ms(c),
                 _ => vec![None; n],
             };
+            let key_cols = KeyCol::of(batch, &d.key)?;
             for i in 0..n {
-                for c in &d.key {
-                    encode_value(batch.column(*c), i, &mut keys)?;
+                for c in &key_cols {
+                    c.encode(i, &mut keys);
                 }
                 ends.push(keys.len());
                 let rejection = match (d.watermark, batch_stamps[i], prev_watermark, produced_ms[i]) {
@@ -473,41 +521,60 @@ impl Processor {
 
     fn aggregate(&self, a: &Agg, epoch: u64, rows: &[RecordBatch], changes: &mut StateChanges) -> Result<Output> {
         let _ = epoch;
-        let mut updated: BTreeMap<Vec<u8>, (AggState, bool)> = BTreeMap::new();
+        // The epoch's groups: full key (bucket ++ group values) -> slot in `keys` / `states`.
+        // Rows find their group by hash with one reused key buffer; a group's key is copied,
+        // and its stored state read, only when the epoch first meets it.
+        let mut slot_of: HashMap<Box<[u8]>, usize, foldhash::fast::RandomState> = HashMap::default();
+        let mut keys: Vec<Box<[u8]>> = Vec::new();
+        let mut states: Vec<(AggState, bool)> = Vec::new();
+        let mut key = Vec::with_capacity(64);
+        let mut slots = Vec::new();
         for batch in rows {
-            let n = batch.num_rows();
-            let mut keys = Vec::with_capacity(n);
-            for i in 0..n {
-                let mut g = Vec::new();
-                for c in &a.group {
-                    encode_value(batch.column(*c), i, &mut g)?;
+            let group = KeyCol::of(batch, &a.group)?;
+            let values: Vec<Option<NumCol>> = a
+                .aggs
+                .iter()
+                .map(|(op, f)| f.filter(|_| *op != AggregateOp::Count).and_then(|f| NumCol::new(batch.column(f))))
+                .collect();
+            let first_new = keys.len();
+            slots.clear();
+            for i in 0..batch.num_rows() {
+                key.clear();
+                key.extend([0, 0]);
+                for c in &group {
+                    c.encode(i, &mut key);
                 }
-                let bucket = (fnv1a(&g) % a.buckets as u64) as u16;
-                let mut full = bucket.to_be_bytes().to_vec();
-                full.extend(g);
-                keys.push(full);
+                let bucket = (fnv1a(&key[2..]) % a.buckets as u64) as u16;
+                key[..2].copy_from_slice(&bucket.to_be_bytes());
+                let slot = match slot_of.get(key.as_slice()) {
+                    Some(s) => *s,
+                    None => {
+                        let s = keys.len();
+                        keys.push(key.as_slice().into());
+                        slot_of.insert(key.as_slice().into(), s);
+                        s
+                    }
+                };
+                slots.push(slot);
             }
-            let unseen: Vec<Vec<u8>> =
-                keys.iter().filter(|k| !updated.contains_key(*k)).cloned().collect::<BTreeSet<_>>().into_iter().collect();
-            for (k, v) in unseen.iter().zip(self.store.agg_get(&unseen)?) {
-                let state = match v {
+            let fresh: Vec<Vec<u8>> = keys[first_new..].iter().map(|k| k.to_vec()).collect();
+            for v in self.store.agg_get(&fresh)? {
+                states.push(match v {
                     Some(b) => (AggState::decode(&b, a.aggs.len()), false),
                     None => (AggState { count: 0, vals: vec![None; a.aggs.len()] }, true),
-                };
-                updated.insert(k.clone(), state);
+                });
             }
-            for (i, key) in keys.iter().enumerate() {
-                let (state, _) = updated.get_mut(key).expect("loaded above");
+            for (i, slot) in slots.iter().enumerate() {
+                let (state, _) = &mut states[*slot];
                 state.count += 1;
-                for (j, (op, field)) in a.aggs.iter().enumerate() {
-                    if *op == AggregateOp::Count {
-                        continue;
+                for (j, col) in values.iter().enumerate() {
+                    if let Some(col) = col {
+                        state.vals[j] = combine(a.aggs[j].0, state.vals[j], col.get(i));
                     }
-                    let v = field.and_then(|f| num_at(batch.column(f), i));
-                    state.vals[j] = combine(*op, state.vals[j], v);
                 }
             }
         }
+        let updated: BTreeMap<Vec<u8>, (AggState, bool)> = keys.into_iter().map(Vec::from).zip(states).collect();
         let touched: BTreeSet<u16> = updated.keys().map(|k| u16::from_be_bytes([k[0], k[1]])).collect();
         changes.agg_put = updated.iter().map(|(k, (s, new))| (k.clone(), s.encode(), *new)).collect();
         // The rows to write: the stored state of every key in the affected buckets, with this
@@ -617,14 +684,16 @@ mod tests {
     fn keys_round_trip() {
         let a: ArrayRef = Arc::new(StringArray::from(vec![Some("x"), None]));
         let b: ArrayRef = Arc::new(Int64Array::from(vec![7, -3]));
-        let mut k = Vec::new();
-        encode_value(&a, 0, &mut k).unwrap();
-        encode_value(&b, 0, &mut k).unwrap();
-        assert_eq!(decode_key(&k), vec![Scalar::Str("x".into()), Scalar::I64(7)]);
-        let mut k = Vec::new();
-        encode_value(&a, 1, &mut k).unwrap();
-        encode_value(&b, 1, &mut k).unwrap();
-        assert_eq!(decode_key(&k), vec![Scalar::Null, Scalar::I64(-3)]);
+        let cols = [KeyCol::new(&a).unwrap(), KeyCol::new(&b).unwrap()];
+        let key = |i| {
+            let mut k = Vec::new();
+            cols.iter().for_each(|c| c.encode(i, &mut k));
+            k
+        };
+        assert_eq!(decode_key(&key(0)), vec![Scalar::Str("x".into()), Scalar::I64(7)]);
+        assert_eq!(decode_key(&key(1)), vec![Scalar::Null, Scalar::I64(-3)]);
+        let f: ArrayRef = Arc::new(deltalake::arrow::array::Float32Array::from(vec![1.0]));
+        assert!(KeyCol::new(&f).is_err(), "a float32 column is not a key");
     }
 
     #[test]
