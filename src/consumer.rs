@@ -114,8 +114,8 @@ impl Forwarder {
         self.backpressure.admit(input);
         metrics::counter!(m::RECORDS_CONSUMED, "topic" => self.tp.topic.to_string(), "partition" => self.tp.partition.to_string())
             .increment(input);
-        let min_timestamp_ms = records.iter().filter_map(RecordView::timestamp_ms).min();
         let decoded = self.decoder.decode(records);
+        let min_timestamp_ms = decoded.min_timestamp_ms;
         self.aggregator.cast(AggregatorMsg::Records { tp: self.tp.clone(), input, decoded, min_timestamp_ms })?;
         Ok(())
     }

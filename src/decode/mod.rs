@@ -194,6 +194,9 @@ pub struct Decoded {
     /// Records the transform's filter dropped (`transform.where`): neither rows nor dead
     /// letters, counted.
     pub filtered: Vec<(TopicPartition, i64)>,
+    /// The earliest Kafka timestamp of the records decoded (rows, dead letters and filtered
+    /// alike), read once per record with the row's.
+    pub min_timestamp_ms: Option<i64>,
 }
 
 fn ts_type() -> DataType {
@@ -733,7 +736,12 @@ impl Decoder {
         let (mut vals, mut slots) = (Vec::with_capacity(self.fields.len().max(2)), Vec::with_capacity(self.fields.len()));
         // Which record each row is, for the transform's dead letters and filtered records.
         let mut row_records: Vec<usize> = Vec::with_capacity(if self.transform.is_some() { n } else { 0 });
+        let mut min_timestamp_ms: Option<i64> = None;
         for (index, r) in records.iter().enumerate() {
+            let timestamp_ms = r.timestamp_ms();
+            if let Some(t) = timestamp_ms {
+                min_timestamp_ms = Some(min_timestamp_ms.map_or(t, |m| m.min(t)));
+            }
             match self.values(r, &mut vals, &mut slots, added.as_deref()) {
                 Ok(()) => {
                     if self.transform.is_some() {
@@ -745,7 +753,7 @@ impl Decoder {
                     topic.append_value(r.topic());
                     partition.append_value(r.partition());
                     offset.append_value(r.offset());
-                    ts.append_option(r.timestamp_ms().map(|t| t.saturating_mul(1000)));
+                    ts.append_option(timestamp_ms.map(|t| t.saturating_mul(1000)));
                     if self.keep_raw {
                         raw_key.append_option(r.key());
                         raw_value.append_option(r.payload());
@@ -764,7 +772,7 @@ impl Decoder {
             arrays.push(Arc::new(raw_value.finish()));
         }
         let rows = RecordBatch::try_new(schema, arrays).expect("decoder builds columns of its own schema");
-        let Some(transform) = &self.transform else { return Decoded { rows, dead, filtered: Vec::new() } };
+        let Some(transform) = &self.transform else { return Decoded { rows, dead, filtered: Vec::new(), min_timestamp_ms } };
         let applied = transform.apply(&rows);
         let at = |i: usize| &records[row_records[i]];
         if !applied.failed.is_empty() {
@@ -775,7 +783,7 @@ impl Decoder {
         }
         let filtered =
             applied.filtered.iter().map(|i| (TopicPartition::new(at(*i).topic(), at(*i).partition()), at(*i).offset())).collect();
-        Decoded { rows: applied.rows, dead, filtered }
+        Decoded { rows: applied.rows, dead, filtered, min_timestamp_ms }
     }
 }
 
@@ -831,6 +839,21 @@ mod tests {
         assert!(reasons[3].contains("not valid UTF-8"), "{reasons:?}");
         assert!(reasons[4].contains("expected a JSON object, got array"), "{reasons:?}");
         assert_eq!(out.dead[3].value.as_deref(), Some(&[0xff, 0xfe][..]), "raw bytes kept");
+    }
+
+    #[test]
+    fn the_earliest_timestamp_counts_dead_letters_and_skips_records_without_one() {
+        let d = json_decoder();
+        let at = |offset, ts, value: &[u8]| Record { timestamp_ms: ts, ..rec(offset, value) };
+        let out = d.decode(&[
+            at(0, Some(500), br#"{"id":1}"#),
+            at(1, Some(200), b"not json"),
+            at(2, None, br#"{"id":2}"#),
+            at(3, Some(300), br#"{"id":3}"#),
+        ]);
+        assert_eq!((out.rows.num_rows(), out.dead.len()), (3, 1));
+        assert_eq!(out.min_timestamp_ms, Some(200));
+        assert_eq!(d.decode(&[at(0, None, br#"{"id":1}"#)]).min_timestamp_ms, None);
     }
 
     #[test]
