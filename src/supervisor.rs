@@ -821,19 +821,22 @@ impl SupervisorState {
         let actor_kind = kind.split(' ').next().unwrap_or("actor").to_string();
         metrics::counter!(m::ACTOR_RESTARTS, "actor" => actor_kind, "reason" => how).increment(1);
         self.teardown(true).await;
-        if self.shutting_down() {
-            // The stop promised to commit what was read: a transient failure (a store's dropped
-            // connection) is retried like any other, by a tree that commits one epoch and stops
-            // — bounded by the restart budget and `supervisor.shutdown_timeout_ms`.
-            self.final_failure = Some(format!("{kind}: {reason}"));
-        } else {
-            // A restart reads the partitions found so far anyway.
+        if !self.shutting_down() {
+            // A restart reads the partitions found so far anyway. (A stop's drain stays: the
+            // restarted tree commits one epoch and stops.)
             self.drain = None;
         }
         self.schedule_restart(myself, format!("{kind}: {reason}"));
     }
 
+    /// Restarts the tree after a backoff, or stops the pipeline when the restart budget is spent.
+    /// During a stop the restart retries the stop's last epoch: the stop promised to commit what
+    /// was read, and a transient failure (a store's dropped connection) is retried like any other
+    /// — bounded by the budget and `supervisor.shutdown_timeout_ms`.
     fn schedule_restart(&mut self, myself: &ActorRef<SupervisorMsg>, failure: String) {
+        if self.shutting_down() {
+            self.final_failure = Some(failure.clone());
+        }
         let cfg = &self.args.config.supervisor;
         let now = Instant::now();
         let window = Duration::from_secs(cfg.window_secs);
@@ -1111,9 +1114,6 @@ impl SupervisorActor {
                             Error::Recovery(_) | Error::Checkpoint { .. } => state.fatal(&myself, e),
                             other => {
                                 tracing::warn!(error = %other, "could not start the actor tree");
-                                if state.shutting_down() {
-                                    state.final_failure = Some(format!("start-up: {other}"));
-                                }
                                 state.schedule_restart(&myself, format!("start-up: {other}"));
                             }
                         }
