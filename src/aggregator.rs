@@ -208,6 +208,7 @@ impl AggregatorState {
             state_time: t0.elapsed(),
         };
         self.last_cut = batch.end_offsets();
+        self.args.supervisor.cast(SupervisorMsg::EpochCut(self.last_cut.clone()))?;
         self.next_epoch += 1;
         self.args.committer.cast(CommitterMsg::Commit { barrier, batch: Box::new(batch) })?;
         Ok(())

@@ -71,6 +71,8 @@ pub enum SupervisorMsg {
         /// What the commit did.
         report: Option<CommitReport>,
     },
+    /// The aggregator cut an epoch at these end offsets and handed it to the committer.
+    EpochCut(Offsets),
     /// Commit the open epoch, then stop.
     Shutdown,
     /// `supervisor.shutdown_timeout_ms` after `Shutdown`: stop now, without the open epoch.
@@ -208,6 +210,9 @@ pub struct SupervisorState {
     /// Set when an actor failed while the stop's last epoch was being committed: the failure,
     /// and the tree restarts (within the restart budget and the shutdown deadline) to commit it.
     final_failure: Option<String>,
+    /// The end offsets of the last epoch handed to the committer and not reported committed: a
+    /// stop that failed to commit it cuts its retry there.
+    uncommitted_cut: Option<Offsets>,
     last_commit_at: Instant,
     reset_from_sink: bool,
     processor: Option<Arc<Processor>>,
@@ -484,8 +489,15 @@ impl SupervisorState {
         } else {
             let (cp, replay) = self.recover().await?;
             let offsets: Offsets = cp.offsets().into_iter().filter(|(tp, _)| self.partitions.contains(tp)).collect();
-            // A replayed epoch is cut by its recorded offsets, under a barrier of its own.
-            let replay = match replay {
+            // A replayed epoch is cut by its recorded offsets, under a barrier of its own: the
+            // epoch the sink holds beyond the checkpoint, or, retrying a stop, the epoch the stop
+            // had cut (so the retry commits no less than what the stop had read).
+            let retried = self.uncommitted_cut.take().filter(|_| self.shutting_down()).and_then(|ends| {
+                let ahead = offsets.iter().all(|(tp, from)| ends.get(tp).is_none_or(|end| end >= from));
+                let moved = offsets.iter().any(|(tp, from)| ends.get(tp).is_some_and(|end| end > from));
+                (ahead && moved).then(|| CommittedEpoch { epoch: cp.epoch + 1, offsets: ends })
+            });
+            let replay = match replay.or(retried) {
                 None => None,
                 Some(v) => {
                     let plan = Replay::plan(&v, &offsets, self.next_barrier)?;
@@ -865,6 +877,7 @@ impl SupervisorState {
     }
 
     fn on_commit(&mut self, report: CommitReport) {
+        self.uncommitted_cut = None;
         let now = Instant::now();
         let secs = now.duration_since(self.last_commit_at).as_secs_f64().max(1e-6);
         self.last_commit_at = now;
@@ -1034,6 +1047,7 @@ impl Actor for SupervisorActor {
             drain: None,
             final_barrier: None,
             final_failure: None,
+            uncommitted_cut: None,
             last_commit_at: Instant::now(),
             reset_from_sink,
             processor,
@@ -1118,12 +1132,16 @@ impl SupervisorActor {
                             }
                         }
                     }
-                    // Retrying the stop's last epoch: this tree commits what it has read, then
-                    // stops (a replayed epoch first, whose resolution cuts the last barrier).
+                    // Retrying the stop's last epoch: this tree commits the epoch it replays (the
+                    // stop's cut, or the epoch the sink holds beyond the checkpoint) — or, with
+                    // no such cut (the failure came before it), what it reads until a cut now —
+                    // and stops.
                     Ok(()) if state.shutting_down() => {
                         if state.current.is_none() {
                             myself.stop(None);
-                        } else if state.in_flight.is_none() {
+                        } else if let Some(b) = state.in_flight {
+                            state.final_barrier = Some(b);
+                        } else {
                             state.cut()?;
                         }
                     }
@@ -1176,6 +1194,7 @@ impl SupervisorActor {
                     None => {}
                 }
             }
+            SupervisorMsg::EpochCut(ends) => state.uncommitted_cut = Some(ends),
             SupervisorMsg::Shutdown => {
                 if state.shutting_down() {
                     return Ok(());
