@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array, Date32Builder, Float32Array,
+    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array, Date32Builder, Float32Array,
     Float64Array, Float64Builder, Int32Array, Int32Builder, Int64Array, Int64Builder, StringArray, StringBuilder,
     TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
@@ -95,16 +95,15 @@ enum KeyCol<'a> {
 
 impl<'a> KeyCol<'a> {
     fn new(col: &'a ArrayRef) -> Result<KeyCol<'a>> {
-        let any = col.as_any();
         Ok(match col.data_type() {
-            DataType::Int64 => KeyCol::I64(any.downcast_ref().expect("Int64Array")),
-            DataType::Int32 => KeyCol::I32(any.downcast_ref().expect("Int32Array")),
-            DataType::Date32 => KeyCol::Date(any.downcast_ref().expect("Date32Array")),
-            DataType::Timestamp(TimeUnit::Microsecond, _) => KeyCol::Ts(any.downcast_ref().expect("TimestampMicrosecondArray")),
-            DataType::Float64 => KeyCol::F64(any.downcast_ref().expect("Float64Array")),
-            DataType::Boolean => KeyCol::Bool(any.downcast_ref().expect("BooleanArray")),
-            DataType::Utf8 => KeyCol::Str(any.downcast_ref().expect("StringArray")),
-            DataType::Binary => KeyCol::Bin(any.downcast_ref().expect("BinaryArray")),
+            DataType::Int64 => KeyCol::I64(col.as_primitive()),
+            DataType::Int32 => KeyCol::I32(col.as_primitive()),
+            DataType::Date32 => KeyCol::Date(col.as_primitive()),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => KeyCol::Ts(col.as_primitive()),
+            DataType::Float64 => KeyCol::F64(col.as_primitive()),
+            DataType::Boolean => KeyCol::Bool(col.as_boolean()),
+            DataType::Utf8 => KeyCol::Str(col.as_string()),
+            DataType::Binary => KeyCol::Bin(col.as_binary()),
             other => return Err(Error::Sink(format!("cannot use a {other} column as a key"))),
         })
     }
@@ -241,13 +240,12 @@ enum NumCol<'a> {
 
 impl<'a> NumCol<'a> {
     fn new(col: &'a ArrayRef) -> Option<NumCol<'a>> {
-        let any = col.as_any();
         Some(match col.data_type() {
-            DataType::Int64 => NumCol::I64(any.downcast_ref()?),
-            DataType::Int32 => NumCol::I32(any.downcast_ref()?),
-            DataType::Timestamp(TimeUnit::Microsecond, _) => NumCol::Ts(any.downcast_ref()?),
-            DataType::Float64 => NumCol::F64(any.downcast_ref()?),
-            DataType::Float32 => NumCol::F32(any.downcast_ref()?),
+            DataType::Int64 => NumCol::I64(col.as_primitive()),
+            DataType::Int32 => NumCol::I32(col.as_primitive()),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => NumCol::Ts(col.as_primitive()),
+            DataType::Float64 => NumCol::F64(col.as_primitive()),
+            DataType::Float32 => NumCol::F32(col.as_primitive()),
             _ => return None,
         })
     }
@@ -462,15 +460,14 @@ impl Processor {
         };
         let mut sorted: Vec<(u128, u32)> = (0..total).map(|i| (prefix(i), i as u32)).collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key(a.1 as usize).cmp(key(b.1 as usize))).then(a.1.cmp(&b.1)));
-        let mut runs: Vec<usize> = Vec::new(); // where each distinct key's run starts in `order`
+        let mut runs: Vec<usize> = Vec::new(); // where each distinct key's run starts in `sorted`
         for pos in 0..sorted.len() {
             let (p, i) = sorted[pos];
             if pos == 0 || sorted[pos - 1].0 != p || key(sorted[pos - 1].1 as usize) != key(i as usize) {
                 runs.push(pos);
             }
         }
-        let order: Vec<u32> = sorted.into_iter().map(|(_, i)| i).collect();
-        let distinct: Vec<&[u8]> = runs.iter().map(|pos| key(order[*pos] as usize)).collect();
+        let distinct: Vec<&[u8]> = runs.iter().map(|pos| key(sorted[*pos].1 as usize)).collect();
         let present = self.store.dedup_contains(&distinct, epoch)?;
         let mut keep = vec![false; total];
         for (r, start) in runs.iter().enumerate() {
@@ -478,7 +475,7 @@ impl Processor {
             // Rejected rows are neither kept nor duplicates; the first other one is kept unless
             // the key is held already.
             let mut first = !present[r];
-            for i in order[*start..end].iter().map(|i| *i as usize).filter(|i| !rejected[*i]) {
+            for i in sorted[*start..end].iter().map(|(_, i)| *i as usize).filter(|i| !rejected[*i]) {
                 if first {
                     keep[i] = true;
                     first = false;
