@@ -433,11 +433,14 @@ impl CheckpointStore {
         let write = |name: &str, entries: &mut dyn Iterator<Item = (&[u8], &[u8])>| -> Result<PathBuf> {
             let path = bulk.dir.join(format!("{epoch}-{seq}-{name}.sst"));
             let mut w = SstFileWriter::create(&bulk.options);
-            w.open(&path).map_err(|e| self.err(format!("cannot write {}: {e}", path.display())))?;
-            for (k, v) in entries {
-                w.put(k, v).map_err(|e| self.err(format!("cannot write {}: {e}", path.display())))?;
-            }
-            w.finish().map_err(|e| self.err(format!("cannot write {}: {e}", path.display())))?;
+            let written = (|| {
+                w.open(&path)?;
+                for (k, v) in entries {
+                    w.put(k, v)?;
+                }
+                w.finish()
+            })();
+            written.map_err(|e| self.err(format!("cannot write {}: {e}", path.display())))?;
             Ok(path)
         };
         let values: Vec<[u8; 16]> = inserts.iter().map(|(_, stamp)| dedup_value(*stamp, epoch)).collect();
