@@ -115,6 +115,17 @@ pub enum Error {
         detail: String,
     },
 
+    /// Another writer holds what a commit would write (an epoch of this pipeline that no
+    /// commit of this process wrote: a second process runs the pipeline), or kept landing first
+    /// until the commit gave up. Nothing was written.
+    #[error("delta table {table}: {detail}")]
+    Conflict {
+        /// The table's location.
+        table: String,
+        /// What the table holds.
+        detail: String,
+    },
+
     /// An actor could not be spawned or messaged.
     #[error("actor system: {0}")]
     Actor(String),

@@ -16,8 +16,10 @@
 //! - [`supervisor`]: the root actor; cuts epochs, restarts the tree from the last committed epoch
 //!   when any actor fails, enforces the restart budget, picks up partitions added to a topic.
 //!
-//! Rules several actors follow have one home each: [`replay`] (re-cutting an epoch the sink holds
-//! but the checkpoint missed) and [`backpressure`] (when consumers may read).
+//! Rules several actors follow have one home each: [`recovery`] (which epoch is committed, from
+//! the checkpoint and every table's record), [`replay`] (re-cutting an epoch some tables hold
+//! but the checkpoint missed), [`backpressure`] (when consumers may read), and
+//! [`sink::delta::commit`] (the one commit path of every table write).
 //! - [`maintenance`]: beside the sink, per table: Delta checkpoints, log cleanup,
 //!   auto-compaction; and the `optimize` / `vacuum` commands.
 //! - [`pipeline`]: [`pipeline::run`], the entry point that ties it together with a shutdown signal.
@@ -47,6 +49,7 @@ pub mod pipeline;
 pub mod producer;
 pub mod progress;
 pub mod record;
+pub mod recovery;
 pub mod replay;
 pub mod sink;
 pub mod state;

@@ -87,9 +87,10 @@ fn parse_location(text: &str) -> Result<TableLocation, String> {
 }
 
 impl TableArgs {
-    async fn tables(&self) -> anyhow::Result<Vec<TableLocation>> {
+    /// The tables to work on (`zorder`: a Z-order's, the data table only).
+    async fn tables(&self, zorder: bool) -> anyhow::Result<Vec<TableLocation>> {
         let config = self.config.as_deref().map(PipelineConfig::load).transpose()?;
-        let tables = exactly::maintenance::commands::tables_of(config.as_ref(), self.path.as_ref()).await?;
+        let tables = exactly::maintenance::commands::tables_of(config.as_ref(), self.path.as_ref(), zorder).await?;
         if tables.is_empty() {
             anyhow::bail!("the config's sink.path holds no Delta table yet (run the pipeline first)");
         }
@@ -333,19 +334,23 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             } else {
                 let keys = audit.keys.as_ref().map(|k| k.missing + k.duplicated + k.mismatched).unwrap_or(0);
+                // The data table's partitions and every output's.
+                let total = |f: fn(&exactly::verify::PartitionAudit) -> u64| {
+                    audit.total(f) + audit.outputs.iter().map(|o| o.total(f)).sum::<u64>()
+                };
                 anyhow::bail!(
-                    "verify: {} missing, {} duplicated, {} unexpected offsets, {} rows or dead letters unlike Kafka's record, {} key problems, {} commits by a fenced group member",
-                    audit.total(|p| p.missing),
-                    audit.total(|p| p.duplicated),
-                    audit.total(|p| p.unexpected),
-                    audit.total(|p| p.mismatched),
+                    "verify: {} missing, {} duplicated, {} unexpected offsets, {} rows or dead letters unlike Kafka's record, {} key problems, {} commits by a fenced group member (in the data table and its outputs)",
+                    total(|p| p.missing),
+                    total(|p| p.duplicated),
+                    total(|p| p.unexpected),
+                    total(|p| p.mismatched),
                     keys,
                     audit.fencing.len()
                 )
             }
         }
         Command::Optimize(a) => {
-            for table in a.tables.tables().await? {
+            for table in a.tables.tables(!a.zorder.is_empty()).await? {
                 let r = exactly::maintenance::commands::optimize(&table, a.target_size_mb.map(|m| m * 1024 * 1024), &a.zorder)
                     .await?;
                 println!(
@@ -363,7 +368,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Vacuum(a) => {
             let retention = a.retention_hours.map(|h| std::time::Duration::from_secs(h * 3600));
-            for table in a.tables.tables().await? {
+            for table in a.tables.tables(false).await? {
                 let r = exactly::maintenance::commands::vacuum(&table, retention, !a.execute, a.force).await?;
                 for f in &r.files {
                     println!("{}{f}", if r.dry_run { "would delete " } else { "deleted " });

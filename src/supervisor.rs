@@ -274,13 +274,14 @@ impl SupervisorState {
         self.drain == Some(Drain::Shutdown)
     }
 
-    /// Reconciles the checkpoint with what the sink says it committed. Returns where to resume
-    /// and, when the sink is one epoch ahead, the epoch to replay. See ARCHITECTURE.md,
-    /// "Recovery".
+    /// Reconciles the checkpoint with what the sink's tables record, by
+    /// [`crate::recovery::plan`]: where to resume and, when a table lacks the data table's last
+    /// epoch, the epoch to replay. See ARCHITECTURE.md, "Recovery".
     async fn recover(&mut self) -> Result<(Checkpoint, Option<CommittedEpoch>), Error> {
+        use crate::recovery::{Found, Inputs, Plan, Rebuild};
         let id = self.args.config.id.clone();
         let dir = self.store.dir().display().to_string();
-        let mut found = self.store.load()?;
+        let found = self.store.load()?;
         if let Some(cp) = &found {
             if cp.pipeline_id != id {
                 return Err(Error::Recovery(format!(
@@ -289,90 +290,47 @@ impl SupervisorState {
                 )));
             }
         }
-        let sink = self.args.sink.clone();
-        let durable = sink.durable();
-        let sink_epoch = sink.committed_epoch(&self.partitions).await?;
-        // A missing checkpoint, a table that holds this pipeline's epochs, and the setting that
-        // allows it (stateless pipelines only, checked with the config): the same reset.
-        let rebuild = found.is_none() && sink_epoch.is_some() && self.args.config.checkpoint.rebuild_from_table;
-        if std::mem::take(&mut self.reset_from_sink) || rebuild {
-            let v = sink_epoch.clone().ok_or_else(|| {
-                Error::Recovery("--reset-checkpoint-from-table: the table holds no epoch of this pipeline to reset from".into())
-            })?;
-            let in_step = found.as_ref().is_some_and(|cp| cp.epoch == v.epoch);
-            if self.processor.is_some() && !in_step {
-                // The table records offsets, not dedup keys or running totals: a checkpoint
-                // rebuilt from offsets alone would re-emit keys already written, or restart
-                // every total from zero and overwrite the table's. Refuse.
-                let what = match (&self.args.config.dedup, &self.args.config.aggregate) {
-                    (Some(_), Some(_)) => "dedup keys and aggregates",
-                    (Some(_), None) => "dedup keys",
-                    _ => "aggregates",
-                };
-                return Err(Error::Recovery(format!(
-                    "--reset-checkpoint-from-table cannot rebuild pipeline '{id}''s {what}: the table records offsets, not that state (resuming from offsets alone would duplicate keys or reset totals); restore the checkpoint directory {dir} that belongs to the table at epoch {}, or start over by deleting both the table and the checkpoint",
-                    v.epoch
-                )));
-            }
-            tracing::warn!(epoch = v.epoch, checkpoint = %dir, rebuilt_because_missing = rebuild, "checkpoint reset from the table's last committed epoch");
-            let cp = Checkpoint::new(&id, v.epoch, &v.offsets);
-            self.store.store(&cp)?;
-            found = Some(cp);
-        }
-        let way_out = if self.processor.is_some() {
-            "(the checkpoint holds keyed state the table cannot rebuild: restore the checkpoint directory that belongs to the table, or start over by deleting both the table and the checkpoint)"
-        } else {
-            "(to resume after the table's last epoch, run once with --reset-checkpoint-from-table; to start over, delete both the table and the checkpoint)"
+        let tables = self.args.sink.recorded(&self.partitions).await?;
+        let rebuild = match (std::mem::take(&mut self.reset_from_sink), self.args.config.checkpoint.rebuild_from_table) {
+            (true, _) => Rebuild::Now,
+            (false, true) => Rebuild::IfMissing,
+            (false, false) => Rebuild::Never,
         };
-        let (mut cp, replay) = match (found, sink_epoch) {
-            (Some(cp), _) if !durable => (cp, None),
-            (Some(cp), Some(v)) if v.epoch == cp.epoch => {
-                // The table's offsets moved past the checkpoint's without a new epoch: members
-                // of a group wrote it since (they record offsets, not epochs).
-                let at = cp.offsets();
-                if let Some((tp, o)) = v.offsets.iter().find(|(tp, o)| at.get(*tp).is_some_and(|c| c != *o)) {
-                    return Err(Error::Recovery(format!(
-                        "the table records next offset {o} for {tp} but checkpoint {dir} (epoch {}) says {}: the table was written in group mode since; run this pipeline with its source.group_id",
-                        cp.epoch, at[tp]
-                    )));
-                }
-                (cp, None)
-            }
-            (Some(cp), Some(v)) if v.epoch == cp.epoch + 1 => {
+        let state = match (&self.args.config.dedup, &self.args.config.aggregate) {
+            _ if self.processor.is_none() => None,
+            (Some(_), Some(_)) => Some("dedup keys and aggregates"),
+            (Some(_), None) => Some("dedup keys"),
+            _ => Some("aggregates"),
+        };
+        let meaning = crate::recovery::meaning(&self.args.config);
+        let inputs = Inputs {
+            meaning: &meaning,
+            pipeline: &id,
+            dir: &dir,
+            checkpoint: found.as_ref().map(|cp| Found { epoch: cp.epoch, offsets: cp.offsets() }),
+            tables: tables.as_ref(),
+            rebuild,
+            state,
+        };
+        let (epoch, offsets, replay, rebuilt) = match crate::recovery::plan(&inputs).map_err(Error::Recovery)? {
+            Plan::Resume { epoch, offsets, rebuilt } => (epoch, offsets, None, rebuilt),
+            Plan::Replay { epoch, offsets, ends, rebuilt } => {
                 tracing::warn!(
-                    checkpoint = cp.epoch,
-                    table = v.epoch,
-                    "the table holds an epoch the checkpoint missed (crash between commit and checkpoint); replaying it with its recorded offsets"
+                    checkpoint = epoch,
+                    replay = epoch + 1,
+                    "tables lack an epoch the data table holds (a crash between commits); replaying it with its recorded offsets"
                 );
-                (cp, Some(v))
+                (epoch, offsets, Some(CommittedEpoch { epoch: epoch + 1, offsets: ends }), rebuilt)
             }
-            (Some(cp), None) if cp.epoch == 0 => (cp, None),
-            (Some(cp), None) => {
-                return Err(Error::Recovery(format!(
-                    "checkpoint {dir} is at epoch {} but the table has no commit of pipeline '{id}': it was deleted or replaced {way_out}",
-                    cp.epoch
-                )))
-            }
-            (Some(cp), Some(v)) if v.epoch < cp.epoch => {
-                return Err(Error::Recovery(format!(
-                    "checkpoint {dir} (epoch {}) is ahead of the table (epoch {}): the table was restored from an older copy {way_out}",
-                    cp.epoch, v.epoch
-                )))
-            }
-            (Some(cp), Some(v)) => {
-                return Err(Error::Recovery(format!(
-                    "the table is at epoch {} but checkpoint {dir} is at epoch {}: the checkpoint belongs to an older run {way_out}",
-                    v.epoch, cp.epoch
-                )))
-            }
-            (None, Some(v)) => {
-                return Err(Error::Recovery(format!(
-                    "the table already holds epoch {} of pipeline '{id}' but there is no checkpoint in {dir} {way_out}",
-                    v.epoch
-                )))
-            }
-            (None, None) => (Checkpoint::new(&id, 0, &Offsets::new()), None),
         };
+        let mut cp = match found {
+            Some(cp) if !rebuilt && cp.epoch == epoch => cp,
+            _ => Checkpoint::new(&id, epoch, &offsets),
+        };
+        if rebuilt {
+            tracing::warn!(epoch, checkpoint = %dir, "checkpoint rebuilt from the tables");
+            self.store.store(&cp)?;
+        }
         // Partitions with no position yet (first start, or partitions added to a topic) start
         // where `starting_offsets` says, and that position is pinned in the checkpoint at once.
         let mut offsets = cp.offsets();
@@ -466,13 +424,13 @@ impl SupervisorState {
     /// Group mode: claims `partitions` in the table for this member; where each starts.
     async fn claim(&self, partitions: &[TopicPartition]) -> Result<Offsets, Error> {
         let src = &self.args.config.source;
-        let unrecorded = kafka::resolve_starting_offsets(
-            &self.args.connection,
-            partitions,
-            src.starting_offsets,
-            Duration::from_millis(src.connect_timeout_ms),
-        )
-        .await?;
+        let timeout = Duration::from_millis(src.connect_timeout_ms);
+        let resolve = |mode| kafka::resolve_starting_offsets(&self.args.connection, partitions, mode, timeout);
+        let earliest = resolve(crate::config::StartingOffsets::Earliest).await?;
+        let unrecorded = match src.starting_offsets {
+            crate::config::StartingOffsets::Earliest => crate::sink::Unrecorded::same(earliest),
+            mode => crate::sink::Unrecorded { starting: resolve(mode).await?, earliest },
+        };
         self.args.sink.group_claim(partitions, &unrecorded).await
     }
 

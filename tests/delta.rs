@@ -216,7 +216,7 @@ async fn sinks_creating_one_table_at_once_leave_one_create() {
         let dir = tempfile::tempdir().unwrap();
         let config = common::delta_config(&common::unique("p"), "no-topic", dir.path());
         let sinks: Vec<_> = (0..6).map(|_| sink::from_config(&config, Default::default())).collect();
-        let opened = futures::future::join_all(sinks.iter().map(|s| s.committed_epoch(&[]))).await;
+        let opened = futures::future::join_all(sinks.iter().map(|s| s.recorded(&[]))).await;
         assert!(opened.iter().all(Result::is_ok), "round {round}: {opened:?}");
         let log = dir.path().join("table/_delta_log");
         let creates = std::fs::read_dir(&log)

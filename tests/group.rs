@@ -269,14 +269,18 @@ async fn a_commit_racing_a_newer_claim_is_refused_by_the_conflict_check() {
     let b = exactly::sink::from_config(&config, std::sync::Arc::new(FailPoints::new()));
     let tp = TopicPartition::new(&topic, 0);
     let from: Offsets = [(tp.clone(), 0)].into_iter().collect();
-    assert_eq!(a.group_claim(std::slice::from_ref(&tp), &from).await.unwrap(), from);
+    assert_eq!(a.group_claim(std::slice::from_ref(&tp), &exactly::sink::Unrecorded::same(from.clone())).await.unwrap(), from);
 
     let batch = epoch_of_three(&config, &tp);
     paused.arm("before-delta-commit", FailAction::Sleep(Duration::from_secs(2)), Some(1));
     let (a2, batch2) = (a.clone(), batch.clone());
     let racing = tokio::spawn(async move { a2.commit(&batch2).await });
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(b.group_claim(std::slice::from_ref(&tp), &from).await.unwrap(), from, "B resumes where the table says");
+    assert_eq!(
+        b.group_claim(std::slice::from_ref(&tp), &exactly::sink::Unrecorded::same(from.clone())).await.unwrap(),
+        from,
+        "B resumes where the table says"
+    );
     let err = racing.await.unwrap().expect_err("A's commit is refused");
     assert!(matches!(err, exactly::Error::Fenced { .. }), "{err}");
     let rows = || async { common::read_rows(&table).await.iter().map(|b| b.num_rows()).sum::<usize>() };
@@ -329,7 +333,7 @@ async fn a_commit_racing_a_metadata_change_commits_after_reading_again() {
     let a = exactly::sink::from_config(&config, paused.clone());
     let tp = TopicPartition::new(&topic, 0);
     let from: Offsets = [(tp.clone(), 0)].into_iter().collect();
-    assert_eq!(a.group_claim(std::slice::from_ref(&tp), &from).await.unwrap(), from);
+    assert_eq!(a.group_claim(std::slice::from_ref(&tp), &exactly::sink::Unrecorded::same(from.clone())).await.unwrap(), from);
     let batch = epoch_of_three(&config, &tp);
     paused.arm("before-delta-commit", FailAction::Sleep(Duration::from_secs(2)), Some(1));
     let (a2, batch2) = (a.clone(), batch.clone());

@@ -19,18 +19,33 @@ use serde::Serialize;
 
 use crate::config::{PipelineConfig, TableLocation};
 use crate::error::{Error, Result};
+use crate::sink::delta::commit::{self, VACUUM_FLOOR};
 use crate::sink::delta::{delta_err, load_table};
 
+/// VACUUM's commits: its START and END markers, commit info and nothing else.
+fn vacuum_commit_properties() -> deltalake::kernel::transaction::CommitProperties {
+    deltalake::kernel::transaction::CommitProperties::default()
+        .with_create_checkpoint(false)
+        .with_cleanup_expired_logs(Some(false))
+}
+
 /// Which tables a command works on: the pipeline's data and dead-letter tables (those that
-/// exist), or one location (a directory or URL; an object store is reached through the
-/// standard environment variables).
-pub async fn tables_of(config: Option<&PipelineConfig>, path: Option<&TableLocation>) -> Result<Vec<TableLocation>> {
+/// exist) — only the data table for a Z-order (`zorder`: the dead-letter table has none of the
+/// pipeline's columns, and its auto-compaction must not race a rewrite of the same files) —,
+/// or one location (a directory or URL; an object store is reached through the standard
+/// environment variables).
+pub async fn tables_of(
+    config: Option<&PipelineConfig>,
+    path: Option<&TableLocation>,
+    zorder: bool,
+) -> Result<Vec<TableLocation>> {
     match (config, path) {
         (_, Some(p)) => Ok(vec![p.clone()]),
         (Some(c), None) => match (c.table_path(), c.dead_letter_path()) {
             (Some(data), Some(dead)) => {
                 let mut out = Vec::new();
-                for t in [data, dead] {
+                let tables = if zorder { vec![data] } else { vec![data, dead] };
+                for t in tables {
                     if load_table(t.clone()).await?.is_some() {
                         out.push(t);
                     }
@@ -86,7 +101,9 @@ pub async fn optimize(path: &TableLocation, target: Option<u64>, zorder: &[Strin
     let mut builder = table
         .optimize()
         .with_type(if zorder.is_empty() { OptimizeType::Compact } else { OptimizeType::ZOrder(zorder.to_vec()) })
-        .with_commit_properties(super::commit_properties())
+        // No rebase: a Z-order that another commit overtook fails instead of landing beside a
+        // compaction of the same files.
+        .with_commit_properties(commit::properties())
         .with_max_concurrent_tasks(2);
     if let Some(t) = target.and_then(NonZeroU64::new) {
         builder = builder.with_target_size(t);
@@ -150,17 +167,24 @@ pub struct VacuumReport {
 /// the table's `delta.deletedFileRetentionDuration`) references. A retention shorter than the
 /// table's is refused, as Delta does, unless `force`.
 pub async fn vacuum(path: &TableLocation, retention: Option<Duration>, dry_run: bool, force: bool) -> Result<VacuumReport> {
+    use deltalake::table::config::TablePropertiesExt;
     let table = load_table(path.clone()).await?.ok_or_else(|| delta_err(path, "no Delta table here"))?;
-    let mut builder = table
+    let table_retention = table.snapshot().map_err(|e| delta_err(path, e))?.table_config().deleted_file_retention_duration();
+    let asked = chrono::Duration::from_std(retention.unwrap_or(table_retention)).map_err(|e| delta_err(path, e))?;
+    // Never younger than the longest a commit may take from writing its files to landing: an
+    // unreferenced file younger than that may belong to a commit still in flight.
+    let floor = chrono::Duration::from_std(VACUUM_FLOOR).map_err(|e| delta_err(path, e))?;
+    if asked < floor {
+        tracing::warn!(table = %path.display(), asked = %asked, floor = %floor, "vacuum keeps files younger than the longest a commit may take");
+    }
+    let builder = table
         .vacuum()
         .with_mode(VacuumMode::Full)
         .with_dry_run(dry_run)
         .with_enforce_retention_duration(!force)
-        .with_commit_properties(super::commit_properties());
-    if let Some(r) = retention {
-        let r = chrono::Duration::from_std(r).map_err(|e| delta_err(path, e))?;
-        builder = builder.with_retention_period(r);
-    }
+        .with_retention_period(asked.max(floor))
+        // VACUUM's own commits hold commit info only (no file, no txn): delta-rs may rebase them.
+        .with_commit_properties(vacuum_commit_properties());
     let (_, m) = builder.await.map_err(|e| delta_err(path, e))?;
     Ok(VacuumReport { table: path.to_string(), dry_run: m.dry_run, files: m.files_deleted })
 }

@@ -25,7 +25,6 @@ use deltalake::arrow::array::{new_null_array, Array, ArrayRef, StringArray};
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::record_batch::RecordBatch;
-use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, Remove};
 use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -36,7 +35,7 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::failpoint::FailPoints;
-use crate::sink::delta::delta_err;
+use crate::sink::delta::{commit, delta_err};
 
 /// When files are merged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,57 +269,48 @@ pub async fn rewrite(
         bytes_rewritten: group.files.iter().map(|f| f.size).sum(),
         version: 0,
     };
-    let mut actions: Vec<Action> = group.files.iter().map(|f| Action::Remove(f.remove.clone())).collect();
-    actions.extend(adds.into_iter().map(Action::Add));
-    failpoints.hit("compaction-before-commit").await?;
-    let props = super::commit_properties().with_metadata([(
-        "exactly".to_string(),
-        json!({"compaction": {"tier": group.tier, "files_removed": done.files_removed, "bytes_rewritten": done.bytes_rewritten}}),
-    )]);
-    let op = DeltaOperation::Optimize { predicate: None, target_size: policy.target_bytes as i64 };
-    // The swap lands exactly on a version that still holds every input file. delta-rs does not
-    // count a `dataChange = false` remove as a conflict, so a commit rebased past another
-    // compaction of the same files (another group member's, or `exactly optimize`) would keep
-    // both copies of their rows. Another commit in between: read again, check, retry.
-    let props = props.with_max_retries(0);
-    for _ in 0..COMMIT_ATTEMPTS {
-        let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
-        let live: std::collections::HashSet<String> = snapshot.log_data().iter().map(|f| f.path().to_string()).collect();
-        if let Some(gone) = group.files.iter().find(|f| !live.contains(&f.path)) {
-            tracing::debug!(table = %path.display(), file = %gone.path, "a compaction input was removed by another commit meanwhile; nothing committed");
-            return Ok(None);
-        }
-        match CommitBuilder::from(props.clone())
-            .with_actions(actions.clone())
-            .build(Some(snapshot), table.log_store(), op.clone())
-            .await
-        {
-            Ok(finalized) => {
-                let version = finalized.version() as i64;
-                table.state = Some(finalized.snapshot());
-                return Ok(Some(Done { version, ..done }));
-            }
-            Err(e) if lost_race(&e) => table.update_incremental(None).await.map_err(|e| delta_err(path, e))?,
-            Err(e) => return Err(delta_err(path, e)),
-        }
+    let mut swap = Swap {
+        group,
+        adds,
+        info: json!({"compaction": {"tier": group.tier, "files_removed": done.files_removed, "bytes_rewritten": done.bytes_rewritten}}),
+        operation: DeltaOperation::Optimize { predicate: None, target_size: policy.target_bytes as i64 },
+    };
+    let hook = Some((failpoints, "compaction-before-commit"));
+    match commit::commit(table, path, "compaction", hook, &mut swap).await? {
+        commit::Outcome::Landed(version) => Ok(Some(Done { version, ..done })),
+        commit::Outcome::Held => Ok(None),
     }
-    Err(Error::Sink(format!(
-        "compaction of {}: {COMMIT_ATTEMPTS} commits in a row landed first; nothing committed",
-        path.display()
-    )))
 }
 
-/// How often a compaction reads the table again after another commit landed first.
-const COMMIT_ATTEMPTS: u32 = 50;
+/// A compaction's swap, as a [`commit::Writer`]: it lands only on a version that still holds
+/// every input file (delta-rs does not count a `dataChange = false` remove as a conflict, so a
+/// commit rebased past another compaction of the same files would keep both copies of their
+/// rows); once one is gone (another member's compaction, `exactly optimize`), it holds: nothing
+/// is committed.
+struct Swap<'a> {
+    group: &'a Group,
+    adds: Vec<deltalake::kernel::Add>,
+    info: serde_json::Value,
+    operation: DeltaOperation,
+}
 
-/// A commit that failed only because another commit landed first.
-pub fn lost_race(e: &deltalake::DeltaTableError) -> bool {
-    use deltalake::kernel::transaction::TransactionError;
-    matches!(
-        e,
-        deltalake::DeltaTableError::VersionAlreadyExists(_)
-            | deltalake::DeltaTableError::Transaction { source: TransactionError::MaxCommitAttempts(_) }
-    )
+impl commit::Writer for Swap<'_> {
+    async fn decide(&mut self, table: &DeltaTable, _sent: bool) -> Result<commit::Decision> {
+        let snapshot = table.snapshot().map_err(|e| Error::Sink(e.to_string()))?;
+        let live: std::collections::HashSet<String> = snapshot.log_data().iter().map(|f| f.path().to_string()).collect();
+        if let Some(gone) = self.group.files.iter().find(|f| !live.contains(&f.path)) {
+            tracing::debug!(file = %gone.path, "a compaction input was removed by another commit meanwhile; nothing committed");
+            return Ok(commit::Decision::Held);
+        }
+        let mut actions: Vec<Action> = self.group.files.iter().map(|f| Action::Remove(f.remove.clone())).collect();
+        actions.extend(self.adds.iter().cloned().map(Action::Add));
+        Ok(commit::Decision::Write(commit::Proposal {
+            actions,
+            txns: Vec::new(),
+            info: self.info.clone(),
+            operation: self.operation.clone(),
+        }))
+    }
 }
 
 #[cfg(test)]

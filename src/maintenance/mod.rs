@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deltalake::kernel::transaction::CommitProperties;
 use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::DeltaTable;
 use tokio::sync::watch;
@@ -104,12 +103,6 @@ impl Settings {
             ("delta.enableExpiredLogCleanup".to_string(), "false".to_string()),
         ])
     }
-}
-
-/// Commit properties of every commit the pipeline makes: checkpoints and log cleanup are the
-/// worker's, never part of a commit.
-pub fn commit_properties() -> CommitProperties {
-    CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false))
 }
 
 fn table_label(path: &TableLocation) -> String {

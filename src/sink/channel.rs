@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::mpsc;
 
-use super::{CommittedEpoch, Sink};
+use super::Sink;
 use crate::error::{Error, Result};
 use crate::record::{EpochBatch, TopicPartition};
 
@@ -34,7 +34,7 @@ impl Sink for ChannelSink {
         false
     }
 
-    fn committed_epoch<'a>(&'a self, _partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<CommittedEpoch>>> {
+    fn recorded<'a>(&'a self, _partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<crate::recovery::Recorded>>> {
         async { Ok(None) }.boxed()
     }
 

@@ -10,7 +10,7 @@ use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::{CommittedEpoch, Sink};
+use super::Sink;
 use crate::error::{Error, Result};
 use crate::record::{EpochBatch, TopicPartition};
 
@@ -94,7 +94,7 @@ impl Sink for ConsoleSink {
         false
     }
 
-    fn committed_epoch<'a>(&'a self, _partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<CommittedEpoch>>> {
+    fn recorded<'a>(&'a self, _partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<crate::recovery::Recorded>>> {
         async { Ok(None) }.boxed()
     }
 

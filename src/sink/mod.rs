@@ -30,6 +30,23 @@ pub struct CommittedEpoch {
     pub offsets: Offsets,
 }
 
+/// Where partitions a table never recorded start, resolved from Kafka.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unrecorded {
+    /// `source.starting_offsets`: for partitions of a topic the table never recorded.
+    pub starting: Offsets,
+    /// The earliest offsets: for partitions added to a topic the table recorded (as one-process
+    /// mode reads a new partition).
+    pub earliest: Offsets,
+}
+
+impl Unrecorded {
+    /// Both the same (`starting_offsets = "earliest"`, or tests).
+    pub fn same(offsets: Offsets) -> Self {
+        Unrecorded { starting: offsets.clone(), earliest: offsets }
+    }
+}
+
 /// A destination for committed epochs. Implementations are shared across actor restarts, so they
 /// take `&self` and keep any mutable state behind their own locks.
 pub trait Sink: Send + Sync + 'static {
@@ -39,19 +56,21 @@ pub trait Sink: Send + Sync + 'static {
     /// Whether the sink records what it committed (then recovery trusts and checks it).
     fn durable(&self) -> bool;
 
-    /// The last epoch this sink durably committed for the pipeline and its cut over
-    /// `partitions`; `None` if it committed nothing (or is not durable). Re-reads storage.
-    fn committed_epoch<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<CommittedEpoch>>>;
+    /// What each of the sink's tables records of the pipeline (its epoch, its cut over
+    /// `partitions`), for [`crate::recovery::plan`]; `None` if the sink is not durable.
+    /// Re-reads storage.
+    fn recorded<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<crate::recovery::Recorded>>>;
 
     /// Commits one epoch, all or nothing. Called in epoch order by the committer only. A durable
     /// sink skips what it already holds, so committing a replayed epoch again is harmless.
     fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<()>>;
 
     /// Group mode (`source.group_id`): claims `partitions` for this member and says where each
-    /// resumes, by the table's own record; a partition the table never recorded is pinned at
-    /// its `unrecorded` offset (the resolved `starting_offsets`). From then on a commit of one of
-    /// them fails with [`crate::Error::Fenced`] once another member has claimed it.
-    fn group_claim<'a>(&'a self, partitions: &'a [TopicPartition], unrecorded: &'a Offsets) -> BoxFuture<'a, Result<Offsets>> {
+    /// resumes, by the table's own record; a partition the table never recorded is pinned where
+    /// `unrecorded` says (`starting_offsets` for a topic the table never recorded, earliest for
+    /// a partition added to a topic it did). From then on a commit of one of them fails with
+    /// [`crate::Error::Fenced`] once another member has claimed it.
+    fn group_claim<'a>(&'a self, partitions: &'a [TopicPartition], unrecorded: &'a Unrecorded) -> BoxFuture<'a, Result<Offsets>> {
         let _ = (partitions, unrecorded);
         Box::pin(async { Err(crate::Error::Sink(format!("group mode needs a Delta sink, not `{}`", self.name()))) })
     }
@@ -112,6 +131,7 @@ pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<
                 failpoints,
             )
             .evolving(config.sink.schema_evolution())
+            .meaning(crate::recovery::meaning(config))
             .taking_writer_columns(config.takes_writer_columns());
             let sink = match &config.sink {
                 SinkConfig::Delta { outputs, .. } if !outputs.is_empty() => {

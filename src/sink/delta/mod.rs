@@ -18,12 +18,13 @@
 //! is below E; if it is already E, the cut it recorded must equal the batch's cut (a mismatch is
 //! an error, never a silent skip).
 
+pub mod commit;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::record_batch::RecordBatch;
-use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, OutputMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
@@ -34,13 +35,13 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use super::storage::{table_builder, TableLocation};
-use super::{CommittedEpoch, Sink};
+use super::Sink;
 use crate::decode::{dead_letter_batch, dead_letter_schema, with_epoch};
 use crate::error::{Error, Result};
 use crate::failpoint::FailPoints;
-use crate::maintenance::compaction::lost_race;
 use crate::maintenance::{self, Settings};
 use crate::record::{EpochBatch, Offsets, PartitionRange, TopicPartition};
+use crate::recovery::{Recorded, TableRecord};
 use crate::state::Output;
 
 /// Tables created by a pipeline say so in their description, which starts with this.
@@ -71,6 +72,13 @@ pub fn start_app_id(pipeline: &str, tp: &TopicPartition) -> String {
 /// ARCHITECTURE.md, "Group mode").
 pub fn dead_mark_app_id(pipeline: &str, tp: &TopicPartition) -> String {
     format!("{pipeline}-{}-{}-dead", tp.topic, tp.partition)
+}
+
+/// The txn appId marking, in the data table, the last epoch that had dead letters: the
+/// dead-letter table must hold that epoch (recovery replays it to a dead-letter table that
+/// lacks it; see [`crate::recovery`]).
+pub fn dead_letters_app_id(pipeline: &str) -> String {
+    format!("{pipeline}-dead-letters")
 }
 
 /// The txn appId of group mode's claim on a partition: its version is the fencing token of the
@@ -136,6 +144,45 @@ pub async fn recorded_cut(
     Ok(cut)
 }
 
+/// How many of a table's newest commits [`epoch_commit`] reads looking for an epoch's commit
+/// (maintenance commits may follow it).
+const EPOCH_SCAN: usize = 100;
+
+/// What an epoch's commit recorded of itself in its `exactly` commit info.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EpochCommit {
+    /// Where the epoch started per partition (`None`: not recorded).
+    pub starts: Option<Offsets>,
+    /// What it meant ([`crate::recovery::meaning`]; `None`: not recorded).
+    pub meaning: Option<crate::recovery::Meaning>,
+}
+
+/// The `exactly` commit info of epoch `epoch` of `pipeline` in `table` (`None`: not among the
+/// newest commits).
+pub async fn epoch_commit(table: &DeltaTable, path: &TableLocation, pipeline: &str, epoch: u64) -> Result<Option<EpochCommit>> {
+    use futures::TryStreamExt;
+    let infos: Vec<deltalake::kernel::CommitInfo> =
+        table.history(Some(EPOCH_SCAN)).try_collect().await.map_err(|e| delta_err(path, e))?;
+    for info in infos {
+        let Some(meta) = info.info.get("exactly") else { continue };
+        if meta["pipeline"].as_str() != Some(pipeline) || meta["epoch"].as_u64() != Some(epoch) || meta.get("member").is_some() {
+            continue;
+        }
+        let starts = meta["ranges"].as_array().and_then(|ranges| {
+            ranges
+                .iter()
+                .map(|r| match (r["topic"].as_str(), r["partition"].as_i64(), r["start"].as_i64()) {
+                    (Some(topic), Some(partition), Some(start)) => Some((TopicPartition::new(topic, partition as i32), start)),
+                    _ => None,
+                })
+                .collect::<Option<Offsets>>()
+        });
+        let meaning = serde_json::from_value(meta["meaning"].clone()).ok();
+        return Ok(Some(EpochCommit { starts, meaning }));
+    }
+    Ok(None)
+}
+
 fn delta_fields(schema: &SchemaRef) -> Result<Vec<StructField>> {
     use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
     schema
@@ -143,26 +190,6 @@ fn delta_fields(schema: &SchemaRef) -> Result<Vec<StructField>> {
         .iter()
         .map(|f| f.as_ref().try_into_kernel().map_err(|e| Error::Sink(format!("no Delta type for column {}: {e}", f.name()))))
         .collect()
-}
-
-/// How often a bucket-replacing commit reads the table again after another writer committed
-/// first, before the epoch fails (and the pipeline restarts it).
-const REPLACE_ATTEMPTS: u32 = 20;
-
-/// A commit refused because a winning commit set a txn appId this one sets too (in group mode,
-/// another member committed or claimed one of these partitions), or changed the table's metadata
-/// (another member recording a topic id when it started). Either way: read the table again, check
-/// the claims, and commit again.
-fn lost_to_another_member(e: &deltalake::DeltaTableError) -> bool {
-    use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
-    matches!(
-        e,
-        deltalake::DeltaTableError::Transaction {
-            source: TransactionError::CommitConflict(
-                CommitConflictError::ConcurrentTransaction | CommitConflictError::MetadataChanged
-            )
-        }
-    )
 }
 
 /// The rows of `rows` at or past `from`'s offset for their partition (partitions `from` does not
@@ -214,17 +241,23 @@ fn bucket_removes(table: &DeltaTable, path: &TableLocation, buckets: Option<&Has
     Ok(out)
 }
 
-/// Writes `rows` as Parquet files of `open`'s table (not yet committed).
-async fn write_files(spec: &Spec, open: &Open, rows: Vec<RecordBatch>) -> Result<Vec<deltalake::kernel::Add>> {
+/// Writes `rows` as Parquet files of `table` (not yet committed); `evolving`: they may carry
+/// columns the table does not have yet.
+async fn write_files(
+    spec: &Spec,
+    table: &DeltaTable,
+    evolving: bool,
+    rows: Vec<RecordBatch>,
+) -> Result<Vec<deltalake::kernel::Add>> {
     let path = &spec.path;
     let t_parquet = std::time::Instant::now();
     let mut adds = Vec::new();
     if rows.iter().any(|b| b.num_rows() > 0) {
         let props = super::parquet::writer_properties(&rows);
-        let mut writer = RecordBatchWriter::for_table(&open.table).map_err(|e| delta_err(path, e))?.with_writer_properties(props);
+        let mut writer = RecordBatchWriter::for_table(table).map_err(|e| delta_err(path, e))?.with_writer_properties(props);
         // While the schema grows, the files carry the new columns the table does not have yet;
         // with writer schemas' columns, rows may also lack columns the table has (null there).
-        let mode = if open.evolve.is_some() || spec.writer_columns { WriteMode::MergeSchema } else { WriteMode::Default };
+        let mode = if evolving || spec.writer_columns { WriteMode::MergeSchema } else { WriteMode::Default };
         for b in rows.into_iter().filter(|b| b.num_rows() > 0) {
             writer.write_with_mode(b, mode).await.map_err(|e| delta_err(path, e))?;
         }
@@ -310,10 +343,9 @@ struct Open {
 }
 
 impl Open {
-    /// Takes the table state of a commit that landed, and tells the table's maintenance.
-    fn landed(&mut self, commit: deltalake::kernel::transaction::FinalizedCommit) {
-        let version = commit.version() as i64;
-        self.table.state = Some(commit.snapshot());
+    /// Tells the table's maintenance about a commit of this sink's that landed (the table
+    /// already holds it), and ends a schema evolution the commit carried.
+    fn landed(&mut self, version: i64) {
         if let Some(m) = &self.maintenance {
             m.committed(version);
         }
@@ -323,21 +355,96 @@ impl Open {
             }
         }
     }
+}
 
-    /// The metadata action that grows the table's schema, while evolution is pending: it goes
-    /// into the data commit of epoch `epoch`, beside the first files written with the new
-    /// columns, and records that epoch for each added path (`exactly.addedAt.<path>`, read by
-    /// the audit: rows of earlier epochs have no value there).
-    fn evolution(&self, path: &TableLocation, epoch: u64) -> Result<Option<Action>> {
-        use deltalake::kernel::MetadataExt;
-        let Some((schema, added)) = &self.evolve else { return Ok(None) };
-        let mut metadata = self.table.snapshot().map_err(|e| delta_err(path, e))?.metadata().clone();
-        metadata = metadata.with_schema(schema).map_err(|e| delta_err(path, e))?;
-        for column in added {
-            let key = format!("{}{column}", super::schema::ADDED_AT_PREFIX);
-            metadata = metadata.add_config_key(key, epoch.to_string()).map_err(|e| delta_err(path, e))?;
+/// The metadata action that grows `table`'s schema, while evolution is pending: it goes into
+/// the data commit of epoch `epoch`, beside the first files written with the new columns, and
+/// records that epoch for each added path (`exactly.addedAt.<path>`, read by the audit: rows of
+/// earlier epochs have no value there).
+fn evolution(
+    table: &DeltaTable,
+    path: &TableLocation,
+    evolve: Option<&super::schema::Growth>,
+    epoch: u64,
+) -> Result<Option<Action>> {
+    use deltalake::kernel::MetadataExt;
+    let Some((schema, added)) = evolve else { return Ok(None) };
+    let mut metadata = table.snapshot().map_err(|e| delta_err(path, e))?.metadata().clone();
+    metadata = metadata.with_schema(schema).map_err(|e| delta_err(path, e))?;
+    for column in added {
+        let key = format!("{}{column}", super::schema::ADDED_AT_PREFIX);
+        metadata = metadata.add_config_key(key, epoch.to_string()).map_err(|e| delta_err(path, e))?;
+    }
+    Ok(Some(Action::Metadata(metadata)))
+}
+
+/// The error of a table that holds an epoch of this pipeline no commit of this process wrote.
+fn another_writer(path: &TableLocation, pipeline: &str, held: u64, epoch: u64) -> Error {
+    Error::Conflict {
+        table: path.to_string(),
+        detail: format!(
+            "another writer committed epoch {held} of pipeline '{pipeline}' while this one was writing epoch {epoch}: is a second process running this pipeline with a checkpoint of its own? Nothing was written"
+        ),
+    }
+}
+
+/// One table's share of an epoch, as a [`commit::Writer`]: held when the table records the
+/// epoch with this cut before anything was sent (a replay), fenced when it records this epoch
+/// (after a send of this call that did not land) or a later one; else the epoch's files and
+/// `txn`s, with a bucket replacement's removes read from this very snapshot.
+struct EpochWrite<'a> {
+    pipeline: &'a str,
+    meaning: &'a crate::recovery::Meaning,
+    path: &'a TableLocation,
+    epoch: u64,
+    ranges: &'a [PartitionRange],
+    /// The epoch's files (`None`: not written, the table held the epoch when it was opened).
+    adds: Option<Vec<deltalake::kernel::Add>>,
+    /// A bucket replacement: the `_bucket`s whose current files the commit removes (`None`:
+    /// every file).
+    replace: Option<Option<HashSet<u32>>>,
+    evolve: Option<super::schema::Growth>,
+    txns: Vec<Transaction>,
+    operation: DeltaOperation,
+}
+
+impl commit::Writer for EpochWrite<'_> {
+    async fn decide(&mut self, table: &DeltaTable, sent: bool) -> Result<commit::Decision> {
+        let (path, epoch) = (self.path, self.epoch);
+        let held = txn_version(table, path, self.pipeline).await?.unwrap_or(0).max(0) as u64;
+        if held == epoch && !sent {
+            // A replayed epoch: the recorded cut must be this epoch's.
+            let tps: Vec<TopicPartition> = self.ranges.iter().map(|r| r.tp.clone()).collect();
+            let recorded = recorded_cut(table, path, self.pipeline, &tps).await?;
+            if let Err(diff) = crate::replay::check_recorded_cut(&recorded, self.ranges) {
+                return Err(Error::Recovery(format!(
+                    "epoch {epoch} is already in {} with a different cut ({diff}); refusing to skip or rewrite it",
+                    path.display()
+                )));
+            }
+            return Ok(commit::Decision::Held);
         }
-        Ok(Some(Action::Metadata(metadata)))
+        if held >= epoch {
+            return Err(another_writer(path, self.pipeline, held, epoch));
+        }
+        let Some(adds) = &self.adds else {
+            return Err(Error::Recovery(format!(
+                "{} held epoch {epoch} when it was opened and no longer does: it was replaced meanwhile",
+                path.display()
+            )));
+        };
+        let mut actions: Vec<Action> = Vec::new();
+        if let Some(buckets) = &self.replace {
+            actions.extend(bucket_removes(table, path, buckets.as_ref())?);
+        }
+        actions.extend(evolution(table, path, self.evolve.as_ref(), epoch)?);
+        actions.extend(adds.iter().cloned().map(Action::Add));
+        Ok(commit::Decision::Write(commit::Proposal {
+            actions,
+            txns: self.txns.clone(),
+            info: json!({"pipeline": self.pipeline, "epoch": epoch, "ranges": ranges_json(self.ranges), "meaning": self.meaning}),
+            operation: self.operation.clone(),
+        }))
     }
 }
 
@@ -379,6 +486,8 @@ pub struct DeltaSink {
     /// `sink.outputs`: their tables, and how the data table's rows fan out to them.
     outputs: Vec<Spec>,
     fan_out: crate::transform::Outputs,
+    /// What its epochs mean (recorded in each epoch's commits; see [`crate::recovery`]).
+    meaning: crate::recovery::Meaning,
 }
 
 impl DeltaSink {
@@ -403,6 +512,7 @@ impl DeltaSink {
             evolution: crate::config::SchemaEvolution::None,
             outputs: Vec::new(),
             fan_out: Default::default(),
+            meaning: Default::default(),
         }
     }
 
@@ -418,6 +528,12 @@ impl DeltaSink {
             .map(|(path, settings, schema, partition_by)| Spec::new(path, schema, partition_by, "output", settings))
             .collect();
         self.fan_out = fan_out;
+        self
+    }
+
+    /// This sink, recording `meaning` in every epoch's commits.
+    pub fn meaning(mut self, meaning: crate::recovery::Meaning) -> Self {
+        self.meaning = meaning;
         self
     }
 
@@ -452,17 +568,15 @@ impl DeltaSink {
                     std::fs::create_dir_all(dir).map_err(|e| delta_err(path, e))?;
                 }
                 let table = table_builder(path)?.build().map_err(|e| delta_err(path, e))?;
-                let created = table
-                    .create()
-                    .with_columns(delta_fields(&spec.schema)?)
-                    .with_partition_columns(spec.partition_by.clone())
-                    .with_comment(owner_description(&self.pipeline, spec.name))
-                    .with_configuration(spec.settings.table_properties().into_iter().map(|(k, v)| (k, Some(v))))
-                    // Version 0 or nothing: delta-rs retries a create that lost the race for
-                    // version 0 at version 1, a second CREATE TABLE (another table id) over the
-                    // winner's table.
-                    .with_commit_properties(deltalake::kernel::transaction::CommitProperties::default().with_max_retries(0))
-                    .await;
+                let created = commit::create(
+                    table
+                        .create()
+                        .with_columns(delta_fields(&spec.schema)?)
+                        .with_partition_columns(spec.partition_by.clone())
+                        .with_comment(owner_description(&self.pipeline, spec.name))
+                        .with_configuration(spec.settings.table_properties().into_iter().map(|(k, v)| (k, Some(v)))),
+                )
+                .await;
                 match created {
                     Ok(t) => t,
                     // Lost a creation race: use the table the winner made.
@@ -499,7 +613,7 @@ impl DeltaSink {
         if let Some((_, added)) = &evolve {
             tracing::info!(table = %path.display(), columns = ?added, "the next commit adds the pipeline's new columns to the table (sink.schema_evolution)");
         }
-        let table = Self::apply_properties(table, path, &spec.settings).await?;
+        let table = self.apply_properties(table, spec).await?;
         let version = txn_version(&table, path, &self.pipeline).await?.unwrap_or(0).max(0) as u64;
         let mut starts = HashSet::new();
         for tp in partitions {
@@ -521,23 +635,16 @@ impl DeltaSink {
 
     /// Brings the table properties the config stands for (checkpoint interval, retentions) up
     /// to date, in a commit of their own, when they differ.
-    async fn apply_properties(table: DeltaTable, path: &TableLocation, settings: &Settings) -> Result<DeltaTable> {
-        let want = settings.table_properties();
-        let have = table.snapshot().map_err(|e| delta_err(path, e))?.metadata().configuration().clone();
-        let stale: std::collections::HashMap<String, String> = want.into_iter().filter(|(k, v)| have.get(k) != Some(v)).collect();
-        if stale.is_empty() {
-            return Ok(table);
+    async fn apply_properties(&self, mut table: DeltaTable, spec: &Spec) -> Result<DeltaTable> {
+        let mut write = commit::SetProperties { want: spec.settings.table_properties().into_iter().collect() };
+        if let commit::Outcome::Landed(_) = commit::commit(&mut table, &spec.path, spec.label(), None, &mut write).await? {
+            tracing::info!(table = %spec.path.display(), "updated the table's properties to the config");
         }
-        tracing::info!(table = %path.display(), properties = ?stale, "updating the table's properties to the config");
-        table
-            .set_tbl_properties()
-            .with_properties(stale)
-            .with_commit_properties(maintenance::commit_properties())
-            .await
-            .map_err(|e| delta_err(path, e))
+        Ok(table)
     }
 
-    /// Writes `rows` as one commit of epoch `epoch` to `open`, unless it already holds it.
+    /// Writes `write` as one commit of epoch `epoch` to `open`, unless it already holds it
+    /// (through [`commit::commit`]: see [`EpochWrite`]).
     async fn commit_table(
         &self,
         spec: &Spec,
@@ -545,22 +652,11 @@ impl DeltaSink {
         epoch: u64,
         write: Write,
         ranges: &[PartitionRange],
+        extra: Vec<Transaction>,
     ) -> Result<()> {
         let path = &spec.path;
-        if open.version >= epoch {
-            // Already committed (a replayed epoch): the recorded cut must be this epoch's.
-            if open.version == epoch {
-                let tps: Vec<TopicPartition> = ranges.iter().map(|r| r.tp.clone()).collect();
-                let recorded = recorded_cut(&open.table, path, &self.pipeline, &tps).await?;
-                if let Err(diff) = crate::replay::check_recorded_cut(&recorded, ranges) {
-                    return Err(Error::Recovery(format!(
-                        "epoch {epoch} is already in {} with a different cut ({diff}); refusing to skip or rewrite it",
-                        path.display()
-                    )));
-                }
-            }
-            tracing::info!(table = %path.display(), epoch, "epoch already committed to this table; skipped");
-            return Ok(());
+        if open.version > epoch {
+            return Err(another_writer(path, &self.pipeline, open.version, epoch));
         }
         let (rows, replace, output_mode) = match write {
             Write::Append(rows) => (rows, None, OutputMode::Append),
@@ -572,11 +668,16 @@ impl DeltaSink {
                 (rows, Some(buckets), m)
             }
         };
-        if spec.writer_columns && replace.is_none() {
-            open.evolve = self.growth(spec, open, &rows)?;
-        }
-        let table_label = spec.label();
-        let adds = write_files(spec, open, rows).await?;
+        // A table that holds the epoch already (a replay) gets no files: its writer checks the
+        // recorded cut and holds.
+        let adds = if open.version == epoch {
+            None
+        } else {
+            if spec.writer_columns && replace.is_none() {
+                open.evolve = self.growth(spec, open, &rows)?;
+            }
+            Some(write_files(spec, &open.table, open.evolve.is_some(), rows).await?)
+        };
         self.failpoints.hit("after-parquet-write").await?;
         let t_delta = std::time::Instant::now();
         take_fresh_snapshot(spec, open).await?;
@@ -587,43 +688,28 @@ impl DeltaSink {
                 txns.push(Transaction::new(start_app_id(&self.pipeline, &r.tp), r.start));
             }
         }
-        let ranges_json = ranges_json(ranges);
-        let op = DeltaOperation::StreamingUpdate { output_mode, query_id: self.pipeline.clone(), epoch_id: epoch as i64 };
-        let mut attempt = 0;
-        let finalized = loop {
-            attempt += 1;
-            let mut props = maintenance::commit_properties().with_application_transactions(txns.clone()).with_metadata([(
-                "exactly".to_string(),
-                json!({"pipeline": &self.pipeline, "epoch": epoch, "ranges": ranges_json}),
-            )]);
-            let mut actions: Vec<Action> = Vec::new();
-            if let Some(buckets) = &replace {
-                // The files to remove are those current at commit time: read the latest version,
-                // and land exactly on it (no retries that rebase past other commits). delta-rs
-                // does not count a rewrite's `dataChange = false` removes as a conflict, so a
-                // commit rebased past an OPTIMIZE would keep the OPTIMIZE's copy of a bucket next
-                // to the new rows. Another commit in between: read again and retry.
-                open.table.update_incremental(None).await.map_err(|e| delta_err(path, e))?;
-                actions.extend(bucket_removes(&open.table, path, buckets.as_ref())?);
-                props = props.with_max_retries(0);
-            }
-            actions.extend(open.evolution(path, epoch)?);
-            actions.extend(adds.iter().cloned().map(Action::Add));
-            let snapshot = open.table.snapshot().map_err(|e| delta_err(path, e))?;
-            self.failpoints.hit("before-delta-commit").await?;
-            let committed =
-                CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), open.table.log_store(), op.clone()).await;
-            match committed {
-                Ok(f) => break f,
-                Err(e) if replace.is_some() && attempt < REPLACE_ATTEMPTS && lost_race(&e) => {
-                    metrics::counter!(crate::metrics::DELTA_COMMIT_RETRIES, "table" => table_label).increment(1);
-                    tracing::info!(table = %path.display(), epoch, attempt, "another writer committed first; replacing the buckets' current files again");
-                }
-                Err(e) => return Err(delta_err(path, e)),
-            }
+        txns.extend(extra);
+        let mut writer = EpochWrite {
+            pipeline: &self.pipeline,
+            meaning: &self.meaning,
+            path,
+            epoch,
+            ranges,
+            adds,
+            replace,
+            evolve: open.evolve.clone(),
+            txns,
+            operation: DeltaOperation::StreamingUpdate { output_mode, query_id: self.pipeline.clone(), epoch_id: epoch as i64 },
         };
-        open.landed(finalized);
-        metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "delta").record(t_delta.elapsed().as_secs_f64());
+        match commit::commit(&mut open.table, path, spec.label(), self.before_commit(), &mut writer).await? {
+            commit::Outcome::Held => {
+                tracing::info!(table = %path.display(), epoch, "epoch already committed to this table; skipped");
+            }
+            commit::Outcome::Landed(version) => {
+                open.landed(version);
+                metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "delta").record(t_delta.elapsed().as_secs_f64());
+            }
+        }
         open.version = epoch;
         open.starts.extend(ranges.iter().map(|r| r.tp.clone()));
         Ok(())
@@ -656,6 +742,11 @@ impl DeltaSink {
             .map_err(|why| Error::Schema(format!("the table at {} {why}", path.display())))
     }
 
+    /// The fail point of an epoch's commits, hit before each attempt.
+    fn before_commit(&self) -> Option<(&FailPoints, &'static str)> {
+        Some((&self.failpoints, "before-delta-commit"))
+    }
+
     /// The Delta operation of a group member's commit (Spark's streaming idiom, one query per
     /// member).
     fn member_operation(&self, member: &str, epoch: u64) -> DeltaOperation {
@@ -671,12 +762,12 @@ impl DeltaSink {
     /// table after the data table's commit: if that second commit never happened, the range is
     /// read again (the data table keeps none of its rows, the dead-letter table gets what it
     /// missed).
-    async fn resume_at(&self, data: &Open, dead: Option<&Open>, tp: &TopicPartition) -> Result<Option<i64>> {
+    async fn resume_at(&self, data: &DeltaTable, dead: Option<&DeltaTable>, tp: &TopicPartition) -> Result<Option<i64>> {
         let path = &self.data.path;
-        let Some(next) = txn_version(&data.table, path, &partition_app_id(&self.pipeline, tp)).await? else { return Ok(None) };
-        let mark = txn_version(&data.table, path, &dead_mark_app_id(&self.pipeline, tp)).await?;
+        let Some(next) = txn_version(data, path, &partition_app_id(&self.pipeline, tp)).await? else { return Ok(None) };
+        let mark = txn_version(data, path, &dead_mark_app_id(&self.pipeline, tp)).await?;
         let held = match (dead, mark) {
-            (Some(open), Some(_)) => txn_version(&open.table, &self.dead.path, &partition_app_id(&self.pipeline, tp)).await?,
+            (Some(dead), Some(_)) => txn_version(dead, &self.dead.path, &partition_app_id(&self.pipeline, tp)).await?,
             _ => None,
         };
         Ok(Some(match mark {
@@ -698,10 +789,10 @@ impl DeltaSink {
             )));
         }
         let mut start = Offsets::new();
-        let data = tables.data.as_ref().expect("data table opened by refresh");
+        let data = tables.data.as_ref().ok_or_else(|| Error::Sink("the data table is not open".into()))?;
         for tp in partitions {
             let from = self
-                .resume_at(data, tables.dead.as_ref(), tp)
+                .resume_at(&data.table, tables.dead.as_ref().map(|d| &d.table), tp)
                 .await?
                 .ok_or_else(|| Error::Sink(format!("{tp} was claimed but the table records no offset for it")))?;
             start.insert(tp.clone(), from);
@@ -715,71 +806,44 @@ impl DeltaSink {
         &self,
         tables: &mut Tables,
         partitions: &[TopicPartition],
-        unrecorded: &Offsets,
+        unrecorded: &super::Unrecorded,
         member: &str,
     ) -> Result<Offsets> {
         self.refresh(tables, partitions).await?;
         let Tables { data, dead, tokens, .. } = tables;
-        let data = data.as_mut().expect("data table opened by refresh");
-        let path = &self.data.path;
-        for _ in 0..REPLACE_ATTEMPTS {
-            data.table.update_incremental(None).await.map_err(|e| delta_err(path, e))?;
-            // A token above every claim committed before this snapshot; a claim committed after
-            // it sets the same appIds, so Delta's conflict check refuses one of the two.
-            let token = data.table.version().unwrap_or(0) as i64 + 1;
-            let mut start = Offsets::new();
-            let mut txns = Vec::new();
-            for tp in partitions {
-                txns.push(Transaction::new(owner_app_id(&self.pipeline, tp), token));
-                match self.resume_at(data, dead.as_ref(), tp).await? {
-                    Some(from) => {
-                        start.insert(tp.clone(), from);
-                    }
-                    None => {
-                        // Never committed: pinned at `starting_offsets` by this claim.
-                        let from = *unrecorded.get(tp).ok_or_else(|| Error::Sink(format!("no starting offset for {tp}")))?;
-                        txns.push(Transaction::new(partition_app_id(&self.pipeline, tp), from));
-                        txns.push(Transaction::new(start_app_id(&self.pipeline, tp), from));
-                        start.insert(tp.clone(), from);
-                    }
-                }
-            }
-            let names: Vec<String> = partitions.iter().map(ToString::to_string).collect();
-            let props = maintenance::commit_properties().with_application_transactions(txns).with_metadata([(
-                "exactly".to_string(),
-                json!({"pipeline": &self.pipeline, "member": member, "claim": names, "token": token}),
-            )]);
-            let op = self.member_operation(member, 0);
-            let snapshot = data.table.snapshot().map_err(|e| delta_err(path, e))?;
-            match CommitBuilder::from(props).with_actions(Vec::new()).build(Some(snapshot), data.table.log_store(), op).await {
-                Ok(f) => {
-                    data.landed(f);
-                    for tp in partitions {
-                        tokens.insert(tp.clone(), token);
-                    }
-                    return Ok(start);
-                }
-                Err(e) if lost_to_another_member(&e) => {
-                    tracing::info!(table = %path.display(), "another member claimed, committed or changed the table meanwhile; reading it again")
-                }
-                Err(e) => return Err(delta_err(path, e)),
-            }
+        let data = data.as_mut().ok_or_else(|| Error::Sink("the data table is not open".into()))?;
+        let mut claim = Claim {
+            sink: self,
+            dead: dead.as_ref().map(|d| &d.table),
+            partitions,
+            unrecorded,
+            member,
+            token: 0,
+            start: Offsets::new(),
+        };
+        if let commit::Outcome::Landed(version) =
+            commit::commit(&mut data.table, &self.data.path, self.data.label(), None, &mut claim).await?
+        {
+            data.landed(version);
         }
-        Err(Error::Sink(format!("claiming partitions of {} lost {REPLACE_ATTEMPTS} races in a row", path.display())))
+        for tp in partitions {
+            tokens.insert(tp.clone(), claim.token);
+        }
+        Ok(claim.start)
     }
 
-    /// Group mode: the data table's recorded next offsets of the batch's partitions, after
-    /// checking that each is still claimed by this member's token.
+    /// Group mode: the recorded next offsets of the batch's partitions in `table` (the data
+    /// table), after checking that each is still claimed by this member's token.
     async fn fence(
         &self,
-        open: &Open,
+        table: &DeltaTable,
         tokens: &std::collections::HashMap<TopicPartition, i64>,
         batch: &EpochBatch,
     ) -> Result<Offsets> {
         let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
         let mut lost = Vec::new();
         for tp in &tps {
-            let owner = txn_version(&open.table, &self.data.path, &owner_app_id(&self.pipeline, tp)).await?;
+            let owner = txn_version(table, &self.data.path, &owner_app_id(&self.pipeline, tp)).await?;
             if owner.is_none() || owner != tokens.get(tp).copied() {
                 lost.push(tp.clone());
             }
@@ -796,13 +860,14 @@ impl DeltaSink {
                 partitions: lost,
             });
         }
-        recorded_cut(&open.table, &self.data.path, &self.pipeline, &tps).await
+        recorded_cut(table, &self.data.path, &self.pipeline, &tps).await
     }
 
     /// Group mode's commit of an epoch (ARCHITECTURE.md, "Group mode"): the data table first —
     /// fenced, only rows at or past its recorded offsets, marking ranges whose dead letters are
     /// still to be written —, then the dead-letter table with only dead letters at or past its
-    /// own recorded offsets. No pipeline epoch txn: epochs are numbered per member.
+    /// own recorded offsets. No pipeline epoch txn: epochs are numbered per member. Each commit
+    /// is decided again from its table at every attempt ([`GroupWrite`], [`GroupDeadLetters`]).
     async fn commit_group(&self, tables: &mut Tables, batch: &EpochBatch, member: &str) -> Result<()> {
         let epoch = batch.epoch;
         let Output::Append(rows) = &batch.output else {
@@ -812,14 +877,12 @@ impl DeltaSink {
             rows.iter().map(|b| with_epoch(b, epoch)).collect::<Result<Vec<_>, _>>().map_err(|e| Error::Sink(e.to_string()))?;
         let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
         let Tables { data, dead, tokens, .. } = tables;
-        let data = data.as_mut().expect("data table opened by refresh");
-        let meta = json!({"pipeline": &self.pipeline, "member": member, "epoch": epoch, "ranges": ranges_json(&batch.ranges)});
-        let op = self.member_operation(member, epoch);
+        let data = data.as_mut().ok_or_else(|| Error::Sink("the data table is not open".into()))?;
+        let info = json!({"pipeline": &self.pipeline, "member": member, "epoch": epoch, "ranges": ranges_json(&batch.ranges)});
+        let operation = self.member_operation(member, epoch);
 
-        // Where each table is for these partitions.
-        take_fresh_snapshot(&self.data, data).await?;
-        data.table.update_incremental(None).await.map_err(|e| delta_err(&self.data.path, e))?;
-        let recorded = self.fence(data, tokens, batch).await?;
+        // Where the dead-letter table is for these partitions: the data table's marks say what
+        // it must still get.
         let dead_recorded = match dead.as_mut() {
             Some(open) if !batch.dead_letters.is_empty() => {
                 take_fresh_snapshot(&self.dead, open).await?;
@@ -828,110 +891,74 @@ impl DeltaSink {
             }
             _ => Offsets::new(),
         };
-        let mut dead_letters: Vec<crate::decode::DeadLetter> =
+        let dead_letters: Vec<crate::decode::DeadLetter> =
             batch.dead_letters.iter().filter(|d| dead_recorded.get(&d.tp).is_none_or(|l| d.offset >= *l)).cloned().collect();
 
         // The data table.
-        let mut txns = Vec::new();
-        for r in &batch.ranges {
-            let next = recorded.get(&r.tp).copied();
-            txns.push(Transaction::new(partition_app_id(&self.pipeline, &r.tp), next.map_or(r.end, |n| n.max(r.end))));
-            if next.is_none() {
-                txns.push(Transaction::new(start_app_id(&self.pipeline, &r.tp), r.start));
-            }
-            txns.push(Transaction::new(owner_app_id(&self.pipeline, &r.tp), tokens[&r.tp]));
-            if dead_letters.iter().any(|d| d.tp == r.tp) {
-                let from = dead_recorded.get(&r.tp).map_or(r.start, |l| r.start.max(*l));
-                txns.push(Transaction::new(dead_mark_app_id(&self.pipeline, &r.tp), from));
-            }
-        }
-        let adds = write_files(&self.data, data, rows_from(&rows, &recorded)?).await?;
-        self.failpoints.hit("after-parquet-write").await?;
+        take_fresh_snapshot(&self.data, data).await?;
         let t_delta = std::time::Instant::now();
-        let mut attempt = 0;
-        let finalized = loop {
-            attempt += 1;
-            let props = maintenance::commit_properties()
-                .with_application_transactions(txns.clone())
-                .with_metadata([("exactly".to_string(), meta.clone())]);
-            let snapshot = data.table.snapshot().map_err(|e| delta_err(&self.data.path, e))?;
-            self.failpoints.hit("before-delta-commit").await?;
-            let actions: Vec<Action> = adds.iter().cloned().map(Action::Add).collect();
-            match CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), data.table.log_store(), op.clone()).await
-            {
-                Ok(f) => break f,
-                Err(e) if lost_to_another_member(&e) && attempt < REPLACE_ATTEMPTS => {
-                    // Another member committed one of these partitions since the snapshot: the
-                    // fence says whether it moved them (then this epoch is dropped).
-                    data.table.update_incremental(None).await.map_err(|e| delta_err(&self.data.path, e))?;
-                    self.fence(data, tokens, batch).await?;
-                }
-                Err(e) => return Err(delta_err(&self.data.path, e)),
-            }
+        let mut write = GroupWrite {
+            sink: self,
+            batch,
+            tokens,
+            rows,
+            dead_letters: &dead_letters,
+            dead_recorded: &dead_recorded,
+            written: None,
+            info: info.clone(),
+            operation: operation.clone(),
         };
-        data.landed(finalized);
-        metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "delta").record(t_delta.elapsed().as_secs_f64());
+        if let commit::Outcome::Landed(version) =
+            commit::commit(&mut data.table, &self.data.path, self.data.label(), self.before_commit(), &mut write).await?
+        {
+            data.landed(version);
+            metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "delta").record(t_delta.elapsed().as_secs_f64());
+        }
         self.failpoints.hit("after-delta-commit").await?;
 
-        // The dead-letter table: what it does not hold yet (as read before the data commit),
-        // read again only if another writer got there first.
+        // The dead-letter table: what it does not hold yet.
         if dead_letters.is_empty() {
             return Ok(());
         }
-        let mut held = match dead {
-            Some(_) => dead_recorded,
-            None => {
-                *dead = self.open(&self.dead, &tps, true).await?;
-                let open = dead.as_ref().expect("dead-letter table opened");
-                recorded_cut(&open.table, &self.dead.path, &self.pipeline, &tps).await?
-            }
-        };
-        let open = dead.as_mut().expect("dead-letter table opened");
-        for attempt in 1..=REPLACE_ATTEMPTS {
-            if attempt > 1 {
-                take_fresh_snapshot(&self.dead, open).await?;
-                open.table.update_incremental(None).await.map_err(|e| delta_err(&self.dead.path, e))?;
-                held = recorded_cut(&open.table, &self.dead.path, &self.pipeline, &tps).await?;
-            }
-            dead_letters.retain(|d| held.get(&d.tp).is_none_or(|l| d.offset >= *l));
-            if dead_letters.is_empty() {
-                return Ok(());
-            }
-            let txns: Vec<Transaction> = batch
-                .ranges
-                .iter()
-                .filter(|r| held.get(&r.tp).is_none_or(|l| r.end > *l))
-                .map(|r| Transaction::new(partition_app_id(&self.pipeline, &r.tp), r.end))
-                .collect();
-            let batch_rows = vec![dead_letter_batch(&dead_letters, epoch).map_err(|e| Error::Sink(e.to_string()))?];
-            let adds = write_files(&self.dead, open, batch_rows).await?;
-            let props = maintenance::commit_properties()
-                .with_application_transactions(txns)
-                .with_metadata([("exactly".to_string(), meta.clone())]);
-            let snapshot = open.table.snapshot().map_err(|e| delta_err(&self.dead.path, e))?;
-            let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
-            match CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), open.table.log_store(), op.clone()).await
-            {
-                Ok(f) => {
-                    open.landed(f);
-                    return Ok(());
-                }
-                Err(e) if lost_to_another_member(&e) && attempt < REPLACE_ATTEMPTS => continue,
-                Err(e) => return Err(delta_err(&self.dead.path, e)),
-            }
+        if dead.is_none() {
+            *dead = self.open(&self.dead, &tps, true).await?;
         }
-        Err(Error::Sink(format!("the dead-letter commit of epoch {epoch} lost {REPLACE_ATTEMPTS} races in a row")))
+        let open = dead.as_mut().ok_or_else(|| Error::Sink("the dead-letter table is not open".into()))?;
+        take_fresh_snapshot(&self.dead, open).await?;
+        let mut write = GroupDeadLetters { sink: self, batch, dead_letters, written: None, info, operation };
+        if let commit::Outcome::Landed(version) =
+            commit::commit(&mut open.table, &self.dead.path, self.dead.label(), None, &mut write).await?
+        {
+            open.landed(version);
+        }
+        Ok(())
     }
 
+    /// What the table of `spec` records of the pipeline (nothing: no table).
+    async fn table_record(&self, spec: &Spec, open: Option<&Open>, partitions: &[TopicPartition]) -> Result<TableRecord> {
+        let mut r = TableRecord { name: spec.path.display().to_string(), ..Default::default() };
+        if let Some(open) = open {
+            r.epoch = open.version;
+            r.cut = recorded_cut(&open.table, &spec.path, &self.pipeline, partitions).await?;
+        }
+        Ok(r)
+    }
+
+    /// Opens the tables from storage, creating the data table and the outputs.
     async fn refresh(&self, tables: &mut Tables, partitions: &[TopicPartition]) -> Result<()> {
-        tables.data = self.open(&self.data, partitions, true).await?;
+        self.reload(tables, partitions, true).await
+    }
+
+    /// Opens the tables from storage; `create`: the data table and the outputs too when missing.
+    async fn reload(&self, tables: &mut Tables, partitions: &[TopicPartition], create: bool) -> Result<()> {
+        tables.data = self.open(&self.data, partitions, create).await?;
         tables.dead = self.open(&self.dead, partitions, false).await?;
         tables.outputs.clear();
         for spec in &self.outputs {
-            let open = self.open(spec, partitions, true).await?;
+            let open = self.open(spec, partitions, create).await?;
             tables.outputs.push(open);
         }
-        tables.loaded = true;
+        tables.loaded = tables.data.is_some() && tables.outputs.iter().all(Option::is_some);
         Ok(())
     }
 }
@@ -960,30 +987,36 @@ impl Sink for DeltaSink {
         true
     }
 
-    fn committed_epoch<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<CommittedEpoch>>> {
+    fn recorded<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<Recorded>>> {
         async move {
             let mut tables = self.tables.lock().await;
-            self.refresh(&mut tables, partitions).await?;
-            if let Some(data) = &tables.data {
-                if data.version == 0 && !recorded_cut(&data.table, &self.data.path, &self.pipeline, partitions).await?.is_empty() {
-                    return Err(Error::Recovery(format!(
-                        "the table at {} was written in group mode (it records partitions' offsets but no epoch of pipeline '{}'); run this pipeline with its source.group_id",
-                        self.data.path.display(),
-                        self.pipeline
-                    )));
+            // Missing tables are created now, unless the data table is missing beside tables that
+            // hold epochs: recovery refuses that, and must see it as it is.
+            self.reload(&mut tables, partitions, false).await?;
+            let orphans = tables.data.is_none() && tables.outputs.iter().chain([&tables.dead]).flatten().any(|o| o.version > 0);
+            if !tables.loaded && !orphans {
+                self.refresh(&mut tables, partitions).await?;
+            }
+            let data = self.table_record(&self.data, tables.data.as_ref(), partitions).await?;
+            let mut recorded = Recorded {
+                group_written: data.epoch == 0 && !data.cut.is_empty(),
+                dead: self.table_record(&self.dead, tables.dead.as_ref(), partitions).await?,
+                ..Default::default()
+            };
+            for (spec, open) in self.outputs.iter().zip(&tables.outputs) {
+                recorded.outputs.push(self.table_record(spec, open.as_ref(), partitions).await?);
+            }
+            if let Some(open) = &tables.data {
+                let path = &self.data.path;
+                let mark = txn_version(&open.table, path, &dead_letters_app_id(&self.pipeline)).await?;
+                recorded.dead_mark = mark.unwrap_or(0).max(0) as u64;
+                if data.epoch > 0 {
+                    let commit = epoch_commit(&open.table, path, &self.pipeline, data.epoch).await?.unwrap_or_default();
+                    (recorded.starts, recorded.meaning) = (commit.starts, commit.meaning);
                 }
             }
-            let mut best: Option<CommittedEpoch> = None;
-            let all = [(&self.data, &tables.data), (&self.dead, &tables.dead)].into_iter().chain(self.outputs.iter().zip(&tables.outputs));
-            for (spec, open) in all {
-                let Some(open) = open else { continue };
-                if open.version == 0 || best.as_ref().is_some_and(|b| b.epoch >= open.version) {
-                    continue;
-                }
-                let offsets = recorded_cut(&open.table, &spec.path, &self.pipeline, partitions).await?;
-                best = Some(CommittedEpoch { epoch: open.version, offsets });
-            }
-            Ok(best)
+            recorded.data = data;
+            Ok(Some(recorded))
         }
         .boxed()
     }
@@ -997,7 +1030,11 @@ impl Sink for DeltaSink {
         .boxed()
     }
 
-    fn group_claim<'a>(&'a self, partitions: &'a [TopicPartition], unrecorded: &'a Offsets) -> BoxFuture<'a, Result<Offsets>> {
+    fn group_claim<'a>(
+        &'a self,
+        partitions: &'a [TopicPartition],
+        unrecorded: &'a super::Unrecorded,
+    ) -> BoxFuture<'a, Result<Offsets>> {
         async move {
             let member = self.member.as_deref().ok_or_else(|| Error::Sink("this sink is not a group member's".into()))?;
             let mut tables = self.tables.lock().await;
@@ -1029,15 +1066,8 @@ impl Sink for DeltaSink {
                 .map(|(t, id)| (format!("{TOPIC_ID_PROPERTY}{t}"), id.clone()))
                 .collect();
             if !missing.is_empty() {
-                open.table = open
-                    .table
-                    .clone()
-                    .set_tbl_properties()
-                    .with_properties(missing)
-                    .with_raise_if_not_exists(false) // not a `delta.` property: delta-rs only keeps it
-                    .with_commit_properties(maintenance::commit_properties())
-                    .await
-                    .map_err(|e| delta_err(path, e))?;
+                let mut write = commit::SetProperties { want: missing };
+                commit::commit(&mut open.table, path, self.data.label(), None, &mut write).await?;
             }
             Ok(())
         }
@@ -1085,16 +1115,20 @@ impl Sink for DeltaSink {
                         mode: *mode,
                     },
                 };
-            // The data table first: it is committed every epoch, so it always holds the cut.
-            let data = tables.data.as_mut().expect("data table opened by refresh");
-            self.commit_table(&self.data, data, epoch, write, &batch.ranges).await?;
+            // The data table first: it is committed every epoch, so it always holds the cut, and
+            // it marks an epoch with dead letters (`dead_letters_app_id`), so recovery knows the
+            // dead-letter table must hold it too.
+            let has_dead = !batch.dead_letters.is_empty() || !fan_dead.is_empty();
+            let mark = has_dead.then(|| Transaction::new(dead_letters_app_id(&self.pipeline), epoch as i64));
+            let data = tables.data.as_mut().ok_or_else(|| Error::Sink("the data table is not open".into()))?;
+            self.commit_table(&self.data, data, epoch, write, &batch.ranges, mark.into_iter().collect()).await?;
             self.failpoints.hit("after-delta-commit").await?;
             // Every output commits every epoch (its txn records the cut even without rows), so
             // each table alone says how far it got: a replay commits only to those behind.
             for (k, spec) in self.outputs.iter().enumerate() {
                 let open = tables.outputs[k].as_mut().expect("output table opened by refresh");
                 let rows = stamp(&std::mem::take(&mut fanned[k]))?;
-                self.commit_table(spec, open, epoch, Write::Append(rows), &batch.ranges).await?;
+                self.commit_table(spec, open, epoch, Write::Append(rows), &batch.ranges, Vec::new()).await?;
             }
             let dead_letters: Vec<crate::decode::DeadLetter> = batch.dead_letters.iter().cloned().chain(fan_dead).collect();
             if !dead_letters.is_empty() {
@@ -1104,10 +1138,169 @@ impl Sink for DeltaSink {
                 }
                 let dead = tables.dead.as_mut().expect("dead-letter table opened");
                 let rows = vec![dead_letter_batch(&dead_letters, epoch).map_err(|e| Error::Sink(e.to_string()))?];
-                self.commit_table(&self.dead, dead, epoch, Write::Append(rows), &batch.ranges).await?;
+                self.commit_table(&self.dead, dead, epoch, Write::Append(rows), &batch.ranges, Vec::new()).await?;
             }
             Ok(())
         }
         .boxed()
+    }
+}
+
+/// Group mode's claim of partitions, as a [`commit::Writer`]: a token above every claim the
+/// table holds, and where each partition resumes by the table's record as just read (a
+/// partition it never recorded is pinned at its `unrecorded` offset).
+struct Claim<'a> {
+    sink: &'a DeltaSink,
+    dead: Option<&'a DeltaTable>,
+    partitions: &'a [TopicPartition],
+    unrecorded: &'a super::Unrecorded,
+    member: &'a str,
+    /// The token and starts of the last decision (those of the claim that landed).
+    token: i64,
+    start: Offsets,
+}
+
+impl commit::Writer for Claim<'_> {
+    async fn decide(&mut self, table: &DeltaTable, _sent: bool) -> Result<commit::Decision> {
+        let pipeline = &self.sink.pipeline;
+        // A token above every claim committed before this snapshot; a claim committed after
+        // it lands first, and this one is decided again.
+        let token = table.version().unwrap_or(0) as i64 + 1;
+        let mut start = Offsets::new();
+        let mut txns = Vec::new();
+        for tp in self.partitions {
+            txns.push(Transaction::new(owner_app_id(pipeline, tp), token));
+            let from = match self.sink.resume_at(table, self.dead, tp).await? {
+                Some(from) => from,
+                None => {
+                    // Never committed: pinned by this claim, at `starting_offsets` for a topic the
+                    // table never recorded, at the earliest offset for a partition added to a
+                    // topic it did (its lower partitions are recorded: a topic's partitions are
+                    // numbered from 0, and the first claim of a topic pins all it assigns).
+                    let mut known = false;
+                    for q in 0..tp.partition {
+                        let lower = TopicPartition::new(&tp.topic, q);
+                        if txn_version(table, &self.sink.data.path, &partition_app_id(pipeline, &lower)).await?.is_some() {
+                            known = true;
+                            break;
+                        }
+                    }
+                    let offsets = if known { &self.unrecorded.earliest } else { &self.unrecorded.starting };
+                    let from = *offsets.get(tp).ok_or_else(|| Error::Sink(format!("no starting offset for {tp}")))?;
+                    txns.push(Transaction::new(partition_app_id(pipeline, tp), from));
+                    txns.push(Transaction::new(start_app_id(pipeline, tp), from));
+                    from
+                }
+            };
+            start.insert(tp.clone(), from);
+        }
+        (self.token, self.start) = (token, start);
+        let names: Vec<String> = self.partitions.iter().map(ToString::to_string).collect();
+        Ok(commit::Decision::Write(commit::Proposal {
+            actions: Vec::new(),
+            txns,
+            info: json!({"pipeline": pipeline, "member": self.member, "claim": names, "token": token}),
+            operation: self.sink.member_operation(self.member, 0),
+        }))
+    }
+}
+
+/// Group mode's data-table commit of an epoch, as a [`commit::Writer`]: fenced unless every
+/// partition is still this member's; only the rows at or past the offsets the table records
+/// now (files written again when those moved since the last attempt); held when the table
+/// already records every range's end.
+struct GroupWrite<'a> {
+    sink: &'a DeltaSink,
+    batch: &'a EpochBatch,
+    tokens: &'a std::collections::HashMap<TopicPartition, i64>,
+    rows: Vec<RecordBatch>,
+    dead_letters: &'a [crate::decode::DeadLetter],
+    dead_recorded: &'a Offsets,
+    /// The files of the last attempt, and the recorded offsets they were cut at.
+    written: Option<(Offsets, Vec<deltalake::kernel::Add>)>,
+    info: serde_json::Value,
+    operation: DeltaOperation,
+}
+
+impl commit::Writer for GroupWrite<'_> {
+    async fn decide(&mut self, table: &DeltaTable, _sent: bool) -> Result<commit::Decision> {
+        let (sink, batch) = (self.sink, self.batch);
+        let pipeline = &sink.pipeline;
+        let recorded = sink.fence(table, self.tokens, batch).await?;
+        if batch.ranges.iter().all(|r| recorded.get(&r.tp).is_some_and(|next| *next >= r.end)) {
+            return Ok(commit::Decision::Held);
+        }
+        let mut txns = Vec::new();
+        for r in &batch.ranges {
+            let next = recorded.get(&r.tp).copied();
+            txns.push(Transaction::new(partition_app_id(pipeline, &r.tp), next.map_or(r.end, |n| n.max(r.end))));
+            if next.is_none() {
+                txns.push(Transaction::new(start_app_id(pipeline, &r.tp), r.start));
+            }
+            txns.push(Transaction::new(owner_app_id(pipeline, &r.tp), self.tokens[&r.tp]));
+            if self.dead_letters.iter().any(|d| d.tp == r.tp) {
+                let from = self.dead_recorded.get(&r.tp).map_or(r.start, |l| r.start.max(*l));
+                txns.push(Transaction::new(dead_mark_app_id(pipeline, &r.tp), from));
+            }
+        }
+        let adds = match self.written.take() {
+            Some((cut, adds)) if cut == recorded => adds,
+            _ => {
+                let adds = write_files(&sink.data, table, false, rows_from(&self.rows, &recorded)?).await?;
+                sink.failpoints.hit("after-parquet-write").await?;
+                adds
+            }
+        };
+        self.written = Some((recorded, adds.clone()));
+        Ok(commit::Decision::Write(commit::Proposal {
+            actions: adds.into_iter().map(Action::Add).collect(),
+            txns,
+            info: self.info.clone(),
+            operation: self.operation.clone(),
+        }))
+    }
+}
+
+/// Group mode's dead-letter commit of an epoch, as a [`commit::Writer`]: the dead letters at
+/// or past the offsets the dead-letter table records now; held when it holds them all.
+struct GroupDeadLetters<'a> {
+    sink: &'a DeltaSink,
+    batch: &'a EpochBatch,
+    dead_letters: Vec<crate::decode::DeadLetter>,
+    written: Option<(Offsets, Vec<deltalake::kernel::Add>)>,
+    info: serde_json::Value,
+    operation: DeltaOperation,
+}
+
+impl commit::Writer for GroupDeadLetters<'_> {
+    async fn decide(&mut self, table: &DeltaTable, _sent: bool) -> Result<commit::Decision> {
+        let (sink, batch) = (self.sink, self.batch);
+        let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
+        let held = recorded_cut(table, &sink.dead.path, &sink.pipeline, &tps).await?;
+        let letters: Vec<crate::decode::DeadLetter> =
+            self.dead_letters.iter().filter(|d| held.get(&d.tp).is_none_or(|l| d.offset >= *l)).cloned().collect();
+        if letters.is_empty() {
+            return Ok(commit::Decision::Held);
+        }
+        let txns: Vec<Transaction> = batch
+            .ranges
+            .iter()
+            .filter(|r| held.get(&r.tp).is_none_or(|l| r.end > *l))
+            .map(|r| Transaction::new(partition_app_id(&sink.pipeline, &r.tp), r.end))
+            .collect();
+        let adds = match self.written.take() {
+            Some((cut, adds)) if cut == held => adds,
+            _ => {
+                let rows = vec![dead_letter_batch(&letters, batch.epoch).map_err(|e| Error::Sink(e.to_string()))?];
+                write_files(&sink.dead, table, false, rows).await?
+            }
+        };
+        self.written = Some((held, adds.clone()));
+        Ok(commit::Decision::Write(commit::Proposal {
+            actions: adds.into_iter().map(Action::Add).collect(),
+            txns,
+            info: self.info.clone(),
+            operation: self.operation.clone(),
+        }))
     }
 }
