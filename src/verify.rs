@@ -985,12 +985,20 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         decoder.prepare(&records).await?;
         let decoded = decoder.decode(&records);
         let filtered: HashSet<i64> = decoded.filtered.iter().map(|(_, o)| *o).collect();
+        let now_dead: HashSet<i64> = decoded.dead.iter().map(|d| d.offset).collect();
+        let mut now_rows: HashSet<i64> =
+            crate::decode::offsets(&decoded.rows).map(|o| o.values().iter().copied().collect()).unwrap_or_default();
         // `sink.outputs`: the rows fan out as the sink fans them (a row an output fails on is
         // a dead letter, in no table).
         let (main_rows, fanned) = if fan_out.is_empty() {
             (decoded.rows, Vec::new())
         } else {
             let f = fan_out.fan_out(&decoded.rows);
+            if let Some(offs) = crate::decode::offsets(&decoded.rows) {
+                for (i, _) in &f.failed {
+                    now_rows.remove(&offs.value(*i));
+                }
+            }
             (crate::decode::without_raw(&f.main), f.outputs)
         };
         for (output, kept) in outputs.iter_mut().zip(&fanned) {
@@ -1023,6 +1031,18 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
                 if have.0.as_deref() != r.key.as_deref() || have.1.as_deref() != r.payload.as_deref() {
                     mismatches.push(format!("dead letter at offset {}: its key/value are not the record's bytes", r.offset));
                 }
+            }
+        }
+        // Decoded again now: a row whose record fails, or a dead letter whose record decodes to
+        // a row (a schema id the registry did not know yet when the pipeline asked), means the
+        // epoch was decided differently than its records decide it. (A dedup watermark's late
+        // and future dead letters are rows that decode: not comparable here.)
+        for o in row_offsets.iter().filter(|o| now_dead.contains(o)) {
+            mismatches.push(format!("row at offset {o}: Kafka's record does not decode now (a dead letter)"));
+        }
+        if config.dedup.as_ref().is_none_or(|d| d.watermark_field.is_none()) {
+            for o in dead_offsets.iter().filter(|o| now_rows.contains(o)) {
+                mismatches.push(format!("dead letter at offset {o}: Kafka's record decodes to a row now"));
             }
         }
         if config.dedup.is_some() || config.aggregate.is_some() {

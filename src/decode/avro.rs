@@ -45,11 +45,33 @@ enum Writers {
     ById {
         dir: HashMap<u32, Arc<Writer>>,
         registry: Option<Registry>,
-        fetched: RwLock<HashMap<u32, Result<Arc<Writer>, String>>>,
+        fetched: RwLock<HashMap<u32, Result<Arc<Writer>, Unknown>>>,
     },
     /// Single-object fingerprints (little-endian CRC-64-AVRO).
     ByFingerprint(HashMap<[u8; 8], Arc<Writer>>),
 }
+
+/// Why an id's records are dead letters.
+#[derive(Debug)]
+enum Unknown {
+    /// The registry did not know the id when last asked (asked again by later batches).
+    NotInRegistry(String),
+    /// The registry's schema cannot be read into the table (final).
+    Refused(String),
+}
+
+impl Unknown {
+    fn why(&self) -> &str {
+        match self {
+            Unknown::NotInRegistry(why) | Unknown::Refused(why) => why,
+        }
+    }
+}
+
+/// How often an id the registry does not know is asked again the first time, and the first
+/// pause (doubling) between asks.
+const REASKS: u32 = 3;
+const REASK_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A writer schema as decoding uses it.
 #[derive(Debug)]
@@ -187,10 +209,10 @@ impl Avro {
                         Err((Rejection::UnknownSchema, format!("unknown writer schema id {id} (not in decode.avro.schemas_dir)")))
                     }
                     (None, Some(_)) => {
-                        let known = fetched.read().expect("schema cache lock").get(&id).cloned();
-                        match known {
-                            Some(Ok(writer)) => Ok((writer, &bytes[5..])),
-                            Some(Err(why)) => Err((Rejection::UnknownSchema, why)),
+                        let known = fetched.read().expect("schema cache lock");
+                        match known.get(&id) {
+                            Some(Ok(writer)) => Ok((writer.clone(), &bytes[5..])),
+                            Some(Err(why)) => Err((Rejection::UnknownSchema, why.why().to_string())),
                             None => panic!("schema id {id} was not fetched: Decoder::prepare runs before decode"),
                         }
                     }
@@ -255,17 +277,37 @@ impl Avro {
     /// registry could not be asked (the batch must not be decoded).
     pub(super) async fn prepare<'v>(&self, values: impl Iterator<Item = &'v [u8]>) -> Result<(), String> {
         let Writers::ById { dir, registry: Some(registry), fetched } = &self.writers else { return Ok(()) };
-        let missing: HashSet<u32> = {
+        // Ids neither `schemas_dir` nor an earlier fetch knows, and ids the registry did not know
+        // when last asked: an unknown id may be one it does not know *yet* (a replica behind, a
+        // registry restarted from an empty store), so a 404 is never final for the process.
+        let (missing, unknown): (HashSet<u32>, HashSet<u32>) = {
             let known = fetched.read().expect("schema cache lock");
-            values.filter_map(confluent_id).filter(|id| !dir.contains_key(id) && !known.contains_key(id)).collect()
+            let ids: HashSet<u32> = values.filter_map(confluent_id).filter(|id| !dir.contains_key(id)).collect();
+            (
+                ids.iter().copied().filter(|id| !known.contains_key(id)).collect(),
+                ids.iter().copied().filter(|id| matches!(known.get(id), Some(Err(Unknown::NotInRegistry(_))))).collect(),
+            )
         };
-        for id in missing {
-            let found = match registry.schema(id).await? {
+        for id in missing.into_iter().chain(unknown) {
+            let first = !fetched.read().expect("schema cache lock").contains_key(&id);
+            // The first time an id is unknown it is asked again a few times, briefly, before its
+            // records become dead letters; after that once per batch that holds it.
+            let mut found = registry.schema(id).await?;
+            let mut pause = REASK_PAUSE;
+            for _ in 0..if first { REASKS } else { 0 } {
+                if !matches!(found, Lookup::Unknown(_)) {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                found = registry.schema(id).await?;
+            }
+            let found = match found {
                 Lookup::Found(schema) => match columns_check(&schema) {
                     Ok(()) => Ok(Writer::new(format!("writer schema id {id}"), &schema, &self.fields)),
-                    Err(why) => Err(format!("writer schema id {id}: {why}")),
+                    Err(why) => Err(Unknown::Refused(format!("writer schema id {id}: {why}"))),
                 },
-                Lookup::Unknown(why) => Err(why),
+                Lookup::Unknown(why) => Err(Unknown::NotInRegistry(why)),
             };
             fetched.write().expect("schema cache lock").insert(id, found);
         }

@@ -1,13 +1,16 @@
 //! A Confluent-compatible schema registry (Confluent Schema Registry, Apicurio's `ccompat` API,
 //! Karapace, Redpanda): writer schemas by id, `GET <url>/schemas/ids/<id>`, over HTTP or HTTPS
-//! with the registry's basic auth and an optional private CA. Each id is fetched once and kept
-//! for the life of the process ([`super::avro::Avro`] holds the cache).
+//! with the registry's basic auth and an optional private CA. Each id found is fetched once and
+//! kept for the life of the process ([`super::avro::Avro`] holds the cache).
 //!
 //! A registry that does not answer, or answers with a server error, is asked again with a
 //! growing pause (`attempts` times in all); then the batch fails, and the consumer restarts
 //! through the restart budget — a record is never skipped or dead-lettered because the registry
-//! was away. An id the registry does not know (HTTP 404), or a schema that is not Avro, makes
-//! the record a dead letter with that reason. Refused credentials (401/403) fail at once.
+//! was away. An id the registry does not know (HTTP 404) may be one it does not know *yet* (a
+//! replica behind, a registry restarted from an empty store): it is asked again a few times
+//! before its records become dead letters, and again by every later batch that holds it — a 404
+//! is never final for the process. A schema that is not Avro makes the record a dead letter with
+//! that reason. Refused credentials (401/403) fail at once.
 
 use std::time::Duration;
 
