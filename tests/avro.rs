@@ -193,12 +193,19 @@ async fn single_object_and_bare_avro_values_decode() {
     }
 }
 
+/// Held while a test registers schemas. The registry's in-memory (H2) store answers 500 (and
+/// then 409 for the half-made subject) when registrations of tests running in parallel collide on
+/// its id sequence: one at a time. A test that must know the next id holds it longer.
+static REGISTRATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Registers `schema` under `subject` in the registry at `url`; its id.
 async fn register(url: &str, subject: &str, schema: &str) -> u32 {
-    // The registry's in-memory (H2) store answers 500 (and then 409 for the half-made subject)
-    // when registrations of tests running in parallel collide on its id sequence: one at a time.
-    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = REGISTRATIONS.lock().await;
+    register_in_turn(url, subject, schema).await
+}
+
+/// [`register`], for a test holding [`REGISTRATIONS`].
+async fn register_in_turn(url: &str, subject: &str, schema: &str) -> u32 {
     let body = serde_json::json!({ "schema": schema, "schemaType": "AVRO" });
     for attempt in 1.. {
         let response = reqwest::Client::new()
@@ -542,4 +549,54 @@ async fn a_registry_over_https_is_trusted_through_its_ca_file() {
     let rows = common::row_values(&common::read_rows_with_python(&table), &["id", "name"]);
     assert_eq!(rows, [serde_json::json!([1, "a"])]);
     common::assert_verified(&config).await;
+}
+
+/// A schema id the registry did not have yet when the pipeline first met it (a replica behind,
+/// a registry restarted from an empty store) is asked again: once the schema is registered, its
+/// records become rows. The records met before are dead letters, and `verify` re-decodes every
+/// dead letter and flags those that now decode to a row. (The 404 was kept for the life of the
+/// process: 0 of 1,000 later records were rows, and `verify` said OK.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_id_the_registry_learns_later_is_asked_again() {
+    let url = registry_url();
+    let topic = common::topic("avro-registry-later", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let reader = dir.path().join("person.avsc");
+    std::fs::write(&reader, PERSON).unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.decode.format = DecodeFormat::Avro;
+    config.decode.fields = Vec::new();
+    config.decode.avro = Some(AvroConfig {
+        schema_file: Some(reader.clone()),
+        framing: AvroFraming::Confluent,
+        registry: Some(registry(url.clone())),
+        ..AvroConfig::default()
+    });
+    let person = |id: u32, ids: std::ops::Range<u64>| {
+        let records: Vec<String> = ids.map(|i| format!(r#"{{"id": {i}, "name": "n{i}"}}"#)).collect();
+        let records: Vec<&str> = records.iter().map(String::as_str).collect();
+        encode("confluent", &reader, id, &records)
+    };
+    let table = dir.path().join("table");
+    let dead = dir.path().join("table_dead_letters");
+
+    // The next id, held for this test: nothing else registers until it does.
+    let turn = REGISTRATIONS.lock().await;
+    let probe = PERSON.replace("\"Person\"", "\"Probe\"");
+    let next = register_in_turn(&url, &format!("{topic}-probe"), &probe).await + 1;
+    send(&topic, &person(next, 0..10)).await;
+    let pipeline = common::start(&config, Default::default()).await;
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    assert_eq!(common::read_with_python(&dead)["rows"], 10, "unknown when met: dead letters");
+    let id = register_in_turn(&url, &format!("{topic}-value"), PERSON).await;
+    drop(turn);
+    assert_eq!(id, next, "the registry gave the schema the id the records carry");
+    send(&topic, &person(id, 10..1_010)).await;
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+    assert_eq!(common::read_with_python(&table)["rows"], 1_000, "every record after the registration is a row");
+
+    let audit = exactly::verify::verify(&config).await.unwrap();
+    assert!(!audit.ok(), "the early dead letters decode now: {}", audit.render());
+    assert_eq!((audit.total(|p| p.mismatched), audit.total(|p| p.dead_lettered)), (10, 10), "{}", audit.render());
 }

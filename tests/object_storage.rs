@@ -314,3 +314,38 @@ async fn append_and_dead_letters_on_azure_exactly_once() {
     let read = read_with_python(&table);
     assert_eq!(read["rows"], audit.total(|p| p.rows));
 }
+
+/// An epoch's bucket-replacing commit whose answer is lost after the store took it (a 503 for
+/// a put that landed; the client's retried put then finds the file there): the commit reads the
+/// table again, finds its own commit, and the epoch lands once. (It retried the replacement on
+/// top of itself before: the epoch twice in the log, its files removed and added again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_was_lost_lands_once() {
+    let topic = common::topic("s3lost", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = endpoint().trim_start_matches("http://").trim_end_matches('/').to_string();
+    let proxy = common::proxy::lose_one_answer(upstream, |method, path| {
+        method == "PUT" && path.contains("/table/_delta_log/00000000000000000001.json")
+    })
+    .await;
+    let (mut config, _) = s3_config(&common::unique("p"), &topic, dir.path(), "exactly", "exactly-local-secret");
+    if let SinkConfig::Delta { storage, .. } = &mut config.sink {
+        *storage = options_at(&format!("http://{}", proxy.addr), "exactly-local-secret");
+    }
+    let table = config.table_path().unwrap();
+    config.epoch.interval_ms = 200;
+    config.aggregate = Some(AggregateConfig::count_by(&["value"], OutputMode::Update, 2));
+    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 1_000);
+    opts.distinct_values = 20;
+    produce(&opts, std::future::pending()).await.unwrap();
+    let pipeline = common::start(&config, RunOptions::default()).await;
+    common::wait_table_drained(table.clone(), &config.id, &topic, Duration::from_secs(90)).await;
+    pipeline.shutdown().await.unwrap();
+    assert!(proxy.fired.load(std::sync::atomic::Ordering::SeqCst), "the answer to epoch 1's commit was lost");
+    let epochs = common::txn_versions_in_store(&table, &config.id).await;
+    let mut once = epochs.clone();
+    once.dedup();
+    assert_eq!(epochs, once, "an epoch was committed twice");
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.keys.as_ref().expect("an aggregation audit").mismatched, 0);
+}

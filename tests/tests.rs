@@ -33,6 +33,9 @@ mod stateful;
 
 // SQL projections and filters over the decoded rows.
 mod transform;
+// One commit protocol, one recovery rule: crashes between tables, lost checkpoints, deleted
+// tables, a second writer of an aggregate table, vacuum beside commits in flight.
+mod recovery;
 // Tables maintained while the pipeline writes them: a foreign OPTIMIZE between epochs.
 mod maintenance;
 // Tables on real object stores (SeaweedFS for S3, Azurite for Azure): exactly once, audited and

@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+// A proxy in front of the real S3 server that loses one answer.
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
@@ -313,14 +316,22 @@ pub fn spawn(config: &Path, failpoints: Option<&str>) -> Child {
 }
 
 /// Waits up to `deadline` for `child` (started by [`spawn`]) to exit; its status and stderr.
+/// A child still running at the deadline is SIGKILLed (so a failing test ends).
 pub async fn wait_exit(mut child: Child, deadline: Duration, what: &str) -> (std::process::ExitStatus, String) {
+    let pid = child.id().to_string();
     let waited = tokio::task::spawn_blocking(move || {
         let s = child.wait().unwrap();
         let mut err = String::new();
         std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
         (s, err)
     });
-    tokio::time::timeout(deadline, waited).await.expect(what).unwrap()
+    match tokio::time::timeout(deadline, waited).await {
+        Ok(done) => done.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-KILL").arg(&pid).status();
+            panic!("{what}: still running after {deadline:?}");
+        }
+    }
 }
 
 /// Starts `exactly run` on `config` and SIGKILLs it once the epoch it opens with has written its
@@ -417,4 +428,23 @@ pub async fn recreate_topic(topic: &str, partitions: i32) {
 pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
     static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     HEAVY.lock().await
+}
+
+/// Every `txn` version the Delta log of the table at `location` (any store) holds for `app_id`,
+/// one per commit that wrote it.
+pub async fn txn_versions_in_store(location: &TableLocation, app_id: &str) -> Vec<i64> {
+    let Some(table) = exactly::sink::delta::load_table(location.clone()).await.unwrap() else { return Vec::new() };
+    let store = table.log_store();
+    let mut versions = Vec::new();
+    for v in 0..=table.version().unwrap_or(0) {
+        let Some(bytes) = store.read_commit_entry(v).await.unwrap() else { continue };
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if action["txn"]["appId"] == app_id {
+                versions.push(action["txn"]["version"].as_i64().unwrap());
+            }
+        }
+    }
+    versions.sort_unstable();
+    versions
 }
