@@ -580,15 +580,21 @@ async fn a_schema_id_the_registry_learns_later_is_asked_again() {
     let table = dir.path().join("table");
     let dead = dir.path().join("table_dead_letters");
 
-    // The next id, held for this test: nothing else registers until it does.
+    // The next id, held for this test: nothing else registers until it does. (The registry
+    // gives equal schema texts one id: both texts are new, named after the topic.)
     let turn = REGISTRATIONS.lock().await;
-    let probe = PERSON.replace("\"Person\"", "\"Probe\"");
-    let next = register_in_turn(&url, &format!("{topic}-probe"), &probe).await + 1;
+    let unique = |name: &str| PERSON.replace("\"Person\"", &format!("\"{name}\", \"doc\": \"{topic}\""));
+    let next = register_in_turn(&url, &format!("{topic}-probe"), &unique("Probe")).await + 1;
     send(&topic, &person(next, 0..10)).await;
     let pipeline = common::start(&config, Default::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    // The dead-letter table commits after the data table.
+    common::wait_until(Duration::from_secs(30), "the dead letters", || async {
+        common::read_rows(&dead).await.iter().map(|b| b.num_rows()).sum::<usize>() >= 10
+    })
+    .await;
     assert_eq!(common::read_with_python(&dead)["rows"], 10, "unknown when met: dead letters");
-    let id = register_in_turn(&url, &format!("{topic}-value"), PERSON).await;
+    let id = register_in_turn(&url, &format!("{topic}-value"), &unique("Person")).await;
     drop(turn);
     assert_eq!(id, next, "the registry gave the schema the id the records carry");
     send(&topic, &person(id, 10..1_010)).await;

@@ -349,3 +349,59 @@ async fn a_commit_racing_a_metadata_change_commits_after_reading_again() {
     let rows: usize = common::read_rows(&table).await.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 3);
 }
+
+/// A member's commit that loses to a commit of its own — the put of a committer torn down
+/// (stop timeout, rebalance) that lands after the member read the table — decides again from
+/// the offsets the table records now: only the rows past them are written. (The retry re-checked
+/// the claims and reused its stale cut: the rows of the earlier commit twice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_retried_after_its_own_member_committed_writes_only_what_is_missing() {
+    use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+    use deltalake::kernel::{Action, Transaction};
+    use deltalake::writer::DeltaWriter;
+    use exactly::failpoint::{FailAction, FailPoints};
+    use exactly::record::{Offsets, TopicPartition};
+    use exactly::sink::delta::{owner_app_id, partition_app_id, txn_version};
+    let dir = tempfile::tempdir().unwrap();
+    let topic = common::unique("own-race");
+    let config = group_config(&common::unique("g"), &topic, dir.path());
+    let table = dir.path().join("table");
+    let location: exactly::config::TableLocation = table.as_path().into();
+    let paused = std::sync::Arc::new(FailPoints::new());
+    let a = exactly::sink::from_config(&config, paused.clone());
+    let tp = TopicPartition::new(&topic, 0);
+    let from: Offsets = [(tp.clone(), 0)].into_iter().collect();
+    a.group_claim(std::slice::from_ref(&tp), &exactly::sink::Unrecorded::same(from)).await.unwrap();
+    let batch = epoch_of_three(&config, &tp);
+    paused.arm("before-delta-commit", FailAction::Sleep(Duration::from_secs(2)), Some(1));
+    let (a2, batch2) = (a.clone(), batch.clone());
+    let racing = tokio::spawn(async move { a2.commit(&batch2).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    // The earlier put lands now: offsets 0-1 under the member's own claim.
+    let mut t = exactly::sink::delta::load_table(location.clone()).await.unwrap().unwrap();
+    let token = txn_version(&t, &location, &owner_app_id(&config.id, &tp)).await.unwrap().unwrap();
+    let exactly::state::Output::Append(rows) = &batch.output else { unreachable!() };
+    let early = exactly::decode::with_epoch(&rows[0].slice(0, 2), 1).unwrap();
+    let mut writer = deltalake::writer::RecordBatchWriter::for_table(&t).unwrap();
+    writer.write(early).await.unwrap();
+    let adds = writer.flush().await.unwrap();
+    let txns =
+        vec![Transaction::new(partition_app_id(&config.id, &tp), 2), Transaction::new(owner_app_id(&config.id, &tp), token)];
+    let operation = deltalake::protocol::DeltaOperation::Write {
+        mode: deltalake::protocol::SaveMode::Append,
+        partition_by: None,
+        predicate: None,
+    };
+    CommitBuilder::from(CommitProperties::default().with_application_transactions(txns))
+        .with_actions(adds.into_iter().map(Action::Add).collect())
+        .build(Some(t.snapshot().unwrap()), t.log_store(), operation)
+        .await
+        .unwrap();
+    t.update_incremental(None).await.unwrap();
+
+    racing.await.unwrap().expect("A's commit lands after deciding again");
+    let mut offsets: Vec<i64> = common::rows(&common::read_rows(&table).await).into_iter().map(|(_, o, _)| o).collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, [0, 1, 2], "each record once");
+}
