@@ -304,12 +304,12 @@ impl commit::Writer for Swap<'_> {
         }
         let mut actions: Vec<Action> = self.group.files.iter().map(|f| Action::Remove(f.remove.clone())).collect();
         actions.extend(self.adds.iter().cloned().map(Action::Add));
-        Ok(commit::Decision::Write(commit::Proposal {
+        Ok(commit::Decision::Write(Box::new(commit::Proposal {
             actions,
             txns: Vec::new(),
             info: self.info.clone(),
             operation: self.operation.clone(),
-        }))
+        })))
     }
 }
 

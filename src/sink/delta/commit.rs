@@ -59,7 +59,7 @@ pub enum Decision {
     /// The table already holds this write: nothing is committed.
     Held,
     /// Commit this on the snapshot the decision was taken on.
-    Write(Proposal),
+    Write(Box<Proposal>),
 }
 
 /// One commit's content.
@@ -128,7 +128,7 @@ pub async fn commit(
         }
         let proposal = match writer.decide(table, sent).await? {
             Decision::Held => return Ok(Outcome::Held),
-            Decision::Write(p) => p,
+            Decision::Write(p) => *p,
         };
         let mut info = proposal.info;
         if let Some(object) = info.as_object_mut() {
@@ -221,11 +221,11 @@ impl Writer for SetProperties {
             metadata = metadata.add_config_key((*k).clone(), (*v).clone()).map_err(|e| Error::Sink(e.to_string()))?;
         }
         let properties = stale.iter().map(|(k, v)| ((*k).clone(), (*v).clone())).collect();
-        Ok(Decision::Write(Proposal {
+        Ok(Decision::Write(Box::new(Proposal {
             actions: vec![Action::Metadata(metadata)],
             txns: Vec::new(),
             info: json!({"properties": stale.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()}),
             operation: DeltaOperation::SetTableProperties { properties },
-        }))
+        })))
     }
 }

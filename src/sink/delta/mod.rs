@@ -439,12 +439,12 @@ impl commit::Writer for EpochWrite<'_> {
         }
         actions.extend(evolution(table, path, self.evolve.as_ref(), epoch)?);
         actions.extend(adds.iter().cloned().map(Action::Add));
-        Ok(commit::Decision::Write(commit::Proposal {
+        Ok(commit::Decision::Write(Box::new(commit::Proposal {
             actions,
             txns: self.txns.clone(),
             info: json!({"pipeline": self.pipeline, "epoch": epoch, "ranges": ranges_json(self.ranges), "meaning": self.meaning}),
             operation: self.operation.clone(),
-        }))
+        })))
     }
 }
 
@@ -1196,12 +1196,12 @@ impl commit::Writer for Claim<'_> {
         }
         (self.token, self.start) = (token, start);
         let names: Vec<String> = self.partitions.iter().map(ToString::to_string).collect();
-        Ok(commit::Decision::Write(commit::Proposal {
+        Ok(commit::Decision::Write(Box::new(commit::Proposal {
             actions: Vec::new(),
             txns,
             info: json!({"pipeline": pipeline, "member": self.member, "claim": names, "token": token}),
             operation: self.sink.member_operation(self.member, 0),
-        }))
+        })))
     }
 }
 
@@ -1252,12 +1252,12 @@ impl commit::Writer for GroupWrite<'_> {
             }
         };
         self.written = Some((recorded, adds.clone()));
-        Ok(commit::Decision::Write(commit::Proposal {
+        Ok(commit::Decision::Write(Box::new(commit::Proposal {
             actions: adds.into_iter().map(Action::Add).collect(),
             txns,
             info: self.info.clone(),
             operation: self.operation.clone(),
-        }))
+        })))
     }
 }
 
@@ -1296,11 +1296,11 @@ impl commit::Writer for GroupDeadLetters<'_> {
             }
         };
         self.written = Some((held, adds.clone()));
-        Ok(commit::Decision::Write(commit::Proposal {
+        Ok(commit::Decision::Write(Box::new(commit::Proposal {
             actions: adds.into_iter().map(Action::Add).collect(),
             txns,
             info: self.info.clone(),
             operation: self.operation.clone(),
-        }))
+        })))
     }
 }
