@@ -430,14 +430,20 @@ async fn in_process_case(case: &str, kind: &str, seed: u64, opts: &ChaosOptions,
     Ok(())
 }
 
+/// Starts `exactly run`; its warnings and errors go to `<config's dir>/exactly-<n>.log`, kept for a
+/// failed case's post-mortem.
 fn spawn_exactly(opts: &ChaosOptions, config_file: &Path) -> Result<std::process::Child, String> {
+    static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = config_file.with_file_name(format!("exactly-{n}.log"));
+    let log = std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     std::process::Command::new(&opts.exactly_bin)
         .args(["run", "--progress", "off", "--config"])
         .arg(config_file)
-        .env("RUST_LOG", "off")
+        .env("RUST_LOG", "warn")
         .env_remove("KAFKA_BROKERS")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", opts.exactly_bin.display()))
 }

@@ -88,7 +88,11 @@ fn main() -> ExitCode {
         }
         reports
     });
-    let _ = std::fs::remove_dir_all(&opts.work_dir);
+    if reports.iter().all(|r| r.ok) {
+        let _ = std::fs::remove_dir_all(&opts.work_dir);
+    } else {
+        println!("kept {} (configs, tables, each process's log) for a post-mortem", opts.work_dir.display());
+    }
     println!("{}", harness::render(&reports));
     println!("seed {seed}, {:.0} s", started.elapsed().as_secs_f64());
     if reports.iter().all(|r| r.ok) && !reports.is_empty() {

@@ -171,20 +171,27 @@ pub async fn vacuum(path: &TableLocation, retention: Option<Duration>, dry_run: 
     let table = load_table(path.clone()).await?.ok_or_else(|| delta_err(path, "no Delta table here"))?;
     let table_retention = table.snapshot().map_err(|e| delta_err(path, e))?.table_config().deleted_file_retention_duration();
     let asked = chrono::Duration::from_std(retention.unwrap_or(table_retention)).map_err(|e| delta_err(path, e))?;
-    // Never younger than the longest a commit may take from writing its files to landing: an
-    // unreferenced file younger than that may belong to a commit still in flight.
+    // Files a commit removed go by the retention asked for (Lite); files no version references
+    // never younger than the longest a commit may take from writing its files to landing (Full):
+    // one younger than that may belong to a commit still in flight.
     let floor = chrono::Duration::from_std(VACUUM_FLOOR).map_err(|e| delta_err(path, e))?;
-    if asked < floor {
-        tracing::warn!(table = %path.display(), asked = %asked, floor = %floor, "vacuum keeps files younger than the longest a commit may take");
+    let pass = |table: deltalake::DeltaTable, mode: VacuumMode, retention: chrono::Duration, enforce: bool| {
+        table
+            .vacuum()
+            .with_mode(mode)
+            .with_dry_run(dry_run)
+            .with_enforce_retention_duration(enforce)
+            .with_retention_period(retention)
+            // VACUUM's own commits hold commit info only (no file, no txn): delta-rs may rebase them.
+            .with_commit_properties(vacuum_commit_properties())
+    };
+    let (table, removed) = pass(table, VacuumMode::Lite, asked, !force).await.map_err(|e| delta_err(path, e))?;
+    let (_, unreferenced) = pass(table, VacuumMode::Full, asked.max(floor), false).await.map_err(|e| delta_err(path, e))?;
+    let mut files = removed.files_deleted;
+    for f in unreferenced.files_deleted {
+        if !files.contains(&f) {
+            files.push(f);
+        }
     }
-    let builder = table
-        .vacuum()
-        .with_mode(VacuumMode::Full)
-        .with_dry_run(dry_run)
-        .with_enforce_retention_duration(!force)
-        .with_retention_period(asked.max(floor))
-        // VACUUM's own commits hold commit info only (no file, no txn): delta-rs may rebase them.
-        .with_commit_properties(vacuum_commit_properties());
-    let (_, m) = builder.await.map_err(|e| delta_err(path, e))?;
-    Ok(VacuumReport { table: path.to_string(), dry_run: m.dry_run, files: m.files_deleted })
+    Ok(VacuumReport { table: path.to_string(), dry_run: removed.dry_run, files })
 }

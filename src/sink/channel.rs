@@ -30,10 +30,6 @@ impl Sink for ChannelSink {
         "channel"
     }
 
-    fn durable(&self) -> bool {
-        false
-    }
-
     fn recorded<'a>(&'a self, _partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<crate::recovery::Recorded>>> {
         async { Ok(None) }.boxed()
     }

@@ -90,10 +90,6 @@ impl Sink for ConsoleSink {
         "console"
     }
 
-    fn durable(&self) -> bool {
-        false
-    }
-
     fn recorded<'a>(&'a self, _partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<crate::recovery::Recorded>>> {
         async { Ok(None) }.boxed()
     }

@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::failpoint::FailPoints;
 use crate::record::{EpochBatch, Offsets, TopicPartition};
 
-/// What a durable sink knows it committed last.
+/// An epoch a table holds and the cut it recorded: what a replay re-cuts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedEpoch {
     /// The epoch.
@@ -53,11 +53,9 @@ pub trait Sink: Send + Sync + 'static {
     /// A short name for logs.
     fn name(&self) -> &str;
 
-    /// Whether the sink records what it committed (then recovery trusts and checks it).
-    fn durable(&self) -> bool;
-
     /// What each of the sink's tables records of the pipeline (its epoch, its cut over
-    /// `partitions`), for [`crate::recovery::plan`]; `None` if the sink is not durable.
+    /// `partitions`), for [`crate::recovery::plan`]; `None` if the sink records nothing (console,
+    /// channel: recovery then trusts the checkpoint alone).
     /// Re-reads storage.
     fn recorded<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<crate::recovery::Recorded>>>;
 

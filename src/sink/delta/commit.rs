@@ -24,8 +24,8 @@
 //! `recovery::an_aggregate_pipeline_run_twice_on_one_table_commits_each_epoch_once`.
 //!
 //! A commit gives up after [`MAX_COMMIT`] from its start (its files were written then), so
-//! `exactly vacuum` never deletes a file younger than [`VACUUM_FLOOR`]: a file a commit may
-//! still reference is at most that old.
+//! `exactly vacuum` never deletes a file no version references while it is younger than
+//! [`VACUUM_FLOOR`]: a file a commit in flight may still add is at most that old.
 
 use std::time::{Duration, Instant};
 
@@ -44,8 +44,8 @@ use crate::sink::storage::TableLocation;
 /// included; past it, the commit gives up (the epoch fails and is cut again).
 pub const MAX_COMMIT: Duration = Duration::from_secs(10 * 60);
 
-/// The youngest an unreferenced file may be for `exactly vacuum` to delete it, whatever the
-/// retention asked for: twice [`MAX_COMMIT`].
+/// The youngest a file no version references may be for `exactly vacuum` to delete it,
+/// whatever the retention asked for: twice [`MAX_COMMIT`].
 pub const VACUUM_FLOOR: Duration = Duration::from_secs(2 * 10 * 60);
 
 /// How many times a commit reads the table again after an attempt that did not land.

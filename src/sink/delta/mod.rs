@@ -9,14 +9,12 @@
 //! - `txn(appId = "<pipeline id>-<topic>-<partition>-start", version = first offset)`, once per
 //!   partition — where the pipeline started reading, for `exactly verify`.
 //!
-//! Rows go to the data table; records that did not decode go to the dead-letter table (created
-//! on the first dead letter). Delta has no commit across tables, so each table carries the txn
-//! actions itself and each is skipped when it already holds the epoch: committing a replayed
-//! epoch again writes only to the tables that missed it.
-//!
-//! **Architecture Invariant:** a table is written for epoch E only if its pipeline txn version
-//! is below E; if it is already E, the cut it recorded must equal the batch's cut (a mismatch is
-//! an error, never a silent skip).
+//! Rows go to the data table, then to each `sink.outputs` table; records that did not decode go
+//! to the dead-letter table last (created on the first dead letter; the data table marks each
+//! epoch that has some: `dead_letters_app_id`). Delta has no commit across tables, so each table
+//! carries the txn actions itself, and every commit goes through [`commit::commit`]: a table that
+//! already holds the epoch with this cut holds (a replay writes only to the tables that missed
+//! it), one that holds it by another writer is refused (ARCHITECTURE.md, "The commit rule").
 
 pub mod commit;
 
@@ -160,11 +158,20 @@ pub struct EpochCommit {
 /// The `exactly` commit info of epoch `epoch` of `pipeline` in `table` (`None`: not among the
 /// newest commits).
 pub async fn epoch_commit(table: &DeltaTable, path: &TableLocation, pipeline: &str, epoch: u64) -> Result<Option<EpochCommit>> {
-    use futures::TryStreamExt;
-    let infos: Vec<deltalake::kernel::CommitInfo> =
-        table.history(Some(EPOCH_SCAN)).try_collect().await.map_err(|e| delta_err(path, e))?;
-    for info in infos {
-        let Some(meta) = info.info.get("exactly") else { continue };
+    let Some(latest) = table.version() else { return Ok(None) };
+    let store = table.log_store();
+    // Newest first: the epoch's commit is the newest but for maintenance commits after it.
+    for version in (0..=latest).rev().take(EPOCH_SCAN) {
+        let Some(bytes) = store.read_commit_entry(version).await.map_err(|e| delta_err(path, e))? else { continue };
+        let text = String::from_utf8_lossy(&bytes);
+        let Some(info) = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|a| a.get("commitInfo").is_some())
+        else {
+            continue;
+        };
+        let meta = &info["commitInfo"]["exactly"];
         if meta["pipeline"].as_str() != Some(pipeline) || meta["epoch"].as_u64() != Some(epoch) || meta.get("member").is_some() {
             continue;
         }
@@ -676,9 +683,10 @@ impl DeltaSink {
             if spec.writer_columns && replace.is_none() {
                 open.evolve = self.growth(spec, open, &rows)?;
             }
-            Some(write_files(spec, &open.table, open.evolve.is_some(), rows).await?)
+            let adds = write_files(spec, &open.table, open.evolve.is_some(), rows).await?;
+            self.failpoints.hit("after-parquet-write").await?;
+            Some(adds)
         };
-        self.failpoints.hit("after-parquet-write").await?;
         let t_delta = std::time::Instant::now();
         take_fresh_snapshot(spec, open).await?;
         let mut txns = vec![Transaction::new(&self.pipeline, epoch as i64)];
@@ -703,15 +711,17 @@ impl DeltaSink {
         };
         match commit::commit(&mut open.table, path, spec.label(), self.before_commit(), &mut writer).await? {
             commit::Outcome::Held => {
+                // (A partition whose range is empty in the held epoch, added to the topic since,
+                // records its start with the first epoch that writes it.)
                 tracing::info!(table = %path.display(), epoch, "epoch already committed to this table; skipped");
             }
             commit::Outcome::Landed(version) => {
                 open.landed(version);
+                open.starts.extend(ranges.iter().map(|r| r.tp.clone()));
                 metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "delta").record(t_delta.elapsed().as_secs_f64());
             }
         }
         open.version = epoch;
-        open.starts.extend(ranges.iter().map(|r| r.tp.clone()));
         Ok(())
     }
 
@@ -981,10 +991,6 @@ impl Sink for DeltaSink {
 
     fn table_stats(&self) -> Option<maintenance::TableStats> {
         Some(self.data.stats.get())
-    }
-
-    fn durable(&self) -> bool {
-        true
     }
 
     fn recorded<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<Recorded>>> {
