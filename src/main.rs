@@ -339,13 +339,14 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
                     audit.total(f) + audit.outputs.iter().map(|o| o.total(f)).sum::<u64>()
                 };
                 anyhow::bail!(
-                    "verify: {} missing, {} duplicated, {} unexpected offsets, {} rows or dead letters unlike Kafka's record, {} key problems, {} commits by a fenced group member (in the data table and its outputs)",
+                    "verify: {} missing, {} duplicated, {} unexpected offsets, {} rows or dead letters unlike Kafka's record, {} key problems, {} commits by a fenced group member, {} epochs committed twice (in the data table and its outputs)",
                     total(|p| p.missing),
                     total(|p| p.duplicated),
                     total(|p| p.unexpected),
                     total(|p| p.mismatched),
                     keys,
-                    audit.fencing.len()
+                    audit.fencing.len(),
+                    audit.twice.len()
                 )
             }
         }

@@ -100,6 +100,42 @@ pub struct Audit {
     pub fencing: Vec<String>,
     /// `sink.outputs`: each output table against the topic, through the same fan-out.
     pub outputs: Vec<OutputAudit>,
+    /// Epochs of the pipeline committed more than once to one table (data, outputs, dead
+    /// letters), among each table's newest [`EPOCH_SCAN`] commits: each a broken commit rule.
+    pub twice: Vec<String>,
+}
+
+/// How many of a table's newest commits the audit reads for epochs committed twice.
+pub const EPOCH_SCAN: u64 = 2_000;
+
+/// Epochs of `pipeline` that more than one commit of `table` (among its newest [`EPOCH_SCAN`])
+/// recorded, as "<table>: epoch E committed N times".
+async fn epochs_committed_twice(table: &DeltaTable, path: &TableLocation, pipeline: &str) -> Result<Vec<String>> {
+    use futures::StreamExt;
+    let Some(latest) = table.version() else { return Ok(Vec::new()) };
+    let store = table.log_store();
+    let versions = latest.saturating_sub(EPOCH_SCAN - 1)..=latest;
+    let entries: Vec<_> =
+        futures::stream::iter(versions).map(|v| store.read_commit_entry(v)).buffer_unordered(16).collect().await;
+    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+    for entry in entries {
+        let Some(bytes) = entry.map_err(|e| Error::Sink(format!("reading the log of {}: {e}", path.display())))? else {
+            continue;
+        };
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let Ok(action) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            if action["txn"]["appId"].as_str() == Some(pipeline) {
+                if let Some(v) = action["txn"]["version"].as_i64() {
+                    *counts.entry(v).or_default() += 1;
+                }
+            }
+        }
+    }
+    Ok(counts
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(e, n)| format!("{}: epoch {e} committed {n} times", path.display()))
+        .collect())
 }
 
 /// One `sink.outputs` table against the topic: each record its `where` keeps exactly once,
@@ -309,6 +345,7 @@ impl Audit {
     pub fn ok(&self) -> bool {
         let clean = |p: &PartitionAudit| p.missing == 0 && p.duplicated == 0 && p.unexpected == 0 && p.mismatched == 0;
         self.fencing.is_empty()
+            && self.twice.is_empty()
             && self.partitions.iter().all(clean)
             && self.outputs.iter().all(|o| o.partitions.iter().all(clean))
             && self.keys.as_ref().is_none_or(|k| k.missing == 0 && k.duplicated == 0 && k.mismatched == 0)
@@ -402,6 +439,9 @@ impl Audit {
             for f in self.fencing.iter().take(10) {
                 let _ = writeln!(s, "    {f}");
             }
+        }
+        for t in self.twice.iter().take(10) {
+            let _ = writeln!(s, "commit rule broken: {t}");
         }
         for o in &self.outputs {
             let _ = writeln!(
@@ -1187,7 +1227,18 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
     } else {
         (BTreeMap::new(), Vec::new())
     };
+    // Each epoch lands in each table once (ARCHITECTURE.md, "The commit rule").
+    let mut twice = epochs_committed_twice(&table, &path, &id).await?;
+    if let Some(t) = &dead_table {
+        twice.extend(epochs_committed_twice(t, &dead_path, &id).await?);
+    }
+    for o in &outputs {
+        if let Some(t) = load_table(o.audit.table.clone()).await? {
+            twice.extend(epochs_committed_twice(&t, &o.audit.table, &id).await?);
+        }
+    }
     Ok(Audit {
+        twice,
         pipeline: id.clone(),
         table: path.clone(),
         dead_letter_table: dead_path,

@@ -199,6 +199,25 @@ async fn an_aggregate_pipeline_run_twice_on_one_table_commits_each_epoch_once() 
     assert!(epochs(&table, &config.id).len() > 1, "several epochs");
     let audit = common::assert_verified(&config).await;
     assert_eq!(audit.keys.as_ref().unwrap().mismatched, 0);
+
+    // The break this prevents, made on purpose: the last epoch's commit once more on top of
+    // itself. `verify` fails, naming it.
+    let log = table.join("_delta_log");
+    let mut commits: Vec<PathBuf> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    commits.sort();
+    let last_epoch = commits
+        .iter()
+        .rev()
+        .find(|p| std::fs::read_to_string(p).unwrap().contains(&format!(r#""appId":"{}""#, config.id)))
+        .unwrap();
+    let next: u64 = commits.last().unwrap().file_stem().unwrap().to_str().unwrap().parse::<u64>().unwrap() + 1;
+    std::fs::copy(last_epoch, log.join(format!("{next:020}.json"))).unwrap();
+    let broken = exactly::verify::verify(&config).await.unwrap();
+    assert!(!broken.ok() && broken.twice.len() == 1, "{}", broken.render());
 }
 
 /// `exactly vacuum` never deletes a file younger than the longest a commit may take, whatever

@@ -48,8 +48,10 @@ pub const MAX_COMMIT: Duration = Duration::from_secs(10 * 60);
 /// whatever the retention asked for: twice [`MAX_COMMIT`].
 pub const VACUUM_FLOOR: Duration = Duration::from_secs(2 * 10 * 60);
 
-/// How many times a commit reads the table again after an attempt that did not land.
-const ATTEMPTS: u32 = 20;
+/// How many times a commit reads the table again after an attempt that did not land (group
+/// members committing one table every epoch lose races often; each attempt after the second
+/// waits a random pause first, so they fall out of step).
+const ATTEMPTS: u32 = 50;
 
 /// The `exactly` commit-info key naming the call a commit belongs to.
 const CALL_KEY: &str = "call";
@@ -114,6 +116,10 @@ pub async fn commit(
     let base = table.version();
     let mut sent = false;
     for attempt in 1..=ATTEMPTS {
+        if attempt > 2 {
+            let pause = rand::random_range(0..(20 * u64::from(attempt)).min(500));
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
         if attempt > 1 {
             table.update_incremental(None).await.map_err(|e| delta_err(path, e))?;
             if sent {
