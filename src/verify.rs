@@ -1228,13 +1228,13 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         (BTreeMap::new(), Vec::new())
     };
     // Each epoch lands in each table once (ARCHITECTURE.md, "The commit rule").
-    let mut twice = epochs_committed_twice(&table, &path, &id).await?;
+    let mut twice = epochs_committed_twice(&table, path, id).await?;
     if let Some(t) = &dead_table {
-        twice.extend(epochs_committed_twice(t, &dead_path, &id).await?);
+        twice.extend(epochs_committed_twice(t, &dead_path, id).await?);
     }
     for o in &outputs {
         if let Some(t) = load_table(o.audit.table.clone()).await? {
-            twice.extend(epochs_committed_twice(&t, &o.audit.table, &id).await?);
+            twice.extend(epochs_committed_twice(&t, &o.audit.table, id).await?);
         }
     }
     Ok(Audit {
