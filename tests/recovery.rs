@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use exactly::config::{AggregateConfig, AggregateOp, AggregateSpec, OutputConfig, OutputMode, SinkConfig};
+use exactly::config::{AggregateConfig, OutputConfig, OutputMode, SinkConfig};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::common::{self, spawn, terminate, wait_exit, write_config};
@@ -151,18 +151,6 @@ async fn a_deleted_main_table_beside_outputs_is_refused() {
     assert!(!out.status.success());
 }
 
-fn counts() -> AggregateConfig {
-    AggregateConfig {
-        group_by: vec!["value".into()],
-        aggregates: vec![
-            AggregateSpec { op: AggregateOp::Count, field: None, name: None },
-            AggregateSpec { op: AggregateOp::Sum, field: Some("id".into()), name: None },
-        ],
-        output_mode: OutputMode::Update,
-        buckets: 4,
-    }
-}
-
 /// Two processes of one aggregate pipeline on one table, each with a checkpoint of its own (a
 /// failover that copied no volume): every epoch lands in the table once. The bucket-replacing
 /// commit retried past a lost race without asking whose epoch the table now held, so both
@@ -175,7 +163,7 @@ async fn an_aggregate_pipeline_run_twice_on_one_table_commits_each_epoch_once() 
     let topic = common::topic("twice", 2).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
-    config.aggregate = Some(counts());
+    config.aggregate = Some(AggregateConfig::count_by(&["value"], OutputMode::Update, 4));
     config.supervisor.max_restarts = 1_000;
     let table = dir.path().join("table");
     let second_dir = dir.path().join("second");
@@ -220,9 +208,9 @@ async fn an_aggregate_pipeline_run_twice_on_one_table_commits_each_epoch_once() 
     assert!(!broken.ok() && broken.twice.len() == 1, "{}", broken.render());
 }
 
-/// `exactly vacuum` never deletes a file younger than the longest a commit may take, whatever
-/// the retention asked for: an epoch's files are written before its commit, and a commit that
-/// stalls re-reading the table would find them gone.
+/// `exactly vacuum` never deletes a file no version references while it is younger than the
+/// longest a commit may take, whatever the retention asked for: an epoch's files are written
+/// before its commit, and a commit that stalls re-reading the table would find them gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vacuum_keeps_files_a_commit_in_flight_may_still_reference() {
     let topic = common::topic("vacuum-floor", 1).await;
