@@ -662,9 +662,6 @@ impl DeltaSink {
         extra: Vec<Transaction>,
     ) -> Result<()> {
         let path = &spec.path;
-        if open.version > epoch {
-            return Err(another_writer(path, &self.pipeline, open.version, epoch));
-        }
         let (rows, replace, output_mode) = match write {
             Write::Append(rows) => (rows, None, OutputMode::Append),
             Write::Replace { buckets, rows, mode } => {
@@ -675,9 +672,9 @@ impl DeltaSink {
                 (rows, Some(buckets), m)
             }
         };
-        // A table that holds the epoch already (a replay) gets no files: its writer checks the
-        // recorded cut and holds.
-        let adds = if open.version == epoch {
+        // A table that holds the epoch already (a replay) or a later one gets no files: its
+        // writer checks the recorded cut and holds, or refuses.
+        let adds = if open.version >= epoch {
             None
         } else {
             if spec.writer_columns && replace.is_none() {
@@ -914,7 +911,7 @@ impl DeltaSink {
             rows,
             dead_letters: &dead_letters,
             dead_recorded: &dead_recorded,
-            written: None,
+            written: FilesAt::default(),
             info: info.clone(),
             operation: operation.clone(),
         };
@@ -935,7 +932,7 @@ impl DeltaSink {
         }
         let open = dead.as_mut().ok_or_else(|| Error::Sink("the dead-letter table is not open".into()))?;
         take_fresh_snapshot(&self.dead, open).await?;
-        let mut write = GroupDeadLetters { sink: self, batch, dead_letters, written: None, info, operation };
+        let mut write = GroupDeadLetters { sink: self, batch, dead_letters, written: FilesAt::default(), info, operation };
         if let commit::Outcome::Landed(version) =
             commit::commit(&mut open.table, &self.dead.path, self.dead.label(), None, &mut write).await?
         {
@@ -1211,6 +1208,27 @@ impl commit::Writer for Claim<'_> {
     }
 }
 
+/// The files a write made for the offsets a table recorded, kept across attempts while those
+/// stay the same (written again when another commit moved them).
+#[derive(Default)]
+struct FilesAt(Option<(Offsets, Vec<deltalake::kernel::Add>)>);
+
+impl FilesAt {
+    /// The files for `cut`: those kept, or what `write` makes now.
+    async fn for_cut(
+        &mut self,
+        cut: Offsets,
+        write: impl AsyncFnOnce() -> Result<Vec<deltalake::kernel::Add>>,
+    ) -> Result<Vec<deltalake::kernel::Add>> {
+        let adds = match self.0.take() {
+            Some((kept, adds)) if kept == cut => adds,
+            _ => write().await?,
+        };
+        self.0 = Some((cut, adds.clone()));
+        Ok(adds)
+    }
+}
+
 /// Group mode's data-table commit of an epoch, as a [`commit::Writer`]: fenced unless every
 /// partition is still this member's; only the rows at or past the offsets the table records
 /// now (files written again when those moved since the last attempt); held when the table
@@ -1222,8 +1240,7 @@ struct GroupWrite<'a> {
     rows: Vec<RecordBatch>,
     dead_letters: &'a [crate::decode::DeadLetter],
     dead_recorded: &'a Offsets,
-    /// The files of the last attempt, and the recorded offsets they were cut at.
-    written: Option<(Offsets, Vec<deltalake::kernel::Add>)>,
+    written: FilesAt,
     info: serde_json::Value,
     operation: DeltaOperation,
 }
@@ -1249,15 +1266,15 @@ impl commit::Writer for GroupWrite<'_> {
                 txns.push(Transaction::new(dead_mark_app_id(pipeline, &r.tp), from));
             }
         }
-        let adds = match self.written.take() {
-            Some((cut, adds)) if cut == recorded => adds,
-            _ => {
-                let adds = write_files(&sink.data, table, false, rows_from(&self.rows, &recorded)?).await?;
+        let rows = &self.rows;
+        let adds = self
+            .written
+            .for_cut(recorded.clone(), async || {
+                let adds = write_files(&sink.data, table, false, rows_from(rows, &recorded)?).await?;
                 sink.failpoints.hit("after-parquet-write").await?;
-                adds
-            }
-        };
-        self.written = Some((recorded, adds.clone()));
+                Ok(adds)
+            })
+            .await?;
         Ok(commit::Decision::Write(Box::new(commit::Proposal {
             actions: adds.into_iter().map(Action::Add).collect(),
             txns,
@@ -1273,7 +1290,7 @@ struct GroupDeadLetters<'a> {
     sink: &'a DeltaSink,
     batch: &'a EpochBatch,
     dead_letters: Vec<crate::decode::DeadLetter>,
-    written: Option<(Offsets, Vec<deltalake::kernel::Add>)>,
+    written: FilesAt,
     info: serde_json::Value,
     operation: DeltaOperation,
 }
@@ -1294,14 +1311,13 @@ impl commit::Writer for GroupDeadLetters<'_> {
             .filter(|r| held.get(&r.tp).is_none_or(|l| r.end > *l))
             .map(|r| Transaction::new(partition_app_id(&sink.pipeline, &r.tp), r.end))
             .collect();
-        let adds = match self.written.take() {
-            Some((cut, adds)) if cut == held => adds,
-            _ => {
+        let adds = self
+            .written
+            .for_cut(held, async || {
                 let rows = vec![dead_letter_batch(&letters, batch.epoch).map_err(|e| Error::Sink(e.to_string()))?];
-                write_files(&sink.dead, table, false, rows).await?
-            }
-        };
-        self.written = Some((held, adds.clone()));
+                write_files(&sink.dead, table, false, rows).await
+            })
+            .await?;
         Ok(commit::Decision::Write(Box::new(commit::Proposal {
             actions: adds.into_iter().map(Action::Add).collect(),
             txns,
