@@ -361,14 +361,15 @@ mod tests {
     fn run(checkpoint: Option<u64>, t: &Recorded, rebuild: Rebuild, state: Option<&'static str>) -> Result<Plan, String> {
         let at = |e: u64| cut(&[(0, 10 * e as i64), (1, 10 * e as i64)]);
         plan(&Inputs {
-            pipeline: "p",
-            dir: "cp",
-            checkpoint: checkpoint.map(|e| Found { epoch: e, offsets: at(e) }),
-            tables: Some(t),
             rebuild,
             state,
-            meaning: &Meaning::new(),
+            ..inputs(checkpoint.map(|e| Found { epoch: e, offsets: at(e) }), Some(t), &Meaning::new())
         })
+    }
+
+    /// Inputs of pipeline `p` with no rebuild and no keyed state.
+    fn inputs<'a>(checkpoint: Option<Found>, tables: Option<&'a Recorded>, meaning: &'a Meaning) -> Inputs<'a> {
+        Inputs { pipeline: "p", dir: "cp", checkpoint, tables, rebuild: Rebuild::Never, state: None, meaning }
     }
 
     fn resume(e: u64, rebuilt: bool) -> Result<Plan, String> {
@@ -434,15 +435,8 @@ mod tests {
         let t = tables(3, &[], 0, 0);
         let mut moved = cut(&[(0, 30), (1, 30)]);
         moved.insert(TopicPartition::new("t", 0), 35);
-        let i = Inputs {
-            pipeline: "p",
-            dir: "cp",
-            checkpoint: Some(Found { epoch: 3, offsets: moved }),
-            tables: Some(&t),
-            rebuild: Rebuild::Never,
-            state: None,
-            meaning: &Meaning::new(),
-        };
+        let none = Meaning::new();
+        let i = inputs(Some(Found { epoch: 3, offsets: moved }), Some(&t), &none);
         assert!(plan(&i).unwrap_err().contains("group mode"));
     }
 
@@ -452,33 +446,15 @@ mod tests {
         let mut t = tables(3, &[2], 2, 0);
         t.meaning = Some(was.clone());
         let mut now = was.clone();
-        let inputs = |now: &Meaning| {
-            plan(&Inputs {
-                pipeline: "p",
-                dir: "cp",
-                checkpoint: Some(Found { epoch: 2, offsets: cut(&[(0, 20), (1, 20)]) }),
-                tables: Some(&t),
-                rebuild: Rebuild::Never,
-                state: None,
-                meaning: now,
-            })
-        };
-        assert_eq!(inputs(&now), replay(2, false));
+        let planned = |now: &Meaning| plan(&inputs(Some(Found { epoch: 2, offsets: cut(&[(0, 20), (1, 20)]) }), Some(&t), now));
+        assert_eq!(planned(&now), replay(2, false));
         now.insert("transform".into(), "b2".into());
-        let refused = inputs(&now).unwrap_err();
+        let refused = planned(&now).unwrap_err();
         assert!(refused.contains("transform") && !refused.contains("decode"), "{refused}");
         // Nothing to replay: a changed meaning applies from the next epoch on.
         let mut all_in_step = tables(3, &[3], 0, 0);
         all_in_step.meaning = Some(was);
-        let i = Inputs {
-            pipeline: "p",
-            dir: "cp",
-            checkpoint: Some(Found { epoch: 3, offsets: cut(&[(0, 30), (1, 30)]) }),
-            tables: Some(&all_in_step),
-            rebuild: Rebuild::Never,
-            state: None,
-            meaning: &now,
-        };
+        let i = inputs(Some(Found { epoch: 3, offsets: cut(&[(0, 30), (1, 30)]) }), Some(&all_in_step), &now);
         assert_eq!(plan(&i), resume(3, false));
     }
 
@@ -498,15 +474,8 @@ mod tests {
 
     #[test]
     fn a_sink_that_is_not_durable_resumes_at_the_checkpoint() {
-        let i = Inputs {
-            pipeline: "p",
-            dir: "cp",
-            checkpoint: Some(Found { epoch: 4, offsets: cut(&[(0, 7)]) }),
-            tables: None,
-            rebuild: Rebuild::Now,
-            state: None,
-            meaning: &Meaning::new(),
-        };
+        let none = Meaning::new();
+        let i = Inputs { rebuild: Rebuild::Now, ..inputs(Some(Found { epoch: 4, offsets: cut(&[(0, 7)]) }), None, &none) };
         assert_eq!(plan(&i), Ok(Plan::Resume { epoch: 4, offsets: cut(&[(0, 7)]), rebuilt: false }));
     }
 }
