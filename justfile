@@ -31,12 +31,13 @@ verify config="examples/demo.toml": build
 verify-s3: build
     scripts/with-kafka scripts/with-stores bash -c 'eval "$(scripts/s3 env)" && {{bin}} verify --config examples/s3.toml'
 
-# The whole test suite against a real Kafka broker, a real S3-compatible server, Azurite and a
+# The layering check (scripts/layers), then the whole test suite against a real Kafka broker, a real S3-compatible server, Azurite and a
 # real Confluent-compatible schema registry (Apicurio Registry) — each started if none answers,
 # stopped after if this recipe started it (KEEP_KAFKA=1 / KEEP_STORES=1 / KEEP_REGISTRY=1 keep
 # them running) — then `bench --quick`, which proves the benchmark harness (ours and Spark) works
 # on small data without judging any figure.
 test: setup
+    scripts/layers
     scripts/with-kafka scripts/with-stores scripts/with-registry bash -c 'cargo test --all-targets --locked && bench/run --quick'
 
 # The chaos suite: kill actors, the process and the broker mid-batch, then audit. Options:
@@ -76,7 +77,8 @@ kafka-down:
 kafka-status:
     scripts/kafka status
 
-# Format and lint.
+# The dependency layers (scripts/layers), format, lint.
 lint:
+    scripts/layers
     cargo fmt --all -- --check
     cargo clippy --all-targets --locked -- -D warnings

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use deltalake::parquet::arrow::ArrowWriter;
 use exactly::config::DecodeConfig;
 use exactly::decode::Decoder;
-use exactly::record::{Record, TopicPartition};
+use exactly::model::{Record, TopicPartition};
 use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -38,8 +38,8 @@ struct Args {
 impl Args {
     /// The brokers with the `--set` properties (security settings included: `--set
     /// security.protocol=SASL_SSL --set sasl.mechanism=…`).
-    fn connection(&self) -> exactly::kafka::Connection {
-        exactly::kafka::Connection::plaintext(self.brokers.as_str()).with_properties(self.properties.iter().cloned())
+    fn connection(&self) -> exactly::source::Connection {
+        exactly::source::Connection::plaintext(self.brokers.as_str()).with_properties(self.properties.iter().cloned())
     }
 }
 
@@ -61,7 +61,7 @@ enum Cmd {
 /// Reads every record of the topic; `keep` decides whether they are kept in memory.
 fn read_all(args: &Args, keep: bool) -> (u64, u64, Duration, Vec<Record>) {
     let topic = &args.topic;
-    let mut config = args.connection().client_config_with(exactly::kafka::FETCH_DEFAULTS);
+    let mut config = args.connection().client_config_with(exactly::source::FETCH_DEFAULTS);
     config.set("group.id", "exactly-bench-limit").set("enable.auto.commit", "false").set("isolation.level", "read_committed");
     let consumer: BaseConsumer = config.create().expect("consumer");
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
@@ -150,7 +150,7 @@ fn main() {
         }
         Cmd::Parquet => {
             let (n, _, _, records) = read_all(&args, true);
-            let decoder = Decoder::new(&DecodeConfig::seed());
+            let decoder = Decoder::new(&DecodeConfig::seed()).expect("the seed's JSON decoder");
             let t0 = Instant::now();
             let batches: Vec<_> = records.chunks(8192).map(|c| decoder.decode(c).rows).collect();
             let decode = t0.elapsed().as_secs_f64();

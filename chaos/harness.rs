@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use exactly::config::{
     AggregateConfig, AggregateOp, AggregateSpec, DecodeConfig, DedupConfig, OutputMode, PipelineConfig, SinkConfig,
 };
-use exactly::consumer::ConsumerMsg;
-use exactly::failpoint::{FailAction, FailPoints};
-use exactly::fault::Fault;
 use exactly::pipeline::{Pipeline, RunOptions};
-use exactly::producer::{produce, ProduceOptions};
-use exactly::progress::Progress;
+use exactly::runtime::messages::ConsumerMsg;
+use exactly::source::producer::{produce, ProduceOptions};
+use exactly::telemetry::progress::Progress;
+use exactly::testing::failpoint::{FailAction, FailPoints};
+use exactly::testing::fault::Fault;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::broadcast;
@@ -157,8 +157,8 @@ async fn table_progress(config: &PipelineConfig, topic: &str) -> (i64, u64) {
     let Some(path) = config.table_path() else { return (0, 0) };
     let path = &path;
     let Ok(Some(t)) = exactly::sink::delta::load_table(path.clone()).await else { return (0, 0) };
-    let Ok(connection) = config.connection() else { return (0, 0) };
-    let Ok(tps) = exactly::kafka::preflight(&connection, &[topic.to_string()], Duration::from_secs(30)).await else {
+    let Ok(connection) = exactly::source::Connection::of(&config.source) else { return (0, 0) };
+    let Ok(tps) = exactly::source::preflight(&connection, &[topic.to_string()], Duration::from_secs(30)).await else {
         return (0, 0);
     };
     let cut = exactly::sink::delta::recorded_cut(&t, path, &config.id, &tps).await.map(|c| c.values().sum()).unwrap_or(0);
@@ -167,10 +167,13 @@ async fn table_progress(config: &PipelineConfig, topic: &str) -> (i64, u64) {
 }
 
 async fn wait_drained(config: &PipelineConfig, topic: &str, deadline: Duration) -> Result<(), String> {
-    let want =
-        exactly::kafka::high_watermark_sum(&config.connection().map_err(|e| e.to_string())?, topic, Duration::from_secs(30))
-            .await
-            .map_err(|e| e.to_string())?;
+    let want = exactly::source::high_watermark_sum(
+        &exactly::source::Connection::of(&config.source).map_err(|e| e.to_string())?,
+        topic,
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let start = Instant::now();
     while table_progress(config, topic).await.0 < want {
         if start.elapsed() > deadline {
@@ -228,12 +231,12 @@ async fn inject(
         "panic-aggregator" => s
             .aggregator
             .ok_or_else(missing)?
-            .cast(exactly::aggregator::AggregatorMsg::InjectFault(Fault::Panic))
+            .cast(exactly::runtime::messages::AggregatorMsg::InjectFault(Fault::Panic))
             .map_err(|e| e.to_string())?,
         "panic-committer" => s
             .committer
             .ok_or_else(missing)?
-            .cast(exactly::committer::CommitterMsg::InjectFault(Fault::Panic))
+            .cast(exactly::runtime::messages::CommitterMsg::InjectFault(Fault::Panic))
             .map_err(|e| e.to_string())?,
         "fail-after-parquet-write" => failpoints.arm("after-parquet-write", FailAction::Error, Some(1)),
         "fail-after-delta-commit" => failpoints.arm("after-delta-commit", FailAction::Error, Some(1)),
@@ -253,7 +256,7 @@ async fn inject(
             // One more partition, and a burst of records that lands on every partition (the
             // stream's producer learns of the new one only at its next metadata refresh). The
             // pipeline commits its open epoch and restarts the tree to read it.
-            exactly::kafka::add_partitions(&brokers.into(), topic, s.consumers.len() + 1).await.map_err(|e| e.to_string())?;
+            exactly::source::add_partitions(&brokers.into(), topic, s.consumers.len() + 1).await.map_err(|e| e.to_string())?;
             let mut burst = ProduceOptions::new(brokers, topic, 300);
             burst.first_id = 1_000_000_000 + rng.random_range(0..1_000_000) * 1_000;
             produce(&burst, std::future::pending()).await.map_err(|e| e.to_string())?;
@@ -331,7 +334,7 @@ pub async fn run_case(case: &str, iteration: u32, opts: &ChaosOptions) -> CaseRe
 
 struct Stream {
     stop: Arc<tokio::sync::Notify>,
-    task: tokio::task::JoinHandle<exactly::Result<exactly::producer::ProduceReport>>,
+    task: tokio::task::JoinHandle<exactly::Result<exactly::source::producer::ProduceReport>>,
 }
 
 /// A producer writing events (every 20th a duplicate, every 97th malformed) until stopped.
@@ -357,7 +360,7 @@ impl Stream {
 
 async fn setup(kind: &str, opts: &ChaosOptions, brokers: &str) -> Result<(String, PathBuf, PipelineConfig), String> {
     let topic = unique("chaos");
-    exactly::kafka::create_topic(&brokers.into(), &topic, 4, 1).await.map_err(|e| e.to_string())?;
+    exactly::source::create_topic(&brokers.into(), &topic, 4, 1).await.map_err(|e| e.to_string())?;
     let dir = opts.work_dir.join(&topic);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let config = pipeline_config(kind, &topic, &dir, brokers);
@@ -382,7 +385,7 @@ async fn in_process_case(case: &str, kind: &str, seed: u64, opts: &ChaosOptions,
     }
     let failpoints = Arc::new(FailPoints::new());
     let stream = start_stream(&opts.brokers, &topic, opts.rate);
-    let sink = exactly::sink::from_config(&config, failpoints.clone());
+    let sink = exactly::pipeline::sink_for(&config, failpoints.clone()).map_err(|e| e.to_string())?;
     let options = RunOptions { failpoints: failpoints.clone(), ..Default::default() };
     let pipeline = Pipeline::start_with(config.clone(), sink, options).await.map_err(|e| e.to_string())?;
     let mut progress = pipeline.progress();
@@ -402,7 +405,7 @@ async fn in_process_case(case: &str, kind: &str, seed: u64, opts: &ChaosOptions,
         let t0 = Instant::now();
         if case == "slow-sink" {
             if let Some(agg) = pipeline.status().await.map_err(|e| e.to_string())?.aggregator {
-                if let Ok(b) = ractor::call_t!(agg, exactly::aggregator::AggregatorMsg::Buffered, 5_000) {
+                if let Ok(b) = ractor::call_t!(agg, exactly::runtime::messages::AggregatorMsg::Buffered, 5_000) {
                     peak_buffered = peak_buffered.max(b);
                 }
             }
@@ -544,7 +547,7 @@ async fn group_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut Cas
     for _ in 0..opts.faults {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
         let mut victim = members.swap_remove(rng.random_range(0..members.len()));
-        let name = exactly::group::member_name_for(victim.id());
+        let name = exactly::source::group::member_name_for(victim.id());
         let _ = victim.kill(); // SIGKILL, mid-epoch
         victim.wait().map_err(|e| e.to_string())?;
         let t0 = Instant::now();
@@ -594,7 +597,7 @@ async fn unwritable_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mu
         // point stands in because root ignores file permissions): the pipeline must stop with
         // a clear error after its restart budget, having lost nothing.
         let failpoints = Arc::new(FailPoints::new());
-        let sink = exactly::sink::from_config(&config, failpoints.clone());
+        let sink = exactly::pipeline::sink_for(&config, failpoints.clone()).map_err(|e| e.to_string())?;
         let pipeline =
             Pipeline::start_with(config.clone(), sink, RunOptions { failpoints: failpoints.clone(), ..Default::default() })
                 .await
@@ -614,7 +617,7 @@ async fn unwritable_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mu
         // Fixed: a restart resumes exactly once.
         let t0 = Instant::now();
         let epoch = table_progress(&config, &topic).await.1;
-        let sink = exactly::sink::from_config(&config, Default::default());
+        let sink = exactly::pipeline::sink_for(&config, Default::default()).map_err(|e| e.to_string())?;
         let pipeline = Pipeline::start(config.clone(), sink).await.map_err(|e| e.to_string())?;
         match wait_epoch_beyond(&config, &topic, epoch, t0).await {
             Some(d) => report.recovery.push(d),
@@ -623,7 +626,7 @@ async fn unwritable_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mu
         pipeline.shutdown().await.map_err(|e| e.to_string())?;
     }
     report.produced = stream.finish().await?;
-    let sink = exactly::sink::from_config(&config, Default::default());
+    let sink = exactly::pipeline::sink_for(&config, Default::default()).map_err(|e| e.to_string())?;
     let pipeline = Pipeline::start(config.clone(), sink).await.map_err(|e| e.to_string())?;
     wait_drained(&config, &topic, Duration::from_secs(180)).await?;
     pipeline.shutdown().await.map_err(|e| e.to_string())?;
@@ -657,7 +660,7 @@ async fn broker_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut Ca
     let brokers = tokio::task::block_in_place(|| kafka("up"))?;
     let (topic, dir, config) = setup(kind, opts, &brokers).await?;
     let stream = start_stream(&brokers, &topic, opts.rate);
-    let sink = exactly::sink::from_config(&config, Default::default());
+    let sink = exactly::pipeline::sink_for(&config, Default::default()).map_err(|e| e.to_string())?;
     let pipeline = Pipeline::start(config.clone(), sink).await.map_err(|e| e.to_string())?;
     let mut progress = pipeline.progress();
     for _ in 0..opts.faults.min(2) {
@@ -717,7 +720,7 @@ async fn store_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut Cas
         .collect(),
     );
     let stream = start_stream(&opts.brokers, &topic, opts.rate);
-    let sink = exactly::sink::from_config(&config, Default::default());
+    let sink = exactly::pipeline::sink_for(&config, Default::default()).map_err(|e| e.to_string())?;
     let pipeline = Pipeline::start(config.clone(), sink).await.map_err(|e| e.to_string())?;
     let mut progress = pipeline.progress();
     for _ in 0..opts.faults.min(2) {

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::model::TopicPartition;
+
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -11,7 +13,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The configuration file is missing, unreadable or invalid.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] ConfigError),
 
     /// No Kafka broker answered within the timeout.
     #[error("cannot reach Kafka at {brokers}: {detail} (is the broker running? `just kafka-up` starts one; set KAFKA_BROKERS to use another)")]
@@ -110,7 +112,7 @@ pub enum Error {
     #[error("fenced: {detail}")]
     Fenced {
         /// The partitions another member claimed.
-        partitions: Vec<crate::record::TopicPartition>,
+        partitions: Vec<TopicPartition>,
         /// What the table holds.
         detail: String,
     },
@@ -145,4 +147,45 @@ impl Error {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io { context: context.into(), source }
     }
+}
+
+/// A configuration problem, rendered as one line naming the file, the field and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key or wrong type.
+    #[error("config {path}: {location}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// `line N (`the line`)`.
+        location: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A secret (a password, a key) that cannot be read from where the config says it is.
+    #[error("`{field}` {problem}")]
+    Secret {
+        /// Dotted field name.
+        field: String,
+        /// Where it was looked for and why it is not there (never a value).
+        problem: String,
+    },
+    /// A value that parses but is not allowed.
+    #[error("config {path}: `{field}` {problem}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Dotted field name.
+        field: String,
+        /// What is wrong and what is allowed.
+        problem: String,
+    },
 }

@@ -1,61 +1,60 @@
 //! `exactly` — an exactly-once Kafka -> Delta Lake streaming runtime on a supervised actor tree.
 //!
 //! # Layout
-//! The modules, in the order data flows through them:
+//! The folders follow the data; a module imports only from modules above it in this list (or
+//! from its own folder), and [`pipeline`] is the one place that knows every module
+//! (`scripts/layers` checks it in `just lint`).
 //!
-//! - [`config`]: the pipeline's TOML configuration (every field documented, safe defaults).
-//! - [`kafka`]: the connection every client is made from (brokers, TLS, SASL), the pre-flight
-//!   check, topic admin, partition statistics.
-//! - [`consumer`]: one actor per Kafka partition; reads its partition's queue in batches ([`fetch`]), runs the
-//!   [`decode`] stage and the [`transform`] (SQL `select` / `where`), and forwards rows and dead
-//!   letters, then epoch barriers, to the aggregator.
-//! - [`aggregator`]: aligns barriers from every consumer and closes an epoch when all have arrived;
-//!   then runs the [`state`]ful stages (dedup, keyed aggregation on RocksDB) over it.
-//! - [`committer`]: the only writer; commits an epoch to the [`sink`] (a Delta Lake table and its
-//!   dead-letter table, exactly once) and then writes the [`checkpoint`].
-//! - [`supervisor`]: the root actor; cuts epochs, restarts the tree from the last committed epoch
-//!   when any actor fails, enforces the restart budget, picks up partitions added to a topic.
-//!
-//! Rules several actors follow have one home each: [`recovery`] (which epoch is committed, from
-//! the checkpoint and every table's record), [`replay`] (re-cutting an epoch some tables hold
-//! but the checkpoint missed), [`backpressure`] (when consumers may read), and
-//! [`sink::delta::commit`] (the one commit path of every table write).
-//! - [`maintenance`]: beside the sink, per table: Delta checkpoints, log cleanup,
-//!   auto-compaction; and the `optimize` / `vacuum` commands.
-//! - [`pipeline`]: [`pipeline::run`], the entry point that ties it together with a shutdown signal.
-//!
-//! Around them: [`record`] (records, offsets, epochs), [`verify`] (the exactly-once audit of a
-//! table against its topic), [`producer`] (the demo producer), [`progress`] (per-epoch progress
-//! reports), [`metrics`] (metric names and the exporter) and [`failpoint`] / [`fault`] (failure
-//! injection for tests and the chaos suite).
+//! - [`model`]: the vocabulary — records, offsets, partition ranges, column names, dead-letter
+//!   reasons, table locations, what a table records. Imports nothing from the crate.
+//! - [`error`]: typed errors, one line each.
+//! - [`testing`]: fail points and faults (tests, the chaos suite).
+//! - [`telemetry`]: metric names, the exporter, progress reports.
+//! - [`config`]: the TOML configuration as plain data, with per-section syntax checks.
+//! - [`source`]: everything Kafka — the connection, pre-flight, admin, reading a partition, the
+//!   group member, the demo producer.
+//! - [`transform`]: SQL `select` / `where`, and the fan-out to `sink.outputs`.
+//! - [`decode`]: record bytes -> Arrow rows or dead letters (JSON, Avro, the schema registry).
+//! - [`state`]: dedup and keyed aggregation, and the checkpoint (offsets + RocksDB state).
+//! - [`plan`]: a config turned into the built pieces once — reader schema, decoder, transform,
+//!   outputs, the tables' schemas — where every check that needs them lives.
+//! - [`sink`]: where an epoch is committed; [`sink::delta`] with its one commit path.
+//! - [`maintenance`]: Delta checkpoints, log cleanup, compaction; `optimize` / `vacuum`.
+//! - [`runtime`]: the actor tree — consumers, aggregator, committer, supervisor — and the rules
+//!   they share (recovery, replay, backpressure).
+//! - [`verify`]: the exactly-once audit of a pipeline's tables against its topics.
+//! - [`pipeline`]: the composition root: plan -> sink -> supervisor.
 #![warn(missing_docs)]
 
-pub mod aggregator;
-pub mod backpressure;
-pub mod checkpoint;
-pub mod committer;
-pub mod config;
-pub mod consumer;
-pub mod decode;
+pub mod model;
+
 pub mod error;
-pub mod failpoint;
-pub mod fault;
-pub mod fetch;
-pub mod group;
-pub mod kafka;
-pub mod maintenance;
-pub mod metrics;
-pub mod pipeline;
-pub mod producer;
-pub mod progress;
-pub mod record;
-pub mod recovery;
-pub mod replay;
-pub mod sink;
-pub mod state;
-pub mod supervisor;
+
+pub mod testing;
+
+pub mod telemetry;
+
+pub mod config;
+
+pub mod source;
+
 pub mod transform;
+
+pub mod decode;
+
+pub mod state;
+
+pub mod plan;
+
+pub mod sink;
+
+pub mod maintenance;
+
+pub mod runtime;
+
 pub mod verify;
+
+pub mod pipeline;
 
 pub use config::PipelineConfig;
 pub use error::{Error, Result};

@@ -7,10 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 
 use exactly::config::{PipelineConfig, TableLocation};
-use exactly::failpoint::FailPoints;
 use exactly::pipeline::{Pipeline, RunOptions};
-use exactly::producer::{produce, ProduceOptions};
-use exactly::{kafka, sink};
+use exactly::plan::Plan;
+use exactly::source as kafka;
+use exactly::source::producer::{produce, ProduceOptions};
+use exactly::testing::failpoint::FailPoints;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -158,7 +159,7 @@ impl KafkaArgs {
                 if let Some(b) = &self.brokers {
                     config.source.brokers = b.clone();
                 }
-                Ok((config.connection()?, Some(config)))
+                Ok((exactly::source::Connection::of(&config.source)?, Some(config)))
             }
             None => {
                 let env = std::env::var(exactly::config::BROKERS_ENV).ok().filter(|b| !b.trim().is_empty());
@@ -235,13 +236,14 @@ fn stop_signal() -> impl std::future::Future<Output = ()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stop = stop_signal();
-    let config = PipelineConfig::load(&args.config)?;
+    let plan = plan(&args.config)?;
+    let config = plan.config.clone();
     if let Some(listen) = &config.metrics.listen {
-        exactly::metrics::install_exporter(listen.parse()?, &config.id)?;
+        exactly::telemetry::metrics::install_exporter(listen.parse()?, &config.id)?;
         eprintln!("metrics: http://{listen}/metrics");
     }
     let failpoints = Arc::new(FailPoints::from_env()?);
-    let sink = sink::from_config(&config, failpoints.clone());
+    let sink = exactly::pipeline::sink(&plan, failpoints.clone());
     eprintln!(
         "pipeline '{}': {} from {} ({}) -> {} sink; checkpoint {}",
         config.id,
@@ -255,7 +257,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         eprintln!("table: {table}  dead letters: {dead}");
     }
     let options = RunOptions { failpoints, reset_checkpoint_from_table: args.reset_checkpoint_from_table };
-    let pipeline = Pipeline::start_with(config, sink, options).await?;
+    let pipeline = Pipeline::start_planned(plan, sink, options).await?;
     let mut progress = pipeline.progress();
     let format = args.progress;
     let printer = tokio::spawn(async move {
@@ -285,8 +287,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// `exactly check`: every connection `run` would make, checked and reported, nothing written
 /// to a table.
 async fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = PipelineConfig::load(path)?;
-    let connection = config.connection()?;
+    let plan = plan(path)?;
+    let config = &plan.config;
+    let connection = exactly::source::Connection::of(&config.source)?;
     let src = &config.source;
     let cluster = kafka::check(&connection, &src.topics, std::time::Duration::from_millis(src.connect_timeout_ms)).await?;
     let mut per_topic: Vec<(String, usize)> = Vec::new();
@@ -305,16 +308,22 @@ async fn check(path: &std::path::Path) -> anyhow::Result<()> {
         if cluster.brokers == 1 { "" } else { "s" },
         topics.join(", ")
     );
-    if let Some(url) = exactly::decode::Decoder::new(&config.decode).check_registry().await? {
+    if let Some(url) = plan.decoder.check_registry().await? {
         println!("schema registry: {url}: answered");
     }
-    let sink = sink::from_config(&config, Arc::new(FailPoints::default()));
+    let sink = exactly::pipeline::sink(&plan, Arc::new(FailPoints::default()));
     sink.preflight().await?;
     match (config.table_path(), config.dead_letter_path()) {
         (Some(table), Some(dead)) => println!("sink: {} tables {table} and {dead}: writable", sink.name()),
         _ => println!("sink: {}", sink.name()),
     }
     Ok(())
+}
+
+/// Loads, checks and plans the config at `path` (errors name the file).
+fn plan(path: &std::path::Path) -> anyhow::Result<Plan> {
+    let config = PipelineConfig::load(path)?;
+    Ok(Plan::of(&config, &path.display().to_string())?)
 }
 
 async fn wait_finished(p: &Pipeline) {
@@ -327,8 +336,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Verify { config } => {
-            let config = PipelineConfig::load(&config)?;
-            let audit = exactly::verify::verify(&config).await?;
+            let plan = plan(&config)?;
+            let audit = exactly::verify::verify(&plan.config).await?;
             print!("{}", audit.render());
             if audit.ok() {
                 Ok(())

@@ -10,13 +10,15 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use crate::config::PipelineConfig;
+use crate::config::{PipelineConfig, SinkConfig};
 use crate::error::{Error, Result};
-use crate::failpoint::FailPoints;
-use crate::kafka;
-use crate::progress::Progress;
-use crate::sink::Sink;
-use crate::supervisor::{PipelineStatus, SupervisorActor, SupervisorArgs, SupervisorMsg};
+use crate::plan::Plan;
+use crate::runtime::messages::{PipelineStatus, SupervisorMsg};
+use crate::runtime::supervisor::{SupervisorActor, SupervisorArgs};
+use crate::sink::{console, delta, Sink};
+use crate::source;
+use crate::telemetry::progress::Progress;
+use crate::testing::failpoint::FailPoints;
 
 /// How to start a pipeline, beyond its config.
 #[derive(Debug, Clone, Default)]
@@ -72,21 +74,28 @@ impl Pipeline {
 
     /// [`Pipeline::start`] with options.
     pub async fn start_with(config: PipelineConfig, sink: Arc<dyn Sink>, options: RunOptions) -> Result<Pipeline> {
+        Self::start_planned(Plan::new(&config)?, sink, options).await
+    }
+
+    /// Starts the pipeline `plan` describes, committing to `sink` (built from the same plan by
+    /// [`sink`]: the reader schema is fetched once).
+    pub async fn start_planned(plan: Plan, sink: Arc<dyn Sink>, options: RunOptions) -> Result<Pipeline> {
+        let config = &plan.config;
         let src = &config.source;
         if options.reset_checkpoint_from_table && src.group_id.is_some() {
             return Err(Error::Recovery(
                 "--reset-checkpoint-from-table has no meaning in group mode (source.group_id): members keep no checkpoint, the table records where each partition resumes".into(),
             ));
         }
-        let connection = config.connection()?;
-        let partitions = kafka::preflight(&connection, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
+        let connection = crate::source::Connection::of(&config.source)?;
+        let partitions = source::preflight(&connection, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
         sink.preflight().await?;
         let outcome = Arc::new(Mutex::new(None));
         let stopped_cleanly = Arc::new(AtomicBool::new(false));
         let (progress, _) = broadcast::channel(1024);
         let shutdown_timeout = Duration::from_millis(config.supervisor.shutdown_timeout_ms);
         let args = SupervisorArgs {
-            config: Arc::new(config),
+            plan,
             connection,
             sink,
             partitions,
@@ -159,4 +168,49 @@ pub async fn run(
         _ = shutdown => stop(&supervisor, &mut join, &outcome, timeout).await,
     }
     take_outcome(&outcome, &stopped_cleanly)
+}
+
+/// Builds the sink `plan` names: the console, or the Delta tables (data, dead letters,
+/// `sink.outputs`) with their maintenance.
+pub fn sink(plan: &Plan, failpoints: Arc<FailPoints>) -> Arc<dyn Sink> {
+    let config = &plan.config;
+    let (Some(table), Some(dead_letters), Some(data), Some(plain)) = (
+        config.table_path(),
+        config.dead_letter_path(),
+        crate::maintenance::Settings::of(&config.sink, config.aggregate.is_some()),
+        crate::maintenance::Settings::of(&config.sink, false),
+    ) else {
+        let num_rows = match config.sink {
+            SinkConfig::Console { num_rows } => num_rows,
+            SinkConfig::Delta { .. } => 0,
+        };
+        return Arc::new(console::ConsoleSink::stdout(num_rows));
+    };
+    let (schema, partition_by) = plan.table.clone();
+    let sink = delta::DeltaSink::new(&config.id, (table, data), (dead_letters, plain.clone()), schema, partition_by, failpoints)
+        .evolving(config.sink.schema_evolution())
+        .meaning(plan.meaning.clone())
+        .taking_writer_columns(config.takes_writer_columns());
+    let sink = match &plan.outputs {
+        Some((fan_out, schemas)) => {
+            let tables = config
+                .sink
+                .outputs()
+                .iter()
+                .zip(schemas)
+                .map(|(o, schema)| (config.output_path(o), plain.clone(), schema.clone(), o.partition_by.clone()))
+                .collect();
+            sink.with_outputs(tables, fan_out.clone())
+        }
+        None => sink,
+    };
+    match &config.source.group_id {
+        Some(_) => Arc::new(sink.in_group(source::group::member_name())),
+        None => Arc::new(sink),
+    }
+}
+
+/// [`sink`] of a config planned here (tests, embedders that build the config in code).
+pub fn sink_for(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Result<Arc<dyn Sink>> {
+    Ok(sink(&Plan::new(config)?, failpoints))
 }

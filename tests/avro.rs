@@ -297,7 +297,7 @@ async fn an_unreachable_registry_stops_the_pipeline_and_skips_nothing() {
         Some(exactly::config::RegistryConfig { timeout_ms: 300, attempts: 2, ..registry(format!("http://127.0.0.1:{port}")) });
     config.supervisor.max_restarts = 2;
     config.supervisor.backoff_ms = 10;
-    let sink = exactly::sink::from_config(&config, Default::default());
+    let sink = exactly::pipeline::sink_for(&config, Default::default()).unwrap();
     let pipeline = exactly::pipeline::Pipeline::start(config.clone(), sink).await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(60), pipeline.wait()).await.expect("the pipeline stops").unwrap_err();
     assert!(
@@ -495,11 +495,15 @@ async fn a_reader_schema_from_the_registry_by_subject() {
         }),
         ..DecodeConfig::default()
     };
+    // The config as planned: the reader schema fetched from the registry into it.
     let load = |config: &exactly::PipelineConfig| {
-        exactly::PipelineConfig::load(&common::write_config(config, dir.path())).map_err(|e| e.to_string())
+        let path = common::write_config(config, dir.path());
+        let loaded = exactly::PipelineConfig::load(&path).map_err(|e| e.to_string())?;
+        let plan = exactly::plan::Plan::of(&loaded, &path.display().to_string()).map_err(|e| e.to_string())?;
+        Ok::<_, String>((*plan.config).clone())
     };
     let columns = |config: &exactly::PipelineConfig| -> Vec<String> {
-        exactly::decode::Decoder::new(&config.decode).fields().iter().map(|f| f.name.clone()).collect()
+        exactly::decode::Decoder::new(&config.decode).unwrap().fields().iter().map(|f| f.name.clone()).collect()
     };
     // Version 1, then the latest (2).
     config.decode.avro.as_mut().unwrap().reader_version = Some(1);
@@ -537,11 +541,14 @@ async fn a_registry_over_https_is_trusted_through_its_ca_file() {
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     config.decode = avro_decode(reader, AvroFraming::Confluent, None);
     config.decode.avro.as_mut().unwrap().registry = Some(registry(https.clone()));
-    let refused = exactly::decode::Decoder::new(&config.decode).check_registry().await.unwrap_err().to_string();
+    let refused = exactly::decode::Decoder::new(&config.decode).unwrap().check_registry().await.unwrap_err().to_string();
     assert!(refused.contains(&format!("schema registry {https} did not answer")), "{refused}");
 
     config.decode.avro.as_mut().unwrap().registry.as_mut().unwrap().ca_file = Some(ca);
-    assert_eq!(exactly::decode::Decoder::new(&config.decode).check_registry().await.unwrap().as_deref(), Some(https.as_str()));
+    assert_eq!(
+        exactly::decode::Decoder::new(&config.decode).unwrap().check_registry().await.unwrap().as_deref(),
+        Some(https.as_str())
+    );
     let table = dir.path().join("table");
     let pipeline = common::start(&config, Default::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use exactly::checkpoint::CheckpointStore;
 use exactly::pipeline::Pipeline;
 use exactly::sink::channel::ChannelSink;
+use exactly::state::checkpoint::CheckpointStore;
 
 use crate::common::{self, Committed};
 

@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use exactly::producer::{produce, ProduceOptions};
+use exactly::source::producer::{produce, ProduceOptions};
 
 use crate::common::{self, spawn, terminate, write_config};
 
@@ -26,7 +26,7 @@ pub async fn sigkill_while_producing(
     config: &exactly::PipelineConfig,
     topic: &str,
     dir: &std::path::Path,
-    producer: &exactly::kafka::Connection,
+    producer: &exactly::source::Connection,
 ) {
     let mut rng = common::seeded_rng("sigkill test");
     let file = write_config(config, dir);
@@ -64,7 +64,7 @@ async fn abort_after_delta_commit_before_checkpoint_is_not_committed_again() {
     assert!(!status.success(), "the process must have aborted");
     let table = dir.path().join("table");
     assert_eq!(common::txn_versions_in_log(&table, &config.id), vec![1], "epoch 1 is in the table");
-    let cp = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
+    let cp = exactly::state::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
     assert_eq!(cp.epoch, 0, "but not in the checkpoint");
 
     let child = spawn(&file, None);
@@ -122,7 +122,7 @@ async fn a_table_of_another_pipeline_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = common::delta_config(&common::unique("p"), &topic, dir.path());
     common::produce_events(&topic, 0, 10).await;
-    let sink = exactly::sink::from_config(&config, Default::default());
+    let sink = exactly::pipeline::sink_for(&config, Default::default()).unwrap();
     let p = exactly::pipeline::Pipeline::start(config.clone(), sink).await.unwrap();
     common::wait_table_drained(&dir.path().join("table"), &config.id, &topic, Duration::from_secs(60)).await;
     p.shutdown().await.unwrap();
@@ -130,7 +130,7 @@ async fn a_table_of_another_pipeline_is_refused() {
     let mut other = config.clone();
     other.id = common::unique("other");
     other.checkpoint.dir = Some(dir.path().join("other-checkpoint"));
-    let sink = exactly::sink::from_config(&other, Default::default());
+    let sink = exactly::pipeline::sink_for(&other, Default::default()).unwrap();
     let err = exactly::pipeline::Pipeline::start(other, sink).await.unwrap().wait().await.unwrap_err();
     assert!(err.to_string().contains("belongs to pipeline"), "{err}");
 }
@@ -168,7 +168,7 @@ async fn records_deleted_before_their_commit_are_refused_not_skipped() {
         common::wait_exit(child, Duration::from_secs(60), "the pipeline gives up once its restart budget is spent").await;
     assert!(!status.success(), "reading past deleted records must fail, not skip them; stderr: {stderr}");
 
-    let cp = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
+    let cp = exactly::state::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
     assert_eq!(cp.offsets().values().copied().collect::<Vec<_>>(), vec![100], "the checkpoint did not move past the gap");
     assert_eq!(common::read_with_python(&table)["rows"].as_u64().unwrap(), 100, "nothing after the gap was committed");
 }

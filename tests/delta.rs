@@ -4,15 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use exactly::failpoint::{FailAction, FailPoints};
 use exactly::pipeline::{Pipeline, RunOptions};
-use exactly::producer::{produce, ProduceOptions};
-use exactly::sink;
+use exactly::source::producer::{produce, ProduceOptions};
+use exactly::testing::failpoint::{FailAction, FailPoints};
 
 use crate::common;
 
 async fn run_until_drained(config: &exactly::PipelineConfig, options: RunOptions, topic: &str) {
-    let sink = sink::from_config(config, options.failpoints.clone());
+    let sink = exactly::pipeline::sink_for(config, options.failpoints.clone()).unwrap();
     let pipeline = Pipeline::start_with(config.clone(), sink, options).await.unwrap();
     let table = config.checkpoint_dir().parent().unwrap().join("table");
     common::wait_table_drained(&table, &config.id, topic, Duration::from_secs(90)).await;
@@ -50,7 +49,7 @@ async fn stop_and_restart_while_producing_stays_exactly_once() {
     let producer = tokio::spawn(async move { produce(&opts, std::future::pending()).await.unwrap() });
     let table = dir.path().join("table");
     for _ in 0..4 {
-        let sink = sink::from_config(&config, Default::default());
+        let sink = exactly::pipeline::sink_for(&config, Default::default()).unwrap();
         let pipeline = Pipeline::start(config.clone(), sink).await.unwrap();
         let before = pipeline.status().await.unwrap().committed_epoch;
         // A new epoch, or nothing left to commit (the producer may finish first on a busy machine).
@@ -83,7 +82,7 @@ async fn failpoint_case(failpoint: &str, action: FailAction) -> exactly::verify:
     let failpoints = Arc::new(FailPoints::new());
     failpoints.arm(failpoint, action, Some(1));
     let options = RunOptions { failpoints: failpoints.clone(), ..Default::default() };
-    let sink = sink::from_config(&config, failpoints.clone());
+    let sink = exactly::pipeline::sink_for(&config, failpoints.clone()).unwrap();
     let pipeline = Pipeline::start_with(config.clone(), sink, options).await.unwrap();
     common::wait_table_drained(&dir.path().join("table"), &config.id, &topic, Duration::from_secs(90)).await;
     // The fail point fired and the tree restarted (the restart may trail the commit that drained).
@@ -131,12 +130,12 @@ async fn holding_an_open_epoch(failpoints: Arc<FailPoints>) -> (Pipeline, exactl
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     config.epoch.interval_ms = 3_600_000; // no epoch closes by time: only the shutdown cuts one
     common::produce_events(&topic, 0, 500).await;
-    let sink = sink::from_config(&config, failpoints.clone());
+    let sink = exactly::pipeline::sink_for(&config, failpoints.clone()).unwrap();
     let options = RunOptions { failpoints, ..Default::default() };
     let pipeline = Pipeline::start_with(config.clone(), sink, options).await.unwrap();
     common::wait_until(Duration::from_secs(60), "500 records buffered in the open epoch", || async {
         let Some(agg) = pipeline.status().await.unwrap().aggregator else { return false };
-        ractor::call_t!(agg, exactly::aggregator::AggregatorMsg::Buffered, 5_000).unwrap() == 500
+        ractor::call_t!(agg, exactly::runtime::messages::AggregatorMsg::Buffered, 5_000).unwrap() == 500
     })
     .await;
     assert_eq!(common::table_cut(&dir.path().join("table"), &config.id, &topic).await, 0, "nothing committed yet");
@@ -181,7 +180,7 @@ async fn a_slow_sink_applies_back_pressure_and_memory_stays_bounded() {
     let failpoints = Arc::new(FailPoints::new());
     failpoints.arm("after-parquet-write", FailAction::Sleep(Duration::from_millis(700)), None);
     let options = RunOptions { failpoints: failpoints.clone(), ..Default::default() };
-    let sink = sink::from_config(&config, failpoints.clone());
+    let sink = exactly::pipeline::sink_for(&config, failpoints.clone()).unwrap();
     let pipeline = Pipeline::start_with(config.clone(), sink, options).await.unwrap();
     let table = dir.path().join("table");
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -190,7 +189,7 @@ async fn a_slow_sink_applies_back_pressure_and_memory_stays_bounded() {
         let (pipeline, table, id, topic, peak) = (&pipeline, &table, &config.id, &topic, peak.clone());
         async move {
             if let Some(agg) = pipeline.status().await.unwrap().aggregator {
-                let buffered = ractor::call_t!(agg, exactly::aggregator::AggregatorMsg::Buffered, 5_000).unwrap_or(0);
+                let buffered = ractor::call_t!(agg, exactly::runtime::messages::AggregatorMsg::Buffered, 5_000).unwrap_or(0);
                 peak.fetch_max(buffered, std::sync::atomic::Ordering::Relaxed);
             }
             common::table_cut(table, id, topic).await >= want
@@ -215,7 +214,7 @@ async fn sinks_creating_one_table_at_once_leave_one_create() {
     for round in 0..3 {
         let dir = tempfile::tempdir().unwrap();
         let config = common::delta_config(&common::unique("p"), "no-topic", dir.path());
-        let sinks: Vec<_> = (0..6).map(|_| sink::from_config(&config, Default::default())).collect();
+        let sinks: Vec<_> = (0..6).map(|_| exactly::pipeline::sink_for(&config, Default::default()).unwrap()).collect();
         let opened = futures::future::join_all(sinks.iter().map(|s| s.recorded(&[]))).await;
         assert!(opened.iter().all(Result::is_ok), "round {round}: {opened:?}");
         let log = dir.path().join("table/_delta_log");

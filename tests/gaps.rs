@@ -18,7 +18,7 @@ async fn transaction_markers_and_aborted_records_are_gaps_not_losses() {
     // and 50 aborted records between the committed ones.
     tokio::task::spawn_blocking(move || {
         let new_producer = || {
-            let producer: ThreadedProducer<DefaultProducerContext> = exactly::kafka::Connection::plaintext(b.as_str())
+            let producer: ThreadedProducer<DefaultProducerContext> = exactly::source::Connection::plaintext(b.as_str())
                 .client_config()
                 .set("transactional.id", &txn_id)
                 .create()
@@ -37,7 +37,7 @@ async fn transaction_markers_and_aborted_records_are_gaps_not_losses() {
             for attempt in 1.. {
                 producer.begin_transaction().unwrap();
                 for i in 0..n {
-                    let json = exactly::producer::event_json(if commit { id + i } else { 1_000_000 + id + i }, 10, 0);
+                    let json = exactly::source::producer::event_json(if commit { id + i } else { 1_000_000 + id + i }, 10, 0);
                     let key = (id + i).to_string();
                     producer.send(BaseRecord::to(&t).key(&key).payload(&json)).unwrap();
                 }
@@ -66,7 +66,7 @@ async fn transaction_markers_and_aborted_records_are_gaps_not_losses() {
 
     let dir = tempfile::tempdir().unwrap();
     let config = common::delta_config(&common::unique("p"), &topic, dir.path());
-    let delta = exactly::sink::from_config(&config, Default::default());
+    let delta = exactly::pipeline::sink_for(&config, Default::default()).unwrap();
     let pipeline = Pipeline::start(config.clone(), delta).await.unwrap();
     common::wait_until(Duration::from_secs(60), "every committed record in the table", || async {
         exactly::verify::verify(&config).await.map(|a| a.ok() && a.total(|p| p.rows) >= 200).unwrap_or(false)

@@ -8,7 +8,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use exactly::config::{FieldConfig, FieldType, PipelineConfig};
-use exactly::producer::{produce, ProduceOptions};
+use exactly::source::producer::{produce, ProduceOptions};
 use exactly::verify::MemberCommit;
 use rand::Rng;
 
@@ -70,7 +70,7 @@ pub async fn assert_fenced(table: &Path) -> BTreeMap<String, u64> {
 
 /// The name a member started as `child` commits under.
 fn member_of(child: &Child) -> String {
-    exactly::group::member_name_for(child.id())
+    exactly::source::group::member_name_for(child.id())
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -258,15 +258,15 @@ async fn a_recreated_topic_is_refused_by_a_group() {
 /// it, and A, reading the table again, finds itself fenced. B then commits the range once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_racing_a_newer_claim_is_refused_by_the_conflict_check() {
-    use exactly::failpoint::{FailAction, FailPoints};
-    use exactly::record::{Offsets, TopicPartition};
+    use exactly::model::{Offsets, TopicPartition};
+    use exactly::testing::failpoint::{FailAction, FailPoints};
     let dir = tempfile::tempdir().unwrap();
     let topic = common::unique("race");
     let config = group_config(&common::unique("g"), &topic, dir.path());
     let table = dir.path().join("table");
     let paused = std::sync::Arc::new(FailPoints::new());
-    let a = exactly::sink::from_config(&config, paused.clone());
-    let b = exactly::sink::from_config(&config, std::sync::Arc::new(FailPoints::new()));
+    let a = exactly::pipeline::sink_for(&config, paused.clone()).unwrap();
+    let b = exactly::pipeline::sink_for(&config, std::sync::Arc::new(FailPoints::new())).unwrap();
     let tp = TopicPartition::new(&topic, 0);
     let from: Offsets = [(tp.clone(), 0)].into_iter().collect();
     assert_eq!(a.group_claim(std::slice::from_ref(&tp), &exactly::sink::Unrecorded::same(from.clone())).await.unwrap(), from);
@@ -293,8 +293,9 @@ async fn a_commit_racing_a_newer_claim_is_refused_by_the_conflict_check() {
 }
 
 /// Epoch 1 of three seed records of `tp` (offsets 0-2), decoded as `config` decodes them.
-fn epoch_of_three(config: &exactly::PipelineConfig, tp: &exactly::record::TopicPartition) -> exactly::record::EpochBatch {
-    use exactly::record::{EpochBatch, PartitionRange, Record};
+fn epoch_of_three(config: &exactly::PipelineConfig, tp: &exactly::model::TopicPartition) -> exactly::sink::EpochBatch {
+    use exactly::model::{PartitionRange, Record};
+    use exactly::sink::EpochBatch;
     let records: Vec<Record> = (0..3)
         .map(|i| Record {
             tp: tp.clone(),
@@ -304,7 +305,7 @@ fn epoch_of_three(config: &exactly::PipelineConfig, tp: &exactly::record::TopicP
             payload: Some(format!(r#"{{"id":{i},"value":"v","ts":0}}"#).into_bytes()),
         })
         .collect();
-    let decoded = exactly::decode::Decoder::for_pipeline(config).decode(&records);
+    let decoded = exactly::plan::Plan::new(config).unwrap().decoder.decode(&records);
     EpochBatch {
         epoch: 1,
         ranges: vec![PartitionRange { tp: tp.clone(), start: 0, end: 3, records: 3 }],
@@ -323,14 +324,14 @@ fn epoch_of_three(config: &exactly::PipelineConfig, tp: &exactly::record::TopicP
 /// fail, and a member whose claim failed so stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_racing_a_metadata_change_commits_after_reading_again() {
-    use exactly::failpoint::{FailAction, FailPoints};
-    use exactly::record::{Offsets, TopicPartition};
+    use exactly::model::{Offsets, TopicPartition};
+    use exactly::testing::failpoint::{FailAction, FailPoints};
     let dir = tempfile::tempdir().unwrap();
     let topic = common::unique("meta-race");
     let config = group_config(&common::unique("g"), &topic, dir.path());
     let table = dir.path().join("table");
     let paused = std::sync::Arc::new(FailPoints::new());
-    let a = exactly::sink::from_config(&config, paused.clone());
+    let a = exactly::pipeline::sink_for(&config, paused.clone()).unwrap();
     let tp = TopicPartition::new(&topic, 0);
     let from: Offsets = [(tp.clone(), 0)].into_iter().collect();
     assert_eq!(a.group_claim(std::slice::from_ref(&tp), &exactly::sink::Unrecorded::same(from.clone())).await.unwrap(), from);
@@ -359,16 +360,16 @@ async fn a_commit_retried_after_its_own_member_committed_writes_only_what_is_mis
     use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
     use deltalake::kernel::{Action, Transaction};
     use deltalake::writer::DeltaWriter;
-    use exactly::failpoint::{FailAction, FailPoints};
-    use exactly::record::{Offsets, TopicPartition};
+    use exactly::model::{Offsets, TopicPartition};
     use exactly::sink::delta::{owner_app_id, partition_app_id, txn_version};
+    use exactly::testing::failpoint::{FailAction, FailPoints};
     let dir = tempfile::tempdir().unwrap();
     let topic = common::unique("own-race");
     let config = group_config(&common::unique("g"), &topic, dir.path());
     let table = dir.path().join("table");
     let location: exactly::config::TableLocation = table.as_path().into();
     let paused = std::sync::Arc::new(FailPoints::new());
-    let a = exactly::sink::from_config(&config, paused.clone());
+    let a = exactly::pipeline::sink_for(&config, paused.clone()).unwrap();
     let tp = TopicPartition::new(&topic, 0);
     let from: Offsets = [(tp.clone(), 0)].into_iter().collect();
     a.group_claim(std::slice::from_ref(&tp), &exactly::sink::Unrecorded::same(from)).await.unwrap();

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use exactly::failpoint::{FailAction, FailPoints};
 use exactly::pipeline::{Pipeline, RunOptions};
+use exactly::testing::failpoint::{FailAction, FailPoints};
 
 use crate::common::{self, spawn, write_config};
 
 /// Grows `topic` to `total` partitions.
 async fn add_partitions(topic: &str, total: usize) {
-    exactly::kafka::add_partitions(&common::kafka(), topic, total).await.unwrap();
+    exactly::source::add_partitions(&common::kafka(), topic, total).await.unwrap();
 }
 
 /// Partitions added to a topic while the pipeline runs are read from their earliest offset, go
@@ -110,7 +110,7 @@ async fn a_replay_larger_than_the_buffer_limit_is_not_blocked() {
 /// Records forwarded to the aggregator and not yet in a closed epoch.
 async fn buffered(p: &Pipeline) -> u64 {
     let Some(agg) = p.status().await.unwrap().aggregator else { return 0 };
-    ractor::call_t!(agg, exactly::aggregator::AggregatorMsg::Buffered, 5_000).unwrap_or(0)
+    ractor::call_t!(agg, exactly::runtime::messages::AggregatorMsg::Buffered, 5_000).unwrap_or(0)
 }
 
 /// A stop while the sink is stuck ends within `supervisor.shutdown_timeout_ms` (plus the
@@ -133,7 +133,7 @@ async fn a_stop_with_a_stuck_sink_ends_within_the_timeout_and_fails() {
     let err = result.expect_err("a stop that could not commit the open epoch is a failure");
     assert!(matches!(err, exactly::Error::Shutdown(_)), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(30));
-    let cp = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
+    let cp = exactly::state::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
     assert_eq!(cp.epoch, 0, "the checkpoint is intact");
     assert!(common::txn_versions_in_log(&dir.path().join("table"), &config.id).is_empty(), "nothing was committed");
 }
@@ -154,7 +154,7 @@ async fn a_failure_during_the_stop_is_reported() {
     common::wait_until(Duration::from_secs(30), "100 records read", || async { buffered(&pipeline).await == 100 }).await;
     let err = pipeline.shutdown().await.expect_err("the open epoch failed to commit during the stop");
     assert!(matches!(err, exactly::Error::Shutdown(_)), "{err}");
-    let cp = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
+    let cp = exactly::state::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
     assert_eq!(cp.epoch, 0);
 }
 
@@ -181,7 +181,7 @@ async fn sigterm_with_a_stuck_sink_exits_non_zero_in_bounded_time() {
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let (status, stderr) = common::wait_exit(child, Duration::from_secs(40), "exits after SIGTERM despite the stuck sink").await;
     assert!(!status.success(), "a stop that could not commit must exit non-zero; stderr: {stderr}");
-    let cp = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
+    let cp = exactly::state::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
     assert_eq!(cp.epoch, 0, "the checkpoint is intact");
 }
 
@@ -230,7 +230,7 @@ async fn a_recreated_topic_is_refused_not_resumed_mid_topic() {
     let pipeline = common::start(&config, RunOptions::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     pipeline.shutdown().await.unwrap();
-    let before = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
+    let before = exactly::state::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
 
     // Recreated with more records than the old positions: reading on at them would "work".
     common::recreate_topic(&topic, 2).await;
@@ -241,7 +241,7 @@ async fn a_recreated_topic_is_refused_not_resumed_mid_topic() {
         .expect("the pipeline must refuse, not run")
         .expect_err("a recreated topic is refused");
     assert!(err.to_string().contains(&format!("topic '{topic}' was deleted and created again")), "{err}");
-    let after = exactly::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
+    let after = exactly::state::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
     assert_eq!(after, before, "the checkpoint is untouched");
 
     // While running: a pipeline on a fresh checkpoint reads the topic; the topic is recreated
@@ -274,12 +274,12 @@ async fn future_and_late_events_are_dead_lettered_with_their_bytes() {
     let pipeline = common::start(&config, RunOptions::default()).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let year_2100 = 4_102_444_800_000i64;
-    let future = exactly::producer::event_json(10_000, 10, year_2100);
-    let late = exactly::producer::event_json(20_000, 10, now - 3_600_000);
+    let future = exactly::source::producer::event_json(10_000, 10, year_2100);
+    let late = exactly::source::producer::event_json(20_000, 10, now - 3_600_000);
     let mut records: Vec<(String, String)> =
-        (0..50).map(|i| (i.to_string(), exactly::producer::event_json(i, 10, now))).collect();
+        (0..50).map(|i| (i.to_string(), exactly::source::producer::event_json(i, 10, now))).collect();
     records.push(("future-key".into(), future.clone()));
-    records.extend((50..100).map(|i| (i.to_string(), exactly::producer::event_json(i, 10, now + 1_000))));
+    records.extend((50..100).map(|i| (i.to_string(), exactly::source::producer::event_json(i, 10, now + 1_000))));
     let producer: FutureProducer = common::kafka().client_config().create().unwrap();
     for (k, v) in &records {
         producer.send(FutureRecord::to(&topic).key(k).payload(v), Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
@@ -356,7 +356,7 @@ fn replace_column(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_reads_content_and_reports_unread_partitions() {
     use deltalake::arrow::array::{Array, BinaryArray, Int32Array, StringArray};
-    use exactly::producer::ProduceOptions;
+    use exactly::source::producer::ProduceOptions;
 
     let topic = common::topic("content", 2).await;
     let dir = tempfile::tempdir().unwrap();
@@ -364,7 +364,7 @@ async fn the_audit_reads_content_and_reports_unread_partitions() {
     let table = dir.path().join("table");
     let mut opts = ProduceOptions::new(&common::brokers(), &topic, 600);
     opts.malformed_every = Some(20);
-    exactly::producer::produce(&opts, std::future::pending()).await.unwrap();
+    exactly::source::producer::produce(&opts, std::future::pending()).await.unwrap();
     let pipeline = common::start(&config, RunOptions::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     pipeline.shutdown().await.unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use deltalake::arrow::array::{Array, Int64Array, StringArray};
 use exactly::config::{AggregateConfig, OutputMode};
 use exactly::pipeline::RunOptions;
-use exactly::producer::{produce, ProduceOptions};
+use exactly::source::producer::{produce, ProduceOptions};
 
 use crate::common;
 
@@ -94,8 +94,8 @@ async fn a_concurrent_optimize_loop_never_shows_a_group_twice() {
     produce(&opts, std::future::pending()).await.unwrap();
     // Each commit stalls 40 ms after reading the table's current files: the optimizer commits
     // into that window again and again.
-    let failpoints = std::sync::Arc::new(exactly::failpoint::FailPoints::new());
-    failpoints.arm("before-delta-commit", exactly::failpoint::FailAction::Sleep(Duration::from_millis(40)), None);
+    let failpoints = std::sync::Arc::new(exactly::testing::failpoint::FailPoints::new());
+    failpoints.arm("before-delta-commit", exactly::testing::failpoint::FailAction::Sleep(Duration::from_millis(40)), None);
     let pipeline = common::start(&config, RunOptions { failpoints, ..Default::default() }).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
 
@@ -501,7 +501,7 @@ async fn two_compactions_of_the_same_files_commit_once() {
     let mut first = exactly::sink::delta::load_table(&table).await.unwrap().unwrap();
     let mut second = exactly::sink::delta::load_table(&table).await.unwrap().unwrap();
     let group = policy.plan(&files_of(first.snapshot().unwrap())).into_iter().next().expect("files to merge");
-    let failpoints = exactly::failpoint::FailPoints::new();
+    let failpoints = exactly::testing::failpoint::FailPoints::new();
     let done = rewrite(&mut first, &location, &group, &policy, &failpoints).await.unwrap();
     assert!(done.is_some(), "the first compaction commits");
     let again = rewrite(&mut second, &location, &group, &policy, &failpoints).await.unwrap();

@@ -35,15 +35,15 @@ async fn dead_letters(path: &std::path::Path) -> Vec<(i64, Vec<u8>, String)> {
 async fn every_kind_of_bad_record_is_dead_lettered_and_the_pipeline_keeps_running() {
     let brokers = common::brokers();
     let topic = common::unique("malformed");
-    exactly::kafka::create_topic_with_config(&brokers.as_str().into(), &topic, 1, 1, &[("max.message.bytes", "4194304")])
+    exactly::source::create_topic_with_config(&brokers.as_str().into(), &topic, 1, 1, &[("max.message.bytes", "4194304")])
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = common::delta_config(&common::unique("p"), &topic, dir.path());
-    let sink = exactly::sink::from_config(&config, Default::default());
+    let sink = exactly::pipeline::sink_for(&config, Default::default()).unwrap();
     let pipeline = Pipeline::start(config.clone(), sink).await.unwrap();
 
-    let producer: FutureProducer = exactly::kafka::Connection::plaintext(brokers.as_str())
+    let producer: FutureProducer = exactly::source::Connection::plaintext(brokers.as_str())
         .client_config()
         .set("message.max.bytes", "4194304")
         .create()

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use exactly::config::DedupConfig;
-use exactly::producer::{produce, ProduceOptions};
+use exactly::source::producer::{produce, ProduceOptions};
 use serde_json::Value;
 
 use crate::common;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use exactly::config::{AggregateConfig, OutputMode, PipelineConfig, SinkConfig, StorageOptions, TableLocation};
 use exactly::pipeline::RunOptions;
-use exactly::producer::{produce, ProduceOptions};
+use exactly::source::producer::{produce, ProduceOptions};
 
 use crate::common;
 
@@ -135,7 +135,7 @@ async fn wrong_credentials_and_a_missing_bucket_are_one_clear_error() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (config, table) = s3_config(&common::unique("p"), &topic, dir.path(), bucket, secret);
-        let sink = exactly::sink::from_config(&config, Default::default());
+        let sink = exactly::pipeline::sink_for(&config, Default::default()).unwrap();
         let err = match exactly::pipeline::Pipeline::start_with(config.clone(), sink, RunOptions::default()).await {
             Ok(p) => {
                 let _ = p.shutdown().await;
@@ -164,7 +164,7 @@ async fn a_fresh_disk_resumes_from_the_table_exactly_once() {
 
     std::fs::remove_dir_all(config.checkpoint_dir()).unwrap();
     common::produce_events(&topic, 1_000, 1_000).await;
-    let sink = exactly::sink::from_config(&config, Default::default());
+    let sink = exactly::pipeline::sink_for(&config, Default::default()).unwrap();
     let refused = match exactly::pipeline::Pipeline::start_with(config.clone(), sink, RunOptions::default()).await {
         Ok(p) => p.wait().await.unwrap_err().to_string(),
         Err(e) => e.to_string(),

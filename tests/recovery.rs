@@ -172,9 +172,9 @@ async fn an_aggregate_pipeline_run_twice_on_one_table_commits_each_epoch_once() 
     second.checkpoint.dir = Some(second_dir.join("checkpoint"));
     let (first_file, second_file) = (write_config(&config, dir.path()), write_config(&second, &second_dir));
 
-    let mut opts = exactly::producer::ProduceOptions::new(&common::brokers(), &topic, 8_000);
+    let mut opts = exactly::source::producer::ProduceOptions::new(&common::brokers(), &topic, 8_000);
     opts.rate = Some(2_000);
-    let producer = tokio::spawn(async move { exactly::producer::produce(&opts, std::future::pending()).await.unwrap() });
+    let producer = tokio::spawn(async move { exactly::source::producer::produce(&opts, std::future::pending()).await.unwrap() });
     let (a, b) = (spawn(&first_file, None), spawn(&second_file, None));
     producer.await.unwrap();
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(120)).await;
@@ -248,7 +248,7 @@ async fn vacuum_keeps_files_a_commit_in_flight_may_still_reference() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_members_at_latest_read_partitions_added_to_the_topic_from_earliest() {
     use exactly::config::StartingOffsets;
-    use exactly::record::TopicPartition;
+    use exactly::model::TopicPartition;
     let _heavy = common::heavy().await;
     let crate::group::Group { topic, dir, mut config, table, .. } = crate::group::Group::new("group-grow", 2).await;
     config.source.starting_offsets = StartingOffsets::Latest;
@@ -264,7 +264,7 @@ async fn group_members_at_latest_read_partitions_added_to_the_topic_from_earlies
     })
     .await;
     common::produce_events(&topic, 100, 200).await;
-    exactly::kafka::add_partitions(&common::kafka(), &topic, 4).await.unwrap();
+    exactly::source::add_partitions(&common::kafka(), &topic, 4).await.unwrap();
     let producer: FutureProducer = common::kafka().client_config().create().unwrap();
     let sends = (0..500).map(|i: i32| {
         let (producer, topic) = (producer.clone(), topic.clone());

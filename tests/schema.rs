@@ -44,7 +44,7 @@ async fn send_values(topic: &str, values: impl IntoIterator<Item = String>) {
 
 /// Why `config` stops at its start (it must).
 async fn refusal(config: &PipelineConfig) -> String {
-    let sink = exactly::sink::from_config(config, Default::default());
+    let sink = exactly::pipeline::sink_for(config, Default::default()).unwrap();
     let p = exactly::pipeline::Pipeline::start(config.clone(), sink).await.unwrap();
     p.wait().await.expect_err("the pipeline must refuse the table").to_string()
 }

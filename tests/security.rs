@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use exactly::config::security::{Mechanism, Protocol, Secret, SecurityConfig};
 use exactly::config::PipelineConfig;
-use exactly::kafka::security::{Mechanism, Protocol, Secret, SecurityConfig};
-use exactly::kafka::Connection;
-use exactly::producer::{produce, ProduceOptions};
+use exactly::source::producer::{produce, ProduceOptions};
+use exactly::source::Connection;
 
 use crate::common;
 
@@ -74,8 +74,8 @@ async fn appends_exactly_once_over(brokers: &str, security: SecurityConfig) {
     let dir = tempfile::tempdir().unwrap();
     let name = common::unique("secured");
     let mut config = secured_config(&name, dir.path(), brokers, security);
-    let connection = config.connection().unwrap();
-    assert!(exactly::kafka::create_topic(&connection, &name, 3, 1).await.unwrap(), "topic created over the secured listener");
+    let connection = exactly::source::Connection::of(&config.source).unwrap();
+    assert!(exactly::source::create_topic(&connection, &name, 3, 1).await.unwrap(), "topic created over the secured listener");
     let mut opts = ProduceOptions::new(&connection, &name, 3_000);
     opts.malformed_every = Some(97);
     let report = produce(&opts, std::future::pending()).await.unwrap();
@@ -110,10 +110,13 @@ async fn every_sasl_mechanism_the_broker_enables_connects() {
     for mechanism in [Mechanism::Plain, Mechanism::ScramSha256, Mechanism::ScramSha512] {
         let dir = tempfile::tempdir().unwrap();
         let config = secured_config(&topic, dir.path(), &s.sasl_ssl, s.sasl(mechanism));
-        let partitions =
-            exactly::kafka::preflight(&config.connection().unwrap(), std::slice::from_ref(&topic), Duration::from_secs(20))
-                .await
-                .unwrap_or_else(|e| panic!("{mechanism:?}: {e}"));
+        let partitions = exactly::source::preflight(
+            &exactly::source::Connection::of(&config.source).unwrap(),
+            std::slice::from_ref(&topic),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{mechanism:?}: {e}"));
         assert_eq!(partitions.len(), 1, "{mechanism:?}");
     }
     // OAUTHBEARER with librdkafka's unsecured tokens, which the test broker's default validator
@@ -128,8 +131,9 @@ async fn every_sasl_mechanism_the_broker_enables_connects() {
     let mut config = secured_config(&topic, dir.path(), &s.sasl_ssl, security);
     config.source.properties.insert("enable.sasl.oauthbearer.unsecure.jwt".into(), "true".into());
     config.source.properties.insert("sasl.oauthbearer.config".into(), "principal=exactly".into());
-    let connection = config.connection().unwrap();
-    let partitions = exactly::kafka::preflight(&connection, std::slice::from_ref(&topic), Duration::from_secs(20)).await.unwrap();
+    let connection = exactly::source::Connection::of(&config.source).unwrap();
+    let partitions =
+        exactly::source::preflight(&connection, std::slice::from_ref(&topic), Duration::from_secs(20)).await.unwrap();
     assert_eq!(partitions.len(), 1, "OAUTHBEARER");
     let report = produce(&ProduceOptions::new(&connection, &topic, 10), std::future::pending()).await.unwrap();
     assert_eq!(report.sent, 10, "OAUTHBEARER: produced");

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use deltalake::arrow::array::{Array, Int64Array};
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use exactly::checkpoint::CheckpointStore;
 use exactly::config::{AggregateConfig, AggregateOp, AggregateSpec, DedupConfig, OutputMode};
-use exactly::failpoint::{FailAction, FailPoints};
 use exactly::pipeline::RunOptions;
-use exactly::producer::{produce, ProduceOptions};
+use exactly::source::producer::{produce, ProduceOptions};
+use exactly::state::checkpoint::CheckpointStore;
+use exactly::testing::failpoint::{FailAction, FailPoints};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::common;
@@ -47,7 +47,7 @@ async fn send_json(topic: &str, records: &[(String, String)]) {
 }
 
 fn event(id: u64, ts: i64) -> String {
-    exactly::producer::event_json(id, 10, ts)
+    exactly::source::producer::event_json(id, 10, ts)
 }
 
 async fn drained(config: &exactly::PipelineConfig, topic: &str) {

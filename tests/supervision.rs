@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use exactly::fault::Fault;
 use exactly::pipeline::Pipeline;
-use exactly::producer::{produce, ProduceOptions};
 use exactly::sink::channel::ChannelSink;
+use exactly::source::producer::{produce, ProduceOptions};
+use exactly::testing::fault::Fault;
 use exactly::Error;
 
 use crate::common::{self, Committed};
@@ -49,11 +49,11 @@ async fn killed_and_panicking_actors_restart_without_gap_or_repeat() {
     wait_generation(&pipeline, 1).await;
     // 2. A panic inside a consumer's handler.
     let s = pipeline.status().await.unwrap();
-    s.consumers[2].1.cast(exactly::consumer::ConsumerMsg::InjectFault(Fault::Panic)).unwrap();
+    s.consumers[2].1.cast(exactly::runtime::messages::ConsumerMsg::InjectFault(Fault::Panic)).unwrap();
     wait_generation(&pipeline, 2).await;
     // 3. An error returned by the aggregator's handler.
     let s = pipeline.status().await.unwrap();
-    s.aggregator.unwrap().cast(exactly::aggregator::AggregatorMsg::InjectFault(Fault::Error)).unwrap();
+    s.aggregator.unwrap().cast(exactly::runtime::messages::AggregatorMsg::InjectFault(Fault::Error)).unwrap();
     wait_generation(&pipeline, 3).await;
 
     let report = producer.await.unwrap();
@@ -82,7 +82,7 @@ async fn a_child_that_keeps_failing_spends_the_restart_budget() {
     for generation in 0..=2u64 {
         wait_generation(&pipeline, generation).await;
         let s = pipeline.status().await.unwrap();
-        s.consumers[0].1.cast(exactly::consumer::ConsumerMsg::InjectFault(Fault::Error)).unwrap();
+        s.consumers[0].1.cast(exactly::runtime::messages::ConsumerMsg::InjectFault(Fault::Error)).unwrap();
     }
     let err = tokio::time::timeout(Duration::from_secs(60), pipeline.wait()).await.expect("pipeline stops").unwrap_err();
     match &err {

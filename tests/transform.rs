@@ -152,7 +152,11 @@ fn nondeterministic_and_unnamed_expressions_are_refused_at_start() {
     ] {
         let mut config = common::delta_config("p", "t", dir.path());
         config.transform = t;
-        let e = config.validate("x.toml").unwrap_err().to_string();
+        let e = config
+            .validate("x.toml")
+            .and_then(|()| exactly::plan::Plan::of(&config, "x.toml").map(drop))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(want), "{e}");
         assert_eq!(e.lines().count(), 1, "{e}");
     }
@@ -229,7 +233,7 @@ async fn a_derived_column_partitions_the_table() {
     if let exactly::config::SinkConfig::Delta { partition_by, .. } = &mut config.sink {
         *partition_by = vec!["value".into()];
     }
-    let sink = exactly::sink::from_config(&config, Default::default());
+    let sink = exactly::pipeline::sink_for(&config, Default::default()).unwrap();
     let p = exactly::pipeline::Pipeline::start(config.clone(), sink).await.unwrap();
     let e = p.wait().await.expect_err("another partitioning is refused").to_string();
     assert!(e.contains("partitioned by [\"date\"]") && e.contains("partitioned by [\"value\"]"), "{e}");
@@ -343,7 +347,11 @@ fn outputs_that_cannot_work_are_refused_at_start() {
         if dedup {
             config.dedup = Some(exactly::config::DedupConfig::by_epochs(&["id"], 10));
         }
-        let e = config.validate("x.toml").unwrap_err().to_string();
+        let e = config
+            .validate("x.toml")
+            .and_then(|()| exactly::plan::Plan::of(&config, "x.toml").map(drop))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(want), "{e}");
     }
 }

@@ -534,7 +534,7 @@ mod tests {
                fields = [{ name = "blob", type = "binary" }]"#,
         )
         .unwrap();
-        let out = Decoder::new(&config).decode(&[rec(0, br#"{"blob":"AP8="}"#), rec(1, br#"{"blob":"%%"}"#)]);
+        let out = Decoder::new(&config).unwrap().decode(&[rec(0, br#"{"blob":"AP8="}"#), rec(1, br#"{"blob":"%%"}"#)]);
         let blob = out.rows.column(0).as_any().downcast_ref::<deltalake::arrow::array::BinaryArray>().unwrap();
         assert_eq!(blob.value(0), [0, 255]);
         assert_eq!(out.dead.len(), 1);

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::config::{DecodeConfig, DecodeFormat, FieldConfig, FieldType};
-use crate::record::{RecordView, TopicPartition};
+use crate::model::{RecordView, TopicPartition};
 use deltalake::arrow::array::builder::NullBufferBuilder;
 use deltalake::arrow::array::{
     Array, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder, Float64Builder,
@@ -28,23 +28,9 @@ pub mod avro;
 mod json;
 pub mod registry;
 
-/// Column: the record's topic.
-pub const TOPIC_COL: &str = "_kafka_topic";
-/// Column: the record's partition.
-pub const PARTITION_COL: &str = "_kafka_partition";
-/// Column: the record's offset.
-pub const OFFSET_COL: &str = "_kafka_offset";
-/// Column: the record's Kafka timestamp.
-pub const TIMESTAMP_COL: &str = "_kafka_timestamp";
-/// Hidden column of decoded rows (never written to a table): the record's key bytes, kept when
-/// a later stage may still dead-letter the row ([`Decoder::keeping_raw`]).
-pub const RAW_KEY_COL: &str = "_kafka_raw_key";
-/// Hidden column: the record's value bytes, kept like [`RAW_KEY_COL`].
-pub const RAW_VALUE_COL: &str = "_kafka_raw_value";
-/// Column: the epoch that committed the row.
-pub const EPOCH_COL: &str = "_epoch";
-/// Dead-letter column: why the record was rejected.
-pub const REASON_COL: &str = "reason";
+use crate::model::{
+    Rejection, EPOCH_COL, OFFSET_COL, PARTITION_COL, RAW_KEY_COL, RAW_VALUE_COL, REASON_COL, TIMESTAMP_COL, TOPIC_COL,
+};
 
 /// A record that could not be decoded, with everything needed to find and fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,76 +93,6 @@ impl DeadLetter {
             value: r.payload().map(<[u8]>::to_vec),
             reason,
             kind,
-        }
-    }
-}
-
-/// Why a record was rejected, as a small fixed category: the `reason` label of
-/// `exactly_dead_letters_total` (the dead letter's `reason` text says the rest).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Rejection {
-    /// Larger than `decode.max_record_bytes`.
-    TooLarge,
-    /// Key or value is not UTF-8 where text is expected.
-    NotUtf8,
-    /// The value does not parse as JSON.
-    InvalidJson,
-    /// The JSON value is not an object.
-    NotObject,
-    /// The value is null (a tombstone) where a JSON object is expected.
-    NullValue,
-    /// A non-nullable field is missing.
-    MissingField,
-    /// A non-nullable field is null.
-    NullField,
-    /// A field holds another type than declared.
-    WrongType,
-    /// Too late for the dedup watermark, or without an event time.
-    Late,
-    /// An event time further ahead of the record's Kafka timestamp than `dedup.max_future_ms`.
-    Future,
-    /// The value is not an Avro datum of its framing and writer schema.
-    InvalidAvro,
-    /// The value names a writer schema (id or fingerprint) that is not known.
-    UnknownSchema,
-    /// A `[transform]` expression failed on the row (a cast, a division by zero).
-    Transform,
-}
-
-impl Rejection {
-    /// Every category, in a fixed order.
-    pub const ALL: [Rejection; 13] = [
-        Rejection::TooLarge,
-        Rejection::NotUtf8,
-        Rejection::InvalidJson,
-        Rejection::NotObject,
-        Rejection::NullValue,
-        Rejection::MissingField,
-        Rejection::NullField,
-        Rejection::WrongType,
-        Rejection::Late,
-        Rejection::Future,
-        Rejection::InvalidAvro,
-        Rejection::UnknownSchema,
-        Rejection::Transform,
-    ];
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::TooLarge => "too_large",
-            Rejection::NotUtf8 => "not_utf8",
-            Rejection::InvalidJson => "invalid_json",
-            Rejection::NotObject => "not_object",
-            Rejection::NullValue => "null_value",
-            Rejection::MissingField => "missing_field",
-            Rejection::NullField => "null_field",
-            Rejection::WrongType => "wrong_type",
-            Rejection::Late => "late",
-            Rejection::Future => "future",
-            Rejection::InvalidAvro => "invalid_avro",
-            Rejection::UnknownSchema => "unknown_schema",
-            Rejection::Transform => "transform",
         }
     }
 }
@@ -515,15 +431,11 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// A decoder for the configured format and schema.
-    ///
-    /// The Avro schemas were read and checked when the config was validated; a file that became
-    /// unreadable since is a panic here, which the supervisor reports.
-    pub fn new(config: &DecodeConfig) -> Self {
+    /// A decoder for the configured format and schema; `Err` when the Avro schemas cannot be
+    /// read or do not parse (built once, by [`crate::plan::Plan`]).
+    pub fn new(config: &DecodeConfig) -> Result<Self, String> {
         let avro = match (config.format, &config.avro) {
-            (DecodeFormat::Avro, Some(c)) => {
-                Some(Arc::new(avro::Avro::load(c).unwrap_or_else(|e| panic!("decode.avro (checked at start): {e}"))))
-            }
+            (DecodeFormat::Avro, Some(c)) => Some(Arc::new(avro::Avro::load(c)?)),
             _ => None,
         };
         let declared = match &avro {
@@ -536,7 +448,7 @@ impl Decoder {
             DecodeFormat::Json | DecodeFormat::Avro => declared.iter().map(arrow_field).collect(),
         };
         fields.extend(meta_fields());
-        Decoder {
+        Ok(Decoder {
             format: config.format,
             fields: declared,
             max_bytes: config.max_record_bytes,
@@ -545,7 +457,7 @@ impl Decoder {
             avro,
             writer_columns: false,
             transform: None,
-        }
+        })
     }
 
     /// Gets ready to decode `records`: fetches the writer schemas they name from the schema
@@ -576,28 +488,6 @@ impl Decoder {
     /// The declared columns (`json`: `decode.fields`; `avro`: the reader schema's fields).
     pub fn fields(&self) -> &[FieldConfig] {
         &self.fields
-    }
-
-    /// The decoder of a pipeline: it keeps each row's key and value bytes (hidden columns) when
-    /// a stage after decoding can still reject a row — dedup by event time dead-letters records
-    /// that are too late or too far in the future, and an output's expression can fail on a
-    /// row, each with the bytes it arrived with.
-    pub fn for_pipeline(config: &crate::config::PipelineConfig) -> Self {
-        let rejects_later =
-            config.dedup.as_ref().is_some_and(|d| d.watermark_field.is_some()) || !config.sink.outputs().is_empty();
-        Self::for_table(config).keeping_raw(rejects_later)
-    }
-
-    /// The decoder whose rows a pipeline's table holds (the audit's): with the writer schemas'
-    /// columns when the pipeline takes them, and `[transform]` applied.
-    ///
-    /// The transform was planned when the config was validated; one that no longer plans is a
-    /// panic here, which the supervisor reports.
-    pub fn for_table(config: &crate::config::PipelineConfig) -> Self {
-        Self::new(&config.decode)
-            .taking_writer_columns(config.takes_writer_columns())
-            .transforming(config.transform.as_ref())
-            .unwrap_or_else(|e| panic!("{e} (checked at start)"))
     }
 
     /// This decoder, applying `transform` (if any) to the rows it decodes; `Err`: one line
@@ -796,7 +686,7 @@ pub fn offsets(batch: &RecordBatch) -> Option<&Int64Array> {
 mod tests {
     use super::*;
     use crate::config::DecodeConfig;
-    use crate::record::Record;
+    use crate::model::Record;
 
     pub(super) fn rec(offset: i64, value: &[u8]) -> Record {
         Record {
@@ -814,7 +704,7 @@ mod tests {
                fields = [{ name = "id", type = "long", nullable = false }, { name = "value", type = "string" }, { name = "ts", type = "timestamp" }]"#,
         )
         .unwrap();
-        Decoder::new(&config)
+        Decoder::new(&config).unwrap()
     }
 
     #[test]
@@ -923,7 +813,7 @@ mod tests {
                fields = [{ name = "day", type = "date" }]"#,
         )
         .unwrap();
-        let d = Decoder::new(&config);
+        let d = Decoder::new(&config).unwrap();
         let recs = [
             rec(0, br#"{"day":"1970-01-02"}"#),
             rec(1, br#"{"day":"2026-11-26"}"#),
@@ -956,7 +846,7 @@ mod tests {
                ]"#,
         )
         .unwrap();
-        let d = Decoder::new(&config);
+        let d = Decoder::new(&config).unwrap();
         let out = d.decode(&[
             rec(0, br#"{"id":1,"s":{"a":1,"l":[1.5,null,"2.25"]},"m":{"k":["x"],"e":[]}}"#),
             // The general path (a duplicate key holding an array first) decodes the same way.
@@ -990,7 +880,7 @@ mod tests {
     #[test]
     fn oversized_records_are_dead_lettered() {
         let config = DecodeConfig { max_record_bytes: 10, ..Default::default() };
-        let out = Decoder::new(&config).decode(&[rec(0, b"0123456789"), rec(1, b"0123456789A")]);
+        let out = Decoder::new(&config).unwrap().decode(&[rec(0, b"0123456789"), rec(1, b"0123456789A")]);
         assert_eq!(out.rows.num_rows(), 1);
         assert!(out.dead[0].reason.contains("11 bytes exceeds"));
     }

@@ -241,7 +241,7 @@ mod tests {
         let config = |url: &str, user: Option<&str>| RegistryConfig {
             url: url.into(),
             username: user.map(String::from),
-            password: Some(crate::kafka::security::Secret::Value("hunter2".into())),
+            password: Some(crate::config::security::Secret::Value("hunter2".into())),
             ca_file: None,
             timeout_ms: 1_000,
             attempts: 1,

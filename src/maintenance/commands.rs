@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::config::{PipelineConfig, TableLocation};
 use crate::error::{Error, Result};
 use crate::sink::delta::commit::{self, VACUUM_FLOOR};
-use crate::sink::delta::{delta_err, load_table};
+use crate::sink::delta::table::{delta_err, load_table};
 
 /// VACUUM's commits: its START and END markers, commit info and nothing else.
 fn vacuum_commit_properties() -> deltalake::kernel::transaction::CommitProperties {
@@ -127,7 +127,7 @@ async fn bin_pack(mut table: deltalake::DeltaTable, path: &TableLocation, target
     let from_table = snapshot.metadata().configuration().get("delta.targetFileSize").and_then(|v| v.parse::<u64>().ok());
     let policy = Policy { target_bytes: target.or(from_table).unwrap_or(DEFAULT_TARGET_BYTES).max(1), min_files: 2 };
     let groups = policy.bin_pack(&live_files(snapshot));
-    let failpoints = crate::failpoint::FailPoints::new();
+    let failpoints = crate::testing::failpoint::FailPoints::new();
     let (mut removed, mut added, mut bytes, mut version) = (0, 0, 0, None);
     let mut partitions = std::collections::BTreeSet::new();
     for group in &groups {

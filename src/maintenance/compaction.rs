@@ -34,8 +34,9 @@ use deltalake::DeltaTable;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::failpoint::FailPoints;
-use crate::sink::delta::{commit, delta_err};
+use crate::sink::delta::commit;
+use crate::sink::delta::table::delta_err;
+use crate::testing::failpoint::FailPoints;
 
 /// When files are merged.
 #[derive(Debug, Clone, PartialEq, Eq)]

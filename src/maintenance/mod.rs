@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use crate::config::{parse_retention, SinkConfig, TableLocation, AGGREGATE_DELETED_FILE_RETENTION, DEFAULT_RETENTION};
 use crate::error::Result;
-use crate::failpoint::FailPoints;
+use crate::testing::failpoint::FailPoints;
 
 /// What maintenance last saw of a table, for progress reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -211,17 +211,17 @@ impl WorkerState {
             match store.delete(&checkpoints::checkpoint_path(old)).await {
                 Ok(()) | Err(deltalake::ObjectStoreError::NotFound { .. }) => deleted += 1,
                 Err(e) => {
-                    metrics::counter!(crate::metrics::MAINTENANCE_ERRORS, "table" => self.label).increment(1);
+                    metrics::counter!(crate::telemetry::metrics::MAINTENANCE_ERRORS, "table" => self.label).increment(1);
                     tracing::warn!(table = %table_label(&self.path), checkpoint = old, error = %e, "could not delete a superseded checkpoint; log cleanup removes it later");
                 }
             }
         }
-        metrics::counter!(crate::metrics::DELTA_LOG_FILES_CLEANED, "table" => self.label).increment(deleted);
+        metrics::counter!(crate::telemetry::metrics::DELTA_LOG_FILES_CLEANED, "table" => self.label).increment(deleted);
     }
 
     /// Publishes the table's live files (metric and progress).
     fn record_live_files(&self, n: usize) {
-        metrics::gauge!(crate::metrics::DELTA_LIVE_FILES, "table" => self.label).set(n as f64);
+        metrics::gauge!(crate::telemetry::metrics::DELTA_LIVE_FILES, "table" => self.label).set(n as f64);
         self.stats.live_files.store(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -235,7 +235,7 @@ impl WorkerState {
             let version = *rx.borrow_and_update();
             if let Err(e) = self.round(version, &mut compacted_at, &rx).await {
                 // Maintenance is retried on the next commit; the pipeline goes on either way.
-                metrics::counter!(crate::metrics::MAINTENANCE_ERRORS, "table" => self.label).increment(1);
+                metrics::counter!(crate::telemetry::metrics::MAINTENANCE_ERRORS, "table" => self.label).increment(1);
                 tracing::warn!(table = %table_label(&self.path), error = %e, "table maintenance failed; retrying after the next commit");
             }
             if rx.changed().await.is_err() {
@@ -247,7 +247,7 @@ impl WorkerState {
     /// One round: checkpoint and log cleanup when due, then compaction.
     async fn round(&mut self, version: i64, compacted_at: &mut i64, rx: &watch::Receiver<i64>) -> Result<()> {
         let path = self.path.clone();
-        let err = |e: deltalake::DeltaTableError| crate::sink::delta::delta_err(&path, e);
+        let err = |e: deltalake::DeltaTableError| crate::sink::delta::table::delta_err(&path, e);
         let due = self.last_checkpoint.is_none_or(|c| version - c >= self.settings.checkpoint_interval as i64);
         if due && version > 0 {
             let t0 = Instant::now();
@@ -255,11 +255,13 @@ impl WorkerState {
             deltalake::checkpoints::create_checkpoint(&self.table, None).await.map_err(err)?;
             let version = self.table.version().unwrap_or(0) as i64;
             self.last_checkpoint = Some(version);
-            metrics::counter!(crate::metrics::DELTA_CHECKPOINTS, "table" => self.label).increment(1);
-            metrics::histogram!(crate::metrics::MAINTENANCE_SECONDS, "task" => "checkpoint").record(t0.elapsed().as_secs_f64());
+            metrics::counter!(crate::telemetry::metrics::DELTA_CHECKPOINTS, "table" => self.label).increment(1);
+            metrics::histogram!(crate::telemetry::metrics::MAINTENANCE_SECONDS, "task" => "checkpoint")
+                .record(t0.elapsed().as_secs_f64());
             self.thin_checkpoints(version).await;
             if self.last_cleanup.is_none_or(|t| t.elapsed() >= LOG_CLEANUP_EVERY) {
-                let cutoff = (crate::metrics::unix_now() * 1000.0) as i64 - self.settings.log_retention.1.as_millis() as i64;
+                let cutoff =
+                    (crate::telemetry::metrics::unix_now() * 1000.0) as i64 - self.settings.log_retention.1.as_millis() as i64;
                 let removed = deltalake::checkpoints::cleanup_expired_logs_for(
                     version as u64,
                     self.table.log_store().as_ref(),
@@ -269,11 +271,12 @@ impl WorkerState {
                 .await
                 .map_err(err)?;
                 self.last_cleanup = Some(Instant::now());
-                metrics::counter!(crate::metrics::DELTA_LOG_FILES_CLEANED, "table" => self.label).increment(removed as u64);
+                metrics::counter!(crate::telemetry::metrics::DELTA_LOG_FILES_CLEANED, "table" => self.label)
+                    .increment(removed as u64);
             }
             // A snapshot read from the new checkpoint: the sink swaps it in, so the snapshot it
             // keeps up to date holds at most `checkpoint_interval` commits on top of one checkpoint.
-            let fresh = crate::sink::delta::load_table(self.path.clone())
+            let fresh = crate::sink::delta::table::load_table(self.path.clone())
                 .await?
                 .ok_or_else(|| err(deltalake::DeltaTableError::NotATable(table_label(&self.path))))?;
             let live = fresh.snapshot().map_err(err)?.log_data().num_files();
@@ -296,11 +299,13 @@ impl WorkerState {
             let Some(done) = compaction::rewrite(&mut self.table, &self.path, &group, &policy, &self.failpoints).await? else {
                 break; // another commit took the inputs: the next round plans again
             };
-            metrics::counter!(crate::metrics::COMPACTION_FILES, "table" => self.label).increment(done.files_removed);
+            metrics::counter!(crate::telemetry::metrics::COMPACTION_FILES, "table" => self.label).increment(done.files_removed);
             self.stats.files_compacted.fetch_add(done.files_removed, std::sync::atomic::Ordering::Relaxed);
-            metrics::counter!(crate::metrics::COMPACTION_BYTES, "table" => self.label).increment(done.bytes_rewritten);
-            metrics::gauge!(crate::metrics::LAST_COMPACTION, "table" => self.label).set(crate::metrics::unix_now());
-            metrics::histogram!(crate::metrics::MAINTENANCE_SECONDS, "task" => "compaction").record(t0.elapsed().as_secs_f64());
+            metrics::counter!(crate::telemetry::metrics::COMPACTION_BYTES, "table" => self.label).increment(done.bytes_rewritten);
+            metrics::gauge!(crate::telemetry::metrics::LAST_COMPACTION, "table" => self.label)
+                .set(crate::telemetry::metrics::unix_now());
+            metrics::histogram!(crate::telemetry::metrics::MAINTENANCE_SECONDS, "task" => "compaction")
+                .record(t0.elapsed().as_secs_f64());
             tracing::debug!(table = %table_label(&self.path), files = done.files_removed, bytes = done.bytes_rewritten, "compacted");
             if rx.has_changed().unwrap_or(true) {
                 return Ok(());

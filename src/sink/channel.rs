@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 
 use super::Sink;
 use crate::error::{Error, Result};
-use crate::record::{EpochBatch, TopicPartition};
+use crate::model::TopicPartition;
+use crate::sink::EpochBatch;
 
 /// Sends each committed [`EpochBatch`] to a channel.
 pub struct ChannelSink {
@@ -30,7 +31,7 @@ impl Sink for ChannelSink {
         "channel"
     }
 
-    fn recorded<'a>(&'a self, _partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<crate::recovery::Recorded>>> {
+    fn recorded<'a>(&'a self, _partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<crate::model::Recorded>>> {
         async { Ok(None) }.boxed()
     }
 

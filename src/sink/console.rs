@@ -12,7 +12,8 @@ use futures::FutureExt;
 
 use super::Sink;
 use crate::error::{Error, Result};
-use crate::record::{EpochBatch, TopicPartition};
+use crate::model::TopicPartition;
+use crate::sink::EpochBatch;
 
 /// Prints the first `num_rows` rows of each epoch and counts the rest.
 pub struct ConsoleSink {
@@ -90,7 +91,7 @@ impl Sink for ConsoleSink {
         "console"
     }
 
-    fn recorded<'a>(&'a self, _partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<crate::recovery::Recorded>>> {
+    fn recorded<'a>(&'a self, _partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<crate::model::Recorded>>> {
         async { Ok(None) }.boxed()
     }
 

@@ -11,23 +11,60 @@ pub mod parquet;
 pub mod schema;
 pub mod storage;
 
-use std::sync::Arc;
-
 use futures::future::BoxFuture;
 
-use crate::config::{PipelineConfig, SinkConfig};
-use crate::decode::Decoder;
 use crate::error::Result;
-use crate::failpoint::FailPoints;
-use crate::record::{EpochBatch, Offsets, TopicPartition};
+use deltalake::arrow::record_batch::RecordBatch;
 
-/// An epoch a table holds and the cut it recorded: what a replay re-cuts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommittedEpoch {
-    /// The epoch.
+use crate::decode::DeadLetter;
+use crate::model::{Offsets, PartitionRange, TopicPartition};
+use crate::state::checkpoint::StateChanges;
+use crate::state::Output;
+
+/// A closed epoch, ready to commit: every record between the previous cut and this one,
+/// decoded into rows or dead letters.
+#[derive(Debug, Clone)]
+pub struct EpochBatch {
+    /// Epoch number; epoch 1 is the first with data, 0 means "nothing committed yet".
     pub epoch: u64,
-    /// The cut that epoch ended at (partitions it recorded).
-    pub offsets: Offsets,
+    /// Per-partition ranges, one for every assigned partition.
+    pub ranges: Vec<PartitionRange>,
+    /// What the data table gets: rows to append, or result buckets to replace.
+    pub output: Output,
+    /// Records that did not decode (or came too late for the watermark).
+    pub dead_letters: Vec<DeadLetter>,
+    /// Oldest Kafka timestamp in the epoch (ms), for end-to-end latency.
+    pub min_timestamp_ms: Option<i64>,
+    /// The keyed-state changes to write with this epoch's checkpoint.
+    pub state: StateChanges,
+    /// Records dropped as duplicates.
+    pub duplicates: u64,
+    /// Records the transform's filter dropped (`transform.where`).
+    pub filtered: u64,
+    /// Time the stateful stages (dedup, aggregation) took over this epoch.
+    pub state_time: std::time::Duration,
+}
+
+impl EpochBatch {
+    /// The end offsets (the cut) of this epoch.
+    pub fn end_offsets(&self) -> Offsets {
+        self.ranges.iter().map(|r| (r.tp.clone(), r.end)).collect()
+    }
+
+    /// Records consumed in this epoch (rows plus dead letters).
+    pub fn input_records(&self) -> u64 {
+        self.ranges.iter().map(|r| r.records).sum()
+    }
+
+    /// Rows to commit.
+    pub fn row_count(&self) -> usize {
+        self.output.rows().iter().map(RecordBatch::num_rows).sum()
+    }
+
+    /// True when no partition moved: nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.iter().all(|r| r.start == r.end && r.records == 0)
+    }
 }
 
 /// Where partitions a table never recorded start, resolved from Kafka.
@@ -54,10 +91,10 @@ pub trait Sink: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// What each of the sink's tables records of the pipeline (its epoch, its cut over
-    /// `partitions`), for [`crate::recovery::plan`]; `None` if the sink records nothing (console,
+    /// `partitions`), for [`crate::runtime::recovery::plan`]; `None` if the sink records nothing (console,
     /// channel: recovery then trusts the checkpoint alone).
     /// Re-reads storage.
-    fn recorded<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<crate::recovery::Recorded>>>;
+    fn recorded<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<crate::model::Recorded>>>;
 
     /// Commits one epoch, all or nothing. Called in epoch order by the committer only. A durable
     /// sink skips what it already holds, so committing a replayed epoch again is harmless.
@@ -98,63 +135,5 @@ pub trait Sink: Send + Sync + 'static {
     /// The data table's files and compactions, as its maintenance last saw them (progress).
     fn table_stats(&self) -> Option<crate::maintenance::TableStats> {
         None
-    }
-}
-
-/// Builds the sink a config names.
-pub fn from_config(config: &PipelineConfig, failpoints: Arc<FailPoints>) -> Arc<dyn Sink> {
-    match &config.sink {
-        SinkConfig::Console { num_rows } => Arc::new(console::ConsoleSink::stdout(*num_rows)),
-        SinkConfig::Delta { .. } => {
-            let decoder = Decoder::for_table(config);
-            let (schema, partition_by) = match &config.aggregate {
-                Some(a) => (
-                    crate::decode::with_epoch_field(&crate::state::result_schema(&decoder.schema(), a)),
-                    vec![crate::state::BUCKET_COL.to_string()],
-                ),
-                None => (decoder.output_schema(), config.sink.partition_by().to_vec()),
-            };
-            let sink = delta::DeltaSink::new(
-                &config.id,
-                (
-                    config.table_path().expect("a delta sink"),
-                    crate::maintenance::Settings::of(&config.sink, config.aggregate.is_some()).expect("a delta sink"),
-                ),
-                (
-                    config.dead_letter_path().expect("a delta sink"),
-                    crate::maintenance::Settings::of(&config.sink, false).expect("a delta sink"),
-                ),
-                schema,
-                partition_by,
-                failpoints,
-            )
-            .evolving(config.sink.schema_evolution())
-            .meaning(crate::recovery::meaning(config))
-            .taking_writer_columns(config.takes_writer_columns());
-            let sink = match &config.sink {
-                SinkConfig::Delta { outputs, .. } if !outputs.is_empty() => {
-                    let rows = decoder.schema();
-                    let fan_out = crate::transform::Outputs::new(outputs, &rows).expect("sink.outputs (checked at start)");
-                    let tables = outputs
-                        .iter()
-                        .zip(fan_out.schemas(&rows))
-                        .map(|(o, out)| {
-                            (
-                                config.output_path(o),
-                                crate::maintenance::Settings::of(&config.sink, false).expect("a delta sink"),
-                                crate::decode::with_epoch_field(&out),
-                                o.partition_by.clone(),
-                            )
-                        })
-                        .collect();
-                    sink.with_outputs(tables, fan_out)
-                }
-                _ => sink,
-            };
-            match &config.source.group_id {
-                Some(_) => Arc::new(sink.in_group(crate::group::member_name())),
-                None => Arc::new(sink),
-            }
-        }
     }
 }

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use deltalake::arrow::array::{Array, Int32Array, Int64Array, StringArray};
 use deltalake::arrow::record_batch::RecordBatch;
 use exactly::config::{DecodeConfig, PipelineConfig, TableLocation};
-use exactly::decode::{OFFSET_COL, PARTITION_COL, TOPIC_COL};
-use exactly::producer::{produce, ProduceOptions, ProduceReport};
-use exactly::record::EpochBatch;
+use exactly::model::{OFFSET_COL, PARTITION_COL, TOPIC_COL};
+use exactly::sink::EpochBatch;
+use exactly::source::producer::{produce, ProduceOptions, ProduceReport};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// The brokers under test: `KAFKA_BROKERS`, or the broker `scripts/kafka up` starts.
@@ -26,8 +26,8 @@ pub fn brokers() -> String {
 }
 
 /// A plaintext connection to the brokers under test.
-pub fn kafka() -> exactly::kafka::Connection {
-    exactly::kafka::Connection::plaintext(brokers())
+pub fn kafka() -> exactly::source::Connection {
+    exactly::source::Connection::plaintext(brokers())
 }
 
 /// A port free on 127.0.0.1 right now.
@@ -57,7 +57,7 @@ pub fn unique(prefix: &str) -> String {
 /// Creates a fresh topic with `partitions` partitions and returns its name.
 pub async fn topic(prefix: &str, partitions: i32) -> String {
     let name = unique(prefix);
-    assert!(exactly::kafka::create_topic(&kafka(), &name, partitions, 1).await.expect("create topic"));
+    assert!(exactly::source::create_topic(&kafka(), &name, partitions, 1).await.expect("create topic"));
     name
 }
 
@@ -260,14 +260,14 @@ pub fn assert_each_epoch_committed_once(table: &Path, pipeline: &str) {
 
 /// Sum of the high watermarks of a topic's partitions.
 pub async fn high_watermarks(topic: &str) -> i64 {
-    exactly::kafka::high_watermark_sum(&kafka(), topic, Duration::from_secs(10)).await.unwrap()
+    exactly::source::high_watermark_sum(&kafka(), topic, Duration::from_secs(10)).await.unwrap()
 }
 
 /// The sum of the cut a Delta table recorded for pipeline `id` over `topic`'s partitions.
 pub async fn table_cut(table: impl Into<TableLocation>, id: &str, topic: &str) -> i64 {
     let table = table.into();
     let Some(t) = exactly::sink::delta::load_table(table.clone()).await.unwrap() else { return 0 };
-    let tps = exactly::kafka::preflight(&kafka(), &[topic.to_string()], Duration::from_secs(10)).await.unwrap();
+    let tps = exactly::source::preflight(&kafka(), &[topic.to_string()], Duration::from_secs(10)).await.unwrap();
     exactly::sink::delta::recorded_cut(&t, &table, id, &tps).await.unwrap().values().sum()
 }
 
@@ -288,7 +288,7 @@ pub async fn assert_verified(config: &PipelineConfig) -> exactly::verify::Audit 
 
 /// Starts `config` in-process with its configured sink (sharing the options' fail points).
 pub async fn start(config: &PipelineConfig, options: exactly::pipeline::RunOptions) -> exactly::pipeline::Pipeline {
-    let sink = exactly::sink::from_config(config, options.failpoints.clone());
+    let sink = exactly::pipeline::sink_for(config, options.failpoints.clone()).unwrap();
     exactly::pipeline::Pipeline::start_with(config.clone(), sink, options).await.unwrap()
 }
 
@@ -406,7 +406,7 @@ pub async fn delete_topic(topic: &str) {
     let res = admin.delete_topics(&[topic], &AdminOptions::new()).await.unwrap();
     assert!(res.into_iter().all(|r| r.is_ok()), "delete {topic}");
     wait_until(Duration::from_secs(60), "the topic is gone", || async {
-        exactly::kafka::preflight(&kafka(), &[topic.to_string()], Duration::from_secs(5)).await.is_err()
+        exactly::source::preflight(&kafka(), &[topic.to_string()], Duration::from_secs(5)).await.is_err()
     })
     .await;
 }
@@ -416,7 +416,7 @@ pub async fn delete_topic(topic: &str) {
 pub async fn recreate_topic(topic: &str, partitions: i32) {
     delete_topic(topic).await;
     wait_until(Duration::from_secs(60), "the topic is created again", || async {
-        exactly::kafka::create_topic(&kafka(), topic, partitions, 1).await.is_ok_and(|created| created)
+        exactly::source::create_topic(&kafka(), topic, partitions, 1).await.is_ok_and(|created| created)
     })
     .await;
 }

@@ -35,10 +35,10 @@ use deltalake::protocol::DeltaOperation;
 use deltalake::DeltaTable;
 use serde_json::json;
 
-use super::delta_err;
+use super::table::delta_err;
 use crate::error::{Error, Result};
-use crate::failpoint::FailPoints;
-use crate::sink::storage::TableLocation;
+use crate::model::TableLocation;
+use crate::testing::failpoint::FailPoints;
 
 /// How long one commit may take from its start (its files written) to its landing, retries
 /// included; past it, the commit gives up (the epoch fails and is cut again).
@@ -157,7 +157,7 @@ pub async fn commit(
                 return Ok(Outcome::Landed(version));
             }
             Err(e) if maybe_elsewhere(&e) => {
-                metrics::counter!(crate::metrics::DELTA_COMMIT_RETRIES, "table" => label).increment(1);
+                metrics::counter!(crate::telemetry::metrics::DELTA_COMMIT_RETRIES, "table" => label).increment(1);
                 tracing::debug!(table = %path.display(), attempt, error = %e, "the commit did not land; reading the table again");
             }
             Err(e) => return Err(delta_err(path, e)),

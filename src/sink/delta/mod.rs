@@ -17,6 +17,11 @@
 //! it), one that holds it by another writer is refused (ARCHITECTURE.md, "The commit rule").
 
 pub mod commit;
+pub mod table;
+pub mod txn;
+
+pub use table::{delta_err, load_table};
+pub use txn::*;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -32,163 +37,17 @@ use futures::FutureExt;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use super::storage::{table_builder, TableLocation};
 use super::Sink;
 use crate::decode::{dead_letter_batch, dead_letter_schema, with_epoch};
 use crate::error::{Error, Result};
-use crate::failpoint::FailPoints;
 use crate::maintenance::{self, Settings};
-use crate::record::{EpochBatch, Offsets, PartitionRange, TopicPartition};
-use crate::recovery::{Recorded, TableRecord};
+use crate::model::TableLocation;
+use crate::model::{Offsets, PartitionRange, TopicPartition};
+use crate::model::{Recorded, TableRecord};
+use crate::sink::storage::table_builder;
+use crate::sink::EpochBatch;
 use crate::state::Output;
-
-/// Tables created by a pipeline say so in their description, which starts with this.
-pub const OWNER_PREFIX: &str = "exactly pipeline '";
-
-/// The description of a table created by `pipeline`.
-pub fn owner_description(pipeline: &str, what: &str) -> String {
-    format!("{OWNER_PREFIX}{pipeline}' ({what})")
-}
-
-/// The pipeline that created a table, from its description.
-pub fn owner_of(description: Option<&str>) -> Option<&str> {
-    description?.strip_prefix(OWNER_PREFIX)?.split('\'').next()
-}
-
-/// The txn appId holding a partition's next offset.
-pub fn partition_app_id(pipeline: &str, tp: &TopicPartition) -> String {
-    format!("{pipeline}-{}-{}", tp.topic, tp.partition)
-}
-
-/// The txn appId holding the offset a partition started at.
-pub fn start_app_id(pipeline: &str, tp: &TopicPartition) -> String {
-    format!("{pipeline}-{}-{}-start", tp.topic, tp.partition)
-}
-
-/// The txn appId of group mode's dead-letter mark for a partition: the data table's commit of a
-/// range with dead letters sets it to the offset the dead-letter table must get past (see
-/// ARCHITECTURE.md, "Group mode").
-pub fn dead_mark_app_id(pipeline: &str, tp: &TopicPartition) -> String {
-    format!("{pipeline}-{}-{}-dead", tp.topic, tp.partition)
-}
-
-/// The txn appId marking, in the data table, the last epoch that had dead letters: the
-/// dead-letter table must hold that epoch (recovery replays it to a dead-letter table that
-/// lacks it; see [`crate::recovery`]).
-pub fn dead_letters_app_id(pipeline: &str) -> String {
-    format!("{pipeline}-dead-letters")
-}
-
-/// The txn appId of group mode's claim on a partition: its version is the fencing token of the
-/// member that owns the partition (see ARCHITECTURE.md, "Group mode").
-pub fn owner_app_id(pipeline: &str, tp: &TopicPartition) -> String {
-    format!("{pipeline}-{}-{}-owner", tp.topic, tp.partition)
-}
-
-/// Group mode: the table property (`<prefix><topic>` = Kafka topic id) recording which topic the
-/// table's offsets belong to; members keep no checkpoint of their own to hold it.
-pub const TOPIC_ID_PROPERTY: &str = "exactly.topicId.";
-
-/// A Delta error on the table at `path`.
-pub fn delta_err(path: &TableLocation, e: impl std::fmt::Display) -> Error {
-    Error::Delta { table: path.to_string(), detail: e.to_string() }
-}
-
-/// Loads the table at `path` (a local directory or an object-store location); `None` if there
-/// is no Delta table there.
-pub async fn load_table(path: impl Into<TableLocation>) -> Result<Option<DeltaTable>> {
-    let path = path.into();
-    if path.local_path().is_some_and(|dir| !dir.join("_delta_log").is_dir()) {
-        return Ok(None);
-    }
-    let mut table = table_builder(&path)?.build().map_err(|e| delta_err(&path, e))?;
-    if path.local_path().is_none() {
-        // No log on the store: no table (asking delta-rs to load it logs an error first).
-        use futures::StreamExt;
-        let log = deltalake::Path::from("_delta_log/");
-        let first = table.log_store().object_store(None).list(Some(&log)).next().await;
-        match first {
-            None => return Ok(None),
-            Some(Err(e)) => return Err(delta_err(&path, e)),
-            Some(Ok(_)) => {}
-        }
-    }
-    match table.load().await {
-        Ok(()) => Ok(table.version().map(|_| table)),
-        Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None), // no commit yet, or nothing there
-        Err(e) => Err(delta_err(&path, e)),
-    }
-}
-
-/// The version of `app_id`'s txn in the table, if any.
-pub async fn txn_version(table: &DeltaTable, path: &TableLocation, app_id: &str) -> Result<Option<i64>> {
-    let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
-    snapshot.transaction_version(table.log_store().as_ref(), app_id).await.map_err(|e| delta_err(path, e))
-}
-
-/// The cut recorded in a table for `partitions` (partitions it never recorded are left out).
-pub async fn recorded_cut(
-    table: &DeltaTable,
-    path: &TableLocation,
-    pipeline: &str,
-    partitions: &[TopicPartition],
-) -> Result<Offsets> {
-    let mut cut = Offsets::new();
-    for tp in partitions {
-        if let Some(v) = txn_version(table, path, &partition_app_id(pipeline, tp)).await? {
-            cut.insert(tp.clone(), v);
-        }
-    }
-    Ok(cut)
-}
-
-/// How many of a table's newest commits [`epoch_commit`] reads looking for an epoch's commit
-/// (maintenance commits may follow it).
-const EPOCH_SCAN: usize = 100;
-
-/// What an epoch's commit recorded of itself in its `exactly` commit info.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EpochCommit {
-    /// Where the epoch started per partition (`None`: not recorded).
-    pub starts: Option<Offsets>,
-    /// What it meant ([`crate::recovery::meaning`]; `None`: not recorded).
-    pub meaning: Option<crate::recovery::Meaning>,
-}
-
-/// The `exactly` commit info of epoch `epoch` of `pipeline` in `table` (`None`: not among the
-/// newest commits).
-pub async fn epoch_commit(table: &DeltaTable, path: &TableLocation, pipeline: &str, epoch: u64) -> Result<Option<EpochCommit>> {
-    let Some(latest) = table.version() else { return Ok(None) };
-    let store = table.log_store();
-    // Newest first: the epoch's commit is the newest but for maintenance commits after it.
-    for version in (0..=latest).rev().take(EPOCH_SCAN) {
-        let Some(bytes) = store.read_commit_entry(version).await.map_err(|e| delta_err(path, e))? else { continue };
-        let text = String::from_utf8_lossy(&bytes);
-        let Some(info) = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|a| a.get("commitInfo").is_some())
-        else {
-            continue;
-        };
-        let meta = &info["commitInfo"]["exactly"];
-        if meta["pipeline"].as_str() != Some(pipeline) || meta["epoch"].as_u64() != Some(epoch) || meta.get("member").is_some() {
-            continue;
-        }
-        let starts = meta["ranges"].as_array().and_then(|ranges| {
-            ranges
-                .iter()
-                .map(|r| match (r["topic"].as_str(), r["partition"].as_i64(), r["start"].as_i64()) {
-                    (Some(topic), Some(partition), Some(start)) => Some((TopicPartition::new(topic, partition as i32), start)),
-                    _ => None,
-                })
-                .collect::<Option<Offsets>>()
-        });
-        let meaning = serde_json::from_value(meta["meaning"].clone()).ok();
-        return Ok(Some(EpochCommit { starts, meaning }));
-    }
-    Ok(None)
-}
+use crate::testing::failpoint::FailPoints;
 
 fn delta_fields(schema: &SchemaRef) -> Result<Vec<StructField>> {
     use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -206,15 +65,15 @@ fn rows_from(rows: &[RecordBatch], from: &Offsets) -> Result<Vec<RecordBatch>> {
     let bad = |what: &str| Error::Sink(format!("rows without a {what} column"));
     let mut out = Vec::with_capacity(rows.len());
     for b in rows {
-        let offsets = crate::decode::offsets(b).ok_or_else(|| bad(crate::decode::OFFSET_COL))?;
+        let offsets = crate::decode::offsets(b).ok_or_else(|| bad(crate::model::OFFSET_COL))?;
         let parts = b
-            .column_by_name(crate::decode::PARTITION_COL)
+            .column_by_name(crate::model::PARTITION_COL)
             .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
-            .ok_or_else(|| bad(crate::decode::PARTITION_COL))?;
+            .ok_or_else(|| bad(crate::model::PARTITION_COL))?;
         let topics = b
-            .column_by_name(crate::decode::TOPIC_COL)
+            .column_by_name(crate::model::TOPIC_COL)
             .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            .ok_or_else(|| bad(crate::decode::TOPIC_COL))?;
+            .ok_or_else(|| bad(crate::model::TOPIC_COL))?;
         let keep: BooleanArray = (0..b.num_rows())
             .map(|i| {
                 let tp = TopicPartition::new(topics.value(i), parts.value(i));
@@ -236,7 +95,7 @@ fn bucket_removes(table: &DeltaTable, path: &TableLocation, buckets: Option<&Has
     let mut out = Vec::new();
     for file in snapshot.log_data().iter() {
         let bucket =
-            file.partition_values_map().get(crate::state::BUCKET_COL).cloned().flatten().and_then(|b| b.parse::<u32>().ok());
+            file.partition_values_map().get(crate::model::BUCKET_COL).cloned().flatten().and_then(|b| b.parse::<u32>().ok());
         let hit = match buckets {
             None => true,
             Some(set) => bucket.is_some_and(|b| set.contains(&b)),
@@ -271,9 +130,10 @@ async fn write_files(
         adds = writer.flush().await.map_err(|e| delta_err(path, e))?;
     }
     let table_label = spec.label();
-    metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "parquet").record(t_parquet.elapsed().as_secs_f64());
-    metrics::counter!(crate::metrics::DELTA_FILES_ADDED, "table" => table_label).increment(adds.len() as u64);
-    metrics::counter!(crate::metrics::DELTA_BYTES_WRITTEN, "table" => table_label)
+    metrics::histogram!(crate::telemetry::metrics::COMMIT_SECONDS, "phase" => "parquet")
+        .record(t_parquet.elapsed().as_secs_f64());
+    metrics::counter!(crate::telemetry::metrics::DELTA_FILES_ADDED, "table" => table_label).increment(adds.len() as u64);
+    metrics::counter!(crate::telemetry::metrics::DELTA_BYTES_WRITTEN, "table" => table_label)
         .increment(adds.iter().map(|a| a.size.max(0) as u64).sum());
     Ok(adds)
 }
@@ -313,7 +173,7 @@ impl Spec {
     fn new(path: TableLocation, schema: SchemaRef, partition_by: Vec<String>, name: &'static str, settings: Settings) -> Spec {
         // Aggregate tables are partitioned by `_bucket` and hold one file per bucket; append
         // tables (partitioned or not) compact by size tier, partition by partition.
-        let compact = !partition_by.iter().any(|c| c == crate::state::BUCKET_COL);
+        let compact = !partition_by.iter().any(|c| c == crate::model::BUCKET_COL);
         Spec { path, schema, partition_by, name, compact, settings, stats: Default::default(), writer_columns: false }
     }
 
@@ -401,7 +261,7 @@ fn another_writer(path: &TableLocation, pipeline: &str, held: u64, epoch: u64) -
 /// `txn`s, with a bucket replacement's removes read from this very snapshot.
 struct EpochWrite<'a> {
     pipeline: &'a str,
-    meaning: &'a crate::recovery::Meaning,
+    meaning: &'a crate::model::Meaning,
     path: &'a TableLocation,
     epoch: u64,
     ranges: &'a [PartitionRange],
@@ -423,7 +283,7 @@ impl commit::Writer for EpochWrite<'_> {
             // A replayed epoch: the recorded cut must be this epoch's.
             let tps: Vec<TopicPartition> = self.ranges.iter().map(|r| r.tp.clone()).collect();
             let recorded = recorded_cut(table, path, self.pipeline, &tps).await?;
-            if let Err(diff) = crate::replay::check_recorded_cut(&recorded, self.ranges) {
+            if let Err(diff) = crate::model::check_recorded_cut(&recorded, self.ranges) {
                 return Err(Error::Recovery(format!(
                     "epoch {epoch} is already in {} with a different cut ({diff}); refusing to skip or rewrite it",
                     path.display()
@@ -493,8 +353,8 @@ pub struct DeltaSink {
     /// `sink.outputs`: their tables, and how the data table's rows fan out to them.
     outputs: Vec<Spec>,
     fan_out: crate::transform::Outputs,
-    /// What its epochs mean (recorded in each epoch's commits; see [`crate::recovery`]).
-    meaning: crate::recovery::Meaning,
+    /// What its epochs mean (recorded in each epoch's commits; see [`crate::runtime::recovery`]).
+    meaning: crate::model::Meaning,
 }
 
 impl DeltaSink {
@@ -539,7 +399,7 @@ impl DeltaSink {
     }
 
     /// This sink, recording `meaning` in every epoch's commits.
-    pub fn meaning(mut self, meaning: crate::recovery::Meaning) -> Self {
+    pub fn meaning(mut self, meaning: crate::model::Meaning) -> Self {
         self.meaning = meaning;
         self
     }
@@ -715,7 +575,8 @@ impl DeltaSink {
             commit::Outcome::Landed(version) => {
                 open.landed(version);
                 open.starts.extend(ranges.iter().map(|r| r.tp.clone()));
-                metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "delta").record(t_delta.elapsed().as_secs_f64());
+                metrics::histogram!(crate::telemetry::metrics::COMMIT_SECONDS, "phase" => "delta")
+                    .record(t_delta.elapsed().as_secs_f64());
             }
         }
         open.version = epoch;
@@ -919,7 +780,8 @@ impl DeltaSink {
             commit::commit(&mut data.table, &self.data.path, self.data.label(), self.before_commit(), &mut write).await?
         {
             data.landed(version);
-            metrics::histogram!(crate::metrics::COMMIT_SECONDS, "phase" => "delta").record(t_delta.elapsed().as_secs_f64());
+            metrics::histogram!(crate::telemetry::metrics::COMMIT_SECONDS, "phase" => "delta")
+                .record(t_delta.elapsed().as_secs_f64());
         }
         self.failpoints.hit("after-delta-commit").await?;
 
@@ -1060,7 +922,7 @@ impl Sink for DeltaSink {
                 .iter()
                 .filter_map(|(k, v)| k.strip_prefix(TOPIC_ID_PROPERTY).map(|t| (t.to_string(), v.clone())))
                 .collect();
-            if let Some(e) = crate::kafka::recreated_topic(&recorded, current, &format!("the table {}", path.display())) {
+            if let Some(e) = crate::source::recreated_topic(&recorded, current, &format!("the table {}", path.display())) {
                 return Err(e);
             }
             let missing: std::collections::HashMap<String, String> = current
@@ -1102,7 +964,7 @@ impl Sink for DeltaSink {
                         for b in rows {
                             let f = self.fan_out.fan_out(b);
                             fan_dead.extend(f.failed.into_iter().map(|(i, why)| {
-                                crate::decode::DeadLetter::of_row(b, i, crate::decode::Rejection::Transform, why)
+                                crate::decode::DeadLetter::of_row(b, i, crate::model::Rejection::Transform, why)
                             }));
                             main.push(crate::decode::without_raw(&f.main));
                             for (k, o) in f.outputs.into_iter().enumerate() {

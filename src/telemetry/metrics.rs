@@ -100,7 +100,7 @@ pub fn install_exporter(addr: SocketAddr, pipeline: &str) -> Result<()> {
 /// Registers every labelled series at zero, so dashboards and `rate()` have data from the
 /// first scrape, not from the first event.
 pub fn register_zeros() {
-    for reason in crate::decode::Rejection::ALL {
+    for reason in crate::model::Rejection::ALL {
         metrics::counter!(DEAD_LETTERS, "reason" => reason.as_str()).increment(0);
     }
     for actor in ["consumer", "aggregator", "committer", "start-up"] {

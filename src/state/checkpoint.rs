@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::StateConfig;
 use crate::error::{Error, Result};
-use crate::failpoint::FailPoints;
-use crate::record::{Offsets, TopicPartition};
+use crate::model::{Offsets, TopicPartition};
+use crate::testing::failpoint::FailPoints;
 
 const META: &str = "meta";
 const DEDUP: &str = "dedup";
@@ -652,7 +652,7 @@ mod tests {
         let first = StateChanges { dedup_insert: vec![(b"a".to_vec(), 1), (b"b".to_vec(), 1)], ..Default::default() };
         store.commit(&Checkpoint::new("p", 1, &Offsets::new()), &first).unwrap();
         let second = StateChanges { dedup_insert: vec![(b"c".to_vec(), 2), (b"d".to_vec(), 2)], ..Default::default() };
-        failpoints.arm("mid-checkpoint-write", crate::failpoint::FailAction::Error, Some(1));
+        failpoints.arm("mid-checkpoint-write", crate::testing::failpoint::FailAction::Error, Some(1));
         store.commit(&Checkpoint::new("p", 2, &Offsets::new()), &second).unwrap_err();
         drop(store);
         let store = CheckpointStore::open_with(dir.path(), &config).unwrap();

@@ -4,12 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use deltalake::arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
-
-use crate::checkpoint::StateChanges;
-use crate::decode::DeadLetter;
-use crate::state::Output;
 
 /// A Kafka topic-partition.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -50,7 +45,7 @@ pub struct Record {
 }
 
 /// What the decode stage reads of a record: implemented by the owned [`Record`] and by the
-/// consumers' [`crate::fetch::Msg`], so consumers decode straight from librdkafka's buffers
+/// consumers' [`crate::source::fetch::Msg`], so consumers decode straight from librdkafka's buffers
 /// without copying each record first.
 pub trait RecordView {
     /// Topic name.
@@ -105,50 +100,4 @@ pub struct PartitionRange {
     pub end: i64,
     /// Records in the range (fewer than `end - start` when the partition has gaps).
     pub records: u64,
-}
-
-/// A closed epoch, ready to commit: every record between the previous cut and this one,
-/// decoded into rows or dead letters.
-#[derive(Debug, Clone)]
-pub struct EpochBatch {
-    /// Epoch number; epoch 1 is the first with data, 0 means "nothing committed yet".
-    pub epoch: u64,
-    /// Per-partition ranges, one for every assigned partition.
-    pub ranges: Vec<PartitionRange>,
-    /// What the data table gets: rows to append, or result buckets to replace.
-    pub output: Output,
-    /// Records that did not decode (or came too late for the watermark).
-    pub dead_letters: Vec<DeadLetter>,
-    /// Oldest Kafka timestamp in the epoch (ms), for end-to-end latency.
-    pub min_timestamp_ms: Option<i64>,
-    /// The keyed-state changes to write with this epoch's checkpoint.
-    pub state: StateChanges,
-    /// Records dropped as duplicates.
-    pub duplicates: u64,
-    /// Records the transform's filter dropped (`transform.where`).
-    pub filtered: u64,
-    /// Time the stateful stages (dedup, aggregation) took over this epoch.
-    pub state_time: std::time::Duration,
-}
-
-impl EpochBatch {
-    /// The end offsets (the cut) of this epoch.
-    pub fn end_offsets(&self) -> Offsets {
-        self.ranges.iter().map(|r| (r.tp.clone(), r.end)).collect()
-    }
-
-    /// Records consumed in this epoch (rows plus dead letters).
-    pub fn input_records(&self) -> u64 {
-        self.ranges.iter().map(|r| r.records).sum()
-    }
-
-    /// Rows to commit.
-    pub fn row_count(&self) -> usize {
-        self.output.rows().iter().map(RecordBatch::num_rows).sum()
-    }
-
-    /// True when no partition moved: nothing to commit.
-    pub fn is_empty(&self) -> bool {
-        self.ranges.iter().all(|r| r.start == r.end && r.records == 0)
-    }
 }

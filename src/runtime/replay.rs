@@ -11,18 +11,18 @@
 //!
 //! - [`Replay::plan`] (supervisor): which cut, per partition, from the checkpoint and the table;
 //! - [`ReplayCut`] (consumer): where its partition's part of the replayed epoch ends;
-//! - [`check_recorded_cut`] (sink): a table that already holds V must hold this very cut.
+//! - [`crate::model::check_recorded_cut`] (sink): a table that already holds V must hold this very cut.
 //!
 //! **Architecture Invariant:** a replay compares only the partitions the table recorded. A
 //! partition added to the topic since V was committed has no recorded end: its part of V is
 //! empty (it starts and ends at its start), so a new partition never makes a replay fail — and
 //! never a restart loop.
 //!
-//! Back-pressure never holds a replay back ([`crate::backpressure`]).
+//! Back-pressure never holds a replay back ([`crate::runtime::backpressure`]).
 
 use crate::error::{Error, Result};
-use crate::record::{Offsets, PartitionRange, RecordView, TopicPartition};
-use crate::sink::CommittedEpoch;
+use crate::model::CommittedEpoch;
+use crate::model::{Offsets, RecordView, TopicPartition};
 
 /// An epoch to replay, and where each partition's part of it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,29 +82,10 @@ impl ReplayCut {
     }
 }
 
-/// For a table that already holds the replayed epoch: the cut it recorded must be this epoch's
-/// cut, over the partitions it recorded; a partition it did not record must have an empty range
-/// (added to the topic since). `Err` describes the mismatch.
-pub fn check_recorded_cut(recorded: &Offsets, ranges: &[PartitionRange]) -> std::result::Result<(), String> {
-    let mut diffs = Vec::new();
-    for r in ranges {
-        match recorded.get(&r.tp) {
-            Some(end) if *end == r.end => {}
-            Some(end) => diffs.push(format!("{}: table {end}, replay {}", r.tp, r.end)),
-            None if r.start == r.end => {}
-            None => diffs.push(format!("{}: not in the table, replay [{}, {})", r.tp, r.start, r.end)),
-        }
-    }
-    if diffs.is_empty() {
-        Ok(())
-    } else {
-        Err(diffs.join("; "))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{check_recorded_cut, PartitionRange};
 
     fn tp(p: i32) -> TopicPartition {
         TopicPartition::new("t", p)

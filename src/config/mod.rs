@@ -7,12 +7,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use crate::sink::storage::{StorageOptions, TableLocation};
+pub use crate::model::{StorageOptions, TableLocation};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kafka;
+pub mod security;
+
+pub use crate::error::ConfigError;
 
 /// Whether a config line may carry a secret (a password, a key, a token): a parse error then
 /// names the line by number only, never quoting it.
@@ -20,6 +22,28 @@ fn may_hold_a_secret(line: &str) -> bool {
     let key = line.split('=').next().unwrap_or(line).to_ascii_lowercase();
     ["password", "secret", "token", "credential", "access_key", "account_key", "sas_", "jaas"].iter().any(|w| key.contains(w))
 }
+
+/// Consumer properties the pipeline sets itself, which `source.properties` may not change, and
+/// why (the config check quotes the reason).
+pub const MANAGED_PROPERTIES: &[(&str, &str)] = &[
+    ("enable.auto.commit", "progress lives in the checkpoint and the sink, not in Kafka"),
+    ("enable.auto.offset.store", "progress lives in the checkpoint and the sink, not in Kafka"),
+    ("group.id", "progress lives in the checkpoint and the sink, not in Kafka"),
+    ("isolation.level", "the pipeline reads read_committed, so records of aborted or open transactions never reach a table"),
+    (
+        "auto.offset.reset",
+        "a committed position that Kafka no longer holds stops the pipeline instead of silently skipping records",
+    ),
+];
+
+/// Consumer properties group mode sets itself (beyond [`MANAGED_PROPERTIES`]).
+pub const GROUP_MANAGED_PROPERTIES: &[(&str, &str)] = &[(
+    "partition.assignment.strategy",
+    "group mode uses cooperative-sticky: a rebalance moves only the partitions that change owner",
+)];
+
+/// How a check names a field and its problem.
+type Bad<'a> = dyn Fn(&str, String) -> ConfigError + 'a;
 
 /// Environment variable that replaces `source.brokers` when set.
 pub const BROKERS_ENV: &str = "KAFKA_BROKERS";
@@ -85,7 +109,7 @@ pub struct SourceConfig {
     pub max_buffered_records: u64,
     /// TLS and authentication of every connection to the brokers (`[source.security]`; see
     /// docs/config.md and the README's "Secured Kafka").
-    pub security: kafka::security::SecurityConfig,
+    pub security: security::SecurityConfig,
     /// Extra librdkafka client properties (fetch sizes, rarer security settings, ...), given to
     /// every client the pipeline, `verify`, `produce` and `topics` make. The properties in
     /// [`kafka::MANAGED_PROPERTIES`] (`enable.auto.commit`, `group.id`, `isolation.level`, ...)
@@ -176,7 +200,7 @@ pub struct AvroConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reader_version: Option<u32>,
     /// The text of the reader schema `reader_subject` names, as fetched
-    /// ([`PipelineConfig::fetch_schemas`]); every decoder of the process reads this one.
+    /// ([`crate::plan::Plan`]); every decoder of the process reads this one.
     #[serde(skip)]
     pub reader_text: Option<std::sync::Arc<str>>,
     /// How each value is framed (see [`AvroFraming`]).
@@ -219,7 +243,7 @@ pub struct RegistryConfig {
     /// Basic auth password: a secret (`{ env = "…" }`, `{ file = "…" }` or the value); never
     /// shown.
     #[serde(default)]
-    pub password: Option<kafka::security::Secret>,
+    pub password: Option<security::Secret>,
     /// A private CA (PEM) to trust for `https`, besides the system's.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -1054,47 +1078,6 @@ impl Default for SupervisorConfig {
     }
 }
 
-/// A configuration problem, rendered as one line naming the file, the field and the problem.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("config {path}: cannot read: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// TOML syntax error, unknown key or wrong type.
-    #[error("config {path}: {location}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// `line N (`the line`)`.
-        location: String,
-        /// The parser's message.
-        message: String,
-    },
-    /// A secret (a password, a key) that cannot be read from where the config says it is.
-    #[error("`{field}` {problem}")]
-    Secret {
-        /// Dotted field name.
-        field: String,
-        /// Where it was looked for and why it is not there (never a value).
-        problem: String,
-    },
-    /// A value that parses but is not allowed.
-    #[error("config {path}: `{field}` {problem}")]
-    Invalid {
-        /// The file.
-        path: String,
-        /// Dotted field name.
-        field: String,
-        /// What is wrong and what is allowed.
-        problem: String,
-    },
-}
-
 impl PipelineConfig {
     /// A minimal config for `id` reading `topics`, everything else default.
     pub fn new(id: impl Into<String>, topics: &[&str]) -> Self {
@@ -1120,26 +1103,8 @@ impl PipelineConfig {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
         let mut config = Self::parse(&text, &shown)?;
         config.apply_env();
-        config.fetch_schemas(&shown)?;
         config.validate(&shown)?;
         Ok(config)
-    }
-
-    /// Fetches what the config names in a schema registry: the Avro reader schema of
-    /// `decode.avro.reader_subject` (once: the process decodes with this one until it stops).
-    /// The error is one line naming the registry, the subject and the problem.
-    pub fn fetch_schemas(&mut self, origin: &str) -> Result<(), ConfigError> {
-        let bad =
-            |field: &str, problem: String| ConfigError::Invalid { path: origin.to_string(), field: field.to_string(), problem };
-        let Some(avro) = self.decode.avro.as_mut() else { return Ok(()) };
-        let (Some(subject), None) = (&avro.reader_subject, &avro.reader_text) else { return Ok(()) };
-        let Some(registry) = &avro.registry else {
-            return Err(bad("decode.avro.reader_subject", "needs decode.avro.registry, the registry to read it from".into()));
-        };
-        let text = crate::decode::registry::subject_version_now(registry, subject, avro.reader_version)
-            .map_err(|e| bad("decode.avro.reader_subject", e))?;
-        avro.reader_text = Some(text.into());
-        Ok(())
     }
 
     /// Parses TOML text; `origin` names the source in errors.
@@ -1161,12 +1126,6 @@ impl PipelineConfig {
         })
     }
 
-    /// The Kafka connection of this pipeline's `[source]`: brokers, security (secrets read now
-    /// from where they are kept) and raw properties.
-    pub fn connection(&self) -> Result<kafka::Connection, crate::error::Error> {
-        kafka::Connection::of(&self.source)
-    }
-
     /// Applies environment overrides (`KAFKA_BROKERS`).
     pub fn apply_env(&mut self) {
         if let Ok(brokers) = std::env::var(BROKERS_ENV) {
@@ -1176,10 +1135,23 @@ impl PipelineConfig {
         }
     }
 
-    /// Checks values that parse but make no sense.
+    /// Checks values that parse but make no sense, section by section: what the text alone
+    /// can tell. What needs the decoder (a key column's type, an output's expression) is
+    /// checked when the config is planned ([`crate::plan::Plan::new`]).
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let bad =
             |field: &str, problem: String| ConfigError::Invalid { path: origin.to_string(), field: field.to_string(), problem };
+        self.check_id(&bad)?;
+        self.check_source(&bad, origin)?;
+        self.check_runtime(&bad)?;
+        self.check_group(&bad)?;
+        self.check_decode(&bad)?;
+        self.check_stateful(&bad)?;
+        self.check_sink(&bad)
+    }
+
+    /// `id`.
+    fn check_id(&self, bad: &Bad) -> Result<(), ConfigError> {
         if self.id.is_empty() || !self.id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
             return Err(bad(
                 "id",
@@ -1189,6 +1161,11 @@ impl PipelineConfig {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// `[source]`.
+    fn check_source(&self, bad: &Bad, origin: &str) -> Result<(), ConfigError> {
         if self.source.brokers.trim().is_empty() {
             return Err(bad("source.brokers", "is empty; give host:port[,host:port] or set KAFKA_BROKERS".into()));
         }
@@ -1209,7 +1186,7 @@ impl PipelineConfig {
         if self.source.max_batch_records == 0 {
             return Err(bad("source.max_batch_records", "must be at least 1".into()));
         }
-        for (key, why) in kafka::MANAGED_PROPERTIES {
+        for (key, why) in MANAGED_PROPERTIES {
             if self.source.properties.contains_key(*key) {
                 return Err(bad(
                     &format!("source.properties.\"{key}\""),
@@ -1225,6 +1202,14 @@ impl PipelineConfig {
         if self.source.connect_timeout_ms == 0 {
             return Err(bad("source.connect_timeout_ms", "must be at least 1".into()));
         }
+        if self.source.partition_discovery_ms < 100 {
+            return Err(bad("source.partition_discovery_ms", "must be at least 100 (milliseconds)".into()));
+        }
+        Ok(())
+    }
+
+    /// `[epoch]`, `[supervisor]`, `[metrics]`.
+    fn check_runtime(&self, bad: &Bad) -> Result<(), ConfigError> {
         if self.epoch.interval_ms < 10 {
             return Err(bad("epoch.interval_ms", format!("is {}; must be at least 10 (milliseconds)", self.epoch.interval_ms)));
         }
@@ -1237,8 +1222,18 @@ impl PipelineConfig {
         if self.supervisor.shutdown_timeout_ms == 0 {
             return Err(bad("supervisor.shutdown_timeout_ms", "must be at least 1".into()));
         }
+        if let Some(listen) = &self.metrics.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(bad("metrics.listen", format!("is {listen:?}; give ip:port, e.g. \"127.0.0.1:9464\"")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Group mode (`source.group_id`) and what it cannot be combined with.
+    fn check_group(&self, bad: &Bad) -> Result<(), ConfigError> {
         if let Some(group) = &self.source.group_id {
-            for (key, why) in kafka::GROUP_MANAGED_PROPERTIES {
+            for (key, why) in GROUP_MANAGED_PROPERTIES {
                 if self.source.properties.contains_key(*key) {
                     return Err(bad(
                         &format!("source.properties.\"{key}\""),
@@ -1274,9 +1269,11 @@ impl PipelineConfig {
                 ));
             }
         }
-        if self.source.partition_discovery_ms < 100 {
-            return Err(bad("source.partition_discovery_ms", "must be at least 100 (milliseconds)".into()));
-        }
+        Ok(())
+    }
+
+    /// `[decode]` and `[transform]`, as far as the text tells.
+    fn check_decode(&self, bad: &Bad) -> Result<(), ConfigError> {
         if self.decode.format == DecodeFormat::Json && self.decode.fields.is_empty() {
             return Err(bad(
                 "decode.fields",
@@ -1311,7 +1308,6 @@ impl PipelineConfig {
                 if avro.reader_version.is_some() && avro.reader_subject.is_none() {
                     return Err(bad("decode.avro.reader_version", "is the version of reader_subject, which is not set".into()));
                 }
-                crate::decode::avro::Avro::load(avro).map_err(|e| bad("decode.avro", e))?;
             }
             (_, Some(_)) => return Err(bad("decode.avro", "is only used with `format = \"avro\"`".into())),
             (_, None) => {}
@@ -1343,64 +1339,15 @@ impl PipelineConfig {
                     .into(),
             ));
         }
-        // One decoder for every check below (for Avro it reads the schema files); its rows are
-        // the transformed ones, which every later stage sees.
-        let decoder = crate::decode::Decoder::new(&self.decode)
-            .transforming(self.transform.as_ref())
-            .map_err(|e| bad(if e.starts_with("transform.where") { "transform.where" } else { "transform.select" }, e))?;
-        let selected = self.transform.as_ref().is_some_and(|t| t.select.is_some());
-        let columns: Vec<(String, bool)> = {
-            let schema = decoder.schema();
-            schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    (
-                        f.name().clone(),
-                        (f.data_type().is_numeric()
-                            && !matches!(f.data_type(), deltalake::arrow::datatypes::DataType::Decimal128(..)))
-                            || matches!(f.data_type(), deltalake::arrow::datatypes::DataType::Timestamp(..)),
-                    )
-                })
-                .collect()
-        };
-        let has = |name: &str| columns.iter().any(|(n, _)| n == name);
-        let key_type = |name: &str| {
-            let scalar = "keys are columns of a scalar type (string, long, int, double, boolean, timestamp, date, binary)";
-            if selected {
-                // A selected column's type is its expression's.
-                use deltalake::arrow::datatypes::DataType as A;
-                let schema = decoder.schema();
-                return match schema.field_with_name(name).map(|f| f.data_type().clone()) {
-                    Ok(
-                        A::Utf8
-                        | A::Int8
-                        | A::Int16
-                        | A::Int32
-                        | A::Int64
-                        | A::Float64
-                        | A::Boolean
-                        | A::Timestamp(..)
-                        | A::Date32
-                        | A::Binary,
-                    )
-                    | Err(_) => Ok(()),
-                    Ok(t) => Err(format!("names {name:?}, a {t} column; {scalar}")),
-                };
-            }
-            match decoder.fields().iter().find(|f| f.name == name) {
-                Some(f) if !f.kind.is_key_type() => Err(format!("names {name:?}, a {} column; {scalar}", f.kind)),
-                _ => Ok(()),
-            }
-        };
+        Ok(())
+    }
+
+    /// `[dedup]`, `[aggregate]`, `[state]`, as far as the text tells.
+    fn check_stateful(&self, bad: &Bad) -> Result<(), ConfigError> {
         if let Some(d) = &self.dedup {
             if d.key.is_empty() {
                 return Err(bad("dedup.key", "is empty; name the key columns, e.g. key = [\"id\"]".into()));
             }
-            if let Some(k) = d.key.iter().find(|k| !has(k)) {
-                return Err(bad("dedup.key", format!("names {k:?}, which is not a decoded column")));
-            }
-            d.key.iter().try_for_each(|k| key_type(k)).map_err(|e| bad("dedup.key", e))?;
             match (&d.watermark_field, d.max_age_epochs) {
                 (Some(_), Some(_)) => {
                     return Err(bad("dedup", "sets both watermark_field and max_age_epochs; choose one retention".into()))
@@ -1411,18 +1358,6 @@ impl PipelineConfig {
                         "needs a bounded retention: watermark_field (with allowed_lateness_ms) or max_age_epochs".into(),
                     ))
                 }
-                (Some(w), None) => {
-                    let is_ts = decoder
-                        .schema()
-                        .field_with_name(w)
-                        .is_ok_and(|f| matches!(f.data_type(), deltalake::arrow::datatypes::DataType::Timestamp(..)));
-                    if !is_ts {
-                        return Err(bad(
-                            "dedup.watermark_field",
-                            format!("names {w:?}, which is not a decoded timestamp column"),
-                        ));
-                    }
-                }
                 (None, Some(0)) => return Err(bad("dedup.max_age_epochs", "must be at least 1".into())),
                 _ => {}
             }
@@ -1431,27 +1366,11 @@ impl PipelineConfig {
             if a.group_by.is_empty() {
                 return Err(bad("aggregate.group_by", "is empty; name the grouping columns".into()));
             }
-            if let Some(k) = a.group_by.iter().find(|k| !has(k)) {
-                return Err(bad("aggregate.group_by", format!("names {k:?}, which is not a decoded column")));
-            }
-            a.group_by.iter().try_for_each(|k| key_type(k)).map_err(|e| bad("aggregate.group_by", e))?;
             if a.aggregates.is_empty() {
                 return Err(bad("aggregate.aggregates", "is empty; e.g. aggregates = [{ op = \"count\" }]".into()));
             }
-            for spec in &a.aggregates {
-                match (&spec.op, &spec.field) {
-                    (AggregateOp::Count, _) => {}
-                    (op, None) => return Err(bad("aggregate.aggregates", format!("`{}` needs a field", op.as_str()))),
-                    (op, Some(f)) => {
-                        let numeric = columns.iter().find(|(n, _)| n == f).map(|(_, num)| *num);
-                        if numeric != Some(true) {
-                            return Err(bad(
-                                "aggregate.aggregates",
-                                format!("`{}` of {f:?}: not a decoded numeric or timestamp column", op.as_str()),
-                            ));
-                        }
-                    }
-                }
+            if let Some(op) = a.aggregates.iter().find(|s| s.op != AggregateOp::Count && s.field.is_none()).map(|s| s.op) {
+                return Err(bad("aggregate.aggregates", format!("`{}` needs a field", op.as_str())));
             }
             if a.buckets == 0 || a.buckets > 4096 {
                 return Err(bad("aggregate.buckets", "must be between 1 and 4096".into()));
@@ -1466,6 +1385,11 @@ impl PipelineConfig {
         if self.state.block_cache_mb == 0 || self.state.write_buffer_mb == 0 || self.state.bulk_insert_min_keys == 0 {
             return Err(bad("state", "block_cache_mb, write_buffer_mb and bulk_insert_min_keys must be at least 1".into()));
         }
+        Ok(())
+    }
+
+    /// `[sink]`, as far as the text tells.
+    fn check_sink(&self, bad: &Bad) -> Result<(), ConfigError> {
         if let SinkConfig::Delta {
             path,
             dead_letter_path,
@@ -1537,15 +1461,6 @@ impl PipelineConfig {
                 if *schema_evolution != SchemaEvolution::None {
                     return Err(bad(&field, "cannot be combined with sink.schema_evolution yet".into()));
                 }
-                let rows = decoder.schema();
-                let planned = crate::transform::Outputs::new(std::slice::from_ref(o), &rows)
-                    .map_err(|e| bad(&field, e.replace("transform.", "")))?;
-                let out = planned.schemas(&rows).remove(0);
-                for c in &o.partition_by {
-                    if out.field_with_name(c).is_err() {
-                        return Err(bad(&field, format!("partition_by names {c:?}, which is not one of its columns")));
-                    }
-                }
             }
             if !partition_by.is_empty() {
                 if self.aggregate.is_some() {
@@ -1560,32 +1475,8 @@ impl PipelineConfig {
                         "cannot be combined with sink.schema_evolution yet: the Delta writer cannot grow a partitioned table's schema while it writes".into(),
                     ));
                 }
-                let schema = decoder.output_schema();
-                for (i, c) in partition_by.iter().enumerate() {
-                    use deltalake::arrow::datatypes::DataType as A;
-                    if partition_by[..i].contains(c) {
-                        return Err(bad("sink.partition_by", format!("names {c:?} twice")));
-                    }
-                    match schema.field_with_name(c).map(|f| f.data_type().clone()) {
-                        Err(_) => {
-                            return Err(bad(
-                                "sink.partition_by",
-                                format!(
-                                    "names {c:?}, which is not a column of the rows written (derive one with [transform] select)"
-                                ),
-                            ))
-                        }
-                        Ok(A::Utf8 | A::Int8 | A::Int16 | A::Int32 | A::Int64 | A::Boolean | A::Date32 | A::Timestamp(..)) => {}
-                        Ok(t) => {
-                            return Err(bad(
-                                "sink.partition_by",
-                                format!("names {c:?}, a {t} column; partition by a string, integer, boolean, date or timestamp"),
-                            ))
-                        }
-                    }
-                }
-                if partition_by.len() == schema.fields().len() {
-                    return Err(bad("sink.partition_by", "names every column; keep at least one out of the partitioning".into()));
+                if let Some(c) = partition_by.iter().enumerate().find_map(|(i, c)| partition_by[..i].contains(c).then_some(c)) {
+                    return Err(bad("sink.partition_by", format!("names {c:?} twice")));
                 }
             }
             if *schema_evolution != SchemaEvolution::None && self.aggregate.is_some() {
@@ -1594,11 +1485,6 @@ impl PipelineConfig {
                     "is for tables of decoded rows; an aggregate table's columns come from aggregate.group_by and aggregates"
                         .into(),
                 ));
-            }
-        }
-        if let Some(listen) = &self.metrics.listen {
-            if listen.parse::<std::net::SocketAddr>().is_err() {
-                return Err(bad("metrics.listen", format!("is {listen:?}; give ip:port, e.g. \"127.0.0.1:9464\"")));
             }
         }
         Ok(())
@@ -1645,25 +1531,6 @@ impl PipelineConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The sample in docs/config.md and every file in examples/ parse and validate: the
-    /// reference never shows a key the code does not take.
-    #[test]
-    fn documented_and_example_configs_are_valid() {
-        let doc = include_str!("../docs/config.md");
-        let sample = doc.split("```toml\n").nth(1).and_then(|s| s.split("\n```").next()).expect("a toml sample");
-        PipelineConfig::parse(sample, "docs/config.md").unwrap().validate("docs/config.md").unwrap();
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
-        files.extend(std::fs::read_dir(dir.join("secured")).unwrap().flatten().map(|e| e.path()));
-        for path in files {
-            if path.extension().is_some_and(|x| x == "toml") {
-                let origin = path.display().to_string();
-                let text = std::fs::read_to_string(&path).unwrap();
-                PipelineConfig::parse(&text, &origin).unwrap().validate(&origin).unwrap();
-            }
-        }
-    }
 
     #[test]
     fn minimal_file_gets_defaults() {

@@ -31,6 +31,7 @@ use deltalake::datafusion::prelude::SessionContext;
 use crate::config::TransformConfig;
 
 /// One expression, as written and as planned.
+#[derive(Clone)]
 struct Compiled {
     text: String,
     expr: Arc<dyn PhysicalExpr>,
@@ -43,14 +44,14 @@ impl std::fmt::Debug for Compiled {
 }
 
 /// A selected column: its expression and the field it fills (the type a Delta table can hold).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Output {
     compiled: Compiled,
     field: Field,
 }
 
 /// A planned `[transform]`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Transform {
     /// The columns the expressions were planned against (the decoded row's, by name).
     input: SchemaRef,
@@ -114,7 +115,7 @@ impl Transform {
                         Expr::Column(c) => c.name.clone(),
                         _ => return Err(format!("transform.select `{text}`: name the column it makes: `{text} AS <name>`")),
                     };
-                    if passes_through(&name) || name == crate::decode::EPOCH_COL {
+                    if passes_through(&name) || name == crate::model::EPOCH_COL {
                         return Err(format!(
                             "transform.select `{text}`: `{name}` is a column the pipeline adds itself; name it otherwise (the `_kafka_*` columns follow the selected ones anyway)"
                         ));
@@ -288,7 +289,7 @@ fn storable(t: &DataType) -> Result<DataType, String> {
 
 /// `sink.outputs`, planned: each output's name and its `where` / `select` over the rows the
 /// main table gets.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Outputs(Vec<(String, Transform)>);
 
 /// What fanning a batch of rows out made.

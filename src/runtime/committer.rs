@@ -8,33 +8,19 @@
 //! checkpoint is written only after the sink holds the epoch.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::checkpoint::{Checkpoint, CheckpointStore, StateMemory};
 use crate::error::Error;
-use crate::failpoint::FailPoints;
-use crate::fault::Fault;
-use crate::record::{EpochBatch, PartitionRange};
+use crate::runtime::messages::SupervisorMsg;
+use crate::runtime::messages::{CommitReport, CommitterMsg, StateSize};
 use crate::sink::Sink;
-use crate::supervisor::SupervisorMsg;
+use crate::state::checkpoint::{Checkpoint, CheckpointStore};
+use crate::testing::failpoint::FailPoints;
 
 /// The committer actor.
 pub struct CommitterActor;
-
-/// Messages the committer handles.
-pub enum CommitterMsg {
-    /// Commit a closed epoch (cut by barrier `barrier`).
-    Commit {
-        /// The barrier that closed it.
-        barrier: u64,
-        /// The epoch (boxed: it is large, and the other variant small).
-        batch: Box<EpochBatch>,
-    },
-    /// Fail on purpose (chaos suite, tests).
-    InjectFault(Fault),
-}
 
 /// What the committer starts with.
 pub struct CommitterArgs {
@@ -51,51 +37,7 @@ pub struct CommitterArgs {
     /// Fail points (`after-checkpoint`).
     pub failpoints: Arc<FailPoints>,
     /// Records consumed but not committed; released after each commit.
-    pub backpressure: crate::backpressure::BackPressure,
-}
-
-/// What one commit did, for progress and metrics.
-#[derive(Debug, Clone)]
-pub struct CommitReport {
-    /// Epoch committed.
-    pub epoch: u64,
-    /// Records consumed in the epoch (rows, dead letters, duplicates and filtered records).
-    pub records: u64,
-    /// Rows written to the table.
-    pub rows: u64,
-    /// Records written to the dead-letter table.
-    pub dead_letters: u64,
-    /// Records dropped as duplicates.
-    pub duplicates: u64,
-    /// Records the transform's filter dropped.
-    pub filtered: u64,
-    /// Dead letters per category.
-    pub dead_letter_categories: std::collections::BTreeMap<&'static str, u64>,
-    /// Per-partition ranges.
-    pub ranges: Vec<PartitionRange>,
-    /// Time the stateful stages took (before the commit, in the aggregator).
-    pub state_time: Duration,
-    /// Time spent in the sink commit.
-    pub sink_time: Duration,
-    /// Time spent writing the checkpoint.
-    pub checkpoint_time: Duration,
-    /// Oldest Kafka timestamp in the epoch (for end-to-end latency).
-    pub min_timestamp_ms: Option<i64>,
-    /// The keyed state after this epoch.
-    pub state_size: StateSize,
-}
-
-/// How big the keyed state is, read right after the checkpoint write.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StateSize {
-    /// Dedup keys held.
-    pub dedup_keys: u64,
-    /// Aggregation keys held.
-    pub agg_keys: u64,
-    /// Bytes on disk.
-    pub bytes: u64,
-    /// RocksDB's memory by kind.
-    pub memory: StateMemory,
+    pub backpressure: crate::runtime::backpressure::BackPressure,
 }
 
 /// The committer's state.

@@ -24,12 +24,11 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{AggregateConfig, AggregateOp, PipelineConfig, TableLocation};
-use crate::decode::Decoder;
-use crate::decode::{EPOCH_COL, OFFSET_COL, PARTITION_COL, TOPIC_COL};
 use crate::error::{Error, Result};
-use crate::kafka;
-use crate::record::{Record, TopicPartition};
+use crate::model::{Record, TopicPartition};
+use crate::model::{EPOCH_COL, OFFSET_COL, PARTITION_COL, TOPIC_COL};
 use crate::sink::delta::{load_table, partition_app_id, start_app_id, txn_version};
+use crate::source;
 
 /// How long the Kafka read may go without progress before the audit gives up.
 const KAFKA_STALL: Duration = Duration::from_secs(30);
@@ -851,7 +850,7 @@ async fn orphans(table: &DeltaTable, at: &TableLocation, active: &[ObjectPath]) 
 
 /// The offsets Kafka holds for `tp` in `[from, to)` (read_committed, like the pipeline), and
 /// the partition's low watermark.
-fn kafka_records(connection: &kafka::Connection, tp: &TopicPartition, from: i64, to: i64) -> Result<(Vec<Record>, i64)> {
+fn kafka_records(connection: &source::Connection, tp: &TopicPartition, from: i64, to: i64) -> Result<(Vec<Record>, i64)> {
     let consumer: BaseConsumer = connection
         .client_config()
         .set("group.id", "exactly-verify")
@@ -907,8 +906,8 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
     };
     let path = &path;
     let src = &config.source;
-    let connection = config.connection()?;
-    let partitions = kafka::preflight(&connection, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
+    let connection = crate::source::Connection::of(&config.source)?;
+    let partitions = source::preflight(&connection, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
     let table = load_table(path.clone()).await?.ok_or_else(|| Error::Sink(format!("no Delta table at {path}")))?;
     let dead_table = load_table(dead_path.clone()).await?;
     let id = &config.id;
@@ -924,7 +923,7 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
 
     // What the data table holds: per-record rows (append, dedup), every decoded column so each
     // row can be compared with its Kafka record; or one row per group (aggregation).
-    let decoder = Decoder::for_table(config);
+    let decoder = crate::plan::Plan::new(config)?.table_decoder;
     let per_record = config.aggregate.is_none();
     let mut content_cols: Vec<String> = decoder.schema().fields().iter().map(|f| f.name().clone()).collect();
     if config.takes_writer_columns() {

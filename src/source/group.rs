@@ -25,13 +25,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{select, Either};
-use ractor::ActorRef;
 use rdkafka::consumer::Consumer;
 
 use crate::error::{Error, Result};
-use crate::kafka::{self, GroupListener, PipelineConsumer};
-use crate::record::{Offsets, TopicPartition};
-use crate::supervisor::SupervisorMsg;
+use crate::model::{Offsets, TopicPartition};
+use crate::source::{self, GroupListener, PipelineConsumer};
 
 /// The longest a rebalance callback waits for the supervisor (tearing down a generation waits
 /// for a commit in progress).
@@ -71,9 +69,13 @@ pub enum GroupRequest {
     },
 }
 
+/// Hands a [`GroupRequest`] to whoever positions the partitions (the supervisor); `false` when
+/// it is gone.
+pub type Notify = Box<dyn Fn(GroupRequest) -> bool + Send + Sync>;
+
 /// Carries rebalance callbacks to the supervisor and waits for its answers.
 struct Bridge {
-    supervisor: ActorRef<SupervisorMsg>,
+    notify: Notify,
     /// Set when the member leaves: the callbacks of the final unassignment only unassign.
     closing: AtomicBool,
 }
@@ -84,7 +86,9 @@ impl Bridge {
             return None;
         }
         let (tx, rx) = std::sync::mpsc::channel();
-        self.supervisor.cast(SupervisorMsg::Group(make(tx))).ok()?;
+        if !(self.notify)(make(tx)) {
+            return None;
+        }
         // A supervisor that stops drops the request (and the sender): no answer is coming.
         let asked = std::time::Instant::now();
         loop {
@@ -116,7 +120,7 @@ impl GroupListener for Bridge {
 
     fn changed(&self, added: Vec<TopicPartition>, removed: Vec<TopicPartition>) {
         if !self.closing.load(Ordering::SeqCst) {
-            let _ = self.supervisor.cast(SupervisorMsg::Group(GroupRequest::Changed { added, removed }));
+            (self.notify)(GroupRequest::Changed { added, removed });
         }
     }
 }
@@ -134,17 +138,17 @@ pub struct GroupMember {
 }
 
 impl GroupMember {
-    /// Joins `group_id` for `topics`: rebalances go to `supervisor` as [`SupervisorMsg::Group`].
+    /// Joins `group_id` for `topics`: rebalances go to `notify` (the supervisor's mailbox).
     pub fn join(
-        connection: &kafka::Connection,
+        connection: &source::Connection,
         group_id: &str,
         topics: &[String],
         discovery_ms: u64,
-        context: kafka::StatsContext,
-        supervisor: ActorRef<SupervisorMsg>,
+        context: source::StatsContext,
+        notify: Notify,
     ) -> Result<GroupMember> {
-        let bridge = Arc::new(Bridge { supervisor, closing: AtomicBool::new(false) });
-        let client: PipelineConsumer = kafka::group_consumer_config(connection, group_id, discovery_ms)
+        let bridge = Arc::new(Bridge { notify, closing: AtomicBool::new(false) });
+        let client: PipelineConsumer = source::group_consumer_config(connection, group_id, discovery_ms)
             .create_with_context(context.with_group(bridge.clone()))?;
         let client = Arc::new(client);
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -175,7 +179,7 @@ impl GroupMember {
             bridge,
             stop: Some(stop),
             poller: Some(poller),
-            session_timeout: kafka::session_timeout(connection),
+            session_timeout: source::session_timeout(connection),
         })
     }
 

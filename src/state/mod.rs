@@ -5,10 +5,12 @@
 //! changes depend only on the records and the state at C — never on arrival order or wall
 //! clock — and replaying an epoch after a crash reproduces them exactly. The changes are
 //! written with the epoch's checkpoint, in one RocksDB batch, after the sink commit
-//! ([`crate::checkpoint::CheckpointStore::commit`]).
+//! ([`crate::state::checkpoint::CheckpointStore::commit`]).
 //!
 //! With one barrier in flight at a time, epoch E+1 closes only after E's checkpoint is written,
 //! so reading RocksDB always sees the state of the previous epoch: no overlay is needed.
+
+pub mod checkpoint;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -22,13 +24,13 @@ use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
 
-use crate::checkpoint::{CheckpointStore, StateChanges};
 use crate::config::{AggregateConfig, AggregateOp, DedupConfig, OutputMode};
-use crate::decode::{DeadLetter, Rejection};
+use crate::decode::DeadLetter;
 use crate::error::{Error, Result};
+use crate::model::Rejection;
+use crate::state::checkpoint::{CheckpointStore, StateChanges};
 
-/// Column of the result table: the hash bucket of the group key (the table's partition column).
-pub const BUCKET_COL: &str = "_bucket";
+use crate::model::BUCKET_COL;
 
 /// What an epoch writes to the data table.
 #[derive(Debug, Clone)]
@@ -413,7 +415,7 @@ impl Processor {
                 None => vec![Some(epoch as i64); n],
             };
             // The Kafka timestamps bound future event times (event-time dedup only).
-            let produced_ms = match batch.column_by_name(crate::decode::TIMESTAMP_COL) {
+            let produced_ms = match batch.column_by_name(crate::model::TIMESTAMP_COL) {
                 Some(c) if d.watermark.is_some() => event_ms(c),
                 _ => vec![None; n],
             };

@@ -17,8 +17,8 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::sync::Notify;
 
-use crate::kafka::PipelineConsumer;
-use crate::record::{RecordView, TopicPartition};
+use crate::model::{RecordView, TopicPartition};
+use crate::source::PipelineConsumer;
 
 /// A partition's queue, split from the shared client.
 pub struct PartitionFetch {
@@ -97,22 +97,6 @@ impl Drop for PartitionFetch {
             rdsys::rd_kafka_queue_cb_event_enable(self.queue.as_ptr(), None, std::ptr::null_mut());
             rdsys::rd_kafka_queue_destroy(self.queue.as_ptr());
             drop(Box::from_raw(self.opaque));
-        }
-    }
-}
-
-/// Routes `tp`'s messages away from the client's main queue before the partition is assigned,
-/// so no record lands there between a group assignment and the consumer that splits the queue
-/// (librdkafka keeps a forwarding the application set when it starts fetching).
-pub fn detach_queue<C: rdkafka::consumer::ConsumerContext>(consumer: &rdkafka::consumer::BaseConsumer<C>, tp: &TopicPartition) {
-    let Ok(topic) = CString::new(tp.topic.as_bytes()) else { return };
-    // SAFETY: the client pointer is valid during the call; the queue handle is ours to destroy,
-    // and destroying it keeps the forwarding.
-    unsafe {
-        let queue = rdsys::rd_kafka_queue_get_partition(consumer.client().native_ptr(), topic.as_ptr(), tp.partition);
-        if !queue.is_null() {
-            rdsys::rd_kafka_queue_forward(queue, std::ptr::null_mut());
-            rdsys::rd_kafka_queue_destroy(queue);
         }
     }
 }

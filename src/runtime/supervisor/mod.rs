@@ -22,30 +22,31 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use crate::aggregator::{AggregatorActor, AggregatorArgs, AggregatorMsg};
-use crate::backpressure::BackPressure;
-use crate::checkpoint::{Checkpoint, CheckpointStore};
-use crate::committer::{CommitReport, CommitterActor, CommitterArgs, CommitterMsg};
-use crate::config::PipelineConfig;
-use crate::consumer::{ConsumerActor, ConsumerArgs, ConsumerMsg};
-use crate::decode::Decoder;
 use crate::error::Error;
-use crate::failpoint::FailPoints;
-use crate::fetch::PartitionFetch;
-use crate::group::{GroupMember, GroupRequest};
-use crate::kafka::{self, PartitionStats, PipelineConsumer, StatsContext};
-use crate::metrics as m;
-use crate::progress::{PartitionProgress, Progress};
-use crate::record::{Offsets, TopicPartition};
-use crate::replay::Replay;
-use crate::sink::{CommittedEpoch, Sink};
+use crate::model::CommittedEpoch;
+use crate::model::{Offsets, TopicPartition};
+use crate::plan::Plan;
+use crate::runtime::aggregator::{AggregatorActor, AggregatorArgs};
+use crate::runtime::backpressure::BackPressure;
+use crate::runtime::committer::{CommitterActor, CommitterArgs};
+use crate::runtime::consumer::{ConsumerActor, ConsumerArgs};
+use crate::runtime::messages::{AggregatorMsg, CommitReport, CommitterMsg, ConsumerMsg, PipelineStatus, SupervisorMsg};
+use crate::runtime::replay::Replay;
+use crate::sink::Sink;
+use crate::source::fetch::PartitionFetch;
+use crate::source::group::{GroupMember, GroupRequest};
+use crate::source::{self, PartitionStats, PipelineConsumer, StatsContext};
+use crate::state::checkpoint::{Checkpoint, CheckpointStore};
 use crate::state::Processor;
+use crate::telemetry::metrics as m;
+use crate::telemetry::progress::{PartitionProgress, Progress};
+use crate::testing::failpoint::FailPoints;
 
 /// How long a graceful stop of a child may take before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,78 +57,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// The supervisor actor.
 pub struct SupervisorActor;
 
-/// Messages the supervisor handles.
-pub enum SupervisorMsg {
-    /// Build a new generation of the tree from the checkpoint.
-    StartGeneration,
-    /// The epoch timer fired.
-    Tick,
-    /// The aggregator holds `max_records` records: cut now.
-    EpochFull,
-    /// Barrier `barrier` is resolved: committed (`Some`) or empty (`None`).
-    BarrierResolved {
-        /// Which barrier.
-        barrier: u64,
-        /// What the commit did.
-        report: Option<CommitReport>,
-    },
-    /// The aggregator cut an epoch at these end offsets and handed it to the committer.
-    EpochCut(Offsets),
-    /// Commit the open epoch, then stop.
-    Shutdown,
-    /// `supervisor.shutdown_timeout_ms` after `Shutdown`: stop now, without the open epoch.
-    ShutdownDeadline,
-    /// Partition discovery described the topics.
-    TopicsDescribed {
-        /// Every partition of the topics, in order.
-        partitions: Vec<TopicPartition>,
-        /// Every topic's id.
-        topic_ids: BTreeMap<String, String>,
-    },
-    /// Report the tree's current state.
-    Status(RpcReplyPort<PipelineStatus>),
-    /// Group mode: the consumer group is changing this member's partitions.
-    Group(GroupRequest),
-    /// Group mode: barrier `barrier`'s epoch was not committed because another member claimed
-    /// `partitions`.
-    Fenced {
-        /// Which barrier.
-        barrier: u64,
-        /// The partitions claimed by another member.
-        partitions: Vec<TopicPartition>,
-        /// What the table holds.
-        detail: String,
-    },
-    /// Group mode: the wait after a fence is over; read the fenced partitions again if the
-    /// group still assigns them here.
-    Unsuspend,
-}
-
-/// A snapshot of the tree, for tests, the chaos suite and operators.
-#[derive(Clone)]
-pub struct PipelineStatus {
-    /// Current generation (0 until the first restart).
-    pub generation: u64,
-    /// Restarts since start.
-    pub restarts: u64,
-    /// Last committed epoch.
-    pub committed_epoch: u64,
-    /// The cut of the last committed epoch.
-    pub committed_offsets: Offsets,
-    /// The consumers of the current generation (empty between generations).
-    pub consumers: Vec<(TopicPartition, ActorRef<ConsumerMsg>)>,
-    /// The aggregator of the current generation.
-    pub aggregator: Option<ActorRef<AggregatorMsg>>,
-    /// The committer of the current generation.
-    pub committer: Option<ActorRef<CommitterMsg>>,
-}
-
 /// What the supervisor starts with.
 pub struct SupervisorArgs {
-    /// The pipeline's configuration.
-    pub config: Arc<PipelineConfig>,
+    /// The pipeline, planned: its config and built pieces (the decoder, what an epoch means).
+    pub plan: Plan,
     /// How its clients reach the brokers (made once, at start: secrets are read then).
-    pub connection: kafka::Connection,
+    pub connection: source::Connection,
     /// The sink, shared by every generation's committer.
     pub sink: Arc<dyn Sink>,
     /// Every partition to read at start (from the pre-flight check); partitions added to the
@@ -173,13 +108,54 @@ impl Generation {
     }
 }
 
-/// Why the current generation is wound down after its open epoch commits.
+/// The supervisor's lifecycle. Each phase carries its own data, so a combination that means
+/// nothing (a last barrier while running, a failed stop while regenerating) cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Reading; an epoch is cut every `epoch.interval_ms`, or when the aggregator is full.
+    Running,
+    /// Partitions were added to a topic: the open epoch is cut one last time (`last`, once cut);
+    /// when it commits, a generation that reads the new partitions too starts.
+    Regenerating {
+        /// The generation's last barrier, once cut.
+        last: Option<u64>,
+    },
+    /// Ctrl-C / SIGTERM / [`crate::pipeline::Pipeline::shutdown`]: the open epoch is cut one
+    /// last time; when it commits, the supervisor stops.
+    Stopping {
+        /// The generation's last barrier, once cut.
+        last: Option<u64>,
+        /// An actor failed while the stop's last epoch was being committed: the tree restarts
+        /// (within the restart budget and the shutdown deadline) to commit it.
+        failure: Option<String>,
+    },
+}
+
+impl Phase {
+    /// The last barrier of a generation being wound down.
+    fn last(&self) -> Option<u64> {
+        match self {
+            Phase::Running => None,
+            Phase::Regenerating { last } | Phase::Stopping { last, .. } => *last,
+        }
+    }
+
+    /// Records `barrier` as the last one of a generation being wound down (`None`: forgets it,
+    /// the generation is gone).
+    fn set_last(&mut self, barrier: Option<u64>) {
+        match self {
+            Phase::Running => {}
+            Phase::Regenerating { last } | Phase::Stopping { last, .. } => *last = barrier,
+        }
+    }
+}
+
+/// The barrier cut and not yet resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Drain {
-    /// Ctrl-C / SIGTERM / [`crate::pipeline::Pipeline::shutdown`]: then stop.
-    Shutdown,
-    /// Partitions were added to a topic: then start a generation that reads them too.
-    Regenerate,
+struct InFlight {
+    barrier: u64,
+    /// The aggregator filled up meanwhile: cut again as soon as this one resolves.
+    cut_next: bool,
 }
 
 /// The supervisor's state.
@@ -191,11 +167,11 @@ pub struct SupervisorState {
     current: Option<Generation>,
     committed: Checkpoint,
     next_barrier: u64,
-    in_flight: Option<u64>,
+    /// The epoch cut and not yet resolved (one at a time).
+    in_flight: Option<InFlight>,
     /// The barrier in flight when the last generation was torn down: its commit may still have
     /// completed (a graceful teardown waits for it), and is then reported, not ignored.
     orphaned: Option<u64>,
-    cut_pending: bool,
     ticker: Option<JoinHandle<()>>,
     restarts: VecDeque<Instant>,
     restarts_total: u64,
@@ -203,13 +179,8 @@ pub struct SupervisorState {
     partitions: Vec<TopicPartition>,
     /// The topic ids the checkpoint's positions belong to.
     topic_ids: BTreeMap<String, String>,
-    /// Set while the current generation is being wound down: its last barrier is cut, and once
-    /// that epoch commits the tree stops or restarts.
-    drain: Option<Drain>,
-    final_barrier: Option<u64>,
-    /// Set when an actor failed while the stop's last epoch was being committed: the failure,
-    /// and the tree restarts (within the restart budget and the shutdown deadline) to commit it.
-    final_failure: Option<String>,
+    /// Running, or winding the generation down to regenerate or to stop.
+    phase: Phase,
     /// The end offsets of the last epoch handed to the committer and not reported committed: a
     /// stop that failed to commit it cuts its retry there.
     uncommitted_cut: Option<Offsets>,
@@ -271,15 +242,15 @@ impl SupervisorState {
     }
 
     fn shutting_down(&self) -> bool {
-        self.drain == Some(Drain::Shutdown)
+        matches!(self.phase, Phase::Stopping { .. })
     }
 
     /// Reconciles the checkpoint with what the sink's tables record, by
-    /// [`crate::recovery::plan`]: where to resume and, when a table lacks the data table's last
+    /// [`crate::runtime::recovery::decide`]: where to resume and, when a table lacks the data table's last
     /// epoch, the epoch to replay. See ARCHITECTURE.md, "Recovery".
     async fn recover(&mut self) -> Result<(Checkpoint, Option<CommittedEpoch>), Error> {
-        use crate::recovery::{Found, Inputs, Plan, Rebuild};
-        let id = self.args.config.id.clone();
+        use crate::runtime::recovery::{Found, Inputs, Rebuild, Start};
+        let id = self.args.plan.config.id.clone();
         let dir = self.store.dir().display().to_string();
         let found = self.store.load()?;
         if let Some(cp) = &found {
@@ -291,18 +262,18 @@ impl SupervisorState {
             }
         }
         let tables = self.args.sink.recorded(&self.partitions).await?;
-        let rebuild = match (std::mem::take(&mut self.reset_from_sink), self.args.config.checkpoint.rebuild_from_table) {
+        let rebuild = match (std::mem::take(&mut self.reset_from_sink), self.args.plan.config.checkpoint.rebuild_from_table) {
             (true, _) => Rebuild::Now,
             (false, true) => Rebuild::IfMissing,
             (false, false) => Rebuild::Never,
         };
-        let state = match (&self.args.config.dedup, &self.args.config.aggregate) {
+        let state = match (&self.args.plan.config.dedup, &self.args.plan.config.aggregate) {
             _ if self.processor.is_none() => None,
             (Some(_), Some(_)) => Some("dedup keys and aggregates"),
             (Some(_), None) => Some("dedup keys"),
             _ => Some("aggregates"),
         };
-        let meaning = crate::recovery::meaning(&self.args.config);
+        let meaning = self.args.plan.meaning.clone();
         let inputs = Inputs {
             meaning: &meaning,
             pipeline: &id,
@@ -312,9 +283,9 @@ impl SupervisorState {
             rebuild,
             state,
         };
-        let (epoch, offsets, replay, rebuilt) = match crate::recovery::plan(&inputs).map_err(Error::Recovery)? {
-            Plan::Resume { epoch, offsets, rebuilt } => (epoch, offsets, None, rebuilt),
-            Plan::Replay { epoch, offsets, ends, rebuilt } => {
+        let (epoch, offsets, replay, rebuilt) = match crate::runtime::recovery::decide(&inputs).map_err(Error::Recovery)? {
+            Start::Resume { epoch, offsets, rebuilt } => (epoch, offsets, None, rebuilt),
+            Start::Replay { epoch, offsets, ends, rebuilt } => {
                 tracing::warn!(
                     checkpoint = epoch,
                     replay = epoch + 1,
@@ -336,13 +307,13 @@ impl SupervisorState {
         let mut offsets = cp.offsets();
         let missing: Vec<TopicPartition> = self.partitions.iter().filter(|tp| !offsets.contains_key(*tp)).cloned().collect();
         if !missing.is_empty() {
-            let src = &self.args.config.source;
+            let src = &self.args.plan.config.source;
             let mode = if cp.epoch == 0 && cp.offsets.is_empty() {
                 src.starting_offsets
             } else {
                 crate::config::StartingOffsets::Earliest
             };
-            let resolved = kafka::resolve_starting_offsets(
+            let resolved = source::resolve_starting_offsets(
                 &self.args.connection,
                 &missing,
                 mode,
@@ -359,13 +330,13 @@ impl SupervisorState {
     /// Refuses to resume when a topic was deleted and created again since the checkpoint's
     /// positions were taken (a new topic id); records the ids of topics seen the first time.
     async fn check_topic_ids(&mut self, client: &Arc<PipelineConsumer>) -> Result<(), Error> {
-        let src = &self.args.config.source;
+        let src = &self.args.plan.config.source;
         let (client, topics, timeout) = (client.clone(), src.topics.clone(), Duration::from_millis(src.connect_timeout_ms));
-        let current = tokio::task::spawn_blocking(move || kafka::topic_ids(client.client(), &topics, timeout))
+        let current = tokio::task::spawn_blocking(move || source::topic_ids(client.client(), &topics, timeout))
             .await
             .map_err(|e| Error::Actor(format!("topic id lookup task failed: {e}")))??;
         let mut recorded = self.store.topic_ids()?;
-        if let Some(e) = kafka::recreated_topic(&recorded, &current, "the checkpoint") {
+        if let Some(e) = source::recreated_topic(&recorded, &current, "the checkpoint") {
             return Err(e);
         }
         if self.group.is_some() {
@@ -423,9 +394,9 @@ impl SupervisorState {
 
     /// Group mode: claims `partitions` in the table for this member; where each starts.
     async fn claim(&self, partitions: &[TopicPartition]) -> Result<Offsets, Error> {
-        let src = &self.args.config.source;
+        let src = &self.args.plan.config.source;
         let timeout = Duration::from_millis(src.connect_timeout_ms);
-        let resolve = |mode| kafka::resolve_starting_offsets(&self.args.connection, partitions, mode, timeout);
+        let resolve = |mode| source::resolve_starting_offsets(&self.args.connection, partitions, mode, timeout);
         let earliest = resolve(crate::config::StartingOffsets::Earliest).await?;
         let unrecorded = match src.starting_offsets {
             crate::config::StartingOffsets::Earliest => crate::sink::Unrecorded::same(earliest),
@@ -435,7 +406,7 @@ impl SupervisorState {
     }
 
     async fn start_generation(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), Error> {
-        let config = self.args.config.clone();
+        let config = self.args.plan.config.clone();
         let (cp, offsets, replay, client) = if self.group.is_some() {
             let Some((offsets, client)) = self.group_positions().await? else {
                 return Ok(()); // nothing assigned here: idle until the group assigns partitions
@@ -463,7 +434,7 @@ impl SupervisorState {
                     Some(plan)
                 }
             };
-            let client: PipelineConsumer = kafka::consumer_config(&self.args.connection, &config.id)
+            let client: PipelineConsumer = source::consumer_config(&self.args.connection, &config.id)
                 .create_with_context(StatsContext::new(self.stats.clone(), self.committed_offsets.clone()))?;
             let client = Arc::new(client);
             let mut tpl = TopicPartitionList::new();
@@ -541,7 +512,7 @@ impl SupervisorState {
         .await
         .map_err(spawn_err)?;
         let mut ids: HashSet<ActorId> = [committer.get_id(), aggregator.get_id()].into_iter().collect();
-        let decoder = Arc::new(Decoder::for_pipeline(&config));
+        let decoder = self.args.plan.decoder.clone();
         let mut consumers = Vec::new();
         for (tp, queue) in queues {
             let start = offsets[&tp];
@@ -576,7 +547,7 @@ impl SupervisorState {
         metrics::gauge!(m::EPOCH_COMMITTED).set(cp.epoch as f64);
         *self.committed_offsets.lock().expect("offsets lock") = offsets.clone();
         self.committed = cp;
-        self.in_flight = replay.as_ref().map(|r| r.barrier);
+        self.in_flight = replay.as_ref().map(|r| InFlight { barrier: r.barrier, cut_next: false });
         self.current = Some(Generation { client, poller, discovery, consumers, aggregator, committer, ids });
         if !self.shutting_down() {
             self.ticker = Some(myself.send_interval(config.epoch.interval(), || SupervisorMsg::Tick));
@@ -657,7 +628,7 @@ impl SupervisorState {
     }
 
     /// Leaves `partitions` out of the generations until the group revokes them or a session
-    /// timeout (and [`crate::group::FENCE_WAIT`]) has passed.
+    /// timeout (and [`crate::source::group::FENCE_WAIT`]) has passed.
     fn suspend(&mut self, myself: &ActorRef<SupervisorMsg>, partitions: Vec<TopicPartition>) {
         metrics::counter!(m::FENCED).increment(1);
         let Some(group) = self.group.as_mut() else { return };
@@ -667,7 +638,7 @@ impl SupervisorState {
                 group.suspended.push(tp);
             }
         }
-        myself.send_after(group.member.session_timeout + crate::group::FENCE_WAIT, || SupervisorMsg::Unsuspend);
+        myself.send_after(group.member.session_timeout + crate::source::group::FENCE_WAIT, || SupervisorMsg::Unsuspend);
     }
 
     fn cut(&mut self) -> Result<(), ActorProcessingErr> {
@@ -676,14 +647,11 @@ impl SupervisorState {
         };
         let b = self.next_barrier;
         self.next_barrier += 1;
-        self.in_flight = Some(b);
-        self.cut_pending = false;
+        self.in_flight = Some(InFlight { barrier: b, cut_next: false });
         for (_, c) in &gen.consumers {
             c.cast(ConsumerMsg::Barrier(b))?;
         }
-        if self.drain.is_some() {
-            self.final_barrier = Some(b);
-        }
+        self.phase.set_last(Some(b));
         Ok(())
     }
 
@@ -691,7 +659,7 @@ impl SupervisorState {
     /// generation's own client (no extra connection) and reports them; the supervisor decides
     /// what is new, and stops when a topic was recreated.
     fn spawn_discovery(&self, myself: &ActorRef<SupervisorMsg>, client: &Arc<PipelineConsumer>) -> JoinHandle<()> {
-        let src = &self.args.config.source;
+        let src = &self.args.plan.config.source;
         let every = Duration::from_millis(src.partition_discovery_ms);
         let timeout = Duration::from_millis(src.connect_timeout_ms);
         let (brokers, topics) = (src.brokers.clone(), src.topics.clone());
@@ -701,8 +669,8 @@ impl SupervisorState {
                 tokio::time::sleep(every).await;
                 let (client, brokers, topics) = (client.clone(), brokers.clone(), topics.clone());
                 let found = tokio::task::spawn_blocking(move || -> crate::Result<_> {
-                    let partitions = kafka::partitions_of(client.as_ref(), &brokers, &topics, timeout)?;
-                    let topic_ids = kafka::topic_ids(client.client(), &topics, timeout)?;
+                    let partitions = source::partitions_of(client.as_ref(), &brokers, &topics, timeout)?;
+                    let topic_ids = source::topic_ids(client.client(), &topics, timeout)?;
                     Ok((partitions, topic_ids))
                 })
                 .await;
@@ -730,7 +698,7 @@ impl SupervisorState {
         found: Vec<TopicPartition>,
         topic_ids: BTreeMap<String, String>,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(e) = kafka::recreated_topic(&self.topic_ids, &topic_ids, "the checkpoint") {
+        if let Some(e) = source::recreated_topic(&self.topic_ids, &topic_ids, "the checkpoint") {
             // The consumers would go on reading the new topic at the old positions: stop now.
             self.fatal(myself, e);
             return Ok(());
@@ -743,8 +711,8 @@ impl SupervisorState {
         tracing::info!(partitions = %names.join(","), "partitions added to the topics; committing the open epoch, then restarting the actor tree to read them");
         self.partitions.extend(added);
         self.partitions.sort();
-        if self.drain.is_none() && self.current.is_some() {
-            self.drain = Some(Drain::Regenerate);
+        if self.phase == Phase::Running && self.current.is_some() {
+            self.phase = Phase::Regenerating { last: None };
             if self.in_flight.is_none() {
                 self.cut()?;
             }
@@ -763,9 +731,8 @@ impl SupervisorState {
         if let Some(t) = self.ticker.take() {
             t.abort();
         }
-        self.orphaned = self.in_flight.take().or(self.orphaned);
-        self.cut_pending = false;
-        self.final_barrier = None;
+        self.orphaned = self.in_flight.take().map(|f| f.barrier).or(self.orphaned);
+        self.phase.set_last(None);
         if let Some(gen) = self.current.take() {
             if let Some(d) = &gen.discovery {
                 d.abort();
@@ -792,9 +759,9 @@ impl SupervisorState {
         metrics::counter!(m::ACTOR_RESTARTS, "actor" => actor_kind, "reason" => how).increment(1);
         self.teardown(true).await;
         if !self.shutting_down() {
-            // A restart reads the partitions found so far anyway. (A stop's drain stays: the
-            // restarted tree commits one epoch and stops.)
-            self.drain = None;
+            // A restart reads the partitions found so far anyway. (A stop stays: the restarted
+            // tree commits one epoch and stops.)
+            self.phase = Phase::Running;
         }
         self.schedule_restart(myself, format!("{kind}: {reason}"));
     }
@@ -804,10 +771,10 @@ impl SupervisorState {
     /// was read, and a transient failure (a store's dropped connection) is retried like any other
     /// — bounded by the budget and `supervisor.shutdown_timeout_ms`.
     fn schedule_restart(&mut self, myself: &ActorRef<SupervisorMsg>, failure: String) {
-        if self.shutting_down() {
-            self.final_failure = Some(failure.clone());
+        if let Phase::Stopping { failure: last_failure, .. } = &mut self.phase {
+            *last_failure = Some(failure.clone());
         }
-        let cfg = &self.args.config.supervisor;
+        let cfg = &self.args.plan.config.supervisor;
         let now = Instant::now();
         let window = Duration::from_secs(cfg.window_secs);
         while self.restarts.front().is_some_and(|t| now.duration_since(*t) > window) {
@@ -859,7 +826,7 @@ impl SupervisorState {
                 lag,
             });
         }
-        self.committed = Checkpoint::new(&self.args.config.id, report.epoch, &offsets);
+        self.committed = Checkpoint::new(&self.args.plan.config.id, report.epoch, &offsets);
         metrics::counter!(m::RECORDS_COMMITTED).increment(report.records);
         metrics::counter!(m::DUPLICATES_DROPPED).increment(report.duplicates);
         metrics::counter!(m::RECORDS_FILTERED).increment(report.filtered);
@@ -893,7 +860,7 @@ impl SupervisorState {
         }
         let table = self.args.sink.table_stats();
         let progress = Progress {
-            pipeline: self.args.config.id.clone(),
+            pipeline: self.args.plan.config.id.clone(),
             epoch: report.epoch,
             generation: self.generation,
             input_rows: report.records,
@@ -909,7 +876,7 @@ impl SupervisorState {
             table_files: table.map(|t| t.live_files),
             files_compacted: table.map(|t| t.files_compacted),
             partitions,
-            member: self.group.as_ref().map(|_| crate::group::member_name()),
+            member: self.group.as_ref().map(|_| crate::source::group::member_name()),
         };
         tracing::debug!(
             pipeline = %progress.pipeline,
@@ -946,35 +913,39 @@ impl Actor for SupervisorActor {
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
         // A group member keeps no checkpoint on disk: the table records every partition's
         // position, and group mode runs stateless pipelines only.
-        let store = match &args.config.source.group_id {
-            Some(_) => CheckpointStore::in_memory(&args.config.state)?,
-            None => CheckpointStore::open_with(args.config.checkpoint_dir(), &args.config.state)?,
+        let store = match &args.plan.config.source.group_id {
+            Some(_) => CheckpointStore::in_memory(&args.plan.config.state)?,
+            None => CheckpointStore::open_with(args.plan.config.checkpoint_dir(), &args.plan.config.state)?,
         }
         .with_failpoints(args.failpoints.clone());
-        let decoded = Decoder::for_pipeline(&args.config).schema();
+        let decoded = args.plan.decoder.schema();
         let processor =
-            Processor::new(&decoded, args.config.dedup.as_ref(), args.config.aggregate.as_ref(), store.clone())?.map(Arc::new);
+            Processor::new(&decoded, args.plan.config.dedup.as_ref(), args.plan.config.aggregate.as_ref(), store.clone())?
+                .map(Arc::new);
         let reset_from_sink = args.reset_checkpoint_from_table;
         let partitions = args.partitions.clone();
         m::register_zeros();
         metrics::gauge!(m::LAST_COMMIT).set(m::unix_now());
-        metrics::gauge!(m::EPOCH_INTERVAL).set(args.config.epoch.interval().as_secs_f64());
-        metrics::gauge!(m::RESTART_BUDGET_REMAINING).set(args.config.supervisor.max_restarts as f64);
+        metrics::gauge!(m::EPOCH_INTERVAL).set(args.plan.config.epoch.interval().as_secs_f64());
+        metrics::gauge!(m::RESTART_BUDGET_REMAINING).set(args.plan.config.supervisor.max_restarts as f64);
         let stats = PartitionStats::default();
         let committed_offsets = Arc::new(Mutex::new(Offsets::new()));
-        let group = match &args.config.source.group_id {
+        let group = match &args.plan.config.source.group_id {
             None => None,
             Some(group_id) => {
-                let src = &args.config.source;
+                let src = &args.plan.config.source;
                 let member = GroupMember::join(
                     &args.connection,
                     group_id,
                     &src.topics,
                     src.partition_discovery_ms,
                     StatsContext::new(stats.clone(), committed_offsets.clone()),
-                    myself.clone(),
+                    {
+                        let supervisor = myself.clone();
+                        Box::new(move |request| supervisor.cast(SupervisorMsg::Group(request)).is_ok())
+                    },
                 )?;
-                tracing::info!(group = %group_id, member = %crate::group::member_name(), "joined the consumer group; waiting for partitions");
+                tracing::info!(group = %group_id, member = %crate::source::group::member_name(), "joined the consumer group; waiting for partitions");
                 Some(GroupState {
                     member,
                     assigned: Vec::new(),
@@ -987,7 +958,7 @@ impl Actor for SupervisorActor {
         };
         myself.cast(SupervisorMsg::StartGeneration)?;
         Ok(SupervisorState {
-            committed: Checkpoint::new(&args.config.id, 0, &Offsets::new()),
+            committed: Checkpoint::new(&args.plan.config.id, 0, &Offsets::new()),
             args,
             store,
             stats,
@@ -996,15 +967,12 @@ impl Actor for SupervisorActor {
             next_barrier: 1,
             in_flight: None,
             orphaned: None,
-            cut_pending: false,
             ticker: None,
             restarts: VecDeque::new(),
             restarts_total: 0,
             partitions,
             topic_ids: BTreeMap::new(),
-            drain: None,
-            final_barrier: None,
-            final_failure: None,
+            phase: Phase::Running,
             uncommitted_cut: None,
             last_commit_at: Instant::now(),
             reset_from_sink,
@@ -1075,7 +1043,7 @@ impl SupervisorActor {
                 if state.current.is_some() {
                     return Ok(());
                 }
-                if state.shutting_down() && state.final_failure.is_none() {
+                if matches!(state.phase, Phase::Stopping { failure: None, .. }) {
                     myself.stop(None);
                     return Ok(());
                 }
@@ -1097,8 +1065,8 @@ impl SupervisorActor {
                     Ok(()) if state.shutting_down() => {
                         if state.current.is_none() {
                             myself.stop(None);
-                        } else if let Some(b) = state.in_flight {
-                            state.final_barrier = Some(b);
+                        } else if let Some(f) = state.in_flight {
+                            state.phase.set_last(Some(f.barrier));
                         } else {
                             state.cut()?;
                         }
@@ -1107,19 +1075,16 @@ impl SupervisorActor {
                 }
             }
             SupervisorMsg::Tick => {
-                if state.in_flight.is_none() && state.drain.is_none() {
+                if state.in_flight.is_none() && state.phase == Phase::Running {
                     state.cut()?;
                 }
             }
-            SupervisorMsg::EpochFull => {
-                if state.in_flight.is_none() {
-                    state.cut()?;
-                } else {
-                    state.cut_pending = true;
-                }
-            }
+            SupervisorMsg::EpochFull => match &mut state.in_flight {
+                None => state.cut()?,
+                Some(f) => f.cut_next = true,
+            },
             SupervisorMsg::BarrierResolved { barrier, report } => {
-                if state.in_flight != Some(barrier) {
+                let Some(resolved) = state.in_flight.filter(|f| f.barrier == barrier) else {
                     // From a generation that was torn down: a commit that completed still counts
                     // (progress, metrics), but cuts nothing.
                     if state.orphaned == Some(barrier) {
@@ -1129,27 +1094,27 @@ impl SupervisorActor {
                         }
                     }
                     return Ok(());
-                }
+                };
                 state.in_flight = None;
                 if let Some(report) = report {
                     state.on_commit(report);
                 }
-                match state.drain {
-                    Some(drain) if state.final_barrier == Some(barrier) => {
+                match &state.phase {
+                    Phase::Stopping { last: Some(last), .. } if *last == barrier => {
                         state.teardown(true).await;
-                        if drain == Drain::Shutdown {
-                            tracing::info!(epoch = state.committed.epoch, "open epoch committed; stopping");
-                            myself.stop(None);
-                        } else {
-                            state.drain = None;
-                            state.generation += 1;
-                            myself.cast(SupervisorMsg::StartGeneration)?;
-                        }
+                        tracing::info!(epoch = state.committed.epoch, "open epoch committed; stopping");
+                        myself.stop(None);
                     }
-                    // The barrier in flight when the drain began was not the last: cut it now.
-                    Some(_) => state.cut()?,
-                    None if state.cut_pending => state.cut()?,
-                    None => {}
+                    Phase::Regenerating { last: Some(last) } if *last == barrier => {
+                        state.teardown(true).await;
+                        state.phase = Phase::Running;
+                        state.generation += 1;
+                        myself.cast(SupervisorMsg::StartGeneration)?;
+                    }
+                    // The barrier in flight when the wind-down began was not the last: cut it now.
+                    Phase::Stopping { .. } | Phase::Regenerating { .. } => state.cut()?,
+                    Phase::Running if resolved.cut_next => state.cut()?,
+                    Phase::Running => {}
                 }
             }
             SupervisorMsg::EpochCut(ends) => state.uncommitted_cut = Some(ends),
@@ -1157,12 +1122,12 @@ impl SupervisorActor {
                 if state.shutting_down() {
                     return Ok(());
                 }
-                // A drain for new partitions already cut its last barrier: that one stops now.
-                state.drain = Some(Drain::Shutdown);
+                // A wind-down for new partitions already cut its last barrier: that one stops now.
+                state.phase = Phase::Stopping { last: state.phase.last(), failure: None };
                 if let Some(t) = state.ticker.take() {
                     t.abort();
                 }
-                let deadline = Duration::from_millis(state.args.config.supervisor.shutdown_timeout_ms);
+                let deadline = Duration::from_millis(state.args.plan.config.supervisor.shutdown_timeout_ms);
                 myself.send_after(deadline, || SupervisorMsg::ShutdownDeadline);
                 if state.current.is_none() {
                     myself.stop(None);
@@ -1171,9 +1136,12 @@ impl SupervisorActor {
                 }
             }
             SupervisorMsg::ShutdownDeadline => {
-                let timeout = state.args.config.supervisor.shutdown_timeout_ms;
+                let timeout = state.args.plan.config.supervisor.shutdown_timeout_ms;
                 state.teardown(false).await;
-                let last = state.final_failure.as_ref().map(|f| format!(" (last failure: {f})")).unwrap_or_default();
+                let last = match &state.phase {
+                    Phase::Stopping { failure: Some(f), .. } => format!(" (last failure: {f})"),
+                    _ => String::new(),
+                };
                 state.fatal(
                     &myself,
                     Error::Shutdown(format!(
@@ -1189,7 +1157,7 @@ impl SupervisorActor {
             }
             SupervisorMsg::Group(request) => state.on_group(&myself, request).await?,
             SupervisorMsg::Fenced { barrier, partitions, detail } => {
-                if state.in_flight == Some(barrier) {
+                if state.in_flight.is_some_and(|f| f.barrier == barrier) {
                     state.on_fenced(&myself, partitions, detail).await;
                 } else if state.orphaned == Some(barrier) {
                     // Fenced in a generation torn down meanwhile (a rebalance): the next one must

@@ -31,77 +31,7 @@
 //! and `recovery::a_deleted_main_table_beside_outputs_is_refused`; the decision table is tested
 //! below.
 
-use std::collections::BTreeMap;
-
-use crate::config::PipelineConfig;
-use crate::record::{Offsets, TopicPartition};
-
-/// What decides an epoch's rows, part by part (`decode`, `transform`, `outputs`), each as a
-/// fingerprint.
-pub type Meaning = BTreeMap<String, String>;
-
-/// The [`Meaning`] of `config`'s epochs: the decoding (format, columns, record size limit,
-/// framing, the reader schema's text), the transform, the outputs. Connection settings, paths
-/// and intervals change no row.
-pub fn meaning(config: &PipelineConfig) -> Meaning {
-    let d = &config.decode;
-    let reader = d.avro.as_ref().and_then(|a| match (&a.reader_text, &a.schema_file) {
-        (Some(text), _) => Some(text.to_string()),
-        (None, Some(file)) => std::fs::read_to_string(file).ok(),
-        (None, None) => None,
-    });
-    let decode = serde_json::json!({
-        "format": d.format,
-        "fields": d.fields,
-        "max_record_bytes": d.max_record_bytes,
-        "framing": d.avro.as_ref().map(|a| a.framing),
-        "reader": reader,
-    });
-    let outputs = match &config.sink {
-        crate::config::SinkConfig::Delta { outputs, .. } => {
-            outputs.iter().map(|o| serde_json::json!([o.name, o.select, o.filter, o.partition_by])).collect::<Vec<_>>()
-        }
-        _ => Vec::new(),
-    };
-    let parts = [("decode", decode), ("transform", serde_json::json!(config.transform)), ("outputs", serde_json::json!(outputs))];
-    parts.into_iter().map(|(k, v)| (k.to_string(), format!("{:016x}", fnv1a(v.to_string().as_bytes())))).collect()
-}
-
-/// FNV-1a, 64 bits: a fingerprint that stays the same across builds and Rust versions.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
-}
-
-/// What one table records of the pipeline.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TableRecord {
-    /// Where it is (for messages).
-    pub name: String,
-    /// The pipeline's epoch txn version (0: none, or no table).
-    pub epoch: u64,
-    /// The next offset it records per partition.
-    pub cut: Offsets,
-}
-
-/// What a durable sink's tables record, read together.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Recorded {
-    /// The data table.
-    pub data: TableRecord,
-    /// `sink.outputs`' tables, in order.
-    pub outputs: Vec<TableRecord>,
-    /// The dead-letter table.
-    pub dead: TableRecord,
-    /// The data table's mark: the last epoch that had dead letters (0: none, or a table
-    /// written before the mark existed).
-    pub dead_mark: u64,
-    /// Where the data table's epoch started, per partition of its commit (`None`: unknown).
-    pub starts: Option<Offsets>,
-    /// The data table records partitions' offsets but no epoch: group mode wrote it.
-    pub group_written: bool,
-    /// What the data table's epoch meant, as its commit recorded it (`None`: not recorded).
-    pub meaning: Option<Meaning>,
-}
+use crate::model::{Meaning, Offsets, Recorded, TopicPartition};
 
 /// What the checkpoint says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +74,7 @@ pub struct Inputs<'a> {
 
 /// What the actors do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
+pub enum Start {
     /// Resume after the checkpoint at `epoch` (`rebuilt`: write it first).
     Resume {
         /// The checkpoint's epoch.
@@ -169,9 +99,9 @@ pub enum Plan {
 }
 
 /// Decides recovery from what was read. See the module docs. `Err`: the one line refusing.
-pub fn plan(i: &Inputs) -> Result<Plan, String> {
-    let plan = decide(i)?;
-    if let (Plan::Replay { epoch, .. }, Some(t)) = (&plan, i.tables) {
+pub fn decide(i: &Inputs) -> Result<Start, String> {
+    let plan = resume_or_replay(i)?;
+    if let (Start::Replay { epoch, .. }, Some(t)) = (&plan, i.tables) {
         let changed: Vec<&str> = t
             .meaning
             .iter()
@@ -190,11 +120,11 @@ pub fn plan(i: &Inputs) -> Result<Plan, String> {
     Ok(plan)
 }
 
-fn decide(i: &Inputs) -> Result<Plan, String> {
+fn resume_or_replay(i: &Inputs) -> Result<Start, String> {
     let (id, dir) = (i.pipeline, i.dir);
     let Some(t) = i.tables else {
         let found = i.checkpoint.clone().unwrap_or(Found { epoch: 0, offsets: Offsets::new() });
-        return Ok(Plan::Resume { epoch: found.epoch, offsets: found.offsets, rebuilt: false });
+        return Ok(Start::Resume { epoch: found.epoch, offsets: found.offsets, rebuilt: false });
     };
     if t.group_written {
         return Err(format!(
@@ -226,7 +156,7 @@ fn decide(i: &Inputs) -> Result<Plan, String> {
     }
     let Some(cp) = &i.checkpoint else {
         return match v {
-            0 => Ok(Plan::Resume { epoch: 0, offsets: Offsets::new(), rebuilt: false }),
+            0 => Ok(Start::Resume { epoch: 0, offsets: Offsets::new(), rebuilt: false }),
             _ => {
                 Err(format!("the table already holds epoch {v} of pipeline '{id}' but there is no checkpoint in {dir} {way_out}"))
             }
@@ -234,7 +164,7 @@ fn decide(i: &Inputs) -> Result<Plan, String> {
     };
     let c = cp.epoch;
     match v {
-        _ if v == c && v == 0 => Ok(Plan::Resume { epoch: 0, offsets: cp.offsets.clone(), rebuilt: false }),
+        _ if v == c && v == 0 => Ok(Start::Resume { epoch: 0, offsets: cp.offsets.clone(), rebuilt: false }),
         _ if v == c => {
             // The table's offsets moved past the checkpoint's without a new epoch: members of a
             // group wrote it since (they record offsets, not epochs).
@@ -245,11 +175,11 @@ fn decide(i: &Inputs) -> Result<Plan, String> {
                 ));
             }
             laggards(t, c, c)?;
-            Ok(Plan::Resume { epoch: c, offsets: cp.offsets.clone(), rebuilt: false })
+            Ok(Start::Resume { epoch: c, offsets: cp.offsets.clone(), rebuilt: false })
         }
         _ if v == c + 1 => {
             laggards(t, c, v)?;
-            Ok(Plan::Replay { epoch: c, offsets: cp.offsets.clone(), ends: t.data.cut.clone(), rebuilt: false })
+            Ok(Start::Replay { epoch: c, offsets: cp.offsets.clone(), ends: t.data.cut.clone(), rebuilt: false })
         }
         0 => Err(format!(
             "checkpoint {dir} is at epoch {c} but the table has no commit of pipeline '{id}': it was deleted or replaced {way_out}"
@@ -286,7 +216,7 @@ fn laggards(t: &Recorded, held: u64, v: u64) -> Result<(), String> {
 
 /// A checkpoint rebuilt from the tables: at the data table's epoch V when every table holds it,
 /// else at V − 1 (V's start offsets) with V to replay.
-fn rebuilt(i: &Inputs, t: &Recorded) -> Result<Plan, String> {
+fn rebuilt(i: &Inputs, t: &Recorded) -> Result<Start, String> {
     let v = t.data.epoch;
     if v == 0 {
         return Err("--reset-checkpoint-from-table: the table holds no epoch of this pipeline to reset from".into());
@@ -306,7 +236,7 @@ fn rebuilt(i: &Inputs, t: &Recorded) -> Result<Plan, String> {
     let lacking = t.outputs.iter().any(|o| o.epoch < v) || (t.dead_mark == v && t.dead.epoch < v);
     laggards(t, v - 1, v)?;
     if !lacking {
-        return Ok(Plan::Resume { epoch: v, offsets: t.data.cut.clone(), rebuilt: true });
+        return Ok(Start::Resume { epoch: v, offsets: t.data.cut.clone(), rebuilt: true });
     }
     if i.state.is_some() {
         return Err(format!(
@@ -328,12 +258,13 @@ fn rebuilt(i: &Inputs, t: &Recorded) -> Result<Plan, String> {
         .iter()
         .map(|(tp, end): (&TopicPartition, &i64)| (tp.clone(), starts.get(tp).copied().unwrap_or(*end)))
         .collect();
-    Ok(Plan::Replay { epoch: v - 1, offsets: before, ends: t.data.cut.clone(), rebuilt: true })
+    Ok(Start::Replay { epoch: v - 1, offsets: before, ends: t.data.cut.clone(), rebuilt: true })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::TableRecord;
 
     fn cut(offsets: &[(i32, i64)]) -> Offsets {
         offsets.iter().map(|(p, o)| (TopicPartition::new("t", *p), *o)).collect()
@@ -358,9 +289,9 @@ mod tests {
         }
     }
 
-    fn run(checkpoint: Option<u64>, t: &Recorded, rebuild: Rebuild, state: Option<&'static str>) -> Result<Plan, String> {
+    fn run(checkpoint: Option<u64>, t: &Recorded, rebuild: Rebuild, state: Option<&'static str>) -> Result<Start, String> {
         let at = |e: u64| cut(&[(0, 10 * e as i64), (1, 10 * e as i64)]);
-        plan(&Inputs {
+        decide(&Inputs {
             rebuild,
             state,
             ..inputs(checkpoint.map(|e| Found { epoch: e, offsets: at(e) }), Some(t), &Meaning::new())
@@ -372,13 +303,13 @@ mod tests {
         Inputs { pipeline: "p", dir: "cp", checkpoint, tables, rebuild: Rebuild::Never, state: None, meaning }
     }
 
-    fn resume(e: u64, rebuilt: bool) -> Result<Plan, String> {
-        Ok(Plan::Resume { epoch: e, offsets: cut(&[(0, 10 * e as i64), (1, 10 * e as i64)]), rebuilt })
+    fn resume(e: u64, rebuilt: bool) -> Result<Start, String> {
+        Ok(Start::Resume { epoch: e, offsets: cut(&[(0, 10 * e as i64), (1, 10 * e as i64)]), rebuilt })
     }
 
-    fn replay(e: u64, rebuilt: bool) -> Result<Plan, String> {
+    fn replay(e: u64, rebuilt: bool) -> Result<Start, String> {
         let at = |e: u64| cut(&[(0, 10 * e as i64), (1, 10 * e as i64)]);
-        Ok(Plan::Replay { epoch: e, offsets: at(e), ends: at(e + 1), rebuilt })
+        Ok(Start::Replay { epoch: e, offsets: at(e), ends: at(e + 1), rebuilt })
     }
 
     #[test]
@@ -405,7 +336,7 @@ mod tests {
     #[test]
     fn without_a_checkpoint_every_row_of_the_rule() {
         use Rebuild::{IfMissing, Never, Now};
-        let fresh = Ok(Plan::Resume { epoch: 0, offsets: Offsets::new(), rebuilt: false });
+        let fresh = Ok(Start::Resume { epoch: 0, offsets: Offsets::new(), rebuilt: false });
         assert_eq!(run(None, &tables(0, &[0], 0, 0), IfMissing, None), fresh, "first start");
         assert!(run(None, &tables(3, &[3], 0, 0), Never, None).unwrap_err().contains("no checkpoint"));
         assert_eq!(run(None, &tables(3, &[3], 1, 1), IfMissing, None), resume(3, true), "all in step");
@@ -437,7 +368,7 @@ mod tests {
         moved.insert(TopicPartition::new("t", 0), 35);
         let none = Meaning::new();
         let i = inputs(Some(Found { epoch: 3, offsets: moved }), Some(&t), &none);
-        assert!(plan(&i).unwrap_err().contains("group mode"));
+        assert!(decide(&i).unwrap_err().contains("group mode"));
     }
 
     #[test]
@@ -446,7 +377,7 @@ mod tests {
         let mut t = tables(3, &[2], 2, 0);
         t.meaning = Some(was.clone());
         let mut now = was.clone();
-        let planned = |now: &Meaning| plan(&inputs(Some(Found { epoch: 2, offsets: cut(&[(0, 20), (1, 20)]) }), Some(&t), now));
+        let planned = |now: &Meaning| decide(&inputs(Some(Found { epoch: 2, offsets: cut(&[(0, 20), (1, 20)]) }), Some(&t), now));
         assert_eq!(planned(&now), replay(2, false));
         now.insert("transform".into(), "b2".into());
         let refused = planned(&now).unwrap_err();
@@ -455,27 +386,13 @@ mod tests {
         let mut all_in_step = tables(3, &[3], 0, 0);
         all_in_step.meaning = Some(was);
         let i = inputs(Some(Found { epoch: 3, offsets: cut(&[(0, 30), (1, 30)]) }), Some(&all_in_step), &now);
-        assert_eq!(plan(&i), resume(3, false));
-    }
-
-    #[test]
-    fn meanings_change_with_what_decides_rows_only() {
-        let mut c = PipelineConfig::new("p", &["t"]);
-        c.decode = crate::config::DecodeConfig::seed();
-        let before = meaning(&c);
-        c.epoch.interval_ms += 1;
-        c.source.brokers = "elsewhere:9092".into();
-        assert_eq!(meaning(&c), before, "intervals and connections change no row");
-        c.transform = Some(crate::config::TransformConfig { select: None, filter: Some("id > 0".into()) });
-        let after = meaning(&c);
-        assert_ne!(after["transform"], before["transform"]);
-        assert_eq!(after["decode"], before["decode"]);
+        assert_eq!(decide(&i), resume(3, false));
     }
 
     #[test]
     fn a_sink_that_is_not_durable_resumes_at_the_checkpoint() {
         let none = Meaning::new();
         let i = Inputs { rebuild: Rebuild::Now, ..inputs(Some(Found { epoch: 4, offsets: cut(&[(0, 7)]) }), None, &none) };
-        assert_eq!(plan(&i), Ok(Plan::Resume { epoch: 4, offsets: cut(&[(0, 7)]), rebuilt: false }));
+        assert_eq!(decide(&i), Ok(Start::Resume { epoch: 4, offsets: cut(&[(0, 7)]), rebuilt: false }));
     }
 }

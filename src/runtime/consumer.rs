@@ -14,14 +14,14 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use crate::aggregator::AggregatorMsg;
-use crate::backpressure::BackPressure;
 use crate::decode::Decoder;
-use crate::fault::Fault;
-use crate::fetch::{Msg, PartitionFetch};
-use crate::metrics as m;
-use crate::record::{Record, RecordView, TopicPartition};
-use crate::replay::ReplayCut;
+use crate::model::{Record, RecordView, TopicPartition};
+use crate::runtime::backpressure::BackPressure;
+use crate::runtime::messages::AggregatorMsg;
+use crate::runtime::messages::ConsumerMsg;
+use crate::runtime::replay::ReplayCut;
+use crate::source::fetch::{Msg, PartitionFetch};
+use crate::telemetry::metrics as m;
 
 /// How long one poll waits for a first record before yielding to other messages (barriers).
 const POLL_WAIT: Duration = Duration::from_millis(50);
@@ -31,16 +31,6 @@ const BACKPRESSURE_WAIT: Duration = Duration::from_millis(20);
 
 /// The consumer actor (stateless behaviour; see [`ConsumerState`]).
 pub struct ConsumerActor;
-
-/// Messages a consumer handles.
-pub enum ConsumerMsg {
-    /// Read what is available and forward it (sent to itself in a loop).
-    Poll,
-    /// Cut the epoch: forward barrier `n` with the next offset.
-    Barrier(u64),
-    /// Fail on purpose (chaos suite, tests).
-    InjectFault(Fault),
-}
 
 /// What a consumer starts with.
 pub struct ConsumerArgs {

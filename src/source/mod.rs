@@ -1,7 +1,11 @@
-//! Kafka plumbing: the connection every client is made from ([`Connection`]: brokers, security,
-//! raw properties), the start-up pre-flight check, topic admin, starting offsets, and
-//! per-partition statistics (high watermarks, for lag).
+//! Everything Kafka: the connection every client is made from ([`Connection`]: brokers, security,
+//! raw properties), the start-up pre-flight check, topic admin, starting offsets,
+//! per-partition statistics (high watermarks, for lag); reading a partition ([`fetch`]), the
+//! consumer-group membership ([`group`]) and the demo producer ([`producer`]).
 
+pub mod fetch;
+pub mod group;
+pub mod producer;
 pub mod security;
 
 use std::collections::HashMap;
@@ -17,10 +21,10 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::config::security::{self as sec, SecurityConfig};
 use crate::config::{SourceConfig, StartingOffsets};
 use crate::error::{Error, Result};
-use crate::record::{Offsets, TopicPartition};
-use security::SecurityConfig;
+use crate::model::{Offsets, TopicPartition};
 
 /// The consumer type the pipeline uses: one client, one split queue per partition.
 pub type PipelineConsumer = StreamConsumer<StatsContext>;
@@ -100,14 +104,14 @@ impl ClientContext for StatsContext {
                 let ls = if s.ls_offset >= 0 { s.ls_offset } else { s.hi_offset };
                 let tp = TopicPartition::new(topic, *p);
                 if let Some(next) = self.committed.lock().expect("offsets lock").get(&tp) {
-                    metrics::gauge!(crate::metrics::CONSUMER_LAG, "topic" => topic.clone(), "partition" => p.to_string())
+                    metrics::gauge!(crate::telemetry::metrics::CONSUMER_LAG, "topic" => topic.clone(), "partition" => p.to_string())
                         .set((ls - next).max(0) as f64);
                 }
                 map.insert(tp, Watermarks { high: s.hi_offset, last_stable: ls });
             }
         }
-        if let Some(rss) = crate::metrics::resident_bytes() {
-            metrics::gauge!(crate::metrics::PROCESS_RSS).set(rss as f64);
+        if let Some(rss) = crate::telemetry::metrics::resident_bytes() {
+            metrics::gauge!(crate::telemetry::metrics::PROCESS_RSS).set(rss as f64);
         }
     }
 
@@ -151,7 +155,7 @@ impl ConsumerContext for StatsContext {
                                 if let Some(o) = offsets.get(tp) {
                                     let _ = tpl.set_partition_offset(&tp.topic, tp.partition, Offset::Offset(*o));
                                 }
-                                crate::fetch::detach_queue(base, tp);
+                                detach_queue(base, tp);
                             }
                         }
                         Err(e) => {
@@ -215,7 +219,7 @@ impl Connection {
 
     /// The connection `[source]` describes; secrets are read now, from where they are kept.
     pub fn of(source: &SourceConfig) -> Result<Connection> {
-        let invalid = |p: security::Problem| {
+        let invalid = |p: sec::Problem| {
             Error::Config(crate::config::ConfigError::Invalid { path: "[source]".into(), field: p.field, problem: p.problem })
         };
         source.security.check(&source.properties).map_err(invalid)?;
@@ -294,19 +298,6 @@ impl From<&Connection> for Connection {
 pub const FETCH_DEFAULTS: &[(&str, &str)] =
     &[("fetch.queue.backoff.ms", "10"), ("queued.min.messages", "20000"), ("fetch.wait.max.ms", "50")];
 
-/// Consumer properties the pipeline sets itself, which `source.properties` may not change, and
-/// why (the config check quotes the reason).
-pub const MANAGED_PROPERTIES: &[(&str, &str)] = &[
-    ("enable.auto.commit", "progress lives in the checkpoint and the sink, not in Kafka"),
-    ("enable.auto.offset.store", "progress lives in the checkpoint and the sink, not in Kafka"),
-    ("group.id", "progress lives in the checkpoint and the sink, not in Kafka"),
-    ("isolation.level", "the pipeline reads read_committed, so records of aborted or open transactions never reach a table"),
-    (
-        "auto.offset.reset",
-        "a committed position that Kafka no longer holds stops the pipeline instead of silently skipping records",
-    ),
-];
-
 /// The pipeline's consumer config: manual assignment, no auto-commit, read_committed, and a
 /// position Kafka no longer holds is an error (never a silent reset). The managed properties are
 /// set after the user's, so nothing overrides them.
@@ -318,12 +309,6 @@ pub fn consumer_config(connection: &Connection, pipeline_id: &str) -> ClientConf
 /// stops heartbeating loses its partitions after 10 s (Kafka's default is 45 s), and new
 /// partitions of the topics are seen as often as `source.partition_discovery_ms`.
 const GROUP_DEFAULTS: &[(&str, &str)] = &[("session.timeout.ms", "10000"), ("heartbeat.interval.ms", "1000")];
-
-/// Consumer properties group mode sets itself (beyond [`MANAGED_PROPERTIES`]).
-pub const GROUP_MANAGED_PROPERTIES: &[(&str, &str)] = &[(
-    "partition.assignment.strategy",
-    "group mode uses cooperative-sticky: a rebalance moves only the partitions that change owner",
-)];
 
 /// The config of a group member's consumer: [`consumer_config`]'s managed settings, the group
 /// `group_id`, the cooperative-sticky assignor, and metadata refreshed every `discovery_ms`.
@@ -681,4 +666,20 @@ pub fn recreated_topic(
             "topic '{topic}' was deleted and created again (topic id {id} when {recorded_by} recorded it, {now} now): its offsets started over, so the recorded positions in it mean nothing; refusing to resume mid-topic (to read the new topic, give the pipeline a new id, or delete both its table and its checkpoint)"
         )))
     })
+}
+
+/// Routes `tp`'s messages away from the client's main queue before the partition is assigned,
+/// so no record lands there between a group assignment and the consumer that splits the queue
+/// (librdkafka keeps a forwarding the application set when it starts fetching).
+pub fn detach_queue<C: rdkafka::consumer::ConsumerContext>(consumer: &rdkafka::consumer::BaseConsumer<C>, tp: &TopicPartition) {
+    let Ok(topic) = std::ffi::CString::new(tp.topic.as_bytes()) else { return };
+    // SAFETY: the client pointer is valid during the call; the queue handle is ours to destroy,
+    // and destroying it keeps the forwarding.
+    unsafe {
+        let queue = rdkafka::bindings::rd_kafka_queue_get_partition(consumer.client().native_ptr(), topic.as_ptr(), tp.partition);
+        if !queue.is_null() {
+            rdkafka::bindings::rd_kafka_queue_forward(queue, std::ptr::null_mut());
+            rdkafka::bindings::rd_kafka_queue_destroy(queue);
+        }
+    }
 }

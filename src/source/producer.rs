@@ -11,7 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use crate::error::{Error, Result};
-use crate::kafka::Connection;
+use crate::source::Connection;
 
 /// What to produce.
 #[derive(Debug, Clone)]

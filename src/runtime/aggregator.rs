@@ -9,50 +9,23 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use std::sync::Arc;
 
-use crate::checkpoint::StateChanges;
-use crate::committer::CommitterMsg;
-use crate::fault::Fault;
+use crate::runtime::messages::AggregatorMsg;
+use crate::runtime::messages::CommitterMsg;
+use crate::state::checkpoint::StateChanges;
 use crate::state::{Output, Processor};
 use deltalake::arrow::record_batch::RecordBatch;
 
 use crate::decode::{DeadLetter, Decoded};
-use crate::record::{EpochBatch, Offsets, PartitionRange, TopicPartition};
-use crate::supervisor::SupervisorMsg;
+use crate::model::{Offsets, PartitionRange, TopicPartition};
+use crate::runtime::messages::SupervisorMsg;
+use crate::sink::EpochBatch;
 
 /// The aggregator actor.
 pub struct AggregatorActor;
-
-/// Messages the aggregator handles.
-pub enum AggregatorMsg {
-    /// Decoded records of one partition, in offset order.
-    Records {
-        /// Their partition.
-        tp: TopicPartition,
-        /// How many records were consumed (rows + dead letters).
-        input: u64,
-        /// Rows and dead letters.
-        decoded: Decoded,
-        /// Oldest Kafka timestamp among them.
-        min_timestamp_ms: Option<i64>,
-    },
-    /// A consumer passed barrier `barrier`; its next offset is `next_offset`.
-    Barrier {
-        /// Barrier number (cut by the supervisor).
-        barrier: u64,
-        /// The consumer's partition.
-        tp: TopicPartition,
-        /// Next offset after the records sent before this barrier.
-        next_offset: i64,
-    },
-    /// How many records are buffered in epochs not yet handed to the committer.
-    Buffered(RpcReplyPort<u64>),
-    /// Fail on purpose (chaos suite, tests).
-    InjectFault(Fault),
-}
 
 /// What the aggregator starts with.
 pub struct AggregatorArgs {

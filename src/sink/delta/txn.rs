@@ -1,0 +1,125 @@
+//! What a table records of a pipeline: who owns it, the txn app ids that carry each
+//! partition's cut and the epoch, and the `exactly` commit info of an epoch's commit.
+
+use deltalake::DeltaTable;
+
+use super::table::delta_err;
+use crate::error::Result;
+use crate::model::{Offsets, TableLocation, TopicPartition};
+
+/// Tables created by a pipeline say so in their description, which starts with this.
+pub const OWNER_PREFIX: &str = "exactly pipeline '";
+
+/// The description of a table created by `pipeline`.
+pub fn owner_description(pipeline: &str, what: &str) -> String {
+    format!("{OWNER_PREFIX}{pipeline}' ({what})")
+}
+
+/// The pipeline that created a table, from its description.
+pub fn owner_of(description: Option<&str>) -> Option<&str> {
+    description?.strip_prefix(OWNER_PREFIX)?.split('\'').next()
+}
+
+/// The txn appId holding a partition's next offset.
+pub fn partition_app_id(pipeline: &str, tp: &TopicPartition) -> String {
+    format!("{pipeline}-{}-{}", tp.topic, tp.partition)
+}
+
+/// The txn appId holding the offset a partition started at.
+pub fn start_app_id(pipeline: &str, tp: &TopicPartition) -> String {
+    format!("{pipeline}-{}-{}-start", tp.topic, tp.partition)
+}
+
+/// The txn appId of group mode's dead-letter mark for a partition: the data table's commit of a
+/// range with dead letters sets it to the offset the dead-letter table must get past (see
+/// ARCHITECTURE.md, "Group mode").
+pub fn dead_mark_app_id(pipeline: &str, tp: &TopicPartition) -> String {
+    format!("{pipeline}-{}-{}-dead", tp.topic, tp.partition)
+}
+
+/// The txn appId marking, in the data table, the last epoch that had dead letters: the
+/// dead-letter table must hold that epoch (recovery replays it to a dead-letter table that
+/// lacks it; see [`crate::runtime::recovery`]).
+pub fn dead_letters_app_id(pipeline: &str) -> String {
+    format!("{pipeline}-dead-letters")
+}
+
+/// The txn appId of group mode's claim on a partition: its version is the fencing token of the
+/// member that owns the partition (see ARCHITECTURE.md, "Group mode").
+pub fn owner_app_id(pipeline: &str, tp: &TopicPartition) -> String {
+    format!("{pipeline}-{}-{}-owner", tp.topic, tp.partition)
+}
+
+/// Group mode: the table property (`<prefix><topic>` = Kafka topic id) recording which topic the
+/// table's offsets belong to; members keep no checkpoint of their own to hold it.
+pub const TOPIC_ID_PROPERTY: &str = "exactly.topicId.";
+
+/// The version of `app_id`'s txn in the table, if any.
+pub async fn txn_version(table: &DeltaTable, path: &TableLocation, app_id: &str) -> Result<Option<i64>> {
+    let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
+    snapshot.transaction_version(table.log_store().as_ref(), app_id).await.map_err(|e| delta_err(path, e))
+}
+
+/// The cut recorded in a table for `partitions` (partitions it never recorded are left out).
+pub async fn recorded_cut(
+    table: &DeltaTable,
+    path: &TableLocation,
+    pipeline: &str,
+    partitions: &[TopicPartition],
+) -> Result<Offsets> {
+    let mut cut = Offsets::new();
+    for tp in partitions {
+        if let Some(v) = txn_version(table, path, &partition_app_id(pipeline, tp)).await? {
+            cut.insert(tp.clone(), v);
+        }
+    }
+    Ok(cut)
+}
+
+/// How many of a table's newest commits [`epoch_commit`] reads looking for an epoch's commit
+/// (maintenance commits may follow it).
+const EPOCH_SCAN: usize = 100;
+
+/// What an epoch's commit recorded of itself in its `exactly` commit info.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EpochCommit {
+    /// Where the epoch started per partition (`None`: not recorded).
+    pub starts: Option<Offsets>,
+    /// What it meant ([`crate::runtime::recovery::meaning`]; `None`: not recorded).
+    pub meaning: Option<crate::model::Meaning>,
+}
+
+/// The `exactly` commit info of epoch `epoch` of `pipeline` in `table` (`None`: not among the
+/// newest commits).
+pub async fn epoch_commit(table: &DeltaTable, path: &TableLocation, pipeline: &str, epoch: u64) -> Result<Option<EpochCommit>> {
+    let Some(latest) = table.version() else { return Ok(None) };
+    let store = table.log_store();
+    // Newest first: the epoch's commit is the newest but for maintenance commits after it.
+    for version in (0..=latest).rev().take(EPOCH_SCAN) {
+        let Some(bytes) = store.read_commit_entry(version).await.map_err(|e| delta_err(path, e))? else { continue };
+        let text = String::from_utf8_lossy(&bytes);
+        let Some(info) = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|a| a.get("commitInfo").is_some())
+        else {
+            continue;
+        };
+        let meta = &info["commitInfo"]["exactly"];
+        if meta["pipeline"].as_str() != Some(pipeline) || meta["epoch"].as_u64() != Some(epoch) || meta.get("member").is_some() {
+            continue;
+        }
+        let starts = meta["ranges"].as_array().and_then(|ranges| {
+            ranges
+                .iter()
+                .map(|r| match (r["topic"].as_str(), r["partition"].as_i64(), r["start"].as_i64()) {
+                    (Some(topic), Some(partition), Some(start)) => Some((TopicPartition::new(topic, partition as i32), start)),
+                    _ => None,
+                })
+                .collect::<Option<Offsets>>()
+        });
+        let meaning = serde_json::from_value(meta["meaning"].clone()).ok();
+        return Ok(Some(EpochCommit { starts, meaning }));
+    }
+    Ok(None)
+}
