@@ -31,7 +31,7 @@ pub struct Plan {
     pub table: (SchemaRef, Vec<String>),
     /// `sink.outputs`: the fan-out and each output table's schema (with `_epoch`).
     pub outputs: Option<(Outputs, Vec<SchemaRef>)>,
-    /// What decides an epoch's rows ([`crate::runtime::recovery`] compares it with a table's).
+    /// What decides an epoch's rows (`runtime::recovery` compares it with a table's).
     pub meaning: Meaning,
 }
 

@@ -200,7 +200,7 @@ pub struct AvroConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reader_version: Option<u32>,
     /// The text of the reader schema `reader_subject` names, as fetched
-    /// ([`crate::plan::Plan`]); every decoder of the process reads this one.
+    /// (`plan::Plan`); every decoder of the process reads this one.
     #[serde(skip)]
     pub reader_text: Option<std::sync::Arc<str>>,
     /// How each value is framed (see [`AvroFraming`]).
@@ -217,7 +217,7 @@ pub struct AvroConfig {
 }
 
 /// `[transform]`: SQL over each decoded row and its `_kafka_*` columns, in DataFusion's dialect
-/// (see [`crate::transform`]). Only deterministic expressions: a replay must write the same rows.
+/// (see `transform`). Only deterministic expressions: a replay must write the same rows.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TransformConfig {
@@ -1137,7 +1137,7 @@ impl PipelineConfig {
 
     /// Checks values that parse but make no sense, section by section: what the text alone
     /// can tell. What needs the decoder (a key column's type, an output's expression) is
-    /// checked when the config is planned ([`crate::plan::Plan::new`]).
+    /// checked when the config is planned (`plan::Plan::new`).
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let bad =
             |field: &str, problem: String| ConfigError::Invalid { path: origin.to_string(), field: field.to_string(), problem };

@@ -7,7 +7,7 @@
 //! - [`Secret`]: a password given in the TOML, or read from an environment variable or a file.
 //!   Never shown: `Debug` and `Display` print where it comes from, not what it is.
 //!
-//! What a refused connection means is `crate::source::security::diagnose`'s.
+//! What a refused connection means is `source::security::diagnose`'s.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

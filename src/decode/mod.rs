@@ -432,7 +432,7 @@ pub struct Decoder {
 
 impl Decoder {
     /// A decoder for the configured format and schema; `Err` when the Avro schemas cannot be
-    /// read or do not parse (built once, by [`crate::plan::Plan`]).
+    /// read or do not parse (built once, by `plan::Plan`).
     pub fn new(config: &DecodeConfig) -> Result<Self, String> {
         let avro = match (config.format, &config.avro) {
             (DecodeFormat::Avro, Some(c)) => Some(Arc::new(avro::Avro::load(c)?)),

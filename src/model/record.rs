@@ -45,7 +45,7 @@ pub struct Record {
 }
 
 /// What the decode stage reads of a record: implemented by the owned [`Record`] and by the
-/// consumers' [`crate::source::fetch::Msg`], so consumers decode straight from librdkafka's buffers
+/// consumers' `source::fetch::Msg`, so consumers decode straight from librdkafka's buffers
 /// without copying each record first.
 pub trait RecordView {
     /// Topic name.

@@ -91,7 +91,7 @@ pub trait Sink: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// What each of the sink's tables records of the pipeline (its epoch, its cut over
-    /// `partitions`), for [`crate::runtime::recovery::plan`]; `None` if the sink records nothing (console,
+    /// `partitions`), for `runtime::recovery::decide`; `None` if the sink records nothing (console,
     /// channel: recovery then trusts the checkpoint alone).
     /// Re-reads storage.
     fn recorded<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Option<crate::model::Recorded>>>;

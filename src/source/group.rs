@@ -6,7 +6,7 @@
 //!
 //! - **The table is the authority for offsets.** A partition assigned to this member starts at
 //!   the data table's recorded next offset for it (its per-partition `txn`), never at Kafka's
-//!   committed offsets or a local checkpoint ([`crate::sink::Sink::group_start`]).
+//!   committed offsets or a local checkpoint (`sink::Sink::group_start`).
 //! - **Fencing.** A member commits a partition only while the table still records, for it, the
 //!   offset this member last read or wrote; Delta's conflict check on the partitions' txn appIds
 //!   catches a commit that raced in between. A fenced member drops its open epoch and waits a

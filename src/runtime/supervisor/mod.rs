@@ -68,7 +68,7 @@ pub struct SupervisorArgs {
     /// Every partition to read at start (from the pre-flight check); partitions added to the
     /// topics later are found by partition discovery.
     pub partitions: Vec<TopicPartition>,
-    /// Where the reason for a fatal stop is left for [`crate::pipeline`].
+    /// Where the reason for a fatal stop is left for `pipeline`.
     pub outcome: Arc<Mutex<Option<Error>>>,
     /// Set when the supervisor stops by itself (`post_stop`): a supervisor that failed (an
     /// error or a panic in its own handlers) never sets it, so the pipeline reports a failure
@@ -120,7 +120,7 @@ enum Phase {
         /// The generation's last barrier, once cut.
         last: Option<u64>,
     },
-    /// Ctrl-C / SIGTERM / [`crate::pipeline::Pipeline::shutdown`]: the open epoch is cut one
+    /// Ctrl-C / SIGTERM / `pipeline::Pipeline::shutdown`: the open epoch is cut one
     /// last time; when it commits, the supervisor stops.
     Stopping {
         /// The generation's last barrier, once cut.

@@ -353,7 +353,7 @@ pub struct DeltaSink {
     /// `sink.outputs`: their tables, and how the data table's rows fan out to them.
     outputs: Vec<Spec>,
     fan_out: crate::transform::Outputs,
-    /// What its epochs mean (recorded in each epoch's commits; see [`crate::runtime::recovery`]).
+    /// What its epochs mean (recorded in each epoch's commits; see `runtime::recovery`).
     meaning: crate::model::Meaning,
 }
 

@@ -39,7 +39,7 @@ pub fn dead_mark_app_id(pipeline: &str, tp: &TopicPartition) -> String {
 
 /// The txn appId marking, in the data table, the last epoch that had dead letters: the
 /// dead-letter table must hold that epoch (recovery replays it to a dead-letter table that
-/// lacks it; see [`crate::runtime::recovery`]).
+/// lacks it; see `runtime::recovery`).
 pub fn dead_letters_app_id(pipeline: &str) -> String {
     format!("{pipeline}-dead-letters")
 }
@@ -85,7 +85,7 @@ const EPOCH_SCAN: usize = 100;
 pub struct EpochCommit {
     /// Where the epoch started per partition (`None`: not recorded).
     pub starts: Option<Offsets>,
-    /// What it meant ([`crate::runtime::recovery::meaning`]; `None`: not recorded).
+    /// What it meant (`plan::meaning`; `None`: not recorded).
     pub meaning: Option<crate::model::Meaning>,
 }
 
