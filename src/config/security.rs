@@ -206,6 +206,23 @@ impl SecurityConfig {
     /// Checks the settings without reading secrets: combinations that cannot work, files that
     /// cannot be read, and raw properties that contradict the section.
     pub fn check(&self, raw: &std::collections::BTreeMap<String, String>) -> Result<(), Problem> {
+        self.check_sasl(raw)?;
+        self.check_tls()?;
+        if !self.is_default() {
+            if let Some(key) = SECURITY_PROPERTIES.iter().find(|k| raw.contains_key(**k)) {
+                return Err(Problem {
+                    field: format!("source.properties.\"{key}\""),
+                    problem:
+                        "is also set by [source.security]; set it in one place (the section's fields are the documented way)"
+                            .into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The SASL mechanism against the protocol, and the credentials the mechanism needs.
+    fn check_sasl(&self, raw: &std::collections::BTreeMap<String, String>) -> Result<(), Problem> {
         let p = self.protocol;
         match (p.sasl(), self.mechanism) {
             (true, None) => {
@@ -266,6 +283,20 @@ impl SecurityConfig {
         if self.oauth.is_some() && self.mechanism != Some(Mechanism::OAuthBearer) {
             return Err(problem("oauth", "is only used with mechanism = \"OAUTHBEARER\""));
         }
+        if let Some(o) = &self.oauth {
+            if !(o.token_url.starts_with("https://") || o.token_url.starts_with("http://")) {
+                return Err(problem("oauth.token_url", "must be an http(s):// URL"));
+            }
+            if o.client_id.is_empty() {
+                return Err(problem("oauth.client_id", "is empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The TLS files against the protocol, each readable.
+    fn check_tls(&self) -> Result<(), Problem> {
+        let p = self.protocol;
         if !p.tls() {
             for (field, set) in [
                 ("ca_file", self.ca_file.is_some()),
@@ -291,24 +322,6 @@ impl SecurityConfig {
         for (field, path) in [("ca_file", &self.ca_file), ("cert_file", &self.cert_file), ("key_file", &self.key_file)] {
             if let Some(path) = path {
                 readable(path).map_err(|e| problem(field, format!("is {}, which cannot be read: {e}", path.display())))?;
-            }
-        }
-        if let Some(o) = &self.oauth {
-            if !(o.token_url.starts_with("https://") || o.token_url.starts_with("http://")) {
-                return Err(problem("oauth.token_url", "must be an http(s):// URL"));
-            }
-            if o.client_id.is_empty() {
-                return Err(problem("oauth.client_id", "is empty"));
-            }
-        }
-        if !self.is_default() {
-            if let Some(key) = SECURITY_PROPERTIES.iter().find(|k| raw.contains_key(**k)) {
-                return Err(Problem {
-                    field: format!("source.properties.\"{key}\""),
-                    problem:
-                        "is also set by [source.security]; set it in one place (the section's fields are the documented way)"
-                            .into(),
-                });
             }
         }
         Ok(())
