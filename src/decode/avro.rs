@@ -22,6 +22,7 @@
 //! holds exactly what the record's own writer schema gives (null when it lacks the field), so a
 //! row never depends on which records were decoded before it.
 
+use deltalake::arrow::datatypes::Field;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,7 +104,7 @@ pub struct Avro {
     writers: Writers,
     /// The columns writer schemas added beyond the reader schema's, in the order they were
     /// first seen (only grown when the pipeline takes writer fields as columns).
-    added: RwLock<Vec<FieldConfig>>,
+    added: RwLock<Vec<(FieldConfig, Field)>>,
 }
 
 impl Avro {
@@ -174,7 +175,7 @@ impl Avro {
     }
 
     /// The columns writer schemas added so far (see [`Avro::grow`]).
-    pub(super) fn added(&self) -> Vec<FieldConfig> {
+    pub(super) fn added(&self) -> Vec<(FieldConfig, Field)> {
         self.added.read().expect("added columns lock").clone()
     }
 
@@ -254,7 +255,7 @@ impl Avro {
             if let Ok(columns) = &writer.added {
                 let mut added = self.added.write().expect("added columns lock");
                 for c in columns {
-                    match added.iter().find(|a| a.name == c.name) {
+                    match added.iter().map(|(a, _)| a).find(|a| a.name == c.name) {
                         Some(a) if a.kind == c.kind => {}
                         Some(a) => {
                             return Err(format!(
@@ -263,7 +264,7 @@ impl Avro {
                                 writer.label, c.name, c.kind, a.kind
                             ))
                         }
-                        None => added.push(c.clone()),
+                        None => added.push((c.clone(), super::arrow_field(c).map_err(|e| format!("{}: {e}", writer.label))?)),
                     }
                 }
             }
@@ -777,8 +778,11 @@ mod tests {
         let framed = |id: u32| [&[0u8][..], &id.to_be_bytes()].concat();
         let (two, three, four) = (framed(2), framed(3), framed(4));
         avro.grow([two.as_slice(), three.as_slice(), two.as_slice()].into_iter()).unwrap();
-        let added: Vec<String> =
-            avro.added().iter().map(|f| format!("{}: {}{}", f.name, f.kind, if f.nullable { "" } else { " not null" })).collect();
+        let added: Vec<String> = avro
+            .added()
+            .iter()
+            .map(|(f, _)| format!("{}: {}{}", f.name, f.kind, if f.nullable { "" } else { " not null" }))
+            .collect();
         assert_eq!(added, ["score: int", "a: string"], "each once, nullable, in the order first seen");
         let e = avro.grow([four.as_slice()].into_iter()).unwrap_err();
         assert!(e.contains("writer schema id 4 has field `score` as string") && e.contains("as int"), "{e}");

@@ -236,11 +236,8 @@ impl Col {
             (FieldType::Timestamp, _) => Col::Ts(TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC")),
             (FieldType::Date, _) => Col::Date(Date32Builder::with_capacity(rows)),
             (FieldType::Binary, _) => Col::Bin(BinaryBuilder::new()),
-            (FieldType::Decimal { precision, scale }, _) => Col::Dec(
-                Decimal128Builder::with_capacity(rows)
-                    .with_precision_and_scale(*precision, *scale as i8)
-                    .expect("precision and scale checked by the config"),
-            ),
+            // The Arrow type came from `arrow_field` of this very type: a Decimal128.
+            (FieldType::Decimal { .. }, arrow) => Col::Dec(Decimal128Builder::with_capacity(rows).with_data_type(arrow.clone())),
             (FieldType::List(elem), DataType::List(item)) => Col::List {
                 item: item.clone(),
                 values: Box::new(Col::for_type(elem, item.data_type(), 0)),
@@ -352,9 +349,10 @@ impl Col {
     }
 }
 
-/// The Delta type a declared type is stored as (the one Spark writes for it).
-pub fn delta_type(t: &FieldType) -> DeltaType {
-    match t {
+/// The Delta type a declared type is stored as (the one Spark writes for it); `Err` for a
+/// decimal Delta cannot hold or a struct naming a member twice.
+pub fn delta_type(t: &FieldType) -> Result<DeltaType, String> {
+    Ok(match t {
         FieldType::String => DeltaType::STRING,
         FieldType::Long => DeltaType::LONG,
         FieldType::Int => DeltaType::INTEGER,
@@ -364,27 +362,26 @@ pub fn delta_type(t: &FieldType) -> DeltaType {
         FieldType::Timestamp => DeltaType::TIMESTAMP,
         FieldType::Date => DeltaType::DATE,
         FieldType::Binary => DeltaType::BINARY,
-        FieldType::Decimal { precision, scale } => {
-            DeltaType::decimal(*precision, *scale).expect("precision and scale checked by the config")
-        }
-        FieldType::List(elem) => ArrayType::new(delta_type(elem), true).into(),
-        FieldType::Map(value) => MapType::new(DeltaType::STRING, delta_type(value), true).into(),
+        FieldType::Decimal { precision, scale } => DeltaType::decimal(*precision, *scale).map_err(|e| format!("{t}: {e}"))?,
+        FieldType::List(elem) => ArrayType::new(delta_type(elem)?, true).into(),
+        FieldType::Map(value) => MapType::new(DeltaType::STRING, delta_type(value)?, true).into(),
         FieldType::Struct(members) => {
-            StructType::try_new(members.iter().map(delta_field)).expect("member names checked unique by the config").into()
+            let members = members.iter().map(delta_field).collect::<Result<Vec<_>, String>>()?;
+            StructType::try_new(members).map_err(|e| format!("{t}: {e}"))?.into()
         }
-    }
+    })
 }
 
 /// The Delta column of a declared field.
-pub fn delta_field(f: &FieldConfig) -> StructField {
-    StructField::new(&f.name, delta_type(&f.kind), f.nullable)
+pub fn delta_field(f: &FieldConfig) -> Result<StructField, String> {
+    Ok(StructField::new(&f.name, delta_type(&f.kind)?, f.nullable))
 }
 
 /// The Arrow field of a declared field: the Delta type's Arrow form, so decoded batches have
 /// exactly the schema delta-rs reads the table with (list items named `element`, map entries
 /// `key_value`).
-fn arrow_field(f: &FieldConfig) -> Field {
-    (&delta_field(f)).try_into_arrow().expect("every declared type has an Arrow form")
+fn arrow_field(f: &FieldConfig) -> Result<Field, String> {
+    (&delta_field(f)?).try_into_arrow().map_err(|e| format!("column `{}`: {e}", f.name))
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -436,6 +433,7 @@ impl Decoder {
     pub fn new(config: &DecodeConfig) -> Result<Self, String> {
         let avro = match (config.format, &config.avro) {
             (DecodeFormat::Avro, Some(c)) => Some(Arc::new(avro::Avro::load(c)?)),
+            (DecodeFormat::Avro, None) => return Err("`format = \"avro\"` needs [decode.avro]".into()),
             _ => None,
         };
         let declared = match &avro {
@@ -445,7 +443,7 @@ impl Decoder {
         let mut fields: Vec<Field> = match config.format {
             DecodeFormat::Raw => vec![Field::new("key", DataType::Binary, true), Field::new("value", DataType::Binary, true)],
             DecodeFormat::Text => vec![Field::new("key", DataType::Utf8, true), Field::new("value", DataType::Utf8, true)],
-            DecodeFormat::Json | DecodeFormat::Avro => declared.iter().map(arrow_field).collect(),
+            DecodeFormat::Json | DecodeFormat::Avro => declared.iter().map(arrow_field).collect::<Result<_, String>>()?,
         };
         fields.extend(meta_fields());
         Ok(Decoder {
@@ -583,7 +581,7 @@ impl Decoder {
                 let bytes = r
                     .payload()
                     .ok_or_else(|| (Rejection::NullValue, "value is null (a tombstone); expected an Avro record".to_string()))?;
-                self.avro.as_ref().expect("an avro decoder loads its schemas").values(bytes, vals, added)?;
+                self.avro.as_ref().expect("Decoder::new loads the schemas of every Avro decoder").values(bytes, vals, added)?;
             }
         }
         Ok(())
@@ -606,8 +604,7 @@ impl Decoder {
             (Some(avro), true) => {
                 // `prepare` grew them; a record whose writer schema it did not see is a dead
                 // letter saying so (`Avro::resolve`), never a row missing its columns.
-                let added = avro.added();
-                let fields: Vec<Field> = added.iter().map(arrow_field).collect();
+                let (added, fields): (Vec<FieldConfig>, Vec<Field>) = avro.added().into_iter().unzip();
                 cols.extend(added.iter().zip(&fields).map(|(f, a)| Col::for_type(&f.kind, a.data_type(), n)));
                 let mut all: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
                 all.splice(self.fields.len()..self.fields.len(), fields);
