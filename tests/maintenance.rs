@@ -343,7 +343,7 @@ async fn auto_compaction_bounds_live_files_without_changing_data() {
 
     // A changed retention reaches the table when the pipeline opens it again.
     let exactly::config::SinkConfig::Delta { log_retention, .. } = &mut config.sink else { unreachable!() };
-    *log_retention = "30 days".into();
+    *log_retention = exactly::config::Retention::parse("30 days").unwrap();
     let pipeline = common::start(&config, RunOptions::default()).await;
     common::produce_events(&topic, 6_000, 100).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
@@ -440,7 +440,7 @@ async fn recovery_and_verify_read_progress_from_the_checkpoint_after_log_cleanup
     config.epoch.interval_ms = 100;
     set_maintenance(&mut config, false, 10, 5);
     let exactly::config::SinkConfig::Delta { log_retention, .. } = &mut config.sink else { unreachable!() };
-    *log_retention = "1 second".into();
+    *log_retention = exactly::config::Retention::parse("1 second").unwrap();
     let table = dir.path().join("table");
     let mut sent = 0;
     // Two runs of eight epochs each; the second run's first checkpoint cleans the log (a new

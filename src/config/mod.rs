@@ -853,12 +853,12 @@ pub enum SinkConfig {
         checkpoint_interval: u64,
         /// How long log entries are kept (`delta.logRetentionDuration`), e.g. `"7 days"`.
         #[serde(default = "default_retention")]
-        log_retention: String,
+        log_retention: Retention,
         /// How long removed files stay on disk before `exactly vacuum` may delete them
         /// (`delta.deletedFileRetentionDuration`), e.g. `"7 days"`. Unset: 7 days for append and
         /// dead-letter tables, [`AGGREGATE_DELETED_FILE_RETENTION`] for aggregate tables.
         #[serde(default)]
-        deleted_file_retention: Option<String>,
+        deleted_file_retention: Option<Retention>,
         /// Auto-compaction of small files.
         #[serde(default)]
         compaction: CompactionConfig,
@@ -926,20 +926,20 @@ fn default_checkpoint_interval() -> u64 {
     100
 }
 
-fn default_retention() -> String {
-    DEFAULT_RETENTION.to_string()
+fn default_retention() -> Retention {
+    Retention::default_retention()
 }
 
 /// The default `sink.log_retention`, and `sink.deleted_file_retention` of append and dead-letter
 /// tables: Delta's own default, the time-travel window readers expect.
-pub const DEFAULT_RETENTION: &str = "7 days";
+pub const DEFAULT_RETENTION: (u64, &str) = (7, "days");
 
 /// The default `sink.deleted_file_retention` of an aggregate table. Every epoch replaces the
 /// files of the buckets it touched, and each Delta checkpoint lists every file removed within
 /// the retention: at 7 days a 16-bucket table at a 1 s epoch would carry ~10 million such
 /// entries in each checkpoint. The replaced files are superseded results, not history; a few
 /// minutes cover readers still reading the previous version.
-pub const AGGREGATE_DELETED_FILE_RETENTION: &str = "5 minutes";
+pub const AGGREGATE_DELETED_FILE_RETENTION: (u64, &str) = (5, "minutes");
 
 impl SinkConfig {
     /// `schema_evolution` of a Delta sink (`None` for any other).
@@ -1003,24 +1003,65 @@ impl Default for CompactionConfig {
     }
 }
 
-/// A retention such as `"7 days"`, `"12 hours"`, `"30 minutes"` as the Delta table property value
-/// (`"interval 7 days"`) and its length.
-pub fn parse_retention(text: &str) -> Option<(String, Duration)> {
-    let mut parts = text.split_whitespace();
-    let n: u64 = parts.next()?.parse().ok()?;
-    let unit = parts.next()?;
-    if parts.next().is_some() {
-        return None;
+/// A retention such as `"7 days"`, `"12 hours"`, `"30 minutes"`: a number and a unit, checked
+/// when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    text: String,
+    length: Duration,
+}
+
+impl Retention {
+    /// Parses `"<n> <unit>"` (second, minute, hour, day, week; singular or plural).
+    pub fn parse(text: &str) -> Result<Retention, String> {
+        let bad = || format!("is {text:?}; give a number and a unit, e.g. \"7 days\", \"12 hours\"");
+        let mut parts = text.split_whitespace();
+        let n: u64 = parts.next().and_then(|n| n.parse().ok()).ok_or_else(bad)?;
+        let unit = parts.next().ok_or_else(bad)?;
+        let secs = match (unit.trim_end_matches('s'), parts.next()) {
+            ("second", None) => 1,
+            ("minute", None) => 60,
+            ("hour", None) => 3_600,
+            ("day", None) => 86_400,
+            ("week", None) => 604_800,
+            _ => return Err(bad()),
+        };
+        Ok(Retention { text: format!("{n} {unit}"), length: Duration::from_secs(n * secs) })
     }
-    let secs = match unit.trim_end_matches('s') {
-        "second" => 1,
-        "minute" => 60,
-        "hour" => 3_600,
-        "day" => 86_400,
-        "week" => 604_800,
-        _ => return None,
-    };
-    Some((format!("interval {n} {unit}"), Duration::from_secs(n * secs)))
+
+    /// [`DEFAULT_RETENTION`].
+    pub fn default_retention() -> Retention {
+        let (n, unit) = DEFAULT_RETENTION;
+        Retention { text: format!("{n} {unit}"), length: Duration::from_secs(n * 86_400) }
+    }
+
+    /// [`AGGREGATE_DELETED_FILE_RETENTION`].
+    pub fn aggregate_deleted_files() -> Retention {
+        let (n, unit) = AGGREGATE_DELETED_FILE_RETENTION;
+        Retention { text: format!("{n} {unit}"), length: Duration::from_secs(n * 60) }
+    }
+
+    /// The Delta table property value (`"interval 7 days"`).
+    pub fn property(&self) -> String {
+        format!("interval {}", self.text)
+    }
+
+    /// How long.
+    pub fn length(&self) -> Duration {
+        self.length
+    }
+}
+
+impl Serialize for Retention {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Retention {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Retention::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 
 fn default_num_rows() -> usize {
@@ -1394,8 +1435,8 @@ impl PipelineConfig {
             path,
             dead_letter_path,
             checkpoint_interval,
-            log_retention,
-            deleted_file_retention,
+            log_retention: _,
+            deleted_file_retention: _,
             compaction,
             storage: _,
             schema_evolution,
@@ -1408,15 +1449,6 @@ impl PipelineConfig {
             }
             if *checkpoint_interval == 0 {
                 return Err(bad("sink.checkpoint_interval", "must be at least 1".into()));
-            }
-            let retentions = [
-                Some(("sink.log_retention", log_retention)),
-                deleted_file_retention.as_ref().map(|r| ("sink.deleted_file_retention", r)),
-            ];
-            for (field, value) in retentions.into_iter().flatten() {
-                if parse_retention(value).is_none() {
-                    return Err(bad(field, format!("is {value:?}; give a number and a unit, e.g. \"7 days\", \"12 hours\"")));
-                }
             }
             if compaction.target_file_size_mb == 0 {
                 return Err(bad("sink.compaction.target_file_size_mb", "must be at least 1".into()));
@@ -1439,8 +1471,9 @@ impl PipelineConfig {
                 if outputs[..i].iter().any(|p| p.name == o.name) {
                     return Err(bad(&field, format!("names {:?} again; each output needs its own name", o.name)));
                 }
-                let taken = [Some(path.clone()), Some(self.dead_letter_path().expect("a delta sink"))];
-                if taken.iter().flatten().any(|t| t.display() == o.path.display())
+                let dead = dead_letter_path.clone().unwrap_or_else(|| path.with_suffix("_dead_letters"));
+                let taken = [path, &dead];
+                if taken.iter().any(|t| t.display() == o.path.display())
                     || outputs[..i].iter().any(|p| p.path.display() == o.path.display())
                 {
                     return Err(bad(&field, format!("writes {}, which another table of this pipeline uses", o.path.display())));
@@ -1531,6 +1564,17 @@ impl PipelineConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retentions_parse_and_the_defaults_say_what_they_are() {
+        assert_eq!(Retention::parse("7 days"), Ok(Retention::default_retention()));
+        assert_eq!(Retention::parse("5 minutes"), Ok(Retention::aggregate_deleted_files()));
+        assert_eq!(Retention::parse("12 hours").unwrap().length(), Duration::from_secs(43_200));
+        assert_eq!(Retention::parse("1 week").unwrap().property(), "interval 1 week");
+        for bad in ["7", "days", "7 fortnights", "7 days ago", ""] {
+            assert!(Retention::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn minimal_file_gets_defaults() {

@@ -25,7 +25,7 @@ use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::DeltaTable;
 use tokio::sync::watch;
 
-use crate::config::{parse_retention, SinkConfig, TableLocation, AGGREGATE_DELETED_FILE_RETENTION, DEFAULT_RETENTION};
+use crate::config::{Retention, SinkConfig, TableLocation};
 use crate::error::Result;
 use crate::testing::failpoint::FailPoints;
 
@@ -62,27 +62,25 @@ pub struct Settings {
     /// Commits between Delta checkpoints.
     pub checkpoint_interval: u64,
     /// `delta.logRetentionDuration` value and length.
-    pub log_retention: (String, Duration),
+    pub log_retention: Retention,
     /// `delta.deletedFileRetentionDuration` value and length.
-    pub deleted_file_retention: (String, Duration),
+    pub deleted_file_retention: Retention,
     /// Auto-compaction, if on.
     pub compaction: Option<compaction::Policy>,
 }
 
 impl Settings {
     /// The settings of a table of a Delta sink config (`None` for other sinks): `aggregate` says
-    /// whether it is an aggregate table, whose removed-file retention defaults shorter. The
-    /// config is validated.
+    /// whether it is an aggregate table, whose removed-file retention defaults shorter.
     pub fn of(sink: &SinkConfig, aggregate: bool) -> Option<Settings> {
         let SinkConfig::Delta { checkpoint_interval, log_retention, deleted_file_retention, compaction, .. } = sink else {
             return None;
         };
-        let retention = |s: &str| parse_retention(s).expect("validated retention");
-        let default = if aggregate { AGGREGATE_DELETED_FILE_RETENTION } else { DEFAULT_RETENTION };
+        let default = || if aggregate { Retention::aggregate_deleted_files() } else { Retention::default_retention() };
         Some(Settings {
             checkpoint_interval: *checkpoint_interval,
-            log_retention: retention(log_retention),
-            deleted_file_retention: retention(deleted_file_retention.as_deref().unwrap_or(default)),
+            log_retention: log_retention.clone(),
+            deleted_file_retention: deleted_file_retention.clone().unwrap_or_else(default),
             compaction: compaction.enabled.then(|| compaction::Policy {
                 target_bytes: compaction.target_file_size_mb * 1024 * 1024,
                 min_files: compaction.min_files,
@@ -95,8 +93,8 @@ impl Settings {
     pub fn table_properties(&self) -> HashMap<String, String> {
         HashMap::from([
             ("delta.checkpointInterval".to_string(), self.checkpoint_interval.to_string()),
-            ("delta.logRetentionDuration".to_string(), self.log_retention.0.clone()),
-            ("delta.deletedFileRetentionDuration".to_string(), self.deleted_file_retention.0.clone()),
+            ("delta.logRetentionDuration".to_string(), self.log_retention.property()),
+            ("delta.deletedFileRetentionDuration".to_string(), self.deleted_file_retention.property()),
             // The pipeline cleans the log itself, after checkpoints (see `Worker`); other writers
             // of the table (an OPTIMIZE from Spark or Python) would otherwise list the whole
             // log after each of their commits.
@@ -260,8 +258,8 @@ impl WorkerState {
                 .record(t0.elapsed().as_secs_f64());
             self.thin_checkpoints(version).await;
             if self.last_cleanup.is_none_or(|t| t.elapsed() >= LOG_CLEANUP_EVERY) {
-                let cutoff =
-                    (crate::telemetry::metrics::unix_now() * 1000.0) as i64 - self.settings.log_retention.1.as_millis() as i64;
+                let cutoff = (crate::telemetry::metrics::unix_now() * 1000.0) as i64
+                    - self.settings.log_retention.length().as_millis() as i64;
                 let removed = deltalake::checkpoints::cleanup_expired_logs_for(
                     version as u64,
                     self.table.log_store().as_ref(),
