@@ -56,10 +56,10 @@ impl Plan {
         let outputs = plan.outputs()?;
         plan.partition_by()?;
         let table = match &config.aggregate {
-            Some(a) => (
-                crate::decode::with_epoch_field(&crate::state::result_schema(&table_decoder.schema(), a)),
-                vec![BUCKET_COL.to_string()],
-            ),
+            Some(a) => {
+                let result = crate::state::result_schema(&table_decoder.schema(), a).map_err(|e| bad("aggregate.group_by", e))?;
+                (crate::decode::with_epoch_field(&result), vec![BUCKET_COL.to_string()])
+            }
             None => (table_decoder.output_schema(), config.sink.partition_by().to_vec()),
         };
         let rejects_later =

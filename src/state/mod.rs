@@ -290,18 +290,25 @@ fn agg_type(op: AggregateOp, field: Option<&DataType>) -> DataType {
 
 /// The result table's schema (without `_epoch`, which the sink adds): group columns, aggregate
 /// columns, `_bucket`.
-pub fn result_schema(decoded: &Schema, config: &AggregateConfig) -> SchemaRef {
+/// `Err` names a group column the rows do not have.
+pub fn result_schema(decoded: &Schema, config: &AggregateConfig) -> std::result::Result<SchemaRef, String> {
     let mut fields: Vec<Field> = config
         .group_by
         .iter()
-        .map(|g| decoded.field_with_name(g).expect("validated group column").clone().with_nullable(true))
-        .collect();
+        .map(|g| {
+            Ok(decoded
+                .field_with_name(g)
+                .map_err(|_| format!("names {g:?}, which is not a decoded column"))?
+                .clone()
+                .with_nullable(true))
+        })
+        .collect::<std::result::Result<_, String>>()?;
     for a in &config.aggregates {
         let ft = a.field.as_ref().and_then(|f| decoded.field_with_name(f).ok()).map(|f| f.data_type().clone());
         fields.push(Field::new(a.column(), agg_type(a.op, ft.as_ref()), a.op != AggregateOp::Count));
     }
     fields.push(Field::new(BUCKET_COL, DataType::Int32, false));
-    Arc::new(Schema::new(fields))
+    Ok(Arc::new(Schema::new(fields)))
 }
 
 struct Dedup {
@@ -364,7 +371,7 @@ impl Processor {
                     .collect::<Result<_>>()?,
                 mode: a.output_mode,
                 buckets: a.buckets,
-                schema: result_schema(decoded, a),
+                schema: result_schema(decoded, a).map_err(|e| Error::Sink(format!("aggregate.group_by {e}")))?,
             }),
         };
         Ok(Some(Processor { dedup, agg, store }))
@@ -398,78 +405,10 @@ impl Processor {
         duplicates: &mut u64,
     ) -> Result<Vec<RecordBatch>> {
         let prev_watermark = self.store.watermark()?;
-        // Every row's key, in one buffer (row i's key ends at ends[i]), its stamp, and whether it
-        // is rejected (late or future), in canonical order over the epoch's batches.
-        let total: usize = rows.iter().map(RecordBatch::num_rows).sum();
-        let (mut keys, mut ends) = (Vec::with_capacity(total * 10), Vec::with_capacity(total));
-        let mut stamps: Vec<Option<i64>> = Vec::with_capacity(total);
-        let mut rejected = Vec::with_capacity(total);
-        for batch in &rows {
-            let n = batch.num_rows();
-            let event_ms = |c: &ArrayRef| {
-                let col = c.as_any().downcast_ref::<TimestampMicrosecondArray>().expect("validated timestamp column");
-                (0..n).map(|i| (!col.is_null(i)).then(|| col.value(i).div_euclid(1000))).collect::<Vec<_>>()
-            };
-            let batch_stamps = match d.watermark {
-                Some(w) => event_ms(batch.column(w)),
-                None => vec![Some(epoch as i64); n],
-            };
-            // The Kafka timestamps bound future event times (event-time dedup only).
-            let produced_ms = match batch.column_by_name(crate::model::TIMESTAMP_COL) {
-                Some(c) if d.watermark.is_some() => event_ms(c),
-                _ => vec![None; n],
-            };
-            let key_cols = KeyCol::of(batch, &d.key)?;
-            for i in 0..n {
-                for c in &key_cols {
-                    c.encode(i, &mut keys);
-                }
-                ends.push(keys.len());
-                let rejection = match (d.watermark, batch_stamps[i], prev_watermark, produced_ms[i]) {
-                    (Some(_), None, _, _) => Some((Rejection::Late, "has no event time (null watermark column)".to_string())),
-                    (Some(_), Some(ts), _, Some(at)) if ts.saturating_sub(at) > d.max_future_ms => Some((
-                        Rejection::Future,
-                        format!(
-                            "event time {ts} ms is {} ms ahead of the record's Kafka timestamp {at} ms, more than dedup.max_future_ms = {}; it would push the watermark past every later record",
-                            ts.saturating_sub(at),
-                            d.max_future_ms
-                        ),
-                    )),
-                    (Some(_), Some(ts), Some(w), _) if ts < w => Some((
-                        Rejection::Late,
-                        format!("event time {ts} ms is older than the watermark {w} ms; too late to deduplicate"),
-                    )),
-                    _ => None,
-                };
-                rejected.push(rejection.is_some());
-                if let Some((kind, reason)) = rejection {
-                    late.push(DeadLetter::of_row(batch, i, kind, reason));
-                }
-            }
-            stamps.extend(batch_stamps);
-        }
-        let key = |i: usize| &keys[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
-        // Rows sorted by key, ties in canonical order: equal keys are neighbours, the first of
-        // each run is the earliest record. One sort replaces a hash set of the epoch's keys and
-        // puts the lookups and the new keys in the order RocksDB reads and writes fastest.
-        // Rows are compared by their keys' first 16 bytes as one integer (zero-padded, so in
-        // byte order), and by the whole keys only where those are equal.
-        let prefix = |i: usize| {
-            let (k, mut b) = (key(i), [0u8; 16]);
-            let n = k.len().min(16);
-            b[..n].copy_from_slice(&k[..n]);
-            u128::from_be_bytes(b)
-        };
-        let mut sorted: Vec<(u128, u32)> = (0..total).map(|i| (prefix(i), i as u32)).collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key(a.1 as usize).cmp(key(b.1 as usize))).then(a.1.cmp(&b.1)));
-        let mut runs: Vec<usize> = Vec::new(); // where each distinct key's run starts in `sorted`
-        for pos in 0..sorted.len() {
-            let (p, i) = sorted[pos];
-            if pos == 0 || sorted[pos - 1].0 != p || key(sorted[pos - 1].1 as usize) != key(i as usize) {
-                runs.push(pos);
-            }
-        }
-        let distinct: Vec<&[u8]> = runs.iter().map(|pos| key(sorted[*pos].1 as usize)).collect();
+        let keyed = EpochKeys::of(d, epoch, &rows, prev_watermark, late)?;
+        let total = keyed.stamps.len();
+        let (sorted, runs) = keyed.runs();
+        let distinct: Vec<&[u8]> = runs.iter().map(|pos| keyed.key(sorted[*pos].1 as usize)).collect();
         let present = self.store.dedup_contains(&distinct, epoch)?;
         let mut keep = vec![false; total];
         for (r, start) in runs.iter().enumerate() {
@@ -477,17 +416,17 @@ impl Processor {
             // Rejected rows are neither kept nor duplicates; the first other one is kept unless
             // the key is held already.
             let mut first = !present[r];
-            for i in sorted[*start..end].iter().map(|(_, i)| *i as usize).filter(|i| !rejected[*i]) {
+            for i in sorted[*start..end].iter().map(|(_, i)| *i as usize).filter(|i| !keyed.rejected[*i]) {
                 if first {
                     keep[i] = true;
                     first = false;
-                    changes.dedup_insert.push((key(i).to_vec(), stamps[i].expect("a kept row has a stamp")));
+                    changes.dedup_insert.push((keyed.key(i).to_vec(), keyed.stamps[i].expect("a kept row has a stamp")));
                 } else {
                     *duplicates += 1;
                 }
             }
         }
-        let max_ms = (0..total).filter(|i| keep[*i]).filter_map(|i| stamps[i]).max();
+        let max_ms = (0..total).filter(|i| keep[*i]).filter_map(|i| keyed.stamps[i]).max();
         let mut out = Vec::with_capacity(rows.len());
         let mut at = 0;
         for batch in rows {
@@ -496,25 +435,10 @@ impl Processor {
             at += n;
             out.push(filter_record_batch(&batch, &mask).map_err(|e| Error::Sink(e.to_string()))?);
         }
-        // The new keys are in key order (see above): RocksDB's memtable inserts walk its skip
-        // list from where the previous one ended, and a bulk insert writes them as they are.
-        match (d.watermark, d.max_age) {
-            (Some(_), _) => {
-                let w = match (prev_watermark, max_ms) {
-                    (p, Some(m)) => Some(p.unwrap_or(i64::MIN).max(m.saturating_sub(d.lateness_ms))),
-                    (p, None) => p,
-                };
-                changes.watermark = w;
-                changes.dedup_expire_before = w;
-            }
-            (None, Some(age)) => {
-                let before = epoch as i64 - age as i64 + 1;
-                if before > 0 {
-                    changes.dedup_expire_before = Some(before);
-                }
-            }
-            (None, None) => {}
-        }
+        // The new keys are in key order (see `EpochKeys::runs`): RocksDB's memtable inserts walk
+        // its skip list from where the previous one ended, and a bulk insert writes them as
+        // they are.
+        retention(d, epoch, prev_watermark, max_ms, changes);
         Ok(out)
     }
 
@@ -673,6 +597,141 @@ fn build_column(t: &DataType, vals: impl Iterator<Item = Scalar>) -> Result<Arra
         }
         other => return Err(Error::Sink(format!("cannot build a {other} result column"))),
     })
+}
+
+/// What the dedup retention keeps after an epoch: the watermark (event-time dedup) or the
+/// oldest epoch whose keys are held (`max_age_epochs`).
+fn retention(d: &Dedup, epoch: u64, prev_watermark: Option<i64>, max_ms: Option<i64>, changes: &mut StateChanges) {
+    match (d.watermark, d.max_age) {
+        (Some(_), _) => {
+            let w = match (prev_watermark, max_ms) {
+                (p, Some(m)) => Some(p.unwrap_or(i64::MIN).max(m.saturating_sub(d.lateness_ms))),
+                (p, None) => p,
+            };
+            changes.watermark = w;
+            changes.dedup_expire_before = w;
+        }
+        (None, Some(age)) => {
+            let before = epoch as i64 - age as i64 + 1;
+            if before > 0 {
+                changes.dedup_expire_before = Some(before);
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+/// Every row's dedup key of an epoch, in one buffer (row i's key ends at `ends[i]`), its stamp,
+/// and whether it is rejected (late or future), in canonical order over the epoch's batches.
+struct EpochKeys {
+    keys: Vec<u8>,
+    ends: Vec<usize>,
+    stamps: Vec<Option<i64>>,
+    rejected: Vec<bool>,
+}
+
+impl EpochKeys {
+    fn of(
+        d: &Dedup,
+        epoch: u64,
+        rows: &[RecordBatch],
+        prev_watermark: Option<i64>,
+        late: &mut Vec<DeadLetter>,
+    ) -> Result<EpochKeys> {
+        let total: usize = rows.iter().map(RecordBatch::num_rows).sum();
+        let mut k = EpochKeys {
+            keys: Vec::with_capacity(total * 10),
+            ends: Vec::with_capacity(total),
+            stamps: Vec::with_capacity(total),
+            rejected: Vec::with_capacity(total),
+        };
+        for batch in rows {
+            let n = batch.num_rows();
+            let batch_stamps = match d.watermark {
+                Some(w) => event_ms(batch.column(w))?,
+                None => vec![Some(epoch as i64); n],
+            };
+            // The Kafka timestamps bound future event times (event-time dedup only).
+            let produced_ms = match batch.column_by_name(crate::model::TIMESTAMP_COL) {
+                Some(c) if d.watermark.is_some() => event_ms(c)?,
+                _ => vec![None; n],
+            };
+            let key_cols = KeyCol::of(batch, &d.key)?;
+            for i in 0..n {
+                for c in &key_cols {
+                    c.encode(i, &mut k.keys);
+                }
+                k.ends.push(k.keys.len());
+                let rejection = rejection(d, batch_stamps[i], prev_watermark, produced_ms[i]);
+                k.rejected.push(rejection.is_some());
+                if let Some((kind, reason)) = rejection {
+                    late.push(DeadLetter::of_row(batch, i, kind, reason));
+                }
+            }
+            k.stamps.extend(batch_stamps);
+        }
+        Ok(k)
+    }
+
+    fn key(&self, i: usize) -> &[u8] {
+        &self.keys[if i == 0 { 0 } else { self.ends[i - 1] }..self.ends[i]]
+    }
+
+    /// Rows sorted by key, ties in canonical order, and where each distinct key's run starts:
+    /// equal keys are neighbours, the first of each run is the earliest record. One sort
+    /// replaces a hash set of the epoch's keys and puts the lookups and the new keys in the
+    /// order RocksDB reads and writes fastest. Rows are compared by their keys' first 16 bytes
+    /// as one integer (zero-padded, so in byte order), and by the whole keys only where those
+    /// are equal.
+    fn runs(&self) -> (Vec<(u128, u32)>, Vec<usize>) {
+        let prefix = |i: usize| {
+            let (k, mut b) = (self.key(i), [0u8; 16]);
+            let n = k.len().min(16);
+            b[..n].copy_from_slice(&k[..n]);
+            u128::from_be_bytes(b)
+        };
+        let mut sorted: Vec<(u128, u32)> = (0..self.stamps.len()).map(|i| (prefix(i), i as u32)).collect();
+        sorted.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| self.key(a.1 as usize).cmp(self.key(b.1 as usize))).then(a.1.cmp(&b.1))
+        });
+        let mut runs: Vec<usize> = Vec::new();
+        for pos in 0..sorted.len() {
+            let (p, i) = sorted[pos];
+            if pos == 0 || sorted[pos - 1].0 != p || self.key(sorted[pos - 1].1 as usize) != self.key(i as usize) {
+                runs.push(pos);
+            }
+        }
+        (sorted, runs)
+    }
+}
+
+/// A timestamp column's values in milliseconds (`None` where null).
+fn event_ms(c: &ArrayRef) -> Result<Vec<Option<i64>>> {
+    let col = c
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .ok_or_else(|| Error::Sink(format!("a dedup timestamp column is {}, not a timestamp", c.data_type())))?;
+    Ok((0..col.len()).map(|i| (!col.is_null(i)).then(|| col.value(i).div_euclid(1000))).collect())
+}
+
+/// Why event-time dedup rejects a row: no event time, an event time too far ahead of its Kafka
+/// timestamp, or one older than the watermark.
+fn rejection(d: &Dedup, stamp: Option<i64>, watermark: Option<i64>, produced: Option<i64>) -> Option<(Rejection, String)> {
+    match (d.watermark, stamp, watermark, produced) {
+        (Some(_), None, _, _) => Some((Rejection::Late, "has no event time (null watermark column)".to_string())),
+        (Some(_), Some(ts), _, Some(at)) if ts.saturating_sub(at) > d.max_future_ms => Some((
+            Rejection::Future,
+            format!(
+                "event time {ts} ms is {} ms ahead of the record's Kafka timestamp {at} ms, more than dedup.max_future_ms = {}; it would push the watermark past every later record",
+                ts.saturating_sub(at),
+                d.max_future_ms
+            ),
+        )),
+        (Some(_), Some(ts), Some(w), _) if ts < w => {
+            Some((Rejection::Late, format!("event time {ts} ms is older than the watermark {w} ms; too late to deduplicate")))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
