@@ -64,6 +64,33 @@ pub enum Error {
     #[error("recovery: {0}")]
     Recovery(String),
 
+    /// A topic was deleted and created again since its positions were recorded: its offsets
+    /// started over, so the recorded positions mean nothing in it.
+    #[error("recovery: topic '{topic}' was deleted and created again (topic id {was} when {recorded_by} recorded it, {now} now): its offsets started over, so the recorded positions in it mean nothing; refusing to resume mid-topic (to read the new topic, give the pipeline a new id, or delete both its table and its checkpoint)")]
+    TopicRecreated {
+        /// The topic.
+        topic: String,
+        /// Its id when its positions were recorded.
+        was: String,
+        /// Its id now.
+        now: String,
+        /// What recorded them (the checkpoint, a table).
+        recorded_by: String,
+    },
+
+    /// A table or a checkpoint belongs to another pipeline (another `id`).
+    #[error("recovery: {what} belongs to pipeline '{owner}', not '{pipeline}'; give each pipeline its own {setting}")]
+    OtherPipeline {
+        /// The table or checkpoint.
+        what: String,
+        /// The pipeline it belongs to.
+        owner: String,
+        /// This pipeline.
+        pipeline: String,
+        /// The setting that separates them.
+        setting: &'static str,
+    },
+
     /// The sink failed to commit an epoch.
     #[error("sink: {0}")]
     Sink(String),

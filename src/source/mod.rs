@@ -662,9 +662,12 @@ pub fn recreated_topic(
 ) -> Option<Error> {
     recorded.iter().find_map(|(topic, id)| {
         let now = current.get(topic).filter(|now| *now != id)?;
-        Some(Error::Recovery(format!(
-            "topic '{topic}' was deleted and created again (topic id {id} when {recorded_by} recorded it, {now} now): its offsets started over, so the recorded positions in it mean nothing; refusing to resume mid-topic (to read the new topic, give the pipeline a new id, or delete both its table and its checkpoint)"
-        )))
+        Some(Error::TopicRecreated {
+            topic: topic.clone(),
+            was: id.clone(),
+            now: now.clone(),
+            recorded_by: recorded_by.to_string(),
+        })
     })
 }
 

@@ -454,11 +454,12 @@ impl DeltaSink {
         let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
         if let Some(owner) = owner_of(snapshot.metadata().description()) {
             if owner != self.pipeline {
-                return Err(Error::Recovery(format!(
-                    "the table at {} belongs to pipeline '{owner}', not '{}'; give this pipeline its own sink.path",
-                    path.display(),
-                    self.pipeline
-                )));
+                return Err(Error::OtherPipeline {
+                    what: format!("the table at {}", path.display()),
+                    owner: owner.to_string(),
+                    pipeline: self.pipeline.clone(),
+                    setting: "sink.path",
+                });
             }
         }
         let partitioned = snapshot.metadata().partition_columns();
