@@ -1,0 +1,329 @@
+//! One incarnation of the actor tree: started from where recovery (or the group) positions it,
+//! cut into epochs, torn down; partition discovery, which ends a generation when partitions are added.
+
+use super::*;
+
+/// One incarnation of the tree.
+pub(super) struct Generation {
+    pub(super) client: Arc<PipelineConsumer>,
+    /// Serves the client's main queue (single-process mode; a group member's is served by its
+    /// [`GroupMember`]).
+    pub(super) poller: Option<JoinHandle<()>>,
+    /// Partition discovery (single-process mode; the group protocol finds a group's).
+    pub(super) discovery: Option<JoinHandle<()>>,
+    pub(super) consumers: Vec<(TopicPartition, ActorRef<ConsumerMsg>)>,
+    pub(super) aggregator: ActorRef<AggregatorMsg>,
+    pub(super) committer: ActorRef<CommitterMsg>,
+    pub(super) ids: HashSet<ActorId>,
+}
+
+impl Generation {
+    pub(super) fn kind_of(&self, id: ActorId) -> Option<String> {
+        if self.aggregator.get_id() == id {
+            return Some("aggregator".into());
+        }
+        if self.committer.get_id() == id {
+            return Some("committer".into());
+        }
+        self.consumers.iter().find(|(_, c)| c.get_id() == id).map(|(tp, _)| format!("consumer {tp}"))
+    }
+}
+
+impl SupervisorState {
+    /// Starts a generation of the tree where recovery (or, in group mode, the group) positions
+    /// it. `Ok` without a tree: a group member with nothing assigned.
+    pub(super) async fn start_generation(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), Error> {
+        let config = self.args.plan.config.clone();
+        let Some(Positioned { cp, offsets, replay, client }) = self.position().await? else {
+            return Ok(()); // nothing assigned here: idle until the group assigns partitions
+        };
+        let mut queues = Vec::new();
+        for tp in offsets.keys() {
+            let q = PartitionFetch::split(&client, tp).ok_or_else(|| Error::Actor(format!("cannot split the queue of {tp}")))?;
+            queues.push((tp.clone(), q));
+        }
+        // Before anything is read: the topics must still be the ones the checkpoint's positions
+        // belong to (asked on this generation's client; a second client would cost its buffers).
+        if let Err(e) = self.check_topic_ids(&client).await {
+            drop(queues);
+            // Closing a Kafka client blocks briefly: never on the executor.
+            let _ = tokio::task::spawn_blocking(move || drop(client)).await;
+            return Err(e);
+        }
+        // The main queue carries errors and statistics only; it must be served (a group
+        // member's is served by its `GroupMember`).
+        let poller = self.group.is_none().then(|| serve_main_queue(client.clone()));
+        let discovery = self.group.is_none().then(|| self.spawn_discovery(myself, &client));
+        let (committer, aggregator, consumers, ids) = self.spawn_tree(myself, &cp, &offsets, replay.as_ref(), queues).await?;
+        tracing::info!(pipeline = %config.id, generation = self.generation, epoch = cp.epoch, partitions = consumers.len(), "actor tree started from the last committed epoch");
+        if let Some(group) = self.group.as_mut() {
+            if let Some(t) = group.paused_since.take() {
+                metrics::histogram!(m::REBALANCE_PAUSE_SECONDS).record(t.elapsed().as_secs_f64());
+            }
+        }
+        metrics::gauge!(m::ASSIGNED_PARTITIONS).set(consumers.len() as f64);
+        metrics::gauge!(m::GENERATION).set(self.generation as f64);
+        metrics::gauge!(m::EPOCH_COMMITTED).set(cp.epoch as f64);
+        *self.committed_offsets.lock().expect("offsets lock") = offsets.clone();
+        self.committed = cp;
+        self.in_flight = replay.as_ref().map(|r| InFlight { barrier: r.barrier, cut_next: false });
+        self.current = Some(Generation { client, poller, discovery, consumers, aggregator, committer, ids });
+        if !self.shutting_down() {
+            self.ticker = Some(myself.send_interval(config.epoch.interval(), || SupervisorMsg::Tick));
+        }
+        Ok(())
+    }
+
+    /// Spawns the committer, the aggregator and a consumer per partition queue, linked to the
+    /// supervisor.
+    async fn spawn_tree(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        cp: &Checkpoint,
+        offsets: &Offsets,
+        replay: Option<&Replay>,
+        queues: Vec<(TopicPartition, PartitionFetch)>,
+    ) -> Result<Tree, Error> {
+        let config = &self.args.plan.config;
+        let cell = myself.get_cell();
+        let backpressure = BackPressure::new(config.source.max_buffered_records);
+        let spawn_err = |e: ractor::SpawnErr| Error::Actor(e.to_string());
+        let (committer, _) = Actor::spawn_linked(
+            None,
+            CommitterActor,
+            CommitterArgs {
+                pipeline_id: config.id.clone(),
+                sink: self.args.sink.clone(),
+                store: self.store.clone(),
+                committed_epoch: cp.epoch,
+                supervisor: myself.clone(),
+                failpoints: self.args.failpoints.clone(),
+                backpressure: backpressure.clone(),
+            },
+            cell.clone(),
+        )
+        .await
+        .map_err(spawn_err)?;
+        let (aggregator, _) = Actor::spawn_linked(
+            None,
+            AggregatorActor,
+            AggregatorArgs {
+                start: offsets.clone(),
+                committed_epoch: cp.epoch,
+                committer: committer.clone(),
+                supervisor: myself.clone(),
+                max_records: config.epoch.max_records,
+                replay_barrier: replay.map(|r| r.barrier),
+                processor: self.processor.clone(),
+            },
+            cell.clone(),
+        )
+        .await
+        .map_err(spawn_err)?;
+        let mut ids: HashSet<ActorId> = [committer.get_id(), aggregator.get_id()].into_iter().collect();
+        let decoder = self.args.plan.decoder.clone();
+        let mut consumers = Vec::new();
+        for (tp, queue) in queues {
+            let start = offsets[&tp];
+            let (c, _) = Actor::spawn_linked(
+                None,
+                ConsumerActor,
+                ConsumerArgs {
+                    decoder: decoder.clone(),
+                    replay: replay.map(|r| r.cut(&tp, start)),
+                    tp: tp.clone(),
+                    start,
+                    queue,
+                    aggregator: aggregator.clone(),
+                    max_batch: config.source.max_batch_records,
+                    backpressure: backpressure.clone(),
+                },
+                cell.clone(),
+            )
+            .await
+            .map_err(spawn_err)?;
+            ids.insert(c.get_id());
+            consumers.push((tp, c));
+        }
+        Ok((committer, aggregator, consumers, ids))
+    }
+
+    /// Where a one-process generation starts: the recovered checkpoint (and the epoch to replay,
+    /// if a table holds one beyond it), on a new client assigned there; in group mode, the
+    /// group's positions (`None`: nothing assigned).
+    async fn position(&mut self) -> Result<Option<Positioned>, Error> {
+        if self.group.is_some() {
+            let Some((offsets, client)) = self.group_positions().await? else { return Ok(None) };
+            // Epochs are numbered per member; the in-memory checkpoint holds the last one this
+            // member committed (a commit that finished while its generation was torn down too).
+            let epoch = self.store.load()?.map_or(0, |c| c.epoch);
+            let cp = Checkpoint::new(&self.args.plan.config.id, epoch, &offsets);
+            return Ok(Some(Positioned { cp, offsets, replay: None, client }));
+        }
+        let (cp, replay) = self.recover().await?;
+        let offsets: Offsets = cp.offsets().into_iter().filter(|(tp, _)| self.partitions.contains(tp)).collect();
+        // A replayed epoch is cut by its recorded offsets, under a barrier of its own: the epoch
+        // the sink holds beyond the checkpoint, or, retrying a stop, the epoch the stop had cut
+        // (so the retry commits no less than what the stop had read).
+        let retried = self.uncommitted_cut.take().filter(|_| self.shutting_down()).and_then(|ends| {
+            let ahead = offsets.iter().all(|(tp, from)| ends.get(tp).is_none_or(|end| end >= from));
+            let moved = offsets.iter().any(|(tp, from)| ends.get(tp).is_some_and(|end| end > from));
+            (ahead && moved).then(|| CommittedEpoch { epoch: cp.epoch + 1, offsets: ends })
+        });
+        let replay = match replay.or(retried) {
+            None => None,
+            Some(v) => {
+                let plan = Replay::plan(&v, &offsets, self.next_barrier)?;
+                self.next_barrier += 1;
+                Some(plan)
+            }
+        };
+        let client: PipelineConsumer = source::consumer_config(&self.args.connection, &self.args.plan.config.id)
+            .create_with_context(StatsContext::new(self.stats.clone(), self.committed_offsets.clone()))?;
+        let client = Arc::new(client);
+        let mut tpl = TopicPartitionList::new();
+        for (tp, off) in &offsets {
+            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*off))?;
+        }
+        client.assign(&tpl)?;
+        Ok(Some(Positioned { cp, offsets, replay, client }))
+    }
+
+    pub(super) fn cut(&mut self) -> Result<(), ActorProcessingErr> {
+        let Some(gen) = &self.current else {
+            return Ok(());
+        };
+        let b = self.next_barrier;
+        self.next_barrier += 1;
+        self.in_flight = Some(InFlight { barrier: b, cut_next: false });
+        for (_, c) in &gen.consumers {
+            c.cast(ConsumerMsg::Barrier(b))?;
+        }
+        self.phase.set_last(Some(b));
+        Ok(())
+    }
+
+    /// Looks up the topics' partitions and ids every `source.partition_discovery_ms` on the
+    /// generation's own client (no extra connection) and reports them; the supervisor decides
+    /// what is new, and stops when a topic was recreated.
+    pub(super) fn spawn_discovery(&self, myself: &ActorRef<SupervisorMsg>, client: &Arc<PipelineConsumer>) -> JoinHandle<()> {
+        let src = &self.args.plan.config.source;
+        let every = Duration::from_millis(src.partition_discovery_ms);
+        let timeout = Duration::from_millis(src.connect_timeout_ms);
+        let (brokers, topics) = (src.brokers.clone(), src.topics.clone());
+        let (client, me) = (client.clone(), myself.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let (client, brokers, topics) = (client.clone(), brokers.clone(), topics.clone());
+                let found = tokio::task::spawn_blocking(move || -> crate::Result<_> {
+                    let partitions = source::partitions_of(client.as_ref(), &brokers, &topics, timeout)?;
+                    let topic_ids = source::topic_ids(client.client(), &topics, timeout)?;
+                    Ok((partitions, topic_ids))
+                })
+                .await;
+                match found {
+                    Ok(Ok((partitions, topic_ids))) => {
+                        if me.cast(SupervisorMsg::TopicsDescribed { partitions, topic_ids }).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "partition discovery failed; trying again"),
+                    Err(_) => return,
+                }
+            }
+        })
+    }
+
+    /// Partition discovery reported the topics. A topic whose id changed stops the pipeline.
+    /// Partitions this pipeline does not read yet wind the generation down (its open epoch
+    /// commits first) and start one that reads them too, from their earliest offset. Partitions
+    /// never disappear from a Kafka topic; a deleted topic is left to the consumers' errors and
+    /// to recovery.
+    pub(super) fn on_topics_described(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        found: Vec<TopicPartition>,
+        topic_ids: BTreeMap<String, String>,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(e) = source::recreated_topic(&self.topic_ids, &topic_ids, "the checkpoint") {
+            // The consumers would go on reading the new topic at the old positions: stop now.
+            self.fatal(myself, e);
+            return Ok(());
+        }
+        let added: Vec<TopicPartition> = found.into_iter().filter(|tp| !self.partitions.contains(tp)).collect();
+        if added.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = added.iter().map(ToString::to_string).collect();
+        tracing::info!(partitions = %names.join(","), "partitions added to the topics; committing the open epoch, then restarting the actor tree to read them");
+        self.partitions.extend(added);
+        self.partitions.sort();
+        if self.phase == Phase::Running && self.current.is_some() {
+            self.phase = Phase::Regenerating { last: None };
+            if self.in_flight.is_none() {
+                self.cut()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the current generation. Consumers and the aggregator hold nothing durable and are
+    /// killed; the committer is stopped gracefully so a commit in progress completes (or fails)
+    /// before anything restarts.
+    ///
+    /// `graceful = false` (the shutdown deadline passed) kills the committer too: a sink commit is
+    /// atomic and a checkpoint write already started runs to completion in its blocking task, so
+    /// nothing is left half-done.
+    pub(super) async fn teardown(&mut self, graceful: bool) {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+        self.orphaned = self.in_flight.take().map(|f| f.barrier).or(self.orphaned);
+        self.phase.set_last(None);
+        if let Some(gen) = self.current.take() {
+            if let Some(d) = &gen.discovery {
+                d.abort();
+            }
+            for (_, c) in &gen.consumers {
+                let _ = c.kill_and_wait(Some(STOP_TIMEOUT)).await;
+            }
+            let _ = gen.aggregator.kill_and_wait(Some(STOP_TIMEOUT)).await;
+            if !graceful || gen.committer.stop_and_wait(None, Some(STOP_TIMEOUT)).await.is_err() {
+                let _ = gen.committer.kill_and_wait(Some(STOP_TIMEOUT)).await;
+            }
+            if let Some(p) = &gen.poller {
+                p.abort();
+            }
+            // Dropping the last handle closes the Kafka client; that blocks briefly.
+            let client = gen.client;
+            let _ = tokio::task::spawn_blocking(move || drop(client)).await;
+        }
+    }
+}
+
+/// Where a generation starts.
+struct Positioned {
+    cp: Checkpoint,
+    offsets: Offsets,
+    replay: Option<Replay>,
+    client: Arc<PipelineConsumer>,
+}
+
+/// A generation's actors: committer, aggregator, consumers, and their ids.
+type Tree = (ActorRef<CommitterMsg>, ActorRef<AggregatorMsg>, Vec<(TopicPartition, ActorRef<ConsumerMsg>)>, HashSet<ActorId>);
+
+/// Serves a one-process client's main queue, which carries errors and statistics only.
+fn serve_main_queue(client: Arc<PipelineConsumer>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match client.recv().await {
+                Ok(m) => tracing::error!(topic = rdkafka::Message::topic(&m), "record on the main queue (partition not split)"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka client error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}

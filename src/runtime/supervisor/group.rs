@@ -1,0 +1,187 @@
+//! Group mode: this member's partitions, positioned from the table's record as the group
+//! assigns them, suspended when another member fenced them.
+
+use super::*;
+
+/// A group member's side of the assignment (see `group.rs`).
+pub(super) struct GroupState {
+    pub(super) member: GroupMember,
+    /// The partitions the group assigned to this member.
+    pub(super) assigned: Vec<TopicPartition>,
+    /// Partitions assigned at these offsets by the last rebalance and not read since (the next
+    /// generation need not seek them).
+    pub(super) fresh: Offsets,
+    /// Partitions another member claimed (this member was fenced on them): left out of the
+    /// generations until the group revokes them, or until a session timeout has passed.
+    pub(super) suspended: Vec<TopicPartition>,
+    /// Partitions whose suspension ended while the group still assigns them here: the next
+    /// generation claims them again (a newer token).
+    pub(super) reclaim: Vec<TopicPartition>,
+    /// When this member stopped committing for a rebalance (for the pause metric).
+    pub(super) paused_since: Option<Instant>,
+}
+
+impl GroupState {
+    /// The partitions the next generation reads.
+    pub(super) fn active(&self) -> Vec<TopicPartition> {
+        let mut v: Vec<TopicPartition> = self.assigned.iter().filter(|tp| !self.suspended.contains(tp)).cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Forgets `partitions` (revoked): no longer assigned, suspended, to claim or fresh.
+    pub(super) fn forget(&mut self, partitions: &[TopicPartition]) {
+        self.assigned.retain(|tp| !partitions.contains(tp));
+        self.suspended.retain(|tp| !partitions.contains(tp));
+        self.reclaim.retain(|tp| !partitions.contains(tp));
+        self.fresh.retain(|tp, _| !partitions.contains(tp));
+    }
+
+    pub(super) fn pause(&mut self) {
+        metrics::counter!(m::REBALANCES).increment(1);
+        self.paused_since.get_or_insert_with(Instant::now);
+    }
+}
+
+impl SupervisorState {
+    /// Group mode: where the assigned partitions start, claimed for this member (`None`: the
+    /// group assigned nothing here yet). Partitions read by an earlier generation are sought
+    /// back to the table's offsets: that generation's open epoch was aborted.
+    pub(super) async fn group_positions(&mut self) -> Result<Option<(Offsets, Arc<PipelineConsumer>)>, Error> {
+        let Some(group) = self.group.as_mut() else { return Ok(None) };
+        let active = group.active();
+        if active.is_empty() {
+            return Ok(None);
+        }
+        let fresh = std::mem::take(&mut group.fresh);
+        let client = group.member.client().clone();
+        let others: Vec<TopicPartition> = active.iter().filter(|tp| !fresh.contains_key(*tp)).cloned().collect();
+        let mut offsets: Offsets = fresh.into_iter().filter(|(tp, _)| active.contains(tp)).collect();
+        if !others.is_empty() {
+            // Partitions kept from the last generation resume where the table says, under the
+            // claim this member already holds (taken away meanwhile, they are fenced at the
+            // next commit, never taken back); those whose suspension ended are claimed again.
+            let reclaim = std::mem::take(&mut group.reclaim);
+            let (again, kept): (Vec<TopicPartition>, Vec<TopicPartition>) =
+                others.into_iter().partition(|tp| reclaim.contains(tp));
+            let mut found = if again.is_empty() { Offsets::new() } else { self.claim(&again).await? };
+            if !kept.is_empty() {
+                found.extend(self.args.sink.group_reposition(&kept).await?);
+            }
+            let (seeker, seeks) = (client.clone(), found.clone());
+            tokio::task::spawn_blocking(move || -> Result<(), Error> {
+                for (tp, o) in seeks {
+                    seeker.seek(&tp.topic, tp.partition, Offset::Offset(o), Duration::from_secs(10))?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| Error::Actor(format!("seek task failed: {e}")))??;
+            offsets.extend(found);
+        }
+        Ok(Some((offsets, client)))
+    }
+
+    /// Group mode: claims `partitions` in the table for this member; where each starts.
+    pub(super) async fn claim(&self, partitions: &[TopicPartition]) -> Result<Offsets, Error> {
+        let src = &self.args.plan.config.source;
+        let timeout = Duration::from_millis(src.connect_timeout_ms);
+        let resolve = |mode| source::resolve_starting_offsets(&self.args.connection, partitions, mode, timeout);
+        let earliest = resolve(crate::config::StartingOffsets::Earliest).await?;
+        let unrecorded = match src.starting_offsets {
+            crate::config::StartingOffsets::Earliest => crate::sink::Unrecorded::same(earliest),
+            mode => crate::sink::Unrecorded { starting: resolve(mode).await?, earliest },
+        };
+        self.args.sink.group_claim(partitions, &unrecorded).await
+    }
+
+    /// Group mode: a rebalance callback, or the assignment it made. See `group.rs`.
+    pub(super) async fn on_group(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        request: GroupRequest,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.group.is_none() {
+            return Ok(());
+        }
+        match request {
+            GroupRequest::Assigning(partitions, reply) if partitions.is_empty() => {
+                let _ = reply.send(Ok(Offsets::new())); // a rebalance that gives this member nothing new
+            }
+            GroupRequest::Revoking(partitions, _, reply) if partitions.is_empty() => {
+                let _ = reply.send(());
+            }
+            GroupRequest::Assigning(partitions, reply) => {
+                // The open epoch is aborted (a commit in progress completes first); the new
+                // partitions are claimed in the table and start where it says.
+                self.group.as_mut().expect("group").pause();
+                self.teardown(true).await;
+                match self.claim(&partitions).await {
+                    Ok(offsets) => {
+                        let group = self.group.as_mut().expect("group");
+                        group.fresh.extend(offsets.clone());
+                        group.suspended.retain(|tp| !partitions.contains(tp));
+                        let _ = reply.send(Ok(offsets));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Error::Actor(e.to_string())));
+                        self.fatal(myself, e);
+                    }
+                }
+            }
+            GroupRequest::Revoking(partitions, lost, reply) => {
+                self.group.as_mut().expect("group").pause();
+                self.teardown(true).await;
+                self.group.as_mut().expect("group").forget(&partitions);
+                let names: Vec<String> = partitions.iter().map(ToString::to_string).collect();
+                tracing::info!(partitions = %names.join(","), lost, "partitions revoked; their open epoch is aborted");
+                let _ = reply.send(());
+            }
+            GroupRequest::Changed { added, removed } => {
+                let group = self.group.as_mut().expect("group");
+                group.assigned.retain(|tp| !removed.contains(tp));
+                for tp in added {
+                    if !group.assigned.contains(&tp) {
+                        group.assigned.push(tp);
+                    }
+                }
+                group.assigned.sort();
+                let names: Vec<String> = group.assigned.iter().map(ToString::to_string).collect();
+                tracing::info!(partitions = %names.join(","), "this member's partitions");
+                metrics::gauge!(m::ASSIGNED_PARTITIONS).set(group.assigned.len() as f64);
+                if self.current.is_none() {
+                    myself.cast(SupervisorMsg::StartGeneration)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Group mode: another member claimed some of this generation's partitions. The epoch is
+    /// dropped (nothing of it was written), the claimed partitions are left alone until the group
+    /// revokes them or a session timeout passes, and the others go on at once.
+    pub(super) async fn on_fenced(&mut self, myself: &ActorRef<SupervisorMsg>, partitions: Vec<TopicPartition>, detail: String) {
+        tracing::warn!(%detail, "fenced: another member owns these partitions now");
+        self.teardown(true).await;
+        if self.shutting_down() {
+            myself.stop(None);
+            return;
+        }
+        self.suspend(myself, partitions);
+        let _ = myself.cast(SupervisorMsg::StartGeneration);
+    }
+
+    /// Leaves `partitions` out of the generations until the group revokes them or a session
+    /// timeout (and [`crate::source::group::FENCE_WAIT`]) has passed.
+    pub(super) fn suspend(&mut self, myself: &ActorRef<SupervisorMsg>, partitions: Vec<TopicPartition>) {
+        metrics::counter!(m::FENCED).increment(1);
+        let Some(group) = self.group.as_mut() else { return };
+        group.paused_since.get_or_insert_with(Instant::now);
+        for tp in partitions {
+            if !group.suspended.contains(&tp) {
+                group.suspended.push(tp);
+            }
+        }
+        myself.send_after(group.member.session_timeout + crate::source::group::FENCE_WAIT, || SupervisorMsg::Unsuspend);
+    }
+}
