@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+use crate::kit;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,17 +104,12 @@ pub struct CaseReport {
     pub detail: String,
 }
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 10_000_000_000)
-}
-
 /// The pipeline of one iteration: append, dedup or counts, rotating. The append one also
 /// shapes its rows (`[transform]`: a derived column and a filter dropping about one record in
 /// seven) and partitions its table by the derived column, so faults meet filtered records and
 /// partitioned writes too; the audit accounts for both.
 fn pipeline_config(kind: &str, topic: &str, dir: &Path, brokers: &str) -> PipelineConfig {
-    let mut c = PipelineConfig::new(unique("chaos"), &[topic]);
+    let mut c = PipelineConfig::new(kit::unique("chaos"), &[topic]);
     c.source.brokers = brokers.to_string();
     c.decode = DecodeConfig::seed();
     c.epoch.interval_ms = 200;
@@ -152,18 +148,11 @@ fn pipeline_config(kind: &str, topic: &str, dir: &Path, brokers: &str) -> Pipeli
     c
 }
 
-/// The cut the table recorded, summed over partitions, and its epoch.
-async fn table_progress(config: &PipelineConfig, topic: &str) -> (i64, u64) {
+/// The cut the table recorded, summed over partitions, and its epoch (0, 0 while it cannot be
+/// read: a fault may be in the way).
+async fn table_progress(config: &PipelineConfig) -> (i64, u64) {
     let Some(path) = config.table_path() else { return (0, 0) };
-    let path = &path;
-    let Ok(Some(t)) = exactly::sink::delta::load_table(path.clone()).await else { return (0, 0) };
-    let Ok(connection) = exactly::source::Connection::of(&config.source) else { return (0, 0) };
-    let Ok(tps) = exactly::source::preflight(&connection, &[topic.to_string()], Duration::from_secs(30)).await else {
-        return (0, 0);
-    };
-    let cut = exactly::sink::delta::recorded_cut(&t, path, &config.id, &tps).await.map(|c| c.values().sum()).unwrap_or(0);
-    let epoch = exactly::sink::delta::txn_version(&t, path, &config.id).await.ok().flatten().unwrap_or(0).max(0) as u64;
-    (cut, epoch)
+    kit::table_progress(&path, &config.id, config).await.unwrap_or((0, 0))
 }
 
 async fn wait_drained(config: &PipelineConfig, topic: &str, deadline: Duration) -> Result<(), String> {
@@ -175,7 +164,7 @@ async fn wait_drained(config: &PipelineConfig, topic: &str, deadline: Duration) 
     .await
     .map_err(|e| e.to_string())?;
     let start = Instant::now();
-    while table_progress(config, topic).await.0 < want {
+    while table_progress(config).await.0 < want {
         if start.elapsed() > deadline {
             return Err(format!("the table did not reach the topic's end ({want}) within {deadline:?}"));
         }
@@ -359,7 +348,7 @@ impl Stream {
 }
 
 async fn setup(kind: &str, opts: &ChaosOptions, brokers: &str) -> Result<(String, PathBuf, PipelineConfig), String> {
-    let topic = unique("chaos");
+    let topic = kit::unique("chaos");
     exactly::source::create_topic(&brokers.into(), &topic, 4, 1).await.map_err(|e| e.to_string())?;
     let dir = opts.work_dir.join(&topic);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -440,12 +429,8 @@ fn spawn_exactly(opts: &ChaosOptions, config_file: &Path) -> Result<std::process
     let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let log = config_file.with_file_name(format!("exactly-{n}.log"));
     let log = std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    std::process::Command::new(&opts.exactly_bin)
-        .args(["run", "--progress", "off", "--config"])
-        .arg(config_file)
+    kit::exactly_run(&opts.exactly_bin, config_file, None)
         .env("RUST_LOG", "warn")
-        .env_remove("KAFKA_BROKERS")
-        .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", opts.exactly_bin.display()))
@@ -453,7 +438,7 @@ fn spawn_exactly(opts: &ChaosOptions, config_file: &Path) -> Result<std::process
 
 /// SIGTERM (the open epoch is committed), then the exit status must be 0.
 async fn stop_gracefully(mut child: std::process::Child) -> Result<(), String> {
-    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    kit::sigterm(&child)?;
     let status =
         tokio::task::spawn_blocking(move || child.wait()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     if !status.success() {
@@ -462,21 +447,14 @@ async fn stop_gracefully(mut child: std::process::Child) -> Result<(), String> {
     Ok(())
 }
 
-async fn wait_epoch_beyond(config: &PipelineConfig, topic: &str, epoch: u64, since: Instant) -> Option<Duration> {
+async fn wait_epoch_beyond(config: &PipelineConfig, epoch: u64, since: Instant) -> Option<Duration> {
     while since.elapsed() < Duration::from_secs(90) {
-        if table_progress(config, topic).await.1 > epoch {
+        if table_progress(config).await.1 > epoch {
             return Some(since.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     None
-}
-
-/// Writes `config` as `dir/pipeline.toml`, for `exactly run`.
-fn write_config(dir: &Path, config: &PipelineConfig) -> Result<PathBuf, String> {
-    let file = dir.join("pipeline.toml");
-    std::fs::write(&file, toml::to_string(config).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    Ok(file)
 }
 
 /// The end of a case whose pipelines run as processes: the stream stops, the table drains,
@@ -502,19 +480,19 @@ async fn finish_processes(
 async fn sigkill_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut CaseReport) -> Result<(), String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let (topic, dir, config) = setup(kind, opts, &opts.brokers).await?;
-    let file = write_config(&dir, &config)?;
+    let file = kit::write_config(&config, &dir)?;
     let stream = start_stream(&opts.brokers, &topic, opts.rate);
     let mut child = spawn_exactly(opts, &file)?;
     for _ in 0..opts.faults {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1_500))).await;
-        let epoch = table_progress(&config, &topic).await.1;
+        let epoch = table_progress(&config).await.1;
         child.kill().map_err(|e| e.to_string())?; // SIGKILL
         child.wait().map_err(|e| e.to_string())?;
         report.faults += 1;
         report.restarts += 1;
         let t0 = Instant::now();
         child = spawn_exactly(opts, &file)?;
-        match wait_epoch_beyond(&config, &topic, epoch, t0).await {
+        match wait_epoch_beyond(&config, epoch, t0).await {
             Some(d) => report.recovery.push(d),
             None => return Err("no commit within 90 s after a restart".into()),
         }
@@ -531,7 +509,7 @@ async fn group_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut Cas
     let (topic, dir, mut config) = setup(kind, opts, &opts.brokers).await?;
     config.source.group_id = Some(format!("{}-group", config.id));
     config.source.properties.insert("session.timeout.ms".into(), "6000".into());
-    let file = write_config(&dir, &config)?;
+    let file = kit::write_config(&config, &dir)?;
     let table = config.table_path().ok_or("a delta sink")?;
     let commits = || async {
         match exactly::sink::delta::load_table(table.clone()).await {
@@ -616,10 +594,10 @@ async fn unwritable_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mu
         }
         // Fixed: a restart resumes exactly once.
         let t0 = Instant::now();
-        let epoch = table_progress(&config, &topic).await.1;
+        let epoch = table_progress(&config).await.1;
         let sink = exactly::pipeline::sink_for(&config, Default::default()).map_err(|e| e.to_string())?;
         let pipeline = Pipeline::start(config.clone(), sink).await.map_err(|e| e.to_string())?;
-        match wait_epoch_beyond(&config, &topic, epoch, t0).await {
+        match wait_epoch_beyond(&config, epoch, t0).await {
             Some(d) => report.recovery.push(d),
             None => return Err("no commit within 90 s after the fix".into()),
         }

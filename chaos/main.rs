@@ -3,6 +3,9 @@
 
 #[path = "harness.rs"]
 mod harness;
+// The toolkit shared with the integration tests.
+#[path = "../tests/kit/mod.rs"]
+mod kit;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -371,7 +371,7 @@ async fn writer_schema_fields_join_the_table_without_a_restart() {
     send(&topic, &person(1, 0..5)).await;
     let child = spawn(&file, None);
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
-    let before = log_of(&table, "\"email\"");
+    let before = log_of(&table, "\"email\"").await;
     assert!(before.iter().all(|(_, schema, _)| !schema), "no `email` column yet: {before:?}");
 
     // The producer moves to writer schema 2 (and back) while the pipeline runs.
@@ -380,7 +380,7 @@ async fn writer_schema_fields_join_the_table_without_a_restart() {
     send(&topic, &values).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     terminate(child).await;
-    let after = log_of(&table, "\"email\"");
+    let after = log_of(&table, "\"email\"").await;
     let changes: Vec<&(u64, bool, usize)> = after.iter().filter(|(_, schema, _)| *schema).collect();
     assert_eq!(changes.len(), 1, "one commit adds `email`: {after:?}");
     assert!(changes[0].2 > 0 && changes[0].0 > before.last().unwrap().0, "with the epoch's files: {after:?}");
@@ -388,17 +388,17 @@ async fn writer_schema_fields_join_the_table_without_a_restart() {
     // Writer schema 3 arrives at a restart: killed with the growing epoch's files written, then
     // aborted right after its commit (before the checkpoint), then run to the end.
     send(&topic, &person(3, 12..15)).await;
-    let phone = || log_of(&table, "\"phone\"").iter().filter(|(_, schema, _)| *schema).count();
+    let phone = || async { log_of(&table, "\"phone\"").await.iter().filter(|(_, schema, _)| *schema).count() };
     common::kill_with_files_written(&file, &table).await;
-    assert_eq!(phone(), 0, "no schema change without its commit");
+    assert_eq!(phone().await, 0, "no schema change without its commit");
     let (status, _) = common::wait_exit(spawn(&file, Some("after-delta-commit=abort")), Duration::from_secs(60), "abort").await;
     assert!(!status.success());
-    assert_eq!(phone(), 1);
+    assert_eq!(phone().await, 1);
     let child = spawn(&file, None);
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     terminate(child).await;
-    assert_eq!(phone(), 1, "the schema changed once");
-    common::assert_each_epoch_committed_once(&table, &config.id);
+    assert_eq!(phone().await, 1, "the schema changed once");
+    common::assert_each_epoch_committed_once(&table, &config.id).await;
 
     let read = common::read_rows_with_python(&table);
     common::assert_types(&read, &[("email", "string"), ("score", "int"), ("phone", "string")]);
@@ -456,7 +456,8 @@ async fn a_writer_schema_registered_mid_stream_grows_the_table() {
         serde_json::json!([3, "c", null, null]),
     ];
     assert_eq!(rows, want, "dead letters: {:?}", common::dead_letter_reasons(&dir.path().join("table_dead_letters")));
-    let changes = crate::schema::log_of(&table, "\"email\"").iter().filter(|(_, schema, adds)| *schema && *adds > 0).count();
+    let changes =
+        crate::schema::log_of(&table, "\"email\"").await.iter().filter(|(_, schema, adds)| *schema && *adds > 0).count();
     assert_eq!(changes, 1, "`email` joined with its first values, in one commit");
     let audit = common::assert_verified(&config).await;
     assert_eq!((audit.total(|p| p.rows), audit.total(|p| p.dead_lettered)), (3, 0));

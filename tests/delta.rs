@@ -35,7 +35,7 @@ async fn n_events_verify_exactly_n_and_an_independent_reader_agrees() {
     assert_eq!(read["distinct_coordinates"], 3_000);
     let cols: Vec<&str> = read["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     assert_eq!(cols, ["id", "value", "ts", "_kafka_topic", "_kafka_partition", "_kafka_offset", "_kafka_timestamp", "_epoch"]);
-    common::assert_each_epoch_committed_once(&dir.path().join("table"), &config.id);
+    common::assert_each_epoch_committed_once(&dir.path().join("table"), &config.id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +65,7 @@ async fn stop_and_restart_while_producing_stays_exactly_once() {
     let audit = common::assert_verified(&config).await;
     assert_eq!(audit.total(|p| p.expected), 6_000);
     assert!(audit.total(|p| p.dead_lettered) > 0);
-    common::assert_each_epoch_committed_once(&table, &config.id);
+    common::assert_each_epoch_committed_once(&table, &config.id).await;
     assert_eq!(common::read_with_python(&table)["rows"].as_u64().unwrap(), audit.total(|p| p.rows));
 }
 
@@ -96,8 +96,8 @@ async fn failpoint_case(failpoint: &str, action: FailAction) -> exactly::verify:
     let audit = common::assert_verified(&config).await;
     assert_eq!(audit.total(|p| p.expected), 2_000);
     assert_eq!(audit.total(|p| p.dead_lettered), 50);
-    common::assert_each_epoch_committed_once(&dir.path().join("table"), &config.id);
-    common::assert_each_epoch_committed_once(&dir.path().join("table_dead_letters"), &config.id);
+    common::assert_each_epoch_committed_once(&dir.path().join("table"), &config.id).await;
+    common::assert_each_epoch_committed_once(&dir.path().join("table_dead_letters"), &config.id).await;
     audit
 }
 
@@ -164,7 +164,7 @@ async fn a_failure_while_the_stop_commits_is_retried_and_the_stop_succeeds() {
         assert!(!failpoints.is_armed(failpoint), "{failpoint}: the fail point fired");
         let audit = common::assert_verified(&config).await;
         assert_eq!(audit.total(|p| p.rows), 500, "{failpoint}: the stop committed everything consumed");
-        common::assert_each_epoch_committed_once(&dir.path().join("table"), &config.id);
+        common::assert_each_epoch_committed_once(&dir.path().join("table"), &config.id).await;
     }
 }
 
@@ -217,12 +217,7 @@ async fn sinks_creating_one_table_at_once_leave_one_create() {
         let sinks: Vec<_> = (0..6).map(|_| exactly::pipeline::sink_for(&config, Default::default()).unwrap()).collect();
         let opened = futures::future::join_all(sinks.iter().map(|s| s.recorded(&[]))).await;
         assert!(opened.iter().all(Result::is_ok), "round {round}: {opened:?}");
-        let log = dir.path().join("table/_delta_log");
-        let creates = std::fs::read_dir(&log)
-            .unwrap()
-            .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
-            .filter(|text| text.contains(r#""operation":"CREATE TABLE""#))
-            .count();
+        let creates = common::commits_of(dir.path().join("table"), "CREATE TABLE").await.len();
         assert_eq!(creates, 1, "round {round}: one CREATE TABLE");
     }
 }

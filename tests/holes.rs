@@ -45,7 +45,7 @@ async fn partitions_added_while_running_are_read_and_audited() {
     for p in &audit.partitions {
         assert!(p.rows > 0, "{:?} has rows", p.tp);
     }
-    common::assert_each_epoch_committed_once(&table, &config.id);
+    common::assert_each_epoch_committed_once(&table, &config.id).await;
 }
 
 /// A crash between the Delta commit and the checkpoint leaves an epoch to replay; partitions
@@ -65,7 +65,7 @@ async fn a_partition_added_while_a_replay_is_pending_does_not_loop() {
     let mut child = spawn(&file, Some("after-delta-commit=abort"));
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert!(!status.success(), "the process must have aborted");
-    assert_eq!(common::txn_versions_in_log(&table, &config.id), vec![1]);
+    assert_eq!(common::txn_versions(&table, &config.id).await, vec![1]);
 
     add_partitions(&topic, 3).await;
     common::produce_events(&topic, 1_000, 2_000).await;
@@ -75,7 +75,7 @@ async fn a_partition_added_while_a_replay_is_pending_does_not_loop() {
     let audit = common::assert_verified(&config).await;
     assert_eq!(audit.total(|p| p.expected), 3_000);
     assert_eq!(audit.partitions.len(), 3);
-    common::assert_each_epoch_committed_once(&table, &config.id);
+    common::assert_each_epoch_committed_once(&table, &config.id).await;
 }
 
 /// A replayed epoch holding more records than `source.max_buffered_records` must still close:
@@ -104,7 +104,7 @@ async fn a_replay_larger_than_the_buffer_limit_is_not_blocked() {
 
     let audit = common::assert_verified(&config).await;
     assert_eq!(audit.total(|p| p.rows), 4_000);
-    common::assert_each_epoch_committed_once(&table, &config.id);
+    common::assert_each_epoch_committed_once(&table, &config.id).await;
 }
 
 /// Records forwarded to the aggregator and not yet in a closed epoch.
@@ -135,7 +135,7 @@ async fn a_stop_with_a_stuck_sink_ends_within_the_timeout_and_fails() {
     assert!(t0.elapsed() < Duration::from_secs(30));
     let cp = exactly::state::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap().load().unwrap().unwrap();
     assert_eq!(cp.epoch, 0, "the checkpoint is intact");
-    assert!(common::txn_versions_in_log(&dir.path().join("table"), &config.id).is_empty(), "nothing was committed");
+    assert!(common::txn_versions(dir.path().join("table"), &config.id).await.is_empty(), "nothing was committed");
 }
 
 /// An actor failing every time the stop commits the open epoch: the tree is restarted to try
@@ -200,7 +200,7 @@ async fn a_reset_that_cannot_rebuild_keyed_state_is_refused() {
     let pipeline = common::start(&config, RunOptions::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     pipeline.shutdown().await.unwrap();
-    let versions = common::txn_versions_in_log(&table, &config.id);
+    let versions = common::txn_versions(&table, &config.id).await;
 
     std::fs::remove_dir_all(config.checkpoint_dir()).unwrap();
     common::produce_events(&topic, 500, 100).await;
@@ -212,7 +212,7 @@ async fn a_reset_that_cannot_rebuild_keyed_state_is_refused() {
         .expect_err("a reset that cannot rebuild the counts is refused");
     let msg = err.to_string();
     assert!(matches!(err, exactly::Error::Recovery(_)) && msg.contains("aggregates") && !msg.contains('\n'), "{msg}");
-    assert_eq!(common::txn_versions_in_log(&table, &config.id), versions, "the table is untouched");
+    assert_eq!(common::txn_versions(&table, &config.id).await, versions, "the table is untouched");
     common::assert_verified(&config).await;
 }
 

@@ -129,40 +129,19 @@ async fn a_concurrent_optimize_loop_never_shows_a_group_twice() {
     common::assert_verified(&config).await;
 }
 
-/// Every commit of a table's log: `(version, actions)`, in version order.
-fn log_commits(table: &std::path::Path) -> Vec<(u64, Vec<serde_json::Value>)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(table.join("_delta_log")).unwrap().flatten() {
-        let p = e.path();
-        let Some(version) =
-            p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")).and_then(|v| v.parse().ok())
-        else {
-            continue;
-        };
-        let actions = std::fs::read_to_string(&p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        out.push((version, actions));
-    }
-    out.sort_by_key(|(v, _)| *v);
-    out
-}
-
-/// The commits whose operation is `op` (e.g. `OPTIMIZE`).
-fn commits_of(table: &std::path::Path, op: &str) -> Vec<Vec<serde_json::Value>> {
-    log_commits(table).into_iter().map(|(_, a)| a).filter(|a| a.iter().any(|x| x["commitInfo"]["operation"] == op)).collect()
-}
-
 /// Asserts a rewrite commit adds and removes files only with `dataChange = false` (a Spark-style
 /// streaming reader of the table sees no new data in it) and carries no `txn`.
-fn assert_no_data_change(actions: &[serde_json::Value]) {
+fn assert_no_data_change(actions: &[deltalake::kernel::Action]) {
+    use deltalake::kernel::Action;
     let mut files = 0;
     for a in actions {
-        for kind in ["add", "remove"] {
-            if a.get(kind).is_some() {
-                files += 1;
-                assert_eq!(a[kind]["dataChange"], false, "{kind} with dataChange: {a}");
-            }
+        match a {
+            Action::Add(add) => assert!(!add.data_change, "an add with dataChange: {add:?}"),
+            Action::Remove(remove) => assert!(!remove.data_change, "a remove with dataChange: {remove:?}"),
+            Action::Txn(t) => panic!("a rewrite carries no txn: {t:?}"),
+            _ => continue,
         }
-        assert!(a.get("txn").is_none(), "a rewrite carries no txn: {a}");
+        files += 1;
     }
     assert!(files > 0, "a rewrite commit with no files");
 }
@@ -246,7 +225,7 @@ async fn optimize_and_vacuum_append_dead_letter_and_aggregate_tables() {
             }
             assert!(report.version.is_some(), "{}: optimize committed nothing", t.display());
             assert_eq!(row_count(t).await, rows, "optimize changes no rows");
-            let optimizes = commits_of(t, "OPTIMIZE");
+            let optimizes = common::commits_of(t, "OPTIMIZE").await;
             assert_eq!(optimizes.len(), 1);
             assert_no_data_change(&optimizes[0]);
 
@@ -293,7 +272,7 @@ async fn auto_compaction_bounds_live_files_without_changing_data() {
     // Compaction runs after commits: once the last epoch landed, the last round finishes.
     let policy = exactly::maintenance::compaction::Policy { target_bytes: 128 << 20, min_files: 3 };
     let bound = (policy.min_files - 1) * (policy.tier(4 << 20) as usize + 1);
-    let epochs = common::txn_versions_in_log(&table, &config.id).len();
+    let epochs = common::txn_versions(&table, &config.id).await.len();
     assert!(epochs > bound + 5, "{epochs} epochs: too few for the bound of {bound} files to show compaction");
     for t in [&table, &dead] {
         common::wait_until(Duration::from_secs(30), &format!("{} compacted to {bound} files", t.display()), || async {
@@ -316,7 +295,7 @@ async fn auto_compaction_bounds_live_files_without_changing_data() {
     assert!(compacted > 0, "progress counts compacted files");
     pipeline.shutdown().await.unwrap();
     for t in [&table, &dead] {
-        let compactions = commits_of(t, "OPTIMIZE");
+        let compactions = common::commits_of(t, "OPTIMIZE").await;
         assert!(!compactions.is_empty(), "{}: no compaction", t.display());
         for c in &compactions {
             assert_no_data_change(c);
@@ -324,7 +303,7 @@ async fn auto_compaction_bounds_live_files_without_changing_data() {
         assert!(t.join("_delta_log/_last_checkpoint").exists(), "{}: no Delta checkpoint", t.display());
         // Checkpoints are thinned: of this run's (one every 10 commits) the first and the two
         // newest remain, and every version is still readable by another reader.
-        let version = log_commits(t).last().unwrap().0;
+        let version = common::log(t).await.last().unwrap().0;
         let checkpoints = checkpoint_versions(t);
         if t == &table {
             assert!(version >= 40, "{}: {version} versions, too few to thin", t.display());
@@ -410,7 +389,7 @@ async fn sigkill_during_auto_compaction_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(!status.success(), "the fail point aborts the process");
-    assert!(commits_of(&table, "OPTIMIZE").is_empty(), "the compaction never committed");
+    assert!(common::commits_of(&table, "OPTIMIZE").await.is_empty(), "the compaction never committed");
     let committed = row_count(&table).await;
     assert!(committed > 0);
     let audit = exactly::verify::verify(&config).await.unwrap();
@@ -423,7 +402,7 @@ async fn sigkill_during_auto_compaction_loses_nothing() {
         common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     }
     common::terminate(child).await;
-    assert!(!commits_of(&table, "OPTIMIZE").is_empty(), "compaction runs after the restart");
+    assert!(!common::commits_of(&table, "OPTIMIZE").await.is_empty(), "compaction runs after the restart");
     assert_eq!(row_count(&table).await as u64, sent + 600);
     let audit = common::assert_verified(&config).await;
     assert_eq!(audit.total(|p| p.expected), sent + 600);

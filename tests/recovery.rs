@@ -60,8 +60,8 @@ fn python_rows(path: &Path) -> usize {
 }
 
 /// The pipeline's epochs in the log of `table` (one entry per commit that recorded one).
-fn epochs(table: &Path, id: &str) -> Vec<i64> {
-    common::txn_versions_in_log(table, id)
+async fn epochs(table: &Path, id: &str) -> Vec<i64> {
+    common::txn_versions(table, id).await
 }
 
 /// Killed after the data table's first commit, before the output's and the dead letters';
@@ -85,8 +85,8 @@ async fn a_checkpoint_rebuilt_after_a_crash_between_tables_repairs_the_laggards(
     let child = spawn(&file, Some("after-delta-commit=1*abort"));
     let (status, _) = wait_exit(child, Duration::from_secs(120), "the process aborts after the data table's commit").await;
     assert!(!status.success());
-    assert_eq!(epochs(&table, &config.id), [1], "the data table got epoch 1");
-    assert!(epochs(&errors, &config.id).is_empty() && epochs(&dead, &config.id).is_empty(), "the others did not");
+    assert_eq!(epochs(&table, &config.id).await, [1], "the data table got epoch 1");
+    assert!(epochs(&errors, &config.id).await.is_empty() && epochs(&dead, &config.id).await.is_empty(), "the others did not");
     // The audit sees the dead letters the crash cut off.
     let behind = exactly::verify::verify(&config).await.unwrap();
     assert!(!behind.ok() && behind.total(|p| p.missing) > 0, "{}", behind.render());
@@ -97,7 +97,7 @@ async fn a_checkpoint_rebuilt_after_a_crash_between_tables_repairs_the_laggards(
     let file = write_config(&restarted, dir.path());
     let child = spawn(&file, None);
     common::wait_until(Duration::from_secs(90), "the dead letters of epoch 1", || async {
-        epochs(&dead, &config.id).contains(&1) && epochs(&errors, &config.id).contains(&1)
+        epochs(&dead, &config.id).await.contains(&1) && epochs(&errors, &config.id).await.contains(&1)
     })
     .await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
@@ -109,7 +109,7 @@ async fn a_checkpoint_rebuilt_after_a_crash_between_tables_repairs_the_laggards(
     assert_eq!(python_rows(&errors), errors_want, "the output got epoch 1 by the replay");
     assert_eq!(python_rows(&dead), bad, "the dead-letter table got epoch 1 by the replay");
     for t in [&table, &errors, &dead] {
-        common::assert_each_epoch_committed_once(t, &config.id);
+        common::assert_each_epoch_committed_once(t, &config.id).await;
     }
     let audit = common::assert_verified(&config).await;
     assert_eq!((audit.total(|p| p.rows), audit.total(|p| p.dead_lettered)), ((3_000 - bad) as u64, bad as u64));
@@ -183,8 +183,8 @@ async fn an_aggregate_pipeline_run_twice_on_one_table_commits_each_epoch_once() 
         let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         let _ = wait_exit(child, Duration::from_secs(60), "exits after SIGTERM").await;
     }
-    common::assert_each_epoch_committed_once(&table, &config.id);
-    assert!(epochs(&table, &config.id).len() > 1, "several epochs");
+    common::assert_each_epoch_committed_once(&table, &config.id).await;
+    assert!(epochs(&table, &config.id).await.len() > 1, "several epochs");
     let audit = common::assert_verified(&config).await;
     assert_eq!(audit.keys.as_ref().unwrap().mismatched, 0);
 
@@ -312,13 +312,10 @@ async fn optimize_zorder_of_a_pipeline_rewrites_its_data_table_only() {
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     terminate(child).await;
     let optimizes = |t: &Path| {
-        std::fs::read_dir(t.join("_delta_log"))
-            .unwrap()
-            .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
-            .filter(|text| text.contains(r#""operation":"OPTIMIZE""#))
-            .count()
+        let t = t.to_path_buf();
+        async move { common::commits_of(t, "OPTIMIZE").await.len() }
     };
-    let (dead_before, dead_rows) = (optimizes(&dead), python_rows(&dead));
+    let (dead_before, dead_rows) = (optimizes(&dead).await, python_rows(&dead));
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_exactly"))
         .args(["optimize", "--zorder", "_kafka_offset", "--config"])
@@ -327,7 +324,7 @@ async fn optimize_zorder_of_a_pipeline_rewrites_its_data_table_only() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(optimizes(&dead), dead_before, "the dead-letter table was not rewritten");
+    assert_eq!(optimizes(&dead).await, dead_before, "the dead-letter table was not rewritten");
     assert_eq!(python_rows(&dead), dead_rows);
     common::assert_verified(&config).await;
 }
@@ -347,20 +344,20 @@ async fn a_replay_under_a_changed_transform_is_refused() {
     let (table, errors) = (dir.path().join("table"), dir.path().join("errors"));
     let (status, _) = wait_exit(spawn(&file, Some("after-delta-commit=1*abort")), Duration::from_secs(60), "aborts").await;
     assert!(!status.success());
-    assert_eq!(epochs(&table, &config.id), [1]);
+    assert_eq!(epochs(&table, &config.id).await, [1]);
 
     let mut changed = config.clone();
     changed.transform = Some(exactly::config::TransformConfig { select: None, filter: Some("id >= 100".into()) });
     let changed_file = write_config(&changed, dir.path());
     let (status, stderr) = wait_exit(spawn(&changed_file, None), Duration::from_secs(60), "a refused start exits").await;
     assert!(!status.success(), "a replay under another transform must be refused");
-    assert!(epochs(&errors, &config.id).is_empty(), "nothing written under the new transform: {stderr}");
-    assert_eq!(epochs(&table, &config.id), [1]);
+    assert!(epochs(&errors, &config.id).await.is_empty(), "nothing written under the new transform: {stderr}");
+    assert_eq!(epochs(&table, &config.id).await, [1]);
 
     let file = write_config(&config, dir.path());
     let child = spawn(&file, None);
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     terminate(child).await;
     common::assert_verified(&config).await;
-    assert_eq!(epochs(&errors, &config.id).first(), Some(&1), "the replay gave the output epoch 1");
+    assert_eq!(epochs(&errors, &config.id).await.first(), Some(&1), "the replay gave the output epoch 1");
 }

@@ -51,26 +51,22 @@ async fn refusal(config: &PipelineConfig) -> String {
 
 /// The Delta log's commits, in order: (version, whether it changes the schema to one with
 /// `extra`, files added).
-fn log(table: &Path) -> Vec<(u64, bool, usize)> {
-    log_of(table, "\"extra\"")
+async fn log(table: &Path) -> Vec<(u64, bool, usize)> {
+    log_of(table, "\"extra\"").await
 }
 
 /// [`log`], for a schema change to one whose text holds `marker`.
-pub(crate) fn log_of(table: &Path, marker: &str) -> Vec<(u64, bool, usize)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(table.join("_delta_log")).unwrap() {
-        let path = entry.unwrap().path();
-        let Some(version) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else { continue };
-        let Ok(version) = version.parse::<u64>() else { continue };
-        let text = std::fs::read_to_string(&path).unwrap();
-        let actions: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        let schema =
-            actions.iter().any(|a| a.get("metaData").is_some_and(|m| m["schemaString"].as_str().unwrap().contains(marker)));
-        let adds = actions.iter().filter(|a| a.get("add").is_some()).count();
-        out.push((version, schema, adds));
-    }
-    out.sort();
-    out
+pub(crate) async fn log_of(table: &Path, marker: &str) -> Vec<(u64, bool, usize)> {
+    use deltalake::kernel::Action;
+    common::log(table)
+        .await
+        .into_iter()
+        .map(|(version, actions)| {
+            let schema = actions.iter().any(|a| matches!(a, Action::Metadata(m) if m.schema_string().contains(marker)));
+            let adds = actions.iter().filter(|a| matches!(a, Action::Add(_))).count();
+            (version, schema, adds)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +82,7 @@ async fn a_field_added_mid_stream_joins_the_table_with_its_first_values() {
     let pipeline = common::start(&config, Default::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     pipeline.shutdown().await.unwrap();
-    let before = log(&table);
+    let before = log(&table).await;
     assert!(before.iter().all(|(_, schema, _)| !schema), "no `extra` column yet");
 
     // The producer starts sending `extra`; the config declares it (a restart, as a config
@@ -95,7 +91,7 @@ async fn a_field_added_mid_stream_joins_the_table_with_its_first_values() {
     fields(&mut config, Some(FieldType::String), SchemaEvolution::None);
     let refused = refusal(&config).await;
     assert!(refused.contains("`extra`") && refused.contains("schema_evolution"), "{refused}");
-    assert_eq!(log(&table), before, "the refusal wrote nothing");
+    assert_eq!(log(&table).await, before, "the refusal wrote nothing");
 
     fields(&mut config, Some(FieldType::String), SchemaEvolution::AddColumns);
     let pipeline = common::start(&config, Default::default()).await;
@@ -103,7 +99,7 @@ async fn a_field_added_mid_stream_joins_the_table_with_its_first_values() {
     pipeline.shutdown().await.unwrap();
 
     // One commit changes the schema, and it is the one that adds the first files with values.
-    let after = log(&table);
+    let after = log(&table).await;
     let changes: Vec<&(u64, bool, usize)> = after.iter().filter(|(_, schema, _)| *schema).collect();
     assert_eq!(changes.len(), 1, "{after:?}");
     let (version, _, adds) = *changes[0];
@@ -149,24 +145,24 @@ async fn a_process_killed_around_the_evolving_commit_stays_exactly_once() {
     // SIGKILLed in the evolving epoch, its files (with the new column) written but not
     // committed: the table is as it was.
     common::kill_with_files_written(&file, &table).await;
-    assert!(log(&table).iter().all(|(_, schema, _)| !schema), "no schema change without its commit");
+    assert!(log(&table).await.iter().all(|(_, schema, _)| !schema), "no schema change without its commit");
     // Killed by an abort with the files written, once more: nothing changes either.
     let (status, _) = common::wait_exit(spawn(&file, Some("after-parquet-write=abort")), Duration::from_secs(60), "abort").await;
     assert!(!status.success());
-    assert!(log(&table).iter().all(|(_, schema, _)| !schema), "no schema change without its commit");
+    assert!(log(&table).await.iter().all(|(_, schema, _)| !schema), "no schema change without its commit");
     // Killed right after the evolving commit, before the checkpoint: the replay must neither
     // write the epoch again nor change the schema again.
     let (status, _) = common::wait_exit(spawn(&file, Some("after-delta-commit=abort")), Duration::from_secs(60), "abort").await;
     assert!(!status.success());
-    assert_eq!(log(&table).iter().filter(|(_, schema, _)| *schema).count(), 1);
+    assert_eq!(log(&table).await.iter().filter(|(_, schema, _)| *schema).count(), 1);
     let child = spawn(&file, None);
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     terminate(child).await;
 
-    assert_eq!(log(&table).iter().filter(|(_, schema, _)| *schema).count(), 1, "the schema changed once");
+    assert_eq!(log(&table).await.iter().filter(|(_, schema, _)| *schema).count(), 1, "the schema changed once");
     let audit = common::assert_verified(&config).await;
     assert_eq!(audit.total(|p| p.rows), 100);
-    common::assert_each_epoch_committed_once(&table, &config.id);
+    common::assert_each_epoch_committed_once(&table, &config.id).await;
     let read = common::read_rows_with_python(&table);
     let with_extra = read["records"].as_array().unwrap().iter().filter(|r| r["extra"].is_string()).count();
     assert_eq!((read["rows"].as_u64(), with_extra), (Some(100), 50));
@@ -197,7 +193,7 @@ async fn a_struct_member_added_mid_stream_survives_compaction() {
         common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
         pipeline.shutdown().await.unwrap();
     }
-    let changes = log_of(&table, "\"lon\"").into_iter().filter(|(_, schema, adds)| *schema && *adds > 0).count();
+    let changes = log_of(&table, "\"lon\"").await.into_iter().filter(|(_, schema, adds)| *schema && *adds > 0).count();
     assert_eq!(changes, 1, "the member joined in one data commit");
 
     // Files from before and after the change are compacted together; old rows keep a null member.

@@ -214,7 +214,7 @@ async fn counts_through_restarts_and_a_failure(mode: OutputMode) {
     let audit = common::assert_verified(&config).await;
     let keys = audit.keys.as_ref().unwrap();
     assert_eq!((keys.expected, keys.found, keys.mismatched), (10, 10, 0));
-    common::assert_each_epoch_committed_once(&dir.path().join("table"), &config.id);
+    common::assert_each_epoch_committed_once(&dir.path().join("table"), &config.id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +247,7 @@ async fn counts_survive_sigkill_at_random_moments() {
     common::terminate(child).await;
     let audit = common::assert_verified(&config).await;
     assert_eq!(audit.keys.as_ref().unwrap().mismatched, 0);
-    common::assert_each_epoch_committed_once(&dir.path().join("table"), &config.id);
+    common::assert_each_epoch_committed_once(&dir.path().join("table"), &config.id).await;
 }
 
 /// Sum of the `count` column of the table's latest snapshot, and its version.

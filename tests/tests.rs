@@ -1,6 +1,8 @@
 //! The integration suite: one binary, every test against the real Apache Kafka broker that
 //! `just test` starts (or the cluster in `KAFKA_BROKERS`).
 
+// The toolkit shared with the chaos suite: names, config files, processes, table logs.
+mod kit;
 // Shared helpers: broker address, unique topics, producing, waiting with a deadline.
 mod common;
 // Every record of a topic is committed exactly once, in per-partition offset order.

@@ -164,26 +164,22 @@ fn nondeterministic_and_unnamed_expressions_are_refused_at_start() {
 
 /// The partition values of a table's live files, from its Delta log (a file that adds and a
 /// later one that removes it cancel out); the table's partition columns.
-fn partitions_in_log(table: &std::path::Path) -> (Vec<String>, std::collections::BTreeSet<String>) {
+async fn partitions_in_log(table: &std::path::Path) -> (Vec<String>, std::collections::BTreeSet<String>) {
+    use deltalake::kernel::Action;
     let mut files: std::collections::BTreeMap<String, String> = Default::default();
     let mut columns = Vec::new();
-    let mut logs: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    logs.sort();
-    for log in logs {
-        for line in std::fs::read_to_string(&log).unwrap().lines() {
-            let action: serde_json::Value = serde_json::from_str(line).unwrap();
-            if let Some(m) = action.get("metaData") {
-                columns = m["partitionColumns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
-            }
-            if let Some(a) = action.get("add") {
-                files.insert(a["path"].as_str().unwrap().to_string(), a["partitionValues"].to_string());
-            }
-            if let Some(r) = action.get("remove") {
-                files.remove(r["path"].as_str().unwrap());
+    for (_, actions) in common::log(table).await {
+        for action in actions {
+            match action {
+                Action::Metadata(m) => columns = m.partition_columns().to_vec(),
+                Action::Add(a) => {
+                    let values: std::collections::BTreeMap<_, _> = a.partition_values.into_iter().collect();
+                    files.insert(a.path, serde_json::to_string(&values).unwrap());
+                }
+                Action::Remove(r) => {
+                    files.remove(&r.path);
+                }
+                _ => {}
             }
         }
     }
@@ -213,12 +209,12 @@ async fn a_derived_column_partitions_the_table() {
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     pipeline.shutdown().await.unwrap();
 
-    let (columns, values) = partitions_in_log(&table);
+    let (columns, values) = partitions_in_log(&table).await;
     assert_eq!(columns, ["date"]);
     let want: std::collections::BTreeSet<String> =
         ["2026-11-26", "2026-11-27", "2026-11-28"].iter().map(|d| serde_json::json!({ "date": d }).to_string()).collect();
     assert_eq!(values, want, "files per day (ids 0-11, 12-23, 24-29)");
-    let (dead_columns, _) = partitions_in_log(&dir.path().join("table_dead_letters"));
+    let (dead_columns, _) = partitions_in_log(&dir.path().join("table_dead_letters")).await;
     assert!(dead_columns.is_empty(), "the dead-letter table is not partitioned");
     let read = common::read_rows_with_python(&table);
     let mut rows = common::row_values(&read, &["id", "date"]);
@@ -271,13 +267,14 @@ async fn a_topic_fans_out_to_several_tables_exactly_once() {
 
     // SIGKILLed after the main table's first commit (held there by a fail point): the outputs
     // have not got that epoch.
-    let epochs = |t: &std::path::Path| if t.exists() { common::txn_versions_in_log(t, &config.id) } else { Vec::new() };
+    let epochs = |t: &std::path::Path| common::txn_versions(t.to_path_buf(), &config.id);
     let mut child = spawn(&file, Some("after-delta-commit=sleep(60000)"));
-    common::wait_until(Duration::from_secs(60), "the main table's first commit", || async { !epochs(&table).is_empty() }).await;
+    common::wait_until(Duration::from_secs(60), "the main table's first commit", || async { !epochs(&table).await.is_empty() })
+        .await;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert_eq!(epochs(&table), [1], "the main table got epoch 1");
-    assert!(epochs(&errors).is_empty() && epochs(&big).is_empty(), "the outputs did not");
+    assert_eq!(epochs(&table).await, [1], "the main table got epoch 1");
+    assert!(epochs(&errors).await.is_empty() && epochs(&big).await.is_empty(), "the outputs did not");
     // The audit sees the outputs behind the main table: their rows of epoch 1 are missing.
     let behind = exactly::verify::verify(&config).await.unwrap();
     let missing: u64 = behind.outputs.iter().flat_map(|o| &o.partitions).map(|p| p.missing).sum();
@@ -287,8 +284,8 @@ async fn a_topic_fans_out_to_several_tables_exactly_once() {
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     terminate(child).await;
     for t in [&table, &errors, &big] {
-        common::assert_each_epoch_committed_once(t, &config.id);
-        assert_eq!(epochs(t).first(), Some(&1), "{} holds epoch 1", t.display());
+        common::assert_each_epoch_committed_once(t, &config.id).await;
+        assert_eq!(epochs(t).await.first(), Some(&1), "{} holds epoch 1", t.display());
     }
 
     let ids = |t: &std::path::Path, cols: &[&str]| {

@@ -9,24 +9,12 @@ pub const EPOCH_SCAN: u64 = 2_000;
 /// Epochs of `pipeline` that more than one commit of `table` (among its newest [`EPOCH_SCAN`])
 /// recorded, as "<table>: epoch E committed N times".
 pub(super) async fn epochs_committed_twice(table: &DeltaTable, path: &TableLocation, pipeline: &str) -> Result<Vec<String>> {
-    use futures::StreamExt;
     let Some(latest) = table.version() else { return Ok(Vec::new()) };
-    let store = table.log_store();
     let versions = latest.saturating_sub(EPOCH_SCAN - 1)..=latest;
-    let entries: Vec<_> =
-        futures::stream::iter(versions).map(|v| store.read_commit_entry(v)).buffer_unordered(16).collect().await;
     let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
-    for entry in entries {
-        let Some(bytes) = entry.map_err(|e| Error::Sink(format!("reading the log of {}: {e}", path.display())))? else {
-            continue;
-        };
-        for line in String::from_utf8_lossy(&bytes).lines() {
-            let Ok(action) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-            if action["txn"]["appId"].as_str() == Some(pipeline) {
-                if let Some(v) = action["txn"]["version"].as_i64() {
-                    *counts.entry(v).or_default() += 1;
-                }
-            }
+    for (_, actions) in crate::sink::delta::table::commits(table, path, versions).await? {
+        for v in crate::sink::delta::table::txn_versions(&actions, pipeline) {
+            *counts.entry(v).or_default() += 1;
         }
     }
     Ok(counts

@@ -5,15 +5,18 @@
 // A proxy in front of the real S3 server that loses one answer.
 pub mod proxy;
 
+use crate::kit;
+pub use crate::kit::unique;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::{Array, Int32Array, Int64Array, StringArray};
 use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::Action;
 use exactly::config::{DecodeConfig, PipelineConfig, TableLocation};
 use exactly::model::{OFFSET_COL, PARTITION_COL, TOPIC_COL};
 use exactly::sink::EpochBatch;
@@ -45,13 +48,6 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     Some(buf.split_once("\r\n\r\n")?.1.to_string())
-}
-
-/// A name no other test (or earlier run) uses.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}-{}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos % 1_000_000_000)
 }
 
 /// Creates a fresh topic with `partitions` partitions and returns its name.
@@ -231,31 +227,32 @@ fn python_reader(table: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Every `txn` version the Delta log of `table` holds for `app_id`, one per commit that wrote it.
-pub fn txn_versions_in_log(table: &Path, app_id: &str) -> Vec<i64> {
-    let mut versions = Vec::new();
-    let Ok(entries) = std::fs::read_dir(table.join("_delta_log")) else { return versions };
-    for e in entries.flatten() {
-        if e.path().extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        for line in std::fs::read_to_string(e.path()).unwrap().lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            if v["txn"]["appId"] == app_id {
-                versions.push(v["txn"]["version"].as_i64().unwrap());
-            }
-        }
-    }
-    versions.sort_unstable();
-    versions
+/// Every `txn` version the Delta log of `table` (any store) holds for `app_id`, one per commit
+/// that wrote it (empty: no table).
+pub async fn txn_versions(table: impl Into<TableLocation>, app_id: &str) -> Vec<i64> {
+    kit::txn_versions(&table.into(), app_id).await.unwrap()
+}
+
+/// Every commit of the table's log as delta-rs reads it: `(version, actions)`, oldest first
+/// (empty: no table).
+pub async fn log(table: impl Into<TableLocation>) -> Vec<(u64, Vec<Action>)> {
+    kit::log_commits(&table.into()).await.unwrap()
+}
+
+/// The commits of the table's log whose operation is `op` (e.g. `OPTIMIZE`).
+pub async fn commits_of(table: impl Into<TableLocation>, op: &str) -> Vec<Vec<Action>> {
+    let of_op =
+        |actions: &[Action]| actions.iter().any(|a| matches!(a, Action::CommitInfo(i) if i.operation.as_deref() == Some(op)));
+    log(table).await.into_iter().map(|(_, a)| a).filter(|a| of_op(a)).collect()
 }
 
 /// Asserts no epoch was committed twice to `table`.
-pub fn assert_each_epoch_committed_once(table: &Path, pipeline: &str) {
-    let versions = txn_versions_in_log(table, pipeline);
+pub async fn assert_each_epoch_committed_once(table: impl Into<TableLocation>, pipeline: &str) {
+    let table = table.into();
+    let versions = txn_versions(table.clone(), pipeline).await;
     let mut dedup = versions.clone();
     dedup.dedup();
-    assert_eq!(versions, dedup, "an epoch was committed twice to {}", table.display());
+    assert_eq!(versions, dedup, "an epoch was committed twice to {table}");
 }
 
 /// Sum of the high watermarks of a topic's partitions.
@@ -294,25 +291,17 @@ pub async fn start(config: &PipelineConfig, options: exactly::pipeline::RunOptio
 
 /// Writes `config` as `dir/pipeline.toml`.
 pub fn write_config(config: &exactly::PipelineConfig, dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
-    path
+    kit::write_config(config, dir).unwrap()
 }
 
 /// Starts `exactly run` on `config`. The config names its brokers (`KAFKA_BROKERS` would
 /// replace them: the secured listeners of the security tests are not the plaintext one).
 pub fn spawn(config: &Path, failpoints: Option<&str>) -> Child {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_exactly"));
-    c.args(["run", "--progress", "off", "--config"])
-        .arg(config)
+    kit::exactly_run(Path::new(env!("CARGO_BIN_EXE_exactly")), config, failpoints)
         .env("RUST_LOG", "off")
-        .env_remove("KAFKA_BROKERS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if let Some(fp) = failpoints {
-        c.env("EXACTLY_FAILPOINTS", fp);
-    }
-    c.spawn().unwrap()
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// Waits up to `deadline` for `child` (started by [`spawn`]) to exit; its status and stderr.
@@ -353,8 +342,7 @@ pub async fn kill_with_files_written(config: &Path, table: &Path) {
 
 /// SIGTERM (graceful: commits the open epoch), then waits for a clean exit.
 pub async fn terminate(child: Child) {
-    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    assert!(status.success());
+    kit::sigterm(&child).unwrap();
     let (status, stderr) = wait_exit(child, Duration::from_secs(60), "exits after SIGTERM").await;
     assert!(status.success(), "graceful stop must exit 0: {status}; stderr: {stderr}");
 }
@@ -428,23 +416,4 @@ pub async fn recreate_topic(topic: &str, partitions: i32) {
 pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
     static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     HEAVY.lock().await
-}
-
-/// Every `txn` version the Delta log of the table at `location` (any store) holds for `app_id`,
-/// one per commit that wrote it.
-pub async fn txn_versions_in_store(location: &TableLocation, app_id: &str) -> Vec<i64> {
-    let Some(table) = exactly::sink::delta::load_table(location.clone()).await.unwrap() else { return Vec::new() };
-    let store = table.log_store();
-    let mut versions = Vec::new();
-    for v in 0..=table.version().unwrap_or(0) {
-        let Some(bytes) = store.read_commit_entry(v).await.unwrap() else { continue };
-        for line in String::from_utf8_lossy(&bytes).lines() {
-            let action: serde_json::Value = serde_json::from_str(line).unwrap();
-            if action["txn"]["appId"] == app_id {
-                versions.push(action["txn"]["version"].as_i64().unwrap());
-            }
-        }
-    }
-    versions.sort_unstable();
-    versions
 }

@@ -36,3 +36,47 @@ pub async fn load_table(path: impl Into<TableLocation>) -> Result<Option<DeltaTa
         Err(e) => Err(delta_err(&path, e)),
     }
 }
+
+/// The actions of `versions` of `table`'s log, read as delta-rs reads them (16 commits at a
+/// time), in the order asked; a version no longer in the log (cleaned up) is left out. The one
+/// reader of commit files: the recorded epochs, the audit's log rules and the tests use it.
+pub async fn commits(
+    table: &DeltaTable,
+    path: &TableLocation,
+    versions: impl Iterator<Item = u64>,
+) -> Result<Vec<(u64, Vec<deltalake::kernel::Action>)>> {
+    use futures::StreamExt;
+    let store = table.log_store();
+    let read: Vec<_> = futures::stream::iter(versions)
+        .map(|v| {
+            let store = store.clone();
+            async move { (v, store.read_commit_entry(v).await) }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    let mut out = Vec::with_capacity(read.len());
+    for (version, entry) in read {
+        let Some(bytes) = entry.map_err(|e| delta_err(path, e))? else { continue };
+        // An action this delta-rs does not know is no action of ours: passed over.
+        let actions = String::from_utf8_lossy(&bytes).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        out.push((version, actions));
+    }
+    Ok(out)
+}
+
+/// The `txn` versions of `app_id` among `actions`.
+pub fn txn_versions<'a>(actions: &'a [deltalake::kernel::Action], app_id: &'a str) -> impl Iterator<Item = i64> + 'a {
+    actions.iter().filter_map(move |a| match a {
+        deltalake::kernel::Action::Txn(t) if t.app_id == app_id => Some(t.version),
+        _ => None,
+    })
+}
+
+/// The `exactly` metadata of the commit info among `actions`, if any.
+pub fn exactly_info(actions: &[deltalake::kernel::Action]) -> Option<&serde_json::Value> {
+    actions.iter().find_map(|a| match a {
+        deltalake::kernel::Action::CommitInfo(info) => info.info.get("exactly"),
+        _ => None,
+    })
+}

@@ -93,19 +93,22 @@ pub struct EpochCommit {
 /// newest commits).
 pub async fn epoch_commit(table: &DeltaTable, path: &TableLocation, pipeline: &str, epoch: u64) -> Result<Option<EpochCommit>> {
     let Some(latest) = table.version() else { return Ok(None) };
-    let store = table.log_store();
-    // Newest first: the epoch's commit is the newest but for maintenance commits after it.
-    for version in (0..=latest).rev().take(EPOCH_SCAN) {
-        let Some(bytes) = store.read_commit_entry(version).await.map_err(|e| delta_err(path, e))? else { continue };
-        let text = String::from_utf8_lossy(&bytes);
-        let Some(info) = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|a| a.get("commitInfo").is_some())
-        else {
-            continue;
-        };
-        let meta = &info["commitInfo"]["exactly"];
+    // Newest first, a few at a time: the epoch's commit is the newest but for maintenance
+    // commits after it.
+    let newest: Vec<u64> = (0..=latest).rev().take(EPOCH_SCAN).collect();
+    for chunk in newest.chunks(4) {
+        if let Some(found) = epoch_commit_among(super::table::commits(table, path, chunk.iter().copied()).await?, pipeline, epoch)
+        {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// The `exactly` commit info of `pipeline`'s epoch `epoch` among `commits`.
+fn epoch_commit_among(commits: Vec<(u64, Vec<deltalake::kernel::Action>)>, pipeline: &str, epoch: u64) -> Option<EpochCommit> {
+    for (_, actions) in commits {
+        let Some(meta) = super::table::exactly_info(&actions) else { continue };
         if meta["pipeline"].as_str() != Some(pipeline) || meta["epoch"].as_u64() != Some(epoch) || meta.get("member").is_some() {
             continue;
         }
@@ -119,7 +122,7 @@ pub async fn epoch_commit(table: &DeltaTable, path: &TableLocation, pipeline: &s
                 .collect::<Option<Offsets>>()
         });
         let meaning = serde_json::from_value(meta["meaning"].clone()).ok();
-        return Ok(Some(EpochCommit { starts, meaning }));
+        return Some(EpochCommit { starts, meaning });
     }
-    Ok(None)
+    None
 }
