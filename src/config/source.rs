@@ -1,0 +1,178 @@
+//! `[source]`: the topics, the brokers, where to start, group mode, and the consumer properties the pipeline manages.
+
+use super::*;
+
+/// Consumer properties the pipeline sets itself, which `source.properties` may not change, and
+/// why (the config check quotes the reason).
+pub const MANAGED_PROPERTIES: &[(&str, &str)] = &[
+    ("enable.auto.commit", "progress lives in the checkpoint and the sink, not in Kafka"),
+    ("enable.auto.offset.store", "progress lives in the checkpoint and the sink, not in Kafka"),
+    ("group.id", "progress lives in the checkpoint and the sink, not in Kafka"),
+    ("isolation.level", "the pipeline reads read_committed, so records of aborted or open transactions never reach a table"),
+    (
+        "auto.offset.reset",
+        "a committed position that Kafka no longer holds stops the pipeline instead of silently skipping records",
+    ),
+];
+
+/// Consumer properties group mode sets itself (beyond [`MANAGED_PROPERTIES`]).
+pub const GROUP_MANAGED_PROPERTIES: &[(&str, &str)] = &[(
+    "partition.assignment.strategy",
+    "group mode uses cooperative-sticky: a rebalance moves only the partitions that change owner",
+)];
+
+/// Where records come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// Kafka bootstrap servers, comma separated. Replaced by `KAFKA_BROKERS` when that is set.
+    pub brokers: String,
+    /// Topics to read; every partition of each is read by its own consumer actor.
+    pub topics: Vec<String>,
+    /// Where a pipeline with no checkpoint starts: `earliest` (the whole retained topic) or
+    /// `latest` (only records produced after the first start). Ignored once a checkpoint exists.
+    pub starting_offsets: StartingOffsets,
+    /// Most records a consumer forwards in one message to the aggregator.
+    pub max_batch_records: usize,
+    /// Back-pressure: consumers stop reading while this many records are consumed but not yet
+    /// committed (a slow sink then bounds memory instead of growing it).
+    pub max_buffered_records: u64,
+    /// TLS and authentication of every connection to the brokers (`[source.security]`; see
+    /// docs/config.md and the README's "Secured Kafka").
+    pub security: security::SecurityConfig,
+    /// Extra librdkafka client properties (fetch sizes, rarer security settings, ...), given to
+    /// every client the pipeline, `verify`, `produce` and `topics` make. The properties in
+    /// [`kafka::MANAGED_PROPERTIES`] (`enable.auto.commit`, `group.id`, `isolation.level`, ...)
+    /// are managed by the pipeline and refused here: Kafka's committed offsets are never the
+    /// source of truth, and records of aborted transactions never reach a table.
+    pub properties: BTreeMap<String, String>,
+    /// How long to wait for the brokers at start-up before giving up, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// How often the topics' partition lists are looked up while running, in milliseconds.
+    /// Partitions added to a topic are read from their earliest offset within this delay (the
+    /// open epoch is committed, then the actor tree restarts with a consumer for each new
+    /// partition; no restart budget is spent).
+    pub partition_discovery_ms: u64,
+    /// Group mode: the Kafka consumer group several processes of this pipeline share. Every
+    /// process started with the same config (same `id`, same `group_id`) owns a share of the
+    /// topics' partitions (cooperative-sticky assignment), runs the actor tree for them and
+    /// commits its own epochs to the shared tables; the table, not the checkpoint, says where
+    /// each partition resumes (ARCHITECTURE.md, "Group mode"). Unset: one process reads every
+    /// partition (the default). Stateless pipelines only, for now.
+    pub group_id: Option<String>,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topics: Vec::new(),
+            starting_offsets: StartingOffsets::Earliest,
+            max_batch_records: 5_000,
+            max_buffered_records: 1_000_000,
+            security: Default::default(),
+            properties: BTreeMap::new(),
+            connect_timeout_ms: 10_000,
+            partition_discovery_ms: 10_000,
+            group_id: None,
+        }
+    }
+}
+
+/// Where a fresh pipeline starts reading.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StartingOffsets {
+    /// From the oldest retained record.
+    Earliest,
+    /// From the end of each partition at first start.
+    Latest,
+}
+
+impl PipelineConfig {
+    /// `[source]`.
+    pub(super) fn check_source(&self, bad: &Bad, origin: &str) -> Result<(), ConfigError> {
+        if self.source.brokers.trim().is_empty() {
+            return Err(bad("source.brokers", "is empty; give host:port[,host:port] or set KAFKA_BROKERS".into()));
+        }
+        if self.source.topics.is_empty() {
+            return Err(bad("source.topics", "is empty; name at least one topic, e.g. topics = [\"events\"]".into()));
+        }
+        if let Some(t) = self
+            .source
+            .topics
+            .iter()
+            .find(|t| t.is_empty() || t.len() > 249 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return Err(bad("source.topics", format!("has {t:?}, which is not a valid Kafka topic name")));
+        }
+        if self.source.max_buffered_records == 0 {
+            return Err(bad("source.max_buffered_records", "must be at least 1".into()));
+        }
+        if self.source.max_batch_records == 0 {
+            return Err(bad("source.max_batch_records", "must be at least 1".into()));
+        }
+        for (key, why) in MANAGED_PROPERTIES {
+            if self.source.properties.contains_key(*key) {
+                return Err(bad(
+                    &format!("source.properties.\"{key}\""),
+                    format!("is managed by the pipeline and cannot be set: {why}"),
+                ));
+            }
+        }
+        self.source.security.check(&self.source.properties).map_err(|p| ConfigError::Invalid {
+            path: origin.to_string(),
+            field: p.field,
+            problem: p.problem,
+        })?;
+        if self.source.connect_timeout_ms == 0 {
+            return Err(bad("source.connect_timeout_ms", "must be at least 1".into()));
+        }
+        if self.source.partition_discovery_ms < 100 {
+            return Err(bad("source.partition_discovery_ms", "must be at least 100 (milliseconds)".into()));
+        }
+        Ok(())
+    }
+
+    /// Group mode (`source.group_id`) and what it cannot be combined with.
+    pub(super) fn check_group(&self, bad: &Bad) -> Result<(), ConfigError> {
+        if let Some(group) = &self.source.group_id {
+            for (key, why) in GROUP_MANAGED_PROPERTIES {
+                if self.source.properties.contains_key(*key) {
+                    return Err(bad(
+                        &format!("source.properties.\"{key}\""),
+                        format!("is managed in group mode and cannot be set: {why}"),
+                    ));
+                }
+            }
+            if group.is_empty() || !group.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                return Err(bad("source.group_id", format!("is {group:?}; use letters, digits, '.', '_' or '-'")));
+            }
+            let stateful = match (&self.dedup, &self.aggregate) {
+                (Some(_), _) => Some("dedup"),
+                (None, Some(_)) => Some("aggregate"),
+                _ => None,
+            };
+            if let Some(section) = stateful {
+                return Err(bad(
+                    "source.group_id",
+                    format!("cannot be used with [{section}] yet: keyed state lives in one process's RocksDB and does not move with its partition (ARCHITECTURE.md, \"Group mode\"); run a stateful pipeline as one process"),
+                ));
+            }
+            if !matches!(self.sink, SinkConfig::Delta { .. }) {
+                return Err(bad(
+                    "source.group_id",
+                    "needs a Delta sink: in group mode the table records where each partition resumes".into(),
+                ));
+            }
+            if self.checkpoint.rebuild_from_table {
+                return Err(bad(
+                    "checkpoint.rebuild_from_table",
+                    "has no meaning in group mode: members keep no checkpoint, the table records where each partition resumes"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
