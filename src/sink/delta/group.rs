@@ -1,0 +1,408 @@
+//! Group mode's writes: a member's claim, and data and dead-letter commits that keep only the
+//! rows past each table's own record, decided again on every attempt.
+
+use super::*;
+
+/// The rows of `rows` at or past `from`'s offset for their partition (partitions `from` does not
+/// name keep every row).
+pub(super) fn rows_from(rows: &[RecordBatch], from: &Offsets) -> Result<Vec<RecordBatch>> {
+    use deltalake::arrow::array::{Array, BooleanArray, Int32Array, StringArray};
+    let bad = |what: &str| Error::Sink(format!("rows without a {what} column"));
+    let mut out = Vec::with_capacity(rows.len());
+    for b in rows {
+        let offsets = crate::decode::offsets(b).ok_or_else(|| bad(crate::model::OFFSET_COL))?;
+        let parts = b
+            .column_by_name(crate::model::PARTITION_COL)
+            .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
+            .ok_or_else(|| bad(crate::model::PARTITION_COL))?;
+        let topics = b
+            .column_by_name(crate::model::TOPIC_COL)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| bad(crate::model::TOPIC_COL))?;
+        let keep: BooleanArray = (0..b.num_rows())
+            .map(|i| {
+                let tp = TopicPartition::new(topics.value(i), parts.value(i));
+                Some(from.get(&tp).is_none_or(|f| offsets.value(i) >= *f))
+            })
+            .collect();
+        if keep.true_count() == b.num_rows() {
+            out.push(b.clone());
+        } else if keep.true_count() > 0 {
+            out.push(deltalake::arrow::compute::filter_record_batch(b, &keep).map_err(|e| Error::Sink(e.to_string()))?);
+        }
+    }
+    Ok(out)
+}
+
+/// Group mode's claim of partitions, as a [`commit::Writer`]: a token above every claim the
+/// table holds, and where each partition resumes by the table's record as just read (a
+/// partition it never recorded is pinned at its `unrecorded` offset).
+pub(super) struct Claim<'a> {
+    sink: &'a DeltaSink,
+    dead: Option<&'a DeltaTable>,
+    partitions: &'a [TopicPartition],
+    unrecorded: &'a crate::sink::Unrecorded,
+    member: &'a str,
+    /// The token and starts of the last decision (those of the claim that landed).
+    token: i64,
+    start: Offsets,
+}
+
+impl commit::Writer for Claim<'_> {
+    async fn decide(&mut self, table: &DeltaTable, _sent: bool) -> Result<commit::Decision> {
+        let pipeline = &self.sink.pipeline;
+        // A token above every claim committed before this snapshot; a claim committed after
+        // it lands first, and this one is decided again.
+        let token = table.version().unwrap_or(0) as i64 + 1;
+        let mut start = Offsets::new();
+        let mut txns = Vec::new();
+        for tp in self.partitions {
+            txns.push(Transaction::new(owner_app_id(pipeline, tp), token));
+            let from = match self.sink.resume_at(table, self.dead, tp).await? {
+                Some(from) => from,
+                None => {
+                    // Never committed: pinned by this claim, at `starting_offsets` for a topic the
+                    // table never recorded, at the earliest offset for a partition added to a
+                    // topic it did (its lower partitions are recorded: a topic's partitions are
+                    // numbered from 0, and the first claim of a topic pins all it assigns).
+                    let mut known = false;
+                    for q in 0..tp.partition {
+                        let lower = TopicPartition::new(&tp.topic, q);
+                        if txn_version(table, &self.sink.data.path, &partition_app_id(pipeline, &lower)).await?.is_some() {
+                            known = true;
+                            break;
+                        }
+                    }
+                    let offsets = if known { &self.unrecorded.earliest } else { &self.unrecorded.starting };
+                    let from = *offsets.get(tp).ok_or_else(|| Error::Sink(format!("no starting offset for {tp}")))?;
+                    txns.push(Transaction::new(partition_app_id(pipeline, tp), from));
+                    txns.push(Transaction::new(start_app_id(pipeline, tp), from));
+                    from
+                }
+            };
+            start.insert(tp.clone(), from);
+        }
+        (self.token, self.start) = (token, start);
+        let names: Vec<String> = self.partitions.iter().map(ToString::to_string).collect();
+        Ok(commit::Decision::Write(Box::new(commit::Proposal {
+            actions: Vec::new(),
+            txns,
+            info: json!({"pipeline": pipeline, "member": self.member, "claim": names, "token": token}),
+            operation: self.sink.member_operation(self.member, 0),
+        })))
+    }
+}
+
+/// The files a write made for the offsets a table recorded, kept across attempts while those
+/// stay the same (written again when another commit moved them).
+#[derive(Default)]
+pub(super) struct FilesAt(Option<(Offsets, Vec<deltalake::kernel::Add>)>);
+
+impl FilesAt {
+    /// The files for `cut`: those kept, or what `write` makes now.
+    async fn for_cut(
+        &mut self,
+        cut: Offsets,
+        write: impl AsyncFnOnce() -> Result<Vec<deltalake::kernel::Add>>,
+    ) -> Result<Vec<deltalake::kernel::Add>> {
+        let adds = match self.0.take() {
+            Some((kept, adds)) if kept == cut => adds,
+            _ => write().await?,
+        };
+        self.0 = Some((cut, adds.clone()));
+        Ok(adds)
+    }
+}
+
+/// Group mode's data-table commit of an epoch, as a [`commit::Writer`]: fenced unless every
+/// partition is still this member's; only the rows at or past the offsets the table records
+/// now (files written again when those moved since the last attempt); held when the table
+/// already records every range's end.
+pub(super) struct GroupWrite<'a> {
+    sink: &'a DeltaSink,
+    batch: &'a EpochBatch,
+    tokens: &'a std::collections::HashMap<TopicPartition, i64>,
+    rows: Vec<RecordBatch>,
+    dead_letters: &'a [crate::decode::DeadLetter],
+    dead_recorded: &'a Offsets,
+    written: FilesAt,
+    info: serde_json::Value,
+    operation: DeltaOperation,
+}
+
+impl commit::Writer for GroupWrite<'_> {
+    async fn decide(&mut self, table: &DeltaTable, _sent: bool) -> Result<commit::Decision> {
+        let (sink, batch) = (self.sink, self.batch);
+        let pipeline = &sink.pipeline;
+        let recorded = sink.fence(table, self.tokens, batch).await?;
+        if batch.ranges.iter().all(|r| recorded.get(&r.tp).is_some_and(|next| *next >= r.end)) {
+            return Ok(commit::Decision::Held);
+        }
+        let mut txns = Vec::new();
+        for r in &batch.ranges {
+            let next = recorded.get(&r.tp).copied();
+            txns.push(Transaction::new(partition_app_id(pipeline, &r.tp), next.map_or(r.end, |n| n.max(r.end))));
+            if next.is_none() {
+                txns.push(Transaction::new(start_app_id(pipeline, &r.tp), r.start));
+            }
+            txns.push(Transaction::new(owner_app_id(pipeline, &r.tp), self.tokens[&r.tp]));
+            if self.dead_letters.iter().any(|d| d.tp == r.tp) {
+                let from = self.dead_recorded.get(&r.tp).map_or(r.start, |l| r.start.max(*l));
+                txns.push(Transaction::new(dead_mark_app_id(pipeline, &r.tp), from));
+            }
+        }
+        let rows = &self.rows;
+        let adds = self
+            .written
+            .for_cut(recorded.clone(), async || {
+                let adds = write_files(&sink.data, table, false, rows_from(rows, &recorded)?).await?;
+                sink.failpoints.hit("after-parquet-write").await?;
+                Ok(adds)
+            })
+            .await?;
+        Ok(commit::Decision::Write(Box::new(commit::Proposal {
+            actions: adds.into_iter().map(Action::Add).collect(),
+            txns,
+            info: self.info.clone(),
+            operation: self.operation.clone(),
+        })))
+    }
+}
+
+/// Group mode's dead-letter commit of an epoch, as a [`commit::Writer`]: the dead letters at
+/// or past the offsets the dead-letter table records now; held when it holds them all.
+pub(super) struct GroupDeadLetters<'a> {
+    sink: &'a DeltaSink,
+    batch: &'a EpochBatch,
+    dead_letters: Vec<crate::decode::DeadLetter>,
+    written: FilesAt,
+    info: serde_json::Value,
+    operation: DeltaOperation,
+}
+
+impl commit::Writer for GroupDeadLetters<'_> {
+    async fn decide(&mut self, table: &DeltaTable, _sent: bool) -> Result<commit::Decision> {
+        let (sink, batch) = (self.sink, self.batch);
+        let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
+        let held = recorded_cut(table, &sink.dead.path, &sink.pipeline, &tps).await?;
+        let letters: Vec<crate::decode::DeadLetter> =
+            self.dead_letters.iter().filter(|d| held.get(&d.tp).is_none_or(|l| d.offset >= *l)).cloned().collect();
+        if letters.is_empty() {
+            return Ok(commit::Decision::Held);
+        }
+        let txns: Vec<Transaction> = batch
+            .ranges
+            .iter()
+            .filter(|r| held.get(&r.tp).is_none_or(|l| r.end > *l))
+            .map(|r| Transaction::new(partition_app_id(&sink.pipeline, &r.tp), r.end))
+            .collect();
+        let adds = self
+            .written
+            .for_cut(held, async || {
+                let rows = vec![dead_letter_batch(&letters, batch.epoch).map_err(|e| Error::Sink(e.to_string()))?];
+                write_files(&sink.dead, table, false, rows).await
+            })
+            .await?;
+        Ok(commit::Decision::Write(Box::new(commit::Proposal {
+            actions: adds.into_iter().map(Action::Add).collect(),
+            txns,
+            info: self.info.clone(),
+            operation: self.operation.clone(),
+        })))
+    }
+}
+
+impl DeltaSink {
+    /// The Delta operation of a group member's commit (Spark's streaming idiom, one query per
+    /// member).
+    pub(super) fn member_operation(&self, member: &str, epoch: u64) -> DeltaOperation {
+        DeltaOperation::StreamingUpdate {
+            output_mode: OutputMode::Append,
+            query_id: format!("{}/{member}", self.pipeline),
+            epoch_id: epoch as i64,
+        }
+    }
+
+    /// Group mode: where `tp` resumes by the tables' record (`None`: the data table never
+    /// recorded it). The dead letters of the last range that had some go to the dead-letter
+    /// table after the data table's commit: if that second commit never happened, the range is
+    /// read again (the data table keeps none of its rows, the dead-letter table gets what it
+    /// missed).
+    pub(super) async fn resume_at(
+        &self,
+        data: &DeltaTable,
+        dead: Option<&DeltaTable>,
+        tp: &TopicPartition,
+    ) -> Result<Option<i64>> {
+        let path = &self.data.path;
+        let Some(next) = txn_version(data, path, &partition_app_id(&self.pipeline, tp)).await? else { return Ok(None) };
+        let mark = txn_version(data, path, &dead_mark_app_id(&self.pipeline, tp)).await?;
+        let held = match (dead, mark) {
+            (Some(dead), Some(_)) => txn_version(dead, &self.dead.path, &partition_app_id(&self.pipeline, tp)).await?,
+            _ => None,
+        };
+        Ok(Some(match mark {
+            Some(mark) if held.is_none_or(|h| h <= mark) => mark.min(next),
+            _ => next,
+        }))
+    }
+
+    /// Group mode: where partitions this member claimed before resume, without claiming them
+    /// again (a member that lost them meanwhile is fenced at its next commit, and must not take
+    /// them back from their new owner). Partitions it never claimed are claimed.
+    pub(super) async fn reposition(&self, tables: &mut Tables, partitions: &[TopicPartition], member: &str) -> Result<Offsets> {
+        self.refresh(tables, partitions).await?;
+        let unclaimed: Vec<TopicPartition> = partitions.iter().filter(|tp| !tables.tokens.contains_key(*tp)).cloned().collect();
+        if !unclaimed.is_empty() {
+            return Err(Error::Sink(format!(
+                "{member} repositions partitions it never claimed: {}",
+                unclaimed.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let mut start = Offsets::new();
+        let data = tables.data.as_ref().ok_or_else(|| Error::Sink("the data table is not open".into()))?;
+        for tp in partitions {
+            let from = self
+                .resume_at(&data.table, tables.dead.as_ref().map(|d| &d.table), tp)
+                .await?
+                .ok_or_else(|| Error::Sink(format!("{tp} was claimed but the table records no offset for it")))?;
+            start.insert(tp.clone(), from);
+        }
+        Ok(start)
+    }
+
+    /// Group mode: claims `partitions` for this member and says where each resumes. See
+    /// [`Sink::group_claim`] and ARCHITECTURE.md, "Group mode".
+    pub(super) async fn claim(
+        &self,
+        tables: &mut Tables,
+        partitions: &[TopicPartition],
+        unrecorded: &crate::sink::Unrecorded,
+        member: &str,
+    ) -> Result<Offsets> {
+        self.refresh(tables, partitions).await?;
+        let Tables { data, dead, tokens, .. } = tables;
+        let data = data.as_mut().ok_or_else(|| Error::Sink("the data table is not open".into()))?;
+        let mut claim = Claim {
+            sink: self,
+            dead: dead.as_ref().map(|d| &d.table),
+            partitions,
+            unrecorded,
+            member,
+            token: 0,
+            start: Offsets::new(),
+        };
+        if let commit::Outcome::Landed(version) =
+            commit::commit(&mut data.table, &self.data.path, self.data.label(), None, &mut claim).await?
+        {
+            data.landed(version);
+        }
+        for tp in partitions {
+            tokens.insert(tp.clone(), claim.token);
+        }
+        Ok(claim.start)
+    }
+
+    /// Group mode: the recorded next offsets of the batch's partitions in `table` (the data
+    /// table), after checking that each is still claimed by this member's token.
+    pub(super) async fn fence(
+        &self,
+        table: &DeltaTable,
+        tokens: &std::collections::HashMap<TopicPartition, i64>,
+        batch: &EpochBatch,
+    ) -> Result<Offsets> {
+        let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
+        let mut lost = Vec::new();
+        for tp in &tps {
+            let owner = txn_version(table, &self.data.path, &owner_app_id(&self.pipeline, tp)).await?;
+            if owner.is_none() || owner != tokens.get(tp).copied() {
+                lost.push(tp.clone());
+            }
+        }
+        if !lost.is_empty() {
+            let names: Vec<String> = lost.iter().map(ToString::to_string).collect();
+            return Err(Error::Fenced {
+                detail: format!(
+                    "{} claimed by another member since this one did (partitions {}); epoch {} is dropped",
+                    self.data.path.display(),
+                    names.join(", "),
+                    batch.epoch
+                ),
+                partitions: lost,
+            });
+        }
+        recorded_cut(table, &self.data.path, &self.pipeline, &tps).await
+    }
+
+    /// Group mode's commit of an epoch (ARCHITECTURE.md, "Group mode"): the data table first —
+    /// fenced, only rows at or past its recorded offsets, marking ranges whose dead letters are
+    /// still to be written —, then the dead-letter table with only dead letters at or past its
+    /// own recorded offsets. No pipeline epoch txn: epochs are numbered per member. Each commit
+    /// is decided again from its table at every attempt ([`GroupWrite`], [`GroupDeadLetters`]).
+    pub(super) async fn commit_group(&self, tables: &mut Tables, batch: &EpochBatch, member: &str) -> Result<()> {
+        let epoch = batch.epoch;
+        let Output::Append(rows) = &batch.output else {
+            return Err(Error::Sink("group mode writes append pipelines only".into()));
+        };
+        let rows =
+            rows.iter().map(|b| with_epoch(b, epoch)).collect::<Result<Vec<_>, _>>().map_err(|e| Error::Sink(e.to_string()))?;
+        let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
+        let Tables { data, dead, tokens, .. } = tables;
+        let data = data.as_mut().ok_or_else(|| Error::Sink("the data table is not open".into()))?;
+        let info = json!({"pipeline": &self.pipeline, "member": member, "epoch": epoch, "ranges": ranges_json(&batch.ranges)});
+        let operation = self.member_operation(member, epoch);
+
+        // Where the dead-letter table is for these partitions: the data table's marks say what
+        // it must still get.
+        let dead_recorded = match dead.as_mut() {
+            Some(open) if !batch.dead_letters.is_empty() => {
+                take_fresh_snapshot(&self.dead, open).await?;
+                open.table.update_incremental(None).await.map_err(|e| delta_err(&self.dead.path, e))?;
+                recorded_cut(&open.table, &self.dead.path, &self.pipeline, &tps).await?
+            }
+            _ => Offsets::new(),
+        };
+        let dead_letters: Vec<crate::decode::DeadLetter> =
+            batch.dead_letters.iter().filter(|d| dead_recorded.get(&d.tp).is_none_or(|l| d.offset >= *l)).cloned().collect();
+
+        // The data table.
+        take_fresh_snapshot(&self.data, data).await?;
+        let t_delta = std::time::Instant::now();
+        let mut write = GroupWrite {
+            sink: self,
+            batch,
+            tokens,
+            rows,
+            dead_letters: &dead_letters,
+            dead_recorded: &dead_recorded,
+            written: FilesAt::default(),
+            info: info.clone(),
+            operation: operation.clone(),
+        };
+        if let commit::Outcome::Landed(version) =
+            commit::commit(&mut data.table, &self.data.path, self.data.label(), self.before_commit(), &mut write).await?
+        {
+            data.landed(version);
+            metrics::histogram!(crate::telemetry::metrics::COMMIT_SECONDS, "phase" => "delta")
+                .record(t_delta.elapsed().as_secs_f64());
+        }
+        self.failpoints.hit("after-delta-commit").await?;
+
+        // The dead-letter table: what it does not hold yet.
+        if dead_letters.is_empty() {
+            return Ok(());
+        }
+        if dead.is_none() {
+            *dead = self.open(&self.dead, &tps, true).await?;
+        }
+        let open = dead.as_mut().ok_or_else(|| Error::Sink("the dead-letter table is not open".into()))?;
+        take_fresh_snapshot(&self.dead, open).await?;
+        let mut write = GroupDeadLetters { sink: self, batch, dead_letters, written: FilesAt::default(), info, operation };
+        if let commit::Outcome::Landed(version) =
+            commit::commit(&mut open.table, &self.dead.path, self.dead.label(), None, &mut write).await?
+        {
+            open.landed(version);
+        }
+        Ok(())
+    }
+}
