@@ -1,0 +1,44 @@
+//! `exactly check`: every connection `run` would make, checked and reported.
+
+use std::sync::Arc;
+
+use exactly::source as kafka;
+use exactly::testing::failpoint::FailPoints;
+
+use super::plan;
+
+/// `exactly check`: every connection `run` would make, checked and reported, nothing written
+/// to a table.
+pub(crate) async fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let plan = plan(path)?;
+    let config = &plan.config;
+    let connection = exactly::source::Connection::of(&config.source)?;
+    let src = &config.source;
+    let cluster = kafka::check(&connection, &src.topics, std::time::Duration::from_millis(src.connect_timeout_ms)).await?;
+    let mut per_topic: Vec<(String, usize)> = Vec::new();
+    for tp in &cluster.partitions {
+        match per_topic.last_mut() {
+            Some((t, n)) if **t == *tp.topic => *n += 1,
+            _ => per_topic.push((tp.topic.to_string(), 1)),
+        }
+    }
+    let topics: Vec<String> = per_topic.iter().map(|(t, n)| format!("'{t}' ({n} partitions)")).collect();
+    println!(
+        "kafka: {} ({}): {} broker{} answered; topics {}",
+        connection.brokers(),
+        connection.security().summary(),
+        cluster.brokers,
+        if cluster.brokers == 1 { "" } else { "s" },
+        topics.join(", ")
+    );
+    if let Some(url) = plan.decoder.check_registry().await? {
+        println!("schema registry: {url}: answered");
+    }
+    let sink = exactly::pipeline::sink(&plan, Arc::new(FailPoints::default()));
+    sink.preflight().await?;
+    match (config.table_path(), config.dead_letter_path()) {
+        (Some(table), Some(dead)) => println!("sink: {} tables {table} and {dead}: writable", sink.name()),
+        _ => println!("sink: {}", sink.name()),
+    }
+    Ok(())
+}

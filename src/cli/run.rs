@@ -1,0 +1,90 @@
+//! `exactly run`: a pipeline until Ctrl-C / SIGTERM, with progress on stderr.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, ValueEnum};
+use exactly::pipeline::{Pipeline, RunOptions};
+use exactly::testing::failpoint::FailPoints;
+
+use super::{plan, stop_signal};
+
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    /// The pipeline's TOML config (see docs/config.md).
+    #[arg(long, short)]
+    pub(crate) config: PathBuf,
+    /// How to report each committed epoch on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    pub(crate) progress: ProgressFormat,
+    /// Before starting, rebuild the checkpoint from the table's last committed epoch: the way
+    /// out when the checkpoint was lost, or belongs to another run of the same table.
+    #[arg(long)]
+    pub(crate) reset_checkpoint_from_table: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum ProgressFormat {
+    /// One human-readable line per epoch.
+    Text,
+    /// One JSON object per epoch (StreamingQueryProgress-like).
+    Json,
+    /// Nothing.
+    Off,
+}
+
+pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let stop = stop_signal();
+    let plan = plan(&args.config)?;
+    let config = plan.config.clone();
+    if let Some(listen) = &config.metrics.listen {
+        exactly::telemetry::metrics::install_exporter(listen.parse()?, &config.id)?;
+        eprintln!("metrics: http://{listen}/metrics");
+    }
+    let failpoints = Arc::new(FailPoints::from_env()?);
+    let sink = exactly::pipeline::sink(&plan, failpoints.clone());
+    eprintln!(
+        "pipeline '{}': {} from {} ({}) -> {} sink; checkpoint {}",
+        config.id,
+        config.source.topics.join(","),
+        config.source.brokers,
+        config.source.security.summary(),
+        sink.name(),
+        config.checkpoint_dir().display()
+    );
+    if let (Some(table), Some(dead)) = (config.table_path(), config.dead_letter_path()) {
+        eprintln!("table: {table}  dead letters: {dead}");
+    }
+    let options = RunOptions { failpoints, reset_checkpoint_from_table: args.reset_checkpoint_from_table };
+    let pipeline = Pipeline::start_planned(plan, sink, options).await?;
+    let mut progress = pipeline.progress();
+    let format = args.progress;
+    let printer = tokio::spawn(async move {
+        while let Ok(p) = progress.recv().await {
+            match format {
+                ProgressFormat::Text => eprintln!("{p}"),
+                ProgressFormat::Json => {
+                    eprintln!("{}", serde_json::to_string(&p).unwrap_or_default())
+                }
+                ProgressFormat::Off => {}
+            }
+        }
+    });
+    let result = tokio::select! {
+        _ = stop => None,
+        r = wait_finished(&pipeline) => Some(r),
+    };
+    let outcome = match result {
+        None => pipeline.shutdown().await,
+        Some(()) => pipeline.wait().await,
+    };
+    printer.abort();
+    outcome?;
+    Ok(())
+}
+
+async fn wait_finished(p: &Pipeline) {
+    while !p.is_finished() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
