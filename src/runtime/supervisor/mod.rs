@@ -18,15 +18,17 @@
 //! the previous cut is resolved (committed, or found empty), so epoch numbers are contiguous and
 //! a restart never races a commit of the same epoch.
 
+mod budget;
 mod generation;
 mod group;
 mod recover;
 mod report;
 
+use budget::{Admit, RestartBudget};
 use generation::Generation;
 use group::GroupState;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,9 +60,6 @@ use crate::testing::failpoint::FailPoints;
 
 /// How long a graceful stop of a child may take before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The longest wait between restarts, however many came before.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The supervisor actor.
 pub struct SupervisorActor;
@@ -155,8 +154,8 @@ pub struct SupervisorState {
     /// completed (a graceful teardown waits for it), and is then reported, not ignored.
     orphaned: Option<u64>,
     ticker: Option<JoinHandle<()>>,
-    restarts: VecDeque<Instant>,
-    restarts_total: u64,
+    /// Restarts within the window, and in all.
+    restarts: RestartBudget,
     /// Partitions read by this and later generations (grows when partitions are added).
     partitions: Vec<TopicPartition>,
     /// The topic ids the checkpoint's positions belong to.
@@ -208,29 +207,23 @@ impl SupervisorState {
         if let Phase::Stopping { failure: last_failure, .. } = &mut self.phase {
             *last_failure = Some(failure.clone());
         }
-        let cfg = &self.args.plan.config.supervisor;
-        let now = Instant::now();
-        let window = Duration::from_secs(cfg.window_secs);
-        while self.restarts.front().is_some_and(|t| now.duration_since(*t) > window) {
-            self.restarts.pop_front();
-        }
-        if self.restarts.len() >= cfg.max_restarts {
-            let (restarts, window_secs) = (self.restarts.len(), cfg.window_secs);
-            let e = if self.shutting_down() {
-                // The stop failed, whatever made it: say it as one.
-                Error::Shutdown(format!(
-                    "the open epoch was not committed: {restarts} restarts within {window_secs} s spent the restart budget (last failure: {failure}); stopped without it"
-                ))
-            } else {
-                Error::RestartBudgetSpent { restarts, window_secs, last_failure: failure }
-            };
-            self.fatal(myself, e);
-            return;
-        }
-        let backoff = Duration::from_millis(cfg.backoff_ms.saturating_mul(1 << self.restarts.len().min(10))).min(MAX_BACKOFF);
-        self.restarts.push_back(now);
-        self.restarts_total += 1;
-        metrics::gauge!(m::RESTART_BUDGET_REMAINING).set(cfg.max_restarts.saturating_sub(self.restarts.len()) as f64);
+        let window_secs = self.args.plan.config.supervisor.window_secs;
+        let backoff = match self.restarts.admit(Instant::now()) {
+            Admit::After(backoff) => backoff,
+            Admit::Spent { restarts } => {
+                let e = if self.shutting_down() {
+                    // The stop failed, whatever made it: say it as one.
+                    Error::Shutdown(format!(
+                        "the open epoch was not committed: {restarts} restarts within {window_secs} s spent the restart budget (last failure: {failure}); stopped without it"
+                    ))
+                } else {
+                    Error::RestartBudgetSpent { restarts, window_secs, last_failure: failure }
+                };
+                self.fatal(myself, e);
+                return;
+            }
+        };
+        metrics::gauge!(m::RESTART_BUDGET_REMAINING).set(self.restarts.remaining() as f64);
         self.generation += 1;
         myself.send_after(backoff, || SupervisorMsg::StartGeneration);
     }
@@ -396,6 +389,7 @@ impl Actor for SupervisorActor {
             }
         };
         myself.cast(SupervisorMsg::StartGeneration)?;
+        let restarts = RestartBudget::new(&args.plan.config.supervisor);
         Ok(SupervisorState {
             committed: Checkpoint::new(&args.plan.config.id, 0, &Offsets::new()),
             args,
@@ -407,8 +401,7 @@ impl Actor for SupervisorActor {
             in_flight: None,
             orphaned: None,
             ticker: None,
-            restarts: VecDeque::new(),
-            restarts_total: 0,
+            restarts,
             partitions,
             topic_ids: BTreeMap::new(),
             phase: Phase::Running,

@@ -74,7 +74,7 @@ impl SupervisorState {
             sink_ms: Progress::millis(report.sink_time),
             checkpoint_ms: Progress::millis(report.checkpoint_time),
             lag: total_lag,
-            restarts: self.restarts_total,
+            restarts: self.restarts.total,
             table_files: table.map(|t| t.live_files),
             files_compacted: table.map(|t| t.files_compacted),
             partitions,
@@ -97,7 +97,7 @@ impl SupervisorState {
     pub(super) fn status(&self) -> PipelineStatus {
         PipelineStatus {
             generation: self.generation,
-            restarts: self.restarts_total,
+            restarts: self.restarts.total,
             committed_epoch: self.committed.epoch,
             committed_offsets: self.committed.offsets(),
             consumers: self.current.as_ref().map(|g| g.consumers.clone()).unwrap_or_default(),
