@@ -499,10 +499,11 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sasl() -> SecurityConfig {
+    /// SASL_SSL with SCRAM-SHA-512 and a password given in the TOML.
+    pub(crate) fn sasl() -> SecurityConfig {
         SecurityConfig {
             protocol: Protocol::SaslSsl,
             mechanism: Some(Mechanism::ScramSha512),

@@ -94,17 +94,7 @@ fn trim_reason(reason: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::security::{Mechanism, Protocol, Secret};
-
-    fn sasl() -> SecurityConfig {
-        SecurityConfig {
-            protocol: Protocol::SaslSsl,
-            mechanism: Some(Mechanism::ScramSha512),
-            username: Some("u".into()),
-            password: Some(Secret::Value("hunter2".into())),
-            ..Default::default()
-        }
-    }
+    use crate::config::security::tests::sasl;
 
     #[test]
     fn refusals_are_named() {

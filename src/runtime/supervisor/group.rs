@@ -43,6 +43,28 @@ impl GroupState {
     }
 }
 
+/// How the next generation positions each partition it reads.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Positioning {
+    /// Assigned at these offsets by the last rebalance and not read since: read from there.
+    pub(super) fresh: Offsets,
+    /// Suspended until now and still assigned here: claimed again (a newer token).
+    pub(super) claim: Vec<TopicPartition>,
+    /// Kept from the last generation, whose open epoch was aborted: back to the table's offsets,
+    /// under the claim this member already holds (taken away meanwhile, they are fenced at the
+    /// next commit, never taken back).
+    pub(super) reposition: Vec<TopicPartition>,
+}
+
+/// The positioning of `active` partitions, given those a rebalance just assigned (`fresh`) and
+/// those whose suspension ended (`reclaim`).
+pub(super) fn positioning(active: &[TopicPartition], fresh: Offsets, reclaim: &[TopicPartition]) -> Positioning {
+    let fresh: Offsets = fresh.into_iter().filter(|(tp, _)| active.contains(tp)).collect();
+    let others = active.iter().filter(|tp| !fresh.contains_key(*tp)).cloned();
+    let (claim, reposition) = others.partition(|tp| reclaim.contains(tp));
+    Positioning { fresh, claim, reposition }
+}
+
 impl SupervisorState {
     /// Group mode: where the assigned partitions start, claimed for this member (`None`: the
     /// group assigned nothing here yet). Partitions read by an earlier generation are sought
@@ -53,20 +75,14 @@ impl SupervisorState {
         if active.is_empty() {
             return Ok(None);
         }
-        let fresh = std::mem::take(&mut group.fresh);
         let client = group.member.client().clone();
-        let others: Vec<TopicPartition> = active.iter().filter(|tp| !fresh.contains_key(*tp)).cloned().collect();
-        let mut offsets: Offsets = fresh.into_iter().filter(|(tp, _)| active.contains(tp)).collect();
-        if !others.is_empty() {
-            // Partitions kept from the last generation resume where the table says, under the
-            // claim this member already holds (taken away meanwhile, they are fenced at the
-            // next commit, never taken back); those whose suspension ended are claimed again.
-            let reclaim = std::mem::take(&mut group.reclaim);
-            let (again, kept): (Vec<TopicPartition>, Vec<TopicPartition>) =
-                others.into_iter().partition(|tp| reclaim.contains(tp));
-            let mut found = if again.is_empty() { Offsets::new() } else { self.claim(&again).await? };
-            if !kept.is_empty() {
-                found.extend(self.args.sink.group_reposition(&kept).await?);
+        let Positioning { fresh, claim, reposition } = positioning(&active, std::mem::take(&mut group.fresh), &group.reclaim);
+        let mut offsets = fresh;
+        if !claim.is_empty() || !reposition.is_empty() {
+            group.reclaim.clear();
+            let mut found = if claim.is_empty() { Offsets::new() } else { self.claim(&claim).await? };
+            if !reposition.is_empty() {
+                found.extend(self.args.sink.group_reposition(&reposition).await?);
             }
             let (seeker, seeks) = (client.clone(), found.clone());
             tokio::task::spawn_blocking(move || -> Result<(), Error> {
@@ -183,5 +199,21 @@ impl SupervisorState {
             }
         }
         myself.send_after(group.member.session_timeout + crate::source::group::FENCE_WAIT, || SupervisorMsg::Unsuspend);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_partitions_start_where_assigned_kept_ones_go_back_to_the_table_and_unsuspended_ones_are_claimed() {
+        let tp = |p| TopicPartition::new("t", p);
+        let active = [tp(0), tp(1), tp(2)];
+        let fresh: Offsets = [(tp(0), 5), (tp(3), 9)].into_iter().collect();
+        let p = positioning(&active, fresh, &[tp(1), tp(3)]);
+        assert_eq!(p.fresh, [(tp(0), 5)].into_iter().collect(), "a partition no longer active is not read");
+        assert_eq!(p.claim, [tp(1)]);
+        assert_eq!(p.reposition, [tp(2)]);
     }
 }
