@@ -2,9 +2,10 @@
 //! the registry, the decoder (with the transform applied), the fan-out to `sink.outputs`, the
 //! schemas of the tables, and what decides an epoch's rows ([`Meaning`]).
 //!
-//! Every check that needs those pieces lives here — a key column's type, an output's
-//! expression, a partition column of the rows written — so nothing later re-checks, and nothing
-//! panics on what was "checked at start": a [`Plan`] that exists is one the pipeline can run.
+//! Every check that needs those pieces (or a file: the TLS files the config names) lives here — a
+//! key column's type, an output's expression, a partition column of the rows written — so
+//! nothing later re-checks, and nothing panics on what was "checked at start": a [`Plan`] that
+//! exists is one the pipeline can run.
 //! What the text alone can tell is checked before, by [`PipelineConfig::validate`].
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ impl Plan {
     pub fn of(config: &PipelineConfig, origin: &str) -> Result<Plan, ConfigError> {
         let bad =
             |field: &str, problem: String| ConfigError::Invalid { path: origin.to_string(), field: field.to_string(), problem };
+        crate::source::security::files_readable(&config.source.security).map_err(|p| bad(&p.field, p.problem))?;
         let mut config = config.clone();
         fetch_reader_schema(&mut config, &bad)?;
         let table_decoder = Decoder::new(&config.decode)

@@ -10,7 +10,7 @@
 //! What a refused connection means is `source::security::diagnose`'s.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -177,7 +177,8 @@ pub struct Problem {
     pub problem: String,
 }
 
-fn problem(field: &str, text: impl Into<String>) -> Problem {
+/// A problem with `source.security.<field>`.
+pub(crate) fn problem(field: &str, text: impl Into<String>) -> Problem {
     Problem { field: format!("source.security.{field}"), problem: text.into() }
 }
 
@@ -203,8 +204,9 @@ impl SecurityConfig {
         s
     }
 
-    /// Checks the settings without reading secrets: combinations that cannot work, files that
-    /// cannot be read, and raw properties that contradict the section.
+    /// Checks the settings as written (nothing is read): combinations that cannot work, and raw
+    /// properties that contradict the section. Whether the files can be read is asked when the
+    /// config is planned, and again when a connection is made (`source::security::files_readable`).
     pub fn check(&self, raw: &std::collections::BTreeMap<String, String>) -> Result<(), Problem> {
         self.check_sasl(raw)?;
         self.check_tls()?;
@@ -294,7 +296,7 @@ impl SecurityConfig {
         Ok(())
     }
 
-    /// The TLS files against the protocol, each readable.
+    /// The TLS files against the protocol.
     fn check_tls(&self) -> Result<(), Problem> {
         let p = self.protocol;
         if !p.tls() {
@@ -318,11 +320,6 @@ impl SecurityConfig {
         }
         if self.key_password.is_some() && self.key_file.is_none() {
             return Err(problem("key_password", "is set without key_file"));
-        }
-        for (field, path) in [("ca_file", &self.ca_file), ("cert_file", &self.cert_file), ("key_file", &self.key_file)] {
-            if let Some(path) = path {
-                readable(path).map_err(|e| problem(field, format!("is {}, which cannot be read: {e}", path.display())))?;
-            }
         }
         Ok(())
     }
@@ -378,14 +375,6 @@ pub fn serde_name(p: Protocol) -> &'static str {
         Protocol::SaslPlaintext => "sasl_plaintext",
         Protocol::SaslSsl => "sasl_ssl",
     }
-}
-
-fn readable(path: &Path) -> std::io::Result<()> {
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(std::io::Error::other("not a file"));
-    }
-    std::fs::File::open(path).map(|_| ())
 }
 
 /// A secret: given in the TOML (`"…"`), or read from an environment variable
@@ -550,10 +539,6 @@ pub(crate) mod tests {
         let mut c = sasl();
         c.protocol = Protocol::Plaintext;
         assert_eq!(c.check(&raw).unwrap_err().field, "source.security.mechanism");
-        let mut c = sasl();
-        c.ca_file = Some("/surely/not/here/ca.pem".into());
-        let e = c.check(&raw).unwrap_err();
-        assert!(e.field.ends_with("ca_file") && e.problem.contains("cannot be read"), "{e:?}");
         let c = SecurityConfig { protocol: Protocol::Ssl, cert_file: Some("/etc/hostname".into()), ..Default::default() };
         assert!(c.check(&raw).unwrap_err().field.ends_with("key_file"));
         let raw: std::collections::BTreeMap<String, String> = [("sasl.username".to_string(), "x".to_string())].into();

@@ -223,6 +223,7 @@ impl Connection {
             Error::Config(crate::config::ConfigError::Invalid { path: "[source]".into(), field: p.field, problem: p.problem })
         };
         source.security.check(&source.properties).map_err(invalid)?;
+        security::files_readable(&source.security).map_err(invalid)?;
         let mut properties = source
             .security
             .properties()

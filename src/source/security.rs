@@ -2,7 +2,9 @@
 //! names the problem (wrong password, untrusted certificate, TLS against a plaintext listener,
 //! ...) and the setting that fixes it.
 
-use crate::config::security::{serde_name, SecurityConfig};
+use std::path::Path;
+
+use crate::config::security::{problem, serde_name, Problem, SecurityConfig};
 
 /// What a refused connection means, from librdkafka's error text (which names no secret): one
 /// sentence with the setting that fixes it. `None` when the error is not about security (a
@@ -91,6 +93,26 @@ fn trim_reason(reason: &str) -> String {
     s.to_string()
 }
 
+/// Whether the TLS files the section names can be read (when the connection is made: the config
+/// itself reads nothing).
+pub fn files_readable(security: &SecurityConfig) -> Result<(), Problem> {
+    let files = [("ca_file", &security.ca_file), ("cert_file", &security.cert_file), ("key_file", &security.key_file)];
+    for (field, path) in files {
+        if let Some(path) = path {
+            readable(path).map_err(|e| problem(field, format!("is {}, which cannot be read: {e}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
+fn readable(path: &Path) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a file"));
+    }
+    std::fs::File::open(path).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +131,14 @@ mod tests {
         assert!(closed.contains("speaks TLS") && closed.starts_with("the broker closed"), "{closed}");
         assert_eq!(diagnose("127.0.0.1:9094/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN (after 1ms in state APIVERSION_QUERY)", &s), None, "a TLS client hung up on is not told to use TLS");
         assert_eq!(diagnose("127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused", &s), None);
+    }
+
+    #[test]
+    fn a_tls_file_that_cannot_be_read_is_named() {
+        let mut c = sasl();
+        c.ca_file = Some("/surely/not/here/ca.pem".into());
+        let e = files_readable(&c).unwrap_err();
+        assert!(e.field.ends_with("ca_file") && e.problem.contains("cannot be read"), "{e:?}");
+        assert!(files_readable(&sasl()).is_ok());
     }
 }
