@@ -155,6 +155,16 @@ pub enum Error {
         detail: String,
     },
 
+    /// The store a table lives in cannot be written (the pre-flight check): it does not answer,
+    /// refuses the credentials, lacks the bucket, or cannot write an object only if absent.
+    #[error("cannot write to the table at {table}: {problem}")]
+    Store {
+        /// The table's location.
+        table: String,
+        /// What the store said.
+        problem: StoreProblem,
+    },
+
     /// An actor could not be spawned or messaged.
     #[error("actor system: {0}")]
     Actor(String),
@@ -215,4 +225,26 @@ pub enum ConfigError {
         /// What is wrong and what is allowed.
         problem: String,
     },
+}
+
+/// Why a store cannot hold a table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreProblem {
+    /// No answer (a wrong endpoint, the store down).
+    #[error("the store does not answer (is the endpoint right and the store up?): {0}")]
+    Unreachable(String),
+    /// The credentials were refused.
+    #[error(
+        "the store refused the credentials (access denied); check the access key and secret in [sink.storage] or the environment"
+    )]
+    Refused,
+    /// The bucket or container does not exist.
+    #[error("the bucket or container does not exist")]
+    Missing,
+    /// A put-if-absent overwrote the object: a second writer could overwrite a Delta commit.
+    #[error("the store overwrote an existing object on a put-if-absent: it cannot do conditional writes, so a second writer could overwrite a Delta commit; use a store that can, or set sink.storage.{0} = \"true\" if this pipeline is the table's only writer")]
+    NoConditionalWrites(&'static str),
+    /// Anything else the store said.
+    #[error("{0}")]
+    Other(String),
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use deltalake::logstore::object_store::{self, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use deltalake::DeltaTableBuilder;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreProblem};
 use crate::model::{TableLocation, UNSAFE_S3_OPTION};
 
 /// Registers delta-rs's object stores for the URL schemes, once per process.
@@ -58,7 +58,7 @@ pub async fn preflight(at: &TableLocation) -> Result<()> {
     }
     let unsafe_allowed = at.options().has(UNSAFE_S3_OPTION) || std::env::var_os(UNSAFE_S3_OPTION).is_some();
     let check = async {
-        let table = table_builder(at)?.build().map_err(|e| store_error(at, &e.to_string()))?;
+        let table = table_builder(at)?.build().map_err(|e| store_error(at, StoreProblem::Other(e.to_string())))?;
         let store = table.log_store().object_store(None);
         let probe = object_store::path::Path::from(format!("_exactly_probe/{}", uuid_like()));
         let put = |mode: PutMode| {
@@ -76,17 +76,13 @@ pub async fn preflight(at: &TableLocation) -> Result<()> {
         match second {
             Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Ok(()),
             Ok(_) if unsafe_allowed => Ok(()),
-            Ok(_) => Err(Error::Sink(format!(
-                "the store at {at} overwrote an existing object on a put-if-absent: it cannot do conditional writes, so a second writer could overwrite a Delta commit; use a store that can, or set sink.storage.{UNSAFE_S3_OPTION} = \"true\" if this pipeline is the table's only writer"
-            ))),
+            Ok(_) => Err(store_error(at, StoreProblem::NoConditionalWrites(UNSAFE_S3_OPTION))),
             Err(e) => Err(classify(at, e)),
         }
     };
     match tokio::time::timeout(PREFLIGHT_TIMEOUT, check).await {
         Ok(r) => r,
-        Err(_) => {
-            Err(store_error(at, &format!("no answer within {PREFLIGHT_TIMEOUT:?} (is the endpoint right and the store up?)")))
-        }
+        Err(_) => Err(store_error(at, StoreProblem::Unreachable(format!("no answer within {PREFLIGHT_TIMEOUT:?}")))),
     }
 }
 
@@ -95,15 +91,15 @@ fn uuid_like() -> String {
     format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
 }
 
-fn store_error(at: &TableLocation, detail: &str) -> Error {
-    Error::Sink(format!("cannot write to the table at {at}: {detail}"))
+fn store_error(at: &TableLocation, problem: StoreProblem) -> Error {
+    Error::Store { table: at.to_string(), problem }
 }
 
 /// One line for a failed write to the store, naming what is wrong when the store says so.
 fn classify(at: &TableLocation, e: object_store::Error) -> Error {
     let text = e.to_string();
     let lower = text.to_ascii_lowercase();
-    let detail = if matches!(e, object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. })
+    let problem = if matches!(e, object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. })
         || [
             "status 403",
             "403 forbidden",
@@ -118,18 +114,17 @@ fn classify(at: &TableLocation, e: object_store::Error) -> Error {
         .iter()
         .any(|s| lower.contains(s))
     {
-        "the store refused the credentials (access denied); check the access key and secret in [sink.storage] or the environment"
-            .to_string()
+        StoreProblem::Refused
     } else if matches!(e, object_store::Error::NotFound { .. })
         || ["nosuchbucket", "bucket does not exist", "containernotfound"].iter().any(|s| lower.contains(s))
     {
-        "the bucket or container does not exist".to_string()
+        StoreProblem::Missing
     } else if lower.contains("error sending request") || lower.contains("connection refused") || lower.contains("dns error") {
-        format!("the store does not answer (is the endpoint right and the store up?): {}", first_line(&text))
+        StoreProblem::Unreachable(first_line(&text))
     } else {
-        first_line(&text)
+        StoreProblem::Other(first_line(&text))
     };
-    store_error(at, &detail)
+    store_error(at, problem)
 }
 
 fn first_line(text: &str) -> String {
@@ -146,10 +141,10 @@ mod tests {
         let generic = |m: &str| object_store::Error::Generic { store: "S3", source: m.to_string().into() };
         let refused =
             classify(&at, generic("Error performing PUT http://h/bucket/t/_exactly_probe/a403b401 - error sending request"));
-        assert!(refused.to_string().contains("does not answer"), "{refused}");
+        assert!(matches!(refused, Error::Store { problem: StoreProblem::Unreachable(_), .. }), "{refused}");
         let denied = classify(&at, generic("Client error with status 403 Forbidden: <Code>SignatureDoesNotMatch</Code>"));
-        assert!(denied.to_string().contains("refused the credentials"), "{denied}");
+        assert!(matches!(denied, Error::Store { problem: StoreProblem::Refused, .. }), "{denied}");
         let missing = classify(&at, generic("Client error with status 404 Not Found: <Code>NoSuchBucket</Code>"));
-        assert!(missing.to_string().contains("does not exist"), "{missing}");
+        assert!(matches!(missing, Error::Store { problem: StoreProblem::Missing, .. }), "{missing}");
     }
 }
