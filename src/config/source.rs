@@ -42,7 +42,7 @@ pub struct SourceConfig {
     pub security: security::SecurityConfig,
     /// Extra librdkafka client properties (fetch sizes, rarer security settings, ...), given to
     /// every client the pipeline, `verify`, `produce` and `topics` make. The properties in
-    /// [`kafka::MANAGED_PROPERTIES`] (`enable.auto.commit`, `group.id`, `isolation.level`, ...)
+    /// [`MANAGED_PROPERTIES`] (`enable.auto.commit`, `group.id`, `isolation.level`, ...)
     /// are managed by the pipeline and refused here: Kafka's committed offsets are never the
     /// source of truth, and records of aborted transactions never reach a table.
     pub properties: BTreeMap<String, String>,

@@ -17,7 +17,7 @@
 //! decode or resolve, or a value that does not fit its column is a dead letter with the reason.
 //!
 //! With `sink.schema_evolution = "add-columns"` the fields a writer schema has beyond the reader
-//! schema's become columns too ([`Avro::grow`]): the first record written with such a schema
+//! schema's become columns too (`Avro::grow`): the first record written with such a schema
 //! brings its new fields to the table, without a restart. Each such column is nullable and
 //! holds exactly what the record's own writer schema gives (null when it lacks the field), so a
 //! row never depends on which records were decoded before it.
@@ -123,7 +123,7 @@ impl Avro {
             }
             (None, Some(subject), None) => {
                 return Err(format!(
-                    "reader_subject {subject:?}: the reader schema was not fetched (PipelineConfig::fetch_schemas fetches it)"
+                    "reader_subject {subject:?}: the reader schema was not fetched (the plan fetches it: Plan::of)"
                 ))
             }
             (None, None, _) => return Err("needs the reader schema: schema_file or reader_subject".into()),

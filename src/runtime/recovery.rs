@@ -2,11 +2,12 @@
 //!
 //! An epoch is committed to several tables one after the other — the data table first, then each
 //! `sink.outputs` table, then the dead-letter table — and then to the checkpoint. A crash can
-//! fall between any two of those. [`plan`] takes the checkpoint and every table's record (its
+//! fall between any two of those. [`decide`] takes the checkpoint and every table's record (its
 //! pipeline `txn` version, its recorded cut; the data table's mark of the last epoch that had
 //! dead letters) and returns what the actors do: resume after the checkpoint, or replay one
 //! epoch — the data table's — to exactly the tables that lack it; or refuses in one line. It does
-//! no I/O; the supervisor reads, calls it, writes a rebuilt checkpoint and carries the plan out.
+//! no I/O; the supervisor reads (`supervisor/recover.rs`), calls it, writes a rebuilt checkpoint
+//! and carries the decision out.
 //!
 //! The rule:
 //! - the data table commits first, so it holds the newest epoch V; a table ahead of it means the
@@ -21,7 +22,7 @@
 //!   V's start offsets (read from the data table's commit of V), and replays V — so the normal
 //!   replay repairs the laggards. A stateful pipeline cannot rebuild its keyed state: refused.
 //!
-//! An epoch also remembers what it meant: its data-table commit records [`meaning`], a
+//! An epoch also remembers what it meant: its data-table commit records its [`Meaning`] (`plan::meaning`), a
 //! fingerprint of everything that decides its rows (the decoding and its reader schema, the
 //! transform, the outputs). A replay under another meaning is refused, naming what changed: it
 //! would split one epoch's records between tables written two ways.
@@ -68,7 +69,7 @@ pub struct Inputs<'a> {
     pub rebuild: Rebuild,
     /// The keyed state the checkpoint holds (`None`: a stateless pipeline), e.g. "dedup keys".
     pub state: Option<&'static str>,
-    /// What the pipeline's epochs mean now ([`meaning`]).
+    /// What the pipeline's epochs mean now (the plan's [`Meaning`]).
     pub meaning: &'a Meaning,
 }
 

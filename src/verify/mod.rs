@@ -3,10 +3,10 @@
 //! duplicated or unexpected — comparing against the offsets Kafka actually holds, so the gaps
 //! real Kafka has (transaction markers, compaction) are never reported as missing.
 //!
-//! In the order it runs: [`read`] the tables and the topics' metadata, audit each
-//! [`partition`] against Kafka's records (and each [`outputs`] table with it), then the
-//! [`keys`] of a dedup or aggregate pipeline, then the log's rules ([`fencing`]: each epoch
-//! committed once, no commit by a fenced member); [`render`] prints the report.
+//! In the order it runs: `read` the tables and the topics' metadata, audit each
+//! `partition` against Kafka's records (and each `outputs` table with it), then the
+//! `keys` of a dedup or aggregate pipeline, then the log's rules (`fencing`: each epoch
+//! committed once, no commit by a fenced member); `render` prints the report.
 
 mod fencing;
 mod keys;

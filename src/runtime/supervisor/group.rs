@@ -3,7 +3,7 @@
 
 use super::*;
 
-/// A group member's side of the assignment (see `group.rs`).
+/// A group member's side of the assignment (see `source::group`).
 pub(super) struct GroupState {
     pub(super) member: GroupMember,
     /// The partitions the group assigned to this member.
@@ -111,7 +111,7 @@ impl SupervisorState {
         self.args.sink.group_claim(partitions, &unrecorded).await
     }
 
-    /// Group mode: a rebalance callback, or the assignment it made. See `group.rs`.
+    /// Group mode: a rebalance callback, or the assignment it made. See `source::group`.
     pub(super) async fn on_group(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,

@@ -6,7 +6,7 @@
 //! directory and converting every entry's path to a URL before comparing it with the offset —
 //! measured at a fifth of the pipeline's CPU after 2,000 commits, growing with every commit the
 //! log retains. Object stores list from an offset natively; [`LocalStore`] does the same for a
-//! local `_delta_log`: it keeps the directory's names (one process-wide cache, [`LogDirs`]),
+//! local `_delta_log`: it keeps the directory's names (one process-wide cache, `LogDirs`),
 //! valid while the directory's modification time is the one it saw, updated by its own writes,
 //! and answers a listing from the names after the offset, reading metadata for those only.
 //!
