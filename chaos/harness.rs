@@ -323,10 +323,20 @@ pub async fn run_case(case: &str, iteration: u32, opts: &ChaosOptions) -> CaseRe
 
 struct Stream {
     stop: Arc<tokio::sync::Notify>,
-    task: tokio::task::JoinHandle<exactly::Result<exactly::source::producer::ProduceReport>>,
+    task: tokio::task::JoinHandle<Streamed>,
 }
 
-/// A producer writing events (every 20th a duplicate, every 97th malformed) until stopped.
+/// What a stream produced: records acknowledged, and the producer errors it started over after.
+#[derive(Debug, Default)]
+struct Streamed {
+    sent: u64,
+    errors: Vec<String>,
+}
+
+/// A producer writing events (every 20th a duplicate, every 97th malformed) until stopped. The
+/// producer is the load, not what is under test: when it fails (an idempotent producer can
+/// fail fatally across a broker restart) it starts over with new ids, and the audit still
+/// compares the tables with what Kafka holds.
 fn start_stream(brokers: &str, topic: &str, rate: u64) -> Stream {
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut p = ProduceOptions::new(brokers, topic, 0);
@@ -335,15 +345,53 @@ fn start_stream(brokers: &str, topic: &str, rate: u64) -> Stream {
     p.duplicate_every = Some(20);
     p.malformed_every = Some(97);
     let s = stop.clone();
-    let task = tokio::spawn(async move { produce(&p, async move { s.notified().await }).await });
+    let task = tokio::spawn(async move {
+        let mut streamed = Streamed::default();
+        loop {
+            let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = stopped.clone();
+            let signal = s.clone();
+            let shutdown = async move {
+                signal.notified().await;
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            };
+            match produce(&p, shutdown).await {
+                Ok(r) => {
+                    streamed.sent += r.sent;
+                    return streamed;
+                }
+                Err(e) if stopped.load(std::sync::atomic::Ordering::SeqCst) => {
+                    streamed.errors.push(e.to_string());
+                    return streamed;
+                }
+                Err(e) => {
+                    streamed.errors.push(e.to_string());
+                    p.first_id += 1_000_000_000;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
     Stream { stop, task }
 }
 
 impl Stream {
     async fn finish(self) -> Result<u64, String> {
         self.stop.notify_one();
-        let r = self.task.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-        Ok(r.sent)
+        let streamed = self.task.await.map_err(|e| e.to_string())?;
+        if !streamed.errors.is_empty() {
+            eprintln!("chaos: the load producer started over after: {}", streamed.errors.join("; "));
+        }
+        Ok(streamed.sent)
+    }
+
+    /// Whether the producer is still producing, or why it is not.
+    fn state(&self) -> &'static str {
+        if self.task.is_finished() {
+            "the load producer has stopped"
+        } else {
+            "the load producer is running"
+        }
     }
 }
 
@@ -651,7 +699,7 @@ async fn broker_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut Ca
         drain(&mut progress); // only commits after the broker is back count
         match wait_recovered(&mut progress, Instant::now(), None).await {
             Some(_) => report.recovery.push(t0.elapsed()),
-            None => return Err("no commit within 90 s after the broker came back".into()),
+            None => return Err(format!("no commit within 90 s after the broker came back ({})", stream.state())),
         }
     }
     report.produced = stream.finish().await?;
@@ -711,7 +759,7 @@ async fn store_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut Cas
         drain(&mut progress); // only commits after the store is back count
         match wait_recovered(&mut progress, Instant::now(), None).await {
             Some(_) => report.recovery.push(t0.elapsed()),
-            None => return Err("no commit within 90 s after the store came back".into()),
+            None => return Err(format!("no commit within 90 s after the store came back ({})", stream.state())),
         }
     }
     report.produced = stream.finish().await?;
