@@ -151,8 +151,7 @@ fn pipeline_config(kind: &str, topic: &str, dir: &Path, brokers: &str) -> Pipeli
 /// The cut the table recorded, summed over partitions, and its epoch (0, 0 while it cannot be
 /// read: a fault may be in the way).
 async fn table_progress(config: &PipelineConfig) -> (i64, u64) {
-    let Some(path) = config.table_path() else { return (0, 0) };
-    kit::table_progress(&path, &config.id, config).await.unwrap_or((0, 0))
+    kit::table_progress(config).await.unwrap_or((0, 0))
 }
 
 async fn wait_drained(config: &PipelineConfig, topic: &str, deadline: Duration) -> Result<(), String> {

@@ -46,16 +46,18 @@ pub fn sigterm(child: &Child) -> Result<(), String> {
     status.success().then_some(()).ok_or_else(|| format!("kill -TERM {} failed", child.id()))
 }
 
-/// What the table at `table` records of pipeline `id` over `topics`' partitions: the cut summed
-/// over them, and the pipeline's epoch (0: none, or no table).
-pub async fn table_progress(table: &TableLocation, id: &str, config: &PipelineConfig) -> Result<(i64, u64), String> {
+/// What the data table of `config` records of its pipeline over its topics' partitions: the cut
+/// summed over them, and the pipeline's epoch (0, 0: no table yet, or not a Delta sink).
+pub async fn table_progress(config: &PipelineConfig) -> Result<(i64, u64), String> {
+    let Some(table) = config.table_path() else { return Ok((0, 0)) };
     let Some(t) = exactly::sink::delta::load_table(table.clone()).await.map_err(|e| e.to_string())? else { return Ok((0, 0)) };
     let connection = exactly::source::Connection::of(&config.source).map_err(|e| e.to_string())?;
     let tps = exactly::source::preflight(&connection, &config.source.topics, Duration::from_secs(30))
         .await
         .map_err(|e| e.to_string())?;
-    let cut = exactly::sink::delta::recorded_cut(&t, table, id, &tps).await.map_err(|e| e.to_string())?.values().sum();
-    let epoch = exactly::sink::delta::txn_version(&t, table, id).await.map_err(|e| e.to_string())?.unwrap_or(0).max(0) as u64;
+    let id = &config.id;
+    let cut = exactly::sink::delta::recorded_cut(&t, &table, id, &tps).await.map_err(|e| e.to_string())?.values().sum();
+    let epoch = exactly::sink::delta::txn_version(&t, &table, id).await.map_err(|e| e.to_string())?.unwrap_or(0).max(0) as u64;
     Ok((cut, epoch))
 }
 
