@@ -190,7 +190,8 @@ pub fn sink(plan: &Plan, failpoints: Arc<FailPoints>) -> Arc<dyn Sink> {
     let sink = delta::DeltaSink::new(&config.id, (table, data), (dead_letters, plain.clone()), schema, partition_by, failpoints)
         .evolving(config.sink.schema_evolution())
         .meaning(plan.meaning.clone())
-        .taking_writer_columns(config.takes_writer_columns());
+        .taking_writer_columns(config.takes_writer_columns())
+        .upserting(config.upsert.is_some());
     let sink = match &plan.outputs {
         Some((fan_out, schemas)) => {
             let tables = config

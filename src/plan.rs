@@ -50,6 +50,8 @@ impl Plan {
         fetch_reader_schema(&mut config, &bad)?;
         let table_decoder = Decoder::new(&config.decode)
             .map_err(|e| bad("decode.avro", e))?
+            .changing(config.upsert.as_ref(), config.decode.envelope)
+            .map_err(|e| bad("upsert", e))?
             .taking_writer_columns(config.takes_writer_columns())
             .transforming(config.transform.as_ref())
             .map_err(|e| bad(if e.starts_with("transform.where") { "transform.where" } else { "transform.select" }, e))?;
@@ -260,7 +262,12 @@ pub fn meaning(config: &PipelineConfig) -> Meaning {
         }
         _ => Vec::new(),
     };
-    let parts = [("decode", decode), ("transform", serde_json::json!(config.transform)), ("outputs", serde_json::json!(outputs))];
+    let mut parts =
+        vec![("decode", decode), ("transform", serde_json::json!(config.transform)), ("outputs", serde_json::json!(outputs))];
+    // Only upsert pipelines record their key: the meaning of every other table stays as it was.
+    if let Some(u) = &config.upsert {
+        parts.push(("upsert", serde_json::json!({"key": u.key, "sequence_by": u.sequence_by, "envelope": d.envelope})));
+    }
     parts.into_iter().map(|(k, v)| (k.to_string(), format!("{:016x}", fnv1a(v.to_string().as_bytes())))).collect()
 }
 

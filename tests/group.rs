@@ -314,6 +314,7 @@ fn epoch_of_three(config: &exactly::PipelineConfig, tp: &exactly::model::TopicPa
         min_timestamp_ms: None,
         state: Default::default(),
         duplicates: 0,
+        superseded: 0,
         filtered: 0,
         state_time: Default::default(),
     }

@@ -33,6 +33,10 @@ mod gaps;
 // Dedup and keyed aggregation on RocksDB: retention, output modes, failures, readers.
 mod stateful;
 
+// Upserts and deletes by key (keyed topics, Debezium events) through deletion vectors; the
+// upsert audit.
+mod upsert;
+
 // SQL projections and filters over the decoded rows.
 mod transform;
 // One commit protocol, one recovery rule: crashes between tables, lost checkpoints, deleted

@@ -18,11 +18,35 @@ pub struct DecodeConfig {
     /// For `avro`: the schemas and the framing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub avro: Option<AvroConfig>,
+    /// What wraps each row (with `[upsert]`): `none`, a value is the row and a null value (a
+    /// tombstone) deletes the row of its key; `debezium`, a value is a Debezium change event
+    /// (`op`, `before`, `after`, with or without the JSON converter's `schema`/`payload`).
+    pub envelope: Envelope,
+}
+
+/// `decode.envelope`: how a record says what changed.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Envelope {
+    /// The value is the row; with `[upsert]`, a null value deletes its key's row (the key is
+    /// read from the Kafka key: a JSON object holding the key columns, or, with one key
+    /// column, its value).
+    #[default]
+    None,
+    /// A Debezium change event: `op` `c`/`r`/`u` upsert `after`, `d` deletes `before`'s key,
+    /// a tombstone deletes the Kafka key's row.
+    Debezium,
 }
 
 impl Default for DecodeConfig {
     fn default() -> Self {
-        DecodeConfig { format: DecodeFormat::Raw, fields: Vec::new(), max_record_bytes: 1024 * 1024, avro: None }
+        DecodeConfig {
+            format: DecodeFormat::Raw,
+            fields: Vec::new(),
+            max_record_bytes: 1024 * 1024,
+            avro: None,
+            envelope: Envelope::None,
+        }
     }
 }
 

@@ -65,6 +65,9 @@ pub struct PipelineConfig {
     /// Keyed aggregation (Spark's `groupBy(...).agg(...)`); the sink then gets the result table.
     #[serde(default)]
     pub aggregate: Option<AggregateConfig>,
+    /// Upserts and deletes by key (change data capture): the table holds each key's current row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upsert: Option<UpsertConfig>,
     /// Memory bounds of the RocksDB state in the checkpoint dir.
     #[serde(default)]
     pub state: StateConfig,
@@ -95,6 +98,7 @@ impl PipelineConfig {
             transform: None,
             dedup: None,
             aggregate: None,
+            upsert: None,
             state: StateConfig::default(),
             epoch: EpochConfig::default(),
             sink: SinkConfig::default(),

@@ -1,4 +1,4 @@
-//! `[dedup]`, `[aggregate]` and `[state]`: the keyed stages and their RocksDB.
+//! `[dedup]`, `[aggregate]`, `[upsert]` and `[state]`: the keyed stages and their RocksDB.
 
 use super::*;
 
@@ -155,6 +155,25 @@ pub enum OutputMode {
     Update,
 }
 
+/// `[upsert]`: the table holds the current state per key — the last change of each key wins, a
+/// delete removes it (change data capture: a Debezium topic, or a keyed topic where a null value
+/// deletes). Superseded rows are marked deleted in the files that hold them (Delta deletion
+/// vectors), found through a key -> row index in the RocksDB state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpsertConfig {
+    /// Columns whose values together identify a row (a database table's primary key).
+    pub key: Vec<String>,
+    /// Orders the changes of one key instead of their (partition, offset): a change whose value
+    /// here is lower than the one the table holds for its key is ignored (Databricks'
+    /// `SEQUENCE BY`). A column (long, int or timestamp) or, with `decode.envelope =
+    /// "debezium"`, a field of the envelope such as `source.lsn` or `ts_ms`. Deleted keys are
+    /// then remembered with their sequence, so an older change arriving later cannot bring
+    /// them back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence_by: Option<String>,
+}
+
 /// Memory bounds of the RocksDB state: the process's RSS stays bounded while the key count grows.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -210,14 +229,64 @@ impl PipelineConfig {
                 return Err(bad("aggregate.buckets", "must be between 1 and 4096".into()));
             }
         }
-        if self.checkpoint.rebuild_from_table && (self.dedup.is_some() || self.aggregate.is_some()) {
+        if let Some(u) = &self.upsert {
+            self.check_upsert(u, bad)?;
+        }
+        if self.checkpoint.rebuild_from_table && (self.dedup.is_some() || self.aggregate.is_some() || self.upsert.is_some()) {
             return Err(bad(
                 "checkpoint.rebuild_from_table",
-                "works for stateless pipelines only: the table records offsets, not the dedup keys or running totals in the checkpoint".into(),
+                "works for stateless pipelines only: the table records offsets, not the dedup keys, running totals or upsert index in the checkpoint".into(),
+            ));
+        }
+        if self.decode.envelope == Envelope::Debezium && self.upsert.is_none() {
+            return Err(bad(
+                "decode.envelope",
+                "is \"debezium\", whose changes need [upsert] (key = [\"<primary key columns>\"]) to become the table's current state".into(),
             ));
         }
         if self.state.block_cache_mb == 0 || self.state.write_buffer_mb == 0 || self.state.bulk_insert_min_keys == 0 {
             return Err(bad("state", "block_cache_mb, write_buffer_mb and bulk_insert_min_keys must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+impl PipelineConfig {
+    /// `[upsert]` and what it cannot be combined with (yet).
+    fn check_upsert(&self, u: &UpsertConfig, bad: &Bad) -> Result<(), ConfigError> {
+        if u.key.is_empty() {
+            return Err(bad("upsert.key", "is empty; name the key columns, e.g. key = [\"id\"]".into()));
+        }
+        if let Some(dup) = u.key.iter().enumerate().find(|(i, k)| u.key[..*i].contains(k)).map(|(_, k)| k) {
+            return Err(bad("upsert.key", format!("names {dup:?} twice")));
+        }
+        if !matches!(self.decode.format, DecodeFormat::Json) {
+            return Err(bad("upsert", "needs `decode.format = \"json\"` (plain keyed topics or the Debezium envelope)".into()));
+        }
+        let refuse = |what: &str, why: &str| Err(bad("upsert", format!("cannot be combined with {what}: {why}")));
+        if self.aggregate.is_some() {
+            return refuse("[aggregate]", "an upsert table holds rows, an aggregate table results");
+        }
+        if self.dedup.is_some() {
+            return refuse("[dedup]", "the last change of each key wins already");
+        }
+        if self.transform.is_some() {
+            return refuse("[transform]", "a delete carries only its key, which the transform's expressions would see as nulls");
+        }
+        if !matches!(self.sink, SinkConfig::Delta { .. }) {
+            return refuse("this sink", "upserts need a Delta table (`sink.kind = \"delta\"`)");
+        }
+        if !self.sink.partition_by().is_empty() {
+            return refuse("sink.partition_by", "upsert tables are not partitioned yet");
+        }
+        if !self.sink.outputs().is_empty() {
+            return refuse("sink.outputs", "the fan-out tables would receive changes, not the current state");
+        }
+        if self.source.group_id.is_some() {
+            return refuse("source.group_id", "the key index is per process: group members would mark each other's rows");
+        }
+        if self.sink.schema_evolution() != SchemaEvolution::None {
+            return refuse("sink.schema_evolution", "the upsert table's columns are the declared ones");
         }
         Ok(())
     }

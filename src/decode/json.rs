@@ -52,6 +52,11 @@ pub(super) fn values<'a>(
     Ok(())
 }
 
+/// The value of column `name` of type `ty` from its JSON text `raw` (not nullable).
+pub(super) fn typed_column<'a>(ty: &FieldType, raw: &'a RawValue, name: &str) -> Result<Val<'a>, Rejected> {
+    typed(ty, false, Some(raw), Path::Field(name))
+}
+
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",

@@ -26,6 +26,7 @@ use deltalake::kernel::{ArrayType, DataType as DeltaType, MapType, StructField, 
 
 pub mod avro;
 mod builders;
+mod change;
 mod dead_letter;
 mod json;
 pub mod registry;
@@ -35,7 +36,8 @@ pub use builders::{delta_field, delta_type};
 pub use dead_letter::{dead_letter_batch, dead_letter_schema, DeadLetter};
 
 use crate::model::{
-    Rejection, EPOCH_COL, OFFSET_COL, PARTITION_COL, RAW_KEY_COL, RAW_VALUE_COL, REASON_COL, TIMESTAMP_COL, TOPIC_COL,
+    Rejection, CHANGE_DELETE_COL, CHANGE_SEQUENCE_COL, EPOCH_COL, OFFSET_COL, PARTITION_COL, RAW_KEY_COL, RAW_VALUE_COL,
+    REASON_COL, TIMESTAMP_COL, TOPIC_COL,
 };
 
 /// A rejection and its reason text.
@@ -101,6 +103,11 @@ fn is_raw(column: &str) -> bool {
     column == RAW_KEY_COL || column == RAW_VALUE_COL
 }
 
+/// Whether `column` is one no table gets: the raw key and value, a change's kind and sequence.
+fn is_hidden(column: &str) -> bool {
+    is_raw(column) || column == CHANGE_DELETE_COL || column == CHANGE_SEQUENCE_COL
+}
+
 /// `batch` without the hidden raw key/value columns (unchanged if it has none).
 pub fn without_raw(batch: &RecordBatch) -> RecordBatch {
     let schema = batch.schema();
@@ -126,6 +133,12 @@ pub struct Decoder {
     writer_columns: bool,
     /// `[transform]`, applied to the decoded rows.
     transform: Option<Arc<crate::transform::Transform>>,
+    /// `[upsert]`: how records become changes; rows then carry [`CHANGE_DELETE_COL`] (and
+    /// [`CHANGE_SEQUENCE_COL`]), and every declared column is nullable in them (a delete has
+    /// its key columns only).
+    changes: Option<Arc<change::Changes>>,
+    /// With `changes`: the schema of the table's rows (the declared nullability).
+    table_schema: Option<SchemaRef>,
 }
 
 impl Decoder {
@@ -156,7 +169,29 @@ impl Decoder {
             avro,
             writer_columns: false,
             transform: None,
+            changes: None,
+            table_schema: None,
         })
+    }
+
+    /// This decoder, reading each record as a change of its key's row (`[upsert]`) in
+    /// `envelope`; `Err`: a key or sequence column that is not declared or cannot be one.
+    pub fn changing(
+        mut self,
+        upsert: Option<&crate::config::UpsertConfig>,
+        envelope: crate::config::Envelope,
+    ) -> Result<Self, String> {
+        let Some(upsert) = upsert else { return Ok(self) };
+        let changes = change::Changes::new(upsert, envelope, &self.fields)?;
+        self.table_schema = Some(self.schema.clone());
+        let mut fields: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+        fields.push(Field::new(CHANGE_DELETE_COL, DataType::Boolean, false));
+        if changes.sequenced() {
+            fields.push(Field::new(CHANGE_SEQUENCE_COL, DataType::Int64, true));
+        }
+        self.schema = Arc::new(Schema::new(fields));
+        self.changes = Some(Arc::new(changes));
+        Ok(self)
     }
 
     /// Gets ready to decode `records`: fetches the writer schemas they name from the schema
@@ -231,10 +266,10 @@ impl Decoder {
         }
     }
 
-    /// The schema of committed rows (with `_epoch`, never the hidden raw columns).
+    /// The schema of committed rows (with `_epoch`, never the hidden columns).
     pub fn output_schema(&self) -> SchemaRef {
-        let visible: Vec<Field> =
-            self.schema().fields().iter().filter(|f| !is_raw(f.name())).map(|f| f.as_ref().clone()).collect();
+        let schema = self.table_schema.clone().unwrap_or_else(|| self.schema());
+        let visible: Vec<Field> = schema.fields().iter().filter(|f| !is_hidden(f.name())).map(|f| f.as_ref().clone()).collect();
         with_epoch_field(&Schema::new(visible))
     }
 
@@ -247,7 +282,7 @@ impl Decoder {
         vals: &mut Vec<Val<'a>>,
         slots: &mut json::Slots<'a>,
         added: Option<&[FieldConfig]>,
-    ) -> Result<(), Rejected> {
+    ) -> Result<change::Change, Rejected> {
         vals.clear();
         let size = r.payload().map_or(0, <[u8]>::len);
         if size > self.max_bytes {
@@ -259,6 +294,9 @@ impl Decoder {
         let utf8 = |what: &str, b: &'a [u8]| {
             std::str::from_utf8(b).map_err(|e| (Rejection::NotUtf8, format!("{what} is not valid UTF-8: {e}")))
         };
+        if let Some(changes) = &self.changes {
+            return changes.values(&self.fields, r, vals, slots);
+        }
         match self.format {
             DecodeFormat::Raw => {
                 vals.push(r.key().map_or(Val::Null, Val::Bin));
@@ -285,7 +323,7 @@ impl Decoder {
                 self.avro.as_ref().expect("Decoder::new loads the schemas of every Avro decoder").values(bytes, vals, added)?;
             }
         }
-        Ok(())
+        Ok(change::Change::default())
     }
 
     /// Decodes records (of one or more partitions, owned or borrowed from librdkafka) into rows
@@ -320,6 +358,9 @@ impl Decoder {
         let raw_capacity = if self.keep_raw { n } else { 0 };
         let (mut raw_key, mut raw_value) =
             (BinaryBuilder::with_capacity(raw_capacity, 0), BinaryBuilder::with_capacity(raw_capacity, 0));
+        let change_capacity = if self.changes.is_some() { n } else { 0 };
+        let (mut deletes, mut sequences) =
+            (BooleanBuilder::with_capacity(change_capacity), Int64Builder::with_capacity(change_capacity));
         let mut dead = Vec::new();
         let (mut vals, mut slots) = (Vec::with_capacity(self.fields.len().max(2)), Vec::with_capacity(self.fields.len()));
         // Which record each row is, for the transform's dead letters and filtered records.
@@ -331,7 +372,11 @@ impl Decoder {
                 min_timestamp_ms = Some(min_timestamp_ms.map_or(t, |m| m.min(t)));
             }
             match self.values(r, &mut vals, &mut slots, added.as_deref()) {
-                Ok(()) => {
+                Ok(change) => {
+                    if self.changes.is_some() {
+                        deletes.append_value(change.delete);
+                        sequences.append_option(change.sequence);
+                    }
                     if self.transform.is_some() {
                         row_records.push(index);
                     }
@@ -355,6 +400,12 @@ impl Decoder {
         arrays.push(Arc::new(partition.finish()));
         arrays.push(Arc::new(offset.finish()));
         arrays.push(Arc::new(ts.finish()));
+        if let Some(changes) = &self.changes {
+            arrays.push(Arc::new(deletes.finish()));
+            if changes.sequenced() {
+                arrays.push(Arc::new(sequences.finish()));
+            }
+        }
         if self.keep_raw {
             arrays.push(Arc::new(raw_key.finish()));
             arrays.push(Arc::new(raw_value.finish()));

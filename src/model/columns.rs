@@ -13,6 +13,12 @@ pub const TIMESTAMP_COL: &str = "_kafka_timestamp";
 pub const RAW_KEY_COL: &str = "_kafka_raw_key";
 /// Hidden column: the record's value bytes, kept like [`RAW_KEY_COL`].
 pub const RAW_VALUE_COL: &str = "_kafka_raw_value";
+/// Hidden column of decoded rows with `[upsert]` (never written): whether the record deletes its
+/// key's row (a tombstone, a Debezium `d`).
+pub const CHANGE_DELETE_COL: &str = "_change_delete";
+/// Hidden column of decoded rows with `upsert.sequence_by`: the change's sequence (null: none,
+/// a tombstone's).
+pub const CHANGE_SEQUENCE_COL: &str = "_change_sequence";
 /// Column: the epoch that committed the row.
 pub const EPOCH_COL: &str = "_epoch";
 /// Dead-letter column: why the record was rejected.
@@ -51,11 +57,15 @@ pub enum Rejection {
     UnknownSchema,
     /// A `[transform]` expression failed on the row (a cast, a division by zero).
     Transform,
+    /// With `[upsert]`: not a change the table can take — not a Debezium change event, an
+    /// operation other than create/read/update/delete, a tombstone whose Kafka key does not
+    /// give the key columns, no `upsert.sequence_by` value.
+    NotAChange,
 }
 
 impl Rejection {
     /// Every category, in a fixed order.
-    pub const ALL: [Rejection; 13] = [
+    pub const ALL: [Rejection; 14] = [
         Rejection::TooLarge,
         Rejection::NotUtf8,
         Rejection::InvalidJson,
@@ -69,6 +79,7 @@ impl Rejection {
         Rejection::InvalidAvro,
         Rejection::UnknownSchema,
         Rejection::Transform,
+        Rejection::NotAChange,
     ];
 
     /// The metric label.
@@ -87,6 +98,7 @@ impl Rejection {
             Rejection::InvalidAvro => "invalid_avro",
             Rejection::UnknownSchema => "unknown_schema",
             Rejection::Transform => "transform",
+            Rejection::NotAChange => "not_a_change",
         }
     }
 }

@@ -160,13 +160,13 @@ impl AggregatorState {
         // Stateful stages run over the epoch in canonical order (partition, offset), against the
         // state of the last committed epoch, off the async executor.
         let t0 = std::time::Instant::now();
-        let (output, state, duplicates) = match &self.args.processor {
-            None => (Output::Append(rows), StateChanges::default(), 0),
+        let (output, state, duplicates, superseded) = match &self.args.processor {
+            None => (Output::Append(rows), StateChanges::default(), 0, 0),
             Some(p) => {
                 let p = p.clone();
                 let processed = tokio::task::spawn_blocking(move || p.process(epoch, rows)).await??;
                 dead_letters.extend(processed.late);
-                (processed.output, processed.changes, processed.duplicates)
+                (processed.output, processed.changes, processed.duplicates, processed.superseded)
             }
         };
         let batch = EpochBatch {
@@ -177,6 +177,7 @@ impl AggregatorState {
             min_timestamp_ms: done.min_timestamp_ms,
             state,
             duplicates,
+            superseded,
             filtered: done.filtered,
             state_time: t0.elapsed(),
         };

@@ -104,6 +104,7 @@ impl Actor for CommitterActor {
                     Ok(StateSize {
                         dedup_keys: store.dedup_key_count()?,
                         agg_keys: store.agg_key_count()?,
+                        upsert_rows: store.upsert_row_count()?,
                         bytes: store.disk_bytes(),
                         memory: store.memory(),
                     })
@@ -119,6 +120,7 @@ impl Actor for CommitterActor {
                     rows: batch.row_count() as u64,
                     dead_letters: batch.dead_letters.len() as u64,
                     duplicates: batch.duplicates,
+                    superseded: batch.superseded,
                     filtered: batch.filtered,
                     dead_letter_categories: batch.dead_letters.iter().fold(Default::default(), |mut m, d| {
                         *m.entry(d.kind.as_str()).or_default() += 1;

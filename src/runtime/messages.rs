@@ -77,6 +77,8 @@ pub struct CommitReport {
     pub dead_letters: u64,
     /// Records dropped as duplicates.
     pub duplicates: u64,
+    /// Changes ignored as older than what their key holds (`upsert.sequence_by`).
+    pub superseded: u64,
     /// Records the transform's filter dropped.
     pub filtered: u64,
     /// Dead letters per category.
@@ -102,6 +104,8 @@ pub struct StateSize {
     pub dedup_keys: u64,
     /// Aggregation keys held.
     pub agg_keys: u64,
+    /// Rows the upsert table holds.
+    pub upsert_rows: u64,
     /// Bytes on disk.
     pub bytes: u64,
     /// RocksDB's memory by kind.

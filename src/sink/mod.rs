@@ -39,6 +39,8 @@ pub struct EpochBatch {
     pub state: StateChanges,
     /// Records dropped as duplicates.
     pub duplicates: u64,
+    /// Changes ignored as older (`upsert.sequence_by`) than what their key holds.
+    pub superseded: u64,
     /// Records the transform's filter dropped (`transform.where`).
     pub filtered: u64,
     /// Time the stateful stages (dedup, aggregation) took over this epoch.

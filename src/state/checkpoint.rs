@@ -18,7 +18,8 @@
 //! Column families: `meta` (checkpoint, watermark, key counters), `dedup` (dedup key -> stamp ++
 //! the epoch that wrote it; entries written before epochs were recorded hold the stamp only),
 //! `dedup_expiry` (stamp ++ key, ordered for expiry scans), `agg` (bucket ++ group key ->
-//! aggregate state).
+//! aggregate state), `upsert` (key -> the file and row holding its current row, or its
+//! deletion; see `state::upsert`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ const META: &str = "meta";
 const DEDUP: &str = "dedup";
 const DEDUP_EXPIRY: &str = "dedup_expiry";
 const AGG: &str = "agg";
+const UPSERT: &str = "upsert";
 
 /// Keys per MultiGet call: RocksDB and its C binding allocate a few arrays per call, sized by
 /// the keys; calls of bounded size reuse the same memory instead of mapping fresh pages for an
@@ -49,6 +51,7 @@ const KEY_CHECKPOINT: &[u8] = b"checkpoint";
 const KEY_WATERMARK: &[u8] = b"watermark";
 const KEY_DEDUP_COUNT: &[u8] = b"dedup_keys";
 const KEY_AGG_COUNT: &[u8] = b"agg_keys";
+const KEY_UPSERT_ROWS: &[u8] = b"upsert_rows";
 const KEY_TOPIC_IDS: &[u8] = b"topic_ids";
 
 /// What the checkpoint holds besides state.
@@ -103,6 +106,12 @@ pub struct StateChanges {
     pub agg_put: Vec<(Vec<u8>, Vec<u8>, bool)>,
     /// The watermark after this epoch.
     pub watermark: Option<i64>,
+    /// Upsert index entries to store (key -> where its row lives, or that it was deleted).
+    pub upsert_put: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Upsert index entries to remove (deleted keys, without `upsert.sequence_by`).
+    pub upsert_delete: Vec<Vec<u8>>,
+    /// How the number of rows the upsert table holds changed.
+    pub upsert_rows: i64,
 }
 
 /// An expiry index entry: the stamp, ordered, then the key.
@@ -253,7 +262,7 @@ impl CheckpointStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_open_files(256);
-        let cfs = [META, DEDUP, DEDUP_EXPIRY, AGG].map(|n| ColumnFamilyDescriptor::new(n, cf_opts()));
+        let cfs = [META, DEDUP, DEDUP_EXPIRY, AGG, UPSERT].map(|n| ColumnFamilyDescriptor::new(n, cf_opts()));
         let bulk = match &env {
             Some(_) => None,
             None => {
@@ -395,6 +404,17 @@ impl CheckpointStore {
         if let Some(w) = changes.watermark {
             batch.put_cf(meta, KEY_WATERMARK, w.to_be_bytes());
         }
+        if !changes.upsert_put.is_empty() || !changes.upsert_delete.is_empty() || changes.upsert_rows != 0 {
+            let upsert = self.cf(UPSERT);
+            for key in &changes.upsert_delete {
+                batch.delete_cf(upsert, key);
+            }
+            for (key, entry) in &changes.upsert_put {
+                batch.put_cf(upsert, key, entry);
+            }
+            let rows = read_u64(self.db.get_cf(meta, KEY_UPSERT_ROWS).map_err(|e| self.err(e))?) as i64 + changes.upsert_rows;
+            batch.put_cf(meta, KEY_UPSERT_ROWS, (rows.max(0) as u64).to_be_bytes());
+        }
         batch.put_cf(meta, KEY_DEDUP_COUNT, (dedup_count.max(0) as u64).to_be_bytes());
         batch.put_cf(meta, KEY_AGG_COUNT, agg_count.to_be_bytes());
         batch.put_cf(meta, KEY_CHECKPOINT, serde_json::to_vec(checkpoint).map_err(|e| self.err(e))?);
@@ -532,6 +552,16 @@ impl CheckpointStore {
         Ok(out)
     }
 
+    /// The upsert index entries of `keys` (in ascending order), in their order.
+    pub fn upsert_get(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.multi_get_sorted(UPSERT, keys, |v| v.map(<[u8]>::to_vec))
+    }
+
+    /// Rows the upsert table holds by the index (exact: counted in every write).
+    pub fn upsert_row_count(&self) -> Result<u64> {
+        Ok(read_u64(self.db.get_cf(self.cf(META), KEY_UPSERT_ROWS).map_err(|e| self.err(e))?))
+    }
+
     /// Every aggregate (full key, state) whose key starts with `prefix`.
     pub fn agg_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
@@ -558,7 +588,7 @@ impl CheckpointStore {
     /// What RocksDB holds in memory, from its own accounting.
     pub fn memory(&self) -> StateMemory {
         let prop = |cf: &str, name: &str| self.db.property_int_value_cf(self.cf(cf), name).ok().flatten().unwrap_or(0);
-        let sum = |name: &str| [META, DEDUP, DEDUP_EXPIRY, AGG].iter().map(|cf| prop(cf, name)).sum();
+        let sum = |name: &str| [META, DEDUP, DEDUP_EXPIRY, AGG, UPSERT].iter().map(|cf| prop(cf, name)).sum();
         StateMemory {
             memtables: sum("rocksdb.cur-size-all-mem-tables"),
             table_readers: sum("rocksdb.estimate-table-readers-mem"),
@@ -570,7 +600,7 @@ impl CheckpointStore {
 
     /// Approximate bytes on disk (SST files) of the state.
     pub fn disk_bytes(&self) -> u64 {
-        [DEDUP, DEDUP_EXPIRY, AGG]
+        [DEDUP, DEDUP_EXPIRY, AGG, UPSERT]
             .iter()
             .filter_map(|n| self.db.property_int_value_cf(self.cf(n), "rocksdb.total-sst-files-size").ok().flatten())
             .sum()

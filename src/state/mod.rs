@@ -14,6 +14,7 @@ mod aggregate;
 pub mod checkpoint;
 mod dedup;
 mod keys;
+mod upsert;
 
 pub use aggregate::result_schema;
 use keys::*;
@@ -30,7 +31,7 @@ use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
 
-use crate::config::{AggregateConfig, AggregateOp, DedupConfig, OutputMode};
+use crate::config::{AggregateConfig, AggregateOp, DedupConfig, OutputMode, UpsertConfig};
 use crate::decode::DeadLetter;
 use crate::error::{Error, Result};
 use crate::model::Rejection;
@@ -52,6 +53,15 @@ pub enum Output {
         /// The output mode, for the Delta operation.
         mode: OutputMode,
     },
+    /// Upserts (`[upsert]`): append these rows as the epoch's one file (its id: the epoch
+    /// number; row i of `rows` at position i), and mark these rows of earlier epochs' files
+    /// deleted (file id, positions ascending; files ascending).
+    Upsert {
+        /// The keys' new rows.
+        rows: Vec<RecordBatch>,
+        /// The rows they supersede, and the deleted keys' rows.
+        deletes: Vec<(u64, Vec<u32>)>,
+    },
 }
 
 impl Output {
@@ -59,7 +69,7 @@ impl Output {
     pub fn rows(&self) -> &[RecordBatch] {
         match self {
             Output::Append(r) => r,
-            Output::Replace { rows, .. } => rows,
+            Output::Replace { rows, .. } | Output::Upsert { rows, .. } => rows,
         }
     }
 }
@@ -75,6 +85,19 @@ pub struct Processed {
     pub changes: StateChanges,
     /// Records dropped as duplicates.
     pub duplicates: u64,
+    /// Changes ignored as older (`upsert.sequence_by`) than what their key holds.
+    pub superseded: u64,
+}
+
+/// `[upsert]`: the key, where each row says whether it deletes and its sequence, and the
+/// table's columns.
+struct Upsert {
+    key: Vec<usize>,
+    delete: usize,
+    sequence: Option<usize>,
+    /// The decoded columns the table holds, and its schema (without `_epoch`).
+    columns: Vec<usize>,
+    schema: SchemaRef,
 }
 
 struct Dedup {
@@ -93,10 +116,11 @@ struct Agg {
     schema: SchemaRef,
 }
 
-/// Runs dedup and aggregation for closed epochs.
+/// Runs dedup, aggregation or upserts for closed epochs.
 pub struct Processor {
     dedup: Option<Dedup>,
     agg: Option<Agg>,
+    upsert: Option<Upsert>,
     store: CheckpointStore,
 }
 
@@ -106,16 +130,32 @@ fn index(schema: &Schema, name: &str) -> Result<usize> {
 
 impl Processor {
     /// A processor for the configured stages over rows of `decoded`; `None` when the pipeline
-    /// has no stateful stage.
+    /// has no stateful stage. `upsert`: the key and the schema of the table's rows (with
+    /// `_epoch`).
     pub fn new(
         decoded: &Schema,
         dedup: Option<&DedupConfig>,
         aggregate: Option<&AggregateConfig>,
+        upsert: Option<(&UpsertConfig, &Schema)>,
         store: CheckpointStore,
     ) -> Result<Option<Processor>> {
-        if dedup.is_none() && aggregate.is_none() {
+        if dedup.is_none() && aggregate.is_none() && upsert.is_none() {
             return Ok(None);
         }
+        let upsert = match upsert {
+            None => None,
+            Some((u, table)) => {
+                let fields: Vec<Field> =
+                    table.fields().iter().filter(|f| f.name() != crate::model::EPOCH_COL).map(|f| f.as_ref().clone()).collect();
+                Some(Upsert {
+                    key: u.key.iter().map(|k| index(decoded, k)).collect::<Result<_>>()?,
+                    delete: index(decoded, crate::model::CHANGE_DELETE_COL)?,
+                    sequence: u.sequence_by.as_ref().map(|_| index(decoded, crate::model::CHANGE_SEQUENCE_COL)).transpose()?,
+                    columns: fields.iter().map(|f| index(decoded, f.name())).collect::<Result<_>>()?,
+                    schema: Arc::new(Schema::new(fields)),
+                })
+            }
+        };
         let dedup = match dedup {
             None => None,
             Some(d) => Some(Dedup {
@@ -140,7 +180,7 @@ impl Processor {
                 schema: result_schema(decoded, a).map_err(|e| Error::Sink(format!("aggregate.group_by {e}")))?,
             }),
         };
-        Ok(Some(Processor { dedup, agg, store }))
+        Ok(Some(Processor { dedup, agg, upsert, store }))
     }
 
     /// Processes epoch `epoch`'s rows (in canonical order). Blocking: reads RocksDB.
@@ -148,6 +188,10 @@ impl Processor {
         let mut changes = StateChanges::default();
         let mut late = Vec::new();
         let mut duplicates = 0;
+        if let Some(u) = &self.upsert {
+            let folded = self.upsert(u, epoch, rows, &mut changes)?;
+            return Ok(Processed { output: folded.output, late, changes, duplicates, superseded: folded.superseded });
+        }
         let rows = match &self.dedup {
             None => rows,
             Some(d) => self.dedup(d, epoch, rows, &mut changes, &mut late, &mut duplicates)?,
@@ -158,6 +202,6 @@ impl Processor {
             None => Output::Append(rows),
             Some(a) => self.aggregate(a, epoch, &rows, &mut changes)?,
         };
-        Ok(Processed { output, late, changes, duplicates })
+        Ok(Processed { output, late, changes, duplicates, superseded: 0 })
     }
 }

@@ -14,6 +14,9 @@ pub const RECORDS_CONSUMED: &str = "exactly_records_consumed_total";
 pub const RECORDS_COMMITTED: &str = "exactly_records_committed_total";
 /// Counter: records dropped by dedup as duplicates.
 pub const DUPLICATES_DROPPED: &str = "exactly_duplicates_dropped_total";
+/// Counter: changes `[upsert]` ignored as older (`upsert.sequence_by`) than what their key
+/// holds, counted when their epoch commits.
+pub const CHANGES_SUPERSEDED: &str = "exactly_changes_superseded_total";
 /// Counter: records the transform's filter dropped (`transform.where`), counted when their epoch
 /// commits (each record once).
 pub const RECORDS_FILTERED: &str = "exactly_records_filtered_total";
@@ -123,7 +126,8 @@ pub fn register_zeros() {
     metrics::counter!(FENCED).increment(0);
     metrics::counter!(DUPLICATES_DROPPED).increment(0);
     metrics::counter!(RECORDS_FILTERED).increment(0);
-    for kind in ["dedup", "aggregate"] {
+    metrics::counter!(CHANGES_SUPERSEDED).increment(0);
+    for kind in ["dedup", "aggregate", "upsert"] {
         metrics::gauge!(STATE_KEYS, "kind" => kind).increment(0.0);
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! In the order it runs: `read` the tables and the topics' metadata, audit each
 //! `partition` against Kafka's records (and each `outputs` table with it), then the
-//! `keys` of a dedup or aggregate pipeline, then the log's rules (`fencing`: each epoch
+//! `keys` of a dedup or aggregate pipeline (`upsert`: an upsert table against the state its
+//! topic implies), then the log's rules (`fencing`: each epoch
 //! committed once, no commit by a fenced member); `render` prints the report.
 
 mod fencing;
@@ -14,6 +15,7 @@ mod outputs;
 mod partition;
 mod read;
 mod render;
+mod upsert;
 
 pub use fencing::{check_fencing, member_commits, MemberCommit, EPOCH_SCAN};
 
@@ -136,7 +138,8 @@ impl OutputAudit {
 }
 
 /// Key-level checks: for dedup, every key of the topic's committed range in the table exactly
-/// once; for aggregation, every group's aggregates equal to a recomputation from the topic.
+/// once; for aggregation, every group's aggregates equal to a recomputation from the topic; for
+/// upserts, each key's row the one of its last change, and no deleted key present.
 #[derive(Debug, Clone, Default)]
 pub struct KeyAudit {
     /// `dedup` or `aggregate`.
@@ -149,8 +152,16 @@ pub struct KeyAudit {
     pub missing: u64,
     /// Keys in the table more than once.
     pub duplicated: u64,
-    /// Groups whose aggregates differ from the recomputation (aggregation only).
+    /// Groups whose aggregates differ from the recomputation (aggregation); keys whose row is
+    /// not the one of their last change (upserts: a stale row).
     pub mismatched: u64,
+    /// Upserts: keys in the table whose last change deletes them.
+    pub deleted_present: u64,
+    /// Upserts: keys in the table that no committed record changes.
+    pub unexpected: u64,
+    /// Upserts: keys changed in several partitions in records whose epoch the table's log no
+    /// longer records: their order is not known, so they are counted, not judged.
+    pub unordered: u64,
     /// A few problems, to look at.
     pub samples: Vec<String>,
 }
@@ -163,7 +174,9 @@ impl Audit {
             && self.twice.is_empty()
             && self.partitions.iter().all(clean)
             && self.outputs.iter().all(|o| o.partitions.iter().all(clean))
-            && self.keys.as_ref().is_none_or(|k| k.missing == 0 && k.duplicated == 0 && k.mismatched == 0)
+            && self.keys.as_ref().is_none_or(|k| {
+                k.missing == 0 && k.duplicated == 0 && k.mismatched == 0 && k.deleted_present == 0 && k.unexpected == 0
+            })
     }
 
     /// Sum of a field over partitions.
@@ -182,7 +195,13 @@ pub async fn verify(config: &PipelineConfig) -> Result<Audit> {
         audits.push(audit);
         kafka_rows.extend(rows);
     }
-    let keys = keys::audit(config, &kafka_rows, &tables)?;
+    let keys = match &config.upsert {
+        Some(u) => {
+            let epochs = upsert::epoch_ranges(&tables.table, &tables.path, &config.id).await?;
+            Some(upsert::audit(u, &kafka_rows, &tables, &epochs)?)
+        }
+        None => keys::audit(config, &kafka_rows, &tables)?,
+    };
     let (id, path, dead_path) = (&config.id, &tables.path, &tables.dead_path);
     // A group's table: the fencing rule on its log (reading every commit a one-process table
     // keeps would cost the audit a read per epoch for nothing).

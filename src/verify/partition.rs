@@ -31,9 +31,10 @@ pub(super) async fn audit(
         *counts.entry(*o).or_default() += 1;
     }
     let expected_set: HashSet<i64> = expected.iter().copied().collect();
-    // Offset-level completeness holds for append pipelines; dedup drops duplicates on purpose
-    // and aggregation keeps groups, so theirs is checked key by key.
-    let mut missing: Vec<i64> = if config.dedup.is_none() && t.per_record {
+    // Offset-level completeness holds for append pipelines; dedup drops duplicates on purpose,
+    // aggregation keeps groups and upserts the last change per key, so theirs is checked key by
+    // key.
+    let mut missing: Vec<i64> = if config.dedup.is_none() && config.upsert.is_none() && t.per_record {
         expected.iter().copied().filter(|o| !counts.contains_key(o) && !now.filtered.contains(o)).collect()
     } else {
         Vec::new()
@@ -56,7 +57,7 @@ pub(super) async fn audit(
         missing_sample: missing.into_iter().take(10).collect(),
         mismatch_sample: mismatches.into_iter().take(10).collect(),
     };
-    let keyed = config.dedup.is_some() || config.aggregate.is_some();
+    let keyed = config.dedup.is_some() || config.aggregate.is_some() || config.upsert.is_some();
     Ok(Some((audit, keyed.then_some(now.main_rows))))
 }
 

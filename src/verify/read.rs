@@ -10,7 +10,9 @@ pub(super) const KAFKA_STALL: Duration = Duration::from_secs(30);
 /// Where each table row came from, per partition.
 pub(super) type FoundOffsets = HashMap<TopicPartition, Vec<i64>>;
 
-/// The named columns of every row in these Parquet files of `table`, read through its store.
+/// The named columns of every row in these Parquet files of `table`, read through its store;
+/// rows a deletion vector marks deleted are left out (an upsert table's superseded rows, or
+/// rows another writer deleted).
 pub(super) async fn read_columns(table: &DeltaTable, files: &[ObjectPath], names: &[&str]) -> Result<Vec<RecordBatch>> {
     let store = table.log_store().object_store(None);
     let snapshot = table.snapshot().map_err(|e| Error::Delta { table: table.table_url().to_string(), detail: e.to_string() })?;
@@ -24,6 +26,8 @@ pub(super) async fn read_columns(table: &DeltaTable, files: &[ObjectPath], names
             (f.object_store_path(), values)
         })
         .collect();
+    let vectors: HashMap<ObjectPath, deltalake::kernel::DeletionVectorDescriptor> =
+        snapshot.log_data().iter().filter_map(|f| Some((f.object_store_path(), f.deletion_vector_descriptor()?))).collect();
     let mut out = Vec::new();
     for path in files {
         let err = |e: String| Error::Delta { table: format!("{}{path}", table.table_url()), detail: e };
@@ -42,6 +46,10 @@ pub(super) async fn read_columns(table: &DeltaTable, files: &[ObjectPath], names
         .await
         .map_err(|e| err(e.to_string()))?;
         let mut batches = decoded.map_err(err)?;
+        if let Some(dv) = vectors.get(path) {
+            let deleted = crate::sink::delta::dv::read(store.as_ref(), dv).await?;
+            batches = without_rows(batches, &deleted).map_err(|e| err(e.to_string()))?;
+        }
         if let Some(values) = partitions.get(path).filter(|v| !v.is_empty()) {
             for batch in &mut batches {
                 let (mut fields, mut columns): (Vec<_>, Vec<_>) =
@@ -58,6 +66,22 @@ pub(super) async fn read_columns(table: &DeltaTable, files: &[ObjectPath], names
             }
         }
         out.extend(batches);
+    }
+    Ok(out)
+}
+
+/// A file's batches (in file order) without the rows at the positions `deleted` holds.
+fn without_rows(
+    batches: Vec<RecordBatch>,
+    deleted: &roaring::RoaringTreemap,
+) -> std::result::Result<Vec<RecordBatch>, deltalake::arrow::error::ArrowError> {
+    let mut at = 0u64;
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let n = b.num_rows() as u64;
+        let keep = BooleanArray::from((at..at + n).map(|i| !deleted.contains(i)).collect::<Vec<bool>>());
+        at += n;
+        out.push(deltalake::arrow::compute::filter_record_batch(&b, &keep)?);
     }
     Ok(out)
 }
@@ -502,7 +526,8 @@ impl Tables {
 /// The columns compared with the decode of each row's record: the decoded ones, and the columns
 /// the topic's writer schemas added (the decoder learns them as it reads).
 fn content_columns(config: &PipelineConfig, table: &DeltaTable, decoder: &crate::decode::Decoder) -> Result<Vec<String>> {
-    let mut cols: Vec<String> = decoder.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let mut cols: Vec<String> =
+        decoder.output_schema().fields().iter().map(|f| f.name().clone()).filter(|n| n != EPOCH_COL).collect();
     if config.takes_writer_columns() {
         let snapshot = table.snapshot().map_err(|e| Error::Sink(e.to_string()))?;
         let extra: Vec<String> =

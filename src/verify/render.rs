@@ -77,6 +77,13 @@ impl Audit {
                 "{} keys: expected {}, in table {}, missing {}, duplicated {}, mismatched {}",
                 k.kind, k.expected, k.found, k.missing, k.duplicated, k.mismatched
             );
+            if k.kind == "upsert" {
+                let _ = writeln!(
+                    s,
+                    "    deleted keys present {}, keys no record changes {}, keys of unknown order (not judged) {}",
+                    k.deleted_present, k.unexpected, k.unordered
+                );
+            }
             for sample in &k.samples {
                 let _ = writeln!(s, "    {sample}");
             }
@@ -129,6 +136,7 @@ impl Audit {
         if self.ok() {
             let what = match self.keys.as_ref().map(|k| k.kind.as_str()) {
                 Some("aggregate") => "every group equals its recomputation from the topic",
+                Some("upsert") => "every key holds the row of its last change, and no deleted key is present",
                 Some(_) => "every key of the topic is in the table exactly once",
                 None => "every committed offset is in the tables exactly once, as Kafka holds it",
             };

@@ -351,9 +351,10 @@ impl Actor for SupervisorActor {
         }
         .with_failpoints(args.failpoints.clone());
         let decoded = args.plan.decoder.schema();
+        let config = &args.plan.config;
+        let upsert = config.upsert.as_ref().map(|u| (u, args.plan.table.0.as_ref()));
         let processor =
-            Processor::new(&decoded, args.plan.config.dedup.as_ref(), args.plan.config.aggregate.as_ref(), store.clone())?
-                .map(Arc::new);
+            Processor::new(&decoded, config.dedup.as_ref(), config.aggregate.as_ref(), upsert, store.clone())?.map(Arc::new);
         let reset_from_sink = args.reset_checkpoint_from_table;
         let partitions = args.partitions.clone();
         m::register_zeros();

@@ -32,6 +32,7 @@ impl SupervisorState {
         metrics::counter!(m::RECORDS_COMMITTED).increment(report.records);
         metrics::counter!(m::DUPLICATES_DROPPED).increment(report.duplicates);
         metrics::counter!(m::RECORDS_FILTERED).increment(report.filtered);
+        metrics::counter!(m::CHANGES_SUPERSEDED).increment(report.superseded);
         for (reason, n) in &report.dead_letter_categories {
             metrics::counter!(m::DEAD_LETTERS, "reason" => *reason).increment(*n);
         }
@@ -39,6 +40,7 @@ impl SupervisorState {
         *self.committed_offsets.lock().expect("offsets lock") = offsets.clone();
         metrics::gauge!(m::STATE_KEYS, "kind" => "dedup").set(report.state_size.dedup_keys as f64);
         metrics::gauge!(m::STATE_KEYS, "kind" => "aggregate").set(report.state_size.agg_keys as f64);
+        metrics::gauge!(m::STATE_KEYS, "kind" => "upsert").set(report.state_size.upsert_rows as f64);
         metrics::gauge!(m::STATE_BYTES).set(report.state_size.bytes as f64);
         let mem = report.state_size.memory;
         for (kind, v) in [

@@ -17,6 +17,7 @@
 //! it), one that holds it by another writer is refused (ARCHITECTURE.md, "The commit rule").
 
 pub mod commit;
+pub mod dv;
 mod group;
 pub mod table;
 pub mod txn;
@@ -67,6 +68,10 @@ struct Spec {
     /// Whether its rows carry the columns Avro writer schemas added (so each epoch's rows may
     /// grow the table, or lack some of its columns).
     writer_columns: bool,
+    /// An upsert table (`[upsert]`): deletion vectors enabled, each epoch's rows in one file
+    /// tagged with the epoch ([`FILE_TAG`]), no compaction (it would move the rows the index
+    /// names).
+    upsert: bool,
 }
 
 impl Spec {
@@ -75,7 +80,17 @@ impl Spec {
         // Aggregate tables are partitioned by `_bucket` and hold one file per bucket; append
         // tables (partitioned or not) compact by size tier, partition by partition.
         let compact = !partition_by.iter().any(|c| c == crate::model::BUCKET_COL);
-        Spec { path, schema, partition_by, name, compact, settings, stats: Default::default(), writer_columns: false }
+        Spec {
+            path,
+            schema,
+            partition_by,
+            name,
+            compact,
+            settings,
+            stats: Default::default(),
+            writer_columns: false,
+            upsert: false,
+        }
     }
 
     /// The label of the table in metrics.
@@ -94,6 +109,9 @@ enum Write {
     Append(Vec<RecordBatch>),
     /// New files replacing the files of these `_bucket`s (`None`: every file).
     Replace { buckets: Option<HashSet<u32>>, rows: Vec<RecordBatch>, mode: crate::config::OutputMode },
+    /// The epoch's one file of upserted rows, and rows of earlier epochs' files to mark deleted
+    /// (see [`crate::state::Output::Upsert`]).
+    Upsert { rows: Vec<RecordBatch>, deletes: Vec<(u64, Vec<u32>)> },
 }
 
 /// An open table and what the sink knows of it.
@@ -217,6 +235,13 @@ impl DeltaSink {
         self
     }
 
+    /// This sink, writing an upsert table (`[upsert]`) when `upsert` is set: see [`Spec`].
+    pub fn upserting(mut self, upsert: bool) -> Self {
+        self.data.upsert = upsert;
+        self.data.compact &= !upsert;
+        self
+    }
+
     /// The sink of one member of a group (`source.group_id`), named `member`.
     pub fn in_group(mut self, member: String) -> Self {
         self.member = Some(member);
@@ -235,13 +260,17 @@ impl DeltaSink {
                     std::fs::create_dir_all(dir).map_err(|e| delta_err(path, e))?;
                 }
                 let table = table_builder(path)?.build().map_err(|e| delta_err(path, e))?;
+                let mut properties = spec.settings.table_properties();
+                if spec.upsert {
+                    properties.insert(DELETION_VECTORS.into(), "true".into());
+                }
                 let created = commit::create(
                     table
                         .create()
                         .with_columns(delta_fields(&spec.schema)?)
                         .with_partition_columns(spec.partition_by.clone())
                         .with_comment(owner_description(&self.pipeline, spec.name))
-                        .with_configuration(spec.settings.table_properties().into_iter().map(|(k, v)| (k, Some(v)))),
+                        .with_configuration(properties.into_iter().map(|(k, v)| (k, Some(v)))),
                 )
                 .await;
                 match created {
@@ -261,6 +290,12 @@ impl DeltaSink {
                     setting: "sink.path",
                 });
             }
+        }
+        if spec.upsert && !deletion_vectors_enabled(snapshot.protocol()) {
+            return Err(Error::Recovery(format!(
+                "the table at {} does not take deletion vectors, which upserts write; it was not created by an upsert pipeline: point sink.path at a new table",
+                path.display()
+            )));
         }
         let partitioned = snapshot.metadata().partition_columns();
         if *partitioned != spec.partition_by {
@@ -323,15 +358,16 @@ impl DeltaSink {
         extra: Vec<Transaction>,
     ) -> Result<()> {
         let path = &spec.path;
-        let (rows, replace, output_mode) = match write {
-            Write::Append(rows) => (rows, None, OutputMode::Append),
+        let (rows, replace, output_mode, deletes) = match write {
+            Write::Append(rows) => (rows, None, OutputMode::Append, None),
             Write::Replace { buckets, rows, mode } => {
                 let m = match mode {
                     crate::config::OutputMode::Complete => OutputMode::Complete,
                     crate::config::OutputMode::Update => OutputMode::Update,
                 };
-                (rows, Some(buckets), m)
+                (rows, Some(buckets), m, None)
             }
+            Write::Upsert { rows, deletes } => (rows, None, OutputMode::Update, Some(deletes)),
         };
         // A table that holds the epoch already (a replay) or a later one gets no files: its
         // writer checks the recorded cut and holds, or refuses.
@@ -341,12 +377,19 @@ impl DeltaSink {
             if spec.writer_columns && replace.is_none() {
                 open.evolve = self.growth(spec, open, &rows)?;
             }
-            let adds = write_files(spec, &open.table, open.evolve.is_some(), rows).await?;
+            let mut adds = write_files(spec, &open.table, open.evolve.is_some(), rows).await?;
+            if deletes.is_some() {
+                tag_upsert_file(path, epoch, &mut adds)?;
+            }
             self.failpoints.hit("after-parquet-write").await?;
             Some(adds)
         };
         let t_delta = std::time::Instant::now();
         take_fresh_snapshot(spec, open).await?;
+        let marks = match (&adds, &deletes) {
+            (Some(_), Some(deletes)) => mark_deleted(&open.table, path, deletes).await?,
+            _ => Marks::default(),
+        };
         let mut txns = vec![Transaction::new(&self.pipeline, epoch as i64)];
         for r in ranges {
             txns.push(Transaction::new(partition_app_id(&self.pipeline, &r.tp), r.end));
@@ -363,6 +406,7 @@ impl DeltaSink {
             ranges,
             adds,
             replace,
+            marks,
             evolve: open.evolve.clone(),
             txns,
             operation: DeltaOperation::StreamingUpdate { output_mode, query_id: self.pipeline.clone(), epoch_id: epoch as i64 },
@@ -592,6 +636,7 @@ impl Sink for DeltaSink {
                         rows: stamp(rows)?,
                         mode: *mode,
                     },
+                    Output::Upsert { rows, deletes } => Write::Upsert { rows: stamp(rows)?, deletes: deletes.clone() },
                 };
             // The data table first: it is committed every epoch, so it always holds the cut, and
             // it marks an epoch with dead letters (`dead_letters_app_id`), so recovery knows the
