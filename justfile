@@ -32,13 +32,13 @@ verify-s3: build
     scripts/with-kafka scripts/with-stores bash -c 'eval "$(scripts/s3 env)" && {{bin}} verify --config examples/s3.toml'
 
 # The layering check (scripts/layers), then the whole test suite against a real Kafka broker, a real S3-compatible server, Azurite and a
-# real Confluent-compatible schema registry (Apicurio Registry) — each started if none answers,
-# stopped after if this recipe started it (KEEP_KAFKA=1 / KEEP_STORES=1 / KEEP_REGISTRY=1 keep
-# them running) — then `bench --quick`, which proves the benchmark harness (ours and Spark) works
+# real Confluent-compatible schema registry (Apicurio Registry), PostgreSQL and Kafka Connect with
+# Debezium — each started if none answers, stopped after if this recipe started it (KEEP_KAFKA=1 /
+# KEEP_STORES=1 / KEEP_REGISTRY=1 / KEEP_DEBEZIUM=1 keep them running) — then `bench --quick`, which proves the benchmark harness (ours and Spark) works
 # on small data without judging any figure.
 test: setup
     scripts/layers
-    scripts/with-kafka scripts/with-stores scripts/with-registry bash -c 'cargo test --all-targets --locked && bench/run --quick'
+    scripts/with-kafka scripts/with-stores scripts/with-registry scripts/with-debezium bash -c 'cargo test --all-targets --locked && bench/run --quick'
 
 # The chaos suite: kill actors, the process and the broker mid-batch, then audit. Options:
 # --cases a,b --iterations N --faults N --seed S --duration SECS (see chaos/README.md).

@@ -36,6 +36,9 @@ mod stateful;
 // Upserts and deletes by key (keyed topics, Debezium events) through deletion vectors; the
 // upsert audit.
 mod upsert;
+// Change data capture end to end: PostgreSQL -> Debezium in Kafka Connect -> exactly (SIGKILLed)
+// -> Delta, equal to the database for Python deltalake and Spark.
+mod cdc;
 
 // SQL projections and filters over the decoded rows.
 mod transform;
