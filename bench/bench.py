@@ -203,6 +203,8 @@ def pipeline_config(mode, topic, work, interval_ms, sink_extra="", group=None):
     extra = ""
     if mode == "dedup":
         extra = '[dedup]\nkey = ["id"]\nmax_age_epochs = 1000000\n'
+    elif mode == "upsert":
+        extra = '[upsert]\nkey = ["id"]\n'
     elif mode == "counts":
         extra = '[aggregate]\ngroup_by = ["value"]\naggregates = [{ op = "count" }]\noutput_mode = "update"\nbuckets = 16\n'
     text = f'''id = "bench-{mode}"
@@ -236,6 +238,8 @@ class Ours:
                                   env={**base, **(env or {}), "RUST_LOG": "error"})
         self.started = time.time()
         self.total, self.first_commit_at, self.lock = 0, None, threading.Lock()
+        # Every progress line with the time it arrived (the upsert measure reads each epoch's).
+        self.progress = []
         # Group mode: the partitions of the last commit, and when each partition got records.
         self.owned, self.partition_commits = set(), []
         # The last lines that were not progress (an exit's reason), for errors.
@@ -256,6 +260,7 @@ class Ours:
                 except ValueError:
                     continue
                 with self.lock:
+                    self.progress.append((time.time(), prog))
                     self.owned = {f"{p['topic']}/{p['partition']}" for p in prog.get("partitions", [])}
                     with_records = {f"{p['topic']}/{p['partition']}" for p in prog.get("partitions", []) if p["records"] > 0}
                     self.partition_commits.append((time.time(), with_records))
@@ -511,6 +516,120 @@ def dedup_scale(profile, ids, interval_ms, work):
     return {"ids": ids, "retention_epochs": 5, "rss_by_progress": samples, "peak_rss_mb": peak}
 
 
+UPSERT_MERGE = r"""
+import json, random, resource, sys, time
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+path, keys, per_epoch, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def rows(ids, r):
+    return pa.table({"id": pa.array(ids, pa.int64()), "value": [f"event_{r.randrange(1_000_000)}" for _ in ids],
+                     "ts": pa.array([1_700_000_000_000_000] * len(ids), pa.timestamp("us", tz="UTC"))})
+r = random.Random(1)
+t0 = time.time()
+for start in range(0, keys, 1_000_000):  # files of up to 1M rows, as ours
+    write_deltalake(path, rows(list(range(start, min(keys, start + 1_000_000))), r), mode="append")
+load = time.time() - t0
+times = []
+for e in range(epochs):
+    batch = rows([r.randrange(keys) for _ in range(per_epoch)], r)
+    batch = batch.group_by("id").aggregate([("value", "max"), ("ts", "max")]).rename_columns(["id", "value", "ts"])
+    t = time.time()
+    (DeltaTable(path).merge(source=batch, predicate="t.id = s.id", source_alias="s", target_alias="t")
+        .when_matched_update_all().when_not_matched_insert_all().execute())
+    times.append(time.time() - t)
+print(json.dumps({"load_s": load, "merge_s": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def upsert_run(profile, keys, per_epoch, epochs, interval_ms, work):
+    """The upsert pipeline over a table of `keys` keys. The initial load: every key once, in
+    epochs of up to 1M rows (files of that size). Sustained: a backlog of `per_epoch * epochs`
+    changes to random keys, consumed in epochs of about `per_epoch` (changes/s, CPU, peak RSS).
+    Commit time: then `epochs` rounds of exactly `per_epoch` changes, each produced once the
+    previous one is committed, so each is one epoch; its commit time is state + Delta +
+    checkpoint, from the progress line."""
+    initial, backlog = f"bench-upsert-{keys}", f"bench-upsert-{keys}-changes-{per_epoch}x{epochs}"
+    rounds = f"bench-upsert-{keys}-rounds-{per_epoch}-{work.parent.name}"
+    for topic, count, args in ((initial, keys, ["--initial"]), (backlog, per_epoch * epochs, ["--count", str(per_epoch * epochs)]), (rounds, 0, None)):
+        subprocess.run([binary(profile, "exactly"), "topics", "create", "--topic", topic, "--partitions", "4"], check=True, capture_output=True)
+        have = watermarks(profile, topic)
+        if args and have < count:
+            if have:
+                raise RuntimeError(f"topic {topic} holds a partial production ({have} of {count}); delete it and run again")
+            log(f"producing {count} records to {topic} (once, before timing)")
+            subprocess.run([binary(profile, "exactly-bench"), "changes", "--topic", topic, "--keys", str(keys), *args], check=True, capture_output=True)
+    cfg = pipeline_config("upsert", initial, work, interval_ms)
+    text = cfg.read_text()
+
+    def run(topics, interval, max_records):
+        t = text.replace(f'topics = ["{initial}"]', "topics = [" + ", ".join(f'"{x}"' for x in topics) + "]")
+        cfg.write_text(t.replace(f"interval_ms = {interval_ms}", f"interval_ms = {interval}\nmax_records = {max_records}"))
+        return Ours(profile, cfg)
+
+    o = run([initial], interval_ms, 1_000_000)
+    o.wait_total(keys, timeout=3600)
+    load_s = time.time() - o.started
+    o.stop()
+    o = run([initial, backlog], interval_ms, per_epoch)
+    sampler = TreeSampler(o.p.pid)
+    sampler.start()
+    done = o.wait_total(per_epoch * epochs, timeout=3600)
+    cpu = sampler.cpu_total()
+    sampler.stop.set()
+    o.stop()
+    first = min(t for t, p in o.progress if p["input_rows"] > 0)
+    r = {"keys": keys, "changes_per_epoch": per_epoch, "load_s": load_s,
+         "changes_per_s": per_epoch * epochs / (done - o.started), "changes_per_s_after_first_epoch": None,
+         "cpu_s_per_million": cpu / (per_epoch * epochs) * 1e6, "peak_rss_mb": sampler.peak_rss_kb / 1024}
+    rest = sum(p["input_rows"] for t, p in o.progress if t > first)
+    if done > first:
+        r["changes_per_s_after_first_epoch"] = rest / (done - first)
+    o = run([initial, backlog, rounds], 600_000, per_epoch)
+    for i in range(epochs):
+        subprocess.run([binary(profile, "exactly-bench"), "changes", "--topic", rounds, "--keys", str(keys), "--count", str(per_epoch),
+                        "--seed", str(1000 + i)], check=True, capture_output=True)
+        o.wait_total((i + 1) * per_epoch, timeout=600)
+    o.stop()
+    commits = [p for _, p in o.progress if p["input_rows"] > 0]
+    commit_ms = [p["state_ms"] + p["sink_ms"] + p["checkpoint_ms"] for p in commits]
+    log(f"upsert {keys} keys, {per_epoch}/epoch: commit ms {[round(c) for c in commit_ms]}")
+    r.update({"epochs": len(commits), "commit_ms_median": statistics.median(commit_ms), "commit_ms_max": max(commit_ms),
+              "state_ms_median": statistics.median(p["state_ms"] for p in commits),
+              "sink_ms_median": statistics.median(p["sink_ms"] for p in commits)})
+    log("delta-rs MERGE, the same workload")
+    merge_epochs = min(epochs, 3)
+    out = subprocess.run([str(CACHE / "venv/bin/python"), "-c", UPSERT_MERGE, str(work / "merge-table"), str(keys), str(per_epoch), str(merge_epochs)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the MERGE run failed: {out.stderr[-2000:]}")
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    r["merge"] = {"epochs": merge_epochs, "load_s": m["load_s"], "merge_ms_median": statistics.median(m["merge_s"]) * 1000,
+                  "changes_per_s": per_epoch / statistics.median(m["merge_s"]), "peak_rss_mb": m["peak_rss_mb"]}
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
+    return r
+
+
+def render_upsert(rows):
+    out = ["| keys | changes per epoch | epochs | epoch commit time, median (max), ms | of which state / Delta, ms | changes/s over a backlog | CPU-s per million changes | peak RSS, MB | delta-rs MERGE: per epoch, ms | MERGE changes/s | MERGE peak RSS, MB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["merge"]
+        out.append(f"| {r['keys']:,} | {r['changes_per_epoch']:,} | {r['epochs']} | {r['commit_ms_median']:,.0f} ({r['commit_ms_max']:,.0f}) | "
+                   f"{r['state_ms_median']:,.0f} / {r['sink_ms_median']:,.0f} | {r['changes_per_s']:,.0f} | {r['cpu_s_per_million']:.1f} | {r['peak_rss_mb']:.0f} | "
+                   f"{m['merge_ms_median']:,.0f} | {m['changes_per_s']:,.0f} | {m['peak_rss_mb']:.0f} |")
+    return "\n".join(out)
+
+
+def upsert(profile, interval_ms, work, quick):
+    """The `upsert` measure: the same number of changes per epoch against a small and a 10x larger
+    table (cost follows the change?), and 1% of the larger table's keys per epoch."""
+    small, large = (20_000, 200_000) if quick else (1_000_000, 10_000_000)
+    epochs = 3 if quick else 10
+    points = [(small, small // 100), (large, small // 100), (large, large // 100)]
+    return [upsert_run(profile, k, c, epochs, interval_ms, work / f"upsert-{k}-{c}") for k, c in points]
+
+
 def percentile(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
@@ -622,6 +741,7 @@ def main():
     ap.add_argument("--dedup-scale", type=int, metavar="IDS", help="only: RSS of dedup with retention over IDS distinct ids")
     ap.add_argument("--soak", type=int, metavar="EPOCHS", help="only: a soak run of EPOCHS epochs per mode (see bench/README.md)")
     ap.add_argument("--soak-modes", default="append,counts", help="modes of the soak run")
+    ap.add_argument("--upsert", action="store_true", help="only: the upsert measure beside delta-rs MERGE (see bench/README.md)")
     ap.add_argument("--soak-sink", default="", help="extra [sink] lines for the soak run's pipelines")
     a = ap.parse_args()
     events = a.events or (20_000 if a.quick else 5_000_000)
@@ -635,6 +755,12 @@ def main():
         r = dedup_scale(profile, a.dedup_scale, a.interval_ms, work / "dedup-scale")
         (ROOT / "bench/dedup-scale.json").write_text(json.dumps(r, indent=2) + "\n")
         print(json.dumps(r, indent=2))
+        return
+    if a.upsert:
+        rows = upsert(profile, a.interval_ms, work, a.quick)
+        print(render_upsert(rows))
+        if not a.quick:
+            (ROOT / "bench/upsert.json").write_text(json.dumps(rows, indent=2) + "\n")
         return
     if a.soak:
         interval = a.interval_ms if "--interval-ms" in sys.argv else 100
@@ -706,8 +832,9 @@ def main():
     results["scale"] = scale(profile, results, work, a.interval_ms, a.quick)
     table, scale_table = render(results), render_scale(results["scale"])
     print(table + "\n\n" + scale_table)
-    if a.quick:  # prove the soak harness too (its full run: --soak 10000, bench/README.md)
+    if a.quick:  # prove the soak and upsert harnesses too (their full runs: bench/README.md)
         print(render_soak([soak(profile, m, 40, 2_000, 100, work / f"soak-{m}", "") for m in ["append", "counts"]]))
+        print(render_upsert(upsert(profile, 200, work, True)))
     if not a.quick:  # a quick run's figures mean nothing: it never replaces the measured ones
         (ROOT / "bench/results.json").write_text(json.dumps(results, indent=2) + "\n")
         readme = ROOT / "bench/README.md"

@@ -6,6 +6,10 @@
 //! - `parquet`: the same records decoded to Arrow with the seed's schema, then encoded to
 //!   Parquet in memory — decode and encode timed separately.
 //!
+//! - `changes`: produces the upsert benchmark's keyed changes (the seed's events keyed by id):
+//!   `--initial` ids 0..keys in order, else `--count` changes of ids drawn at random from
+//!   0..keys (seeded), each with a new value.
+//!
 //! Each prints one JSON object on stdout.
 
 use std::time::{Duration, Instant};
@@ -56,6 +60,64 @@ enum Cmd {
     Parquet,
     /// Print the sum of the topic's high watermarks (0 if the topic does not exist).
     Watermarks,
+    /// Produce keyed changes: every id of 0..keys once (`--initial`), or `count` random ones.
+    Changes {
+        /// The key space: ids 0..keys.
+        #[arg(long)]
+        keys: u64,
+        /// Changes of random ids (without `--initial`).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// Every id once, in order.
+        #[arg(long)]
+        initial: bool,
+        /// The seed of the random ids and values.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+/// Produces keyed changes (see [`Cmd::Changes`]) as fast as the broker takes them.
+fn produce_changes(args: &Args, keys: u64, count: u64, initial: bool, seed: u64) -> u64 {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = args
+        .connection()
+        .client_config()
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        // xorshift64*: the same ids for the same seed, whatever the machine.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let n = if initial { keys } else { count };
+    for i in 0..n {
+        let id = if initial { i } else { next() % keys };
+        let key = id.to_string();
+        let value = exactly::source::producer::event_json(id, 1_000 + next() % 1_000_000, 1_700_000_000_000 + i as i64);
+        let mut record = BaseRecord::to(&args.topic).key(&key).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        if i % 10_000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+    n
 }
 
 /// Reads every record of the topic; `keep` decides whether they are kept in memory.
@@ -137,6 +199,11 @@ fn main() {
                 serde_json::json!({"records": n, "bytes": bytes, "seconds": s, "records_per_s": n as f64 / s, "mb_per_s": bytes as f64 / s / 1e6,
                     "cpu_s_per_million": cpu / n as f64 * 1e6})
             );
+        }
+        Cmd::Changes { keys, count, initial, seed } => {
+            let t0 = Instant::now();
+            let n = produce_changes(&args, keys, count, initial, seed);
+            println!("{}", serde_json::json!({"records": n, "seconds": t0.elapsed().as_secs_f64()}));
         }
         Cmd::Watermarks => {
             let consumer: BaseConsumer = args.connection().client_config().create().expect("consumer");

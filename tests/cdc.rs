@@ -230,15 +230,15 @@ async fn a_postgres_table_through_debezium_is_mirrored_exactly_through_sigkills(
     let path = common::write_config(&config, dir.path());
     // The workload in rounds; `exactly` SIGKILLed at a random moment in each.
     for _ in 0..6 {
-        let mut child = common::spawn(&path, None);
+        let mut child = Running(common::spawn(&path, None));
         psql(&work.transactions(&mut rng, 30));
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..2_500))).await;
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
     }
     // The last run catches up: the Delta table, read by Python `deltalake`, equals the database.
     let want = database_rows(&table);
-    let child = common::spawn(&path, None);
+    let mut child = Running(common::spawn(&path, None));
     let start = Instant::now();
     let table_dir = dir.path().join("table");
     loop {
@@ -253,7 +253,7 @@ async fn a_postgres_table_through_debezium_is_mirrored_exactly_through_sigkills(
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    common::terminate(child).await;
+    common::terminate(std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap())).await;
 
     let python = table_rows(&common::read_rows_with_python(&table_dir));
     assert!(same(&python, &want), "Python deltalake reads the database's rows");
@@ -264,6 +264,16 @@ async fn a_postgres_table_through_debezium_is_mirrored_exactly_through_sigkills(
     common::assert_each_epoch_committed_once(&table_dir, &config.id).await;
     let spark = read_with_spark(&table_dir);
     assert!(same(&table_rows(&spark), &want), "Spark reads the database's rows");
+}
+
+/// An `exactly run` process, killed if the test ends while it runs.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Removes the test's connector and its replication slot (which would keep the database's WAL),
