@@ -130,6 +130,12 @@ async fn a_keyed_topic_becomes_its_last_value_per_key_through_a_failure_after_th
     // The index agrees with the table.
     let store = exactly::state::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap();
     assert_eq!(store.upsert_row_count().unwrap(), want.len() as u64);
+    // A compaction would move the rows the index names: refused, the table untouched.
+    let version = common::log(table_of(&config)).await.len();
+    let table = exactly::config::TableLocation::from(table_of(&config));
+    let refused = exactly::maintenance::commands::optimize(&table, None, &[]).await;
+    assert!(refused.is_err(), "optimize of an upsert table must be refused");
+    assert_eq!(common::log(table_of(&config)).await.len(), version);
 }
 
 /// A Debezium change event as the JSON converter writes it (`schemas`: with its schema

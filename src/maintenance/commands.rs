@@ -89,6 +89,12 @@ const DEFAULT_TARGET_BYTES: u64 = 100 * 1024 * 1024;
 /// auto-compaction runs (aggregate tables, or `sink.compaction.enabled = false`).
 pub async fn optimize(path: &TableLocation, target: Option<u64>, zorder: &[String]) -> Result<OptimizeReport> {
     let table = load_table(path.clone()).await?.ok_or_else(|| delta_err(path, "no Delta table here"))?;
+    if crate::sink::delta::table::is_upsert_table(&table) {
+        return Err(delta_err(
+            path,
+            "is an upsert table: its key index names the files and rows its keys live in, which a compaction would move; compacting upsert tables is not supported yet",
+        ));
+    }
     if zorder.is_empty() {
         return bin_pack(table, path, target).await;
     }

@@ -73,6 +73,21 @@ pub fn txn_versions<'a>(actions: &'a [deltalake::kernel::Action], app_id: &'a st
     })
 }
 
+/// The tag of an upsert table's files: the epoch that wrote the file, its id in the upsert index
+/// (see `state::upsert`).
+pub const FILE_TAG: &str = "exactly.file";
+
+/// Whether `table` is an upsert table: a file of it carries [`FILE_TAG`].
+pub fn is_upsert_table(table: &DeltaTable) -> bool {
+    table.snapshot().is_ok_and(|s| {
+        s.log_data().iter().any(|f| {
+            #[allow(deprecated)]
+            let add = f.add_action();
+            add.tags.is_some_and(|t| t.contains_key(FILE_TAG))
+        })
+    })
+}
+
 /// The `exactly` metadata of the commit info among `actions`, if any.
 pub fn exactly_info(actions: &[deltalake::kernel::Action]) -> Option<&serde_json::Value> {
     actions.iter().find_map(|a| match a {

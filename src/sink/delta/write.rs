@@ -2,6 +2,7 @@
 //! and the writer that decides its commit ([`EpochWrite`]).
 
 use super::*;
+use crate::sink::delta::table::FILE_TAG;
 
 pub(super) fn delta_fields(schema: &SchemaRef) -> Result<Vec<StructField>> {
     use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -32,9 +33,6 @@ pub(super) fn bucket_removes(table: &DeltaTable, path: &TableLocation, buckets: 
 
 /// The table property that enables deletion vectors (set when an upsert table is created).
 pub(super) const DELETION_VECTORS: &str = "delta.enableDeletionVectors";
-
-/// The tag of an upsert table's files: the epoch that wrote it (its id in the upsert index).
-pub const FILE_TAG: &str = "exactly.file";
 
 /// Whether a table's protocol has the `deletionVectors` writer feature.
 pub(super) fn deletion_vectors_enabled(protocol: &deltalake::kernel::Protocol) -> bool {
