@@ -30,11 +30,27 @@ pub async fn load_table(path: impl Into<TableLocation>) -> Result<Option<DeltaTa
             Some(Ok(_)) => {}
         }
     }
-    match table.load().await {
-        Ok(()) => Ok(table.version().map(|_| table)),
-        Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None), // no commit yet, or nothing there
-        Err(e) => Err(delta_err(&path, e)),
+    // Log cleanup (the pipeline's maintenance, or another writer's) may delete a commit file
+    // between the listing that named it and its read: list again, from the newer checkpoint.
+    let mut attempts = 0;
+    loop {
+        match table.load().await {
+            Ok(()) => return Ok(table.version().map(|_| table)),
+            Err(deltalake::DeltaTableError::NotATable(_)) => return Ok(None), // no commit yet, or nothing there
+            Err(e) if attempts < 3 && cleaned_under_the_reader(&e) => {
+                attempts += 1;
+                table = table_builder(&path)?.build().map_err(|e| delta_err(&path, e))?;
+            }
+            Err(e) => return Err(delta_err(&path, e)),
+        }
     }
+}
+
+/// Whether a load failed on a commit file of the log that is no longer there (deleted by log
+/// cleanup after the listing named it).
+fn cleaned_under_the_reader(e: &deltalake::DeltaTableError) -> bool {
+    let text = e.to_string();
+    text.contains("_delta_log") && (text.contains("not found") || text.contains("No such file"))
 }
 
 /// The actions of `versions` of `table`'s log, read as delta-rs reads them (16 commits at a
