@@ -541,7 +541,7 @@ print(json.dumps({"load_s": load, "merge_s": times, "peak_rss_mb": resource.getr
 """
 
 
-def upsert_run(profile, keys, per_epoch, epochs, interval_ms, work):
+def upsert_run(profile, keys, per_epoch, epochs, interval_ms, work, block_cache_mb=None, merge=True):
     """The upsert pipeline over a table of `keys` keys. The initial load: every key once, in
     epochs of up to 1M rows (files of that size). Sustained: a backlog of `per_epoch * epochs`
     changes to random keys, consumed in epochs of about `per_epoch` (changes/s, CPU, peak RSS).
@@ -560,6 +560,8 @@ def upsert_run(profile, keys, per_epoch, epochs, interval_ms, work):
             subprocess.run([binary(profile, "exactly-bench"), "changes", "--topic", topic, "--keys", str(keys), *args], check=True, capture_output=True)
     cfg = pipeline_config("upsert", initial, work, interval_ms)
     text = cfg.read_text()
+    if block_cache_mb:
+        text = text.replace("[checkpoint]", f"[state]\nblock_cache_mb = {block_cache_mb}\n[checkpoint]")
 
     def run(topics, interval, max_records):
         t = text.replace(f'topics = ["{initial}"]', "topics = [" + ", ".join(f'"{x}"' for x in topics) + "]")
@@ -596,6 +598,12 @@ def upsert_run(profile, keys, per_epoch, epochs, interval_ms, work):
     r.update({"epochs": len(commits), "commit_ms_median": statistics.median(commit_ms), "commit_ms_max": max(commit_ms),
               "state_ms_median": statistics.median(p["state_ms"] for p in commits),
               "sink_ms_median": statistics.median(p["sink_ms"] for p in commits)})
+    r["block_cache_mb"] = block_cache_mb or 64
+    if not merge:
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+        r["merge"] = {"merge_ms_median": float("nan"), "changes_per_s": float("nan"), "peak_rss_mb": float("nan")}
+        return r
     log("delta-rs MERGE, the same workload")
     merge_epochs = min(epochs, 3)
     out = subprocess.run([str(CACHE / "venv/bin/python"), "-c", UPSERT_MERGE, str(work / "merge-table"), str(keys), str(per_epoch), str(merge_epochs)],
@@ -621,13 +629,14 @@ def render_upsert(rows):
     return "\n".join(out)
 
 
-def upsert(profile, interval_ms, work, quick):
+def upsert(profile, interval_ms, work, quick, points=None, block_cache_mb=None, merge=True):
     """The `upsert` measure: the same number of changes per epoch against a small and a 10x larger
-    table (cost follows the change?), and 1% of the larger table's keys per epoch."""
+    table (cost follows the change?), and 1% of the larger table's keys per epoch; or `points`
+    (keys, changes per epoch) with a state block cache of `block_cache_mb`."""
     small, large = (20_000, 200_000) if quick else (1_000_000, 10_000_000)
     epochs = 3 if quick else 10
-    points = [(small, small // 100), (large, small // 100), (large, large // 100)]
-    return [upsert_run(profile, k, c, epochs, interval_ms, work / f"upsert-{k}-{c}") for k, c in points]
+    points = points or [(small, small // 100), (large, small // 100), (large, large // 100)]
+    return [upsert_run(profile, k, c, epochs, interval_ms, work / f"upsert-{k}-{c}", block_cache_mb, merge) for k, c in points]
 
 
 def percentile(xs, q):
@@ -742,6 +751,9 @@ def main():
     ap.add_argument("--soak", type=int, metavar="EPOCHS", help="only: a soak run of EPOCHS epochs per mode (see bench/README.md)")
     ap.add_argument("--soak-modes", default="append,counts", help="modes of the soak run")
     ap.add_argument("--upsert", action="store_true", help="only: the upsert measure beside delta-rs MERGE (see bench/README.md)")
+    ap.add_argument("--upsert-points", help="with --upsert: KEYS:CHANGES_PER_EPOCH,... instead of the standard points; writes nothing")
+    ap.add_argument("--block-cache-mb", type=int, help="with --upsert: the pipeline's state.block_cache_mb")
+    ap.add_argument("--skip-merge", action="store_true", help="with --upsert: no delta-rs MERGE runs")
     ap.add_argument("--soak-sink", default="", help="extra [sink] lines for the soak run's pipelines")
     a = ap.parse_args()
     events = a.events or (20_000 if a.quick else 5_000_000)
@@ -757,9 +769,11 @@ def main():
         print(json.dumps(r, indent=2))
         return
     if a.upsert:
-        rows = upsert(profile, a.interval_ms, work, a.quick)
+        points = [tuple(int(x) for x in p.split(":")) for p in a.upsert_points.split(",")] if a.upsert_points else None
+        rows = upsert(profile, a.interval_ms, work, a.quick, points, a.block_cache_mb, not a.skip_merge)
         print(render_upsert(rows))
-        if not a.quick:
+        print(json.dumps(rows))
+        if not a.quick and not points and not a.block_cache_mb:
             (ROOT / "bench/upsert.json").write_text(json.dumps(rows, indent=2) + "\n")
         return
     if a.soak:
