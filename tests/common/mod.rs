@@ -386,6 +386,16 @@ pub async fn read_rows(table: &Path) -> Vec<RecordBatch> {
     .unwrap()
 }
 
+/// Every row of one Parquet file, as written (deletion vectors not applied).
+pub fn read_file_rows(file: &Path) -> Vec<RecordBatch> {
+    let reader =
+        deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+    reader.map(|b| b.unwrap()).collect()
+}
+
 /// Deletes `topic` and waits until the broker no longer lists it.
 pub async fn delete_topic(topic: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions};
