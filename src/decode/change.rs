@@ -246,19 +246,23 @@ fn members<'a>(text: &'a str, what: &str) -> Result<HashMap<String, &'a RawValue
 fn envelope_sequence(event: &HashMap<String, &RawValue>, path: &[String]) -> Result<i64, Rejected> {
     let shown = path.join(".");
     let missing = || not_a_change(format!("has no upsert.sequence_by value at `{shown}`"));
-    let (last, parents) = path.split_last().ok_or_else(missing)?;
-    let mut object = event.clone();
-    for p in parents {
-        let inner = object.get(p).ok_or_else(missing)?;
-        object = members(inner.get(), &shown).map_err(|_| missing())?;
-    }
-    let raw = object.get(last).ok_or_else(missing)?;
+    let raw = member_at(event, path).ok_or_else(missing)?;
     let value: Option<serde_json::Value> = serde_json::from_str(raw.get()).ok();
     match value {
         Some(serde_json::Value::Number(n)) if n.is_i64() => Ok(n.as_i64().expect("an i64")),
         Some(serde_json::Value::String(s)) if s.parse::<i64>().is_ok() => Ok(s.parse().expect("parsed")),
         _ => Err(not_a_change(format!("has `{shown}` = {}, not an integer sequence", super::truncate(raw.get(), 40)))),
     }
+}
+
+/// The member at `path` below `object` (nested objects read as the path goes).
+fn member_at<'a>(object: &HashMap<String, &'a RawValue>, path: &[String]) -> Option<&'a RawValue> {
+    let (first, rest) = path.split_first()?;
+    let value = *object.get(first)?;
+    if rest.is_empty() {
+        return Some(value);
+    }
+    member_at(&members(value.get(), first).ok()?, rest)
 }
 
 fn utf8<'a>(what: &str, b: &'a [u8]) -> Result<&'a str, Rejected> {

@@ -267,8 +267,13 @@ impl commit::Writer for EpochWrite<'_> {
             // The vectors were built on the files as read before the commit: a file another
             // writer changed since would lose that writer's deletes.
             let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
-            let now: std::collections::HashMap<String, Option<deltalake::kernel::DeletionVectorDescriptor>> =
-                snapshot.log_data().iter().map(|f| (f.path().to_string(), f.deletion_vector_descriptor())).collect();
+            let marked: HashSet<&str> = self.marks.read.iter().map(|(file, _)| file.as_str()).collect();
+            let now: std::collections::HashMap<String, Option<deltalake::kernel::DeletionVectorDescriptor>> = snapshot
+                .log_data()
+                .iter()
+                .filter(|f| marked.contains(f.path().as_ref()))
+                .map(|f| (f.path().to_string(), f.deletion_vector_descriptor()))
+                .collect();
             if let Some((file, _)) = self.marks.read.iter().find(|(file, dv)| now.get(file) != Some(dv)) {
                 return Err(Error::Conflict {
                     table: path.to_string(),
