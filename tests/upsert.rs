@@ -2,7 +2,8 @@
 //! table holding each key's last row — superseded rows marked deleted through deletion vectors,
 //! read back by Python `deltalake` — exactly once through a failure between the Delta commit
 //! and the checkpoint; `sequence_by` orders changes that arrive out of order; `verify` catches
-//! a stale row and a deleted key left in the table.
+//! a stale row and a deleted key left in the table; compaction in the epochs' commits purges
+//! deleted rows and the index follows the rows it moves.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -130,12 +131,114 @@ async fn a_keyed_topic_becomes_its_last_value_per_key_through_a_failure_after_th
     // The index agrees with the table.
     let store = exactly::state::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap();
     assert_eq!(store.upsert_row_count().unwrap(), want.len() as u64);
-    // A compaction would move the rows the index names: refused, the table untouched.
+    // A compaction from outside would move the rows the index names: refused, the table
+    // untouched.
     let version = common::log(table_of(&config)).await.len();
     let table = exactly::config::TableLocation::from(table_of(&config));
     let refused = exactly::maintenance::commands::optimize(&table, None, &[]).await;
     assert!(refused.is_err(), "optimize of an upsert table must be refused");
     assert_eq!(common::log(table_of(&config)).await.len(), version);
+}
+
+/// The live files of the table, by their `exactly.file` id: (path, whether it has a deletion
+/// vector).
+async fn live_files(config: &exactly::PipelineConfig) -> BTreeMap<u64, (String, bool)> {
+    let mut live: BTreeMap<String, (u64, bool)> = BTreeMap::new();
+    for (_, actions) in common::log(table_of(config)).await {
+        for a in actions {
+            match a {
+                Action::Remove(r) => {
+                    live.remove(&r.path);
+                }
+                Action::Add(add) => {
+                    let id = add.tags.as_ref().and_then(|t| t.get("exactly.file")).cloned().flatten().unwrap().parse().unwrap();
+                    live.insert(add.path.clone(), (id, add.deletion_vector.is_some()));
+                }
+                _ => {}
+            }
+        }
+    }
+    live.into_iter().map(|(path, (id, dv))| (id, (path, dv))).collect()
+}
+
+/// Compaction in the epochs' commits: a file at least half deleted is purged — its live rows
+/// move to the epoch's compacted file, and the index follows — through a failure between the
+/// Delta commit and the checkpoint of the compacting epoch (the replay reads the moved keys back
+/// from the table); a later epoch then deletes rows of the compacted file by their new places
+/// and purges it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_purges_deleted_rows_and_the_index_follows_the_moved_rows_through_a_failure() {
+    let compacted = exactly::sink::delta::upsert::COMPACTED;
+    let topic = common::topic("upsert-compact", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&topic, dir.path(), Envelope::None, None);
+    // A backlog is one epoch: it is all fetched well within the interval.
+    config.epoch.interval_ms = 3_000;
+    let mut want: BTreeMap<u64, String> = BTreeMap::new();
+    let mut round = Vec::new();
+    for id in 0..200u64 {
+        round.push((id.to_string(), Some(row(id, &format!("v0-{id}")))));
+        want.insert(id, format!("v0-{id}"));
+    }
+    send(&topic, &round).await;
+    let pipeline = common::start(&config, RunOptions::default()).await;
+    drained(&config, &topic).await;
+    pipeline.shutdown().await.unwrap();
+    let first = live_files(&config).await;
+    assert!(first.keys().all(|id| *id < compacted));
+
+    // Two thirds of the keys change, a ninth are deleted: every file is at least half deleted.
+    // The epoch fails after its Delta commit.
+    let mut round = Vec::new();
+    for id in 0..200u64 {
+        if id % 3 != 0 {
+            round.push((id.to_string(), Some(row(id, &format!("v1-{id}")))));
+            want.insert(id, format!("v1-{id}"));
+        } else if id % 9 == 0 {
+            round.push((id.to_string(), None));
+            want.remove(&id);
+        }
+    }
+    send(&topic, &round).await;
+    let failpoints = Arc::new(FailPoints::new());
+    failpoints.arm("after-delta-commit", FailAction::Error, Some(1));
+    let pipeline = common::start(&config, RunOptions { failpoints: failpoints.clone(), ..Default::default() }).await;
+    drained(&config, &topic).await;
+    assert!(!failpoints.is_armed("after-delta-commit"), "the failure happened");
+    let second = live_files(&config).await;
+    assert!(first.keys().all(|id| !second.contains_key(id)), "the purged files are gone: {second:?}");
+    let moved: Vec<u64> = second.keys().copied().filter(|id| *id >= compacted).collect();
+    assert_eq!(moved.len(), 1, "one compacted file holds the live rows: {second:?}");
+    assert!(second.values().all(|(_, dv)| !dv), "nothing deleted is left in a file");
+
+    // The moved rows change by their new places: the compacted file is marked, three quarters
+    // deleted, and purged in turn.
+    let mut round = Vec::new();
+    for id in 0..200u64 {
+        if id % 9 == 3 {
+            round.push((id.to_string(), Some(row(id, &format!("v2-{id}")))));
+            want.insert(id, format!("v2-{id}"));
+        } else if id % 18 == 6 {
+            round.push((id.to_string(), None));
+            want.remove(&id);
+        }
+    }
+    send(&topic, &round).await;
+    drained(&config, &topic).await;
+    pipeline.shutdown().await.unwrap();
+    let third = live_files(&config).await;
+    assert!(!third.contains_key(&moved[0]), "the compacted file was purged in turn: {third:?}");
+    assert_eq!(third.keys().filter(|id| **id >= compacted).count(), 1);
+
+    let (rows, count) = read_back(&config);
+    assert_eq!(count, want.len(), "one row per live key");
+    assert_eq!(rows, want);
+    let audit = common::assert_verified(&config).await;
+    let keys = audit.keys.as_ref().unwrap();
+    assert_eq!((keys.expected, keys.found), (want.len() as u64, want.len() as u64));
+    common::assert_each_epoch_committed_once(table_of(&config), &config.id).await;
+    let store = exactly::state::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap();
+    assert_eq!(store.upsert_row_count().unwrap(), want.len() as u64);
 }
 
 /// A Debezium change event as the JSON converter writes it (`schemas`: with its schema
@@ -173,7 +276,11 @@ fn debezium(id: u64, op: &str, name: Option<&str>, lsn: i64, schemas: bool) -> C
 async fn debezium_changes_ordered_by_sequence_and_verify_catches_stale_and_deleted_rows() {
     let topic = common::topic("upsert-debezium", 3).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = config(&topic, dir.path(), Envelope::Debezium, Some("source.lsn"));
+    let mut config = config(&topic, dir.path(), Envelope::Debezium, Some("source.lsn"));
+    // No compaction: the superseded rows stay in their files (deleted through vectors) for the
+    // breaks below.
+    let exactly::config::SinkConfig::Delta { compaction, .. } = &mut config.sink else { unreachable!() };
+    compaction.enabled = false;
     let mut want: BTreeMap<u64, String> = BTreeMap::new();
     let mut first = Vec::new();
     for id in 0..100u64 {

@@ -92,7 +92,7 @@ pub async fn optimize(path: &TableLocation, target: Option<u64>, zorder: &[Strin
     if crate::sink::delta::table::is_upsert_table(&table) {
         return Err(delta_err(
             path,
-            "is an upsert table: its key index names the files and rows its keys live in, which a compaction would move; compacting upsert tables is not supported yet",
+            "is an upsert table: its pipeline compacts it as it commits (sink.compaction: deleted rows purged, small files merged, its key index kept right); a compaction from outside would move the rows the index names",
         ));
     }
     if zorder.is_empty() {

@@ -171,7 +171,11 @@ pub struct Done {
 }
 
 /// A file's rows as batches of the table's schema (partition columns filled in).
-fn conform(batch: &RecordBatch, schema: &SchemaRef, partition: &BTreeMap<String, Option<String>>) -> Result<RecordBatch> {
+pub(crate) fn conform(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    partition: &BTreeMap<String, Option<String>>,
+) -> Result<RecordBatch> {
     let n = batch.num_rows();
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {

@@ -80,8 +80,8 @@ impl Actor for CommitterActor {
                     let staged = store.stage(epoch, &changes);
                     (changes, staged)
                 });
-                match state.args.sink.commit(&batch).await {
-                    Ok(()) => {}
+                let committed = match state.args.sink.commit(&batch).await {
+                    Ok(c) => c,
                     Err(Error::Fenced { partitions, detail }) => {
                         // Group mode: another member claimed some of the epoch's partitions;
                         // nothing of the epoch was written. The supervisor decides what next.
@@ -89,17 +89,21 @@ impl Actor for CommitterActor {
                         return Ok(());
                     }
                     Err(e) => return Err(e.into()),
-                }
+                };
                 let sink_time = t0.elapsed();
                 // Offsets and state changes in one RocksDB batch, off the async executor. If this
                 // actor is killed meanwhile, the write still completes, and the store's lock makes
                 // the next generation's recovery wait for it.
                 let t1 = Instant::now();
                 let checkpoint = Checkpoint::new(&state.args.pipeline_id, batch.epoch, &batch.end_offsets());
-                let (changes, staged) = staging.await?;
+                let (mut changes, staged) = staging.await?;
                 let staged = staged?;
                 let store = state.args.store.clone();
                 let state_size = tokio::task::spawn_blocking(move || -> crate::Result<StateSize> {
+                    // An upsert table's compaction moved rows: the index follows, in this write.
+                    if let Some(moved) = &committed.relocated {
+                        store.relocate(moved, &mut changes)?;
+                    }
                     store.commit_staged(&checkpoint, &changes, staged)?;
                     Ok(StateSize {
                         dedup_keys: store.dedup_key_count()?,

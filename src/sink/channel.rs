@@ -35,7 +35,11 @@ impl Sink for ChannelSink {
         async { Ok(None) }.boxed()
     }
 
-    fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<()>> {
-        async move { self.tx.send(batch.clone()).map_err(|_| Error::Sink("channel sink: receiver dropped".into())) }.boxed()
+    fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<super::Committed>> {
+        async move {
+            self.tx.send(batch.clone()).map_err(|_| Error::Sink("channel sink: receiver dropped".into()))?;
+            Ok(Default::default())
+        }
+        .boxed()
     }
 }

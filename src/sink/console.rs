@@ -95,11 +95,12 @@ impl Sink for ConsoleSink {
         async { Ok(None) }.boxed()
     }
 
-    fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<()>> {
+    fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<super::Committed>> {
         async move {
             let text = self.render(batch)?;
             let mut out = self.out.lock().expect("console lock");
-            out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(|e| Error::Sink(format!("console: {e}")))
+            out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(|e| Error::Sink(format!("console: {e}")))?;
+            Ok(Default::default())
         }
         .boxed()
     }

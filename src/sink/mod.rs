@@ -69,6 +69,14 @@ impl EpochBatch {
     }
 }
 
+/// What a sink's commit of an epoch did besides holding it.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Rows the commit moved to another file (an upsert table's compaction): the upsert index
+    /// takes their new places in the epoch's checkpoint.
+    pub relocated: Option<crate::state::Relocated>,
+}
+
 /// Where partitions a table never recorded start, resolved from Kafka.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Unrecorded {
@@ -100,7 +108,7 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Commits one epoch, all or nothing. Called in epoch order by the committer only. A durable
     /// sink skips what it already holds, so committing a replayed epoch again is harmless.
-    fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<()>>;
+    fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<Committed>>;
 
     /// Group mode (`source.group_id`): claims `partitions` for this member and says where each
     /// resumes, by the table's own record; a partition the table never recorded is pinned where

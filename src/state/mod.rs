@@ -18,8 +18,9 @@ mod upsert;
 
 pub use aggregate::result_schema;
 use keys::*;
+pub use upsert::Relocated;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use deltalake::arrow::array::{

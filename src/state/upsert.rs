@@ -253,3 +253,62 @@ impl Upsert {
             .map_err(|e| Error::Sink(format!("an upserted row does not fit the table's columns: {e}")))
     }
 }
+
+/// Rows an epoch's commit moved to another file (an upsert table's compaction, see
+/// `sink::delta::purge`): the key columns (in `upsert.key` order) of every row of file `file`,
+/// in row order. Each key's current row is now row i of that file.
+#[derive(Debug, Clone)]
+pub struct Relocated {
+    /// The id of the file the rows moved to.
+    pub file: u64,
+    /// Their key columns, in row order.
+    pub keys: Vec<RecordBatch>,
+}
+
+impl CheckpointStore {
+    /// Adds to `changes` the index entries of the rows `moved` names: each key's entry keeps its
+    /// sequence and now names its new place. The keys must hold live rows in the index (their
+    /// old places): anything else means the index and the table disagree. Blocking.
+    pub fn relocate(&self, moved: &Relocated, changes: &mut StateChanges) -> Result<()> {
+        let total: usize = moved.keys.iter().map(RecordBatch::num_rows).sum();
+        let mut keys: Vec<(Vec<u8>, u32)> = Vec::with_capacity(total);
+        for batch in &moved.keys {
+            let cols: Vec<usize> = (0..batch.num_columns()).collect();
+            let key_cols = KeyCol::of(batch, &cols)?;
+            for i in 0..batch.num_rows() {
+                let mut k = Vec::new();
+                for col in &key_cols {
+                    col.encode(i, &mut k);
+                }
+                keys.push((k, keys.len() as u32));
+            }
+        }
+        keys.sort_unstable();
+        if keys.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(Error::Recovery(format!("file {} holds a key twice; the index and the table disagree", moved.file)));
+        }
+        // The epoch's own changes never name a moved row: a key it changed had its row marked
+        // deleted (so not moved) or holds it in the epoch's new file.
+        let changed: HashSet<&[u8]> =
+            changes.upsert_put.iter().map(|(k, _)| k.as_slice()).chain(changes.upsert_delete.iter().map(Vec::as_slice)).collect();
+        if keys.iter().any(|(k, _)| changed.contains(k.as_slice())) {
+            return Err(Error::Recovery(format!("a row moved to file {} has a key the epoch changed", moved.file)));
+        }
+        let refs: Vec<&[u8]> = keys.iter().map(|(k, _)| k.as_slice()).collect();
+        let stored = self.upsert_get(&refs)?;
+        let mut puts = Vec::with_capacity(stored.len());
+        for ((key, row), entry) in keys.into_iter().zip(stored) {
+            match entry.as_deref().map(Entry::decode).transpose()? {
+                Some(Entry::Live { sequence, .. }) => puts.push((key, Entry::Live { file: moved.file, row, sequence }.encode())),
+                _ => {
+                    return Err(Error::Recovery(format!(
+                        "a row moved to file {} has a key the index holds no row for; the index and the table disagree",
+                        moved.file
+                    )))
+                }
+            }
+        }
+        changes.upsert_put.extend(puts);
+        Ok(())
+    }
+}

@@ -21,6 +21,7 @@ pub mod dv;
 mod group;
 pub mod table;
 pub mod txn;
+pub mod upsert;
 mod write;
 
 pub use table::{delta_err, load_table};
@@ -68,10 +69,10 @@ struct Spec {
     /// Whether its rows carry the columns Avro writer schemas added (so each epoch's rows may
     /// grow the table, or lack some of its columns).
     writer_columns: bool,
-    /// An upsert table (`[upsert]`): deletion vectors enabled, each epoch's rows in one file
-    /// tagged with the epoch ([`FILE_TAG`]), no compaction (it would move the rows the index
-    /// names).
-    upsert: bool,
+    /// An upsert table (`[upsert]`), with its key columns: deletion vectors enabled, each
+    /// epoch's rows in one file tagged with the epoch, compacted in the epochs' commits, not in
+    /// the background (see [`upsert`]).
+    upsert: Option<Vec<String>>,
 }
 
 impl Spec {
@@ -89,7 +90,7 @@ impl Spec {
             settings,
             stats: Default::default(),
             writer_columns: false,
-            upsert: false,
+            upsert: None,
         }
     }
 
@@ -235,10 +236,11 @@ impl DeltaSink {
         self
     }
 
-    /// This sink, writing an upsert table (`[upsert]`) when `upsert` is set: see [`Spec`].
-    pub fn upserting(mut self, upsert: bool) -> Self {
-        self.data.upsert = upsert;
-        self.data.compact &= !upsert;
+    /// This sink, writing an upsert table (`[upsert]`) keyed by the columns `key` when given:
+    /// see [`Spec`].
+    pub fn upserting(mut self, key: Option<Vec<String>>) -> Self {
+        self.data.compact &= key.is_none();
+        self.data.upsert = key;
         self
     }
 
@@ -261,7 +263,7 @@ impl DeltaSink {
                 }
                 let table = table_builder(path)?.build().map_err(|e| delta_err(path, e))?;
                 let mut properties = spec.settings.table_properties();
-                if spec.upsert {
+                if spec.upsert.is_some() {
                     properties.insert(DELETION_VECTORS.into(), "true".into());
                 }
                 let created = commit::create(
@@ -291,7 +293,7 @@ impl DeltaSink {
                 });
             }
         }
-        if spec.upsert && !deletion_vectors_enabled(snapshot.protocol()) {
+        if spec.upsert.is_some() && !deletion_vectors_enabled(snapshot.protocol()) {
             return Err(Error::Recovery(format!(
                 "the table at {} does not take deletion vectors, which upserts write; it was not created by an upsert pipeline: point sink.path at a new table",
                 path.display()
@@ -347,7 +349,8 @@ impl DeltaSink {
     }
 
     /// Writes `write` as one commit of epoch `epoch` to `open`, unless it already holds it
-    /// (through [`commit::commit`]: see [`EpochWrite`]).
+    /// (through [`commit::commit`]: see [`EpochWrite`]); the rows an upsert table's compaction
+    /// moved in that commit.
     async fn commit_table(
         &self,
         spec: &Spec,
@@ -356,7 +359,7 @@ impl DeltaSink {
         write: Write,
         ranges: &[PartitionRange],
         extra: Vec<Transaction>,
-    ) -> Result<()> {
+    ) -> Result<Option<crate::state::Relocated>> {
         let path = &spec.path;
         let (rows, replace, output_mode, deletes) = match write {
             Write::Append(rows) => (rows, None, OutputMode::Append, None),
@@ -379,17 +382,19 @@ impl DeltaSink {
             }
             let mut adds = write_files(spec, &open.table, open.evolve.is_some(), rows).await?;
             if deletes.is_some() {
-                tag_upsert_file(path, epoch, &mut adds)?;
+                upsert::tag_upsert_file(path, epoch, &mut adds)?;
             }
             self.failpoints.hit("after-parquet-write").await?;
             Some(adds)
         };
         let t_delta = std::time::Instant::now();
         take_fresh_snapshot(spec, open).await?;
-        let marks = match (&adds, &deletes) {
-            (Some(_), Some(deletes)) => mark_deleted(&open.table, path, deletes).await?,
-            _ => Marks::default(),
+        let compaction = spec.settings.compaction.as_ref().zip(spec.upsert.as_deref());
+        let mut rewrites = match (&adds, &deletes) {
+            (Some(_), Some(deletes)) => upsert::rewrites(&open.table, path, epoch, deletes, compaction).await?,
+            _ => upsert::Rewrites::default(),
         };
+        let relocated = rewrites.relocated.take();
         let mut txns = vec![Transaction::new(&self.pipeline, epoch as i64)];
         for r in ranges {
             txns.push(Transaction::new(partition_app_id(&self.pipeline, &r.tp), r.end));
@@ -406,26 +411,31 @@ impl DeltaSink {
             ranges,
             adds,
             replace,
-            marks,
+            rewrites,
             evolve: open.evolve.clone(),
             txns,
             operation: DeltaOperation::StreamingUpdate { output_mode, query_id: self.pipeline.clone(), epoch_id: epoch as i64 },
         };
-        match commit::commit(&mut open.table, path, spec.label(), self.before_commit(), &mut writer).await? {
+        let relocated = match commit::commit(&mut open.table, path, spec.label(), self.before_commit(), &mut writer).await? {
             commit::Outcome::Held => {
                 // (A partition whose range is empty in the held epoch, added to the topic since,
                 // records its start with the first epoch that writes it.)
                 tracing::info!(table = %path.display(), epoch, "epoch already committed to this table; skipped");
+                match (&deletes, &spec.upsert) {
+                    (Some(_), Some(keys)) => upsert::relocated_by(&open.table, path, epoch, keys).await?,
+                    _ => None,
+                }
             }
             commit::Outcome::Landed(version) => {
                 open.landed(version);
                 open.starts.extend(ranges.iter().map(|r| r.tp.clone()));
                 metrics::histogram!(crate::telemetry::metrics::COMMIT_SECONDS, "phase" => "delta")
                     .record(t_delta.elapsed().as_secs_f64());
+                relocated
             }
-        }
+        };
         open.version = epoch;
-        Ok(())
+        Ok(relocated)
     }
 
     /// What an epoch's `rows` add to the table when they carry the columns Avro writer schemas
@@ -596,7 +606,7 @@ impl Sink for DeltaSink {
         .boxed()
     }
 
-    fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<()>> {
+    fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<super::Committed>> {
         async move {
             let mut tables = self.tables.lock().await;
             if !tables.loaded {
@@ -604,7 +614,7 @@ impl Sink for DeltaSink {
                 self.refresh(&mut tables, &tps).await?;
             }
             if let Some(member) = &self.member {
-                return self.commit_group(&mut tables, batch, member).await;
+                return self.commit_group(&mut tables, batch, member).await.map(|()| super::Committed::default());
             }
             let epoch = batch.epoch;
             let stamp = |rows: &[RecordBatch]| -> Result<Vec<RecordBatch>> {
@@ -644,7 +654,7 @@ impl Sink for DeltaSink {
             let has_dead = !batch.dead_letters.is_empty() || !fan_dead.is_empty();
             let mark = has_dead.then(|| Transaction::new(dead_letters_app_id(&self.pipeline), epoch as i64));
             let data = tables.data.as_mut().ok_or_else(|| Error::Sink("the data table is not open".into()))?;
-            self.commit_table(&self.data, data, epoch, write, &batch.ranges, mark.into_iter().collect()).await?;
+            let relocated = self.commit_table(&self.data, data, epoch, write, &batch.ranges, mark.into_iter().collect()).await?;
             self.failpoints.hit("after-delta-commit").await?;
             // Every output commits every epoch (its txn records the cut even without rows), so
             // each table alone says how far it got: a replay commits only to those behind.
@@ -663,7 +673,7 @@ impl Sink for DeltaSink {
                 let rows = vec![dead_letter_batch(&dead_letters, epoch).map_err(|e| Error::Sink(e.to_string()))?];
                 self.commit_table(&self.dead, dead, epoch, Write::Append(rows), &batch.ranges, Vec::new()).await?;
             }
-            Ok(())
+            Ok(super::Committed { relocated })
         }
         .boxed()
     }

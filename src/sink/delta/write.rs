@@ -2,7 +2,6 @@
 //! and the writer that decides its commit ([`EpochWrite`]).
 
 use super::*;
-use crate::sink::delta::table::FILE_TAG;
 
 pub(super) fn delta_fields(schema: &SchemaRef) -> Result<Vec<StructField>> {
     use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -40,101 +39,6 @@ pub(super) fn deletion_vectors_enabled(protocol: &deltalake::kernel::Protocol) -
         .ok()
         .and_then(|p| p.get("writerFeatures").cloned())
         .is_some_and(|f| f.as_array().is_some_and(|f| f.iter().any(|x| x.as_str() == Some("deletionVectors"))))
-}
-
-/// Tags an upsert epoch's file with its id, the epoch; the rows were written as one file
-/// (their positions are the ones the index records).
-pub(super) fn tag_upsert_file(path: &TableLocation, epoch: u64, adds: &mut [deltalake::kernel::Add]) -> Result<()> {
-    match adds {
-        [] => Ok(()),
-        [add] => {
-            add.tags.get_or_insert_with(Default::default).insert(FILE_TAG.to_string(), Some(epoch.to_string()));
-            Ok(())
-        }
-        more => Err(Error::Sink(format!(
-            "the upsert rows of epoch {epoch} were written to {} as {} files, not one",
-            path.display(),
-            more.len()
-        ))),
-    }
-}
-
-/// The rows an upsert epoch marks deleted: a new deletion vector for each file it touches
-/// (the file's current one plus the new rows), as the remove and re-add of the file, and the
-/// vector each file had when they were read.
-#[derive(Default)]
-pub(super) struct Marks {
-    actions: Vec<Action>,
-    /// Each file's path and its deletion vector the marks were built on.
-    read: Vec<(String, Option<deltalake::kernel::DeletionVectorDescriptor>)>,
-}
-
-/// Builds the [`Marks`] of `deletes` (file id, positions) on `table`, writing their deletion
-/// vectors into one new file. A file the index names that the table does not hold, or a row
-/// already deleted, means the index and the table disagree: nothing is written.
-pub(super) async fn mark_deleted(table: &DeltaTable, path: &TableLocation, deletes: &[(u64, Vec<u32>)]) -> Result<Marks> {
-    let mut marks = Marks::default();
-    if deletes.is_empty() {
-        return Ok(marks);
-    }
-    let wanted: HashSet<u64> = deletes.iter().map(|(f, _)| *f).collect();
-    let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
-    let mut files = std::collections::HashMap::new();
-    for f in snapshot.log_data().iter() {
-        #[allow(deprecated)]
-        let add = f.add_action();
-        let id = add.tags.as_ref().and_then(|t| t.get(FILE_TAG)).cloned().flatten().and_then(|v| v.parse::<u64>().ok());
-        if let Some(id) = id.filter(|id| wanted.contains(id)) {
-            files.insert(id, (add, f.remove_action(true)));
-        }
-    }
-    let store = table.object_store();
-    let mut vectors = dv::DvFile::new();
-    for (id, rows) in deletes {
-        let (add, remove) = files.remove(id).ok_or_else(|| {
-            Error::Recovery(format!(
-                "the upsert index names rows of the file epoch {id} wrote, which {} does not hold: was the table rewritten by another writer (an OPTIMIZE)? Nothing was written",
-                path.display()
-            ))
-        })?;
-        let mut deleted = match &add.deletion_vector {
-            Some(d) => dv::read(store.as_ref(), d).await?,
-            None => roaring::RoaringTreemap::new(),
-        };
-        let before = deleted.len();
-        deleted.extend(rows.iter().map(|r| u64::from(*r)));
-        if deleted.len() != before + rows.len() as u64 {
-            return Err(Error::Recovery(format!(
-                "the upsert index names rows of {} in {} that are deleted already; the index and the table disagree. Nothing was written",
-                add.path,
-                path.display()
-            )));
-        }
-        let descriptor = vectors.push(&deleted)?;
-        marks.read.push((add.path.clone(), add.deletion_vector.clone()));
-        let stats = add.stats.as_deref().map(loose_bounds);
-        marks.actions.push(Action::Remove(remove));
-        marks.actions.push(Action::Add(deltalake::kernel::Add {
-            deletion_vector: Some(descriptor),
-            stats,
-            data_change: true,
-            ..add
-        }));
-    }
-    vectors.write(store.as_ref()).await?;
-    Ok(marks)
-}
-
-/// A file's statistics once rows of it are deleted: the bounds still hold, but may no longer be
-/// reached (`tightBounds: false`, as the protocol asks of files with deletion vectors).
-fn loose_bounds(stats: &str) -> String {
-    match serde_json::from_str::<serde_json::Value>(stats) {
-        Ok(serde_json::Value::Object(mut m)) => {
-            m.insert("tightBounds".into(), serde_json::Value::Bool(false));
-            serde_json::Value::Object(m).to_string()
-        }
-        _ => stats.to_string(),
-    }
 }
 
 /// Writes `rows` as Parquet files of `table` (not yet committed); `evolving`: they may carry
@@ -227,8 +131,8 @@ pub(super) struct EpochWrite<'a> {
     /// A bucket replacement: the `_bucket`s whose current files the commit removes (`None`:
     /// every file).
     pub(super) replace: Option<Option<HashSet<u32>>>,
-    /// An upsert's rows marked deleted in earlier files.
-    pub(super) marks: Marks,
+    /// An upsert's rows marked deleted in earlier files, and its compaction.
+    pub(super) rewrites: upsert::Rewrites,
     pub(super) evolve: Option<crate::sink::schema::Growth>,
     pub(super) txns: Vec<Transaction>,
     pub(super) operation: DeltaOperation,
@@ -263,25 +167,9 @@ impl commit::Writer for EpochWrite<'_> {
         if let Some(buckets) = &self.replace {
             actions.extend(bucket_removes(table, path, buckets.as_ref())?);
         }
-        if !self.marks.read.is_empty() {
-            // The vectors were built on the files as read before the commit: a file another
-            // writer changed since would lose that writer's deletes.
-            let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
-            let marked: HashSet<&str> = self.marks.read.iter().map(|(file, _)| file.as_str()).collect();
-            let now: std::collections::HashMap<String, Option<deltalake::kernel::DeletionVectorDescriptor>> = snapshot
-                .log_data()
-                .iter()
-                .filter(|f| marked.contains(f.path().as_ref()))
-                .map(|f| (f.path().to_string(), f.deletion_vector_descriptor()))
-                .collect();
-            if let Some((file, _)) = self.marks.read.iter().find(|(file, dv)| now.get(file) != Some(dv)) {
-                return Err(Error::Conflict {
-                    table: path.to_string(),
-                    detail: format!("{file} changed while epoch {epoch} marked rows of it deleted; nothing was written"),
-                });
-            }
-            actions.extend(self.marks.actions.iter().cloned());
-        }
+        // The vectors and the compaction were built on the files as read before the commit.
+        self.rewrites.check(table, path, epoch)?;
+        actions.extend(self.rewrites.actions());
         actions.extend(evolution(table, path, self.evolve.as_ref(), epoch)?);
         actions.extend(adds.iter().cloned().map(Action::Add));
         Ok(commit::Decision::Write(Box::new(commit::Proposal {
