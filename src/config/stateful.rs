@@ -260,8 +260,11 @@ impl PipelineConfig {
         if let Some(dup) = u.key.iter().enumerate().find(|(i, k)| u.key[..*i].contains(k)).map(|(_, k)| k) {
             return Err(bad("upsert.key", format!("names {dup:?} twice")));
         }
-        if !matches!(self.decode.format, DecodeFormat::Json) {
-            return Err(bad("upsert", "needs `decode.format = \"json\"` (plain keyed topics or the Debezium envelope)".into()));
+        if !matches!(self.decode.format, DecodeFormat::Json | DecodeFormat::Avro) {
+            return Err(bad(
+                "upsert",
+                "needs `decode.format = \"json\"` or `\"avro\"` (plain keyed topics or the Debezium envelope)".into(),
+            ));
         }
         let refuse = |what: &str, why: &str| Err(bad("upsert", format!("cannot be combined with {what}: {why}")));
         if self.aggregate.is_some() {

@@ -110,16 +110,18 @@ pub struct Avro {
 impl Avro {
     /// Reads and checks the schemas `config` names; the error is one line naming the file and
     /// the problem.
-    pub fn load(config: &AvroConfig) -> Result<Avro, String> {
-        let (reader, reader_fp, origin) = match (&config.schema_file, &config.reader_subject, &config.reader_text) {
+    /// `row_field`: the field of the reader schema whose record type gives the columns
+    /// (Debezium's envelope: `after`); `None`: the reader schema's own fields.
+    pub fn load(config: &AvroConfig, row_field: Option<&str>) -> Result<Avro, String> {
+        let (reader, reader_fp, zoned, origin) = match (&config.schema_file, &config.reader_subject, &config.reader_text) {
             (Some(path), _, _) => {
-                let (schema, fp) = read_schema(path)?;
-                (schema, fp, path.display().to_string())
+                let (schema, fp, zoned) = read_schema(path)?;
+                (schema, fp, zoned, path.display().to_string())
             }
             (None, Some(subject), Some(text)) => {
                 let origin = format!("the registry's subject {subject:?}");
-                let (schema, fp) = parse_schema(text, &origin)?;
-                (schema, fp, origin)
+                let (schema, fp, zoned) = parse_schema(text, &origin)?;
+                (schema, fp, zoned, origin)
             }
             (None, Some(subject), None) => {
                 return Err(format!(
@@ -128,7 +130,12 @@ impl Avro {
             }
             (None, None, _) => return Err("needs the reader schema: schema_file or reader_subject".into()),
         };
-        let fields = columns(&reader).map_err(|e| format!("{origin}: {e}"))?;
+        let fields = match row_field {
+            None => columns(&reader),
+            Some(field) => row_columns(&reader, field),
+        }
+        .map(|columns| zoned_timestamps(columns, &zoned))
+        .map_err(|e| format!("{origin}: {e}"))?;
         if config.registry.is_some() && config.framing != AvroFraming::Confluent {
             return Err(
                 "registry finds writer schemas by the id of the Confluent wire format: set framing = \"confluent\"".into()
@@ -151,7 +158,7 @@ impl Avro {
                 let label = |fp: [u8; 8]| format!("writer schema fingerprint {:016x}", u64::from_le_bytes(fp));
                 let mut by_fingerprint = HashMap::from([(reader_fp, Writer::new(label(reader_fp), &reader, &fields))]);
                 for (path, _) in schema_files(config.schemas_dir.as_deref())? {
-                    let (schema, fp) = read_schema(&path)?;
+                    let (schema, fp, _) = read_schema(&path)?;
                     by_fingerprint.insert(fp, Writer::new(label(fp), &schema, &fields));
                 }
                 Writers::ByFingerprint(by_fingerprint)
@@ -190,6 +197,29 @@ impl Avro {
     ) -> Result<(), Rejected> {
         let (writer, body) = self.writer(bytes)?;
         self.resolve(&writer, body, vals, added)
+    }
+
+    /// An Avro value resolved to the reader schema, as its record's members (a Debezium change
+    /// event: `op`, `before`, `after`, `source`, ...).
+    pub(super) fn record(&self, bytes: &[u8]) -> Result<Vec<(String, Value)>, Rejected> {
+        let (writer, body) = self.writer(bytes)?;
+        let value = datum(&writer, body)?
+            .resolve(&self.reader)
+            .map_err(|e| (Rejection::InvalidAvro, format!("{} does not resolve to the reader schema: {e}", writer.label)))?;
+        match value {
+            Value::Record(members) => Ok(members),
+            _ => Err((Rejection::InvalidAvro, "the Avro value is not a record".into())),
+        }
+    }
+
+    /// An Avro value read with its writer schema alone, as its record's members: a Kafka key,
+    /// whose schema is not the reader schema.
+    pub(super) fn own_record(&self, bytes: &[u8]) -> Result<Vec<(String, Value)>, Rejected> {
+        let (writer, body) = self.writer(bytes)?;
+        match datum(&writer, body)? {
+            Value::Record(members) => Ok(members),
+            _ => Err((Rejection::InvalidAvro, "the Avro key is not a record".into())),
+        }
     }
 
     /// The writer schema of a value and the value's Avro body.
@@ -320,16 +350,12 @@ impl Avro {
     fn resolve<'a>(
         &self,
         writer: &Writer,
-        mut body: &[u8],
+        body: &[u8],
         vals: &mut Vec<Val<'a>>,
         added: Option<&[FieldConfig]>,
     ) -> Result<(), Rejected> {
         let corrupt = |why: String| (Rejection::InvalidAvro, why);
-        let value = apache_avro::from_avro_datum(&writer.schema, &mut body, None)
-            .map_err(|e| corrupt(format!("the Avro body does not decode with its writer schema: {e}")))?;
-        if !body.is_empty() {
-            return Err(corrupt(format!("{} bytes follow the Avro record", body.len())));
-        }
+        let value = datum(writer, body)?;
         // The writer's own fields beyond the reader schema, taken out before resolution
         // skips them.
         let mut own: Vec<(String, Value)> = Vec::new();
@@ -360,17 +386,34 @@ impl Avro {
         let Value::Record(members) = value else {
             return Err(corrupt("the Avro value is not a record".into()));
         };
-        let mut members: HashMap<String, Value> = members.into_iter().collect();
-        for f in &self.fields {
-            let v = members.remove(&f.name).unwrap_or(Value::Null);
-            vals.push(val(&f.kind, v, &f.name)?);
-        }
+        row(&self.fields, members, vals)?;
         for c in added.unwrap_or_default() {
             let v = own.iter().position(|(name, _)| *name == c.name).map_or(Value::Null, |i| own.swap_remove(i).1);
             vals.push(val(&c.kind, v, &c.name)?);
         }
         Ok(())
     }
+}
+
+/// The values of `fields` from a record's members into `vals` (a member missing: null).
+pub(super) fn row(fields: &[FieldConfig], members: Vec<(String, Value)>, vals: &mut Vec<Val<'_>>) -> Result<(), Rejected> {
+    let mut members: HashMap<String, Value> = members.into_iter().collect();
+    for f in fields {
+        let v = members.remove(&f.name).unwrap_or(Value::Null);
+        vals.push(val(&f.kind, v, &f.name)?);
+    }
+    Ok(())
+}
+
+/// An Avro body read with its writer schema; nothing may follow it.
+fn datum(writer: &Writer, mut body: &[u8]) -> Result<Value, Rejected> {
+    let corrupt = |why: String| (Rejection::InvalidAvro, why);
+    let value = apache_avro::from_avro_datum(&writer.schema, &mut body, None)
+        .map_err(|e| corrupt(format!("the Avro body does not decode with its writer schema: {e}")))?;
+    if !body.is_empty() {
+        return Err(corrupt(format!("{} bytes follow the Avro record", body.len())));
+    }
+    Ok(value)
 }
 
 /// The schema id of a value in the Confluent wire format.
@@ -392,18 +435,83 @@ fn columns_check(schema: &Schema) -> Result<(), String> {
 
 /// A schema and the little-endian CRC-64-AVRO fingerprint of its Parsing Canonical Form (what
 /// single-object encoding frames a value with).
-fn read_schema(path: &Path) -> Result<(Schema, [u8; 8]), String> {
+fn read_schema(path: &Path) -> Result<(Schema, [u8; 8], HashSet<String>), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read Avro schema {}: {e}", path.display()))?;
     parse_schema(&text, &path.display().to_string())
 }
 
 /// [`read_schema`] of a schema's text; `origin` names it in errors.
-fn parse_schema(text: &str, origin: &str) -> Result<(Schema, [u8; 8]), String> {
-    let schema = Schema::parse_str(text).map_err(|e| format!("{origin} is not an Avro schema: {e}"))?;
+fn parse_schema(text: &str, origin: &str) -> Result<(Schema, [u8; 8], HashSet<String>), String> {
+    let (typed, zoned) = connect_types(text);
+    let schema = Schema::parse_str(&typed).map_err(|e| format!("{origin} is not an Avro schema: {e}"))?;
     let json: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("{origin} is not JSON: {e}"))?;
     let mut canonical = String::new();
     canonical_form(&json, None, &mut canonical);
-    Ok((schema, crc64_avro(canonical.as_bytes()).to_le_bytes()))
+    Ok((schema, crc64_avro(canonical.as_bytes()).to_le_bytes(), zoned))
+}
+
+/// Kafka Connect's semantic types (`connect.name`, as Debezium's connectors and the Connect
+/// Avro converters write them) that Avro spells as a plain `long` or `int`, and the Avro
+/// logical type that reads them as Spark would want them: timestamps and dates.
+const CONNECT_LOGICAL: &[(&str, &str)] = &[
+    ("io.debezium.time.MicroTimestamp", "timestamp-micros"),
+    ("io.debezium.time.Timestamp", "timestamp-millis"),
+    ("org.apache.kafka.connect.data.Timestamp", "timestamp-millis"),
+    ("io.debezium.time.Date", "date"),
+    ("org.apache.kafka.connect.data.Date", "date"),
+];
+
+/// Debezium's `timestamptz`: an ISO 8601 string with its offset.
+const ZONED_TIMESTAMP: &str = "io.debezium.time.ZonedTimestamp";
+
+/// A schema's text with Connect's semantic types of [`CONNECT_LOGICAL`] as Avro logical types
+/// (their bytes are the same: only how they read changes), and the record fields whose type is
+/// Debezium's zoned timestamp (a string; [`zoned_timestamps`] makes such a column a
+/// timestamp). Text that is not JSON is returned as it is, for the parser to refuse.
+pub(super) fn connect_types(text: &str) -> (std::borrow::Cow<'_, str>, HashSet<String>) {
+    fn visit(v: &mut serde_json::Value, field: Option<&str>, zoned: &mut HashSet<String>, changed: &mut bool) {
+        match v {
+            serde_json::Value::Array(union) => union.iter_mut().for_each(|v| visit(v, field, zoned, changed)),
+            serde_json::Value::Object(o) => {
+                let name = o.get("connect.name").and_then(|n| n.as_str()).map(str::to_string);
+                if let Some(name) = name.filter(|_| !o.contains_key("logicalType")) {
+                    if let Some((_, logical)) = CONNECT_LOGICAL.iter().find(|(n, _)| *n == name) {
+                        o.insert("logicalType".into(), (*logical).into());
+                        *changed = true;
+                    } else if let (ZONED_TIMESTAMP, Some(field)) = (name.as_str(), field) {
+                        zoned.insert(field.to_string());
+                    }
+                }
+                if let Some(serde_json::Value::Array(fields)) = o.get_mut("fields") {
+                    for f in fields.iter_mut().filter_map(|f| f.as_object_mut()) {
+                        let name = f.get("name").and_then(|n| n.as_str()).map(str::to_string);
+                        if let Some(t) = f.get_mut("type") {
+                            visit(t, name.as_deref(), zoned, changed);
+                        }
+                    }
+                }
+                for (key, inner) in [("type", field), ("items", None), ("values", None)] {
+                    if let Some(child @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) = o.get_mut(key) {
+                        visit(child, inner, zoned, changed);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let Ok(mut json) = serde_json::from_str::<serde_json::Value>(text) else { return (text.into(), HashSet::new()) };
+    let (mut zoned, mut changed) = (HashSet::new(), false);
+    visit(&mut json, None, &mut zoned, &mut changed);
+    (if changed { json.to_string().into() } else { text.into() }, zoned)
+}
+
+/// `columns` with the string columns holding Debezium's zoned timestamps (`zoned`, by name)
+/// made timestamps: their ISO 8601 text is read as the instant it names.
+fn zoned_timestamps(mut columns: Vec<FieldConfig>, zoned: &HashSet<String>) -> Vec<FieldConfig> {
+    for c in columns.iter_mut().filter(|c| c.kind == FieldType::String && zoned.contains(&c.name)) {
+        c.kind = FieldType::Timestamp;
+    }
+    columns
 }
 
 /// `schema` as given to `apache-avro`'s decoding and resolution: `bytes` decimals as plain
@@ -579,6 +687,27 @@ fn columns(schema: &Schema) -> Result<Vec<FieldConfig>, String> {
         .collect()
 }
 
+/// The columns of the record type of field `field` of a reader schema (a record): Debezium's
+/// `after`, `["null", <the table's row record>]`.
+fn row_columns(schema: &Schema, field: &str) -> Result<Vec<FieldConfig>, String> {
+    let resolved = ResolvedSchema::try_from(schema).map_err(|e| e.to_string())?;
+    let Schema::Record(record) = schema else { return Err("the reader schema must be a record".into()) };
+    let f = record.fields.iter().find(|f| f.name == field).ok_or_else(|| {
+        format!("the reader schema has no field `{field}`: is it a Debezium change event's schema (the topic's value subject)?")
+    })?;
+    let mut row = &f.schema;
+    if let Schema::Union(u) = row {
+        row = u.variants().iter().find(|s| !matches!(s, Schema::Null)).unwrap_or(row);
+    }
+    if let Schema::Ref { name } = row {
+        row = resolved.get_names().get(name).copied().ok_or_else(|| format!("field `{field}`: unknown type {name}"))?;
+    }
+    match row {
+        Schema::Record(_) => columns(row).map_err(|e| format!("field `{field}`: {e}")),
+        _ => Err(format!("field `{field}` is not a record (or null and a record)")),
+    }
+}
+
 /// The column type of an Avro schema and whether it is nullable; `stack` holds the records
 /// being expanded (a recursive type has no table form).
 fn column_type(
@@ -643,7 +772,7 @@ fn column_type(
 }
 
 /// The value of a resolved Avro value as column type `t`.
-fn val(t: &FieldType, v: Value, at: &str) -> Result<Val<'static>, Rejected> {
+pub(super) fn val(t: &FieldType, v: Value, at: &str) -> Result<Val<'static>, Rejected> {
     let wrong = |v: &Value| (Rejection::WrongType, format!("field `{at}`: {v:?} is not a {t}"));
     Ok(match (t, v) {
         (_, Value::Union(_, inner)) => val(t, *inner, at)?,
@@ -658,6 +787,9 @@ fn val(t: &FieldType, v: Value, at: &str) -> Result<Val<'static>, Rejected> {
         (FieldType::String, Value::Uuid(u)) => Val::Str(u.to_string().into()),
         (FieldType::Date, Value::Date(d)) => Val::Date(d),
         (FieldType::Timestamp, Value::TimestampMicros(x) | Value::LocalTimestampMicros(x)) => Val::Long(x),
+        (FieldType::Timestamp, Value::String(text)) => Val::Long(super::json::rfc3339_micros(&text).ok_or_else(|| {
+            (Rejection::WrongType, format!("field `{at}`: {text:?} is not an ISO 8601 timestamp with an offset"))
+        })?),
         (FieldType::Timestamp, Value::TimestampMillis(x) | Value::LocalTimestampMillis(x)) => {
             Val::Long(x.checked_mul(1000).ok_or_else(|| (Rejection::WrongType, format!("field `{at}`: timestamp out of range")))?)
         }
@@ -768,12 +900,15 @@ mod tests {
             .unwrap();
         std::fs::write(schemas.join("3.avsc"), record(r#", {"name": "a", "type": ["null", "string"]}"#)).unwrap();
         std::fs::write(schemas.join("4.avsc"), record(r#", {"name": "score", "type": "string"}"#)).unwrap();
-        let avro = Avro::load(&AvroConfig {
-            schema_file: Some(dir.path().join("reader.avsc")),
-            framing: AvroFraming::Confluent,
-            schemas_dir: Some(schemas),
-            ..AvroConfig::default()
-        })
+        let avro = Avro::load(
+            &AvroConfig {
+                schema_file: Some(dir.path().join("reader.avsc")),
+                framing: AvroFraming::Confluent,
+                schemas_dir: Some(schemas),
+                ..AvroConfig::default()
+            },
+            None,
+        )
         .unwrap();
         let framed = |id: u32| [&[0u8][..], &id.to_be_bytes()].concat();
         let (two, three, four) = (framed(2), framed(3), framed(4));

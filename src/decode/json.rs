@@ -265,7 +265,7 @@ const TIMESTAMP_FORMS: &str = "timestamp (epoch milliseconds, or an RFC 3339 / I
 /// Microseconds since the epoch of an RFC 3339 timestamp (`2026-11-26T12:00:00.123456Z`,
 /// `…+02:00`; a space for the `T` is accepted, as ISO 8601 writers often use it). Digits past
 /// the microsecond are truncated; `None` when the text is no such timestamp.
-fn rfc3339_micros(text: &str) -> Option<i64> {
+pub(super) fn rfc3339_micros(text: &str) -> Option<i64> {
     let t = chrono::DateTime::parse_from_rfc3339(text.trim())
         .or_else(|_| chrono::DateTime::parse_from_str(text.trim(), "%Y-%m-%d %H:%M:%S%.f%:z"))
         .ok()?;

@@ -146,7 +146,10 @@ impl Decoder {
     /// read or do not parse (built once, by `plan::Plan`).
     pub fn new(config: &DecodeConfig) -> Result<Self, String> {
         let avro = match (config.format, &config.avro) {
-            (DecodeFormat::Avro, Some(c)) => Some(Arc::new(avro::Avro::load(c)?)),
+            (DecodeFormat::Avro, Some(c)) => {
+                let row = (config.envelope == crate::config::Envelope::Debezium).then_some("after");
+                Some(Arc::new(avro::Avro::load(c, row)?))
+            }
             (DecodeFormat::Avro, None) => return Err("`format = \"avro\"` needs [decode.avro]".into()),
             _ => None,
         };
@@ -182,7 +185,7 @@ impl Decoder {
         envelope: crate::config::Envelope,
     ) -> Result<Self, String> {
         let Some(upsert) = upsert else { return Ok(self) };
-        let changes = change::Changes::new(upsert, envelope, &self.fields)?;
+        let changes = change::Changes::new(upsert, envelope, &self.fields, self.avro.clone())?;
         self.table_schema = Some(self.schema.clone());
         let mut fields: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
         fields.push(Field::new(CHANGE_DELETE_COL, DataType::Boolean, false));
@@ -203,7 +206,11 @@ impl Decoder {
     /// also where the columns grow; `Err` when two writer schemas give one column two types.
     pub async fn prepare<R: RecordView>(&self, records: &[R]) -> crate::error::Result<()> {
         let Some(avro) = &self.avro else { return Ok(()) };
-        avro.prepare(records.iter().filter_map(RecordView::payload)).await.map_err(crate::error::Error::SchemaRegistry)?;
+        // With `[upsert]`, a tombstone's Kafka key gives the key columns: its schema too.
+        let keys = records.iter().filter(|r| self.changes.is_some() && r.payload().is_none()).filter_map(RecordView::key);
+        avro.prepare(records.iter().filter_map(RecordView::payload).chain(keys))
+            .await
+            .map_err(crate::error::Error::SchemaRegistry)?;
         if self.writer_columns {
             avro.grow(records.iter().filter_map(RecordView::payload)).map_err(crate::error::Error::Schema)?;
         }

@@ -98,9 +98,16 @@ impl Registry {
     /// The writer schema with id `id`; `Err` when the registry cannot be asked (after the
     /// retries) or refuses the credentials.
     pub async fn schema(&self, id: u32) -> Result<Lookup, String> {
-        Ok(match self.get(&format!("schemas/ids/{id}"), &format!("schema id {id}")).await? {
-            Some(body) => parse(id, &body),
-            None => Lookup::Unknown(format!("unknown writer schema id {id} (the schema registry has none)")),
+        let what = format!("schema id {id}");
+        let Some(body) = self.get(&format!("schemas/ids/{id}"), &what).await? else {
+            return Ok(Lookup::Unknown(format!("unknown writer schema id {id} (the schema registry has none)")));
+        };
+        Ok(match self.resolved(&body, &what, 0).await? {
+            Ok(text) => match Schema::parse_str(&super::avro::connect_types(&text).0) {
+                Ok(schema) => Lookup::Found(schema),
+                Err(e) => Lookup::Unknown(format!("writer schema id {id} from the registry is not an Avro schema: {e}")),
+            },
+            Err(why) => Lookup::Unknown(why),
         })
     }
 
@@ -110,27 +117,45 @@ impl Registry {
     pub async fn subject_version(&self, subject: &str, version: Option<u32>) -> Result<String, String> {
         let v = version.map_or("latest".to_string(), |v| v.to_string());
         let what = format!("subject {subject:?} version {v}");
-        let encoded: String = subject
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        let Some(body) = self.get(&format!("subjects/{encoded}/versions/{v}"), &what).await? else {
+        let Some(body) = self.get(&subject_path(subject, &v), &what).await? else {
             return Err(format!("schema registry {} has no {what}", self.base));
         };
-        let answer: serde_json::Value = serde_json::from_str(&body)
-            .map_err(|e| format!("schema registry {}: the answer for {what} is not JSON: {e}", self.base))?;
-        match answer.get("schemaType").and_then(|t| t.as_str()) {
-            None | Some("AVRO") => {}
-            Some(other) => return Err(format!("schema registry {}: {what} is a {other} schema, not Avro", self.base)),
-        }
-        answer
-            .get("schema")
-            .and_then(|s| s.as_str())
-            .map(String::from)
-            .ok_or_else(|| format!("schema registry {}: the answer for {what} has no schema", self.base))
+        self.resolved(&body, &what, 0).await?.map_err(|why| format!("schema registry {}: {why}", self.base))
+    }
+
+    /// The Avro schema text of a registry's answer `body`, with the schemas it references
+    /// written in (see [`inline`]), fetched as their subjects' versions. `Ok(Err(why))`: the
+    /// answer is no Avro schema, or a reference is missing; `Err`: the registry cannot be asked.
+    fn resolved<'a>(
+        &'a self,
+        body: &'a str,
+        what: &'a str,
+        depth: usize,
+    ) -> futures::future::BoxFuture<'a, Result<Result<String, String>, String>> {
+        Box::pin(async move {
+            let (text, references) = match answer(body, what) {
+                Ok(a) => a,
+                Err(why) => return Ok(Err(why)),
+            };
+            if references.is_empty() {
+                return Ok(Ok(text));
+            }
+            if depth >= MAX_REFERENCE_DEPTH {
+                return Ok(Err(format!("{what}: references nested deeper than {MAX_REFERENCE_DEPTH}")));
+            }
+            let mut named = Vec::with_capacity(references.len());
+            for r in references {
+                let of = format!("{what}: reference {:?} (subject {:?} version {})", r.name, r.subject, r.version);
+                let Some(body) = self.get(&subject_path(&r.subject, &r.version.to_string()), &of).await? else {
+                    return Ok(Err(format!("{of} is not in the registry")));
+                };
+                match self.resolved(&body, &of, depth + 1).await? {
+                    Ok(text) => named.push((r.name, text)),
+                    Err(why) => return Ok(Err(why)),
+                }
+            }
+            Ok(inline(&text, &named).map_err(|why| format!("{what}: {why}")))
+        })
     }
 
     /// The body of `GET <url>/<path>`, asking again (with a growing pause) while the registry
@@ -193,23 +218,81 @@ pub fn subject_version_now(config: &RegistryConfig, subject: &str, version: Opti
     })
 }
 
-/// A `/schemas/ids/<id>` answer: `{"schema": "<Avro schema JSON>", "schemaType": …}`.
-fn parse(id: u32, body: &str) -> Lookup {
-    let answer: serde_json::Value = match serde_json::from_str(body) {
-        Ok(v) => v,
-        Err(e) => return Lookup::Unknown(format!("the schema registry's answer for id {id} is not JSON: {e}")),
-    };
+/// How deep references may nest (a reference's own references, ...).
+const MAX_REFERENCE_DEPTH: usize = 8;
+
+/// The path of a subject's version.
+fn subject_path(subject: &str, version: &str) -> String {
+    let encoded: String = subject
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("subjects/{encoded}/versions/{version}")
+}
+
+/// A schema reference: a named type the schema uses, registered under a subject of its own.
+#[derive(Debug, serde::Deserialize)]
+struct Reference {
+    name: String,
+    subject: String,
+    version: u32,
+}
+
+/// A registry's answer for a schema (`{"schema": "<Avro schema JSON>", "schemaType": …,
+/// "references": [...]}`): its text and references; `Err`: why it is no Avro schema.
+fn answer(body: &str, what: &str) -> Result<(String, Vec<Reference>), String> {
+    let answer: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("the schema registry's answer for {what} is not JSON: {e}"))?;
     match answer.get("schemaType").and_then(|t| t.as_str()) {
         None | Some("AVRO") => {}
-        Some(other) => return Lookup::Unknown(format!("writer schema id {id} is a {other} schema, not Avro")),
+        Some(other) => return Err(format!("{what} is a {other} schema, not Avro")),
     }
-    let Some(text) = answer.get("schema").and_then(|s| s.as_str()) else {
-        return Lookup::Unknown(format!("the schema registry's answer for id {id} has no schema"));
+    let text = answer
+        .get("schema")
+        .and_then(|s| s.as_str())
+        .ok_or_else(|| format!("the schema registry's answer for {what} has no schema"))?;
+    let references = match answer.get("references") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(r) => serde_json::from_value(r.clone()).map_err(|e| format!("the references of {what} do not read: {e}"))?,
     };
-    match Schema::parse_str(text) {
-        Ok(schema) => Lookup::Found(schema),
-        Err(e) => Lookup::Unknown(format!("writer schema id {id} from the registry is not an Avro schema: {e}")),
+    Ok((text.to_string(), references))
+}
+
+/// `text` with each named schema of `named` (full name, schema text) written in where the
+/// name is first used as a type, so the text parses alone (Avro's parser reads a name after its
+/// definition). A name `text` does not use is left out.
+fn inline(text: &str, named: &[(String, String)]) -> Result<String, String> {
+    fn visit(v: &mut serde_json::Value, name: &str, schema: &mut Option<serde_json::Value>) {
+        if schema.is_none() {
+            return;
+        }
+        match v {
+            serde_json::Value::String(s) if s == name => *v = schema.take().expect("checked above"),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|i| visit(i, name, schema)),
+            serde_json::Value::Object(o) => {
+                for key in ["type", "items", "values"] {
+                    if let Some(child) = o.get_mut(key) {
+                        visit(child, name, schema);
+                    }
+                }
+                if let Some(serde_json::Value::Array(fields)) = o.get_mut("fields") {
+                    for f in fields.iter_mut().filter_map(|f| f.get_mut("type")) {
+                        visit(f, name, schema);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
+    let mut json: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    for (name, schema) in named {
+        let schema = serde_json::from_str(schema).map_err(|e| format!("reference {name:?} is not JSON: {e}"))?;
+        visit(&mut json, name, &mut Some(schema));
+    }
+    Ok(json.to_string())
 }
 
 #[cfg(test)]
@@ -220,20 +303,32 @@ mod tests {
     fn answers_are_read_as_the_registry_writes_them() {
         let schema = r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "long"}]}"#;
         let body = serde_json::json!({ "schema": schema }).to_string();
-        assert!(matches!(parse(1, &body), Lookup::Found(_)));
-        let avro = serde_json::json!({ "schema": schema, "schemaType": "AVRO" }).to_string();
-        assert!(matches!(parse(1, &avro), Lookup::Found(_)));
+        assert_eq!(answer(&body, "id 1").unwrap().0, schema);
+        let avro = serde_json::json!({ "schema": schema, "schemaType": "AVRO", "references": [] }).to_string();
+        assert!(answer(&avro, "id 1").is_ok());
         for (body, why) in [
             (serde_json::json!({ "schema": "syntax = \"proto3\";", "schemaType": "PROTOBUF" }).to_string(), "PROTOBUF schema"),
-            (serde_json::json!({ "schema": "{\"type\": \"nope\"}" }).to_string(), "not an Avro schema"),
             (serde_json::json!({ "id": 3 }).to_string(), "has no schema"),
             ("<html>".to_string(), "not JSON"),
         ] {
-            match parse(7, &body) {
-                Lookup::Unknown(reason) => assert!(reason.contains(why), "{reason}"),
-                Lookup::Found(_) => panic!("{body} is no schema"),
-            }
+            let reason = answer(&body, "id 7").unwrap_err();
+            assert!(reason.contains(why), "{reason}");
         }
+    }
+
+    #[test]
+    fn references_are_written_in_where_first_used() {
+        // Debezium's envelope as Apicurio's converter registers it: `Source` a subject of its own.
+        let envelope = r#"{"type": "record", "name": "Envelope", "namespace": "t", "fields": [
+            {"name": "source", "type": "io.debezium.Source"},
+            {"name": "again", "type": ["null", "io.debezium.Source"]},
+            {"name": "op", "type": "string"}]}"#;
+        let source = r#"{"type": "record", "name": "Source", "namespace": "io.debezium", "fields": [{"name": "lsn", "type": ["null", "long"]}]}"#;
+        assert!(Schema::parse_str(envelope).is_err(), "alone it does not parse");
+        let text = inline(envelope, &[("io.debezium.Source".into(), source.into())]).unwrap();
+        let Schema::Record(r) = Schema::parse_str(&text).unwrap() else { panic!("a record") };
+        assert!(matches!(&r.fields[0].schema, Schema::Record(s) if s.name.fullname(None) == "io.debezium.Source"));
+        assert!(matches!(&r.fields[1].schema, Schema::Union(_)), "the second use names the type");
     }
 
     #[test]
