@@ -46,6 +46,11 @@ pub struct SharedStats {
 }
 
 impl SharedStats {
+    /// Counts `files` merged away (by a compaction in an upsert epoch's commit).
+    pub fn compacted(&self, files: u64) {
+        self.files_compacted.fetch_add(files, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The current figures.
     pub fn get(&self) -> TableStats {
         use std::sync::atomic::Ordering::Relaxed;

@@ -127,6 +127,8 @@ struct Open {
     /// The schema the table takes in the next data commit (`sink.schema_evolution`) and the
     /// paths it adds, until a commit carrying it lands.
     evolve: Option<super::schema::Growth>,
+    /// An upsert table's compaction credit, in rows (see [`upsert::CREDIT_PER_CHANGE`]).
+    credit: u64,
 }
 
 impl Open {
@@ -335,7 +337,7 @@ impl DeltaSink {
             self.failpoints.clone(),
             spec.stats.clone(),
         );
-        Ok(Some(Open { table, maintenance: Some(maintenance), version, starts, evolve }))
+        Ok(Some(Open { table, maintenance: Some(maintenance), version, starts, evolve, credit: 0 }))
     }
 
     /// Brings the table properties the config stands for (checkpoint interval, retentions) up
@@ -389,12 +391,22 @@ impl DeltaSink {
         };
         let t_delta = std::time::Instant::now();
         take_fresh_snapshot(spec, open).await?;
-        let compaction = spec.settings.compaction.as_ref().zip(spec.upsert.as_deref());
         let mut rewrites = match (&adds, &deletes) {
-            (Some(_), Some(deletes)) => upsert::rewrites(&open.table, path, epoch, deletes, compaction).await?,
+            (Some(adds), Some(deletes)) => {
+                let changes =
+                    adds.iter().map(|a| a.get_stats().ok().flatten().map_or(0, |s| s.num_records.max(0) as u64)).sum::<u64>()
+                        + deletes.iter().map(|(_, rows)| rows.len() as u64).sum::<u64>();
+                open.credit = open.credit.saturating_add(upsert::CREDIT_PER_CHANGE * changes);
+                let compaction = match (&spec.settings.compaction, &spec.upsert) {
+                    (Some(policy), Some(keys)) => Some(upsert::Compaction { policy, keys, credit: open.credit }),
+                    _ => None,
+                };
+                upsert::rewrites(&open.table, path, epoch, deletes, compaction).await?
+            }
             _ => upsert::Rewrites::default(),
         };
         let relocated = rewrites.relocated.take();
+        let (rewritten, compacted_files) = (rewrites.rewritten, rewrites.compacted_files);
         let mut txns = vec![Transaction::new(&self.pipeline, epoch as i64)];
         for r in ranges {
             txns.push(Transaction::new(partition_app_id(&self.pipeline, &r.tp), r.end));
@@ -431,6 +443,12 @@ impl DeltaSink {
                 open.starts.extend(ranges.iter().map(|r| r.tp.clone()));
                 metrics::histogram!(crate::telemetry::metrics::COMMIT_SECONDS, "phase" => "delta")
                     .record(t_delta.elapsed().as_secs_f64());
+                if compacted_files > 0 {
+                    open.credit -= rewritten;
+                    spec.stats.compacted(compacted_files);
+                    metrics::counter!(crate::telemetry::metrics::COMPACTION_FILES, "table" => spec.label())
+                        .increment(compacted_files);
+                }
                 relocated
             }
         };

@@ -34,6 +34,13 @@ use crate::state::Relocated;
 /// `e`).
 pub const COMPACTED: u64 = 1 << 48;
 
+/// Rows an upsert table's compaction may rewrite per row an epoch writes or deletes. Its work
+/// (rewriting rows, then re-pointing their keys in the index) follows the change: each epoch
+/// earns this much credit, a compaction is planned only within the credit saved so far, and
+/// spends it. Purging a file at half deleted rewrites a live row per deleted one, and merging
+/// small files rewrites each row a few times: 4 keeps up with both.
+pub(super) const CREDIT_PER_CHANGE: u64 = 4;
+
 /// Tags an upsert epoch's file with its id, the epoch; the rows were written as one file
 /// (their positions are the ones the index records).
 pub(super) fn tag_upsert_file(path: &TableLocation, epoch: u64, adds: &mut [Add]) -> Result<()> {
@@ -94,6 +101,9 @@ pub(super) struct Rewrites {
     compacted: Option<Add>,
     /// The rows the compaction moved.
     pub(super) relocated: Option<Relocated>,
+    /// The rows it rewrote (its cost, against the credit), and the files it removed.
+    pub(super) rewritten: u64,
+    pub(super) compacted_files: u64,
 }
 
 /// A file the commit removes: re-added with a new deletion vector, or not (compacted); and the
@@ -139,16 +149,24 @@ impl Rewrites {
     }
 }
 
+/// What an upsert epoch's commit may compact: the policy, the key columns, and the credit (in
+/// rows, see [`CREDIT_PER_CHANGE`]).
+pub(super) struct Compaction<'a> {
+    pub(super) policy: &'a Policy,
+    pub(super) keys: &'a [String],
+    pub(super) credit: u64,
+}
+
 /// Builds the [`Rewrites`] of epoch `epoch` on `table`: `deletes` (file id, positions) marked
-/// deleted (their vectors written into one new file), and the compaction `policy` plans, whose
-/// rows' keys are the columns `keys`. A file the index names that the table does not hold, or a
-/// row already deleted, means the index and the table disagree: nothing is written.
+/// deleted (their vectors written into one new file), and the compaction planned within
+/// `compaction`. A file the index names that the table does not hold, or a row already deleted,
+/// means the index and the table disagree: nothing is written.
 pub(super) async fn rewrites(
     table: &DeltaTable,
     path: &TableLocation,
     epoch: u64,
     deletes: &[(u64, Vec<u32>)],
-    compaction: Option<(&Policy, &[String])>,
+    compaction: Option<Compaction<'_>>,
 ) -> Result<Rewrites> {
     let mut out = Rewrites::default();
     if deletes.is_empty() && compaction.is_none() {
@@ -180,9 +198,9 @@ pub(super) async fn rewrites(
         }
         marked.insert(*id, deleted);
     }
-    let chosen = match compaction {
-        None => Vec::new(),
-        Some((policy, _)) => {
+    let (chosen, rewritten) = match &compaction {
+        None => (Vec::new(), 0),
+        Some(c) => {
             let sizes: Vec<Size> = files
                 .iter()
                 .map(|(id, f)| Size {
@@ -196,10 +214,10 @@ pub(super) async fn rewrites(
                         .unwrap_or(0),
                 })
                 .collect();
-            plan(policy, &sizes)
+            plan(c.policy, &sizes, c.credit)
         }
     };
-    if let (Some((_, keys)), false) = (compaction, chosen.is_empty()) {
+    if let (Some(Compaction { keys, .. }), false) = (compaction, chosen.is_empty()) {
         let mut sources = Vec::with_capacity(chosen.len());
         for id in &chosen {
             let file = files.remove(id).expect("planned from these files");
@@ -215,6 +233,8 @@ pub(super) async fn rewrites(
         let (add, relocated) = compact(table, path, epoch, &sources, keys).await?;
         out.compacted = add;
         out.relocated = relocated;
+        out.rewritten = rewritten;
+        out.compacted_files = sources.len() as u64;
         for (file, _) in sources {
             let remove = Remove { data_change: deletes.iter().any(|(f, _)| *f == file_id(&file.add)), ..file.remove };
             out.files.push(Rewrite { path: file.add.path, read: file.add.deletion_vector, remove, readd: None });
@@ -348,22 +368,25 @@ pub(super) struct Size {
     deleted: u64,
 }
 
-/// The files an epoch's commit compacts, ids ascending: every file whose rows are all deleted
-/// (dropped unread); then, within `policy.target_bytes` of input, files at least half deleted
-/// (purged), then tiers of small files (by live bytes, as [`Policy::tier`]) holding
-/// `policy.min_files` files. Nothing when that would rewrite a single file that is mostly live.
-pub(super) fn plan(policy: &Policy, files: &[Size]) -> Vec<u64> {
-    let live_bytes = |f: &Size| f.bytes * (f.rows - f.deleted.min(f.rows)) / f.rows.max(1);
+/// The files an epoch's commit compacts (ids ascending) and the live rows it rewrites: every
+/// file whose rows are all deleted (dropped unread, free); then, while the rows rewritten stay
+/// within `credit`, files at least half deleted (purged; the most deleted first), then tiers of
+/// small files (by live bytes, as [`Policy::tier`]) holding `policy.min_files` files (merged, at
+/// most `policy.target_bytes` of them).
+pub(super) fn plan(policy: &Policy, files: &[Size], credit: u64) -> (Vec<u64>, u64) {
+    let live = |f: &Size| f.rows - f.deleted.min(f.rows);
+    let live_bytes = |f: &Size| f.bytes * live(f) / f.rows.max(1);
     let empty = |f: &Size| f.deleted >= f.rows;
     let sparse = |f: &Size| !empty(f) && f.deleted * 2 >= f.rows;
     let mut chosen: Vec<u64> = files.iter().filter(|f| empty(f)).map(|f| f.id).collect();
-    let mut input = 0u64;
-    let mut rewritten = 0usize;
-    for f in files.iter().filter(|f| sparse(f)) {
-        if rewritten == 0 || input + f.bytes <= policy.target_bytes {
+    let mut rewritten = 0u64;
+    let mut sparse_files: Vec<&Size> = files.iter().filter(|f| sparse(f)).collect();
+    // The most deleted first: the most purged per row rewritten.
+    sparse_files.sort_by(|a, b| (b.deleted * a.rows).cmp(&(a.deleted * b.rows)).then(a.id.cmp(&b.id)));
+    for f in sparse_files {
+        if rewritten + live(f) <= credit {
             chosen.push(f.id);
-            input += f.bytes;
-            rewritten += 1;
+            rewritten += live(f);
         }
     }
     let mut tiers: BTreeMap<u32, Vec<&Size>> = BTreeMap::new();
@@ -371,22 +394,22 @@ pub(super) fn plan(policy: &Policy, files: &[Size]) -> Vec<u64> {
         tiers.entry(policy.tier(live_bytes(f))).or_default().push(f);
     }
     for (_, tier) in tiers.into_iter().filter(|(_, t)| t.len() >= policy.min_files) {
+        let (mut bytes, mut rows) = (0, 0);
         let fits: Vec<&Size> = tier
             .into_iter()
-            .scan(input, |total, f| {
-                *total += f.bytes;
-                Some((*total <= policy.target_bytes).then_some(f))
+            .take_while(|f| {
+                bytes += f.bytes;
+                rows += live(f);
+                bytes <= policy.target_bytes && rewritten + rows <= credit
             })
-            .flatten()
             .collect();
-        if fits.len() >= 2 || (rewritten > 0 && !fits.is_empty()) {
-            input += fits.iter().map(|f| f.bytes).sum::<u64>();
-            rewritten += fits.len();
+        if fits.len() >= 2 {
+            rewritten += fits.iter().map(|f| live(f)).sum::<u64>();
             chosen.extend(fits.iter().map(|f| f.id));
         }
     }
     chosen.sort_unstable();
-    chosen
+    (chosen, rewritten)
 }
 
 #[cfg(test)]
@@ -400,26 +423,28 @@ mod tests {
     #[test]
     fn empty_files_go_sparse_ones_are_purged_and_small_ones_merge_by_tier() {
         let p = Policy { target_bytes: 1 << 20, min_files: 3 };
+        let plenty = u64::MAX;
         // Mostly live, not enough of one tier: nothing.
-        assert!(plan(&p, &[f(1, 50_000, 100, 10), f(2, 50_000, 100, 0)]).is_empty());
-        // A file whose rows are all deleted goes alone.
-        assert_eq!(plan(&p, &[f(1, 50_000, 100, 100), f(2, 50_000, 100, 0)]), [1]);
-        // Half deleted: purged, even alone.
-        assert_eq!(plan(&p, &[f(1, 50_000, 100, 50), f(2, 50_000, 100, 0)]), [1]);
+        assert_eq!(plan(&p, &[f(1, 50_000, 100, 10), f(2, 50_000, 100, 0)], plenty), (vec![], 0));
+        // A file whose rows are all deleted goes alone, at no cost.
+        assert_eq!(plan(&p, &[f(1, 50_000, 100, 100), f(2, 50_000, 100, 0)], 0), (vec![1], 0));
+        // Half deleted: purged, even alone; its 50 live rows rewritten.
+        assert_eq!(plan(&p, &[f(1, 50_000, 100, 50), f(2, 50_000, 100, 0)], plenty), (vec![1], 50));
         // Three small files of one tier merge.
-        assert_eq!(
-            plan(&p, &[f(1, 50_000, 100, 0), f(2, 50_000, 100, 0), f(3, 50_000, 100, 1), f(9, 900_000, 100, 0)]),
-            [1, 2, 3]
-        );
+        let files = [f(1, 50_000, 100, 0), f(2, 50_000, 100, 0), f(3, 50_000, 100, 1), f(9, 900_000, 100, 0)];
+        assert_eq!(plan(&p, &files, plenty), (vec![1, 2, 3], 299));
     }
 
     #[test]
-    fn an_epoch_compacts_at_most_the_target_of_input() {
+    fn a_compaction_stays_within_the_credit_and_the_target() {
         let p = Policy { target_bytes: 100_000, min_files: 2 };
         let files: Vec<Size> = (1..=10).map(|i| f(i, 30_000, 100, 0)).collect();
-        assert_eq!(plan(&p, &files), [1, 2, 3], "three files of 30 kB fit in 100 kB");
-        // A sparse file larger than the target still goes, alone.
+        assert_eq!(plan(&p, &files, u64::MAX).0, [1, 2, 3], "three files of 30 kB fit in 100 kB");
+        assert_eq!(plan(&p, &files, 250).0, [1, 2], "two files' rows fit in the credit");
+        assert!(plan(&p, &files, 150).0.is_empty(), "one file is no merge");
+        // The most deleted sparse file first; one that does not fit the credit waits.
         let files = [f(1, 500_000, 100, 60), f(2, 400_000, 100, 70), f(3, 10_000, 100, 100)];
-        assert_eq!(plan(&p, &files), [1, 3]);
+        assert_eq!(plan(&p, &files, 50), (vec![2, 3], 30));
+        assert_eq!(plan(&p, &files, 80), (vec![1, 2, 3], 70));
     }
 }
