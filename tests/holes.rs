@@ -1,6 +1,7 @@
 //! Situations a production pipeline meets within weeks, each of which once lost a record, wedged
 //! the pipeline, or left an audit saying OK over a wrong table: topics that grow partitions,
-//! replays larger than the back-pressure limit, stops while the sink is stuck.
+//! replays larger than the back-pressure limit, stops while the sink is stuck, an epoch that
+//! filled while the previous one closed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -410,4 +411,25 @@ async fn the_audit_reads_content_and_reports_unread_partitions() {
         audit.partitions.iter().find(|p| p.tp.as_ref().is_some_and(|tp| tp.partition == 2)).expect("partition 2 reported");
     assert!(unread.unread && unread.missing > 0 && unread.missing == unread.expected, "{}", audit.render());
     assert!(!audit.ok(), "{}", audit.render());
+}
+
+/// An epoch that fills while the previous one closes is cut at once: with every record already
+/// read (nothing more arriving to notice it), it used to wait for `epoch.interval_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_full_before_the_previous_one_closed_is_cut_without_waiting_for_the_interval() {
+    let topic = common::topic("full", 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    // Far longer than the deadline below: only `max_records` may cut these epochs.
+    config.epoch.interval_ms = 300_000;
+    config.epoch.max_records = 1_000;
+    let table = dir.path().join("table");
+    // More than the first fetches hold: the first cut lands while records are still arriving.
+    common::produce_events(&topic, 0, 100_000).await;
+    let pipeline = common::start(&config, RunOptions::default()).await;
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+    let epochs = common::txn_versions(&table, &config.id).await;
+    assert!(epochs.iter().max().is_some_and(|e| *e >= 2), "cut by max_records: {epochs:?}");
+    common::assert_verified(&config).await;
 }

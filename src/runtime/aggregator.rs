@@ -109,6 +109,12 @@ impl AggregatorState {
         if !decoded.dead.is_empty() {
             slot.dead.entry(tp).or_default().extend(decoded.dead);
         }
+        self.signal_if_full()
+    }
+
+    /// Asks the supervisor to cut once the records held reach `epoch.max_records` (once per
+    /// epoch).
+    fn signal_if_full(&mut self) -> Result<(), ActorProcessingErr> {
         let open: u64 = self.pending.values().map(|p| p.count).sum();
         if open >= self.args.max_records as u64 && !self.full_signalled {
             self.full_signalled = true;
@@ -150,7 +156,11 @@ impl AggregatorState {
             rows.extend(done.rows.remove(tp).unwrap_or_default());
             dead_letters.extend(done.dead.remove(tp).unwrap_or_default());
         }
+        // The next epoch's records that arrived while this one was closing may fill it
+        // already: with no record arriving after them (all read, or held back by
+        // back-pressure), nothing else would ask for its cut before `epoch.interval_ms`.
         self.full_signalled = false;
+        self.signal_if_full()?;
         let moved = ranges.iter().any(|r| r.start != r.end || r.records > 0);
         if !moved && self.args.replay_barrier != Some(barrier) {
             self.args.supervisor.cast(SupervisorMsg::BarrierResolved { barrier, report: None })?;
