@@ -262,6 +262,12 @@ impl CheckpointStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_open_files(256);
+        // The write-ahead log is kept until every column family whose writes it holds has
+        // flushed them; the checkpoint's own family, written a few bytes per epoch, never fills
+        // a memtable, so without a bound the log grows to RocksDB's default (four times all
+        // write buffers: 640 MB) and a restart replays all of it (8 s after an upsert load).
+        // Past this size the families holding the oldest log are flushed.
+        opts.set_max_total_wal_size((config.write_buffer_mb * 1024 * 1024 * 4) as u64);
         let cfs = [META, DEDUP, DEDUP_EXPIRY, AGG, UPSERT].map(|n| ColumnFamilyDescriptor::new(n, cf_opts()));
         let bulk = match &env {
             Some(_) => None,

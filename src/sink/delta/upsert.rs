@@ -41,6 +41,12 @@ pub const COMPACTED: u64 = 1 << 48;
 /// small files rewrites each row a few times: 4 keeps up with both.
 pub(super) const CREDIT_PER_CHANGE: u64 = 4;
 
+/// The most rows one epoch's compaction rewrites, however much credit is saved: re-pointing a
+/// row's key in the index costs a few microseconds, so this bounds the epoch it lands in to
+/// about a second more. Files that large are left alone by merges (they are big enough for
+/// readers); a file half deleted is purged once its live rows fit.
+pub(super) const MAX_REWRITE_ROWS: u64 = 500_000;
+
 /// Tags an upsert epoch's file with its id, the epoch; the rows were written as one file
 /// (their positions are the ones the index records).
 pub(super) fn tag_upsert_file(path: &TableLocation, epoch: u64, adds: &mut [Add]) -> Result<()> {
@@ -214,7 +220,7 @@ pub(super) async fn rewrites(
                         .unwrap_or(0),
                 })
                 .collect();
-            plan(c.policy, &sizes, c.credit)
+            plan(c.policy, &sizes, c.credit.min(MAX_REWRITE_ROWS))
         }
     };
     if let (Some(Compaction { keys, .. }), false) = (compaction, chosen.is_empty()) {
