@@ -191,7 +191,7 @@ pub fn sink(plan: &Plan, failpoints: Arc<FailPoints>) -> Arc<dyn Sink> {
         .evolving(config.sink.schema_evolution())
         .meaning(plan.meaning.clone())
         .taking_writer_columns(config.takes_writer_columns())
-        .upserting(config.upsert.as_ref().map(|u| u.key.clone()));
+        .upserting(config.upsert.clone());
     let sink = match &plan.outputs {
         Some((fan_out, schemas)) => {
             let tables = config

@@ -168,10 +168,20 @@ async fn live_files(config: &exactly::PipelineConfig) -> BTreeMap<u64, (String, 
 /// and purges it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_purges_deleted_rows_and_the_index_follows_the_moved_rows_through_a_failure() {
+    compaction(None).await;
+}
+
+/// The same with `sequence_by`: the moved keys keep their sequences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_the_moved_keys_sequences() {
+    compaction(Some("n")).await;
+}
+
+async fn compaction(sequence_by: Option<&str>) {
     let compacted = exactly::sink::delta::upsert::COMPACTED;
     let topic = common::topic("upsert-compact", 2).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&topic, dir.path(), Envelope::None, None);
+    let mut config = config(&topic, dir.path(), Envelope::None, sequence_by);
     // A backlog is one epoch: it is all fetched well within the interval.
     config.epoch.interval_ms = 3_000;
     let mut want: BTreeMap<u64, String> = BTreeMap::new();

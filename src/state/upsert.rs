@@ -263,12 +263,15 @@ pub struct Relocated {
     pub file: u64,
     /// Their key columns, in row order.
     pub keys: Vec<RecordBatch>,
+    /// Whether index entries carry a sequence (`upsert.sequence_by`), which the new ones keep.
+    pub sequenced: bool,
 }
 
 impl CheckpointStore {
     /// Adds to `changes` the index entries of the rows `moved` names: each key's entry keeps its
-    /// sequence and now names its new place. The keys must hold live rows in the index (their
-    /// old places): anything else means the index and the table disagree. Blocking.
+    /// sequence and now names its new place. With sequences, the keys must hold live rows in the
+    /// index (their old places, read for their sequences): anything else means the index and
+    /// the table disagree. Blocking.
     pub fn relocate(&self, moved: &Relocated, changes: &mut StateChanges) -> Result<()> {
         let total: usize = moved.keys.iter().map(RecordBatch::num_rows).sum();
         let mut keys: Vec<(Vec<u8>, u32)> = Vec::with_capacity(total);
@@ -293,6 +296,12 @@ impl CheckpointStore {
             changes.upsert_put.iter().map(|(k, _)| k.as_slice()).chain(changes.upsert_delete.iter().map(Vec::as_slice)).collect();
         if keys.iter().any(|(k, _)| changed.contains(k.as_slice())) {
             return Err(Error::Recovery(format!("a row moved to file {} has a key the epoch changed", moved.file)));
+        }
+        if !moved.sequenced {
+            // Nothing of the old entries survives the move: no need to read them.
+            let entry = |row| Entry::Live { file: moved.file, row, sequence: None }.encode();
+            changes.upsert_put.extend(keys.into_iter().map(|(k, row)| (k, entry(row))));
+            return Ok(());
         }
         let refs: Vec<&[u8]> = keys.iter().map(|(k, _)| k.as_slice()).collect();
         let stored = self.upsert_get(&refs)?;

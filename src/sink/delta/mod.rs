@@ -69,10 +69,10 @@ struct Spec {
     /// Whether its rows carry the columns Avro writer schemas added (so each epoch's rows may
     /// grow the table, or lack some of its columns).
     writer_columns: bool,
-    /// An upsert table (`[upsert]`), with its key columns: deletion vectors enabled, each
+    /// An upsert table (`[upsert]`), with its key and sequence: deletion vectors enabled, each
     /// epoch's rows in one file tagged with the epoch, compacted in the epochs' commits, not in
     /// the background (see [`upsert`]).
-    upsert: Option<Vec<String>>,
+    upsert: Option<crate::config::UpsertConfig>,
 }
 
 impl Spec {
@@ -238,11 +238,10 @@ impl DeltaSink {
         self
     }
 
-    /// This sink, writing an upsert table (`[upsert]`) keyed by the columns `key` when given:
-    /// see [`Spec`].
-    pub fn upserting(mut self, key: Option<Vec<String>>) -> Self {
-        self.data.compact &= key.is_none();
-        self.data.upsert = key;
+    /// This sink, writing an upsert table (`[upsert]`) when `upsert` is given: see [`Spec`].
+    pub fn upserting(mut self, upsert: Option<crate::config::UpsertConfig>) -> Self {
+        self.data.compact &= upsert.is_none();
+        self.data.upsert = upsert;
         self
     }
 
@@ -392,17 +391,7 @@ impl DeltaSink {
         let t_delta = std::time::Instant::now();
         take_fresh_snapshot(spec, open).await?;
         let mut rewrites = match (&adds, &deletes) {
-            (Some(adds), Some(deletes)) => {
-                let changes =
-                    adds.iter().map(|a| a.get_stats().ok().flatten().map_or(0, |s| s.num_records.max(0) as u64)).sum::<u64>()
-                        + deletes.iter().map(|(_, rows)| rows.len() as u64).sum::<u64>();
-                open.credit = open.credit.saturating_add(upsert::CREDIT_PER_CHANGE * changes);
-                let compaction = match (&spec.settings.compaction, &spec.upsert) {
-                    (Some(policy), Some(keys)) => Some(upsert::Compaction { policy, keys, credit: open.credit }),
-                    _ => None,
-                };
-                upsert::rewrites(&open.table, path, epoch, deletes, compaction).await?
-            }
+            (Some(adds), Some(deletes)) => upsert_rewrites(spec, open, epoch, adds, deletes).await?,
             _ => upsert::Rewrites::default(),
         };
         let relocated = rewrites.relocated.take();
@@ -434,7 +423,7 @@ impl DeltaSink {
                 // records its start with the first epoch that writes it.)
                 tracing::info!(table = %path.display(), epoch, "epoch already committed to this table; skipped");
                 match (&deletes, &spec.upsert) {
-                    (Some(_), Some(keys)) => upsert::relocated_by(&open.table, path, epoch, keys).await?,
+                    (Some(_), Some(u)) => upsert::relocated_by(&open.table, path, epoch, u).await?,
                     _ => None,
                 }
             }
@@ -515,6 +504,25 @@ impl DeltaSink {
         tables.loaded = tables.data.is_some() && tables.outputs.iter().all(Option::is_some);
         Ok(())
     }
+}
+
+/// An upsert epoch's rewrites of the files before it (its marks, and a compaction within the
+/// credit, which the epoch's `adds` and `deletes` earn first).
+async fn upsert_rewrites(
+    spec: &Spec,
+    open: &mut Open,
+    epoch: u64,
+    adds: &[deltalake::kernel::Add],
+    deletes: &[(u64, Vec<u32>)],
+) -> Result<upsert::Rewrites> {
+    let written: u64 = adds.iter().map(|a| a.get_stats().ok().flatten().map_or(0, |s| s.num_records.max(0) as u64)).sum();
+    let changes = written + deletes.iter().map(|(_, rows)| rows.len() as u64).sum::<u64>();
+    open.credit = open.credit.saturating_add(upsert::CREDIT_PER_CHANGE * changes);
+    let compaction = match (&spec.settings.compaction, &spec.upsert) {
+        (Some(policy), Some(u)) => Some(upsert::Compaction { policy, upsert: u, credit: open.credit }),
+        _ => None,
+    };
+    upsert::rewrites(&open.table, &spec.path, epoch, deletes, compaction).await
 }
 
 impl Sink for DeltaSink {

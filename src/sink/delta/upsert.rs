@@ -155,11 +155,11 @@ impl Rewrites {
     }
 }
 
-/// What an upsert epoch's commit may compact: the policy, the key columns, and the credit (in
-/// rows, see [`CREDIT_PER_CHANGE`]).
+/// What an upsert epoch's commit may compact: the policy, the table's `[upsert]` (its key
+/// columns), and the credit (in rows, see [`CREDIT_PER_CHANGE`]).
 pub(super) struct Compaction<'a> {
     pub(super) policy: &'a Policy,
-    pub(super) keys: &'a [String],
+    pub(super) upsert: &'a crate::config::UpsertConfig,
     pub(super) credit: u64,
 }
 
@@ -223,7 +223,7 @@ pub(super) async fn rewrites(
             plan(c.policy, &sizes, c.credit.min(MAX_REWRITE_ROWS))
         }
     };
-    if let (Some(Compaction { keys, .. }), false) = (compaction, chosen.is_empty()) {
+    if let (Some(Compaction { upsert, .. }), false) = (compaction, chosen.is_empty()) {
         let mut sources = Vec::with_capacity(chosen.len());
         for id in &chosen {
             let file = files.remove(id).expect("planned from these files");
@@ -236,7 +236,7 @@ pub(super) async fn rewrites(
             };
             sources.push((file, deleted));
         }
-        let (add, relocated) = compact(table, path, epoch, &sources, keys).await?;
+        let (add, relocated) = compact(table, path, epoch, &sources, upsert).await?;
         out.compacted = add;
         out.relocated = relocated;
         out.rewritten = rewritten;
@@ -271,8 +271,9 @@ async fn compact(
     path: &TableLocation,
     epoch: u64,
     sources: &[(Tagged, RoaringTreemap)],
-    keys: &[String],
+    upsert: &crate::config::UpsertConfig,
 ) -> Result<(Option<Add>, Option<Relocated>)> {
+    let keys = &upsert.key;
     let store = table.object_store();
     let mut writer = RecordBatchWriter::for_table(table).map_err(|e| delta_err(path, e))?;
     let schema = writer.arrow_schema();
@@ -316,7 +317,7 @@ async fn compact(
         [add] => {
             tag(add, id);
             add.data_change = false;
-            Ok((Some(add.clone()), Some(Relocated { file: id, keys: moved })))
+            Ok((Some(add.clone()), Some(Relocated { file: id, keys: moved, sequenced: upsert.sequence_by.is_some() })))
         }
         _ => Err(delta_err(path, format!("epoch {epoch}'s compaction of {live_rows} rows wrote {} files, not one", adds.len()))),
     }
@@ -328,9 +329,9 @@ pub(super) async fn relocated_by(
     table: &DeltaTable,
     path: &TableLocation,
     epoch: u64,
-    keys: &[String],
+    upsert: &crate::config::UpsertConfig,
 ) -> Result<Option<Relocated>> {
-    let id = COMPACTED + epoch;
+    let (keys, id) = (&upsert.key, COMPACTED + epoch);
     let Some(file) = tagged(table, path)?.remove(&id) else { return Ok(None) };
     let bytes = table
         .object_store()
@@ -350,7 +351,7 @@ pub(super) async fn relocated_by(
             .collect::<Result<_>>()?;
         moved.push(batch.project(&cols).map_err(|e| Error::Sink(e.to_string()))?);
     }
-    Ok(Some(Relocated { file: id, keys: moved }))
+    Ok(Some(Relocated { file: id, keys: moved, sequenced: upsert.sequence_by.is_some() }))
 }
 
 /// A file's statistics once rows of it are deleted: the bounds still hold, but may no longer be
