@@ -50,9 +50,17 @@ pub const CASES: &[&str] = &[
     "group-members",
 ];
 
+/// Every pipeline kind an iteration may run.
+pub const KINDS: &[&str] = &["append", "dedup", "counts", "upsert"];
+
+/// The kinds iterations rotate through unless told otherwise: all of them.
+pub const DEFAULT_KINDS: &[&str] = KINDS;
+
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct ChaosOptions {
+    /// The pipeline kinds iterations rotate through (see [`KINDS`]).
+    pub kinds: Vec<String>,
     /// Cases to run.
     pub cases: Vec<String>,
     /// Iterations per case (each with a fresh topic, table and checkpoint).
@@ -80,7 +88,7 @@ pub struct ChaosOptions {
 pub struct CaseReport {
     /// Case name.
     pub case: String,
-    /// Pipeline kind: append, dedup or counts.
+    /// Pipeline kind: append, dedup, counts or upsert.
     pub kind: String,
     /// Faults injected.
     pub faults: u64,
@@ -104,10 +112,11 @@ pub struct CaseReport {
     pub detail: String,
 }
 
-/// The pipeline of one iteration: append, dedup or counts, rotating. The append one also
+/// The pipeline of one iteration: append, dedup, counts or upsert, rotating. The append one also
 /// shapes its rows (`[transform]`: a derived column and a filter dropping about one record in
 /// seven) and partitions its table by the derived column, so faults meet filtered records and
-/// partitioned writes too; the audit accounts for both.
+/// partitioned writes too; the audit accounts for both. The upsert one keeps each id's last row:
+/// the stream's duplicates supersede rows (deletion vectors), and its epochs compact.
 fn pipeline_config(kind: &str, topic: &str, dir: &Path, brokers: &str) -> PipelineConfig {
     let mut c = PipelineConfig::new(kit::unique("chaos"), &[topic]);
     c.source.brokers = brokers.to_string();
@@ -124,6 +133,7 @@ fn pipeline_config(kind: &str, topic: &str, dir: &Path, brokers: &str) -> Pipeli
             // smaller ones (after a restart) through the write batch: faults meet both.
             c.state.bulk_insert_min_keys = 100;
         }
+        "upsert" => c.upsert = Some(exactly::config::UpsertConfig { key: vec!["id".into()], sequence_by: None }),
         "counts" => {
             c.aggregate = Some(AggregateConfig {
                 group_by: vec!["value".into()],
@@ -299,10 +309,10 @@ fn audit_into(report: &mut CaseReport, audit: &exactly::verify::Audit) {
 
 /// Runs one iteration of one case.
 pub async fn run_case(case: &str, iteration: u32, opts: &ChaosOptions) -> CaseReport {
-    let kinds = ["append", "dedup", "counts"];
+    let kinds = &opts.kinds;
     let case_index = CASES.iter().position(|c| *c == case).unwrap_or(0);
     // Group mode runs stateless pipelines only.
-    let kind = if case == "group-members" { "append" } else { kinds[(iteration as usize + case_index) % 3] };
+    let kind = if case == "group-members" { "append" } else { kinds[(iteration as usize + case_index) % kinds.len()].as_str() };
     let seed = opts.seed ^ ((case_index as u64) << 32) ^ iteration as u64;
     let mut report = CaseReport { case: case.to_string(), kind: kind.to_string(), ..Default::default() };
     let result = match case {
@@ -396,7 +406,17 @@ impl Stream {
 
 async fn setup(kind: &str, opts: &ChaosOptions, brokers: &str) -> Result<(String, PathBuf, PipelineConfig), String> {
     let topic = kit::unique("chaos");
-    exactly::source::create_topic(&brokers.into(), &topic, 4, 1).await.map_err(|e| e.to_string())?;
+    let connection: exactly::source::Connection = brokers.into();
+    exactly::source::create_topic(&connection, &topic, 4, 1).await.map_err(|e| e.to_string())?;
+    // A new topic's metadata reaches every listener a moment after its creation: a pipeline
+    // started at once (the upsert plan is quick to make) could find no such topic.
+    let start = Instant::now();
+    while let Err(e) = exactly::source::preflight(&connection, std::slice::from_ref(&topic), Duration::from_secs(5)).await {
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err(format!("topic {topic} created but not visible after 30 s: {e}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let dir = opts.work_dir.join(&topic);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let config = pipeline_config(kind, &topic, &dir, brokers);

@@ -11,11 +11,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use harness::{ChaosOptions, CASES};
+use harness::{ChaosOptions, CASES, DEFAULT_KINDS, KINDS};
 
 #[derive(Parser)]
 #[command(name = "chaos", about = "Kill actors, the process and the broker mid-batch; prove nothing is lost or duplicated")]
 struct Args {
+    /// Comma-separated pipeline kinds the iterations rotate through: append, dedup, counts,
+    /// upsert (default: all).
+    #[arg(long, value_delimiter = ',')]
+    kinds: Vec<String>,
     /// Comma-separated cases (default: all). Cases: see chaos/README.md.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
@@ -50,8 +54,15 @@ fn main() -> ExitCode {
         eprintln!("error: unknown case '{bad}'; cases: {}", CASES.join(", "));
         return ExitCode::FAILURE;
     }
+    let kinds: Vec<String> =
+        if args.kinds.is_empty() { DEFAULT_KINDS.iter().map(|k| k.to_string()).collect() } else { args.kinds };
+    if let Some(bad) = kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
+        eprintln!("error: unknown kind '{bad}'; kinds: {}", KINDS.join(", "));
+        return ExitCode::FAILURE;
+    }
     let exe = std::env::current_exe().expect("current exe");
     let opts = ChaosOptions {
+        kinds,
         cases: cases.clone(),
         iterations: args.iterations,
         faults: args.faults,

@@ -14,6 +14,7 @@ async fn every_chaos_case_loses_and_duplicates_nothing() {
     let seed = std::env::var("EXACTLY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261124);
     let dir = tempfile::tempdir().unwrap();
     let opts = harness::ChaosOptions {
+        kinds: harness::DEFAULT_KINDS.iter().map(|k| k.to_string()).collect(),
         cases: harness::CASES.iter().map(|c| c.to_string()).collect(),
         iterations: 1,
         faults: 2,
