@@ -177,6 +177,27 @@ async fn compaction_keeps_the_moved_keys_sequences() {
     compaction(Some("n")).await;
 }
 
+/// A round of changes to ids 0..200: `update`d ids get a row named `<version>-<id>`, `delete`d
+/// ones a tombstone; `want` follows.
+fn changes(
+    want: &mut BTreeMap<u64, String>,
+    version: &str,
+    update: impl Fn(u64) -> bool,
+    delete: impl Fn(u64) -> bool,
+) -> Vec<Change> {
+    let mut round = Vec::new();
+    for id in 0..200u64 {
+        if update(id) {
+            round.push((id.to_string(), Some(row(id, &format!("{version}-{id}")))));
+            want.insert(id, format!("{version}-{id}"));
+        } else if delete(id) {
+            round.push((id.to_string(), None));
+            want.remove(&id);
+        }
+    }
+    round
+}
+
 async fn compaction(sequence_by: Option<&str>) {
     let compacted = exactly::sink::delta::upsert::COMPACTED;
     let topic = common::topic("upsert-compact", 2).await;
@@ -199,17 +220,7 @@ async fn compaction(sequence_by: Option<&str>) {
 
     // Two thirds of the keys change, a ninth are deleted: every file is at least half deleted.
     // The epoch fails after its Delta commit.
-    let mut round = Vec::new();
-    for id in 0..200u64 {
-        if id % 3 != 0 {
-            round.push((id.to_string(), Some(row(id, &format!("v1-{id}")))));
-            want.insert(id, format!("v1-{id}"));
-        } else if id % 9 == 0 {
-            round.push((id.to_string(), None));
-            want.remove(&id);
-        }
-    }
-    send(&topic, &round).await;
+    send(&topic, &changes(&mut want, "v1", |id| id % 3 != 0, |id| id % 9 == 0)).await;
     let failpoints = Arc::new(FailPoints::new());
     failpoints.arm("after-delta-commit", FailAction::Error, Some(1));
     let pipeline = common::start(&config, RunOptions { failpoints: failpoints.clone(), ..Default::default() }).await;
@@ -223,17 +234,7 @@ async fn compaction(sequence_by: Option<&str>) {
 
     // The moved rows change by their new places: the compacted file is marked, three quarters
     // deleted, and purged in turn.
-    let mut round = Vec::new();
-    for id in 0..200u64 {
-        if id % 9 == 3 {
-            round.push((id.to_string(), Some(row(id, &format!("v2-{id}")))));
-            want.insert(id, format!("v2-{id}"));
-        } else if id % 18 == 6 {
-            round.push((id.to_string(), None));
-            want.remove(&id);
-        }
-    }
-    send(&topic, &round).await;
+    send(&topic, &changes(&mut want, "v2", |id| id % 9 == 3, |id| id % 18 == 6)).await;
     drained(&config, &topic).await;
     pipeline.shutdown().await.unwrap();
     let third = live_files(&config).await;

@@ -206,11 +206,7 @@ impl Changes {
         if let Some(f) = self.key_fields.iter().zip(&keys).find(|(_, v)| matches!(v, Val::Null)).map(|(f, _)| f) {
             return Err(not_a_change(format!("gives no value for the key column `{}`", f.name)));
         }
-        vals.clear();
-        vals.extend(fields.iter().map(|_| Val::Null));
-        for (i, v) in self.key.iter().zip(keys) {
-            vals[*i] = v;
-        }
+        self.place_keys(fields, keys, vals);
         Ok(())
     }
 
@@ -281,9 +277,7 @@ impl Changes {
                 Err(e) => Err((Rejection::InvalidJson, format!("key is not valid JSON: {e}"))),
             };
             if let Ok(v) = value {
-                vals.clear();
-                vals.extend(fields.iter().map(|_| Val::Null));
-                vals[self.key[0]] = v;
+                self.place_keys(fields, vec![v], vals);
                 return Ok(());
             }
         }
@@ -304,12 +298,18 @@ impl Changes {
     ) -> Result<(), Rejected> {
         let mut keys = Vec::with_capacity(self.key.len());
         json::values(&self.key_fields, text, &mut keys, slots)?;
+        self.place_keys(fields, keys, vals);
+        Ok(())
+    }
+
+    /// A delete's row into `vals`: the key columns' values `keys` (in `upsert.key` order), the
+    /// other columns null.
+    fn place_keys<'a>(&self, fields: &[FieldConfig], keys: Vec<Val<'a>>, vals: &mut Vec<Val<'a>>) {
         vals.clear();
         vals.extend(fields.iter().map(|_| Val::Null));
         for (i, v) in self.key.iter().zip(keys) {
             vals[*i] = v;
         }
-        Ok(())
     }
 
     /// The sequence from the sequence column of a decoded row.

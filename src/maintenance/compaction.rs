@@ -170,6 +170,17 @@ pub struct Done {
     pub version: i64,
 }
 
+/// A reader of the whole data file at `location` of `table` (at `path`).
+pub(crate) async fn file_reader(
+    table: &DeltaTable,
+    path: &TableLocation,
+    location: &deltalake::Path,
+) -> Result<deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
+    let got = table.object_store().get(location).await.map_err(|e| delta_err(path, e))?;
+    let bytes = got.bytes().await.map_err(|e| delta_err(path, e))?;
+    ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| delta_err(path, e))
+}
+
 /// A file's rows as batches of the table's schema (partition columns filled in).
 pub(crate) fn conform(
     batch: &RecordBatch,
@@ -237,16 +248,12 @@ pub async fn rewrite(
     policy: &Policy,
     failpoints: &FailPoints,
 ) -> Result<Option<Done>> {
-    let store = table.object_store();
     let mut writer =
         RecordBatchWriter::for_table(table).map_err(|e| delta_err(path, e))?.with_target_file_size(policy.target_bytes);
     let schema = writer.arrow_schema();
     let mut rows_read = 0u64;
     for f in &group.files {
-        let bytes =
-            store.get(&f.location).await.map_err(|e| delta_err(path, e))?.bytes().await.map_err(|e| delta_err(path, e))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| delta_err(path, e))?;
-        for batch in reader {
+        for batch in file_reader(table, path, &f.location).await? {
             let batch = batch.map_err(|e| delta_err(path, e))?;
             rows_read += batch.num_rows() as u64;
             writer.write(conform(&batch, &schema, &group.partition)?).await.map_err(|e| delta_err(path, e))?;

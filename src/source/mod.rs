@@ -578,7 +578,18 @@ pub async fn create_topic_with_config(
         }
     })?;
     match results.into_iter().next() {
-        Some(Ok(_)) => Ok(true),
+        Some(Ok(_)) => {
+            // The controller answers before every broker's metadata has the topic: a pipeline
+            // started at once would be refused for a missing topic.
+            let start = std::time::Instant::now();
+            while let Err(e) = preflight(connection, &[topic.to_string()], Duration::from_secs(5)).await {
+                if start.elapsed() > Duration::from_secs(30) {
+                    return Err(Error::Admin(format!("topic '{topic}' was created but is not in the metadata after 30 s: {e}")));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(true)
+        }
         Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(false),
         Some(Err((name, code))) => Err(Error::Admin(format!("creating topic '{name}': {code}"))),
         None => Ok(false),

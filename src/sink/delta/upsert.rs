@@ -20,13 +20,12 @@ use std::collections::BTreeMap;
 
 use deltalake::arrow::array::BooleanArray;
 use deltalake::arrow::compute::filter_record_batch;
+use deltalake::arrow::record_batch::RecordBatchReader;
 use deltalake::kernel::{Add, DeletionVectorDescriptor, Remove};
-use deltalake::logstore::object_store::ObjectStoreExt;
-use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use roaring::RoaringTreemap;
 
 use super::*;
-use crate::maintenance::compaction::Policy;
+use crate::maintenance::compaction::{file_reader, Policy};
 use crate::sink::delta::table::FILE_TAG;
 use crate::state::Relocated;
 
@@ -189,10 +188,7 @@ pub(super) async fn rewrites(
                 path.display()
             ))
         })?;
-        let mut deleted = match &file.add.deletion_vector {
-            Some(d) => dv::read(store.as_ref(), d).await?,
-            None => RoaringTreemap::new(),
-        };
+        let mut deleted = deleted_now(table, file).await?;
         let before = deleted.len();
         deleted.extend(rows.iter().map(|r| u64::from(*r)));
         if deleted.len() != before + rows.len() as u64 {
@@ -224,25 +220,24 @@ pub(super) async fn rewrites(
         }
     };
     if let (Some(Compaction { upsert, .. }), false) = (compaction, chosen.is_empty()) {
+        // Each source, its rows deleted after this commit, and whether this epoch marks it (its
+        // remove then deletes rows: `dataChange`).
         let mut sources = Vec::with_capacity(chosen.len());
         for id in &chosen {
             let file = files.remove(id).expect("planned from these files");
-            let deleted = match marked.remove(id) {
-                Some(d) => d,
-                None => match &file.add.deletion_vector {
-                    Some(d) => dv::read(store.as_ref(), d).await?,
-                    None => RoaringTreemap::new(),
-                },
+            let (deleted, marks) = match marked.remove(id) {
+                Some(d) => (d, true),
+                None => (deleted_now(table, &file).await?, false),
             };
-            sources.push((file, deleted));
+            sources.push((file, deleted, marks));
         }
         let (add, relocated) = compact(table, path, epoch, &sources, upsert).await?;
         out.compacted = add;
         out.relocated = relocated;
         out.rewritten = rewritten;
         out.compacted_files = sources.len() as u64;
-        for (file, _) in sources {
-            let remove = Remove { data_change: deletes.iter().any(|(f, _)| *f == file_id(&file.add)), ..file.remove };
+        for (file, _, marks) in sources {
+            let remove = Remove { data_change: marks, ..file.remove };
             out.files.push(Rewrite { path: file.add.path, read: file.add.deletion_vector, remove, readd: None });
         }
     }
@@ -260,8 +255,12 @@ pub(super) async fn rewrites(
     Ok(out)
 }
 
-fn file_id(add: &Add) -> u64 {
-    add.tags.as_ref().and_then(|t| t.get(FILE_TAG)).cloned().flatten().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+/// The rows of `file` its deletion vector deletes now.
+async fn deleted_now(table: &DeltaTable, file: &Tagged) -> Result<RoaringTreemap> {
+    match &file.add.deletion_vector {
+        Some(d) => dv::read(table.object_store().as_ref(), d).await,
+        None => Ok(RoaringTreemap::new()),
+    }
 }
 
 /// Writes the live rows of `sources` (each with its rows deleted after this commit) as the one
@@ -270,27 +269,23 @@ async fn compact(
     table: &DeltaTable,
     path: &TableLocation,
     epoch: u64,
-    sources: &[(Tagged, RoaringTreemap)],
+    sources: &[(Tagged, RoaringTreemap, bool)],
     upsert: &crate::config::UpsertConfig,
 ) -> Result<(Option<Add>, Option<Relocated>)> {
     let keys = &upsert.key;
-    let store = table.object_store();
     let mut writer = RecordBatchWriter::for_table(table).map_err(|e| delta_err(path, e))?;
     let schema = writer.arrow_schema();
     let key_cols: Vec<usize> =
         keys.iter().map(|k| schema.index_of(k).map_err(|_| Error::Sink(format!("no key column {k}")))).collect::<Result<_>>()?;
     let mut moved = Vec::new();
     let mut live_rows = 0u64;
-    for (file, deleted) in sources {
+    for (file, deleted, _) in sources {
         let rows = file.rows;
         if deleted.len() >= rows {
             continue; // nothing live: dropped unread
         }
-        let bytes =
-            store.get(&file.location).await.map_err(|e| delta_err(path, e))?.bytes().await.map_err(|e| delta_err(path, e))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| delta_err(path, e))?;
         let mut at = 0u64;
-        for batch in reader {
+        for batch in file_reader(table, path, &file.location).await? {
             let batch =
                 crate::maintenance::compaction::conform(&batch.map_err(|e| delta_err(path, e))?, &schema, &BTreeMap::new())?;
             let n = batch.num_rows() as u64;
@@ -333,23 +328,13 @@ pub(super) async fn relocated_by(
 ) -> Result<Option<Relocated>> {
     let (keys, id) = (&upsert.key, COMPACTED + epoch);
     let Some(file) = tagged(table, path)?.remove(&id) else { return Ok(None) };
-    let bytes = table
-        .object_store()
-        .get(&file.location)
-        .await
-        .map_err(|e| delta_err(path, e))?
-        .bytes()
-        .await
-        .map_err(|e| delta_err(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| delta_err(path, e))?;
+    let reader = file_reader(table, path, &file.location).await?;
+    let schema = reader.schema();
+    let cols: Vec<usize> =
+        keys.iter().map(|k| schema.index_of(k).map_err(|_| Error::Sink(format!("no key column {k}")))).collect::<Result<_>>()?;
     let mut moved = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|e| delta_err(path, e))?;
-        let cols: Vec<usize> = keys
-            .iter()
-            .map(|k| batch.schema().index_of(k).map_err(|_| Error::Sink(format!("no key column {k}"))))
-            .collect::<Result<_>>()?;
-        moved.push(batch.project(&cols).map_err(|e| Error::Sink(e.to_string()))?);
+        moved.push(batch.map_err(|e| delta_err(path, e))?.project(&cols).map_err(|e| Error::Sink(e.to_string()))?);
     }
     Ok(Some(Relocated { file: id, keys: moved, sequenced: upsert.sequence_by.is_some() }))
 }
