@@ -99,14 +99,24 @@ impl SupervisorState {
     }
 
     /// Group mode: claims `partitions` in the table for this member; where each starts.
+    /// `starting_offsets` is resolved for every known partition of their topics: the first
+    /// claim of a topic pins them all, so a member claiming another of them later starts where
+    /// it was pinned, not at the earliest offset of a "partition added since".
     pub(super) async fn claim(&self, partitions: &[TopicPartition]) -> Result<Offsets, Error> {
         let src = &self.args.plan.config.source;
         let timeout = Duration::from_millis(src.connect_timeout_ms);
-        let resolve = |mode| source::resolve_starting_offsets(&self.args.connection, partitions, mode, timeout);
-        let earliest = resolve(crate::config::StartingOffsets::Earliest).await?;
+        let connection = &self.args.connection;
+        let earliest =
+            source::resolve_starting_offsets(connection, partitions, crate::config::StartingOffsets::Earliest, timeout).await?;
+        let mut topics: Vec<TopicPartition> =
+            self.partitions.iter().filter(|tp| partitions.iter().any(|p| p.topic == tp.topic)).cloned().collect();
+        topics.extend(partitions.iter().filter(|tp| !topics.contains(tp)).cloned().collect::<Vec<_>>());
         let unrecorded = match src.starting_offsets {
             crate::config::StartingOffsets::Earliest => crate::sink::Unrecorded::same(earliest),
-            mode => crate::sink::Unrecorded { starting: resolve(mode).await?, earliest },
+            mode => crate::sink::Unrecorded {
+                starting: source::resolve_starting_offsets(connection, &topics, mode, timeout).await?,
+                earliest,
+            },
         };
         self.args.sink.group_claim(partitions, &unrecorded).await
     }

@@ -56,6 +56,7 @@ impl commit::Writer for Claim<'_> {
         let token = table.version().unwrap_or(0) as i64 + 1;
         let mut start = Offsets::new();
         let mut txns = Vec::new();
+        let mut pinned: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for tp in self.partitions {
             txns.push(Transaction::new(owner_app_id(pipeline, tp), token));
             let from = match self.sink.resume_at(table, self.dead, tp).await? {
@@ -77,6 +78,16 @@ impl commit::Writer for Claim<'_> {
                     let from = *offsets.get(tp).ok_or_else(|| Error::Sink(format!("no starting offset for {tp}")))?;
                     txns.push(Transaction::new(partition_app_id(pipeline, tp), from));
                     txns.push(Transaction::new(start_app_id(pipeline, tp), from));
+                    if !known && pinned.insert(&tp.topic) {
+                        // The topic's first claim pins its other partitions too: another member
+                        // claiming one later must start at `starting_offsets` as well.
+                        for (other, at) in self.unrecorded.starting.iter().filter(|(o, _)| o.topic == tp.topic) {
+                            if !self.partitions.contains(other) && self.sink.resume_at(table, self.dead, other).await?.is_none() {
+                                txns.push(Transaction::new(partition_app_id(pipeline, other), *at));
+                                txns.push(Transaction::new(start_app_id(pipeline, other), *at));
+                            }
+                        }
+                    }
                     from
                 }
             };
