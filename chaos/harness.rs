@@ -48,6 +48,7 @@ pub const CASES: &[&str] = &[
     "grow-topic",
     "store-restart",
     "group-members",
+    "fresh-disk",
 ];
 
 /// Every pipeline kind an iteration may run.
@@ -311,12 +312,19 @@ fn audit_into(report: &mut CaseReport, audit: &exactly::verify::Audit) {
 pub async fn run_case(case: &str, iteration: u32, opts: &ChaosOptions) -> CaseReport {
     let kinds = &opts.kinds;
     let case_index = CASES.iter().position(|c| *c == case).unwrap_or(0);
-    // Group mode runs stateless pipelines only.
-    let kind = if case == "group-members" { "append" } else { kinds[(iteration as usize + case_index) % kinds.len()].as_str() };
+    // Group mode runs stateless pipelines only; a fresh disk matters to stateful ones.
+    let stateful: Vec<&str> = kinds.iter().map(String::as_str).filter(|k| *k != "append").collect();
+    let kind = match case {
+        "group-members" => "append",
+        "fresh-disk" if stateful.is_empty() => "dedup",
+        "fresh-disk" => stateful[(iteration as usize + case_index) % stateful.len()],
+        _ => kinds[(iteration as usize + case_index) % kinds.len()].as_str(),
+    };
     let seed = opts.seed ^ ((case_index as u64) << 32) ^ iteration as u64;
     let mut report = CaseReport { case: case.to_string(), kind: kind.to_string(), ..Default::default() };
     let result = match case {
-        "sigkill-process" => sigkill_case(kind, seed, opts, &mut report).await,
+        "sigkill-process" => sigkill_case(kind, seed, opts, &mut report, false).await,
+        "fresh-disk" => sigkill_case(kind, seed, opts, &mut report, true).await,
         "broker-restart" => broker_case(kind, seed, opts, &mut report).await,
         "store-restart" => store_case(kind, seed, opts, &mut report).await,
         "checkpoint-unwritable" => unwritable_case(kind, seed, opts, &mut report).await,
@@ -534,9 +542,24 @@ async fn finish_processes(
     Ok(())
 }
 
-async fn sigkill_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut CaseReport) -> Result<(), String> {
+/// `exactly run` SIGKILLed at random moments and started again; with `fresh_disk`, its
+/// checkpoint is persisted (`checkpoint.remote`, a directory standing for the object store) and
+/// the local checkpoint directory is deleted after each kill: every restart restores and
+/// catches up.
+async fn sigkill_case(
+    kind: &str,
+    seed: u64,
+    opts: &ChaosOptions,
+    report: &mut CaseReport,
+    fresh_disk: bool,
+) -> Result<(), String> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let (topic, dir, config) = setup(kind, opts, &opts.brokers).await?;
+    let (topic, dir, mut config) = setup(kind, opts, &opts.brokers).await?;
+    if fresh_disk {
+        config.checkpoint.remote = Some(exactly::config::TableLocation::local(&dir.join("remote")));
+        config.checkpoint.persist_every_epochs = 3;
+        config.checkpoint.persist_interval_ms = 500;
+    }
     let file = kit::write_config(&config, &dir)?;
     let stream = start_stream(&opts.brokers, &topic, opts.rate);
     let mut child = spawn_exactly(opts, &file)?;
@@ -545,6 +568,12 @@ async fn sigkill_case(kind: &str, seed: u64, opts: &ChaosOptions, report: &mut C
         let epoch = table_progress(&config).await.1;
         child.kill().map_err(|e| e.to_string())?; // SIGKILL
         child.wait().map_err(|e| e.to_string())?;
+        if fresh_disk {
+            match std::fs::remove_dir_all(config.checkpoint_dir()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(format!("cannot delete the checkpoint: {e}")),
+                _ => {}
+            }
+        }
         report.faults += 1;
         report.restarts += 1;
         let t0 = Instant::now();

@@ -60,6 +60,16 @@ pub enum Error {
         detail: String,
     },
 
+    /// A checkpoint persisted to its remote store (`checkpoint.remote`) cannot be read, written
+    /// or restored.
+    #[error("persisted checkpoint {at}: {detail}")]
+    Persisted {
+        /// The manifest or store location.
+        at: String,
+        /// What went wrong.
+        detail: String,
+    },
+
     /// The checkpoint and the sink disagree in a way that cannot be repaired automatically.
     #[error("recovery: {0}")]
     Recovery(String),

@@ -47,6 +47,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// See and manage the checkpoints a pipeline persisted to `checkpoint.remote`.
+    Checkpoint {
+        #[command(subcommand)]
+        command: cli::checkpoint::CheckpointCommand,
+    },
     /// Manage topics.
     Topics {
         #[command(subcommand)]
@@ -62,6 +67,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
         Command::Vacuum(a) => cli::maintenance::vacuum(a).await,
         Command::Produce(a) => cli::produce::produce(a).await,
         Command::Topics { command } => cli::topics::topics(command).await,
+        Command::Checkpoint { command } => cli::checkpoint::checkpoint(command).await,
         Command::Check { config } => cli::check::check(&config).await,
     }
 }

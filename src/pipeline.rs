@@ -90,6 +90,17 @@ impl Pipeline {
         let connection = crate::source::Connection::of(&config.source)?;
         let partitions = source::preflight(&connection, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
         sink.preflight().await?;
+        let persisted = match config.checkpoint_remote() {
+            Some(at) => {
+                crate::sink::storage::preflight(&at).await?;
+                let remote = crate::state::persist::Remote::new(crate::sink::storage::root_store(&at)?, at.to_string());
+                let found = crate::state::persist::start(remote, &config.checkpoint_dir(), &config.id).await?;
+                let took = found.restored.map_or(0.0, |(_, _, took)| took.as_secs_f64());
+                metrics::gauge!(crate::telemetry::metrics::CHECKPOINT_RESTORE_SECONDS).set(took);
+                Some(found)
+            }
+            None => None,
+        };
         let outcome = Arc::new(Mutex::new(None));
         let stopped_cleanly = Arc::new(AtomicBool::new(false));
         let (progress, _) = broadcast::channel(1024);
@@ -104,6 +115,7 @@ impl Pipeline {
             progress: progress.clone(),
             failpoints: options.failpoints,
             reset_checkpoint_from_table: options.reset_checkpoint_from_table,
+            persisted,
         };
         let (supervisor, join) = Actor::spawn(None, SupervisorActor, args).await.map_err(|e| Error::Actor(e.to_string()))?;
         Ok(Pipeline { supervisor, join, outcome, stopped_cleanly, progress, shutdown_timeout })

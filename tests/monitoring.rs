@@ -128,6 +128,9 @@ async fn a_live_run_scraped_by_prometheus_has_data_for_every_panel_and_alert_and
     // A: healthy (dedup, so every panel has its series). B: its commit path stalls forever.
     let mut a = common::delta_config(&common::unique("healthy"), &topic, &dir.path().join("a"));
     a.dedup = Some(DedupConfig::by_epochs(&["id"], 1_000));
+    // Persisted (to a directory) every epoch, so the persist panel has its series.
+    a.checkpoint.remote = Some(exactly::config::TableLocation::local(&dir.path().join("a").join("remote")));
+    a.checkpoint.persist_every_epochs = 1;
     a.metrics.listen = Some(format!("127.0.0.1:{port_a}"));
     let mut b = common::delta_config(&common::unique("stalled"), &topic, &dir.path().join("b"));
     b.metrics.listen = Some(format!("127.0.0.1:{port_b}"));
@@ -185,7 +188,7 @@ async fn a_live_run_scraped_by_prometheus_has_data_for_every_panel_and_alert_and
     // Every rule loaded, and every series an alert uses exists.
     let rules = prom_get(port_prom, "/api/v1/rules").expect("rules");
     let rules: Vec<&Value> = rules["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap()).collect();
-    assert_eq!(rules.len(), 6);
+    assert_eq!(rules.len(), 7);
     let series = regex_series(&rules.iter().map(|r| r["query"].as_str().unwrap().to_string()).collect::<Vec<_>>());
     for s in &series {
         assert!(query(port_prom, s).is_some_and(|r| !r.is_empty()), "alert series {s} has no data");

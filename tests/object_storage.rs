@@ -11,11 +11,7 @@ use exactly::pipeline::RunOptions;
 use exactly::source::producer::{produce, ProduceOptions};
 
 use crate::common;
-
-/// The local server's endpoint (`scripts/s3 status`).
-fn endpoint() -> String {
-    std::env::var("EXACTLY_S3_ENDPOINT").ok().filter(|e| !e.is_empty()).unwrap_or_else(|| "http://127.0.0.1:8333".into())
-}
+use crate::common::{endpoint, options, options_at};
 
 /// `scripts/s3 <cmd>` for a server of its own on `port` (data kept between down and up).
 fn own_server(cmd: &str, port: u16) {
@@ -26,21 +22,6 @@ fn own_server(cmd: &str, port: u16) {
         .status()
         .expect("run scripts/s3");
     assert!(status.success(), "scripts/s3 {cmd} on port {port} failed");
-}
-
-/// Storage options reaching the local server with `secret` (its own is `exactly-local-secret`).
-fn options(secret: &str) -> StorageOptions {
-    options_at(&endpoint(), secret)
-}
-
-fn options_at(endpoint: &str, secret: &str) -> StorageOptions {
-    StorageOptions(BTreeMap::from([
-        ("AWS_ENDPOINT_URL".to_string(), endpoint.to_string()),
-        ("AWS_ACCESS_KEY_ID".to_string(), "exactly".to_string()),
-        ("AWS_SECRET_ACCESS_KEY".to_string(), secret.to_string()),
-        ("AWS_REGION".to_string(), "us-east-1".to_string()),
-        ("AWS_ALLOW_HTTP".to_string(), "true".to_string()),
-    ]))
 }
 
 /// A pipeline writing to `s3://<bucket>/<unique>/table` (dead letters beside it).

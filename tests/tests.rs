@@ -50,6 +50,9 @@ mod maintenance;
 // Tables on real object stores (SeaweedFS for S3, Azurite for Azure): exactly once, audited and
 // read from the store; fences, outages, fresh disks, bad credentials.
 mod object_storage;
+// Checkpoints persisted to object storage: fresh disks restore and catch up with the table;
+// SIGKILLs with a fresh disk every time stay exact; an unusable persisted checkpoint is refused.
+mod persist;
 // Secured Kafka (SASL_SSL with SCRAM and PLAIN, mutual TLS): exactly once over each, every
 // refusal one line, the password never printed.
 mod security;

@@ -2,6 +2,7 @@
 //! planning a config, the stop signal, which Kafka cluster and which tables a command works on.
 
 pub(crate) mod check;
+pub(crate) mod checkpoint;
 pub(crate) mod maintenance;
 pub(crate) mod produce;
 pub(crate) mod run;

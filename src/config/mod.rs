@@ -207,6 +207,18 @@ impl PipelineConfig {
         }
     }
 
+    /// Where the checkpoint is persisted (`checkpoint.remote`), with `checkpoint.storage`'s
+    /// options, else the Delta sink's.
+    pub fn checkpoint_remote(&self) -> Option<TableLocation> {
+        let remote = self.checkpoint.remote.clone()?;
+        let options = match (&self.checkpoint.storage, &self.sink) {
+            (Some(o), _) => o.clone(),
+            (None, SinkConfig::Delta { storage, .. }) => storage.clone(),
+            (None, _) => StorageOptions::default(),
+        };
+        Some(remote.with_options(options))
+    }
+
     /// The checkpoint directory, defaulted from the id.
     pub fn checkpoint_dir(&self) -> PathBuf {
         self.checkpoint.dir.clone().unwrap_or_else(|| PathBuf::from("data/checkpoints").join(&self.id))

@@ -27,7 +27,7 @@ impl EpochConfig {
 }
 
 /// Where progress is recorded.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
     /// Checkpoint directory (Spark's `checkpointLocation`). Default: `data/checkpoints/<id>`.
@@ -38,6 +38,36 @@ pub struct CheckpointConfig {
     /// and resume after it, instead of refusing. Stateless pipelines only: the table records
     /// offsets, not dedup keys or running totals. Off by default.
     pub rebuild_from_table: bool,
+    /// Where the checkpoint is persisted so it outlives its disk: a directory or an `s3://`,
+    /// `az://`, `abfss://` or `gs://` URL. The local directory stays the working copy; its
+    /// RocksDB files are uploaded incrementally (each table file once) with a small manifest per
+    /// persisted epoch, and a process starting on an empty `dir` restores the newest one.
+    /// Unset: the checkpoint lives on the local disk only.
+    pub remote: Option<TableLocation>,
+    /// Storage options for `remote` (endpoint, region, credentials; never shown). Unset: the
+    /// Delta sink's `sink.storage`.
+    pub storage: Option<StorageOptions>,
+    /// Persist after this many committed epochs...
+    pub persist_every_epochs: u64,
+    /// ...or after this many milliseconds with at least one new epoch, whichever comes first.
+    pub persist_interval_ms: u64,
+    /// Persisted checkpoints kept (newest first); older ones and the files only they name are
+    /// deleted in the background.
+    pub retain: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            dir: None,
+            rebuild_from_table: false,
+            remote: None,
+            storage: None,
+            persist_every_epochs: 20,
+            persist_interval_ms: 60_000,
+            retain: 3,
+        }
+    }
 }
 
 /// Prometheus metrics endpoint.
@@ -85,6 +115,13 @@ impl PipelineConfig {
         }
         if self.supervisor.shutdown_timeout_ms == 0 {
             return Err(bad("supervisor.shutdown_timeout_ms", "must be at least 1".into()));
+        }
+        let cp = &self.checkpoint;
+        if cp.remote.is_some() && (cp.persist_every_epochs == 0 || cp.persist_interval_ms < 100 || cp.retain == 0) {
+            return Err(bad(
+                "checkpoint",
+                "persist_every_epochs and retain must be at least 1, persist_interval_ms at least 100".into(),
+            ));
         }
         if let Some(listen) = &self.metrics.listen {
             if listen.parse::<std::net::SocketAddr>().is_err() {

@@ -165,6 +165,12 @@ impl PipelineConfig {
                     "needs a Delta sink: in group mode the table records where each partition resumes".into(),
                 ));
             }
+            if self.checkpoint.remote.is_some() {
+                return Err(bad(
+                    "checkpoint.remote",
+                    "has no meaning in group mode yet: members keep no checkpoint, the table records where each partition resumes".into(),
+                ));
+            }
             if self.checkpoint.rebuild_from_table {
                 return Err(bad(
                     "checkpoint.rebuild_from_table",

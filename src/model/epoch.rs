@@ -17,6 +17,16 @@ pub struct CommittedEpoch {
     pub offsets: Offsets,
 }
 
+/// An epoch's commit as the data table recorded it: where each partition's part started and
+/// ended (what a catch-up re-cuts, and how it knows the epochs link up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochRanges {
+    /// The epoch.
+    pub epoch: u64,
+    /// Its ranges, per partition it recorded.
+    pub ranges: Vec<PartitionRange>,
+}
+
 /// What one table records of the pipeline.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableRecord {

@@ -39,11 +39,13 @@ pub struct AggregatorArgs {
     pub supervisor: ActorRef<SupervisorMsg>,
     /// Records after which the open epoch asks to be closed early.
     pub max_records: usize,
-    /// The barrier of an epoch being replayed: committed even if it holds no records, because
-    /// the sink already has it.
-    pub replay_barrier: Option<u64>,
+    /// The barriers of epochs being replayed: committed even if they hold no records, because
+    /// the sink already has them.
+    pub replay_barriers: Option<std::ops::RangeInclusive<u64>>,
     /// Dedup and aggregation, if the pipeline has them.
     pub processor: Option<Arc<Processor>>,
+    /// The last epoch whose checkpoint is written (the committer's).
+    pub checkpointed: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Records and barriers collected for one barrier number.
@@ -162,7 +164,7 @@ impl AggregatorState {
         self.full_signalled = false;
         self.signal_if_full()?;
         let moved = ranges.iter().any(|r| r.start != r.end || r.records > 0);
-        if !moved && self.args.replay_barrier != Some(barrier) {
+        if !moved && !self.args.replay_barriers.as_ref().is_some_and(|r| r.contains(&barrier)) {
             self.args.supervisor.cast(SupervisorMsg::BarrierResolved { barrier, report: None })?;
             return Ok(());
         }
@@ -173,6 +175,13 @@ impl AggregatorState {
         let (output, state, duplicates, superseded) = match &self.args.processor {
             None => (Output::Append(rows), StateChanges::default(), 0, 0),
             Some(p) => {
+                // Against the state of the epoch before: a replay cuts several epochs at once,
+                // so this one may close before the one before it is checkpointed.
+                self.args
+                    .checkpointed
+                    .wait_for(|c| *c + 1 >= epoch)
+                    .await
+                    .map_err(|_| "the committer stopped before the previous epoch was checkpointed")?;
                 let p = p.clone();
                 let processed = tokio::task::spawn_blocking(move || p.process(epoch, rows)).await??;
                 dead_letters.extend(processed.late);

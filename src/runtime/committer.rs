@@ -1,7 +1,8 @@
 //! The committer actor: the only writer.
 //!
-//! For each closed epoch, in order: (1) commit it to the sink, atomically; (2) write the
-//! checkpoint (epoch + cut); (3) report to the supervisor. A crash between (1) and (2) leaves the
+//! For each closed epoch, in order: (1) commit it to the sink, atomically (an epoch of a
+//! catch-up, which every table holds, is not written: `Sink::held`); (2) write the checkpoint
+//! (epoch + cut); (3) report to the supervisor. A crash between (1) and (2) leaves the
 //! sink one epoch ahead of the checkpoint, which recovery detects and repairs.
 //!
 //! **Architecture Invariant:** epochs reach the sink in order, each exactly once per run, and the
@@ -32,12 +33,18 @@ pub struct CommitterArgs {
     pub store: CheckpointStore,
     /// The last committed epoch.
     pub committed_epoch: u64,
+    /// Epochs up to this one are held by every table already (a catch-up re-runs them for
+    /// their state): the sink writes nothing of them.
+    pub held_through: u64,
     /// Told about each commit.
     pub supervisor: ActorRef<SupervisorMsg>,
     /// Fail points (`after-checkpoint`).
     pub failpoints: Arc<FailPoints>,
     /// Records consumed but not committed; released after each commit.
     pub backpressure: crate::runtime::backpressure::BackPressure,
+    /// Told each epoch whose checkpoint is written (the aggregator's stateful stages wait for
+    /// the epoch before theirs).
+    pub checkpointed: tokio::sync::watch::Sender<u64>,
 }
 
 /// The committer's state.
@@ -80,7 +87,12 @@ impl Actor for CommitterActor {
                     let staged = store.stage(epoch, &changes);
                     (changes, staged)
                 });
-                let committed = match state.args.sink.commit(&batch).await {
+                let committed = if batch.epoch <= state.args.held_through {
+                    state.args.sink.held(&batch).await
+                } else {
+                    state.args.sink.commit(&batch).await
+                };
+                let committed = match committed {
                     Ok(c) => c,
                     Err(Error::Fenced { partitions, detail }) => {
                         // Group mode: another member claimed some of the epoch's partitions;
@@ -116,6 +128,7 @@ impl Actor for CommitterActor {
                 .await??;
                 let checkpoint_time = t1.elapsed();
                 state.last_epoch = batch.epoch;
+                state.args.checkpointed.send_replace(batch.epoch);
                 state.args.backpressure.release(batch.input_records());
                 state.args.failpoints.hit("after-checkpoint").await?;
                 let report = CommitReport {

@@ -8,6 +8,7 @@
 //! **Architecture Invariant:** a consumer never commits offsets to Kafka and never decides where
 //! to start: it starts where the supervisor assigned it (the last committed epoch's cut).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ pub struct ConsumerArgs {
     pub decoder: Arc<Decoder>,
     /// This partition's part of a replayed epoch (after a crash between the sink commit and the
     /// checkpoint), cut exactly at the end the table recorded.
-    pub replay: Option<ReplayCut>,
+    pub replay: VecDeque<ReplayCut>,
     /// Its partition.
     pub tp: TopicPartition,
     /// The offset it was assigned at (the last committed cut).
@@ -63,7 +64,7 @@ pub struct ConsumerState {
 /// Everything but the queue.
 struct Forwarder {
     decoder: Arc<Decoder>,
-    replay: Option<ReplayCut>,
+    replay: VecDeque<ReplayCut>,
     tp: TopicPartition,
     next_offset: i64,
     aggregator: ActorRef<AggregatorMsg>,
@@ -77,21 +78,18 @@ fn is_data_loss(e: &KafkaError) -> bool {
 }
 
 impl Forwarder {
-    /// Decodes and forwards records; during a replay, cuts the replayed epoch exactly at its
+    /// Decodes and forwards records; during a replay, cuts each replayed epoch exactly at its
     /// recorded end.
-    fn forward<R: RecordView>(&mut self, records: &[R]) -> Result<(), ActorProcessingErr> {
-        if let Some(cut) = self.replay {
+    fn forward<R: RecordView>(&mut self, mut records: &[R]) -> Result<(), ActorProcessingErr> {
+        while let Some(cut) = self.replay.front().copied() {
             let (before, after) = records.split_at(cut.split(records));
             self.send(before)?;
-            if cut.reached(self.next_offset, !after.is_empty()) {
-                self.aggregator.cast(AggregatorMsg::Barrier {
-                    barrier: cut.barrier,
-                    tp: self.tp.clone(),
-                    next_offset: cut.end,
-                })?;
-                self.replay = None;
+            records = after;
+            if !cut.reached(self.next_offset, !after.is_empty()) {
+                return Ok(());
             }
-            return self.send(after);
+            self.aggregator.cast(AggregatorMsg::Barrier { barrier: cut.barrier, tp: self.tp.clone(), next_offset: cut.end })?;
+            self.replay.pop_front();
         }
         self.send(records)
     }
@@ -176,7 +174,7 @@ impl Actor for ConsumerActor {
         match msg {
             ConsumerMsg::Poll => {
                 let out = &mut state.out;
-                if !out.backpressure.may_read(out.replay.is_some()) {
+                if !out.backpressure.may_read(!out.replay.is_empty()) {
                     // Wait for commits to release buffered records. Barriers still get through,
                     // so the open epoch can close and commit.
                     myself.send_after(BACKPRESSURE_WAIT, || ConsumerMsg::Poll);
@@ -189,7 +187,7 @@ impl Actor for ConsumerActor {
             }
             ConsumerMsg::Barrier(barrier) => {
                 let out = &state.out;
-                if out.replay.is_some() {
+                if !out.replay.is_empty() {
                     return Err(format!("barrier {barrier} arrived before the replayed epoch ended on {}", out.tp).into());
                 }
                 out.aggregator.cast(AggregatorMsg::Barrier { barrier, tp: out.tp.clone(), next_offset: out.next_offset })?;

@@ -8,6 +8,7 @@ pub mod backpressure;
 pub mod committer;
 pub mod consumer;
 pub mod messages;
+pub mod persister;
 pub mod recovery;
 pub mod replay;
 pub mod supervisor;

@@ -16,7 +16,11 @@
 //!   epoch the crash cut off); the dead-letter table holds at least the data table's dead-letter
 //!   mark (V − 1 or older marks must be held already);
 //! - with a checkpoint at C: V = C resumes (every table must hold what C says), V = C + 1
-//!   replays V, anything else is refused (the table or the checkpoint is not the other's);
+//!   replays V, V > C + 1 catches up: epochs C + 1 .. V − 1 re-run through the state stage with
+//!   the cuts their commits recorded, writing nothing (every table holds them), then V is
+//!   replayed — a checkpoint restored from an older copy (`checkpoint.remote`: persisted every
+//!   few epochs) becomes the table's. The supervisor checks that the recorded cuts link to the
+//!   checkpoint's (else it belongs to another table). V < C is refused;
 //! - without one (or with `--reset-checkpoint-from-table`), a stateless pipeline rebuilds it
 //!   from the tables at the oldest epoch any of them lacks: V when all hold V, else V − 1 with
 //!   V's start offsets (read from the data table's commit of V), and replays V — so the normal
@@ -85,14 +89,17 @@ pub enum Start {
         /// Rebuilt from the tables: the checkpoint must be written.
         rebuilt: bool,
     },
-    /// Replay epoch `epoch + 1`, cut at `ends`, from the checkpoint at `epoch`, to the tables
+    /// From the checkpoint at `epoch`, re-run epochs `epoch + 1 .. through` through the state
+    /// stage (every table holds them), then replay epoch `through`, cut at `ends`, to the tables
     /// that lack it.
     Replay {
         /// The checkpoint's epoch.
         epoch: u64,
         /// Its cut.
         offsets: Offsets,
-        /// The replayed epoch's cut, as the data table recorded it.
+        /// The data table's epoch V, the last one replayed.
+        through: u64,
+        /// V's cut, as the data table recorded it.
         ends: Offsets,
         /// Rebuilt from the tables: the checkpoint must be written.
         rebuilt: bool,
@@ -102,7 +109,7 @@ pub enum Start {
 /// Decides recovery from what was read. See the module docs. `Err`: the one line refusing.
 pub fn decide(i: &Inputs) -> Result<Start, String> {
     let plan = resume_or_replay(i)?;
-    if let (Start::Replay { epoch, .. }, Some(t)) = (&plan, i.tables) {
+    if let (Start::Replay { through, .. }, Some(t)) = (&plan, i.tables) {
         let changed: Vec<&str> = t
             .meaning
             .iter()
@@ -113,7 +120,7 @@ pub fn decide(i: &Inputs) -> Result<Start, String> {
         if !changed.is_empty() {
             return Err(format!(
                 "epoch {} must be replayed to tables that lack it, but the config's {} changed since it was written: a replay would write one epoch two ways. Run once with the config it was written with (the replay completes the epoch), then change it",
-                epoch + 1,
+                through,
                 changed.join(" and ")
             ));
         }
@@ -180,16 +187,17 @@ fn resume_or_replay(i: &Inputs) -> Result<Start, String> {
         }
         _ if v == c + 1 => {
             laggards(t, c, v)?;
-            Ok(Start::Replay { epoch: c, offsets: cp.offsets.clone(), ends: t.data.cut.clone(), rebuilt: false })
+            Ok(Start::Replay { epoch: c, offsets: cp.offsets.clone(), through: v, ends: t.data.cut.clone(), rebuilt: false })
+        }
+        _ if v > c + 1 => {
+            laggards(t, v - 1, v)?;
+            Ok(Start::Replay { epoch: c, offsets: cp.offsets.clone(), through: v, ends: t.data.cut.clone(), rebuilt: false })
         }
         0 => Err(format!(
             "checkpoint {dir} is at epoch {c} but the table has no commit of pipeline '{id}': it was deleted or replaced {way_out}"
         )),
-        _ if v < c => Err(format!(
-            "checkpoint {dir} (epoch {c}) is ahead of the table (epoch {v}): the table was restored from an older copy {way_out}"
-        )),
         _ => Err(format!(
-            "the table is at epoch {v} but checkpoint {dir} is at epoch {c}: the checkpoint belongs to an older run {way_out}"
+            "checkpoint {dir} (epoch {c}) is ahead of the table (epoch {v}): the table was restored from an older copy {way_out}"
         )),
     }
 }
@@ -259,7 +267,7 @@ fn rebuilt(i: &Inputs, t: &Recorded) -> Result<Start, String> {
         .iter()
         .map(|(tp, end): (&TopicPartition, &i64)| (tp.clone(), starts.get(tp).copied().unwrap_or(*end)))
         .collect();
-    Ok(Start::Replay { epoch: v - 1, offsets: before, ends: t.data.cut.clone(), rebuilt: true })
+    Ok(Start::Replay { epoch: v - 1, offsets: before, through: v, ends: t.data.cut.clone(), rebuilt: true })
 }
 
 #[cfg(test)]
@@ -310,7 +318,7 @@ mod tests {
 
     fn replay(e: u64, rebuilt: bool) -> Result<Start, String> {
         let at = |e: u64| cut(&[(0, 10 * e as i64), (1, 10 * e as i64)]);
-        Ok(Start::Replay { epoch: e, offsets: at(e), ends: at(e + 1), rebuilt })
+        Ok(Start::Replay { epoch: e, offsets: at(e), through: e + 1, ends: at(e + 1), rebuilt })
     }
 
     #[test]
@@ -331,7 +339,10 @@ mod tests {
         assert!(run(Some(3), &tables(2, &[3], 0, 0), R, None).is_err(), "data table restored behind an output");
         assert!(run(Some(3), &tables(0, &[], 0, 0), R, None).unwrap_err().contains("deleted or replaced"));
         assert!(run(Some(3), &tables(2, &[], 0, 0), R, None).unwrap_err().contains("restored"));
-        assert!(run(Some(3), &tables(5, &[], 0, 0), R, None).unwrap_err().contains("older run"));
+        // A checkpoint behind by more than one epoch (restored from a persisted copy) catches up.
+        let catch_up = run(Some(3), &tables(5, &[], 0, 0), R, Some("dedup keys")).unwrap();
+        assert!(matches!(catch_up, Start::Replay { epoch: 3, through: 5, rebuilt: false, .. }), "{catch_up:?}");
+        assert!(run(Some(3), &tables(5, &[3], 0, 0), R, None).is_err(), "an output lacks an epoch the catch-up skips");
     }
 
     #[test]

@@ -20,42 +20,96 @@
 //!
 //! Back-pressure never holds a replay back ([`crate::runtime::backpressure`]).
 
+use std::collections::VecDeque;
+use std::ops::RangeInclusive;
+
 use crate::error::{Error, Result};
-use crate::model::CommittedEpoch;
+use crate::model::{CommittedEpoch, EpochRanges};
 use crate::model::{Offsets, RecordView, TopicPartition};
 
-/// An epoch to replay, and where each partition's part of it ends.
+/// The epochs to replay, each under a barrier of its own (consecutive), and where each
+/// partition's part of each ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replay {
-    /// The epoch the sink holds (checkpoint + 1).
-    pub epoch: u64,
-    /// The barrier the replayed epoch is cut under.
-    pub barrier: u64,
-    ends: Offsets,
+    /// Per epoch, oldest first: (epoch, barrier, ends).
+    epochs: Vec<(u64, u64, Offsets)>,
 }
 
 impl Replay {
-    /// Plans the replay of `committed` (the sink's last epoch) over the partitions of `start`
-    /// (the checkpoint's cut, one entry per partition to read), cut under `barrier`.
-    pub fn plan(committed: &CommittedEpoch, start: &Offsets, barrier: u64) -> Result<Replay> {
-        let mut ends = Offsets::new();
-        for (tp, from) in start {
-            let end = committed.offsets.get(tp).copied().unwrap_or(*from);
-            if end < *from {
-                return Err(Error::Recovery(format!(
-                    "epoch {} recorded offset {end} for {tp}, before the checkpoint's {from}",
-                    committed.epoch
-                )));
+    /// Plans the replay of `committed` (consecutive epochs the sink holds, oldest first) over the
+    /// partitions of `start` (the checkpoint's cut, one entry per partition to read), cut under
+    /// consecutive barriers from `first_barrier`. A partition an epoch did not record has an
+    /// empty part in it.
+    pub fn plan(committed: &[CommittedEpoch], start: &Offsets, first_barrier: u64) -> Result<Replay> {
+        let mut from = start.clone();
+        let mut epochs = Vec::with_capacity(committed.len());
+        for (i, c) in committed.iter().enumerate() {
+            let mut ends = Offsets::new();
+            for (tp, at) in &from {
+                let end = c.offsets.get(tp).copied().unwrap_or(*at);
+                if end < *at {
+                    return Err(Error::Recovery(format!(
+                        "epoch {} recorded offset {end} for {tp}, before the checkpoint's {at}",
+                        c.epoch
+                    )));
+                }
+                ends.insert(tp.clone(), end);
             }
-            ends.insert(tp.clone(), end);
+            from = ends.clone();
+            epochs.push((c.epoch, first_barrier + i as u64, ends));
         }
-        Ok(Replay { epoch: committed.epoch, barrier, ends })
+        Ok(Replay { epochs })
     }
 
-    /// `tp`'s part of the replay (empty at `start` for a partition the plan does not know).
-    pub fn cut(&self, tp: &TopicPartition, start: i64) -> ReplayCut {
-        ReplayCut { barrier: self.barrier, end: self.ends.get(tp).copied().unwrap_or(start) }
+    /// The barriers the replay cuts under (barrier 0, never cut, for a plan of no epoch).
+    pub fn barriers(&self) -> RangeInclusive<u64> {
+        let first = self.epochs.first().map_or(0, |e| e.1);
+        first..=self.epochs.last().map_or(first, |e| e.1)
     }
+
+    /// The epochs every table holds (all replayed ones but the last): the committer writes
+    /// nothing of them.
+    pub fn held_through(&self) -> u64 {
+        self.epochs.last().map_or(0, |e| e.0.saturating_sub(1))
+    }
+
+    /// `tp`'s parts of the replay, in order (empty at `start` for a partition the plan does not
+    /// know).
+    pub fn cuts(&self, tp: &TopicPartition, start: i64) -> VecDeque<ReplayCut> {
+        self.epochs
+            .iter()
+            .map(|(_, barrier, ends)| ReplayCut { barrier: *barrier, end: ends.get(tp).copied().unwrap_or(start) })
+            .collect()
+    }
+}
+
+/// The epochs a catch-up re-runs, from what the data table's commits recorded of epochs
+/// `checkpoint + 1 ..` (oldest first), each checked to start where the one before it ended — the
+/// first where the checkpoint's cut does, over the partitions both know. `Err`: the checkpoint
+/// and the table are not one history.
+pub fn chain(recorded: &[EpochRanges], checkpoint: u64, cut: &Offsets) -> std::result::Result<Vec<CommittedEpoch>, String> {
+    let mut before = cut.clone();
+    let mut chain = Vec::with_capacity(recorded.len());
+    for (k, e) in recorded.iter().enumerate() {
+        let want = checkpoint + 1 + k as u64;
+        if e.epoch != want {
+            return Err(format!("the table's log holds no commit of epoch {want} (cleaned up?)"));
+        }
+        for r in &e.ranges {
+            if let Some(end) = before.get(&r.tp).filter(|end| **end != r.start) {
+                return Err(format!(
+                    "epoch {} starts {} at offset {}, but {} ends it at {end}",
+                    e.epoch,
+                    r.tp,
+                    r.start,
+                    if k == 0 { format!("the checkpoint (epoch {checkpoint})") } else { format!("epoch {}", e.epoch - 1) }
+                ));
+            }
+        }
+        before.extend(e.ranges.iter().map(|r| (r.tp.clone(), r.end)));
+        chain.push(CommittedEpoch { epoch: e.epoch, offsets: e.ranges.iter().map(|r| (r.tp.clone(), r.end)).collect() });
+    }
+    Ok(chain)
 }
 
 /// One consumer's part of a replayed epoch: forward the records before `end`, then barrier
@@ -95,9 +149,9 @@ mod tests {
     fn a_partition_the_table_never_recorded_replays_an_empty_range() {
         let committed = CommittedEpoch { epoch: 4, offsets: [(tp(0), 10)].into_iter().collect() };
         let start: Offsets = [(tp(0), 5), (tp(1), 0)].into_iter().collect();
-        let plan = Replay::plan(&committed, &start, 7).unwrap();
-        assert_eq!(plan.cut(&tp(0), 5), ReplayCut { barrier: 7, end: 10 });
-        assert_eq!(plan.cut(&tp(1), 0), ReplayCut { barrier: 7, end: 0 });
+        let plan = Replay::plan(std::slice::from_ref(&committed), &start, 7).unwrap();
+        assert_eq!(plan.cuts(&tp(0), 5), [ReplayCut { barrier: 7, end: 10 }]);
+        assert_eq!(plan.cuts(&tp(1), 0), [ReplayCut { barrier: 7, end: 0 }]);
         let ranges = vec![
             PartitionRange { tp: tp(0), start: 5, end: 10, records: 5 },
             PartitionRange { tp: tp(1), start: 0, end: 0, records: 0 },
@@ -113,6 +167,30 @@ mod tests {
     fn a_recorded_end_before_the_checkpoint_is_refused() {
         let committed = CommittedEpoch { epoch: 4, offsets: [(tp(0), 3)].into_iter().collect() };
         let start: Offsets = [(tp(0), 5)].into_iter().collect();
-        assert!(Replay::plan(&committed, &start, 1).is_err());
+        assert!(Replay::plan(&[committed], &start, 1).is_err());
+    }
+
+    #[test]
+    fn a_catch_up_chains_epochs_that_link_and_refuses_a_gap_or_a_broken_link() {
+        let range = |p: i32, start: i64, end: i64| PartitionRange { tp: tp(p), start, end, records: (end - start) as u64 };
+        let cut: Offsets = [(tp(0), 5), (tp(1), 0)].into_iter().collect();
+        let recorded = vec![
+            EpochRanges { epoch: 4, ranges: vec![range(0, 5, 8), range(1, 0, 2)] },
+            // Partition 1 did not move (or is unrecorded): its part is empty.
+            EpochRanges { epoch: 5, ranges: vec![range(0, 8, 9)] },
+            EpochRanges { epoch: 6, ranges: vec![range(0, 9, 12), range(1, 2, 7)] },
+        ];
+        let chained = chain(&recorded, 3, &cut).unwrap();
+        let plan = Replay::plan(&chained, &cut, 10).unwrap();
+        assert_eq!(plan.barriers(), 10..=12);
+        let ends = |cuts: VecDeque<ReplayCut>| cuts.into_iter().map(|c| (c.barrier, c.end)).collect::<Vec<_>>();
+        assert_eq!(ends(plan.cuts(&tp(0), 5)), [(10, 8), (11, 9), (12, 12)]);
+        assert_eq!(ends(plan.cuts(&tp(1), 0)), [(10, 2), (11, 2), (12, 7)]);
+        assert!(chain(&recorded[1..], 3, &cut).unwrap_err().contains("no commit of epoch 4"));
+        let mut broken = recorded.clone();
+        broken[2].ranges[0].start = 10;
+        assert!(chain(&broken, 3, &cut).unwrap_err().contains("epoch 6 starts t/0 at offset 10, but epoch 5 ends it at 9"));
+        let other: Offsets = [(tp(0), 6)].into_iter().collect();
+        assert!(chain(&recorded, 3, &other).unwrap_err().contains("the checkpoint (epoch 3)"));
     }
 }

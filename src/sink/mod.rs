@@ -110,6 +110,20 @@ pub trait Sink: Send + Sync + 'static {
     /// sink skips what it already holds, so committing a replayed epoch again is harmless.
     fn commit<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<Committed>>;
 
+    /// An epoch every table holds already, re-run by a catch-up for its state: writes nothing,
+    /// and says what its commit changed besides rows (the rows an upsert compaction moved).
+    fn held<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<Committed>> {
+        let _ = batch;
+        Box::pin(async { Ok(Committed::default()) })
+    }
+
+    /// What the data table's commits recorded of epochs `from ..= to` (oldest first; a commit
+    /// the log no longer holds is left out), for a catch-up.
+    fn epochs<'a>(&'a self, from: u64, to: u64) -> BoxFuture<'a, Result<Vec<crate::model::EpochRanges>>> {
+        let _ = (from, to);
+        Box::pin(async { Err(crate::Error::Sink(format!("`{}` records no epochs to catch up from", self.name()))) })
+    }
+
     /// Group mode (`source.group_id`): claims `partitions` for this member and says where each
     /// resumes, by the table's own record; a partition the table never recorded is pinned where
     /// `unrecorded` says (`starting_offsets` for a topic the table never recorded, earliest for

@@ -262,6 +262,9 @@ impl CheckpointStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_open_files(256);
+        // The MANIFEST is uploaded whole with every persisted checkpoint (`state::persist`):
+        // rolled at this size, it stays small.
+        opts.set_max_manifest_file_size(4 * 1024 * 1024);
         // The write-ahead log is kept until every column family whose writes it holds has
         // flushed them; the checkpoint's own family, written a few bytes per epoch, never fills
         // a memtable, so without a bound the log grows to RocksDB's default (four times all
@@ -296,6 +299,21 @@ impl CheckpointStore {
         })
     }
 
+    /// A consistent copy of the database in `into` (hard links to its table files, flushed
+    /// first), and the checkpoint it holds (`None`: none yet, nothing copied). Taken between
+    /// two checkpoint writes, so the copy is the state of one committed epoch.
+    pub fn snapshot(&self, into: &Path) -> Result<Option<Checkpoint>> {
+        let _guard = self.lock.lock().expect("checkpoint lock");
+        let Some(cp) = self.load_unlocked()? else { return Ok(None) };
+        if into.exists() {
+            std::fs::remove_dir_all(into).map_err(|e| self.err(format!("cannot clear {}: {e}", into.display())))?;
+        }
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(into))
+            .map_err(|e| self.err(format!("cannot snapshot the state into {}: {e}", into.display())))?;
+        Ok(Some(cp))
+    }
+
     /// Uses `failpoints` (for `mid-checkpoint-write`).
     pub fn with_failpoints(mut self, failpoints: Arc<FailPoints>) -> Self {
         self.failpoints = failpoints;
@@ -318,6 +336,10 @@ impl CheckpointStore {
     /// Reads the checkpoint, `None` if there is none yet.
     pub fn load(&self) -> Result<Option<Checkpoint>> {
         let _guard = self.lock.lock().expect("checkpoint lock");
+        self.load_unlocked()
+    }
+
+    fn load_unlocked(&self) -> Result<Option<Checkpoint>> {
         match self.db.get_cf(self.cf(META), KEY_CHECKPOINT).map_err(|e| self.err(e))? {
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| self.err(format!("corrupt checkpoint: {e}"))),
             None => Ok(None),

@@ -14,6 +14,7 @@ mod aggregate;
 pub mod checkpoint;
 mod dedup;
 mod keys;
+pub mod persist;
 mod upsert;
 
 pub use aggregate::result_schema;

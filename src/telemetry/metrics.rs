@@ -45,6 +45,17 @@ pub const DELTA_LOG_FILES_CLEANED: &str = "exactly_delta_log_files_cleaned_total
 pub const MAINTENANCE_SECONDS: &str = "exactly_maintenance_duration_seconds";
 /// Counter, label `table`: maintenance rounds that failed (retried after the next commit).
 pub const MAINTENANCE_ERRORS: &str = "exactly_maintenance_errors_total";
+/// Histogram: seconds of one persist of the checkpoint to `checkpoint.remote` (snapshot,
+/// uploads, manifest).
+pub const CHECKPOINT_PERSIST_SECONDS: &str = "exactly_checkpoint_persist_duration_seconds";
+/// Counter: bytes uploaded by checkpoint persists (the files the store lacked).
+pub const CHECKPOINT_PERSIST_BYTES: &str = "exactly_checkpoint_persist_bytes_total";
+/// Counter: checkpoint persists that failed (retried when the next is due).
+pub const CHECKPOINT_PERSIST_FAILURES: &str = "exactly_checkpoint_persist_failures_total";
+/// Gauge: the epoch of the newest checkpoint persisted by this process.
+pub const CHECKPOINT_PERSISTED_EPOCH: &str = "exactly_checkpoint_persisted_epoch";
+/// Gauge: seconds the restore of a persisted checkpoint took at start-up (0: none).
+pub const CHECKPOINT_RESTORE_SECONDS: &str = "exactly_checkpoint_restore_seconds";
 /// Gauge: resident set size of the process, bytes.
 pub const PROCESS_RSS: &str = "exactly_process_resident_bytes";
 /// Gauge: Unix time of the last committed epoch (set to the start time before the first).
@@ -122,6 +133,8 @@ pub fn register_zeros() {
         metrics::counter!(MAINTENANCE_ERRORS, "table" => table).increment(0);
     }
     metrics::counter!(RECORDS_COMMITTED).increment(0);
+    metrics::counter!(CHECKPOINT_PERSIST_BYTES).increment(0);
+    metrics::counter!(CHECKPOINT_PERSIST_FAILURES).increment(0);
     metrics::counter!(REBALANCES).increment(0);
     metrics::counter!(FENCED).increment(0);
     metrics::counter!(DUPLICATES_DROPPED).increment(0);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use deltalake::arrow::array::{Array, Int32Array, Int64Array, StringArray};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::Action;
-use exactly::config::{DecodeConfig, PipelineConfig, TableLocation};
+use exactly::config::{DecodeConfig, PipelineConfig, StorageOptions, TableLocation};
 use exactly::model::{OFFSET_COL, PARTITION_COL, TOPIC_COL};
 use exactly::sink::EpochBatch;
 use exactly::source::producer::{produce, ProduceOptions, ProduceReport};
@@ -426,4 +426,31 @@ pub async fn recreate_topic(topic: &str, partitions: i32) {
 pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
     static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     HEAVY.lock().await
+}
+
+/// The local server's endpoint (`scripts/s3 status`).
+pub fn endpoint() -> String {
+    std::env::var("EXACTLY_S3_ENDPOINT").ok().filter(|e| !e.is_empty()).unwrap_or_else(|| "http://127.0.0.1:8333".into())
+}
+
+/// Storage options reaching the local S3 server (`scripts/s3`) with `secret` (its own is
+/// `exactly-local-secret`).
+pub fn options(secret: &str) -> StorageOptions {
+    options_at(&endpoint(), secret)
+}
+
+/// Storage options reaching an S3 server at `endpoint` with `secret`.
+pub fn options_at(endpoint: &str, secret: &str) -> StorageOptions {
+    StorageOptions(BTreeMap::from([
+        ("AWS_ENDPOINT_URL".to_string(), endpoint.to_string()),
+        ("AWS_ACCESS_KEY_ID".to_string(), "exactly".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), secret.to_string()),
+        ("AWS_REGION".to_string(), "us-east-1".to_string()),
+        ("AWS_ALLOW_HTTP".to_string(), "true".to_string()),
+    ]))
+}
+
+/// Storage options reaching the local S3 server with its own credentials.
+pub fn s3_options() -> StorageOptions {
+    options("exactly-local-secret")
 }

@@ -65,8 +65,12 @@ impl SupervisorState {
         metrics::gauge!(m::GENERATION).set(self.generation as f64);
         metrics::gauge!(m::EPOCH_COMMITTED).set(cp.epoch as f64);
         *self.committed_offsets.lock().expect("offsets lock") = offsets.clone();
+        if let Some(p) = &self.persister {
+            p.committed(cp.epoch);
+        }
         self.committed = cp;
-        self.in_flight = replay.as_ref().map(|r| InFlight { barrier: r.barrier, cut_next: false });
+        self.in_flight =
+            replay.as_ref().map(|r| InFlight { from: *r.barriers().start(), barrier: *r.barriers().end(), cut_next: false });
         self.current = Some(Generation { client, poller, discovery, consumers, aggregator, committer, ids });
         if !self.shutting_down() {
             self.ticker = Some(myself.send_interval(config.epoch.interval(), || SupervisorMsg::Tick));
@@ -87,6 +91,7 @@ impl SupervisorState {
         let config = &self.args.plan.config;
         let cell = myself.get_cell();
         let backpressure = BackPressure::new(config.source.max_buffered_records);
+        let (checkpointed, checkpointed_rx) = tokio::sync::watch::channel(cp.epoch);
         let spawn_err = |e: ractor::SpawnErr| Error::Actor(e.to_string());
         let (committer, _) = Actor::spawn_linked(
             None,
@@ -96,9 +101,11 @@ impl SupervisorState {
                 sink: self.args.sink.clone(),
                 store: self.store.clone(),
                 committed_epoch: cp.epoch,
+                held_through: replay.map_or(0, Replay::held_through),
                 supervisor: myself.clone(),
                 failpoints: self.args.failpoints.clone(),
                 backpressure: backpressure.clone(),
+                checkpointed,
             },
             cell.clone(),
         )
@@ -113,8 +120,9 @@ impl SupervisorState {
                 committer: committer.clone(),
                 supervisor: myself.clone(),
                 max_records: config.epoch.max_records,
-                replay_barrier: replay.map(|r| r.barrier),
+                replay_barriers: replay.map(Replay::barriers),
                 processor: self.processor.clone(),
+                checkpointed: checkpointed_rx,
             },
             cell.clone(),
         )
@@ -130,7 +138,7 @@ impl SupervisorState {
                 ConsumerActor,
                 ConsumerArgs {
                     decoder: decoder.clone(),
-                    replay: replay.map(|r| r.cut(&tp, start)),
+                    replay: replay.map(|r| r.cuts(&tp, start)).unwrap_or_default(),
                     tp: tp.clone(),
                     start,
                     queue,
@@ -161,6 +169,10 @@ impl SupervisorState {
             return Ok(Some(Positioned { cp, offsets, replay: None, client }));
         }
         let (cp, replay) = self.recover().await?;
+        // With `checkpoint.remote`, no epoch is read before the store holds a checkpoint.
+        if let Some(p) = self.persister.as_mut() {
+            p.ensure_persisted().await?;
+        }
         let offsets: Offsets = cp.offsets().into_iter().filter(|(tp, _)| self.partitions.contains(tp)).collect();
         // A replayed epoch is cut by its recorded offsets, under a barrier of its own: the epoch
         // the sink holds beyond the checkpoint, or, retrying a stop, the epoch the stop had cut
@@ -170,11 +182,12 @@ impl SupervisorState {
             let moved = offsets.iter().any(|(tp, from)| ends.get(tp).is_some_and(|end| end > from));
             (ahead && moved).then(|| CommittedEpoch { epoch: cp.epoch + 1, offsets: ends })
         });
-        let replay = match replay.or(retried) {
-            None => None,
-            Some(v) => {
-                let plan = Replay::plan(&v, &offsets, self.next_barrier)?;
-                self.next_barrier += 1;
+        let replay = if replay.is_empty() { retried.into_iter().collect() } else { replay };
+        let replay = match replay.len() {
+            0 => None,
+            n => {
+                let plan = Replay::plan(&replay, &offsets, self.next_barrier)?;
+                self.next_barrier += n as u64;
                 Some(plan)
             }
         };
@@ -195,7 +208,7 @@ impl SupervisorState {
         };
         let b = self.next_barrier;
         self.next_barrier += 1;
-        self.in_flight = Some(InFlight { barrier: b, cut_next: false });
+        self.in_flight = Some(InFlight { from: b, barrier: b, cut_next: false });
         for (_, c) in &gen.consumers {
             c.cast(ConsumerMsg::Barrier(b))?;
         }

@@ -47,6 +47,7 @@ use crate::runtime::backpressure::BackPressure;
 use crate::runtime::committer::{CommitterActor, CommitterArgs};
 use crate::runtime::consumer::{ConsumerActor, ConsumerArgs};
 use crate::runtime::messages::{AggregatorMsg, CommitReport, CommitterMsg, ConsumerMsg, PipelineStatus, SupervisorMsg};
+use crate::runtime::persister::Persister;
 use crate::runtime::replay::Replay;
 use crate::sink::Sink;
 use crate::source::fetch::PartitionFetch;
@@ -87,6 +88,8 @@ pub struct SupervisorArgs {
     pub failpoints: Arc<FailPoints>,
     /// Rebuild the checkpoint from the sink's last epoch before the first start.
     pub reset_checkpoint_from_table: bool,
+    /// `checkpoint.remote`: what start-up found there (a restore already done).
+    pub persisted: Option<crate::state::persist::Found>,
 }
 
 /// The supervisor's lifecycle. Each phase carries its own data, so a combination that means
@@ -134,6 +137,9 @@ impl Phase {
 /// The barrier cut and not yet resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct InFlight {
+    /// The first barrier it resolves: a replay of several epochs cuts them all at once, and
+    /// each earlier one is reported as it commits.
+    from: u64,
     barrier: u64,
     /// The aggregator filled up meanwhile: cut again as soon as this one resolves.
     cut_next: bool,
@@ -172,6 +178,8 @@ pub struct SupervisorState {
     committed_offsets: Arc<Mutex<Offsets>>,
     /// Group mode: this process's membership and the partitions the group gave it.
     group: Option<GroupState>,
+    /// Keeps the persisted copy of the checkpoint recent (`checkpoint.remote`).
+    persister: Option<Persister>,
 }
 
 impl SupervisorState {
@@ -281,6 +289,12 @@ impl SupervisorState {
         barrier: u64,
         report: Option<CommitReport>,
     ) -> Result<(), ActorProcessingErr> {
+        if self.in_flight.is_some_and(|f| (f.from..f.barrier).contains(&barrier)) {
+            if let Some(report) = report {
+                self.on_commit(report);
+            }
+            return Ok(());
+        }
         let Some(resolved) = self.in_flight.filter(|f| f.barrier == barrier) else {
             // From a generation that was torn down: a commit that completed still counts
             // (progress, metrics), but cuts nothing.
@@ -342,7 +356,11 @@ impl Actor for SupervisorActor {
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        mut args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
         // A group member keeps no checkpoint on disk: the table records every partition's
         // position, and group mode runs stateless pipelines only.
         let store = match &args.plan.config.source.group_id {
@@ -350,6 +368,10 @@ impl Actor for SupervisorActor {
             None => CheckpointStore::open_with(args.plan.config.checkpoint_dir(), &args.plan.config.state)?,
         }
         .with_failpoints(args.failpoints.clone());
+        let persister = args
+            .persisted
+            .take()
+            .map(|found| Persister::start(found.remote, store.clone(), &args.plan.config.checkpoint, found.known, found.stored));
         let decoded = args.plan.decoder.schema();
         let config = &args.plan.config;
         let upsert = config.upsert.as_ref().map(|u| (u, args.plan.table.0.as_ref()));
@@ -412,12 +434,16 @@ impl Actor for SupervisorActor {
             processor,
             committed_offsets,
             group,
+            persister,
         })
     }
 
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
         state.args.stopped_cleanly.store(true, std::sync::atomic::Ordering::SeqCst);
         state.teardown(true).await;
+        if let Some(mut persister) = state.persister.take() {
+            persister.finish(Duration::from_millis(state.args.plan.config.supervisor.shutdown_timeout_ms)).await;
+        }
         if let Some(group) = state.group.take() {
             // Leaving the group closes the client, which blocks briefly: never on the executor.
             let _ = tokio::task::spawn_blocking(move || group.member.leave()).await;

@@ -7,7 +7,7 @@ impl SupervisorState {
     /// Reconciles the checkpoint with what the sink's tables record, by
     /// [`crate::runtime::recovery::decide`]: where to resume and, when a table lacks the data table's last
     /// epoch, the epoch to replay. See ARCHITECTURE.md, "Recovery".
-    pub(super) async fn recover(&mut self) -> Result<(Checkpoint, Option<CommittedEpoch>), Error> {
+    pub(super) async fn recover(&mut self) -> Result<(Checkpoint, Vec<CommittedEpoch>), Error> {
         use crate::runtime::recovery::{Found, Inputs, Rebuild, Start};
         let id = self.args.plan.config.id.clone();
         let dir = self.store.dir().display().to_string();
@@ -45,14 +45,16 @@ impl SupervisorState {
             state,
         };
         let (epoch, offsets, replay, rebuilt) = match crate::runtime::recovery::decide(&inputs).map_err(Error::Recovery)? {
-            Start::Resume { epoch, offsets, rebuilt } => (epoch, offsets, None, rebuilt),
-            Start::Replay { epoch, offsets, ends, rebuilt } => {
+            Start::Resume { epoch, offsets, rebuilt } => (epoch, offsets, Vec::new(), rebuilt),
+            Start::Replay { epoch, offsets, through, ends, rebuilt } => {
+                let mut replay = self.catch_up(epoch, &offsets, through).await?;
+                replay.push(CommittedEpoch { epoch: through, offsets: ends });
                 tracing::warn!(
                     checkpoint = epoch,
-                    replay = epoch + 1,
-                    "tables lack an epoch the data table holds (a crash between commits); replaying it with its recorded offsets"
+                    replay = through,
+                    "the checkpoint is behind the data table (a crash between commits, or a checkpoint restored from a persisted copy); replaying with the recorded offsets"
                 );
-                (epoch, offsets, Some(CommittedEpoch { epoch: epoch + 1, offsets: ends }), rebuilt)
+                (epoch, offsets, replay, rebuilt)
             }
         };
         let mut cp = match found {
@@ -86,6 +88,21 @@ impl SupervisorState {
             self.store.store(&cp)?;
         }
         Ok((cp, replay))
+    }
+
+    /// The epochs between checkpoint `epoch` (cut `offsets`) and the data table's `through`,
+    /// as the table's commits recorded them, checked to link up (`runtime::replay::chain`).
+    async fn catch_up(&self, epoch: u64, offsets: &Offsets, through: u64) -> Result<Vec<CommittedEpoch>, Error> {
+        if through <= epoch + 1 {
+            return Ok(Vec::new());
+        }
+        let recorded = self.args.sink.epochs(epoch + 1, through - 1).await?;
+        crate::runtime::replay::chain(&recorded, epoch, offsets).map_err(|why| {
+            Error::Recovery(format!(
+                "checkpoint {} (epoch {epoch}) cannot catch up with the table (epoch {through}): {why}; restore a checkpoint that belongs to this table (`exactly checkpoint ls`), or start over by deleting both the table and the checkpoint",
+                self.store.dir().display()
+            ))
+        })
     }
 
     /// Refuses to resume when a topic was deleted and created again since the checkpoint's

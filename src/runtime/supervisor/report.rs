@@ -4,6 +4,9 @@ use super::*;
 
 impl SupervisorState {
     pub(super) fn on_commit(&mut self, report: CommitReport) {
+        if let Some(p) = &self.persister {
+            p.committed(report.epoch);
+        }
         self.uncommitted_cut = None;
         let now = Instant::now();
         let secs = now.duration_since(self.last_commit_at).as_secs_f64().max(1e-6);

@@ -579,6 +579,26 @@ impl Sink for DeltaSink {
         .boxed()
     }
 
+    fn held<'a>(&'a self, batch: &'a EpochBatch) -> BoxFuture<'a, Result<super::Committed>> {
+        async move {
+            let Some(u) = &self.data.upsert else { return Ok(super::Committed::default()) };
+            let tables = self.tables.lock().await;
+            let data = tables.data.as_ref().ok_or_else(|| Error::Sink("the data table is not open".into()))?;
+            let relocated = upsert::relocated_by(&data.table, &self.data.path, batch.epoch, u).await?;
+            Ok(super::Committed { relocated })
+        }
+        .boxed()
+    }
+
+    fn epochs<'a>(&'a self, from: u64, to: u64) -> BoxFuture<'a, Result<Vec<crate::model::EpochRanges>>> {
+        async move {
+            let tables = self.tables.lock().await;
+            let Some(data) = tables.data.as_ref() else { return Ok(Vec::new()) };
+            txn::epoch_ranges(&data.table, &self.data.path, &self.pipeline, from, to).await
+        }
+        .boxed()
+    }
+
     fn group_reposition<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Offsets>> {
         async move {
             let member = self.member.as_deref().ok_or_else(|| Error::Sink("this sink is not a group member's".into()))?;

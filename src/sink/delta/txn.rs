@@ -105,6 +105,58 @@ pub async fn epoch_commit(table: &DeltaTable, path: &TableLocation, pipeline: &s
     Ok(None)
 }
 
+/// What the commits of `pipeline`'s epochs `from ..= to` in `table` recorded of their ranges,
+/// oldest first: the log read newest first until epoch `from` (or an older one, or the start of
+/// what log cleanup left). Epochs not found are left out.
+pub async fn epoch_ranges(
+    table: &DeltaTable,
+    path: &TableLocation,
+    pipeline: &str,
+    from: u64,
+    to: u64,
+) -> Result<Vec<crate::model::EpochRanges>> {
+    let Some(latest) = table.version() else { return Ok(Vec::new()) };
+    let mut found = std::collections::BTreeMap::new();
+    let newest: Vec<u64> = (0..=latest).rev().collect();
+    'scan: for chunk in newest.chunks(16) {
+        let commits = super::table::commits(table, path, chunk.iter().copied()).await?;
+        if commits.is_empty() {
+            break; // log cleanup removed everything older
+        }
+        for (_, actions) in commits {
+            let Some(meta) = super::table::exactly_info(&actions) else { continue };
+            if meta["pipeline"].as_str() != Some(pipeline) || meta.get("member").is_some() {
+                continue;
+            }
+            let Some(epoch) = meta["epoch"].as_u64() else { continue };
+            if (from..=to).contains(&epoch) {
+                found.insert(epoch, ranges_of(meta));
+            }
+            if epoch <= from {
+                break 'scan;
+            }
+        }
+    }
+    Ok(found.into_iter().map(|(epoch, ranges)| crate::model::EpochRanges { epoch, ranges }).collect())
+}
+
+/// An epoch commit's ranges, as `write::ranges_json` records them.
+fn ranges_of(meta: &serde_json::Value) -> Vec<crate::model::PartitionRange> {
+    meta["ranges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            Some(crate::model::PartitionRange {
+                tp: TopicPartition::new(r["topic"].as_str()?, r["partition"].as_i64()? as i32),
+                start: r["start"].as_i64()?,
+                end: r["end"].as_i64()?,
+                records: r["records"].as_u64().unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
 /// The `exactly` commit info of `pipeline`'s epoch `epoch` among `commits`.
 fn epoch_commit_among(commits: Vec<(u64, Vec<deltalake::kernel::Action>)>, pipeline: &str, epoch: u64) -> Option<EpochCommit> {
     for (_, actions) in commits {

@@ -45,6 +45,20 @@ pub fn table_builder(at: &TableLocation) -> Result<DeltaTableBuilder> {
     Ok(DeltaTableBuilder::from_url(at.url().clone()).map_err(err)?.with_storage_options(options))
 }
 
+/// The object store rooted at `at`, for files that are not a table's (a persisted checkpoint):
+/// the store delta-rs reaches a URL with, with the location's options; a local directory
+/// (created if missing) through the file system.
+pub fn root_store(at: &TableLocation) -> Result<Arc<dyn ObjectStore>> {
+    if let Some(dir) = at.local_path() {
+        let err = |e: String| Error::Io { context: format!("cannot use {}", dir.display()), source: std::io::Error::other(e) };
+        std::fs::create_dir_all(&dir).map_err(|e| err(e.to_string()))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| err(e.to_string()))?;
+        return Ok(Arc::new(store));
+    }
+    let table = table_builder(at)?.build().map_err(|e| store_error(at, StoreProblem::Other(e.to_string())))?;
+    Ok(table.log_store().object_store(None))
+}
+
 /// How long the pre-flight waits for the store.
 pub const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(20);
 
