@@ -18,6 +18,7 @@ one run) only proves the harness works; its figures mean nothing. `--modes` runs
 ours (and no Spark) and writes nothing.
 """
 import argparse
+import re
 import json
 import os
 import signal
@@ -516,6 +517,85 @@ def dedup_scale(profile, ids, interval_ms, work):
     return {"ids": ids, "retention_epochs": 5, "rss_by_progress": samples, "peak_rss_mb": peak}
 
 
+def scrape(port):
+    """The pipeline's metrics endpoint as {name: value} (unlabelled series only)."""
+    import urllib.request
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? (\S+)$", line)
+        if m and all(l.startswith("pipeline=") for l in (m.group(2) or "").split(",") if l):
+            out[m.group(1)] = float(m.group(3))
+    return out
+
+
+def persist_cost(profile, keys, rate, seconds, interval_ms, work):
+    """A dedup pipeline over `keys` distinct ids with its checkpoint persisted to the S3 server
+    every 5 epochs: the cost of one persist (ms, bytes uploaded) while `rate` new ids/s arrive
+    for `seconds`, then the restore of its checkpoint onto an empty directory."""
+    import socket
+    topic = f"bench-persist-{keys}-{work.parent.name}"
+    subprocess.run([binary(profile, "exactly"), "topics", "create", "--topic", topic, "--partitions", "4"], check=True, capture_output=True)
+    log(f"persist: producing {keys} distinct ids to {topic}")
+    subprocess.run([binary(profile, "exactly"), "produce", "--topic", topic, "--count", str(keys)], check=True, capture_output=True)
+    cfg = pipeline_config("dedup", topic, work, interval_ms)
+    env = s3_env()
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    text = cfg.read_text().replace("[checkpoint]\n", "[checkpoint]\n"
+                                   f'remote = "s3://{s3_prefix(work)}/checkpoint"\npersist_every_epochs = 5\npersist_interval_ms = 60000\n', 1)
+    text += "[checkpoint.storage]\n" + "".join(f'{k} = "{env[k]}"\n' for k in ["AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ALLOW_HTTP", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
+    text += f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    cfg.write_text(text)
+    o = Ours(profile, cfg)
+    o.wait_total(keys, timeout=3600)
+    log(f"persist: {keys} keys in the state; {rate} new ids/s for {seconds} s")
+    # RocksDB compacts the load's files for a while: measured after it, what a steady stream costs.
+    time.sleep(20 * interval_ms / 1000)
+    before = scrape(port)
+    producer = spawn([binary(profile, "exactly"), "produce", "--topic", topic, "--count", str(rate * seconds), "--rate", str(rate),
+                      "--first-id", str(keys)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    producer.wait(timeout=seconds * 3 + 60)
+    o.wait_total(keys + rate * seconds, timeout=600)
+    after = scrape(port)
+    o.stop()
+    n = after.get("exactly_checkpoint_persist_duration_seconds_count", 0) - before.get("exactly_checkpoint_persist_duration_seconds_count", 0)
+    ms = (after.get("exactly_checkpoint_persist_duration_seconds_sum", 0) - before.get("exactly_checkpoint_persist_duration_seconds_sum", 0)) / max(n, 1) * 1000
+    uploaded = (after.get("exactly_checkpoint_persist_bytes_total", 0) - before.get("exactly_checkpoint_persist_bytes_total", 0)) / max(n, 1)
+    state = after.get("exactly_state_bytes", 0)
+    # The restore: the graceful stop persisted the last epoch; an empty directory restores it.
+    import shutil
+    shutil.rmtree(work / "checkpoint")
+    o = Ours(profile, cfg)
+    deadline = time.time() + 600
+    restore = None
+    while time.time() < deadline and restore is None:
+        if o.p.poll() is not None:
+            raise RuntimeError(f"exactly exited ({o.exited()})")
+        m = scrape(port)
+        if "exactly_checkpoint_restore_seconds" in m:
+            restore = m["exactly_checkpoint_restore_seconds"]
+        time.sleep(0.2)
+    o.stop()
+    s3_delete(work)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"keys": keys, "rate": rate, "seconds": seconds, "persists": n, "persist_ms": ms, "uploaded_bytes_per_persist": uploaded,
+            "state_bytes": state, "restore_s": restore}
+
+
+def render_persist(rows):
+    out = ["| dedup keys | new ids/s | persists | ms per persist | MB uploaded per persist | state on disk, MB | restore, s |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['keys']:,} | {r['rate']:,} | {r['persists']:.0f} | {r['persist_ms']:.0f} | {r['uploaded_bytes_per_persist'] / 1e6:.2f} "
+                   f"| {r['state_bytes'] / 1e6:.0f} | {r['restore_s']:.2f} |")
+    return "\n".join(out)
+
+
 UPSERT_MERGE = r"""
 import json, random, resource, sys, time
 import pyarrow as pa
@@ -754,6 +834,7 @@ def main():
     ap.add_argument("--upsert-points", help="with --upsert: KEYS:CHANGES_PER_EPOCH,... instead of the standard points; writes nothing")
     ap.add_argument("--block-cache-mb", type=int, help="with --upsert: the pipeline's state.block_cache_mb")
     ap.add_argument("--skip-merge", action="store_true", help="with --upsert: no delta-rs MERGE runs")
+    ap.add_argument("--persist", action="store_true", help="only: the cost of persisting a dedup checkpoint to S3 at 1M and 10M keys, and its restore")
     ap.add_argument("--soak-sink", default="", help="extra [sink] lines for the soak run's pipelines")
     a = ap.parse_args()
     events = a.events or (20_000 if a.quick else 5_000_000)
@@ -775,6 +856,14 @@ def main():
         print(json.dumps(rows))
         if not a.quick and not points and not a.block_cache_mb:
             (ROOT / "bench/upsert.json").write_text(json.dumps(rows, indent=2) + "\n")
+        return
+    if a.persist:
+        points = [100_000] if a.quick else [1_000_000, 10_000_000]
+        rows = [persist_cost(profile, k, 2_000 if a.quick else 20_000, 5 if a.quick else 60, a.interval_ms, work / f"persist-{k}") for k in points]
+        print(render_persist(rows))
+        print(json.dumps(rows))
+        if not a.quick:
+            (ROOT / "bench/persist.json").write_text(json.dumps(rows, indent=2) + "\n")
         return
     if a.soak:
         interval = a.interval_ms if "--interval-ms" in sys.argv else 100

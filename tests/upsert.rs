@@ -252,6 +252,52 @@ async fn compaction(sequence_by: Option<&str>) {
     assert_eq!(store.upsert_row_count().unwrap(), want.len() as u64);
 }
 
+/// The disk is lost after epochs that compacted the table, with only the first checkpoint
+/// persisted (`checkpoint.remote`, a directory here): the catch-up re-runs those epochs through
+/// the index without writing, re-pointing the keys each compaction moved, so later changes to
+/// moved keys mark the rows where they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_disk_catches_up_the_index_through_compactions() {
+    let compacted = exactly::sink::delta::upsert::COMPACTED;
+    let topic = common::topic("upsert-catchup", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&topic, dir.path(), Envelope::None, None);
+    config.epoch.interval_ms = 300;
+    config.checkpoint.remote = Some(exactly::config::TableLocation::local(&dir.path().join("remote")));
+    config.checkpoint.persist_every_epochs = 1_000_000;
+    config.checkpoint.persist_interval_ms = 3_600_000;
+    let file = common::write_config(&config, dir.path());
+    let mut want: BTreeMap<u64, String> = BTreeMap::new();
+    let mut child = common::spawn(&file, None);
+    send(&topic, &changes(&mut want, "v0", |_| true, |_| false)).await;
+    drained(&config, &topic).await;
+    send(&topic, &changes(&mut want, "v1", |id| id % 3 != 0, |id| id % 9 == 0)).await;
+    drained(&config, &topic).await;
+    assert!(live_files(&config).await.keys().any(|id| *id >= compacted), "an epoch compacted");
+    // Two small epochs after it, touching none of the moved rows and compacting nothing: the
+    // compaction's epoch is one the catch-up re-runs without writing.
+    for version in ["v2", "v3"] {
+        send(&topic, &changes(&mut want, version, |id| id % 3 == 1 && id % 10 == 1, |_| false)).await;
+        drained(&config, &topic).await;
+    }
+    child.kill().unwrap(); // SIGKILL: the store holds the first start's checkpoint only
+    child.wait().unwrap();
+
+    std::fs::remove_dir_all(config.checkpoint_dir()).unwrap();
+    // Every live key changes or goes: each is marked where the catch-up says it lives.
+    send(&topic, &changes(&mut want, "v4", |id| id % 2 == 0, |id| id % 2 == 1)).await;
+    let child = common::spawn(&file, None);
+    drained(&config, &topic).await;
+    common::terminate(child).await;
+    let (rows, count) = read_back(&config);
+    assert_eq!(count, want.len(), "one row per live key");
+    assert_eq!(rows, want);
+    common::assert_verified(&config).await;
+    common::assert_each_epoch_committed_once(table_of(&config), &config.id).await;
+    let store = exactly::state::checkpoint::CheckpointStore::open(config.checkpoint_dir()).unwrap();
+    assert_eq!(store.upsert_row_count().unwrap(), want.len() as u64);
+}
+
 /// A Debezium change event as the JSON converter writes it (`schemas`: with its schema
 /// wrapper), and its key.
 fn debezium(id: u64, op: &str, name: Option<&str>, lsn: i64, schemas: bool) -> Change {

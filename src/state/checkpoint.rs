@@ -264,7 +264,7 @@ impl CheckpointStore {
         opts.set_max_open_files(256);
         // The MANIFEST is uploaded whole with every persisted checkpoint (`state::persist`):
         // rolled at this size, it stays small.
-        opts.set_max_manifest_file_size(4 * 1024 * 1024);
+        opts.set_max_manifest_file_size(1024 * 1024);
         // The write-ahead log is kept until every column family whose writes it holds has
         // flushed them; the checkpoint's own family, written a few bytes per epoch, never fills
         // a memtable, so without a bound the log grows to RocksDB's default (four times all

@@ -10,7 +10,7 @@
 //!   needs it. So the bytes a persist uploads follow what changed (new flushes, compactions),
 //!   not the state's size.
 //! - `epochs/<epoch>-<incarnation>/` — the few small files that change (`CURRENT`, the RocksDB
-//!   `MANIFEST`, rolled at 4 MB, `OPTIONS`).
+//!   `MANIFEST`, rolled at 1 MB, `OPTIONS`).
 //! - `manifests/<epoch>.json` — last, written put-if-absent: the persisted checkpoint exists
 //!   once its manifest does, two writers cannot both write one epoch's, and a persist that died
 //!   half way left only files no manifest names (swept by [`Remote::clean`]).
