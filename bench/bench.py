@@ -236,7 +236,7 @@ class Ours:
         base = {k: v for k, v in os.environ.items() if k != "KAFKA_BROKERS"}
         self.p = spawn([binary(profile, "exactly"), "run", "--progress", "json", "--config", str(config)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  env={**base, **(env or {}), "RUST_LOG": "error"})
+                                  env={**base, "RUST_LOG": "error", **(env or {})})
         self.started = time.time()
         self.total, self.first_commit_at, self.lock = 0, None, threading.Lock()
         # Every progress line with the time it arrived (the upsert measure reads each epoch's).
@@ -245,6 +245,8 @@ class Ours:
         self.owned, self.partition_commits = set(), []
         # The last lines that were not progress (an exit's reason), for errors.
         self.said = []
+        # Every line that is not progress (what a RUST_LOG below error adds), with its time.
+        self.lines = []
         threading.Thread(target=self._read, daemon=True).start()
 
     def exited(self):
@@ -255,6 +257,7 @@ class Ours:
         for line in self.p.stderr:
             if not line.startswith("{"):
                 self.said = (self.said + [line.strip()])[-5:]
+                self.lines.append((time.time(), line.strip()))
             if line.startswith("{"):
                 try:
                     prog = json.loads(line)
@@ -551,17 +554,20 @@ def persist_cost(profile, keys, rate, seconds, interval_ms, work):
     text += "[checkpoint.storage]\n" + "".join(f'{k} = "{env[k]}"\n' for k in ["AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ALLOW_HTTP", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
     text += f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
     cfg.write_text(text)
-    o = Ours(profile, cfg)
+    o = Ours(profile, cfg, env={"RUST_LOG": "error,exactly::runtime::persister=info", "NO_COLOR": "1"})
     o.wait_total(keys, timeout=3600)
     log(f"persist: {keys} keys in the state; {rate} new ids/s for {seconds} s")
     # RocksDB compacts the load's files for a while: measured after it, what a steady stream costs.
     time.sleep(20 * interval_ms / 1000)
     before = scrape(port)
+    t_steady = time.time()
     producer = spawn([binary(profile, "exactly"), "produce", "--topic", topic, "--count", str(rate * seconds), "--rate", str(rate),
                       "--first-id", str(keys)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     producer.wait(timeout=seconds * 3 + 60)
     o.wait_total(keys + rate * seconds, timeout=600)
     after = scrape(port)
+    steady = [l for t, l in o.lines if t >= t_steady and "checkpoint persisted" in l]
+    per = [dict(kv.split("=", 1) for kv in re.findall(r"\b(\w+=\d+)", re.sub(r"\x1b\[[0-9;]*m", "", l))) for l in steady]
     o.stop()
     n = after.get("exactly_checkpoint_persist_duration_seconds_count", 0) - before.get("exactly_checkpoint_persist_duration_seconds_count", 0)
     ms = (after.get("exactly_checkpoint_persist_duration_seconds_sum", 0) - before.get("exactly_checkpoint_persist_duration_seconds_sum", 0)) / max(n, 1) * 1000
@@ -583,12 +589,19 @@ def persist_cost(profile, keys, rate, seconds, interval_ms, work):
     o.stop()
     s3_delete(work)
     shutil.rmtree(work, ignore_errors=True)
+    each = [{k: int(v) for k, v in p.items() if k in ("epoch", "uploaded_files", "uploaded_bytes", "ms")} for p in per]
+    # The first persist of the window also uploads what the load left unpersisted: the steady
+    # cost is that of the ones after it.
+    rest = each[1:] or each
+    if rest:
+        ms = statistics.median(p["ms"] for p in rest)
+        uploaded = statistics.median(p["uploaded_bytes"] for p in rest)
     return {"keys": keys, "rate": rate, "seconds": seconds, "persists": n, "persist_ms": ms, "uploaded_bytes_per_persist": uploaded,
-            "state_bytes": state, "restore_s": restore}
+            "state_bytes": state, "restore_s": restore, "each": each}
 
 
 def render_persist(rows):
-    out = ["| dedup keys | new ids/s | persists | ms per persist | MB uploaded per persist | state on disk, MB | restore, s |",
+    out = ["| dedup keys | new ids/s | persists | ms per persist (median) | MB uploaded per persist (median) | state on disk, MB | restore, s |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['keys']:,} | {r['rate']:,} | {r['persists']:.0f} | {r['persist_ms']:.0f} | {r['uploaded_bytes_per_persist'] / 1e6:.2f} "
