@@ -17,7 +17,7 @@ pub(crate) enum CheckpointCommand {
         config: PathBuf,
     },
     /// Restore a persisted checkpoint (default: the newest) into the local checkpoint
-    /// directory, which must be empty or missing. A pipeline starting on an empty directory
+    /// directory, which must hold none. A pipeline starting on an empty directory
     /// does this by itself; this is for choosing an older one.
     Restore {
         /// The pipeline's TOML config.
@@ -85,8 +85,8 @@ pub(crate) async fn checkpoint(command: CheckpointCommand) -> anyhow::Result<()>
             let config = PipelineConfig::load(&config)?;
             let remote = remote(&config)?;
             let dir = config.checkpoint_dir();
-            if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
-                anyhow::bail!("{} is not empty: move it away first (it is the working copy of a checkpoint)", dir.display());
+            if dir.join("CURRENT").exists() {
+                anyhow::bail!("{} holds a checkpoint: move it away first (it is the working copy)", dir.display());
             }
             let m = match epoch {
                 Some(e) => remote.manifest(e).await?,

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::CheckpointConfig;
 use crate::state::checkpoint::CheckpointStore;
-use crate::state::persist::{incarnation, Remote, Uploaded};
+use crate::state::persist::{Found, Remote, Uploaded};
 use crate::telemetry::metrics as m;
 
 /// Files no kept manifest names are deleted once this old (younger ones may be a persist's that
@@ -79,26 +79,12 @@ struct Worker {
 }
 
 impl Persister {
-    /// Starts persisting `store` to `remote`. `known`: the files the store holds that the local
-    /// directory has (those of the manifest just restored); `stored`: the store's newest epoch.
-    pub fn start(
-        remote: Remote,
-        store: CheckpointStore,
-        config: &CheckpointConfig,
-        known: Uploaded,
-        stored: Option<u64>,
-    ) -> Self {
+    /// Starts persisting `store` as start-up found the store (`state::persist::start`).
+    pub fn start(found: Found, store: CheckpointStore, config: &CheckpointConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let worker = Worker {
-            remote,
-            store,
-            incarnation: incarnation(),
-            known,
-            policy: Policy::of(config),
-            retain: config.retain,
-            stored,
-            last: None,
-        };
+        let Found { remote, incarnation, known, stored, .. } = found;
+        let worker =
+            Worker { remote, store, incarnation, known, policy: Policy::of(config), retain: config.retain, stored, last: None };
         Persister { tx, task: Some(tokio::spawn(worker.run(rx))), unpersisted: stored.is_none() }
     }
 

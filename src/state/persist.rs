@@ -116,6 +116,26 @@ impl Uploaded {
     }
 }
 
+impl Uploaded {
+    /// The immutable files `m` names that `dir` holds: uploaded by an incarnation of `dir`'s
+    /// lineage, with a local file of the same name and size.
+    pub fn local(m: &Manifest, dir: &Path) -> Self {
+        let ours = lineage(dir);
+        let mine = |f: &&PersistedFile| {
+            uploaded_by(&f.key).is_some_and(|i| ours.contains(i))
+                && std::fs::metadata(dir.join(&f.name)).is_ok_and(|meta| meta.len() == f.size)
+        };
+        Uploaded(
+            m.files
+                .iter()
+                .filter(|f| immutable(&f.name))
+                .filter(mine)
+                .map(|f| ((f.name.clone(), f.size), f.key.clone()))
+                .collect(),
+        )
+    }
+}
+
 /// RocksDB table files never change once written; every other file may.
 fn immutable(name: &str) -> bool {
     name.ends_with(".sst") || name.ends_with(".blob")
@@ -261,7 +281,8 @@ impl Remote {
     }
 
     /// Downloads `m`'s files into `dir`, which must hold no database: into a sibling directory
-    /// first, renamed to `dir` once every file is there with its size. Returns the bytes.
+    /// first, renamed to `dir` once every file is there with its size; the incarnations that
+    /// uploaded them join `dir`'s lineage. Returns the bytes.
     pub async fn restore(&self, m: &Manifest, dir: &Path) -> Result<u64> {
         let key = manifest_key(m.epoch);
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
@@ -300,10 +321,14 @@ impl Remote {
             return Err(self.err(&key, "names no CURRENT file: not a RocksDB checkpoint"));
         }
         if dir.exists() {
+            // A directory that holds no database may hold its lineage file only.
+            let _ = std::fs::remove_file(dir.join(LINEAGE));
             std::fs::remove_dir(dir)
                 .map_err(|e| Error::Checkpoint { path: dir.to_path_buf(), detail: format!("cannot replace it: {e}") })?;
         }
         std::fs::rename(&staging, dir).map_err(|e| Error::Checkpoint { path: dir.to_path_buf(), detail: e.to_string() })?;
+        // Its table files are the store's: a later persist from here need not upload them.
+        add_lineage(dir, m.files.iter().filter_map(|f| uploaded_by(&f.key)))?;
         Ok(m.bytes())
     }
 
@@ -351,12 +376,40 @@ impl Remote {
     }
 }
 
+/// The file in the checkpoint directory naming the incarnations whose uploads are files of this
+/// directory: a manifest's table file under one of their prefixes, with a local file of its name
+/// and size, is that very file (RocksDB never reuses a file number in a database), so a restart
+/// does not upload it again. A file under another prefix (a zombie's, on another disk) may share
+/// a name and is never taken for ours.
+const LINEAGE: &str = "persisted-by";
+
+/// The incarnations named in `dir`'s lineage file.
+fn lineage(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(dir.join(LINEAGE)).map(|t| t.lines().map(str::to_string).collect()).unwrap_or_default()
+}
+
+/// Adds `ids` to `dir`'s lineage file (creating the directory).
+fn add_lineage<'a>(dir: &Path, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    let mut all = lineage(dir);
+    all.extend(ids.into_iter().map(str::to_string));
+    let err = |e: std::io::Error| Error::Checkpoint { path: dir.join(LINEAGE), detail: e.to_string() };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::write(dir.join(LINEAGE), all.into_iter().collect::<Vec<_>>().join("\n") + "\n").map_err(err)
+}
+
+/// The incarnation a table file's key names (`files/<incarnation>/<name>`).
+fn uploaded_by(key: &str) -> Option<&str> {
+    key.strip_prefix(FILES)?.strip_prefix('/')?.split('/').next()
+}
+
 /// What start-up found of the persisted checkpoints.
 #[derive(Debug)]
 pub struct Found {
     /// The remote root.
     pub remote: Remote,
-    /// The store's files the local directory holds (a restore's).
+    /// This process's name for the files it uploads ([`incarnation`]), in the lineage already.
+    pub incarnation: String,
+    /// The store's files the local directory holds.
     pub known: Uploaded,
     /// The newest epoch persisted.
     pub stored: Option<u64>,
@@ -365,14 +418,27 @@ pub struct Found {
 }
 
 /// At start-up: restores the newest persisted checkpoint of `pipeline` into `dir` when `dir`
-/// holds no database (a fresh disk), and says what the store holds.
+/// holds no database (a fresh disk), and says what the store holds and which of its files the
+/// directory has.
 pub async fn start(remote: Remote, dir: &Path, pipeline: &str) -> Result<Found> {
+    let incarnation = incarnation();
     if dir.join("CURRENT").exists() {
+        let mut known = Uploaded::default();
         let stored = remote.epochs().await?.last().copied();
-        return Ok(Found { remote, known: Uploaded::default(), stored, restored: None });
+        if let Some(epoch) = stored {
+            match remote.manifest(epoch).await {
+                Ok(m) => known = Uploaded::local(&m, dir),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the newest persisted checkpoint is unreadable; the next persist uploads every file")
+                }
+            }
+        }
+        add_lineage(dir, [incarnation.as_str()])?;
+        return Ok(Found { remote, incarnation, known, stored, restored: None });
     }
     let Some(m) = remote.newest().await? else {
-        return Ok(Found { remote, known: Uploaded::default(), stored: None, restored: None });
+        add_lineage(dir, [incarnation.as_str()])?;
+        return Ok(Found { remote, incarnation, known: Uploaded::default(), stored: None, restored: None });
     };
     if m.pipeline != pipeline {
         return Err(Error::OtherPipeline {
@@ -385,8 +451,9 @@ pub async fn start(remote: Remote, dir: &Path, pipeline: &str) -> Result<Found> 
     let t0 = std::time::Instant::now();
     let bytes = remote.restore(&m, dir).await?;
     let took = t0.elapsed();
+    add_lineage(dir, [incarnation.as_str()])?;
     tracing::info!(epoch = m.epoch, bytes, ms = took.as_millis() as u64, from = %remote.shown, "restored the persisted checkpoint onto an empty checkpoint directory");
-    Ok(Found { known: Uploaded::of(&m), stored: Some(m.epoch), restored: Some((m.epoch, bytes, took)), remote })
+    Ok(Found { known: Uploaded::of(&m), incarnation, stored: Some(m.epoch), restored: Some((m.epoch, bytes, took)), remote })
 }
 
 #[cfg(test)]
@@ -453,6 +520,32 @@ mod tests {
         let again = fresh.path().join("again");
         rt.block_on(remote.restore(&rt.block_on(remote.newest()).unwrap().unwrap(), &again)).unwrap();
         assert_eq!(CheckpointStore::open_with(&again, &StateConfig::default()).unwrap().dedup_key_count().unwrap(), 20_010);
+    }
+
+    #[test]
+    fn a_restart_on_the_same_disk_reuses_its_uploads_and_never_a_stranger_s() {
+        let (local, store_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let remote = remote(store_dir.path());
+        let dir = local.path().join("cp");
+        let store = CheckpointStore::open_with(&dir, &StateConfig::default()).unwrap();
+        commit(&store, 1, 0..20_000);
+        persist(&store, &remote, &mut Uploaded::default());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let m = rt.block_on(remote.manifest(1)).unwrap();
+        let tables = m.files.iter().filter(|f| immutable(&f.name)).count();
+        assert!(tables > 0);
+        // Another process uploaded those keys (a zombie's files may carry our names): not ours.
+        add_lineage(&dir, ["i2"]).unwrap();
+        assert_eq!(Uploaded::local(&m, &dir).0.len(), 0);
+        // This directory's own uploads (incarnation i1, as `persist` names it): reused.
+        add_lineage(&dir, ["i1"]).unwrap();
+        let mut known = Uploaded::local(&m, &dir);
+        assert_eq!(known.0.len(), tables);
+        commit(&store, 2, 20_000..20_001);
+        let again = persist(&store, &remote, &mut known);
+        let new_tables = rt.block_on(remote.manifest(2)).unwrap().files.iter().filter(|f| f.key.contains("/i1/")).count();
+        assert!(again.uploaded_bytes < m.bytes() / 2, "the table files of epoch 1 are not uploaded again: {again:?}");
+        assert!(new_tables >= tables, "epoch 2 names epoch 1's files");
     }
 
     #[test]

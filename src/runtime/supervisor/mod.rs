@@ -368,10 +368,7 @@ impl Actor for SupervisorActor {
             None => CheckpointStore::open_with(args.plan.config.checkpoint_dir(), &args.plan.config.state)?,
         }
         .with_failpoints(args.failpoints.clone());
-        let persister = args
-            .persisted
-            .take()
-            .map(|found| Persister::start(found.remote, store.clone(), &args.plan.config.checkpoint, found.known, found.stored));
+        let persister = args.persisted.take().map(|found| Persister::start(found, store.clone(), &args.plan.config.checkpoint));
         let decoded = args.plan.decoder.schema();
         let config = &args.plan.config;
         let upsert = config.upsert.as_ref().map(|u| (u, args.plan.table.0.as_ref()));
