@@ -40,8 +40,8 @@ enum Command {
     /// Produce demo events {"id","value","ts"} to a topic (the seed's producer).
     Produce(ProduceArgs),
     /// Check a pipeline's connections without running it: the brokers answer and accept its
-    /// security settings, its topics exist, its schema registry answers, its tables' store can
-    /// be written.
+    /// security settings, its topics exist, its schema registry answers, its tables' store (and
+    /// `checkpoint.remote`'s) can be written.
     Check {
         /// The pipeline's TOML config.
         #[arg(long, short)]

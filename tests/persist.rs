@@ -203,3 +203,23 @@ async fn a_persisted_checkpoint_that_cannot_be_restored_is_refused_naming_its_ma
     std::fs::remove_dir_all(config.checkpoint_dir()).ok();
     run_to_the_end_and_audit(&s).await;
 }
+
+/// Wrong credentials for the checkpoint's store: the start fails with one line naming the
+/// checkpoint's location and settings, before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_for_the_checkpoint_store_are_one_clear_error_before_anything_is_written() {
+    let topic = common::topic("badcreds", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    stateful(&mut config);
+    persisted(&mut config, 1, 100);
+    config.checkpoint.storage = Some(common::options("not-the-secret"));
+    let sink = exactly::pipeline::sink_for(&config, Default::default()).unwrap();
+    let refused = match exactly::pipeline::Pipeline::start_with(config.clone(), sink, Default::default()).await {
+        Ok(p) => p.wait().await.unwrap_err().to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains("persisted checkpoint s3://exactly/") && refused.contains("[checkpoint.storage]"), "{refused}");
+    assert!(!table(&config).exists(), "no table was created");
+    assert!(!config.checkpoint_dir().exists(), "no checkpoint was created");
+}

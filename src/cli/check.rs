@@ -40,5 +40,16 @@ pub(crate) async fn check(path: &std::path::Path) -> anyhow::Result<()> {
         (Some(table), Some(dead)) => println!("sink: {} tables {table} and {dead}: writable", sink.name()),
         _ => println!("sink: {}", sink.name()),
     }
+    if let Some(at) = config.checkpoint_remote() {
+        exactly::sink::storage::preflight_checkpoint(&at).await?;
+        let remote = exactly::state::persist::Remote::new(exactly::sink::storage::root_store(&at)?, at.to_string());
+        let epochs = remote.epochs().await?;
+        match epochs.last() {
+            Some(e) => {
+                println!("checkpoint.remote {at}: writable; {} persisted checkpoints, the newest of epoch {e}", epochs.len())
+            }
+            None => println!("checkpoint.remote {at}: writable; no persisted checkpoint yet"),
+        }
+    }
     Ok(())
 }

@@ -59,6 +59,19 @@ pub fn root_store(at: &TableLocation) -> Result<Arc<dyn ObjectStore>> {
     Ok(table.log_store().object_store(None))
 }
 
+/// [`preflight`] for `checkpoint.remote`: the same checks, its error naming the checkpoint's
+/// location and settings, not a table's.
+pub async fn preflight_checkpoint(at: &TableLocation) -> Result<()> {
+    preflight(at).await.map_err(|e| match e {
+        Error::Store { table, problem } => Error::Persisted {
+            at: table,
+            detail: format!("cannot write there: {problem}")
+                .replace("[sink.storage]", "[checkpoint.storage] (default: [sink.storage])"),
+        },
+        other => other,
+    })
+}
+
 /// How long the pre-flight waits for the store.
 pub const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(20);
 
