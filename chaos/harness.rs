@@ -15,9 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use exactly::config::{
-    AggregateConfig, AggregateOp, AggregateSpec, DecodeConfig, DedupConfig, OutputMode, PipelineConfig, SinkConfig,
-};
+use exactly::config::{DecodeConfig, DedupConfig, PipelineConfig, SinkConfig};
 use exactly::pipeline::{Pipeline, RunOptions};
 use exactly::runtime::messages::ConsumerMsg;
 use exactly::source::producer::{produce, ProduceOptions};
@@ -135,17 +133,7 @@ fn pipeline_config(kind: &str, topic: &str, dir: &Path, brokers: &str) -> Pipeli
             c.state.bulk_insert_min_keys = 100;
         }
         "upsert" => c.upsert = Some(exactly::config::UpsertConfig { key: vec!["id".into()], sequence_by: None }),
-        "counts" => {
-            c.aggregate = Some(AggregateConfig {
-                group_by: vec!["value".into()],
-                aggregates: vec![
-                    AggregateSpec { op: AggregateOp::Count, field: None, name: None },
-                    AggregateSpec { op: AggregateOp::Sum, field: Some("id".into()), name: None },
-                ],
-                output_mode: OutputMode::Update,
-                buckets: 4,
-            })
-        }
+        "counts" => c.aggregate = Some(kit::counts_by_value()),
         _ => {
             c.transform = Some(exactly::config::TransformConfig {
                 select: Some(vec!["id".into(), "value".into(), "ts".into(), "CAST(id % 4 AS INT) AS shard".into()]),

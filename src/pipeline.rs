@@ -93,7 +93,7 @@ impl Pipeline {
         let persisted = match config.checkpoint_remote() {
             Some(at) => {
                 crate::sink::storage::preflight_checkpoint(&at).await?;
-                let remote = crate::state::persist::Remote::new(crate::sink::storage::root_store(&at)?, at.to_string());
+                let remote = crate::sink::storage::checkpoint_remote(&at)?;
                 let found = crate::state::persist::start(remote, &config.checkpoint_dir(), &config.id).await?;
                 let took = found.restored.map_or(0.0, |(_, _, took)| took.as_secs_f64());
                 metrics::gauge!(crate::telemetry::metrics::CHECKPOINT_RESTORE_SECONDS).set(took);

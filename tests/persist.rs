@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use deltalake::logstore::object_store::path::Path as StorePath;
 use deltalake::logstore::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use exactly::config::{AggregateConfig, AggregateOp, AggregateSpec, DedupConfig, OutputMode, PipelineConfig, TableLocation};
+use exactly::config::{DedupConfig, PipelineConfig, TableLocation};
 use exactly::source::producer::{produce, ProduceOptions};
 use exactly::state::persist::Remote;
 
@@ -17,15 +17,7 @@ use crate::common;
 /// Dedup by id, and update-mode counts and sums per value.
 fn stateful(config: &mut PipelineConfig) {
     config.dedup = Some(DedupConfig::by_epochs(&["id"], 100_000));
-    config.aggregate = Some(AggregateConfig {
-        group_by: vec!["value".into()],
-        aggregates: vec![
-            AggregateSpec { op: AggregateOp::Count, field: None, name: None },
-            AggregateSpec { op: AggregateOp::Sum, field: Some("id".into()), name: None },
-        ],
-        output_mode: OutputMode::Update,
-        buckets: 4,
-    });
+    config.aggregate = Some(crate::kit::counts_by_value());
 }
 
 /// Persists `config`'s checkpoint to a unique prefix of the local S3 server; its remote root.

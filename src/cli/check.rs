@@ -42,7 +42,7 @@ pub(crate) async fn check(path: &std::path::Path) -> anyhow::Result<()> {
     }
     if let Some(at) = config.checkpoint_remote() {
         exactly::sink::storage::preflight_checkpoint(&at).await?;
-        let remote = exactly::state::persist::Remote::new(exactly::sink::storage::root_store(&at)?, at.to_string());
+        let remote = exactly::sink::storage::checkpoint_remote(&at)?;
         let epochs = remote.epochs().await?;
         match epochs.last() {
             Some(e) => {

@@ -41,7 +41,7 @@ pub(crate) enum CheckpointCommand {
 
 fn remote(config: &PipelineConfig) -> anyhow::Result<Remote> {
     let at = config.checkpoint_remote().context("the config sets no checkpoint.remote: its checkpoint is not persisted")?;
-    Ok(Remote::new(exactly::sink::storage::root_store(&at)?, at.to_string()))
+    Ok(exactly::sink::storage::checkpoint_remote(&at)?)
 }
 
 /// Runs one `exactly checkpoint` command.

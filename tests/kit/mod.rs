@@ -82,3 +82,18 @@ pub async fn txn_versions(table: &TableLocation, app_id: &str) -> Result<Vec<i64
     versions.sort_unstable();
     Ok(versions)
 }
+
+/// Update-mode `count` and `sum(id)` per `value`, in 4 buckets: the aggregation the chaos suite
+/// and the tests run over the demo events.
+pub fn counts_by_value() -> exactly::config::AggregateConfig {
+    use exactly::config::{AggregateConfig, AggregateOp, AggregateSpec, OutputMode};
+    AggregateConfig {
+        group_by: vec!["value".into()],
+        aggregates: vec![
+            AggregateSpec { op: AggregateOp::Count, field: None, name: None },
+            AggregateSpec { op: AggregateOp::Sum, field: Some("id".into()), name: None },
+        ],
+        output_mode: OutputMode::Update,
+        buckets: 4,
+    }
+}

@@ -164,15 +164,7 @@ fn epoch_commit_among(commits: Vec<(u64, Vec<deltalake::kernel::Action>)>, pipel
         if meta["pipeline"].as_str() != Some(pipeline) || meta["epoch"].as_u64() != Some(epoch) || meta.get("member").is_some() {
             continue;
         }
-        let starts = meta["ranges"].as_array().and_then(|ranges| {
-            ranges
-                .iter()
-                .map(|r| match (r["topic"].as_str(), r["partition"].as_i64(), r["start"].as_i64()) {
-                    (Some(topic), Some(partition), Some(start)) => Some((TopicPartition::new(topic, partition as i32), start)),
-                    _ => None,
-                })
-                .collect::<Option<Offsets>>()
-        });
+        let starts = meta["ranges"].is_array().then(|| ranges_of(meta).into_iter().map(|r| (r.tp, r.start)).collect());
         let meaning = serde_json::from_value(meta["meaning"].clone()).ok();
         return Some(EpochCommit { starts, meaning });
     }

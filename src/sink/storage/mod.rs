@@ -72,6 +72,11 @@ pub async fn preflight_checkpoint(at: &TableLocation) -> Result<()> {
     })
 }
 
+/// The persisted checkpoints at `at` (`checkpoint.remote`).
+pub fn checkpoint_remote(at: &TableLocation) -> Result<crate::state::persist::Remote> {
+    Ok(crate::state::persist::Remote::new(root_store(at)?, at.to_string()))
+}
+
 /// How long the pre-flight waits for the store.
 pub const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(20);
 
