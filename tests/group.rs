@@ -407,3 +407,113 @@ async fn a_commit_retried_after_its_own_member_committed_writes_only_what_is_mis
     offsets.sort_unstable();
     assert_eq!(offsets, [0, 1, 2], "each record once");
 }
+
+/// `sink.outputs` in group mode: three members under churn, some of them dying right after
+/// their first data commit (before the outputs'); every table holds each of its rows once,
+/// checked by the audit against the topic, and a row an output's expression fails on is a dead
+/// letter, in no table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_under_churn_hold_every_row_once() {
+    let _heavy = common::heavy().await;
+    let Group { topic, dir, mut config, file: _, table } = Group::new("group-outputs", 4).await;
+    let output = |name: &str, filter: &str, select: &[&str]| exactly::config::OutputConfig {
+        name: name.into(),
+        path: dir.path().join(name).into(),
+        select: Some(select.iter().map(|s| s.to_string()).collect()),
+        filter: Some(filter.into()),
+        partition_by: Vec::new(),
+    };
+    if let exactly::config::SinkConfig::Delta { outputs, .. } = &mut config.sink {
+        *outputs = vec![
+            output("sevens", "id % 7 = 0", &["id", "upper(value) AS value"]),
+            output("inverse", "id % 5 = 0", &["id", "1000 / (id % 1000 - 500) AS inv"]),
+        ];
+    }
+    let file = write_config(&config, dir.path());
+    let total = 20_000;
+    let producer = producing(&topic, total, 1_000, 101);
+
+    let mut rng = common::seeded_rng("group outputs");
+    // (member, whether it dies after its first data commit)
+    let mut members: Vec<(Child, bool)> = (0..3).map(|_| (spawn(&file, None), false)).collect();
+    for kill in 1..=10 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_000))).await;
+        let (mut victim, _) = members.swap_remove(rng.random_range(0..members.len()));
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+        // Every third replacement dies after its first data commit, before the outputs get it.
+        let dies = kill % 3 == 0;
+        members.push((spawn(&file, dies.then_some("after-delta-commit=abort")), dies));
+    }
+    members.push((spawn(&file, None), false));
+    producer.await.unwrap();
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(180)).await;
+    common::wait_until(Duration::from_secs(60), "the outputs hold every epoch", || async {
+        exactly::verify::verify(&config).await.unwrap().ok()
+    })
+    .await;
+    for (mut m, dies) in members {
+        if dies {
+            m.kill().unwrap();
+            m.wait().unwrap();
+        } else {
+            terminate(m).await;
+        }
+    }
+
+    let audit = common::assert_verified(&config).await;
+    let events = total - total / 101;
+    let failing = (0..events).filter(|id| id % 1000 == 500).count() as u64;
+    assert_eq!(audit.total(|p| p.expected), total);
+    assert_eq!(audit.total(|p| p.dead_lettered), total / 101 + failing);
+    assert_eq!(audit.total(|p| p.rows), events - failing);
+    let outputs: Vec<(String, u64, u64, u64)> = audit
+        .outputs
+        .iter()
+        .map(|o| (o.name.clone(), o.total(|p| p.rows), o.total(|p| p.expected), o.total(|p| p.duplicated)))
+        .collect();
+    let sevens = (0..events).filter(|id| id % 7 == 0 && id % 1000 != 500).count() as u64;
+    let fives = (0..events).filter(|id| id % 5 == 0 && id % 1000 != 500).count() as u64;
+    assert_eq!(outputs, [("sevens".into(), sevens, sevens, 0), ("inverse".into(), fives, fives, 0)]);
+    assert_eq!(common::read_with_python(&dir.path().join("sevens"))["rows"].as_u64().unwrap(), sevens);
+    assert_fenced(&table).await;
+}
+
+/// A member dying between the data table's commit and an output's: the output records less
+/// than the data table, and the partition resumes at the output's record — the data table
+/// keeps none of the rows read again, the output gets what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_data_and_output_commits_loses_no_output_row() {
+    let Group { topic, dir, mut config, file: _, table } = Group::new("group-output-crash", 2).await;
+    if let exactly::config::SinkConfig::Delta { outputs, .. } = &mut config.sink {
+        outputs.push(exactly::config::OutputConfig {
+            name: "evens".into(),
+            path: dir.path().join("evens").into(),
+            select: Some(vec!["id".into()]),
+            filter: Some("id % 2 = 0".into()),
+            partition_by: Vec::new(),
+        });
+    }
+    let file = write_config(&config, dir.path());
+    common::produce_events(&topic, 0, 2_000).await;
+
+    let child = spawn(&file, Some("after-delta-commit=abort"));
+    let (status, _) = wait_exit(child, Duration::from_secs(60), "aborts after the data commit").await;
+    assert!(!status.success());
+    let committed: u64 = member_commits(&table).await.iter().flat_map(|c| c.ranges.iter().map(|r| r.3)).sum();
+    assert!(committed > 0, "the data table holds the epoch");
+    // The audit sees the output behind the data table.
+    let behind = exactly::verify::verify(&config).await.unwrap();
+    assert!(!behind.ok() && behind.outputs[0].total(|p| p.missing) > 0, "{}", behind.render());
+
+    let child = spawn(&file, None);
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    common::wait_until(Duration::from_secs(30), "the output holds every even id", || async {
+        common::read_rows(&dir.path().join("evens")).await.iter().map(|b| b.num_rows()).sum::<usize>() >= 1_000
+    })
+    .await;
+    terminate(child).await;
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.rows), 2_000);
+    assert_eq!((audit.outputs[0].total(|p| p.rows), audit.outputs[0].total(|p| p.duplicated)), (1_000, 0));
+}

@@ -314,9 +314,6 @@ impl PipelineConfig {
                 if let Some(stage) = stateful {
                     return Err(bad(&field, format!("is for stateless pipelines yet; this one has [{stage}]")));
                 }
-                if self.source.group_id.is_some() {
-                    return Err(bad(&field, "is not supported in group mode yet".into()));
-                }
                 if *schema_evolution != SchemaEvolution::None {
                     return Err(bad(&field, "cannot be combined with sink.schema_evolution yet".into()));
                 }

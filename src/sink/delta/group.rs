@@ -40,6 +40,7 @@ pub(super) fn rows_from(rows: &[RecordBatch], from: &Offsets) -> Result<Vec<Reco
 pub(super) struct Claim<'a> {
     sink: &'a DeltaSink,
     dead: Option<&'a DeltaTable>,
+    outputs: Vec<&'a DeltaTable>,
     partitions: &'a [TopicPartition],
     unrecorded: &'a crate::sink::Unrecorded,
     member: &'a str,
@@ -59,7 +60,7 @@ impl commit::Writer for Claim<'_> {
         let mut pinned: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for tp in self.partitions {
             txns.push(Transaction::new(owner_app_id(pipeline, tp), token));
-            let from = match self.sink.resume_at(table, self.dead, tp).await? {
+            let from = match self.sink.resume_at(table, self.dead, &self.outputs, tp).await? {
                 Some(from) => from,
                 None => {
                     // Never committed: pinned by this claim, at `starting_offsets` for a topic the
@@ -82,7 +83,9 @@ impl commit::Writer for Claim<'_> {
                         // The topic's first claim pins its other partitions too: another member
                         // claiming one later must start at `starting_offsets` as well.
                         for (other, at) in self.unrecorded.starting.iter().filter(|(o, _)| o.topic == tp.topic) {
-                            if !self.partitions.contains(other) && self.sink.resume_at(table, self.dead, other).await?.is_none() {
+                            if !self.partitions.contains(other)
+                                && self.sink.resume_at(table, self.dead, &self.outputs, other).await?.is_none()
+                            {
                                 txns.push(Transaction::new(partition_app_id(pipeline, other), *at));
                                 txns.push(Transaction::new(start_app_id(pipeline, other), *at));
                             }
@@ -180,45 +183,93 @@ impl commit::Writer for GroupWrite<'_> {
     }
 }
 
-/// Group mode's dead-letter commit of an epoch, as a [`commit::Writer`]: the dead letters at
-/// or past the offsets the dead-letter table records now; held when it holds them all.
-pub(super) struct GroupDeadLetters<'a> {
+/// What a group member appends to a table after the data table: an output's rows, or dead
+/// letters.
+pub(super) enum Appended {
+    /// An output's rows (with their `_kafka_*` columns).
+    Rows(Vec<RecordBatch>),
+    /// Dead letters.
+    DeadLetters(Vec<crate::decode::DeadLetter>),
+}
+
+/// Group mode's commit of an epoch to an output or the dead-letter table, as a
+/// [`commit::Writer`]: the rows at or past the offsets that table records now, and the ends
+/// of the ranges past them; held when it records every range's end (dead letters: when none
+/// of them is past its record). Not fenced: what a table gets for an offset is the same
+/// whichever member writes it, and each takes only what the table lacks.
+pub(super) struct GroupAppend<'a> {
     sink: &'a DeltaSink,
+    spec: &'a Spec,
     batch: &'a EpochBatch,
-    dead_letters: Vec<crate::decode::DeadLetter>,
+    rows: Appended,
     written: FilesAt,
     info: serde_json::Value,
     operation: DeltaOperation,
 }
 
-impl commit::Writer for GroupDeadLetters<'_> {
+impl commit::Writer for GroupAppend<'_> {
     async fn decide(&mut self, table: &DeltaTable, _sent: bool) -> Result<commit::Decision> {
-        let (sink, batch) = (self.sink, self.batch);
+        let (sink, spec, batch) = (self.sink, self.spec, self.batch);
         let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
-        let held = recorded_cut(table, &sink.dead.path, &sink.pipeline, &tps).await?;
-        let letters: Vec<crate::decode::DeadLetter> =
-            self.dead_letters.iter().filter(|d| held.get(&d.tp).is_none_or(|l| d.offset >= *l)).cloned().collect();
-        if letters.is_empty() {
-            return Ok(commit::Decision::Held);
-        }
+        let held = recorded_cut(table, &spec.path, &sink.pipeline, &tps).await?;
         let txns: Vec<Transaction> = batch
             .ranges
             .iter()
             .filter(|r| held.get(&r.tp).is_none_or(|l| r.end > *l))
             .map(|r| Transaction::new(partition_app_id(&sink.pipeline, &r.tp), r.end))
             .collect();
-        let adds = self
-            .written
-            .for_cut(held, async || {
-                let rows = vec![dead_letter_batch(&letters, batch.epoch).map_err(|e| Error::Sink(e.to_string()))?];
-                write_files(&sink.dead, table, false, rows).await
-            })
-            .await?;
+        let rows = match &self.rows {
+            Appended::Rows(rows) if !txns.is_empty() => rows_from(rows, &held)?,
+            Appended::DeadLetters(letters) => {
+                let letters: Vec<crate::decode::DeadLetter> =
+                    letters.iter().filter(|d| held.get(&d.tp).is_none_or(|l| d.offset >= *l)).cloned().collect();
+                if letters.is_empty() {
+                    return Ok(commit::Decision::Held);
+                }
+                vec![dead_letter_batch(&letters, batch.epoch).map_err(|e| Error::Sink(e.to_string()))?]
+            }
+            Appended::Rows(_) => return Ok(commit::Decision::Held),
+        };
+        let adds = self.written.for_cut(held, async || write_files(spec, table, false, rows).await).await?;
         Ok(commit::Decision::Write(Box::new(commit::Proposal {
             actions: adds.into_iter().map(Action::Add).collect(),
             txns,
             info: self.info.clone(),
             operation: self.operation.clone(),
+        })))
+    }
+}
+
+/// Group mode's claim in an output table, as a [`commit::Writer`]: each claimed partition the
+/// output never recorded starts there where the member starts reading it (so an output added
+/// since starts now, and a crash between the data table's first commit and the output's is
+/// read again for the output).
+pub(super) struct OutputClaim<'a> {
+    sink: &'a DeltaSink,
+    spec: &'a Spec,
+    start: &'a Offsets,
+    member: &'a str,
+}
+
+impl commit::Writer for OutputClaim<'_> {
+    async fn decide(&mut self, table: &DeltaTable, _sent: bool) -> Result<commit::Decision> {
+        let pipeline = &self.sink.pipeline;
+        let mut txns = Vec::new();
+        for (tp, from) in self.start {
+            if txn_version(table, &self.spec.path, &partition_app_id(pipeline, tp)).await?.is_none() {
+                txns.push(Transaction::new(partition_app_id(pipeline, tp), *from));
+                txns.push(Transaction::new(start_app_id(pipeline, tp), *from));
+            }
+        }
+        if txns.is_empty() {
+            return Ok(commit::Decision::Held);
+        }
+        let names: Vec<String> = self.start.keys().map(ToString::to_string).collect();
+        Ok(commit::Decision::Write(Box::new(commit::Proposal {
+            actions: Vec::new(),
+            txns,
+            info: json!({"pipeline": pipeline, "member": self.member, "claim": names}),
+            operation: self.sink.member_operation(self.member, 0),
         })))
     }
 }
@@ -235,27 +286,36 @@ impl DeltaSink {
     }
 
     /// Group mode: where `tp` resumes by the tables' record (`None`: the data table never
-    /// recorded it). The dead letters of the last range that had some go to the dead-letter
-    /// table after the data table's commit: if that second commit never happened, the range is
-    /// read again (the data table keeps none of its rows, the dead-letter table gets what it
-    /// missed).
+    /// recorded it). Each table keeps only rows past its own record, so the partition resumes
+    /// at the least of them: an output's record (outputs commit after the data table), and the
+    /// dead letters of the last range that had some, which go to the dead-letter table after
+    /// the data table's commit (if that second commit never happened, the range is read again:
+    /// the data table keeps none of its rows, the dead-letter table gets what it missed).
     pub(super) async fn resume_at(
         &self,
         data: &DeltaTable,
         dead: Option<&DeltaTable>,
+        outputs: &[&DeltaTable],
         tp: &TopicPartition,
     ) -> Result<Option<i64>> {
         let path = &self.data.path;
-        let Some(next) = txn_version(data, path, &partition_app_id(&self.pipeline, tp)).await? else { return Ok(None) };
+        let app_id = partition_app_id(&self.pipeline, tp);
+        let Some(next) = txn_version(data, path, &app_id).await? else { return Ok(None) };
         let mark = txn_version(data, path, &dead_mark_app_id(&self.pipeline, tp)).await?;
         let held = match (dead, mark) {
-            (Some(dead), Some(_)) => txn_version(dead, &self.dead.path, &partition_app_id(&self.pipeline, tp)).await?,
+            (Some(dead), Some(_)) => txn_version(dead, &self.dead.path, &app_id).await?,
             _ => None,
         };
-        Ok(Some(match mark {
+        let mut from = match mark {
             Some(mark) if held.is_none_or(|h| h <= mark) => mark.min(next),
             _ => next,
-        }))
+        };
+        for (table, spec) in outputs.iter().zip(&self.outputs) {
+            if let Some(at) = txn_version(table, &spec.path, &app_id).await? {
+                from = from.min(at);
+            }
+        }
+        Ok(Some(from))
     }
 
     /// Group mode: where partitions this member claimed before resume, without claiming them
@@ -272,9 +332,10 @@ impl DeltaSink {
         }
         let mut start = Offsets::new();
         let data = tables.data.as_ref().ok_or_else(|| Error::Sink("the data table is not open".into()))?;
+        let outputs: Vec<&DeltaTable> = tables.outputs.iter().flatten().map(|o| &o.table).collect();
         for tp in partitions {
             let from = self
-                .resume_at(&data.table, tables.dead.as_ref().map(|d| &d.table), tp)
+                .resume_at(&data.table, tables.dead.as_ref().map(|d| &d.table), &outputs, tp)
                 .await?
                 .ok_or_else(|| Error::Sink(format!("{tp} was claimed but the table records no offset for it")))?;
             start.insert(tp.clone(), from);
@@ -292,11 +353,12 @@ impl DeltaSink {
         member: &str,
     ) -> Result<Offsets> {
         self.refresh(tables, partitions).await?;
-        let Tables { data, dead, tokens, .. } = tables;
+        let Tables { data, dead, outputs, tokens, .. } = tables;
         let data = data.as_mut().ok_or_else(|| Error::Sink("the data table is not open".into()))?;
         let mut claim = Claim {
             sink: self,
             dead: dead.as_ref().map(|d| &d.table),
+            outputs: outputs.iter().flatten().map(|o| &o.table).collect(),
             partitions,
             unrecorded,
             member,
@@ -308,10 +370,20 @@ impl DeltaSink {
         {
             data.landed(version);
         }
+        let (token, start) = (claim.token, claim.start);
         for tp in partitions {
-            tokens.insert(tp.clone(), claim.token);
+            tokens.insert(tp.clone(), token);
         }
-        Ok(claim.start)
+        for (spec, open) in self.outputs.iter().zip(outputs.iter_mut()) {
+            let open = open.as_mut().ok_or_else(|| Error::Sink(format!("the table at {} is not open", spec.path.display())))?;
+            let mut write = OutputClaim { sink: self, spec, start: &start, member };
+            if let commit::Outcome::Landed(version) =
+                commit::commit(&mut open.table, &spec.path, spec.label(), None, &mut write).await?
+            {
+                open.landed(version);
+            }
+        }
+        Ok(start)
     }
 
     /// Group mode: the recorded next offsets of the batch's partitions in `table` (the data
@@ -347,18 +419,23 @@ impl DeltaSink {
 
     /// Group mode's commit of an epoch (ARCHITECTURE.md, "Group mode"): the data table first —
     /// fenced, only rows at or past its recorded offsets, marking ranges whose dead letters are
-    /// still to be written —, then the dead-letter table with only dead letters at or past its
-    /// own recorded offsets. No pipeline epoch txn: epochs are numbered per member. Each commit
-    /// is decided again from its table at every attempt ([`GroupWrite`], [`GroupDeadLetters`]).
+    /// still to be written —, then each output, then the dead-letter table, each with only what
+    /// is at or past its own recorded offsets. No pipeline epoch txn: epochs are numbered per
+    /// member. Each commit is decided again from its table at every attempt ([`GroupWrite`],
+    /// [`GroupAppend`]).
     pub(super) async fn commit_group(&self, tables: &mut Tables, batch: &EpochBatch, member: &str) -> Result<()> {
         let epoch = batch.epoch;
         let Output::Append(rows) = &batch.output else {
             return Err(Error::Sink("group mode writes append pipelines only".into()));
         };
-        let rows =
-            rows.iter().map(|b| with_epoch(b, epoch)).collect::<Result<Vec<_>, _>>().map_err(|e| Error::Sink(e.to_string()))?;
+        let stamp = |rows: &[RecordBatch]| -> Result<Vec<RecordBatch>> {
+            rows.iter().map(|b| with_epoch(b, epoch)).collect::<Result<Vec<_>, _>>().map_err(|e| Error::Sink(e.to_string()))
+        };
+        let fanned = self.fan_out(rows);
+        let rows = stamp(&fanned.main)?;
+        let all_dead: Vec<crate::decode::DeadLetter> = batch.dead_letters.iter().cloned().chain(fanned.dead).collect();
         let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
-        let Tables { data, dead, tokens, .. } = tables;
+        let Tables { data, dead, outputs, tokens, .. } = tables;
         let data = data.as_mut().ok_or_else(|| Error::Sink("the data table is not open".into()))?;
         let info = json!({"pipeline": &self.pipeline, "member": member, "epoch": epoch, "ranges": ranges_json(&batch.ranges)});
         let operation = self.member_operation(member, epoch);
@@ -366,7 +443,7 @@ impl DeltaSink {
         // Where the dead-letter table is for these partitions: the data table's marks say what
         // it must still get.
         let dead_recorded = match dead.as_mut() {
-            Some(open) if !batch.dead_letters.is_empty() => {
+            Some(open) if !all_dead.is_empty() => {
                 take_fresh_snapshot(&self.dead, open).await?;
                 open.table.update_incremental(None).await.map_err(|e| delta_err(&self.dead.path, e))?;
                 recorded_cut(&open.table, &self.dead.path, &self.pipeline, &tps).await?
@@ -374,7 +451,7 @@ impl DeltaSink {
             _ => Offsets::new(),
         };
         let dead_letters: Vec<crate::decode::DeadLetter> =
-            batch.dead_letters.iter().filter(|d| dead_recorded.get(&d.tp).is_none_or(|l| d.offset >= *l)).cloned().collect();
+            all_dead.into_iter().filter(|d| dead_recorded.get(&d.tp).is_none_or(|l| d.offset >= *l)).collect();
 
         // The data table.
         take_fresh_snapshot(&self.data, data).await?;
@@ -399,6 +476,26 @@ impl DeltaSink {
         }
         self.failpoints.hit("after-delta-commit").await?;
 
+        // Each output: every range it does not record yet (its record moves even without rows).
+        for ((spec, open), rows) in self.outputs.iter().zip(outputs.iter_mut()).zip(fanned.outputs) {
+            let open = open.as_mut().ok_or_else(|| Error::Sink(format!("the table at {} is not open", spec.path.display())))?;
+            take_fresh_snapshot(spec, open).await?;
+            let mut write = GroupAppend {
+                sink: self,
+                spec,
+                batch,
+                rows: Appended::Rows(stamp(&rows)?),
+                written: FilesAt::default(),
+                info: info.clone(),
+                operation: operation.clone(),
+            };
+            if let commit::Outcome::Landed(version) =
+                commit::commit(&mut open.table, &spec.path, spec.label(), None, &mut write).await?
+            {
+                open.landed(version);
+            }
+        }
+
         // The dead-letter table: what it does not hold yet.
         if dead_letters.is_empty() {
             return Ok(());
@@ -408,7 +505,15 @@ impl DeltaSink {
         }
         let open = dead.as_mut().ok_or_else(|| Error::Sink("the dead-letter table is not open".into()))?;
         take_fresh_snapshot(&self.dead, open).await?;
-        let mut write = GroupDeadLetters { sink: self, batch, dead_letters, written: FilesAt::default(), info, operation };
+        let mut write = GroupAppend {
+            sink: self,
+            spec: &self.dead,
+            batch,
+            rows: Appended::DeadLetters(dead_letters),
+            written: FilesAt::default(),
+            info,
+            operation,
+        };
         if let commit::Outcome::Landed(version) =
             commit::commit(&mut open.table, &self.dead.path, self.dead.label(), None, &mut write).await?
         {

@@ -525,6 +525,42 @@ async fn upsert_rewrites(
     upsert::rewrites(&open.table, &spec.path, epoch, deletes, compaction).await
 }
 
+/// An append epoch's rows fanned out to `sink.outputs` (see [`crate::transform::Outputs`]).
+#[derive(Default)]
+struct FannedOut {
+    /// The data table's rows.
+    main: Vec<RecordBatch>,
+    /// Each output's rows, in the order of `sink.outputs`.
+    outputs: Vec<Vec<RecordBatch>>,
+    /// Rows an output's expression failed on: dead letters, in no table.
+    dead: Vec<crate::decode::DeadLetter>,
+}
+
+impl DeltaSink {
+    /// Fans an append epoch's `rows` out to the outputs (every row to the data table when there
+    /// are none).
+    fn fan_out(&self, rows: &[RecordBatch]) -> FannedOut {
+        let mut out = FannedOut { outputs: vec![Vec::new(); self.outputs.len()], ..Default::default() };
+        if self.fan_out.is_empty() {
+            out.main = rows.to_vec();
+            return out;
+        }
+        for b in rows {
+            let f = self.fan_out.fan_out(b);
+            out.dead.extend(
+                f.failed
+                    .into_iter()
+                    .map(|(i, why)| crate::decode::DeadLetter::of_row(b, i, crate::model::Rejection::Transform, why)),
+            );
+            out.main.push(crate::decode::without_raw(&f.main));
+            for (k, o) in f.outputs.into_iter().enumerate() {
+                out.outputs[k].push(crate::decode::without_raw(&o));
+            }
+        }
+        out
+    }
+}
+
 impl Sink for DeltaSink {
     fn name(&self) -> &str {
         "delta"
@@ -666,34 +702,20 @@ impl Sink for DeltaSink {
             let stamp = |rows: &[RecordBatch]| -> Result<Vec<RecordBatch>> {
                 rows.iter().map(|b| with_epoch(b, epoch)).collect::<Result<Vec<_>, _>>().map_err(|e| Error::Sink(e.to_string()))
             };
-            // `sink.outputs`: each epoch's rows fan out; a row an output's expression fails on
-            // is a dead letter and in no table.
-            let mut fanned: Vec<Vec<RecordBatch>> = vec![Vec::new(); self.outputs.len()];
-            let mut fan_dead = Vec::new();
-            let write =
-                match &batch.output {
-                    Output::Append(rows) if !self.fan_out.is_empty() => {
-                        let mut main = Vec::with_capacity(rows.len());
-                        for b in rows {
-                            let f = self.fan_out.fan_out(b);
-                            fan_dead.extend(f.failed.into_iter().map(|(i, why)| {
-                                crate::decode::DeadLetter::of_row(b, i, crate::model::Rejection::Transform, why)
-                            }));
-                            main.push(crate::decode::without_raw(&f.main));
-                            for (k, o) in f.outputs.into_iter().enumerate() {
-                                fanned[k].push(crate::decode::without_raw(&o));
-                            }
-                        }
-                        Write::Append(stamp(&main)?)
-                    }
-                    Output::Append(rows) => Write::Append(stamp(rows)?),
-                    Output::Replace { buckets, rows, mode } => Write::Replace {
-                        buckets: buckets.as_ref().map(|b| b.iter().copied().collect()),
-                        rows: stamp(rows)?,
-                        mode: *mode,
-                    },
-                    Output::Upsert { rows, deletes } => Write::Upsert { rows: stamp(rows)?, deletes: deletes.clone() },
-                };
+            let mut fanned = FannedOut { outputs: vec![Vec::new(); self.outputs.len()], ..Default::default() };
+            let write = match &batch.output {
+                Output::Append(rows) => {
+                    fanned = self.fan_out(rows);
+                    Write::Append(stamp(&std::mem::take(&mut fanned.main))?)
+                }
+                Output::Replace { buckets, rows, mode } => Write::Replace {
+                    buckets: buckets.as_ref().map(|b| b.iter().copied().collect()),
+                    rows: stamp(rows)?,
+                    mode: *mode,
+                },
+                Output::Upsert { rows, deletes } => Write::Upsert { rows: stamp(rows)?, deletes: deletes.clone() },
+            };
+            let (mut fanned, fan_dead) = (fanned.outputs, fanned.dead);
             // The data table first: it is committed every epoch, so it always holds the cut, and
             // it marks an epoch with dead letters (`dead_letters_app_id`), so recovery knows the
             // dead-letter table must hold it too.
