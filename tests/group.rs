@@ -517,3 +517,94 @@ async fn a_crash_between_the_data_and_output_commits_loses_no_output_row() {
     assert_eq!(audit.total(|p| p.rows), 2_000);
     assert_eq!((audit.outputs[0].total(|p| p.rows), audit.outputs[0].total(|p| p.duplicated)), (1_000, 0));
 }
+
+/// Schema evolution in group mode, through the table: a rolling restart gives the members a
+/// config with one more column. The first member restarted grows the table's schema in its
+/// commit; a member still on the old config is refused at its next commit (one line naming the
+/// column, a non-zero exit: its partitions go to the others) rather than writing rows without
+/// it; restarted on the new config it goes on. Each partition records the first offset written
+/// with the column, and the audit compares the rows before it without the column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_adds_a_column_the_members_agree_on_through_the_table() {
+    use exactly::config::SchemaEvolution;
+    let _heavy = common::heavy().await;
+    let Group { topic, dir, mut config, file: _, table } = Group::new("group-evolve", 4).await;
+    if let exactly::config::SinkConfig::Delta { schema_evolution, .. } = &mut config.sink {
+        *schema_evolution = SchemaEvolution::AddColumns;
+    }
+    let mut old = config.clone();
+    old.decode.fields.retain(|f| f.name != "ts");
+    let (old_dir, new_dir) = (dir.path().join("old"), dir.path().join("new"));
+    std::fs::create_dir_all(&old_dir).unwrap();
+    std::fs::create_dir_all(&new_dir).unwrap();
+    let (old_file, new_file) = (write_config(&old, &old_dir), write_config(&config, &new_dir));
+    let total = 12_000;
+    let producer = producing(&topic, total, 1_000, 97);
+
+    let a = spawn(&old_file, None);
+    let b = spawn(&old_file, None);
+    wait_for_data_commit(&table, &member_of(&a)).await;
+    wait_for_data_commit(&table, &member_of(&b)).await;
+    let has_ts = || async {
+        let t = exactly::sink::delta::load_table(&table).await.unwrap().unwrap();
+        t.snapshot().unwrap().schema().fields().any(|f| f.name() == "ts")
+    };
+    assert!(!has_ts().await);
+
+    // A restarts on the new config: its commits grow the table.
+    terminate(a).await;
+    let a = spawn(&new_file, None);
+    common::wait_until(Duration::from_secs(60), "the table takes `ts`", || async { has_ts().await }).await;
+    // B, still on the old config, is refused at its next commit and stops.
+    let b_name = member_of(&b);
+    let (status, stderr) = wait_exit(b, Duration::from_secs(120), "the member on the old config stops").await;
+    assert!(!status.success());
+    assert!(stderr.contains("`ts`") && stderr.contains("group mode"), "one line naming the column: {stderr}");
+    // Restarted on the new config, B goes on.
+    let b = spawn(&new_file, None);
+    producer.await.unwrap();
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(120)).await;
+    terminate(a).await;
+    terminate(b).await;
+
+    // Every partition records where its rows begin to carry `ts`; none of B's old-config
+    // commits came after the growth.
+    let t = exactly::sink::delta::load_table(&table).await.unwrap().unwrap();
+    let snapshot = t.snapshot().unwrap();
+    let at = snapshot.metadata().configuration().get("exactly.addedAt.ts").cloned().expect("exactly.addedAt.ts");
+    let Some(exactly::sink::schema::AddedAt::Offsets(starts)) = exactly::sink::schema::AddedAt::parse(&at) else {
+        panic!("offsets per partition: {at}")
+    };
+    assert_eq!(starts.len(), 4, "{at}");
+    let growth = common::log(&table)
+        .await
+        .into_iter()
+        .find(|(_, actions)| {
+            actions.iter().any(|a| matches!(a, deltalake::kernel::Action::Metadata(m) if m.schema_string().contains("\"ts\"")))
+        })
+        .map(|(v, _)| v)
+        .unwrap();
+    assert!(
+        member_commits(&table).await.iter().all(|c| c.member != b_name || c.version < growth as i64),
+        "the member on the old config wrote nothing after the growth"
+    );
+    // Rows past each partition's start have their `ts`, rows before it none.
+    let read = common::read_rows_with_python(&table);
+    let rows = read["records"].as_array().unwrap();
+    let (mut with, mut without) = (0u64, 0u64);
+    for r in rows {
+        let tp = exactly::model::TopicPartition::new(&topic, r["_kafka_partition"].as_i64().unwrap() as i32);
+        let after = r["_kafka_offset"].as_i64().unwrap() >= starts[&tp];
+        assert_eq!(r["ts"].is_null(), !after, "{r}");
+        if after {
+            with += 1
+        } else {
+            without += 1
+        }
+    }
+    assert!(with > 0 && without > 0, "rows on both sides: {with} with, {without} without");
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), total);
+    assert_eq!(audit.total(|p| p.rows), with + without);
+    assert_fenced(&table).await;
+}

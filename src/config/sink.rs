@@ -282,13 +282,6 @@ impl PipelineConfig {
             if compaction.min_files < 2 {
                 return Err(bad("sink.compaction.min_files", "must be at least 2".into()));
             }
-            if *schema_evolution != SchemaEvolution::None && self.source.group_id.is_some() {
-                return Err(bad(
-                    "sink.schema_evolution",
-                    "is not supported in group mode yet: members restarted one by one would write with two schemas at once"
-                        .into(),
-                ));
-            }
             for (i, o) in outputs.iter().enumerate() {
                 let field = format!("sink.outputs[{i}]");
                 if o.name.is_empty() || !o.name.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) {

@@ -15,9 +15,58 @@ use crate::config::SchemaEvolution;
 /// struct members (`extra`, `geo.lon`).
 pub type Growth = (StructType, Vec<String>);
 
-/// The table property that records the epoch which added a column or member (`<prefix><path>`):
-/// rows of earlier epochs were written without it, which the audit must know.
+/// The table property that records where rows of a column or member (`<prefix><path>`) begin
+/// ([`AddedAt`]): rows before were written without it, which the audit must know.
 pub const ADDED_AT_PREFIX: &str = "exactly.addedAt.";
+
+/// Where a table's rows begin to carry an added column: from an epoch (one process), or per
+/// partition from an offset (group mode, where each member numbers its own epochs: the first
+/// offset each partition was written with it, recorded by the first commit that did; a
+/// partition it names not was written only before).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddedAt {
+    /// Rows of this epoch and later have it.
+    Epoch(u64),
+    /// Rows of a named partition at or past its offset have it.
+    Offsets(std::collections::BTreeMap<crate::model::TopicPartition, i64>),
+}
+
+impl AddedAt {
+    /// The property's value: an epoch, or `topic/partition=offset` pairs joined by `,`
+    /// (neither character can be in a topic's name).
+    pub fn parse(value: &str) -> Option<AddedAt> {
+        if let Ok(epoch) = value.parse() {
+            return Some(AddedAt::Epoch(epoch));
+        }
+        let mut offsets = std::collections::BTreeMap::new();
+        for pair in value.split(',').filter(|p| !p.is_empty()) {
+            let (tp, offset) = pair.split_once('=')?;
+            let (topic, partition) = tp.rsplit_once('/')?;
+            offsets.insert(crate::model::TopicPartition::new(topic, partition.parse().ok()?), offset.parse().ok()?);
+        }
+        Some(AddedAt::Offsets(offsets))
+    }
+
+    /// Whether the row of epoch `epoch` at `tp`'s `offset` was written without the column.
+    pub fn before(&self, epoch: u64, tp: &crate::model::TopicPartition, offset: i64) -> bool {
+        match self {
+            AddedAt::Epoch(at) => epoch < *at,
+            AddedAt::Offsets(m) => m.get(tp).is_none_or(|at| offset < *at),
+        }
+    }
+}
+
+impl std::fmt::Display for AddedAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddedAt::Epoch(e) => write!(f, "{e}"),
+            AddedAt::Offsets(m) => {
+                let pairs: Vec<String> = m.iter().map(|(tp, o)| format!("{tp}={o}")).collect();
+                write!(f, "{}", pairs.join(","))
+            }
+        }
+    }
+}
 
 /// What becomes of a table column the pipeline does not write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +189,20 @@ fn retype(at: &str, table: &DataType, pipeline: &DataType) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn added_at_reads_back_what_it_writes_and_masks_rows_before_it() {
+        use crate::model::TopicPartition;
+        let (a0, a1, b0) = (TopicPartition::new("a.b-c", 0), TopicPartition::new("a.b-c", 1), TopicPartition::new("b", 0));
+        let at = AddedAt::Offsets([(a0.clone(), 15), (a1.clone(), 0)].into());
+        assert_eq!(at.to_string(), "a.b-c/0=15,a.b-c/1=0");
+        assert_eq!(AddedAt::parse(&at.to_string()), Some(at.clone()));
+        assert_eq!(AddedAt::parse("7"), Some(AddedAt::Epoch(7)));
+        assert_eq!(AddedAt::parse("x=1"), None);
+        assert!(at.before(99, &a0, 14) && !at.before(0, &a0, 15) && !at.before(0, &a1, 0));
+        assert!(at.before(99, &b0, 1_000), "a partition it does not name was written only before");
+        assert!(AddedAt::Epoch(3).before(2, &a0, 0) && !AddedAt::Epoch(3).before(3, &a0, 0));
+    }
 
     fn f(name: &str, t: DataType, nullable: bool) -> StructField {
         StructField::new(name, t, nullable)

@@ -44,6 +44,7 @@ use crate::error::{Error, Result};
 use crate::model::{Record, TopicPartition};
 use crate::model::{EPOCH_COL, OFFSET_COL, PARTITION_COL, TOPIC_COL};
 use crate::sink::delta::{load_table, partition_app_id, start_app_id, txn_version};
+use crate::sink::schema::AddedAt;
 use crate::source;
 
 /// The audit of one partition.

@@ -148,8 +148,13 @@ fn mismatches(config: &PipelineConfig, t: &Tables, found: &Found, records: &[Rec
         let offs = crate::decode::offsets(main).ok_or_else(|| Error::Sink("decoded rows without offsets".into()))?;
         for i in 0..main.num_rows() {
             let Some((have, epoch)) = contents.and_then(|m| m.get(&offs.value(i))) else { continue };
-            // Columns added after the row's epoch were not written with it.
-            let masked: Vec<&[String]> = t.added.iter().filter(|(_, at)| epoch < at).map(|(p, _)| p.as_slice()).collect();
+            // Columns added after the row was written are not in it.
+            let masked: Vec<&[String]> = t
+                .added
+                .iter()
+                .filter(|(_, at)| at.before(*epoch as u64, found.tp, offs.value(i)))
+                .map(|(p, _)| p.as_slice())
+                .collect();
             let want = row_text_masked(main, &t.content_cols, i, &masked)?;
             if *have != want {
                 mismatches.push(format!("row at offset {}: table ({have}), Kafka's record decodes to ({want})", offs.value(i)));

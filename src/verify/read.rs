@@ -244,9 +244,9 @@ pub(super) fn row_text_masked(b: &RecordBatch, cols: &[String], i: usize, masked
     Ok(out.join(", "))
 }
 
-/// The columns and struct members `sink.schema_evolution` added, each with the epoch that
-/// added it (table properties `exactly.addedAt.<path>`).
-pub(super) fn added_columns(table: &DeltaTable) -> Result<Vec<(Vec<String>, i64)>> {
+/// The columns and struct members `sink.schema_evolution` added, each with where rows begin to
+/// carry it (table properties `exactly.addedAt.<path>`).
+pub(super) fn added_columns(table: &DeltaTable) -> Result<Vec<(Vec<String>, AddedAt)>> {
     let snapshot = table.snapshot().map_err(|e| Error::Sink(e.to_string()))?;
     Ok(snapshot
         .metadata()
@@ -254,7 +254,7 @@ pub(super) fn added_columns(table: &DeltaTable) -> Result<Vec<(Vec<String>, i64)
         .iter()
         .filter_map(|(k, v)| {
             let path = k.strip_prefix(crate::sink::schema::ADDED_AT_PREFIX)?;
-            Some((path.split('.').map(String::from).collect(), v.parse().ok()?))
+            Some((path.split('.').map(String::from).collect(), AddedAt::parse(v)?))
         })
         .collect())
 }
@@ -411,8 +411,8 @@ pub(super) struct Tables {
     pub per_record: bool,
     /// The columns compared with the decode of each row's record.
     pub content_cols: Vec<String>,
-    /// Columns added to the table by schema evolution, and the epoch from which rows have them.
-    pub added: Vec<(Vec<String>, i64)>,
+    /// Columns added to the table by schema evolution, and where rows begin to have them.
+    pub added: Vec<(Vec<String>, AddedAt)>,
     /// The data table's rows (the columns the audit needs).
     pub data_rows: Vec<RecordBatch>,
     /// Where each data row and dead letter came from.

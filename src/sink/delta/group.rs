@@ -165,17 +165,28 @@ impl commit::Writer for GroupWrite<'_> {
                 txns.push(Transaction::new(dead_mark_app_id(pipeline, &r.tp), from));
             }
         }
+        // The table's schema is what the members agree on: a member whose rows have columns it
+        // lacks grows it in this commit (one racing another reads again and decides again), one
+        // whose config lacks a column another member added is refused.
+        let path = &sink.data.path;
+        let evolve = sink.growth(&sink.data, &table_fields(table, path)?, &self.rows).map_err(|e| match e {
+            Error::Schema(why) => sink.schema_refused(why),
+            other => other,
+        })?;
+        let mut actions: Vec<Action> =
+            group_evolution(table, path, evolve.as_ref(), &batch.ranges, &recorded)?.into_iter().collect();
         let rows = &self.rows;
         let adds = self
             .written
             .for_cut(recorded.clone(), async || {
-                let adds = write_files(&sink.data, table, false, rows_from(rows, &recorded)?).await?;
+                let adds = write_files(&sink.data, table, evolve.is_some(), rows_from(rows, &recorded)?).await?;
                 sink.failpoints.hit("after-parquet-write").await?;
                 Ok(adds)
             })
             .await?;
+        actions.extend(adds.into_iter().map(Action::Add));
         Ok(commit::Decision::Write(Box::new(commit::Proposal {
-            actions: adds.into_iter().map(Action::Add).collect(),
+            actions,
             txns,
             info: self.info.clone(),
             operation: self.operation.clone(),

@@ -315,7 +315,7 @@ impl DeltaSink {
         let have: Vec<StructField> = snapshot.schema().fields().cloned().collect();
         let missing = if spec.writer_columns { super::schema::Missing::Null } else { super::schema::Missing::Refuse };
         let evolve = super::schema::reconcile(&have, &want, self.evolution, missing)
-            .map_err(|why| Error::Recovery(format!("the table at {} {why}", path.display())))?;
+            .map_err(|why| self.schema_refused(format!("the table at {} {why}", path.display())))?;
         if let Some((_, added)) = &evolve {
             tracing::info!(table = %path.display(), columns = ?added, "the next commit adds the pipeline's new columns to the table (sink.schema_evolution)");
         }
@@ -379,7 +379,7 @@ impl DeltaSink {
             None
         } else {
             if spec.writer_columns && replace.is_none() {
-                open.evolve = self.growth(spec, open, &rows)?;
+                open.evolve = self.growth(spec, &table_fields(&open.table, path)?, &rows)?;
             }
             let mut adds = write_files(spec, &open.table, open.evolve.is_some(), rows).await?;
             if deletes.is_some() {
@@ -445,13 +445,14 @@ impl DeltaSink {
         Ok(relocated)
     }
 
-    /// What an epoch's `rows` add to the table when they carry the columns Avro writer schemas
-    /// added: the table's schema with every column of the rows it lacks. `Err`: two batches
-    /// give one column two types, or the table has it with another.
-    fn growth(&self, spec: &Spec, open: &Open, rows: &[RecordBatch]) -> Result<Option<super::schema::Growth>> {
+    /// What an epoch's `rows` add to a table whose columns are `have`: the pipeline's columns it
+    /// lacks, and with Avro writer schemas' columns (which rows may carry or lack) every column
+    /// of the rows it lacks. `Err`: two batches give one column two types, or the table has it
+    /// with another, or (without writer columns) it has a column the pipeline does not write.
+    fn growth(&self, spec: &Spec, have: &[StructField], rows: &[RecordBatch]) -> Result<Option<super::schema::Growth>> {
         let path = &spec.path;
         let mut want = delta_fields(&spec.schema)?;
-        for b in rows {
+        for b in rows.iter().filter(|_| spec.writer_columns) {
             for f in delta_fields(&b.schema())? {
                 match want.iter().find(|w| w.name() == f.name()) {
                     Some(w) if w.data_type() == f.data_type() => {}
@@ -467,9 +468,20 @@ impl DeltaSink {
                 }
             }
         }
-        let have: Vec<StructField> = open.table.snapshot().map_err(|e| delta_err(path, e))?.schema().fields().cloned().collect();
-        super::schema::reconcile(&have, &want, self.evolution, super::schema::Missing::Null)
+        let missing = if spec.writer_columns { super::schema::Missing::Null } else { super::schema::Missing::Refuse };
+        super::schema::reconcile(have, &want, self.evolution, missing)
             .map_err(|why| Error::Schema(format!("the table at {} {why}", path.display())))
+    }
+
+    /// A table's schema refused for the pipeline's (`why`); a group member is told that the
+    /// members agree on it.
+    fn schema_refused(&self, why: String) -> Error {
+        match self.member {
+            None => Error::Recovery(why),
+            Some(_) => Error::Recovery(format!(
+                "{why} (in group mode the table's schema is what the members agree on: run this member with the config that wrote it)"
+            )),
+        }
     }
 
     /// The fail point of an epoch's commits, hit before each attempt.

@@ -2,6 +2,7 @@
 //! and the writer that decides its commit ([`EpochWrite`]).
 
 use super::*;
+use crate::sink::schema::AddedAt;
 
 pub(super) fn delta_fields(schema: &SchemaRef) -> Result<Vec<StructField>> {
     use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -85,6 +86,11 @@ pub(super) async fn take_fresh_snapshot(spec: &Spec, open: &mut Open) -> Result<
     Ok(())
 }
 
+/// The columns of `table` as last read.
+pub(super) fn table_fields(table: &DeltaTable, path: &TableLocation) -> Result<Vec<StructField>> {
+    Ok(table.snapshot().map_err(|e| delta_err(path, e))?.schema().fields().cloned().collect())
+}
+
 /// The metadata action that grows `table`'s schema, while evolution is pending: it goes into
 /// the data commit of epoch `epoch`, beside the first files written with the new columns, and
 /// records that epoch for each added path (`exactly.addedAt.<path>`, read by the audit: rows of
@@ -101,9 +107,53 @@ pub(super) fn evolution(
     metadata = metadata.with_schema(schema).map_err(|e| delta_err(path, e))?;
     for column in added {
         let key = format!("{}{column}", crate::sink::schema::ADDED_AT_PREFIX);
-        metadata = metadata.add_config_key(key, epoch.to_string()).map_err(|e| delta_err(path, e))?;
+        metadata = metadata.add_config_key(key, AddedAt::Epoch(epoch).to_string()).map_err(|e| delta_err(path, e))?;
     }
     Ok(Some(Action::Metadata(metadata)))
+}
+
+/// Group mode's metadata action of a data commit, if it needs one: the schema's growth
+/// (`evolve`), and for each added column where the commit's partitions begin to carry it —
+/// the first offset it writes of each (past the table's record, `recorded`), for partitions
+/// the column's [`AddedAt`] does not name yet. Members number their own epochs, so a column's
+/// start is recorded per partition, by the first commit that writes the partition with it.
+pub(super) fn group_evolution(
+    table: &DeltaTable,
+    path: &TableLocation,
+    evolve: Option<&crate::sink::schema::Growth>,
+    ranges: &[PartitionRange],
+    recorded: &Offsets,
+) -> Result<Option<Action>> {
+    use deltalake::kernel::MetadataExt;
+    let prefix = crate::sink::schema::ADDED_AT_PREFIX;
+    let mut metadata = table.snapshot().map_err(|e| delta_err(path, e))?.metadata().clone();
+    let mut columns: Vec<(String, std::collections::BTreeMap<TopicPartition, i64>)> = metadata
+        .configuration()
+        .iter()
+        .filter_map(|(k, v)| match AddedAt::parse(v)? {
+            AddedAt::Offsets(m) => Some((k.strip_prefix(prefix)?.to_string(), m)),
+            AddedAt::Epoch(_) => None,
+        })
+        .collect();
+    let mut changed = false;
+    if let Some((schema, added)) = evolve {
+        metadata = metadata.with_schema(schema).map_err(|e| delta_err(path, e))?;
+        columns.extend(added.iter().map(|c| (c.clone(), Default::default())));
+        changed = true;
+    }
+    for (column, starts) in &mut columns {
+        let before = starts.len();
+        for r in ranges {
+            let first = recorded.get(&r.tp).map_or(r.start, |n| r.start.max(*n));
+            starts.entry(r.tp.clone()).or_insert(first);
+        }
+        if starts.len() > before || changed {
+            let value = AddedAt::Offsets(std::mem::take(starts)).to_string();
+            metadata = metadata.add_config_key(format!("{prefix}{column}"), value).map_err(|e| delta_err(path, e))?;
+            changed = true;
+        }
+    }
+    Ok(changed.then_some(Action::Metadata(metadata)))
 }
 
 /// The error of a table that holds an epoch of this pipeline no commit of this process wrote.
