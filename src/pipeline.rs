@@ -90,6 +90,10 @@ impl Pipeline {
         let connection = crate::source::Connection::of(&config.source)?;
         let partitions = source::preflight(&connection, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
         sink.preflight().await?;
+        if src.group_id.is_none() {
+            let dir = config.checkpoint_dir();
+            crate::sink::storage::preflight_local(&dir).map_err(|detail| Error::Checkpoint { path: dir, detail })?;
+        }
         let persisted = match config.checkpoint_remote() {
             Some(at) => {
                 crate::sink::storage::preflight_checkpoint(&at).await?;

@@ -8,11 +8,13 @@ fn exactly() -> Command {
     c
 }
 
-/// Runs `exactly run --config <text>` and returns (exit code, stderr).
+/// Runs `exactly run --config <text>` and returns (exit code, stderr); the text gets a console
+/// sink unless it names a sink (every file must).
 fn run_with_config(text: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
+    let sink = if text.contains("[sink]") { "" } else { "\n[sink]\nkind = \"console\"\n" };
+    std::fs::write(&path, format!("{text}{sink}")).unwrap();
     let out = exactly().args(["run", "--config"]).arg(&path).current_dir(dir.path()).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).trim().to_string())
 }
@@ -136,7 +138,7 @@ async fn check_names_a_schema_registry_that_does_not_answer() {
     let text = format!(
         "id = \"p\"\n[source]\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\n[decode]\nformat = \"avro\"\n[decode.avro]\n\
          schema_file = \"r.avsc\"\nframing = \"confluent\"\n[decode.avro.registry]\nurl = \"http://127.0.0.1:{port}\"\n\
-         username = \"u\"\npassword = \"hunter2\"\ntimeout_ms = 1000\n",
+         username = \"u\"\npassword = \"hunter2\"\ntimeout_ms = 1000\n[sink]\nkind = \"console\"\n",
         crate::common::brokers()
     );
     let path = dir.path().join("pipeline.toml");
@@ -152,4 +154,84 @@ async fn check_names_a_schema_registry_that_does_not_answer() {
         !stderr.contains("hunter2") && !String::from_utf8_lossy(&out.stdout).contains("hunter2"),
         "the password is never shown"
     );
+}
+
+/// A local table or checkpoint that cannot be a directory fails at once, with one line naming
+/// it, and nothing is written (it used to restart the tree until the budget was spent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_or_checkpoint_path_that_cannot_be_a_directory_fails_at_once() {
+    let topic = crate::common::topic("local-preflight", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a table").unwrap();
+    let brokers = crate::common::brokers();
+    let cases = [
+        (file.display().to_string(), dir.path().join("cp").display().to_string(), "it is a file"),
+        (file.join("t").display().to_string(), dir.path().join("cp").display().to_string(), "cannot be created"),
+        (dir.path().join("t").display().to_string(), file.join("cp").display().to_string(), "checkpoint"),
+    ];
+    for (table, checkpoint, says) in cases {
+        let started = std::time::Instant::now();
+        let (code, err) = run_with_config(&format!(
+            "id = \"p\"\n[source]\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\n[sink]\nkind = \"delta\"\npath = \"{table}\"\n\
+             [checkpoint]\ndir = \"{checkpoint}\"\n"
+        ));
+        assert_one_line_error(code, &err, &[says, "a-file"]);
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "at once, not through the restart budget");
+        assert_eq!(std::fs::read(&file).unwrap(), b"not a table");
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["a-file"], "nothing written");
+    }
+}
+
+/// A config file must say where epochs go.
+#[test]
+fn a_config_without_a_sink_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(&path, "id = \"p\"\n[source]\ntopics = [\"t\"]\n").unwrap();
+    let out = exactly().args(["run", "--config"]).arg(&path).output().unwrap();
+    assert_one_line_error(out.status.code().unwrap_or(-1), &String::from_utf8_lossy(&out.stderr), &["`sink` is missing"]);
+}
+
+/// `${VAR}` and `${VAR:-default}` anywhere in the file: one file for every environment. A
+/// variable that is not set is one line naming it; a substituted secret is never printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_takes_its_values_from_the_environment() {
+    use crate::common;
+    let topic = common::topic("env-config", 2).await;
+    common::produce_events(&topic, 0, 500).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = "id = \"${PIPELINE_ID:-env-pipeline}\"\n[source]\nbrokers = \"${TEST_BROKERS}\"\ntopics = [\"${TEST_TOPIC}\"]\n\
+                [sink]\nkind = \"delta\"\npath = \"${TEST_ROOT}/table\"\n[checkpoint]\ndir = \"${TEST_ROOT}/checkpoint\"\n";
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    let env =
+        [("TEST_BROKERS", common::brokers()), ("TEST_TOPIC", topic.clone()), ("TEST_ROOT", dir.path().display().to_string())];
+
+    // Unset: one line naming the variable and its line.
+    let out = exactly().args(["run", "--config"]).arg(&path).envs(env[..2].iter().cloned()).output().unwrap();
+    assert_one_line_error(out.status.code().unwrap_or(-1), &String::from_utf8_lossy(&out.stderr), &["${TEST_ROOT}", "line 7"]);
+    // A parse error shows the line as written, not the value put in it.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "id = \"p\"\n[epoch]\ninterval_ms = \"${TEST_SECRET}\"\n").unwrap();
+    let out = exactly().args(["run", "--config"]).arg(&bad).env("TEST_SECRET", "not-the-password").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_one_line_error(out.status.code().unwrap_or(-1), &err, &["interval_ms = \"${TEST_SECRET}\""]);
+    assert!(!err.contains("not-the-password"), "{err}");
+
+    let child = kit_run(&path).envs(env.iter().cloned()).spawn().unwrap();
+    let table = dir.path().join("table");
+    common::wait_table_drained(&table, "env-pipeline", &topic, std::time::Duration::from_secs(60)).await;
+    common::terminate(child).await;
+    assert_eq!(common::read_with_python(&table)["rows"].as_u64(), Some(500));
+}
+
+/// `exactly run` as the tests start it, its stderr piped.
+fn kit_run(config: &std::path::Path) -> Command {
+    let mut c = crate::kit::exactly_run(std::path::Path::new(env!("CARGO_BIN_EXE_exactly")), config, None);
+    c.env("RUST_LOG", "off").stderr(std::process::Stdio::piped());
+    c
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod decode;
+pub mod env;
 mod runtime;
 pub mod security;
 mod sink;
@@ -108,11 +109,27 @@ impl PipelineConfig {
         }
     }
 
-    /// Reads, parses, applies the environment, and validates a config file.
+    /// Reads a config file, substitutes `${VAR}`s from the environment ([`env`]), parses it,
+    /// applies the environment's overrides, and validates it. A file must say where epochs go
+    /// (`[sink]`).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-        let mut config = Self::parse(&text, &shown)?;
+        let (substituted, values) = env::substitute(&text, |name| std::env::var(name).ok())
+            .map_err(|(line, message)| ConfigError::Parse { path: shown.clone(), location: format!("line {line}"), message })?;
+        let mut config = Self::parse_shown(&substituted, &text, &shown).map_err(|e| match e {
+            ConfigError::Parse { path, location, message } => {
+                ConfigError::Parse { path, location, message: env::hide(&message, &values) }
+            }
+            other => other,
+        })?;
+        if !toml::from_str::<toml::Table>(&substituted).is_ok_and(|t| t.contains_key("sink")) {
+            return Err(ConfigError::Invalid {
+                path: shown,
+                field: "sink".into(),
+                problem: "is missing: say where epochs go, e.g. `[sink]` with `kind = \"delta\"` and `path = \"...\"` (or `kind = \"console\"` to print them)".into(),
+            });
+        }
         config.apply_env();
         config.validate(&shown)?;
         Ok(config)
@@ -120,11 +137,17 @@ impl PipelineConfig {
 
     /// Parses TOML text; `origin` names the source in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        Self::parse_shown(text, text, origin)
+    }
+
+    /// Parses `text`, showing the lines of `shown` (the file as written, before substitution:
+    /// no value from the environment is printed) in errors.
+    fn parse_shown(text: &str, shown: &str, origin: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| {
             let location = match e.span() {
                 Some(span) => {
                     let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                    let line = shown.lines().nth(line_no - 1).unwrap_or("").trim();
                     if line.is_empty() || may_hold_a_secret(line) {
                         format!("line {line_no}")
                     } else {

@@ -83,10 +83,11 @@ pub const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Checks, before the first write, that the store at `at` answers, accepts the credentials, and
 /// refuses a put-if-absent over an existing object (S3 `If-None-Match: *`, Azure and GCS
 /// preconditions). One clear error otherwise: a wrong key, a missing bucket, a store that would
-/// let a second writer overwrite a commit. Local tables pass (rename-if-absent on a file system).
+/// let a second writer overwrite a commit. A local table (rename-if-absent on a file system)
+/// must be a directory, or be creatable in one this process can write ([`preflight_local`]).
 pub async fn preflight(at: &TableLocation) -> Result<()> {
-    if at.local_path().is_some() {
-        return Ok(());
+    if let Some(dir) = at.local_path() {
+        return preflight_local(&dir).map_err(|problem| store_error(at, StoreProblem::Other(problem)));
     }
     let unsafe_allowed = at.options().has(UNSAFE_S3_OPTION) || std::env::var_os(UNSAFE_S3_OPTION).is_some();
     let check = async {
@@ -116,6 +117,35 @@ pub async fn preflight(at: &TableLocation) -> Result<()> {
         Ok(r) => r,
         Err(_) => Err(store_error(at, StoreProblem::Unreachable(format!("no answer within {PREFLIGHT_TIMEOUT:?}")))),
     }
+}
+
+/// Checks, writing nothing that stays, that `dir` is a directory this process can write files
+/// in, or one it can create: its nearest existing ancestor is a writable directory.
+pub fn preflight_local(dir: &std::path::Path) -> std::result::Result<(), String> {
+    // (Without a trailing `/`: `file/` does not "exist" when `file` is a file.)
+    let dir: std::path::PathBuf = dir.components().collect();
+    let dir = dir.as_path();
+    let mut at = dir;
+    while !at.exists() {
+        match at.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+            _ => return Ok(()), // a relative path under the working directory
+        }
+    }
+    if !at.is_dir() {
+        return Err(if at == dir {
+            "it is a file, not a directory".to_string()
+        } else {
+            format!("{} is a file, so the directory cannot be created", at.display())
+        });
+    }
+    let probe = at.join(format!(".exactly-probe-{}", uuid_like()));
+    std::fs::write(&probe, b"exactly pre-flight").map_err(|e| {
+        let which = if at == dir { String::new() } else { format!(" (nor create it in {})", at.display()) };
+        format!("cannot write in the directory{which}: {e}")
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// A unique enough name for the probe object (no secrets, no clock collisions between processes).
@@ -166,6 +196,19 @@ fn first_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_table_must_be_a_directory_or_creatable_in_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert_eq!(preflight_local(&dir.path().join("new/table")), Ok(()));
+        assert_eq!(preflight_local(dir.path()), Ok(()));
+        assert!(preflight_local(&file).unwrap_err().contains("is a file"));
+        assert!(preflight_local(&file.join("")).unwrap_err().contains("is a file"), "a trailing `/`");
+        assert!(preflight_local(&file.join("sub/t")).unwrap_err().contains("cannot be created"));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing left behind");
+    }
 
     #[test]
     fn store_errors_are_named_by_status_not_by_digits_in_a_path() {
