@@ -103,7 +103,7 @@ fn main() -> ExitCode {
             // One line: what was wrong, where, and what to do.
             let msg = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {msg}");
-            ExitCode::FAILURE
+            ExitCode::from(cli::exit::code(&e))
         }
     }
 }

@@ -21,6 +21,7 @@ fn run_with_config(text: &str) -> (i32, String) {
 
 fn assert_one_line_error(code: i32, stderr: &str, needles: &[&str]) {
     assert_ne!(code, 0, "must exit non-zero; stderr: {stderr}");
+    assert_ne!(code, 101, "not a panic's code; stderr: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 1, "exactly one error line; stderr: {stderr}");
     for n in needles {
@@ -33,6 +34,7 @@ fn assert_one_line_error(code: i32, stderr: &str, needles: &[&str]) {
 fn unknown_key_is_one_line_naming_the_key() {
     let (code, err) = run_with_config("id = \"p\"\n[source]\ntopics = [\"t\"]\n[epoch]\nintervl_ms = 100\n");
     assert_one_line_error(code, &err, &["pipeline.toml", "line 5", "intervl_ms"]);
+    assert_eq!(code, 2, "a config error");
 }
 
 #[test]
@@ -59,6 +61,7 @@ fn unreachable_broker_is_one_line_naming_the_address() {
     let (code, err) =
         run_with_config("id = \"p\"\n[source]\nbrokers = \"127.0.0.1:1\"\ntopics = [\"t\"]\nconnect_timeout_ms = 1500\n");
     assert_one_line_error(code, &err, &["cannot reach Kafka", "127.0.0.1:1"]);
+    assert_eq!(code, 3, "cannot connect");
 }
 
 #[test]
@@ -67,6 +70,7 @@ fn missing_topic_is_one_line_naming_the_topic() {
     let topic = crate::common::unique("no-such-topic");
     let (code, err) = run_with_config(&format!("id = \"p\"\n[source]\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\n"));
     assert_one_line_error(code, &err, &[&topic, "does not exist"]);
+    assert_eq!(code, 3, "not there");
 }
 
 #[test]
@@ -234,4 +238,60 @@ fn kit_run(config: &std::path::Path) -> Command {
     let mut c = crate::kit::exactly_run(std::path::Path::new(env!("CARGO_BIN_EXE_exactly")), config, None);
     c.env("RUST_LOG", "off").stderr(std::process::Stdio::piped());
     c
+}
+
+/// `exactly verify`'s exit codes: 0 clean, 4 the audit found problems, 5 it could not run, 3
+/// Kafka cannot be reached, 2 a bad config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_exits_with_a_code_for_each_outcome() {
+    use crate::common;
+    let topic = common::topic("verify-codes", 1).await;
+    common::produce_events(&topic, 0, 300).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    let table = dir.path().join("table");
+    let pipeline = common::start(&config, Default::default()).await;
+    common::wait_table_drained(&table, &config.id, &topic, std::time::Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+    let file = common::write_config(&config, dir.path());
+    let verify = |brokers: &str| {
+        let out = exactly().args(["verify", "--config"]).arg(&file).env("KAFKA_BROKERS", brokers).output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let brokers = common::brokers();
+    assert_eq!(verify(&brokers).0, 0);
+    let (code, err) = verify("127.0.0.1:1");
+    assert_eq!(code, 3, "{err}");
+
+    // A data file deleted behind the table's back: the audit finds rows missing.
+    let parquet = std::fs::read_dir(&table)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .unwrap();
+    let kept = std::fs::read(&parquet).unwrap();
+    std::fs::write(&parquet, b"").unwrap();
+    let (code, err) = verify(&brokers);
+    assert_eq!(code, 5, "a file it cannot read: the audit could not run: {err}");
+    std::fs::write(&parquet, kept).unwrap();
+    assert_eq!(verify(&brokers).0, 0);
+
+    // A commit added by hand that removes a file: rows the range says are committed are gone.
+    let log = table.join("_delta_log");
+    let last = std::fs::read_dir(&log)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".json")?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let name = parquet.file_name().unwrap().to_str().unwrap();
+    let remove = format!(
+        "{{\"remove\":{{\"path\":\"{name}\",\"deletionTimestamp\":1,\"dataChange\":true}}}}\n{{\"commitInfo\":{{\"operation\":\"DELETE\"}}}}\n"
+    );
+    std::fs::write(log.join(format!("{:020}.json", last + 1)), remove).unwrap();
+    let (code, err) = verify(&brokers);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("missing"), "{err}");
+
+    std::fs::write(&file, "id = \"p\"\n[source]\ntopics = []\n[sink]\nkind = \"console\"\n").unwrap();
+    assert_eq!(verify(&brokers).0, 2);
 }

@@ -3,6 +3,7 @@
 
 pub(crate) mod check;
 pub(crate) mod checkpoint;
+pub(crate) mod exit;
 pub(crate) mod maintenance;
 pub(crate) mod produce;
 pub(crate) mod run;

@@ -8,7 +8,7 @@ use super::plan;
 /// Audits the pipeline `config` names and prints the report.
 pub(crate) async fn verify(config: &Path) -> anyhow::Result<()> {
     let plan = plan(config)?;
-    let audit = exactly::verify::verify(&plan.config).await?;
+    let audit = exactly::verify::verify(&plan.config).await.map_err(|e| super::exit::Audit::NotRun(e.into()))?;
     print!("{}", audit.render());
     if audit.ok() {
         Ok(())
@@ -18,7 +18,7 @@ pub(crate) async fn verify(config: &Path) -> anyhow::Result<()> {
         let total = |f: fn(&exactly::verify::PartitionAudit) -> u64| {
             audit.total(f) + audit.outputs.iter().map(|o| o.total(f)).sum::<u64>()
         };
-        anyhow::bail!(
+        Err(super::exit::Audit::Failed(format!(
                 "verify: {} missing, {} duplicated, {} unexpected offsets, {} rows or dead letters unlike Kafka's record, {} key problems, {} commits by a fenced group member, {} epochs committed twice (in the data table and its outputs)",
                 total(|p| p.missing),
                 total(|p| p.duplicated),
@@ -27,6 +27,7 @@ pub(crate) async fn verify(config: &Path) -> anyhow::Result<()> {
                 keys,
                 audit.fencing.len(),
                 audit.twice.len()
-            )
+            ))
+        .into())
     }
 }
