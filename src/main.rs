@@ -17,6 +17,16 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written on stderr: `text` (coloured on a terminal) or `json` (one
+    /// object per line: timestamp, level, message, fields; for log collectors).
+    #[arg(long, global = true, value_enum, default_value = "text", env = "EXACTLY_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -74,19 +84,18 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // delta-rs warns "table updated but max_retries is 0" for every commit that lands on
-            // a newer version than it read with retries off; compaction and bucket replacement
-            // commit so on purpose and read again themselves (see their comments): not a
-            // warning for the user.
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                EnvFilter::new("warn,exactly=info,deltalake_core::writer::stats=error,deltalake_core::kernel::transaction=error")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    // delta-rs warns "table updated but max_retries is 0" for every commit that lands on a
+    // newer version than it read with retries off; compaction and bucket replacement commit so
+    // on purpose and read again themselves (see their comments): not a warning for the user.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("warn,exactly=info,deltalake_core::writer::stats=error,deltalake_core::kernel::transaction=error")
+    });
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let _ = cli::JSON_LINES.set(cli.log_format == LogFormat::Json);
+    match cli.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -102,7 +111,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: what was wrong, where, and what to do.
             let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            cli::say("ERROR", &msg);
             ExitCode::from(cli::exit::code(&e))
         }
     }

@@ -295,3 +295,62 @@ async fn verify_exits_with_a_code_for_each_outcome() {
     std::fs::write(&file, "id = \"p\"\n[source]\ntopics = []\n[sink]\nkind = \"console\"\n").unwrap();
     assert_eq!(verify(&brokers).0, 2);
 }
+
+/// `--log-format json`: every line on stderr is a JSON object a log collector can read — the
+/// log lines, the start banner, each epoch's progress, the stop — and none carries a colour
+/// code; a refused start's one line is an object too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    use crate::common;
+    let topic = common::topic("json-logs", 2).await;
+    common::produce_events(&topic, 0, 400).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    let file = common::write_config(&config, dir.path());
+    // (stderr to a file: a pipe nobody reads fills up and blocks the logging process)
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_exactly"))
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&file)
+        .env_remove("KAFKA_BROKERS")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    common::wait_table_drained(&dir.path().join("table"), &config.id, &topic, std::time::Duration::from_secs(60)).await;
+    crate::kit::sigterm(&child).unwrap();
+    let mut status = None;
+    common::wait_until(std::time::Duration::from_secs(60), "the exit after SIGTERM", || {
+        status = child.try_wait().unwrap();
+        std::future::ready(status.is_some())
+    })
+    .await;
+    let status = status.unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{stderr}");
+    let objects: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l}")))
+        .collect();
+    assert!(!stderr.contains('\u{1b}'), "no colour codes: {stderr}");
+    for o in &objects {
+        assert!(o["timestamp"].as_str().is_some_and(|t| t.ends_with('Z') || t.contains('T')), "{o}");
+    }
+    let epochs: u64 = objects
+        .iter()
+        .filter(|o| o["epoch"].is_u64() && o["input_rows"].is_u64())
+        .map(|o| o["input_rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(epochs, 400, "the progress objects count every record");
+    assert!(objects.iter().any(|o| o["message"].as_str().is_some_and(|m| m.starts_with("pipeline '"))), "the banner");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "id = \"p\"\n[source]\ntopics = []\n[sink]\nkind = \"console\"\n").unwrap();
+    let out = exactly().args(["run", "--log-format", "json", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["level"], "ERROR");
+    assert!(err["message"].as_str().unwrap().contains("source.topics"), "{err}");
+}

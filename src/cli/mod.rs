@@ -17,6 +17,26 @@ use exactly::config::{PipelineConfig, TableLocation};
 use exactly::plan::Plan;
 use exactly::source as kafka;
 
+/// Whether stderr's lines are JSON objects (`--log-format json`), set once at start.
+pub(crate) static JSON_LINES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Writes one line for the operator on stderr: as it is, or with `--log-format json` as an
+/// object like the log lines' (`timestamp`, `level`, `message`).
+pub(crate) fn say(level: &str, line: &str) {
+    if *JSON_LINES.get().unwrap_or(&false) {
+        let object = serde_json::json!({
+            "timestamp": exactly::telemetry::progress::Progress::now(),
+            "level": level,
+            "message": line,
+        });
+        eprintln!("{object}");
+    } else if level == "ERROR" {
+        eprintln!("error: {line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
 /// Loads, checks and plans the config at `path` (errors name the file).
 pub(crate) fn plan(path: &std::path::Path) -> anyhow::Result<Plan> {
     let config = PipelineConfig::load(path)?;
@@ -34,7 +54,7 @@ pub(crate) fn stop_signal() -> impl std::future::Future<Output = ()> {
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        eprintln!("stopping: committing the open epoch (press Ctrl-C again to exit at once; nothing committed is lost)");
+        say("INFO", "stopping: committing the open epoch (press Ctrl-C again to exit at once; nothing committed is lost)");
         tokio::spawn(async move {
             let _ = int.recv().await;
             std::process::exit(130);

@@ -7,16 +7,17 @@ use clap::{Args, ValueEnum};
 use exactly::pipeline::{Pipeline, RunOptions};
 use exactly::testing::failpoint::FailPoints;
 
-use super::{plan, stop_signal};
+use super::{plan, say, stop_signal};
 
 #[derive(Args)]
 pub(crate) struct RunArgs {
     /// The pipeline's TOML config (see docs/config.md).
     #[arg(long, short)]
     pub(crate) config: PathBuf,
-    /// How to report each committed epoch on stderr.
-    #[arg(long, value_enum, default_value = "text")]
-    pub(crate) progress: ProgressFormat,
+    /// How to report each committed epoch on stderr (default: `text`, or `json` with
+    /// `--log-format json`).
+    #[arg(long, value_enum)]
+    pub(crate) progress: Option<ProgressFormat>,
     /// Before starting, rebuild the checkpoint from the table's last committed epoch: the way
     /// out when the checkpoint was lost, or belongs to another run of the same table.
     #[arg(long)]
@@ -39,26 +40,30 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = plan.config.clone();
     if let Some(listen) = &config.metrics.listen {
         exactly::telemetry::metrics::install_exporter(listen.parse()?, &config.id)?;
-        eprintln!("metrics: http://{listen}/metrics");
+        say("INFO", &format!("metrics: http://{listen}/metrics"));
     }
     let failpoints = Arc::new(FailPoints::from_env()?);
     let sink = exactly::pipeline::sink(&plan, failpoints.clone());
-    eprintln!(
-        "pipeline '{}': {} from {} ({}) -> {} sink; checkpoint {}",
-        config.id,
-        config.source.topics.join(","),
-        config.source.brokers,
-        config.source.security.summary(),
-        sink.name(),
-        config.checkpoint_dir().display()
+    say(
+        "INFO",
+        &format!(
+            "pipeline '{}': {} from {} ({}) -> {} sink; checkpoint {}",
+            config.id,
+            config.source.topics.join(","),
+            config.source.brokers,
+            config.source.security.summary(),
+            sink.name(),
+            config.checkpoint_dir().display()
+        ),
     );
     if let (Some(table), Some(dead)) = (config.table_path(), config.dead_letter_path()) {
-        eprintln!("table: {table}  dead letters: {dead}");
+        say("INFO", &format!("table: {table}  dead letters: {dead}"));
     }
     let options = RunOptions { failpoints, reset_checkpoint_from_table: args.reset_checkpoint_from_table };
     let pipeline = Pipeline::start_planned(plan, sink, options).await?;
     let mut progress = pipeline.progress();
-    let format = args.progress;
+    let json = *super::JSON_LINES.get().unwrap_or(&false);
+    let format = args.progress.unwrap_or(if json { ProgressFormat::Json } else { ProgressFormat::Text });
     let printer = tokio::spawn(async move {
         while let Ok(p) = progress.recv().await {
             match format {

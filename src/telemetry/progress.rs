@@ -26,6 +26,8 @@ pub struct PartitionProgress {
 /// What one committed epoch did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Progress {
+    /// When the epoch's commit was reported, RFC 3339 in UTC (`2026-12-07T04:01:02.345Z`).
+    pub timestamp: String,
     /// Pipeline id.
     pub pipeline: String,
     /// Epoch committed.
@@ -68,6 +70,11 @@ fn ms(d: Duration) -> f64 {
 }
 
 impl Progress {
+    /// Now, as [`Progress::timestamp`] shows it.
+    pub fn now() -> String {
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+
     /// Milliseconds of a duration, for the report.
     pub fn millis(d: Duration) -> f64 {
         ms(d)
@@ -79,8 +86,16 @@ impl fmt::Display for Progress {
         let lag = self.lag.map(|l| l.to_string()).unwrap_or_else(|| "?".into());
         write!(
             f,
-            "epoch {:>6} | {:>8} rows | {:>4} dead | {:>9.0} rows/s | lag {:>8} | commit {:>6.1} ms + checkpoint {:>5.1} ms | restarts {}",
-            self.epoch, self.input_rows, self.dead_letters, self.rows_per_second, lag, self.sink_ms, self.checkpoint_ms, self.restarts
+            "{} epoch {:>6} | {:>8} rows | {:>4} dead | {:>9.0} rows/s | lag {:>8} | commit {:>6.1} ms + checkpoint {:>5.1} ms | restarts {}",
+            self.timestamp,
+            self.epoch,
+            self.input_rows,
+            self.dead_letters,
+            self.rows_per_second,
+            lag,
+            self.sink_ms,
+            self.checkpoint_ms,
+            self.restarts
         )?;
         if self.state_ms > 0.0 {
             write!(f, " | state {:.1} ms", self.state_ms)?;

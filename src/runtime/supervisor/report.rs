@@ -67,6 +67,7 @@ impl SupervisorState {
         }
         let table = self.args.sink.table_stats();
         let progress = Progress {
+            timestamp: Progress::now(),
             pipeline: self.args.plan.config.id.clone(),
             epoch: report.epoch,
             generation: self.generation,
