@@ -135,6 +135,21 @@ impl Pipeline {
         ractor::call_t!(self.supervisor, SupervisorMsg::Status, 10_000).map_err(|e| Error::Actor(format!("status: {e}")))
     }
 
+    /// What `/readyz` asks: the pipeline's readiness (see [`crate::telemetry::health::readiness`]),
+    /// from the supervisor's status; a supervisor that does not answer within 2 s is not ready.
+    pub fn readiness_probe(&self) -> crate::telemetry::http::Probe {
+        let supervisor = self.supervisor.clone();
+        Arc::new(move || {
+            let supervisor = supervisor.clone();
+            Box::pin(async move {
+                match ractor::call_t!(supervisor, SupervisorMsg::Status, 2_000) {
+                    Ok(status) => crate::telemetry::health::readiness(&status.health),
+                    Err(_) => Err("the supervisor does not answer".into()),
+                }
+            })
+        })
+    }
+
     /// True once the pipeline has stopped (by itself, on a fatal error, or after shutdown).
     pub fn is_finished(&self) -> bool {
         self.join.is_finished()

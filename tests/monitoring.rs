@@ -251,3 +251,71 @@ fn regex_series(exprs: &[String]) -> Vec<String> {
     }
     out.into_iter().collect()
 }
+
+/// The status line and body of `GET path` on 127.0.0.1:`port` (`None`: no answer).
+fn probe(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_string()))
+}
+
+/// `/healthz` answers while the process lives; `/readyz` is 503 until an epoch resolves, 200
+/// while epochs commit, 503 while a stop drains (and while the tree restarts after a failure);
+/// `/metrics` is on the same listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probes_follow_the_pipeline_through_start_drain_and_restarts() {
+    let topic = common::topic("probes", 2).await;
+    common::produce_events(&topic, 0, 1_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    let port = common::free_port();
+    config.metrics.listen = Some(format!("127.0.0.1:{port}"));
+    let file = common::write_config(&config, dir.path());
+
+    // Every commit takes 3 s, and records keep coming: the stop's epoch has some, and its
+    // drain lasts long enough to be seen.
+    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 1_000_000);
+    (opts.rate, opts.first_id) = (Some(200), 10_000);
+    let producer = tokio::spawn(async move { produce(&opts, std::future::pending()).await });
+    let child = common::spawn(&file, Some("before-delta-commit=1000*sleep(3000)"));
+    common::wait_until(Duration::from_secs(30), "/healthz answers", || async {
+        probe(port, "/healthz").is_some_and(|(c, _)| c == 200)
+    })
+    .await;
+    let (code, body) = probe(port, "/readyz").unwrap();
+    assert_eq!(code, 503, "not ready before an epoch resolved: {body}");
+    common::wait_until(Duration::from_secs(60), "/readyz says ready", || async {
+        probe(port, "/readyz").is_some_and(|(c, _)| c == 200)
+    })
+    .await;
+    assert!(probe(port, "/metrics").unwrap().1.contains("exactly_records_committed_total"));
+    assert_eq!(probe(port, "/nope").unwrap().0, 404);
+
+    crate::kit::sigterm(&child).unwrap();
+    common::wait_until(Duration::from_secs(10), "/readyz says draining", || async {
+        probe(port, "/readyz").is_some_and(|(c, b)| c == 503 && b.contains("draining"))
+    })
+    .await;
+    assert_eq!(probe(port, "/healthz").unwrap().0, 200, "alive while draining");
+    let (status, stderr) = common::wait_exit(child, Duration::from_secs(60), "the drained stop").await;
+    assert!(status.success(), "{stderr}");
+    producer.abort();
+
+    // Commits that fail: between generations (a 3 s backoff) the tree is restarting.
+    config.supervisor.backoff_ms = 3_000;
+    let file = common::write_config(&config, dir.path());
+    common::produce_events(&topic, 1_000, 100).await;
+    let child = common::spawn(&file, Some("before-delta-commit=1000*error"));
+    common::wait_until(Duration::from_secs(60), "/readyz says restarting", || async {
+        probe(port, "/readyz").is_some_and(|(c, b)| c == 503 && b.contains("starting"))
+    })
+    .await;
+    let mut child = child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -38,9 +38,10 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stop = stop_signal();
     let plan = plan(&args.config)?;
     let config = plan.config.clone();
+    let probe = exactly::telemetry::http::ProbeCell::default();
     if let Some(listen) = &config.metrics.listen {
-        exactly::telemetry::metrics::install_exporter(listen.parse()?, &config.id)?;
-        say("INFO", &format!("metrics: http://{listen}/metrics"));
+        exactly::telemetry::http::serve(listen.parse()?, &config.id, probe.clone()).await?;
+        say("INFO", &format!("metrics: http://{listen}/metrics (probes: /healthz, /readyz)"));
     }
     let failpoints = Arc::new(FailPoints::from_env()?);
     let sink = exactly::pipeline::sink(&plan, failpoints.clone());
@@ -61,6 +62,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let options = RunOptions { failpoints, reset_checkpoint_from_table: args.reset_checkpoint_from_table };
     let pipeline = Pipeline::start_planned(plan, sink, options).await?;
+    let _ = probe.set(pipeline.readiness_probe());
     let mut progress = pipeline.progress();
     let json = *super::JSON_LINES.get().unwrap_or(&false);
     let format = args.progress.unwrap_or(if json { ProgressFormat::Json } else { ProgressFormat::Text });

@@ -176,4 +176,6 @@ pub struct PipelineStatus {
     pub aggregator: Option<ActorRef<AggregatorMsg>>,
     /// The committer of the current generation.
     pub committer: Option<ActorRef<CommitterMsg>>,
+    /// What readiness is decided on (`/readyz`).
+    pub health: crate::telemetry::health::Health,
 }

@@ -1,12 +1,6 @@
 //! Metric names, in one place, and the Prometheus exporter. Every name is documented in
 //! `dashboards/README.md`.
 
-use std::net::SocketAddr;
-
-use metrics_exporter_prometheus::PrometheusBuilder;
-
-use crate::error::{Error, Result};
-
 /// Counter, labels `topic`, `partition`: records read from Kafka (including re-reads after a
 /// restart).
 pub const RECORDS_CONSUMED: &str = "exactly_records_consumed_total";
@@ -96,20 +90,8 @@ pub const ASSIGNED_PARTITIONS: &str = "exactly_assigned_partitions";
 pub const FENCED: &str = "exactly_fenced_epochs_total";
 
 /// Histogram buckets, seconds: from 1 ms to 2 minutes.
-const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
-
-/// Serves `/metrics` on `addr` for the rest of the process; every series carries
-/// `pipeline="<id>"`.
-pub fn install_exporter(addr: SocketAddr, pipeline: &str) -> Result<()> {
-    let err = |e: String| Error::Io { context: format!("metrics endpoint on {addr}"), source: std::io::Error::other(e) };
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .add_global_label("pipeline", pipeline)
-        .set_buckets(BUCKETS)
-        .map_err(|e| err(e.to_string()))?
-        .install()
-        .map_err(|e| err(e.to_string()))
-}
+pub(super) const BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
 /// Registers every labelled series at zero, so dashboards and `rate()` have data from the
 /// first scrape, not from the first event.

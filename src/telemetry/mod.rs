@@ -1,5 +1,8 @@
-//! What the pipeline tells its operators: metric names and the Prometheus exporter
-//! ([`metrics`]), and per-epoch progress reports ([`progress`]).
+//! What the pipeline tells its operators: metric names ([`metrics`]), the HTTP listener with
+//! `/metrics` and the probes ([`http`], [`health`]), and per-epoch progress reports
+//! ([`progress`]).
 
+pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod progress;

@@ -293,6 +293,7 @@ impl SupervisorState {
             t.abort();
         }
         self.orphaned = self.in_flight.take().map(|f| f.barrier).or(self.orphaned);
+        self.resolved_at = None;
         self.phase.set_last(None);
         if let Some(gen) = self.current.take() {
             if let Some(d) = &gen.discovery {

@@ -172,6 +172,8 @@ pub struct SupervisorState {
     /// stop that failed to commit it cuts its retry there.
     uncommitted_cut: Option<Offsets>,
     last_commit_at: Instant,
+    /// When this generation last resolved an epoch (committed, or cut empty): readiness.
+    resolved_at: Option<Instant>,
     reset_from_sink: bool,
     processor: Option<Arc<Processor>>,
     /// The last committed cut, shared with the Kafka statistics callback (lag per partition).
@@ -307,6 +309,7 @@ impl SupervisorState {
             return Ok(());
         };
         self.in_flight = None;
+        self.resolved_at = Some(Instant::now());
         if let Some(report) = report {
             self.on_commit(report);
         }
@@ -427,6 +430,7 @@ impl Actor for SupervisorActor {
             phase: Phase::Running,
             uncommitted_cut: None,
             last_commit_at: Instant::now(),
+            resolved_at: None,
             reset_from_sink,
             processor,
             committed_offsets,

@@ -109,6 +109,15 @@ impl SupervisorState {
             consumers: self.current.as_ref().map(|g| g.consumers.clone()).unwrap_or_default(),
             aggregator: self.current.as_ref().map(|g| g.aggregator.clone()),
             committer: self.current.as_ref().map(|g| g.committer.clone()),
+            health: crate::telemetry::health::Health {
+                running: self.current.is_some(),
+                draining: self.shutting_down(),
+                restarts_left: self.restarts.remaining(),
+                since_resolved: self.resolved_at.map(|t| t.elapsed()),
+                resolve_within: crate::telemetry::health::Health::resolve_within(Duration::from_millis(
+                    self.args.plan.config.epoch.interval_ms,
+                )),
+            },
         }
     }
 }
