@@ -28,6 +28,9 @@ pub struct RunOptions {
     /// Rebuild the checkpoint from the table's last committed epoch before starting: the
     /// documented way out when the checkpoint was lost or belongs to another run.
     pub reset_checkpoint_from_table: bool,
+    /// Read every partition to the offsets that are latest now, commit, and stop (a scheduled
+    /// job; see `runtime::supervisor::until`).
+    pub until_caught_up: bool,
 }
 
 /// A running pipeline.
@@ -87,8 +90,23 @@ impl Pipeline {
                 "--reset-checkpoint-from-table has no meaning in group mode (source.group_id): members keep no checkpoint, the table records where each partition resumes".into(),
             ));
         }
+        if options.until_caught_up && src.group_id.is_some() {
+            return Err(Error::Config(crate::error::ConfigError::Invalid {
+                path: config.id.clone(),
+                field: "source.group_id".into(),
+                problem: "cannot be used with --until-caught-up yet: each member would stop at its own partitions' ends".into(),
+            }));
+        }
         let connection = crate::source::Connection::of(&config.source)?;
-        let partitions = source::preflight(&connection, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
+        let timeout = Duration::from_millis(src.connect_timeout_ms);
+        let partitions = source::preflight(&connection, &src.topics, timeout).await?;
+        let until = match options.until_caught_up {
+            true => Some(
+                source::resolve_starting_offsets(&connection, &partitions, crate::config::StartingOffsets::Latest, timeout)
+                    .await?,
+            ),
+            false => None,
+        };
         sink.preflight().await?;
         if src.group_id.is_none() {
             let dir = config.checkpoint_dir();
@@ -120,6 +138,7 @@ impl Pipeline {
             failpoints: options.failpoints,
             reset_checkpoint_from_table: options.reset_checkpoint_from_table,
             persisted,
+            until,
         };
         let (supervisor, join) = Actor::spawn(None, SupervisorActor, args).await.map_err(|e| Error::Actor(e.to_string()))?;
         Ok(Pipeline { supervisor, join, outcome, stopped_cleanly, progress, shutdown_timeout })

@@ -354,3 +354,63 @@ async fn json_logs_are_one_object_per_line() {
     assert_eq!(err["level"], "ERROR");
     assert!(err["message"].as_str().unwrap().contains("source.topics"), "{err}");
 }
+
+/// Commits `n` events with ids from `first` in one Kafka transaction: the partitions it writes
+/// then end with a transaction marker.
+async fn produce_in_a_transaction(topic: &str, first: u64, n: u64) {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let (brokers, topic, txn) = (crate::common::brokers(), topic.to_string(), crate::common::unique("txn"));
+    tokio::task::spawn_blocking(move || {
+        let producer: ThreadedProducer<DefaultProducerContext> = exactly::source::Connection::plaintext(brokers.as_str())
+            .client_config()
+            .set("transactional.id", &txn)
+            .create()
+            .unwrap();
+        let timeout = std::time::Duration::from_secs(30);
+        producer.init_transactions(timeout).unwrap();
+        producer.begin_transaction().unwrap();
+        for id in first..first + n {
+            let (json, key) = (exactly::source::producer::event_json(id, 10, 0), id.to_string());
+            producer.send(BaseRecord::to(&topic).key(&key).payload(&json)).unwrap();
+        }
+        producer.commit_transaction(timeout).unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// `exactly run --until-caught-up`: reads to the offsets that were latest at the start (past the
+/// transaction markers partitions end with), commits, exits 0 with the audit clean; records
+/// produced while it runs wait for the next run, which takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_caught_up_reads_what_was_there_commits_and_exits() {
+    use crate::common;
+    let topic = common::topic("until-caught-up", 3).await;
+    common::produce_events(&topic, 0, 1_000).await;
+    produce_in_a_transaction(&topic, 1_000, 90).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    let file = common::write_config(&config, dir.path());
+    let run = |file: &std::path::Path| {
+        let child = kit_run(file).arg("--until-caught-up").spawn().unwrap();
+        common::wait_exit(child, std::time::Duration::from_secs(90), "--until-caught-up exits by itself")
+    };
+    let (status, stderr) = run(&file).await;
+    assert!(status.success(), "{stderr}");
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.rows), 1_090);
+
+    // Records keep coming while the second run reads: it stops at what was there when it began
+    // and the third run takes the rest.
+    let mut opts = exactly::source::producer::ProduceOptions::new(&common::brokers(), &topic, 2_000);
+    (opts.first_id, opts.rate) = (2_000, Some(1_000));
+    let producer = tokio::spawn(async move { exactly::source::producer::produce(&opts, std::future::pending()).await.unwrap() });
+    let (status, stderr) = run(&file).await;
+    assert!(status.success(), "{stderr}");
+    producer.await.unwrap();
+    let (status, stderr) = run(&file).await;
+    assert!(status.success(), "{stderr}");
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.rows), 3_090);
+    assert_eq!(common::read_with_python(&dir.path().join("table"))["rows"].as_u64(), Some(3_090));
+}

@@ -22,6 +22,11 @@ pub(crate) struct RunArgs {
     /// out when the checkpoint was lost, or belongs to another run of the same table.
     #[arg(long)]
     pub(crate) reset_checkpoint_from_table: bool,
+    /// Read every partition up to the offsets that are latest at the start, commit, and exit 0
+    /// (a scheduled job: Spark's Trigger.AvailableNow). Records produced meanwhile wait for
+    /// the next run.
+    #[arg(long)]
+    pub(crate) until_caught_up: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -60,7 +65,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let (Some(table), Some(dead)) = (config.table_path(), config.dead_letter_path()) {
         say("INFO", &format!("table: {table}  dead letters: {dead}"));
     }
-    let options = RunOptions { failpoints, reset_checkpoint_from_table: args.reset_checkpoint_from_table };
+    let options = RunOptions {
+        failpoints,
+        reset_checkpoint_from_table: args.reset_checkpoint_from_table,
+        until_caught_up: args.until_caught_up,
+    };
     let pipeline = Pipeline::start_planned(plan, sink, options).await?;
     let _ = probe.set(pipeline.readiness_probe());
     let mut progress = pipeline.progress();

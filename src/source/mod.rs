@@ -43,6 +43,9 @@ pub struct Watermarks {
     pub high: i64,
     /// Last stable offset (what a read_committed consumer can reach).
     pub last_stable: i64,
+    /// How far the application has read (librdkafka's `app_offset`: past the last record it
+    /// was given, and past transaction markers and aborted records it skipped).
+    pub read: Option<i64>,
 }
 
 impl PartitionStats {
@@ -107,7 +110,8 @@ impl ClientContext for StatsContext {
                     metrics::gauge!(crate::telemetry::metrics::CONSUMER_LAG, "topic" => topic.clone(), "partition" => p.to_string())
                         .set((ls - next).max(0) as f64);
                 }
-                map.insert(tp, Watermarks { high: s.hi_offset, last_stable: ls });
+                let read = (s.app_offset >= 0).then_some(s.app_offset);
+                map.insert(tp, Watermarks { high: s.hi_offset, last_stable: ls, read });
             }
         }
         if let Some(rss) = crate::telemetry::metrics::resident_bytes() {

@@ -209,6 +209,10 @@ impl SupervisorState {
         let b = self.next_barrier;
         self.next_barrier += 1;
         self.in_flight = Some(InFlight { from: b, barrier: b, cut_next: false });
+        if let Some(until) = self.until.as_mut() {
+            let stats = &self.stats;
+            until.cut(b, |tp| stats.get(tp).and_then(|w| w.read));
+        }
         for (_, c) in &gen.consumers {
             c.cast(ConsumerMsg::Barrier(b))?;
         }

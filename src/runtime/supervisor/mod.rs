@@ -23,6 +23,7 @@ mod generation;
 mod group;
 mod recover;
 mod report;
+pub(crate) mod until;
 
 use budget::{Admit, RestartBudget};
 use generation::Generation;
@@ -90,6 +91,9 @@ pub struct SupervisorArgs {
     pub reset_checkpoint_from_table: bool,
     /// `checkpoint.remote`: what start-up found there (a restore already done).
     pub persisted: Option<crate::state::persist::Found>,
+    /// `--until-caught-up`: the offsets to read to (the high watermarks at the start), then
+    /// stop.
+    pub until: Option<crate::model::Offsets>,
 }
 
 /// The supervisor's lifecycle. Each phase carries its own data, so a combination that means
@@ -174,6 +178,8 @@ pub struct SupervisorState {
     last_commit_at: Instant,
     /// When this generation last resolved an epoch (committed, or cut empty): readiness.
     resolved_at: Option<Instant>,
+    /// `--until-caught-up`: what is still to be read.
+    until: Option<until::Until>,
     reset_from_sink: bool,
     processor: Option<Arc<Processor>>,
     /// The last committed cut, shared with the Kafka statistics callback (lag per partition).
@@ -313,6 +319,12 @@ impl SupervisorState {
         if let Some(report) = report {
             self.on_commit(report);
         }
+        let caught_up = self.until.as_mut().is_some_and(|u| u.resolved(barrier, &self.committed.offsets()));
+        if caught_up && !self.shutting_down() {
+            tracing::info!(epoch = self.committed.epoch, "caught up with the offsets that were latest at the start; stopping");
+            self.on_shutdown(myself)?;
+            return Ok(());
+        }
         match &self.phase {
             Phase::Stopping { last: Some(last), .. } if *last == barrier => {
                 self.teardown(true).await;
@@ -371,6 +383,7 @@ impl Actor for SupervisorActor {
             None => CheckpointStore::open_with(args.plan.config.checkpoint_dir(), &args.plan.config.state)?,
         }
         .with_failpoints(args.failpoints.clone());
+        let until = args.until.take().map(|targets| until::Until::new(targets, &Default::default()));
         let persister = args.persisted.take().map(|found| Persister::start(found, store.clone(), &args.plan.config.checkpoint));
         let decoded = args.plan.decoder.schema();
         let config = &args.plan.config;
@@ -431,6 +444,7 @@ impl Actor for SupervisorActor {
             uncommitted_cut: None,
             last_commit_at: Instant::now(),
             resolved_at: None,
+            until,
             reset_from_sink,
             processor,
             committed_offsets,
