@@ -293,7 +293,10 @@ async fn the_probes_follow_the_pipeline_through_start_drain_and_restarts() {
         probe(port, "/readyz").is_some_and(|(c, _)| c == 200)
     })
     .await;
-    assert!(probe(port, "/metrics").unwrap().1.contains("exactly_records_committed_total"));
+    let metrics = probe(port, "/metrics").unwrap().1;
+    for series in ["exactly_records_committed_total", "exactly_build_info{", "process_cpu_seconds_total", "process_open_fds"] {
+        assert!(metrics.contains(series), "{series} in /metrics:\n{metrics}");
+    }
     assert_eq!(probe(port, "/nope").unwrap().0, 404);
 
     crate::kit::sigterm(&child).unwrap();

@@ -114,9 +114,7 @@ impl ClientContext for StatsContext {
                 map.insert(tp, Watermarks { high: s.hi_offset, last_stable: ls, read });
             }
         }
-        if let Some(rss) = crate::telemetry::metrics::resident_bytes() {
-            metrics::gauge!(crate::telemetry::metrics::PROCESS_RSS).set(rss as f64);
-        }
+        crate::telemetry::process::record();
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {

@@ -89,7 +89,8 @@ pub const ASSIGNED_PARTITIONS: &str = "exactly_assigned_partitions";
 /// Counter: epochs dropped because another group member had claimed one of their partitions.
 pub const FENCED: &str = "exactly_fenced_epochs_total";
 
-/// Histogram buckets, seconds: from 1 ms to 2 minutes.
+/// Histogram buckets, seconds: from 1 ms to half an hour (a commit to a store in trouble, the
+/// end-to-end latency of a backlog).
 pub(super) const BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
@@ -125,13 +126,6 @@ pub fn register_zeros() {
     for kind in ["dedup", "aggregate", "upsert"] {
         metrics::gauge!(STATE_KEYS, "kind" => kind).increment(0.0);
     }
-}
-
-/// The process's resident set size in bytes (Linux `/proc/self/statm`).
-pub fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
 }
 
 /// Seconds since the Unix epoch.

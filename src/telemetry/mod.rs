@@ -5,4 +5,5 @@
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod process;
 pub mod progress;

@@ -393,6 +393,7 @@ impl Actor for SupervisorActor {
         let reset_from_sink = args.reset_checkpoint_from_table;
         let partitions = args.partitions.clone();
         m::register_zeros();
+        crate::telemetry::process::record_build();
         metrics::gauge!(m::LAST_COMMIT).set(m::unix_now());
         metrics::gauge!(m::EPOCH_INTERVAL).set(args.plan.config.epoch.interval().as_secs_f64());
         metrics::gauge!(m::RESTART_BUDGET_REMAINING).set(args.plan.config.supervisor.max_restarts as f64);
