@@ -69,22 +69,21 @@ pub fn resident_bytes() -> Option<u64> {
 }
 
 fn page_size() -> f64 {
-    // SAFETY: sysconf reads a constant of the system; no memory is touched.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as f64
-    } else {
-        4096.0
-    }
+    sysconf(libc::_SC_PAGESIZE, 4096.0)
 }
 
 fn clock_ticks() -> f64 {
-    // SAFETY: as above.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
+    sysconf(libc::_SC_CLK_TCK, 100.0)
+}
+
+/// A constant of the system (`otherwise` if it is not known).
+fn sysconf(name: libc::c_int, otherwise: f64) -> f64 {
+    // SAFETY: sysconf reads a constant of the system; no memory is touched.
+    let value = unsafe { libc::sysconf(name) };
+    if value > 0 {
+        value as f64
     } else {
-        100.0
+        otherwise
     }
 }
 
