@@ -15,7 +15,7 @@ default:
 
 # The main job: a local Kafka broker, the demo topic, a demo producer, the pipeline with live
 # progress. Ctrl-C commits the open epoch and stops everything this started.
-run: setup build
+run: setup-demo build
     scripts/run-demo
 
 # `just run` with the tables on the local S3-compatible server (SeaweedFS, started if needed):
@@ -57,9 +57,14 @@ bench *args: setup
 monitor: setup
     scripts/monitor
 
-# Install what this machine lacks (Debian packages, just, Kafka jars); fast when all is there.
+# Install what this machine lacks (Debian packages, just, Kafka jars, the test suite's servers
+# and readers, the bench's Spark); fast when all is there.
 setup:
     scripts/setup
+
+# Install only what `just run` needs (the build, Java, the Kafka broker's jars).
+setup-demo:
+    scripts/setup --demo
 
 # Build the binary.
 build:
