@@ -66,6 +66,19 @@ impl Plan {
             }
             None => (table_decoder.output_schema(), config.sink.partition_by().to_vec()),
         };
+        if let SinkConfig::Delta { parquet, table_properties, .. } = &config.sink {
+            if let Some(key) =
+                table_properties.keys().find(|k| k.starts_with("delta.") && k.parse::<deltalake::TableProperty>().is_err())
+            {
+                return Err(bad(
+                    &format!("sink.table_properties.\"{key}\""),
+                    "is not a Delta table property this writer knows (check its spelling)".into(),
+                ));
+            }
+            if let Some(c) = parquet.bloom_filters.iter().find(|c| table.0.field_with_name(c).is_err()) {
+                return Err(bad("sink.parquet.bloom_filters", format!("names {c:?}, which is not a column of the table")));
+            }
+        }
         let rejects_later =
             config.dedup.as_ref().is_some_and(|d| d.watermark_field.is_some()) || !config.sink.outputs().is_empty();
         let decoder = table_decoder.clone().keeping_raw(rejects_later);

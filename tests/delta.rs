@@ -221,3 +221,56 @@ async fn sinks_creating_one_table_at_once_leave_one_create() {
         assert_eq!(creates, 1, "round {round}: one CREATE TABLE");
     }
 }
+
+/// `[sink.parquet]` and `[sink.table_properties]`: the files are written with the codec, the
+/// row-group size and the Bloom filters asked for, the table carries the user's properties,
+/// and an independent reader reads every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_settings_and_table_properties_reach_the_files_and_the_table() {
+    use deltalake::parquet::basic::Compression;
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+    let topic = common::topic("parquet-settings", 2).await;
+    common::produce_events(&topic, 0, 5_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.epoch.max_records = 100_000;
+    if let exactly::config::SinkConfig::Delta { parquet, table_properties, compaction, .. } = &mut config.sink {
+        parquet.compression = "zstd(5)".into();
+        parquet.row_group_rows = Some(1_000);
+        parquet.bloom_filters = vec!["id".into()];
+        table_properties.insert("delta.dataSkippingNumIndexedCols".into(), "5".into());
+        table_properties.insert("owner.team".into(), "payments".into());
+        compaction.enabled = false;
+    }
+    run_until_drained(&config, RunOptions::default(), &topic).await;
+
+    let table = dir.path().join("table");
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&table)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    assert!(!files.is_empty());
+    let (mut rows, mut groups) = (0i64, 0usize);
+    for f in &files {
+        let reader = SerializedFileReader::new(std::fs::File::open(f).unwrap()).unwrap();
+        for g in reader.metadata().row_groups() {
+            groups += 1;
+            rows += g.num_rows();
+            assert!(g.num_rows() <= 1_000, "{}: a row group of {} rows", f.display(), g.num_rows());
+            for c in g.columns() {
+                assert!(matches!(c.compression(), Compression::ZSTD(_)), "{}: {:?}", c.column_path(), c.compression());
+                let bloom = c.bloom_filter_offset().is_some();
+                assert_eq!(bloom, c.column_path().string() == "id", "{}: a Bloom filter only for id", c.column_path());
+            }
+        }
+    }
+    assert_eq!(rows, 5_000);
+    assert!(groups >= 5, "{groups} row groups");
+    let t = exactly::sink::delta::load_table(&table).await.unwrap().unwrap();
+    let configuration = t.snapshot().unwrap().metadata().configuration().clone();
+    assert_eq!(configuration.get("owner.team").map(String::as_str), Some("payments"));
+    assert_eq!(configuration.get("delta.dataSkippingNumIndexedCols").map(String::as_str), Some("5"));
+    assert_eq!(common::read_with_python(&table)["rows"].as_u64(), Some(5_000));
+    common::assert_verified(&config).await;
+}

@@ -270,7 +270,7 @@ async fn auto_compaction_bounds_live_files_without_changing_data() {
     produce(&opts, std::future::pending()).await.unwrap();
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     // Compaction runs after commits: once the last epoch landed, the last round finishes.
-    let policy = exactly::maintenance::compaction::Policy { target_bytes: 128 << 20, min_files: 3 };
+    let policy = exactly::maintenance::compaction::Policy { target_bytes: 128 << 20, min_files: 3, parquet: Default::default() };
     let bound = (policy.min_files - 1) * (policy.tier(4 << 20) as usize + 1);
     let epochs = common::txn_versions(&table, &config.id).await.len();
     assert!(epochs > bound + 5, "{epochs} epochs: too few for the bound of {bound} files to show compaction");
@@ -476,7 +476,7 @@ async fn two_compactions_of_the_same_files_commit_once() {
 
     use exactly::maintenance::compaction::{live_files as files_of, rewrite, Policy};
     let location = exactly::config::TableLocation::from(table.as_path());
-    let policy = Policy { target_bytes: 128 << 20, min_files: 3 };
+    let policy = Policy { target_bytes: 128 << 20, min_files: 3, parquet: Default::default() };
     let mut first = exactly::sink::delta::load_table(&table).await.unwrap().unwrap();
     let mut second = exactly::sink::delta::load_table(&table).await.unwrap().unwrap();
     let group = policy.plan(&files_of(first.snapshot().unwrap())).into_iter().next().expect("files to merge");

@@ -287,6 +287,40 @@ mod tests {
     }
 
     #[test]
+    fn parquet_settings_and_table_properties_are_checked() {
+        let with = |f: &dyn Fn(&mut ParquetConfig, &mut BTreeMap<String, String>)| {
+            let mut c = PipelineConfig::new("p", &["t"]);
+            c.sink = SinkConfig::delta(Path::new("data/t"));
+            if let SinkConfig::Delta { parquet, table_properties, .. } = &mut c.sink {
+                f(parquet, table_properties);
+            }
+            c.validate("x.toml").map_err(|e| e.to_string())
+        };
+        for ok in ["snappy", "ZSTD", "zstd(19)", "lz4", "gzip(9)", "brotli(3)", "none"] {
+            with(&|p, _| p.compression = ok.into()).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        assert_eq!(ParquetConfig { compression: "zstd(7)".into(), ..Default::default() }.codec(), Ok(Codec::Zstd(7)));
+        for bad in ["zstd(0)", "gzip(10)", "snappy(1)", "lzo", "zstd(x)"] {
+            let e = with(&|p, _| p.compression = bad.into()).unwrap_err();
+            assert!(e.contains("sink.parquet.compression"), "{bad}: {e}");
+        }
+        assert!(with(&|p, _| p.row_group_rows = Some(10)).unwrap_err().contains("row_group_rows"));
+        let e = with(&|_, t| {
+            t.insert("delta.logRetentionDuration".into(), "interval 1 day".into());
+        })
+        .unwrap_err();
+        assert!(e.contains("managed by the pipeline") && e.contains("sink.log_retention"), "{e}");
+        assert!(with(&|_, t| {
+            t.insert("exactly.addedAt.x".into(), "1".into());
+        })
+        .is_err());
+        with(&|_, t| {
+            t.insert("owner.team".into(), "payments".into());
+        })
+        .unwrap();
+    }
+
+    #[test]
     fn group_mode_takes_stateless_delta_pipelines_only() {
         let mut c = PipelineConfig::new("p", &["t"]);
         c.sink = SinkConfig::delta(std::path::Path::new("data/t"));

@@ -62,8 +62,109 @@ pub enum SinkConfig {
         /// the same epoch, each with its own `txn`.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         outputs: Vec<OutputConfig>,
+        /// How the Parquet files of every table are written (`[sink.parquet]`).
+        #[serde(default)]
+        parquet: ParquetConfig,
+        /// Table properties of the user's own (`[sink.table_properties]`), set on every table
+        /// of the pipeline: e.g. `"delta.dataSkippingNumIndexedCols" = "8"` or a team's tag.
+        /// The properties the pipeline manages are refused here, naming the setting that sets
+        /// them.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        table_properties: BTreeMap<String, String>,
     },
 }
+
+/// `[sink.parquet]`: the Parquet writer's settings for the files of every table (an epoch's
+/// files and compaction's).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetConfig {
+    /// `snappy` (default), `zstd` or `zstd(level)` (1–22), `lz4`, `gzip` or `gzip(level)`
+    /// (0–9), `brotli` or `brotli(level)` (0–11), `none`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// Rows per row group at most (the Parquet writer's default: 1,048,576).
+    #[serde(default)]
+    pub row_group_rows: Option<usize>,
+    /// Columns to write a Bloom filter for (point lookups such as `WHERE id = 42` skip the row
+    /// groups that cannot hold the value): top-level columns of the table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bloom_filters: Vec<String>,
+}
+
+impl Default for ParquetConfig {
+    fn default() -> Self {
+        ParquetConfig { compression: default_compression(), row_group_rows: None, bloom_filters: Vec::new() }
+    }
+}
+
+fn default_compression() -> String {
+    "snappy".into()
+}
+
+/// A Parquet compression codec and its level, as `sink.parquet.compression` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// No compression.
+    None,
+    /// Snappy.
+    Snappy,
+    /// Zstandard at a level (1–22).
+    Zstd(i32),
+    /// LZ4 (raw).
+    Lz4,
+    /// Gzip at a level (0–9).
+    Gzip(u32),
+    /// Brotli at a level (0–11).
+    Brotli(u32),
+}
+
+impl ParquetConfig {
+    /// The codec `compression` names; `Err` says what is allowed.
+    pub fn codec(&self) -> Result<Codec, String> {
+        let text = self.compression.trim().to_ascii_lowercase();
+        let (name, level) = match text.split_once('(') {
+            Some((name, rest)) => {
+                let level = rest.strip_suffix(')').and_then(|l| l.trim().parse::<i64>().ok());
+                (
+                    name.trim().to_string(),
+                    Some(level.ok_or_else(|| format!("is {:?}: a level is a number in parentheses", self.compression))?),
+                )
+            }
+            None => (text, None),
+        };
+        let within = |lo: i64, hi: i64, default: i64| -> Result<i64, String> {
+            let l = level.unwrap_or(default);
+            (lo..=hi)
+                .contains(&l)
+                .then_some(l)
+                .ok_or_else(|| format!("is {:?}: {name}'s level is {lo} to {hi}", self.compression))
+        };
+        let flat =
+            |c: Codec| if level.is_some() { Err(format!("is {:?}: {name} takes no level", self.compression)) } else { Ok(c) };
+        match name.as_str() {
+            "none" | "uncompressed" => flat(Codec::None),
+            "snappy" => flat(Codec::Snappy),
+            "lz4" => flat(Codec::Lz4),
+            "zstd" => Ok(Codec::Zstd(within(1, 22, 3)? as i32)),
+            "gzip" => Ok(Codec::Gzip(within(0, 9, 6)? as u32)),
+            "brotli" => Ok(Codec::Brotli(within(0, 11, 1)? as u32)),
+            _ => Err(format!(
+                "is {:?}; use snappy, zstd, zstd(1..22), lz4, gzip, gzip(0..9), brotli, brotli(0..11) or none",
+                self.compression
+            )),
+        }
+    }
+}
+
+/// The table properties the pipeline sets itself, and the setting that sets each.
+pub const MANAGED_TABLE_PROPERTIES: &[(&str, &str)] = &[
+    ("delta.checkpointInterval", "sink.checkpoint_interval"),
+    ("delta.logRetentionDuration", "sink.log_retention"),
+    ("delta.deletedFileRetentionDuration", "sink.deleted_file_retention"),
+    ("delta.enableExpiredLogCleanup", "the pipeline cleans the log itself, after its checkpoints"),
+    ("delta.enableDeletionVectors", "upsert tables (`[upsert]`) enable them"),
+];
 
 /// `[[sink.outputs]]`: another table from the same read, with its own filter and projection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -159,6 +260,8 @@ impl SinkConfig {
             schema_evolution: SchemaEvolution::None,
             partition_by: Vec::new(),
             outputs: Vec::new(),
+            parquet: ParquetConfig::default(),
+            table_properties: BTreeMap::new(),
         }
     }
 }
@@ -268,8 +371,22 @@ impl PipelineConfig {
             schema_evolution,
             partition_by,
             outputs,
+            parquet,
+            table_properties,
         } = &self.sink
         {
+            parquet.codec().map_err(|why| bad("sink.parquet.compression", why))?;
+            if parquet.row_group_rows.is_some_and(|r| r < 1_000) {
+                return Err(bad("sink.parquet.row_group_rows", "must be at least 1000".into()));
+            }
+            for key in table_properties.keys() {
+                if let Some((_, by)) = MANAGED_TABLE_PROPERTIES.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
+                    return Err(bad(&format!("sink.table_properties.\"{key}\""), format!("is managed by the pipeline ({by})")));
+                }
+                if key.starts_with("exactly.") {
+                    return Err(bad(&format!("sink.table_properties.\"{key}\""), "is the pipeline's own record".into()));
+                }
+            }
             if dead_letter_path.as_ref() == Some(path) {
                 return Err(bad("sink.dead_letter_path", "must differ from sink.path".into()));
             }

@@ -131,7 +131,11 @@ async fn bin_pack(mut table: deltalake::DeltaTable, path: &TableLocation, target
     use super::compaction::{live_files, rewrite, Policy};
     let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
     let from_table = snapshot.metadata().configuration().get("delta.targetFileSize").and_then(|v| v.parse::<u64>().ok());
-    let policy = Policy { target_bytes: target.or(from_table).unwrap_or(DEFAULT_TARGET_BYTES).max(1), min_files: 2 };
+    let policy = Policy {
+        target_bytes: target.or(from_table).unwrap_or(DEFAULT_TARGET_BYTES).max(1),
+        min_files: 2,
+        parquet: Default::default(),
+    };
     let groups = policy.bin_pack(&live_files(snapshot));
     let failpoints = crate::testing::failpoint::FailPoints::new();
     let (mut removed, mut added, mut bytes, mut version) = (0, 0, 0, None);

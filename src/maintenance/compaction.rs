@@ -45,6 +45,8 @@ pub struct Policy {
     pub target_bytes: u64,
     /// Files of one tier are merged once there are this many.
     pub min_files: usize,
+    /// How the merged files are written (`sink.parquet`).
+    pub parquet: crate::config::ParquetConfig,
 }
 
 /// One live file of the table.
@@ -248,8 +250,10 @@ pub async fn rewrite(
     policy: &Policy,
     failpoints: &FailPoints,
 ) -> Result<Option<Done>> {
-    let mut writer =
-        RecordBatchWriter::for_table(table).map_err(|e| delta_err(path, e))?.with_target_file_size(policy.target_bytes);
+    let mut writer = RecordBatchWriter::for_table(table)
+        .map_err(|e| delta_err(path, e))?
+        .with_target_file_size(policy.target_bytes)
+        .with_writer_properties(crate::sink::parquet::properties(&policy.parquet));
     let schema = writer.arrow_schema();
     let mut rows_read = 0u64;
     for f in &group.files {
@@ -343,7 +347,7 @@ mod tests {
 
     #[test]
     fn bin_packing_fills_groups_up_to_the_target_per_partition() {
-        let p = Policy { target_bytes: 100, min_files: 2 };
+        let p = Policy { target_bytes: 100, min_files: 2, parquet: Default::default() };
         let mut files: Vec<LiveFile> = ["a", "b", "c", "d"].iter().map(|n| file(n, 40)).collect();
         files.push(file("full", 100));
         let mut other = file("e", 10);
@@ -356,7 +360,7 @@ mod tests {
 
     #[test]
     fn tiers_grow_by_the_fan_in() {
-        let p = Policy { target_bytes: 128 << 20, min_files: 10 };
+        let p = Policy { target_bytes: 128 << 20, min_files: 10, parquet: Default::default() };
         assert_eq!(p.tier(0), 0);
         assert_eq!(p.tier(10 * 1024 - 1), 0);
         assert_eq!(p.tier(10 * 1024), 1);
@@ -366,7 +370,7 @@ mod tests {
 
     #[test]
     fn a_tier_is_merged_once_it_holds_min_files() {
-        let p = Policy { target_bytes: 128 << 20, min_files: 4 };
+        let p = Policy { target_bytes: 128 << 20, min_files: 4, parquet: Default::default() };
         let mut files: Vec<LiveFile> = (0..3).map(|i| file(&format!("a{i}"), 5_000)).collect();
         assert!(p.plan(&files).is_empty(), "three of four");
         files.push(file("a3", 5_000));
@@ -379,7 +383,7 @@ mod tests {
 
     #[test]
     fn partitions_are_merged_apart_and_files_with_deletion_vectors_never() {
-        let p = Policy { target_bytes: 128 << 20, min_files: 2 };
+        let p = Policy { target_bytes: 128 << 20, min_files: 2, parquet: Default::default() };
         let mut a = file("a", 100);
         a.partition.insert("_bucket".into(), Some("1".into()));
         let mut b = file("b", 100);

@@ -72,13 +72,26 @@ pub struct Settings {
     pub deleted_file_retention: Retention,
     /// Auto-compaction, if on.
     pub compaction: Option<compaction::Policy>,
+    /// How its Parquet files are written (`sink.parquet`).
+    pub parquet: crate::config::ParquetConfig,
+    /// The user's table properties (`sink.table_properties`).
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 impl Settings {
     /// The settings of a table of a Delta sink config (`None` for other sinks): `aggregate` says
     /// whether it is an aggregate table, whose removed-file retention defaults shorter.
     pub fn of(sink: &SinkConfig, aggregate: bool) -> Option<Settings> {
-        let SinkConfig::Delta { checkpoint_interval, log_retention, deleted_file_retention, compaction, .. } = sink else {
+        let SinkConfig::Delta {
+            checkpoint_interval,
+            log_retention,
+            deleted_file_retention,
+            compaction,
+            parquet,
+            table_properties,
+            ..
+        } = sink
+        else {
             return None;
         };
         let default = || if aggregate { Retention::aggregate_deleted_files() } else { Retention::default_retention() };
@@ -89,14 +102,18 @@ impl Settings {
             compaction: compaction.enabled.then(|| compaction::Policy {
                 target_bytes: compaction.target_file_size_mb * 1024 * 1024,
                 min_files: compaction.min_files,
+                parquet: parquet.clone(),
             }),
+            parquet: parquet.clone(),
+            properties: table_properties.clone(),
         })
     }
 
     /// The Delta table properties these settings stand for, set when a table is created and
     /// brought up to date when the pipeline opens it.
     pub fn table_properties(&self) -> HashMap<String, String> {
-        HashMap::from([
+        let mut properties: HashMap<String, String> = self.properties.clone().into_iter().collect();
+        properties.extend([
             ("delta.checkpointInterval".to_string(), self.checkpoint_interval.to_string()),
             ("delta.logRetentionDuration".to_string(), self.log_retention.property()),
             ("delta.deletedFileRetentionDuration".to_string(), self.deleted_file_retention.property()),
@@ -104,7 +121,8 @@ impl Settings {
             // of the table (an OPTIMIZE from Spark or Python) would otherwise list the whole
             // log after each of their commits.
             ("delta.enableExpiredLogCleanup".to_string(), "false".to_string()),
-        ])
+        ]);
+        properties
     }
 }
 

@@ -12,8 +12,10 @@ use std::collections::HashSet;
 use deltalake::arrow::array::{Array, ArrayRef, AsArray};
 use deltalake::arrow::datatypes::DataType;
 use deltalake::arrow::record_batch::RecordBatch;
-use deltalake::parquet::basic::Compression;
-use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
+use deltalake::parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
+
+use crate::config::{Codec, ParquetConfig};
 use deltalake::parquet::schema::types::ColumnPath;
 
 /// Rows sampled per column (from the first batches).
@@ -21,14 +23,40 @@ const SAMPLE: usize = 8_192;
 /// Fewer sampled rows than this say nothing: Parquet's own fallback decides.
 const MIN_SAMPLE: usize = 256;
 
-/// The writer properties for a file holding `rows`: Snappy, and no dictionary for the top-level
-/// columns that are mostly distinct in a sample of `rows`.
-pub fn writer_properties(rows: &[RecordBatch]) -> WriterProperties {
-    let mut builder = WriterProperties::builder().set_compression(Compression::SNAPPY);
+/// The writer properties for a file holding `rows`: `config`'s, and no dictionary for the
+/// top-level columns that are mostly distinct in a sample of `rows`.
+pub fn writer_properties(rows: &[RecordBatch], config: &ParquetConfig) -> WriterProperties {
+    let mut builder = builder(config);
     for name in mostly_distinct_columns(rows) {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(name), false);
     }
     builder.build()
+}
+
+/// The writer properties `config` stands for (`sink.parquet`): compression, row groups, Bloom
+/// filters.
+pub fn properties(config: &ParquetConfig) -> WriterProperties {
+    builder(config).build()
+}
+
+fn builder(config: &ParquetConfig) -> WriterPropertiesBuilder {
+    // (Validated with the config: a codec it names exists.)
+    let compression = match config.codec().unwrap_or(Codec::Snappy) {
+        Codec::None => Compression::UNCOMPRESSED,
+        Codec::Snappy => Compression::SNAPPY,
+        Codec::Lz4 => Compression::LZ4_RAW,
+        Codec::Zstd(l) => Compression::ZSTD(ZstdLevel::try_new(l).unwrap_or_default()),
+        Codec::Gzip(l) => Compression::GZIP(GzipLevel::try_new(l).unwrap_or_default()),
+        Codec::Brotli(l) => Compression::BROTLI(BrotliLevel::try_new(l).unwrap_or_default()),
+    };
+    let mut builder = WriterProperties::builder().set_compression(compression);
+    if let Some(rows) = config.row_group_rows {
+        builder = builder.set_max_row_group_row_count(Some(rows));
+    }
+    for column in &config.bloom_filters {
+        builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(column.as_str()), true);
+    }
+    builder
 }
 
 /// The top-level flat columns whose first `SAMPLE` values are more than half distinct.
@@ -136,7 +164,7 @@ mod tests {
         };
         let rows = vec![batch(0), batch(n / 2)];
         assert_eq!(mostly_distinct_columns(&rows), vec!["id".to_string(), "offset".to_string()]);
-        let props = writer_properties(&rows);
+        let props = writer_properties(&rows, &ParquetConfig::default());
         assert!(!props.dictionary_enabled(&ColumnPath::from("id")));
         assert!(props.dictionary_enabled(&ColumnPath::from("value")));
         // A sliced batch is read from its own offset; a handful of rows says nothing.

@@ -273,6 +273,9 @@ impl DeltaSink {
                         .with_columns(delta_fields(&spec.schema)?)
                         .with_partition_columns(spec.partition_by.clone())
                         .with_comment(owner_description(&self.pipeline, spec.name))
+                        // The user's own keys (`sink.table_properties`; `delta.*` ones are checked
+                        // against Delta's when the config is planned).
+                        .with_raise_if_key_not_exists(false)
                         .with_configuration(properties.into_iter().map(|(k, v)| (k, Some(v)))),
                 )
                 .await;

@@ -219,7 +219,7 @@ pub(super) async fn rewrites(
             plan(c.policy, &sizes, c.credit.min(MAX_REWRITE_ROWS))
         }
     };
-    if let (Some(Compaction { upsert, .. }), false) = (compaction, chosen.is_empty()) {
+    if let (Some(Compaction { upsert, policy, .. }), false) = (compaction, chosen.is_empty()) {
         // Each source, its rows deleted after this commit, and whether this epoch marks it (its
         // remove then deletes rows: `dataChange`).
         let mut sources = Vec::with_capacity(chosen.len());
@@ -231,7 +231,7 @@ pub(super) async fn rewrites(
             };
             sources.push((file, deleted, marks));
         }
-        let (add, relocated) = compact(table, path, epoch, &sources, upsert).await?;
+        let (add, relocated) = compact(table, path, epoch, &sources, (upsert, &policy.parquet)).await?;
         out.compacted = add;
         out.relocated = relocated;
         out.rewritten = rewritten;
@@ -270,10 +270,12 @@ async fn compact(
     path: &TableLocation,
     epoch: u64,
     sources: &[(Tagged, RoaringTreemap, bool)],
-    upsert: &crate::config::UpsertConfig,
+    (upsert, parquet): (&crate::config::UpsertConfig, &crate::config::ParquetConfig),
 ) -> Result<(Option<Add>, Option<Relocated>)> {
     let keys = &upsert.key;
-    let mut writer = RecordBatchWriter::for_table(table).map_err(|e| delta_err(path, e))?;
+    let mut writer = RecordBatchWriter::for_table(table)
+        .map_err(|e| delta_err(path, e))?
+        .with_writer_properties(crate::sink::parquet::properties(parquet));
     let schema = writer.arrow_schema();
     let key_cols: Vec<usize> =
         keys.iter().map(|k| schema.index_of(k).map_err(|_| Error::Sink(format!("no key column {k}")))).collect::<Result<_>>()?;
@@ -414,7 +416,7 @@ mod tests {
 
     #[test]
     fn empty_files_go_sparse_ones_are_purged_and_small_ones_merge_by_tier() {
-        let p = Policy { target_bytes: 1 << 20, min_files: 3 };
+        let p = Policy { target_bytes: 1 << 20, min_files: 3, parquet: Default::default() };
         let plenty = u64::MAX;
         // Mostly live, not enough of one tier: nothing.
         assert_eq!(plan(&p, &[f(1, 50_000, 100, 10), f(2, 50_000, 100, 0)], plenty), (vec![], 0));
@@ -429,7 +431,7 @@ mod tests {
 
     #[test]
     fn a_compaction_stays_within_the_credit_and_the_target() {
-        let p = Policy { target_bytes: 100_000, min_files: 2 };
+        let p = Policy { target_bytes: 100_000, min_files: 2, parquet: Default::default() };
         let files: Vec<Size> = (1..=10).map(|i| f(i, 30_000, 100, 0)).collect();
         assert_eq!(plan(&p, &files, u64::MAX).0, [1, 2, 3], "three files of 30 kB fit in 100 kB");
         assert_eq!(plan(&p, &files, 250).0, [1, 2], "two files' rows fit in the credit");

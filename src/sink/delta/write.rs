@@ -54,7 +54,7 @@ pub(super) async fn write_files(
     let t_parquet = std::time::Instant::now();
     let mut adds = Vec::new();
     if rows.iter().any(|b| b.num_rows() > 0) {
-        let props = crate::sink::parquet::writer_properties(&rows);
+        let props = crate::sink::parquet::writer_properties(&rows, &spec.settings.parquet);
         let mut writer = RecordBatchWriter::for_table(table).map_err(|e| delta_err(path, e))?.with_writer_properties(props);
         // While the schema grows, the files carry the new columns the table does not have yet;
         // with writer schemas' columns, rows may also lack columns the table has (null there).
