@@ -166,6 +166,7 @@ fn read_all(args: &Args, keep: bool) -> (u64, u64, Duration, Vec<Record>) {
                     timestamp_ms: (ts != -1).then_some(ts),
                     key: bytes_of(m.key, m.key_len),
                     payload: bytes_of(m.payload, m.len),
+                    headers: Vec::new(),
                 });
             }
             if ends.get(&m.partition).is_some_and(|hi| m.offset + 1 >= *hi) {

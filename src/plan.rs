@@ -262,13 +262,19 @@ pub fn meaning(config: &PipelineConfig) -> Meaning {
         (None, Some(file)) => std::fs::read_to_string(file).ok(),
         (None, None) => None,
     });
-    let decode = serde_json::json!({
+    let mut decode = serde_json::json!({
         "format": d.format,
         "fields": d.fields,
         "max_record_bytes": d.max_record_bytes,
         "framing": d.avro.as_ref().map(|a| a.framing),
         "reader": reader,
     });
+    // (Only when set: the meaning of every other table stays as it was.)
+    for (name, set) in [("include_key", d.include_key), ("include_headers", d.include_headers)] {
+        if set {
+            decode[name] = serde_json::json!(true);
+        }
+    }
     let outputs = match &config.sink {
         SinkConfig::Delta { outputs, .. } => {
             outputs.iter().map(|o| serde_json::json!([o.name, o.select, o.filter, o.partition_by])).collect::<Vec<_>>()

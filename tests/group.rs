@@ -303,6 +303,7 @@ fn epoch_of_three(config: &exactly::PipelineConfig, tp: &exactly::model::TopicPa
             timestamp_ms: Some(0),
             key: None,
             payload: Some(format!(r#"{{"id":{i},"value":"v","ts":0}}"#).into_bytes()),
+            headers: Vec::new(),
         })
         .collect();
     let decoded = exactly::plan::Plan::new(config).unwrap().decoder.decode(&records);

@@ -352,3 +352,49 @@ fn outputs_that_cannot_work_are_refused_at_start() {
         assert!(e.contains(want), "{e}");
     }
 }
+
+/// `decode.include_key` and `decode.include_headers`: each row carries its record's key bytes
+/// and headers (in order, a repeated key and a null value kept), a transform can read them, an
+/// independent reader sees them, and the audit compares them with Kafka's records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_key_and_headers_become_columns() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let topic = common::topic("key-headers", 2).await;
+    let producer: FutureProducer = common::kafka().client_config().create().unwrap();
+    for id in 0..40i64 {
+        let mut headers = OwnedHeaders::new().insert(Header { key: "source", value: Some("crm") });
+        if id % 2 == 0 {
+            headers = headers.insert(Header { key: "trace", value: Some(&format!("t{id}")) });
+            headers = headers.insert(Header { key: "trace", value: None::<&[u8]> });
+        }
+        let (key, value) = (format!("k{id}"), format!(r#"{{"id":{id},"value":"v","ts":0}}"#));
+        let record = FutureRecord::to(&topic).key(&key).payload(&value).headers(headers);
+        producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.decode.include_key = true;
+    config.decode.include_headers = true;
+    config.transform = transform(Some(&["id", "CAST(_kafka_key AS VARCHAR) AS key_text"]), None);
+    let pipeline = common::start(&config, Default::default()).await;
+    let table = dir.path().join("table");
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+
+    let read = common::read_rows_with_python(&table);
+    let rows = read["records"].as_array().unwrap();
+    assert_eq!(rows.len(), 40);
+    for r in rows {
+        let id = r["id"].as_i64().unwrap();
+        assert_eq!(r["key_text"], format!("k{id}"), "{r}");
+        let headers = r["_kafka_headers"].as_array().unwrap_or_else(|| panic!("headers: {r}"));
+        let keys: Vec<&str> = headers.iter().map(|h| h["key"].as_str().unwrap()).collect();
+        let want: &[&str] = if id % 2 == 0 { &["source", "trace", "trace"] } else { &["source"] };
+        assert_eq!(keys, want, "{r}");
+        if id % 2 == 0 {
+            assert!(headers[2]["value"].is_null(), "{r}");
+        }
+    }
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.rows), 40);
+}

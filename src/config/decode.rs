@@ -22,6 +22,14 @@ pub struct DecodeConfig {
     /// tombstone) deletes the row of its key; `debezium`, a value is a Debezium change event
     /// (`op`, `before`, `after`, with or without the JSON converter's `schema`/`payload`).
     pub envelope: Envelope,
+    /// Add the record's key as the binary column `_kafka_key` (Spark's `key`; `CAST(_kafka_key
+    /// AS VARCHAR)` in `[transform]` reads a text key).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub include_key: bool,
+    /// Add the record's headers as `_kafka_headers`: a list of `{key: string, value: binary}`
+    /// in the record's order, repeated keys included (Spark's `includeHeaders`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub include_headers: bool,
 }
 
 /// `decode.envelope`: how a record says what changed.
@@ -46,6 +54,8 @@ impl Default for DecodeConfig {
             max_record_bytes: 1024 * 1024,
             avro: None,
             envelope: Envelope::None,
+            include_key: false,
+            include_headers: false,
         }
     }
 }

@@ -475,6 +475,7 @@ mod tests {
             timestamp_ms: Some(1_000),
             key: Some(framed(2, KEY, AvroValue::Record(vec![("id".into(), AvroValue::Long(key))]))),
             payload: value,
+            headers: Vec::new(),
         }
     }
 

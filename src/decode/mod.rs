@@ -15,7 +15,8 @@ use crate::model::{RecordView, TopicPartition};
 use deltalake::arrow::array::builder::NullBufferBuilder;
 use deltalake::arrow::array::{
     Array, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder, Float64Builder,
-    Int32Builder, Int64Array, Int64Builder, ListArray, MapArray, StringBuilder, StructArray, TimestampMicrosecondBuilder,
+    Int32Builder, Int64Array, Int64Builder, ListArray, ListBuilder, MapArray, StringBuilder, StructArray, StructBuilder,
+    TimestampMicrosecondBuilder,
 };
 use deltalake::arrow::buffer::OffsetBuffer;
 use deltalake::arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
@@ -36,8 +37,8 @@ pub use builders::{delta_field, delta_type};
 pub use dead_letter::{dead_letter_batch, dead_letter_schema, DeadLetter};
 
 use crate::model::{
-    Rejection, CHANGE_DELETE_COL, CHANGE_SEQUENCE_COL, EPOCH_COL, OFFSET_COL, PARTITION_COL, RAW_KEY_COL, RAW_VALUE_COL,
-    REASON_COL, TIMESTAMP_COL, TOPIC_COL,
+    Rejection, CHANGE_DELETE_COL, CHANGE_SEQUENCE_COL, EPOCH_COL, HEADERS_COL, KEY_COL, OFFSET_COL, PARTITION_COL, RAW_KEY_COL,
+    RAW_VALUE_COL, REASON_COL, TIMESTAMP_COL, TOPIC_COL,
 };
 
 /// A rejection and its reason text.
@@ -60,6 +61,15 @@ pub struct Decoded {
 
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// The type of `_kafka_headers`: a list of `{key, value}`.
+fn headers_type() -> DataType {
+    DataType::List(Arc::new(Field::new("element", DataType::Struct(header_fields()), true)))
+}
+
+fn header_fields() -> deltalake::arrow::datatypes::Fields {
+    vec![Field::new("key", DataType::Utf8, false), Field::new("value", DataType::Binary, true)].into()
 }
 
 fn meta_fields() -> Vec<Field> {
@@ -85,6 +95,63 @@ pub fn with_epoch(batch: &RecordBatch, epoch: u64) -> Result<RecordBatch, ArrowE
     let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
     cols.push(Arc::new(Int64Array::from(vec![epoch as i64; batch.num_rows()])));
     RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+}
+
+/// The `_kafka_*` columns of decoded rows, built row by row.
+struct MetaColumns {
+    topic: StringBuilder,
+    partition: Int32Builder,
+    offset: Int64Builder,
+    timestamp: TimestampMicrosecondBuilder,
+    /// With `decode.include_key` / `decode.include_headers`.
+    key: Option<BinaryBuilder>,
+    headers: Option<ListBuilder<StructBuilder>>,
+}
+
+impl MetaColumns {
+    fn new(n: usize, (key, headers): (bool, bool)) -> MetaColumns {
+        let element = Field::new("element", DataType::Struct(header_fields()), true);
+        MetaColumns {
+            topic: StringBuilder::new(),
+            partition: Int32Builder::with_capacity(n),
+            offset: Int64Builder::with_capacity(n),
+            timestamp: TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC"),
+            key: key.then(|| BinaryBuilder::with_capacity(n, 0)),
+            headers: headers.then(|| ListBuilder::new(StructBuilder::from_fields(header_fields(), 0)).with_field(element)),
+        }
+    }
+
+    fn push<R: RecordView>(&mut self, r: &R, timestamp_ms: Option<i64>) {
+        self.topic.append_value(r.topic());
+        self.partition.append_value(r.partition());
+        self.offset.append_value(r.offset());
+        self.timestamp.append_option(timestamp_ms.map(|t| t.saturating_mul(1000)));
+        if let Some(key) = &mut self.key {
+            key.append_option(r.key());
+        }
+        if let Some(column) = &mut self.headers {
+            let entries = column.values();
+            for (name, value) in r.headers() {
+                entries.field_builder::<StringBuilder>(0).expect("key builder").append_value(name);
+                entries.field_builder::<BinaryBuilder>(1).expect("value builder").append_option(value);
+                entries.append(true);
+            }
+            column.append(true);
+        }
+    }
+
+    fn finish(mut self, arrays: &mut Vec<ArrayRef>) {
+        arrays.push(Arc::new(self.topic.finish()));
+        arrays.push(Arc::new(self.partition.finish()));
+        arrays.push(Arc::new(self.offset.finish()));
+        arrays.push(Arc::new(self.timestamp.finish()));
+        if let Some(key) = &mut self.key {
+            arrays.push(Arc::new(key.finish()));
+        }
+        if let Some(headers) = &mut self.headers {
+            arrays.push(Arc::new(headers.finish()));
+        }
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -139,6 +206,9 @@ pub struct Decoder {
     changes: Option<Arc<change::Changes>>,
     /// With `changes`: the schema of the table's rows (the declared nullability).
     table_schema: Option<SchemaRef>,
+    /// `decode.include_key` / `decode.include_headers`: rows carry [`KEY_COL`] /
+    /// [`HEADERS_COL`] after the other `_kafka_*` columns.
+    include: (bool, bool),
 }
 
 impl Decoder {
@@ -163,6 +233,12 @@ impl Decoder {
             DecodeFormat::Json | DecodeFormat::Avro => declared.iter().map(arrow_field).collect::<Result<_, String>>()?,
         };
         fields.extend(meta_fields());
+        if config.include_key {
+            fields.push(Field::new(KEY_COL, DataType::Binary, true));
+        }
+        if config.include_headers {
+            fields.push(Field::new(HEADERS_COL, headers_type(), true));
+        }
         Ok(Decoder {
             format: config.format,
             fields: declared,
@@ -174,6 +250,7 @@ impl Decoder {
             transform: None,
             changes: None,
             table_schema: None,
+            include: (config.include_key, config.include_headers),
         })
     }
 
@@ -358,10 +435,7 @@ impl Decoder {
             }
             _ => (None, self.schema.clone()),
         };
-        let mut topic = StringBuilder::new();
-        let mut partition = Int32Builder::with_capacity(n);
-        let mut offset = Int64Builder::with_capacity(n);
-        let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+        let mut meta = MetaColumns::new(n, self.include);
         let raw_capacity = if self.keep_raw { n } else { 0 };
         let (mut raw_key, mut raw_value) =
             (BinaryBuilder::with_capacity(raw_capacity, 0), BinaryBuilder::with_capacity(raw_capacity, 0));
@@ -390,10 +464,7 @@ impl Decoder {
                     for (c, v) in cols.iter_mut().zip(vals.drain(..)) {
                         c.push(v);
                     }
-                    topic.append_value(r.topic());
-                    partition.append_value(r.partition());
-                    offset.append_value(r.offset());
-                    ts.append_option(timestamp_ms.map(|t| t.saturating_mul(1000)));
+                    meta.push(r, timestamp_ms);
                     if self.keep_raw {
                         raw_key.append_option(r.key());
                         raw_value.append_option(r.payload());
@@ -403,10 +474,7 @@ impl Decoder {
             }
         }
         let mut arrays: Vec<ArrayRef> = cols.into_iter().map(Col::finish).collect();
-        arrays.push(Arc::new(topic.finish()));
-        arrays.push(Arc::new(partition.finish()));
-        arrays.push(Arc::new(offset.finish()));
-        arrays.push(Arc::new(ts.finish()));
+        meta.finish(&mut arrays);
         if let Some(changes) = &self.changes {
             arrays.push(Arc::new(deletes.finish()));
             if changes.sequenced() {
@@ -451,6 +519,7 @@ mod tests {
             timestamp_ms: Some(1_000),
             key: Some(b"k".to_vec()),
             payload: Some(value.to_vec()),
+            headers: Vec::new(),
         }
     }
 

@@ -8,6 +8,11 @@ pub const PARTITION_COL: &str = "_kafka_partition";
 pub const OFFSET_COL: &str = "_kafka_offset";
 /// Column: the record's Kafka timestamp.
 pub const TIMESTAMP_COL: &str = "_kafka_timestamp";
+/// Column, with `decode.include_key`: the record's key bytes (Spark's `key`).
+pub const KEY_COL: &str = "_kafka_key";
+/// Column, with `decode.include_headers`: the record's headers, in order, repeated keys
+/// included (Spark's `headers`): a list of `{key, value}`.
+pub const HEADERS_COL: &str = "_kafka_headers";
 /// Hidden column of decoded rows (never written to a table): the record's key bytes, kept when
 /// a later stage may still dead-letter the row (`Decoder::keeping_raw`).
 pub const RAW_KEY_COL: &str = "_kafka_raw_key";

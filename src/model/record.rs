@@ -42,6 +42,8 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     /// Record value; `None` for a tombstone.
     pub payload: Option<Vec<u8>>,
+    /// Its headers, in order (a key may repeat; a value may be null).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// What the decode stage reads of a record: implemented by the owned [`Record`] and by the
@@ -60,6 +62,8 @@ pub trait RecordView {
     fn key(&self) -> Option<&[u8]>;
     /// Value bytes; `None` for a tombstone.
     fn payload(&self) -> Option<&[u8]>;
+    /// Headers, in order (read only for `decode.include_headers`).
+    fn headers(&self) -> Vec<(&str, Option<&[u8]>)>;
 }
 
 impl RecordView for Record {
@@ -80,6 +84,9 @@ impl RecordView for Record {
     }
     fn payload(&self) -> Option<&[u8]> {
         self.payload.as_deref()
+    }
+    fn headers(&self) -> Vec<(&str, Option<&[u8]>)> {
+        self.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect()
     }
 }
 

@@ -153,6 +153,28 @@ impl RecordView for Msg<'_> {
     fn payload(&self) -> Option<&[u8]> {
         bytes(self.raw().payload, self.raw().len)
     }
+    fn headers(&self) -> Vec<(&str, Option<&[u8]>)> {
+        let mut headers: *mut rdsys::rd_kafka_headers_t = std::ptr::null_mut();
+        // SAFETY: valid message, valid out-pointer; the headers belong to the message.
+        let err = unsafe { rdsys::rd_kafka_message_headers(self.ptr.as_ptr(), &mut headers) };
+        if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || headers.is_null() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for i in 0.. {
+            let (mut name, mut value, mut size): (*const std::ffi::c_char, *const c_void, usize) =
+                (std::ptr::null(), std::ptr::null(), 0);
+            // SAFETY: `headers` lives as long as the message; the out-pointers are valid.
+            let err = unsafe { rdsys::rd_kafka_header_get_all(headers, i, &mut name, &mut value, &mut size) };
+            if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+                break;
+            }
+            // SAFETY: a NUL-terminated name that lives as long as the message.
+            let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_str().unwrap_or("");
+            out.push((name, bytes(value as *mut c_void, size)));
+        }
+        out
+    }
 }
 
 impl Drop for Msg<'_> {

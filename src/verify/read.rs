@@ -367,6 +367,10 @@ pub(super) fn kafka_records(
                         timestamp_ms: m.timestamp().to_millis(),
                         key: m.key().map(<[u8]>::to_vec),
                         payload: m.payload().map(<[u8]>::to_vec),
+                        headers: m
+                            .headers()
+                            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+                            .unwrap_or_default(),
                     });
                 }
                 if m.offset() >= to - 1 {
