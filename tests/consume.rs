@@ -96,3 +96,67 @@ async fn latest_starts_at_the_end_and_is_pinned_by_the_checkpoint() {
     ids.sort_unstable();
     assert_eq!(ids, (100..150).collect::<Vec<_>>());
 }
+
+/// `starting_partition_offsets` and `starting_timestamp_ms`: a fresh pipeline starts a named
+/// partition at its offset (or at its end, -1), and the others at their first record produced
+/// at or after the timestamp; a named offset Kafka does not hold is refused with one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_pipeline_starts_at_named_offsets_and_at_a_time() {
+    use exactly::model::TopicPartition;
+    let topic = common::topic("start-at", 3).await;
+    common::produce_events(&topic, 0, 300).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let at = chrono::Utc::now().timestamp_millis();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::produce_events(&topic, 300, 300).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.source.starting_partition_offsets = [(topic.clone(), [("0".to_string(), 10i64), ("1".to_string(), -1)].into())].into();
+    config.source.starting_timestamp_ms = Some(at);
+
+    let kafka = common::kafka();
+    let tps: Vec<TopicPartition> = (0..3).map(|p| TopicPartition::new(&topic, p)).collect();
+    let ends = exactly::source::resolve_starting_offsets(
+        &kafka,
+        &tps,
+        exactly::config::StartingOffsets::Latest,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let pipeline = common::start(&config, Default::default()).await;
+    let table = dir.path().join("table");
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+
+    let t = exactly::sink::delta::load_table(&table).await.unwrap().unwrap();
+    let start = |p: i32| {
+        let t = t.clone();
+        let app = exactly::sink::delta::start_app_id(&config.id, &TopicPartition::new(&topic, p));
+        async move { exactly::sink::delta::txn_version(&t, &table_location(&t), &app).await.unwrap() }
+    };
+    assert_eq!(start(0).await, Some(10));
+    assert_eq!(start(1).await, Some(ends[&tps[1]]), "-1: at its end");
+    let s2 = start(2).await.unwrap();
+    assert!(s2 > 0 && s2 < ends[&tps[2]], "partition 2 starts inside: {s2}");
+    let read = common::read_rows_with_python(&table);
+    let rows = read["records"].as_array().unwrap();
+    let of = |p: i64| rows.iter().filter(move |r| r["_kafka_partition"].as_i64() == Some(p));
+    assert_eq!(of(0).count() as i64, ends[&tps[0]] - 10);
+    assert_eq!(of(1).count(), 0);
+    assert!(of(2).all(|r| r["id"].as_u64().unwrap() >= 300), "only what was produced after the time");
+    assert_eq!(of(2).count() as i64, ends[&tps[2]] - s2);
+    common::assert_verified(&config).await;
+
+    // An offset Kafka does not hold: one line, nothing written.
+    let other = tempfile::tempdir().unwrap();
+    let mut bad = common::delta_config(&common::unique("p"), &topic, other.path());
+    bad.source.starting_partition_offsets = [(topic.clone(), [("0".to_string(), 1_000_000i64)].into())].into();
+    let sink = exactly::pipeline::sink_for(&bad, Default::default()).unwrap();
+    let e = exactly::pipeline::Pipeline::start(bad, sink).await.unwrap().wait().await.unwrap_err().to_string();
+    assert!(e.contains("starts partition 0 at 1000000") && e.contains("holds offsets"), "{e}");
+}
+
+fn table_location(t: &deltalake::DeltaTable) -> exactly::model::TableLocation {
+    exactly::model::TableLocation::parse(t.table_url().as_str()).unwrap()
+}

@@ -32,6 +32,17 @@ pub struct SourceConfig {
     /// Where a pipeline with no checkpoint starts: `earliest` (the whole retained topic) or
     /// `latest` (only records produced after the first start). Ignored once a checkpoint exists.
     pub starting_offsets: StartingOffsets,
+    /// Where named partitions start instead (Spark's `startingOffsets` JSON), per topic and
+    /// partition: an offset, `-2` for the earliest, `-1` for the latest. Like
+    /// `starting_offsets`, only for partitions the pipeline never read.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub starting_partition_offsets: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Start each partition (not named in `starting_partition_offsets`) at its first record
+    /// with a Kafka timestamp at or after this, in Unix milliseconds (Spark's
+    /// `startingTimestamp`); a partition without one starts at its end. Replaces
+    /// `starting_offsets`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starting_timestamp_ms: Option<i64>,
     /// Most records a consumer forwards in one message to the aggregator.
     pub max_batch_records: usize,
     /// Back-pressure: consumers stop reading while this many records are consumed but not yet
@@ -68,6 +79,8 @@ impl Default for SourceConfig {
             brokers: "127.0.0.1:9092".into(),
             topics: Vec::new(),
             starting_offsets: StartingOffsets::Earliest,
+            starting_partition_offsets: BTreeMap::new(),
+            starting_timestamp_ms: None,
             max_batch_records: 5_000,
             max_buffered_records: 1_000_000,
             security: Default::default(),
@@ -127,6 +140,26 @@ impl PipelineConfig {
         })?;
         if self.source.connect_timeout_ms == 0 {
             return Err(bad("source.connect_timeout_ms", "must be at least 1".into()));
+        }
+        for (topic, partitions) in &self.source.starting_partition_offsets {
+            let field = format!("source.starting_partition_offsets.{topic}");
+            if !self.source.topics.contains(topic) {
+                return Err(bad(&field, format!("names {topic:?}, which is not in source.topics")));
+            }
+            for (p, offset) in partitions {
+                if p.parse::<u32>().is_err() {
+                    return Err(bad(&field, format!("has the partition {p:?}; partitions are numbers from 0")));
+                }
+                if *offset < -2 {
+                    return Err(bad(
+                        &field,
+                        format!("starts partition {p} at {offset}: an offset, -2 (earliest) or -1 (latest)"),
+                    ));
+                }
+            }
+        }
+        if self.source.starting_timestamp_ms.is_some_and(|t| t < 0) {
+            return Err(bad("source.starting_timestamp_ms", "must be a Unix time in milliseconds (0 or more)".into()));
         }
         if self.source.partition_discovery_ms < 100 {
             return Err(bad("source.partition_discovery_ms", "must be at least 100 (milliseconds)".into()));

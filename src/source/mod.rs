@@ -538,6 +538,82 @@ pub async fn resolve_starting_offsets(
     .map_err(|e| Error::Actor(format!("offset lookup task failed: {e}")))?
 }
 
+/// Where partitions the pipeline never read start at its first start: `starting_partition_offsets`
+/// for the partitions it names (checked to be held by Kafka), else the first offset at or after
+/// `starting_timestamp_ms` (the end where there is none), else `starting_offsets`.
+pub async fn resolve_first_start(
+    connection: &Connection,
+    tps: &[TopicPartition],
+    src: &crate::config::SourceConfig,
+    timeout: Duration,
+) -> Result<Offsets> {
+    let named = |tp: &TopicPartition| src.starting_partition_offsets.get(&*tp.topic)?.get(&tp.partition.to_string()).copied();
+    let (explicit, rest): (Vec<TopicPartition>, Vec<TopicPartition>) = tps.iter().cloned().partition(|tp| named(tp).is_some());
+    let mut out = match src.starting_timestamp_ms {
+        None => resolve_starting_offsets(connection, &rest, src.starting_offsets, timeout).await?,
+        Some(at) => offsets_at_time(connection, &rest, at, timeout).await?,
+    };
+    let wanted: Vec<(TopicPartition, i64)> = explicit.iter().map(|tp| (tp.clone(), named(tp).unwrap_or(-2))).collect();
+    let connection = connection.clone();
+    let checked = tokio::task::spawn_blocking(move || -> Result<Offsets> {
+        let consumer: BaseConsumer = connection.client_config().create()?;
+        let mut out = Offsets::new();
+        for (tp, want) in wanted {
+            let (low, high) = fetch_watermarks(&consumer, &tp, timeout)?;
+            let at = match want {
+                -2 => low,
+                -1 => high,
+                o if (low..=high).contains(&o) => o,
+                o => {
+                    return Err(Error::Config(crate::error::ConfigError::Invalid {
+                        path: "the config".into(),
+                        field: format!("source.starting_partition_offsets.{}", tp.topic),
+                        problem: format!(
+                            "starts partition {} at {o}, but Kafka holds offsets {low} to {high} of it",
+                            tp.partition
+                        ),
+                    }))
+                }
+            };
+            out.insert(tp, at);
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::Actor(format!("offset lookup task failed: {e}")))??;
+    out.extend(checked);
+    Ok(out)
+}
+
+/// Per partition, the first offset whose record's timestamp is at or after `at_ms` (Kafka's
+/// ListOffsets by time); the partition's end where there is none.
+async fn offsets_at_time(connection: &Connection, tps: &[TopicPartition], at_ms: i64, timeout: Duration) -> Result<Offsets> {
+    if tps.is_empty() {
+        return Ok(Offsets::new());
+    }
+    let connection = connection.clone();
+    let tps = tps.to_vec();
+    tokio::task::spawn_blocking(move || -> Result<Offsets> {
+        let consumer: BaseConsumer = connection.client_config().create()?;
+        let mut tpl = TopicPartitionList::new();
+        for tp in &tps {
+            tpl.add_partition_offset(&tp.topic, tp.partition, rdkafka::Offset::Offset(at_ms))?;
+        }
+        let found = consumer.offsets_for_times(tpl, timeout)?;
+        let mut out = Offsets::new();
+        for tp in tps {
+            let at = match found.find_partition(&tp.topic, tp.partition).map(|e| e.offset()) {
+                Some(rdkafka::Offset::Offset(o)) => o,
+                _ => fetch_watermarks(&consumer, &tp, timeout)?.1,
+            };
+            out.insert(tp, at);
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::Actor(format!("offset lookup task failed: {e}")))?
+}
+
 /// Creates a topic; `Ok(false)` when it already existed (idempotent).
 pub async fn create_topic(connection: &Connection, topic: &str, partitions: i32, replication: i32) -> Result<bool> {
     create_topic_with_config(connection, topic, partitions, replication, &[]).await

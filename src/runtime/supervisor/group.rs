@@ -111,13 +111,8 @@ impl SupervisorState {
         let mut topics: Vec<TopicPartition> =
             self.partitions.iter().filter(|tp| partitions.iter().any(|p| p.topic == tp.topic)).cloned().collect();
         topics.extend(partitions.iter().filter(|tp| !topics.contains(tp)).cloned().collect::<Vec<_>>());
-        let unrecorded = match src.starting_offsets {
-            crate::config::StartingOffsets::Earliest => crate::sink::Unrecorded::same(earliest),
-            mode => crate::sink::Unrecorded {
-                starting: source::resolve_starting_offsets(connection, &topics, mode, timeout).await?,
-                earliest,
-            },
-        };
+        let unrecorded =
+            crate::sink::Unrecorded { starting: source::resolve_first_start(connection, &topics, src, timeout).await?, earliest };
         self.args.sink.group_claim(partitions, &unrecorded).await
     }
 

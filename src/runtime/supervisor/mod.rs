@@ -262,6 +262,7 @@ impl SupervisorState {
                 match e {
                     // What a restart cannot change stops the pipeline.
                     Error::Recovery(_)
+                    | Error::Config(_)
                     | Error::TopicRecreated { .. }
                     | Error::OtherPipeline { .. }
                     | Error::Checkpoint { .. } => self.fatal(myself, e),

@@ -71,18 +71,13 @@ impl SupervisorState {
         let missing: Vec<TopicPartition> = self.partitions.iter().filter(|tp| !offsets.contains_key(*tp)).cloned().collect();
         if !missing.is_empty() {
             let src = &self.args.plan.config.source;
-            let mode = if cp.epoch == 0 && cp.offsets.is_empty() {
-                src.starting_offsets
+            let timeout = Duration::from_millis(src.connect_timeout_ms);
+            let resolved = if cp.epoch == 0 && cp.offsets.is_empty() {
+                source::resolve_first_start(&self.args.connection, &missing, src, timeout).await?
             } else {
-                crate::config::StartingOffsets::Earliest
+                let earliest = crate::config::StartingOffsets::Earliest;
+                source::resolve_starting_offsets(&self.args.connection, &missing, earliest, timeout).await?
             };
-            let resolved = source::resolve_starting_offsets(
-                &self.args.connection,
-                &missing,
-                mode,
-                Duration::from_millis(src.connect_timeout_ms),
-            )
-            .await?;
             offsets.extend(resolved);
             cp = Checkpoint::new(&id, cp.epoch, &offsets);
             self.store.store(&cp)?;
