@@ -7,6 +7,8 @@ use std::time::Duration;
 pub struct Health {
     /// A generation of the actor tree is running.
     pub running: bool,
+    /// Group mode: the group assigned this member nothing (it waits, ready to take partitions).
+    pub idle: bool,
     /// A stop is committing the open epoch.
     pub draining: bool,
     /// Restarts left in the budget's window.
@@ -31,13 +33,17 @@ impl Health {
 
 /// `Ok` when the pipeline is ready: its tree runs, no stop drains it, the restart budget is not
 /// spent, and an epoch resolved within [`Health::resolve_within`] (an empty cut counts: nothing
-/// to read is not a fault). Else why not, in one line.
+/// to read is not a fault) — or it is a group member the group assigned nothing. Else why not,
+/// in one line.
 pub fn readiness(h: &Health) -> Result<(), String> {
     if h.draining {
         return Err("draining: the stop is committing the open epoch".into());
     }
     if h.restarts_left == 0 {
         return Err("the restart budget is spent".into());
+    }
+    if h.idle {
+        return Ok(());
     }
     if !h.running {
         return Err("the actor tree is (re)starting".into());
@@ -59,6 +65,7 @@ mod tests {
     fn ready_only_while_running_resolving_and_within_the_budget() {
         let ok = Health {
             running: true,
+            idle: false,
             draining: false,
             restarts_left: 3,
             since_resolved: Some(Duration::from_secs(1)),
@@ -71,6 +78,11 @@ mod tests {
         not(Health { draining: true, ..ok.clone() }, "draining");
         not(Health { restarts_left: 0, ..ok.clone() }, "budget");
         not(Health { running: false, ..ok.clone() }, "starting");
+        assert_eq!(
+            readiness(&Health { running: false, idle: true, since_resolved: None, ..ok.clone() }),
+            Ok(()),
+            "an idle member"
+        );
         not(Health { since_resolved: None, ..ok.clone() }, "yet");
         not(Health { since_resolved: Some(Duration::from_secs(31)), ..ok.clone() }, "31 s");
     }

@@ -111,6 +111,7 @@ impl SupervisorState {
             committer: self.current.as_ref().map(|g| g.committer.clone()),
             health: crate::telemetry::health::Health {
                 running: self.current.is_some(),
+                idle: self.current.is_none() && self.group.as_ref().is_some_and(|g| g.active().is_empty()),
                 draining: self.shutting_down(),
                 restarts_left: self.restarts.remaining(),
                 since_resolved: self.resolved_at.map(|t| t.elapsed()),
