@@ -264,11 +264,7 @@ async fn verify_exits_with_a_code_for_each_outcome() {
     assert_eq!(code, 3, "{err}");
 
     // A data file deleted behind the table's back: the audit finds rows missing.
-    let parquet = std::fs::read_dir(&table)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
-        .unwrap();
+    let parquet = common::parquet_files(&table).remove(0);
     let kept = std::fs::read(&parquet).unwrap();
     std::fs::write(&parquet, b"").unwrap();
     let (code, err) = verify(&brokers);

@@ -245,11 +245,7 @@ async fn parquet_settings_and_table_properties_reach_the_files_and_the_table() {
     run_until_drained(&config, RunOptions::default(), &topic).await;
 
     let table = dir.path().join("table");
-    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&table)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
-        .collect();
+    let files = common::parquet_files(&table);
     assert!(!files.is_empty());
     let (mut rows, mut groups) = (0i64, 0usize);
     for f in &files {

@@ -224,11 +224,7 @@ async fn vacuum_keeps_files_a_commit_in_flight_may_still_reference() {
     terminate(child).await;
     // An epoch's file, written and not committed yet (its process is still deciding).
     let pending: PathBuf = table.join("part-00000-in-flight.parquet");
-    let some_file = std::fs::read_dir(&table)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
-        .unwrap();
+    let some_file = common::parquet_files(&table).remove(0);
     std::fs::copy(&some_file, &pending).unwrap();
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_exactly"))

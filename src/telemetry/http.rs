@@ -40,7 +40,11 @@ pub async fn serve(addr: SocketAddr, pipeline: &str, probe: ProbeCell) -> Result
     });
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                // (Out of file descriptors, say: wait, rather than spin on the error.)
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
             let (handle, probe) = (handle.clone(), probe.clone());
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &handle, &probe)).await;

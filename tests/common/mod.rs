@@ -323,16 +323,20 @@ pub async fn wait_exit(mut child: Child, deadline: Duration, what: &str) -> (std
     }
 }
 
+/// The Parquet files at the top of a local table's directory (unpartitioned tables' data files).
+pub fn parquet_files(table: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(table)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect()
+}
+
 /// Starts `exactly run` on `config` and SIGKILLs it once the epoch it opens with has written its
 /// Parquet files to `table` (held before its commit by a fail point): the files are there, the
 /// commit is not.
 pub async fn kill_with_files_written(config: &Path, table: &Path) {
-    let parquet = || {
-        std::fs::read_dir(table)
-            .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet"))
-            .count()
-    };
+    let parquet = || parquet_files(table).len();
     let before = parquet();
     let mut child = spawn(config, Some("after-parquet-write=sleep(60000)"));
     wait_until(Duration::from_secs(60), "the epoch's files", || async { parquet() > before }).await;
