@@ -73,7 +73,8 @@ fn member_of(child: &Child) -> String {
     exactly::source::group::member_name_for(child.id())
 }
 
-fn signal(child: &Child, sig: &str) {
+/// Sends `sig` (`STOP`, `CONT`, ...) to `child`.
+pub fn signal(child: &Child, sig: &str) {
     assert!(Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap().success());
 }
 
@@ -314,6 +315,7 @@ fn epoch_of_three(config: &exactly::PipelineConfig, tp: &exactly::model::TopicPa
         dead_letters: decoded.dead,
         min_timestamp_ms: None,
         state: Default::default(),
+        partition_state: Default::default(),
         duplicates: 0,
         superseded: 0,
         filtered: 0,

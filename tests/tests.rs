@@ -59,6 +59,8 @@ mod security;
 // Group mode: several processes share the partitions; churn, paused members and refusals,
 // audited on the data and on the log's claims.
 mod group;
+// Stateful group mode: each partition's dedup keys and counts move with it, on fresh disks.
+mod group_state;
 // The chaos suite's CI subset: every fault kind once, audited.
 mod chaos;
 // Monitoring against a real Prometheus: promtool, dashboards, panel data, alerts.

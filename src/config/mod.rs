@@ -321,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn group_mode_takes_stateless_delta_pipelines_only() {
+    fn group_mode_takes_partition_scoped_state_and_delta_sinks_only() {
         let mut c = PipelineConfig::new("p", &["t"]);
         c.sink = SinkConfig::delta(std::path::Path::new("data/t"));
         c.source.group_id = Some("g".into());
@@ -330,7 +330,19 @@ mod tests {
         let mut stateful = c.clone();
         stateful.aggregate = Some(AggregateConfig::count_by(&["key"], OutputMode::Update, 4));
         stateful.decode.format = DecodeFormat::Text;
-        assert!(problem(&stateful).contains("[aggregate]"), "{}", problem(&stateful));
+        assert!(problem(&stateful).contains("state.scope = \"partition\""), "{}", problem(&stateful));
+        stateful.state.scope = StateScope::Partition;
+        stateful.validate("x").unwrap();
+        let mut complete = stateful.clone();
+        complete.aggregate.as_mut().unwrap().output_mode = OutputMode::Complete;
+        assert!(problem(&complete).contains("aggregate.output_mode"));
+        let mut by_epochs = stateful.clone();
+        by_epochs.aggregate = None;
+        by_epochs.dedup = Some(DedupConfig::by_epochs(&["key"], 3));
+        assert!(problem(&by_epochs).contains("dedup.max_age_epochs"));
+        let mut alone = stateful.clone();
+        alone.source.group_id = None;
+        assert!(problem(&alone).contains("state.scope"));
         let mut console = c.clone();
         console.sink = SinkConfig::Console { num_rows: 1 };
         assert!(problem(&console).contains("needs a Delta sink"));

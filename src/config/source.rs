@@ -168,7 +168,57 @@ impl PipelineConfig {
     }
 
     /// Group mode (`source.group_id`) and what it cannot be combined with.
+    /// Keyed state in group mode: `state.scope = "partition"` and what it cannot hold (yet);
+    /// that scope outside group mode.
+    fn check_group_state(&self, bad: &Bad) -> Result<(), ConfigError> {
+        let partition = self.state.scope == StateScope::Partition;
+        let stateful = match (&self.dedup, &self.aggregate) {
+            (Some(_), _) => Some("dedup"),
+            (None, Some(_)) => Some("aggregate"),
+            _ => None,
+        };
+        if self.source.group_id.is_none() {
+            return match partition {
+                true => Err(bad(
+                    "state.scope",
+                    "is \"partition\", which is for group mode (source.group_id); one process keeps one state".into(),
+                )),
+                false => Ok(()),
+            };
+        }
+        let Some(section) = stateful else { return Ok(()) };
+        let refuse = |field: &str, why: &str| Err(bad(field, why.into()));
+        if !partition {
+            return Err(bad(
+                "source.group_id",
+                format!("with [{section}] needs state.scope = \"partition\": each partition's state is then its own and moves with it, which is exact when records with the same key are in the same partition (a keyed topic); README, \"Group mode\""),
+            ));
+        }
+        if self.dedup.is_some() && self.aggregate.is_some() {
+            return refuse("state.scope", "\"partition\" takes [dedup] or [aggregate], not both yet: an aggregate table does not hold the rows the dedup state is rebuilt from");
+        }
+        if self.dedup.as_ref().is_some_and(|d| d.watermark_field.is_none()) {
+            return refuse(
+                "dedup.max_age_epochs",
+                "has no meaning in group mode, where members number their own epochs: use dedup.watermark_field",
+            );
+        }
+        if !self.sink.outputs().is_empty() {
+            return refuse("sink.outputs", "cannot be combined with keyed state in group mode yet: a row an output's expression fails on leaves the data table, from whose rows a partition's state is rebuilt");
+        }
+        if let Some(a) = &self.aggregate {
+            if a.output_mode != OutputMode::Update {
+                return refuse("aggregate.output_mode", "must be \"update\" in group mode: \"complete\" rewrites the whole table, members write only their partitions' buckets");
+            }
+            if self.source.topics.len() > 1 {
+                return refuse("aggregate", "in group mode reads one topic: a partition owns the _bucket range its number gives");
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn check_group(&self, bad: &Bad) -> Result<(), ConfigError> {
+        self.check_group_state(bad)?;
         if let Some(group) = &self.source.group_id {
             for (key, why) in GROUP_MANAGED_PROPERTIES {
                 if self.source.properties.contains_key(*key) {
@@ -181,17 +231,6 @@ impl PipelineConfig {
             if group.is_empty() || !group.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
                 return Err(bad("source.group_id", format!("is {group:?}; use letters, digits, '.', '_' or '-'")));
             }
-            let stateful = match (&self.dedup, &self.aggregate) {
-                (Some(_), _) => Some("dedup"),
-                (None, Some(_)) => Some("aggregate"),
-                _ => None,
-            };
-            if let Some(section) = stateful {
-                return Err(bad(
-                    "source.group_id",
-                    format!("cannot be used with [{section}] yet: keyed state lives in one process's RocksDB and does not move with its partition (ARCHITECTURE.md, \"Group mode\"); run a stateful pipeline as one process"),
-                ));
-            }
             if !matches!(self.sink, SinkConfig::Delta { .. }) {
                 return Err(bad(
                     "source.group_id",
@@ -201,7 +240,7 @@ impl PipelineConfig {
             if self.checkpoint.remote.is_some() {
                 return Err(bad(
                     "checkpoint.remote",
-                    "has no meaning in group mode yet: members keep no checkpoint, the table records where each partition resumes".into(),
+                    "has no meaning in group mode: the data table records where each partition resumes, and with it the partition's keyed state (state.scope = \"partition\")".into(),
                 ));
             }
             if self.checkpoint.rebuild_from_table {

@@ -186,11 +186,26 @@ pub struct StateConfig {
     /// RocksDB ingests, instead of inserting them one by one into its memtables (a catching-up
     /// pipeline's large epochs); smaller epochs use the write batch.
     pub bulk_insert_min_keys: usize,
+    /// `process`: one state over every partition; `partition`: each Kafka partition's state is
+    /// its own and moves with it (group mode's dedup and aggregation; exact when records with
+    /// the same key are in the same partition).
+    pub scope: StateScope,
+}
+
+/// Whose keyed state is whose (`state.scope`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StateScope {
+    /// One state for every partition the process reads.
+    #[default]
+    Process,
+    /// Each partition's own state: a key is deduplicated, or aggregated, within its partition.
+    Partition,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig { block_cache_mb: 64, write_buffer_mb: 16, bulk_insert_min_keys: 20_000 }
+        StateConfig { block_cache_mb: 64, write_buffer_mb: 16, bulk_insert_min_keys: 20_000, scope: StateScope::Process }
     }
 }
 

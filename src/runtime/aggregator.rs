@@ -11,12 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use std::sync::Arc;
-
 use crate::runtime::messages::AggregatorMsg;
 use crate::runtime::messages::CommitterMsg;
 use crate::state::checkpoint::StateChanges;
-use crate::state::{Output, Processor};
+use crate::state::{Keyed, Output};
 use deltalake::arrow::record_batch::RecordBatch;
 
 use crate::decode::{DeadLetter, Decoded};
@@ -43,7 +41,7 @@ pub struct AggregatorArgs {
     /// the sink already has them.
     pub replay_barriers: Option<std::ops::RangeInclusive<u64>>,
     /// Dedup and aggregation, if the pipeline has them.
-    pub processor: Option<Arc<Processor>>,
+    pub processor: Option<Keyed>,
     /// The last epoch whose checkpoint is written (the committer's).
     pub checkpointed: tokio::sync::watch::Receiver<u64>,
 }
@@ -150,12 +148,12 @@ impl AggregatorState {
 
     async fn close(&mut self, barrier: u64, mut done: Pending) -> Result<(), ActorProcessingErr> {
         let mut ranges = Vec::with_capacity(self.last_cut.len());
-        let mut rows = Vec::new();
+        let mut by_partition = BTreeMap::new();
         let mut dead_letters = Vec::new();
         for (tp, start) in &self.last_cut {
             let end = done.ends[tp];
             ranges.push(PartitionRange { tp: tp.clone(), start: *start, end, records: done.input.get(tp).copied().unwrap_or(0) });
-            rows.extend(done.rows.remove(tp).unwrap_or_default());
+            by_partition.insert(tp.clone(), done.rows.remove(tp).unwrap_or_default());
             dead_letters.extend(done.dead.remove(tp).unwrap_or_default());
         }
         // The next epoch's records that arrived while this one was closing may fill it
@@ -172,9 +170,9 @@ impl AggregatorState {
         // Stateful stages run over the epoch in canonical order (partition, offset), against the
         // state of the last committed epoch, off the async executor.
         let t0 = std::time::Instant::now();
-        let (output, state, duplicates, superseded) = match &self.args.processor {
-            None => (Output::Append(rows), StateChanges::default(), 0, 0),
-            Some(p) => {
+        let (processed, partition_state, stateless) = match &self.args.processor {
+            None => (None, BTreeMap::new(), by_partition.into_values().flatten().collect()),
+            Some(keyed) => {
                 // Against the state of the epoch before: a replay cuts several epochs at once,
                 // so this one may close before the one before it is checkpointed.
                 self.args
@@ -182,8 +180,22 @@ impl AggregatorState {
                     .wait_for(|c| *c + 1 >= epoch)
                     .await
                     .map_err(|_| "the committer stopped before the previous epoch was checkpointed")?;
-                let p = p.clone();
-                let processed = tokio::task::spawn_blocking(move || p.process(epoch, rows)).await??;
+                match keyed.clone() {
+                    Keyed::Process(p) => {
+                        let rows = by_partition.into_values().flatten().collect();
+                        (Some(tokio::task::spawn_blocking(move || p.process(epoch, rows)).await??), BTreeMap::new(), Vec::new())
+                    }
+                    Keyed::Partition(states) => {
+                        let ranges = ranges.clone();
+                        let done = tokio::task::spawn_blocking(move || states.process(&ranges, by_partition)).await??;
+                        (Some(done.processed), done.changes, Vec::new())
+                    }
+                }
+            }
+        };
+        let (output, state, duplicates, superseded) = match processed {
+            None => (Output::Append(stateless), StateChanges::default(), 0, 0),
+            Some(processed) => {
                 dead_letters.extend(processed.late);
                 (processed.output, processed.changes, processed.duplicates, processed.superseded)
             }
@@ -195,6 +207,7 @@ impl AggregatorState {
             dead_letters,
             min_timestamp_ms: done.min_timestamp_ms,
             state,
+            partition_state,
             duplicates,
             superseded,
             filtered: done.filtered,

@@ -18,6 +18,7 @@ use crate::runtime::messages::SupervisorMsg;
 use crate::runtime::messages::{CommitReport, CommitterMsg, StateSize};
 use crate::sink::Sink;
 use crate::state::checkpoint::{Checkpoint, CheckpointStore};
+use crate::state::PartitionStates;
 use crate::testing::failpoint::FailPoints;
 
 /// The committer actor.
@@ -31,6 +32,9 @@ pub struct CommitterArgs {
     pub sink: Arc<dyn Sink>,
     /// The checkpoint.
     pub store: CheckpointStore,
+    /// `state.scope = "partition"`: the partitions' states, written after the tables hold the
+    /// epoch.
+    pub partitions: Option<Arc<PartitionStates>>,
     /// The last committed epoch.
     pub committed_epoch: u64,
     /// Epochs up to this one are held by every table already (a catch-up re-runs them for
@@ -111,17 +115,23 @@ impl Actor for CommitterActor {
                 let (mut changes, staged) = staging.await?;
                 let staged = staged?;
                 let store = state.args.store.clone();
+                let (partitions, partition_state) = (state.args.partitions.clone(), std::mem::take(&mut batch.partition_state));
                 let state_size = tokio::task::spawn_blocking(move || -> crate::Result<StateSize> {
                     // An upsert table's compaction moved rows: the index follows, in this write.
                     if let Some(moved) = &committed.relocated {
                         store.relocate(moved, &mut changes)?;
                     }
+                    let (mut dedup_keys, mut agg_keys, mut bytes) = (0, 0, 0);
+                    if let Some(partitions) = &partitions {
+                        partitions.commit(&partition_state)?;
+                        (dedup_keys, agg_keys, bytes) = partitions.size()?;
+                    }
                     store.commit_staged(&checkpoint, &changes, staged)?;
                     Ok(StateSize {
-                        dedup_keys: store.dedup_key_count()?,
-                        agg_keys: store.agg_key_count()?,
+                        dedup_keys: dedup_keys + store.dedup_key_count()?,
+                        agg_keys: agg_keys + store.agg_key_count()?,
                         upsert_rows: store.upsert_row_count()?,
-                        bytes: store.disk_bytes(),
+                        bytes: bytes + store.disk_bytes(),
                         memory: store.memory(),
                     })
                 })

@@ -37,6 +37,9 @@ pub struct EpochBatch {
     pub min_timestamp_ms: Option<i64>,
     /// The keyed-state changes to write with this epoch's checkpoint.
     pub state: StateChanges,
+    /// `state.scope = "partition"`: per partition, its range's end and the changes to write
+    /// with it.
+    pub partition_state: std::collections::BTreeMap<TopicPartition, (i64, StateChanges)>,
     /// Records dropped as duplicates.
     pub duplicates: u64,
     /// Changes ignored as older (`upsert.sequence_by`) than what their key holds.
@@ -146,6 +149,18 @@ pub trait Sink: Send + Sync + 'static {
     /// next commit instead of taking them back.
     fn group_reposition<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<Offsets>> {
         let _ = partitions;
+        Box::pin(async { Err(crate::Error::Sink(format!("group mode needs a Delta sink, not `{}`", self.name()))) })
+    }
+
+    /// Group mode, `state.scope = "partition"`: the data table's record of `partitions` (read
+    /// now), and the rows `read` names of one partition's state (of its buckets' files only,
+    /// for aggregates), from a snapshot at least as new.
+    fn group_state<'a>(
+        &'a self,
+        partitions: &'a [TopicPartition],
+        read: Option<&'a crate::state::RestoreRead>,
+    ) -> BoxFuture<'a, Result<(Offsets, Vec<RecordBatch>)>> {
+        let _ = (partitions, read);
         Box::pin(async { Err(crate::Error::Sink(format!("group mode needs a Delta sink, not `{}`", self.name()))) })
     }
 

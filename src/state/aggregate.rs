@@ -13,8 +13,8 @@ pub(super) enum Num {
 /// The state of one group.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct AggState {
-    count: i64,
-    vals: Vec<Option<Num>>,
+    pub(super) count: i64,
+    pub(super) vals: Vec<Option<Num>>,
 }
 
 impl AggState {
@@ -206,7 +206,7 @@ impl Processor {
                 for c in &group {
                     c.encode(i, &mut key);
                 }
-                let bucket = (fnv1a(&key[2..]) % a.buckets as u64) as u16;
+                let bucket = (a.base as u64 + fnv1a(&key[2..]) % a.buckets as u64) as u16;
                 key[..2].copy_from_slice(&bucket.to_be_bytes());
                 let slot = match slot_of.get(key.as_slice()) {
                     Some(s) => *s,

@@ -14,11 +14,13 @@ mod aggregate;
 pub mod checkpoint;
 mod dedup;
 mod keys;
+mod partitioned;
 pub mod persist;
 mod upsert;
 
 pub use aggregate::result_schema;
 use keys::*;
+pub use partitioned::{PartitionProcessed, PartitionStates, RestoreRead};
 pub use upsert::Relocated;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -115,7 +117,18 @@ struct Agg {
     aggs: Vec<(AggregateOp, Option<usize>)>,
     mode: OutputMode,
     buckets: u32,
+    /// The first `_bucket` (`state.scope = "partition"`: the partition's own range).
+    base: u32,
     schema: SchemaRef,
+}
+
+/// A pipeline's keyed stages, by `state.scope`.
+#[derive(Clone)]
+pub enum Keyed {
+    /// One state for every partition the process reads (one process).
+    Process(Arc<Processor>),
+    /// Each partition's own state (group mode).
+    Partition(Arc<PartitionStates>),
 }
 
 /// Runs dedup, aggregation or upserts for closed epochs.
@@ -179,10 +192,19 @@ impl Processor {
                     .collect::<Result<_>>()?,
                 mode: a.output_mode,
                 buckets: a.buckets,
+                base: 0,
                 schema: result_schema(decoded, a).map_err(|e| Error::Sink(format!("aggregate.group_by {e}")))?,
             }),
         };
         Ok(Some(Processor { dedup, agg, upsert, store }))
+    }
+
+    /// The processor with its aggregate's keys in `_bucket`s `base .. base + buckets`.
+    fn with_bucket_base(mut self, base: u32) -> Processor {
+        if let Some(a) = self.agg.as_mut() {
+            a.base = base;
+        }
+        self
     }
 
     /// Processes epoch `epoch`'s rows (in canonical order). Blocking: reads RocksDB.

@@ -50,6 +50,9 @@ pub const CHECKPOINT_PERSIST_FAILURES: &str = "exactly_checkpoint_persist_failur
 pub const CHECKPOINT_PERSISTED_EPOCH: &str = "exactly_checkpoint_persisted_epoch";
 /// Gauge: seconds the restore of a persisted checkpoint took at start-up (0: none).
 pub const CHECKPOINT_RESTORE_SECONDS: &str = "exactly_checkpoint_restore_seconds";
+/// Histogram: seconds a group member took to rebuild a partition's keyed state from the data
+/// table (`state.scope = "partition"`), per restore.
+pub const PARTITION_STATE_RESTORE_SECONDS: &str = "exactly_partition_state_restore_seconds";
 /// Gauge: resident set size of the process, bytes.
 pub const PROCESS_RSS: &str = "exactly_process_resident_bytes";
 /// Gauge: Unix time of the last committed epoch (set to the start time before the first).

@@ -3,6 +3,7 @@
 
 use super::read::{cell, column, Tables};
 use super::*;
+use crate::model::BUCKET_COL;
 
 /// The key of row `i`: the named columns' cells, joined.
 pub(super) fn key_of(b: &RecordBatch, cols: &[String], i: usize) -> Result<String> {
@@ -13,8 +14,47 @@ pub(super) fn key_of(b: &RecordBatch, cols: &[String], i: usize) -> Result<Strin
     Ok(k.join("|"))
 }
 
-/// Recomputes the configured aggregates per group from decoded rows; values as [`cell`] text.
-pub(super) fn recompute(rows: &[RecordBatch], config: &AggregateConfig) -> Result<BTreeMap<String, Vec<String>>> {
+/// Whose key a row's key is: every partition's own (`state.scope = "partition"`: the key is
+/// prefixed with the row's partition) or the pipeline's.
+#[derive(Clone, Copy)]
+pub(super) enum Scope {
+    Process,
+    /// Aggregate rows name their partition by their `_bucket` (this many per partition).
+    Partition {
+        buckets: u32,
+    },
+}
+
+impl Scope {
+    fn of(config: &PipelineConfig) -> Scope {
+        match config.state.scope {
+            crate::config::StateScope::Process => Scope::Process,
+            crate::config::StateScope::Partition => {
+                Scope::Partition { buckets: config.aggregate.as_ref().map_or(1, |a| a.buckets) }
+            }
+        }
+    }
+
+    /// Row `i`'s key in this scope, of a topic's rows (with `_kafka_partition`) or of an
+    /// aggregate table's (`table`: with `_bucket`).
+    fn key(&self, b: &RecordBatch, cols: &[String], i: usize, table: bool) -> Result<String> {
+        let key = key_of(b, cols, i)?;
+        Ok(match self {
+            Scope::Process => key,
+            Scope::Partition { buckets } => {
+                let partition = match table {
+                    true => cell(column(b, BUCKET_COL)?, i).parse::<u32>().unwrap_or(0) / buckets,
+                    false => cell(column(b, PARTITION_COL)?, i).parse::<u32>().unwrap_or(0),
+                };
+                format!("p{partition}|{key}")
+            }
+        })
+    }
+}
+
+/// Recomputes the configured aggregates per group (in `scope`) from decoded rows; values as
+/// [`cell`] text.
+fn recompute(rows: &[RecordBatch], config: &AggregateConfig, scope: Scope) -> Result<BTreeMap<String, Vec<String>>> {
     #[derive(Clone, Copy)]
     enum V {
         I(i64),
@@ -23,7 +63,9 @@ pub(super) fn recompute(rows: &[RecordBatch], config: &AggregateConfig) -> Resul
     let mut groups: BTreeMap<String, (i64, Vec<Option<V>>)> = BTreeMap::new();
     for b in rows {
         for i in 0..b.num_rows() {
-            let g = groups.entry(key_of(b, &config.group_by, i)?).or_insert_with(|| (0, vec![None; config.aggregates.len()]));
+            let g = groups
+                .entry(scope.key(b, &config.group_by, i, false)?)
+                .or_insert_with(|| (0, vec![None; config.aggregates.len()]));
             g.0 += 1;
             for (j, spec) in config.aggregates.iter().enumerate() {
                 let Some(f) = &spec.field else { continue };
@@ -72,8 +114,8 @@ pub(super) fn recompute(rows: &[RecordBatch], config: &AggregateConfig) -> Resul
 /// the topic's committed records decode to.
 pub(super) fn audit(config: &PipelineConfig, kafka_rows: &[RecordBatch], t: &Tables) -> Result<Option<KeyAudit>> {
     match (&config.aggregate, &config.dedup) {
-        (Some(a), dedup) => aggregate(a, dedup.as_ref(), kafka_rows, &t.data_rows).map(Some),
-        (None, Some(d)) => dedup(d, kafka_rows, t).map(Some),
+        (Some(a), dedup) => aggregate(a, dedup.as_ref(), kafka_rows, &t.data_rows, Scope::of(config)).map(Some),
+        (None, Some(d)) => dedup(d, kafka_rows, t, Scope::of(config)).map(Some),
         (None, None) => Ok(None),
     }
 }
@@ -85,6 +127,7 @@ fn aggregate(
     dedup: Option<&crate::config::DedupConfig>,
     kafka_rows: &[RecordBatch],
     data_rows: &[RecordBatch],
+    scope: Scope,
 ) -> Result<KeyAudit> {
     let mut seen = HashSet::new();
     let mut rows = Vec::new();
@@ -92,7 +135,7 @@ fn aggregate(
         let mut keep = Vec::with_capacity(b.num_rows());
         for i in 0..b.num_rows() {
             keep.push(match dedup {
-                Some(d) => seen.insert(key_of(b, &d.key, i)?),
+                Some(d) => seen.insert(scope.key(b, &d.key, i, false)?),
                 None => true,
             });
         }
@@ -101,13 +144,13 @@ fn aggregate(
                 .map_err(|e| Error::Sink(e.to_string()))?,
         );
     }
-    let want = recompute(&rows, a)?;
+    let want = recompute(&rows, a, scope)?;
     let mut have: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut duplicated = 0;
     for b in data_rows {
         for i in 0..b.num_rows() {
             let vals = a.aggregates.iter().map(|s| Ok(cell(column(b, &s.column())?, i))).collect::<Result<Vec<_>>>()?;
-            if have.insert(key_of(b, &a.group_by, i)?, vals).is_some() {
+            if have.insert(scope.key(b, &a.group_by, i, true)?, vals).is_some() {
                 duplicated += 1;
             }
         }
@@ -140,7 +183,7 @@ fn aggregate(
 
 /// Every key of the topic in the data table once. Records dead-lettered (too late for the
 /// watermark, or too far ahead) are accounted for by the dead-letter table.
-fn dedup(d: &crate::config::DedupConfig, kafka_rows: &[RecordBatch], t: &Tables) -> Result<KeyAudit> {
+fn dedup(d: &crate::config::DedupConfig, kafka_rows: &[RecordBatch], t: &Tables, scope: Scope) -> Result<KeyAudit> {
     let dead_set: HashSet<(String, i64)> =
         t.dead.iter().flat_map(|(tp, offs)| offs.iter().map(move |o| (tp.to_string(), *o))).collect();
     let mut want = HashSet::new();
@@ -151,13 +194,13 @@ fn dedup(d: &crate::config::DedupConfig, kafka_rows: &[RecordBatch], t: &Tables)
             if dead_set.contains(&(tp.to_string(), cell(off, i).parse().unwrap_or(-1))) {
                 continue;
             }
-            want.insert(key_of(b, &d.key, i)?);
+            want.insert(scope.key(b, &d.key, i, false)?);
         }
     }
     let mut have: HashMap<String, u64> = HashMap::new();
     for b in &t.data_rows {
         for i in 0..b.num_rows() {
-            *have.entry(key_of(b, &d.key, i)?).or_default() += 1;
+            *have.entry(scope.key(b, &d.key, i, false)?).or_default() += 1;
         }
     }
     let mut k = KeyAudit { kind: "dedup".into(), expected: want.len() as u64, found: have.len() as u64, ..Default::default() };

@@ -31,9 +31,6 @@ use deltalake::arrow::array::{
 use deltalake::arrow::datatypes::{DataType, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::logstore::object_store::path::Path as ObjectPath;
-use deltalake::logstore::object_store::ObjectStoreExt;
-use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::DeltaTable;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};

@@ -100,6 +100,10 @@ impl SupervisorState {
                 pipeline_id: config.id.clone(),
                 sink: self.args.sink.clone(),
                 store: self.store.clone(),
+                partitions: match &self.processor {
+                    Some(Keyed::Partition(states)) => Some(states.clone()),
+                    _ => None,
+                },
                 committed_epoch: cp.epoch,
                 held_through: replay.map_or(0, Replay::held_through),
                 supervisor: myself.clone(),
@@ -166,7 +170,17 @@ impl SupervisorState {
             // member committed (a commit that finished while its generation was torn down too).
             let epoch = self.store.load()?.map_or(0, |c| c.epoch);
             let cp = Checkpoint::new(&self.args.plan.config.id, epoch, &offsets);
-            return Ok(Some(Positioned { cp, offsets, replay: None, client }));
+            // Partition-scoped state: each partition's at its start; a range a table after the
+            // data table lacks is read again cut where the data table's record is.
+            let replay = match self.partition_states(&offsets).await? {
+                Some(ends) => {
+                    let plan = Replay::plan(&[CommittedEpoch { epoch: epoch + 1, offsets: ends }], &offsets, self.next_barrier)?;
+                    self.next_barrier += 1;
+                    Some(plan)
+                }
+                None => None,
+            };
+            return Ok(Some(Positioned { cp, offsets, replay, client }));
         }
         let (cp, replay) = self.recover().await?;
         // With `checkpoint.remote`, no epoch is read before the store holds a checkpoint.

@@ -98,6 +98,38 @@ impl SupervisorState {
         Ok(Some((offsets, client)))
     }
 
+    /// `state.scope = "partition"`: brings the state of each partition read from `offsets` to
+    /// the offset [`PartitionStates::state_at`] names — kept when this member holds it there,
+    /// rebuilt from the data table otherwise (`PartitionStates::restore`). `Some`: the ends of
+    /// a range to read again first, cut at the data table's record (a table written after it
+    /// lacks that range: a crash between the two commits).
+    pub(super) async fn partition_states(&mut self, offsets: &Offsets) -> Result<Option<Offsets>, Error> {
+        let Some(Keyed::Partition(states)) = self.processor.clone() else { return Ok(None) };
+        let partitions: Vec<TopicPartition> = offsets.keys().cloned().collect();
+        states.keep_only(&partitions);
+        let (recorded, _) = self.args.sink.group_state(&partitions, None).await?;
+        let blocking = |e: tokio::task::JoinError| Error::Actor(format!("state task failed: {e}"));
+        let mut ends = Offsets::new();
+        for (tp, from) in offsets {
+            let table = recorded.get(tp).copied().unwrap_or(*from).max(*from);
+            ends.insert(tp.clone(), table);
+            let at = states.state_at(*from, table);
+            let (s, t) = (states.clone(), tp.clone());
+            if tokio::task::spawn_blocking(move || s.holds(&t)).await.map_err(blocking)?? == Some(at) {
+                continue;
+            }
+            let t0 = Instant::now();
+            let read = states.restore_read(tp)?;
+            let (_, rows) = self.args.sink.group_state(std::slice::from_ref(tp), Some(&read)).await?;
+            let n: usize = rows.iter().map(|b| b.num_rows()).sum();
+            let (s, t) = (states.clone(), tp.clone());
+            tokio::task::spawn_blocking(move || s.restore(&t, at, &rows)).await.map_err(blocking)??;
+            metrics::histogram!(m::PARTITION_STATE_RESTORE_SECONDS).record(t0.elapsed().as_secs_f64());
+            tracing::info!(partition = %tp, offset = at, rows = n, ms = t0.elapsed().as_millis() as u64, "rebuilt the partition's state from the data table");
+        }
+        Ok(offsets.iter().any(|(tp, from)| ends[tp] > *from).then_some(ends))
+    }
+
     /// Group mode: claims `partitions` in the table for this member; where each starts.
     /// `starting_offsets` is resolved for every known partition of their topics: the first
     /// claim of a topic pins them all, so a member claiming another of them later starts where

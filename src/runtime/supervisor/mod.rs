@@ -55,7 +55,7 @@ use crate::source::fetch::PartitionFetch;
 use crate::source::group::{GroupMember, GroupRequest};
 use crate::source::{self, PartitionStats, PipelineConsumer, StatsContext};
 use crate::state::checkpoint::{Checkpoint, CheckpointStore};
-use crate::state::Processor;
+use crate::state::{Keyed, PartitionStates, Processor};
 use crate::telemetry::metrics as m;
 use crate::telemetry::progress::{PartitionProgress, Progress};
 use crate::testing::failpoint::FailPoints;
@@ -181,7 +181,7 @@ pub struct SupervisorState {
     /// `--until-caught-up`: what is still to be read.
     until: Option<until::Until>,
     reset_from_sink: bool,
-    processor: Option<Arc<Processor>>,
+    processor: Option<Keyed>,
     /// The last committed cut, shared with the Kafka statistics callback (lag per partition).
     committed_offsets: Arc<Mutex<Offsets>>,
     /// Group mode: this process's membership and the partitions the group gave it.
@@ -389,8 +389,20 @@ impl Actor for SupervisorActor {
         let decoded = args.plan.decoder.schema();
         let config = &args.plan.config;
         let upsert = config.upsert.as_ref().map(|u| (u, args.plan.table.0.as_ref()));
-        let processor =
-            Processor::new(&decoded, config.dedup.as_ref(), config.aggregate.as_ref(), upsert, store.clone())?.map(Arc::new);
+        let processor = match (&config.source.group_id, config.state.scope) {
+            (Some(_), crate::config::StateScope::Partition) if config.dedup.is_some() || config.aggregate.is_some() => {
+                Some(Keyed::Partition(Arc::new(PartitionStates::new(
+                    &config.id,
+                    config.checkpoint_dir().join("partitions"),
+                    &config.state,
+                    decoded.clone(),
+                    config.dedup.as_ref(),
+                    config.aggregate.as_ref(),
+                ))))
+            }
+            _ => Processor::new(&decoded, config.dedup.as_ref(), config.aggregate.as_ref(), upsert, store.clone())?
+                .map(|p| Keyed::Process(Arc::new(p))),
+        };
         let reset_from_sink = args.reset_checkpoint_from_table;
         let partitions = args.partitions.clone();
         m::register_zeros();

@@ -135,6 +135,7 @@ impl FilesAt {
 pub(super) struct GroupWrite<'a> {
     sink: &'a DeltaSink,
     batch: &'a EpochBatch,
+    keyed: Keyed,
     tokens: &'a std::collections::HashMap<TopicPartition, i64>,
     rows: Vec<RecordBatch>,
     dead_letters: &'a [crate::decode::DeadLetter],
@@ -151,6 +152,21 @@ impl commit::Writer for GroupWrite<'_> {
         let recorded = sink.fence(table, self.tokens, batch).await?;
         if batch.ranges.iter().all(|r| recorded.get(&r.tp).is_some_and(|next| *next >= r.end)) {
             return Ok(commit::Decision::Held);
+        }
+        if !matches!(self.keyed, Keyed::No) {
+            // The state the rows were computed from is at each range's start (a range the table
+            // holds already adds no row).
+            if let Some(r) = batch.ranges.iter().find(|r| recorded.get(&r.tp).is_some_and(|at| *at != r.start && *at < r.end)) {
+                return Err(Error::Recovery(format!(
+                    "{} records {} at offset {}, inside the epoch's range {}..{} computed from the state at {}; the member restarts from the table",
+                    sink.data.path.display(),
+                    r.tp,
+                    recorded[&r.tp],
+                    r.start,
+                    r.end,
+                    r.start
+                )));
+            }
         }
         let mut txns = Vec::new();
         for r in &batch.ranges {
@@ -175,11 +191,16 @@ impl commit::Writer for GroupWrite<'_> {
         })?;
         let mut actions: Vec<Action> =
             group_evolution(table, path, evolve.as_ref(), &batch.ranges, &recorded)?.into_iter().collect();
+        if let Keyed::Replaces(buckets) = &self.keyed {
+            actions.extend(bucket_removes(table, path, Some(buckets))?);
+        }
+        let replacing = matches!(self.keyed, Keyed::Replaces(_));
         let rows = &self.rows;
         let adds = self
             .written
             .for_cut(recorded.clone(), async || {
-                let adds = write_files(&sink.data, table, evolve.is_some(), rows_from(rows, &recorded)?).await?;
+                let rows = if replacing { rows.clone() } else { rows_from(rows, &recorded)? };
+                let adds = write_files(&sink.data, table, evolve.is_some(), rows).await?;
                 sink.failpoints.hit("after-parquet-write").await?;
                 Ok(adds)
             })
@@ -282,6 +303,29 @@ impl commit::Writer for OutputClaim<'_> {
             info: json!({"pipeline": pipeline, "member": self.member, "claim": names}),
             operation: self.sink.member_operation(self.member, 0),
         })))
+    }
+}
+
+/// What partition-scoped state (`state.scope = "partition"`) asks of a group member's data
+/// commit: its rows were computed from each partition's state at its range's start, so each
+/// range must start where the table records it (or be held already).
+pub(super) enum Keyed {
+    /// A stateless pipeline.
+    No,
+    /// Dedup: rows to append.
+    Appends,
+    /// Aggregates: the rows of these `_bucket`s, replaced.
+    Replaces(std::collections::HashSet<u32>),
+}
+
+/// What a group member's epoch writes to the data table: its rows, and how they were kept.
+fn group_output(batch: &EpochBatch) -> Result<(&[RecordBatch], Keyed)> {
+    let keyed = !batch.partition_state.is_empty();
+    match &batch.output {
+        Output::Append(rows) if keyed => Ok((rows, Keyed::Appends)),
+        Output::Append(rows) => Ok((rows, Keyed::No)),
+        Output::Replace { buckets: Some(buckets), rows, .. } => Ok((rows, Keyed::Replaces(buckets.iter().copied().collect()))),
+        _ => Err(Error::Sink("group mode writes appends and partition-scoped aggregates only".into())),
     }
 }
 
@@ -397,6 +441,42 @@ impl DeltaSink {
         Ok(start)
     }
 
+    /// Group mode, `state.scope = "partition"`: the data table's record of `partitions` as read
+    /// now, and the columns `read` names of its rows (of the files of `read.buckets` only).
+    pub(super) async fn state_rows(
+        &self,
+        tables: &mut Tables,
+        partitions: &[TopicPartition],
+        read: Option<&crate::state::RestoreRead>,
+    ) -> Result<(Offsets, Vec<RecordBatch>)> {
+        if tables.data.is_none() {
+            self.refresh(tables, partitions).await?;
+        }
+        let data = tables.data.as_mut().ok_or_else(|| Error::Sink("the data table is not open".into()))?;
+        let path = &self.data.path;
+        take_fresh_snapshot(&self.data, data).await?;
+        data.table.update_incremental(None).await.map_err(|e| delta_err(path, e))?;
+        let recorded = recorded_cut(&data.table, path, &self.pipeline, partitions).await?;
+        let Some(read) = read else { return Ok((recorded, Vec::new())) };
+        let snapshot = data.table.snapshot().map_err(|e| delta_err(path, e))?;
+        let files: Vec<_> = snapshot
+            .log_data()
+            .iter()
+            .filter(|f| {
+                let bucket = f.partition_values_map().get(crate::model::BUCKET_COL).cloned().flatten();
+                match (&read.buckets, bucket.and_then(|b| b.parse::<u32>().ok())) {
+                    (None, _) => true,
+                    (Some(owned), Some(b)) => owned.contains(&b),
+                    (Some(_), None) => false,
+                }
+            })
+            .map(|f| f.object_store_path())
+            .collect();
+        let names: Vec<&str> = read.columns.iter().map(String::as_str).collect();
+        let rows = rows::read_columns(&data.table, &files, &names).await?;
+        Ok((recorded, rows))
+    }
+
     /// Group mode: the recorded next offsets of the batch's partitions in `table` (the data
     /// table), after checking that each is still claimed by this member's token.
     pub(super) async fn fence(
@@ -436,12 +516,8 @@ impl DeltaSink {
     /// [`GroupAppend`]).
     pub(super) async fn commit_group(&self, tables: &mut Tables, batch: &EpochBatch, member: &str) -> Result<()> {
         let epoch = batch.epoch;
-        let Output::Append(rows) = &batch.output else {
-            return Err(Error::Sink("group mode writes append pipelines only".into()));
-        };
-        let stamp = |rows: &[RecordBatch]| -> Result<Vec<RecordBatch>> {
-            rows.iter().map(|b| with_epoch(b, epoch)).collect::<Result<Vec<_>, _>>().map_err(|e| Error::Sink(e.to_string()))
-        };
+        let (rows, keyed) = group_output(batch)?;
+        let stamp = |rows: &[RecordBatch]| stamped(rows, epoch);
         let fanned = self.fan_out(rows);
         let rows = stamp(&fanned.main)?;
         let all_dead: Vec<crate::decode::DeadLetter> = batch.dead_letters.iter().cloned().chain(fanned.dead).collect();
@@ -470,6 +546,7 @@ impl DeltaSink {
         let mut write = GroupWrite {
             sink: self,
             batch,
+            keyed,
             tokens,
             rows,
             dead_letters: &dead_letters,

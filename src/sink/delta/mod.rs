@@ -19,6 +19,7 @@
 pub mod commit;
 pub mod dv;
 mod group;
+pub mod rows;
 pub mod table;
 pub mod txn;
 pub mod upsert;
@@ -659,6 +660,18 @@ impl Sink for DeltaSink {
         .boxed()
     }
 
+    fn group_state<'a>(
+        &'a self,
+        partitions: &'a [TopicPartition],
+        read: Option<&'a crate::state::RestoreRead>,
+    ) -> BoxFuture<'a, Result<(Offsets, Vec<RecordBatch>)>> {
+        async move {
+            let mut tables = self.tables.lock().await;
+            self.state_rows(&mut tables, partitions, read).await
+        }
+        .boxed()
+    }
+
     fn group_claim<'a>(
         &'a self,
         partitions: &'a [TopicPartition],
@@ -714,9 +727,7 @@ impl Sink for DeltaSink {
                 return self.commit_group(&mut tables, batch, member).await.map(|()| super::Committed::default());
             }
             let epoch = batch.epoch;
-            let stamp = |rows: &[RecordBatch]| -> Result<Vec<RecordBatch>> {
-                rows.iter().map(|b| with_epoch(b, epoch)).collect::<Result<Vec<_>, _>>().map_err(|e| Error::Sink(e.to_string()))
-            };
+            let stamp = |rows: &[RecordBatch]| stamped(rows, epoch);
             let mut fanned = FannedOut { outputs: vec![Vec::new(); self.outputs.len()], ..Default::default() };
             let write = match &batch.output {
                 Output::Append(rows) => {

@@ -13,6 +13,11 @@ pub(super) fn delta_fields(schema: &SchemaRef) -> Result<Vec<StructField>> {
         .collect()
 }
 
+/// `rows` with the `_epoch` column of epoch `epoch`.
+pub(super) fn stamped(rows: &[RecordBatch], epoch: u64) -> Result<Vec<RecordBatch>> {
+    rows.iter().map(|b| with_epoch(b, epoch)).collect::<Result<Vec<_>, _>>().map_err(|e| Error::Sink(e.to_string()))
+}
+
 /// Remove actions for every current file of `buckets` (`None`: every file of the table).
 pub(super) fn bucket_removes(table: &DeltaTable, path: &TableLocation, buckets: Option<&HashSet<u32>>) -> Result<Vec<Action>> {
     let snapshot = table.snapshot().map_err(|e| delta_err(path, e))?;
