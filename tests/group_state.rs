@@ -4,7 +4,6 @@
 //! partition (every id once, every count right), the log's fencing record, Python's reader.
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::Duration;
 
 use exactly::config::{DedupConfig, PipelineConfig, StateScope};
