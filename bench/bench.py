@@ -204,6 +204,8 @@ def pipeline_config(mode, topic, work, interval_ms, sink_extra="", group=None):
     extra = ""
     if mode == "dedup":
         extra = '[dedup]\nkey = ["id"]\nmax_age_epochs = 1000000\n'
+    elif mode == "dedup_partition":  # group mode's dedup: each partition's state its own, by event time
+        extra = '[state]\nscope = "partition"\n[dedup]\nkey = ["id"]\nwatermark_field = "ts"\nallowed_lateness_ms = 86400000\n'
     elif mode == "upsert":
         extra = '[upsert]\nkey = ["id"]\n'
     elif mode == "counts":
@@ -436,12 +438,15 @@ def recovery(system, profile, rate, work, interval_ms):
         producer.wait(timeout=60)
 
 
-def group_throughput(profile, topic, events, work, interval_ms, members):
+def group_throughput(profile, topic, events, work, interval_ms, members, mode="append"):
     """`members` processes of one group (`source.group_id`) share the pre-produced topic: time
     from the first start to every record committed (summed over the members). Includes the
-    group forming: the members join one after another, each join a rebalance."""
-    cfg = pipeline_config("append", topic, work, interval_ms, group=f"bench-group-{members}-{int(time.time())}")
-    os_ = [Ours(profile, cfg) for _ in range(members)]
+    group forming: the members join one after another, each join a rebalance. Each member has a
+    checkpoint directory of its own (its disk)."""
+    group = f"bench-group-{mode}-{members}-{int(time.time())}"
+    cfgs = [pipeline_config(mode, topic, work / f"member-{i}", interval_ms, sink_extra=f'path = "{work}/table"\n', group=group)
+            for i in range(members)]
+    os_ = [Ours(profile, cfg) for cfg in cfgs]
     samplers = [TreeSampler(o.p.pid) for o in os_]
     for sm in samplers:
         sm.start()
@@ -931,6 +936,16 @@ def main():
             for n in [1, 2] if a.quick else [1, 2, 4]:
                 log(f"ours group mode, {n} member(s): {runs} run(s) over {events} events")
                 results["ours_group"][str(n)] = median_of([group_throughput(profile, topic, events, work / f"group-{n}-{r}", a.interval_ms, n) for r in range(runs)])
+            # Stateful group mode: partition-scoped dedup with 1 and 2 members, then the state
+            # of every partition rebuilt from the 1-member run's table (what a member taking
+            # them on a fresh disk does).
+            results["ours_group_dedup"] = {}
+            for n in [1, 2]:
+                log(f"ours group mode, dedup (state.scope = partition), {n} member(s): {runs} run(s) over {events} events")
+                results["ours_group_dedup"][str(n)] = median_of([group_throughput(profile, topic, events, work / f"group-dedup-{n}-{r}", a.interval_ms, n, "dedup_partition") for r in range(runs)])
+            log("ours group mode: dedup state rebuilt from the table")
+            cmd = [binary(profile, "exactly-bench"), "restore", "--topic", topic, "--table", str(work / "group-dedup-1-0" / "table"), "--partitions", "4"]
+            results["ours_group_restore"] = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
             log("ours group mode: takeover after a member's SIGKILL")
             results["ours_group_takeover_s"] = group_takeover(profile, min(rate, 5_000), work / "group-takeover", a.interval_ms)
         if partial:
@@ -1042,6 +1057,13 @@ def render(r):
     for n, g in (r.get("ours_group") or {}).items():
         rows.append(f"| group mode, {n} member(s) on this machine: records/s | | {g['records_per_s']:,.0f} | | {g['records_per_s'] / lim:.0%} | "
                     f"CPU-s per million {g['cpu_s_per_million']:.1f}, peak RSS {g['peak_rss_mb']:.0f} MB (all members) |")
+    for n, g in (r.get("ours_group_dedup") or {}).items():
+        rows.append(f"| group mode, dedup (state.scope = partition), {n} member(s): records/s | | {g['records_per_s']:,.0f} | | {g['records_per_s'] / lim:.0%} | "
+                    f"CPU-s per million {g['cpu_s_per_million']:.1f}, peak RSS {g['peak_rss_mb']:.0f} MB (all members) |")
+    if r.get("ours_group_restore"):
+        g = r["ours_group_restore"]
+        rows.append(f"| group mode: dedup state of {g['partitions']} partitions rebuilt from the table ({g['keys']:,} keys), s | | {g['seconds']:.2f} | | | "
+                    f"read {g['read_seconds']:.2f} s, rebuild {g['rebuild_seconds']:.2f} s |")
     if r.get("ours_group_takeover_s") is not None:
         rows.append(f"| group mode: a member SIGKILLed, s to its partitions' first commit by another (session timeout 6 s) | | {r['ours_group_takeover_s']:.2f} | | | |")
     ro, rs = r.get("ours_recovery_s"), r.get("spark_recovery_s")

@@ -10,6 +10,10 @@
 //!   `--initial` ids 0..keys in order, else `--count` changes of ids drawn at random from
 //!   0..keys (seeded), each with a new value.
 //!
+//! - `restore`: rebuilds a partition-scoped dedup state (`state.scope = "partition"`) from a
+//!   dedup table's rows, every partition of it, as a group member taking them does: the read
+//!   and the rebuild timed separately.
+//!
 //! Each prints one JSON object on stdout.
 
 use std::time::{Duration, Instant};
@@ -60,6 +64,15 @@ enum Cmd {
     Parquet,
     /// Print the sum of the topic's high watermarks (0 if the topic does not exist).
     Watermarks,
+    /// Rebuild each partition's dedup state (by `id`, event time `ts`) from a table's rows.
+    Restore {
+        /// The dedup table.
+        #[arg(long)]
+        table: std::path::PathBuf,
+        /// Its partitions: 0..partitions.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
     /// Produce keyed changes: every id of 0..keys once (`--initial`), or `count` random ones.
     Changes {
         /// The key space: ids 0..keys.
@@ -188,6 +201,37 @@ fn cpu_seconds() -> f64 {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+/// See [`Cmd::Restore`].
+fn restore(topic: &str, table: &std::path::Path, partitions: i32) -> serde_json::Value {
+    use exactly::model::{OFFSET_COL, PARTITION_COL, TOPIC_COL};
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let t0 = Instant::now();
+    let rows = runtime.block_on(async {
+        let table = exactly::sink::delta::load_table(table).await.expect("load").expect("a table");
+        let snapshot = table.snapshot().expect("snapshot");
+        let files: Vec<_> = snapshot.log_data().iter().map(|f| f.object_store_path()).collect();
+        exactly::sink::delta::rows::read_columns(&table, &files, &["id", "ts", TOPIC_COL, PARTITION_COL, OFFSET_COL])
+            .await
+            .expect("rows")
+    });
+    let read = t0.elapsed().as_secs_f64();
+    let dir = std::env::temp_dir().join(format!("exactly-bench-restore-{}", std::process::id()));
+    let decoded = Decoder::new(&DecodeConfig::seed()).expect("the seed's decoder").schema();
+    let dedup = exactly::config::DedupConfig::by_watermark(&["id"], "ts", 86_400_000);
+    let states = exactly::state::PartitionStates::new("bench", dir.clone(), &Default::default(), decoded, Some(&dedup), None);
+    let t1 = Instant::now();
+    let mut keys = 0;
+    for p in 0..partitions {
+        keys += states.restore(&TopicPartition::new(topic, p), i64::MAX, &rows).expect("restore");
+    }
+    let rebuild = t1.elapsed().as_secs_f64();
+    drop(states);
+    let _ = std::fs::remove_dir_all(&dir);
+    let n: usize = rows.iter().map(|b| b.num_rows()).sum();
+    serde_json::json!({"rows": n, "keys": keys, "partitions": partitions, "read_seconds": read, "rebuild_seconds": rebuild,
+        "seconds": read + rebuild, "keys_per_s": keys as f64 / (read + rebuild)})
+}
+
 fn main() {
     let args = Args::parse();
     match args.cmd {
@@ -201,6 +245,7 @@ fn main() {
                     "cpu_s_per_million": cpu / n as f64 * 1e6})
             );
         }
+        Cmd::Restore { table, partitions } => println!("{}", restore(&args.topic, &table, partitions)),
         Cmd::Changes { keys, count, initial, seed } => {
             let t0 = Instant::now();
             let n = produce_changes(&args, keys, count, initial, seed);

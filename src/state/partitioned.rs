@@ -149,8 +149,8 @@ impl PartitionStates {
 
     /// Replaces `tp`'s local state with its state at offset `at`, rebuilt from `rows` (what
     /// [`PartitionStates::restore_read`] named, read from a snapshot of the data table that
-    /// records `tp`'s commits up to at least `at`). Blocking.
-    pub fn restore(&self, tp: &TopicPartition, at: i64, rows: &[RecordBatch]) -> Result<()> {
+    /// records `tp`'s commits up to at least `at`); the keys it holds. Blocking.
+    pub fn restore(&self, tp: &TopicPartition, at: i64, rows: &[RecordBatch]) -> Result<usize> {
         let dir = self.dir_of(tp);
         drop(self.open.lock().expect("states lock").remove(tp));
         // A killed committer's last write may still hold the database for a moment.
@@ -175,7 +175,8 @@ impl PartitionStates {
             self.agg_state(a, tp, rows, &mut changes)?;
         }
         let cut: crate::model::Offsets = [(tp.clone(), at)].into_iter().collect();
-        p.store.commit(&Checkpoint::new(&self.pipeline, at.max(0) as u64, &cut), &changes)
+        p.store.commit(&Checkpoint::new(&self.pipeline, at.max(0) as u64, &cut), &changes)?;
+        Ok(changes.dedup_insert.len() + changes.agg_put.len())
     }
 
     /// Event-time dedup's state before offset `at`, from the rows the table kept.

@@ -110,6 +110,8 @@ impl SupervisorState {
         let (recorded, _) = self.args.sink.group_state(&partitions, None).await?;
         let blocking = |e: tokio::task::JoinError| Error::Actor(format!("state task failed: {e}"));
         let mut ends = Offsets::new();
+        // Dedup reads the same columns of every file for every partition: read once.
+        let mut shared: Option<Arc<Vec<deltalake::arrow::record_batch::RecordBatch>>> = None;
         for (tp, from) in offsets {
             let table = recorded.get(tp).copied().unwrap_or(*from).max(*from);
             ends.insert(tp.clone(), table);
@@ -120,12 +122,20 @@ impl SupervisorState {
             }
             let t0 = Instant::now();
             let read = states.restore_read(tp)?;
-            let (_, rows) = self.args.sink.group_state(std::slice::from_ref(tp), Some(&read)).await?;
-            let n: usize = rows.iter().map(|b| b.num_rows()).sum();
+            let rows = match (&shared, &read.buckets) {
+                (Some(rows), None) => rows.clone(),
+                _ => {
+                    let rows = Arc::new(self.args.sink.group_state(std::slice::from_ref(tp), Some(&read)).await?.1);
+                    if read.buckets.is_none() {
+                        shared = Some(rows.clone());
+                    }
+                    rows
+                }
+            };
             let (s, t) = (states.clone(), tp.clone());
-            tokio::task::spawn_blocking(move || s.restore(&t, at, &rows)).await.map_err(blocking)??;
+            let n = tokio::task::spawn_blocking(move || s.restore(&t, at, &rows)).await.map_err(blocking)??;
             metrics::histogram!(m::PARTITION_STATE_RESTORE_SECONDS).record(t0.elapsed().as_secs_f64());
-            tracing::info!(partition = %tp, offset = at, rows = n, ms = t0.elapsed().as_millis() as u64, "rebuilt the partition's state from the data table");
+            tracing::info!(partition = %tp, offset = at, keys = n, ms = t0.elapsed().as_millis() as u64, "rebuilt the partition's state from the data table");
         }
         Ok(offsets.iter().any(|(tp, from)| ends[tp] > *from).then_some(ends))
     }
