@@ -1062,8 +1062,7 @@ def render(r):
                     f"CPU-s per million {g['cpu_s_per_million']:.1f}, peak RSS {g['peak_rss_mb']:.0f} MB (all members) |")
     if r.get("ours_group_restore"):
         g = r["ours_group_restore"]
-        rows.append(f"| group mode: dedup state of {g['partitions']} partitions rebuilt from the table ({g['keys']:,} keys), s | | {g['seconds']:.2f} | | | "
-                    f"read {g['read_seconds']:.2f} s, rebuild {g['rebuild_seconds']:.2f} s |")
+        rows.append(f"| group mode: dedup state of {g['partitions']} partitions rebuilt from the table ({g['keys']:,} keys), s | | {g['seconds']:.2f} | | | |")
     if r.get("ours_group_takeover_s") is not None:
         rows.append(f"| group mode: a member SIGKILLed, s to its partitions' first commit by another (session timeout 6 s) | | {r['ours_group_takeover_s']:.2f} | | | |")
     ro, rs = r.get("ours_recovery_s"), r.get("spark_recovery_s")

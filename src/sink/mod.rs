@@ -97,6 +97,9 @@ impl Unrecorded {
     }
 }
 
+/// Where rows read from a table go, batch by batch.
+pub type EachBatch<'a> = &'a mut (dyn FnMut(RecordBatch) -> Result<()> + Send);
+
 /// A destination for committed epochs. Implementations are shared across actor restarts, so they
 /// take `&self` and keep any mutable state behind their own locks.
 pub trait Sink: Send + Sync + 'static {
@@ -153,13 +156,13 @@ pub trait Sink: Send + Sync + 'static {
     }
 
     /// Group mode, `state.scope = "partition"`: the data table's record of `partitions` (read
-    /// now), and the rows `read` names of one partition's state (of its buckets' files only,
-    /// for aggregates), from a snapshot at least as new.
+    /// now); with `read`, the rows it names (of the files of its buckets only, when it names
+    /// some) handed to `each` file by file, from a snapshot at least as new.
     fn group_state<'a>(
         &'a self,
         partitions: &'a [TopicPartition],
-        read: Option<&'a crate::state::RestoreRead>,
-    ) -> BoxFuture<'a, Result<(Offsets, Vec<RecordBatch>)>> {
+        read: Option<(&'a crate::state::RestoreRead, EachBatch<'a>)>,
+    ) -> BoxFuture<'a, Result<Offsets>> {
         let _ = (partitions, read);
         Box::pin(async { Err(crate::Error::Sink(format!("group mode needs a Delta sink, not `{}`", self.name()))) })
     }

@@ -21,21 +21,147 @@ use std::sync::Mutex;
 
 use deltalake::arrow::array::Int32Array;
 
-use super::aggregate::{AggState, Num};
+use super::aggregate::{self, AggState, Num};
 use super::dedup::event_ms;
 use super::*;
 use crate::config::StateConfig;
 use crate::model::{PartitionRange, TopicPartition};
 use crate::state::checkpoint::Checkpoint;
 
-/// What a restore reads of the data table: these columns, of the rows of one partition
-/// (dedup: by `_kafka_topic`/`_kafka_partition`; aggregates: by their `_bucket`s).
+/// What a rebuild reads of the data table: these columns (rows of the partitions: dedup by
+/// `_kafka_topic`/`_kafka_partition`, aggregates by their `_bucket`s).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestoreRead {
     /// The columns.
     pub columns: Vec<String>,
-    /// Aggregates: the `_bucket`s the partition owns.
-    pub buckets: Option<std::ops::Range<u32>>,
+    /// Aggregates: only files of these `_bucket`s (empty: every file).
+    pub buckets: Vec<std::ops::Range<u32>>,
+}
+
+/// Partitions' states rebuilt from the data table's rows — read from a snapshot that records
+/// each partition's commits up to at least its offset — fed batch by batch: only the states are
+/// held, never the rows.
+pub struct Rebuild {
+    states: Arc<PartitionStates>,
+    targets: BTreeMap<TopicPartition, Target>,
+}
+
+/// One partition's rebuild.
+struct Target {
+    /// The offset the state is rebuilt at.
+    at: i64,
+    /// The `_bucket`s it owns (aggregates).
+    buckets: std::ops::Range<u32>,
+    /// Dedup: each key kept before `at`, with the event time of its last kept row.
+    keys: BTreeMap<Vec<u8>, i64>,
+    /// Aggregates: each group's state.
+    agg: Vec<(Vec<u8>, Vec<u8>, bool)>,
+}
+
+impl Rebuild {
+    /// Folds rows of the data table in.
+    pub fn add(&mut self, b: &RecordBatch) -> Result<()> {
+        let states = self.states.clone();
+        if let Some(cfg) = &states.dedup {
+            self.add_kept(&states, cfg, b)?;
+        }
+        if let Some(cfg) = &states.aggregate {
+            self.add_groups(&states, cfg, b)?;
+        }
+        Ok(())
+    }
+
+    /// Dedup: the keys of the rows kept before each target's offset.
+    fn add_kept(&mut self, states: &PartitionStates, cfg: &DedupConfig, b: &RecordBatch) -> Result<()> {
+        let b = states.typed(b, cfg.key.iter().chain(&cfg.watermark_field))?;
+        let (topics, parts, offsets) = coordinates(&b)?;
+        let stamps = match cfg.watermark_field.as_deref() {
+            Some(w) => event_ms(b.column_by_name(w).ok_or_else(|| missing(w))?)?,
+            None => vec![Some(0); b.num_rows()],
+        };
+        let cols: Vec<usize> = cfg.key.iter().map(|k| b.schema().index_of(k).map_err(|_| missing(k))).collect::<Result<_>>()?;
+        let keys = KeyCol::of(&b, &cols)?;
+        // Rows come in runs of one partition: its target is looked up once per run.
+        let mut run: Option<(&str, i32, Option<TopicPartition>)> = None;
+        let mut key = Vec::new();
+        for (i, stamp) in stamps.into_iter().enumerate() {
+            let (topic, part) = (topics.value(i), parts.value(i));
+            if !run.as_ref().is_some_and(|(t, p, _)| *t == topic && *p == part) {
+                let tp = Some(TopicPartition::new(topic, part)).filter(|tp| self.targets.contains_key(tp));
+                run = Some((topic, part, tp));
+            }
+            let (Some((_, _, Some(tp))), Some(stamp)) = (run.as_ref(), stamp) else { continue };
+            let target = self.targets.get_mut(tp).expect("a target");
+            if offsets.value(i) >= target.at {
+                continue;
+            }
+            key.clear();
+            keys.iter().for_each(|k| k.encode(i, &mut key));
+            match target.keys.get_mut(key.as_slice()) {
+                Some(held) => *held = (*held).max(stamp),
+                None => {
+                    target.keys.insert(key.clone(), stamp);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Aggregates: the state of each group in a target's buckets.
+    fn add_groups(&mut self, states: &PartitionStates, cfg: &AggregateConfig, b: &RecordBatch) -> Result<()> {
+        let b = states.typed(b, cfg.group_by.iter())?;
+        let bucket = b
+            .column_by_name(crate::model::BUCKET_COL)
+            .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
+            .ok_or_else(|| missing(crate::model::BUCKET_COL))?;
+        let cols: Vec<usize> =
+            cfg.group_by.iter().map(|k| b.schema().index_of(k).map_err(|_| missing(k))).collect::<Result<_>>()?;
+        let keys = KeyCol::of(&b, &cols)?;
+        let values: Vec<&ArrayRef> = cfg
+            .aggregates
+            .iter()
+            .map(|s| b.column_by_name(&s.column()).ok_or_else(|| missing(&s.column())))
+            .collect::<Result<_>>()?;
+        let values: Vec<Option<aggregate::NumCol>> = values.into_iter().map(aggregate::NumCol::new).collect();
+        for i in 0..b.num_rows() {
+            let at = bucket.value(i).max(0) as u32;
+            let Some(target) = self.targets.values_mut().find(|t| t.buckets.contains(&at)) else { continue };
+            let mut key = (at as u16).to_be_bytes().to_vec();
+            keys.iter().for_each(|k| k.encode(i, &mut key));
+            let mut state = AggState { count: 0, vals: vec![None; cfg.aggregates.len()] };
+            for (j, spec) in cfg.aggregates.iter().enumerate() {
+                let v = values[j].as_ref().and_then(|c| c.get(i));
+                match (spec.op, v) {
+                    (AggregateOp::Count, Some(Num::I(n))) => state.count = n,
+                    (AggregateOp::Count, _) => {}
+                    _ => state.vals[j] = v,
+                }
+            }
+            target.agg.push((key, state.encode(), true));
+        }
+        Ok(())
+    }
+
+    /// Writes each target's state at its offset, replacing what its directory held; the keys
+    /// they hold. Blocking.
+    pub fn finish(self) -> Result<usize> {
+        let mut n = 0;
+        for (tp, t) in self.targets {
+            let mut changes = StateChanges { agg_put: t.agg, ..Default::default() };
+            if let Some(d) = &self.states.dedup {
+                // The watermark: the newest kept event time minus the lateness; keys older
+                // than it have expired.
+                let watermark = d.watermark_field.as_ref().and_then(|_| {
+                    t.keys.values().max().map(|m| m.saturating_sub(d.allowed_lateness_ms.min(i64::MAX as u64) as i64))
+                });
+                changes.watermark = watermark;
+                changes.dedup_insert = t.keys.into_iter().filter(|(_, s)| watermark.is_none_or(|w| *s >= w)).collect();
+            }
+            n += changes.dedup_insert.len() + changes.agg_put.len();
+            self.states.replace(&tp, t.at, &changes)?;
+        }
+        Ok(n)
+    }
 }
 
 /// What a partition-scoped epoch made: the merged output and, per partition, the state
@@ -127,11 +253,11 @@ impl PartitionStates {
         }
     }
 
-    /// What [`PartitionStates::restore`] needs of the data table for `tp`.
-    pub fn restore_read(&self, tp: &TopicPartition) -> Result<RestoreRead> {
+    /// What [`PartitionStates::rebuild`] of `partitions` needs of the data table.
+    pub fn restore_read(&self, partitions: &[TopicPartition]) -> Result<RestoreRead> {
         use crate::model::{BUCKET_COL, OFFSET_COL, PARTITION_COL, TOPIC_COL};
         let mut columns: Vec<String> = Vec::new();
-        let mut buckets = None;
+        let mut buckets = Vec::new();
         if let Some(d) = &self.dedup {
             columns.extend(d.key.iter().cloned());
             columns.extend(d.watermark_field.iter().cloned());
@@ -141,121 +267,53 @@ impl PartitionStates {
             columns.extend(a.group_by.iter().cloned());
             columns.extend(a.aggregates.iter().map(|s| s.column()));
             columns.push(BUCKET_COL.to_string());
-            buckets = Some(self.buckets(tp)?);
+            buckets = partitions.iter().map(|tp| self.buckets(tp)).collect::<Result<_>>()?;
         }
         columns.dedup();
         Ok(RestoreRead { columns, buckets })
     }
 
-    /// Replaces `tp`'s local state with its state at offset `at`, rebuilt from `rows` (what
-    /// [`PartitionStates::restore_read`] named, read from a snapshot of the data table that
-    /// records `tp`'s commits up to at least `at`); the keys it holds. Blocking.
-    pub fn restore(&self, tp: &TopicPartition, at: i64, rows: &[RecordBatch]) -> Result<usize> {
+    /// A rebuild of `targets`' states (each partition at the offset its state must be at),
+    /// fed the rows [`PartitionStates::restore_read`] names.
+    pub fn rebuild(self: &Arc<Self>, targets: &[(TopicPartition, i64)]) -> Result<Rebuild> {
+        let targets = targets
+            .iter()
+            .map(|(tp, at)| {
+                Ok((tp.clone(), Target { at: *at, buckets: self.buckets(tp)?, keys: BTreeMap::new(), agg: Vec::new() }))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Rebuild { states: self.clone(), targets })
+    }
+
+    /// `tp`'s state at offset `at` rebuilt from `rows` (see [`Rebuild`]); the keys it holds.
+    /// Blocking.
+    pub fn restore(self: &Arc<Self>, tp: &TopicPartition, at: i64, rows: &[RecordBatch]) -> Result<usize> {
+        let mut rebuild = self.rebuild(&[(tp.clone(), at)])?;
+        for b in rows {
+            rebuild.add(b)?;
+        }
+        rebuild.finish()
+    }
+
+    /// Replaces `tp`'s local state with `changes` at offset `at`. Blocking.
+    fn replace(&self, tp: &TopicPartition, at: i64, changes: &StateChanges) -> Result<()> {
         let dir = self.dir_of(tp);
         drop(self.open.lock().expect("states lock").remove(tp));
         // A killed committer's last write may still hold the database for a moment.
         let mut tries = 0;
-        loop {
+        let p = loop {
             let _ = std::fs::remove_dir_all(&dir);
             match self.open(tp) {
-                Ok(_) => break,
+                Ok(p) => break p,
                 Err(e) if tries < 50 && e.to_string().contains("in use") => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 }
                 Err(e) => return Err(e),
             }
-        }
-        let p = self.open(tp)?;
-        let mut changes = StateChanges::default();
-        if let Some(d) = &p.dedup {
-            self.dedup_state(d, tp, at, rows, &mut changes)?;
-        }
-        if let Some(a) = &p.agg {
-            self.agg_state(a, tp, rows, &mut changes)?;
-        }
+        };
         let cut: crate::model::Offsets = [(tp.clone(), at)].into_iter().collect();
-        p.store.commit(&Checkpoint::new(&self.pipeline, at.max(0) as u64, &cut), &changes)?;
-        Ok(changes.dedup_insert.len() + changes.agg_put.len())
-    }
-
-    /// Event-time dedup's state before offset `at`, from the rows the table kept.
-    fn dedup_state(
-        &self,
-        d: &Dedup,
-        tp: &TopicPartition,
-        at: i64,
-        rows: &[RecordBatch],
-        changes: &mut StateChanges,
-    ) -> Result<()> {
-        let cfg = self.dedup.as_ref().expect("dedup");
-        let mut last: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
-        for b in rows {
-            let b = self.typed(b, cfg.key.iter().chain(&cfg.watermark_field))?;
-            let (topics, parts, offsets) = coordinates(&b)?;
-            let stamps = match cfg.watermark_field.as_deref() {
-                Some(w) => event_ms(b.column_by_name(w).ok_or_else(|| missing(w))?)?,
-                None => vec![Some(0); b.num_rows()],
-            };
-            let cols: Vec<usize> =
-                cfg.key.iter().map(|k| b.schema().index_of(k).map_err(|_| missing(k))).collect::<Result<_>>()?;
-            let keys = KeyCol::of(&b, &cols)?;
-            for (i, stamp) in stamps.into_iter().enumerate() {
-                if parts.value(i) != tp.partition || topics.value(i) != &*tp.topic || offsets.value(i) >= at {
-                    continue;
-                }
-                let Some(stamp) = stamp else { continue };
-                let mut key = Vec::new();
-                keys.iter().for_each(|k| k.encode(i, &mut key));
-                let held = last.entry(key).or_insert(stamp);
-                *held = (*held).max(stamp);
-            }
-        }
-        let watermark = d.watermark.and_then(|_| last.values().max().map(|m| m.saturating_sub(d.lateness_ms)));
-        changes.watermark = watermark;
-        changes.dedup_insert = last.into_iter().filter(|(_, s)| watermark.is_none_or(|w| *s >= w)).collect();
-        Ok(())
-    }
-
-    /// The aggregates of `tp`'s buckets, from their rows.
-    fn agg_state(&self, a: &Agg, tp: &TopicPartition, rows: &[RecordBatch], changes: &mut StateChanges) -> Result<()> {
-        let cfg = self.aggregate.as_ref().expect("aggregate");
-        let owned = self.buckets(tp)?;
-        for b in rows {
-            let b = self.typed(b, cfg.group_by.iter())?;
-            let bucket = b
-                .column_by_name(crate::model::BUCKET_COL)
-                .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
-                .ok_or_else(|| missing(crate::model::BUCKET_COL))?;
-            let cols: Vec<usize> =
-                cfg.group_by.iter().map(|k| b.schema().index_of(k).map_err(|_| missing(k))).collect::<Result<_>>()?;
-            let keys = KeyCol::of(&b, &cols)?;
-            let values: Vec<Option<&ArrayRef>> = cfg.aggregates.iter().map(|s| b.column_by_name(&s.column())).collect();
-            for i in 0..b.num_rows() {
-                let at = bucket.value(i).max(0) as u32;
-                if !owned.contains(&at) {
-                    continue;
-                }
-                let mut key = (at as u16).to_be_bytes().to_vec();
-                keys.iter().for_each(|k| k.encode(i, &mut key));
-                let mut state = AggState { count: 0, vals: vec![None; a.aggs.len()] };
-                for (j, (op, _)) in a.aggs.iter().enumerate() {
-                    let col = values[j].ok_or_else(|| missing(&cfg.aggregates[j].column()))?;
-                    let v = aggregate::NumCol::new(col).and_then(|c| c.get(i));
-                    match op {
-                        AggregateOp::Count => {
-                            state.count = match v {
-                                Some(Num::I(n)) => n,
-                                _ => 0,
-                            }
-                        }
-                        _ => state.vals[j] = v,
-                    }
-                }
-                changes.agg_put.push((key, state.encode(), true));
-            }
-        }
-        Ok(())
+        p.store.commit(&Checkpoint::new(&self.pipeline, at.max(0) as u64, &cut), changes)
     }
 
     /// `b` with the named columns cast to their decoded types (a file rewritten by another
@@ -439,7 +497,7 @@ mod tests {
         let (kept_dir, rebuilt_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let d = DedupConfig::by_watermark(&["id"], "ts", 10_000);
         let states = |dir: &std::path::Path| {
-            PartitionStates::new("p", dir.to_path_buf(), &StateConfig::default(), schema(), Some(&d), None)
+            Arc::new(PartitionStates::new("p", dir.to_path_buf(), &StateConfig::default(), schema(), Some(&d), None))
         };
         let (kept, rebuilt) = (states(kept_dir.path()), states(rebuilt_dir.path()));
         let tp = TopicPartition::new("t", 3);
@@ -484,7 +542,7 @@ mod tests {
             buckets: 4,
         };
         let states = |dir: &std::path::Path| {
-            PartitionStates::new("p", dir.to_path_buf(), &StateConfig::default(), schema(), None, Some(&a))
+            Arc::new(PartitionStates::new("p", dir.to_path_buf(), &StateConfig::default(), schema(), None, Some(&a)))
         };
         let (kept, rebuilt) = (states(kept_dir.path()), states(rebuilt_dir.path()));
         let tp = TopicPartition::new("t", 2);

@@ -107,35 +107,29 @@ impl SupervisorState {
         let Some(Keyed::Partition(states)) = self.processor.clone() else { return Ok(None) };
         let partitions: Vec<TopicPartition> = offsets.keys().cloned().collect();
         states.keep_only(&partitions);
-        let (recorded, _) = self.args.sink.group_state(&partitions, None).await?;
+        let recorded = self.args.sink.group_state(&partitions, None).await?;
         let blocking = |e: tokio::task::JoinError| Error::Actor(format!("state task failed: {e}"));
-        let mut ends = Offsets::new();
-        // Dedup reads the same columns of every file for every partition: read once.
-        let mut shared: Option<Arc<Vec<deltalake::arrow::record_batch::RecordBatch>>> = None;
+        let (mut ends, mut targets) = (Offsets::new(), Vec::new());
         for (tp, from) in offsets {
             let table = recorded.get(tp).copied().unwrap_or(*from).max(*from);
             ends.insert(tp.clone(), table);
             let at = states.state_at(*from, table);
             let (s, t) = (states.clone(), tp.clone());
-            if tokio::task::spawn_blocking(move || s.holds(&t)).await.map_err(blocking)?? == Some(at) {
-                continue;
+            if tokio::task::spawn_blocking(move || s.holds(&t)).await.map_err(blocking)?? != Some(at) {
+                targets.push((tp.clone(), at));
             }
+        }
+        if !targets.is_empty() {
+            // One read of the table for every partition whose state this member lacks.
             let t0 = Instant::now();
-            let read = states.restore_read(tp)?;
-            let rows = match (&shared, &read.buckets) {
-                (Some(rows), None) => rows.clone(),
-                _ => {
-                    let rows = Arc::new(self.args.sink.group_state(std::slice::from_ref(tp), Some(&read)).await?.1);
-                    if read.buckets.is_none() {
-                        shared = Some(rows.clone());
-                    }
-                    rows
-                }
-            };
-            let (s, t) = (states.clone(), tp.clone());
-            let n = tokio::task::spawn_blocking(move || s.restore(&t, at, &rows)).await.map_err(blocking)??;
+            let tps: Vec<TopicPartition> = targets.iter().map(|(tp, _)| tp.clone()).collect();
+            let read = states.restore_read(&tps)?;
+            let mut rebuild = states.rebuild(&targets)?;
+            self.args.sink.group_state(&tps, Some((&read, &mut |b| rebuild.add(&b)))).await?;
+            let keys = tokio::task::spawn_blocking(move || rebuild.finish()).await.map_err(blocking)??;
             metrics::histogram!(m::PARTITION_STATE_RESTORE_SECONDS).record(t0.elapsed().as_secs_f64());
-            tracing::info!(partition = %tp, offset = at, keys = n, ms = t0.elapsed().as_millis() as u64, "rebuilt the partition's state from the data table");
+            let names: Vec<String> = tps.iter().map(ToString::to_string).collect();
+            tracing::info!(partitions = %names.join(","), keys, ms = t0.elapsed().as_millis() as u64, "rebuilt the partitions' state from the data table");
         }
         Ok(offsets.iter().any(|(tp, from)| ends[tp] > *from).then_some(ends))
     }

@@ -447,8 +447,8 @@ impl DeltaSink {
         &self,
         tables: &mut Tables,
         partitions: &[TopicPartition],
-        read: Option<&crate::state::RestoreRead>,
-    ) -> Result<(Offsets, Vec<RecordBatch>)> {
+        read: Option<(&crate::state::RestoreRead, crate::sink::EachBatch<'_>)>,
+    ) -> Result<Offsets> {
         if tables.data.is_none() {
             self.refresh(tables, partitions).await?;
         }
@@ -457,24 +457,24 @@ impl DeltaSink {
         take_fresh_snapshot(&self.data, data).await?;
         data.table.update_incremental(None).await.map_err(|e| delta_err(path, e))?;
         let recorded = recorded_cut(&data.table, path, &self.pipeline, partitions).await?;
-        let Some(read) = read else { return Ok((recorded, Vec::new())) };
+        let Some((read, each)) = read else { return Ok(recorded) };
         let snapshot = data.table.snapshot().map_err(|e| delta_err(path, e))?;
         let files: Vec<_> = snapshot
             .log_data()
             .iter()
             .filter(|f| {
                 let bucket = f.partition_values_map().get(crate::model::BUCKET_COL).cloned().flatten();
-                match (&read.buckets, bucket.and_then(|b| b.parse::<u32>().ok())) {
-                    (None, _) => true,
-                    (Some(owned), Some(b)) => owned.contains(&b),
-                    (Some(_), None) => false,
+                match bucket.and_then(|b| b.parse::<u32>().ok()) {
+                    _ if read.buckets.is_empty() => true,
+                    Some(b) => read.buckets.iter().any(|owned| owned.contains(&b)),
+                    None => false,
                 }
             })
             .map(|f| f.object_store_path())
             .collect();
         let names: Vec<&str> = read.columns.iter().map(String::as_str).collect();
-        let rows = rows::read_columns(&data.table, &files, &names).await?;
-        Ok((recorded, rows))
+        rows::for_each_batch(&data.table, &files, &names, each).await?;
+        Ok(recorded)
     }
 
     /// Group mode: the recorded next offsets of the batch's partitions in `table` (the data

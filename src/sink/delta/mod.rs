@@ -663,8 +663,8 @@ impl Sink for DeltaSink {
     fn group_state<'a>(
         &'a self,
         partitions: &'a [TopicPartition],
-        read: Option<&'a crate::state::RestoreRead>,
-    ) -> BoxFuture<'a, Result<(Offsets, Vec<RecordBatch>)>> {
+        read: Option<(&'a crate::state::RestoreRead, super::EachBatch<'a>)>,
+    ) -> BoxFuture<'a, Result<Offsets>> {
         async move {
             let mut tables = self.tables.lock().await;
             self.state_rows(&mut tables, partitions, read).await

@@ -20,6 +20,23 @@ use crate::error::{Error, Result};
 /// rows a deletion vector marks deleted are left out (an upsert table's superseded rows, or
 /// rows another writer deleted).
 pub async fn read_columns(table: &DeltaTable, files: &[ObjectPath], names: &[&str]) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for_each_batch(table, files, names, &mut |b| {
+        out.push(b);
+        Ok(())
+    })
+    .await?;
+    Ok(out)
+}
+
+/// [`read_columns`], each batch handed to `each` as its file is read (the rows are never held
+/// all at once).
+pub async fn for_each_batch(
+    table: &DeltaTable,
+    files: &[ObjectPath],
+    names: &[&str],
+    each: &mut (dyn FnMut(RecordBatch) -> Result<()> + Send),
+) -> Result<()> {
     let store = table.log_store().object_store(None);
     let snapshot = table.snapshot().map_err(|e| Error::Delta { table: table.table_url().to_string(), detail: e.to_string() })?;
     // Partition columns are in the log, not in the files: each file's values, for the names asked.
@@ -34,7 +51,6 @@ pub async fn read_columns(table: &DeltaTable, files: &[ObjectPath], names: &[&st
         .collect();
     let vectors: HashMap<ObjectPath, deltalake::kernel::DeletionVectorDescriptor> =
         snapshot.log_data().iter().filter_map(|f| Some((f.object_store_path(), f.deletion_vector_descriptor()?))).collect();
-    let mut out = Vec::new();
     for path in files {
         let err = |e: String| Error::Delta { table: format!("{}{path}", table.table_url()), detail: e };
         let bytes = store.get(path).await.map_err(|e| err(e.to_string()))?.bytes().await.map_err(|e| err(e.to_string()))?;
@@ -71,9 +87,11 @@ pub async fn read_columns(table: &DeltaTable, files: &[ObjectPath], names: &[&st
                     .map_err(|e| err(e.to_string()))?;
             }
         }
-        out.extend(batches);
+        for b in batches {
+            each(b)?;
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A file's batches (in file order) without the rows at the positions `deleted` holds.
