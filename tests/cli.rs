@@ -410,3 +410,48 @@ async fn until_caught_up_reads_what_was_there_commits_and_exits() {
     assert_eq!(audit.total(|p| p.rows), 3_090);
     assert_eq!(common::read_with_python(&dir.path().join("table"))["rows"].as_u64(), Some(3_090));
 }
+
+/// The Kubernetes manifests (`deploy/kubernetes/`: a group Deployment, a StatefulSet, a CronJob)
+/// pass the Kubernetes schemas strictly (`kubernetes-validate`, which `scripts/setup` installs),
+/// their pipeline configs parse and validate once the environment fills them in, and each pod
+/// gets more time to stop than the pipeline takes to commit its open epoch.
+#[test]
+fn the_kubernetes_manifests_validate_and_their_pipelines_parse() {
+    let venv = std::path::PathBuf::from(crate::common::python()).parent().unwrap().to_path_buf();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifests: Vec<std::path::PathBuf> =
+        ["group.yaml", "statefulset.yaml", "job.yaml"].iter().map(|f| root.join("deploy/kubernetes").join(f)).collect();
+    let out =
+        Command::new(venv.join("kubernetes-validate")).args(["--strict", "-k", "1.31.0"]).args(&manifests).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    let extract = r#"
+import json, sys, yaml
+out = []
+for f in sys.argv[1:]:
+    docs = [d for d in yaml.safe_load_all(open(f)) if d]
+    pod = [d for d in docs if d["kind"] != "ConfigMap"][0]
+    spec = pod["spec"]["jobTemplate"]["spec"] if pod["kind"] == "CronJob" else pod["spec"]
+    out.append({"kind": pod["kind"], "config": [d for d in docs if d["kind"] == "ConfigMap"][0]["data"]["pipeline.toml"],
+                "grace": spec["template"]["spec"]["terminationGracePeriodSeconds"]})
+print(json.dumps(out))
+"#;
+    let out = Command::new(crate::common::python()).arg("-c").arg(extract).args(&manifests).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let found: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found.iter().map(|m| m["kind"].as_str().unwrap()).collect::<Vec<_>>(), ["Deployment", "StatefulSet", "CronJob"]);
+    for m in &found {
+        let env = |name: &str| {
+            Some(match name {
+                "TABLE_URL" => "s3://analytics/kafka/t".to_string(),
+                "CHECKPOINT_URL" => "s3://analytics/checkpoints/t".to_string(),
+                _ => format!("value-of-{name}"),
+            })
+        };
+        let (text, _) = exactly::config::env::substitute(m["config"].as_str().unwrap(), env).unwrap();
+        let config = exactly::config::PipelineConfig::parse(&text, "pipeline.toml").unwrap();
+        config.validate("pipeline.toml").unwrap();
+        let grace_ms = m["grace"].as_u64().unwrap() * 1000;
+        assert!(grace_ms > config.supervisor.shutdown_timeout_ms, "{}: the pod must outlive the stop", m["kind"]);
+    }
+}
