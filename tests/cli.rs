@@ -455,3 +455,64 @@ print(json.dumps(out))
         assert!(grace_ms > config.supervisor.shutdown_timeout_ms, "{}: the pod must outlive the stop", m["kind"]);
     }
 }
+
+/// The container image (`Containerfile`, built offline by `scripts/image` with buildah from
+/// scratch: this build's binary and the libraries it links) runs a pipeline as its non-root
+/// user against the project's broker and S3 server: `exactly run --until-caught-up` inside it
+/// exits 0 and the audit of the table it wrote is clean. It runs under buildah's chroot
+/// isolation: the OCI runtime (crun) refuses this machine's hybrid cgroups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_runs_a_pipeline_against_the_broker_and_the_s3_server() {
+    use crate::common;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tag = format!("localhost/exactly:{}", common::unique("test"));
+    let out = Command::new(root.join("scripts/image"))
+        .args(["--binary", env!("CARGO_BIN_EXE_exactly"), "--tag", &tag])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scripts/image: {}", String::from_utf8_lossy(&out.stderr));
+    let buildah = |args: &[&str]| Command::new("buildah").arg("--storage-driver").arg("vfs").args(args).output().unwrap();
+
+    let topic = common::topic("image", 2).await;
+    common::produce_events(&topic, 0, 1_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (etc, state) = (dir.path().join("etc"), dir.path().join("state"));
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    // The image's user (10001) writes the checkpoint on the mounted directory.
+    std::os::unix::fs::chown(&state, Some(10001), Some(10001)).unwrap();
+    let mut config = common::delta_config(&common::unique("image"), &topic, dir.path());
+    let exactly::config::SinkConfig::Delta { path, storage, .. } = &mut config.sink else { unreachable!() };
+    *path = exactly::config::TableLocation::parse(&format!("s3://exactly/{}/table", common::unique("image"))).unwrap();
+    *storage = common::s3_options();
+    config.checkpoint.dir = Some("/var/lib/exactly/checkpoint".into());
+    std::fs::write(etc.join("pipeline.toml"), toml::to_string(&config).unwrap()).unwrap();
+
+    let from = buildah(&["from", "--quiet", &tag]);
+    assert!(from.status.success(), "buildah from: {}", String::from_utf8_lossy(&from.stderr));
+    let container = String::from_utf8_lossy(&from.stdout).trim().to_string();
+    let (etc_mount, state_mount) =
+        (format!("{}:/etc/exactly:ro", etc.display()), format!("{}:/var/lib/exactly", state.display()));
+    let run = tokio::task::spawn_blocking({
+        let container = container.clone();
+        move || {
+            Command::new("buildah")
+                .args(["--storage-driver", "vfs", "run", "--isolation", "chroot", "--network", "host"])
+                .args(["-v", &etc_mount, "-v", &state_mount, &container, "--"])
+                .args(["exactly", "run", "--config", "/etc/exactly/pipeline.toml", "--until-caught-up"])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let _ = buildah(&["rm", &container]);
+    let _ = buildah(&["rmi", &tag]);
+    assert!(run.status.success(), "exactly run in the image: {}", String::from_utf8_lossy(&run.stderr));
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(state.join("checkpoint")).unwrap().uid();
+    assert_eq!(owner, 10001, "the checkpoint, on the mounted directory, is written by the image's non-root user");
+
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.rows), 1_000);
+}
