@@ -62,6 +62,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::checkpoint::CheckpointCommand,
     },
+    /// Take over from kafka-delta-ingest or Spark Structured Streaming: print where each
+    /// partition starts, as the `[source.starting_partition_offsets]` section of the config.
+    Adopt {
+        #[command(subcommand)]
+        command: cli::adopt::AdoptCommand,
+    },
     /// Manage topics.
     Topics {
         #[command(subcommand)]
@@ -79,6 +85,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
         Command::Topics { command } => cli::topics::topics(command).await,
         Command::Checkpoint { command } => cli::checkpoint::checkpoint(command).await,
         Command::Check { config } => cli::check::check(&config).await,
+        Command::Adopt { command } => cli::adopt::adopt(command).await,
     }
 }
 

@@ -516,3 +516,129 @@ async fn the_image_runs_a_pipeline_against_the_broker_and_the_s3_server() {
     let audit = common::assert_verified(&config).await;
     assert_eq!(audit.total(|p| p.rows), 1_000);
 }
+
+/// The first offset of each partition in a table's rows.
+async fn first_offsets(table: &std::path::Path) -> std::collections::BTreeMap<i32, i64> {
+    use deltalake::arrow::array::{Int32Array, Int64Array};
+    let mut first = std::collections::BTreeMap::new();
+    for b in crate::common::read_rows(table).await {
+        let parts = b.column_by_name("_kafka_partition").unwrap().as_any().downcast_ref::<Int32Array>().unwrap().clone();
+        let offsets = b.column_by_name("_kafka_offset").unwrap().as_any().downcast_ref::<Int64Array>().unwrap().clone();
+        for i in 0..b.num_rows() {
+            let e = first.entry(parts.value(i)).or_insert(i64::MAX);
+            *e = (*e).min(offsets.value(i));
+        }
+    }
+    first
+}
+
+/// Runs `exactly adopt <args>`; the config section it prints.
+fn adopt(args: &[&str]) -> String {
+    let out = exactly().arg("adopt").args(args).output().unwrap();
+    assert!(out.status.success(), "exactly adopt: {}", String::from_utf8_lossy(&out.stderr));
+    let section = String::from_utf8(out.stdout).unwrap();
+    toml::from_str::<toml::Value>(&section).expect("a TOML section");
+    section
+}
+
+/// Taking over a kafka-delta-ingest table: `exactly adopt kafka-delta-ingest` reads the
+/// `<app_id>-<partition>` txn actions it records (its last written offsets; the table written
+/// here by Python `deltalake` with kafka-delta-ingest's convention) and prints the config
+/// section that starts each partition after them; the pipeline then writes exactly the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_takes_over_where_kafka_delta_ingest_stopped() {
+    use crate::common;
+    let topic = common::topic("adopt-kdi", 2).await;
+    common::produce_events(&topic, 0, 1_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kdi = dir.path().join("kdi");
+    let script = "import sys, pyarrow as pa\nfrom deltalake import write_deltalake, Transaction, CommitProperties\n\
+                  write_deltalake(sys.argv[1], pa.table({'id': [1]}), commit_properties=CommitProperties(app_transactions=[\
+                  Transaction(app_id='kdi-orders-0', version=99), Transaction(app_id='kdi-orders-1', version=149)]))\n";
+    let out = Command::new(common::python()).args(["-c", script]).arg(&kdi).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let config = common::delta_config(&common::unique("adopt"), &topic, dir.path());
+    let file = common::write_config(&config, dir.path());
+    let section = adopt(&[
+        "kafka-delta-ingest",
+        "--config",
+        file.to_str().unwrap(),
+        "--table",
+        kdi.to_str().unwrap(),
+        "--app-id",
+        "kdi-orders",
+    ]);
+    let text = std::fs::read_to_string(&file).unwrap() + "\n" + &section;
+    std::fs::write(&file, &text).unwrap();
+    let config = exactly::config::PipelineConfig::load(&file).unwrap();
+
+    let child = kit_run(&file).spawn().unwrap();
+    common::wait_table_drained(&dir.path().join("table"), &config.id, &topic, std::time::Duration::from_secs(60)).await;
+    common::terminate(child).await;
+    assert_eq!(first_offsets(&dir.path().join("table")).await, [(0, 100), (1, 150)].into_iter().collect());
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.rows), 1_000 - 250);
+}
+
+/// Taking over from Spark Structured Streaming: a real Spark job (the bench's, with the bench's
+/// pyspark) reads 600 records into its checkpoint; 400 more arrive; `exactly adopt
+/// spark-checkpoint` prints the end offsets of Spark's last committed batch, and the pipeline
+/// writes exactly the 400 Spark did not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_takes_over_where_a_spark_checkpoint_stopped() {
+    use crate::common;
+    let topic = common::topic("adopt-spark", 2).await;
+    common::produce_events(&topic, 0, 600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cache = std::env::var("EXACTLY_CACHE").unwrap_or_else(|_| format!("{home}/.cache/exactly"));
+    let jars: Vec<String> = std::fs::read_dir(format!("{cache}/spark-jars"))
+        .expect("bench/setup installs Spark's connectors")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            ["spark-sql-kafka", "spark-token-provider", "kafka-clients", "commons-pool2", "delta-spark", "delta-storage"]
+                .iter()
+                .any(|prefix| n.starts_with(prefix))
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    let python = format!("{cache}/bench-venv/bin/python");
+    let spark_home =
+        Command::new(&python).args(["-c", "import pyspark, os; print(os.path.dirname(pyspark.__file__))"]).output().unwrap();
+    let checkpoint = dir.path().join("spark-checkpoint");
+    let spark = tokio::task::spawn_blocking({
+        let (topic, checkpoint, table) = (topic.clone(), checkpoint.clone(), dir.path().join("spark-table"));
+        move || {
+            Command::new(format!("{cache}/bench-venv/bin/spark-submit"))
+                .args(["--driver-memory", "1g", "--jars", &jars.join(",")])
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/spark_job.py"))
+                .args(["--brokers", &common::brokers(), "--topic", &topic, "--mode", "append", "--expected", "600"])
+                .arg("--table")
+                .arg(&table)
+                .arg("--checkpoint")
+                .arg(&checkpoint)
+                .env("SPARK_HOME", String::from_utf8_lossy(&spark_home.stdout).trim())
+                .env("PYSPARK_PYTHON", &python)
+                .env_remove("LD_LIBRARY_PATH")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(spark.status.success(), "the Spark job: {}", String::from_utf8_lossy(&spark.stderr));
+    common::produce_events(&topic, 600, 400).await;
+
+    let section = adopt(&["spark-checkpoint", "--dir", checkpoint.to_str().unwrap()]);
+    let config = common::delta_config(&common::unique("adopt"), &topic, dir.path());
+    let file = common::write_config(&config, dir.path());
+    std::fs::write(&file, std::fs::read_to_string(&file).unwrap() + "\n" + &section).unwrap();
+    let config = exactly::config::PipelineConfig::load(&file).unwrap();
+    let child = kit_run(&file).spawn().unwrap();
+    common::wait_table_drained(&dir.path().join("table"), &config.id, &topic, std::time::Duration::from_secs(60)).await;
+    common::terminate(child).await;
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.rows), 400, "{}", audit.render());
+}

@@ -1,6 +1,7 @@
 //! The commands of the `exactly` binary, one file each, and what they share: loading and
 //! planning a config, the stop signal, which Kafka cluster and which tables a command works on.
 
+pub(crate) mod adopt;
 pub(crate) mod check;
 pub(crate) mod checkpoint;
 pub(crate) mod exit;
