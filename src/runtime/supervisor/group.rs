@@ -100,7 +100,7 @@ impl SupervisorState {
 
     /// `state.scope = "partition"`: brings the state of each partition read from `offsets` to
     /// the offset [`PartitionStates::state_at`] names — kept when this member holds it there,
-    /// rebuilt from the data table otherwise (`PartitionStates::restore`). `Some`: the ends of
+    /// rebuilt from the data table otherwise (`PartitionStates::rebuild`). `Some`: the ends of
     /// a range to read again first, cut at the data table's record (a table written after it
     /// lacks that range: a crash between the two commits).
     pub(super) async fn partition_states(&mut self, offsets: &Offsets) -> Result<Option<Offsets>, Error> {
