@@ -172,3 +172,38 @@ async fn records_deleted_before_their_commit_are_refused_not_skipped() {
     assert_eq!(cp.offsets().values().copied().collect::<Vec<_>>(), vec![100], "the checkpoint did not move past the gap");
     assert_eq!(common::read_with_python(&table)["rows"].as_u64().unwrap(), 100, "nothing after the gap was committed");
 }
+
+/// With `source.on_data_loss = "skip"` (Spark's `failOnDataLoss = false`), records Kafka deleted
+/// before they were read are skipped, never silently: the epoch's commit records the skipped
+/// offsets, and the audit reports them as skipped by policy — not missing — while every record
+/// Kafka still holds is in the table once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_before_they_were_read_are_skipped_and_recorded_when_the_config_says_so() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+
+    let topic = common::topic("deleted-skip", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.source.on_data_loss = exactly::config::OnDataLoss::Skip;
+    let file = write_config(&config, dir.path());
+    let table = dir.path().join("table");
+
+    common::produce_events(&topic, 0, 100).await;
+    let child = spawn(&file, None);
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    terminate(child).await;
+
+    common::produce_events(&topic, 100, 100).await;
+    let admin: AdminClient<DefaultClientContext> = common::kafka().client_config().create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(150)).unwrap();
+    admin.delete_records(&tpl, &AdminOptions::new()).await.unwrap();
+
+    let child = spawn(&file, None);
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    terminate(child).await;
+    let audit = common::assert_verified(&config).await;
+    let p = &audit.partitions[0];
+    assert_eq!((p.rows, p.skipped, p.missing), (150, 50, 0), "{}", audit.render());
+}

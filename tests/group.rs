@@ -316,6 +316,7 @@ fn epoch_of_three(config: &exactly::PipelineConfig, tp: &exactly::model::TopicPa
         min_timestamp_ms: None,
         state: Default::default(),
         partition_state: Default::default(),
+        skipped: Vec::new(),
         duplicates: 0,
         superseded: 0,
         filtered: 0,

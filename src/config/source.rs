@@ -43,6 +43,10 @@ pub struct SourceConfig {
     /// `starting_offsets`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub starting_timestamp_ms: Option<i64>,
+    /// When Kafka deleted records before the pipeline read them (retention, or a delete): `fail`
+    /// (stop: the records are lost) or `skip` (read on from the oldest record Kafka holds,
+    /// recording the skipped offsets in the epoch's commit; Spark's `failOnDataLoss = false`).
+    pub on_data_loss: OnDataLoss,
     /// Most records a consumer forwards in one message to the aggregator.
     pub max_batch_records: usize,
     /// Back-pressure: consumers stop reading while this many records are consumed but not yet
@@ -81,6 +85,7 @@ impl Default for SourceConfig {
             starting_offsets: StartingOffsets::Earliest,
             starting_partition_offsets: BTreeMap::new(),
             starting_timestamp_ms: None,
+            on_data_loss: OnDataLoss::Fail,
             max_batch_records: 5_000,
             max_buffered_records: 1_000_000,
             security: Default::default(),
@@ -90,6 +95,17 @@ impl Default for SourceConfig {
             group_id: None,
         }
     }
+}
+
+/// What a pipeline does when Kafka deleted records it had not read (`source.on_data_loss`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDataLoss {
+    /// Stop, saying which partition and offsets.
+    #[default]
+    Fail,
+    /// Read on from the oldest record Kafka holds; the commit records the skipped offsets.
+    Skip,
 }
 
 /// Where a fresh pipeline starts reading.

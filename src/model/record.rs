@@ -96,6 +96,18 @@ impl RecordView for Record {
 /// a consumed record and never skips an unread one, gaps included.
 pub type Offsets = BTreeMap<TopicPartition, i64>;
 
+/// Offsets `[from, to)` of a partition that Kafka deleted before the pipeline read them, skipped
+/// by `source.on_data_loss = "skip"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// First skipped offset.
+    pub from: i64,
+    /// First offset after them.
+    pub to: i64,
+}
+
 /// The records of one partition inside one epoch: offsets `[start, end)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionRange {

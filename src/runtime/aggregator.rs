@@ -44,6 +44,9 @@ pub struct AggregatorArgs {
     pub processor: Option<Keyed>,
     /// The last epoch whose checkpoint is written (the committer's).
     pub checkpointed: tokio::sync::watch::Receiver<u64>,
+    /// Offsets Kafka deleted before they were read (`source.on_data_loss = "skip"`): the
+    /// consumers start after them, and each epoch records the part within its ranges.
+    pub skipped: Vec<crate::model::Skipped>,
 }
 
 /// Records and barriers collected for one barrier number.
@@ -146,6 +149,21 @@ impl AggregatorState {
         Ok(())
     }
 
+    /// The skipped offsets within `ranges` (an epoch's), taken from those still to record.
+    fn skipped_within(&mut self, ranges: &[PartitionRange]) -> Vec<crate::model::Skipped> {
+        let mut out = Vec::new();
+        for s in self.args.skipped.iter_mut() {
+            let Some(r) = ranges.iter().find(|r| r.tp == s.tp) else { continue };
+            let (from, to) = (s.from.max(r.start), s.to.min(r.end));
+            if from < to {
+                out.push(crate::model::Skipped { tp: s.tp.clone(), from, to });
+                s.from = to;
+            }
+        }
+        self.args.skipped.retain(|s| s.from < s.to);
+        out
+    }
+
     async fn close(&mut self, barrier: u64, mut done: Pending) -> Result<(), ActorProcessingErr> {
         let mut ranges = Vec::with_capacity(self.last_cut.len());
         let mut by_partition = BTreeMap::new();
@@ -200,8 +218,10 @@ impl AggregatorState {
                 (processed.output, processed.changes, processed.duplicates, processed.superseded)
             }
         };
+        let skipped = self.skipped_within(&ranges);
         let batch = EpochBatch {
             epoch,
+            skipped,
             ranges,
             output,
             dead_letters,

@@ -107,6 +107,7 @@ impl Actor for CommitterActor {
                     Err(e) => return Err(e.into()),
                 };
                 let sink_time = t0.elapsed();
+                count_skipped(&batch.skipped);
                 // Offsets and state changes in one RocksDB batch, off the async executor. If this
                 // actor is killed meanwhile, the write still completes, and the store's lock makes
                 // the next generation's recovery wait for it.
@@ -164,5 +165,14 @@ impl Actor for CommitterActor {
                 Ok(())
             }
         }
+    }
+}
+
+/// `exactly_offsets_skipped_total`: the offsets a committed epoch skipped.
+fn count_skipped(skipped: &[crate::model::Skipped]) {
+    for s in skipped {
+        let (topic, partition) = (s.tp.topic.to_string(), s.tp.partition.to_string());
+        metrics::counter!(crate::telemetry::metrics::OFFSETS_SKIPPED, "topic" => topic, "partition" => partition)
+            .increment((s.to - s.from).max(0) as u64);
     }
 }

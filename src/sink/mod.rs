@@ -40,6 +40,9 @@ pub struct EpochBatch {
     /// `state.scope = "partition"`: per partition, its range's end and the changes to write
     /// with it.
     pub partition_state: std::collections::BTreeMap<TopicPartition, (i64, StateChanges)>,
+    /// Offsets Kafka deleted before they were read, skipped within this epoch's ranges
+    /// (`source.on_data_loss = "skip"`).
+    pub skipped: Vec<crate::model::Skipped>,
     /// Records dropped as duplicates.
     pub duplicates: u64,
     /// Changes ignored as older (`upsert.sequence_by`) than what their key holds.

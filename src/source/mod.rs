@@ -503,6 +503,26 @@ pub fn fetch_watermarks<C: ConsumerContext>(
     Ok(consumer.fetch_watermarks(&tp.topic, tp.partition, timeout)?)
 }
 
+/// The offsets of `offsets` Kafka no longer holds (deleted by retention or a delete before they
+/// were read): per partition whose next offset is below the oldest it holds, `[next, oldest)`.
+pub async fn lost_ranges(connection: &Connection, offsets: &Offsets, timeout: Duration) -> Result<Vec<crate::model::Skipped>> {
+    let connection = connection.clone();
+    let offsets = offsets.clone();
+    tokio::task::spawn_blocking(move || -> Result<Vec<crate::model::Skipped>> {
+        let consumer: BaseConsumer = connection.client_config().create()?;
+        let mut out = Vec::new();
+        for (tp, next) in offsets {
+            let (low, _) = fetch_watermarks(&consumer, &tp, timeout)?;
+            if next < low {
+                out.push(crate::model::Skipped { tp, from: next, to: low });
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::Actor(format!("watermark task failed: {e}")))?
+}
+
 /// The sum of the high watermarks of every partition of `topic`: how many offsets it has used.
 pub async fn high_watermark_sum(connection: &Connection, topic: &str, timeout: Duration) -> Result<i64> {
     let tps = preflight(connection, &[topic.to_string()], timeout).await?;

@@ -53,6 +53,9 @@ pub const CHECKPOINT_RESTORE_SECONDS: &str = "exactly_checkpoint_restore_seconds
 /// Histogram: seconds a group member took to rebuild a partition's keyed state from the data
 /// table (`state.scope = "partition"`), per restore.
 pub const PARTITION_STATE_RESTORE_SECONDS: &str = "exactly_partition_state_restore_seconds";
+/// Counter: offsets Kafka deleted before they were read, skipped and recorded in a commit
+/// (`source.on_data_loss = "skip"`), by topic and partition.
+pub const OFFSETS_SKIPPED: &str = "exactly_offsets_skipped_total";
 /// Gauge: resident set size of the process, bytes.
 pub const PROCESS_RSS: &str = "exactly_process_resident_bytes";
 /// Gauge: Unix time of the last committed epoch (set to the start time before the first).

@@ -78,6 +78,9 @@ pub struct PartitionAudit {
     /// Offsets found in a table that Kafka no longer holds (deleted by retention): counted, not
     /// judged.
     pub unverifiable: u64,
+    /// Offsets Kafka deleted before the pipeline read them, which it skipped as
+    /// `source.on_data_loss = "skip"` allows (recorded in its commits): not missing.
+    pub skipped: u64,
     /// A few missing offsets, to look at.
     pub missing_sample: Vec<i64>,
     /// A few content mismatches, to look at.

@@ -40,6 +40,7 @@ pub(super) async fn audit(
         Vec::new()
     };
     missing.sort_unstable();
+    let skipped = t.skipped.get(&tp).copied().unwrap_or(0);
     let audit = PartitionAudit {
         tp: Some(tp),
         start,
@@ -54,6 +55,7 @@ pub(super) async fn audit(
         mismatched: mismatches.len() as u64,
         unverifiable: counts.keys().filter(|o| **o < low && **o >= start).count() as u64,
         unread: false,
+        skipped,
         missing_sample: missing.into_iter().take(10).collect(),
         mismatch_sample: mismatches.into_iter().take(10).collect(),
     };

@@ -319,6 +319,29 @@ pub(super) struct Tables {
     pub dead_bytes: DeadBytes,
     /// Parquet files no version references.
     pub orphan_files: Vec<String>,
+    /// Offsets the pipeline skipped (`source.on_data_loss = "skip"`), as its commits record them.
+    pub skipped: HashMap<TopicPartition, u64>,
+}
+
+/// Per partition, the offsets the data table's newest commits record as skipped
+/// (`source.on_data_loss = "skip"`: Kafka deleted them before they were read).
+async fn skipped_offsets(table: &DeltaTable) -> Result<HashMap<TopicPartition, u64>> {
+    use futures::TryStreamExt;
+    let infos: Vec<deltalake::kernel::CommitInfo> = table
+        .history(Some(super::fencing::EPOCH_SCAN as usize))
+        .try_collect()
+        .await
+        .map_err(|e| Error::Sink(format!("reading the table's history: {e}")))?;
+    let mut out: HashMap<TopicPartition, u64> = HashMap::new();
+    for s in infos.iter().filter_map(|i| i.info.get("exactly")?.get("skipped")?.as_array()).flatten() {
+        let (Some(topic), Some(p), Some(from), Some(to)) =
+            (s["topic"].as_str(), s["partition"].as_i64(), s["from"].as_i64(), s["to"].as_i64())
+        else {
+            continue;
+        };
+        *out.entry(TopicPartition::new(topic, p as i32)).or_default() += (to - from).max(0) as u64;
+    }
+    Ok(out)
 }
 
 impl Tables {
@@ -376,7 +399,9 @@ impl Tables {
             }
             None => Vec::new(),
         };
+        let skipped = skipped_offsets(&table).await?;
         let tables = Tables {
+            skipped,
             rows: if per_record { coordinates(&data_rows)? } else { FoundOffsets::new() },
             row_content: if per_record { contents(&data_rows, &content_cols)? } else { HashMap::new() },
             dead: coordinates(&dead_rows)?,

@@ -47,6 +47,13 @@ impl Audit {
             for m in &p.mismatch_sample {
                 let _ = writeln!(s, "    {m}");
             }
+            if p.skipped > 0 {
+                let _ = writeln!(
+                    s,
+                    "    {} offsets skipped by policy (source.on_data_loss = \"skip\": Kafka deleted them before they were read; the commits record them)",
+                    p.skipped
+                );
+            }
             if p.unverifiable > 0 {
                 let _ = writeln!(s, "    {} rows have offsets Kafka no longer holds (retention); not judged", p.unverifiable);
             }

@@ -34,7 +34,7 @@ impl SupervisorState {
     /// it. `Ok` without a tree: a group member with nothing assigned.
     pub(super) async fn start_generation(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), Error> {
         let config = self.args.plan.config.clone();
-        let Some(Positioned { cp, offsets, replay, client }) = self.position().await? else {
+        let Some(Positioned { cp, offsets, replay, client, skipped }) = self.position().await? else {
             return Ok(()); // nothing assigned here: idle until the group assigns partitions
         };
         let mut queues = Vec::new();
@@ -54,7 +54,8 @@ impl SupervisorState {
         // member's is served by its `GroupMember`).
         let poller = self.group.is_none().then(|| serve_main_queue(client.clone()));
         let discovery = self.group.is_none().then(|| self.spawn_discovery(myself, &client));
-        let (committer, aggregator, consumers, ids) = self.spawn_tree(myself, &cp, &offsets, replay.as_ref(), queues).await?;
+        let (committer, aggregator, consumers, ids) =
+            self.spawn_tree(myself, &cp, &offsets, replay.as_ref(), queues, skipped).await?;
         tracing::info!(pipeline = %config.id, generation = self.generation, epoch = cp.epoch, partitions = consumers.len(), "actor tree started from the last committed epoch");
         if let Some(group) = self.group.as_mut() {
             if let Some(t) = group.paused_since.take() {
@@ -87,6 +88,7 @@ impl SupervisorState {
         offsets: &Offsets,
         replay: Option<&Replay>,
         queues: Vec<(TopicPartition, PartitionFetch)>,
+        skipped: Vec<crate::model::Skipped>,
     ) -> Result<Tree, Error> {
         let config = &self.args.plan.config;
         let cell = myself.get_cell();
@@ -127,6 +129,7 @@ impl SupervisorState {
                 replay_barriers: replay.map(Replay::barriers),
                 processor: self.processor.clone(),
                 checkpointed: checkpointed_rx,
+                skipped: skipped.clone(),
             },
             cell.clone(),
         )
@@ -137,6 +140,8 @@ impl SupervisorState {
         let mut consumers = Vec::new();
         for (tp, queue) in queues {
             let start = offsets[&tp];
+            // Past offsets Kafka deleted before they were read, when the config skips them.
+            let read_from = skipped.iter().find(|s| s.tp == tp).map_or(start, |s| s.to);
             let (c, _) = Actor::spawn_linked(
                 None,
                 ConsumerActor,
@@ -144,7 +149,7 @@ impl SupervisorState {
                     decoder: decoder.clone(),
                     replay: replay.map(|r| r.cuts(&tp, start)).unwrap_or_default(),
                     tp: tp.clone(),
-                    start,
+                    start: read_from,
                     queue,
                     aggregator: aggregator.clone(),
                     max_batch: config.source.max_batch_records,
@@ -180,7 +185,19 @@ impl SupervisorState {
                 }
                 None => None,
             };
-            return Ok(Some(Positioned { cp, offsets, replay, client }));
+            let skipped = self.lost(&offsets).await?;
+            if !skipped.is_empty() {
+                let (seeker, seeks) = (client.clone(), skipped.clone());
+                tokio::task::spawn_blocking(move || -> Result<(), Error> {
+                    for s in seeks {
+                        seeker.seek(&s.tp.topic, s.tp.partition, Offset::Offset(s.to), Duration::from_secs(10))?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|e| Error::Actor(format!("seek task failed: {e}")))??;
+            }
+            return Ok(Some(Positioned { cp, offsets, replay, client, skipped }));
         }
         let (cp, replay) = self.recover().await?;
         // With `checkpoint.remote`, no epoch is read before the store holds a checkpoint.
@@ -208,12 +225,29 @@ impl SupervisorState {
         let client: PipelineConsumer = source::consumer_config(&self.args.connection, &self.args.plan.config.id)
             .create_with_context(StatsContext::new(self.stats.clone(), self.committed_offsets.clone()))?;
         let client = Arc::new(client);
+        let skipped = self.lost(&offsets).await?;
         let mut tpl = TopicPartitionList::new();
         for (tp, off) in &offsets {
-            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*off))?;
+            let read_from = skipped.iter().find(|s| &s.tp == tp).map_or(*off, |s| s.to);
+            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(read_from))?;
         }
         client.assign(&tpl)?;
-        Ok(Some(Positioned { cp, offsets, replay, client }))
+        Ok(Some(Positioned { cp, offsets, replay, client, skipped }))
+    }
+
+    /// With `source.on_data_loss = "skip"`, the offsets of `offsets` Kafka deleted before they
+    /// were read: the consumers start after them, the epochs record them. (With `fail`, none:
+    /// the consumers stop at them.)
+    async fn lost(&self, offsets: &Offsets) -> Result<Vec<crate::model::Skipped>, Error> {
+        let src = &self.args.plan.config.source;
+        if src.on_data_loss != crate::config::OnDataLoss::Skip {
+            return Ok(Vec::new());
+        }
+        let lost = source::lost_ranges(&self.args.connection, offsets, Duration::from_millis(src.connect_timeout_ms)).await?;
+        for s in &lost {
+            tracing::warn!(partition = %s.tp, from = s.from, to = s.to, "Kafka deleted these records before they were read; skipping them (source.on_data_loss = \"skip\"), the epoch's commit records them");
+        }
+        Ok(lost)
     }
 
     pub(super) fn cut(&mut self) -> Result<(), ActorProcessingErr> {
@@ -340,6 +374,8 @@ struct Positioned {
     offsets: Offsets,
     replay: Option<Replay>,
     client: Arc<PipelineConsumer>,
+    /// Offsets Kafka deleted before they were read, skipped (`source.on_data_loss`).
+    skipped: Vec<crate::model::Skipped>,
 }
 
 /// A generation's actors: committer, aggregator, consumers, and their ids.

@@ -524,7 +524,10 @@ impl DeltaSink {
         let tps: Vec<TopicPartition> = batch.ranges.iter().map(|r| r.tp.clone()).collect();
         let Tables { data, dead, outputs, tokens, .. } = tables;
         let data = data.as_mut().ok_or_else(|| Error::Sink("the data table is not open".into()))?;
-        let info = json!({"pipeline": &self.pipeline, "member": member, "epoch": epoch, "ranges": ranges_json(&batch.ranges)});
+        let info = with_skipped(
+            json!({"pipeline": &self.pipeline, "member": member, "epoch": epoch, "ranges": ranges_json(&batch.ranges)}),
+            &batch.skipped,
+        );
         let operation = self.member_operation(member, epoch);
 
         // Where the dead-letter table is for these partitions: the data table's marks say what

@@ -360,12 +360,12 @@ impl DeltaSink {
         &self,
         spec: &Spec,
         open: &mut Open,
-        epoch: u64,
+        batch: &EpochBatch,
         write: Write,
-        ranges: &[PartitionRange],
+        skipped: &[crate::model::Skipped],
         extra: Vec<Transaction>,
     ) -> Result<Option<crate::state::Relocated>> {
-        let path = &spec.path;
+        let (path, epoch, ranges) = (&spec.path, batch.epoch, batch.ranges.as_slice());
         let (rows, replace, output_mode, deletes) = match write {
             Write::Append(rows) => (rows, None, OutputMode::Append, None),
             Write::Replace { buckets, rows, mode } => {
@@ -414,6 +414,7 @@ impl DeltaSink {
             path,
             epoch,
             ranges,
+            skipped,
             adds,
             replace,
             rewrites,
@@ -748,14 +749,14 @@ impl Sink for DeltaSink {
             let has_dead = !batch.dead_letters.is_empty() || !fan_dead.is_empty();
             let mark = has_dead.then(|| Transaction::new(dead_letters_app_id(&self.pipeline), epoch as i64));
             let data = tables.data.as_mut().ok_or_else(|| Error::Sink("the data table is not open".into()))?;
-            let relocated = self.commit_table(&self.data, data, epoch, write, &batch.ranges, mark.into_iter().collect()).await?;
+            let relocated = self.commit_table(&self.data, data, batch, write, &batch.skipped, mark.into_iter().collect()).await?;
             self.failpoints.hit("after-delta-commit").await?;
             // Every output commits every epoch (its txn records the cut even without rows), so
             // each table alone says how far it got: a replay commits only to those behind.
             for (k, spec) in self.outputs.iter().enumerate() {
                 let open = tables.outputs[k].as_mut().expect("output table opened by refresh");
                 let rows = stamp(&std::mem::take(&mut fanned[k]))?;
-                self.commit_table(spec, open, epoch, Write::Append(rows), &batch.ranges, Vec::new()).await?;
+                self.commit_table(spec, open, batch, Write::Append(rows), &[], Vec::new()).await?;
             }
             let dead_letters: Vec<crate::decode::DeadLetter> = batch.dead_letters.iter().cloned().chain(fan_dead).collect();
             if !dead_letters.is_empty() {
@@ -765,7 +766,7 @@ impl Sink for DeltaSink {
                 }
                 let dead = tables.dead.as_mut().expect("dead-letter table opened");
                 let rows = vec![dead_letter_batch(&dead_letters, epoch).map_err(|e| Error::Sink(e.to_string()))?];
-                self.commit_table(&self.dead, dead, epoch, Write::Append(rows), &batch.ranges, Vec::new()).await?;
+                self.commit_table(&self.dead, dead, batch, Write::Append(rows), &[], Vec::new()).await?;
             }
             Ok(super::Committed { relocated })
         }

@@ -181,6 +181,8 @@ pub(super) struct EpochWrite<'a> {
     pub(super) path: &'a TableLocation,
     pub(super) epoch: u64,
     pub(super) ranges: &'a [PartitionRange],
+    /// Offsets Kafka deleted before they were read, skipped in the epoch's ranges.
+    pub(super) skipped: &'a [crate::model::Skipped],
     /// The epoch's files (`None`: not written, the table held the epoch when it was opened).
     pub(super) adds: Option<Vec<deltalake::kernel::Add>>,
     /// A bucket replacement: the `_bucket`s whose current files the commit removes (`None`:
@@ -230,10 +232,25 @@ impl commit::Writer for EpochWrite<'_> {
         Ok(commit::Decision::Write(Box::new(commit::Proposal {
             actions,
             txns: self.txns.clone(),
-            info: json!({"pipeline": self.pipeline, "epoch": epoch, "ranges": ranges_json(self.ranges), "meaning": self.meaning}),
+            info: with_skipped(
+                json!({"pipeline": self.pipeline, "epoch": epoch, "ranges": ranges_json(self.ranges), "meaning": self.meaning}),
+                self.skipped,
+            ),
             operation: self.operation.clone(),
         })))
     }
+}
+
+/// An epoch's commit info with the offsets it skipped (`source.on_data_loss = "skip"`), as
+/// `"skipped": [{topic, partition, from, to}]`, when it skipped any.
+pub(super) fn with_skipped(mut info: serde_json::Value, skipped: &[crate::model::Skipped]) -> serde_json::Value {
+    if !skipped.is_empty() {
+        info["skipped"] = skipped
+            .iter()
+            .map(|s| json!({"topic": &*s.tp.topic, "partition": s.tp.partition, "from": s.from, "to": s.to}))
+            .collect();
+    }
+    info
 }
 
 /// An epoch's ranges as its commit's `exactly` metadata records them.
