@@ -140,28 +140,7 @@ async fn a_table_of_another_pipeline_is_refused() {
 /// spent, and the table and checkpoint keep exactly what was committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_deleted_before_their_commit_are_refused_not_skipped() {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-
-    let topic = common::topic("deleted", 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
-    config.supervisor.max_restarts = 1;
-    let file = write_config(&config, dir.path());
-    let table = dir.path().join("table");
-
-    common::produce_events(&topic, 0, 100).await;
-    let child = spawn(&file, None);
-    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
-    terminate(child).await;
-
-    // 100 more records, of which the first 50 are deleted before the pipeline reads them.
-    common::produce_events(&topic, 100, 100).await;
-    let admin: AdminClient<DefaultClientContext> = common::kafka().client_config().create().unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(150)).unwrap();
-    let deleted = admin.delete_records(&tpl, &AdminOptions::new()).await.unwrap();
-    assert_eq!(deleted.find_partition(&topic, 0).unwrap().offset(), rdkafka::Offset::Offset(150), "low watermark moved");
+    let (_dir, config, file, table) = hundred_read_then_fifty_deleted("deleted", |c| c.supervisor.max_restarts = 1).await;
 
     let child = spawn(&file, None);
     let (status, stderr) =
@@ -179,31 +158,40 @@ async fn records_deleted_before_their_commit_are_refused_not_skipped() {
 /// Kafka still holds is in the table once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_deleted_before_they_were_read_are_skipped_and_recorded_when_the_config_says_so() {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-
-    let topic = common::topic("deleted-skip", 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
-    config.source.on_data_loss = exactly::config::OnDataLoss::Skip;
-    let file = write_config(&config, dir.path());
-    let table = dir.path().join("table");
-
-    common::produce_events(&topic, 0, 100).await;
+    let (_dir, config, file, table) =
+        hundred_read_then_fifty_deleted("deleted-skip", |c| c.source.on_data_loss = exactly::config::OnDataLoss::Skip).await;
     let child = spawn(&file, None);
-    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
-    terminate(child).await;
-
-    common::produce_events(&topic, 100, 100).await;
-    let admin: AdminClient<DefaultClientContext> = common::kafka().client_config().create().unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(150)).unwrap();
-    admin.delete_records(&tpl, &AdminOptions::new()).await.unwrap();
-
-    let child = spawn(&file, None);
-    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    common::wait_table_drained(&table, &config.id, &config.source.topics[0], Duration::from_secs(60)).await;
     terminate(child).await;
     let audit = common::assert_verified(&config).await;
     let p = &audit.partitions[0];
     assert_eq!((p.rows, p.skipped, p.missing), (150, 50, 0), "{}", audit.render());
+}
+
+/// A one-partition pipeline (`tweak`ed) that read and committed 100 records; then 100 more
+/// arrive, of which Kafka deletes the first 50 before the pipeline reads them. The test's
+/// directory, the config, its file and the table.
+async fn hundred_read_then_fifty_deleted(
+    prefix: &str,
+    tweak: impl FnOnce(&mut exactly::PipelineConfig),
+) -> (tempfile::TempDir, exactly::PipelineConfig, std::path::PathBuf, std::path::PathBuf) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let topic = common::topic(prefix, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    tweak(&mut config);
+    let file = write_config(&config, dir.path());
+    let table = dir.path().join("table");
+    common::produce_events(&topic, 0, 100).await;
+    let child = spawn(&file, None);
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    terminate(child).await;
+    common::produce_events(&topic, 100, 100).await;
+    let admin: AdminClient<DefaultClientContext> = common::kafka().client_config().create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(150)).unwrap();
+    let deleted = admin.delete_records(&tpl, &AdminOptions::new()).await.unwrap();
+    assert_eq!(deleted.find_partition(&topic, 0).unwrap().offset(), rdkafka::Offset::Offset(150), "low watermark moved");
+    (dir, config, file, table)
 }
