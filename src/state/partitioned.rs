@@ -36,6 +36,9 @@ pub struct RestoreRead {
     pub columns: Vec<String>,
     /// Aggregates: only files of these `_bucket`s (empty: every file).
     pub buckets: Vec<std::ops::Range<u32>>,
+    /// Dedup: only files whose `_kafka_partition` statistics may hold one of these partition
+    /// numbers (empty: every file).
+    pub partitions: Vec<i32>,
 }
 
 /// Partitions' states rebuilt from the data table's rows — read from a snapshot that records
@@ -257,8 +260,9 @@ impl PartitionStates {
     pub fn restore_read(&self, partitions: &[TopicPartition]) -> Result<RestoreRead> {
         use crate::model::{BUCKET_COL, OFFSET_COL, PARTITION_COL, TOPIC_COL};
         let mut columns: Vec<String> = Vec::new();
-        let mut buckets = Vec::new();
+        let (mut buckets, mut numbers) = (Vec::new(), Vec::new());
         if let Some(d) = &self.dedup {
+            numbers = partitions.iter().map(|tp| tp.partition).collect();
             columns.extend(d.key.iter().cloned());
             columns.extend(d.watermark_field.iter().cloned());
             columns.extend([TOPIC_COL, PARTITION_COL, OFFSET_COL].map(String::from));
@@ -270,7 +274,7 @@ impl PartitionStates {
             buckets = partitions.iter().map(|tp| self.buckets(tp)).collect::<Result<_>>()?;
         }
         columns.dedup();
-        Ok(RestoreRead { columns, buckets })
+        Ok(RestoreRead { columns, buckets, partitions: numbers })
     }
 
     /// A rebuild of `targets`' states (each partition at the offset its state must be at),

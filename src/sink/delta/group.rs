@@ -306,6 +306,20 @@ impl commit::Writer for OutputClaim<'_> {
     }
 }
 
+/// Whether a file whose statistics are `stats` (its Add's JSON) may hold rows of one of
+/// `partitions` (empty: any), by its `_kafka_partition` minimum and maximum; a file without
+/// them may.
+fn may_hold_partitions(stats: Option<&str>, partitions: &[i32]) -> bool {
+    let range = stats.and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok()).and_then(|v| {
+        let column = crate::model::PARTITION_COL;
+        Some((v["minValues"][column].as_i64()?, v["maxValues"][column].as_i64()?))
+    });
+    match range {
+        Some((low, high)) if !partitions.is_empty() => partitions.iter().any(|p| (low..=high).contains(&(*p as i64))),
+        _ => true,
+    }
+}
+
 /// What partition-scoped state (`state.scope = "partition"`) asks of a group member's data
 /// commit: its rows were computed from each partition's state at its range's start, so each
 /// range must start where the table records it (or be held already).
@@ -464,11 +478,12 @@ impl DeltaSink {
             .iter()
             .filter(|f| {
                 let bucket = f.partition_values_map().get(crate::model::BUCKET_COL).cloned().flatten();
-                match bucket.and_then(|b| b.parse::<u32>().ok()) {
+                let of_buckets = match bucket.and_then(|b| b.parse::<u32>().ok()) {
                     _ if read.buckets.is_empty() => true,
                     Some(b) => read.buckets.iter().any(|owned| owned.contains(&b)),
                     None => false,
-                }
+                };
+                of_buckets && may_hold_partitions(f.stats().as_deref(), &read.partitions)
             })
             .map(|f| f.object_store_path())
             .collect();
@@ -611,5 +626,20 @@ impl DeltaSink {
             open.landed(version);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebuild_skips_only_files_whose_statistics_exclude_its_partitions() {
+        let stats = r#"{"numRecords":3,"minValues":{"_kafka_partition":2},"maxValues":{"_kafka_partition":4}}"#;
+        assert!(may_hold_partitions(Some(stats), &[0, 3]));
+        assert!(!may_hold_partitions(Some(stats), &[0, 1, 5]));
+        assert!(may_hold_partitions(Some(stats), &[]), "no partitions named: every file");
+        assert!(may_hold_partitions(None, &[0]), "no statistics: read it");
+        assert!(may_hold_partitions(Some(r#"{"numRecords":3}"#), &[0]));
     }
 }
