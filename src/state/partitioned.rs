@@ -7,7 +7,7 @@
 //! the rows a partition's commits kept (dedup) and the current rows of the buckets it owns
 //! (aggregates) are its state at the offset the same commits record — one Delta commit holds
 //! both, so no copy can be behind. A member taking a partition whose local state is not at the
-//! partition's resume point rebuilds it from those rows ([`PartitionStates::restore`]).
+//! partition's resume point rebuilds it from those rows ([`PartitionStates::rebuild`]).
 //!
 //! Event-time dedup's state at a range boundary X is a function of the rows kept before X:
 //! the watermark is the newest kept event time minus the lateness, and a key is held with the
@@ -238,9 +238,21 @@ impl PartitionStates {
     }
 
     /// The offset whose state this member holds for `tp` (`None`: none). Blocking.
-    pub fn holds(&self, tp: &TopicPartition) -> Result<Option<i64>> {
+    fn holds(&self, tp: &TopicPartition) -> Result<Option<i64>> {
         let p = self.open(tp)?;
         Ok(p.store.load()?.and_then(|cp| cp.offsets().get(tp).copied()))
+    }
+
+    /// Of `wanted` (each partition with the offset its state must be at), those whose state
+    /// this member does not hold there. Blocking.
+    pub fn lacking(&self, wanted: &[(TopicPartition, i64)]) -> Result<Vec<(TopicPartition, i64)>> {
+        let mut out = Vec::new();
+        for (tp, at) in wanted {
+            if self.holds(tp)? != Some(*at) {
+                out.push((tp.clone(), *at));
+            }
+        }
+        Ok(out)
     }
 
     /// The offset `tp`'s state must be at for a member that reads it from `from` while the
@@ -287,16 +299,6 @@ impl PartitionStates {
             })
             .collect::<Result<_>>()?;
         Ok(Rebuild { states: self.clone(), targets })
-    }
-
-    /// `tp`'s state at offset `at` rebuilt from `rows` (see [`Rebuild`]); the keys it holds.
-    /// Blocking.
-    pub fn restore(self: &Arc<Self>, tp: &TopicPartition, at: i64, rows: &[RecordBatch]) -> Result<usize> {
-        let mut rebuild = self.rebuild(&[(tp.clone(), at)])?;
-        for b in rows {
-            rebuild.add(b)?;
-        }
-        rebuild.finish()
     }
 
     /// Replaces `tp`'s local state with `changes` at offset `at`. Blocking.
@@ -446,6 +448,15 @@ mod tests {
     use super::*;
     use crate::model::{OFFSET_COL, PARTITION_COL, TOPIC_COL};
 
+    /// `tp`'s state at offset `at` rebuilt from `rows`, as a member taking it does.
+    fn restore(states: &Arc<PartitionStates>, tp: &TopicPartition, at: i64, rows: &[RecordBatch]) {
+        let mut rebuild = states.rebuild(&[(tp.clone(), at)]).unwrap();
+        for b in rows {
+            rebuild.add(b).unwrap();
+        }
+        rebuild.finish().unwrap();
+    }
+
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
@@ -505,7 +516,7 @@ mod tests {
         };
         let (kept, rebuilt) = (states(kept_dir.path()), states(rebuilt_dir.path()));
         let tp = TopicPartition::new("t", 3);
-        kept.restore(&tp, 0, &[]).unwrap();
+        restore(&kept, &tp, 0, &[]);
         let mut table = Vec::new();
         // 1 and 2 kept, 1 again a duplicate; 4 late (the watermark stands at 95 s); 1, 2 and 3
         // expire as the watermark passes them.
@@ -518,7 +529,7 @@ mod tests {
             table.extend(done.output.rows().to_vec());
         }
         assert_eq!(ids(&table), vec![1, 2, 3, 5]);
-        rebuilt.restore(&tp, 8, &table).unwrap();
+        restore(&rebuilt, &tp, 8, &table);
         let next = [(1, 205_000), (6, 150_000), (5, 210_000), (7, 195_000), (8, 300_000)];
         let (a, b) = (run(&kept, &tp, 8, &next), run(&rebuilt, &tp, 8, &next));
         assert_eq!(ids(a.output.rows()), vec![1, 7, 8], "1 expired, 6 late, 5 held");
@@ -526,7 +537,7 @@ mod tests {
         // Rebuilt before the last range (a table that lacks it reads it again): the state then.
         let again = tempfile::tempdir().unwrap();
         let before = states(again.path());
-        before.restore(&tp, 6, &table).unwrap();
+        restore(&before, &tp, 6, &table);
         assert_eq!(ids(run(&before, &tp, 6, &[(5, 200_000), (3, 201_000)]).output.rows()), vec![5]);
     }
 
@@ -550,7 +561,7 @@ mod tests {
         };
         let (kept, rebuilt) = (states(kept_dir.path()), states(rebuilt_dir.path()));
         let tp = TopicPartition::new("t", 2);
-        kept.restore(&tp, 0, &[]).unwrap();
+        restore(&kept, &tp, 0, &[]);
         // The table: each range's rows replace those of the buckets it touched.
         let mut table: Vec<RecordBatch> = Vec::new();
         for (from, events) in [(0, vec![(1, 0), (2, 0), (4, 0)]), (3, vec![(7, 0), (5, 0)])] {
@@ -569,7 +580,7 @@ mod tests {
                 .chain(rows)
                 .collect();
         }
-        rebuilt.restore(&tp, 5, &table).unwrap();
+        restore(&rebuilt, &tp, 5, &table);
         let next = [(10, 0), (3, 0)];
         let (x, y) = (run(&kept, &tp, 5, &next), run(&rebuilt, &tp, 5, &next));
         let text = |p: &Processed| deltalake::arrow::util::pretty::pretty_format_batches(p.output.rows()).unwrap().to_string();

@@ -109,16 +109,14 @@ impl SupervisorState {
         states.keep_only(&partitions);
         let recorded = self.args.sink.group_state(&partitions, None).await?;
         let blocking = |e: tokio::task::JoinError| Error::Actor(format!("state task failed: {e}"));
-        let (mut ends, mut targets) = (Offsets::new(), Vec::new());
+        let (mut ends, mut wanted) = (Offsets::new(), Vec::new());
         for (tp, from) in offsets {
             let table = recorded.get(tp).copied().unwrap_or(*from).max(*from);
             ends.insert(tp.clone(), table);
-            let at = states.state_at(*from, table);
-            let (s, t) = (states.clone(), tp.clone());
-            if tokio::task::spawn_blocking(move || s.holds(&t)).await.map_err(blocking)?? != Some(at) {
-                targets.push((tp.clone(), at));
-            }
+            wanted.push((tp.clone(), states.state_at(*from, table)));
         }
+        let s = states.clone();
+        let targets = tokio::task::spawn_blocking(move || s.lacking(&wanted)).await.map_err(blocking)??;
         if !targets.is_empty() {
             // One read of the table for every partition whose state this member lacks.
             let t0 = Instant::now();

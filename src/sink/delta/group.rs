@@ -135,7 +135,7 @@ impl FilesAt {
 pub(super) struct GroupWrite<'a> {
     sink: &'a DeltaSink,
     batch: &'a EpochBatch,
-    keyed: Keyed,
+    keyed: StatefulWrite,
     tokens: &'a std::collections::HashMap<TopicPartition, i64>,
     rows: Vec<RecordBatch>,
     dead_letters: &'a [crate::decode::DeadLetter],
@@ -153,7 +153,7 @@ impl commit::Writer for GroupWrite<'_> {
         if batch.ranges.iter().all(|r| recorded.get(&r.tp).is_some_and(|next| *next >= r.end)) {
             return Ok(commit::Decision::Held);
         }
-        if !matches!(self.keyed, Keyed::No) {
+        if !matches!(self.keyed, StatefulWrite::No) {
             // The state the rows were computed from is at each range's start (a range the table
             // holds already adds no row).
             if let Some(r) = batch.ranges.iter().find(|r| recorded.get(&r.tp).is_some_and(|at| *at != r.start && *at < r.end)) {
@@ -191,10 +191,10 @@ impl commit::Writer for GroupWrite<'_> {
         })?;
         let mut actions: Vec<Action> =
             group_evolution(table, path, evolve.as_ref(), &batch.ranges, &recorded)?.into_iter().collect();
-        if let Keyed::Replaces(buckets) = &self.keyed {
+        if let StatefulWrite::Replaces(buckets) = &self.keyed {
             actions.extend(bucket_removes(table, path, Some(buckets))?);
         }
-        let replacing = matches!(self.keyed, Keyed::Replaces(_));
+        let replacing = matches!(self.keyed, StatefulWrite::Replaces(_));
         let rows = &self.rows;
         let adds = self
             .written
@@ -323,7 +323,7 @@ fn may_hold_partitions(stats: Option<&str>, partitions: &[i32]) -> bool {
 /// What partition-scoped state (`state.scope = "partition"`) asks of a group member's data
 /// commit: its rows were computed from each partition's state at its range's start, so each
 /// range must start where the table records it (or be held already).
-pub(super) enum Keyed {
+pub(super) enum StatefulWrite {
     /// A stateless pipeline.
     No,
     /// Dedup: rows to append.
@@ -333,12 +333,14 @@ pub(super) enum Keyed {
 }
 
 /// What a group member's epoch writes to the data table: its rows, and how they were kept.
-fn group_output(batch: &EpochBatch) -> Result<(&[RecordBatch], Keyed)> {
+fn group_output(batch: &EpochBatch) -> Result<(&[RecordBatch], StatefulWrite)> {
     let keyed = !batch.partition_state.is_empty();
     match &batch.output {
-        Output::Append(rows) if keyed => Ok((rows, Keyed::Appends)),
-        Output::Append(rows) => Ok((rows, Keyed::No)),
-        Output::Replace { buckets: Some(buckets), rows, .. } => Ok((rows, Keyed::Replaces(buckets.iter().copied().collect()))),
+        Output::Append(rows) if keyed => Ok((rows, StatefulWrite::Appends)),
+        Output::Append(rows) => Ok((rows, StatefulWrite::No)),
+        Output::Replace { buckets: Some(buckets), rows, .. } => {
+            Ok((rows, StatefulWrite::Replaces(buckets.iter().copied().collect())))
+        }
         _ => Err(Error::Sink("group mode writes appends and partition-scoped aggregates only".into())),
     }
 }
