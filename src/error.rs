@@ -43,6 +43,15 @@ pub enum Error {
         brokers: String,
     },
 
+    /// `source.topic_pattern` matches none of the brokers' topics.
+    #[error("source.topic_pattern /{pattern}/ matches no topic on {brokers} (it must match a whole name; internal topics, starting with `__`, never match)")]
+    NoTopicMatches {
+        /// The pattern as the config writes it.
+        pattern: String,
+        /// The bootstrap servers asked.
+        brokers: String,
+    },
+
     /// Any other Kafka client error.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),

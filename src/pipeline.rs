@@ -99,7 +99,7 @@ impl Pipeline {
         }
         let connection = crate::source::Connection::of(&config.source)?;
         let timeout = Duration::from_millis(src.connect_timeout_ms);
-        let partitions = source::preflight(&connection, &src.topics, timeout).await?;
+        let partitions = source::preflight(&connection, src.subscription(), timeout).await?;
         let until = match options.until_caught_up {
             true => Some(
                 source::resolve_starting_offsets(&connection, &partitions, crate::config::StartingOffsets::Latest, timeout)

@@ -300,7 +300,13 @@ async fn mirror(converter: Converter) {
     config.upsert = Some(UpsertConfig { key: vec!["id".into()], sequence_by: Some("source.lsn".into()) });
     // The topic appears with the snapshot's first record.
     common::wait_until(Duration::from_secs(120), "the connector's topic", || async {
-        exactly::source::preflight(&common::kafka(), std::slice::from_ref(&topic), Duration::from_secs(5)).await.is_ok()
+        exactly::source::preflight(
+            &common::kafka(),
+            exactly::config::Subscription::Named(std::slice::from_ref(&topic)),
+            Duration::from_secs(5),
+        )
+        .await
+        .is_ok()
     })
     .await;
     let path = common::write_config(&config, dir.path());

@@ -132,6 +132,42 @@ async fn three_members_under_churn_write_every_offset_exactly_once() {
     assert!(per_member.len() >= 3, "several members committed: {per_member:?}");
 }
 
+/// Group mode with `source.topic_pattern`: librdkafka matches the pattern as the config check
+/// does (whole names), the members share the matching topics' partitions, and a matching topic
+/// created while they run joins the assignment and is read from its earliest offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_reading_a_topic_pattern_share_the_matching_topics_and_those_created_later() {
+    let _heavy = common::heavy().await;
+    let Group { topic, dir, mut config, table, .. } = Group::new("group-pattern", 2).await;
+    let create = |name: String, partitions: i32| async move {
+        assert!(exactly::source::create_topic(&common::kafka(), &name, partitions, 1).await.unwrap());
+        name
+    };
+    let skipped = create(format!("{topic}-skip-1"), 1).await;
+    config.source.topics = Vec::new();
+    let pattern = format!("{}(-[a-z]+)?", regex::escape(&topic));
+    config.source.topic_pattern = Some(exactly::config::TopicPattern::new(&pattern).unwrap());
+    config.source.partition_discovery_ms = 1_000;
+    let file = write_config(&config, dir.path());
+    common::produce_events(&topic, 0, 1_000).await;
+    common::produce_events(&skipped, 9_000, 500).await;
+    let members = [spawn(&file, None), spawn(&file, None)];
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(90)).await;
+
+    let later = create(format!("{topic}-later"), 2).await;
+    common::produce_events(&later, 1_000, 2_000).await;
+    common::wait_table_drained(&table, &config.id, &later, Duration::from_secs(90)).await;
+    for m in members {
+        terminate(m).await;
+    }
+    let audit = common::assert_verified(&config).await;
+    let topics: std::collections::BTreeSet<String> =
+        audit.partitions.iter().filter_map(|p| p.tp.as_ref().map(|tp| tp.topic.to_string())).collect();
+    assert_eq!(topics, [topic, later].into_iter().collect(), "the matching topics, not {skipped}");
+    assert_eq!(audit.total(|p| p.rows), 3_000);
+    assert_fenced(&table).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_member_never_commits_a_partition_it_lost() {
     let _heavy = common::heavy().await;

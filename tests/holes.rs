@@ -49,6 +49,50 @@ async fn partitions_added_while_running_are_read_and_audited() {
     common::assert_each_epoch_committed_once(&table, &config.id).await;
 }
 
+/// `source.topic_pattern` reads every topic whose whole name it matches, and a matching topic
+/// created while the pipeline runs is read from its earliest offset, audited like the others;
+/// a topic the pattern matches only in part is not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_pattern_reads_the_matching_topics_and_those_created_while_running() {
+    let prefix = common::unique("pattern");
+    let create = |name: String, partitions: i32| async move {
+        assert!(exactly::source::create_topic(&common::kafka(), &name, partitions, 1).await.unwrap());
+        name
+    };
+    let (a, b) = (create(format!("{prefix}-a"), 2).await, create(format!("{prefix}-b"), 1).await);
+    // `[a-z]+` matches "skip" but not "skip-1": the pattern must match the whole name.
+    let skipped = create(format!("{prefix}-skip-1"), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &a, dir.path());
+    config.source.topics = Vec::new();
+    let pattern = format!("{}-[a-z]+", regex::escape(&prefix));
+    config.source.topic_pattern = Some(exactly::config::TopicPattern::new(&pattern).unwrap());
+    config.source.partition_discovery_ms = 300;
+    let table = dir.path().join("table");
+    common::produce_events(&a, 0, 2_000).await;
+    common::produce_events(&b, 2_000, 1_000).await;
+    common::produce_events(&skipped, 9_000, 500).await;
+    let pipeline = common::start(&config, RunOptions::default()).await;
+    common::wait_table_drained(&table, &config.id, &a, Duration::from_secs(60)).await;
+    common::wait_table_drained(&table, &config.id, &b, Duration::from_secs(60)).await;
+
+    let later = create(format!("{prefix}-later"), 2).await;
+    common::produce_events(&later, 3_000, 4_000).await;
+    common::wait_table_drained(&table, &config.id, &later, Duration::from_secs(90)).await;
+    let status = pipeline.status().await.unwrap();
+    assert_eq!(status.consumers.len(), 5, "a consumer for each matching topic's partitions, the new topic's included");
+    assert_eq!(status.restarts, 0, "picking up a topic spends no restart budget");
+    pipeline.shutdown().await.unwrap();
+
+    let audit = common::assert_verified(&config).await;
+    let topics: std::collections::BTreeSet<String> =
+        audit.partitions.iter().filter_map(|p| p.tp.as_ref().map(|tp| tp.topic.to_string())).collect();
+    assert_eq!(topics, [a, b, later].into_iter().collect(), "the matching topics, not {skipped}");
+    assert_eq!(audit.total(|p| p.expected), 7_000);
+    assert_eq!(audit.total(|p| p.rows), 7_000);
+    common::assert_each_epoch_committed_once(&table, &config.id).await;
+}
+
 /// A crash between the Delta commit and the checkpoint leaves an epoch to replay; partitions
 /// added meanwhile have no recorded end in the table. The replay must treat their part as empty
 /// instead of failing on the cut comparison (and restarting forever).

@@ -112,7 +112,7 @@ async fn every_sasl_mechanism_the_broker_enables_connects() {
         let config = secured_config(&topic, dir.path(), &s.sasl_ssl, s.sasl(mechanism));
         let partitions = exactly::source::preflight(
             &exactly::source::Connection::of(&config.source).unwrap(),
-            std::slice::from_ref(&topic),
+            config.source.subscription(),
             Duration::from_secs(20),
         )
         .await
@@ -132,8 +132,13 @@ async fn every_sasl_mechanism_the_broker_enables_connects() {
     config.source.properties.insert("enable.sasl.oauthbearer.unsecure.jwt".into(), "true".into());
     config.source.properties.insert("sasl.oauthbearer.config".into(), "principal=exactly".into());
     let connection = exactly::source::Connection::of(&config.source).unwrap();
-    let partitions =
-        exactly::source::preflight(&connection, std::slice::from_ref(&topic), Duration::from_secs(20)).await.unwrap();
+    let partitions = exactly::source::preflight(
+        &connection,
+        exactly::config::Subscription::Named(std::slice::from_ref(&topic)),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
     assert_eq!(partitions.len(), 1, "OAUTHBEARER");
     let report = produce(&ProduceOptions::new(&connection, &topic, 10), std::future::pending()).await.unwrap();
     assert_eq!(report.sent, 10, "OAUTHBEARER: produced");

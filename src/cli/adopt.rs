@@ -44,11 +44,14 @@ pub(crate) async fn adopt(command: AdoptCommand) -> anyhow::Result<()> {
         AdoptCommand::KafkaDeltaIngest { config, table, app_id } => {
             let config = PipelineConfig::load(&config)?;
             let [topic] = config.source.topics.as_slice() else {
-                bail!("kafka-delta-ingest reads one topic; the config names {}", config.source.topics.len())
+                bail!(
+                    "kafka-delta-ingest reads one topic; the config names {} (source.topics, not a pattern)",
+                    config.source.topics.len()
+                )
             };
             let connection = exactly::source::Connection::of(&config.source)?;
             let timeout = Duration::from_millis(config.source.connect_timeout_ms);
-            let partitions = exactly::source::preflight(&connection, &config.source.topics, timeout).await?;
+            let partitions = exactly::source::preflight(&connection, config.source.subscription(), timeout).await?;
             let mut location = TableLocation::parse(&table).map_err(anyhow::Error::msg)?;
             if let exactly::config::SinkConfig::Delta { storage, .. } = &config.sink {
                 location = location.with_options(storage.clone());

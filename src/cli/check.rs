@@ -14,7 +14,7 @@ pub(crate) async fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = &plan.config;
     let connection = exactly::source::Connection::of(&config.source)?;
     let src = &config.source;
-    let cluster = kafka::check(&connection, &src.topics, std::time::Duration::from_millis(src.connect_timeout_ms)).await?;
+    let cluster = kafka::check(&connection, src.subscription(), std::time::Duration::from_millis(src.connect_timeout_ms)).await?;
     let mut per_topic: Vec<(String, usize)> = Vec::new();
     for tp in &cluster.partitions {
         match per_topic.last_mut() {

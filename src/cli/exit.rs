@@ -49,6 +49,7 @@ fn cause(e: &anyhow::Error) -> Option<u8> {
             Error::BrokerUnreachable { .. }
             | Error::KafkaRefused { .. }
             | Error::TopicMissing { .. }
+            | Error::NoTopicMatches { .. }
             | Error::Store { .. }
             | Error::SchemaRegistry(_) => Some(UNREACHABLE),
             _ => None,

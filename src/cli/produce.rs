@@ -37,6 +37,9 @@ pub(crate) struct ProduceArgs {
 /// Produces the events `a` asks for until done or Ctrl-C.
 pub(crate) async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
     let (connection, config) = a.kafka.connection()?;
+    if a.topic.is_none() && config.as_ref().is_some_and(|c| c.source.topic_pattern.is_some()) {
+        anyhow::bail!("the config reads topics by source.topic_pattern: name the topic to write with --topic");
+    }
     let topic = a.topic.or_else(|| config.and_then(|c| c.source.topics.first().cloned())).unwrap_or_else(|| "events".into());
     let opts = ProduceOptions {
         connection,
@@ -48,7 +51,12 @@ pub(crate) async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
         duplicate_every: a.duplicate_every,
         malformed_every: a.malformed_every,
     };
-    let pre = kafka::preflight(&opts.connection, std::slice::from_ref(&opts.topic), std::time::Duration::from_secs(10)).await?;
+    let pre = kafka::preflight(
+        &opts.connection,
+        exactly::config::Subscription::Named(std::slice::from_ref(&opts.topic)),
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
     eprintln!("producing to '{}' ({} partitions) on {:?}", opts.topic, pre.len(), opts.connection);
     let report = send(&opts, stop_signal()).await?;
     eprintln!(

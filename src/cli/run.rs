@@ -55,7 +55,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         &format!(
             "pipeline '{}': {} from {} ({}) -> {} sink; checkpoint {}",
             config.id,
-            config.source.topics.join(","),
+            config.source.subscription(),
             config.source.brokers,
             config.source.security.summary(),
             sink.name(),

@@ -27,7 +27,7 @@ pub(crate) enum TopicsCommand {
 pub(crate) async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
     let TopicsCommand::Create { kafka: k, topic, partitions, replication } = command;
     let (connection, _) = k.connection()?;
-    kafka::check(&connection, &[], std::time::Duration::from_secs(10)).await?;
+    kafka::check(&connection, exactly::config::Subscription::Named(&[]), std::time::Duration::from_secs(10)).await?;
     if kafka::create_topic(&connection, &topic, partitions, replication).await? {
         eprintln!("created topic '{topic}' with {partitions} partitions on {connection:?}");
     } else {

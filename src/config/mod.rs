@@ -368,6 +368,33 @@ mod tests {
     }
 
     #[test]
+    fn a_topic_pattern_matches_whole_names_and_replaces_the_topic_list() {
+        let parse = |source: &str| PipelineConfig::parse(&format!("id = \"p\"\n[source]\n{source}\n"), "x.toml");
+        let c = parse("topic_pattern = \"orders-[a-z]+\"").unwrap();
+        c.validate("x.toml").unwrap();
+        let sub = c.source.subscription();
+        assert!(sub.covers("orders-eu") && sub.covers("orders-us"));
+        for not in ["orders-eu-1", "my-orders-eu", "orders-", "__orders-eu"] {
+            assert!(!sub.covers(not), "{not}");
+        }
+        assert!(c.source.topic_pattern.as_ref().unwrap().matches("orders-x"));
+        assert!(parse("topic_pattern = \".*\"").unwrap().source.subscription().covers("events"));
+        assert!(!parse("topic_pattern = \".*\"").unwrap().source.subscription().covers("__consumer_offsets"));
+        let e = parse("topic_pattern = \"orders-(\"").unwrap_err().to_string();
+        assert!(e.contains("topic_pattern") && e.contains("not a regular expression"), "{e}");
+        let both = parse("topics = [\"t\"]\ntopic_pattern = \"t.*\"").unwrap();
+        assert!(both.validate("x").unwrap_err().to_string().contains("source.topic_pattern"));
+        let mut starts = c.clone();
+        starts.source.starting_partition_offsets.insert("orders-eu".into(), [("0".into(), 5)].into());
+        starts.validate("x").unwrap();
+        starts.source.starting_partition_offsets.insert("payments".into(), [("0".into(), 5)].into());
+        assert!(starts.validate("x").unwrap_err().to_string().contains("does not match"));
+        // Written back as the pattern the file gave.
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("topic_pattern = \"orders-[a-z]+\""), "{text}");
+    }
+
+    #[test]
     fn types_are_written_as_text_and_nest() {
         use FieldType::*;
         let t = |s: &str| FieldType::parse(s);

@@ -29,6 +29,12 @@ pub struct SourceConfig {
     pub brokers: String,
     /// Topics to read; every partition of each is read by its own consumer actor.
     pub topics: Vec<String>,
+    /// Instead of `topics`: read every topic whose whole name this regular expression matches
+    /// (Spark's `subscribePattern`), e.g. `"orders-.*"`. Topics created later that match are
+    /// found by partition discovery and read from their earliest offset. Names starting with
+    /// `__` (Kafka's internal topics) never match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic_pattern: Option<TopicPattern>,
     /// Where a pipeline with no checkpoint starts: `earliest` (the whole retained topic) or
     /// `latest` (only records produced after the first start). Ignored once a checkpoint exists.
     pub starting_offsets: StartingOffsets,
@@ -77,11 +83,101 @@ pub struct SourceConfig {
     pub group_id: Option<String>,
 }
 
+impl SourceConfig {
+    /// Which topics the pipeline reads.
+    pub fn subscription(&self) -> Subscription<'_> {
+        match &self.topic_pattern {
+            Some(p) => Subscription::Matching(p),
+            None => Subscription::Named(&self.topics),
+        }
+    }
+}
+
+/// Which topics a pipeline reads: the ones `source.topics` names, or every one
+/// `source.topic_pattern` matches (resolved against the brokers' topic list when the pipeline
+/// starts and at every partition discovery).
+#[derive(Debug, Clone, Copy)]
+pub enum Subscription<'a> {
+    /// `source.topics`.
+    Named(&'a [String]),
+    /// `source.topic_pattern`.
+    Matching(&'a TopicPattern),
+}
+
+impl Subscription<'_> {
+    /// Whether the pipeline reads `topic`.
+    pub fn covers(&self, topic: &str) -> bool {
+        match self {
+            Subscription::Named(topics) => topics.iter().any(|t| t == topic),
+            Subscription::Matching(p) => p.matches(topic),
+        }
+    }
+}
+
+impl std::fmt::Display for Subscription<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subscription::Named(topics) => write!(f, "{}", topics.join(",")),
+            Subscription::Matching(p) => write!(f, "topics matching /{}/", p.as_str()),
+        }
+    }
+}
+
+/// `source.topic_pattern`: a regular expression compiled when the config is read, matching
+/// whole topic names (as Spark's `subscribePattern` and the Java consumer do).
+#[derive(Debug, Clone)]
+pub struct TopicPattern {
+    written: String,
+    whole: regex::Regex,
+}
+
+impl TopicPattern {
+    /// Compiles `written`; the error says why it is not a regular expression.
+    pub fn new(written: &str) -> Result<Self, String> {
+        if written.is_empty() {
+            return Err("is empty; e.g. topic_pattern = \"orders-.*\"".into());
+        }
+        let whole = regex::Regex::new(&format!("^(?:{written})$")).map_err(|e| format!("is not a regular expression: {e}"))?;
+        Ok(TopicPattern { written: written.to_string(), whole })
+    }
+
+    /// The pattern as the config writes it.
+    pub fn as_str(&self) -> &str {
+        &self.written
+    }
+
+    /// Whether the pipeline reads `topic`: the pattern matches its whole name, and it is not
+    /// one of Kafka's internal topics.
+    pub fn matches(&self, topic: &str) -> bool {
+        !topic.starts_with("__") && self.whole.is_match(topic)
+    }
+}
+
+impl PartialEq for TopicPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.written == other.written
+    }
+}
+
+impl Serialize for TopicPattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.written)
+    }
+}
+
+impl<'de> Deserialize<'de> for TopicPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let written = String::deserialize(d)?;
+        TopicPattern::new(&written).map_err(|why| serde::de::Error::custom(format!("topic_pattern {written:?} {why}")))
+    }
+}
+
 impl Default for SourceConfig {
     fn default() -> Self {
         SourceConfig {
             brokers: "127.0.0.1:9092".into(),
             topics: Vec::new(),
+            topic_pattern: None,
             starting_offsets: StartingOffsets::Earliest,
             starting_partition_offsets: BTreeMap::new(),
             starting_timestamp_ms: None,
@@ -124,8 +220,20 @@ impl PipelineConfig {
         if self.source.brokers.trim().is_empty() {
             return Err(bad("source.brokers", "is empty; give host:port[,host:port] or set KAFKA_BROKERS".into()));
         }
-        if self.source.topics.is_empty() {
-            return Err(bad("source.topics", "is empty; name at least one topic, e.g. topics = [\"events\"]".into()));
+        match (self.source.topics.is_empty(), &self.source.topic_pattern) {
+            (true, None) => {
+                return Err(bad(
+                    "source.topics",
+                    "is empty; name at least one topic, e.g. topics = [\"events\"], or give source.topic_pattern".into(),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(bad(
+                    "source.topic_pattern",
+                    "cannot be given with source.topics: name the topics or match them, not both".into(),
+                ))
+            }
+            _ => {}
         }
         if let Some(t) = self
             .source
@@ -159,8 +267,12 @@ impl PipelineConfig {
         }
         for (topic, partitions) in &self.source.starting_partition_offsets {
             let field = format!("source.starting_partition_offsets.{topic}");
-            if !self.source.topics.contains(topic) {
-                return Err(bad(&field, format!("names {topic:?}, which is not in source.topics")));
+            if !self.source.subscription().covers(topic) {
+                let read = match self.source.topic_pattern {
+                    Some(_) => "source.topic_pattern does not match it",
+                    None => "it is not in source.topics",
+                };
+                return Err(bad(&field, format!("names {topic:?}, but {read}")));
             }
             for (p, offset) in partitions {
                 if p.parse::<u32>().is_err() {
@@ -226,8 +338,8 @@ impl PipelineConfig {
             if a.output_mode != OutputMode::Update {
                 return refuse("aggregate.output_mode", "must be \"update\" in group mode: \"complete\" rewrites the whole table, members write only their partitions' buckets");
             }
-            if self.source.topics.len() > 1 {
-                return refuse("aggregate", "in group mode reads one topic: a partition owns the _bucket range its number gives");
+            if self.source.topics.len() != 1 {
+                return refuse("aggregate", "in group mode reads one topic (source.topics, not a pattern): a partition owns the _bucket range its number gives");
             }
         }
         Ok(())

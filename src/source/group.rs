@@ -27,6 +27,7 @@ use std::time::Duration;
 use futures::future::{select, Either};
 use rdkafka::consumer::Consumer;
 
+use crate::config::{Subscription, TopicPattern};
 use crate::error::{Error, Result};
 use crate::model::{Offsets, TopicPartition};
 use crate::source::{self, GroupListener, PipelineConsumer};
@@ -125,6 +126,55 @@ impl GroupListener for Bridge {
     }
 }
 
+/// The topics `pattern` matches now, in order.
+fn matching(client: &PipelineConsumer, brokers: &str, pattern: &TopicPattern, timeout: Duration) -> Result<Vec<String>> {
+    let partitions = source::partitions_of(client, brokers, Subscription::Matching(pattern), timeout)?;
+    Ok(source::topics_of(&partitions))
+}
+
+/// A member's `source.topic_pattern`, resolved again every `every`.
+struct Watch {
+    client: Arc<PipelineConsumer>,
+    brokers: String,
+    pattern: TopicPattern,
+    every: Duration,
+}
+
+impl Watch {
+    /// Starts the thread; it subscribes again when the matching topics differ from `topics`, and
+    /// returns when its sender is dropped.
+    fn spawn(self, mut topics: Vec<String>) -> Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("exactly-topics".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(self.every) {
+                    // No match (every matching topic deleted) keeps the subscription: an empty
+                    // one is refused, and a deleted topic's partitions are revoked anyway.
+                    let now = match matching(&self.client, &self.brokers, &self.pattern, self.every.max(Duration::from_secs(5))) {
+                        Ok(now) => now,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "topic discovery failed; trying again");
+                            continue;
+                        }
+                    };
+                    if now != topics {
+                        let names: Vec<&str> = now.iter().map(String::as_str).collect();
+                        match self.client.subscribe(&names) {
+                            Ok(()) => {
+                                tracing::info!(topics = %now.join(","), "the topics source.topic_pattern matches changed; subscribed to them");
+                                topics = now;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "subscribing to the matching topics failed; trying again"),
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::Actor(format!("cannot start the topic discovery thread: {e}")))?;
+        Ok((stop, thread))
+    }
+}
+
 /// This process's membership in the group: the client (shared with every generation's
 /// partition queues) and the thread that serves its main queue, where librdkafka delivers
 /// rebalances.
@@ -133,16 +183,23 @@ pub struct GroupMember {
     bridge: Arc<Bridge>,
     stop: Option<futures::channel::oneshot::Sender<()>>,
     poller: Option<std::thread::JoinHandle<()>>,
+    /// `source.topic_pattern`: the thread that subscribes to the matching topics as they change.
+    watcher: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     /// How long the group waits for a silent member before reassigning its partitions.
     pub session_timeout: Duration,
 }
 
 impl GroupMember {
-    /// Joins `group_id` for `topics`: rebalances go to `notify` (the supervisor's mailbox).
+    /// Joins `group_id` for the topics `subscription` reads: rebalances go to `notify` (the
+    /// supervisor's mailbox). A pattern is resolved here, as one process resolves it
+    /// ([`source::partitions_of`]: one matcher, the same topics in both modes), and again every
+    /// `discovery_ms` on a thread of its own: when the matching topics change, the member
+    /// subscribes to the new list (a cooperative rebalance moves only the partitions of the
+    /// topics that came or went).
     pub fn join(
         connection: &source::Connection,
         group_id: &str,
-        topics: &[String],
+        subscription: Subscription<'_>,
         discovery_ms: u64,
         context: source::StatsContext,
         notify: Notify,
@@ -151,6 +208,16 @@ impl GroupMember {
         let client: PipelineConsumer = source::group_consumer_config(connection, group_id, discovery_ms)
             .create_with_context(context.with_group(bridge.clone()))?;
         let client = Arc::new(client);
+        let every = Duration::from_millis(discovery_ms);
+        let (topics, watcher) = match subscription {
+            Subscription::Named(topics) => (topics.to_vec(), None),
+            Subscription::Matching(pattern) => {
+                let brokers = connection.brokers().to_string();
+                let topics = matching(client.as_ref(), &brokers, pattern, every.max(Duration::from_secs(5)))?;
+                let watch = Watch { client: client.clone(), brokers, pattern: pattern.clone(), every };
+                (topics.clone(), Some(watch.spawn(topics)?))
+            }
+        };
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         client.subscribe(&names)?;
         let (stop, mut stopped) = futures::channel::oneshot::channel::<()>();
@@ -179,6 +246,7 @@ impl GroupMember {
             bridge,
             stop: Some(stop),
             poller: Some(poller),
+            watcher,
             session_timeout: source::session_timeout(connection),
         })
     }
@@ -198,6 +266,10 @@ impl GroupMember {
         }
         if let Some(poller) = self.poller.take() {
             let _ = poller.join();
+        }
+        if let Some((stop, watcher)) = self.watcher.take() {
+            drop(stop);
+            let _ = watcher.join();
         }
         self.client.unsubscribe();
         // Dropping the last handle closes the client: it leaves the group and serves the final

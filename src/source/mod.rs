@@ -22,7 +22,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::security::{self as sec, SecurityConfig};
-use crate::config::{SourceConfig, StartingOffsets};
+use crate::config::{SourceConfig, StartingOffsets, Subscription};
 use crate::error::{Error, Result};
 use crate::model::{Offsets, TopicPartition};
 
@@ -403,14 +403,21 @@ pub struct Cluster {
 /// password, untrusted certificate, TLS against a plaintext listener) is one line naming the
 /// problem and the setting that fixes it, as soon as librdkafka reports it. This is what turns
 /// "nothing happens" into one clear line at start-up.
-pub async fn preflight(connection: &Connection, topics: &[String], timeout: Duration) -> Result<Vec<TopicPartition>> {
-    Ok(check(connection, topics, timeout).await?.partitions)
+pub async fn preflight(
+    connection: &Connection,
+    subscription: Subscription<'_>,
+    timeout: Duration,
+) -> Result<Vec<TopicPartition>> {
+    Ok(check(connection, subscription, timeout).await?.partitions)
 }
 
 /// [`preflight`], with the cluster's size (`exactly check`).
-pub async fn check(connection: &Connection, topics: &[String], timeout: Duration) -> Result<Cluster> {
+pub async fn check(connection: &Connection, subscription: Subscription<'_>, timeout: Duration) -> Result<Cluster> {
     let connection = connection.clone();
-    let topics = topics.to_vec();
+    let (topics, pattern) = match subscription {
+        Subscription::Named(topics) => (topics.to_vec(), None),
+        Subscription::Matching(p) => (Vec::new(), Some(p.clone())),
+    };
     tokio::task::spawn_blocking(move || -> Result<Cluster> {
         let context = Diagnosing::default();
         let brokers = connection.brokers().to_string();
@@ -456,42 +463,73 @@ pub async fn check(connection: &Connection, topics: &[String], timeout: Duration
                 });
             }
         };
-        let partitions = partitions_of(&consumer, &brokers, &topics, timeout)?;
+        let subscription = match &pattern {
+            Some(p) => Subscription::Matching(p),
+            None => Subscription::Named(&topics),
+        };
+        let partitions = partitions_of(&consumer, &brokers, subscription, timeout)?;
         Ok(Cluster { brokers: metadata.brokers().len(), partitions })
     })
     .await
     .map_err(|e| Error::Actor(format!("pre-flight task failed: {e}")))?
 }
 
-/// Every partition of `topics`, in order, from a metadata request on `consumer` (blocking, at
-/// most `timeout`). The pre-flight check and the running pipeline's partition discovery both
-/// ask this way.
+/// Every partition of the topics `subscription` reads, in order, from a metadata request on
+/// `consumer` (blocking, at most `timeout`): the named topics, or every topic the pattern
+/// matches (one request for the cluster's topic list). The pre-flight check and the running
+/// pipeline's partition discovery both ask this way.
 pub fn partitions_of<X: ConsumerContext, C: Consumer<X>>(
     consumer: &C,
     brokers: &str,
-    topics: &[String],
+    subscription: Subscription<'_>,
     timeout: Duration,
 ) -> Result<Vec<TopicPartition>> {
+    let unreachable = |e: KafkaError| {
+        let detail =
+            if is_unreachable(&e) { format!("no broker answered within {} ms", timeout.as_millis()) } else { e.to_string() };
+        Error::BrokerUnreachable { brokers: brokers.to_string(), detail }
+    };
+    let partitions = |t: &rdkafka::metadata::MetadataTopic| {
+        let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+        ps.sort_unstable();
+        ps.into_iter().map(|p| TopicPartition::new(t.name(), p)).collect::<Vec<_>>()
+    };
     let mut out = Vec::new();
-    for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| {
-            let detail =
-                if is_unreachable(&e) { format!("no broker answered within {} ms", timeout.as_millis()) } else { e.to_string() };
-            Error::BrokerUnreachable { brokers: brokers.to_string(), detail }
-        })?;
-        match metadata.topics().iter().find(|t| t.name() == topic) {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-                ps.sort_unstable();
-                out.extend(ps.into_iter().map(|p| TopicPartition::new(topic, p)));
+    match subscription {
+        Subscription::Named(topics) => {
+            for topic in topics {
+                let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(unreachable)?;
+                match metadata.topics().iter().find(|t| t.name() == topic) {
+                    Some(t) if t.error().is_none() && !t.partitions().is_empty() => out.extend(partitions(t)),
+                    Some(t) if t.error().is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {
+                        return Err(Error::Kafka(KafkaError::MetadataFetch(t.error().unwrap().into())));
+                    }
+                    _ => return Err(Error::TopicMissing { topic: topic.clone(), brokers: brokers.to_string() }),
+                }
             }
-            Some(t) if t.error().is_some_and(|e| e != RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {
-                return Err(Error::Kafka(KafkaError::MetadataFetch(t.error().unwrap().into())));
+        }
+        Subscription::Matching(pattern) => {
+            let metadata = consumer.fetch_metadata(None, timeout).map_err(unreachable)?;
+            let mut matched: Vec<_> = metadata
+                .topics()
+                .iter()
+                .filter(|t| pattern.matches(t.name()) && t.error().is_none() && !t.partitions().is_empty())
+                .collect();
+            matched.sort_by_key(|t| t.name());
+            if matched.is_empty() {
+                return Err(Error::NoTopicMatches { pattern: pattern.as_str().to_string(), brokers: brokers.to_string() });
             }
-            _ => return Err(Error::TopicMissing { topic: topic.clone(), brokers: brokers.to_string() }),
+            out.extend(matched.into_iter().flat_map(partitions));
         }
     }
     Ok(out)
+}
+
+/// The topics of `partitions`, each once, in order.
+pub fn topics_of(partitions: &[TopicPartition]) -> Vec<String> {
+    let mut topics: Vec<String> = partitions.iter().map(|tp| tp.topic.to_string()).collect();
+    topics.dedup();
+    topics
 }
 
 /// Low and high watermarks of one partition, asked of the broker.
@@ -525,7 +563,7 @@ pub async fn lost_ranges(connection: &Connection, offsets: &Offsets, timeout: Du
 
 /// The sum of the high watermarks of every partition of `topic`: how many offsets it has used.
 pub async fn high_watermark_sum(connection: &Connection, topic: &str, timeout: Duration) -> Result<i64> {
-    let tps = preflight(connection, &[topic.to_string()], timeout).await?;
+    let tps = preflight(connection, Subscription::Named(&[topic.to_string()]), timeout).await?;
     let connection = connection.clone();
     tokio::task::spawn_blocking(move || -> Result<i64> {
         let consumer: BaseConsumer = connection.client_config().create()?;
@@ -680,7 +718,7 @@ pub async fn create_topic_with_config(
             // The controller answers before every broker's metadata has the topic: a pipeline
             // started at once would be refused for a missing topic.
             let start = std::time::Instant::now();
-            while let Err(e) = preflight(connection, &[topic.to_string()], Duration::from_secs(5)).await {
+            while let Err(e) = preflight(connection, Subscription::Named(&[topic.to_string()]), Duration::from_secs(5)).await {
                 if start.elapsed() > Duration::from_secs(30) {
                     return Err(Error::Admin(format!("topic '{topic}' was created but is not in the metadata after 30 s: {e}")));
                 }

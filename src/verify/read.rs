@@ -352,7 +352,8 @@ impl Tables {
         };
         let src = &config.source;
         let connection = source::Connection::of(src)?;
-        let partitions = source::preflight(&connection, &src.topics, Duration::from_millis(src.connect_timeout_ms)).await?;
+        let partitions =
+            source::preflight(&connection, src.subscription(), Duration::from_millis(src.connect_timeout_ms)).await?;
         let table = load_table(path.clone()).await?.ok_or_else(|| Error::Sink(format!("no Delta table at {path}")))?;
         let dead_table = load_table(dead_path.clone()).await?;
         let id = &config.id;

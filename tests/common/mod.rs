@@ -264,7 +264,10 @@ pub async fn high_watermarks(topic: &str) -> i64 {
 pub async fn table_cut(table: impl Into<TableLocation>, id: &str, topic: &str) -> i64 {
     let table = table.into();
     let Some(t) = exactly::sink::delta::load_table(table.clone()).await.unwrap() else { return 0 };
-    let tps = exactly::source::preflight(&kafka(), &[topic.to_string()], Duration::from_secs(10)).await.unwrap();
+    let tps =
+        exactly::source::preflight(&kafka(), exactly::config::Subscription::Named(&[topic.to_string()]), Duration::from_secs(10))
+            .await
+            .unwrap();
     exactly::sink::delta::recorded_cut(&t, &table, id, &tps).await.unwrap().values().sum()
 }
 
@@ -408,7 +411,9 @@ pub async fn delete_topic(topic: &str) {
     let res = admin.delete_topics(&[topic], &AdminOptions::new()).await.unwrap();
     assert!(res.into_iter().all(|r| r.is_ok()), "delete {topic}");
     wait_until(Duration::from_secs(60), "the topic is gone", || async {
-        exactly::source::preflight(&kafka(), &[topic.to_string()], Duration::from_secs(5)).await.is_err()
+        exactly::source::preflight(&kafka(), exactly::config::Subscription::Named(&[topic.to_string()]), Duration::from_secs(5))
+            .await
+            .is_err()
     })
     .await;
 }

@@ -52,7 +52,7 @@ pub async fn table_progress(config: &PipelineConfig) -> Result<(i64, u64), Strin
     let Some(table) = config.table_path() else { return Ok((0, 0)) };
     let Some(t) = exactly::sink::delta::load_table(table.clone()).await.map_err(|e| e.to_string())? else { return Ok((0, 0)) };
     let connection = exactly::source::Connection::of(&config.source).map_err(|e| e.to_string())?;
-    let tps = exactly::source::preflight(&connection, &config.source.topics, Duration::from_secs(30))
+    let tps = exactly::source::preflight(&connection, config.source.subscription(), Duration::from_secs(30))
         .await
         .map_err(|e| e.to_string())?;
     let id = &config.id;

@@ -44,7 +44,8 @@ impl SupervisorState {
         }
         // Before anything is read: the topics must still be the ones the checkpoint's positions
         // belong to (asked on this generation's client; a second client would cost its buffers).
-        if let Err(e) = self.check_topic_ids(&client).await {
+        let reading: Vec<TopicPartition> = offsets.keys().cloned().collect();
+        if let Err(e) = self.check_topic_ids(&client, &reading).await {
             drop(queues);
             // Closing a Kafka client blocks briefly: never on the executor.
             let _ = tokio::task::spawn_blocking(move || drop(client)).await;
@@ -275,15 +276,15 @@ impl SupervisorState {
         let src = &self.args.plan.config.source;
         let every = Duration::from_millis(src.partition_discovery_ms);
         let timeout = Duration::from_millis(src.connect_timeout_ms);
-        let (brokers, topics) = (src.brokers.clone(), src.topics.clone());
+        let src = Arc::new(src.clone());
         let (client, me) = (client.clone(), myself.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let (client, brokers, topics) = (client.clone(), brokers.clone(), topics.clone());
+                let (client, src) = (client.clone(), src.clone());
                 let found = tokio::task::spawn_blocking(move || -> crate::Result<_> {
-                    let partitions = source::partitions_of(client.as_ref(), &brokers, &topics, timeout)?;
-                    let topic_ids = source::topic_ids(client.client(), &topics, timeout)?;
+                    let partitions = source::partitions_of(client.as_ref(), &src.brokers, src.subscription(), timeout)?;
+                    let topic_ids = source::topic_ids(client.client(), &source::topics_of(&partitions), timeout)?;
                     Ok((partitions, topic_ids))
                 })
                 .await;

@@ -419,7 +419,7 @@ impl Actor for SupervisorActor {
                 let member = GroupMember::join(
                     &args.connection,
                     group_id,
-                    &src.topics,
+                    src.subscription(),
                     src.partition_discovery_ms,
                     StatsContext::new(stats.clone(), committed_offsets.clone()),
                     {

@@ -100,11 +100,17 @@ impl SupervisorState {
         })
     }
 
-    /// Refuses to resume when a topic was deleted and created again since the checkpoint's
-    /// positions were taken (a new topic id); records the ids of topics seen the first time.
-    pub(super) async fn check_topic_ids(&mut self, client: &Arc<PipelineConsumer>) -> Result<(), Error> {
+    /// Refuses to resume when a topic of `reading` was deleted and created again since the
+    /// checkpoint's positions were taken (a new topic id); records the ids of topics seen the
+    /// first time.
+    pub(super) async fn check_topic_ids(
+        &mut self,
+        client: &Arc<PipelineConsumer>,
+        reading: &[TopicPartition],
+    ) -> Result<(), Error> {
         let src = &self.args.plan.config.source;
-        let (client, topics, timeout) = (client.clone(), src.topics.clone(), Duration::from_millis(src.connect_timeout_ms));
+        let (client, topics, timeout) =
+            (client.clone(), source::topics_of(reading), Duration::from_millis(src.connect_timeout_ms));
         let current = tokio::task::spawn_blocking(move || source::topic_ids(client.client(), &topics, timeout))
             .await
             .map_err(|e| Error::Actor(format!("topic id lookup task failed: {e}")))??;
