@@ -456,6 +456,45 @@ print(json.dumps(out))
     }
 }
 
+/// The systemd unit (`deploy/systemd/exactly@.service`) passes `systemd-analyze verify` without
+/// a warning (pointed at this build's binary), gives the process more time to stop than the
+/// pipeline takes to commit its open epoch, and does not restart on the exit code of a config
+/// error; its example pipeline parses and validates once the environment fills it in.
+#[test]
+fn the_systemd_unit_verifies_and_its_pipeline_parses() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("deploy/systemd/exactly@.service")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = dir.path().join("exactly@orders.service");
+    std::fs::write(&instance, unit.replace("/usr/local/bin/exactly", env!("CARGO_BIN_EXE_exactly"))).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&instance).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+
+    let setting = |key: &str| -> String {
+        let line = unit.lines().find(|l| l.starts_with(&format!("{key}="))).unwrap_or_else(|| panic!("no {key}"));
+        line[key.len() + 1..].to_string()
+    };
+    let env = |name: &str| match name {
+        "KAFKA_BROKERS" => Some("kafka-1:9092".to_string()),
+        "STATE_DIRECTORY" => Some("/var/lib/exactly/orders".to_string()),
+        _ => None,
+    };
+    let text = std::fs::read_to_string(root.join("deploy/systemd/orders.toml")).unwrap();
+    let (text, _) = exactly::config::env::substitute(&text, env).unwrap();
+    let config = exactly::config::PipelineConfig::parse(&text, "orders.toml").unwrap();
+    config.validate("orders.toml").unwrap();
+    assert_eq!(config.checkpoint_dir(), std::path::PathBuf::from("/var/lib/exactly/orders"));
+    let stop_ms = setting("TimeoutStopSec").parse::<u64>().unwrap() * 1000;
+    assert!(stop_ms > config.supervisor.shutdown_timeout_ms, "the unit must outlive the stop");
+
+    // The config error's exit code is the one the unit does not restart on.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "id = \"x\"\n[source]\ntopics = []\n[sink]\nkind = \"console\"\n").unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_exactly")).args(["run", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(run.status.code().map(|c| c.to_string()), Some(setting("RestartPreventExitStatus")));
+}
+
 /// The container image (`Containerfile`, built offline by `scripts/image` with buildah from
 /// scratch: this build's binary and the libraries it links) runs a pipeline as its non-root
 /// user against the project's broker and S3 server: `exactly run --until-caught-up` inside it
