@@ -45,7 +45,9 @@ impl Col {
     /// A column builder for `t`, whose Arrow type is `arrow` (from [`arrow_field`]).
     pub(super) fn for_type(t: &FieldType, arrow: &DataType, rows: usize) -> Col {
         match (t, arrow) {
-            (FieldType::String, _) => Col::Str(StringBuilder::new()),
+            // Sized for short strings: a batch's text then grows its buffer once or twice, not
+            // a dozen times from StringBuilder's 1 KiB.
+            (FieldType::String, _) => Col::Str(StringBuilder::with_capacity(rows, rows * 16)),
             (FieldType::Long, _) => Col::Long(Int64Builder::with_capacity(rows)),
             (FieldType::Int, _) => Col::Int(Int32Builder::with_capacity(rows)),
             (FieldType::Double, _) => Col::Double(Float64Builder::with_capacity(rows)),

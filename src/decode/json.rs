@@ -437,7 +437,13 @@ mod fast {
         }
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            while let Some(key) = map.next_key_seed(Key(self.fields))? {
+            // Producers write the keys in one order, usually the declared one: the field after
+            // the last one found is tried first.
+            let mut next = 0;
+            while let Some(key) = map.next_key_seed(Key { fields: self.fields, first: next })? {
+                if let Some(i) = key {
+                    next = i + 1;
+                }
                 match key {
                     Some(i) if self.all_text || as_text(&self.fields[i].kind) => {
                         self.slots[i] = Some(Scalar::Raw(map.next_value::<&'de RawValue>()?))
@@ -452,8 +458,11 @@ mod fast {
         }
     }
 
-    /// A key, as the index of the declared field it names.
-    struct Key<'s>(&'s [FieldConfig]);
+    /// A key, as the index of the declared field it names; `fields[first]` is tried first.
+    struct Key<'s> {
+        fields: &'s [FieldConfig],
+        first: usize,
+    }
 
     impl<'de> DeserializeSeed<'de> for Key<'_> {
         type Value = Option<usize>;
@@ -471,7 +480,10 @@ mod fast {
         }
 
         fn visit_str<E: Error>(self, v: &str) -> Result<Option<usize>, E> {
-            Ok(self.0.iter().position(|f| f.name == v))
+            if self.fields.get(self.first).is_some_and(|f| f.name == v) {
+                return Ok(Some(self.first));
+            }
+            Ok(self.fields.iter().position(|f| f.name == v))
         }
     }
 

@@ -109,10 +109,11 @@ struct MetaColumns {
 }
 
 impl MetaColumns {
-    fn new(n: usize, (key, headers): (bool, bool)) -> MetaColumns {
+    /// Columns for `n` records of topics named in about `topic_len` bytes.
+    fn new(n: usize, topic_len: usize, (key, headers): (bool, bool)) -> MetaColumns {
         let element = Field::new("element", DataType::Struct(header_fields()), true);
         MetaColumns {
-            topic: StringBuilder::new(),
+            topic: StringBuilder::with_capacity(n, n * topic_len),
             partition: Int32Builder::with_capacity(n),
             offset: Int64Builder::with_capacity(n),
             timestamp: TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC"),
@@ -435,7 +436,7 @@ impl Decoder {
             }
             _ => (None, self.schema.clone()),
         };
-        let mut meta = MetaColumns::new(n, self.include);
+        let mut meta = MetaColumns::new(n, records.first().map_or(0, |r| r.topic().len()), self.include);
         let raw_capacity = if self.keep_raw { n } else { 0 };
         let (mut raw_key, mut raw_value) =
             (BinaryBuilder::with_capacity(raw_capacity, 0), BinaryBuilder::with_capacity(raw_capacity, 0));
