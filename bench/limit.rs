@@ -273,18 +273,28 @@ fn main() {
             let t0 = Instant::now();
             let batches: Vec<_> = records.chunks(8192).map(|c| decoder.decode(c).rows).collect();
             let decode = t0.elapsed().as_secs_f64();
-            let t1 = Instant::now();
-            let mut out = Vec::new();
-            let mut w = ArrowWriter::try_new(&mut out, decoder.schema(), None).expect("writer");
-            for b in &batches {
-                w.write(b).expect("write");
-            }
-            w.close().expect("close");
-            let encode = t1.elapsed().as_secs_f64();
+            let encode_with =
+                |batches: &[deltalake::arrow::record_batch::RecordBatch],
+                 props: Option<deltalake::parquet::file::properties::WriterProperties>| {
+                    let t1 = Instant::now();
+                    let mut out = Vec::new();
+                    let mut w = ArrowWriter::try_new(&mut out, batches[0].schema(), props).expect("writer");
+                    for b in batches {
+                        w.write(b).expect("write");
+                    }
+                    w.close().expect("close");
+                    (t1.elapsed().as_secs_f64(), out.len())
+                };
+            let (encode, bytes) = encode_with(&batches, None);
+            // As the sink writes them: with the `_epoch` column and its writer properties.
+            let sink_batches: Vec<_> = batches.iter().map(|b| exactly::decode::with_epoch(b, 7).expect("epoch")).collect();
+            let props = exactly::sink::parquet::writer_properties(&sink_batches, &Default::default());
+            let (sink_encode, sink_bytes) = encode_with(&sink_batches, Some(props));
             println!(
                 "{}",
-                serde_json::json!({"records": n, "decode_seconds": decode, "encode_seconds": encode, "parquet_bytes": out.len(),
-                    "decode_records_per_s": n as f64 / decode, "encode_records_per_s": n as f64 / encode})
+                serde_json::json!({"records": n, "decode_seconds": decode, "encode_seconds": encode, "parquet_bytes": bytes,
+                    "decode_records_per_s": n as f64 / decode, "encode_records_per_s": n as f64 / encode,
+                    "sink_encode_records_per_s": n as f64 / sink_encode, "sink_parquet_bytes": sink_bytes})
             );
         }
     }
