@@ -259,6 +259,11 @@ impl GroupMember {
     /// Leaves the group (blocking: run it off the executor). The final unassignment's callbacks
     /// no longer reach the supervisor.
     pub fn leave(mut self) {
+        // First the pattern's watcher, so that no subscription follows the unsubscription.
+        if let Some((stop, watcher)) = self.watcher.take() {
+            drop(stop);
+            let _ = watcher.join();
+        }
         // Also frees a rebalance callback waiting for the stopped supervisor.
         self.bridge.closing.store(true, Ordering::SeqCst);
         if let Some(stop) = self.stop.take() {
@@ -266,10 +271,6 @@ impl GroupMember {
         }
         if let Some(poller) = self.poller.take() {
             let _ = poller.join();
-        }
-        if let Some((stop, watcher)) = self.watcher.take() {
-            drop(stop);
-            let _ = watcher.join();
         }
         self.client.unsubscribe();
         // Dropping the last handle closes the client: it leaves the group and serves the final
