@@ -51,9 +51,10 @@ async fn partitions_added_while_running_are_read_and_audited() {
 
 /// `source.topic_pattern` reads every topic whose whole name it matches, and a matching topic
 /// created while the pipeline runs is read from its earliest offset, audited like the others;
-/// a topic the pattern matches only in part is not read.
+/// a topic the pattern matches only in part is not read; a matching topic deleted while it runs
+/// is dropped from the actor tree (no restart budget spent) and the others are read on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_topic_pattern_reads_the_matching_topics_and_those_created_while_running() {
+async fn a_topic_pattern_reads_the_matching_topics_those_created_and_not_those_deleted_while_running() {
     let prefix = common::unique("pattern");
     let create = |name: String, partitions: i32| async move {
         assert!(exactly::source::create_topic(&common::kafka(), &name, partitions, 1).await.unwrap());
@@ -82,14 +83,28 @@ async fn a_topic_pattern_reads_the_matching_topics_and_those_created_while_runni
     let status = pipeline.status().await.unwrap();
     assert_eq!(status.consumers.len(), 5, "a consumer for each matching topic's partitions, the new topic's included");
     assert_eq!(status.restarts, 0, "picking up a topic spends no restart budget");
-    pipeline.shutdown().await.unwrap();
-
     let audit = common::assert_verified(&config).await;
     let topics: std::collections::BTreeSet<String> =
         audit.partitions.iter().filter_map(|p| p.tp.as_ref().map(|tp| tp.topic.to_string())).collect();
-    assert_eq!(topics, [a, b, later].into_iter().collect(), "the matching topics, not {skipped}");
+    assert_eq!(topics, [a.clone(), b.clone(), later.clone()].into_iter().collect(), "the matching topics, not {skipped}");
     assert_eq!(audit.total(|p| p.expected), 7_000);
     assert_eq!(audit.total(|p| p.rows), 7_000);
+
+    // A matching topic deleted: the pipeline reads on without it.
+    common::delete_topic(&b).await;
+    common::wait_until(Duration::from_secs(60), "the deleted topic's consumer gone", || async {
+        pipeline.status().await.unwrap().consumers.len() == 4
+    })
+    .await;
+    common::produce_events(&a, 7_000, 1_000).await;
+    common::wait_table_drained(&table, &config.id, &a, Duration::from_secs(60)).await;
+    assert_eq!(pipeline.status().await.unwrap().restarts, 0, "a deleted topic spends no restart budget");
+    pipeline.shutdown().await.unwrap();
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), 7_000, "a's 3,000 and the later topic's 4,000: b is gone from Kafka");
+    let gone: Vec<_> = audit.partitions.iter().filter(|p| p.tp.as_ref().is_some_and(|tp| *tp.topic == *b)).collect();
+    assert_eq!((gone.len(), gone[0].rows, gone[0].unverifiable), (1, 1_000, 1_000), "b's rows, within its recorded range");
+    assert_eq!(audit.total(|p| p.rows), 8_000);
     common::assert_each_epoch_committed_once(&table, &config.id).await;
 }
 

@@ -19,7 +19,7 @@ mod upsert;
 
 pub use fencing::{check_fencing, member_commits, MemberCommit, EPOCH_SCAN};
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

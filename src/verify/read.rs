@@ -321,6 +321,9 @@ pub(super) struct Tables {
     pub orphan_files: Vec<String>,
     /// Offsets the pipeline skipped (`source.on_data_loss = "skip"`), as its commits record them.
     pub skipped: HashMap<TopicPartition, u64>,
+    /// Partitions of matched topics the brokers no longer have (deleted): audited against the
+    /// table's record alone.
+    pub gone: BTreeSet<TopicPartition>,
 }
 
 /// Per partition, the offsets the data table's newest commits record as skipped
@@ -401,11 +404,29 @@ impl Tables {
             None => Vec::new(),
         };
         let skipped = skipped_offsets(&table).await?;
+        let rows = if per_record { coordinates(&data_rows)? } else { FoundOffsets::new() };
+        let dead = coordinates(&dead_rows)?;
+        // Partitions of topics `source.topic_pattern` matched and the brokers no longer have:
+        // the table's record of them is all there is to audit against.
+        let mut gone = BTreeSet::new();
+        let listed: BTreeSet<&str> = partitions.iter().map(|tp| &*tp.topic).collect();
+        for tp in rows.keys().chain(dead.keys()) {
+            let deleted = src.topic_pattern.as_ref().is_some_and(|p| p.matches(&tp.topic)) && !listed.contains(&*tp.topic);
+            if deleted && !gone.contains(tp) {
+                let end = txn_version(&table, &path, &partition_app_id(id, tp)).await?;
+                let start = txn_version(&table, &path, &start_app_id(id, tp)).await?;
+                if let (Some(start), Some(end)) = (start, end) {
+                    ranges.insert(tp.clone(), (start, end));
+                }
+                gone.insert(tp.clone());
+            }
+        }
         let tables = Tables {
             skipped,
-            rows: if per_record { coordinates(&data_rows)? } else { FoundOffsets::new() },
+            gone,
             row_content: if per_record { contents(&data_rows, &content_cols)? } else { HashMap::new() },
-            dead: coordinates(&dead_rows)?,
+            rows,
+            dead,
             dead_bytes: dead_letter_bytes(&dead_rows)?,
             connection,
             partitions,

@@ -55,7 +55,11 @@ impl Audit {
                 );
             }
             if p.unverifiable > 0 {
-                let _ = writeln!(s, "    {} rows have offsets Kafka no longer holds (retention); not judged", p.unverifiable);
+                let _ = writeln!(
+                    s,
+                    "    {} rows have offsets Kafka no longer holds (retention, or a matched topic deleted); not judged",
+                    p.unverifiable
+                );
             }
         }
         self.render_totals(&mut s);

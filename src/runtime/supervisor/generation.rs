@@ -303,9 +303,10 @@ impl SupervisorState {
 
     /// Partition discovery reported the topics. A topic whose id changed stops the pipeline.
     /// Partitions this pipeline does not read yet wind the generation down (its open epoch
-    /// commits first) and start one that reads them too, from their earliest offset. Partitions
-    /// never disappear from a Kafka topic; a deleted topic is left to the consumers' errors and
-    /// to recovery.
+    /// commits first) and start one that reads them too, from their earliest offset; so does a
+    /// topic `source.topic_pattern` matched and the brokers no longer have (deleted), with a
+    /// generation that no longer reads it. Partitions never disappear from a Kafka topic; a
+    /// deleted named topic is left to the consumers' errors and to recovery.
     pub(super) fn on_topics_described(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
@@ -317,12 +318,23 @@ impl SupervisorState {
             self.fatal(myself, e);
             return Ok(());
         }
-        let added: Vec<TopicPartition> = found.into_iter().filter(|tp| !self.partitions.contains(tp)).collect();
-        if added.is_empty() {
+        let matched = matches!(self.args.plan.config.source.subscription(), crate::config::Subscription::Matching(_));
+        let topics: std::collections::BTreeSet<&str> = found.iter().map(|tp| &*tp.topic).collect();
+        let gone: Vec<TopicPartition> =
+            self.partitions.iter().filter(|tp| matched && !topics.contains(&*tp.topic)).cloned().collect();
+        let added: Vec<TopicPartition> = found.iter().filter(|tp| !self.partitions.contains(tp)).cloned().collect();
+        if added.is_empty() && gone.is_empty() {
             return Ok(());
         }
-        let names: Vec<String> = added.iter().map(ToString::to_string).collect();
-        tracing::info!(partitions = %names.join(","), "partitions added to the topics; committing the open epoch, then restarting the actor tree to read them");
+        if !added.is_empty() {
+            let names: Vec<String> = added.iter().map(ToString::to_string).collect();
+            tracing::info!(partitions = %names.join(","), "partitions added to the topics; committing the open epoch, then restarting the actor tree to read them");
+        }
+        if !gone.is_empty() {
+            let names: Vec<String> = source::topics_of(&gone);
+            tracing::warn!(topics = %names.join(","), "topics source.topic_pattern matched are gone from the brokers (deleted); committing the open epoch, then restarting the actor tree without them");
+        }
+        self.partitions.retain(|tp| !gone.contains(tp));
         self.partitions.extend(added);
         self.partitions.sort();
         if self.phase == Phase::Running && self.current.is_some() {
