@@ -108,6 +108,13 @@ pub struct Skipped {
     pub to: i64,
 }
 
+impl Skipped {
+    /// Where a consumer of `tp` positioned at `start` reads from: past its skipped offsets.
+    pub fn read_from(skipped: &[Skipped], tp: &TopicPartition, start: i64) -> i64 {
+        skipped.iter().find(|s| s.tp == *tp).map_or(start, |s| s.to)
+    }
+}
+
 /// The records of one partition inside one epoch: offsets `[start, end)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionRange {

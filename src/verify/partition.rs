@@ -29,10 +29,7 @@ pub(super) async fn audit(
     }
     let found = Found { tp: &tp, rows: &row_offsets, dead: &dead_offsets };
     let mismatches = mismatches(config, t, &found, &records, &now)?;
-    let mut counts: HashMap<i64, u64> = HashMap::new();
-    for o in row_offsets.iter().chain(&dead_offsets) {
-        *counts.entry(*o).or_default() += 1;
-    }
+    let counts = offset_counts(&row_offsets, &dead_offsets);
     let expected_set: HashSet<i64> = expected.iter().copied().collect();
     // Offset-level completeness holds for append pipelines; dedup drops duplicates on purpose,
     // aggregation keeps groups and upserts the last change per key, so theirs is checked key by
@@ -53,7 +50,7 @@ pub(super) async fn audit(
         dead_lettered: dead_offsets.len() as u64,
         filtered: now.filtered.len() as u64,
         missing: missing.len() as u64,
-        duplicated: counts.values().filter(|n| **n > 1).map(|n| n - 1).sum(),
+        duplicated: duplicates(&counts),
         unexpected: counts.keys().filter(|o| !expected_set.contains(o) && (**o >= low || **o < start)).count() as u64,
         mismatched: mismatches.len() as u64,
         unverifiable: counts.keys().filter(|o| **o < low && **o >= start).count() as u64,
@@ -100,21 +97,32 @@ async fn unread(
 /// the rows within the range the table recorded are not judged (as records retention deleted);
 /// duplicates and rows outside that range are still errors.
 fn gone(tp: TopicPartition, (start, end): (i64, i64), rows: &[i64], dead: &[i64]) -> PartitionAudit {
-    let mut counts: HashMap<i64, u64> = HashMap::new();
-    for o in rows.iter().chain(dead) {
-        *counts.entry(*o).or_default() += 1;
-    }
+    let counts = offset_counts(rows, dead);
     PartitionAudit {
         tp: Some(tp),
         start,
         end,
         rows: rows.len() as u64,
         dead_lettered: dead.len() as u64,
-        duplicated: counts.values().filter(|n| **n > 1).map(|n| n - 1).sum(),
+        duplicated: duplicates(&counts),
         unexpected: counts.keys().filter(|o| **o < start || **o >= end).count() as u64,
         unverifiable: counts.keys().filter(|o| **o >= start && **o < end).count() as u64,
         ..Default::default()
     }
+}
+
+/// How many times each offset is in the tables (data rows and dead letters).
+fn offset_counts(rows: &[i64], dead: &[i64]) -> HashMap<i64, u64> {
+    let mut counts: HashMap<i64, u64> = HashMap::new();
+    for o in rows.iter().chain(dead) {
+        *counts.entry(*o).or_default() += 1;
+    }
+    counts
+}
+
+/// The copies beyond the first of every offset.
+fn duplicates(counts: &HashMap<i64, u64>) -> u64 {
+    counts.values().filter(|n| **n > 1).map(|n| n - 1).sum()
 }
 
 /// What the tables hold of one partition.

@@ -363,10 +363,8 @@ impl Tables {
         let epoch = txn_version(&table, &path, id).await?.unwrap_or(0).max(0) as u64;
         let mut ranges = BTreeMap::new();
         for tp in &partitions {
-            let end = txn_version(&table, &path, &partition_app_id(id, tp)).await?;
-            let start = txn_version(&table, &path, &start_app_id(id, tp)).await?;
-            if let (Some(start), Some(end)) = (start, end) {
-                ranges.insert(tp.clone(), (start, end));
+            if let Some(range) = recorded_range(&table, &path, id, tp).await? {
+                ranges.insert(tp.clone(), range);
             }
         }
         // What the data table holds: per-record rows (append, dedup), every decoded column so
@@ -412,13 +410,10 @@ impl Tables {
         let listed: BTreeSet<&str> = partitions.iter().map(|tp| &*tp.topic).collect();
         for tp in rows.keys().chain(dead.keys()) {
             let deleted = src.topic_pattern.as_ref().is_some_and(|p| p.matches(&tp.topic)) && !listed.contains(&*tp.topic);
-            if deleted && !gone.contains(tp) {
-                let end = txn_version(&table, &path, &partition_app_id(id, tp)).await?;
-                let start = txn_version(&table, &path, &start_app_id(id, tp)).await?;
-                if let (Some(start), Some(end)) = (start, end) {
-                    ranges.insert(tp.clone(), (start, end));
+            if deleted && gone.insert(tp.clone()) {
+                if let Some(range) = recorded_range(&table, &path, id, tp).await? {
+                    ranges.insert(tp.clone(), range);
                 }
-                gone.insert(tp.clone());
             }
         }
         let tables = Tables {
@@ -466,6 +461,13 @@ impl Tables {
             .await
             .map_err(|e| Error::Actor(e.to_string()))?
     }
+}
+
+/// The range `[start, end)` the data table recorded for `tp` (`None`: it never committed it).
+async fn recorded_range(table: &DeltaTable, path: &TableLocation, id: &str, tp: &TopicPartition) -> Result<Option<(i64, i64)>> {
+    let end = txn_version(table, path, &partition_app_id(id, tp)).await?;
+    let start = txn_version(table, path, &start_app_id(id, tp)).await?;
+    Ok(start.zip(end))
 }
 
 /// The columns compared with the decode of each row's record: the decoded ones, and the columns

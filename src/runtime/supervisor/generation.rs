@@ -142,7 +142,7 @@ impl SupervisorState {
         for (tp, queue) in queues {
             let start = offsets[&tp];
             // Past offsets Kafka deleted before they were read, when the config skips them.
-            let read_from = skipped.iter().find(|s| s.tp == tp).map_or(start, |s| s.to);
+            let read_from = crate::model::Skipped::read_from(&skipped, &tp, start);
             let (c, _) = Actor::spawn_linked(
                 None,
                 ConsumerActor,
@@ -229,7 +229,7 @@ impl SupervisorState {
         let skipped = self.lost(&offsets).await?;
         let mut tpl = TopicPartitionList::new();
         for (tp, off) in &offsets {
-            let read_from = skipped.iter().find(|s| &s.tp == tp).map_or(*off, |s| s.to);
+            let read_from = crate::model::Skipped::read_from(&skipped, tp, *off);
             tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(read_from))?;
         }
         client.assign(&tpl)?;
