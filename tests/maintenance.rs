@@ -333,6 +333,70 @@ async fn auto_compaction_bounds_live_files_without_changing_data() {
     common::assert_verified(&config).await;
 }
 
+/// Auto-compaction of files whose row groups are big copies the row groups as they are and
+/// gives the merged file its inputs' statistics: every file a compaction added holds exactly the
+/// rows, the offset and id bounds and the null count its statistics say; some hold the epochs'
+/// row groups uncut (a rewrite would have packed them into 1,000-row groups); the audit is
+/// clean and Python `deltalake` reads every row of every version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_copies_big_row_groups_and_merges_their_statistics() {
+    use deltalake::arrow::array::AsArray;
+    use deltalake::arrow::datatypes::Int64Type;
+    use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let topic = common::topic("stitch", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.epoch.interval_ms = 100;
+    set_maintenance(&mut config, true, 3, 10);
+    // Row groups of up to 1,000 rows: those of 125 rows and more are copied.
+    let exactly::config::SinkConfig::Delta { parquet, .. } = &mut config.sink else { unreachable!() };
+    parquet.row_group_rows = Some(1_000);
+    let table = dir.path().join("table");
+    let pipeline = common::start(&config, RunOptions::default()).await;
+    let mut opts = ProduceOptions::new(&common::brokers(), &topic, 12_000);
+    opts.rate = Some(3_000);
+    produce(&opts, std::future::pending()).await.unwrap();
+    common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
+    pipeline.shutdown().await.unwrap();
+
+    let (mut added, mut copied) = (0, 0);
+    for commit in common::commits_of(&table, "OPTIMIZE").await {
+        for action in commit {
+            let deltalake::kernel::Action::Add(add) = action else { continue };
+            added += 1;
+            let file = std::fs::File::open(table.join(&add.path)).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+            let groups = reader.metadata().num_row_groups();
+            let (mut rows, mut nulls) = (0usize, 0usize);
+            let (mut offsets, mut ids) = (Vec::new(), Vec::new());
+            for b in reader.build().unwrap() {
+                let b = b.unwrap();
+                rows += b.num_rows();
+                nulls += b.column_by_name("value").unwrap().null_count();
+                offsets.extend(b.column_by_name("_kafka_offset").unwrap().as_primitive::<Int64Type>().values().iter().copied());
+                ids.extend(b.column_by_name("id").unwrap().as_primitive::<Int64Type>().values().iter().copied());
+            }
+            let stats: serde_json::Value = serde_json::from_str(add.stats.as_deref().unwrap()).unwrap();
+            let at = |kind: &str, col: &str| stats[kind][col].as_i64();
+            assert_eq!(stats["numRecords"].as_u64(), Some(rows as u64), "{}", add.path);
+            assert_eq!(at("nullCount", "value"), Some(nulls as i64), "{}", add.path);
+            assert_eq!(at("minValues", "_kafka_offset"), offsets.iter().min().copied(), "{}", add.path);
+            assert_eq!(at("maxValues", "_kafka_offset"), offsets.iter().max().copied(), "{}", add.path);
+            assert_eq!(at("minValues", "id"), ids.iter().min().copied(), "{}", add.path);
+            assert_eq!(at("maxValues", "id"), ids.iter().max().copied(), "{}", add.path);
+            assert!(!add.data_change);
+            if groups > rows.div_ceil(1_000) {
+                copied += 1;
+            }
+        }
+    }
+    assert!(added > 0, "no compaction");
+    assert!(copied > 0, "no compaction copied row groups ({added} files added)");
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.expected), 12_000);
+    assert_every_version_readable(&table, common::log(&table).await.last().unwrap().0);
+}
+
 /// The versions of the Delta checkpoints in a table's log.
 fn checkpoint_versions(table: &std::path::Path) -> Vec<u64> {
     let mut v: Vec<u64> = std::fs::read_dir(table.join("_delta_log"))

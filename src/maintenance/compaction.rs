@@ -28,6 +28,7 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::{Action, Remove};
 use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
@@ -54,7 +55,7 @@ pub struct Policy {
 pub struct LiveFile {
     /// Path relative to the table root, as in the log.
     pub path: String,
-    location: deltalake::Path,
+    pub(crate) location: deltalake::Path,
     /// Bytes.
     pub size: u64,
     /// Partition values (column -> value, `None` for null), empty for an unpartitioned table.
@@ -63,6 +64,8 @@ pub struct LiveFile {
     pub rows: Option<u64>,
     /// Whether rows of the file are deleted through a deletion vector (never compacted here).
     pub has_deletion_vector: bool,
+    /// Its Delta statistics (JSON), as the log holds them.
+    pub stats: Option<String>,
     remove: Remove,
 }
 
@@ -78,6 +81,7 @@ pub fn live_files(snapshot: &deltalake::table::state::DeltaTableState) -> Vec<Li
             partition: f.partition_values_map().into_iter().collect(),
             rows: f.num_records().map(|n| n as u64),
             has_deletion_vector: f.deletion_vector_descriptor().is_some(),
+            stats: f.stats(),
             remove: f.remove_action(false),
         })
         .collect()
@@ -242,7 +246,8 @@ fn conform_column(col: &ArrayRef, to: &deltalake::arrow::datatypes::DataType) ->
 /// Merges `group` into files of up to the target size and commits the swap. `table` must be the
 /// snapshot the group was planned from; it holds the new version afterwards. `None`: another
 /// commit (another member's compaction, `exactly optimize`) removed an input meanwhile, and
-/// nothing was committed.
+/// nothing was committed. Files whose row groups are big already are merged by copying them
+/// ([`stitch`](super::stitch)); others are decoded and written again.
 pub async fn rewrite(
     table: &mut DeltaTable,
     path: &TableLocation,
@@ -250,19 +255,18 @@ pub async fn rewrite(
     policy: &Policy,
     failpoints: &FailPoints,
 ) -> Result<Option<Done>> {
-    let mut writer = RecordBatchWriter::for_table(table)
-        .map_err(|e| delta_err(path, e))?
-        .with_target_file_size(policy.target_bytes)
-        .with_writer_properties(crate::sink::parquet::properties(&policy.parquet));
-    let schema = writer.arrow_schema();
-    let mut rows_read = 0u64;
+    let mut footers = Vec::with_capacity(group.files.len());
     for f in &group.files {
-        for batch in file_reader(table, path, &f.location).await? {
-            let batch = batch.map_err(|e| delta_err(path, e))?;
-            rows_read += batch.num_rows() as u64;
-            writer.write(conform(&batch, &schema, &group.partition)?).await.map_err(|e| delta_err(path, e))?;
-        }
+        footers.push(super::stitch::footer(table, path, &f.location, f.size).await?);
     }
+    let codec = crate::sink::parquet::properties(&policy.parquet).compression(&ColumnPath::from("any"));
+    let (rows_read, mut adds) = if super::stitch::copyable(&footers, super::stitch::min_copied_rows(policy), codec) {
+        let schema = table.snapshot().map_err(|e| delta_err(path, e))?.schema().as_ref().clone();
+        let rows: i64 = footers.iter().map(|m| m.file_metadata().num_rows()).sum();
+        (rows as u64, vec![super::stitch::stitch(table, path, group, &footers[0], &schema).await?])
+    } else {
+        reencode(table, path, group, policy).await?
+    };
     if let Some(expected) = group.files.iter().map(|f| f.rows).sum::<Option<u64>>() {
         if expected != rows_read {
             return Err(delta_err(
@@ -271,7 +275,6 @@ pub async fn rewrite(
             ));
         }
     }
-    let mut adds = writer.flush().await.map_err(|e| delta_err(path, e))?;
     for add in &mut adds {
         add.data_change = false;
     }
@@ -296,6 +299,35 @@ pub async fn rewrite(
         commit::Outcome::Landed(version) => Ok(Some(Done { version, ..done })),
         commit::Outcome::Held => Ok(None),
     }
+}
+
+/// `group`'s rows decoded and written again as files of up to the target size (not yet
+/// committed): the rows read, and the files' add actions. Columns mostly distinct in the first
+/// file are written without a dictionary, as the sink writes them.
+async fn reencode(
+    table: &DeltaTable,
+    path: &TableLocation,
+    group: &Group,
+    policy: &Policy,
+) -> Result<(u64, Vec<deltalake::kernel::Add>)> {
+    let mut writer =
+        RecordBatchWriter::for_table(table).map_err(|e| delta_err(path, e))?.with_target_file_size(policy.target_bytes);
+    let schema = writer.arrow_schema();
+    let mut rows_read = 0u64;
+    for (i, f) in group.files.iter().enumerate() {
+        let batches = file_reader(table, path, &f.location)
+            .await?
+            .map(|b| b.map_err(|e| delta_err(path, e)).and_then(|b| conform(&b, &schema, &group.partition)))
+            .collect::<Result<Vec<_>>>()?;
+        if i == 0 {
+            writer = writer.with_writer_properties(crate::sink::parquet::writer_properties(&batches, &policy.parquet));
+        }
+        for batch in batches {
+            rows_read += batch.num_rows() as u64;
+            writer.write(batch).await.map_err(|e| delta_err(path, e))?;
+        }
+    }
+    Ok((rows_read, writer.flush().await.map_err(|e| delta_err(path, e))?))
 }
 
 /// A compaction's swap, as a [`commit::Writer`]: it lands only on a version that still holds
@@ -341,6 +373,7 @@ mod tests {
             partition: BTreeMap::new(),
             rows: Some(1),
             has_deletion_vector: false,
+            stats: None,
             remove: Remove { path: name.to_string(), data_change: false, ..Default::default() },
         }
     }

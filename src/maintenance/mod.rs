@@ -16,6 +16,7 @@
 pub mod checkpoints;
 pub mod commands;
 pub mod compaction;
+pub mod stitch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
