@@ -9,6 +9,9 @@
 //! (4 for 100 KiB epoch files and a 128 MiB target with the default 10), and a partition keeps at
 //! most `(min_files - 1)` files per tier below the target plus its full-size files.
 //!
+//! Files whose row groups are big already are merged by copying those row groups
+//! ([`stitch`](super::stitch)); the others are decoded and written again.
+//!
 //! A compaction commit removes its input files and adds the merged ones, all with
 //! `dataChange = false` (streaming readers see no new data), under the `OPTIMIZE` operation and
 //! without `txn` actions. The pipeline's appends add files only, so the two never conflict: a
