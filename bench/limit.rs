@@ -14,7 +14,13 @@
 //!   dedup table's rows, every partition of it, as a group member taking them does: the read
 //!   and the rebuild timed separately.
 //!
+//! - `json` (feature `json-candidates`): JSON parser candidates against the decoder, on the
+//!   topic's records in memory (`bench/json.rs`).
+//!
 //! Each prints one JSON object on stdout.
+
+#[cfg(feature = "json-candidates")]
+mod json;
 
 use std::time::{Duration, Instant};
 
@@ -64,6 +70,13 @@ enum Cmd {
     Parquet,
     /// Print the sum of the topic's high watermarks (0 if the topic does not exist).
     Watermarks,
+    /// JSON parser candidates against the decoder on the topic's records, one core.
+    #[cfg(feature = "json-candidates")]
+    Json {
+        /// Passes per candidate; the best counts.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Rebuild each partition's dedup state (by `id`, event time `ts`) from a table's rows.
     Restore {
         /// The dedup table.
@@ -250,6 +263,11 @@ fn main() {
                 serde_json::json!({"records": n, "bytes": bytes, "seconds": s, "records_per_s": n as f64 / s, "mb_per_s": bytes as f64 / s / 1e6,
                     "cpu_s_per_million": cpu / n as f64 * 1e6})
             );
+        }
+        #[cfg(feature = "json-candidates")]
+        Cmd::Json { rounds } => {
+            let (n, _, _, records) = read_all(&args, true);
+            println!("{}", serde_json::json!({"records": n, "candidates": json::measure(&records, rounds)}));
         }
         Cmd::Restore { table, partitions } => println!("{}", restore(&args.topic, &table, partitions)),
         Cmd::Changes { keys, count, initial, seed } => {
