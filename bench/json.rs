@@ -30,7 +30,11 @@ struct Columns {
 
 impl Columns {
     fn new(n: usize) -> Self {
-        Columns { id: Int64Builder::with_capacity(n), value: StringBuilder::with_capacity(n, n * 12), ts: Int64Builder::with_capacity(n) }
+        Columns {
+            id: Int64Builder::with_capacity(n),
+            value: StringBuilder::with_capacity(n, n * 12),
+            ts: Int64Builder::with_capacity(n),
+        }
     }
 
     fn push(&mut self, id: i64, value: &str, ts_ms: i64) {
