@@ -263,7 +263,10 @@ pub async fn rewrite(
         footers.push(super::stitch::footer(table, path, &f.location, f.size).await?);
     }
     let codec = crate::sink::parquet::properties(&policy.parquet).compression(&ColumnPath::from("any"));
-    let (rows_read, mut adds) = if super::stitch::copyable(&footers, super::stitch::min_copied_rows(policy), codec) {
+    // A copy's statistics are its inputs' merged: only inputs that have them are copied.
+    let with_stats = group.files.iter().all(|f| f.stats.is_some());
+    let (rows_read, mut adds) = if with_stats && super::stitch::copyable(&footers, super::stitch::min_copied_rows(policy), codec)
+    {
         let schema = table.snapshot().map_err(|e| delta_err(path, e))?.schema().as_ref().clone();
         let rows: i64 = footers.iter().map(|m| m.file_metadata().num_rows()).sum();
         (rows as u64, vec![super::stitch::stitch(table, path, group, &footers[0], &schema).await?])
