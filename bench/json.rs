@@ -51,6 +51,16 @@ impl Columns {
     }
 }
 
+/// `c`'s records parsed by `parse` into the seed's event, into the columns.
+fn typed(c: &[Record], parse: impl for<'a> Fn(&'a [u8]) -> Event<'a>) -> (usize, i64) {
+    let mut cols = Columns::new(c.len());
+    for r in c {
+        let e = parse(r.payload.as_deref().unwrap_or_default());
+        cols.push(e.id, e.value, e.ts);
+    }
+    cols.finish()
+}
+
 /// One candidate's pass over `records`: `(records per second, rows, id checksum)`.
 fn run(records: &[Record], mut chunk: impl FnMut(&[Record]) -> (usize, i64)) -> (f64, usize, i64) {
     let t0 = Instant::now();
@@ -81,28 +91,8 @@ pub fn measure(records: &[Record], rounds: usize) -> serde_json::Value {
                 (rows.num_rows(), ids.values().iter().fold(0i64, |a, v| a.wrapping_add(*v)))
             }),
         ),
-        (
-            "serde_json (typed struct)",
-            Box::new(|c: &[Record]| {
-                let mut cols = Columns::new(c.len());
-                for r in c {
-                    let e: Event = serde_json::from_slice(r.payload.as_deref().unwrap_or_default()).expect("json");
-                    cols.push(e.id, e.value, e.ts);
-                }
-                cols.finish()
-            }),
-        ),
-        (
-            "sonic-rs (typed struct)",
-            Box::new(|c: &[Record]| {
-                let mut cols = Columns::new(c.len());
-                for r in c {
-                    let e: Event = sonic_rs::from_slice(r.payload.as_deref().unwrap_or_default()).expect("json");
-                    cols.push(e.id, e.value, e.ts);
-                }
-                cols.finish()
-            }),
-        ),
+        ("serde_json (typed struct)", Box::new(|c: &[Record]| typed(c, |b| serde_json::from_slice(b).expect("json")))),
+        ("sonic-rs (typed struct)", Box::new(|c: &[Record]| typed(c, |b| sonic_rs::from_slice(b).expect("json")))),
         (
             "sonic-rs (get_many, lazy values)",
             Box::new(|c: &[Record]| {

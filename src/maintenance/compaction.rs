@@ -31,7 +31,6 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::{Action, Remove};
 use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
@@ -179,14 +178,19 @@ pub struct Done {
     pub version: i64,
 }
 
+/// The bytes of the whole data file at `location` of `table` (at `path`).
+pub(crate) async fn file_bytes(table: &DeltaTable, path: &TableLocation, location: &deltalake::Path) -> Result<bytes::Bytes> {
+    let got = table.object_store().get(location).await.map_err(|e| delta_err(path, e))?;
+    got.bytes().await.map_err(|e| delta_err(path, e))
+}
+
 /// A reader of the whole data file at `location` of `table` (at `path`).
 pub(crate) async fn file_reader(
     table: &DeltaTable,
     path: &TableLocation,
     location: &deltalake::Path,
 ) -> Result<deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
-    let got = table.object_store().get(location).await.map_err(|e| delta_err(path, e))?;
-    let bytes = got.bytes().await.map_err(|e| delta_err(path, e))?;
+    let bytes = file_bytes(table, path, location).await?;
     ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| delta_err(path, e))
 }
 
@@ -262,7 +266,7 @@ pub async fn rewrite(
     for f in &group.files {
         footers.push(super::stitch::footer(table, path, &f.location, f.size).await?);
     }
-    let codec = crate::sink::parquet::properties(&policy.parquet).compression(&ColumnPath::from("any"));
+    let codec = crate::sink::parquet::compression(&policy.parquet);
     // A copy's statistics are its inputs' merged: only inputs that have them are copied.
     let with_stats = group.files.iter().all(|f| f.stats.is_some());
     let (rows_read, mut adds) = if with_stats && super::stitch::copyable(&footers, super::stitch::min_copied_rows(policy), codec)

@@ -39,17 +39,21 @@ pub fn properties(config: &ParquetConfig) -> WriterProperties {
     builder(config).build()
 }
 
-fn builder(config: &ParquetConfig) -> WriterPropertiesBuilder {
+/// The codec `config` names (`sink.parquet.compression`).
+pub fn compression(config: &ParquetConfig) -> Compression {
     // (Validated with the config: a codec it names exists.)
-    let compression = match config.codec().unwrap_or(Codec::Snappy) {
+    match config.codec().unwrap_or(Codec::Snappy) {
         Codec::None => Compression::UNCOMPRESSED,
         Codec::Snappy => Compression::SNAPPY,
         Codec::Lz4 => Compression::LZ4_RAW,
         Codec::Zstd(l) => Compression::ZSTD(ZstdLevel::try_new(l).unwrap_or_default()),
         Codec::Gzip(l) => Compression::GZIP(GzipLevel::try_new(l).unwrap_or_default()),
         Codec::Brotli(l) => Compression::BROTLI(BrotliLevel::try_new(l).unwrap_or_default()),
-    };
-    let mut builder = WriterProperties::builder().set_compression(compression);
+    }
+}
+
+fn builder(config: &ParquetConfig) -> WriterPropertiesBuilder {
+    let mut builder = WriterProperties::builder().set_compression(compression(config));
     if let Some(rows) = config.row_group_rows {
         builder = builder.set_max_row_group_row_count(Some(rows));
     }
