@@ -503,3 +503,31 @@ async fn an_epoch_full_before_the_previous_one_closed_is_cut_without_waiting_for
     assert!(epochs.iter().max().is_some_and(|e| *e >= 2), "cut by max_records: {epochs:?}");
     common::assert_verified(&config).await;
 }
+
+/// A backlog's last epoch (fewer than `max_records`) is cut once every partition is read to its
+/// end, not on the interval's tick: a catch-up ends committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlogs_last_partial_epoch_is_cut_once_every_partition_is_read() {
+    let topic = common::topic("backlog-tail", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.epoch.interval_ms = 300_000; // far beyond the deadline below: no tick cuts an epoch
+    config.epoch.max_records = 1_000;
+    // Back-pressure holds the consumer at 1,000-1,099 uncommitted records: the first two epochs
+    // are full ones of at most 1,099, leaving a tail of 302-500 records.
+    config.source.max_buffered_records = 1_000;
+    config.source.max_batch_records = 100;
+    let table = dir.path().join("table");
+    common::produce_events(&topic, 0, 2_500).await;
+    let total = common::high_watermarks(&topic).await;
+    let pipeline = common::start(&config, RunOptions::default()).await;
+    common::wait_until(Duration::from_secs(60), "every record committed, the tail too", || async {
+        common::table_cut(&table, &config.id, &topic).await == total
+    })
+    .await;
+    let epochs = common::txn_versions(&table, &config.id).await;
+    assert_eq!(epochs, vec![1, 2, 3], "two full epochs and the tail");
+    pipeline.shutdown().await.unwrap();
+    let audit = common::assert_verified(&config).await;
+    assert_eq!(audit.total(|p| p.rows), 2_500);
+}

@@ -6,8 +6,15 @@
 //! so committed epochs are contiguous (1, 2, 3, ...).
 //!
 //! Then the stateful stages ([`crate::state`]) run over the closed epoch.
+//!
+//! Epochs are cut on the supervisor's interval tick, or earlier when the aggregator asks
+//! ([`early_cut`]): once the open epoch holds `epoch.max_records` records, and once a backlog
+//! has been read — the epoch before was full and every consumer has reached its partition's end
+//! ([`crate::source::fetch::PartitionFetch::read_to_end`]) — so the last records of a catch-up are committed at
+//! once rather than on the next tick. A steady stream never ends a backlog: its epochs are cut
+//! as before.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -74,7 +81,33 @@ pub struct AggregatorState {
     pending: BTreeMap<u64, Pending>,
     /// Barrier number that records arriving before any barrier belong to.
     first_barrier: Option<u64>,
-    full_signalled: bool,
+    /// Whether (and why) the records held have asked for a cut already.
+    asked: Option<EarlyCut>,
+    /// The last epoch closed was cut because it was full: the next one may end a backlog.
+    backlog: bool,
+    /// Partitions whose consumer found nothing more to read since its last records.
+    read_to_end: HashSet<TopicPartition>,
+}
+
+/// Why the open epoch asks to be cut before the interval's tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EarlyCut {
+    /// It holds `epoch.max_records` records.
+    Full,
+    /// It ends a backlog: the epoch before it was full, and every partition is read to its end.
+    BacklogRead,
+}
+
+/// Whether records held (`open`) ask for a cut now: at `max_records`, or — after a full
+/// epoch (`backlog`) — once every partition is read to its end (`all_read`).
+fn early_cut(open: u64, max_records: u64, backlog: bool, all_read: bool) -> Option<EarlyCut> {
+    if open >= max_records {
+        Some(EarlyCut::Full)
+    } else if open > 0 && backlog && all_read {
+        Some(EarlyCut::BacklogRead)
+    } else {
+        None
+    }
 }
 
 impl AggregatorState {
@@ -110,18 +143,22 @@ impl AggregatorState {
             slot.rows.entry(tp.clone()).or_default().push(decoded.rows);
         }
         if !decoded.dead.is_empty() {
-            slot.dead.entry(tp).or_default().extend(decoded.dead);
+            slot.dead.entry(tp.clone()).or_default().extend(decoded.dead);
         }
-        self.signal_if_full()
+        self.read_to_end.remove(&tp);
+        self.ask_for_cut()
     }
 
-    /// Asks the supervisor to cut once the records held reach `epoch.max_records` (once per
-    /// epoch).
-    fn signal_if_full(&mut self) -> Result<(), ActorProcessingErr> {
+    /// Asks the supervisor to cut now if [`early_cut`] says so (once per epoch).
+    fn ask_for_cut(&mut self) -> Result<(), ActorProcessingErr> {
+        if self.asked.is_some() {
+            return Ok(());
+        }
         let open: u64 = self.pending.values().map(|p| p.count).sum();
-        if open >= self.args.max_records as u64 && !self.full_signalled {
-            self.full_signalled = true;
-            self.args.supervisor.cast(SupervisorMsg::EpochFull)?;
+        let all_read = self.read_to_end.len() == self.last_cut.len();
+        self.asked = early_cut(open, self.args.max_records as u64, self.backlog, all_read);
+        if self.asked.is_some() {
+            self.args.supervisor.cast(SupervisorMsg::CutNow)?;
         }
         Ok(())
     }
@@ -174,11 +211,12 @@ impl AggregatorState {
             by_partition.insert(tp.clone(), done.rows.remove(tp).unwrap_or_default());
             dead_letters.extend(done.dead.remove(tp).unwrap_or_default());
         }
-        // The next epoch's records that arrived while this one was closing may fill it
-        // already: with no record arriving after them (all read, or held back by
-        // back-pressure), nothing else would ask for its cut before `epoch.interval_ms`.
-        self.full_signalled = false;
-        self.signal_if_full()?;
+        // The next epoch's records that arrived while this one was closing may fill it (or
+        // end the backlog) already: with no record arriving after them (all read, or held back
+        // by back-pressure), nothing else would ask for its cut before `epoch.interval_ms`.
+        self.backlog = self.asked == Some(EarlyCut::Full);
+        self.asked = None;
+        self.ask_for_cut()?;
         let moved = ranges.iter().any(|r| r.start != r.end || r.records > 0);
         if !moved && !self.args.replay_barriers.as_ref().is_some_and(|r| r.contains(&barrier)) {
             self.args.supervisor.cast(SupervisorMsg::BarrierResolved { barrier, report: None })?;
@@ -254,7 +292,9 @@ impl Actor for AggregatorActor {
             current: HashMap::new(),
             pending: BTreeMap::new(),
             first_barrier: None,
-            full_signalled: false,
+            asked: None,
+            backlog: false,
+            read_to_end: HashSet::new(),
         })
     }
 
@@ -269,11 +309,32 @@ impl Actor for AggregatorActor {
                 state.on_records(tp, input, decoded, min_timestamp_ms)
             }
             AggregatorMsg::Barrier { barrier, tp, next_offset } => state.on_barrier(barrier, tp, next_offset).await,
+            AggregatorMsg::ReadToEnd(tp) => {
+                state.read_to_end.insert(tp);
+                state.ask_for_cut()
+            }
             AggregatorMsg::Buffered(reply) => {
                 let _ = reply.send(state.pending.values().map(|p| p.count).sum());
                 Ok(())
             }
             AggregatorMsg::InjectFault(f) => f.trigger("aggregator"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{early_cut, EarlyCut};
+
+    #[test]
+    fn an_epoch_is_cut_early_when_full_or_when_it_ends_a_backlog() {
+        assert_eq!(early_cut(100, 100, false, false), Some(EarlyCut::Full));
+        assert_eq!(early_cut(100, 100, true, true), Some(EarlyCut::Full));
+        // After a full epoch, the rest of the backlog is cut once every partition is read.
+        assert_eq!(early_cut(40, 100, true, true), Some(EarlyCut::BacklogRead));
+        assert_eq!(early_cut(40, 100, true, false), None, "a partition still has records");
+        assert_eq!(early_cut(0, 100, true, true), None, "nothing to commit");
+        // A steady stream (the epoch before was cut by the tick) waits for the tick.
+        assert_eq!(early_cut(40, 100, false, true), None);
     }
 }

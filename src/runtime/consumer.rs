@@ -70,6 +70,9 @@ struct Forwarder {
     aggregator: ActorRef<AggregatorMsg>,
     max_batch: usize,
     backpressure: BackPressure,
+    /// Whether the aggregator was told the partition is read to its end, since the last
+    /// records.
+    told_end: bool,
 }
 
 /// Errors after which reading on would lose data: the partition no longer holds our offset.
@@ -157,6 +160,7 @@ impl Actor for ConsumerActor {
                 aggregator: args.aggregator,
                 max_batch: args.max_batch,
                 backpressure: args.backpressure,
+                told_end: false,
             },
         };
         // A replayed epoch that never moved this partition ends where it starts.
@@ -181,8 +185,15 @@ impl Actor for ConsumerActor {
                     return Ok(());
                 }
                 let batch = out.poll(&state.queue).await?;
+                let drained = batch.len() < out.max_batch;
+                out.told_end &= batch.is_empty();
                 out.decoder.prepare(&batch).await?;
                 out.forward(&batch)?;
+                if drained && !out.told_end && state.queue.read_to_end(out.next_offset) {
+                    // After the records: the aggregator may end a backlog's epoch now.
+                    out.told_end = true;
+                    out.aggregator.cast(AggregatorMsg::ReadToEnd(out.tp.clone()))?;
+                }
                 myself.cast(ConsumerMsg::Poll)?;
             }
             ConsumerMsg::Barrier(barrier) => {

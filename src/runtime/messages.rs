@@ -45,6 +45,8 @@ pub enum AggregatorMsg {
         /// Next offset after the records sent before this barrier.
         next_offset: i64,
     },
+    /// A consumer reached its partition's end (after the records it forwarded before this).
+    ReadToEnd(TopicPartition),
     /// How many records are buffered in epochs not yet handed to the committer.
     Buffered(RpcReplyPort<u64>),
     /// Fail on purpose (chaos suite, tests).
@@ -118,8 +120,9 @@ pub enum SupervisorMsg {
     StartGeneration,
     /// The epoch timer fired.
     Tick,
-    /// The aggregator holds `max_records` records: cut now.
-    EpochFull,
+    /// The aggregator asks for the open epoch to be cut now, before the interval's tick: it is
+    /// full, or it ends a backlog (the aggregator module says when).
+    CutNow,
     /// Barrier `barrier` is resolved: committed (`Some`) or empty (`None`).
     BarrierResolved {
         /// Which barrier.

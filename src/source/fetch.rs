@@ -30,7 +30,7 @@ pub struct PartitionFetch {
     /// disabled.
     opaque: *mut Arc<Notify>,
     /// Keeps the client (and so the queue's messages) alive.
-    _consumer: Arc<PipelineConsumer>,
+    consumer: Arc<PipelineConsumer>,
 }
 
 // SAFETY: librdkafka queues are thread-safe (every operation takes the queue's lock); the
@@ -61,7 +61,7 @@ impl PartitionFetch {
             rdsys::rd_kafka_queue_forward(queue.as_ptr(), std::ptr::null_mut());
             rdsys::rd_kafka_queue_cb_event_enable(queue.as_ptr(), Some(on_nonempty), opaque as *mut c_void);
         }
-        Some(PartitionFetch { tp: tp.clone(), queue, ready, opaque, _consumer: consumer.clone() })
+        Some(PartitionFetch { tp: tp.clone(), queue, ready, opaque, consumer: consumer.clone() })
     }
 
     /// Waits up to `wait` for the queue to hold something, then takes at most `max` messages
@@ -75,6 +75,37 @@ impl PartitionFetch {
         // `Notify` keeps a wake-up that arrives between the empty take and this wait.
         let _ = tokio::time::timeout(wait, self.ready.notified()).await;
         self.take(max)
+    }
+
+    /// Whether the partition is read to its end, for now: nothing queued, and the position
+    /// (the offset after the last record or transaction marker handed over, or `next` — where
+    /// the reader starts, when nothing was handed over yet) at the high watermark of the last
+    /// fetch response. (librdkafka's end-of-partition event would say the same, but a batch read
+    /// moves the position past it: `enable.partition.eof` stays off.)
+    pub fn read_to_end(&self, next: i64) -> bool {
+        let client = self.consumer.client().native_ptr();
+        let Ok(topic) = CString::new(self.tp.topic.as_bytes()) else { return false };
+        let (mut low, mut high) = (0i64, -1i64);
+        // SAFETY: the client and queue are valid while `self` lives; librdkafka writes the two
+        // offsets and the position into memory we own.
+        unsafe {
+            if rdsys::rd_kafka_queue_length(self.queue.as_ptr()) > 0 {
+                return false;
+            }
+            let known = rdsys::rd_kafka_get_watermark_offsets(client, topic.as_ptr(), self.tp.partition, &mut low, &mut high);
+            if known != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
+                return false;
+            }
+        }
+        let mut list = rdkafka::TopicPartitionList::with_capacity(1);
+        list.add_partition(&self.tp.topic, self.tp.partition);
+        // SAFETY: as above; the list is ours.
+        let positioned = unsafe { rdsys::rd_kafka_position(client, list.ptr()) };
+        let position = match list.find_partition(&self.tp.topic, self.tp.partition).map(|e| e.offset()) {
+            Some(rdkafka::Offset::Offset(o)) if positioned == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => o,
+            _ => i64::MIN,
+        };
+        position.max(next) >= high
     }
 
     /// Takes up to `max` messages that are already queued.

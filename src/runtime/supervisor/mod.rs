@@ -533,7 +533,7 @@ impl SupervisorActor {
                     state.cut()?;
                 }
             }
-            SupervisorMsg::EpochFull => match &mut state.in_flight {
+            SupervisorMsg::CutNow => match &mut state.in_flight {
                 None => state.cut()?,
                 Some(f) => f.cut_next = true,
             },
