@@ -4,7 +4,8 @@
 //!   read_committed, the pipeline's fetch settings unless `--set` overrides them, batches from
 //!   the consumer queue) — the ceiling no Kafka pipeline can pass here.
 //! - `parquet`: the same records decoded to Arrow with the seed's schema, then encoded to
-//!   Parquet in memory — decode and encode timed separately.
+//!   Parquet in memory — decode and encode timed separately, and the decode's allocations
+//!   counted (jemalloc's counters).
 //!
 //! - `changes`: produces the upsert benchmark's keyed changes (the seed's events keyed by id):
 //!   `--initial` ids 0..keys in order, else `--count` changes of ids drawn at random from
@@ -251,6 +252,34 @@ fn restore(topic: &str, table: &std::path::Path, partitions: i32) -> serde_json:
     serde_json::json!({"rows": rows, "keys": keys, "partitions": partitions, "seconds": secs, "keys_per_s": keys as f64 / secs})
 }
 
+/// Allocations this process asked jemalloc for so far (its counters; the calling thread's cache
+/// flushed into them first). `None` without jemalloc.
+fn allocations() -> Option<u64> {
+    #[cfg(feature = "jemalloc")]
+    {
+        use std::ffi::{c_void, CStr};
+        use tikv_jemalloc_sys::mallctl;
+        // SAFETY: jemalloc's documented controls, with buffers of the types it documents
+        // (`epoch` and the counters: uint64_t; `thread.tcache.flush`: no data).
+        unsafe {
+            let flushed = mallctl(c"thread.tcache.flush".as_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), 0);
+            let mut epoch: u64 = 1;
+            let mut len = std::mem::size_of::<u64>();
+            let refreshed = mallctl(c"epoch".as_ptr(), &mut epoch as *mut u64 as *mut c_void, &mut len, &mut epoch as *mut u64 as *mut c_void, len);
+            let read = |name: &CStr| -> Option<u64> {
+                let (mut v, mut len) = (0u64, std::mem::size_of::<u64>());
+                (mallctl(name.as_ptr(), &mut v as *mut u64 as *mut c_void, &mut len, std::ptr::null_mut(), 0) == 0).then_some(v)
+            };
+            // 4096: every arena (`MALLCTL_ARENAS_ALL`).
+            let small = read(c"stats.arenas.4096.small.nrequests")?;
+            let large = read(c"stats.arenas.4096.large.nrequests")?;
+            (flushed == 0 && refreshed == 0).then_some(small + large)
+        }
+    }
+    #[cfg(not(feature = "jemalloc"))]
+    None
+}
+
 fn main() {
     let args = Args::parse();
     match args.cmd {
@@ -288,9 +317,11 @@ fn main() {
         Cmd::Parquet => {
             let (n, _, _, records) = read_all(&args, true);
             let decoder = Decoder::new(&DecodeConfig::seed()).expect("the seed's JSON decoder");
+            let allocations0 = allocations();
             let t0 = Instant::now();
             let batches: Vec<_> = records.chunks(8192).map(|c| decoder.decode(c).rows).collect();
             let decode = t0.elapsed().as_secs_f64();
+            let decode_allocations = allocations().zip(allocations0).map(|(a, b)| a.saturating_sub(b));
             let encode_with =
                 |batches: &[deltalake::arrow::record_batch::RecordBatch],
                  props: Option<deltalake::parquet::file::properties::WriterProperties>| {
@@ -307,12 +338,17 @@ fn main() {
             // As the sink writes them: with the `_epoch` column and its writer properties.
             let sink_batches: Vec<_> = batches.iter().map(|b| exactly::decode::with_epoch(b, 7).expect("epoch")).collect();
             let props = exactly::sink::parquet::writer_properties(&sink_batches, &Default::default());
+            let allocations1 = allocations();
             let (sink_encode, sink_bytes) = encode_with(&sink_batches, Some(props));
+            let sink_encode_allocations = allocations().zip(allocations1).map(|(a, b)| a.saturating_sub(b));
             println!(
                 "{}",
                 serde_json::json!({"records": n, "decode_seconds": decode, "encode_seconds": encode, "parquet_bytes": bytes,
                     "decode_records_per_s": n as f64 / decode, "encode_records_per_s": n as f64 / encode,
-                    "sink_encode_records_per_s": n as f64 / sink_encode, "sink_parquet_bytes": sink_bytes})
+                    "sink_encode_records_per_s": n as f64 / sink_encode, "sink_parquet_bytes": sink_bytes,
+                    "decode_allocations": decode_allocations, "decode_batches": n.div_ceil(8192),
+                    "decode_allocations_per_record": decode_allocations.map(|a| a as f64 / n as f64),
+                    "sink_encode_allocations_per_record": sink_encode_allocations.map(|a| a as f64 / n as f64)})
             );
         }
     }
