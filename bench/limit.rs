@@ -262,10 +262,17 @@ fn allocations() -> Option<u64> {
         // SAFETY: jemalloc's documented controls, with buffers of the types it documents
         // (`epoch` and the counters: uint64_t; `thread.tcache.flush`: no data).
         unsafe {
-            let flushed = mallctl(c"thread.tcache.flush".as_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), 0);
+            let flushed =
+                mallctl(c"thread.tcache.flush".as_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), 0);
             let mut epoch: u64 = 1;
             let mut len = std::mem::size_of::<u64>();
-            let refreshed = mallctl(c"epoch".as_ptr(), &mut epoch as *mut u64 as *mut c_void, &mut len, &mut epoch as *mut u64 as *mut c_void, len);
+            let refreshed = mallctl(
+                c"epoch".as_ptr(),
+                &mut epoch as *mut u64 as *mut c_void,
+                &mut len,
+                &mut epoch as *mut u64 as *mut c_void,
+                len,
+            );
             let read = |name: &CStr| -> Option<u64> {
                 let (mut v, mut len) = (0u64, std::mem::size_of::<u64>());
                 (mallctl(name.as_ptr(), &mut v as *mut u64 as *mut c_void, &mut len, std::ptr::null_mut(), 0) == 0).then_some(v)
