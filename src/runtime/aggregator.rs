@@ -9,10 +9,11 @@
 //!
 //! Epochs are cut on the supervisor's interval tick, or earlier when the aggregator asks
 //! ([`early_cut`]): once the open epoch holds `epoch.max_records` records, and once a backlog
-//! has been read — the epoch before was full and every consumer has reached its partition's end
-//! ([`crate::source::fetch::PartitionFetch::read_to_end`]) — so the last records of a catch-up are committed at
-//! once rather than on the next tick. A steady stream never ends a backlog: its epochs are cut
-//! as before.
+//! has been read: the epoch before was full, records are held, and every consumer has reached
+//! its partition's end ([`crate::source::fetch::PartitionFetch::read_to_end`]). So the last
+//! records of a catch-up are committed at once rather than on the next tick. A steady stream
+//! never ends a backlog (its epochs are cut as before), and neither do records arriving after
+//! a full epoch that took everything there was.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -98,6 +99,13 @@ enum EarlyCut {
     BacklogRead,
 }
 
+/// Whether a backlog (a full epoch was cut) goes on: not once everything is read and nothing
+/// held — it ended with that full epoch, and records arriving later are a new stretch, cut by
+/// the tick or when full.
+fn in_backlog(backlog: bool, open: u64, all_read: bool) -> bool {
+    backlog && !(all_read && open == 0)
+}
+
 /// Whether records held (`open`) ask for a cut now: at `max_records`, or — after a full
 /// epoch (`backlog`) — once every partition is read to its end (`all_read`).
 fn early_cut(open: u64, max_records: u64, backlog: bool, all_read: bool) -> Option<EarlyCut> {
@@ -156,6 +164,7 @@ impl AggregatorState {
         }
         let open: u64 = self.pending.values().map(|p| p.count).sum();
         let all_read = self.read_to_end.len() == self.last_cut.len();
+        self.backlog = in_backlog(self.backlog, open, all_read);
         self.asked = early_cut(open, self.args.max_records as u64, self.backlog, all_read);
         if self.asked.is_some() {
             self.args.supervisor.cast(SupervisorMsg::CutNow)?;
@@ -324,7 +333,7 @@ impl Actor for AggregatorActor {
 
 #[cfg(test)]
 mod tests {
-    use super::{early_cut, EarlyCut};
+    use super::{early_cut, in_backlog, EarlyCut};
 
     #[test]
     fn an_epoch_is_cut_early_when_full_or_when_it_ends_a_backlog() {
@@ -336,5 +345,11 @@ mod tests {
         assert_eq!(early_cut(0, 100, true, true), None, "nothing to commit");
         // A steady stream (the epoch before was cut by the tick) waits for the tick.
         assert_eq!(early_cut(40, 100, false, true), None);
+        // A full epoch that took everything there was ends the backlog: records arriving later
+        // (a new round of exactly `max_records`) are not cut short.
+        assert!(!in_backlog(true, 0, true));
+        assert!(in_backlog(true, 0, false), "more to read");
+        assert!(in_backlog(true, 40, true), "the backlog's tail, held");
+        assert!(!in_backlog(false, 40, true));
     }
 }
