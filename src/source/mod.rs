@@ -334,6 +334,8 @@ fn managed_consumer_config(mut c: ClientConfig, group_id: &str) -> ClientConfig 
     c.set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        // Off: a batch read moves a partition's position past the end-of-partition event, and a
+        // re-fetch from there skips a record (`fetch::PartitionFetch::read_to_end` says more).
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "error")
