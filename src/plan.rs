@@ -99,17 +99,45 @@ impl Plan {
     }
 }
 
-/// Fetches what the config names in a schema registry: the Avro reader schema of
-/// `decode.avro.reader_subject` (once: the process decodes with this one until it stops).
+/// Fetches what the config names in a schema registry: the reader schema of
+/// `decode.avro.reader_subject`, `decode.protobuf.reader_subject` (compiled, with the files it
+/// imports) or `decode.json.reader_subject` (once: the process decodes with this one until it
+/// stops).
 fn fetch_reader_schema(config: &mut PipelineConfig, bad: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
-    let Some(avro) = config.decode.avro.as_mut() else { return Ok(()) };
-    let (Some(subject), None) = (&avro.reader_subject, &avro.reader_text) else { return Ok(()) };
-    let Some(registry) = &avro.registry else {
-        return Err(bad("decode.avro.reader_subject", "needs decode.avro.registry, the registry to read it from".into()));
-    };
-    let text = crate::decode::registry::subject_version_now(registry, subject, avro.reader_version)
-        .map_err(|e| bad("decode.avro.reader_subject", e))?;
-    avro.reader_text = Some(text.into());
+    use crate::decode::registry::{inlined, subject_version_now, SchemaType};
+    if let Some(avro) = config.decode.avro.as_mut() {
+        let (Some(subject), None) = (&avro.reader_subject, &avro.reader_text) else { return Ok(()) };
+        let Some(registry) = &avro.registry else {
+            return Err(bad("decode.avro.reader_subject", "needs decode.avro.registry, the registry to read it from".into()));
+        };
+        let text = subject_version_now(registry, subject, avro.reader_version, SchemaType::Avro)
+            .and_then(|fetched| inlined(&fetched))
+            .map_err(|e| bad("decode.avro.reader_subject", e))?;
+        avro.reader_text = Some(text.into());
+    }
+    if let Some(proto) = config.decode.protobuf.as_mut() {
+        let (Some(subject), None, Some(registry)) = (&proto.reader_subject, &proto.reader_descriptor, &proto.registry) else {
+            return Ok(());
+        };
+        let set = subject_version_now(registry, subject, proto.reader_version, SchemaType::Protobuf)
+            .and_then(|fetched| crate::decode::protobuf::reader_descriptor(&fetched, subject))
+            .map_err(|e| bad("decode.protobuf.reader_subject", e))?;
+        proto.reader_descriptor = Some(set.into());
+    }
+    if let Some(json) = config.decode.json.as_mut() {
+        if json.reader_text.is_some() {
+            return Ok(());
+        }
+        let fetched = subject_version_now(&json.registry, &json.reader_subject, json.reader_version, SchemaType::Json)
+            .map_err(|e| bad("decode.json.reader_subject", e))?;
+        if !fetched.references.is_empty() {
+            return Err(bad(
+                "decode.json.reader_subject",
+                format!("{:?} references other subjects' schemas, which JSON Schema columns do not follow", json.reader_subject),
+            ));
+        }
+        json.reader_text = Some(fetched.text.into());
+    }
     Ok(())
 }
 
@@ -270,6 +298,22 @@ pub fn meaning(config: &PipelineConfig) -> Meaning {
         "reader": reader,
     });
     // (Only when set: the meaning of every other table stays as it was.)
+    if let Some(p) = &d.protobuf {
+        let set = match (&p.reader_descriptor, &p.descriptor_file) {
+            (Some(set), _) => Some(set.to_vec()),
+            (None, Some(file)) => std::fs::read(file).ok(),
+            (None, None) => None,
+        };
+        decode["protobuf"] = serde_json::json!({
+            "framing": p.framing,
+            "message": p.message,
+            "reader": set.map(|s| format!("{:016x}", fnv1a(&s))),
+            "emit_default_values": p.emit_default_values,
+        });
+    }
+    if let Some(j) = &d.json {
+        decode["json"] = serde_json::json!({"framing": j.framing, "reader": j.reader_text.as_deref()});
+    }
     for (name, set) in [("include_key", d.include_key), ("include_headers", d.include_headers)] {
         if set {
             decode[name] = serde_json::json!(true);

@@ -18,6 +18,13 @@ pub struct DecodeConfig {
     /// For `avro`: the schemas and the framing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub avro: Option<AvroConfig>,
+    /// For `protobuf`: the descriptors, the message and the framing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protobuf: Option<ProtobufConfig>,
+    /// For `json`: the columns from a JSON Schema in a schema registry instead of `fields`, and
+    /// the framing of the values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json: Option<JsonSchemaConfig>,
     /// What wraps each row (with `[upsert]`): `none`, a value is the row and a null value (a
     /// tombstone) deletes the row of its key; `debezium`, a value is a Debezium change event
     /// (`op`, `before`, `after`, with or without the JSON converter's `schema`/`payload`).
@@ -53,6 +60,8 @@ impl Default for DecodeConfig {
             fields: Vec::new(),
             max_record_bytes: 1024 * 1024,
             avro: None,
+            protobuf: None,
+            json: None,
             envelope: Envelope::None,
             include_key: false,
             include_headers: false,
@@ -91,6 +100,83 @@ pub struct AvroConfig {
     /// of ids not in `schemas_dir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistryConfig>,
+}
+
+/// `decode.protobuf`: Protobuf values and where their descriptors come from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProtobufConfig {
+    /// The reader schema as a descriptor set (`protoc --include_imports
+    /// --descriptor_set_out=<file> <file>.proto`): the fields of `message` are the table's
+    /// columns. Either this or `reader_subject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub descriptor_file: Option<PathBuf>,
+    /// The reader schema from the registry instead: this subject's version `reader_version`,
+    /// fetched (with the files it imports) once when the config is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_subject: Option<String>,
+    /// The version of `reader_subject` (absent: its latest version when the pipeline starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_version: Option<u32>,
+    /// The message whose fields are the columns, by full name (`shop.Order`). Absent: the first
+    /// message of the reader schema's file (of a descriptor set, its last file: the one `protoc`
+    /// was given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The reader schema `reader_subject` names, as fetched and compiled (`plan::Plan`): an
+    /// encoded `FileDescriptorSet`, its own file last.
+    #[serde(skip)]
+    pub reader_descriptor: Option<std::sync::Arc<[u8]>>,
+    /// How each value is framed: `confluent` (magic byte 0, the 4-byte schema id, the message
+    /// indexes, the message) or `none` (the bare message, of the reader's type).
+    #[serde(default)]
+    pub framing: WireFraming,
+    /// With `confluent` framing: a Confluent-compatible schema registry for the writer schemas
+    /// (absent: every value is read with the reader schema).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryConfig>,
+    /// A field without presence (a proto3 scalar) that is not set reads as its default value
+    /// (`0`, `""`, `false`, the first enum value) instead of null. Spark's `from_protobuf`
+    /// option of the same name; both default to null.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub emit_default_values: bool,
+}
+
+/// `decode.json`: JSON values typed by a JSON Schema in a schema registry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSchemaConfig {
+    /// The subject whose JSON Schema gives the columns (an object's `properties`, in order),
+    /// fetched once when the config is loaded.
+    pub reader_subject: String,
+    /// The version of `reader_subject` (absent: its latest version when the pipeline starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_version: Option<u32>,
+    /// The JSON Schema `reader_subject` names, as fetched (`plan::Plan`).
+    #[serde(skip)]
+    pub reader_text: Option<std::sync::Arc<str>>,
+    /// How each value is framed: `confluent` (magic byte 0, the 4-byte id of a JSON Schema the
+    /// registry knows, the JSON text) or `none` (the JSON text).
+    #[serde(default = "confluent_framing")]
+    pub framing: WireFraming,
+    /// The Confluent-compatible schema registry.
+    pub registry: RegistryConfig,
+}
+
+fn confluent_framing() -> WireFraming {
+    WireFraming::Confluent
+}
+
+/// How a Protobuf or JSON value is framed in a Kafka record.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum WireFraming {
+    /// The bare value.
+    #[default]
+    None,
+    /// The Confluent wire format: magic byte 0, a 4-byte big-endian schema id (for Protobuf,
+    /// then the message indexes), the value.
+    Confluent,
 }
 
 /// `[transform]`: SQL over each decoded row and its `_kafka_*` columns, in DataFusion's dialect
@@ -183,34 +269,56 @@ pub enum DecodeFormat {
     /// An Avro record per value, decoded with its writer schema and resolved to the reader
     /// schema `decode.avro.schema_file`, whose fields are the columns.
     Avro,
+    /// A Protobuf message per value, decoded with its writer schema; the reader message's
+    /// fields (`decode.protobuf`) are the columns.
+    Protobuf,
 }
 
 impl PipelineConfig {
-    /// `[decode]` and `[transform]`, as far as the text tells.
-    pub(super) fn check_decode(&self, bad: &Bad) -> Result<(), ConfigError> {
-        if self.decode.format == DecodeFormat::Json && self.decode.fields.is_empty() {
+    /// Where the columns come from: `decode.fields` (JSON), or exactly one schema of the
+    /// format's own table (`decode.avro`, `decode.protobuf`, `decode.json`).
+    fn check_schema_source(&self, bad: &Bad) -> Result<(), ConfigError> {
+        let d = &self.decode;
+        let registry_json = d.json.is_some();
+        if d.format == DecodeFormat::Json && d.fields.is_empty() && !registry_json {
             return Err(bad(
                 "decode.fields",
-                "is empty; `format = \"json\"` needs the schema, e.g. fields = [{ name = \"id\", type = \"long\" }]".into(),
+                "is empty; `format = \"json\"` needs the schema, e.g. fields = [{ name = \"id\", type = \"long\" }], \
+                 or decode.json.reader_subject (a JSON Schema in the registry)"
+                    .into(),
             ));
         }
-        if self.decode.format != DecodeFormat::Json && !self.decode.fields.is_empty() {
-            let why = match self.decode.format {
+        if !d.fields.is_empty() && (d.format != DecodeFormat::Json || registry_json) {
+            let why = match d.format {
                 DecodeFormat::Avro => {
                     "is not used with `format = \"avro\"`: the reader schema (decode.avro.schema_file or reader_subject) gives the columns"
                 }
+                DecodeFormat::Protobuf => {
+                    "is not used with `format = \"protobuf\"`: the reader message (decode.protobuf) gives the columns"
+                }
+                DecodeFormat::Json => "is not used with decode.json: the registry's JSON Schema gives the columns",
                 _ => "is only used with `format = \"json\"`",
             };
             return Err(bad("decode.fields", why.into()));
         }
-        match (self.decode.format, &self.decode.avro) {
-            (DecodeFormat::Avro, None) => {
-                return Err(bad(
-                    "decode.avro",
-                    "is missing; `format = \"avro\"` needs schema_file = \"<reader schema>.avsc\" (or reader_subject)".into(),
-                ))
+        for (set, table, format) in [
+            (d.avro.is_some(), "decode.avro", DecodeFormat::Avro),
+            (d.protobuf.is_some(), "decode.protobuf", DecodeFormat::Protobuf),
+            (registry_json, "decode.json", DecodeFormat::Json),
+        ] {
+            if set && d.format != format {
+                let name = serde_json::to_value(format).expect("a format serializes");
+                return Err(bad(table, format!("is only used with `format = {name}`")));
             }
-            (DecodeFormat::Avro, Some(avro)) => {
+        }
+        match d.format {
+            DecodeFormat::Avro => {
+                let Some(avro) = &d.avro else {
+                    return Err(bad(
+                        "decode.avro",
+                        "is missing; `format = \"avro\"` needs schema_file = \"<reader schema>.avsc\" (or reader_subject)".into(),
+                    ));
+                };
                 if avro.schema_file.is_some() == avro.reader_subject.is_some() {
                     return Err(bad(
                         "decode.avro",
@@ -223,9 +331,48 @@ impl PipelineConfig {
                     return Err(bad("decode.avro.reader_version", "is the version of reader_subject, which is not set".into()));
                 }
             }
-            (_, Some(_)) => return Err(bad("decode.avro", "is only used with `format = \"avro\"`".into())),
-            (_, None) => {}
+            DecodeFormat::Protobuf => {
+                let Some(proto) = &d.protobuf else {
+                    return Err(bad(
+                        "decode.protobuf",
+                        "is missing; `format = \"protobuf\"` needs descriptor_file = \"<set>.desc\" (or reader_subject)".into(),
+                    ));
+                };
+                if proto.descriptor_file.is_some() == proto.reader_subject.is_some() {
+                    return Err(bad(
+                        "decode.protobuf",
+                        "needs the reader schema once: descriptor_file = \"<descriptor set>\" (protoc --include_imports \
+                         --descriptor_set_out), or reader_subject = \"<subject>\" (from decode.protobuf.registry)"
+                            .into(),
+                    ));
+                }
+                if proto.reader_version.is_some() && proto.reader_subject.is_none() {
+                    return Err(bad(
+                        "decode.protobuf.reader_version",
+                        "is the version of reader_subject, which is not set".into(),
+                    ));
+                }
+                if proto.reader_subject.is_some() && proto.registry.is_none() {
+                    return Err(bad(
+                        "decode.protobuf.reader_subject",
+                        "needs decode.protobuf.registry, the registry to read it from".into(),
+                    ));
+                }
+                if proto.registry.is_some() && proto.framing != WireFraming::Confluent {
+                    return Err(bad(
+                        "decode.protobuf.registry",
+                        "finds writer schemas by the id of the Confluent wire format: set framing = \"confluent\"".into(),
+                    ));
+                }
+            }
+            _ => {}
         }
+        Ok(())
+    }
+
+    /// `[decode]` and `[transform]`, as far as the text tells.
+    pub(super) fn check_decode(&self, bad: &Bad) -> Result<(), ConfigError> {
+        self.check_schema_source(bad)?;
         let mut seen = std::collections::HashSet::new();
         for f in &self.decode.fields {
             if f.name.is_empty() || f.name.starts_with("_kafka") || f.name == "_epoch" {
@@ -248,7 +395,7 @@ impl PipelineConfig {
         if self.transform.as_ref().is_some_and(|t| t.select.is_some()) && self.takes_writer_columns() {
             return Err(bad(
                 "transform.select",
-                "names the columns out, so the columns Avro writer schemas add (sink.schema_evolution = \"add-columns\") \
+                "names the columns out, so the columns writer schemas add (sink.schema_evolution = \"add-columns\") \
                  would never reach the table; select them by name, or use transform.where alone"
                     .into(),
             ));

@@ -211,7 +211,8 @@ impl PipelineConfig {
     /// Whether the fields Avro writer schemas have beyond the reader schema's become columns
     /// (`decode.format = "avro"` with `sink.schema_evolution = "add-columns"`).
     pub fn takes_writer_columns(&self) -> bool {
-        self.decode.format == DecodeFormat::Avro && self.sink.schema_evolution() == SchemaEvolution::AddColumns
+        matches!(self.decode.format, DecodeFormat::Avro | DecodeFormat::Protobuf)
+            && self.sink.schema_evolution() == SchemaEvolution::AddColumns
     }
 
     /// An output's table location, with the Delta sink's storage options.
@@ -318,6 +319,44 @@ mod tests {
             t.insert("owner.team".into(), "payments".into());
         })
         .unwrap();
+    }
+
+    #[test]
+    fn each_format_takes_its_own_schema_source_once() {
+        let check = |text: &str| {
+            let c = PipelineConfig::parse(&format!("id = \"p\"\n[source]\ntopics = [\"t\"]\n{text}"), "x.toml")?;
+            c.validate("x.toml").map(|_| ())
+        };
+        let problem = |text: &str| check(text).unwrap_err().to_string();
+        let registry = "registry = { url = \"http://127.0.0.1:8081\" }";
+        check(&format!(
+            "[decode]\nformat = \"protobuf\"\n[decode.protobuf]\nreader_subject = \"s\"\nframing = \"confluent\"\n{registry}"
+        ))
+        .unwrap();
+        check("[decode]\nformat = \"protobuf\"\n[decode.protobuf]\ndescriptor_file = \"o.desc\"\nmessage = \"shop.Order\"")
+            .unwrap();
+        check(&format!("[decode]\nformat = \"json\"\n[decode.json]\nreader_subject = \"s\"\n{registry}")).unwrap();
+        for (text, want) in [
+            ("[decode]\nformat = \"protobuf\"".to_string(), "`decode.protobuf` is missing"),
+            ("[decode]\nformat = \"protobuf\"\n[decode.protobuf]\nmessage = \"m\"".into(), "needs the reader schema once"),
+            (
+                "[decode]\nformat = \"protobuf\"\nfields = [{ name = \"a\", type = \"long\" }]\n[decode.protobuf]\ndescriptor_file = \"d\"".into(),
+                "the reader message (decode.protobuf) gives the columns",
+            ),
+            ("[decode]\nformat = \"protobuf\"\n[decode.protobuf]\nreader_subject = \"s\"".into(), "needs decode.protobuf.registry"),
+            (
+                format!("[decode]\nformat = \"protobuf\"\n[decode.protobuf]\nreader_subject = \"s\"\n{registry}"),
+                "set framing = \"confluent\"",
+            ),
+            (format!("[decode]\nformat = \"avro\"\n[decode.avro]\nschema_file = \"a\"\n[decode.json]\nreader_subject = \"s\"\n{registry}"), "`decode.json` is only used with `format = \"json\"`"),
+            (
+                format!("[decode]\nformat = \"json\"\nfields = [{{ name = \"a\", type = \"long\" }}]\n[decode.json]\nreader_subject = \"s\"\n{registry}"),
+                "the registry's JSON Schema gives the columns",
+            ),
+        ] {
+            let e = problem(&text);
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -282,6 +282,12 @@ impl PipelineConfig {
             ));
         }
         let refuse = |what: &str, why: &str| Err(bad("upsert", format!("cannot be combined with {what}: {why}")));
+        if self.decode.json.is_some() {
+            return refuse(
+                "decode.json",
+                "changes are read from decode.fields (or Avro); a registry's JSON Schema types plain rows only",
+            );
+        }
         if self.aggregate.is_some() {
             return refuse("[aggregate]", "an upsert table holds rows, an aggregate table results");
         }

@@ -25,14 +25,14 @@
 use deltalake::arrow::datatypes::Field;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use apache_avro::schema::{Name, ResolvedSchema};
 use apache_avro::types::Value;
 use apache_avro::Schema;
 
-use super::registry::{Lookup, Registry};
+use super::evolve::{Added, WriterColumns};
+use super::registry::{confluent_id, ById, Registry, SchemaType};
 use super::{Rejected, Rejection, Val};
 use crate::config::{AvroConfig, AvroFraming, FieldConfig, FieldType};
 
@@ -41,57 +41,24 @@ use crate::config::{AvroConfig, AvroFraming, FieldConfig, FieldType};
 enum Writers {
     /// `framing = "none"`: the reader schema.
     Reader(Arc<Writer>),
-    /// Confluent ids: from `schemas_dir`, then from the registry (fetched ids, and why an id
-    /// is unknown).
-    ById {
-        dir: HashMap<u32, Arc<Writer>>,
-        registry: Option<Registry>,
-        fetched: RwLock<HashMap<u32, Result<Arc<Writer>, Unknown>>>,
-    },
+    /// Confluent ids: from `schemas_dir`, then from the registry.
+    ById { dir: HashMap<u32, Arc<Writer>>, registry: Option<ById<Writer>> },
     /// Single-object fingerprints (little-endian CRC-64-AVRO).
     ByFingerprint(HashMap<[u8; 8], Arc<Writer>>),
 }
 
-/// Why an id's records are dead letters.
-#[derive(Debug)]
-enum Unknown {
-    /// The registry did not know the id when last asked (asked again by later batches).
-    NotInRegistry(String),
-    /// The registry's schema cannot be read into the table (final).
-    Refused(String),
-}
-
-impl Unknown {
-    fn why(&self) -> &str {
-        match self {
-            Unknown::NotInRegistry(why) | Unknown::Refused(why) => why,
-        }
-    }
-}
-
-/// How often an id the registry does not know is asked again the first time, and the first
-/// pause (doubling) between asks.
-const REASKS: u32 = 3;
-const REASK_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// A writer schema as decoding uses it.
 #[derive(Debug)]
 struct Writer {
-    /// What names it in messages: `writer schema id 7`, `… fingerprint …`.
-    label: String,
     /// The schema, as given to `apache-avro` (see [`resolvable`]).
     schema: Schema,
-    /// The columns its fields give beyond the reader schema's, all nullable (`Err`: one of
-    /// them has no column type).
-    added: Result<Vec<FieldConfig>, String>,
-    /// Whether [`Avro::grow`] took `added` into the decoder's columns.
-    grown: AtomicBool,
+    /// Its label and the columns its fields give beyond the reader schema's.
+    columns: WriterColumns,
 }
 
 impl Writer {
-    fn new(label: String, schema: &Schema, reader: &[FieldConfig]) -> Arc<Writer> {
-        let added = added_columns(schema, reader).map_err(|why| format!("{label}: {why}"));
-        Arc::new(Writer { label, schema: resolvable(schema), added, grown: AtomicBool::new(false) })
+    fn new(label: String, schema: &Schema, reader: &[FieldConfig]) -> Writer {
+        Writer { schema: resolvable(schema), columns: WriterColumns::new(label, added_columns(schema, reader)) }
     }
 }
 
@@ -102,9 +69,9 @@ pub struct Avro {
     fields: Vec<FieldConfig>,
     framing: AvroFraming,
     writers: Writers,
-    /// The columns writer schemas added beyond the reader schema's, in the order they were
-    /// first seen (only grown when the pipeline takes writer fields as columns).
-    added: RwLock<Vec<(FieldConfig, Field)>>,
+    /// The columns writer schemas added beyond the reader schema's (only grown when the
+    /// pipeline takes writer fields as columns).
+    added: Added,
 }
 
 impl Avro {
@@ -142,36 +109,38 @@ impl Avro {
             );
         }
         let writers = match config.framing {
-            AvroFraming::None => Writers::Reader(Writer::new("the reader schema".into(), &reader, &fields)),
+            AvroFraming::None => Writers::Reader(Arc::new(Writer::new("the reader schema".into(), &reader, &fields))),
             AvroFraming::Confluent => {
                 let mut by_id = HashMap::new();
                 for (path, stem) in schema_files(config.schemas_dir.as_deref())? {
                     let id: u32 = stem.parse().map_err(|_| {
                         format!("{}: with confluent framing, schema files are named by their id, like 42.avsc", path.display())
                     })?;
-                    by_id.insert(id, Writer::new(format!("writer schema id {id}"), &read_schema(&path)?.0, &fields));
+                    by_id.insert(id, Arc::new(Writer::new(format!("writer schema id {id}"), &read_schema(&path)?.0, &fields)));
                 }
                 let registry = config.registry.as_ref().map(Registry::new).transpose().map_err(|e| format!("decode.avro.{e}"))?;
-                Writers::ById { dir: by_id, registry, fetched: RwLock::new(HashMap::new()) }
+                Writers::ById { dir: by_id, registry: registry.map(|r| ById::new(r, SchemaType::Avro)) }
             }
             AvroFraming::SingleObject => {
                 let label = |fp: [u8; 8]| format!("writer schema fingerprint {:016x}", u64::from_le_bytes(fp));
-                let mut by_fingerprint = HashMap::from([(reader_fp, Writer::new(label(reader_fp), &reader, &fields))]);
+                let mut by_fingerprint = HashMap::from([(reader_fp, Arc::new(Writer::new(label(reader_fp), &reader, &fields)))]);
                 for (path, _) in schema_files(config.schemas_dir.as_deref())? {
                     let (schema, fp, _) = read_schema(&path)?;
-                    by_fingerprint.insert(fp, Writer::new(label(fp), &schema, &fields));
+                    by_fingerprint.insert(fp, Arc::new(Writer::new(label(fp), &schema, &fields)));
                 }
                 Writers::ByFingerprint(by_fingerprint)
             }
         };
-        Ok(Avro { reader: resolvable(&reader), fields, framing: config.framing, writers, added: RwLock::new(Vec::new()) })
+        Ok(Avro { reader: resolvable(&reader), fields, framing: config.framing, writers, added: Added::default() })
     }
 
     /// Asks the schema registry, if one is configured, whether it answers (see
     /// [`Registry::check`]); its address when it does.
     pub async fn check_registry(&self) -> Result<Option<String>, String> {
         match &self.writers {
-            Writers::ById { registry: Some(registry), .. } => registry.check().await.map(|()| Some(registry.url().to_string())),
+            Writers::ById { registry: Some(by_id), .. } => {
+                by_id.registry().check().await.map(|()| Some(by_id.registry().url().to_string()))
+            }
             _ => Ok(None),
         }
     }
@@ -183,7 +152,7 @@ impl Avro {
 
     /// The columns writer schemas added so far (see [`Avro::grow`]).
     pub(super) fn added(&self) -> Vec<(FieldConfig, Field)> {
-        self.added.read().expect("added columns lock").clone()
+        self.added.columns()
     }
 
     /// The column values of one Avro value into `vals`, or why it cannot be decoded: the
@@ -203,9 +172,9 @@ impl Avro {
     /// event: `op`, `before`, `after`, `source`, ...).
     pub(super) fn record(&self, bytes: &[u8]) -> Result<Vec<(String, Value)>, Rejected> {
         let (writer, body) = self.writer(bytes)?;
-        let value = datum(&writer, body)?
-            .resolve(&self.reader)
-            .map_err(|e| (Rejection::InvalidAvro, format!("{} does not resolve to the reader schema: {e}", writer.label)))?;
+        let value = datum(&writer, body)?.resolve(&self.reader).map_err(|e| {
+            (Rejection::InvalidAvro, format!("{} does not resolve to the reader schema: {e}", writer.columns.label))
+        })?;
         match value {
             Value::Record(members) => Ok(members),
             _ => Err((Rejection::InvalidAvro, "the Avro value is not a record".into())),
@@ -227,26 +196,15 @@ impl Avro {
         let corrupt = |why: String| (Rejection::InvalidAvro, why);
         match (&self.framing, &self.writers) {
             (_, Writers::Reader(reader)) => Ok((reader.clone(), bytes)),
-            (AvroFraming::Confluent, Writers::ById { dir, registry, fetched }) => {
-                let id = confluent_id(bytes).ok_or_else(|| {
-                    corrupt(format!(
-                        "not in the Confluent wire format (magic byte 0, a 4-byte schema id): starts with {:02x?}",
-                        &bytes[..bytes.len().min(5)]
-                    ))
-                })?;
+            (AvroFraming::Confluent, Writers::ById { dir, registry }) => {
+                let (id, body) =
+                    confluent_id(bytes).ok_or_else(|| super::registry::not_confluent(bytes, Rejection::InvalidAvro))?;
                 match (dir.get(&id), registry) {
-                    (Some(writer), _) => Ok((writer.clone(), &bytes[5..])),
+                    (Some(writer), _) => Ok((writer.clone(), body)),
                     (None, None) => {
                         Err((Rejection::UnknownSchema, format!("unknown writer schema id {id} (not in decode.avro.schemas_dir)")))
                     }
-                    (None, Some(_)) => {
-                        let known = fetched.read().expect("schema cache lock");
-                        match known.get(&id) {
-                            Some(Ok(writer)) => Ok((writer.clone(), &bytes[5..])),
-                            Some(Err(why)) => Err((Rejection::UnknownSchema, why.why().to_string())),
-                            None => panic!("schema id {id} was not fetched: Decoder::prepare runs before decode"),
-                        }
-                    }
+                    (None, Some(by_id)) => Ok((by_id.get(id)?, body)),
                 }
             }
             (_, Writers::ByFingerprint(by_fingerprint)) => {
@@ -279,26 +237,7 @@ impl Avro {
     pub(super) fn grow<'v>(&self, values: impl Iterator<Item = &'v [u8]>) -> Result<(), String> {
         for bytes in values {
             let Ok((writer, _)) = self.writer(bytes) else { continue };
-            if writer.grown.load(Ordering::Acquire) {
-                continue;
-            }
-            if let Ok(columns) = &writer.added {
-                let mut added = self.added.write().expect("added columns lock");
-                for c in columns {
-                    match added.iter().map(|(a, _)| a).find(|a| a.name == c.name) {
-                        Some(a) if a.kind == c.kind => {}
-                        Some(a) => {
-                            return Err(format!(
-                                "{} has field `{}` as {}, but an earlier writer schema gave it as {}: one column cannot \
-                                 hold both; keep the field's type across the topic's schemas",
-                                writer.label, c.name, c.kind, a.kind
-                            ))
-                        }
-                        None => added.push((c.clone(), super::arrow_field(c).map_err(|e| format!("{}: {e}", writer.label))?)),
-                    }
-                }
-            }
-            writer.grown.store(true, Ordering::Release);
+            self.added.grow(&writer.columns)?;
         }
         Ok(())
     }
@@ -307,42 +246,17 @@ impl Avro {
     /// `schemas_dir` nor an earlier fetch knows, so [`Avro::values`] finds every one. `Err`: the
     /// registry could not be asked (the batch must not be decoded).
     pub(super) async fn prepare<'v>(&self, values: impl Iterator<Item = &'v [u8]>) -> Result<(), String> {
-        let Writers::ById { dir, registry: Some(registry), fetched } = &self.writers else { return Ok(()) };
-        // Ids neither `schemas_dir` nor an earlier fetch knows, and ids the registry did not know
-        // when last asked: an unknown id may be one it does not know *yet* (a replica behind, a
-        // registry restarted from an empty store), so a 404 is never final for the process.
-        let (missing, unknown): (HashSet<u32>, HashSet<u32>) = {
-            let known = fetched.read().expect("schema cache lock");
-            let ids: HashSet<u32> = values.filter_map(confluent_id).filter(|id| !dir.contains_key(id)).collect();
-            (
-                ids.iter().copied().filter(|id| !known.contains_key(id)).collect(),
-                ids.iter().copied().filter(|id| matches!(known.get(id), Some(Err(Unknown::NotInRegistry(_))))).collect(),
-            )
-        };
-        for id in missing.into_iter().chain(unknown) {
-            let first = !fetched.read().expect("schema cache lock").contains_key(&id);
-            // The first time an id is unknown it is asked again a few times, briefly, before its
-            // records become dead letters; after that once per batch that holds it.
-            let mut found = registry.schema(id).await?;
-            let mut pause = REASK_PAUSE;
-            for _ in 0..if first { REASKS } else { 0 } {
-                if !matches!(found, Lookup::Unknown(_)) {
-                    break;
-                }
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-                found = registry.schema(id).await?;
-            }
-            let found = match found {
-                Lookup::Found(schema) => match columns_check(&schema) {
-                    Ok(()) => Ok(Writer::new(format!("writer schema id {id}"), &schema, &self.fields)),
-                    Err(why) => Err(Unknown::Refused(format!("writer schema id {id}: {why}"))),
-                },
-                Lookup::Unknown(why) => Err(Unknown::NotInRegistry(why)),
-            };
-            fetched.write().expect("schema cache lock").insert(id, found);
-        }
-        Ok(())
+        let Writers::ById { dir, registry: Some(by_id) } = &self.writers else { return Ok(()) };
+        let ids = values.filter_map(confluent_id).map(|(id, _)| id).filter(|id| !dir.contains_key(id));
+        by_id
+            .prepare(ids, |id, fetched| {
+                let text = super::registry::inlined(&fetched).map_err(|why| format!("writer schema id {id}: {why}"))?;
+                let schema = Schema::parse_str(&connect_types(&text).0)
+                    .map_err(|e| format!("writer schema id {id} from the registry is not an Avro schema: {e}"))?;
+                columns_check(&schema).map_err(|why| format!("writer schema id {id}: {why}"))?;
+                Ok(Writer::new(format!("writer schema id {id}"), &schema, &self.fields))
+            })
+            .await
     }
 
     /// One body read with `writer` and resolved to the reader schema, into `vals`; then, when
@@ -361,17 +275,7 @@ impl Avro {
         let mut own: Vec<(String, Value)> = Vec::new();
         let value = match (added, value) {
             (Some(added), Value::Record(mut members)) => {
-                let columns = writer.added.as_ref().map_err(|why| (Rejection::WrongType, why.clone()))?;
-                for c in columns {
-                    if !added.iter().any(|a| a.name == c.name && a.kind == c.kind) {
-                        return Err((
-                            Rejection::WrongType,
-                            format!(
-                                "{}: field `{}` ({}) is not a column of this batch: Decoder::prepare runs before decode",
-                                writer.label, c.name, c.kind
-                            ),
-                        ));
-                    }
+                for c in writer.columns.in_batch(added)? {
                     if let Some((_, v)) = members.iter_mut().find(|(name, _)| *name == c.name) {
                         own.push((c.name.clone(), std::mem::replace(v, Value::Null)));
                     }
@@ -382,7 +286,7 @@ impl Avro {
         };
         let value = value
             .resolve(&self.reader)
-            .map_err(|e| corrupt(format!("{} does not resolve to the reader schema: {e}", writer.label)))?;
+            .map_err(|e| corrupt(format!("{} does not resolve to the reader schema: {e}", writer.columns.label)))?;
         let Value::Record(members) = value else {
             return Err(corrupt("the Avro value is not a record".into()));
         };
@@ -414,14 +318,6 @@ fn datum(writer: &Writer, mut body: &[u8]) -> Result<Value, Rejected> {
         return Err(corrupt(format!("{} bytes follow the Avro record", body.len())));
     }
     Ok(value)
-}
-
-/// The schema id of a value in the Confluent wire format.
-fn confluent_id(bytes: &[u8]) -> Option<u32> {
-    match bytes {
-        [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
-        _ => None,
-    }
 }
 
 /// A writer schema is usable when it is a record (resolution then says whether it fits the

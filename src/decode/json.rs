@@ -232,7 +232,7 @@ fn iso_date(text: &str) -> Option<i32> {
 
 /// The bytes of a base64 string (RFC 4648 standard alphabet, with or without `=` padding);
 /// `None` for any other character or a length no encoding has.
-fn base64(text: &str) -> Option<Vec<u8>> {
+pub(super) fn base64(text: &str) -> Option<Vec<u8>> {
     let digit = |c: u8| -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => c - b'A',
@@ -299,6 +299,11 @@ fn scalar_value<'a>(f: &FieldConfig, v: Option<Scalar<'a>>) -> Option<Val<'a>> {
         (FieldType::Timestamp, Some(v)) => Val::Long(long(&v)?.checked_mul(1000)?),
         _ => return None,
     })
+}
+
+/// Every entry of one JSON object, keys decoded, values as text, in order.
+pub(super) fn entries(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, serde_json::Error> {
+    fast::read_entries(text)
 }
 
 /// The fast JSON path: one pass over an object's text, keeping only the declared keys' scalar

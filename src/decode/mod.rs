@@ -29,7 +29,10 @@ pub mod avro;
 mod builders;
 mod change;
 mod dead_letter;
+mod evolve;
 mod json;
+mod json_schema;
+pub mod protobuf;
 pub mod registry;
 
 use builders::{arrow_field, Col, Val};
@@ -196,8 +199,12 @@ pub struct Decoder {
     keep_raw: bool,
     /// For `avro`: the loaded schemas.
     avro: Option<Arc<avro::Avro>>,
-    /// For `avro`: whether the fields writer schemas have beyond the reader schema's are
-    /// columns too (`sink.schema_evolution = "add-columns"`).
+    /// For `protobuf`: the reader message and the writer schemas.
+    protobuf: Option<Arc<protobuf::Protobuf>>,
+    /// For `json` with `decode.json`: the framing and the registry's JSON Schema ids.
+    json_schema: Option<Arc<json_schema::JsonSchema>>,
+    /// For `avro` and `protobuf`: whether the fields writer schemas have beyond the reader
+    /// schema's are columns too (`sink.schema_evolution = "add-columns"`).
     writer_columns: bool,
     /// `[transform]`, applied to the decoded rows.
     transform: Option<Arc<crate::transform::Transform>>,
@@ -224,14 +231,30 @@ impl Decoder {
             (DecodeFormat::Avro, None) => return Err("`format = \"avro\"` needs [decode.avro]".into()),
             _ => None,
         };
-        let declared = match &avro {
-            Some(a) => a.fields().to_vec(),
-            None => config.fields.clone(),
+        let protobuf = match (config.format, &config.protobuf) {
+            (DecodeFormat::Protobuf, Some(c)) => Some(Arc::new(protobuf::Protobuf::load(c)?)),
+            (DecodeFormat::Protobuf, None) => return Err("`format = \"protobuf\"` needs [decode.protobuf]".into()),
+            _ => None,
+        };
+        let (json_schema, json_fields) = match (config.format, &config.json) {
+            (DecodeFormat::Json, Some(c)) => {
+                let (setup, fields) = json_schema::JsonSchema::load(c)?;
+                (Some(Arc::new(setup)), Some(fields))
+            }
+            _ => (None, None),
+        };
+        let declared = match (&avro, &protobuf, json_fields) {
+            (Some(a), _, _) => a.fields().to_vec(),
+            (_, Some(p), _) => p.fields().to_vec(),
+            (_, _, Some(fields)) => fields,
+            _ => config.fields.clone(),
         };
         let mut fields: Vec<Field> = match config.format {
             DecodeFormat::Raw => vec![Field::new("key", DataType::Binary, true), Field::new("value", DataType::Binary, true)],
             DecodeFormat::Text => vec![Field::new("key", DataType::Utf8, true), Field::new("value", DataType::Utf8, true)],
-            DecodeFormat::Json | DecodeFormat::Avro => declared.iter().map(arrow_field).collect::<Result<_, String>>()?,
+            DecodeFormat::Json | DecodeFormat::Avro | DecodeFormat::Protobuf => {
+                declared.iter().map(arrow_field).collect::<Result<_, String>>()?
+            }
         };
         fields.extend(meta_fields());
         if config.include_key {
@@ -247,6 +270,8 @@ impl Decoder {
             schema: Arc::new(Schema::new(fields)),
             keep_raw: false,
             avro,
+            protobuf,
+            json_schema,
             writer_columns: false,
             transform: None,
             changes: None,
@@ -283,6 +308,20 @@ impl Decoder {
     /// When writer schemas' fields are columns ([`Decoder::taking_writer_columns`]), this is
     /// also where the columns grow; `Err` when two writer schemas give one column two types.
     pub async fn prepare<R: RecordView>(&self, records: &[R]) -> crate::error::Result<()> {
+        if let Some(json) = &self.json_schema {
+            let values = records.iter().filter_map(RecordView::payload);
+            return json.prepare(values).await.map_err(crate::error::Error::SchemaRegistry);
+        }
+        if let Some(protobuf) = &self.protobuf {
+            protobuf
+                .prepare(records.iter().filter_map(RecordView::payload))
+                .await
+                .map_err(crate::error::Error::SchemaRegistry)?;
+            if self.writer_columns {
+                protobuf.grow(records.iter().filter_map(RecordView::payload)).map_err(crate::error::Error::Schema)?;
+            }
+            return Ok(());
+        }
         let Some(avro) = &self.avro else { return Ok(()) };
         // With `[upsert]`, a tombstone's Kafka key gives the key columns: its schema too.
         let keys = records.iter().filter(|r| self.changes.is_some() && r.payload().is_none()).filter_map(RecordView::key);
@@ -298,10 +337,13 @@ impl Decoder {
     /// For `exactly check`: asks the schema registry (Avro with `decode.avro.registry`) whether
     /// it answers and takes the credentials; its address when one is configured and answers.
     pub async fn check_registry(&self) -> crate::error::Result<Option<String>> {
-        match &self.avro {
-            Some(avro) => avro.check_registry().await.map_err(crate::error::Error::SchemaRegistry),
-            None => Ok(None),
-        }
+        let checked = match (&self.avro, &self.protobuf, &self.json_schema) {
+            (Some(avro), _, _) => avro.check_registry().await,
+            (_, Some(protobuf), _) => protobuf.check_registry().await,
+            (_, _, Some(json)) => json.check_registry().await.map(Some),
+            _ => Ok(None),
+        };
+        checked.map_err(crate::error::Error::SchemaRegistry)
     }
 
     /// The declared columns (`json`: `decode.fields`; `avro`: the reader schema's fields).
@@ -325,7 +367,7 @@ impl Decoder {
     /// Rows then carry the columns the writer schemas seen so far added, after the reader
     /// schema's and before the `_kafka_*` ones; the sink brings them to the table.
     pub fn taking_writer_columns(mut self, take: bool) -> Self {
-        self.writer_columns = take && self.avro.is_some();
+        self.writer_columns = take && (self.avro.is_some() || self.protobuf.is_some());
         self
     }
 
@@ -396,9 +438,12 @@ impl Decoder {
                 }
             }
             DecodeFormat::Json => {
-                let bytes = r
+                let mut bytes = r
                     .payload()
                     .ok_or_else(|| (Rejection::NullValue, "value is null (a tombstone); expected a JSON object".to_string()))?;
+                if let Some(framed) = &self.json_schema {
+                    bytes = framed.body(bytes)?;
+                }
                 json::values(&self.fields, utf8("value", bytes)?, vals, slots)?;
             }
             DecodeFormat::Avro => {
@@ -406,6 +451,15 @@ impl Decoder {
                     .payload()
                     .ok_or_else(|| (Rejection::NullValue, "value is null (a tombstone); expected an Avro record".to_string()))?;
                 self.avro.as_ref().expect("Decoder::new loads the schemas of every Avro decoder").values(bytes, vals, added)?;
+            }
+            DecodeFormat::Protobuf => {
+                let bytes = r.payload().ok_or_else(|| {
+                    (Rejection::NullValue, "value is null (a tombstone); expected a Protobuf message".to_string())
+                })?;
+                self.protobuf
+                    .as_ref()
+                    .expect("Decoder::new loads the schemas of every Protobuf decoder")
+                    .values(bytes, vals, added)?;
             }
         }
         Ok(change::Change::default())
@@ -418,17 +472,22 @@ impl Decoder {
         let mut cols: Vec<Col> = match self.format {
             DecodeFormat::Raw => vec![Col::Bin(BinaryBuilder::new()), Col::Bin(BinaryBuilder::new())],
             DecodeFormat::Text => vec![Col::Str(StringBuilder::new()), Col::Str(StringBuilder::new())],
-            DecodeFormat::Json | DecodeFormat::Avro => {
+            DecodeFormat::Json | DecodeFormat::Avro | DecodeFormat::Protobuf => {
                 self.fields.iter().zip(self.schema.fields()).map(|(f, a)| Col::for_type(&f.kind, a.data_type(), n)).collect()
             }
         };
         // The columns writer schemas added (those of these records included: `prepare` took
         // them), and the schema of rows that carry them.
-        let (added, schema) = match (&self.avro, self.writer_columns) {
-            (Some(avro), true) => {
+        let grown = match (&self.avro, &self.protobuf) {
+            (Some(avro), _) => Some(avro.added()),
+            (_, Some(protobuf)) => Some(protobuf.added()),
+            _ => None,
+        };
+        let (added, schema) = match (grown, self.writer_columns) {
+            (Some(grown), true) => {
                 // `prepare` grew them; a record whose writer schema it did not see is a dead
-                // letter saying so (`Avro::resolve`), never a row missing its columns.
-                let (added, fields): (Vec<FieldConfig>, Vec<Field>) = avro.added().into_iter().unzip();
+                // letter saying so (`WriterColumns::in_batch`), never a row missing its columns.
+                let (added, fields): (Vec<FieldConfig>, Vec<Field>) = grown.into_iter().unzip();
                 cols.extend(added.iter().zip(&fields).map(|(f, a)| Col::for_type(&f.kind, a.data_type(), n)));
                 let mut all: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
                 all.splice(self.fields.len()..self.fields.len(), fields);

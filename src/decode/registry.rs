@@ -1,7 +1,8 @@
 //! A Confluent-compatible schema registry (Confluent Schema Registry, Apicurio's `ccompat` API,
-//! Karapace, Redpanda): writer schemas by id, `GET <url>/schemas/ids/<id>`, over HTTP or HTTPS
-//! with the registry's basic auth and an optional private CA. Each id found is fetched once and
-//! kept for the life of the process ([`super::avro::Avro`] holds the cache).
+//! Karapace, Redpanda): schemas by id, `GET <url>/schemas/ids/<id>`, and subjects' versions, over
+//! HTTP or HTTPS with the registry's basic auth and an optional private CA, with the schemas they
+//! reference. Avro, Protobuf and JSON Schema alike: each id found is fetched once and kept for the
+//! life of the process ([`ById`]).
 //!
 //! A registry that does not answer, or answers with a server error, is asked again with a
 //! growing pause (`attempts` times in all); then the batch fails, and the consumer restarts
@@ -9,22 +10,58 @@
 //! was away. An id the registry does not know (HTTP 404) may be one it does not know *yet* (a
 //! replica behind, a registry restarted from an empty store): it is asked again a few times
 //! before its records become dead letters, and again by every later batch that holds it — a 404
-//! is never final for the process. A schema that is not Avro makes the record a dead letter with
-//! that reason. Refused credentials (401/403) fail at once.
+//! is never final for the process. A schema of another kind than the format's, or one that
+//! cannot be read into the table, makes the record a dead letter with that reason. Refused
+//! credentials (401/403) fail at once.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use apache_avro::Schema;
-
+use super::{Rejected, Rejection};
 use crate::config::RegistryConfig;
 
 /// What the registry says of a schema id.
 #[derive(Debug)]
 pub enum Lookup {
-    /// The writer schema.
-    Found(Schema),
+    /// The schema.
+    Found(Fetched),
     /// Why a record with this id is a dead letter.
     Unknown(String),
+}
+
+/// The kinds of schema a registry holds (its `schemaType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaType {
+    /// An Avro schema (JSON).
+    Avro,
+    /// A `.proto` file (text, or a base64 `FileDescriptorProto` as Confluent's Python
+    /// serializer registers it).
+    Protobuf,
+    /// A JSON Schema.
+    Json,
+}
+
+impl SchemaType {
+    /// The registry's name for it (absent in an answer: Avro).
+    fn name(self) -> &'static str {
+        match self {
+            SchemaType::Avro => "AVRO",
+            SchemaType::Protobuf => "PROTOBUF",
+            SchemaType::Json => "JSON",
+        }
+    }
+}
+
+/// A schema as the registry holds it: its text, and the schemas it references under the names
+/// it uses for them (an Avro type's full name, a `.proto` file's import path), fetched as their
+/// subjects' versions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fetched {
+    /// The schema text.
+    pub text: String,
+    /// The schemas it references, by the name it uses for each.
+    pub references: Vec<(String, Fetched)>,
 }
 
 /// A registry client.
@@ -95,52 +132,47 @@ impl Registry {
         &self.base
     }
 
-    /// The writer schema with id `id`; `Err` when the registry cannot be asked (after the
-    /// retries) or refuses the credentials.
-    pub async fn schema(&self, id: u32) -> Result<Lookup, String> {
+    /// The schema with id `id`, if it is of kind `kind`; `Err` when the registry cannot be
+    /// asked (after the retries) or refuses the credentials.
+    pub async fn schema(&self, id: u32, kind: SchemaType) -> Result<Lookup, String> {
         let what = format!("schema id {id}");
         let Some(body) = self.get(&format!("schemas/ids/{id}"), &what).await? else {
             return Ok(Lookup::Unknown(format!("unknown writer schema id {id} (the schema registry has none)")));
         };
-        Ok(match self.resolved(&body, &what, 0).await? {
-            Ok(text) => match Schema::parse_str(&super::avro::connect_types(&text).0) {
-                Ok(schema) => Lookup::Found(schema),
-                Err(e) => Lookup::Unknown(format!("writer schema id {id} from the registry is not an Avro schema: {e}")),
-            },
+        Ok(match self.resolved(&body, &what, kind, 0).await? {
+            Ok(fetched) => Lookup::Found(fetched),
             Err(why) => Lookup::Unknown(why),
         })
     }
 
-    /// The text of version `version` (`None`: the latest) of subject `subject`: a reader schema.
-    /// `Err` names the registry and the problem: no such subject or version, not Avro, or the
+    /// Version `version` (`None`: the latest) of subject `subject`: a reader schema. `Err` names
+    /// the registry and the problem: no such subject or version, not of kind `kind`, or the
     /// registry cannot be asked.
-    pub async fn subject_version(&self, subject: &str, version: Option<u32>) -> Result<String, String> {
+    pub async fn subject_version(&self, subject: &str, version: Option<u32>, kind: SchemaType) -> Result<Fetched, String> {
         let v = version.map_or("latest".to_string(), |v| v.to_string());
         let what = format!("subject {subject:?} version {v}");
         let Some(body) = self.get(&subject_path(subject, &v), &what).await? else {
             return Err(format!("schema registry {} has no {what}", self.base));
         };
-        self.resolved(&body, &what, 0).await?.map_err(|why| format!("schema registry {}: {why}", self.base))
+        self.resolved(&body, &what, kind, 0).await?.map_err(|why| format!("schema registry {}: {why}", self.base))
     }
 
-    /// The Avro schema text of a registry's answer `body`, with the schemas it references
-    /// written in (see [`inline`]), fetched as their subjects' versions. `Ok(Err(why))`: the
-    /// answer is no Avro schema, or a reference is missing; `Err`: the registry cannot be asked.
+    /// A registry's answer `body` with the schemas it references, fetched as their subjects'
+    /// versions. `Ok(Err(why))`: the answer is no schema of kind `kind`, or a reference is
+    /// missing; `Err`: the registry cannot be asked.
     fn resolved<'a>(
         &'a self,
         body: &'a str,
         what: &'a str,
+        kind: SchemaType,
         depth: usize,
-    ) -> futures::future::BoxFuture<'a, Result<Result<String, String>, String>> {
+    ) -> futures::future::BoxFuture<'a, Result<Result<Fetched, String>, String>> {
         Box::pin(async move {
-            let (text, references) = match answer(body, what) {
+            let (text, references) = match answer(body, what, kind) {
                 Ok(a) => a,
                 Err(why) => return Ok(Err(why)),
             };
-            if references.is_empty() {
-                return Ok(Ok(text));
-            }
-            if depth >= MAX_REFERENCE_DEPTH {
+            if !references.is_empty() && depth >= MAX_REFERENCE_DEPTH {
                 return Ok(Err(format!("{what}: references nested deeper than {MAX_REFERENCE_DEPTH}")));
             }
             let mut named = Vec::with_capacity(references.len());
@@ -149,12 +181,12 @@ impl Registry {
                 let Some(body) = self.get(&subject_path(&r.subject, &r.version.to_string()), &of).await? else {
                     return Ok(Err(format!("{of} is not in the registry")));
                 };
-                match self.resolved(&body, &of, depth + 1).await? {
-                    Ok(text) => named.push((r.name, text)),
+                match self.resolved(&body, &of, kind, depth + 1).await? {
+                    Ok(fetched) => named.push((r.name, fetched)),
                     Err(why) => return Ok(Err(why)),
                 }
             }
-            Ok(inline(&text, &named).map_err(|why| format!("{what}: {why}")))
+            Ok(Ok(Fetched { text, references: named }))
         })
     }
 
@@ -201,9 +233,122 @@ impl Registry {
     }
 }
 
+/// Why an id's records are dead letters.
+#[derive(Debug)]
+enum Unknown {
+    /// The registry did not know the id when last asked (asked again by later batches).
+    NotInRegistry(String),
+    /// The registry's schema cannot be read into the table (final).
+    Refused(String),
+}
+
+/// How often an id the registry does not know is asked again the first time, and the first
+/// pause (doubling) between asks.
+const REASKS: u32 = 3;
+const REASK_PAUSE: Duration = Duration::from_millis(100);
+
+/// Writer schemas found by id in a registry, each read once into what decoding uses (`W`), and
+/// why the ids it could not read are unknown: one cache and one asking rule for every format.
+pub struct ById<W> {
+    registry: Registry,
+    kind: SchemaType,
+    known: RwLock<HashMap<u32, Result<Arc<W>, Unknown>>>,
+}
+
+impl<W> std::fmt::Debug for ById<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ById").field("registry", &self.registry).field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+impl<W> ById<W> {
+    /// An empty cache of `kind` schemas from `registry`.
+    pub fn new(registry: Registry, kind: SchemaType) -> ById<W> {
+        ById { registry, kind, known: RwLock::new(HashMap::new()) }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Fetches the schemas of the ids in `ids` that no earlier fetch found, and reads each with
+    /// `read` (`Err`: why its records are dead letters, for good), so [`ById::get`] knows every
+    /// one. `Err`: the registry could not be asked (the batch must not be decoded).
+    pub async fn prepare(
+        &self,
+        ids: impl Iterator<Item = u32>,
+        read: impl Fn(u32, Fetched) -> Result<W, String>,
+    ) -> Result<(), String> {
+        // Ids no earlier fetch knows, and ids the registry did not know when last asked: an
+        // unknown id may be one it does not know *yet* (a replica behind, a registry restarted
+        // from an empty store), so a 404 is never final for the process.
+        let ask: HashSet<u32> = {
+            let known = self.known.read().expect("schema cache lock");
+            ids.filter(|id| matches!(known.get(id), None | Some(Err(Unknown::NotInRegistry(_))))).collect()
+        };
+        for id in ask {
+            let first = !self.known.read().expect("schema cache lock").contains_key(&id);
+            // The first time an id is unknown it is asked again a few times, briefly, before its
+            // records become dead letters; after that once per batch that holds it.
+            let mut found = self.registry.schema(id, self.kind).await?;
+            let mut pause = REASK_PAUSE;
+            for _ in 0..if first { REASKS } else { 0 } {
+                if !matches!(found, Lookup::Unknown(_)) {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                found = self.registry.schema(id, self.kind).await?;
+            }
+            let found = match found {
+                Lookup::Found(fetched) => read(id, fetched).map(Arc::new).map_err(Unknown::Refused),
+                Lookup::Unknown(why) => Err(Unknown::NotInRegistry(why)),
+            };
+            self.known.write().expect("schema cache lock").insert(id, found);
+        }
+        Ok(())
+    }
+
+    /// What id `id`'s schema reads as, or why its records are dead letters. Panics for an id
+    /// [`ById::prepare`] was not given: decoding never runs before it.
+    pub fn get(&self, id: u32) -> Result<Arc<W>, Rejected> {
+        match self.known.read().expect("schema cache lock").get(&id) {
+            Some(Ok(w)) => Ok(w.clone()),
+            Some(Err(Unknown::NotInRegistry(why) | Unknown::Refused(why))) => Err((Rejection::UnknownSchema, why.clone())),
+            None => panic!("schema id {id} was not fetched: Decoder::prepare runs before decode"),
+        }
+    }
+}
+
+/// The schema id of a value in the Confluent wire format (magic byte 0, a 4-byte big-endian id)
+/// and what follows it.
+pub fn confluent_id(bytes: &[u8]) -> Option<(u32, &[u8])> {
+    match bytes {
+        [0, a, b, c, d, rest @ ..] => Some((u32::from_be_bytes([*a, *b, *c, *d]), rest)),
+        _ => None,
+    }
+}
+
+/// Why `bytes` is not in the Confluent wire format (a rejection of kind `kind`).
+pub fn not_confluent(bytes: &[u8], kind: Rejection) -> Rejected {
+    (
+        kind,
+        format!(
+            "not in the Confluent wire format (magic byte 0, a 4-byte schema id): starts with {:02x?}",
+            &bytes[..bytes.len().min(5)]
+        ),
+    )
+}
+
 /// [`Registry::subject_version`] from synchronous code (config loading, which may run inside an
 /// async runtime): on a thread of its own with its own runtime.
-pub fn subject_version_now(config: &RegistryConfig, subject: &str, version: Option<u32>) -> Result<String, String> {
+pub fn subject_version_now(
+    config: &RegistryConfig,
+    subject: &str,
+    version: Option<u32>,
+    kind: SchemaType,
+) -> Result<Fetched, String> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -211,7 +356,7 @@ pub fn subject_version_now(config: &RegistryConfig, subject: &str, version: Opti
                     .enable_all()
                     .build()
                     .map_err(|e| format!("registry client: {e}"))?;
-                runtime.block_on(async { Registry::new(config)?.subject_version(subject, version).await })
+                runtime.block_on(async { Registry::new(config)?.subject_version(subject, version, kind).await })
             })
             .join()
             .unwrap_or_else(|_| Err("the registry client panicked".into()))
@@ -241,14 +386,14 @@ struct Reference {
     version: u32,
 }
 
-/// A registry's answer for a schema (`{"schema": "<Avro schema JSON>", "schemaType": …,
-/// "references": [...]}`): its text and references; `Err`: why it is no Avro schema.
-fn answer(body: &str, what: &str) -> Result<(String, Vec<Reference>), String> {
+/// A registry's answer for a schema (`{"schema": "<schema text>", "schemaType": …,
+/// "references": [...]}`): its text and references; `Err`: why it is no schema of kind `kind`.
+fn answer(body: &str, what: &str, kind: SchemaType) -> Result<(String, Vec<Reference>), String> {
     let answer: serde_json::Value =
         serde_json::from_str(body).map_err(|e| format!("the schema registry's answer for {what} is not JSON: {e}"))?;
-    match answer.get("schemaType").and_then(|t| t.as_str()) {
-        None | Some("AVRO") => {}
-        Some(other) => return Err(format!("{what} is a {other} schema, not Avro")),
+    let given = answer.get("schemaType").and_then(|t| t.as_str()).unwrap_or("AVRO");
+    if given != kind.name() {
+        return Err(format!("{what} is a {given} schema, not {}", kind.name()));
     }
     let text = answer
         .get("schema")
@@ -259,6 +404,17 @@ fn answer(body: &str, what: &str) -> Result<(String, Vec<Reference>), String> {
         Some(r) => serde_json::from_value(r.clone()).map_err(|e| format!("the references of {what} do not read: {e}"))?,
     };
     Ok((text.to_string(), references))
+}
+
+/// The Avro schema text of `fetched`, with the schemas it references written in where first used
+/// (see [`inline`]).
+pub fn inlined(fetched: &Fetched) -> Result<String, String> {
+    let named: Vec<(String, String)> =
+        fetched.references.iter().map(|(name, r)| Ok((name.clone(), inlined(r)?))).collect::<Result<_, String>>()?;
+    if named.is_empty() {
+        return Ok(fetched.text.clone());
+    }
+    inline(&fetched.text, &named)
 }
 
 /// `text` with each named schema of `named` (full name, schema text) written in where the
@@ -303,15 +459,19 @@ mod tests {
     fn answers_are_read_as_the_registry_writes_them() {
         let schema = r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "long"}]}"#;
         let body = serde_json::json!({ "schema": schema }).to_string();
-        assert_eq!(answer(&body, "id 1").unwrap().0, schema);
+        assert_eq!(answer(&body, "id 1", SchemaType::Avro).unwrap().0, schema);
         let avro = serde_json::json!({ "schema": schema, "schemaType": "AVRO", "references": [] }).to_string();
-        assert!(answer(&avro, "id 1").is_ok());
+        assert!(answer(&avro, "id 1", SchemaType::Avro).is_ok());
+        assert!(answer(&avro, "id 1", SchemaType::Json).unwrap_err().contains("is a AVRO schema, not JSON"));
         for (body, why) in [
-            (serde_json::json!({ "schema": "syntax = \"proto3\";", "schemaType": "PROTOBUF" }).to_string(), "PROTOBUF schema"),
+            (
+                serde_json::json!({ "schema": "syntax = \"proto3\";", "schemaType": "PROTOBUF" }).to_string(),
+                "PROTOBUF schema, not AVRO",
+            ),
             (serde_json::json!({ "id": 3 }).to_string(), "has no schema"),
             ("<html>".to_string(), "not JSON"),
         ] {
-            let reason = answer(&body, "id 7").unwrap_err();
+            let reason = answer(&body, "id 7", SchemaType::Avro).unwrap_err();
             assert!(reason.contains(why), "{reason}");
         }
     }
@@ -324,6 +484,7 @@ mod tests {
             {"name": "again", "type": ["null", "io.debezium.Source"]},
             {"name": "op", "type": "string"}]}"#;
         let source = r#"{"type": "record", "name": "Source", "namespace": "io.debezium", "fields": [{"name": "lsn", "type": ["null", "long"]}]}"#;
+        use apache_avro::Schema;
         assert!(Schema::parse_str(envelope).is_err(), "alone it does not parse");
         let text = inline(envelope, &[("io.debezium.Source".into(), source.into())]).unwrap();
         let Schema::Record(r) = Schema::parse_str(&text).unwrap() else { panic!("a record") };
@@ -361,7 +522,7 @@ mod tests {
             attempts: 2,
         })
         .unwrap();
-        let e = registry.schema(5).await.unwrap_err();
+        let e = registry.schema(5, SchemaType::Avro).await.unwrap_err();
         assert!(e.contains("did not answer for schema id 5 after 2 attempts"), "{e}");
     }
 }

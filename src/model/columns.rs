@@ -58,6 +58,8 @@ pub enum Rejection {
     Future,
     /// The value is not an Avro datum of its framing and writer schema.
     InvalidAvro,
+    /// The value is not a Protobuf message of its framing and writer schema.
+    InvalidProtobuf,
     /// The value names a writer schema (id or fingerprint) that is not known.
     UnknownSchema,
     /// A `[transform]` expression failed on the row (a cast, a division by zero).
@@ -70,7 +72,7 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every category, in a fixed order.
-    pub const ALL: [Rejection; 14] = [
+    pub const ALL: [Rejection; 15] = [
         Rejection::TooLarge,
         Rejection::NotUtf8,
         Rejection::InvalidJson,
@@ -82,6 +84,7 @@ impl Rejection {
         Rejection::Late,
         Rejection::Future,
         Rejection::InvalidAvro,
+        Rejection::InvalidProtobuf,
         Rejection::UnknownSchema,
         Rejection::Transform,
         Rejection::NotAChange,
@@ -101,6 +104,7 @@ impl Rejection {
             Rejection::Late => "late",
             Rejection::Future => "future",
             Rejection::InvalidAvro => "invalid_avro",
+            Rejection::InvalidProtobuf => "invalid_protobuf",
             Rejection::UnknownSchema => "unknown_schema",
             Rejection::Transform => "transform",
             Rejection::NotAChange => "not_a_change",
