@@ -6,7 +6,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use exactly::config::{AvroConfig, AvroFraming, DecodeConfig, DecodeFormat};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::common;
 
@@ -39,34 +38,10 @@ const V2: &str = r#"{"type": "record", "name": "Order", "namespace": "shop", "fi
   {"name": "attrs", "type": {"type": "map", "values": "double"}, "default": {}}
 ]}"#;
 
-/// The hex-encoded Kafka values `scripts/avro_encode.py` writes for `records` (JSON lines).
+/// The Kafka values `scripts/avro_encode.py` writes for `records` (JSON lines).
 fn encode(framing: &str, schema: &Path, id: u32, records: &[&str]) -> Vec<Vec<u8>> {
-    use std::io::Write;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/avro_encode.py");
-    let mut child = std::process::Command::new(common::python())
-        .args([script, framing])
-        .arg(schema)
-        .arg(id.to_string())
-        .env_remove("LD_LIBRARY_PATH")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python (scripts/setup installs fastavro)");
-    child.stdin.take().unwrap().write_all(records.join("\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "avro_encode.py failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| (0..l.len()).step_by(2).map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap()).collect())
-        .collect()
-}
-
-async fn send(topic: &str, values: &[Vec<u8>]) {
-    let producer: FutureProducer = common::kafka().client_config().create().unwrap();
-    for v in values {
-        producer.send(FutureRecord::<(), _>::to(topic).payload(v), Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
-    }
+    let records: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+    common::python_values("avro_encode.py", &[framing, schema.to_str().unwrap(), &id.to_string()], &records)
 }
 
 /// A directory `schemas` under `dir` holding `files` (name, schema text).
@@ -128,7 +103,7 @@ async fn two_writer_schema_versions_resolve_into_one_table() {
 
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     config.decode = avro_decode(reader, AvroFraming::Confluent, Some(schemas));
-    send(&topic, &values).await;
+    common::send_values(&topic, &values).await;
     let table = dir.path().join("table");
     let pipeline = common::start(&config, Default::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
@@ -174,7 +149,7 @@ async fn single_object_and_bare_avro_values_decode() {
         values.push(b"\xc3\x01not avro".to_vec());
         let mut config = common::delta_config(&common::unique("p"), &topic, &dir.path().join(name));
         config.decode = avro_decode(reader.clone(), framing, schemas_dir);
-        send(&topic, &values).await;
+        common::send_values(&topic, &values).await;
         let table = dir.path().join(name).join("table");
         let pipeline = common::start(&config, Default::default()).await;
         common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
@@ -196,7 +171,7 @@ async fn single_object_and_bare_avro_values_decode() {
 /// Held while a test registers schemas. The registry's in-memory (H2) store answers 500 (and
 /// then 409 for the half-made subject) when registrations of tests running in parallel collide on
 /// its id sequence: one at a time. A test that must know the next id holds it longer.
-static REGISTRATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static REGISTRATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Registers `schema` under `subject` in the registry at `url`; its id.
 async fn register(url: &str, subject: &str, schema: &str) -> u32 {
@@ -228,13 +203,13 @@ async fn register_in_turn(url: &str, subject: &str, schema: &str) -> u32 {
 
 /// The Confluent API of the real schema registry `scripts/with-registry` started (Apicurio
 /// Registry's `ccompat`, built from Maven Central by `scripts/schema-registry`).
-fn registry_url() -> String {
+pub(crate) fn registry_url() -> String {
     std::env::var("EXACTLY_SCHEMA_REGISTRY")
         .expect("EXACTLY_SCHEMA_REGISTRY is not set: run the suite with `just test` (scripts/with-registry starts the registry)")
 }
 
 /// `decode.avro.registry` for the registry at `url`.
-fn registry(url: String) -> exactly::config::RegistryConfig {
+pub(crate) fn registry(url: String) -> exactly::config::RegistryConfig {
     exactly::config::RegistryConfig { url, username: None, password: None, ca_file: None, timeout_ms: 5_000, attempts: 3 }
 }
 
@@ -267,7 +242,7 @@ async fn writer_schemas_from_a_schema_registry() {
         }),
         ..DecodeConfig::default()
     };
-    send(&topic, &values).await;
+    common::send_values(&topic, &values).await;
     let table = dir.path().join("table");
     let pipeline = common::start(&config, Default::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
@@ -289,7 +264,7 @@ async fn an_unreachable_registry_stops_the_pipeline_and_skips_nothing() {
     let reader = dir.path().join("order.avsc");
     std::fs::write(&reader, V2).unwrap();
     let record = r#"{"id": 1, "customer": {"name": "gus", "tags": []}, "price": "1.00", "at": 0, "qty": 1, "status": "NEW"}"#;
-    send(&topic, &encode("confluent", &reader, 77, &[record, record])).await;
+    common::send_values(&topic, &encode("confluent", &reader, 77, &[record, record])).await;
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     let port = common::free_port();
     config.decode = avro_decode(reader, AvroFraming::Confluent, None);
@@ -368,7 +343,7 @@ async fn writer_schema_fields_join_the_table_without_a_restart() {
     let file = write_config(&config, dir.path());
 
     // Written with the reader schema only: its columns.
-    send(&topic, &person(1, 0..5)).await;
+    common::send_values(&topic, &person(1, 0..5)).await;
     let child = spawn(&file, None);
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     let before = log_of(&table, "\"email\"").await;
@@ -377,7 +352,7 @@ async fn writer_schema_fields_join_the_table_without_a_restart() {
     // The producer moves to writer schema 2 (and back) while the pipeline runs.
     let mut values = person(2, 5..10);
     values.extend(person(1, 10..12));
-    send(&topic, &values).await;
+    common::send_values(&topic, &values).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     terminate(child).await;
     let after = log_of(&table, "\"email\"").await;
@@ -387,7 +362,7 @@ async fn writer_schema_fields_join_the_table_without_a_restart() {
 
     // Writer schema 3 arrives at a restart: killed with the growing epoch's files written, then
     // aborted right after its commit (before the checkpoint), then run to the end.
-    send(&topic, &person(3, 12..15)).await;
+    common::send_values(&topic, &person(3, 12..15)).await;
     let phone = || async { log_of(&table, "\"phone\"").await.iter().filter(|(_, schema, _)| *schema).count() };
     common::kill_with_files_written(&file, &table).await;
     assert_eq!(phone().await, 0, "no schema change without its commit");
@@ -436,15 +411,16 @@ async fn a_writer_schema_registered_mid_stream_grows_the_table() {
         *schema_evolution = exactly::config::SchemaEvolution::AddColumns;
     }
     let table = dir.path().join("table");
-    send(&topic, &encode("confluent", &reader, id1, &[r#"{"id": 1, "name": "a"}"#])).await;
+    common::send_values(&topic, &encode("confluent", &reader, id1, &[r#"{"id": 1, "name": "a"}"#])).await;
     let pipeline = common::start(&config, Default::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
 
     // Registered after the pipeline started: it learns the id from the records.
     let id2 = register(&url, &subject, PERSON_EMAIL).await;
     assert_ne!(id1, id2);
-    send(&topic, &encode("confluent", &v2_file, id2, &[r#"{"id": 2, "name": "b", "email": "b@x", "score": 7}"#])).await;
-    send(&topic, &encode("confluent", &reader, id1, &[r#"{"id": 3, "name": "c"}"#])).await;
+    common::send_values(&topic, &encode("confluent", &v2_file, id2, &[r#"{"id": 2, "name": "b", "email": "b@x", "score": 7}"#]))
+        .await;
+    common::send_values(&topic, &encode("confluent", &reader, id1, &[r#"{"id": 3, "name": "c"}"#])).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     pipeline.shutdown().await.unwrap();
 
@@ -483,7 +459,7 @@ async fn a_reader_schema_from_the_registry_by_subject() {
     let (id1, id2) = (register(&url, &subject, PERSON).await, register(&url, &subject, PERSON_NOTE).await);
     let mut values = encode("confluent", &v1_file, id1, &[r#"{"id": 1, "name": "a"}"#]);
     values.extend(encode("confluent", &v2_file, id2, &[r#"{"id": 2, "name": "b", "note": "hi"}"#]));
-    send(&topic, &values).await;
+    common::send_values(&topic, &values).await;
 
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     config.decode = DecodeConfig {
@@ -537,7 +513,7 @@ async fn a_registry_over_https_is_trusted_through_its_ca_file() {
     let reader = dir.path().join("person.avsc");
     std::fs::write(&reader, PERSON).unwrap();
     let id = register(&registry_url(), &format!("{topic}-value"), PERSON).await;
-    send(&topic, &encode("confluent", &reader, id, &[r#"{"id": 1, "name": "a"}"#])).await;
+    common::send_values(&topic, &encode("confluent", &reader, id, &[r#"{"id": 1, "name": "a"}"#])).await;
 
     let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
     config.decode = avro_decode(reader, AvroFraming::Confluent, None);
@@ -593,7 +569,7 @@ async fn a_schema_id_the_registry_learns_later_is_asked_again() {
     let turn = REGISTRATIONS.lock().await;
     let unique = |name: &str| PERSON.replace("\"Person\"", &format!("\"{name}\", \"doc\": \"{topic}\""));
     let next = register_in_turn(&url, &format!("{topic}-probe"), &unique("Probe")).await + 1;
-    send(&topic, &person(next, 0..10)).await;
+    common::send_values(&topic, &person(next, 0..10)).await;
     let pipeline = common::start(&config, Default::default()).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     // The dead-letter table commits after the data table.
@@ -605,7 +581,7 @@ async fn a_schema_id_the_registry_learns_later_is_asked_again() {
     let id = register_in_turn(&url, &format!("{topic}-value"), &unique("Person")).await;
     drop(turn);
     assert_eq!(id, next, "the registry gave the schema the id the records carry");
-    send(&topic, &person(id, 10..1_010)).await;
+    common::send_values(&topic, &person(id, 10..1_010)).await;
     common::wait_table_drained(&table, &config.id, &topic, Duration::from_secs(60)).await;
     pipeline.shutdown().await.unwrap();
     assert_eq!(common::read_with_python(&table)["rows"], 1_000, "every record after the registration is a row");

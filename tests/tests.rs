@@ -23,6 +23,9 @@ mod types;
 // Avro from an independent encoder: two writer schema versions in the Confluent wire format
 // resolved into one table, single-object and bare framing, bad values as dead letters.
 mod avro;
+// Protobuf and JSON Schema from Confluent's own serializers and the real registry: every kind of
+// field, writer schema versions, a protoc descriptor set, bad values as dead letters.
+mod formats;
 // Schema evolution: new columns join the table with their first values; drops, retypes and
 // evolution without the setting are refused; kills around the evolving commit.
 mod schema;

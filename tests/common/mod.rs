@@ -178,6 +178,38 @@ pub fn python() -> String {
     })
 }
 
+/// The Kafka values an independent writer in `scripts/` (Python, `scripts/setup` installs what
+/// it imports) prints as hex lines for `records` (JSON lines on its stdin).
+pub fn python_values(script: &str, args: &[&str], records: &[String]) -> Vec<Vec<u8>> {
+    use std::io::Write;
+    let path = format!("{}/scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new(python())
+        .arg(path)
+        .args(args)
+        .env_remove("LD_LIBRARY_PATH")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("python {script} (scripts/setup installs what it needs): {e}"));
+    child.stdin.take().unwrap().write_all(records.join("\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{script} failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| (0..l.len()).step_by(2).map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap()).collect())
+        .collect()
+}
+
+/// Produces `values` to `topic`, in order, without keys.
+pub async fn send_values(topic: &str, values: &[Vec<u8>]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = kafka().client_config().create().unwrap();
+    for v in values {
+        producer.send(FutureRecord::<(), _>::to(topic).payload(v), Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+    }
+}
+
 /// Reads a Delta table with Python `deltalake`, an independent implementation.
 pub fn read_with_python(table: &Path) -> serde_json::Value {
     python_reader(table, &[])
