@@ -39,6 +39,9 @@ mod stateful;
 // Upserts and deletes by key (keyed topics, Debezium events) through deletion vectors; the
 // upsert audit.
 mod upsert;
+// Spark reads every kind of table (append, dead letters, partitioned output, aggregates, a grown
+// schema) as Python deltalake does, and streams the append table exactly once.
+mod spark;
 // Change data capture end to end: PostgreSQL -> Debezium in Kafka Connect -> exactly (SIGKILLed)
 // -> Delta, equal to the database for Python deltalake and Spark.
 mod cdc;
