@@ -33,12 +33,13 @@ verify-s3: build
 
 # The layering check (scripts/layers), then the whole test suite against a real Kafka broker, a real S3-compatible server, Azurite and a
 # real Confluent-compatible schema registry (Apicurio Registry), PostgreSQL and Kafka Connect with
-# Debezium — each started if none answers, stopped after if this recipe started it (KEEP_KAFKA=1 /
-# KEEP_STORES=1 / KEEP_REGISTRY=1 / KEEP_DEBEZIUM=1 keep them running) — then `bench --quick`, which proves the benchmark harness (ours and Spark) works
+# Debezium, and a Hive Metastore — each started if none answers, stopped after if this recipe
+# started it (KEEP_KAFKA=1 / KEEP_STORES=1 / KEEP_REGISTRY=1 / KEEP_DEBEZIUM=1 / KEEP_METASTORE=1
+# keep them running) — then `bench --quick`, which proves the benchmark harness (ours and Spark) works
 # on small data without judging any figure.
 test: setup
     scripts/layers
-    scripts/with-kafka scripts/with-stores scripts/with-registry scripts/with-debezium bash -c 'cargo test --all-targets --locked && bench/run --quick'
+    scripts/with-kafka scripts/with-stores scripts/with-registry scripts/with-debezium scripts/with-metastore bash -c 'cargo test --all-targets --locked && bench/run --quick'
 
 # The container image `exactly:latest`, offline with buildah from scratch (scripts/image), from
 # the binary of `profile` (`just image dist`: what ships, a 41-minute build from empty).

@@ -8,7 +8,9 @@ bytes in base64, structs and maps as objects. `_kafka_timestamp` is left out.
     read_spark.py --many < request    {"tables": {name: {"rows", "records"}}, "stream": {...}}
 
 The request is JSON: {"tables": {name: path}, "stream": {"table": path, "checkpoint": dir,
-"out": dir}}. "stream" (optional) runs `readStream.format("delta")` on the table into a Parquet
+"out": dir}, "metastore": "thrift://host:port", "named": {name: "database.table"}}. With
+"metastore", the session's catalog is that Hive Metastore, and each "named" table is read by its
+name there (`spark.table`), its answer under "tables" too. "stream" (optional) runs `readStream.format("delta")` on the table into a Parquet
 sink at "out" with Spark's checkpoint at "checkpoint", once (`availableNow`): a second request
 with the same checkpoint continues where the first stopped. Its answer is every row the sink
 holds after the run, as [topic, partition, offset]."""
@@ -41,7 +43,7 @@ def plain(v):
     return v
 
 
-def session():
+def session(metastore=None):
     # PySpark hands timestamps over in the process's local time zone: make it UTC.
     import time
     os.environ["TZ"] = "UTC"
@@ -49,8 +51,16 @@ def session():
     from pyspark.sql import SparkSession
     cache = os.environ.get("EXACTLY_CACHE", os.path.expanduser("~/.cache/exactly"))
     jars = ",".join(sorted(glob.glob(f"{cache}/spark-jars/*.jar")))
+    builder = SparkSession.builder
+    if metastore:
+        import tempfile
+        builder = (
+            builder.config("spark.hadoop.hive.metastore.uris", metastore)
+            .config("spark.sql.warehouse.dir", tempfile.mkdtemp(prefix="spark-warehouse-"))
+            .enableHiveSupport()
+        )
     spark = (
-        SparkSession.builder.master("local[1]")
+        builder.master("local[1]")
         .config("spark.jars", jars)
         .config("spark.ui.enabled", "false")
         .config("spark.sql.session.timeZone", "UTC")
@@ -63,8 +73,8 @@ def session():
     return spark
 
 
-def read(spark, path):
-    rows = spark.read.format("delta").load(path).collect()
+def read(spark, path=None, name=None):
+    rows = (spark.table(name) if name else spark.read.format("delta").load(path)).collect()
     records = [{k: plain(v) for k, v in r.asDict().items() if k != "_kafka_timestamp"} for r in rows]
     return {"rows": len(records), "records": records}
 
@@ -85,14 +95,16 @@ def stream(spark, request):
 
 
 def main():
-    spark = session()
     if sys.argv[1] == "--many":
         request = json.load(sys.stdin)
+        spark = session(request.get("metastore"))
         answer = {"tables": {name: read(spark, path) for name, path in request.get("tables", {}).items()}}
+        answer["tables"].update({key: read(spark, name=name) for key, name in request.get("named", {}).items()})
         if "stream" in request:
             answer["stream"] = stream(spark, request["stream"])
         print(json.dumps(answer))
     else:
+        spark = session()
         print(json.dumps(read(spark, sys.argv[1])))
     spark.stop()
 

@@ -18,6 +18,7 @@
 //! - [`state`]: dedup and keyed aggregation, and the checkpoint (offsets + RocksDB state).
 //! - [`plan`]: a config turned into the built pieces once — reader schema, decoder, transform,
 //!   outputs, the tables' schemas — where every check that needs them lives.
+//! - [`catalog`]: registering the tables in a catalog (a Hive Metastore), off the commit path.
 //! - [`sink`]: where an epoch is committed; [`sink::delta`] with its one commit path.
 //! - [`maintenance`]: Delta checkpoints, log cleanup, compaction; `optimize` / `vacuum`.
 //! - [`runtime`]: the actor tree — consumers, aggregator, committer, supervisor — and the rules
@@ -45,6 +46,8 @@ pub mod decode;
 pub mod state;
 
 pub mod plan;
+
+pub mod catalog;
 
 pub mod sink;
 

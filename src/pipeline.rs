@@ -237,7 +237,10 @@ pub fn sink(plan: &Plan, failpoints: Arc<FailPoints>) -> Arc<dyn Sink> {
         return Arc::new(console::ConsoleSink::stdout(num_rows));
     };
     let (schema, partition_by) = plan.table.clone();
-    let sink = delta::DeltaSink::new(&config.id, (table, data), (dead_letters, plain.clone()), schema, partition_by, failpoints)
+    // `[catalog]`: each table's maintenance registers it.
+    let entry = |suffix: Option<&str>| config.catalog.as_ref().map(|c| crate::catalog::Entry::of(c, &config.id, suffix));
+    let (data, dead) = (data.cataloged(entry(None)), plain.clone().cataloged(entry(Some("dead_letters"))));
+    let sink = delta::DeltaSink::new(&config.id, (table, data), (dead_letters, dead), schema, partition_by, failpoints)
         .evolving(config.sink.schema_evolution())
         .meaning(plan.meaning.clone())
         .taking_writer_columns(config.takes_writer_columns())
@@ -249,7 +252,10 @@ pub fn sink(plan: &Plan, failpoints: Arc<FailPoints>) -> Arc<dyn Sink> {
                 .outputs()
                 .iter()
                 .zip(schemas)
-                .map(|(o, schema)| (config.output_path(o), plain.clone(), schema.clone(), o.partition_by.clone()))
+                .map(|(o, schema)| {
+                    let settings = plain.clone().cataloged(entry(Some(&o.name)));
+                    (config.output_path(o), settings, schema.clone(), o.partition_by.clone())
+                })
                 .collect();
             sink.with_outputs(tables, fan_out.clone())
         }

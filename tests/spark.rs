@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use exactly::config::{
@@ -20,46 +19,10 @@ use serde_json::{json, Value};
 
 use crate::common;
 
-/// What Spark answers for `request` (see scripts/read_spark.py `--many`).
-fn spark(request: &Value) -> Value {
-    use std::io::Write;
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cache = std::env::var("EXACTLY_CACHE").unwrap_or_else(|_| format!("{home}/.cache/exactly"));
-    let mut child = Command::new(format!("{cache}/bench-venv/bin/python"))
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/read_spark.py"))
-        .arg("--many")
-        .env_remove("LD_LIBRARY_PATH")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run Spark (bench/setup installs it)");
-    child.stdin.take().unwrap().write_all(request.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "Spark failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// A reader's records, without `_kafka_timestamp` (Spark's answer leaves it out), in one order.
-fn canonical(records: &Value) -> Vec<String> {
-    let mut rows: Vec<String> = records
-        .as_array()
-        .expect("records")
-        .iter()
-        .map(|r| {
-            let mut r = r.clone();
-            r.as_object_mut().unwrap().remove("_kafka_timestamp");
-            r.to_string()
-        })
-        .collect();
-    rows.sort();
-    rows
-}
-
 /// Spark's rows of table `name` equal Python's, and there are `at_least` of them.
 fn same_rows(answer: &Value, name: &str, table: &Path, at_least: usize) {
-    let python = canonical(&common::read_rows_with_python(table)["records"]);
-    let spark = canonical(&answer["tables"][name]["records"]);
+    let python = common::canonical(&common::read_rows_with_python(table)["records"]);
+    let spark = common::canonical(&answer["tables"][name]["records"]);
     assert!(python.len() >= at_least, "{name}: {} rows", python.len());
     assert_eq!(spark.len(), python.len(), "{name}: Spark and Python read as many rows");
     assert_eq!(spark, python, "{name}: Spark reads Python's rows");
@@ -154,7 +117,7 @@ async fn spark_reads_every_kind_of_table_and_streams_the_append_table_exactly_on
         "checkpoint": dir.path().join("spark/checkpoint"),
         "out": dir.path().join("spark/out"),
     });
-    let answer = spark(&json!({
+    let answer = common::spark(&json!({
         "tables": {
             "append": append_table,
             "dead": dead,
@@ -189,7 +152,7 @@ async fn spark_reads_every_kind_of_table_and_streams_the_append_table_exactly_on
         async move { common::commits_of(&t, "OPTIMIZE").await.len() > before }
     };
     run_all(&[&append, &evolved], &topic, compacted).await;
-    let answer = spark(&json!({"tables": {"evolved": table(&evolved), "append": append_table}, "stream": stream}));
+    let answer = common::spark(&json!({"tables": {"evolved": table(&evolved), "append": append_table}, "stream": stream}));
     same_rows(&answer, "evolved", &table(&evolved), 1_000);
     let evolved_rows = common::read_rows_with_python(&table(&evolved));
     let with_ts = evolved_rows["records"].as_array().unwrap().iter().filter(|r| !r["ts"].is_null()).count();

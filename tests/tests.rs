@@ -42,6 +42,9 @@ mod upsert;
 // Spark reads every kind of table (append, dead letters, partitioned output, aggregates, a grown
 // schema) as Python deltalake does, and streams the append table exactly once.
 mod spark;
+// Catalog registration in a real Hive Metastore: every table registered and re-registered as its
+// schema grows, read by name by Spark; a metastore away costs no epoch and is retried.
+mod catalog;
 // Change data capture end to end: PostgreSQL -> Debezium in Kafka Connect -> exactly (SIGKILLed)
 // -> Delta, equal to the database for Python deltalake and Spark.
 mod cdc;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod catalog;
 mod decode;
 pub mod env;
 mod runtime;
@@ -21,6 +22,7 @@ mod source;
 mod stateful;
 mod types;
 
+pub use catalog::*;
 pub use decode::*;
 pub use runtime::*;
 pub use sink::*;
@@ -87,6 +89,9 @@ pub struct PipelineConfig {
     /// Restart policy of the actor tree.
     #[serde(default)]
     pub supervisor: SupervisorConfig,
+    /// A catalog to register the tables in (`[catalog]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogConfig>,
 }
 
 impl PipelineConfig {
@@ -106,6 +111,7 @@ impl PipelineConfig {
             checkpoint: CheckpointConfig::default(),
             metrics: MetricsConfig::default(),
             supervisor: SupervisorConfig::default(),
+            catalog: None,
         }
     }
 
@@ -181,7 +187,8 @@ impl PipelineConfig {
         self.check_group(&bad)?;
         self.check_decode(&bad)?;
         self.check_stateful(&bad)?;
-        self.check_sink(&bad)
+        self.check_sink(&bad)?;
+        self.check_catalog(&bad)
     }
 
     /// `id`.
@@ -319,6 +326,30 @@ mod tests {
             t.insert("owner.team".into(), "payments".into());
         })
         .unwrap();
+    }
+
+    #[test]
+    fn a_catalog_takes_a_delta_sink_a_thrift_uri_and_plain_names() {
+        let check = |sink: &str, catalog: &str| {
+            let text = format!(
+                "id = \"orders.v2-eu\"\n[source]\ntopics = [\"t\"]\n[sink]\n{sink}\n[catalog]\nkind = \"hive\"\n{catalog}"
+            );
+            PipelineConfig::parse(&text, "x.toml")?.validate("x.toml").map(|_| ())
+        };
+        let delta = "kind = \"delta\"\npath = \"data/t\"";
+        check(delta, "uri = \"thrift://127.0.0.1:9083\"").unwrap();
+        let c: CatalogConfig = toml::from_str("kind = \"hive\"\nuri = \"thrift://h:1\"").unwrap();
+        assert_eq!(c.name_of("orders.v2-eu", None), "orders_v2_eu");
+        assert_eq!(c.name_of("orders.v2-eu", Some("late-ones")), "orders_v2_eu_late_ones");
+        for (sink, catalog, want) in [
+            ("kind = \"console\"", "uri = \"thrift://h:1\"", "needs `[sink] kind = \"delta\"`"),
+            (delta, "uri = \"http://h:1\"", "give thrift://host:port"),
+            (delta, "uri = \"thrift://h:1\"\ndatabase = \"a-b\"", "catalog.database"),
+            (delta, "uri = \"thrift://h:1\"\ntable = \"x y\"", "catalog.table"),
+        ] {
+            let e = check(sink, catalog).unwrap_err().to_string();
+            assert!(e.contains(want), "{catalog}: {e}");
+        }
     }
 
     #[test]

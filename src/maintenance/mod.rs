@@ -6,7 +6,9 @@
 //!   hour, right after a checkpoint), compacts small
 //!   files by size tier ([`compaction`]), and hands the sink a snapshot freshly loaded from the
 //!   latest checkpoint so the sink's own snapshot never accumulates the table's whole history.
-//!   None of it runs inside an epoch's commit.
+//!   With `[catalog]` it also registers the table in the catalog when the catalog has not seen
+//!   it as it is (created, its schema grown), retrying a failed registration with a growing
+//!   pause ([`crate::catalog`]). None of it runs inside an epoch's commit.
 //! - [`commands`]: `exactly optimize` (bin-packing or Z-order, delta-rs) and `exactly vacuum`.
 //!
 //! **Architecture Invariant:** maintenance never changes what a table holds. Its commits carry
@@ -59,6 +61,18 @@ impl SharedStats {
     }
 }
 
+/// The first pause before a failed catalog registration is tried again; it doubles up to
+/// [`REGISTRATION_PAUSE_MAX`].
+const REGISTRATION_PAUSE: Duration = Duration::from_secs(1);
+const REGISTRATION_PAUSE_MAX: Duration = Duration::from_secs(60);
+
+/// What the table's catalog was last told, and the pause of a failing streak.
+#[derive(Default)]
+struct Registration {
+    published: Option<crate::catalog::Wanted>,
+    pause: Option<Duration>,
+}
+
 /// How often expired log entries are looked for: cleaning lists the whole `_delta_log`.
 pub const LOG_CLEANUP_EVERY: Duration = Duration::from_secs(3_600);
 
@@ -77,6 +91,8 @@ pub struct Settings {
     pub parquet: crate::config::ParquetConfig,
     /// The user's table properties (`sink.table_properties`).
     pub properties: std::collections::BTreeMap<String, String>,
+    /// Where the table is registered (`[catalog]`), if anywhere.
+    pub catalog: Option<crate::catalog::Entry>,
 }
 
 impl Settings {
@@ -107,7 +123,14 @@ impl Settings {
             }),
             parquet: parquet.clone(),
             properties: table_properties.clone(),
+            catalog: None,
         })
+    }
+
+    /// These settings, registering the table as `entry` (`[catalog]`).
+    pub fn cataloged(mut self, entry: Option<crate::catalog::Entry>) -> Settings {
+        self.catalog = entry;
+        self
     }
 
     /// The Delta table properties these settings stand for, set when a table is created and
@@ -253,6 +276,7 @@ impl WorkerState {
             Err(e) => tracing::warn!(table = %table_label(&self.path), error = %e, "could not read the last checkpoint"),
         }
         let mut compacted_at = -1;
+        let mut registration = Registration::default();
         loop {
             let version = *rx.borrow_and_update();
             if let Err(e) = self.round(version, &mut compacted_at, &rx).await {
@@ -260,10 +284,78 @@ impl WorkerState {
                 metrics::counter!(crate::telemetry::metrics::MAINTENANCE_ERRORS, "table" => self.label).increment(1);
                 tracing::warn!(table = %table_label(&self.path), error = %e, "table maintenance failed; retrying after the next commit");
             }
-            if rx.changed().await.is_err() {
+            // A registration that failed is tried again after its pause, commits or not.
+            let changed = match self.register(&mut registration).await {
+                None => rx.changed().await,
+                Some(pause) => tokio::select! {
+                    changed = rx.changed() => changed,
+                    () = tokio::time::sleep(pause) => Ok(()),
+                },
+            };
+            if changed.is_err() {
                 return;
             }
         }
+    }
+
+    /// Registers the table in its catalog (`[catalog]`) when the catalog has not seen it as it
+    /// now is; the pause before trying again when that failed.
+    async fn register(&mut self, state: &mut Registration) -> Option<Duration> {
+        let entry = self.settings.catalog.clone()?;
+        let wanted = match self.wanted().await {
+            Ok(w) if state.published.as_ref() == Some(&w) => return None,
+            Ok(w) => Ok(w),
+            Err(e) => Err(e.to_string()),
+        };
+        let done = match wanted {
+            Ok(wanted) => {
+                let (entry, asked) = (entry.clone(), wanted.clone());
+                tokio::task::spawn_blocking(move || crate::catalog::hive::register(&entry, &asked))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the registration stopped: {e}")))
+                    .map(|done| (done, wanted))
+            }
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok((done, wanted)) => {
+                let outcome = match done {
+                    crate::catalog::hive::Registered::Created => Some("created"),
+                    crate::catalog::hive::Registered::Altered => Some("altered"),
+                    crate::catalog::hive::Registered::Unchanged => None,
+                };
+                if let Some(outcome) = outcome {
+                    metrics::counter!(crate::telemetry::metrics::CATALOG_REGISTRATIONS, "table" => self.label, "outcome" => outcome)
+                        .increment(1);
+                    tracing::info!(table = %table_label(&self.path), catalog = %entry.label(), outcome, "registered in the catalog");
+                }
+                state.published = Some(wanted);
+                state.pause = None;
+                None
+            }
+            Err(e) => {
+                metrics::counter!(crate::telemetry::metrics::CATALOG_ERRORS, "table" => self.label).increment(1);
+                if state.pause.is_none() {
+                    tracing::warn!(table = %table_label(&self.path), catalog = %entry.label(), error = %e, "catalog registration failed; retrying in the background (commits go on)");
+                }
+                let pause = state.pause.map_or(REGISTRATION_PAUSE, |p| (p * 2).min(REGISTRATION_PAUSE_MAX));
+                state.pause = Some(pause);
+                Some(pause)
+            }
+        }
+    }
+
+    /// What the table is now, for its catalog: its URL, schema and partition columns.
+    async fn wanted(&mut self) -> Result<crate::catalog::Wanted> {
+        let path = self.path.clone();
+        let err = |e: deltalake::DeltaTableError| crate::sink::delta::table::delta_err(&path, e);
+        self.table.update_incremental(None).await.map_err(err)?;
+        let snapshot = self.table.snapshot().map_err(err)?;
+        Ok(crate::catalog::Wanted {
+            location: self.table.table_url().as_str().trim_end_matches('/').to_string(),
+            schema: snapshot.metadata().schema_string().clone(),
+            partition_by: snapshot.metadata().partition_columns().to_vec(),
+        })
     }
 
     /// One round: checkpoint and log cleanup when due, then compaction.

@@ -39,6 +39,11 @@ pub const DELTA_LOG_FILES_CLEANED: &str = "exactly_delta_log_files_cleaned_total
 pub const MAINTENANCE_SECONDS: &str = "exactly_maintenance_duration_seconds";
 /// Counter, label `table`: maintenance rounds that failed (retried after the next commit).
 pub const MAINTENANCE_ERRORS: &str = "exactly_maintenance_errors_total";
+/// Counter, labels `table`, `outcome` (`created`, `altered`): registrations in the catalog
+/// (`[catalog]`) that changed it.
+pub const CATALOG_REGISTRATIONS: &str = "exactly_catalog_registrations_total";
+/// Counter, label `table`: registrations in the catalog that failed (retried in the background).
+pub const CATALOG_ERRORS: &str = "exactly_catalog_errors_total";
 /// Histogram: seconds of one persist of the checkpoint to `checkpoint.remote` (snapshot,
 /// uploads, manifest).
 pub const CHECKPOINT_PERSIST_SECONDS: &str = "exactly_checkpoint_persist_duration_seconds";

@@ -210,6 +210,43 @@ pub async fn send_values(topic: &str, values: &[Vec<u8>]) {
     }
 }
 
+/// What Spark (the bench's pyspark and delta-spark) answers for `request` (see
+/// scripts/read_spark.py `--many`).
+pub fn spark(request: &serde_json::Value) -> serde_json::Value {
+    use std::io::Write;
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cache = std::env::var("EXACTLY_CACHE").unwrap_or_else(|_| format!("{home}/.cache/exactly"));
+    let mut child = std::process::Command::new(format!("{cache}/bench-venv/bin/python"))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/read_spark.py"))
+        .arg("--many")
+        .env_remove("LD_LIBRARY_PATH")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run Spark (bench/setup installs it)");
+    child.stdin.take().unwrap().write_all(request.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "Spark failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A reader's records, without `_kafka_timestamp` (Spark's answer leaves it out), in one order.
+pub fn canonical(records: &serde_json::Value) -> Vec<String> {
+    let mut rows: Vec<String> = records
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.as_object_mut().unwrap().remove("_kafka_timestamp");
+            r.to_string()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
 /// Reads a Delta table with Python `deltalake`, an independent implementation.
 pub fn read_with_python(table: &Path) -> serde_json::Value {
     python_reader(table, &[])
