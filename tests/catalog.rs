@@ -213,3 +213,27 @@ async fn a_catalog_that_is_away_costs_no_epoch_and_is_retried() {
     common::terminate(child).await;
     common::assert_verified(&config).await;
 }
+
+/// `exactly check` asks the metastore: it answers (and whether the database exists yet), or the
+/// check fails with one line naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_asks_the_metastore() {
+    let topic = common::topic("catalog-check", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let check = |uri: &str| {
+        let mut config = common::delta_config(&common::unique("chk"), &topic, dir.path());
+        config.catalog = Some(catalog(uri.to_string()));
+        let file = common::write_config(&config, dir.path());
+        let out =
+            std::process::Command::new(env!("CARGO_BIN_EXE_exactly")).args(["check", "--config"]).arg(&file).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, stdout, stderr) = check(&metastore());
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("catalog: {}: answered; database `", metastore())), "{stdout}");
+    let port = common::free_port();
+    let (code, _, stderr) = check(&format!("thrift://127.0.0.1:{port}"));
+    assert_ne!(code, Some(0));
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() == 1 && lines[0].contains(&format!("catalog: Hive Metastore 127.0.0.1:{port}")), "{stderr}");
+}

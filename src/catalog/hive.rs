@@ -26,6 +26,24 @@ pub fn register(entry: &Entry, wanted: &Wanted) -> Result<Registered, String> {
     session.register(entry, wanted).map_err(|e| format!("Hive Metastore {}: {}: {e}", entry.address, entry.label()))
 }
 
+/// Whether the metastore answers, for `exactly check`: whether it has `entry`'s database
+/// (registration creates it when missing). `Err` is one line.
+pub fn check(entry: &Entry) -> Result<bool, String> {
+    let mut session = Session::open(entry).map_err(|e| format!("Hive Metastore {}: {e}", entry.address))?;
+    let got = session
+        .call("get_database", vec![(1, T::str(&entry.database))])
+        .map_err(|e| format!("Hive Metastore {}: {e}", entry.address))?;
+    if got.field(0).is_some() {
+        return Ok(true);
+    }
+    match got.field(1) {
+        Some(_) => Ok(false),
+        None => {
+            declared_exception(&got, "get_database").map(|()| false).map_err(|e| format!("Hive Metastore {}: {e}", entry.address))
+        }
+    }
+}
+
 /// What the metastore holds as `entry` (`None`: no such table, or no such database).
 pub fn lookup(entry: &Entry) -> Result<Option<Existing>, String> {
     let mut session = Session::open(entry).map_err(|e| format!("Hive Metastore {}: {e}", entry.address))?;

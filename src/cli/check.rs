@@ -40,6 +40,15 @@ pub(crate) async fn check(path: &std::path::Path) -> anyhow::Result<()> {
         (Some(table), Some(dead)) => println!("sink: {} tables {table} and {dead}: writable", sink.name()),
         _ => println!("sink: {}", sink.name()),
     }
+    if let Some(c) = &config.catalog {
+        let entry = exactly::catalog::Entry::of(c, &config.id, None);
+        let checked = tokio::task::spawn_blocking(move || exactly::catalog::hive::check(&entry)).await?;
+        let database = &c.database;
+        match checked.map_err(|e| anyhow::anyhow!("catalog: {e}"))? {
+            true => println!("catalog: {}: answered; database `{database}` exists", c.uri),
+            false => println!("catalog: {}: answered; database `{database}` is created at the first registration", c.uri),
+        }
+    }
     if let Some(at) = config.checkpoint_remote() {
         exactly::sink::storage::preflight_checkpoint(&at).await?;
         let remote = exactly::sink::storage::checkpoint_remote(&at)?;
