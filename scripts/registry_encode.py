@@ -29,7 +29,7 @@ def protobuf_serializer(registry, proto, message, descriptor_out):
     from google.protobuf import timestamp_pb2, wrappers_pb2  # noqa: F401 (the well-known types, in the pool)
     from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
 
-    out = descriptor_out or tempfile.mktemp(suffix=".desc")
+    out = descriptor_out or os.path.join(tempfile.mkdtemp(prefix="registry-encode-"), "set.desc")
     include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
     subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", f"-I{os.path.dirname(os.path.abspath(proto))}", f"-I{include}",

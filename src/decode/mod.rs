@@ -189,6 +189,63 @@ pub fn without_raw(batch: &RecordBatch) -> RecordBatch {
     batch.project(&keep).expect("projection of existing columns")
 }
 
+/// Where a decoder's columns and its records' writer schemas come from.
+#[derive(Debug, Clone)]
+enum Schemas {
+    /// `decode.fields` (JSON), or the fixed columns of `raw` and `text`.
+    Declared,
+    /// Avro's reader and writer schemas.
+    Avro(Arc<avro::Avro>),
+    /// Protobuf's reader message and writer schemas.
+    Protobuf(Arc<protobuf::Protobuf>),
+    /// A registry's JSON Schema (`decode.json`): the columns, the framing, the ids it knows.
+    JsonSchema(Arc<json_schema::JsonSchema>),
+}
+
+impl Schemas {
+    /// The schemas `config` names, and the declared columns; `Err`: one line.
+    fn load(config: &DecodeConfig) -> Result<(Schemas, Vec<FieldConfig>), String> {
+        Ok(match (config.format, &config.avro, &config.protobuf, &config.json) {
+            (DecodeFormat::Avro, Some(c), _, _) => {
+                let row = (config.envelope == crate::config::Envelope::Debezium).then_some("after");
+                let avro = avro::Avro::load(c, row)?;
+                let fields = avro.fields().to_vec();
+                (Schemas::Avro(Arc::new(avro)), fields)
+            }
+            (DecodeFormat::Avro, None, _, _) => return Err("`format = \"avro\"` needs [decode.avro]".into()),
+            (DecodeFormat::Protobuf, _, Some(c), _) => {
+                let protobuf = protobuf::Protobuf::load(c)?;
+                let fields = protobuf.fields().to_vec();
+                (Schemas::Protobuf(Arc::new(protobuf)), fields)
+            }
+            (DecodeFormat::Protobuf, _, None, _) => return Err("`format = \"protobuf\"` needs [decode.protobuf]".into()),
+            (DecodeFormat::Json, _, _, Some(c)) => {
+                let (json, fields) = json_schema::JsonSchema::load(c)?;
+                (Schemas::JsonSchema(Arc::new(json)), fields)
+            }
+            _ => (Schemas::Declared, config.fields.clone()),
+        })
+    }
+
+    /// The Avro schemas, if these are.
+    fn avro(&self) -> Option<&Arc<avro::Avro>> {
+        match self {
+            Schemas::Avro(avro) => Some(avro),
+            _ => None,
+        }
+    }
+
+    /// The columns writer schemas added so far (`None`: these writer schemas add none — only
+    /// Avro's and Protobuf's do).
+    fn added(&self) -> Option<Vec<(FieldConfig, Field)>> {
+        match self {
+            Schemas::Avro(avro) => Some(avro.added()),
+            Schemas::Protobuf(protobuf) => Some(protobuf.added()),
+            Schemas::JsonSchema(_) | Schemas::Declared => None,
+        }
+    }
+}
+
 /// Decodes records against a declared schema.
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -197,12 +254,8 @@ pub struct Decoder {
     max_bytes: usize,
     schema: SchemaRef,
     keep_raw: bool,
-    /// For `avro`: the loaded schemas.
-    avro: Option<Arc<avro::Avro>>,
-    /// For `protobuf`: the reader message and the writer schemas.
-    protobuf: Option<Arc<protobuf::Protobuf>>,
-    /// For `json` with `decode.json`: the framing and the registry's JSON Schema ids.
-    json_schema: Option<Arc<json_schema::JsonSchema>>,
+    /// Where the columns and the writer schemas come from.
+    schemas: Schemas,
     /// For `avro` and `protobuf`: whether the fields writer schemas have beyond the reader
     /// schema's are columns too (`sink.schema_evolution = "add-columns"`).
     writer_columns: bool,
@@ -223,32 +276,7 @@ impl Decoder {
     /// A decoder for the configured format and schema; `Err` when the Avro schemas cannot be
     /// read or do not parse (built once, by `plan::Plan`).
     pub fn new(config: &DecodeConfig) -> Result<Self, String> {
-        let avro = match (config.format, &config.avro) {
-            (DecodeFormat::Avro, Some(c)) => {
-                let row = (config.envelope == crate::config::Envelope::Debezium).then_some("after");
-                Some(Arc::new(avro::Avro::load(c, row)?))
-            }
-            (DecodeFormat::Avro, None) => return Err("`format = \"avro\"` needs [decode.avro]".into()),
-            _ => None,
-        };
-        let protobuf = match (config.format, &config.protobuf) {
-            (DecodeFormat::Protobuf, Some(c)) => Some(Arc::new(protobuf::Protobuf::load(c)?)),
-            (DecodeFormat::Protobuf, None) => return Err("`format = \"protobuf\"` needs [decode.protobuf]".into()),
-            _ => None,
-        };
-        let (json_schema, json_fields) = match (config.format, &config.json) {
-            (DecodeFormat::Json, Some(c)) => {
-                let (setup, fields) = json_schema::JsonSchema::load(c)?;
-                (Some(Arc::new(setup)), Some(fields))
-            }
-            _ => (None, None),
-        };
-        let declared = match (&avro, &protobuf, json_fields) {
-            (Some(a), _, _) => a.fields().to_vec(),
-            (_, Some(p), _) => p.fields().to_vec(),
-            (_, _, Some(fields)) => fields,
-            _ => config.fields.clone(),
-        };
+        let (schemas, declared) = Schemas::load(config)?;
         let mut fields: Vec<Field> = match config.format {
             DecodeFormat::Raw => vec![Field::new("key", DataType::Binary, true), Field::new("value", DataType::Binary, true)],
             DecodeFormat::Text => vec![Field::new("key", DataType::Utf8, true), Field::new("value", DataType::Utf8, true)],
@@ -269,9 +297,7 @@ impl Decoder {
             max_bytes: config.max_record_bytes,
             schema: Arc::new(Schema::new(fields)),
             keep_raw: false,
-            avro,
-            protobuf,
-            json_schema,
+            schemas,
             writer_columns: false,
             transform: None,
             changes: None,
@@ -288,7 +314,7 @@ impl Decoder {
         envelope: crate::config::Envelope,
     ) -> Result<Self, String> {
         let Some(upsert) = upsert else { return Ok(self) };
-        let changes = change::Changes::new(upsert, envelope, &self.fields, self.avro.clone())?;
+        let changes = change::Changes::new(upsert, envelope, &self.fields, self.schemas.avro().cloned())?;
         self.table_schema = Some(self.schema.clone());
         let mut fields: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
         fields.push(Field::new(CHANGE_DELETE_COL, DataType::Boolean, false));
@@ -308,21 +334,19 @@ impl Decoder {
     /// When writer schemas' fields are columns ([`Decoder::taking_writer_columns`]), this is
     /// also where the columns grow; `Err` when two writer schemas give one column two types.
     pub async fn prepare<R: RecordView>(&self, records: &[R]) -> crate::error::Result<()> {
-        if let Some(json) = &self.json_schema {
-            let values = records.iter().filter_map(RecordView::payload);
-            return json.prepare(values).await.map_err(crate::error::Error::SchemaRegistry);
-        }
-        if let Some(protobuf) = &self.protobuf {
-            protobuf
-                .prepare(records.iter().filter_map(RecordView::payload))
-                .await
-                .map_err(crate::error::Error::SchemaRegistry)?;
-            if self.writer_columns {
-                protobuf.grow(records.iter().filter_map(RecordView::payload)).map_err(crate::error::Error::Schema)?;
+        let values = || records.iter().filter_map(RecordView::payload);
+        let avro = match &self.schemas {
+            Schemas::Declared => return Ok(()),
+            Schemas::JsonSchema(json) => return json.prepare(values()).await.map_err(crate::error::Error::SchemaRegistry),
+            Schemas::Protobuf(protobuf) => {
+                protobuf.prepare(values()).await.map_err(crate::error::Error::SchemaRegistry)?;
+                if self.writer_columns {
+                    protobuf.grow(values()).map_err(crate::error::Error::Schema)?;
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        let Some(avro) = &self.avro else { return Ok(()) };
+            Schemas::Avro(avro) => avro,
+        };
         // With `[upsert]`, a tombstone's Kafka key gives the key columns: its schema too.
         let keys = records.iter().filter(|r| self.changes.is_some() && r.payload().is_none()).filter_map(RecordView::key);
         avro.prepare(records.iter().filter_map(RecordView::payload).chain(keys))
@@ -337,11 +361,11 @@ impl Decoder {
     /// For `exactly check`: asks the schema registry (Avro with `decode.avro.registry`) whether
     /// it answers and takes the credentials; its address when one is configured and answers.
     pub async fn check_registry(&self) -> crate::error::Result<Option<String>> {
-        let checked = match (&self.avro, &self.protobuf, &self.json_schema) {
-            (Some(avro), _, _) => avro.check_registry().await,
-            (_, Some(protobuf), _) => protobuf.check_registry().await,
-            (_, _, Some(json)) => json.check_registry().await.map(Some),
-            _ => Ok(None),
+        let checked = match &self.schemas {
+            Schemas::Avro(avro) => avro.check_registry().await,
+            Schemas::Protobuf(protobuf) => protobuf.check_registry().await,
+            Schemas::JsonSchema(json) => json.check_registry().await.map(Some),
+            Schemas::Declared => Ok(None),
         };
         checked.map_err(crate::error::Error::SchemaRegistry)
     }
@@ -367,7 +391,7 @@ impl Decoder {
     /// Rows then carry the columns the writer schemas seen so far added, after the reader
     /// schema's and before the `_kafka_*` ones; the sink brings them to the table.
     pub fn taking_writer_columns(mut self, take: bool) -> Self {
-        self.writer_columns = take && (self.avro.is_some() || self.protobuf.is_some());
+        self.writer_columns = take && self.schemas.added().is_some();
         self
     }
 
@@ -441,7 +465,7 @@ impl Decoder {
                 let mut bytes = r
                     .payload()
                     .ok_or_else(|| (Rejection::NullValue, "value is null (a tombstone); expected a JSON object".to_string()))?;
-                if let Some(framed) = &self.json_schema {
+                if let Schemas::JsonSchema(framed) = &self.schemas {
                     bytes = framed.body(bytes)?;
                 }
                 json::values(&self.fields, utf8("value", bytes)?, vals, slots)?;
@@ -450,16 +474,17 @@ impl Decoder {
                 let bytes = r
                     .payload()
                     .ok_or_else(|| (Rejection::NullValue, "value is null (a tombstone); expected an Avro record".to_string()))?;
-                self.avro.as_ref().expect("Decoder::new loads the schemas of every Avro decoder").values(bytes, vals, added)?;
+                let Schemas::Avro(avro) = &self.schemas else { unreachable!("Decoder::new loads every Avro decoder's schemas") };
+                avro.values(bytes, vals, added)?;
             }
             DecodeFormat::Protobuf => {
                 let bytes = r.payload().ok_or_else(|| {
                     (Rejection::NullValue, "value is null (a tombstone); expected a Protobuf message".to_string())
                 })?;
-                self.protobuf
-                    .as_ref()
-                    .expect("Decoder::new loads the schemas of every Protobuf decoder")
-                    .values(bytes, vals, added)?;
+                let Schemas::Protobuf(protobuf) = &self.schemas else {
+                    unreachable!("Decoder::new loads every Protobuf decoder's schemas")
+                };
+                protobuf.values(bytes, vals, added)?;
             }
         }
         Ok(change::Change::default())
@@ -478,12 +503,7 @@ impl Decoder {
         };
         // The columns writer schemas added (those of these records included: `prepare` took
         // them), and the schema of rows that carry them.
-        let grown = match (&self.avro, &self.protobuf) {
-            (Some(avro), _) => Some(avro.added()),
-            (_, Some(protobuf)) => Some(protobuf.added()),
-            _ => None,
-        };
-        let (added, schema) = match (grown, self.writer_columns) {
+        let (added, schema) = match (self.schemas.added(), self.writer_columns) {
             (Some(grown), true) => {
                 // `prepare` grew them; a record whose writer schema it did not see is a dead
                 // letter saying so (`WriterColumns::in_batch`), never a row missing its columns.
