@@ -284,3 +284,48 @@ async fn json_schema_from_confluent_s_serializer_and_the_registry() {
         assert!(reason.contains(want), "{reason} (want {want})");
     }
 }
+
+/// With `sink.schema_evolution = "add-columns"`, a later JSON Schema's new properties join the
+/// table while the pipeline runs, as for Avro and Protobuf; each row holds what its own writer
+/// schema declares (a property a version-1 record carries that version 1 does not declare stays
+/// null).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_schema_writer_properties_join_the_table() {
+    let url = registry_url();
+    let topic = common::topic("json-schema-grow", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = |extra: &str| {
+        format!(
+            r#"{{"type": "object", "title": "Person", "properties": {{"id": {{"type": "integer"}}, "name": {{"type": "string"}}{extra}}}, "required": ["id"]}}"#
+        )
+    };
+    let (v1, v2) = (dir.path().join("v1.json"), dir.path().join("v2.json"));
+    std::fs::write(&v1, schema("")).unwrap();
+    std::fs::write(&v2, schema(r#", "email": {"type": "string"}, "score": {"type": "integer"}"#)).unwrap();
+    let first = encode(&url, &topic, &["json", v1.to_str().unwrap()], &[json!({"id": 1, "name": "a"})]).await;
+    let second =
+        encode(&url, &topic, &["json", v2.to_str().unwrap()], &[json!({"id": 2, "name": "b", "email": "b@x", "score": 7})]).await;
+    let sneaky = [&first[0][..5], br#"{"id": 3, "name": "c", "email": "not declared in version 1"}"#].concat();
+    common::send_values(&topic, &[first[0].clone(), second[0].clone(), sneaky]).await;
+    let mut config = common::delta_config(&common::unique("p"), &topic, dir.path());
+    config.decode = DecodeConfig {
+        format: DecodeFormat::Json,
+        json: Some(JsonSchemaConfig {
+            reader_subject: format!("{topic}-value"),
+            reader_version: Some(1),
+            reader_text: None,
+            framing: WireFraming::Confluent,
+            registry: registry(url),
+        }),
+        ..DecodeConfig::default()
+    };
+    if let exactly::config::SinkConfig::Delta { schema_evolution, .. } = &mut config.sink {
+        *schema_evolution = exactly::config::SchemaEvolution::AddColumns;
+    }
+    let read = run(&config, dir.path()).await;
+    common::assert_types(&read, &[("email", "string"), ("score", "long")]);
+    assert_eq!(
+        common::row_values(&read, &["id", "name", "email", "score"]),
+        [json!([1, "a", null, null]), json!([2, "b", "b@x", 7]), json!([3, "c", null, null])]
+    );
+}

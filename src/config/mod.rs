@@ -215,10 +215,10 @@ impl PipelineConfig {
         }
     }
 
-    /// Whether the fields Avro writer schemas have beyond the reader schema's become columns
-    /// (`decode.format = "avro"` with `sink.schema_evolution = "add-columns"`).
+    /// Whether the fields writer schemas have beyond the reader schema's become columns (Avro,
+    /// Protobuf or a registry's JSON Schema, with `sink.schema_evolution = "add-columns"`).
     pub fn takes_writer_columns(&self) -> bool {
-        matches!(self.decode.format, DecodeFormat::Avro | DecodeFormat::Protobuf)
+        (matches!(self.decode.format, DecodeFormat::Avro | DecodeFormat::Protobuf) || self.decode.json.is_some())
             && self.sink.schema_evolution() == SchemaEvolution::AddColumns
     }
 

@@ -1,6 +1,7 @@
 //! The columns writer schemas add beyond the reader schema's (`sink.schema_evolution =
-//! "add-columns"`), for the formats whose records name their writer schema (Avro, Protobuf): one
-//! rule for growing them, one check that a record's own columns are in its batch.
+//! "add-columns"`), for the formats whose records name their writer schema (Avro, Protobuf, JSON
+//! with a registry's JSON Schema): one rule for growing them, one check that a record's own
+//! columns are in its batch.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;

@@ -15,16 +15,23 @@
 
 use serde_json::Value;
 
+use super::evolve::{Added, WriterColumns};
 use super::registry::{confluent_id, not_confluent, ById, Registry, SchemaType};
 use super::{Rejected, Rejection};
 use crate::config::{FieldConfig, FieldType, JsonSchemaConfig, WireFraming};
 
-/// JSON values framed for the registry: the framing, and the ids of the JSON Schemas it knows.
+/// JSON values framed for the registry: the framing, the ids of the JSON Schemas it knows, and
+/// the columns their properties add beyond the reader schema's.
 #[derive(Debug)]
 pub struct JsonSchema {
     framing: WireFraming,
-    /// The ids seen: each a JSON Schema the registry knows, or why its records are dead letters.
-    ids: ById<()>,
+    /// The reader schema's columns.
+    reader: Vec<FieldConfig>,
+    /// The ids seen: each a JSON Schema the registry knows (with its columns beyond the reader
+    /// schema's), or why its records are dead letters.
+    ids: ById<WriterColumns>,
+    /// The columns writer schemas added (`sink.schema_evolution = "add-columns"`).
+    added: Added,
 }
 
 impl JsonSchema {
@@ -37,7 +44,27 @@ impl JsonSchema {
         };
         let fields = columns(text).map_err(|e| format!("the registry's subject {subject:?}: {e}"))?;
         let registry = Registry::new(&config.registry).map_err(|e| format!("decode.json.{e}"))?;
-        Ok((JsonSchema { framing: config.framing, ids: ById::new(registry, SchemaType::Json) }, fields))
+        let ids = ById::new(registry, SchemaType::Json);
+        Ok((JsonSchema { framing: config.framing, reader: fields.clone(), ids, added: Added::default() }, fields))
+    }
+
+    /// The columns writer schemas added so far.
+    pub(super) fn added(&self) -> Vec<(FieldConfig, deltalake::arrow::datatypes::Field)> {
+        self.added.columns()
+    }
+
+    /// Takes the columns the writer schemas of `values` add into the decoder's (see
+    /// [`Added::grow`]).
+    pub(super) fn grow<'v>(&self, values: impl Iterator<Item = &'v [u8]>) -> Result<(), String> {
+        if self.framing == WireFraming::None {
+            return Ok(());
+        }
+        for (id, _) in values.filter_map(confluent_id) {
+            if let Ok(writer) = self.ids.get(id) {
+                self.added.grow(&writer)?;
+            }
+        }
+        Ok(())
     }
 
     /// Asks the registry whether it answers; its address when it does.
@@ -55,21 +82,34 @@ impl JsonSchema {
         self.ids
             .prepare(ids, |id, fetched| {
                 serde_json::from_str::<Value>(&fetched.text)
-                    .map(|_| ())
-                    .map_err(|e| format!("writer schema id {id} from the registry is not JSON: {e}"))
+                    .map_err(|e| format!("writer schema id {id} from the registry is not JSON: {e}"))?;
+                // Its properties beyond the reader schema's, each a nullable column.
+                let added = columns(&fetched.text).map(|all| {
+                    all.into_iter()
+                        .filter(|c| !self.reader.iter().any(|r| r.name == c.name))
+                        .map(|c| FieldConfig { nullable: true, ..c })
+                        .collect()
+                });
+                Ok(WriterColumns::new(format!("writer schema id {id}"), added))
             })
             .await
     }
 
-    /// The JSON text of a framed value; `Err`: not in the framing, or an id the registry does
-    /// not know as a JSON Schema.
-    pub fn body<'b>(&self, bytes: &'b [u8]) -> Result<&'b [u8], Rejected> {
+    /// The JSON text of a framed value, and the columns its writer schema has of `added` (the
+    /// columns writer schemas added, when the batch carries them); `Err`: not in the framing, an
+    /// id the registry does not know as a JSON Schema, or a column of the writer's missing from
+    /// the batch.
+    pub fn body<'b>(&self, bytes: &'b [u8], added: Option<&[FieldConfig]>) -> Result<(&'b [u8], Vec<String>), Rejected> {
         if self.framing == WireFraming::None {
-            return Ok(bytes);
+            return Ok((bytes, Vec::new()));
         }
         let (id, body) = confluent_id(bytes).ok_or_else(|| not_confluent(bytes, Rejection::InvalidJson))?;
-        self.ids.get(id)?;
-        Ok(body)
+        let writer = self.ids.get(id)?;
+        let own = match added {
+            Some(added) => writer.in_batch(added)?.iter().map(|c| c.name.clone()).collect(),
+            None => Vec::new(),
+        };
+        Ok((body, own))
     }
 }
 

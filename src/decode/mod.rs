@@ -235,13 +235,13 @@ impl Schemas {
         }
     }
 
-    /// The columns writer schemas added so far (`None`: these writer schemas add none — only
-    /// Avro's and Protobuf's do).
+    /// The columns writer schemas added so far (`None`: no writer schemas, `decode.fields`).
     fn added(&self) -> Option<Vec<(FieldConfig, Field)>> {
         match self {
             Schemas::Avro(avro) => Some(avro.added()),
             Schemas::Protobuf(protobuf) => Some(protobuf.added()),
-            Schemas::JsonSchema(_) | Schemas::Declared => None,
+            Schemas::JsonSchema(json) => Some(json.added()),
+            Schemas::Declared => None,
         }
     }
 }
@@ -256,8 +256,9 @@ pub struct Decoder {
     keep_raw: bool,
     /// Where the columns and the writer schemas come from.
     schemas: Schemas,
-    /// For `avro` and `protobuf`: whether the fields writer schemas have beyond the reader
-    /// schema's are columns too (`sink.schema_evolution = "add-columns"`).
+    /// With writer schemas (Avro, Protobuf, a registry's JSON Schema): whether the fields they
+    /// have beyond the reader schema's are columns too (`sink.schema_evolution =
+    /// "add-columns"`).
     writer_columns: bool,
     /// `[transform]`, applied to the decoded rows.
     transform: Option<Arc<crate::transform::Transform>>,
@@ -337,7 +338,13 @@ impl Decoder {
         let values = || records.iter().filter_map(RecordView::payload);
         let avro = match &self.schemas {
             Schemas::Declared => return Ok(()),
-            Schemas::JsonSchema(json) => return json.prepare(values()).await.map_err(crate::error::Error::SchemaRegistry),
+            Schemas::JsonSchema(json) => {
+                json.prepare(values()).await.map_err(crate::error::Error::SchemaRegistry)?;
+                if self.writer_columns {
+                    json.grow(values()).map_err(crate::error::Error::Schema)?;
+                }
+                return Ok(());
+            }
             Schemas::Protobuf(protobuf) => {
                 protobuf.prepare(values()).await.map_err(crate::error::Error::SchemaRegistry)?;
                 if self.writer_columns {
@@ -465,10 +472,27 @@ impl Decoder {
                 let mut bytes = r
                     .payload()
                     .ok_or_else(|| (Rejection::NullValue, "value is null (a tombstone); expected a JSON object".to_string()))?;
+                let mut own = Vec::new();
                 if let Schemas::JsonSchema(framed) = &self.schemas {
-                    bytes = framed.body(bytes)?;
+                    (bytes, own) = framed.body(bytes, added)?;
                 }
-                json::values(&self.fields, utf8("value", bytes)?, vals, slots)?;
+                let text = utf8("value", bytes)?;
+                let added = added.unwrap_or_default();
+                if own.is_empty() {
+                    json::values(&self.fields, text, vals, slots)?;
+                    vals.extend(added.iter().map(|_| Val::Null));
+                } else {
+                    // The record is read against its own writer schema's columns only: a column
+                    // it lacks is null whatever the record holds, so a row never depends on
+                    // which records came before it.
+                    let mut columns = self.fields.clone();
+                    columns.extend(added.iter().filter(|c| own.contains(&c.name)).cloned());
+                    json::values(&columns, text, vals, slots)?;
+                    let mut own_values = vals.split_off(self.fields.len()).into_iter();
+                    for c in added {
+                        vals.push(if own.contains(&c.name) { own_values.next().unwrap_or(Val::Null) } else { Val::Null });
+                    }
+                }
             }
             DecodeFormat::Avro => {
                 let bytes = r
