@@ -154,6 +154,17 @@ async fn protobuf_from_confluent_s_serializer_and_the_registry() {
     );
     let reasons = common::dead_letter_reasons(&dir.path().join("table_dead_letters"));
     assert_eq!(reasons.len(), 4, "{reasons:?}");
+    // The audit decodes the records again through the registry: an edited value FAILS it.
+    crate::holes::tamper(&dir.path().join("table"), |b| {
+        use deltalake::arrow::array::{Array, Int32Array};
+        let delta = b.column_by_name("delta").unwrap().as_any().downcast_ref::<Int32Array>().unwrap();
+        let edited: Int32Array =
+            (0..b.num_rows()).map(|i| if i == 0 { Some(99) } else { delta.is_valid(i).then(|| delta.value(i)) }).collect();
+        crate::holes::replace_column(b, "delta", std::sync::Arc::new(edited))
+    })
+    .await;
+    let audit = exactly::verify::verify(&config).await.unwrap();
+    assert_eq!(audit.total(|p| p.mismatched), 1, "{}", audit.render());
     for (reason, want) in reasons.iter().zip([
         "unknown writer schema id 4294967295",
         "not in the Confluent wire format",
@@ -275,6 +286,15 @@ async fn json_schema_from_confluent_s_serializer_and_the_registry() {
     );
     let reasons = common::dead_letter_reasons(&dir.path().join("table_dead_letters"));
     assert_eq!(reasons.len(), 4, "{reasons:?}");
+    // The audit reads the framed values again: an edited value FAILS it.
+    crate::holes::tamper(&dir.path().join("table"), |b| {
+        use deltalake::arrow::array::StringArray;
+        let name = b.column_by_name("name").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let edited: StringArray = (0..b.num_rows()).map(|i| Some(if i == 0 { "tampered" } else { name.value(i) })).collect();
+        crate::holes::replace_column(b, "name", std::sync::Arc::new(edited))
+    })
+    .await;
+    assert_eq!(exactly::verify::verify(&config).await.unwrap().total(|p| p.mismatched), 1);
     for (reason, want) in reasons.iter().zip([
         "missing field `id`",
         "field `id`: expected long, got string",

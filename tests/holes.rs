@@ -378,7 +378,7 @@ async fn future_and_late_events_are_dead_lettered_with_their_bytes() {
 
 /// Rewrites the first Parquet file of `table` with `edit` applied to its rows (in place, the
 /// Delta log untouched: what a buggy writer or a bit flip would leave).
-async fn tamper(
+pub(crate) async fn tamper(
     table: &std::path::Path,
     edit: impl Fn(&deltalake::arrow::record_batch::RecordBatch) -> deltalake::arrow::record_batch::RecordBatch,
 ) {
@@ -398,7 +398,7 @@ async fn tamper(
 }
 
 /// `batch` with column `name` replaced.
-fn replace_column(
+pub(crate) fn replace_column(
     batch: &deltalake::arrow::record_batch::RecordBatch,
     name: &str,
     col: deltalake::arrow::array::ArrayRef,
