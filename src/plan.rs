@@ -48,8 +48,14 @@ impl Plan {
         crate::source::security::files_readable(&config.source.security).map_err(|p| bad(&p.field, p.problem))?;
         let mut config = config.clone();
         fetch_reader_schema(&mut config, &bad)?;
+        let schemas = match config.decode.format {
+            crate::config::DecodeFormat::Avro => "decode.avro",
+            crate::config::DecodeFormat::Protobuf => "decode.protobuf",
+            _ if config.decode.json.is_some() => "decode.json",
+            _ => "decode",
+        };
         let table_decoder = Decoder::new(&config.decode)
-            .map_err(|e| bad("decode.avro", e))?
+            .map_err(|e| bad(schemas, e))?
             .changing(config.upsert.as_ref(), config.decode.envelope)
             .map_err(|e| bad("upsert", e))?
             .taking_writer_columns(config.takes_writer_columns())
@@ -366,6 +372,18 @@ mod tests {
                 Plan::of(&config, &origin).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn a_schema_that_does_not_load_names_its_format_s_table() {
+        let mut c = PipelineConfig::new("p", &["t"]);
+        c.decode = DecodeConfig {
+            format: crate::config::DecodeFormat::Protobuf,
+            protobuf: Some(crate::config::ProtobufConfig { descriptor_file: Some("no/such.desc".into()), ..Default::default() }),
+            ..Default::default()
+        };
+        let e = Plan::new(&c).err().expect("refused").to_string();
+        assert!(e.contains("`decode.protobuf`") && e.contains("descriptor_file no/such.desc"), "{e}");
     }
 
     #[test]
