@@ -382,7 +382,8 @@ mod tests {
             protobuf: Some(crate::config::ProtobufConfig { descriptor_file: Some("no/such.desc".into()), ..Default::default() }),
             ..Default::default()
         };
-        let e = Plan::new(&c).err().expect("refused").to_string();
+        let Err(e) = Plan::new(&c) else { panic!("a missing descriptor file is refused") };
+        let e = e.to_string();
         assert!(e.contains("`decode.protobuf`") && e.contains("descriptor_file no/such.desc"), "{e}");
     }
 
