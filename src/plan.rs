@@ -111,29 +111,32 @@ impl Plan {
 /// stops).
 fn fetch_reader_schema(config: &mut PipelineConfig, bad: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
     use crate::decode::registry::{inlined, subject_version_now, SchemaType};
-    if let Some(avro) = config.decode.avro.as_mut() {
-        let (Some(subject), None) = (&avro.reader_subject, &avro.reader_text) else { return Ok(()) };
+    let d = &mut config.decode;
+    if let Some(avro) = d.avro.as_mut().filter(|a| a.reader_text.is_none() && a.reader_subject.is_some()) {
+        let subject = avro.reader_subject.clone().unwrap_or_default();
         let Some(registry) = &avro.registry else {
             return Err(bad("decode.avro.reader_subject", "needs decode.avro.registry, the registry to read it from".into()));
         };
-        let text = subject_version_now(registry, subject, avro.reader_version, SchemaType::Avro)
+        let text = subject_version_now(registry, &subject, avro.reader_version, SchemaType::Avro)
             .and_then(|fetched| inlined(&fetched))
             .map_err(|e| bad("decode.avro.reader_subject", e))?;
         avro.reader_text = Some(text.into());
     }
-    if let Some(proto) = config.decode.protobuf.as_mut() {
-        let (Some(subject), None, Some(registry)) = (&proto.reader_subject, &proto.reader_descriptor, &proto.registry) else {
-            return Ok(());
+    if let Some(proto) = d.protobuf.as_mut().filter(|p| p.reader_descriptor.is_none() && p.reader_subject.is_some()) {
+        let subject = proto.reader_subject.clone().unwrap_or_default();
+        // (`validate` requires the registry with a reader subject.)
+        let Some(registry) = &proto.registry else {
+            return Err(bad(
+                "decode.protobuf.reader_subject",
+                "needs decode.protobuf.registry, the registry to read it from".into(),
+            ));
         };
-        let set = subject_version_now(registry, subject, proto.reader_version, SchemaType::Protobuf)
-            .and_then(|fetched| crate::decode::protobuf::reader_descriptor(&fetched, subject))
+        let set = subject_version_now(registry, &subject, proto.reader_version, SchemaType::Protobuf)
+            .and_then(|fetched| crate::decode::protobuf::reader_descriptor(&fetched, &subject))
             .map_err(|e| bad("decode.protobuf.reader_subject", e))?;
         proto.reader_descriptor = Some(set.into());
     }
-    if let Some(json) = config.decode.json.as_mut() {
-        if json.reader_text.is_some() {
-            return Ok(());
-        }
+    if let Some(json) = d.json.as_mut().filter(|j| j.reader_text.is_none()) {
         let fetched = subject_version_now(&json.registry, &json.reader_subject, json.reader_version, SchemaType::Json)
             .map_err(|e| bad("decode.json.reader_subject", e))?;
         if !fetched.references.is_empty() {

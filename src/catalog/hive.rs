@@ -22,33 +22,34 @@ pub enum Registered {
 
 /// Registers `wanted` as `entry` in the metastore (see [`super`]); `Err` is one line.
 pub fn register(entry: &Entry, wanted: &Wanted) -> Result<Registered, String> {
-    let mut session = Session::open(entry).map_err(|e| format!("Hive Metastore {}: {e}", entry.address))?;
-    session.register(entry, wanted).map_err(|e| format!("Hive Metastore {}: {}: {e}", entry.address, entry.label()))
+    let mut session = Session::open(entry).map_err(|e| named(entry, e))?;
+    session.register(entry, wanted).map_err(|e| named(entry, format!("{}: {e}", entry.label())))
 }
 
 /// Whether the metastore answers, for `exactly check`: whether it has `entry`'s database
 /// (registration creates it when missing). `Err` is one line.
 pub fn check(entry: &Entry) -> Result<bool, String> {
-    let mut session = Session::open(entry).map_err(|e| format!("Hive Metastore {}: {e}", entry.address))?;
-    let got = session
-        .call("get_database", vec![(1, T::str(&entry.database))])
-        .map_err(|e| format!("Hive Metastore {}: {e}", entry.address))?;
+    let mut session = Session::open(entry).map_err(|e| named(entry, e))?;
+    let got = session.call("get_database", vec![(1, T::str(&entry.database))]).map_err(|e| named(entry, e))?;
     if got.field(0).is_some() {
         return Ok(true);
     }
     match got.field(1) {
         Some(_) => Ok(false),
-        None => {
-            declared_exception(&got, "get_database").map(|()| false).map_err(|e| format!("Hive Metastore {}: {e}", entry.address))
-        }
+        None => declared_exception(&got, "get_database").map(|()| false).map_err(|e| named(entry, e)),
     }
 }
 
 /// What the metastore holds as `entry` (`None`: no such table, or no such database).
 pub fn lookup(entry: &Entry) -> Result<Option<Existing>, String> {
-    let mut session = Session::open(entry).map_err(|e| format!("Hive Metastore {}: {e}", entry.address))?;
-    let table = session.get_table(&entry.database, &entry.name).map_err(|e| format!("Hive Metastore {}: {e}", entry.address))?;
+    let mut session = Session::open(entry).map_err(|e| named(entry, e))?;
+    let table = session.get_table(&entry.database, &entry.name).map_err(|e| named(entry, e))?;
     Ok(table.as_ref().map(existing))
+}
+
+/// `e` as one line naming the metastore.
+fn named(entry: &Entry, e: impl std::fmt::Display) -> String {
+    format!("Hive Metastore {}: {e}", entry.address)
 }
 
 /// One connection and its call numbers.

@@ -17,8 +17,19 @@ use serde_json::Value;
 
 use super::evolve::{Added, WriterColumns};
 use super::registry::{confluent_id, not_confluent, ById, Registry, SchemaType};
-use super::{Rejected, Rejection};
+use super::{Rejected, Rejection, Val};
 use crate::config::{FieldConfig, FieldType, JsonSchemaConfig, WireFraming};
+
+/// A writer JSON Schema as decoding uses it.
+#[derive(Debug)]
+struct Writer {
+    /// Its columns beyond the reader schema's.
+    columns: WriterColumns,
+    /// What its records are read against with those columns in the batch: the reader schema's
+    /// columns, then its own (a column it lacks is null whatever the record holds, so a row
+    /// never depends on which records came before it).
+    read: Vec<FieldConfig>,
+}
 
 /// JSON values framed for the registry: the framing, the ids of the JSON Schemas it knows, and
 /// the columns their properties add beyond the reader schema's.
@@ -27,9 +38,8 @@ pub struct JsonSchema {
     framing: WireFraming,
     /// The reader schema's columns.
     reader: Vec<FieldConfig>,
-    /// The ids seen: each a JSON Schema the registry knows (with its columns beyond the reader
-    /// schema's), or why its records are dead letters.
-    ids: ById<WriterColumns>,
+    /// The ids seen: each a JSON Schema the registry knows, or why its records are dead letters.
+    ids: ById<Writer>,
     /// The columns writer schemas added (`sink.schema_evolution = "add-columns"`).
     added: Added,
 }
@@ -61,7 +71,7 @@ impl JsonSchema {
         }
         for (id, _) in values.filter_map(confluent_id) {
             if let Ok(writer) = self.ids.get(id) {
-                self.added.grow(&writer)?;
+                self.added.grow(&writer.columns)?;
             }
         }
         Ok(())
@@ -84,32 +94,50 @@ impl JsonSchema {
                 serde_json::from_str::<Value>(&fetched.text)
                     .map_err(|e| format!("writer schema id {id} from the registry is not JSON: {e}"))?;
                 // Its properties beyond the reader schema's, each a nullable column.
-                let added = columns(&fetched.text).map(|all| {
+                let added: Result<Vec<FieldConfig>, String> = columns(&fetched.text).map(|all| {
                     all.into_iter()
                         .filter(|c| !self.reader.iter().any(|r| r.name == c.name))
                         .map(|c| FieldConfig { nullable: true, ..c })
                         .collect()
                 });
-                Ok(WriterColumns::new(format!("writer schema id {id}"), added))
+                let read = self.reader.iter().chain(added.iter().flatten()).cloned().collect();
+                Ok(Writer { columns: WriterColumns::new(format!("writer schema id {id}"), added), read })
             })
             .await
     }
 
-    /// The JSON text of a framed value, and the columns its writer schema has of `added` (the
-    /// columns writer schemas added, when the batch carries them); `Err`: not in the framing, an
-    /// id the registry does not know as a JSON Schema, or a column of the writer's missing from
-    /// the batch.
-    pub fn body<'b>(&self, bytes: &'b [u8], added: Option<&[FieldConfig]>) -> Result<(&'b [u8], Vec<String>), Rejected> {
-        if self.framing == WireFraming::None {
-            return Ok((bytes, Vec::new()));
-        }
-        let (id, body) = confluent_id(bytes).ok_or_else(|| not_confluent(bytes, Rejection::InvalidJson))?;
-        let writer = self.ids.get(id)?;
-        let own = match added {
-            Some(added) => writer.in_batch(added)?.iter().map(|c| c.name.clone()).collect(),
-            None => Vec::new(),
+    /// The column values of one framed value into `vals`: the reader schema's columns, then — when `added` is given — the columns writer schemas added, each null when
+    /// the value's own writer schema lacks it. `Err`: not in the framing, an id the registry
+    /// does not know as a JSON Schema, or a value its columns refuse.
+    pub(super) fn values<'a>(
+        &self,
+        bytes: &'a [u8],
+        added: Option<&[FieldConfig]>,
+        vals: &mut Vec<Val<'a>>,
+        slots: &mut super::json::Slots<'a>,
+    ) -> Result<(), Rejected> {
+        let (body, writer) = match self.framing {
+            WireFraming::None => (bytes, None),
+            WireFraming::Confluent => {
+                let (id, body) = confluent_id(bytes).ok_or_else(|| not_confluent(bytes, Rejection::InvalidJson))?;
+                (body, Some(self.ids.get(id)?))
+            }
         };
-        Ok((body, own))
+        let text = super::utf8("value", body)?;
+        let (Some(added), Some(writer)) = (added, writer) else {
+            super::json::values(&self.reader, text, vals, slots)?;
+            vals.extend(added.unwrap_or_default().iter().map(|_| Val::Null));
+            return Ok(());
+        };
+        writer.columns.in_batch(added)?;
+        let reader = self.reader.len();
+        super::json::values(&writer.read, text, vals, slots)?;
+        let mut own: Vec<(&str, Option<Val<'a>>)> =
+            writer.read[reader..].iter().map(|c| c.name.as_str()).zip(vals.drain(reader..).map(Some)).collect();
+        for c in added {
+            vals.push(own.iter_mut().find(|(name, _)| *name == c.name).and_then(|(_, v)| v.take()).unwrap_or(Val::Null));
+        }
+        Ok(())
     }
 }
 

@@ -170,6 +170,11 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+/// `b` as text, or why it is no UTF-8 (`what`: the key or the value).
+fn utf8<'a>(what: &str, b: &'a [u8]) -> Result<&'a str, Rejected> {
+    std::str::from_utf8(b).map_err(|e| (Rejection::NotUtf8, format!("{what} is not valid UTF-8: {e}")))
+}
+
 fn is_raw(column: &str) -> bool {
     column == RAW_KEY_COL || column == RAW_VALUE_COL
 }
@@ -449,9 +454,6 @@ impl Decoder {
                 format!("record value of {size} bytes exceeds decode.max_record_bytes = {}", self.max_bytes),
             ));
         }
-        let utf8 = |what: &str, b: &'a [u8]| {
-            std::str::from_utf8(b).map_err(|e| (Rejection::NotUtf8, format!("{what} is not valid UTF-8: {e}")))
-        };
         if let Some(changes) = &self.changes {
             return changes.values(&self.fields, r, vals, slots);
         }
@@ -469,29 +471,12 @@ impl Decoder {
                 }
             }
             DecodeFormat::Json => {
-                let mut bytes = r
+                let bytes = r
                     .payload()
                     .ok_or_else(|| (Rejection::NullValue, "value is null (a tombstone); expected a JSON object".to_string()))?;
-                let mut own = Vec::new();
-                if let Schemas::JsonSchema(framed) = &self.schemas {
-                    (bytes, own) = framed.body(bytes, added)?;
-                }
-                let text = utf8("value", bytes)?;
-                let added = added.unwrap_or_default();
-                if own.is_empty() {
-                    json::values(&self.fields, text, vals, slots)?;
-                    vals.extend(added.iter().map(|_| Val::Null));
-                } else {
-                    // The record is read against its own writer schema's columns only: a column
-                    // it lacks is null whatever the record holds, so a row never depends on
-                    // which records came before it.
-                    let mut columns = self.fields.clone();
-                    columns.extend(added.iter().filter(|c| own.contains(&c.name)).cloned());
-                    json::values(&columns, text, vals, slots)?;
-                    let mut own_values = vals.split_off(self.fields.len()).into_iter();
-                    for c in added {
-                        vals.push(if own.contains(&c.name) { own_values.next().unwrap_or(Val::Null) } else { Val::Null });
-                    }
+                match &self.schemas {
+                    Schemas::JsonSchema(framed) => framed.values(bytes, added, vals, slots)?,
+                    _ => json::values(&self.fields, utf8("value", bytes)?, vals, slots)?,
                 }
             }
             DecodeFormat::Avro => {
